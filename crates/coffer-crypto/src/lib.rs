@@ -1,0 +1,27 @@
+//! Coffer's cryptographic core.
+//!
+//! The safe surface is deliberately small: key types that wipe themselves, an envelope
+//! format that binds every ciphertext to where it belongs, Shamir splitting of the root key,
+//! and opaque bearer tokens. Raw primitives live in the crate-private [`hazmat`] module so
+//! that no caller can pick a nonce, skip the AAD or reuse a data key.
+//!
+//! The key hierarchy and the byte formats are described in `docs/crypto.md` and in
+//! `KEYS.md` beside this file.
+
+mod envelope;
+mod error;
+mod hazmat;
+mod keys;
+mod secret;
+pub mod shamir;
+pub mod token;
+
+pub use envelope::{Ciphertext, RecordContext, FORMAT_VERSION};
+pub use error::CryptoError;
+pub use keys::{KeyTerm, RootKey, RootKeyCheck, TenantKey, WrappedTenantKey};
+pub use secret::SecretBytes;
+
+/// Fill `buf` with bytes from the operating system's CSPRNG (through AWS-LC).
+pub fn random_bytes(buf: &mut [u8]) {
+    hazmat::fill_random(buf);
+}

@@ -1,0 +1,29 @@
+/// Storage errors. Deliberately coarse: callers act on Conflict and Unavailable; anything
+/// else is an internal error whose detail goes to the log, not to the client.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A uniqueness rule or an optimistic-concurrency check failed.
+    #[error("conflicting write")]
+    Conflict,
+    /// The database cannot be reached or is overloaded; worth retrying later.
+    #[error("database unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    /// Stored bytes that should be a ciphertext are not.
+    #[error("corrupt stored record")]
+    Corrupt,
+    #[error("database error")]
+    Database(#[source] sqlx::Error),
+    #[error("migration failed")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => StoreError::Unavailable(e),
+            _ => StoreError::Database(e),
+        }
+    }
+}

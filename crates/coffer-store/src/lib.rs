@@ -1,0 +1,64 @@
+//! Storage for Coffer.
+//!
+//! Storage is untrusted: everything secret arrives here already encrypted. The traits take
+//! [`Ciphertext`] and [`WrappedTenantKey`] — types that only `coffer-crypto` produces — for
+//! anything secret, so plaintext cannot reach a database by construction. Names of
+//! organisations, projects, environments and parameters are metadata and stored in clear.
+//!
+//! Every query that touches tenant data is scoped by organisation id as well as by its own
+//! key, so a bug in a caller cannot read across tenants.
+
+mod error;
+mod models;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+pub use coffer_crypto::{Ciphertext, WrappedTenantKey};
+pub use error::StoreError;
+pub use models::*;
+
+/// Everything the domain needs from a database. Implemented for SQLite (embedded default)
+/// and PostgreSQL. Methods that change several rows do so in one transaction.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    // --- seal ---
+    async fn seal_config(&self) -> Result<Option<SealConfigRow>, StoreError>;
+    /// Fails with [`StoreError::Conflict`] if the server was already initialised.
+    async fn init_seal_config(&self, cfg: &SealConfigRow) -> Result<(), StoreError>;
+
+    // --- organisations and keys ---
+    async fn create_org(&self, org: &OrgRow, key: &TenantKeyRow) -> Result<(), StoreError>;
+    async fn org(&self, org_id: Uuid) -> Result<Option<OrgRow>, StoreError>;
+    async fn tenant_keys(&self, org_id: Uuid) -> Result<Vec<TenantKeyRow>, StoreError>;
+
+    // --- users, memberships, sessions ---
+    async fn create_user(&self, user: &UserRow) -> Result<(), StoreError>;
+    async fn user_by_name(&self, username: &str) -> Result<Option<UserRow>, StoreError>;
+    async fn user(&self, user_id: Uuid) -> Result<Option<UserRow>, StoreError>;
+    async fn add_membership(&self, m: &MembershipRow) -> Result<(), StoreError>;
+    async fn memberships(&self, user_id: Uuid) -> Result<Vec<MembershipRow>, StoreError>;
+    async fn create_session(&self, s: &SessionRow) -> Result<(), StoreError>;
+    async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionRow>, StoreError>;
+    async fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool, StoreError>;
+    async fn delete_expired_sessions(&self, now: i64) -> Result<u64, StoreError>;
+
+    // --- projects and environments ---
+    async fn create_project(&self, p: &ProjectRow) -> Result<(), StoreError>;
+    async fn projects(&self, org_id: Uuid) -> Result<Vec<ProjectRow>, StoreError>;
+    async fn project_by_name(&self, org_id: Uuid, name: &str) -> Result<Option<ProjectRow>, StoreError>;
+    async fn create_env(&self, e: &EnvRow) -> Result<(), StoreError>;
+    async fn envs(&self, org_id: Uuid, project_id: Uuid) -> Result<Vec<EnvRow>, StoreError>;
+
+    // --- parameters ---
+    async fn param(&self, org_id: Uuid, env_id: Uuid, name: &str) -> Result<Option<ParamRow>, StoreError>;
+    /// The current version and its ciphertext of every live parameter in these environments.
+    async fn current_values(&self, org_id: Uuid, env_ids: &[Uuid]) -> Result<Vec<ParamValue>, StoreError>;
+    /// One version of one parameter, with its ciphertext (None for a deletion marker).
+    async fn param_version(&self, org_id: Uuid, param_id: Uuid, version: u64) -> Result<Option<ParamValue>, StoreError>;
+    async fn param_history(&self, org_id: Uuid, param_id: Uuid) -> Result<Vec<ParamVersionRow>, StoreError>;
+    /// Append a version. `expected_current` is the version the caller based its write on
+    /// (0 for a new parameter); a concurrent writer makes this fail with Conflict.
+    async fn append_param_version(&self, w: &ParamWrite) -> Result<(), StoreError>;
+}

@@ -1,0 +1,150 @@
+use coffer_crypto::{Ciphertext, KeyTerm, RootKeyCheck, WrappedTenantKey};
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct SealConfigRow {
+    pub kind: String,
+    pub shares: u8,
+    pub threshold: u8,
+    pub root_check: RootKeyCheck,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrgRow {
+    pub id: Uuid,
+    pub name: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct TenantKeyRow {
+    pub org_id: Uuid,
+    pub term: KeyTerm,
+    pub wrapped: WrappedTenantKey,
+    pub created_at: i64,
+}
+
+#[derive(Clone)]
+pub struct UserRow {
+    pub id: Uuid,
+    pub username: String,
+    /// PHC string (Argon2id); never the password.
+    pub password_hash: String,
+    pub created_at: i64,
+}
+
+impl std::fmt::Debug for UserRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserRow").field("id", &self.id).field("username", &self.username).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembershipRow {
+    pub user_id: Uuid,
+    pub org_id: Uuid,
+    pub role: String,
+    pub created_at: i64,
+}
+
+#[derive(Clone)]
+pub struct SessionRow {
+    pub token_hash: [u8; 32],
+    pub user_id: Uuid,
+    pub org_id: Uuid,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+impl std::fmt::Debug for SessionRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionRow").field("user_id", &self.user_id).field("org_id", &self.org_id).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectRow {
+    pub id: Uuid,
+    pub org_id: Uuid,
+    pub name: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvRow {
+    pub id: Uuid,
+    pub org_id: Uuid,
+    pub project_id: Uuid,
+    pub parent_id: Option<Uuid>,
+    pub name: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamRow {
+    pub id: Uuid,
+    pub org_id: Uuid,
+    pub env_id: Uuid,
+    pub name: String,
+    pub current_version: u64,
+    pub deleted: bool,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionAction {
+    Set,
+    Rollback,
+    Delete,
+}
+
+impl VersionAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Set => "set",
+            Self::Rollback => "rollback",
+            Self::Delete => "delete",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "set" => Self::Set,
+            "rollback" => Self::Rollback,
+            "delete" => Self::Delete,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamVersionRow {
+    pub param_id: Uuid,
+    pub version: u64,
+    pub is_secret: bool,
+    pub action: VersionAction,
+    pub actor_id: Uuid,
+    pub created_at: i64,
+}
+
+/// A parameter version with its ciphertext (None for a deletion marker).
+#[derive(Debug, Clone)]
+pub struct ParamValue {
+    pub param: ParamRow,
+    pub version: ParamVersionRow,
+    pub ciphertext: Option<Ciphertext>,
+}
+
+/// A new version to append. For `Set` and `Rollback` the ciphertext must be sealed for
+/// (org_id, param_id, version); for `Delete` it is None.
+#[derive(Debug)]
+pub struct ParamWrite {
+    pub org_id: Uuid,
+    pub env_id: Uuid,
+    pub param_id: Uuid,
+    pub name: String,
+    pub expected_current: u64,
+    pub version: ParamVersionRow,
+    pub ciphertext: Option<Ciphertext>,
+    pub credential_id: Uuid,
+}

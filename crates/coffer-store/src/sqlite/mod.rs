@@ -1,0 +1,442 @@
+//! The embedded default backend: SQLite in WAL mode.
+//!
+//! Two pools: one connection for writes (SQLite has one writer; a single connection avoids
+//! lock-upgrade deadlocks between deferred transactions) and several read-only connections
+//! that WAL lets run beside it. `synchronous = FULL` makes every acknowledged write durable.
+
+mod rows;
+
+use std::borrow::Cow;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use coffer_crypto::{KeyTerm, RootKeyCheck, WrappedTenantKey};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqliteConnection};
+use uuid::Uuid;
+
+use crate::*;
+use rows::*;
+
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../../migrations/sqlite/0001_init.sql"))];
+
+fn migrator() -> Migrator {
+    Migrator::with_migrations(
+        MIGRATIONS
+            .iter()
+            .map(|(v, d, sql)| Migration::new(*v, Cow::Borrowed(*d), MigrationType::Simple, sqlx::SqlSafeStr::into_sql_str(*sql), false))
+            .collect(),
+    )
+}
+
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    write: SqlitePool,
+    read: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Open (creating if missing) the database file and run pending migrations.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let base = SqliteConnectOptions::from_str("sqlite:")?
+            .filename(path)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(base.clone().create_if_missing(true))
+            .await?;
+        migrator().run(&write).await.map_err(StoreError::Migrate)?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(8)
+            .min_connections(2)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(base.read_only(true))
+            .await?;
+        Ok(Self { write, read })
+    }
+
+    pub async fn close(&self) {
+        self.read.close().await;
+        self.write.close().await;
+    }
+}
+
+fn b(id: &Uuid) -> &[u8] {
+    id.as_bytes().as_slice()
+}
+
+fn i(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn seal_config(&self) -> Result<Option<SealConfigRow>, StoreError> {
+        let row = sqlx::query("SELECT kind, shares, threshold, root_check, created_at FROM seal_config WHERE id = 1")
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|r| {
+            Ok(SealConfigRow {
+                kind: r.try_get("kind")?,
+                shares: u8::try_from(r.try_get::<i64, _>("shares")?).map_err(|_| StoreError::Corrupt)?,
+                threshold: u8::try_from(r.try_get::<i64, _>("threshold")?).map_err(|_| StoreError::Corrupt)?,
+                root_check: RootKeyCheck::from_stored_bytes(r.try_get("root_check")?),
+                created_at: r.try_get("created_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn init_seal_config(&self, c: &SealConfigRow) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO seal_config (id, kind, shares, threshold, root_check, created_at) VALUES (1, ?, ?, ?, ?, ?)")
+            .bind(&c.kind)
+            .bind(i64::from(c.shares))
+            .bind(i64::from(c.threshold))
+            .bind(c.root_check.as_bytes())
+            .bind(c.created_at)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    async fn create_org(&self, org: &OrgRow, key: &TenantKeyRow) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        sqlx::query("INSERT INTO orgs (id, name, created_at) VALUES (?, ?, ?)")
+            .bind(b(&org.id))
+            .bind(&org.name)
+            .bind(org.created_at)
+            .execute(&mut *tx)
+            .await?;
+        insert_tenant_key(&mut tx, key).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn org(&self, org_id: Uuid) -> Result<Option<OrgRow>, StoreError> {
+        sqlx::query("SELECT id, name, created_at FROM orgs WHERE id = ?")
+            .bind(b(&org_id))
+            .fetch_optional(&self.read)
+            .await?
+            .map(|r| org_row(&r))
+            .transpose()
+    }
+
+    async fn tenant_keys(&self, org_id: Uuid) -> Result<Vec<TenantKeyRow>, StoreError> {
+        sqlx::query("SELECT org_id, term, wrapped, created_at FROM tenant_keys WHERE org_id = ? ORDER BY term")
+            .bind(b(&org_id))
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(TenantKeyRow {
+                    org_id: uuid_col(r, "org_id")?,
+                    term: KeyTerm(u32::try_from(r.try_get::<i64, _>("term")?).map_err(|_| StoreError::Corrupt)?),
+                    wrapped: WrappedTenantKey::from_stored_bytes(r.try_get("wrapped")?),
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn create_user(&self, u: &UserRow) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO users (id, username, password_hash, created_at) VALUES (?, ?, ?, ?)")
+            .bind(b(&u.id))
+            .bind(&u.username)
+            .bind(&u.password_hash)
+            .bind(u.created_at)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    async fn user_by_name(&self, username: &str) -> Result<Option<UserRow>, StoreError> {
+        sqlx::query("SELECT id, username, password_hash, created_at FROM users WHERE username = ?")
+            .bind(username)
+            .fetch_optional(&self.read)
+            .await?
+            .map(|r| user_row(&r))
+            .transpose()
+    }
+
+    async fn user(&self, user_id: Uuid) -> Result<Option<UserRow>, StoreError> {
+        sqlx::query("SELECT id, username, password_hash, created_at FROM users WHERE id = ?")
+            .bind(b(&user_id))
+            .fetch_optional(&self.read)
+            .await?
+            .map(|r| user_row(&r))
+            .transpose()
+    }
+
+    async fn add_membership(&self, m: &MembershipRow) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO memberships (user_id, org_id, role, created_at) VALUES (?, ?, ?, ?)")
+            .bind(b(&m.user_id))
+            .bind(b(&m.org_id))
+            .bind(&m.role)
+            .bind(m.created_at)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    async fn memberships(&self, user_id: Uuid) -> Result<Vec<MembershipRow>, StoreError> {
+        sqlx::query("SELECT user_id, org_id, role, created_at FROM memberships WHERE user_id = ? ORDER BY created_at")
+            .bind(b(&user_id))
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(MembershipRow {
+                    user_id: uuid_col(r, "user_id")?,
+                    org_id: uuid_col(r, "org_id")?,
+                    role: r.try_get("role")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn create_session(&self, s: &SessionRow) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO sessions (token_hash, user_id, org_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?)")
+            .bind(s.token_hash.as_slice())
+            .bind(b(&s.user_id))
+            .bind(b(&s.org_id))
+            .bind(s.created_at)
+            .bind(s.expires_at)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionRow>, StoreError> {
+        let row = sqlx::query("SELECT token_hash, user_id, org_id, created_at, expires_at FROM sessions WHERE token_hash = ?")
+            .bind(token_hash.as_slice())
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|r| {
+            let th: Vec<u8> = r.try_get("token_hash")?;
+            Ok(SessionRow {
+                token_hash: th.try_into().map_err(|_| StoreError::Corrupt)?,
+                user_id: uuid_col(&r, "user_id")?,
+                org_id: uuid_col(&r, "org_id")?,
+                created_at: r.try_get("created_at")?,
+                expires_at: r.try_get("expires_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool, StoreError> {
+        let r = sqlx::query("DELETE FROM sessions WHERE token_hash = ?").bind(token_hash.as_slice()).execute(&self.write).await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn delete_expired_sessions(&self, now: i64) -> Result<u64, StoreError> {
+        let r = sqlx::query("DELETE FROM sessions WHERE expires_at <= ?").bind(now).execute(&self.write).await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn create_project(&self, p: &ProjectRow) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO projects (id, org_id, name, created_at) VALUES (?, ?, ?, ?)")
+            .bind(b(&p.id))
+            .bind(b(&p.org_id))
+            .bind(&p.name)
+            .bind(p.created_at)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    async fn projects(&self, org_id: Uuid) -> Result<Vec<ProjectRow>, StoreError> {
+        sqlx::query("SELECT id, org_id, name, created_at FROM projects WHERE org_id = ? ORDER BY name")
+            .bind(b(&org_id))
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(project_row)
+            .collect()
+    }
+
+    async fn project_by_name(&self, org_id: Uuid, name: &str) -> Result<Option<ProjectRow>, StoreError> {
+        sqlx::query("SELECT id, org_id, name, created_at FROM projects WHERE org_id = ? AND name = ?")
+            .bind(b(&org_id))
+            .bind(name)
+            .fetch_optional(&self.read)
+            .await?
+            .as_ref()
+            .map(project_row)
+            .transpose()
+    }
+
+    async fn create_env(&self, e: &EnvRow) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO environments (id, org_id, project_id, parent_id, name, created_at) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(b(&e.id))
+            .bind(b(&e.org_id))
+            .bind(b(&e.project_id))
+            .bind(e.parent_id.as_ref().map(|p| p.as_bytes().to_vec()))
+            .bind(&e.name)
+            .bind(e.created_at)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    async fn envs(&self, org_id: Uuid, project_id: Uuid) -> Result<Vec<EnvRow>, StoreError> {
+        sqlx::query(
+            "SELECT id, org_id, project_id, parent_id, name, created_at FROM environments \
+             WHERE org_id = ? AND project_id = ? ORDER BY created_at, name",
+        )
+        .bind(b(&org_id))
+        .bind(b(&project_id))
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(env_row)
+        .collect()
+    }
+
+    async fn param(&self, org_id: Uuid, env_id: Uuid, name: &str) -> Result<Option<ParamRow>, StoreError> {
+        sqlx::query(
+            "SELECT id, org_id, env_id, name, current_version, deleted, updated_at FROM params \
+             WHERE org_id = ? AND env_id = ? AND name = ?",
+        )
+        .bind(b(&org_id))
+        .bind(b(&env_id))
+        .bind(name)
+        .fetch_optional(&self.read)
+        .await?
+        .as_ref()
+        .map(param_row)
+        .transpose()
+    }
+
+    async fn current_values(&self, org_id: Uuid, env_ids: &[Uuid]) -> Result<Vec<ParamValue>, StoreError> {
+        let mut out = Vec::new();
+        // Environment chains are short (a handful of levels); one static query per level
+        // keeps every statement a compile-time constant.
+        for env_id in env_ids {
+            let rows = sqlx::query(concat!(value_select!(), " WHERE p.org_id = ? AND p.env_id = ? AND p.deleted = 0 ORDER BY p.name"))
+                .bind(b(&org_id))
+                .bind(b(env_id))
+                .fetch_all(&self.read)
+                .await?;
+            for r in &rows {
+                out.push(param_value(r)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn param_version(&self, org_id: Uuid, param_id: Uuid, version: u64) -> Result<Option<ParamValue>, StoreError> {
+        sqlx::query(concat!(value_select_at!(), " WHERE p.org_id = ? AND p.id = ?"))
+            .bind(i(version))
+            .bind(b(&org_id))
+            .bind(b(&param_id))
+            .fetch_optional(&self.read)
+            .await?
+            .as_ref()
+            .map(param_value)
+            .transpose()
+    }
+
+    async fn param_history(&self, org_id: Uuid, param_id: Uuid) -> Result<Vec<ParamVersionRow>, StoreError> {
+        sqlx::query(
+            "SELECT param_id, version, is_secret, action, actor_id, created_at FROM param_versions \
+             WHERE org_id = ? AND param_id = ? ORDER BY version",
+        )
+        .bind(b(&org_id))
+        .bind(b(&param_id))
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(version_row)
+        .collect()
+    }
+
+    async fn append_param_version(&self, w: &ParamWrite) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        append_version(&mut tx, w).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+async fn insert_tenant_key(conn: &mut SqliteConnection, key: &TenantKeyRow) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO tenant_keys (org_id, term, wrapped, created_at) VALUES (?, ?, ?, ?)")
+        .bind(b(&key.org_id))
+        .bind(i64::from(key.term.0))
+        .bind(key.wrapped.as_bytes())
+        .bind(key.created_at)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+async fn append_version(conn: &mut SqliteConnection, w: &ParamWrite) -> Result<(), StoreError> {
+    let v = &w.version;
+    let deleted = v.action == VersionAction::Delete;
+    if w.expected_current == 0 {
+        sqlx::query(
+            "INSERT INTO params (id, org_id, env_id, name, current_version, deleted, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(b(&w.param_id))
+        .bind(b(&w.org_id))
+        .bind(b(&w.env_id))
+        .bind(&w.name)
+        .bind(i(v.version))
+        .bind(deleted)
+        .bind(v.created_at)
+        .execute(&mut *conn)
+        .await?;
+    } else {
+        let r = sqlx::query(
+            "UPDATE params SET current_version = ?, deleted = ?, updated_at = ? \
+             WHERE id = ? AND org_id = ? AND env_id = ? AND current_version = ?",
+        )
+        .bind(i(v.version))
+        .bind(deleted)
+        .bind(v.created_at)
+        .bind(b(&w.param_id))
+        .bind(b(&w.org_id))
+        .bind(b(&w.env_id))
+        .bind(i(w.expected_current))
+        .execute(&mut *conn)
+        .await?;
+        if r.rows_affected() != 1 {
+            return Err(StoreError::Conflict);
+        }
+    }
+    let credential_id = match &w.ciphertext {
+        Some(ct) => {
+            sqlx::query("INSERT INTO credentials (id, ciphertext, key_term) VALUES (?, ?, ?)")
+                .bind(b(&w.credential_id))
+                .bind(ct.as_bytes())
+                .bind(i64::from(ct.key_term().0))
+                .execute(&mut *conn)
+                .await?;
+            Some(w.credential_id.as_bytes().to_vec())
+        }
+        None => None,
+    };
+    sqlx::query(
+        "INSERT INTO param_versions (param_id, version, org_id, credential_id, is_secret, action, actor_id, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(b(&w.param_id))
+    .bind(i(v.version))
+    .bind(b(&w.org_id))
+    .bind(credential_id)
+    .bind(v.is_secret)
+    .bind(v.action.as_str())
+    .bind(b(&v.actor_id))
+    .bind(v.created_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
