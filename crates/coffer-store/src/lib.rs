@@ -53,6 +53,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     // --- parameters ---
     async fn param(&self, org_id: Uuid, env_id: Uuid, name: &str) -> Result<Option<ParamRow>, StoreError>;
+    /// The current version and ciphertext of one live parameter.
+    async fn current_value(&self, org_id: Uuid, env_id: Uuid, name: &str) -> Result<Option<ParamValue>, StoreError>;
     /// The current version and its ciphertext of every live parameter in these environments.
     async fn current_values(&self, org_id: Uuid, env_ids: &[Uuid]) -> Result<Vec<ParamValue>, StoreError>;
     /// One version of one parameter, with its ciphertext (None for a deletion marker).

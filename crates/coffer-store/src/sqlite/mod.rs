@@ -316,6 +316,18 @@ impl Store for SqliteStore {
         .transpose()
     }
 
+    async fn current_value(&self, org_id: Uuid, env_id: Uuid, name: &str) -> Result<Option<ParamValue>, StoreError> {
+        sqlx::query(concat!(value_select!(), " WHERE p.org_id = ? AND p.env_id = ? AND p.name = ? AND p.deleted = 0"))
+            .bind(b(&org_id))
+            .bind(b(&env_id))
+            .bind(name)
+            .fetch_optional(&self.read)
+            .await?
+            .as_ref()
+            .map(param_value)
+            .transpose()
+    }
+
     async fn current_values(&self, org_id: Uuid, env_ids: &[Uuid]) -> Result<Vec<ParamValue>, StoreError> {
         let mut out = Vec::new();
         // Environment chains are short (a handful of levels); one static query per level

@@ -1,0 +1,66 @@
+use coffer_store::StoreError;
+
+/// Domain errors. The HTTP edge maps each variant to a stable error code and status; the
+/// `Display` text of client errors is safe to show, internal ones are logged and replaced by
+/// a generic message.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CoreError {
+    #[error("the server is sealed")]
+    Sealed,
+    #[error("the server has not been initialised")]
+    NotInitialized,
+    #[error("the server is already initialised")]
+    AlreadyInitialized,
+    #[error("the server is already unsealed")]
+    AlreadyUnsealed,
+    #[error("this operation is not available for the server's seal type")]
+    WrongSealType,
+    #[error("authentication required")]
+    Unauthenticated,
+    /// Wrong username or password. One message for every cause.
+    #[error("invalid username or password")]
+    BadCredentials,
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
+    #[error("{kind} '{name}' not found")]
+    NotFound { kind: &'static str, name: String },
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("{kind} '{name}' already exists")]
+    AlreadyExists { kind: &'static str, name: String },
+    #[error("the write conflicted with a concurrent change; retry")]
+    Conflict,
+    #[error("the share is malformed (check for typos)")]
+    MalformedShare,
+    #[error("this share was already submitted")]
+    DuplicateShare,
+    /// Stored ciphertext failed authentication: tampering, corruption or a key mix-up.
+    #[error("stored data failed integrity checks")]
+    Integrity,
+    #[error("storage error")]
+    Store(#[source] StoreError),
+    #[error("storage unavailable")]
+    Unavailable(#[source] StoreError),
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}
+
+impl From<StoreError> for CoreError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(_) => CoreError::Unavailable(e),
+            StoreError::Conflict => CoreError::Conflict,
+            other => CoreError::Store(other),
+        }
+    }
+}
+
+impl CoreError {
+    pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        CoreError::Invalid { field, reason: reason.into() }
+    }
+    pub(crate) fn not_found(kind: &'static str, name: &str) -> Self {
+        CoreError::NotFound { kind, name: name.to_owned() }
+    }
+}

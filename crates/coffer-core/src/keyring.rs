@@ -1,0 +1,138 @@
+//! The barrier's key state: the root key while unsealed, and unwrapped tenant keys.
+//!
+//! Locks are `std::sync` and never held across an await: every critical section is a few
+//! map operations or one AES-GCM unwrap.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use coffer_crypto::{KeyTerm, RootKey, TenantKey};
+use coffer_seal::ShamirProgress;
+use coffer_store::TenantKeyRow;
+use uuid::Uuid;
+
+use crate::CoreError;
+
+/// An organisation's unwrapped key-encryption keys, newest term last.
+#[derive(Debug)]
+pub(crate) struct OrgKeys {
+    keys: Vec<TenantKey>,
+}
+
+impl OrgKeys {
+    pub(crate) fn active(&self) -> Result<&TenantKey, CoreError> {
+        self.keys.last().ok_or(CoreError::Integrity)
+    }
+    pub(crate) fn term(&self, term: KeyTerm) -> Result<&TenantKey, CoreError> {
+        self.keys.iter().find(|k| k.term() == term).ok_or(CoreError::Integrity)
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Keyring {
+    state: RwLock<State>,
+}
+
+#[derive(Debug)]
+enum State {
+    Sealed(ShamirProgress),
+    Unsealed { root: RootKey, orgs: HashMap<Uuid, Arc<OrgKeys>> },
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State::Sealed(ShamirProgress::default())
+    }
+}
+
+fn poisoned<T>(_: T) -> CoreError {
+    CoreError::Internal("keyring lock poisoned")
+}
+
+impl Keyring {
+    pub(crate) fn is_sealed(&self) -> bool {
+        self.state.read().map(|s| matches!(*s, State::Sealed(_))).unwrap_or(true)
+    }
+
+    pub(crate) fn unseal(&self, root: RootKey) -> Result<(), CoreError> {
+        let mut s = self.state.write().map_err(poisoned)?;
+        *s = State::Unsealed { root, orgs: HashMap::new() };
+        Ok(())
+    }
+
+    /// Drop the root key and every cached tenant key (all wipe themselves on drop).
+    pub(crate) fn seal(&self) -> Result<(), CoreError> {
+        let mut s = self.state.write().map_err(poisoned)?;
+        *s = State::default();
+        Ok(())
+    }
+
+    /// Run `f` on the unseal progress; fails if already unsealed.
+    pub(crate) fn with_progress<R>(&self, f: impl FnOnce(&mut ShamirProgress) -> R) -> Result<R, CoreError> {
+        let mut s = self.state.write().map_err(poisoned)?;
+        match &mut *s {
+            State::Sealed(p) => Ok(f(p)),
+            State::Unsealed { .. } => Err(CoreError::AlreadyUnsealed),
+        }
+    }
+
+    pub(crate) fn progress(&self) -> usize {
+        match self.state.read().as_deref() {
+            Ok(State::Sealed(p)) => p.have(),
+            _ => 0,
+        }
+    }
+
+    pub(crate) fn with_root<R>(&self, f: impl FnOnce(&RootKey) -> Result<R, CoreError>) -> Result<R, CoreError> {
+        let s = self.state.read().map_err(poisoned)?;
+        match &*s {
+            State::Unsealed { root, .. } => f(root),
+            State::Sealed(_) => Err(CoreError::Sealed),
+        }
+    }
+
+    pub(crate) fn cached(&self, org_id: Uuid) -> Result<Option<Arc<OrgKeys>>, CoreError> {
+        let s = self.state.read().map_err(poisoned)?;
+        match &*s {
+            State::Unsealed { orgs, .. } => Ok(orgs.get(&org_id).cloned()),
+            State::Sealed(_) => Err(CoreError::Sealed),
+        }
+    }
+
+    /// Unwrap an organisation's stored keys with the root key and cache them.
+    pub(crate) fn load(&self, org_id: Uuid, rows: &[TenantKeyRow]) -> Result<Arc<OrgKeys>, CoreError> {
+        let mut keys = self.with_root(|root| {
+            rows.iter()
+                .map(|r| root.unwrap_tenant_key(org_id, &r.wrapped).map_err(|_| CoreError::Integrity))
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        if keys.is_empty() {
+            return Err(CoreError::Integrity);
+        }
+        keys.sort_by_key(TenantKey::term);
+        let ks = Arc::new(OrgKeys { keys });
+        let mut s = self.state.write().map_err(poisoned)?;
+        match &mut *s {
+            State::Unsealed { orgs, .. } => {
+                orgs.insert(org_id, ks.clone());
+                Ok(ks)
+            }
+            State::Sealed(_) => Err(CoreError::Sealed),
+        }
+    }
+}
+
+impl crate::Coffer {
+    /// The organisation's tenant keys, unwrapped on first use after unseal.
+    pub(crate) async fn org_keys(&self, org_id: Uuid) -> Result<Arc<OrgKeys>, CoreError> {
+        if let Some(k) = self.inner.keyring.cached(org_id)? {
+            return Ok(k);
+        }
+        let rows = self.store().tenant_keys(org_id).await?;
+        self.inner.keyring.load(org_id, &rows)
+    }
+
+    pub(crate) fn ensure_unsealed(&self) -> Result<(), CoreError> {
+        if self.inner.keyring.is_sealed() { Err(CoreError::Sealed) } else { Ok(()) }
+    }
+}

@@ -1,0 +1,173 @@
+//! Projects and their environment trees.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use coffer_store::{EnvRow, ProjectRow, StoreError};
+use uuid::Uuid;
+
+use crate::clock::now_ms;
+use crate::{Coffer, CoreError, Principal, names};
+
+/// The environment every new project starts with.
+pub const DEFAULT_ENV: &str = "default";
+/// Deepest allowed environment chain; also guards against cycles in corrupted data.
+const MAX_ENV_DEPTH: usize = 16;
+/// Project metadata is cached briefly: names and trees change rarely, and a stale entry
+/// only delays the visibility of a new environment created on another node.
+const META_TTL: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectView {
+    pub id: Uuid,
+    pub name: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvView {
+    pub id: Uuid,
+    pub name: String,
+    pub parent: Option<String>,
+    pub created_at: i64,
+}
+
+/// A project with its environments, as cached.
+#[derive(Debug)]
+pub(crate) struct ProjectMeta {
+    pub(crate) project: ProjectRow,
+    pub(crate) envs: Vec<EnvRow>,
+}
+
+impl ProjectMeta {
+    pub(crate) fn env(&self, name: &str) -> Result<&EnvRow, CoreError> {
+        self.envs.iter().find(|e| e.name == name).ok_or_else(|| CoreError::not_found("environment", name))
+    }
+
+    /// The environment followed by its ancestors, nearest first.
+    pub(crate) fn chain(&self, name: &str) -> Result<Vec<&EnvRow>, CoreError> {
+        let mut out = vec![self.env(name)?];
+        while let Some(parent) = out.last().and_then(|e| e.parent_id) {
+            if out.len() >= MAX_ENV_DEPTH {
+                return Err(CoreError::Internal("environment chain too deep"));
+            }
+            out.push(self.envs.iter().find(|e| e.id == parent).ok_or(CoreError::Internal("dangling environment parent"))?);
+        }
+        Ok(out)
+    }
+}
+
+type MetaKey = (Uuid, String);
+
+#[derive(Debug, Default)]
+pub(crate) struct MetaCache {
+    map: RwLock<HashMap<MetaKey, (Arc<ProjectMeta>, Instant)>>,
+}
+
+impl MetaCache {
+    fn get(&self, key: &MetaKey) -> Option<Arc<ProjectMeta>> {
+        let map = self.map.read().ok()?;
+        map.get(key).filter(|(_, at)| at.elapsed() < META_TTL).map(|(m, _)| m.clone())
+    }
+    fn put(&self, key: MetaKey, m: Arc<ProjectMeta>) {
+        if let Ok(mut map) = self.map.write() {
+            if map.len() > 10_000 {
+                map.clear();
+            }
+            map.insert(key, (m, Instant::now()));
+        }
+    }
+    fn evict(&self, key: &MetaKey) {
+        if let Ok(mut map) = self.map.write() {
+            map.remove(key);
+        }
+    }
+}
+
+pub(crate) fn ensure_can_write(p: &Principal) -> Result<(), CoreError> {
+    if p.role.can_write() { Ok(()) } else { Err(CoreError::Forbidden("your role cannot change this organisation's data")) }
+}
+
+impl Coffer {
+    pub(crate) async fn project_meta(&self, p: &Principal, project: &str) -> Result<Arc<ProjectMeta>, CoreError> {
+        self.ensure_unsealed()?;
+        names::validate("project name", project)?;
+        let key = (p.org_id, project.to_owned());
+        if let Some(m) = self.inner.meta.get(&key) {
+            return Ok(m);
+        }
+        let row = self.store().project_by_name(p.org_id, project).await?.ok_or_else(|| CoreError::not_found("project", project))?;
+        let envs = self.store().envs(p.org_id, row.id).await?;
+        let m = Arc::new(ProjectMeta { project: row, envs });
+        self.inner.meta.put(key, m.clone());
+        Ok(m)
+    }
+
+    pub async fn create_project(&self, p: &Principal, name: &str) -> Result<ProjectView, CoreError> {
+        self.ensure_unsealed()?;
+        ensure_can_write(p)?;
+        names::validate("project name", name)?;
+        let now = now_ms();
+        let row = ProjectRow { id: Uuid::new_v4(), org_id: p.org_id, name: name.to_owned(), created_at: now };
+        match self.store().create_project(&row).await {
+            Err(StoreError::Conflict) => return Err(CoreError::AlreadyExists { kind: "project", name: name.to_owned() }),
+            r => r?,
+        }
+        let env = EnvRow { id: Uuid::new_v4(), org_id: p.org_id, project_id: row.id, parent_id: None, name: DEFAULT_ENV.into(), created_at: now };
+        self.store().create_env(&env).await?;
+        self.inner.meta.evict(&(p.org_id, name.to_owned()));
+        Ok(ProjectView { id: row.id, name: row.name, created_at: row.created_at })
+    }
+
+    pub async fn list_projects(&self, p: &Principal) -> Result<Vec<ProjectView>, CoreError> {
+        self.ensure_unsealed()?;
+        Ok(self
+            .store()
+            .projects(p.org_id)
+            .await?
+            .into_iter()
+            .map(|r| ProjectView { id: r.id, name: r.name, created_at: r.created_at })
+            .collect())
+    }
+
+    /// Create an environment. Without a parent it inherits from `default`.
+    pub async fn create_env(&self, p: &Principal, project: &str, name: &str, parent: Option<&str>) -> Result<EnvView, CoreError> {
+        ensure_can_write(p)?;
+        names::validate("environment name", name)?;
+        let meta = self.project_meta(p, project).await?;
+        let parent_name = parent.unwrap_or(DEFAULT_ENV);
+        let parent_row = meta.env(parent_name)?;
+        if meta.chain(parent_name)?.len() + 1 > MAX_ENV_DEPTH {
+            return Err(CoreError::invalid("parent", format!("environments nest at most {MAX_ENV_DEPTH} deep")));
+        }
+        let row = EnvRow {
+            id: Uuid::new_v4(),
+            org_id: p.org_id,
+            project_id: meta.project.id,
+            parent_id: Some(parent_row.id),
+            name: name.to_owned(),
+            created_at: now_ms(),
+        };
+        match self.store().create_env(&row).await {
+            Err(StoreError::Conflict) => return Err(CoreError::AlreadyExists { kind: "environment", name: name.to_owned() }),
+            r => r?,
+        }
+        self.inner.meta.evict(&(p.org_id, project.to_owned()));
+        Ok(EnvView { id: row.id, name: row.name, parent: Some(parent_name.to_owned()), created_at: row.created_at })
+    }
+
+    pub async fn list_envs(&self, p: &Principal, project: &str) -> Result<Vec<EnvView>, CoreError> {
+        let meta = self.project_meta(p, project).await?;
+        Ok(meta
+            .envs
+            .iter()
+            .map(|e| EnvView {
+                id: e.id,
+                name: e.name.clone(),
+                parent: e.parent_id.and_then(|pid| meta.envs.iter().find(|x| x.id == pid)).map(|x| x.name.clone()),
+                created_at: e.created_at,
+            })
+            .collect())
+    }
+}
