@@ -1,1 +1,255 @@
+//! Typed HTTPS client for Coffer's API, shared by the CLI, the agent and the tests.
+//!
+//! TLS is rustls (aws-lc-rs). With a CA certificate the client trusts that CA only — the way
+//! to pin Coffer's internal CA; without one it uses the platform's trust store.
 
+mod types;
+
+use reqwest::{Method, StatusCode, Url};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use types::*;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The server answered with an error body.
+    #[error("{message} ({code}, HTTP {status})")]
+    Api { status: u16, code: String, message: String },
+    #[error("invalid server address: {0}")]
+    Address(String),
+    #[error("invalid CA certificate")]
+    CaCert(#[source] reqwest::Error),
+    #[error("could not reach the server")]
+    Http(#[source] reqwest::Error),
+    #[error("unexpected response from the server (HTTP {0})")]
+    Unexpected(u16),
+}
+
+impl ClientError {
+    /// The API error code, when the server sent one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } | ClientError::Unexpected(status) => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: Url,
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("base", &self.base.as_str()).field("token", &self.token.as_ref().map(|_| "[REDACTED]")).finish()
+    }
+}
+
+impl Client {
+    /// `addr` like `https://127.0.0.1:8200`; `ca_pem` pins the server's CA.
+    pub fn new(addr: &str, ca_pem: Option<&[u8]>) -> Result<Self> {
+        let base = Url::parse(addr).map_err(|e| ClientError::Address(e.to_string()))?;
+        if base.scheme() != "https" {
+            return Err(ClientError::Address("the address must start with https://".into()));
+        }
+        let mut b = reqwest::Client::builder()
+            .http1_only()
+            .https_only(true)
+            .tls_version_min(reqwest::tls::Version::TLS_1_2)
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .timeout(std::time::Duration::from_secs(60))
+            .pool_max_idle_per_host(64)
+            .user_agent(concat!("coffer-client/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(ClientError::CaCert)?;
+            b = b.tls_certs_only(certs);
+        }
+        Ok(Self { http: b.build().map_err(ClientError::Http)?, base, token: None })
+    }
+
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    pub fn base(&self) -> &Url {
+        &self.base
+    }
+
+    /// Build a URL from path segments; each segment is percent-encoded, so names may
+    /// contain any character the server accepts.
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut u = self.base.clone();
+        if let Ok(mut p) = u.path_segments_mut() {
+            p.pop_if_empty();
+            p.extend(segments);
+        }
+        u
+    }
+
+    async fn send<B: Serialize + ?Sized>(&self, method: Method, url: Url, body: Option<&B>) -> Result<reqwest::Response> {
+        let mut req = self.http.request(method, url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        req.send().await.map_err(ClientError::Http)
+    }
+
+    async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(&self, method: Method, segments: &[&str], query: &[(&str, &str)], body: Option<&B>) -> Result<T> {
+        let mut url = self.url(segments);
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        let res = self.send(method, url, body).await?;
+        decode(res).await
+    }
+
+    async fn get<T: DeserializeOwned>(&self, segments: &[&str], query: &[(&str, &str)]) -> Result<T> {
+        self.call::<(), T>(Method::GET, segments, query, None).await
+    }
+
+    async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(&self, segments: &[&str], body: &B) -> Result<T> {
+        self.call(Method::POST, segments, &[], Some(body)).await
+    }
+
+    // ---- sys ----
+
+    /// Health as load balancers see it: the status code and the body.
+    pub async fn health(&self) -> Result<(u16, Health)> {
+        let res = self.send::<()>(Method::GET, self.url(&["v1", "sys", "health"]), None).await?;
+        let status = res.status().as_u16();
+        let body = res.json().await.map_err(|_| ClientError::Unexpected(status))?;
+        Ok((status, body))
+    }
+
+    pub async fn seal_status(&self) -> Result<SealStatus> {
+        self.get(&["v1", "sys", "seal-status"], &[]).await
+    }
+
+    pub async fn init(&self, shares: u8, threshold: u8) -> Result<InitResponse> {
+        self.post(&["v1", "sys", "init"], &serde_json::json!({ "shares": shares, "threshold": threshold })).await
+    }
+
+    pub async fn unseal(&self, share: &str) -> Result<SealStatus> {
+        self.post(&["v1", "sys", "unseal"], &serde_json::json!({ "share": share })).await
+    }
+
+    pub async fn unseal_reset(&self) -> Result<SealStatus> {
+        self.post(&["v1", "sys", "unseal"], &serde_json::json!({ "reset": true })).await
+    }
+
+    pub async fn seal(&self) -> Result<SealStatus> {
+        self.post(&["v1", "sys", "seal"], &serde_json::json!({})).await
+    }
+
+    // ---- auth ----
+
+    pub async fn login(&self, username: &str, password: &str) -> Result<LoginResponse> {
+        self.post(&["v1", "auth", "login"], &serde_json::json!({ "username": username, "password": password })).await
+    }
+
+    pub async fn logout(&self) -> Result<()> {
+        let res = self.send::<()>(Method::POST, self.url(&["v1", "auth", "logout"]), None).await?;
+        expect_empty(res).await
+    }
+
+    pub async fn whoami(&self) -> Result<Whoami> {
+        self.get(&["v1", "auth", "whoami"], &[]).await
+    }
+
+    // ---- projects ----
+
+    pub async fn projects(&self) -> Result<Vec<Project>> {
+        self.get(&["v1", "projects"], &[]).await
+    }
+
+    pub async fn create_project(&self, name: &str) -> Result<Project> {
+        self.post(&["v1", "projects"], &serde_json::json!({ "name": name })).await
+    }
+
+    pub async fn envs(&self, project: &str) -> Result<Vec<Env>> {
+        self.get(&["v1", "projects", project, "envs"], &[]).await
+    }
+
+    pub async fn create_env(&self, project: &str, name: &str, parent: Option<&str>) -> Result<Env> {
+        self.post(&["v1", "projects", project, "envs"], &serde_json::json!({ "name": name, "parent": parent })).await
+    }
+
+    // ---- parameters ----
+
+    pub async fn list_params(&self, project: &str, env: &str, reveal: bool) -> Result<Vec<Param>> {
+        let r: ParamList = self.get(&["v1", "projects", project, "envs", env, "params"], &[("reveal", if reveal { "true" } else { "false" })]).await?;
+        Ok(r.params)
+    }
+
+    pub async fn get_param(&self, project: &str, env: &str, name: &str) -> Result<Param> {
+        self.get(&["v1", "projects", project, "envs", env, "params", name], &[]).await
+    }
+
+    pub async fn set_param(&self, project: &str, env: &str, name: &str, value: &str, secret: Option<bool>) -> Result<WriteResult> {
+        let body = serde_json::json!({ "value": value, "secret": secret });
+        self.call(Method::PUT, &["v1", "projects", project, "envs", env, "params", name], &[], Some(&body)).await
+    }
+
+    pub async fn delete_param(&self, project: &str, env: &str, name: &str) -> Result<WriteResult> {
+        self.call::<(), _>(Method::DELETE, &["v1", "projects", project, "envs", env, "params", name], &[], None).await
+    }
+
+    pub async fn history(&self, project: &str, env: &str, name: &str) -> Result<Vec<HistoryEntry>> {
+        let r: History = self.get(&["v1", "projects", project, "envs", env, "params", name, "history"], &[]).await?;
+        Ok(r.versions)
+    }
+
+    pub async fn rollback(&self, project: &str, env: &str, name: &str, version: u64) -> Result<WriteResult> {
+        self.post(&["v1", "projects", project, "envs", env, "params", name, "rollback"], &serde_json::json!({ "version": version })).await
+    }
+
+    pub async fn diff(&self, project: &str, a: &str, b: &str, reveal: bool) -> Result<Diff> {
+        self.get(&["v1", "projects", project, "diff"], &[("a", a), ("b", b), ("reveal", if reveal { "true" } else { "false" })]).await
+    }
+
+    /// The server's OpenAPI document.
+    pub async fn openapi(&self) -> Result<serde_json::Value> {
+        self.get(&["v1", "openapi.json"], &[]).await
+    }
+}
+
+async fn error_from(res: reqwest::Response) -> ClientError {
+    let status = res.status().as_u16();
+    match res.json::<ErrorBody>().await {
+        Ok(b) => ClientError::Api { status, code: b.error.code, message: b.error.message },
+        Err(_) => ClientError::Unexpected(status),
+    }
+}
+
+async fn decode<T: DeserializeOwned>(res: reqwest::Response) -> Result<T> {
+    if !res.status().is_success() {
+        return Err(error_from(res).await);
+    }
+    let status = res.status().as_u16();
+    res.json().await.map_err(|_| ClientError::Unexpected(status))
+}
+
+async fn expect_empty(res: reqwest::Response) -> Result<()> {
+    if res.status() == StatusCode::NO_CONTENT || res.status().is_success() {
+        Ok(())
+    } else {
+        Err(error_from(res).await)
+    }
+}

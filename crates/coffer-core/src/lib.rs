@@ -19,7 +19,7 @@ mod sys;
 use std::sync::Arc;
 
 pub use auth::{LoginResult, Principal};
-pub use coffer_crypto::SecretBytes;
+pub use coffer_crypto::{SecretBytes, fingerprint_sha256};
 pub use coffer_crypto::token::BearerToken;
 pub use config::CoreConfig;
 pub use error::CoreError;

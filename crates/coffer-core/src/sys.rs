@@ -171,3 +171,31 @@ impl Coffer {
         Ok(bootstrap)
     }
 }
+
+impl Coffer {
+    /// Open (or create) the embedded SQLite database.
+    pub async fn open_sqlite(path: &std::path::Path, config: crate::CoreConfig) -> Result<Coffer, CoreError> {
+        let store = coffer_store::sqlite::SqliteStore::open(path).await?;
+        Coffer::new(std::sync::Arc::new(store), config)
+    }
+
+    /// Dev mode: use (creating on first start) the root key file at `key_path`.
+    pub async fn start_dev(&self, key_path: &std::path::Path) -> Result<Option<Bootstrap>, CoreError> {
+        let (seal, created) = coffer_seal::DevKeyFile::open_or_create(key_path).map_err(|e| {
+            tracing::error!(error = %e, "dev key file");
+            CoreError::Internal("the dev root key file could not be used")
+        })?;
+        if created {
+            tracing::warn!(path = %key_path.display(), "created a DEV root key file: anyone who can read it can read every secret");
+        }
+        self.start_with_auto_unseal(&seal).await
+    }
+
+    /// A production start must not reuse a data directory initialised in dev mode.
+    pub async fn check_production_start(&self) -> Result<(), CoreError> {
+        match self.store().seal_config().await? {
+            Some(cfg) if SealKind::parse(&cfg.kind) != Some(SealKind::Shamir) => Err(CoreError::WrongSealType),
+            _ => Ok(()),
+        }
+    }
+}

@@ -25,3 +25,9 @@ pub use secret::SecretBytes;
 pub fn random_bytes(buf: &mut [u8]) {
     hazmat::fill_random(buf);
 }
+
+/// SHA-256 fingerprint of a certificate (DER), as colon-separated upper-case hex: the form
+/// operators compare by eye.
+pub fn fingerprint_sha256(der: &[u8]) -> String {
+    hazmat::sha256(der).iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+}

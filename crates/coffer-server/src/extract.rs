@@ -1,0 +1,61 @@
+//! Request extractors that fail with [`ApiError`].
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use coffer_core::Principal;
+
+use crate::AppState;
+use crate::error::{ApiError, ErrorCode};
+
+/// JSON body; rejections become our error codes.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    axum::Json<T>: FromRequest<S, Rejection = axum::extract::rejection::JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        Ok(Self(axum::Json::<T>::from_request(req, state).await?.0))
+    }
+}
+
+/// The authenticated caller.
+#[derive(Debug)]
+pub struct Auth(pub Principal);
+
+/// The raw bearer token, for logout.
+#[derive(Debug)]
+pub struct Bearer(pub String);
+
+fn bearer(parts: &Parts) -> Result<String, ApiError> {
+    let unauth = || ApiError::new(ErrorCode::Unauthenticated, "missing or malformed Authorization: Bearer header");
+    let h = parts.headers.get(axum::http::header::AUTHORIZATION).ok_or_else(unauth)?;
+    let s = h.to_str().map_err(|_| unauth())?;
+    let t = s.strip_prefix("Bearer ").ok_or_else(unauth)?.trim();
+    if t.is_empty() {
+        return Err(unauth());
+    }
+    Ok(t.to_owned())
+}
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts)?;
+        let p = state.coffer.authenticate(&token).await.map_err(|e| match e {
+            coffer_core::CoreError::Unauthenticated => ApiError::new(ErrorCode::Unauthenticated, "the token is invalid or expired; log in again"),
+            other => other.into(),
+        })?;
+        Ok(Auth(p))
+    }
+}
+
+impl FromRequestParts<AppState> for Bearer {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, ApiError> {
+        Ok(Bearer(bearer(parts)?))
+    }
+}

@@ -1,0 +1,35 @@
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::error::{ErrorBody, ErrorCode, ErrorDetail};
+use crate::routes;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Coffer API", description = "Secrets and configuration management. All routes act on the organisation of the authenticated session."),
+    paths(
+        routes::sys::health, routes::sys::seal_status, routes::sys::init, routes::sys::unseal, routes::sys::seal,
+        routes::auth::login, routes::auth::logout, routes::auth::whoami,
+        routes::projects::list, routes::projects::create, routes::projects::list_envs, routes::projects::create_env,
+        routes::params::list, routes::params::get, routes::params::set, routes::params::delete,
+        routes::params::history, routes::params::rollback, routes::params::diff,
+    ),
+    components(schemas(ErrorBody, ErrorDetail, ErrorCode)),
+    modifiers(&BearerAuth),
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        if let Some(c) = openapi.components.as_mut() {
+            c.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        }
+    }
+}
+
+/// The OpenAPI 3.1 document, generated from the handlers' annotations.
+pub fn openapi_json() -> String {
+    ApiDoc::openapi().to_pretty_json().unwrap_or_else(|_| "{}".to_owned())
+}

@@ -1,0 +1,41 @@
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use coffer_core::Principal;
+
+use crate::AppState;
+use crate::dto::*;
+use crate::error::{ApiResult, ErrorBody};
+use crate::extract::{ApiJson, Auth, Bearer};
+
+pub fn whoami_dto(p: Principal) -> WhoamiResponse {
+    WhoamiResponse {
+        user_id: p.user_id,
+        username: p.username,
+        org_id: p.org_id,
+        org: p.org_name,
+        role: p.role.as_str().to_owned(),
+        session_expires_at: ts(p.expires_at),
+    }
+}
+
+/// Log in with a username and password. The same 401 for every failure.
+#[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = LoginRequest,
+    responses((status = 200, body = LoginResponse), (status = 401, body = ErrorBody)))]
+pub async fn login(State(st): State<AppState>, ApiJson(req): ApiJson<LoginRequest>) -> ApiResult<Json<LoginResponse>> {
+    let r = st.coffer.login(&req.username, &req.password).await?;
+    Ok(Json(LoginResponse { token: r.token.expose_secret().to_owned(), whoami: whoami_dto(r.principal) }))
+}
+
+/// End the current session.
+#[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", security(("bearer" = [])), responses((status = 204)))]
+pub async fn logout(State(st): State<AppState>, Bearer(token): Bearer) -> ApiResult<StatusCode> {
+    st.coffer.logout(&token).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/v1/auth/whoami", tag = "auth", security(("bearer" = [])),
+    responses((status = 200, body = WhoamiResponse), (status = 401, body = ErrorBody)))]
+pub async fn whoami(Auth(p): Auth) -> Json<WhoamiResponse> {
+    Json(whoami_dto(p))
+}

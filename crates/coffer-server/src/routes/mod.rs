@@ -1,0 +1,4 @@
+pub mod auth;
+pub mod params;
+pub mod projects;
+pub mod sys;

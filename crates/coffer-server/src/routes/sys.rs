@@ -1,0 +1,87 @@
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use coffer_core::{SealStatus, UnsealOutcome};
+
+use crate::AppState;
+use crate::dto::*;
+use crate::error::{ApiError, ApiResult, ErrorBody, ErrorCode};
+use crate::extract::{ApiJson, Auth};
+
+fn status_dto(s: SealStatus) -> SealStatusResponse {
+    SealStatusResponse {
+        initialized: s.initialized,
+        sealed: s.sealed,
+        seal_type: s.seal_type.map(str::to_owned),
+        shares: s.shares,
+        threshold: s.threshold,
+        progress: s.progress,
+        version: s.version.to_owned(),
+    }
+}
+
+/// Health for load balancers: 200 unsealed, 503 sealed, 501 not initialised.
+#[utoipa::path(get, path = "/v1/sys/health", tag = "sys",
+    responses((status = 200, body = HealthResponse), (status = 503, body = HealthResponse), (status = 501, body = HealthResponse)))]
+pub async fn health(State(st): State<AppState>) -> ApiResult<impl IntoResponse> {
+    let s = st.coffer.seal_status().await?;
+    let code = if !s.initialized {
+        StatusCode::NOT_IMPLEMENTED
+    } else if s.sealed {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    Ok((code, Json(HealthResponse { initialized: s.initialized, sealed: s.sealed, version: s.version.to_owned() })))
+}
+
+#[utoipa::path(get, path = "/v1/sys/seal-status", tag = "sys", responses((status = 200, body = SealStatusResponse)))]
+pub async fn seal_status(State(st): State<AppState>) -> ApiResult<Json<SealStatusResponse>> {
+    Ok(Json(status_dto(st.coffer.seal_status().await?)))
+}
+
+/// Initialise a new server with a Shamir seal. Returns the shares and the first account once.
+#[utoipa::path(post, path = "/v1/sys/init", tag = "sys", request_body = InitRequest,
+    responses((status = 200, body = InitResponse), (status = 409, body = ErrorBody), (status = 400, body = ErrorBody)))]
+pub async fn init(State(st): State<AppState>, ApiJson(req): ApiJson<InitRequest>) -> ApiResult<Json<InitResponse>> {
+    let r = st.coffer.init_shamir(req.shares, req.threshold).await?;
+    Ok(Json(InitResponse {
+        shares: r.shares.iter().map(|s| s.to_string()).collect(),
+        threshold: r.threshold,
+        bootstrap: BootstrapAccount {
+            org: r.bootstrap.org_name,
+            username: r.bootstrap.username,
+            password: r.bootstrap.password.expose_secret().to_owned(),
+        },
+    }))
+}
+
+/// Submit one unseal share (or reset progress).
+#[utoipa::path(post, path = "/v1/sys/unseal", tag = "sys", request_body = UnsealRequest,
+    responses((status = 200, body = SealStatusResponse), (status = 400, body = ErrorBody)))]
+pub async fn unseal(State(st): State<AppState>, ApiJson(req): ApiJson<UnsealRequest>) -> ApiResult<Json<SealStatusResponse>> {
+    if req.reset {
+        st.coffer.reset_unseal()?;
+    } else {
+        let share = req.share.ok_or_else(|| ApiError::bad_request("provide `share` or `reset: true`"))?;
+        if st.coffer.unseal(&share).await? == UnsealOutcome::WrongShares {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                "the submitted shares do not reconstruct the root key; progress was reset, start again",
+            ));
+        }
+    }
+    Ok(Json(status_dto(st.coffer.seal_status().await?)))
+}
+
+/// Seal the server: wipe the root key and all tenant keys from memory. Owners only.
+#[utoipa::path(post, path = "/v1/sys/seal", tag = "sys", security(("bearer" = [])),
+    responses((status = 200, body = SealStatusResponse), (status = 403, body = ErrorBody)))]
+pub async fn seal(State(st): State<AppState>, Auth(p): Auth) -> ApiResult<Json<SealStatusResponse>> {
+    if !p.role.can_operate() {
+        return Err(ApiError::new(ErrorCode::Forbidden, "only an Owner can seal the server"));
+    }
+    st.coffer.seal()?;
+    Ok(Json(status_dto(st.coffer.seal_status().await?)))
+}

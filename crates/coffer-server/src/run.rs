@@ -1,0 +1,130 @@
+//! Starting a server: data directory, database, seal, TLS, socket.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum_server::Handle;
+use axum_server::tls_rustls::RustlsConfig;
+use coffer_core::{Bootstrap, Coffer, CoreConfig};
+
+use crate::tls::{self, TlsFiles};
+use crate::{AppState, router};
+
+/// Everything the server needs to start; built and validated by the `coffer` binary.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Dev mode: root key in a file, auto-unseal, bootstrap account.
+    pub dev: bool,
+    /// Operator-supplied certificate chain and key; an internal CA is generated otherwise.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub core: CoreConfig,
+}
+
+/// A started server. Dropping it does not stop it; call [`RunningServer::shutdown`].
+#[derive(Debug)]
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub tls: TlsFiles,
+    pub ca_fingerprint: Option<String>,
+    /// Dev mode, first start: the bootstrap account (print it once).
+    pub bootstrap: Option<Bootstrap>,
+    /// Dev mode: where the root key file is.
+    pub dev_key: Option<PathBuf>,
+    pub coffer: Coffer,
+    handle: Handle<SocketAddr>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningServer {
+    /// Serve until the process is asked to stop (Ctrl-C or SIGTERM), then drain.
+    pub async fn run_until_signal(self) -> anyhow::Result<()> {
+        let handle = self.handle.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            handle.graceful_shutdown(Some(Duration::from_secs(10)));
+        });
+        self.task.await.context("server task")?.context("server")?;
+        Ok(())
+    }
+
+    pub async fn shutdown(self) {
+        self.handle.graceful_shutdown(Some(Duration::from_secs(2)));
+        let _ = self.task.await;
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}
+
+pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&cfg.data_dir)
+        .with_context(|| format!("create data directory {}", cfg.data_dir.display()))?;
+    let coffer = Coffer::open_sqlite(&cfg.data_dir.join("coffer.db"), cfg.core.clone())
+        .await
+        .context("open the database")?;
+
+    let (bootstrap, dev_key) = if cfg.dev {
+        let key_path = cfg.data_dir.join("dev-root.key");
+        let b = coffer.start_dev(&key_path).await.map_err(|e| match e {
+            coffer_core::CoreError::WrongSealType => {
+                anyhow::anyhow!("{} was initialised for production (Shamir seal); start it without --dev", cfg.data_dir.display())
+            }
+            other => anyhow::Error::new(other).context("dev-mode unseal"),
+        })?;
+        (b, Some(key_path))
+    } else {
+        coffer.check_production_start().await.map_err(|_| {
+            anyhow::anyhow!("{} was initialised in dev mode; start it with --dev or use a new data directory", cfg.data_dir.display())
+        })?;
+        (None, None)
+    };
+
+    let files = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(cert), Some(key)) => TlsFiles { cert: cert.clone(), key: key.clone(), ca: None },
+        (None, None) => tls::ensure_internal_ca(&cfg.data_dir.join("tls"), &[])?,
+        _ => anyhow::bail!("set both tls.cert_file and tls.key_file, or neither"),
+    };
+    let ca_fingerprint = files.ca.as_deref().map(tls::fingerprint).transpose()?;
+    let tls_cfg = RustlsConfig::from_config(tls::server_config(&files)?);
+
+    let listener = std::net::TcpListener::bind(cfg.listen).with_context(|| format!("listen on {}", cfg.listen))?;
+    listener.set_nonblocking(true).context("set listener non-blocking")?;
+    let addr = listener.local_addr().context("local address")?;
+    let handle = Handle::new();
+    let app = router(AppState { coffer: coffer.clone() });
+    let mut server = axum_server::from_tcp_rustls(listener, tls_cfg).context("TLS listener")?.handle(handle.clone());
+    server.http_builder().http1().keep_alive(true);
+    let task = tokio::spawn(server.serve(app.into_make_service_with_connect_info::<SocketAddr>()));
+
+    let purger = coffer.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(600));
+        loop {
+            tick.tick().await;
+            if let Err(e) = purger.purge_expired_sessions().await {
+                tracing::warn!(error = %e, "purging expired sessions failed");
+            }
+        }
+    });
+
+    Ok(RunningServer { addr, tls: files, ca_fingerprint, bootstrap, dev_key, coffer, handle, task })
+}
