@@ -16,7 +16,11 @@ pub use types::*;
 pub enum ClientError {
     /// The server answered with an error body.
     #[error("{message} ({code}, HTTP {status})")]
-    Api { status: u16, code: String, message: String },
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
     #[error("invalid server address: {0}")]
     Address(String),
     #[error("invalid CA certificate")]
@@ -54,7 +58,10 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("base", &self.base.as_str()).field("token", &self.token.as_ref().map(|_| "[REDACTED]")).finish()
+        f.debug_struct("Client")
+            .field("base", &self.base.as_str())
+            .field("token", &self.token.as_ref().map(|_| "[REDACTED]"))
+            .finish()
     }
 }
 
@@ -63,7 +70,9 @@ impl Client {
     pub fn new(addr: &str, ca_pem: Option<&[u8]>) -> Result<Self> {
         let base = Url::parse(addr).map_err(|e| ClientError::Address(e.to_string()))?;
         if base.scheme() != "https" {
-            return Err(ClientError::Address("the address must start with https://".into()));
+            return Err(ClientError::Address(
+                "the address must start with https://".into(),
+            ));
         }
         let mut b = reqwest::Client::builder()
             .http1_only()
@@ -77,7 +86,11 @@ impl Client {
             let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(ClientError::CaCert)?;
             b = b.tls_certs_only(certs);
         }
-        Ok(Self { http: b.build().map_err(ClientError::Http)?, base, token: None })
+        Ok(Self {
+            http: b.build().map_err(ClientError::Http)?,
+            base,
+            token: None,
+        })
     }
 
     pub fn with_token(mut self, token: impl Into<String>) -> Self {
@@ -100,7 +113,12 @@ impl Client {
         u
     }
 
-    async fn send<B: Serialize + ?Sized>(&self, method: Method, url: Url, body: Option<&B>) -> Result<reqwest::Response> {
+    async fn send<B: Serialize + ?Sized>(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&B>,
+    ) -> Result<reqwest::Response> {
         let mut req = self.http.request(method, url);
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
@@ -111,7 +129,13 @@ impl Client {
         req.send().await.map_err(ClientError::Http)
     }
 
-    async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(&self, method: Method, segments: &[&str], query: &[(&str, &str)], body: Option<&B>) -> Result<T> {
+    async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, &str)],
+        body: Option<&B>,
+    ) -> Result<T> {
         let mut url = self.url(segments);
         if !query.is_empty() {
             url.query_pairs_mut().extend_pairs(query);
@@ -120,11 +144,19 @@ impl Client {
         decode(res).await
     }
 
-    async fn get<T: DeserializeOwned>(&self, segments: &[&str], query: &[(&str, &str)]) -> Result<T> {
+    async fn get<T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        query: &[(&str, &str)],
+    ) -> Result<T> {
         self.call::<(), T>(Method::GET, segments, query, None).await
     }
 
-    async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(&self, segments: &[&str], body: &B) -> Result<T> {
+    async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        body: &B,
+    ) -> Result<T> {
         self.call(Method::POST, segments, &[], Some(body)).await
     }
 
@@ -132,9 +164,14 @@ impl Client {
 
     /// Health as load balancers see it: the status code and the body.
     pub async fn health(&self) -> Result<(u16, Health)> {
-        let res = self.send::<()>(Method::GET, self.url(&["v1", "sys", "health"]), None).await?;
+        let res = self
+            .send::<()>(Method::GET, self.url(&["v1", "sys", "health"]), None)
+            .await?;
         let status = res.status().as_u16();
-        let body = res.json().await.map_err(|_| ClientError::Unexpected(status))?;
+        let body = res
+            .json()
+            .await
+            .map_err(|_| ClientError::Unexpected(status))?;
         Ok((status, body))
     }
 
@@ -143,29 +180,48 @@ impl Client {
     }
 
     pub async fn init(&self, shares: u8, threshold: u8) -> Result<InitResponse> {
-        self.post(&["v1", "sys", "init"], &serde_json::json!({ "shares": shares, "threshold": threshold })).await
+        self.post(
+            &["v1", "sys", "init"],
+            &serde_json::json!({ "shares": shares, "threshold": threshold }),
+        )
+        .await
     }
 
     pub async fn unseal(&self, share: &str) -> Result<SealStatus> {
-        self.post(&["v1", "sys", "unseal"], &serde_json::json!({ "share": share })).await
+        self.post(
+            &["v1", "sys", "unseal"],
+            &serde_json::json!({ "share": share }),
+        )
+        .await
     }
 
     pub async fn unseal_reset(&self) -> Result<SealStatus> {
-        self.post(&["v1", "sys", "unseal"], &serde_json::json!({ "reset": true })).await
+        self.post(
+            &["v1", "sys", "unseal"],
+            &serde_json::json!({ "reset": true }),
+        )
+        .await
     }
 
     pub async fn seal(&self) -> Result<SealStatus> {
-        self.post(&["v1", "sys", "seal"], &serde_json::json!({})).await
+        self.post(&["v1", "sys", "seal"], &serde_json::json!({}))
+            .await
     }
 
     // ---- auth ----
 
     pub async fn login(&self, username: &str, password: &str) -> Result<LoginResponse> {
-        self.post(&["v1", "auth", "login"], &serde_json::json!({ "username": username, "password": password })).await
+        self.post(
+            &["v1", "auth", "login"],
+            &serde_json::json!({ "username": username, "password": password }),
+        )
+        .await
     }
 
     pub async fn logout(&self) -> Result<()> {
-        let res = self.send::<()>(Method::POST, self.url(&["v1", "auth", "logout"]), None).await?;
+        let res = self
+            .send::<()>(Method::POST, self.url(&["v1", "auth", "logout"]), None)
+            .await?;
         expect_empty(res).await
     }
 
@@ -180,7 +236,8 @@ impl Client {
     }
 
     pub async fn create_project(&self, name: &str) -> Result<Project> {
-        self.post(&["v1", "projects"], &serde_json::json!({ "name": name })).await
+        self.post(&["v1", "projects"], &serde_json::json!({ "name": name }))
+            .await
     }
 
     pub async fn envs(&self, project: &str) -> Result<Vec<Env>> {
@@ -188,40 +245,99 @@ impl Client {
     }
 
     pub async fn create_env(&self, project: &str, name: &str, parent: Option<&str>) -> Result<Env> {
-        self.post(&["v1", "projects", project, "envs"], &serde_json::json!({ "name": name, "parent": parent })).await
+        self.post(
+            &["v1", "projects", project, "envs"],
+            &serde_json::json!({ "name": name, "parent": parent }),
+        )
+        .await
     }
 
     // ---- parameters ----
 
     pub async fn list_params(&self, project: &str, env: &str, reveal: bool) -> Result<Vec<Param>> {
-        let r: ParamList = self.get(&["v1", "projects", project, "envs", env, "params"], &[("reveal", if reveal { "true" } else { "false" })]).await?;
+        let r: ParamList = self
+            .get(
+                &["v1", "projects", project, "envs", env, "params"],
+                &[("reveal", if reveal { "true" } else { "false" })],
+            )
+            .await?;
         Ok(r.params)
     }
 
     pub async fn get_param(&self, project: &str, env: &str, name: &str) -> Result<Param> {
-        self.get(&["v1", "projects", project, "envs", env, "params", name], &[]).await
+        self.get(
+            &["v1", "projects", project, "envs", env, "params", name],
+            &[],
+        )
+        .await
     }
 
-    pub async fn set_param(&self, project: &str, env: &str, name: &str, value: &str, secret: Option<bool>) -> Result<WriteResult> {
+    pub async fn set_param(
+        &self,
+        project: &str,
+        env: &str,
+        name: &str,
+        value: &str,
+        secret: Option<bool>,
+    ) -> Result<WriteResult> {
         let body = serde_json::json!({ "value": value, "secret": secret });
-        self.call(Method::PUT, &["v1", "projects", project, "envs", env, "params", name], &[], Some(&body)).await
+        self.call(
+            Method::PUT,
+            &["v1", "projects", project, "envs", env, "params", name],
+            &[],
+            Some(&body),
+        )
+        .await
     }
 
     pub async fn delete_param(&self, project: &str, env: &str, name: &str) -> Result<WriteResult> {
-        self.call::<(), _>(Method::DELETE, &["v1", "projects", project, "envs", env, "params", name], &[], None).await
+        self.call::<(), _>(
+            Method::DELETE,
+            &["v1", "projects", project, "envs", env, "params", name],
+            &[],
+            None,
+        )
+        .await
     }
 
     pub async fn history(&self, project: &str, env: &str, name: &str) -> Result<Vec<HistoryEntry>> {
-        let r: History = self.get(&["v1", "projects", project, "envs", env, "params", name, "history"], &[]).await?;
+        let r: History = self
+            .get(
+                &[
+                    "v1", "projects", project, "envs", env, "params", name, "history",
+                ],
+                &[],
+            )
+            .await?;
         Ok(r.versions)
     }
 
-    pub async fn rollback(&self, project: &str, env: &str, name: &str, version: u64) -> Result<WriteResult> {
-        self.post(&["v1", "projects", project, "envs", env, "params", name, "rollback"], &serde_json::json!({ "version": version })).await
+    pub async fn rollback(
+        &self,
+        project: &str,
+        env: &str,
+        name: &str,
+        version: u64,
+    ) -> Result<WriteResult> {
+        self.post(
+            &[
+                "v1", "projects", project, "envs", env, "params", name, "rollback",
+            ],
+            &serde_json::json!({ "version": version }),
+        )
+        .await
     }
 
     pub async fn diff(&self, project: &str, a: &str, b: &str, reveal: bool) -> Result<Diff> {
-        self.get(&["v1", "projects", project, "diff"], &[("a", a), ("b", b), ("reveal", if reveal { "true" } else { "false" })]).await
+        self.get(
+            &["v1", "projects", project, "diff"],
+            &[
+                ("a", a),
+                ("b", b),
+                ("reveal", if reveal { "true" } else { "false" }),
+            ],
+        )
+        .await
     }
 
     /// The server's OpenAPI document.
@@ -233,7 +349,11 @@ impl Client {
 async fn error_from(res: reqwest::Response) -> ClientError {
     let status = res.status().as_u16();
     match res.json::<ErrorBody>().await {
-        Ok(b) => ClientError::Api { status, code: b.error.code, message: b.error.message },
+        Ok(b) => ClientError::Api {
+            status,
+            code: b.error.code,
+            message: b.error.message,
+        },
         Err(_) => ClientError::Unexpected(status),
     }
 }
@@ -243,7 +363,9 @@ async fn decode<T: DeserializeOwned>(res: reqwest::Response) -> Result<T> {
         return Err(error_from(res).await);
     }
     let status = res.status().as_u16();
-    res.json().await.map_err(|_| ClientError::Unexpected(status))
+    res.json()
+        .await
+        .map_err(|_| ClientError::Unexpected(status))
 }
 
 async fn expect_empty(res: reqwest::Response) -> Result<()> {

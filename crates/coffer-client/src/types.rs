@@ -41,7 +41,9 @@ pub struct InitResponse {
 
 impl std::fmt::Debug for InitResponse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InitResponse").field("threshold", &self.threshold).finish_non_exhaustive()
+        f.debug_struct("InitResponse")
+            .field("threshold", &self.threshold)
+            .finish_non_exhaustive()
     }
 }
 
@@ -70,7 +72,9 @@ pub struct LoginResponse {
 
 impl std::fmt::Debug for LoginResponse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoginResponse").field("whoami", &self.whoami).finish_non_exhaustive()
+        f.debug_struct("LoginResponse")
+            .field("whoami", &self.whoami)
+            .finish_non_exhaustive()
     }
 }
 
@@ -156,6 +160,9 @@ pub struct Diff {
 
 impl std::fmt::Debug for BootstrapAccount {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BootstrapAccount").field("org", &self.org).field("username", &self.username).finish_non_exhaustive()
+        f.debug_struct("BootstrapAccount")
+            .field("org", &self.org)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
     }
 }

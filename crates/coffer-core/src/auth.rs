@@ -54,9 +54,13 @@ pub(crate) async fn hash_password(password: String) -> Result<String, CoreError>
 
 async fn verify_password(password: String, hash: String) -> Result<bool, CoreError> {
     let password = zeroize::Zeroizing::new(password);
-    tokio::task::spawn_blocking(move || Argon2::default().verify_password(password.as_bytes(), hash.as_str()).is_ok())
-        .await
-        .map_err(|_| CoreError::Internal("password verification task failed"))
+    tokio::task::spawn_blocking(move || {
+        Argon2::default()
+            .verify_password(password.as_bytes(), hash.as_str())
+            .is_ok()
+    })
+    .await
+    .map_err(|_| CoreError::Internal("password verification task failed"))
 }
 
 /// A valid Argon2id hash of a random password nobody knows, with the same parameters as
@@ -88,7 +92,10 @@ const SESSION_CACHE_MAX: usize = 100_000;
 
 impl SessionCache {
     pub(crate) fn new(ttl: Duration) -> Self {
-        Self { ttl, map: RwLock::new(HashMap::new()) }
+        Self {
+            ttl,
+            map: RwLock::new(HashMap::new()),
+        }
     }
 
     fn get(&self, h: &[u8; 32], now_ms: i64) -> Option<Principal> {
@@ -126,24 +133,50 @@ impl Coffer {
         self.ensure_unsealed()?;
         let username = normalize_username(username);
         let user = self.store().user_by_name(&username).await?;
-        let hash = user.as_ref().map_or_else(|| self.inner.dummy_hash.clone(), |u| u.password_hash.clone());
+        let hash = user.as_ref().map_or_else(
+            || self.inner.dummy_hash.clone(),
+            |u| u.password_hash.clone(),
+        );
         let ok = verify_password(password.to_owned(), hash).await?;
         let user = match user {
             Some(u) if ok => u,
             _ => return Err(CoreError::BadCredentials),
         };
-        let membership = self.store().memberships(user.id).await?.into_iter().next().ok_or(CoreError::BadCredentials)?;
-        let role = Role::parse(&membership.role).ok_or(CoreError::Internal("unknown role in database"))?;
-        let org = self.store().org(membership.org_id).await?.ok_or(CoreError::BadCredentials)?;
+        let membership = self
+            .store()
+            .memberships(user.id)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or(CoreError::BadCredentials)?;
+        let role =
+            Role::parse(&membership.role).ok_or(CoreError::Internal("unknown role in database"))?;
+        let org = self
+            .store()
+            .org(membership.org_id)
+            .await?
+            .ok_or(CoreError::BadCredentials)?;
         let (token, digest) = token::generate(SESSION_PREFIX);
         let now = now_ms();
         let ttl = i64::try_from(self.config().session_ttl.as_millis()).unwrap_or(i64::MAX);
         let expires_at = now.saturating_add(ttl);
         self.store()
-            .create_session(&SessionRow { token_hash: digest.0, user_id: user.id, org_id: org.id, created_at: now, expires_at })
+            .create_session(&SessionRow {
+                token_hash: digest.0,
+                user_id: user.id,
+                org_id: org.id,
+                created_at: now,
+                expires_at,
+            })
             .await?;
-        let principal =
-            Principal { user_id: user.id, username: user.username, org_id: org.id, org_name: org.name, role, expires_at };
+        let principal = Principal {
+            user_id: user.id,
+            username: user.username,
+            org_id: org.id,
+            org_name: org.name,
+            role,
+            expires_at,
+        };
         Ok(LoginResult { token, principal })
     }
 
@@ -158,7 +191,11 @@ impl Coffer {
         if let Some(p) = self.inner.sessions.get(&digest, now) {
             return Ok(p);
         }
-        let s = self.store().session(&digest).await?.ok_or(CoreError::Unauthenticated)?;
+        let s = self
+            .store()
+            .session(&digest)
+            .await?
+            .ok_or(CoreError::Unauthenticated)?;
         if s.expires_at <= now {
             return Err(CoreError::Unauthenticated);
         }
@@ -171,10 +208,26 @@ impl Coffer {
             .into_iter()
             .find(|m| m.org_id == s.org_id)
             .ok_or(CoreError::Unauthenticated)?;
-        let role = Role::parse(&membership.role).ok_or(CoreError::Internal("unknown role in database"))?;
-        let user = self.store().user(s.user_id).await?.ok_or(CoreError::Unauthenticated)?;
-        let org = self.store().org(s.org_id).await?.ok_or(CoreError::Unauthenticated)?;
-        let p = Principal { user_id: user.id, username: user.username, org_id: org.id, org_name: org.name, role, expires_at: s.expires_at };
+        let role =
+            Role::parse(&membership.role).ok_or(CoreError::Internal("unknown role in database"))?;
+        let user = self
+            .store()
+            .user(s.user_id)
+            .await?
+            .ok_or(CoreError::Unauthenticated)?;
+        let org = self
+            .store()
+            .org(s.org_id)
+            .await?
+            .ok_or(CoreError::Unauthenticated)?;
+        let p = Principal {
+            user_id: user.id,
+            username: user.username,
+            org_id: org.id,
+            org_name: org.name,
+            role,
+            expires_at: s.expires_at,
+        };
         self.inner.sessions.put(digest, p.clone());
         Ok(p)
     }
@@ -206,8 +259,16 @@ mod tests {
     async fn password_hash_roundtrip_and_dummy_rejects() {
         let h = hash_password("correct horse".into()).await.unwrap();
         assert!(h.starts_with("$argon2id$"));
-        assert!(verify_password("correct horse".into(), h.clone()).await.unwrap());
+        assert!(
+            verify_password("correct horse".into(), h.clone())
+                .await
+                .unwrap()
+        );
         assert!(!verify_password("wrong".into(), h).await.unwrap());
-        assert!(!verify_password("anything".into(), dummy_hash().unwrap()).await.unwrap());
+        assert!(
+            !verify_password("anything".into(), dummy_hash().unwrap())
+                .await
+                .unwrap()
+        );
     }
 }

@@ -14,6 +14,10 @@ pub struct CoreConfig {
 
 impl Default for CoreConfig {
     fn default() -> Self {
-        Self { session_ttl: Duration::from_secs(12 * 3600), session_cache_ttl: Duration::from_secs(1), max_value_bytes: 512 * 1024 }
+        Self {
+            session_ttl: Duration::from_secs(12 * 3600),
+            session_cache_ttl: Duration::from_secs(1),
+            max_value_bytes: 512 * 1024,
+        }
     }
 }

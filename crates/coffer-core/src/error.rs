@@ -58,9 +58,15 @@ impl From<StoreError> for CoreError {
 
 impl CoreError {
     pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
-        CoreError::Invalid { field, reason: reason.into() }
+        CoreError::Invalid {
+            field,
+            reason: reason.into(),
+        }
     }
     pub(crate) fn not_found(kind: &'static str, name: &str) -> Self {
-        CoreError::NotFound { kind, name: name.to_owned() }
+        CoreError::NotFound {
+            kind,
+            name: name.to_owned(),
+        }
     }
 }

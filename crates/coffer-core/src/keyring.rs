@@ -24,7 +24,10 @@ impl OrgKeys {
         self.keys.last().ok_or(CoreError::Integrity)
     }
     pub(crate) fn term(&self, term: KeyTerm) -> Result<&TenantKey, CoreError> {
-        self.keys.iter().find(|k| k.term() == term).ok_or(CoreError::Integrity)
+        self.keys
+            .iter()
+            .find(|k| k.term() == term)
+            .ok_or(CoreError::Integrity)
     }
 }
 
@@ -36,7 +39,10 @@ pub(crate) struct Keyring {
 #[derive(Debug)]
 enum State {
     Sealed(ShamirProgress),
-    Unsealed { root: RootKey, orgs: HashMap<Uuid, Arc<OrgKeys>> },
+    Unsealed {
+        root: RootKey,
+        orgs: HashMap<Uuid, Arc<OrgKeys>>,
+    },
 }
 
 impl Default for State {
@@ -51,12 +57,18 @@ fn poisoned<T>(_: T) -> CoreError {
 
 impl Keyring {
     pub(crate) fn is_sealed(&self) -> bool {
-        self.state.read().map(|s| matches!(*s, State::Sealed(_))).unwrap_or(true)
+        self.state
+            .read()
+            .map(|s| matches!(*s, State::Sealed(_)))
+            .unwrap_or(true)
     }
 
     pub(crate) fn unseal(&self, root: RootKey) -> Result<(), CoreError> {
         let mut s = self.state.write().map_err(poisoned)?;
-        *s = State::Unsealed { root, orgs: HashMap::new() };
+        *s = State::Unsealed {
+            root,
+            orgs: HashMap::new(),
+        };
         Ok(())
     }
 
@@ -68,7 +80,10 @@ impl Keyring {
     }
 
     /// Run `f` on the unseal progress; fails if already unsealed.
-    pub(crate) fn with_progress<R>(&self, f: impl FnOnce(&mut ShamirProgress) -> R) -> Result<R, CoreError> {
+    pub(crate) fn with_progress<R>(
+        &self,
+        f: impl FnOnce(&mut ShamirProgress) -> R,
+    ) -> Result<R, CoreError> {
         let mut s = self.state.write().map_err(poisoned)?;
         match &mut *s {
             State::Sealed(p) => Ok(f(p)),
@@ -83,7 +98,10 @@ impl Keyring {
         }
     }
 
-    pub(crate) fn with_root<R>(&self, f: impl FnOnce(&RootKey) -> Result<R, CoreError>) -> Result<R, CoreError> {
+    pub(crate) fn with_root<R>(
+        &self,
+        f: impl FnOnce(&RootKey) -> Result<R, CoreError>,
+    ) -> Result<R, CoreError> {
         let s = self.state.read().map_err(poisoned)?;
         match &*s {
             State::Unsealed { root, .. } => f(root),
@@ -100,10 +118,17 @@ impl Keyring {
     }
 
     /// Unwrap an organisation's stored keys with the root key and cache them.
-    pub(crate) fn load(&self, org_id: Uuid, rows: &[TenantKeyRow]) -> Result<Arc<OrgKeys>, CoreError> {
+    pub(crate) fn load(
+        &self,
+        org_id: Uuid,
+        rows: &[TenantKeyRow],
+    ) -> Result<Arc<OrgKeys>, CoreError> {
         let mut keys = self.with_root(|root| {
             rows.iter()
-                .map(|r| root.unwrap_tenant_key(org_id, &r.wrapped).map_err(|_| CoreError::Integrity))
+                .map(|r| {
+                    root.unwrap_tenant_key(org_id, &r.wrapped)
+                        .map_err(|_| CoreError::Integrity)
+                })
                 .collect::<Result<Vec<_>, _>>()
         })?;
         if keys.is_empty() {
@@ -133,6 +158,10 @@ impl crate::Coffer {
     }
 
     pub(crate) fn ensure_unsealed(&self) -> Result<(), CoreError> {
-        if self.inner.keyring.is_sealed() { Err(CoreError::Sealed) } else { Ok(()) }
+        if self.inner.keyring.is_sealed() {
+            Err(CoreError::Sealed)
+        } else {
+            Ok(())
+        }
     }
 }

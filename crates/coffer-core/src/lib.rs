@@ -19,8 +19,8 @@ mod sys;
 use std::sync::Arc;
 
 pub use auth::{LoginResult, Principal};
-pub use coffer_crypto::{SecretBytes, fingerprint_sha256};
 pub use coffer_crypto::token::BearerToken;
+pub use coffer_crypto::{SecretBytes, fingerprint_sha256, random_bytes};
 pub use config::CoreConfig;
 pub use error::CoreError;
 pub use params::{DiffEntry, DiffKind, ParamHistoryEntry, ParamView, SetParam};

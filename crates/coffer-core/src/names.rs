@@ -12,10 +12,16 @@ pub fn validate(field: &'static str, name: &str) -> Result<(), CoreError> {
         return Err(CoreError::invalid(field, "must not be empty"));
     }
     if name.len() > MAX_NAME_BYTES {
-        return Err(CoreError::invalid(field, format!("must be at most {MAX_NAME_BYTES} bytes")));
+        return Err(CoreError::invalid(
+            field,
+            format!("must be at most {MAX_NAME_BYTES} bytes"),
+        ));
     }
     if name.chars().any(char::is_control) {
-        return Err(CoreError::invalid(field, "must not contain control characters"));
+        return Err(CoreError::invalid(
+            field,
+            "must not contain control characters",
+        ));
     }
     if name.contains("..") {
         return Err(CoreError::invalid(field, "must not contain '..'"));
@@ -24,7 +30,10 @@ pub fn validate(field: &'static str, name: &str) -> Result<(), CoreError> {
         return Err(CoreError::invalid(field, "must not contain '/' or '='"));
     }
     if name.trim() != name {
-        return Err(CoreError::invalid(field, "must not start or end with whitespace"));
+        return Err(CoreError::invalid(
+            field,
+            "must not start or end with whitespace",
+        ));
     }
     Ok(())
 }
@@ -35,10 +44,28 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_names_and_rejects_bad_ones() {
-        for ok in ["DATABASE_URL", "production-eu", "a", "ünïcode", &"x".repeat(256)] {
+        for ok in [
+            "DATABASE_URL",
+            "production-eu",
+            "a",
+            "ünïcode",
+            &"x".repeat(256),
+        ] {
             assert!(validate("name", ok).is_ok(), "{ok}");
         }
-        for bad in ["", &"x".repeat(257), "a\nb", "a\u{7f}", "..", "a/../b", "a/b", "A=B", " x", "x ", "tab\t"] {
+        for bad in [
+            "",
+            &"x".repeat(257),
+            "a\nb",
+            "a\u{7f}",
+            "..",
+            "a/../b",
+            "a/b",
+            "A=B",
+            " x",
+            "x ",
+            "tab\t",
+        ] {
             assert!(validate("name", bad).is_err(), "{bad:?}");
         }
     }

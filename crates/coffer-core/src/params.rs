@@ -62,7 +62,11 @@ pub struct DiffEntry {
 
 fn open_value(keys: &OrgKeys, pv: &ParamValue) -> Result<SecretBytes, CoreError> {
     let ct = pv.ciphertext.as_ref().ok_or(CoreError::Integrity)?;
-    let ctx = RecordContext { org_id: pv.param.org_id, record_id: pv.param.id, version: pv.version.version };
+    let ctx = RecordContext {
+        org_id: pv.param.org_id,
+        record_id: pv.param.id,
+        version: pv.version.version,
+    };
     keys.term(ct.key_term())?.open(&ctx, ct).map_err(|_| {
         tracing::error!(param_id = %pv.param.id, version = pv.version.version, "stored ciphertext failed authentication");
         CoreError::Integrity
@@ -71,7 +75,10 @@ fn open_value(keys: &OrgKeys, pv: &ParamValue) -> Result<SecretBytes, CoreError>
 
 fn validate_value(value: &[u8], max: usize) -> Result<(), CoreError> {
     if value.len() > max {
-        return Err(CoreError::invalid("value", format!("must be at most {max} bytes")));
+        return Err(CoreError::invalid(
+            "value",
+            format!("must be at most {max} bytes"),
+        ));
     }
     if std::str::from_utf8(value).is_err() {
         return Err(CoreError::invalid("value", "must be UTF-8 text"));
@@ -80,12 +87,23 @@ fn validate_value(value: &[u8], max: usize) -> Result<(), CoreError> {
 }
 
 impl Coffer {
-    fn view(&self, p: &Principal, keys: &OrgKeys, pv: &ParamValue, env: &str, reveal: bool) -> Result<ParamView, CoreError> {
+    fn view(
+        &self,
+        p: &Principal,
+        keys: &OrgKeys,
+        pv: &ParamValue,
+        env: &str,
+        reveal: bool,
+    ) -> Result<ParamView, CoreError> {
         let secret = pv.version.is_secret;
         let show = !secret || (reveal && p.role.can_read_secrets());
         Ok(ParamView {
             name: pv.param.name.clone(),
-            value: if show { Some(open_value(keys, pv)?) } else { None },
+            value: if show {
+                Some(open_value(keys, pv)?)
+            } else {
+                None
+            },
             secret,
             version: pv.version.version,
             env: env.to_owned(),
@@ -102,7 +120,13 @@ impl Coffer {
     }
 
     /// Write a new version of a parameter in one environment.
-    pub async fn set_param(&self, p: &Principal, project: &str, env: &str, req: SetParam<'_>) -> Result<ParamView, CoreError> {
+    pub async fn set_param(
+        &self,
+        p: &Principal,
+        project: &str,
+        env: &str,
+        req: SetParam<'_>,
+    ) -> Result<ParamView, CoreError> {
         ensure_can_write(p)?;
         names::validate("parameter name", req.name)?;
         validate_value(req.value, self.config().max_value_bytes)?;
@@ -110,18 +134,33 @@ impl Coffer {
         let env_row = meta.env(env)?;
         let keys = self.org_keys(p.org_id).await?;
         for _ in 0..WRITE_ATTEMPTS {
-            let (param_id, current, was_secret) = match self.store().param(p.org_id, env_row.id, req.name).await? {
-                None => (Uuid::new_v4(), 0, false),
-                Some(row) if row.deleted => (row.id, row.current_version, false),
-                Some(row) => {
-                    let cur = self.store().param_version(p.org_id, row.id, row.current_version).await?;
-                    (row.id, row.current_version, cur.is_some_and(|c| c.version.is_secret))
-                }
-            };
+            let (param_id, current, was_secret) =
+                match self.store().param(p.org_id, env_row.id, req.name).await? {
+                    None => (Uuid::new_v4(), 0, false),
+                    Some(row) if row.deleted => (row.id, row.current_version, false),
+                    Some(row) => {
+                        let cur = self
+                            .store()
+                            .param_version(p.org_id, row.id, row.current_version)
+                            .await?;
+                        (
+                            row.id,
+                            row.current_version,
+                            cur.is_some_and(|c| c.version.is_secret),
+                        )
+                    }
+                };
             let version = current + 1;
             let secret = req.secret.unwrap_or(was_secret);
-            let ctx = RecordContext { org_id: p.org_id, record_id: param_id, version };
-            let ct = keys.active()?.seal(&ctx, req.value).map_err(|_| CoreError::Internal("encryption failed"))?;
+            let ctx = RecordContext {
+                org_id: p.org_id,
+                record_id: param_id,
+                version,
+            };
+            let ct = keys
+                .active()?
+                .seal(&ctx, req.value)
+                .map_err(|_| CoreError::Internal("encryption failed"))?;
             let now = now_ms();
             let w = ParamWrite {
                 org_id: p.org_id,
@@ -129,7 +168,14 @@ impl Coffer {
                 param_id,
                 name: req.name.to_owned(),
                 expected_current: current,
-                version: ParamVersionRow { param_id, version, is_secret: secret, action: VersionAction::Set, actor_id: p.user_id, created_at: now },
+                version: ParamVersionRow {
+                    param_id,
+                    version,
+                    is_secret: secret,
+                    action: VersionAction::Set,
+                    actor_id: p.user_id,
+                    created_at: now,
+                },
                 ciphertext: Some(ct),
                 credential_id: Uuid::new_v4(),
             };
@@ -149,7 +195,13 @@ impl Coffer {
 
     /// The value of one parameter as seen from `env` (its own or inherited). Reading a
     /// secret needs a role that may read secrets.
-    pub async fn get_param(&self, p: &Principal, project: &str, env: &str, name: &str) -> Result<ParamView, CoreError> {
+    pub async fn get_param(
+        &self,
+        p: &Principal,
+        project: &str,
+        env: &str,
+        name: &str,
+    ) -> Result<ParamView, CoreError> {
         names::validate("parameter name", name)?;
         let meta = self.project_meta(p, project).await?;
         for e in meta.chain(env)? {
@@ -166,7 +218,13 @@ impl Coffer {
 
     /// Every parameter visible in `env`, nearest definition winning, sorted by name.
     /// Secrets are masked unless `reveal` is set and the role allows it.
-    pub async fn list_params(&self, p: &Principal, project: &str, env: &str, reveal: bool) -> Result<Vec<ParamView>, CoreError> {
+    pub async fn list_params(
+        &self,
+        p: &Principal,
+        project: &str,
+        env: &str,
+        reveal: bool,
+    ) -> Result<Vec<ParamView>, CoreError> {
         let meta = self.project_meta(p, project).await?;
         let chain = meta.chain(env)?;
         let ids: Vec<Uuid> = chain.iter().map(|e| e.id).collect();
@@ -177,21 +235,43 @@ impl Coffer {
             if out.contains_key(&pv.param.name) {
                 continue; // a nearer environment already defines it
             }
-            let env_name = chain.iter().find(|e| e.id == pv.param.env_id).map_or("", |e| e.name.as_str());
-            out.insert(pv.param.name.clone(), self.view(p, &keys, pv, env_name, reveal)?);
+            let env_name = chain
+                .iter()
+                .find(|e| e.id == pv.param.env_id)
+                .map_or("", |e| e.name.as_str());
+            out.insert(
+                pv.param.name.clone(),
+                self.view(p, &keys, pv, env_name, reveal)?,
+            );
         }
         Ok(out.into_values().collect())
     }
 
-    async fn own_param(&self, p: &Principal, project: &str, env: &str, name: &str) -> Result<(uuid::Uuid, coffer_store::ParamRow), CoreError> {
+    async fn own_param(
+        &self,
+        p: &Principal,
+        project: &str,
+        env: &str,
+        name: &str,
+    ) -> Result<(uuid::Uuid, coffer_store::ParamRow), CoreError> {
         names::validate("parameter name", name)?;
         let meta = self.project_meta(p, project).await?;
         let env_id = meta.env(env)?.id;
-        let row = self.store().param(p.org_id, env_id, name).await?.ok_or_else(|| CoreError::not_found("parameter", name))?;
+        let row = self
+            .store()
+            .param(p.org_id, env_id, name)
+            .await?
+            .ok_or_else(|| CoreError::not_found("parameter", name))?;
         Ok((env_id, row))
     }
 
-    pub async fn param_history(&self, p: &Principal, project: &str, env: &str, name: &str) -> Result<Vec<ParamHistoryEntry>, CoreError> {
+    pub async fn param_history(
+        &self,
+        p: &Principal,
+        project: &str,
+        env: &str,
+        name: &str,
+    ) -> Result<Vec<ParamHistoryEntry>, CoreError> {
         let (_, row) = self.own_param(p, project, env, name).await?;
         Ok(self
             .store()
@@ -211,7 +291,14 @@ impl Coffer {
     }
 
     /// Make the value of an earlier version current again, as a new version.
-    pub async fn rollback_param(&self, p: &Principal, project: &str, env: &str, name: &str, to: u64) -> Result<ParamView, CoreError> {
+    pub async fn rollback_param(
+        &self,
+        p: &Principal,
+        project: &str,
+        env: &str,
+        name: &str,
+        to: u64,
+    ) -> Result<ParamView, CoreError> {
         ensure_can_write(p)?;
         let keys = self.org_keys(p.org_id).await?;
         for _ in 0..WRITE_ATTEMPTS {
@@ -222,12 +309,22 @@ impl Coffer {
                 .await?
                 .ok_or_else(|| CoreError::not_found("version", &to.to_string()))?;
             if old.ciphertext.is_none() {
-                return Err(CoreError::invalid("version", format!("version {to} is a deletion and has no value")));
+                return Err(CoreError::invalid(
+                    "version",
+                    format!("version {to} is a deletion and has no value"),
+                ));
             }
             let value = open_value(&keys, &old)?;
             let version = row.current_version + 1;
-            let ctx = RecordContext { org_id: p.org_id, record_id: row.id, version };
-            let ct = keys.active()?.seal(&ctx, value.expose_secret()).map_err(|_| CoreError::Internal("encryption failed"))?;
+            let ctx = RecordContext {
+                org_id: p.org_id,
+                record_id: row.id,
+                version,
+            };
+            let ct = keys
+                .active()?
+                .seal(&ctx, value.expose_secret())
+                .map_err(|_| CoreError::Internal("encryption failed"))?;
             let now = now_ms();
             let secret = old.version.is_secret;
             let w = ParamWrite {
@@ -236,12 +333,26 @@ impl Coffer {
                 param_id: row.id,
                 name: name.to_owned(),
                 expected_current: row.current_version,
-                version: ParamVersionRow { param_id: row.id, version, is_secret: secret, action: VersionAction::Rollback, actor_id: p.user_id, created_at: now },
+                version: ParamVersionRow {
+                    param_id: row.id,
+                    version,
+                    is_secret: secret,
+                    action: VersionAction::Rollback,
+                    actor_id: p.user_id,
+                    created_at: now,
+                },
                 ciphertext: Some(ct),
                 credential_id: Uuid::new_v4(),
             };
             if self.append(w).await?.is_none() {
-                return Ok(ParamView { name: name.to_owned(), value: None, secret, version, env: env.to_owned(), updated_at: now });
+                return Ok(ParamView {
+                    name: name.to_owned(),
+                    value: None,
+                    secret,
+                    version,
+                    env: env.to_owned(),
+                    updated_at: now,
+                });
             }
         }
         Err(CoreError::Conflict)
@@ -249,14 +360,23 @@ impl Coffer {
 
     /// Delete a parameter from one environment (history is kept; an inherited value, if
     /// any, shows through again).
-    pub async fn delete_param(&self, p: &Principal, project: &str, env: &str, name: &str) -> Result<u64, CoreError> {
+    pub async fn delete_param(
+        &self,
+        p: &Principal,
+        project: &str,
+        env: &str,
+        name: &str,
+    ) -> Result<u64, CoreError> {
         ensure_can_write(p)?;
         for _ in 0..WRITE_ATTEMPTS {
             let (env_id, row) = self.own_param(p, project, env, name).await?;
             if row.deleted {
                 return Err(CoreError::not_found("parameter", name));
             }
-            let prev = self.store().param_version(p.org_id, row.id, row.current_version).await?;
+            let prev = self
+                .store()
+                .param_version(p.org_id, row.id, row.current_version)
+                .await?;
             let version = row.current_version + 1;
             let w = ParamWrite {
                 org_id: p.org_id,
@@ -283,27 +403,73 @@ impl Coffer {
     }
 
     /// Differences between the resolved parameters of two environments.
-    pub async fn diff_envs(&self, p: &Principal, project: &str, a: &str, b: &str, reveal: bool) -> Result<Vec<DiffEntry>, CoreError> {
+    pub async fn diff_envs(
+        &self,
+        p: &Principal,
+        project: &str,
+        a: &str,
+        b: &str,
+        reveal: bool,
+    ) -> Result<Vec<DiffEntry>, CoreError> {
         // Values are compared in full, then masked for output as `list` would mask them.
-        let la = self.list_params(&Principal { role: crate::Role::Owner, ..p.clone() }, project, a, true).await?;
-        let lb = self.list_params(&Principal { role: crate::Role::Owner, ..p.clone() }, project, b, true).await?;
-        let mut a_map: BTreeMap<String, ParamView> = la.into_iter().map(|v| (v.name.clone(), v)).collect();
+        let la = self
+            .list_params(
+                &Principal {
+                    role: crate::Role::Owner,
+                    ..p.clone()
+                },
+                project,
+                a,
+                true,
+            )
+            .await?;
+        let lb = self
+            .list_params(
+                &Principal {
+                    role: crate::Role::Owner,
+                    ..p.clone()
+                },
+                project,
+                b,
+                true,
+            )
+            .await?;
+        let mut a_map: BTreeMap<String, ParamView> =
+            la.into_iter().map(|v| (v.name.clone(), v)).collect();
         let mut out = Vec::new();
         for vb in lb {
             match a_map.remove(&vb.name) {
-                None => out.push(DiffEntry { name: vb.name.clone(), kind: DiffKind::OnlyInB, a: None, b: Some(vb) }),
+                None => out.push(DiffEntry {
+                    name: vb.name.clone(),
+                    kind: DiffKind::OnlyInB,
+                    a: None,
+                    b: Some(vb),
+                }),
                 Some(va) => {
                     let same = match (&va.value, &vb.value) {
-                        (Some(x), Some(y)) => coffer_crypto::token::constant_time_eq(x.expose_secret(), y.expose_secret()),
+                        (Some(x), Some(y)) => coffer_crypto::token::constant_time_eq(
+                            x.expose_secret(),
+                            y.expose_secret(),
+                        ),
                         _ => false,
                     };
                     if !same || va.secret != vb.secret {
-                        out.push(DiffEntry { name: vb.name.clone(), kind: DiffKind::Changed, a: Some(va), b: Some(vb) });
+                        out.push(DiffEntry {
+                            name: vb.name.clone(),
+                            kind: DiffKind::Changed,
+                            a: Some(va),
+                            b: Some(vb),
+                        });
                     }
                 }
             }
         }
-        out.extend(a_map.into_values().map(|va| DiffEntry { name: va.name.clone(), kind: DiffKind::OnlyInA, a: Some(va), b: None }));
+        out.extend(a_map.into_values().map(|va| DiffEntry {
+            name: va.name.clone(),
+            kind: DiffKind::OnlyInA,
+            a: Some(va),
+            b: None,
+        }));
         out.sort_by(|x, y| x.name.cmp(&y.name));
         let show_secrets = reveal && p.role.can_read_secrets();
         for e in &mut out {

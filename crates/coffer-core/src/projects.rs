@@ -42,7 +42,10 @@ pub(crate) struct ProjectMeta {
 
 impl ProjectMeta {
     pub(crate) fn env(&self, name: &str) -> Result<&EnvRow, CoreError> {
-        self.envs.iter().find(|e| e.name == name).ok_or_else(|| CoreError::not_found("environment", name))
+        self.envs
+            .iter()
+            .find(|e| e.name == name)
+            .ok_or_else(|| CoreError::not_found("environment", name))
     }
 
     /// The environment followed by its ancestors, nearest first.
@@ -52,7 +55,12 @@ impl ProjectMeta {
             if out.len() >= MAX_ENV_DEPTH {
                 return Err(CoreError::Internal("environment chain too deep"));
             }
-            out.push(self.envs.iter().find(|e| e.id == parent).ok_or(CoreError::Internal("dangling environment parent"))?);
+            out.push(
+                self.envs
+                    .iter()
+                    .find(|e| e.id == parent)
+                    .ok_or(CoreError::Internal("dangling environment parent"))?,
+            );
         }
         Ok(out)
     }
@@ -68,7 +76,9 @@ pub(crate) struct MetaCache {
 impl MetaCache {
     fn get(&self, key: &MetaKey) -> Option<Arc<ProjectMeta>> {
         let map = self.map.read().ok()?;
-        map.get(key).filter(|(_, at)| at.elapsed() < META_TTL).map(|(m, _)| m.clone())
+        map.get(key)
+            .filter(|(_, at)| at.elapsed() < META_TTL)
+            .map(|(m, _)| m.clone())
     }
     fn put(&self, key: MetaKey, m: Arc<ProjectMeta>) {
         if let Ok(mut map) = self.map.write() {
@@ -86,38 +96,77 @@ impl MetaCache {
 }
 
 pub(crate) fn ensure_can_write(p: &Principal) -> Result<(), CoreError> {
-    if p.role.can_write() { Ok(()) } else { Err(CoreError::Forbidden("your role cannot change this organisation's data")) }
+    if p.role.can_write() {
+        Ok(())
+    } else {
+        Err(CoreError::Forbidden(
+            "your role cannot change this organisation's data",
+        ))
+    }
 }
 
 impl Coffer {
-    pub(crate) async fn project_meta(&self, p: &Principal, project: &str) -> Result<Arc<ProjectMeta>, CoreError> {
+    pub(crate) async fn project_meta(
+        &self,
+        p: &Principal,
+        project: &str,
+    ) -> Result<Arc<ProjectMeta>, CoreError> {
         self.ensure_unsealed()?;
         names::validate("project name", project)?;
         let key = (p.org_id, project.to_owned());
         if let Some(m) = self.inner.meta.get(&key) {
             return Ok(m);
         }
-        let row = self.store().project_by_name(p.org_id, project).await?.ok_or_else(|| CoreError::not_found("project", project))?;
+        let row = self
+            .store()
+            .project_by_name(p.org_id, project)
+            .await?
+            .ok_or_else(|| CoreError::not_found("project", project))?;
         let envs = self.store().envs(p.org_id, row.id).await?;
         let m = Arc::new(ProjectMeta { project: row, envs });
         self.inner.meta.put(key, m.clone());
         Ok(m)
     }
 
-    pub async fn create_project(&self, p: &Principal, name: &str) -> Result<ProjectView, CoreError> {
+    pub async fn create_project(
+        &self,
+        p: &Principal,
+        name: &str,
+    ) -> Result<ProjectView, CoreError> {
         self.ensure_unsealed()?;
         ensure_can_write(p)?;
         names::validate("project name", name)?;
         let now = now_ms();
-        let row = ProjectRow { id: Uuid::new_v4(), org_id: p.org_id, name: name.to_owned(), created_at: now };
+        let row = ProjectRow {
+            id: Uuid::new_v4(),
+            org_id: p.org_id,
+            name: name.to_owned(),
+            created_at: now,
+        };
         match self.store().create_project(&row).await {
-            Err(StoreError::Conflict) => return Err(CoreError::AlreadyExists { kind: "project", name: name.to_owned() }),
+            Err(StoreError::Conflict) => {
+                return Err(CoreError::AlreadyExists {
+                    kind: "project",
+                    name: name.to_owned(),
+                });
+            }
             r => r?,
         }
-        let env = EnvRow { id: Uuid::new_v4(), org_id: p.org_id, project_id: row.id, parent_id: None, name: DEFAULT_ENV.into(), created_at: now };
+        let env = EnvRow {
+            id: Uuid::new_v4(),
+            org_id: p.org_id,
+            project_id: row.id,
+            parent_id: None,
+            name: DEFAULT_ENV.into(),
+            created_at: now,
+        };
         self.store().create_env(&env).await?;
         self.inner.meta.evict(&(p.org_id, name.to_owned()));
-        Ok(ProjectView { id: row.id, name: row.name, created_at: row.created_at })
+        Ok(ProjectView {
+            id: row.id,
+            name: row.name,
+            created_at: row.created_at,
+        })
     }
 
     pub async fn list_projects(&self, p: &Principal) -> Result<Vec<ProjectView>, CoreError> {
@@ -127,19 +176,32 @@ impl Coffer {
             .projects(p.org_id)
             .await?
             .into_iter()
-            .map(|r| ProjectView { id: r.id, name: r.name, created_at: r.created_at })
+            .map(|r| ProjectView {
+                id: r.id,
+                name: r.name,
+                created_at: r.created_at,
+            })
             .collect())
     }
 
     /// Create an environment. Without a parent it inherits from `default`.
-    pub async fn create_env(&self, p: &Principal, project: &str, name: &str, parent: Option<&str>) -> Result<EnvView, CoreError> {
+    pub async fn create_env(
+        &self,
+        p: &Principal,
+        project: &str,
+        name: &str,
+        parent: Option<&str>,
+    ) -> Result<EnvView, CoreError> {
         ensure_can_write(p)?;
         names::validate("environment name", name)?;
         let meta = self.project_meta(p, project).await?;
         let parent_name = parent.unwrap_or(DEFAULT_ENV);
         let parent_row = meta.env(parent_name)?;
         if meta.chain(parent_name)?.len() + 1 > MAX_ENV_DEPTH {
-            return Err(CoreError::invalid("parent", format!("environments nest at most {MAX_ENV_DEPTH} deep")));
+            return Err(CoreError::invalid(
+                "parent",
+                format!("environments nest at most {MAX_ENV_DEPTH} deep"),
+            ));
         }
         let row = EnvRow {
             id: Uuid::new_v4(),
@@ -150,11 +212,21 @@ impl Coffer {
             created_at: now_ms(),
         };
         match self.store().create_env(&row).await {
-            Err(StoreError::Conflict) => return Err(CoreError::AlreadyExists { kind: "environment", name: name.to_owned() }),
+            Err(StoreError::Conflict) => {
+                return Err(CoreError::AlreadyExists {
+                    kind: "environment",
+                    name: name.to_owned(),
+                });
+            }
             r => r?,
         }
         self.inner.meta.evict(&(p.org_id, project.to_owned()));
-        Ok(EnvView { id: row.id, name: row.name, parent: Some(parent_name.to_owned()), created_at: row.created_at })
+        Ok(EnvView {
+            id: row.id,
+            name: row.name,
+            parent: Some(parent_name.to_owned()),
+            created_at: row.created_at,
+        })
     }
 
     pub async fn list_envs(&self, p: &Principal, project: &str) -> Result<Vec<EnvView>, CoreError> {
@@ -165,7 +237,10 @@ impl Coffer {
             .map(|e| EnvView {
                 id: e.id,
                 name: e.name.clone(),
-                parent: e.parent_id.and_then(|pid| meta.envs.iter().find(|x| x.id == pid)).map(|x| x.name.clone()),
+                parent: e
+                    .parent_id
+                    .and_then(|pid| meta.envs.iter().find(|x| x.id == pid))
+                    .map(|x| x.name.clone()),
                 created_at: e.created_at,
             })
             .collect())

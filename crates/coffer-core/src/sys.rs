@@ -42,7 +42,10 @@ pub struct InitResult {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnsealOutcome {
-    Progress { have: usize, threshold: u8 },
+    Progress {
+        have: usize,
+        threshold: u8,
+    },
     Unsealed,
     /// A full quorum was submitted but it does not rebuild the root key; progress reset.
     WrongShares,
@@ -57,7 +60,10 @@ impl Coffer {
         Ok(SealStatus {
             initialized: cfg.is_some(),
             sealed: self.inner.keyring.is_sealed(),
-            seal_type: cfg.as_ref().and_then(|c| SealKind::parse(&c.kind)).map(SealKind::as_str),
+            seal_type: cfg
+                .as_ref()
+                .and_then(|c| SealKind::parse(&c.kind))
+                .map(SealKind::as_str),
             shares: cfg.as_ref().map_or(0, |c| c.shares),
             threshold: cfg.as_ref().map_or(0, |c| c.threshold),
             progress: self.inner.keyring.progress(),
@@ -68,21 +74,38 @@ impl Coffer {
     /// Initialise with a Shamir seal. The server stays sealed afterwards.
     pub async fn init_shamir(&self, shares: u8, threshold: u8) -> Result<InitResult, CoreError> {
         if !(2..=255).contains(&threshold) || threshold > shares {
-            return Err(CoreError::invalid("threshold", "must be between 2 and the number of shares"));
+            return Err(CoreError::invalid(
+                "threshold",
+                "must be between 2 and the number of shares",
+            ));
         }
         let root = RootKey::generate();
-        let parts = shamir::split(&root, shares, threshold).map_err(|_| CoreError::invalid("shares", "at most 255"))?;
-        self.claim_init(SealKind::Shamir, shares, threshold, &root).await?;
+        let parts = shamir::split(&root, shares, threshold)
+            .map_err(|_| CoreError::invalid("shares", "at most 255"))?;
+        self.claim_init(SealKind::Shamir, shares, threshold, &root)
+            .await?;
         let bootstrap = self.create_bootstrap(&root).await?;
-        Ok(InitResult { shares: parts.iter().map(|p| p.to_text()).collect(), threshold, bootstrap })
+        Ok(InitResult {
+            shares: parts.iter().map(|p| p.to_text()).collect(),
+            threshold,
+            bootstrap,
+        })
     }
 
-    async fn claim_init(&self, kind: SealKind, shares: u8, threshold: u8, root: &RootKey) -> Result<(), CoreError> {
+    async fn claim_init(
+        &self,
+        kind: SealKind,
+        shares: u8,
+        threshold: u8,
+        root: &RootKey,
+    ) -> Result<(), CoreError> {
         let cfg = SealConfigRow {
             kind: kind.as_str().to_owned(),
             shares,
             threshold,
-            root_check: root.check_value().map_err(|_| CoreError::Internal("root check"))?,
+            root_check: root
+                .check_value()
+                .map_err(|_| CoreError::Internal("root check"))?,
             created_at: now_ms(),
         };
         match self.store().init_seal_config(&cfg).await {
@@ -93,10 +116,26 @@ impl Coffer {
 
     async fn create_bootstrap(&self, root: &RootKey) -> Result<Bootstrap, CoreError> {
         let now = now_ms();
-        let org = OrgRow { id: Uuid::new_v4(), name: BOOTSTRAP_ORG.to_owned(), created_at: now };
+        let org = OrgRow {
+            id: Uuid::new_v4(),
+            name: BOOTSTRAP_ORG.to_owned(),
+            created_at: now,
+        };
         let tk = TenantKey::generate(KeyTerm(1));
-        let wrapped = root.wrap_tenant_key(org.id, &tk).map_err(|_| CoreError::Internal("wrap tenant key"))?;
-        self.store().create_org(&org, &TenantKeyRow { org_id: org.id, term: tk.term(), wrapped, created_at: now }).await?;
+        let wrapped = root
+            .wrap_tenant_key(org.id, &tk)
+            .map_err(|_| CoreError::Internal("wrap tenant key"))?;
+        self.store()
+            .create_org(
+                &org,
+                &TenantKeyRow {
+                    org_id: org.id,
+                    term: tk.term(),
+                    wrapped,
+                    created_at: now,
+                },
+            )
+            .await?;
         let password = token::generate_password();
         let user = UserRow {
             id: Uuid::new_v4(),
@@ -106,28 +145,49 @@ impl Coffer {
         };
         self.store().create_user(&user).await?;
         self.store()
-            .add_membership(&MembershipRow { user_id: user.id, org_id: org.id, role: Role::Owner.as_str().to_owned(), created_at: now })
+            .add_membership(&MembershipRow {
+                user_id: user.id,
+                org_id: org.id,
+                role: Role::Owner.as_str().to_owned(),
+                created_at: now,
+            })
             .await?;
-        Ok(Bootstrap { org_name: org.name, username: user.username, password })
+        Ok(Bootstrap {
+            org_name: org.name,
+            username: user.username,
+            password,
+        })
     }
 
     /// Submit one Shamir share.
     pub async fn unseal(&self, share: &str) -> Result<UnsealOutcome, CoreError> {
-        let cfg = self.store().seal_config().await?.ok_or(CoreError::NotInitialized)?;
+        let cfg = self
+            .store()
+            .seal_config()
+            .await?
+            .ok_or(CoreError::NotInitialized)?;
         if SealKind::parse(&cfg.kind) != Some(SealKind::Shamir) {
             return Err(CoreError::WrongSealType);
         }
         let threshold = usize::from(cfg.threshold);
-        let outcome = self.inner.keyring.with_progress(|p| p.submit(share, threshold, &cfg.root_check))?;
+        let outcome = self
+            .inner
+            .keyring
+            .with_progress(|p| p.submit(share, threshold, &cfg.root_check))?;
         match outcome {
-            Ok(SubmitOutcome::Pending { have }) => Ok(UnsealOutcome::Progress { have, threshold: cfg.threshold }),
+            Ok(SubmitOutcome::Pending { have }) => Ok(UnsealOutcome::Progress {
+                have,
+                threshold: cfg.threshold,
+            }),
             Ok(SubmitOutcome::Unsealed(root)) => {
                 self.inner.keyring.unseal(root)?;
                 tracing::info!("server unsealed");
                 Ok(UnsealOutcome::Unsealed)
             }
             Ok(SubmitOutcome::WrongShares) => {
-                tracing::warn!("unseal attempt with a quorum that does not rebuild the root key; progress reset");
+                tracing::warn!(
+                    "unseal attempt with a quorum that does not rebuild the root key; progress reset"
+                );
                 Ok(UnsealOutcome::WrongShares)
             }
             Err(SubmitError::Duplicate) => Err(CoreError::DuplicateShare),
@@ -150,8 +210,13 @@ impl Coffer {
 
     /// Dev mode: initialise on first start with the key file as the seal, and unseal from it
     /// on every start. Returns the bootstrap account when it was just created.
-    pub async fn start_with_auto_unseal(&self, seal: &dyn AutoUnseal) -> Result<Option<Bootstrap>, CoreError> {
-        let root = seal.root_key().map_err(|_| CoreError::Internal("the seal could not produce the root key"))?;
+    pub async fn start_with_auto_unseal(
+        &self,
+        seal: &dyn AutoUnseal,
+    ) -> Result<Option<Bootstrap>, CoreError> {
+        let root = seal
+            .root_key()
+            .map_err(|_| CoreError::Internal("the seal could not produce the root key"))?;
         let bootstrap = match self.store().seal_config().await? {
             None => {
                 self.claim_init(seal.kind(), 0, 0, &root).await?;
@@ -174,13 +239,19 @@ impl Coffer {
 
 impl Coffer {
     /// Open (or create) the embedded SQLite database.
-    pub async fn open_sqlite(path: &std::path::Path, config: crate::CoreConfig) -> Result<Coffer, CoreError> {
+    pub async fn open_sqlite(
+        path: &std::path::Path,
+        config: crate::CoreConfig,
+    ) -> Result<Coffer, CoreError> {
         let store = coffer_store::sqlite::SqliteStore::open(path).await?;
         Coffer::new(std::sync::Arc::new(store), config)
     }
 
     /// Dev mode: use (creating on first start) the root key file at `key_path`.
-    pub async fn start_dev(&self, key_path: &std::path::Path) -> Result<Option<Bootstrap>, CoreError> {
+    pub async fn start_dev(
+        &self,
+        key_path: &std::path::Path,
+    ) -> Result<Option<Bootstrap>, CoreError> {
         let (seal, created) = coffer_seal::DevKeyFile::open_or_create(key_path).map_err(|e| {
             tracing::error!(error = %e, "dev key file");
             CoreError::Internal("the dev root key file could not be used")
@@ -194,7 +265,9 @@ impl Coffer {
     /// A production start must not reuse a data directory initialised in dev mode.
     pub async fn check_production_start(&self) -> Result<(), CoreError> {
         match self.store().seal_config().await? {
-            Some(cfg) if SealKind::parse(&cfg.kind) != Some(SealKind::Shamir) => Err(CoreError::WrongSealType),
+            Some(cfg) if SealKind::parse(&cfg.kind) != Some(SealKind::Shamir) => {
+                Err(CoreError::WrongSealType)
+            }
             _ => Ok(()),
         }
     }

@@ -42,7 +42,12 @@ pub struct Ciphertext(Vec<u8>);
 
 impl std::fmt::Debug for Ciphertext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Ciphertext(term={}, {} bytes)", self.key_term().0, self.0.len())
+        write!(
+            f,
+            "Ciphertext(term={}, {} bytes)",
+            self.key_term().0,
+            self.0.len()
+        )
     }
 }
 
@@ -50,7 +55,11 @@ impl Ciphertext {
     /// Rebuild a ciphertext read back from storage. Rejects anything without a valid
     /// header, so arbitrary bytes cannot be passed off as a ciphertext by mistake.
     pub fn from_stored_bytes(bytes: Vec<u8>) -> Result<Self, CryptoError> {
-        if bytes.len() < MIN_LEN || &bytes[..2] != MAGIC || bytes[2] != FORMAT_VERSION || bytes[3] != ALG_A256GCM_ENVELOPE {
+        if bytes.len() < MIN_LEN
+            || &bytes[..2] != MAGIC
+            || bytes[2] != FORMAT_VERSION
+            || bytes[3] != ALG_A256GCM_ENVELOPE
+        {
             return Err(CryptoError::Decrypt);
         }
         Ok(Self(bytes))
@@ -101,7 +110,12 @@ fn data_aad(ctx: &RecordContext, header: &[u8]) -> Vec<u8> {
     aad(b"coffer/data/v1", ctx, &header[..4])
 }
 
-pub(crate) fn seal(kek: &[u8; KEY_LEN], term: KeyTerm, ctx: &RecordContext, plaintext: &[u8]) -> Result<Ciphertext, CryptoError> {
+pub(crate) fn seal(
+    kek: &[u8; KEY_LEN],
+    term: KeyTerm,
+    ctx: &RecordContext,
+    plaintext: &[u8],
+) -> Result<Ciphertext, CryptoError> {
     let h = header(term);
     let mut dek = Zeroizing::new([0u8; KEY_LEN]);
     hazmat::fill_random(&mut *dek);
@@ -120,13 +134,25 @@ fn split(ct: &Ciphertext) -> (&[u8], &[u8], &[u8]) {
     (h, w, d)
 }
 
-fn unwrap_dek(kek: &[u8; KEY_LEN], ctx: &RecordContext, h: &[u8], w: &[u8]) -> Result<Zeroizing<[u8; KEY_LEN]>, CryptoError> {
+fn unwrap_dek(
+    kek: &[u8; KEY_LEN],
+    ctx: &RecordContext,
+    h: &[u8],
+    w: &[u8],
+) -> Result<Zeroizing<[u8; KEY_LEN]>, CryptoError> {
     let dek = hazmat::open(kek, &dek_aad(ctx, h), w)?;
-    let arr: [u8; KEY_LEN] = dek.as_slice().try_into().map_err(|_| CryptoError::Decrypt)?;
+    let arr: [u8; KEY_LEN] = dek
+        .as_slice()
+        .try_into()
+        .map_err(|_| CryptoError::Decrypt)?;
     Ok(Zeroizing::new(arr))
 }
 
-pub(crate) fn open(kek: &[u8; KEY_LEN], ctx: &RecordContext, ct: &Ciphertext) -> Result<SecretBytes, CryptoError> {
+pub(crate) fn open(
+    kek: &[u8; KEY_LEN],
+    ctx: &RecordContext,
+    ct: &Ciphertext,
+) -> Result<SecretBytes, CryptoError> {
     let (h, w, d) = split(ct);
     let dek = unwrap_dek(kek, ctx, h, w)?;
     hazmat::open(&dek, &data_aad(ctx, h), d).map(SecretBytes::from)
@@ -156,7 +182,11 @@ mod tests {
     use crate::TenantKey;
 
     fn ctx() -> RecordContext {
-        RecordContext { org_id: Uuid::new_v4(), record_id: Uuid::new_v4(), version: 1 }
+        RecordContext {
+            org_id: Uuid::new_v4(),
+            record_id: Uuid::new_v4(),
+            version: 1,
+        }
     }
 
     #[test]
@@ -174,9 +204,15 @@ mod tests {
         let k = TenantKey::generate(KeyTerm(1));
         let c = ctx();
         let ct = k.seal(&c, b"value").unwrap();
-        let other_record = RecordContext { record_id: Uuid::new_v4(), ..c };
+        let other_record = RecordContext {
+            record_id: Uuid::new_v4(),
+            ..c
+        };
         let other_version = RecordContext { version: 2, ..c };
-        let other_org = RecordContext { org_id: Uuid::new_v4(), ..c };
+        let other_org = RecordContext {
+            org_id: Uuid::new_v4(),
+            ..c
+        };
         for wrong in [other_record, other_version, other_org] {
             assert_eq!(k.open(&wrong, &ct).err(), Some(CryptoError::Decrypt));
         }
@@ -201,7 +237,8 @@ mod tests {
         }
         // Truncation and extension as well.
         for len in [0, 8, MIN_LEN - 1, bytes.len() - 1] {
-            let res = Ciphertext::from_stored_bytes(bytes[..len].to_vec()).and_then(|t| k.open(&c, &t));
+            let res =
+                Ciphertext::from_stored_bytes(bytes[..len].to_vec()).and_then(|t| k.open(&c, &t));
             assert_eq!(res.err(), Some(CryptoError::Decrypt), "len {len}");
         }
         let mut longer = bytes.clone();
@@ -219,10 +256,16 @@ mod tests {
         let moved = old.rewrap(&new, &c, &ct).unwrap();
         assert_eq!(moved.key_term(), KeyTerm(2));
         let data_start = HEADER_LEN + WRAPPED_DEK_LEN;
-        assert_eq!(&moved.as_bytes()[data_start..], &ct.as_bytes()[data_start..]);
+        assert_eq!(
+            &moved.as_bytes()[data_start..],
+            &ct.as_bytes()[data_start..]
+        );
         assert_eq!(new.open(&c, &moved).unwrap().expose_secret(), b"payload");
         assert!(old.open(&c, &moved).is_err());
         // Rewrapping for the wrong context fails and produces nothing.
-        assert!(old.rewrap(&new, &RecordContext { version: 9, ..c }, &ct).is_err());
+        assert!(
+            old.rewrap(&new, &RecordContext { version: 9, ..c }, &ct)
+                .is_err()
+        );
     }
 }

@@ -20,7 +20,11 @@ pub(crate) fn fill_random(buf: &mut [u8]) {
 }
 
 /// AES-256-GCM with a fresh random 96-bit nonce. Output: `nonce || ciphertext || tag`.
-pub(crate) fn seal(key: &[u8; KEY_LEN], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+pub(crate) fn seal(
+    key: &[u8; KEY_LEN],
+    aad: &[u8],
+    plaintext: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
     let key = RandomizedNonceKey::new(&AES_256_GCM, key).map_err(|_| CryptoError::InvalidKey)?;
     let mut buf = Vec::with_capacity(NONCE_LEN + plaintext.len() + TAG_LEN);
     buf.extend_from_slice(&[0u8; NONCE_LEN]);
@@ -35,7 +39,11 @@ pub(crate) fn seal(key: &[u8; KEY_LEN], aad: &[u8], plaintext: &[u8]) -> Result<
 }
 
 /// Opens what [`seal`] produced. Every failure is [`CryptoError::Decrypt`].
-pub(crate) fn open(key: &[u8; KEY_LEN], aad: &[u8], sealed: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, CryptoError> {
+pub(crate) fn open(
+    key: &[u8; KEY_LEN],
+    aad: &[u8],
+    sealed: &[u8],
+) -> Result<zeroize::Zeroizing<Vec<u8>>, CryptoError> {
     if sealed.len() < NONCE_LEN + TAG_LEN {
         return Err(CryptoError::Decrypt);
     }
@@ -95,7 +103,10 @@ mod tests {
         let key = [7u8; KEY_LEN];
         let a = seal(&key, b"aad", b"hello").unwrap();
         let b = seal(&key, b"aad", b"hello").unwrap();
-        assert_ne!(a, b, "two seals of the same plaintext must differ (fresh nonce)");
+        assert_ne!(
+            a, b,
+            "two seals of the same plaintext must differ (fresh nonce)"
+        );
         assert_eq!(&open(&key, b"aad", &a).unwrap()[..], b"hello");
         assert_eq!(open(&key, b"other", &a), Err(CryptoError::Decrypt));
         assert_eq!(open(&[8u8; KEY_LEN], b"aad", &a), Err(CryptoError::Decrypt));

@@ -67,7 +67,11 @@ impl RootKey {
         }
     }
 
-    pub fn wrap_tenant_key(&self, org_id: Uuid, key: &TenantKey) -> Result<WrappedTenantKey, CryptoError> {
+    pub fn wrap_tenant_key(
+        &self,
+        org_id: Uuid,
+        key: &TenantKey,
+    ) -> Result<WrappedTenantKey, CryptoError> {
         let header = kek_header(key.term);
         let sealed = hazmat::seal(&self.0, &kek_aad(org_id, &header), &key.bytes)?;
         let mut out = Vec::with_capacity(KEK_HEADER_LEN + sealed.len());
@@ -76,8 +80,15 @@ impl RootKey {
         Ok(WrappedTenantKey(out))
     }
 
-    pub fn unwrap_tenant_key(&self, org_id: Uuid, wrapped: &WrappedTenantKey) -> Result<TenantKey, CryptoError> {
-        let (header, sealed) = wrapped.0.split_at_checked(KEK_HEADER_LEN).ok_or(CryptoError::Decrypt)?;
+    pub fn unwrap_tenant_key(
+        &self,
+        org_id: Uuid,
+        wrapped: &WrappedTenantKey,
+    ) -> Result<TenantKey, CryptoError> {
+        let (header, sealed) = wrapped
+            .0
+            .split_at_checked(KEK_HEADER_LEN)
+            .ok_or(CryptoError::Decrypt)?;
         let term = parse_kek_header(header).ok_or(CryptoError::Decrypt)?;
         let pt = hazmat::open(&self.0, &kek_aad(org_id, header), sealed)?;
         let bytes: [u8; KEY_LEN] = pt.as_slice().try_into().map_err(|_| CryptoError::Decrypt)?;
@@ -95,7 +106,11 @@ fn kek_header(term: KeyTerm) -> [u8; KEK_HEADER_LEN] {
 }
 
 fn parse_kek_header(h: &[u8]) -> Option<KeyTerm> {
-    if h.len() != KEK_HEADER_LEN || &h[..2] != KEK_MAGIC || h[2] != KEK_FORMAT || h[3] != KEK_ALG_A256GCM {
+    if h.len() != KEK_HEADER_LEN
+        || &h[..2] != KEK_MAGIC
+        || h[2] != KEK_FORMAT
+        || h[3] != KEK_ALG_A256GCM
+    {
         return None;
     }
     Some(KeyTerm(u32::from_be_bytes(h[4..8].try_into().ok()?)))
@@ -135,7 +150,12 @@ impl TenantKey {
 
     /// Move a ciphertext from `self` to `new` without decrypting the value: only its data
     /// key is unwrapped and wrapped again.
-    pub fn rewrap(&self, new: &TenantKey, ctx: &RecordContext, ct: &Ciphertext) -> Result<Ciphertext, CryptoError> {
+    pub fn rewrap(
+        &self,
+        new: &TenantKey,
+        ctx: &RecordContext,
+        ct: &Ciphertext,
+    ) -> Result<Ciphertext, CryptoError> {
         if ct.key_term() != self.term {
             return Err(CryptoError::Decrypt);
         }
@@ -199,7 +219,8 @@ mod tests {
         let mut forged = w.as_bytes().to_vec();
         forged[7] ^= 1;
         assert_eq!(
-            root.unwrap_tenant_key(org, &WrappedTenantKey::from_stored_bytes(forged)).err(),
+            root.unwrap_tenant_key(org, &WrappedTenantKey::from_stored_bytes(forged))
+                .err(),
             Some(CryptoError::Decrypt)
         );
     }

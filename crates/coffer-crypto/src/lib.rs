@@ -16,7 +16,7 @@ mod secret;
 pub mod shamir;
 pub mod token;
 
-pub use envelope::{Ciphertext, RecordContext, FORMAT_VERSION};
+pub use envelope::{Ciphertext, FORMAT_VERSION, RecordContext};
 pub use error::CryptoError;
 pub use keys::{KeyTerm, RootKey, RootKeyCheck, TenantKey, WrappedTenantKey};
 pub use secret::SecretBytes;
@@ -29,5 +29,9 @@ pub fn random_bytes(buf: &mut [u8]) {
 /// SHA-256 fingerprint of a certificate (DER), as colon-separated upper-case hex: the form
 /// operators compare by eye.
 pub fn fingerprint_sha256(der: &[u8]) -> String {
-    hazmat::sha256(der).iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+    hazmat::sha256(der)
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }

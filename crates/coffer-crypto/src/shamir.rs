@@ -29,7 +29,11 @@ impl std::fmt::Debug for Share {
 impl Share {
     /// Parse the operator-facing text form. Whitespace around it is ignored.
     pub fn parse(text: &str) -> Result<Self, CryptoError> {
-        let raw = Zeroizing::new(URL_SAFE_NO_PAD.decode(text.trim()).map_err(|_| CryptoError::MalformedShare)?);
+        let raw = Zeroizing::new(
+            URL_SAFE_NO_PAD
+                .decode(text.trim())
+                .map_err(|_| CryptoError::MalformedShare)?,
+        );
         if raw.len() != SHARE_LEN + CHECKSUM_LEN {
             return Err(CryptoError::MalformedShare);
         }
@@ -59,8 +63,13 @@ pub fn split(root: &RootKey, shares: u8, threshold: u8) -> Result<Vec<Share>, Cr
     if threshold < 2 || threshold > shares {
         return Err(CryptoError::InvalidSplit);
     }
-    let parts = Gf256::split_array(threshold.into(), shares.into(), root.expose_secret(), SystemRng)
-        .map_err(|_| CryptoError::InvalidSplit)?;
+    let parts = Gf256::split_array(
+        threshold.into(),
+        shares.into(),
+        root.expose_secret(),
+        SystemRng,
+    )
+    .map_err(|_| CryptoError::InvalidSplit)?;
     Ok(parts.into_iter().map(Share).collect())
 }
 
@@ -97,7 +106,10 @@ mod tests {
         let t = texts(&split(&root, 5, 3).unwrap());
         assert_eq!(t.len(), 5);
         for combo in [[0, 1, 2], [2, 3, 4], [0, 2, 4], [4, 1, 3]] {
-            let parsed: Vec<Share> = combo.iter().map(|&i| Share::parse(&t[i]).unwrap()).collect();
+            let parsed: Vec<Share> = combo
+                .iter()
+                .map(|&i| Share::parse(&t[i]).unwrap())
+                .collect();
             assert!(combine(&parsed).unwrap().matches(&check), "{combo:?}");
         }
         // Two of three needed shares give a different key.
@@ -111,8 +123,14 @@ mod tests {
         let t = texts(&split(&root, 3, 2).unwrap());
         let mut typo = t[0].clone().into_bytes();
         typo[5] = if typo[5] == b'A' { b'B' } else { b'A' };
-        assert_eq!(Share::parse(std::str::from_utf8(&typo).unwrap()).err(), Some(CryptoError::MalformedShare));
-        assert_eq!(Share::parse("not a share").err(), Some(CryptoError::MalformedShare));
+        assert_eq!(
+            Share::parse(std::str::from_utf8(&typo).unwrap()).err(),
+            Some(CryptoError::MalformedShare)
+        );
+        assert_eq!(
+            Share::parse("not a share").err(),
+            Some(CryptoError::MalformedShare)
+        );
         assert_eq!(Share::parse("").err(), Some(CryptoError::MalformedShare));
         let dup = vec![Share::parse(&t[0]).unwrap(), Share::parse(&t[0]).unwrap()];
         assert_eq!(combine(&dup).err(), Some(CryptoError::Combine));

@@ -20,8 +20,16 @@ impl DevKeyFile {
     /// Open the key file, creating it with a fresh key (mode 0600, never overwritten) when
     /// it does not exist. Returns whether it was created.
     pub fn open_or_create(path: &Path) -> Result<(Self, bool), SealError> {
-        let io = |source| SealError::Io { path: path.to_owned(), source };
-        let created = match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        let io = |source| SealError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let created = match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
             Ok(mut f) => {
                 let key = RootKey::generate();
                 f.write_all(key.expose_secret()).map_err(io)?;
@@ -31,7 +39,9 @@ impl DevKeyFile {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
             Err(e) => return Err(io(e)),
         };
-        let seal = Self { path: path.to_owned() };
+        let seal = Self {
+            path: path.to_owned(),
+        };
         // Read once now so that a broken file fails at start, not at first use.
         seal.root_key()?;
         Ok((seal, created))
@@ -44,7 +54,10 @@ impl AutoUnseal for DevKeyFile {
     }
 
     fn root_key(&self) -> Result<RootKey, SealError> {
-        let io = |source| SealError::Io { path: self.path.clone(), source };
+        let io = |source| SealError::Io {
+            path: self.path.clone(),
+            source,
+        };
         let mut f = std::fs::File::open(&self.path).map_err(io)?;
         let mode = f.metadata().map_err(io)?.permissions().mode();
         if mode & 0o077 != 0 {
@@ -70,7 +83,10 @@ mod tests {
         assert_eq!(mode, 0o600);
         let (b, created) = DevKeyFile::open_or_create(&p).unwrap();
         assert!(!created);
-        assert_eq!(a.root_key().unwrap().expose_secret(), b.root_key().unwrap().expose_secret());
+        assert_eq!(
+            a.root_key().unwrap().expose_secret(),
+            b.root_key().unwrap().expose_secret()
+        );
     }
 
     #[test]
@@ -79,9 +95,15 @@ mod tests {
         let p = dir.path().join("root.key");
         DevKeyFile::open_or_create(&p).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(DevKeyFile::open_or_create(&p), Err(SealError::Permissions(_))));
+        assert!(matches!(
+            DevKeyFile::open_or_create(&p),
+            Err(SealError::Permissions(_))
+        ));
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::fs::write(&p, b"short").unwrap();
-        assert!(matches!(DevKeyFile::open_or_create(&p), Err(SealError::BadKeyFile(_))));
+        assert!(matches!(
+            DevKeyFile::open_or_create(&p),
+            Err(SealError::BadKeyFile(_))
+        ));
     }
 }

@@ -6,7 +6,8 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 pub fn ts(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    let t =
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
     humantime::format_rfc3339_millis(t).to_string()
 }
 
@@ -73,7 +74,9 @@ pub struct LoginRequest {
 
 impl std::fmt::Debug for LoginRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoginRequest").field("username", &self.username).finish_non_exhaustive()
+        f.debug_struct("LoginRequest")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
     }
 }
 
@@ -96,7 +99,9 @@ pub struct LoginResponse {
 
 impl std::fmt::Debug for LoginResponse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoginResponse").field("whoami", &self.whoami).finish_non_exhaustive()
+        f.debug_struct("LoginResponse")
+            .field("whoami", &self.whoami)
+            .finish_non_exhaustive()
     }
 }
 
@@ -141,7 +146,9 @@ pub struct SetParamRequest {
 
 impl std::fmt::Debug for SetParamRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SetParamRequest").field("secret", &self.secret).finish_non_exhaustive()
+        f.debug_struct("SetParamRequest")
+            .field("secret", &self.secret)
+            .finish_non_exhaustive()
     }
 }
 
@@ -160,14 +167,28 @@ pub struct ParamResponse {
 
 impl std::fmt::Debug for ParamResponse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ParamResponse").field("name", &self.name).field("version", &self.version).finish_non_exhaustive()
+        f.debug_struct("ParamResponse")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
     }
 }
 
 impl From<ParamView> for ParamResponse {
     fn from(v: ParamView) -> Self {
-        let value = v.value.as_ref().map(|s| String::from_utf8_lossy(s.expose_secret()).into_owned());
-        Self { masked: value.is_none() && v.secret, name: v.name, value, secret: v.secret, version: v.version, env: v.env, updated_at: ts(v.updated_at) }
+        let value = v
+            .value
+            .as_ref()
+            .map(|s| String::from_utf8_lossy(s.expose_secret()).into_owned());
+        Self {
+            masked: value.is_none() && v.secret,
+            name: v.name,
+            value,
+            secret: v.secret,
+            version: v.version,
+            env: v.env,
+            updated_at: ts(v.updated_at),
+        }
     }
 }
 

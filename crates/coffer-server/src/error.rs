@@ -40,7 +40,9 @@ impl ErrorCode {
     pub fn status(self) -> StatusCode {
         use ErrorCode::*;
         match self {
-            BadRequest | InvalidJson | MalformedShare | DuplicateShare | WrongSealType => StatusCode::BAD_REQUEST,
+            BadRequest | InvalidJson | MalformedShare | DuplicateShare | WrongSealType => {
+                StatusCode::BAD_REQUEST
+            }
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Unauthenticated | BadCredentials => StatusCode::UNAUTHORIZED,
@@ -73,13 +75,19 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::BadRequest, message)
     }
     fn internal() -> Self {
-        Self::new(ErrorCode::Internal, "internal error; the server log has details under this request's id")
+        Self::new(
+            ErrorCode::Internal,
+            "internal error; the server log has details under this request's id",
+        )
     }
 }
 
@@ -88,7 +96,10 @@ impl From<CoreError> for ApiError {
         use ErrorCode as C;
         let code = match &e {
             CoreError::Sealed => {
-                return Self::new(C::Sealed, "Coffer is sealed: unseal it with `coffer operator unseal` before use");
+                return Self::new(
+                    C::Sealed,
+                    "Coffer is sealed: unseal it with `coffer operator unseal` before use",
+                );
             }
             CoreError::NotInitialized => C::NotInitialized,
             CoreError::AlreadyInitialized => C::AlreadyInitialized,
@@ -119,9 +130,21 @@ impl From<CoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.code.status();
-        let mut res = (status, Json(ErrorBody { error: ErrorDetail { code: self.code, message: self.message } })).into_response();
+        let mut res = (
+            status,
+            Json(ErrorBody {
+                error: ErrorDetail {
+                    code: self.code,
+                    message: self.message,
+                },
+            }),
+        )
+            .into_response();
         if status == StatusCode::UNAUTHORIZED {
-            res.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+            res.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
         }
         res
     }
@@ -132,13 +155,21 @@ impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(r: axum::extract::rejection::JsonRejection) -> Self {
         use axum::extract::rejection::JsonRejection as J;
         match r {
-            J::MissingJsonContentType(_) => Self::new(ErrorCode::UnsupportedMediaType, "expected Content-Type: application/json"),
+            J::MissingJsonContentType(_) => Self::new(
+                ErrorCode::UnsupportedMediaType,
+                "expected Content-Type: application/json",
+            ),
             J::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 Self::new(ErrorCode::PayloadTooLarge, "request body too large")
             }
-            J::JsonSyntaxError(_) => Self::new(ErrorCode::InvalidJson, "request body is not valid JSON"),
+            J::JsonSyntaxError(_) => {
+                Self::new(ErrorCode::InvalidJson, "request body is not valid JSON")
+            }
             // serde's message can quote the offending input, which may be a secret: keep it out.
-            J::JsonDataError(_) => Self::new(ErrorCode::InvalidJson, "request body does not match the expected schema (see /v1/openapi.json)"),
+            J::JsonDataError(_) => Self::new(
+                ErrorCode::InvalidJson,
+                "request body does not match the expected schema (see /v1/openapi.json)",
+            ),
             _ => Self::new(ErrorCode::BadRequest, "could not read the request body"),
         }
     }

@@ -31,8 +31,16 @@ pub struct Auth(pub Principal);
 pub struct Bearer(pub String);
 
 fn bearer(parts: &Parts) -> Result<String, ApiError> {
-    let unauth = || ApiError::new(ErrorCode::Unauthenticated, "missing or malformed Authorization: Bearer header");
-    let h = parts.headers.get(axum::http::header::AUTHORIZATION).ok_or_else(unauth)?;
+    let unauth = || {
+        ApiError::new(
+            ErrorCode::Unauthenticated,
+            "missing or malformed Authorization: Bearer header",
+        )
+    };
+    let h = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(unauth)?;
     let s = h.to_str().map_err(|_| unauth())?;
     let t = s.strip_prefix("Bearer ").ok_or_else(unauth)?.trim();
     if t.is_empty() {
@@ -45,10 +53,17 @@ impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer(parts)?;
-        let p = state.coffer.authenticate(&token).await.map_err(|e| match e {
-            coffer_core::CoreError::Unauthenticated => ApiError::new(ErrorCode::Unauthenticated, "the token is invalid or expired; log in again"),
-            other => other.into(),
-        })?;
+        let p = state
+            .coffer
+            .authenticate(&token)
+            .await
+            .map_err(|e| match e {
+                coffer_core::CoreError::Unauthenticated => ApiError::new(
+                    ErrorCode::Unauthenticated,
+                    "the token is invalid or expired; log in again",
+                ),
+                other => other.into(),
+            })?;
         Ok(Auth(p))
     }
 }

@@ -41,7 +41,10 @@ async fn not_found() -> error::ApiError {
 }
 
 async fn openapi_doc() -> impl axum::response::IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], openapi::openapi_json())
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        openapi::openapi_json(),
+    )
 }
 
 /// The whole API as a router, without a socket, so tests can drive it directly.
@@ -59,25 +62,49 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/auth/logout", post(auth::logout))
         .route("/v1/auth/whoami", get(auth::whoami))
         .route("/v1/projects", get(projects::list).post(projects::create))
-        .route("/v1/projects/{project}/envs", get(projects::list_envs).post(projects::create_env))
+        .route(
+            "/v1/projects/{project}/envs",
+            get(projects::list_envs).post(projects::create_env),
+        )
         .route("/v1/projects/{project}/diff", get(params::diff))
         .route(params_path, get(params::list))
-        .route(&format!("{params_path}/{{name}}"), get(params::get).put(params::set).delete(params::delete))
-        .route(&format!("{params_path}/{{name}}/history"), get(params::history))
-        .route(&format!("{params_path}/{{name}}/rollback"), post(params::rollback))
+        .route(
+            &format!("{params_path}/{{name}}"),
+            get(params::get).put(params::set).delete(params::delete),
+        )
+        .route(
+            &format!("{params_path}/{{name}}/history"),
+            get(params::history),
+        )
+        .route(
+            &format!("{params_path}/{{name}}/rollback"),
+            post(params::rollback),
+        )
         .route("/v1/openapi.json", get(openapi_doc))
         .fallback(not_found)
         .with_state(state)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
-        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(30)))
-        .layer(SetResponseHeaderLayer::overriding(header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
-        .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_secs(30),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
         .layer(SetResponseHeaderLayer::overriding(
             header::STRICT_TRANSPORT_SECURITY,
             HeaderValue::from_static("max-age=63072000; includeSubDomains"),
         ))
-        .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION, header::COOKIE]))
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            header::AUTHORIZATION,
+            header::COOKIE,
+        ]))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
 }

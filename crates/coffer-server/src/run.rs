@@ -86,32 +86,49 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
         let key_path = cfg.data_dir.join("dev-root.key");
         let b = coffer.start_dev(&key_path).await.map_err(|e| match e {
             coffer_core::CoreError::WrongSealType => {
-                anyhow::anyhow!("{} was initialised for production (Shamir seal); start it without --dev", cfg.data_dir.display())
+                anyhow::anyhow!(
+                    "{} was initialised for production (Shamir seal); start it without --dev",
+                    cfg.data_dir.display()
+                )
             }
             other => anyhow::Error::new(other).context("dev-mode unseal"),
         })?;
         (b, Some(key_path))
     } else {
         coffer.check_production_start().await.map_err(|_| {
-            anyhow::anyhow!("{} was initialised in dev mode; start it with --dev or use a new data directory", cfg.data_dir.display())
+            anyhow::anyhow!(
+                "{} was initialised in dev mode; start it with --dev or use a new data directory",
+                cfg.data_dir.display()
+            )
         })?;
         (None, None)
     };
 
     let files = match (&cfg.tls_cert, &cfg.tls_key) {
-        (Some(cert), Some(key)) => TlsFiles { cert: cert.clone(), key: key.clone(), ca: None },
+        (Some(cert), Some(key)) => TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: None,
+        },
         (None, None) => tls::ensure_internal_ca(&cfg.data_dir.join("tls"), &[])?,
         _ => anyhow::bail!("set both tls.cert_file and tls.key_file, or neither"),
     };
     let ca_fingerprint = files.ca.as_deref().map(tls::fingerprint).transpose()?;
     let tls_cfg = RustlsConfig::from_config(tls::server_config(&files)?);
 
-    let listener = std::net::TcpListener::bind(cfg.listen).with_context(|| format!("listen on {}", cfg.listen))?;
-    listener.set_nonblocking(true).context("set listener non-blocking")?;
+    let listener = std::net::TcpListener::bind(cfg.listen)
+        .with_context(|| format!("listen on {}", cfg.listen))?;
+    listener
+        .set_nonblocking(true)
+        .context("set listener non-blocking")?;
     let addr = listener.local_addr().context("local address")?;
     let handle = Handle::new();
-    let app = router(AppState { coffer: coffer.clone() });
-    let mut server = axum_server::from_tcp_rustls(listener, tls_cfg).context("TLS listener")?.handle(handle.clone());
+    let app = router(AppState {
+        coffer: coffer.clone(),
+    });
+    let mut server = axum_server::from_tcp_rustls(listener, tls_cfg)
+        .context("TLS listener")?
+        .handle(handle.clone());
     server.http_builder().http1().keep_alive(true);
     let task = tokio::spawn(server.serve(app.into_make_service_with_connect_info::<SocketAddr>()));
 
@@ -126,5 +143,14 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
         }
     });
 
-    Ok(RunningServer { addr, tls: files, ca_fingerprint, bootstrap, dev_key, coffer, handle, task })
+    Ok(RunningServer {
+        addr,
+        tls: files,
+        ca_fingerprint,
+        bootstrap,
+        dev_key,
+        coffer,
+        handle,
+        task,
+    })
 }

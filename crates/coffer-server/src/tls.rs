@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -27,7 +30,11 @@ pub struct TlsFiles {
 /// Generate the internal CA and a server certificate for localhost/127.0.0.1/::1 in `dir`,
 /// unless they exist already.
 pub fn ensure_internal_ca(dir: &Path, extra_names: &[String]) -> anyhow::Result<TlsFiles> {
-    let files = TlsFiles { cert: dir.join("server.pem"), key: dir.join("server-key.pem"), ca: Some(dir.join("ca.pem")) };
+    let files = TlsFiles {
+        cert: dir.join("server.pem"),
+        key: dir.join("server-key.pem"),
+        ca: Some(dir.join("ca.pem")),
+    };
     if files.cert.exists() && files.key.exists() {
         return Ok(files);
     }
@@ -35,22 +42,44 @@ pub fn ensure_internal_ca(dir: &Path, extra_names: &[String]) -> anyhow::Result<
     let ca_key = KeyPair::generate().context("generate CA key")?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).context("CA parameters")?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca_params.distinguished_name.push(DnType::CommonName, "Coffer internal CA");
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Coffer internal CA");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let ca = CertifiedIssuer::self_signed(ca_params, ca_key).context("self-sign CA")?;
 
-    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
     names.extend(extra_names.iter().cloned());
     let key = KeyPair::generate().context("generate server key")?;
     let mut params = CertificateParams::new(names).context("server certificate parameters")?;
-    params.distinguished_name.push(DnType::CommonName, "coffer server");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "coffer server");
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let cert = params.signed_by(&key, &ca).context("sign server certificate")?;
+    let cert = params
+        .signed_by(&key, &ca)
+        .context("sign server certificate")?;
 
     let ca_pem = ca.pem();
-    write_file(files.ca.as_deref().unwrap_or(&files.cert), ca_pem.as_bytes(), 0o644)?;
+    write_file(
+        files.ca.as_deref().unwrap_or(&files.cert),
+        ca_pem.as_bytes(),
+        0o644,
+    )?;
     write_file(&files.key, key.serialize_pem().as_bytes(), 0o600)?;
-    write_file(&files.cert, format!("{}{}", cert.pem(), ca_pem).as_bytes(), 0o644)?;
+    write_file(
+        &files.cert,
+        format!("{}{}", cert.pem(), ca_pem).as_bytes(),
+        0o644,
+    )?;
     Ok(files)
 }
 
@@ -62,23 +91,36 @@ fn write_file(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
         .mode(mode)
         .open(path)
         .with_context(|| format!("write {}", path.display()))?;
-    f.write_all(data).with_context(|| format!("write {}", path.display()))?;
-    f.sync_all().with_context(|| format!("sync {}", path.display()))
+    f.write_all(data)
+        .with_context(|| format!("write {}", path.display()))?;
+    f.sync_all()
+        .with_context(|| format!("sync {}", path.display()))
 }
 
 /// SHA-256 fingerprint of the first certificate in a PEM file.
 pub fn fingerprint(pem_path: &Path) -> anyhow::Result<String> {
     let pem = std::fs::read(pem_path).with_context(|| format!("read {}", pem_path.display()))?;
-    let der = CertificateDer::pem_slice_iter(&pem).next().context("no certificate in file")?.context("parse certificate")?;
+    let der = CertificateDer::pem_slice_iter(&pem)
+        .next()
+        .context("no certificate in file")?
+        .context("parse certificate")?;
     Ok(coffer_core::fingerprint_sha256(&der))
 }
 
 /// A rustls server configuration: TLS 1.3 and 1.2, aws-lc-rs, HTTP/1.1.
 pub fn server_config(files: &TlsFiles) -> anyhow::Result<Arc<ServerConfig>> {
-    let cert_pem = std::fs::read(&files.cert).with_context(|| format!("read {}", files.cert.display()))?;
-    let key_pem = std::fs::read(&files.key).with_context(|| format!("read {}", files.key.display()))?;
-    let certs = CertificateDer::pem_slice_iter(&cert_pem).collect::<Result<Vec<_>, _>>().context("parse certificate chain")?;
-    anyhow::ensure!(!certs.is_empty(), "no certificate in {}", files.cert.display());
+    let cert_pem =
+        std::fs::read(&files.cert).with_context(|| format!("read {}", files.cert.display()))?;
+    let key_pem =
+        std::fs::read(&files.key).with_context(|| format!("read {}", files.key.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .context("parse certificate chain")?;
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "no certificate in {}",
+        files.cert.display()
+    );
     let key = PrivateKeyDer::from_pem_slice(&key_pem).context("parse private key")?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut cfg = ServerConfig::builder_with_provider(provider)

@@ -47,19 +47,46 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     // --- projects and environments ---
     async fn create_project(&self, p: &ProjectRow) -> Result<(), StoreError>;
     async fn projects(&self, org_id: Uuid) -> Result<Vec<ProjectRow>, StoreError>;
-    async fn project_by_name(&self, org_id: Uuid, name: &str) -> Result<Option<ProjectRow>, StoreError>;
+    async fn project_by_name(
+        &self,
+        org_id: Uuid,
+        name: &str,
+    ) -> Result<Option<ProjectRow>, StoreError>;
     async fn create_env(&self, e: &EnvRow) -> Result<(), StoreError>;
     async fn envs(&self, org_id: Uuid, project_id: Uuid) -> Result<Vec<EnvRow>, StoreError>;
 
     // --- parameters ---
-    async fn param(&self, org_id: Uuid, env_id: Uuid, name: &str) -> Result<Option<ParamRow>, StoreError>;
+    async fn param(
+        &self,
+        org_id: Uuid,
+        env_id: Uuid,
+        name: &str,
+    ) -> Result<Option<ParamRow>, StoreError>;
     /// The current version and ciphertext of one live parameter.
-    async fn current_value(&self, org_id: Uuid, env_id: Uuid, name: &str) -> Result<Option<ParamValue>, StoreError>;
+    async fn current_value(
+        &self,
+        org_id: Uuid,
+        env_id: Uuid,
+        name: &str,
+    ) -> Result<Option<ParamValue>, StoreError>;
     /// The current version and its ciphertext of every live parameter in these environments.
-    async fn current_values(&self, org_id: Uuid, env_ids: &[Uuid]) -> Result<Vec<ParamValue>, StoreError>;
+    async fn current_values(
+        &self,
+        org_id: Uuid,
+        env_ids: &[Uuid],
+    ) -> Result<Vec<ParamValue>, StoreError>;
     /// One version of one parameter, with its ciphertext (None for a deletion marker).
-    async fn param_version(&self, org_id: Uuid, param_id: Uuid, version: u64) -> Result<Option<ParamValue>, StoreError>;
-    async fn param_history(&self, org_id: Uuid, param_id: Uuid) -> Result<Vec<ParamVersionRow>, StoreError>;
+    async fn param_version(
+        &self,
+        org_id: Uuid,
+        param_id: Uuid,
+        version: u64,
+    ) -> Result<Option<ParamValue>, StoreError>;
+    async fn param_history(
+        &self,
+        org_id: Uuid,
+        param_id: Uuid,
+    ) -> Result<Vec<ParamVersionRow>, StoreError>;
     /// Append a version. `expected_current` is the version the caller based its write on
     /// (0 for a new parameter); a concurrent writer makes this fail with Conflict.
     async fn append_param_version(&self, w: &ParamWrite) -> Result<(), StoreError>;

@@ -22,9 +22,15 @@ pub fn whoami_dto(p: Principal) -> WhoamiResponse {
 /// Log in with a username and password. The same 401 for every failure.
 #[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = LoginRequest,
     responses((status = 200, body = LoginResponse), (status = 401, body = ErrorBody)))]
-pub async fn login(State(st): State<AppState>, ApiJson(req): ApiJson<LoginRequest>) -> ApiResult<Json<LoginResponse>> {
+pub async fn login(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<LoginRequest>,
+) -> ApiResult<Json<LoginResponse>> {
     let r = st.coffer.login(&req.username, &req.password).await?;
-    Ok(Json(LoginResponse { token: r.token.expose_secret().to_owned(), whoami: whoami_dto(r.principal) }))
+    Ok(Json(LoginResponse {
+        token: r.token.expose_secret().to_owned(),
+        whoami: whoami_dto(r.principal),
+    }))
 }
 
 /// End the current session.

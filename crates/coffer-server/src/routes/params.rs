@@ -15,17 +15,30 @@ type ParamPath = Path<(String, String, String)>;
 #[utoipa::path(get, path = "/v1/projects/{project}/envs/{env}/params", tag = "params", security(("bearer" = [])),
     params(("project" = String, Path), ("env" = String, Path), RevealQuery),
     responses((status = 200, body = ParamListResponse), (status = 404, body = ErrorBody)))]
-pub async fn list(State(st): State<AppState>, Auth(p): Auth, Path((project, env)): EnvPath, Query(q): Query<RevealQuery>) -> ApiResult<Json<ParamListResponse>> {
+pub async fn list(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path((project, env)): EnvPath,
+    Query(q): Query<RevealQuery>,
+) -> ApiResult<Json<ParamListResponse>> {
     let v = st.coffer.list_params(&p, &project, &env, q.reveal).await?;
-    Ok(Json(ParamListResponse { params: v.into_iter().map(ParamResponse::from).collect() }))
+    Ok(Json(ParamListResponse {
+        params: v.into_iter().map(ParamResponse::from).collect(),
+    }))
 }
 
 /// One parameter's current value, as seen from this environment.
 #[utoipa::path(get, path = "/v1/projects/{project}/envs/{env}/params/{name}", tag = "params", security(("bearer" = [])),
     params(("project" = String, Path), ("env" = String, Path), ("name" = String, Path)),
     responses((status = 200, body = ParamResponse), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)))]
-pub async fn get(State(st): State<AppState>, Auth(p): Auth, Path((project, env, name)): ParamPath) -> ApiResult<Json<ParamResponse>> {
-    Ok(Json(st.coffer.get_param(&p, &project, &env, &name).await?.into()))
+pub async fn get(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path((project, env, name)): ParamPath,
+) -> ApiResult<Json<ParamResponse>> {
+    Ok(Json(
+        st.coffer.get_param(&p, &project, &env, &name).await?.into(),
+    ))
 }
 
 /// Set a parameter: creates a new immutable version.
@@ -39,23 +52,51 @@ pub async fn set(
     ApiJson(req): ApiJson<SetParamRequest>,
 ) -> ApiResult<Json<WriteResponse>> {
     let value = zeroize::Zeroizing::new(req.value);
-    let v = st.coffer.set_param(&p, &project, &env, SetParam { name: &name, value: value.as_bytes(), secret: req.secret }).await?;
-    Ok(Json(WriteResponse { name: v.name, version: v.version, secret: v.secret }))
+    let v = st
+        .coffer
+        .set_param(
+            &p,
+            &project,
+            &env,
+            SetParam {
+                name: &name,
+                value: value.as_bytes(),
+                secret: req.secret,
+            },
+        )
+        .await?;
+    Ok(Json(WriteResponse {
+        name: v.name,
+        version: v.version,
+        secret: v.secret,
+    }))
 }
 
 /// Delete a parameter from this environment (history is kept).
 #[utoipa::path(delete, path = "/v1/projects/{project}/envs/{env}/params/{name}", tag = "params", security(("bearer" = [])),
     params(("project" = String, Path), ("env" = String, Path), ("name" = String, Path)),
     responses((status = 200, body = WriteResponse), (status = 404, body = ErrorBody)))]
-pub async fn delete(State(st): State<AppState>, Auth(p): Auth, Path((project, env, name)): ParamPath) -> ApiResult<Json<WriteResponse>> {
+pub async fn delete(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path((project, env, name)): ParamPath,
+) -> ApiResult<Json<WriteResponse>> {
     let version = st.coffer.delete_param(&p, &project, &env, &name).await?;
-    Ok(Json(WriteResponse { name, version, secret: false }))
+    Ok(Json(WriteResponse {
+        name,
+        version,
+        secret: false,
+    }))
 }
 
 #[utoipa::path(get, path = "/v1/projects/{project}/envs/{env}/params/{name}/history", tag = "params", security(("bearer" = [])),
     params(("project" = String, Path), ("env" = String, Path), ("name" = String, Path)),
     responses((status = 200, body = HistoryResponse), (status = 404, body = ErrorBody)))]
-pub async fn history(State(st): State<AppState>, Auth(p): Auth, Path((project, env, name)): ParamPath) -> ApiResult<Json<HistoryResponse>> {
+pub async fn history(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path((project, env, name)): ParamPath,
+) -> ApiResult<Json<HistoryResponse>> {
     let v = st.coffer.param_history(&p, &project, &env, &name).await?;
     Ok(Json(HistoryResponse {
         versions: v
@@ -82,22 +123,42 @@ pub async fn rollback(
     Path((project, env, name)): ParamPath,
     ApiJson(req): ApiJson<RollbackRequest>,
 ) -> ApiResult<Json<WriteResponse>> {
-    let v = st.coffer.rollback_param(&p, &project, &env, &name, req.version).await?;
-    Ok(Json(WriteResponse { name: v.name, version: v.version, secret: v.secret }))
+    let v = st
+        .coffer
+        .rollback_param(&p, &project, &env, &name, req.version)
+        .await?;
+    Ok(Json(WriteResponse {
+        name: v.name,
+        version: v.version,
+        secret: v.secret,
+    }))
 }
 
 /// Compare the resolved parameters of two environments.
 #[utoipa::path(get, path = "/v1/projects/{project}/diff", tag = "params", security(("bearer" = [])),
     params(("project" = String, Path), DiffQuery),
     responses((status = 200, body = DiffResponse), (status = 404, body = ErrorBody)))]
-pub async fn diff(State(st): State<AppState>, Auth(p): Auth, Path(project): Path<String>, Query(q): Query<DiffQuery>) -> ApiResult<Json<DiffResponse>> {
-    let entries = st.coffer.diff_envs(&p, &project, &q.a, &q.b, q.reveal).await?;
+pub async fn diff(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path(project): Path<String>,
+    Query(q): Query<DiffQuery>,
+) -> ApiResult<Json<DiffResponse>> {
+    let entries = st
+        .coffer
+        .diff_envs(&p, &project, &q.a, &q.b, q.reveal)
+        .await?;
     Ok(Json(DiffResponse {
         a: q.a,
         b: q.b,
         entries: entries
             .into_iter()
-            .map(|e| DiffEntryDto { name: e.name, kind: e.kind.into(), a: e.a.map(Into::into), b: e.b.map(Into::into) })
+            .map(|e| DiffEntryDto {
+                name: e.name,
+                kind: e.kind.into(),
+                a: e.a.map(Into::into),
+                b: e.b.map(Into::into),
+            })
             .collect(),
     }))
 }

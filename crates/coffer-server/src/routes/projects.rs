@@ -9,24 +9,59 @@ use crate::extract::{ApiJson, Auth};
 
 #[utoipa::path(get, path = "/v1/projects", tag = "projects", security(("bearer" = [])),
     responses((status = 200, body = Vec<ProjectResponse>)))]
-pub async fn list(State(st): State<AppState>, Auth(p): Auth) -> ApiResult<Json<Vec<ProjectResponse>>> {
+pub async fn list(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+) -> ApiResult<Json<Vec<ProjectResponse>>> {
     let v = st.coffer.list_projects(&p).await?;
-    Ok(Json(v.into_iter().map(|x| ProjectResponse { id: x.id, name: x.name, created_at: ts(x.created_at) }).collect()))
+    Ok(Json(
+        v.into_iter()
+            .map(|x| ProjectResponse {
+                id: x.id,
+                name: x.name,
+                created_at: ts(x.created_at),
+            })
+            .collect(),
+    ))
 }
 
 /// Create a project; it starts with one environment, `default`.
 #[utoipa::path(post, path = "/v1/projects", tag = "projects", security(("bearer" = [])), request_body = CreateProjectRequest,
     responses((status = 201, body = ProjectResponse), (status = 409, body = ErrorBody), (status = 400, body = ErrorBody)))]
-pub async fn create(State(st): State<AppState>, Auth(p): Auth, ApiJson(req): ApiJson<CreateProjectRequest>) -> ApiResult<(StatusCode, Json<ProjectResponse>)> {
+pub async fn create(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    ApiJson(req): ApiJson<CreateProjectRequest>,
+) -> ApiResult<(StatusCode, Json<ProjectResponse>)> {
     let x = st.coffer.create_project(&p, &req.name).await?;
-    Ok((StatusCode::CREATED, Json(ProjectResponse { id: x.id, name: x.name, created_at: ts(x.created_at) })))
+    Ok((
+        StatusCode::CREATED,
+        Json(ProjectResponse {
+            id: x.id,
+            name: x.name,
+            created_at: ts(x.created_at),
+        }),
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/projects/{project}/envs", tag = "projects", security(("bearer" = [])),
     params(("project" = String, Path)), responses((status = 200, body = Vec<EnvResponse>), (status = 404, body = ErrorBody)))]
-pub async fn list_envs(State(st): State<AppState>, Auth(p): Auth, Path(project): Path<String>) -> ApiResult<Json<Vec<EnvResponse>>> {
+pub async fn list_envs(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path(project): Path<String>,
+) -> ApiResult<Json<Vec<EnvResponse>>> {
     let v = st.coffer.list_envs(&p, &project).await?;
-    Ok(Json(v.into_iter().map(|e| EnvResponse { id: e.id, name: e.name, parent: e.parent, created_at: ts(e.created_at) }).collect()))
+    Ok(Json(
+        v.into_iter()
+            .map(|e| EnvResponse {
+                id: e.id,
+                name: e.name,
+                parent: e.parent,
+                created_at: ts(e.created_at),
+            })
+            .collect(),
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/projects/{project}/envs", tag = "projects", security(("bearer" = [])),
@@ -38,6 +73,17 @@ pub async fn create_env(
     Path(project): Path<String>,
     ApiJson(req): ApiJson<CreateEnvRequest>,
 ) -> ApiResult<(StatusCode, Json<EnvResponse>)> {
-    let e = st.coffer.create_env(&p, &project, &req.name, req.parent.as_deref()).await?;
-    Ok((StatusCode::CREATED, Json(EnvResponse { id: e.id, name: e.name, parent: e.parent, created_at: ts(e.created_at) })))
+    let e = st
+        .coffer
+        .create_env(&p, &project, &req.name, req.parent.as_deref())
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(EnvResponse {
+            id: e.id,
+            name: e.name,
+            parent: e.parent,
+            created_at: ts(e.created_at),
+        }),
+    ))
 }

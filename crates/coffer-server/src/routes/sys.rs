@@ -33,7 +33,14 @@ pub async fn health(State(st): State<AppState>) -> ApiResult<impl IntoResponse> 
     } else {
         StatusCode::OK
     };
-    Ok((code, Json(HealthResponse { initialized: s.initialized, sealed: s.sealed, version: s.version.to_owned() })))
+    Ok((
+        code,
+        Json(HealthResponse {
+            initialized: s.initialized,
+            sealed: s.sealed,
+            version: s.version.to_owned(),
+        }),
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/sys/seal-status", tag = "sys", responses((status = 200, body = SealStatusResponse)))]
@@ -44,7 +51,10 @@ pub async fn seal_status(State(st): State<AppState>) -> ApiResult<Json<SealStatu
 /// Initialise a new server with a Shamir seal. Returns the shares and the first account once.
 #[utoipa::path(post, path = "/v1/sys/init", tag = "sys", request_body = InitRequest,
     responses((status = 200, body = InitResponse), (status = 409, body = ErrorBody), (status = 400, body = ErrorBody)))]
-pub async fn init(State(st): State<AppState>, ApiJson(req): ApiJson<InitRequest>) -> ApiResult<Json<InitResponse>> {
+pub async fn init(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<InitRequest>,
+) -> ApiResult<Json<InitResponse>> {
     let r = st.coffer.init_shamir(req.shares, req.threshold).await?;
     Ok(Json(InitResponse {
         shares: r.shares.iter().map(|s| s.to_string()).collect(),
@@ -60,11 +70,16 @@ pub async fn init(State(st): State<AppState>, ApiJson(req): ApiJson<InitRequest>
 /// Submit one unseal share (or reset progress).
 #[utoipa::path(post, path = "/v1/sys/unseal", tag = "sys", request_body = UnsealRequest,
     responses((status = 200, body = SealStatusResponse), (status = 400, body = ErrorBody)))]
-pub async fn unseal(State(st): State<AppState>, ApiJson(req): ApiJson<UnsealRequest>) -> ApiResult<Json<SealStatusResponse>> {
+pub async fn unseal(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<UnsealRequest>,
+) -> ApiResult<Json<SealStatusResponse>> {
     if req.reset {
         st.coffer.reset_unseal()?;
     } else {
-        let share = req.share.ok_or_else(|| ApiError::bad_request("provide `share` or `reset: true`"))?;
+        let share = req
+            .share
+            .ok_or_else(|| ApiError::bad_request("provide `share` or `reset: true`"))?;
         if st.coffer.unseal(&share).await? == UnsealOutcome::WrongShares {
             return Err(ApiError::new(
                 ErrorCode::BadRequest,
@@ -78,9 +93,15 @@ pub async fn unseal(State(st): State<AppState>, ApiJson(req): ApiJson<UnsealRequ
 /// Seal the server: wipe the root key and all tenant keys from memory. Owners only.
 #[utoipa::path(post, path = "/v1/sys/seal", tag = "sys", security(("bearer" = [])),
     responses((status = 200, body = SealStatusResponse), (status = 403, body = ErrorBody)))]
-pub async fn seal(State(st): State<AppState>, Auth(p): Auth) -> ApiResult<Json<SealStatusResponse>> {
+pub async fn seal(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+) -> ApiResult<Json<SealStatusResponse>> {
     if !p.role.can_operate() {
-        return Err(ApiError::new(ErrorCode::Forbidden, "only an Owner can seal the server"));
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "only an Owner can seal the server",
+        ));
     }
     st.coffer.seal()?;
     Ok(Json(status_dto(st.coffer.seal_status().await?)))

@@ -14,20 +14,34 @@ use std::time::Duration;
 use async_trait::async_trait;
 use coffer_crypto::{KeyTerm, RootKeyCheck, WrappedTenantKey};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{Row, SqliteConnection};
 use uuid::Uuid;
 
 use crate::*;
 use rows::*;
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "init",
+    include_str!("../../migrations/sqlite/0001_init.sql"),
+)];
 
 fn migrator() -> Migrator {
     Migrator::with_migrations(
         MIGRATIONS
             .iter()
-            .map(|(v, d, sql)| Migration::new(*v, Cow::Borrowed(*d), MigrationType::Simple, sqlx::SqlSafeStr::into_sql_str(*sql), false))
+            .map(|(v, d, sql)| {
+                Migration::new(
+                    *v,
+                    Cow::Borrowed(*d),
+                    MigrationType::Simple,
+                    sqlx::SqlSafeStr::into_sql_str(*sql),
+                    false,
+                )
+            })
             .collect(),
     )
 }
@@ -79,14 +93,18 @@ fn i(v: u64) -> i64 {
 #[async_trait]
 impl Store for SqliteStore {
     async fn seal_config(&self) -> Result<Option<SealConfigRow>, StoreError> {
-        let row = sqlx::query("SELECT kind, shares, threshold, root_check, created_at FROM seal_config WHERE id = 1")
-            .fetch_optional(&self.read)
-            .await?;
+        let row = sqlx::query(
+            "SELECT kind, shares, threshold, root_check, created_at FROM seal_config WHERE id = 1",
+        )
+        .fetch_optional(&self.read)
+        .await?;
         row.map(|r| {
             Ok(SealConfigRow {
                 kind: r.try_get("kind")?,
-                shares: u8::try_from(r.try_get::<i64, _>("shares")?).map_err(|_| StoreError::Corrupt)?,
-                threshold: u8::try_from(r.try_get::<i64, _>("threshold")?).map_err(|_| StoreError::Corrupt)?,
+                shares: u8::try_from(r.try_get::<i64, _>("shares")?)
+                    .map_err(|_| StoreError::Corrupt)?,
+                threshold: u8::try_from(r.try_get::<i64, _>("threshold")?)
+                    .map_err(|_| StoreError::Corrupt)?,
                 root_check: RootKeyCheck::from_stored_bytes(r.try_get("root_check")?),
                 created_at: r.try_get("created_at")?,
             })
@@ -146,13 +164,15 @@ impl Store for SqliteStore {
     }
 
     async fn create_user(&self, u: &UserRow) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO users (id, username, password_hash, created_at) VALUES (?, ?, ?, ?)")
-            .bind(b(&u.id))
-            .bind(&u.username)
-            .bind(&u.password_hash)
-            .bind(u.created_at)
-            .execute(&self.write)
-            .await?;
+        sqlx::query(
+            "INSERT INTO users (id, username, password_hash, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(b(&u.id))
+        .bind(&u.username)
+        .bind(&u.password_hash)
+        .bind(u.created_at)
+        .execute(&self.write)
+        .await?;
         Ok(())
     }
 
@@ -175,13 +195,15 @@ impl Store for SqliteStore {
     }
 
     async fn add_membership(&self, m: &MembershipRow) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO memberships (user_id, org_id, role, created_at) VALUES (?, ?, ?, ?)")
-            .bind(b(&m.user_id))
-            .bind(b(&m.org_id))
-            .bind(&m.role)
-            .bind(m.created_at)
-            .execute(&self.write)
-            .await?;
+        sqlx::query(
+            "INSERT INTO memberships (user_id, org_id, role, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(b(&m.user_id))
+        .bind(b(&m.org_id))
+        .bind(&m.role)
+        .bind(m.created_at)
+        .execute(&self.write)
+        .await?;
         Ok(())
     }
 
@@ -233,12 +255,18 @@ impl Store for SqliteStore {
     }
 
     async fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool, StoreError> {
-        let r = sqlx::query("DELETE FROM sessions WHERE token_hash = ?").bind(token_hash.as_slice()).execute(&self.write).await?;
+        let r = sqlx::query("DELETE FROM sessions WHERE token_hash = ?")
+            .bind(token_hash.as_slice())
+            .execute(&self.write)
+            .await?;
         Ok(r.rows_affected() > 0)
     }
 
     async fn delete_expired_sessions(&self, now: i64) -> Result<u64, StoreError> {
-        let r = sqlx::query("DELETE FROM sessions WHERE expires_at <= ?").bind(now).execute(&self.write).await?;
+        let r = sqlx::query("DELETE FROM sessions WHERE expires_at <= ?")
+            .bind(now)
+            .execute(&self.write)
+            .await?;
         Ok(r.rows_affected())
     }
 
@@ -254,24 +282,32 @@ impl Store for SqliteStore {
     }
 
     async fn projects(&self, org_id: Uuid) -> Result<Vec<ProjectRow>, StoreError> {
-        sqlx::query("SELECT id, org_id, name, created_at FROM projects WHERE org_id = ? ORDER BY name")
-            .bind(b(&org_id))
-            .fetch_all(&self.read)
-            .await?
-            .iter()
-            .map(project_row)
-            .collect()
+        sqlx::query(
+            "SELECT id, org_id, name, created_at FROM projects WHERE org_id = ? ORDER BY name",
+        )
+        .bind(b(&org_id))
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(project_row)
+        .collect()
     }
 
-    async fn project_by_name(&self, org_id: Uuid, name: &str) -> Result<Option<ProjectRow>, StoreError> {
-        sqlx::query("SELECT id, org_id, name, created_at FROM projects WHERE org_id = ? AND name = ?")
-            .bind(b(&org_id))
-            .bind(name)
-            .fetch_optional(&self.read)
-            .await?
-            .as_ref()
-            .map(project_row)
-            .transpose()
+    async fn project_by_name(
+        &self,
+        org_id: Uuid,
+        name: &str,
+    ) -> Result<Option<ProjectRow>, StoreError> {
+        sqlx::query(
+            "SELECT id, org_id, name, created_at FROM projects WHERE org_id = ? AND name = ?",
+        )
+        .bind(b(&org_id))
+        .bind(name)
+        .fetch_optional(&self.read)
+        .await?
+        .as_ref()
+        .map(project_row)
+        .transpose()
     }
 
     async fn create_env(&self, e: &EnvRow) -> Result<(), StoreError> {
@@ -301,7 +337,12 @@ impl Store for SqliteStore {
         .collect()
     }
 
-    async fn param(&self, org_id: Uuid, env_id: Uuid, name: &str) -> Result<Option<ParamRow>, StoreError> {
+    async fn param(
+        &self,
+        org_id: Uuid,
+        env_id: Uuid,
+        name: &str,
+    ) -> Result<Option<ParamRow>, StoreError> {
         sqlx::query(
             "SELECT id, org_id, env_id, name, current_version, deleted, updated_at FROM params \
              WHERE org_id = ? AND env_id = ? AND name = ?",
@@ -316,28 +357,43 @@ impl Store for SqliteStore {
         .transpose()
     }
 
-    async fn current_value(&self, org_id: Uuid, env_id: Uuid, name: &str) -> Result<Option<ParamValue>, StoreError> {
-        sqlx::query(concat!(value_select!(), " WHERE p.org_id = ? AND p.env_id = ? AND p.name = ? AND p.deleted = 0"))
-            .bind(b(&org_id))
-            .bind(b(&env_id))
-            .bind(name)
-            .fetch_optional(&self.read)
-            .await?
-            .as_ref()
-            .map(param_value)
-            .transpose()
+    async fn current_value(
+        &self,
+        org_id: Uuid,
+        env_id: Uuid,
+        name: &str,
+    ) -> Result<Option<ParamValue>, StoreError> {
+        sqlx::query(concat!(
+            value_select!(),
+            " WHERE p.org_id = ? AND p.env_id = ? AND p.name = ? AND p.deleted = 0"
+        ))
+        .bind(b(&org_id))
+        .bind(b(&env_id))
+        .bind(name)
+        .fetch_optional(&self.read)
+        .await?
+        .as_ref()
+        .map(param_value)
+        .transpose()
     }
 
-    async fn current_values(&self, org_id: Uuid, env_ids: &[Uuid]) -> Result<Vec<ParamValue>, StoreError> {
+    async fn current_values(
+        &self,
+        org_id: Uuid,
+        env_ids: &[Uuid],
+    ) -> Result<Vec<ParamValue>, StoreError> {
         let mut out = Vec::new();
         // Environment chains are short (a handful of levels); one static query per level
         // keeps every statement a compile-time constant.
         for env_id in env_ids {
-            let rows = sqlx::query(concat!(value_select!(), " WHERE p.org_id = ? AND p.env_id = ? AND p.deleted = 0 ORDER BY p.name"))
-                .bind(b(&org_id))
-                .bind(b(env_id))
-                .fetch_all(&self.read)
-                .await?;
+            let rows = sqlx::query(concat!(
+                value_select!(),
+                " WHERE p.org_id = ? AND p.env_id = ? AND p.deleted = 0 ORDER BY p.name"
+            ))
+            .bind(b(&org_id))
+            .bind(b(env_id))
+            .fetch_all(&self.read)
+            .await?;
             for r in &rows {
                 out.push(param_value(r)?);
             }
@@ -345,19 +401,31 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
-    async fn param_version(&self, org_id: Uuid, param_id: Uuid, version: u64) -> Result<Option<ParamValue>, StoreError> {
-        sqlx::query(concat!(value_select_at!(), " WHERE p.org_id = ? AND p.id = ?"))
-            .bind(i(version))
-            .bind(b(&org_id))
-            .bind(b(&param_id))
-            .fetch_optional(&self.read)
-            .await?
-            .as_ref()
-            .map(param_value)
-            .transpose()
+    async fn param_version(
+        &self,
+        org_id: Uuid,
+        param_id: Uuid,
+        version: u64,
+    ) -> Result<Option<ParamValue>, StoreError> {
+        sqlx::query(concat!(
+            value_select_at!(),
+            " WHERE p.org_id = ? AND p.id = ?"
+        ))
+        .bind(i(version))
+        .bind(b(&org_id))
+        .bind(b(&param_id))
+        .fetch_optional(&self.read)
+        .await?
+        .as_ref()
+        .map(param_value)
+        .transpose()
     }
 
-    async fn param_history(&self, org_id: Uuid, param_id: Uuid) -> Result<Vec<ParamVersionRow>, StoreError> {
+    async fn param_history(
+        &self,
+        org_id: Uuid,
+        param_id: Uuid,
+    ) -> Result<Vec<ParamVersionRow>, StoreError> {
         sqlx::query(
             "SELECT param_id, version, is_secret, action, actor_id, created_at FROM param_versions \
              WHERE org_id = ? AND param_id = ? ORDER BY version",
@@ -379,7 +447,10 @@ impl Store for SqliteStore {
     }
 }
 
-async fn insert_tenant_key(conn: &mut SqliteConnection, key: &TenantKeyRow) -> Result<(), StoreError> {
+async fn insert_tenant_key(
+    conn: &mut SqliteConnection,
+    key: &TenantKeyRow,
+) -> Result<(), StoreError> {
     sqlx::query("INSERT INTO tenant_keys (org_id, term, wrapped, created_at) VALUES (?, ?, ?, ?)")
         .bind(b(&key.org_id))
         .bind(i64::from(key.term.0))

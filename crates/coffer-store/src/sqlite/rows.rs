@@ -47,7 +47,11 @@ fn u64_col(r: &SqliteRow, col: &str) -> Result<u64, StoreError> {
 }
 
 pub(super) fn org_row(r: &SqliteRow) -> Result<OrgRow, StoreError> {
-    Ok(OrgRow { id: uuid_col(r, "id")?, name: r.try_get("name")?, created_at: r.try_get("created_at")? })
+    Ok(OrgRow {
+        id: uuid_col(r, "id")?,
+        name: r.try_get("name")?,
+        created_at: r.try_get("created_at")?,
+    })
 }
 
 pub(super) fn user_row(r: &SqliteRow) -> Result<UserRow, StoreError> {
@@ -74,7 +78,9 @@ pub(super) fn env_row(r: &SqliteRow) -> Result<EnvRow, StoreError> {
         id: uuid_col(r, "id")?,
         org_id: uuid_col(r, "org_id")?,
         project_id: uuid_col(r, "project_id")?,
-        parent_id: parent.map(|p| Uuid::from_slice(&p).map_err(|_| StoreError::Corrupt)).transpose()?,
+        parent_id: parent
+            .map(|p| Uuid::from_slice(&p).map_err(|_| StoreError::Corrupt))
+            .transpose()?,
         name: r.try_get("name")?,
         created_at: r.try_get("created_at")?,
     })
@@ -109,6 +115,8 @@ pub(super) fn param_value(r: &SqliteRow) -> Result<ParamValue, StoreError> {
     Ok(ParamValue {
         param: param_row(r)?,
         version: version_row(r)?,
-        ciphertext: ct.map(|c| Ciphertext::from_stored_bytes(c).map_err(|_| StoreError::Corrupt)).transpose()?,
+        ciphertext: ct
+            .map(|c| Ciphertext::from_stored_bytes(c).map_err(|_| StoreError::Corrupt))
+            .transpose()?,
     })
 }

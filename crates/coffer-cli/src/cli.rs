@@ -1,0 +1,235 @@
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Coffer: secrets and configuration, encrypted end to end.
+#[derive(Debug, Parser)]
+#[command(name = "coffer", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Server address (default: the one saved at login, else https://127.0.0.1:8200).
+    #[arg(long, global = true, env = "COFFER_ADDR")]
+    pub addr: Option<String>,
+    /// CA certificate (PEM) to trust for the server; pins Coffer's internal CA.
+    #[arg(long, global = true, env = "COFFER_CACERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Server(ServerArgs),
+    /// Initialise, unseal, seal and inspect the server.
+    #[command(subcommand)]
+    Operator(OperatorCmd),
+    /// Log in with a username and password; the token is saved for later commands.
+    Login(LoginArgs),
+    /// End the saved session.
+    Logout,
+    /// Show who the saved session belongs to.
+    Whoami,
+    /// Projects.
+    #[command(subcommand)]
+    Project(ProjectCmd),
+    /// Environments of a project.
+    #[command(subcommand)]
+    Env(EnvCmd),
+    /// Parameters and secrets.
+    #[command(subcommand)]
+    Param(ParamCmd),
+    /// Run a program with an environment's parameters as environment variables.
+    Run(RunArgs),
+    /// Print an environment's parameters in a file format.
+    Export(ExportArgs),
+    /// Measure read and write throughput and latency against a running server.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Dev mode: root key in a 0600 file in the data directory, automatic unseal, and a
+    /// bootstrap account printed on first start. Never for production.
+    #[arg(long)]
+    pub dev: bool,
+    /// TOML configuration file.
+    #[arg(long, env = "COFFER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (overrides the file and COFFER_LISTEN).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Data directory (overrides the file and COFFER_DATA_DIR).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OperatorCmd {
+    /// Initialise a new server: prints the Shamir shares of the root key and the first
+    /// account's password, once.
+    Init {
+        #[arg(long, default_value_t = 5)]
+        shares: u8,
+        #[arg(long, default_value_t = 3)]
+        threshold: u8,
+    },
+    /// Submit one unseal share (prompted without echo when not given).
+    Unseal {
+        share: Option<String>,
+        /// Discard the shares submitted so far.
+        #[arg(long)]
+        reset: bool,
+    },
+    /// Seal the server: wipe keys from its memory (Owner only).
+    Seal,
+    /// Show sealed/unsealed, unseal progress and version.
+    Status,
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    #[arg(long, short, env = "COFFER_USERNAME")]
+    pub username: Option<String>,
+    /// Read the password from standard input instead of prompting.
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct Target {
+    #[arg(long, short, env = "COFFER_PROJECT")]
+    pub project: String,
+    #[arg(long, short, env = "COFFER_ENV", default_value = "default")]
+    pub env: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectCmd {
+    List,
+    Create { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnvCmd {
+    List {
+        #[arg(long, short, env = "COFFER_PROJECT")]
+        project: String,
+    },
+    /// Create an environment; it inherits from --parent (default: `default`).
+    Create {
+        name: String,
+        #[arg(long, short, env = "COFFER_PROJECT")]
+        project: String,
+        #[arg(long)]
+        parent: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ParamCmd {
+    /// Set a value: VALUE as given, `-` (or nothing) reads standard input, `@path` reads a file.
+    Set {
+        name: String,
+        value: Option<String>,
+        #[command(flatten)]
+        target: Target,
+        /// Mark as secret (masked in listings, hidden from Viewers).
+        #[arg(long, conflicts_with = "no_secret")]
+        secret: bool,
+        /// Mark as not secret.
+        #[arg(long)]
+        no_secret: bool,
+    },
+    /// Print a value (raw, for scripts; --json for the whole record).
+    Get {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List the values visible in an environment; secrets masked unless --reveal.
+    List {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        reveal: bool,
+    },
+    /// Versions of a parameter, newest first.
+    History {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Make an earlier version current again.
+    Rollback {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        to: u64,
+    },
+    /// Delete from this environment (history is kept).
+    Delete {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Compare two environments: --env A --env B.
+    Diff {
+        #[arg(long, short, env = "COFFER_PROJECT")]
+        project: String,
+        #[arg(long = "env", short = 'e', num_args = 1, required = true)]
+        envs: Vec<String>,
+        #[arg(long)]
+        reveal: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// The program and its arguments, after `--`.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ExportFormat {
+    Dotenv,
+    Json,
+    Yaml,
+    K8sSecret,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub target: Target,
+    #[arg(long, value_enum, default_value = "dotenv")]
+    pub format: ExportFormat,
+    /// metadata.name of the Kubernetes Secret (default: PROJECT-ENV).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Concurrent connections to measure reads at.
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    pub connections: Vec<usize>,
+    /// Concurrent writers for the write measurement (0 to skip).
+    #[arg(long, default_value_t = 16)]
+    pub writers: usize,
+}

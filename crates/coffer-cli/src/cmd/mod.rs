@@ -1,0 +1,29 @@
+mod auth;
+mod bench;
+mod export;
+mod operator;
+mod param;
+mod project;
+mod server;
+
+use std::process::ExitCode;
+
+use crate::cli::{Cli, Command};
+
+pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Server(a) => server::run(a).await,
+        Command::Operator(c) => operator::run(g, c).await,
+        Command::Login(a) => auth::login(g, a).await,
+        Command::Logout => auth::logout(g).await,
+        Command::Whoami => auth::whoami(g).await,
+        Command::Project(c) => project::project(g, c).await,
+        Command::Env(c) => project::env(g, c).await,
+        Command::Param(c) => param::run(g, c).await,
+        Command::Run(a) => export::run(g, a).await,
+        Command::Export(a) => export::export(g, a).await,
+        Command::Bench(a) => bench::run(g, a).await,
+    }
+    .map(|()| ExitCode::SUCCESS)
+}

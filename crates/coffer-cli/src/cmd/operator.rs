@@ -1,0 +1,88 @@
+use anyhow::Context;
+
+use crate::cli::{Global, OperatorCmd};
+use crate::{output, session};
+
+pub async fn run(g: &Global, c: OperatorCmd) -> anyhow::Result<()> {
+    match c {
+        OperatorCmd::Init { shares, threshold } => {
+            let r = session::anonymous(g)?.init(shares, threshold).await?;
+            if g.json {
+                return output::json(&r);
+            }
+            println!("Coffer initialised. These are shown ONCE; Coffer keeps no copy of them.\n");
+            for (i, s) in r.shares.iter().enumerate() {
+                println!("Unseal share {}: {s}", i + 1);
+            }
+            println!(
+                "\nAny {} of {} shares unseal the server. Give each to a different person.",
+                r.threshold,
+                r.shares.len()
+            );
+            println!(
+                "\nFirst owner account:\n  organisation: {}\n  username:     {}\n  password:     {}",
+                r.bootstrap.org, r.bootstrap.username, r.bootstrap.password
+            );
+            println!(
+                "\nThe server is sealed. Next: coffer operator unseal (run it {} times).",
+                r.threshold
+            );
+            Ok(())
+        }
+        OperatorCmd::Unseal { share, reset } => {
+            let c = session::anonymous(g)?;
+            let st = if reset {
+                c.unseal_reset().await?
+            } else {
+                let share = match share {
+                    Some(s) => s,
+                    None => rpassword::prompt_password("Unseal share (input hidden): ")
+                        .context("read the share")?,
+                };
+                c.unseal(&share).await?
+            };
+            print_status(g, &st)
+        }
+        OperatorCmd::Seal => {
+            let st = session::authed(g)?.seal().await?;
+            print_status(g, &st)
+        }
+        OperatorCmd::Status => {
+            let st = session::anonymous(g)?.seal_status().await?;
+            print_status(g, &st)
+        }
+    }
+}
+
+fn print_status(g: &Global, st: &coffer_client::SealStatus) -> anyhow::Result<()> {
+    if g.json {
+        return output::json(st);
+    }
+    let state = if !st.initialized {
+        "not initialised"
+    } else if st.sealed {
+        "sealed"
+    } else {
+        "unsealed"
+    };
+    let progress = if st.sealed && st.threshold > 0 {
+        format!("{}/{}", st.progress, st.threshold)
+    } else {
+        "-".into()
+    };
+    output::table(
+        &["state", "seal", "threshold", "unseal progress", "version"],
+        vec![vec![
+            state.into(),
+            st.seal_type.clone().unwrap_or_else(|| "-".into()),
+            if st.shares > 0 {
+                format!("{} of {}", st.threshold, st.shares)
+            } else {
+                "-".into()
+            },
+            progress,
+            st.version.clone(),
+        ]],
+    );
+    Ok(())
+}
