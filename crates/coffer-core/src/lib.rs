@@ -11,6 +11,7 @@ mod config;
 mod error;
 mod keyring;
 pub mod names;
+mod orgs;
 mod params;
 mod projects;
 mod roles;
