@@ -1,1 +1,77 @@
+//! Test fixtures: a real Coffer server over TLS on 127.0.0.1:0 with its own temporary data
+//! directory, and clients that pin its internal CA.
 
+use std::net::SocketAddr;
+
+use coffer_client::Client;
+use coffer_core::CoreConfig;
+use coffer_server::{RunningServer, ServerConfig};
+
+#[derive(Debug)]
+pub struct TestServer {
+    pub dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+    pub ca_pem: Vec<u8>,
+    /// Dev mode: the bootstrap owner's password.
+    pub owner_password: Option<String>,
+    server: Option<RunningServer>,
+}
+
+impl TestServer {
+    /// Dev mode: unsealed, with a bootstrap owner `admin`.
+    pub async fn dev() -> Self {
+        Self::start(true).await
+    }
+
+    /// Production mode: not initialised, sealed.
+    pub async fn production() -> Self {
+        Self::start(false).await
+    }
+
+    async fn start(dev: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let cfg = ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("addr: {e}")),
+            data_dir: dir.path().join("data"),
+            dev,
+            tls_cert: None,
+            tls_key: None,
+            core: CoreConfig::default(),
+        };
+        let server = coffer_server::start(cfg).await.unwrap_or_else(|e| panic!("start server: {e:#}"));
+        let ca = server.tls.ca.clone().unwrap_or_else(|| panic!("internal CA expected"));
+        let ca_pem = std::fs::read(ca).unwrap_or_else(|e| panic!("read CA: {e}"));
+        let owner_password = server.bootstrap.as_ref().map(|b| b.password.expose_secret().to_owned());
+        Self { addr: server.addr, dir, ca_pem, owner_password, server: Some(server) }
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// An anonymous client that trusts only this server's CA.
+    pub fn client(&self) -> Client {
+        Client::new(&self.url(), Some(&self.ca_pem)).unwrap_or_else(|e| panic!("client: {e}"))
+    }
+
+    /// A client logged in as the dev bootstrap owner.
+    pub async fn owner(&self) -> Client {
+        let pw = self.owner_password.as_deref().unwrap_or_else(|| panic!("dev server expected"));
+        let r = self.client().login("admin", pw).await.unwrap_or_else(|e| panic!("login: {e}"));
+        self.client().with_token(r.token)
+    }
+
+    pub fn coffer(&self) -> &coffer_core::Coffer {
+        &self.server.as_ref().unwrap_or_else(|| panic!("server stopped")).coffer
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+    }
+}

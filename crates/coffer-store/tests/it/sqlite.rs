@@ -1,0 +1,38 @@
+use coffer_store::sqlite::SqliteStore;
+
+async fn fresh() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("coffer.db")).await.unwrap();
+    (dir, store)
+}
+
+macro_rules! sqlite_suite {
+    ($($name:ident),* $(,)?) => {$(
+        #[tokio::test]
+        async fn $name() {
+            let (_dir, store) = fresh().await;
+            crate::suite::$name(&store).await;
+        }
+    )*};
+}
+
+sqlite_suite!(
+    seal_config_is_written_once,
+    orgs_and_tenant_keys_roundtrip,
+    users_are_unique_and_sessions_expire,
+    projects_and_envs_are_scoped_by_org,
+    param_versions_append_with_optimistic_concurrency,
+    deletion_markers_hide_values,
+    values_are_scoped_by_org,
+);
+
+#[tokio::test]
+async fn reopening_keeps_data_and_migrations_are_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("coffer.db");
+    let s = SqliteStore::open(&path).await.unwrap();
+    let org = crate::suite::org(&s, "keep").await;
+    s.close().await;
+    let s2 = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(coffer_store::Store::org(&s2, org).await.unwrap().unwrap().name, "keep");
+}
