@@ -14,39 +14,94 @@ impl Coffer {
     pub async fn create_org(&self, name: &str) -> Result<Uuid, CoreError> {
         names::validate("organisation name", name)?;
         let now = now_ms();
-        let org = OrgRow { id: Uuid::new_v4(), name: name.to_owned(), created_at: now };
+        let org = OrgRow {
+            id: Uuid::new_v4(),
+            name: name.to_owned(),
+            created_at: now,
+        };
         let tk = TenantKey::generate(KeyTerm(1));
-        let wrapped = self.inner.keyring.with_root(|root| root.wrap_tenant_key(org.id, &tk).map_err(|_| CoreError::Internal("wrap tenant key")))?;
-        match self.store().create_org(&org, &TenantKeyRow { org_id: org.id, term: tk.term(), wrapped, created_at: now }).await {
-            Err(StoreError::Conflict) => Err(CoreError::AlreadyExists { kind: "organisation", name: name.to_owned() }),
+        let wrapped = self.inner.keyring.with_root(|root| {
+            root.wrap_tenant_key(org.id, &tk)
+                .map_err(|_| CoreError::Internal("wrap tenant key"))
+        })?;
+        match self
+            .store()
+            .create_org(
+                &org,
+                &TenantKeyRow {
+                    org_id: org.id,
+                    term: tk.term(),
+                    wrapped,
+                    created_at: now,
+                },
+            )
+            .await
+        {
+            Err(StoreError::Conflict) => Err(CoreError::AlreadyExists {
+                kind: "organisation",
+                name: name.to_owned(),
+            }),
             r => Ok(r.map(|()| org.id)?),
         }
     }
 
     /// Create a user with a password and add them to an organisation with a role. Only
     /// Owners and Admins may do this, in their own organisation, and never above their role.
-    pub async fn create_member(&self, p: &Principal, username: &str, password: &str, role: Role) -> Result<Uuid, CoreError> {
+    pub async fn create_member(
+        &self,
+        p: &Principal,
+        username: &str,
+        password: &str,
+        role: Role,
+    ) -> Result<Uuid, CoreError> {
         self.ensure_unsealed()?;
         if p.role < Role::Admin || role > p.role {
             return Err(CoreError::Forbidden("your role cannot add this member"));
         }
-        self.add_user_to_org(p.org_id, username, password, role).await
+        self.add_user_to_org(p.org_id, username, password, role)
+            .await
     }
 
     /// Bootstrap primitive behind [`Coffer::create_member`], without the caller check.
-    pub async fn add_user_to_org(&self, org_id: Uuid, username: &str, password: &str, role: Role) -> Result<Uuid, CoreError> {
+    pub async fn add_user_to_org(
+        &self,
+        org_id: Uuid,
+        username: &str,
+        password: &str,
+        role: Role,
+    ) -> Result<Uuid, CoreError> {
         let username = normalize_username(username);
         names::validate("username", &username)?;
         if password.len() < 12 {
-            return Err(CoreError::invalid("password", "must be at least 12 characters"));
+            return Err(CoreError::invalid(
+                "password",
+                "must be at least 12 characters",
+            ));
         }
         let now = now_ms();
-        let user = UserRow { id: Uuid::new_v4(), username: username.clone(), password_hash: hash_password(password.to_owned()).await?, created_at: now };
+        let user = UserRow {
+            id: Uuid::new_v4(),
+            username: username.clone(),
+            password_hash: hash_password(password.to_owned()).await?,
+            created_at: now,
+        };
         match self.store().create_user(&user).await {
-            Err(StoreError::Conflict) => return Err(CoreError::AlreadyExists { kind: "user", name: username }),
+            Err(StoreError::Conflict) => {
+                return Err(CoreError::AlreadyExists {
+                    kind: "user",
+                    name: username,
+                });
+            }
             r => r?,
         }
-        self.store().add_membership(&MembershipRow { user_id: user.id, org_id, role: role.as_str().to_owned(), created_at: now }).await?;
+        self.store()
+            .add_membership(&MembershipRow {
+                user_id: user.id,
+                org_id,
+                role: role.as_str().to_owned(),
+                created_at: now,
+            })
+            .await?;
         Ok(user.id)
     }
 }

@@ -29,7 +29,7 @@ impl std::fmt::Debug for BearerToken {
 }
 
 /// SHA-256 of a token; what the database keeps. Comparisons are constant time.
-#[derive(Clone, Copy, Eq, Hash)]
+#[derive(Clone, Copy, Eq)]
 pub struct TokenHash(pub [u8; 32]);
 
 impl PartialEq for TokenHash {

@@ -31,18 +31,35 @@ impl TestServer {
     async fn start(dev: bool) -> Self {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let cfg = ServerConfig {
-            listen: "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("addr: {e}")),
+            listen: "127.0.0.1:0"
+                .parse()
+                .unwrap_or_else(|e| panic!("addr: {e}")),
             data_dir: dir.path().join("data"),
             dev,
             tls_cert: None,
             tls_key: None,
             core: CoreConfig::default(),
         };
-        let server = coffer_server::start(cfg).await.unwrap_or_else(|e| panic!("start server: {e:#}"));
-        let ca = server.tls.ca.clone().unwrap_or_else(|| panic!("internal CA expected"));
+        let server = coffer_server::start(cfg)
+            .await
+            .unwrap_or_else(|e| panic!("start server: {e:#}"));
+        let ca = server
+            .tls
+            .ca
+            .clone()
+            .unwrap_or_else(|| panic!("internal CA expected"));
         let ca_pem = std::fs::read(ca).unwrap_or_else(|e| panic!("read CA: {e}"));
-        let owner_password = server.bootstrap.as_ref().map(|b| b.password.expose_secret().to_owned());
-        Self { addr: server.addr, dir, ca_pem, owner_password, server: Some(server) }
+        let owner_password = server
+            .bootstrap
+            .as_ref()
+            .map(|b| b.password.expose_secret().to_owned());
+        Self {
+            addr: server.addr,
+            dir,
+            ca_pem,
+            owner_password,
+            server: Some(server),
+        }
     }
 
     pub fn url(&self) -> String {
@@ -60,13 +77,24 @@ impl TestServer {
 
     /// A client logged in as the dev bootstrap owner.
     pub async fn owner(&self) -> Client {
-        let pw = self.owner_password.as_deref().unwrap_or_else(|| panic!("dev server expected"));
-        let r = self.client().login("admin", pw).await.unwrap_or_else(|e| panic!("login: {e}"));
+        let pw = self
+            .owner_password
+            .as_deref()
+            .unwrap_or_else(|| panic!("dev server expected"));
+        let r = self
+            .client()
+            .login("admin", pw)
+            .await
+            .unwrap_or_else(|e| panic!("login: {e}"));
         self.client().with_token(r.token)
     }
 
     pub fn coffer(&self) -> &coffer_core::Coffer {
-        &self.server.as_ref().unwrap_or_else(|| panic!("server stopped")).coffer
+        &self
+            .server
+            .as_ref()
+            .unwrap_or_else(|| panic!("server stopped"))
+            .coffer
     }
 
     pub async fn stop(mut self) {

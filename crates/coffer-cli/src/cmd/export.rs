@@ -40,6 +40,9 @@ pub async fn run(g: &Global, a: RunArgs) -> anyhow::Result<()> {
     Err(err).with_context(|| format!("run {program}"))
 }
 
+/// POSIX-shell double quoting, so `set -a; . ./file` yields the exact values: only `\\`,
+/// `"`, `$` and `` ` `` are special inside double quotes; newlines stay literal (multi-line
+/// double-quoted values are also what dotenv libraries accept).
 fn dotenv_quote(v: &str) -> String {
     let mut s = String::with_capacity(v.len() + 2);
     s.push('"');
@@ -49,8 +52,6 @@ fn dotenv_quote(v: &str) -> String {
             '"' => s.push_str("\\\""),
             '$' => s.push_str("\\$"),
             '`' => s.push_str("\\`"),
-            '\n' => s.push_str("\\n"),
-            '\r' => s.push_str("\\r"),
             c => s.push(c),
         }
     }
@@ -168,10 +169,7 @@ mod tests {
     #[test]
     fn dotenv_escapes_shell_and_quote_characters() {
         let t = render(ExportFormat::Dotenv, &vals(), "x").unwrap();
-        assert_eq!(
-            t.as_str(),
-            "A=\"plain\"\nB=\"q\\\"u\\$o\\`te\\\\\\nline\"\n"
-        );
+        assert_eq!(t.as_str(), "A=\"plain\"\nB=\"q\\\"u\\$o\\`te\\\\\nline\"\n");
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! Integration tests of the domain against a real SQLite database in a temporary directory.
 
+// Test helpers panic on unexpected failures by design: a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod params;
 mod seal;
 mod storage;
@@ -23,11 +26,33 @@ impl Fixture {
 /// An initialised, unsealed server with its bootstrap owner logged in.
 pub async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let coffer = Coffer::open_sqlite(&dir.path().join("coffer.db"), CoreConfig::default()).await.unwrap();
+    let coffer = Coffer::open_sqlite(&dir.path().join("coffer.db"), CoreConfig::default())
+        .await
+        .unwrap();
     let init = coffer.init_shamir(3, 2).await.unwrap();
     let shares: Vec<String> = init.shares.iter().map(|s| s.to_string()).collect();
-    assert!(matches!(coffer.unseal(&shares[0]).await.unwrap(), UnsealOutcome::Progress { have: 1, threshold: 2 }));
-    assert_eq!(coffer.unseal(&shares[2]).await.unwrap(), UnsealOutcome::Unsealed);
-    let login = coffer.login(&init.bootstrap.username, init.bootstrap.password.expose_secret()).await.unwrap();
-    Fixture { dir, coffer, owner: login.principal, shares }
+    assert!(matches!(
+        coffer.unseal(&shares[0]).await.unwrap(),
+        UnsealOutcome::Progress {
+            have: 1,
+            threshold: 2
+        }
+    ));
+    assert_eq!(
+        coffer.unseal(&shares[2]).await.unwrap(),
+        UnsealOutcome::Unsealed
+    );
+    let login = coffer
+        .login(
+            &init.bootstrap.username,
+            init.bootstrap.password.expose_secret(),
+        )
+        .await
+        .unwrap();
+    Fixture {
+        dir,
+        coffer,
+        owner: login.principal,
+        shares,
+    }
 }

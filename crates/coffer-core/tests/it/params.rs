@@ -3,11 +3,22 @@ use coffer_core::{CoreError, DiffKind, Principal, Role, SetParam};
 use crate::fixture;
 
 fn set<'a>(name: &'a str, value: &'a str, secret: Option<bool>) -> SetParam<'a> {
-    SetParam { name, value: value.as_bytes(), secret }
+    SetParam {
+        name,
+        value: value.as_bytes(),
+        secret,
+    }
 }
 
 fn val(v: &coffer_core::ParamView) -> String {
-    String::from_utf8(v.value.as_ref().expect("value present").expose_secret().to_vec()).unwrap()
+    String::from_utf8(
+        v.value
+            .as_ref()
+            .expect("value present")
+            .expose_secret()
+            .to_vec(),
+    )
+    .unwrap()
 }
 
 #[tokio::test]
@@ -15,30 +26,75 @@ async fn versions_history_rollback_and_delete() {
     let f = fixture().await;
     let (c, p) = (&f.coffer, &f.owner);
     c.create_project(p, "app").await.unwrap();
-    assert_eq!(c.set_param(p, "app", "default", set("K", "one", None)).await.unwrap().version, 1);
-    assert_eq!(c.set_param(p, "app", "default", set("K", "two", Some(true))).await.unwrap().version, 2);
+    assert_eq!(
+        c.set_param(p, "app", "default", set("K", "one", None))
+            .await
+            .unwrap()
+            .version,
+        1
+    );
+    assert_eq!(
+        c.set_param(p, "app", "default", set("K", "two", Some(true)))
+            .await
+            .unwrap()
+            .version,
+        2
+    );
     // Updating without a flag keeps the secret flag.
-    let v3 = c.set_param(p, "app", "default", set("K", "three", None)).await.unwrap();
+    let v3 = c
+        .set_param(p, "app", "default", set("K", "three", None))
+        .await
+        .unwrap();
     assert!(v3.secret && v3.version == 3);
-    assert_eq!(val(&c.get_param(p, "app", "default", "K").await.unwrap()), "three");
+    assert_eq!(
+        val(&c.get_param(p, "app", "default", "K").await.unwrap()),
+        "three"
+    );
 
     let r = c.rollback_param(p, "app", "default", "K", 1).await.unwrap();
     assert_eq!(r.version, 4);
-    assert!(!r.secret, "rollback restores the flag of the version rolled back to");
-    assert_eq!(val(&c.get_param(p, "app", "default", "K").await.unwrap()), "one");
+    assert!(
+        !r.secret,
+        "rollback restores the flag of the version rolled back to"
+    );
+    assert_eq!(
+        val(&c.get_param(p, "app", "default", "K").await.unwrap()),
+        "one"
+    );
 
     let h = c.param_history(p, "app", "default", "K").await.unwrap();
-    assert_eq!(h.iter().map(|e| (e.version, e.action)).collect::<Vec<_>>(), vec![(4, "rollback"), (3, "set"), (2, "set"), (1, "set")]);
+    assert_eq!(
+        h.iter().map(|e| (e.version, e.action)).collect::<Vec<_>>(),
+        vec![(4, "rollback"), (3, "set"), (2, "set"), (1, "set")]
+    );
     assert!(h[0].current && !h[1].current);
 
     assert_eq!(c.delete_param(p, "app", "default", "K").await.unwrap(), 5);
-    assert!(matches!(c.get_param(p, "app", "default", "K").await, Err(CoreError::NotFound { .. })));
-    assert!(matches!(c.delete_param(p, "app", "default", "K").await, Err(CoreError::NotFound { .. })));
-    assert!(matches!(c.rollback_param(p, "app", "default", "K", 5).await, Err(CoreError::Invalid { .. })), "a deletion has no value");
-    assert!(matches!(c.rollback_param(p, "app", "default", "K", 99).await, Err(CoreError::NotFound { .. })));
+    assert!(matches!(
+        c.get_param(p, "app", "default", "K").await,
+        Err(CoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        c.delete_param(p, "app", "default", "K").await,
+        Err(CoreError::NotFound { .. })
+    ));
+    assert!(
+        matches!(
+            c.rollback_param(p, "app", "default", "K", 5).await,
+            Err(CoreError::Invalid { .. })
+        ),
+        "a deletion has no value"
+    );
+    assert!(matches!(
+        c.rollback_param(p, "app", "default", "K", 99).await,
+        Err(CoreError::NotFound { .. })
+    ));
     // Undelete by rolling back.
     c.rollback_param(p, "app", "default", "K", 2).await.unwrap();
-    assert_eq!(val(&c.get_param(p, "app", "default", "K").await.unwrap()), "two");
+    assert_eq!(
+        val(&c.get_param(p, "app", "default", "K").await.unwrap()),
+        "two"
+    );
 }
 
 #[tokio::test]
@@ -47,14 +103,30 @@ async fn children_inherit_what_they_do_not_override() {
     let (c, p) = (&f.coffer, &f.owner);
     c.create_project(p, "app").await.unwrap();
     c.create_env(p, "app", "production", None).await.unwrap();
-    c.create_env(p, "app", "production-eu", Some("production")).await.unwrap();
-    c.set_param(p, "app", "default", set("LOG", "debug", None)).await.unwrap();
-    c.set_param(p, "app", "default", set("HOST", "localhost", None)).await.unwrap();
-    c.set_param(p, "app", "production", set("LOG", "warn", None)).await.unwrap();
-    c.set_param(p, "app", "production-eu", set("REGION", "eu", None)).await.unwrap();
+    c.create_env(p, "app", "production-eu", Some("production"))
+        .await
+        .unwrap();
+    c.set_param(p, "app", "default", set("LOG", "debug", None))
+        .await
+        .unwrap();
+    c.set_param(p, "app", "default", set("HOST", "localhost", None))
+        .await
+        .unwrap();
+    c.set_param(p, "app", "production", set("LOG", "warn", None))
+        .await
+        .unwrap();
+    c.set_param(p, "app", "production-eu", set("REGION", "eu", None))
+        .await
+        .unwrap();
 
-    let l = c.list_params(p, "app", "production-eu", true).await.unwrap();
-    let got: Vec<(String, String, String)> = l.iter().map(|v| (v.name.clone(), val(v), v.env.clone())).collect();
+    let l = c
+        .list_params(p, "app", "production-eu", true)
+        .await
+        .unwrap();
+    let got: Vec<(String, String, String)> = l
+        .iter()
+        .map(|v| (v.name.clone(), val(v), v.env.clone()))
+        .collect();
     assert_eq!(
         got,
         vec![
@@ -63,20 +135,49 @@ async fn children_inherit_what_they_do_not_override() {
             ("REGION".into(), "eu".into(), "production-eu".into()),
         ]
     );
-    assert_eq!(c.get_param(p, "app", "production-eu", "LOG").await.unwrap().env, "production");
+    assert_eq!(
+        c.get_param(p, "app", "production-eu", "LOG")
+            .await
+            .unwrap()
+            .env,
+        "production"
+    );
     // Deleting the override lets the parent's value show through.
     c.delete_param(p, "app", "production", "LOG").await.unwrap();
-    assert_eq!(val(&c.get_param(p, "app", "production-eu", "LOG").await.unwrap()), "debug");
+    assert_eq!(
+        val(&c.get_param(p, "app", "production-eu", "LOG").await.unwrap()),
+        "debug"
+    );
 
-    let d = c.diff_envs(p, "app", "default", "production-eu", true).await.unwrap();
+    let d = c
+        .diff_envs(p, "app", "default", "production-eu", true)
+        .await
+        .unwrap();
     assert_eq!(d.len(), 1);
-    assert_eq!((d[0].name.as_str(), d[0].kind), ("REGION", DiffKind::OnlyInB));
-    c.set_param(p, "app", "production-eu", set("HOST", "eu.example", None)).await.unwrap();
-    let d = c.diff_envs(p, "app", "default", "production-eu", false).await.unwrap();
-    assert!(d.iter().any(|e| e.name == "HOST" && e.kind == DiffKind::Changed));
+    assert_eq!(
+        (d[0].name.as_str(), d[0].kind),
+        ("REGION", DiffKind::OnlyInB)
+    );
+    c.set_param(p, "app", "production-eu", set("HOST", "eu.example", None))
+        .await
+        .unwrap();
+    let d = c
+        .diff_envs(p, "app", "default", "production-eu", false)
+        .await
+        .unwrap();
+    assert!(
+        d.iter()
+            .any(|e| e.name == "HOST" && e.kind == DiffKind::Changed)
+    );
 
-    assert!(matches!(c.create_env(p, "app", "x", Some("missing")).await, Err(CoreError::NotFound { .. })));
-    assert!(matches!(c.create_env(p, "app", "production", None).await, Err(CoreError::AlreadyExists { .. })));
+    assert!(matches!(
+        c.create_env(p, "app", "x", Some("missing")).await,
+        Err(CoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        c.create_env(p, "app", "production", None).await,
+        Err(CoreError::AlreadyExists { .. })
+    ));
 }
 
 #[tokio::test]
@@ -84,24 +185,80 @@ async fn secrets_are_masked_unless_revealed_and_viewers_never_see_them() {
     let f = fixture().await;
     let (c, p) = (&f.coffer, &f.owner);
     c.create_project(p, "app").await.unwrap();
-    c.set_param(p, "app", "default", set("TOKEN", "hunter2", Some(true))).await.unwrap();
-    c.set_param(p, "app", "default", set("PORT", "8080", None)).await.unwrap();
+    c.set_param(p, "app", "default", set("TOKEN", "hunter2", Some(true)))
+        .await
+        .unwrap();
+    c.set_param(p, "app", "default", set("PORT", "8080", None))
+        .await
+        .unwrap();
     let masked = c.list_params(p, "app", "default", false).await.unwrap();
-    assert!(masked.iter().find(|v| v.name == "TOKEN").unwrap().value.is_none());
-    assert_eq!(val(masked.iter().find(|v| v.name == "PORT").unwrap()), "8080");
+    assert!(
+        masked
+            .iter()
+            .find(|v| v.name == "TOKEN")
+            .unwrap()
+            .value
+            .is_none()
+    );
+    assert_eq!(
+        val(masked.iter().find(|v| v.name == "PORT").unwrap()),
+        "8080"
+    );
     let revealed = c.list_params(p, "app", "default", true).await.unwrap();
-    assert_eq!(val(revealed.iter().find(|v| v.name == "TOKEN").unwrap()), "hunter2");
+    assert_eq!(
+        val(revealed.iter().find(|v| v.name == "TOKEN").unwrap()),
+        "hunter2"
+    );
 
-    c.create_member(p, "vera", "viewer password 123", Role::Viewer).await.unwrap();
-    let viewer = c.login("vera", "viewer password 123").await.unwrap().principal;
-    let l = c.list_params(&viewer, "app", "default", true).await.unwrap();
-    assert!(l.iter().find(|v| v.name == "TOKEN").unwrap().value.is_none(), "reveal does not lift a Viewer's mask");
-    assert!(matches!(c.get_param(&viewer, "app", "default", "TOKEN").await, Err(CoreError::Forbidden(_))));
-    assert_eq!(val(&c.get_param(&viewer, "app", "default", "PORT").await.unwrap()), "8080");
-    assert!(matches!(c.set_param(&viewer, "app", "default", set("X", "1", None)).await, Err(CoreError::Forbidden(_))));
-    assert!(matches!(c.create_project(&viewer, "mine").await, Err(CoreError::Forbidden(_))));
-    assert!(matches!(c.create_member(&viewer, "eve", "another long password", Role::Viewer).await, Err(CoreError::Forbidden(_))));
-    let d = c.diff_envs(&viewer, "app", "default", "default", true).await.unwrap();
+    c.create_member(p, "vera", "viewer password 123", Role::Viewer)
+        .await
+        .unwrap();
+    let viewer = c
+        .login("vera", "viewer password 123")
+        .await
+        .unwrap()
+        .principal;
+    let l = c
+        .list_params(&viewer, "app", "default", true)
+        .await
+        .unwrap();
+    assert!(
+        l.iter()
+            .find(|v| v.name == "TOKEN")
+            .unwrap()
+            .value
+            .is_none(),
+        "reveal does not lift a Viewer's mask"
+    );
+    assert!(matches!(
+        c.get_param(&viewer, "app", "default", "TOKEN").await,
+        Err(CoreError::Forbidden(_))
+    ));
+    assert_eq!(
+        val(&c
+            .get_param(&viewer, "app", "default", "PORT")
+            .await
+            .unwrap()),
+        "8080"
+    );
+    assert!(matches!(
+        c.set_param(&viewer, "app", "default", set("X", "1", None))
+            .await,
+        Err(CoreError::Forbidden(_))
+    ));
+    assert!(matches!(
+        c.create_project(&viewer, "mine").await,
+        Err(CoreError::Forbidden(_))
+    ));
+    assert!(matches!(
+        c.create_member(&viewer, "eve", "another long password", Role::Viewer)
+            .await,
+        Err(CoreError::Forbidden(_))
+    ));
+    let d = c
+        .diff_envs(&viewer, "app", "default", "default", true)
+        .await
+        .unwrap();
     assert!(d.is_empty());
 }
 
@@ -110,19 +267,38 @@ async fn organisations_cannot_see_each_other() {
     let f = fixture().await;
     let (c, p) = (&f.coffer, &f.owner);
     c.create_project(p, "app").await.unwrap();
-    c.set_param(p, "app", "default", set("K", "org-a-secret", Some(true))).await.unwrap();
+    c.set_param(p, "app", "default", set("K", "org-a-secret", Some(true)))
+        .await
+        .unwrap();
 
     let org_b = c.create_org("org-b").await.unwrap();
-    c.add_user_to_org(org_b, "bob", "bob's long password", Role::Owner).await.unwrap();
-    let bob: Principal = c.login("bob", "bob's long password").await.unwrap().principal;
+    c.add_user_to_org(org_b, "bob", "bob's long password", Role::Owner)
+        .await
+        .unwrap();
+    let bob: Principal = c
+        .login("bob", "bob's long password")
+        .await
+        .unwrap()
+        .principal;
     assert_eq!(bob.org_id, org_b);
     assert!(c.list_projects(&bob).await.unwrap().is_empty());
-    assert!(matches!(c.get_param(&bob, "app", "default", "K").await, Err(CoreError::NotFound { .. })));
+    assert!(matches!(
+        c.get_param(&bob, "app", "default", "K").await,
+        Err(CoreError::NotFound { .. })
+    ));
     // Same names in another organisation are independent.
     c.create_project(&bob, "app").await.unwrap();
-    c.set_param(&bob, "app", "default", set("K", "org-b-value", None)).await.unwrap();
-    assert_eq!(val(&c.get_param(&bob, "app", "default", "K").await.unwrap()), "org-b-value");
-    assert_eq!(val(&c.get_param(p, "app", "default", "K").await.unwrap()), "org-a-secret");
+    c.set_param(&bob, "app", "default", set("K", "org-b-value", None))
+        .await
+        .unwrap();
+    assert_eq!(
+        val(&c.get_param(&bob, "app", "default", "K").await.unwrap()),
+        "org-b-value"
+    );
+    assert_eq!(
+        val(&c.get_param(p, "app", "default", "K").await.unwrap()),
+        "org-a-secret"
+    );
 }
 
 #[tokio::test]
@@ -132,18 +308,67 @@ async fn bad_input_is_rejected_and_changes_nothing() {
     c.create_project(p, "app").await.unwrap();
     let long = "n".repeat(257);
     for bad in ["", "..", "a/b", "a\u{0}b", "x\ny", long.as_str()] {
-        assert!(matches!(c.set_param(p, "app", "default", set(bad, "v", None)).await, Err(CoreError::Invalid { .. })), "{bad:?}");
-        assert!(matches!(c.create_project(p, bad).await, Err(CoreError::Invalid { .. })), "{bad:?}");
+        assert!(
+            matches!(
+                c.set_param(p, "app", "default", set(bad, "v", None)).await,
+                Err(CoreError::Invalid { .. })
+            ),
+            "{bad:?}"
+        );
+        assert!(
+            matches!(
+                c.create_project(p, bad).await,
+                Err(CoreError::Invalid { .. })
+            ),
+            "{bad:?}"
+        );
     }
     let huge = "v".repeat(c.config().max_value_bytes + 1);
-    assert!(matches!(c.set_param(p, "app", "default", set("BIG", &huge, None)).await, Err(CoreError::Invalid { .. })));
-    let not_utf8 = SetParam { name: "BIN", value: &[0xff, 0xfe], secret: None };
-    assert!(matches!(c.set_param(p, "app", "default", not_utf8).await, Err(CoreError::Invalid { .. })));
-    assert!(c.list_params(p, "app", "default", true).await.unwrap().is_empty());
-    assert!(matches!(c.get_param(p, "nope", "default", "K").await, Err(CoreError::NotFound { kind: "project", .. })));
-    assert!(matches!(c.get_param(p, "app", "nope", "K").await, Err(CoreError::NotFound { kind: "environment", .. })));
-    assert!(matches!(c.get_param(p, "app", "default", "K").await, Err(CoreError::NotFound { kind: "parameter", .. })));
-    assert!(matches!(c.create_project(p, "app").await, Err(CoreError::AlreadyExists { .. })));
+    assert!(matches!(
+        c.set_param(p, "app", "default", set("BIG", &huge, None))
+            .await,
+        Err(CoreError::Invalid { .. })
+    ));
+    let not_utf8 = SetParam {
+        name: "BIN",
+        value: &[0xff, 0xfe],
+        secret: None,
+    };
+    assert!(matches!(
+        c.set_param(p, "app", "default", not_utf8).await,
+        Err(CoreError::Invalid { .. })
+    ));
+    assert!(
+        c.list_params(p, "app", "default", true)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(matches!(
+        c.get_param(p, "nope", "default", "K").await,
+        Err(CoreError::NotFound {
+            kind: "project",
+            ..
+        })
+    ));
+    assert!(matches!(
+        c.get_param(p, "app", "nope", "K").await,
+        Err(CoreError::NotFound {
+            kind: "environment",
+            ..
+        })
+    ));
+    assert!(matches!(
+        c.get_param(p, "app", "default", "K").await,
+        Err(CoreError::NotFound {
+            kind: "parameter",
+            ..
+        })
+    ));
+    assert!(matches!(
+        c.create_project(p, "app").await,
+        Err(CoreError::AlreadyExists { .. })
+    ));
 }
 
 #[tokio::test]
@@ -154,7 +379,17 @@ async fn concurrent_writers_get_distinct_versions() {
     for i in 0..8 {
         let (c, p) = (f.coffer.clone(), f.owner.clone());
         tasks.push(tokio::spawn(async move {
-            c.set_param(&p, "app", "default", SetParam { name: "RACE", value: format!("w{i}").as_bytes(), secret: None }).await
+            c.set_param(
+                &p,
+                "app",
+                "default",
+                SetParam {
+                    name: "RACE",
+                    value: format!("w{i}").as_bytes(),
+                    secret: None,
+                },
+            )
+            .await
         }));
     }
     let mut versions = Vec::new();
@@ -166,7 +401,15 @@ async fn concurrent_writers_get_distinct_versions() {
     versions.sort_unstable();
     let n = versions.len() as u64;
     assert!(n >= 1);
-    assert_eq!(versions, (1..=n).collect::<Vec<_>>(), "every accepted write has its own version");
-    let h = f.coffer.param_history(&f.owner, "app", "default", "RACE").await.unwrap();
+    assert_eq!(
+        versions,
+        (1..=n).collect::<Vec<_>>(),
+        "every accepted write has its own version"
+    );
+    let h = f
+        .coffer
+        .param_history(&f.owner, "app", "default", "RACE")
+        .await
+        .unwrap();
     assert_eq!(h.len() as u64, n);
 }

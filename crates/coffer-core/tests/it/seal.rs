@@ -5,46 +5,108 @@ use crate::fixture;
 #[tokio::test]
 async fn a_fresh_server_is_sealed_and_serves_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let c = Coffer::open_sqlite(&dir.path().join("coffer.db"), CoreConfig::default()).await.unwrap();
+    let c = Coffer::open_sqlite(&dir.path().join("coffer.db"), CoreConfig::default())
+        .await
+        .unwrap();
     let st = c.seal_status().await.unwrap();
     assert!(!st.initialized && st.sealed);
-    assert!(matches!(c.unseal("anything").await, Err(CoreError::NotInitialized)));
-    assert!(matches!(c.login("admin", "x").await, Err(CoreError::Sealed)));
-    assert!(matches!(c.authenticate("cfs_x").await, Err(CoreError::Sealed)));
+    assert!(matches!(
+        c.unseal("anything").await,
+        Err(CoreError::NotInitialized)
+    ));
+    assert!(matches!(
+        c.login("admin", "x").await,
+        Err(CoreError::Sealed)
+    ));
+    assert!(matches!(
+        c.authenticate("cfs_x").await,
+        Err(CoreError::Sealed)
+    ));
 }
 
 #[tokio::test]
 async fn init_twice_is_refused_and_bad_parameters_rejected() {
     let f = fixture().await;
-    assert!(matches!(f.coffer.init_shamir(3, 2).await, Err(CoreError::AlreadyInitialized)));
+    assert!(matches!(
+        f.coffer.init_shamir(3, 2).await,
+        Err(CoreError::AlreadyInitialized)
+    ));
     let dir = tempfile::tempdir().unwrap();
-    let c = Coffer::open_sqlite(&dir.path().join("coffer.db"), CoreConfig::default()).await.unwrap();
+    let c = Coffer::open_sqlite(&dir.path().join("coffer.db"), CoreConfig::default())
+        .await
+        .unwrap();
     for (n, t) in [(3, 4), (3, 1), (1, 1), (0, 0)] {
-        assert!(matches!(c.init_shamir(n, t).await, Err(CoreError::Invalid { .. })), "{n}/{t}");
+        assert!(
+            matches!(c.init_shamir(n, t).await, Err(CoreError::Invalid { .. })),
+            "{n}/{t}"
+        );
     }
-    assert!(!c.seal_status().await.unwrap().initialized, "a rejected init must change nothing");
+    assert!(
+        !c.seal_status().await.unwrap().initialized,
+        "a rejected init must change nothing"
+    );
 }
 
 #[tokio::test]
 async fn seal_wipes_keys_and_restart_requires_the_quorum_again() {
     let f = fixture().await;
     f.coffer.create_project(&f.owner, "app").await.unwrap();
-    f.coffer.set_param(&f.owner, "app", "default", SetParam { name: "K", value: b"v", secret: Some(true) }).await.unwrap();
+    f.coffer
+        .set_param(
+            &f.owner,
+            "app",
+            "default",
+            SetParam {
+                name: "K",
+                value: b"v",
+                secret: Some(true),
+            },
+        )
+        .await
+        .unwrap();
     f.coffer.seal().unwrap();
     assert!(f.coffer.seal_status().await.unwrap().sealed);
-    assert!(matches!(f.coffer.get_param(&f.owner, "app", "default", "K").await, Err(CoreError::Sealed)));
-    assert!(matches!(f.coffer.list_projects(&f.owner).await, Err(CoreError::Sealed)));
+    assert!(matches!(
+        f.coffer.get_param(&f.owner, "app", "default", "K").await,
+        Err(CoreError::Sealed)
+    ));
+    assert!(matches!(
+        f.coffer.list_projects(&f.owner).await,
+        Err(CoreError::Sealed)
+    ));
 
     // A "restart": a new process over the same database starts sealed.
-    let c2 = Coffer::open_sqlite(&f.db_path(), CoreConfig::default()).await.unwrap();
+    let c2 = Coffer::open_sqlite(&f.db_path(), CoreConfig::default())
+        .await
+        .unwrap();
     assert!(c2.seal_status().await.unwrap().sealed);
     // Wrong and malformed shares: clear errors, progress never leaks share material.
-    assert!(matches!(c2.unseal("not-a-share").await, Err(CoreError::MalformedShare)));
+    assert!(matches!(
+        c2.unseal("not-a-share").await,
+        Err(CoreError::MalformedShare)
+    ));
     assert_eq!(c2.seal_status().await.unwrap().progress, 0);
-    assert!(matches!(c2.unseal(&f.shares[1]).await.unwrap(), UnsealOutcome::Progress { have: 1, .. }));
-    assert!(matches!(c2.unseal(&f.shares[1]).await, Err(CoreError::DuplicateShare)));
-    assert_eq!(c2.unseal(&f.shares[0]).await.unwrap(), UnsealOutcome::Unsealed);
-    assert_eq!(c2.get_param(&f.owner, "app", "default", "K").await.unwrap().value.unwrap().expose_secret(), b"v");
+    assert!(matches!(
+        c2.unseal(&f.shares[1]).await.unwrap(),
+        UnsealOutcome::Progress { have: 1, .. }
+    ));
+    assert!(matches!(
+        c2.unseal(&f.shares[1]).await,
+        Err(CoreError::DuplicateShare)
+    ));
+    assert_eq!(
+        c2.unseal(&f.shares[0]).await.unwrap(),
+        UnsealOutcome::Unsealed
+    );
+    assert_eq!(
+        c2.get_param(&f.owner, "app", "default", "K")
+            .await
+            .unwrap()
+            .value
+            .unwrap()
+            .expose_secret(),
+        b"v"
+    );
 }
 
 #[tokio::test]
@@ -52,9 +114,15 @@ async fn shares_of_another_server_do_not_unseal_and_reset_progress() {
     let f = fixture().await;
     let other = fixture().await;
     f.coffer.seal().unwrap();
-    assert!(matches!(f.coffer.unseal(&f.shares[0]).await.unwrap(), UnsealOutcome::Progress { .. }));
+    assert!(matches!(
+        f.coffer.unseal(&f.shares[0]).await.unwrap(),
+        UnsealOutcome::Progress { .. }
+    ));
     // A share of a different root key completes the count but fails the root key check.
-    assert_eq!(f.coffer.unseal(&other.shares[1]).await.unwrap(), UnsealOutcome::WrongShares);
+    assert_eq!(
+        f.coffer.unseal(&other.shares[1]).await.unwrap(),
+        UnsealOutcome::WrongShares
+    );
     let st = f.coffer.seal_status().await.unwrap();
     assert!(st.sealed);
     assert_eq!(st.progress, 0);
@@ -64,33 +132,77 @@ async fn shares_of_another_server_do_not_unseal_and_reset_progress() {
 async fn dev_seal_initialises_once_and_refuses_a_shamir_database() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("dev-root.key");
-    let c = Coffer::open_sqlite(&dir.path().join("coffer.db"), CoreConfig::default()).await.unwrap();
-    let boot = c.start_dev(&key).await.unwrap().expect("first start creates the bootstrap account");
+    let c = Coffer::open_sqlite(&dir.path().join("coffer.db"), CoreConfig::default())
+        .await
+        .unwrap();
+    let boot = c
+        .start_dev(&key)
+        .await
+        .unwrap()
+        .expect("first start creates the bootstrap account");
     assert_eq!(boot.username, "admin");
-    let c2 = Coffer::open_sqlite(&dir.path().join("coffer.db"), CoreConfig::default()).await.unwrap();
-    assert!(c2.start_dev(&key).await.unwrap().is_none(), "credentials are printed only once");
+    let c2 = Coffer::open_sqlite(&dir.path().join("coffer.db"), CoreConfig::default())
+        .await
+        .unwrap();
+    assert!(
+        c2.start_dev(&key).await.unwrap().is_none(),
+        "credentials are printed only once"
+    );
     assert!(!c2.seal_status().await.unwrap().sealed);
-    assert!(matches!(c2.check_production_start().await, Err(CoreError::WrongSealType)));
+    assert!(matches!(
+        c2.check_production_start().await,
+        Err(CoreError::WrongSealType)
+    ));
 
     let f = fixture().await;
-    let c3 = Coffer::open_sqlite(&f.db_path(), CoreConfig::default()).await.unwrap();
-    assert!(matches!(c3.start_dev(&f.dir.path().join("k")).await, Err(CoreError::WrongSealType)));
+    let c3 = Coffer::open_sqlite(&f.db_path(), CoreConfig::default())
+        .await
+        .unwrap();
+    assert!(matches!(
+        c3.start_dev(&f.dir.path().join("k")).await,
+        Err(CoreError::WrongSealType)
+    ));
 }
 
 #[tokio::test]
 async fn login_failures_are_indistinguishable_and_logout_revokes() {
     let f = fixture().await;
-    let unknown = f.coffer.login("nobody", "whatever-password").await.unwrap_err();
+    let unknown = f
+        .coffer
+        .login("nobody", "whatever-password")
+        .await
+        .unwrap_err();
     let wrong = f.coffer.login("admin", "wrong-password").await.unwrap_err();
     assert!(matches!(unknown, CoreError::BadCredentials));
     assert_eq!(unknown.to_string(), wrong.to_string());
 
-    f.coffer.add_user_to_org(f.owner.org_id, "Carol", "a long enough password", coffer_core::Role::Viewer).await.unwrap();
-    let s = f.coffer.login("  CAROL ", "a long enough password").await.unwrap();
+    f.coffer
+        .add_user_to_org(
+            f.owner.org_id,
+            "Carol",
+            "a long enough password",
+            coffer_core::Role::Viewer,
+        )
+        .await
+        .unwrap();
+    let s = f
+        .coffer
+        .login("  CAROL ", "a long enough password")
+        .await
+        .unwrap();
     let tok = s.token.expose_secret().to_owned();
     assert_eq!(f.coffer.authenticate(&tok).await.unwrap().username, "carol");
     f.coffer.logout(&tok).await.unwrap();
-    assert!(matches!(f.coffer.authenticate(&tok).await, Err(CoreError::Unauthenticated)));
-    assert!(matches!(f.coffer.authenticate("cfs_forged").await, Err(CoreError::Unauthenticated)));
-    assert!(matches!(f.coffer.authenticate("not-even-prefixed").await, Err(CoreError::Unauthenticated)));
+    assert!(matches!(
+        f.coffer.authenticate(&tok).await,
+        Err(CoreError::Unauthenticated)
+    ));
+    assert!(matches!(
+        f.coffer.authenticate("cfs_forged").await,
+        Err(CoreError::Unauthenticated)
+    ));
+    assert!(matches!(
+        f.coffer.authenticate("not-even-prefixed").await,
+        Err(CoreError::Unauthenticated)
+    ));
 }

@@ -12,10 +12,32 @@ fn needles() -> Vec<(String, Vec<u8>)> {
     let b = CANARY.as_bytes();
     vec![
         ("text".into(), b.to_vec()),
-        ("hex".into(), b.iter().map(|x| format!("{x:02x}")).collect::<String>().into_bytes()),
-        ("HEX".into(), b.iter().map(|x| format!("{x:02X}")).collect::<String>().into_bytes()),
-        ("base64".into(), base64::engine::general_purpose::STANDARD.encode(b).into_bytes()),
-        ("base64url".into(), base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b).into_bytes()),
+        (
+            "hex".into(),
+            b.iter()
+                .map(|x| format!("{x:02x}"))
+                .collect::<String>()
+                .into_bytes(),
+        ),
+        (
+            "HEX".into(),
+            b.iter()
+                .map(|x| format!("{x:02X}"))
+                .collect::<String>()
+                .into_bytes(),
+        ),
+        (
+            "base64".into(),
+            base64::engine::general_purpose::STANDARD
+                .encode(b)
+                .into_bytes(),
+        ),
+        (
+            "base64url".into(),
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(b)
+                .into_bytes(),
+        ),
         // A distinctive middle slice catches values split across pages.
         ("slice".into(), b[7..23].to_vec()),
     ]
@@ -27,11 +49,32 @@ async fn canary_values_never_reach_the_database_files() {
     let (c, p) = (&f.coffer, &f.owner);
     c.create_project(p, "app").await.unwrap();
     for (i, secret) in [(0, true), (1, false), (2, true)] {
-        c.set_param(p, "app", "default", SetParam { name: &format!("P{i}"), value: CANARY.as_bytes(), secret: Some(secret) }).await.unwrap();
+        c.set_param(
+            p,
+            "app",
+            "default",
+            SetParam {
+                name: &format!("P{i}"),
+                value: CANARY.as_bytes(),
+                secret: Some(secret),
+            },
+        )
+        .await
+        .unwrap();
     }
-    c.rollback_param(p, "app", "default", "P0", 1).await.unwrap();
+    c.rollback_param(p, "app", "default", "P0", 1)
+        .await
+        .unwrap();
     // The values are really there (decryptable)...
-    assert_eq!(c.get_param(p, "app", "default", "P1").await.unwrap().value.unwrap().expose_secret(), CANARY.as_bytes());
+    assert_eq!(
+        c.get_param(p, "app", "default", "P1")
+            .await
+            .unwrap()
+            .value
+            .unwrap()
+            .expose_secret(),
+        CANARY.as_bytes()
+    );
 
     // ...but no file of the database holds them in any common encoding.
     let mut files = 0;
@@ -40,15 +83,27 @@ async fn canary_values_never_reach_the_database_files() {
         let data = std::fs::read(&path).unwrap();
         files += 1;
         for (label, n) in needles() {
-            assert!(!data.windows(n.len()).any(|w| w == n.as_slice()), "{label} canary found in {}", path.display());
+            assert!(
+                !data.windows(n.len()).any(|w| w == n.as_slice()),
+                "{label} canary found in {}",
+                path.display()
+            );
         }
     }
-    assert!(files >= 2, "expected the database and its WAL, found {files} files");
-    assert!(std::fs::metadata(f.dir.path().join("coffer.db-wal")).is_ok(), "WAL file must be part of the scan");
+    assert!(
+        files >= 2,
+        "expected the database and its WAL, found {files} files"
+    );
+    assert!(
+        std::fs::metadata(f.dir.path().join("coffer.db-wal")).is_ok(),
+        "WAL file must be part of the scan"
+    );
 }
 
 async fn raw(f: &crate::Fixture) -> sqlx::SqliteConnection {
-    sqlx::SqliteConnection::connect(&format!("sqlite://{}", f.db_path().display())).await.unwrap()
+    sqlx::SqliteConnection::connect(&format!("sqlite://{}", f.db_path().display()))
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -56,15 +111,37 @@ async fn a_flipped_byte_on_disk_is_a_generic_integrity_error() {
     let f = fixture().await;
     let (c, p) = (&f.coffer, &f.owner);
     c.create_project(p, "app").await.unwrap();
-    c.set_param(p, "app", "default", SetParam { name: "K", value: b"value", secret: Some(true) }).await.unwrap();
+    c.set_param(
+        p,
+        "app",
+        "default",
+        SetParam {
+            name: "K",
+            value: b"value",
+            secret: Some(true),
+        },
+    )
+    .await
+    .unwrap();
     let mut db = raw(&f).await;
-    let (id, mut ct): (Vec<u8>, Vec<u8>) = sqlx::query_as("SELECT id, ciphertext FROM credentials").fetch_one(&mut db).await.unwrap();
+    let (id, mut ct): (Vec<u8>, Vec<u8>) = sqlx::query_as("SELECT id, ciphertext FROM credentials")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
     ct[80] ^= 0x01;
-    sqlx::query("UPDATE credentials SET ciphertext = ? WHERE id = ?").bind(ct).bind(id).execute(&mut db).await.unwrap();
+    sqlx::query("UPDATE credentials SET ciphertext = ? WHERE id = ?")
+        .bind(ct)
+        .bind(id)
+        .execute(&mut db)
+        .await
+        .unwrap();
     let err = c.get_param(p, "app", "default", "K").await.unwrap_err();
     assert!(matches!(err, CoreError::Integrity), "{err:?}");
     assert!(!err.to_string().contains("value"));
-    assert!(matches!(c.list_params(p, "app", "default", true).await, Err(CoreError::Integrity)));
+    assert!(matches!(
+        c.list_params(p, "app", "default", true).await,
+        Err(CoreError::Integrity)
+    ));
 }
 
 #[tokio::test]
@@ -72,9 +149,42 @@ async fn swapping_ciphertexts_between_rows_is_detected() {
     let f = fixture().await;
     let (c, p) = (&f.coffer, &f.owner);
     c.create_project(p, "app").await.unwrap();
-    c.set_param(p, "app", "default", SetParam { name: "A", value: b"alpha", secret: None }).await.unwrap();
-    c.set_param(p, "app", "default", SetParam { name: "B", value: b"bravo", secret: None }).await.unwrap();
-    c.set_param(p, "app", "default", SetParam { name: "A", value: b"alpha-2", secret: None }).await.unwrap();
+    c.set_param(
+        p,
+        "app",
+        "default",
+        SetParam {
+            name: "A",
+            value: b"alpha",
+            secret: None,
+        },
+    )
+    .await
+    .unwrap();
+    c.set_param(
+        p,
+        "app",
+        "default",
+        SetParam {
+            name: "B",
+            value: b"bravo",
+            secret: None,
+        },
+    )
+    .await
+    .unwrap();
+    c.set_param(
+        p,
+        "app",
+        "default",
+        SetParam {
+            name: "A",
+            value: b"alpha-2",
+            secret: None,
+        },
+    )
+    .await
+    .unwrap();
     let mut db = raw(&f).await;
     // Point A's current version at B's ciphertext (another record), then at A's own
     // version 1 (another version): both must fail to decrypt.
@@ -89,20 +199,48 @@ async fn swapping_ciphertexts_between_rows_is_detected() {
         sqlx::query("UPDATE credentials SET ciphertext = (SELECT ciphertext FROM credentials WHERE id = ?) WHERE id = ?").bind(from).bind(to)
     };
     copy(b1.clone(), a2.clone()).execute(&mut db).await.unwrap();
-    assert!(matches!(c.get_param(p, "app", "default", "A").await, Err(CoreError::Integrity)));
+    assert!(matches!(
+        c.get_param(p, "app", "default", "A").await,
+        Err(CoreError::Integrity)
+    ));
     copy(a1, a2).execute(&mut db).await.unwrap();
-    assert!(matches!(c.get_param(p, "app", "default", "A").await, Err(CoreError::Integrity)));
+    assert!(matches!(
+        c.get_param(p, "app", "default", "A").await,
+        Err(CoreError::Integrity)
+    ));
     // B itself is untouched.
-    assert_eq!(c.get_param(p, "app", "default", "B").await.unwrap().value.unwrap().expose_secret(), b"bravo");
+    assert_eq!(
+        c.get_param(p, "app", "default", "B")
+            .await
+            .unwrap()
+            .value
+            .unwrap()
+            .expose_secret(),
+        b"bravo"
+    );
 }
 
 #[tokio::test]
 async fn history_rows_are_append_only() {
     let f = fixture().await;
     f.coffer.create_project(&f.owner, "app").await.unwrap();
-    f.coffer.set_param(&f.owner, "app", "default", SetParam { name: "K", value: b"v", secret: None }).await.unwrap();
+    f.coffer
+        .set_param(
+            &f.owner,
+            "app",
+            "default",
+            SetParam {
+                name: "K",
+                value: b"v",
+                secret: None,
+            },
+        )
+        .await
+        .unwrap();
     let mut db = raw(&f).await;
-    let r = sqlx::query("UPDATE param_versions SET action = 'set', version = 7").execute(&mut db).await;
+    let r = sqlx::query("UPDATE param_versions SET action = 'set', version = 7")
+        .execute(&mut db)
+        .await;
     assert!(r.is_err(), "the trigger must refuse updates of history");
 }
 
@@ -110,7 +248,11 @@ async fn history_rows_are_append_only() {
 async fn the_credentials_table_says_nothing_about_ownership() {
     let f = fixture().await;
     let mut db = raw(&f).await;
-    let cols: Vec<(String,)> = sqlx::query_as("SELECT name FROM pragma_table_info('credentials') ORDER BY cid").fetch_all(&mut db).await.unwrap();
+    let cols: Vec<(String,)> =
+        sqlx::query_as("SELECT name FROM pragma_table_info('credentials') ORDER BY cid")
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
     let cols: Vec<String> = cols.into_iter().map(|c| c.0).collect();
     assert_eq!(cols, vec!["id", "ciphertext", "key_term"]);
 }

@@ -14,21 +14,49 @@ struct Api {
 
 async fn api() -> Api {
     let dir = tempfile::tempdir().unwrap();
-    let coffer = Coffer::open_sqlite(&dir.path().join("coffer.db"), CoreConfig::default()).await.unwrap();
-    let boot = coffer.start_dev(&dir.path().join("root.key")).await.unwrap().unwrap();
-    let app = router(AppState { coffer: coffer.clone() });
-    let token = coffer.login("admin", boot.password.expose_secret()).await.unwrap().token.expose_secret().to_owned();
-    Api { _dir: dir, coffer, app, token }
+    let coffer = Coffer::open_sqlite(&dir.path().join("coffer.db"), CoreConfig::default())
+        .await
+        .unwrap();
+    let boot = coffer
+        .start_dev(&dir.path().join("root.key"))
+        .await
+        .unwrap()
+        .unwrap();
+    let app = router(AppState {
+        coffer: coffer.clone(),
+    });
+    let token = coffer
+        .login("admin", boot.password.expose_secret())
+        .await
+        .unwrap()
+        .token
+        .expose_secret()
+        .to_owned();
+    Api {
+        _dir: dir,
+        coffer,
+        app,
+        token,
+    }
 }
 
 impl Api {
-    async fn call(&self, method: &str, uri: &str, body: Option<Value>, auth: bool) -> (StatusCode, axum::http::HeaderMap, Value) {
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        body: Option<Value>,
+        auth: bool,
+    ) -> (StatusCode, axum::http::HeaderMap, Value) {
         let mut b = Request::builder().method(method).uri(uri);
         if auth {
             b = b.header(header::AUTHORIZATION, format!("Bearer {}", self.token));
         }
         let req = match body {
-            Some(v) => b.header(header::CONTENT_TYPE, "application/json").body(Body::from(v.to_string())).unwrap(),
+            Some(v) => b
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(v.to_string()))
+                .unwrap(),
             None => b.body(Body::empty()).unwrap(),
         };
         self.raw(req).await
@@ -38,7 +66,12 @@ impl Api {
         let res = self.app.clone().oneshot(req).await.unwrap();
         let (parts, body) = res.into_parts();
         let bytes = axum::body::to_bytes(body, 4 << 20).await.unwrap();
-        let v = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into())) };
+        let v = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
         (parts.status, parts.headers, v)
     }
 }
@@ -49,19 +82,55 @@ async fn error_bodies_are_stable() {
     let (s, h, v) = a.call("GET", "/v1/projects", None, false).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     assert_eq!(h.get(header::WWW_AUTHENTICATE).unwrap(), "Bearer");
-    assert_eq!(v, json!({"error": {"code": "unauthenticated", "message": "missing or malformed Authorization: Bearer header"}}));
+    assert_eq!(
+        v,
+        json!({"error": {"code": "unauthenticated", "message": "missing or malformed Authorization: Bearer header"}})
+    );
 
     let (s, _, v) = a.call("GET", "/v1/nope", None, false).await;
-    assert_eq!((s, v), (StatusCode::NOT_FOUND, json!({"error": {"code": "not_found", "message": "no such endpoint"}})));
+    assert_eq!(
+        (s, v),
+        (
+            StatusCode::NOT_FOUND,
+            json!({"error": {"code": "not_found", "message": "no such endpoint"}})
+        )
+    );
 
     let (s, _, v) = a.call("GET", "/v1/projects/ghost/envs", None, true).await;
-    assert_eq!((s, v), (StatusCode::NOT_FOUND, json!({"error": {"code": "not_found", "message": "project 'ghost' not found"}})));
+    assert_eq!(
+        (s, v),
+        (
+            StatusCode::NOT_FOUND,
+            json!({"error": {"code": "not_found", "message": "project 'ghost' not found"}})
+        )
+    );
 
-    let (s, _, wrong_pw) = a.call("POST", "/v1/auth/login", Some(json!({"username": "admin", "password": "wrong"})), false).await;
+    let (s, _, wrong_pw) = a
+        .call(
+            "POST",
+            "/v1/auth/login",
+            Some(json!({"username": "admin", "password": "wrong"})),
+            false,
+        )
+        .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
-    assert_eq!(wrong_pw, json!({"error": {"code": "bad_credentials", "message": "invalid username or password"}}));
-    let (s2, _, unknown) = a.call("POST", "/v1/auth/login", Some(json!({"username": "nobody", "password": "wrong"})), false).await;
-    assert_eq!((s2, unknown), (StatusCode::UNAUTHORIZED, wrong_pw), "unknown users look exactly like wrong passwords");
+    assert_eq!(
+        wrong_pw,
+        json!({"error": {"code": "bad_credentials", "message": "invalid username or password"}})
+    );
+    let (s2, _, unknown) = a
+        .call(
+            "POST",
+            "/v1/auth/login",
+            Some(json!({"username": "nobody", "password": "wrong"})),
+            false,
+        )
+        .await;
+    assert_eq!(
+        (s2, unknown),
+        (StatusCode::UNAUTHORIZED, wrong_pw),
+        "unknown users look exactly like wrong passwords"
+    );
 
     let (s, _, v) = a.call("GET", "/v1/projects", None, false).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
@@ -71,20 +140,42 @@ async fn error_bodies_are_stable() {
 #[tokio::test]
 async fn bad_requests_change_nothing_and_echo_nothing() {
     let a = api().await;
-    a.call("POST", "/v1/projects", Some(json!({"name": "app"})), true).await;
+    a.call("POST", "/v1/projects", Some(json!({"name": "app"})), true)
+        .await;
     // Invalid names: 400 with a clear message.
     for bad in ["..", "a%2Fb", "%0A", &"x".repeat(300)] {
-        let (s, _, v) = a.call("PUT", &format!("/v1/projects/app/envs/default/params/{bad}"), Some(json!({"value": "v"})), true).await;
+        let (s, _, v) = a
+            .call(
+                "PUT",
+                &format!("/v1/projects/app/envs/default/params/{bad}"),
+                Some(json!({"value": "v"})),
+                true,
+            )
+            .await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
         assert_eq!(v["error"]["code"], "bad_request");
     }
     // Wrong types: the schema error does not quote the input (it could be a secret).
-    let (s, _, v) = a.call("PUT", "/v1/projects/app/envs/default/params/K", Some(json!({"value": 1, "secret": "CANARY-in-error"})), true).await;
+    let (s, _, v) = a
+        .call(
+            "PUT",
+            "/v1/projects/app/envs/default/params/K",
+            Some(json!({"value": 1, "secret": "CANARY-in-error"})),
+            true,
+        )
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_eq!(v["error"]["code"], "invalid_json");
     assert!(!v.to_string().contains("CANARY"), "{v}");
     // Unknown fields are rejected too.
-    let (s, _, _) = a.call("PUT", "/v1/projects/app/envs/default/params/K", Some(json!({"value": "v", "org_id": "x"})), true).await;
+    let (s, _, _) = a
+        .call(
+            "PUT",
+            "/v1/projects/app/envs/default/params/K",
+            Some(json!({"value": "v", "org_id": "x"})),
+            true,
+        )
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     // Not JSON / wrong media type.
     let req = Request::builder()
@@ -101,13 +192,25 @@ async fn bad_requests_change_nothing_and_echo_nothing() {
         .body(Body::from("{not json"))
         .unwrap();
     let (s, _, v) = a.raw(req).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_json")));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_json"))
+    );
     // Over the body limit.
     let big = json!({"value": "v".repeat(coffer_server::MAX_BODY_BYTES + 10)});
-    let (s, _, _) = a.call("PUT", "/v1/projects/app/envs/default/params/BIG", Some(big), true).await;
+    let (s, _, _) = a
+        .call(
+            "PUT",
+            "/v1/projects/app/envs/default/params/BIG",
+            Some(big),
+            true,
+        )
+        .await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
     // Nothing of the above was stored.
-    let (_, _, v) = a.call("GET", "/v1/projects/app/envs/default/params", None, true).await;
+    let (_, _, v) = a
+        .call("GET", "/v1/projects/app/envs/default/params", None, true)
+        .await;
     assert_eq!(v, json!({"params": []}));
 }
 
@@ -124,14 +227,27 @@ async fn security_headers_and_request_ids() {
 #[tokio::test]
 async fn health_follows_the_seal_and_a_sealed_server_serves_no_data() {
     let a = api().await;
-    a.call("POST", "/v1/projects", Some(json!({"name": "app"})), true).await;
-    a.call("PUT", "/v1/projects/app/envs/default/params/K", Some(json!({"value": "CANARY-sealed", "secret": true})), true).await;
-    assert_eq!(a.call("GET", "/v1/sys/health", None, false).await.0, StatusCode::OK);
+    a.call("POST", "/v1/projects", Some(json!({"name": "app"})), true)
+        .await;
+    a.call(
+        "PUT",
+        "/v1/projects/app/envs/default/params/K",
+        Some(json!({"value": "CANARY-sealed", "secret": true})),
+        true,
+    )
+    .await;
+    assert_eq!(
+        a.call("GET", "/v1/sys/health", None, false).await.0,
+        StatusCode::OK
+    );
     let (s, _, v) = a.call("POST", "/v1/sys/seal", Some(json!({})), true).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["sealed"], true);
     let (s, _, v) = a.call("GET", "/v1/sys/health", None, false).await;
-    assert_eq!((s, v["sealed"].as_bool()), (StatusCode::SERVICE_UNAVAILABLE, Some(true)));
+    assert_eq!(
+        (s, v["sealed"].as_bool()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some(true))
+    );
     for (m, uri) in [
         ("GET", "/v1/projects/app/envs/default/params/K"),
         ("GET", "/v1/projects/app/envs/default/params?reveal=true"),
@@ -143,33 +259,73 @@ async fn health_follows_the_seal_and_a_sealed_server_serves_no_data() {
         assert_eq!(v["error"]["code"], "sealed");
         assert!(!v.to_string().contains("CANARY"));
     }
-    let (s, _, v) = a.call("POST", "/v1/auth/login", Some(json!({"username": "admin", "password": "x"})), false).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("sealed")));
+    let (s, _, v) = a
+        .call(
+            "POST",
+            "/v1/auth/login",
+            Some(json!({"username": "admin", "password": "x"})),
+            false,
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("sealed"))
+    );
     // Status remains available.
     let (s, _, v) = a.call("GET", "/v1/sys/seal-status", None, false).await;
-    assert_eq!((s, v["sealed"].as_bool(), v["seal_type"].as_str()), (StatusCode::OK, Some(true), Some("dev-file")));
+    assert_eq!(
+        (s, v["sealed"].as_bool(), v["seal_type"].as_str()),
+        (StatusCode::OK, Some(true), Some("dev-file"))
+    );
     // A dev-file seal cannot be unsealed with shares.
-    let (s, _, _) = a.call("POST", "/v1/sys/unseal", Some(json!({"share": "x"})), false).await;
+    let (s, _, _) = a
+        .call("POST", "/v1/sys/unseal", Some(json!({"share": "x"})), false)
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
 }
 
 #[tokio::test]
 async fn corrupted_ciphertext_gives_a_generic_500() {
     let a = api().await;
-    a.call("POST", "/v1/projects", Some(json!({"name": "app"})), true).await;
-    a.call("PUT", "/v1/projects/app/envs/default/params/K", Some(json!({"value": "CANARY-corrupt"})), true).await;
+    a.call("POST", "/v1/projects", Some(json!({"name": "app"})), true)
+        .await;
+    a.call(
+        "PUT",
+        "/v1/projects/app/envs/default/params/K",
+        Some(json!({"value": "CANARY-corrupt"})),
+        true,
+    )
+    .await;
     // Corrupt the stored ciphertext behind the server's back.
     let db = a._dir.path().join("coffer.db");
-    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!("sqlite://{}", db.display())).await.unwrap();
-    let (id, mut ct): (Vec<u8>, Vec<u8>) = sqlx::query_as("SELECT id, ciphertext FROM credentials").fetch_one(&mut conn).await.unwrap();
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(
+        "sqlite://{}",
+        db.display()
+    ))
+    .await
+    .unwrap();
+    let (id, mut ct): (Vec<u8>, Vec<u8>) = sqlx::query_as("SELECT id, ciphertext FROM credentials")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
     let last = ct.len() - 1;
     ct[last] ^= 0x80;
-    sqlx::query("UPDATE credentials SET ciphertext = ? WHERE id = ?").bind(ct).bind(id).execute(&mut conn).await.unwrap();
-    let (s, _, v) = a.call("GET", "/v1/projects/app/envs/default/params/K", None, true).await;
+    sqlx::query("UPDATE credentials SET ciphertext = ? WHERE id = ?")
+        .bind(ct)
+        .bind(id)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let (s, _, v) = a
+        .call("GET", "/v1/projects/app/envs/default/params/K", None, true)
+        .await;
     assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(v["error"]["code"], "internal");
     let text = v.to_string();
-    assert!(!text.contains("CANARY") && !text.contains("integrity") && !text.contains("decrypt"), "{text}");
+    assert!(
+        !text.contains("CANARY") && !text.contains("integrity") && !text.contains("decrypt"),
+        "{text}"
+    );
     drop(a.coffer);
 }
 
@@ -180,7 +336,13 @@ async fn openapi_document_describes_the_routes() {
     assert_eq!(s, StatusCode::OK);
     assert!(v["openapi"].as_str().unwrap().starts_with("3."));
     let paths = v["paths"].as_object().unwrap();
-    for p in ["/v1/sys/health", "/v1/sys/unseal", "/v1/auth/login", "/v1/projects/{project}/envs/{env}/params/{name}", "/v1/projects/{project}/diff"] {
+    for p in [
+        "/v1/sys/health",
+        "/v1/sys/unseal",
+        "/v1/auth/login",
+        "/v1/projects/{project}/envs/{env}/params/{name}",
+        "/v1/projects/{project}/diff",
+    ] {
         assert!(paths.contains_key(p), "missing {p}");
     }
     assert!(v["components"]["securitySchemes"]["bearer"].is_object());

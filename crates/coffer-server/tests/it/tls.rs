@@ -8,18 +8,45 @@ async fn full_flow_over_tls_with_a_pinned_ca() {
     assert_eq!(c.whoami().await.unwrap().role, "owner");
     c.create_project("web").await.unwrap();
     c.create_env("web", "production", None).await.unwrap();
-    c.set_param("web", "default", "DB", "sqlite://x", None).await.unwrap();
-    c.set_param("web", "production", "API KEY/with?odd#chars%", "s3cret", Some(true)).await.unwrap_err();
-    c.set_param("web", "production", "API KEY with spaces ü", "s3cret", Some(true)).await.unwrap();
-    let p = c.get_param("web", "production", "API KEY with spaces ü").await.unwrap();
+    c.set_param("web", "default", "DB", "sqlite://x", None)
+        .await
+        .unwrap();
+    c.set_param(
+        "web",
+        "production",
+        "API KEY/with?odd#chars%",
+        "s3cret",
+        Some(true),
+    )
+    .await
+    .unwrap_err();
+    c.set_param(
+        "web",
+        "production",
+        "API KEY with spaces ü",
+        "s3cret",
+        Some(true),
+    )
+    .await
+    .unwrap();
+    let p = c
+        .get_param("web", "production", "API KEY with spaces ü")
+        .await
+        .unwrap();
     assert_eq!(p.value.as_deref(), Some("s3cret"));
     let all = c.list_params("web", "production", false).await.unwrap();
     assert_eq!(all.len(), 2);
     assert!(all.iter().any(|p| p.masked && p.value.is_none()));
-    let e = c.get_param("web", "production", "missing").await.unwrap_err();
+    let e = c
+        .get_param("web", "production", "missing")
+        .await
+        .unwrap_err();
     assert_eq!((e.status(), e.code()), (Some(404), Some("not_found")));
     c.logout().await.unwrap();
-    assert_eq!(c.whoami().await.unwrap_err().code(), Some("unauthenticated"));
+    assert_eq!(
+        c.whoami().await.unwrap_err().code(),
+        Some("unauthenticated")
+    );
     srv.stop().await;
 }
 
@@ -28,14 +55,20 @@ async fn clients_that_do_not_trust_the_ca_are_refused() {
     let srv = TestServer::dev().await;
     // No CA given: the platform trust store does not know Coffer's internal CA.
     let untrusting = Client::new(&srv.url(), None).unwrap();
-    assert!(matches!(untrusting.seal_status().await, Err(coffer_client::ClientError::Http(_))));
+    assert!(matches!(
+        untrusting.seal_status().await,
+        Err(coffer_client::ClientError::Http(_))
+    ));
     // A CA from another server does not work either.
     let other = TestServer::dev().await;
     let wrong = Client::new(&srv.url(), Some(&other.ca_pem)).unwrap();
     assert!(wrong.seal_status().await.is_err());
     // Plain HTTP is refused by the client and by the server.
     assert!(Client::new(&format!("http://{}", srv.addr), None).is_err());
-    let plain = reqwest::Client::new().get(format!("http://{}/v1/sys/health", srv.addr)).send().await;
+    let plain = reqwest::Client::new()
+        .get(format!("http://{}/v1/sys/health", srv.addr))
+        .send()
+        .await;
     assert!(plain.is_err() || !plain.unwrap().status().is_success());
     srv.stop().await;
     other.stop().await;
@@ -49,14 +82,29 @@ async fn production_init_unseal_and_login() {
     assert_eq!((code, h.initialized), (501, false));
     let init = c.init(5, 3).await.unwrap();
     assert_eq!(init.shares.len(), 5);
-    assert_eq!(c.init(5, 3).await.unwrap_err().code(), Some("already_initialized"));
+    assert_eq!(
+        c.init(5, 3).await.unwrap_err().code(),
+        Some("already_initialized")
+    );
     assert_eq!(c.health().await.unwrap().0, 503);
     // Sealed: login refused with a clear code.
-    assert_eq!(c.login(&init.bootstrap.username, &init.bootstrap.password).await.unwrap_err().code(), Some("sealed"));
-    assert_eq!(c.unseal("definitely-not-a-share").await.unwrap_err().code(), Some("malformed_share"));
+    assert_eq!(
+        c.login(&init.bootstrap.username, &init.bootstrap.password)
+            .await
+            .unwrap_err()
+            .code(),
+        Some("sealed")
+    );
+    assert_eq!(
+        c.unseal("definitely-not-a-share").await.unwrap_err().code(),
+        Some("malformed_share")
+    );
     let st = c.unseal(&init.shares[4]).await.unwrap();
     assert_eq!((st.progress, st.threshold, st.sealed), (1, 3, true));
-    assert_eq!(c.unseal(&init.shares[4]).await.unwrap_err().code(), Some("duplicate_share"));
+    assert_eq!(
+        c.unseal(&init.shares[4]).await.unwrap_err().code(),
+        Some("duplicate_share")
+    );
     assert_eq!(c.unseal_reset().await.unwrap().progress, 0);
     for s in &init.shares[1..3] {
         assert!(c.unseal(s).await.unwrap().sealed);
@@ -64,8 +112,14 @@ async fn production_init_unseal_and_login() {
     let st = c.unseal(&init.shares[0]).await.unwrap();
     assert!(!st.sealed);
     assert_eq!(c.health().await.unwrap().0, 200);
-    assert_eq!(c.unseal(&init.shares[3]).await.unwrap_err().code(), Some("already_unsealed"));
-    let login = c.login(&init.bootstrap.username, &init.bootstrap.password).await.unwrap();
+    assert_eq!(
+        c.unseal(&init.shares[3]).await.unwrap_err().code(),
+        Some("already_unsealed")
+    );
+    let login = c
+        .login(&init.bootstrap.username, &init.bootstrap.password)
+        .await
+        .unwrap();
     let owner = srv.client().with_token(login.token);
     owner.create_project("p").await.unwrap();
     owner.seal().await.unwrap();

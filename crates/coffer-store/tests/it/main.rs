@@ -1,5 +1,8 @@
 //! Storage conformance: every backend must pass the same suite. `suite` holds the checks,
 //! written against `&dyn Store`; each backend module runs all of them on a fresh database.
 
+// Test helpers panic on unexpected failures by design: a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod sqlite;
 mod suite;

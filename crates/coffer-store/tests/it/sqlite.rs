@@ -2,7 +2,9 @@ use coffer_store::sqlite::SqliteStore;
 
 async fn fresh() -> (tempfile::TempDir, SqliteStore) {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("coffer.db")).await.unwrap();
+    let store = SqliteStore::open(&dir.path().join("coffer.db"))
+        .await
+        .unwrap();
     (dir, store)
 }
 
@@ -34,5 +36,12 @@ async fn reopening_keeps_data_and_migrations_are_idempotent() {
     let org = crate::suite::org(&s, "keep").await;
     s.close().await;
     let s2 = SqliteStore::open(&path).await.unwrap();
-    assert_eq!(coffer_store::Store::org(&s2, org).await.unwrap().unwrap().name, "keep");
+    assert_eq!(
+        coffer_store::Store::org(&s2, org)
+            .await
+            .unwrap()
+            .unwrap()
+            .name,
+        "keep"
+    );
 }

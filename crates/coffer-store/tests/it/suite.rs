@@ -5,32 +5,82 @@ use uuid::Uuid;
 pub async fn org(s: &dyn Store, name: &str) -> Uuid {
     let root = RootKey::generate();
     let id = Uuid::new_v4();
-    let wrapped = root.wrap_tenant_key(id, &TenantKey::generate(KeyTerm(1))).unwrap();
-    s.create_org(&OrgRow { id, name: name.into(), created_at: 1 }, &TenantKeyRow { org_id: id, term: KeyTerm(1), wrapped, created_at: 1 })
-        .await
+    let wrapped = root
+        .wrap_tenant_key(id, &TenantKey::generate(KeyTerm(1)))
         .unwrap();
+    s.create_org(
+        &OrgRow {
+            id,
+            name: name.into(),
+            created_at: 1,
+        },
+        &TenantKeyRow {
+            org_id: id,
+            term: KeyTerm(1),
+            wrapped,
+            created_at: 1,
+        },
+    )
+    .await
+    .unwrap();
     id
 }
 
 async fn project_env(s: &dyn Store, org_id: Uuid) -> (ProjectRow, EnvRow) {
-    let p = ProjectRow { id: Uuid::new_v4(), org_id, name: "app".into(), created_at: 1 };
+    let p = ProjectRow {
+        id: Uuid::new_v4(),
+        org_id,
+        name: "app".into(),
+        created_at: 1,
+    };
     s.create_project(&p).await.unwrap();
-    let e = EnvRow { id: Uuid::new_v4(), org_id, project_id: p.id, parent_id: None, name: "default".into(), created_at: 1 };
+    let e = EnvRow {
+        id: Uuid::new_v4(),
+        org_id,
+        project_id: p.id,
+        parent_id: None,
+        name: "default".into(),
+        created_at: 1,
+    };
     s.create_env(&e).await.unwrap();
     (p, e)
 }
 
-fn write(org_id: Uuid, env_id: Uuid, param_id: Uuid, name: &str, expected: u64, action: VersionAction, key: &TenantKey, value: &[u8]) -> ParamWrite {
+/// `at` is (organisation, environment, parameter).
+fn write(
+    (org_id, env_id, param_id): (Uuid, Uuid, Uuid),
+    name: &str,
+    expected: u64,
+    action: VersionAction,
+    key: &TenantKey,
+    value: &[u8],
+) -> ParamWrite {
     let version = expected + 1;
-    let ciphertext = (action != VersionAction::Delete)
-        .then(|| key.seal(&RecordContext { org_id, record_id: param_id, version }, value).unwrap());
+    let ciphertext = (action != VersionAction::Delete).then(|| {
+        key.seal(
+            &RecordContext {
+                org_id,
+                record_id: param_id,
+                version,
+            },
+            value,
+        )
+        .unwrap()
+    });
     ParamWrite {
         org_id,
         env_id,
         param_id,
         name: name.into(),
         expected_current: expected,
-        version: ParamVersionRow { param_id, version, is_secret: true, action, actor_id: Uuid::nil(), created_at: 10 + version as i64 },
+        version: ParamVersionRow {
+            param_id,
+            version,
+            is_secret: true,
+            action,
+            actor_id: Uuid::nil(),
+            created_at: 10 + version as i64,
+        },
         ciphertext,
         credential_id: Uuid::new_v4(),
     }
@@ -39,11 +89,28 @@ fn write(org_id: Uuid, env_id: Uuid, param_id: Uuid, name: &str, expected: u64, 
 pub async fn seal_config_is_written_once(s: &dyn Store) {
     assert!(s.seal_config().await.unwrap().is_none());
     let root = RootKey::generate();
-    let cfg = SealConfigRow { kind: "shamir".into(), shares: 5, threshold: 3, root_check: root.check_value().unwrap(), created_at: 7 };
+    let cfg = SealConfigRow {
+        kind: "shamir".into(),
+        shares: 5,
+        threshold: 3,
+        root_check: root.check_value().unwrap(),
+        created_at: 7,
+    };
     s.init_seal_config(&cfg).await.unwrap();
-    assert!(matches!(s.init_seal_config(&cfg).await, Err(StoreError::Conflict)));
+    assert!(matches!(
+        s.init_seal_config(&cfg).await,
+        Err(StoreError::Conflict)
+    ));
     let back = s.seal_config().await.unwrap().unwrap();
-    assert_eq!((back.kind.as_str(), back.shares, back.threshold, back.created_at), ("shamir", 5, 3, 7));
+    assert_eq!(
+        (
+            back.kind.as_str(),
+            back.shares,
+            back.threshold,
+            back.created_at
+        ),
+        ("shamir", 5, 3, 7)
+    );
     assert!(root.matches(&back.root_check));
 }
 
@@ -52,17 +119,48 @@ pub async fn orgs_and_tenant_keys_roundtrip(s: &dyn Store) {
     let id = Uuid::new_v4();
     let tk = TenantKey::generate(KeyTerm(1));
     let wrapped = root.wrap_tenant_key(id, &tk).unwrap();
-    let row = OrgRow { id, name: "acme".into(), created_at: 3 };
-    s.create_org(&row, &TenantKeyRow { org_id: id, term: KeyTerm(1), wrapped: wrapped.clone(), created_at: 3 }).await.unwrap();
+    let row = OrgRow {
+        id,
+        name: "acme".into(),
+        created_at: 3,
+    };
+    s.create_org(
+        &row,
+        &TenantKeyRow {
+            org_id: id,
+            term: KeyTerm(1),
+            wrapped: wrapped.clone(),
+            created_at: 3,
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(s.org(id).await.unwrap(), Some(row.clone()));
     let keys = s.tenant_keys(id).await.unwrap();
     assert_eq!(keys.len(), 1);
     assert_eq!(keys[0].term, KeyTerm(1));
-    assert_eq!(root.unwrap_tenant_key(id, &keys[0].wrapped).unwrap().term(), KeyTerm(1));
+    assert_eq!(
+        root.unwrap_tenant_key(id, &keys[0].wrapped).unwrap().term(),
+        KeyTerm(1)
+    );
     // Same name again: conflict, and nothing half-written.
     let other = Uuid::new_v4();
     let w2 = root.wrap_tenant_key(other, &tk).unwrap();
-    let dup = s.create_org(&OrgRow { id: other, name: "acme".into(), created_at: 4 }, &TenantKeyRow { org_id: other, term: KeyTerm(1), wrapped: w2, created_at: 4 }).await;
+    let dup = s
+        .create_org(
+            &OrgRow {
+                id: other,
+                name: "acme".into(),
+                created_at: 4,
+            },
+            &TenantKeyRow {
+                org_id: other,
+                term: KeyTerm(1),
+                wrapped: w2,
+                created_at: 4,
+            },
+        )
+        .await;
     assert!(matches!(dup, Err(StoreError::Conflict)));
     assert!(s.org(other).await.unwrap().is_none());
     assert!(s.tenant_keys(other).await.unwrap().is_empty());
@@ -70,17 +168,45 @@ pub async fn orgs_and_tenant_keys_roundtrip(s: &dyn Store) {
 
 pub async fn users_are_unique_and_sessions_expire(s: &dyn Store) {
     let org_id = org(s, "o").await;
-    let u = UserRow { id: Uuid::new_v4(), username: "alice".into(), password_hash: "$argon2id$x".into(), created_at: 1 };
+    let u = UserRow {
+        id: Uuid::new_v4(),
+        username: "alice".into(),
+        password_hash: "$argon2id$x".into(),
+        created_at: 1,
+    };
     s.create_user(&u).await.unwrap();
-    let dup = UserRow { id: Uuid::new_v4(), ..u.clone() };
-    assert!(matches!(s.create_user(&dup).await, Err(StoreError::Conflict)));
+    let dup = UserRow {
+        id: Uuid::new_v4(),
+        ..u.clone()
+    };
+    assert!(matches!(
+        s.create_user(&dup).await,
+        Err(StoreError::Conflict)
+    ));
     assert_eq!(s.user_by_name("alice").await.unwrap().unwrap().id, u.id);
     assert!(s.user_by_name("bob").await.unwrap().is_none());
-    s.add_membership(&MembershipRow { user_id: u.id, org_id, role: "owner".into(), created_at: 1 }).await.unwrap();
+    s.add_membership(&MembershipRow {
+        user_id: u.id,
+        org_id,
+        role: "owner".into(),
+        created_at: 1,
+    })
+    .await
+    .unwrap();
     assert_eq!(s.memberships(u.id).await.unwrap()[0].role, "owner");
 
-    let live = SessionRow { token_hash: [1; 32], user_id: u.id, org_id, created_at: 1, expires_at: 1000 };
-    let old = SessionRow { token_hash: [2; 32], expires_at: 50, ..live.clone() };
+    let live = SessionRow {
+        token_hash: [1; 32],
+        user_id: u.id,
+        org_id,
+        created_at: 1,
+        expires_at: 1000,
+    };
+    let old = SessionRow {
+        token_hash: [2; 32],
+        expires_at: 50,
+        ..live.clone()
+    };
     s.create_session(&live).await.unwrap();
     s.create_session(&old).await.unwrap();
     assert_eq!(s.session(&[1; 32]).await.unwrap().unwrap().expires_at, 1000);
@@ -95,18 +221,49 @@ pub async fn projects_and_envs_are_scoped_by_org(s: &dyn Store) {
     let a = org(s, "a").await;
     let b = org(s, "b").await;
     let (p, e) = project_env(s, a).await;
-    assert!(matches!(s.create_project(&ProjectRow { id: Uuid::new_v4(), ..p.clone() }).await, Err(StoreError::Conflict)));
+    assert!(matches!(
+        s.create_project(&ProjectRow {
+            id: Uuid::new_v4(),
+            ..p.clone()
+        })
+        .await,
+        Err(StoreError::Conflict)
+    ));
     // The same name in another organisation is fine.
-    s.create_project(&ProjectRow { id: Uuid::new_v4(), org_id: b, ..p.clone() }).await.unwrap();
+    s.create_project(&ProjectRow {
+        id: Uuid::new_v4(),
+        org_id: b,
+        ..p.clone()
+    })
+    .await
+    .unwrap();
     assert_eq!(s.project_by_name(a, "app").await.unwrap().unwrap().id, p.id);
     assert_ne!(s.project_by_name(b, "app").await.unwrap().unwrap().id, p.id);
-    assert!(s.envs(b, p.id).await.unwrap().is_empty(), "envs of org a's project are invisible to org b");
-    let child = EnvRow { id: Uuid::new_v4(), parent_id: Some(e.id), name: "prod".into(), ..e.clone() };
+    assert!(
+        s.envs(b, p.id).await.unwrap().is_empty(),
+        "envs of org a's project are invisible to org b"
+    );
+    let child = EnvRow {
+        id: Uuid::new_v4(),
+        parent_id: Some(e.id),
+        name: "prod".into(),
+        ..e.clone()
+    };
     s.create_env(&child).await.unwrap();
     let envs = s.envs(a, p.id).await.unwrap();
     assert_eq!(envs.len(), 2);
-    assert_eq!(envs.iter().find(|x| x.name == "prod").unwrap().parent_id, Some(e.id));
-    assert!(matches!(s.create_env(&EnvRow { id: Uuid::new_v4(), ..child }).await, Err(StoreError::Conflict)));
+    assert_eq!(
+        envs.iter().find(|x| x.name == "prod").unwrap().parent_id,
+        Some(e.id)
+    );
+    assert!(matches!(
+        s.create_env(&EnvRow {
+            id: Uuid::new_v4(),
+            ..child
+        })
+        .await,
+        Err(StoreError::Conflict)
+    ));
     assert_eq!(s.projects(a).await.unwrap().len(), 1);
 }
 
@@ -115,22 +272,81 @@ pub async fn param_versions_append_with_optimistic_concurrency(s: &dyn Store) {
     let (_, e) = project_env(s, o).await;
     let key = TenantKey::generate(KeyTerm(1));
     let pid = Uuid::new_v4();
-    s.append_param_version(&write(o, e.id, pid, "K", 0, VersionAction::Set, &key, b"one")).await.unwrap();
+    s.append_param_version(&write(
+        (o, e.id, pid),
+        "K",
+        0,
+        VersionAction::Set,
+        &key,
+        b"one",
+    ))
+    .await
+    .unwrap();
     // A second "create" of the same name loses.
-    let racer = write(o, e.id, Uuid::new_v4(), "K", 0, VersionAction::Set, &key, b"x");
-    assert!(matches!(s.append_param_version(&racer).await, Err(StoreError::Conflict)));
-    s.append_param_version(&write(o, e.id, pid, "K", 1, VersionAction::Set, &key, b"two")).await.unwrap();
+    let racer = write(
+        (o, e.id, Uuid::new_v4()),
+        "K",
+        0,
+        VersionAction::Set,
+        &key,
+        b"x",
+    );
+    assert!(matches!(
+        s.append_param_version(&racer).await,
+        Err(StoreError::Conflict)
+    ));
+    s.append_param_version(&write(
+        (o, e.id, pid),
+        "K",
+        1,
+        VersionAction::Set,
+        &key,
+        b"two",
+    ))
+    .await
+    .unwrap();
     // A writer based on a stale version loses and writes nothing.
-    assert!(matches!(s.append_param_version(&write(o, e.id, pid, "K", 1, VersionAction::Set, &key, b"stale")).await, Err(StoreError::Conflict)));
+    assert!(matches!(
+        s.append_param_version(&write(
+            (o, e.id, pid),
+            "K",
+            1,
+            VersionAction::Set,
+            &key,
+            b"stale"
+        ))
+        .await,
+        Err(StoreError::Conflict)
+    ));
     let hist = s.param_history(o, pid).await.unwrap();
-    assert_eq!(hist.iter().map(|h| h.version).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(
+        hist.iter().map(|h| h.version).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
 
     let cur = s.current_value(o, e.id, "K").await.unwrap().unwrap();
     assert_eq!(cur.version.version, 2);
-    let ctx = RecordContext { org_id: o, record_id: pid, version: 2 };
-    assert_eq!(key.open(&ctx, cur.ciphertext.as_ref().unwrap()).unwrap().expose_secret(), b"two");
+    let ctx = RecordContext {
+        org_id: o,
+        record_id: pid,
+        version: 2,
+    };
+    assert_eq!(
+        key.open(&ctx, cur.ciphertext.as_ref().unwrap())
+            .unwrap()
+            .expose_secret(),
+        b"two"
+    );
     let v1 = s.param_version(o, pid, 1).await.unwrap().unwrap();
-    assert_eq!(key.open(&RecordContext { version: 1, ..ctx }, v1.ciphertext.as_ref().unwrap()).unwrap().expose_secret(), b"one");
+    assert_eq!(
+        key.open(
+            &RecordContext { version: 1, ..ctx },
+            v1.ciphertext.as_ref().unwrap()
+        )
+        .unwrap()
+        .expose_secret(),
+        b"one"
+    );
     assert!(s.param_version(o, pid, 9).await.unwrap().is_none());
 }
 
@@ -139,15 +355,50 @@ pub async fn deletion_markers_hide_values(s: &dyn Store) {
     let (_, e) = project_env(s, o).await;
     let key = TenantKey::generate(KeyTerm(1));
     let pid = Uuid::new_v4();
-    s.append_param_version(&write(o, e.id, pid, "K", 0, VersionAction::Set, &key, b"v")).await.unwrap();
-    s.append_param_version(&write(o, e.id, pid, "L", 0, VersionAction::Set, &key, b"w").clone_with_id(Uuid::new_v4())).await.unwrap();
-    s.append_param_version(&write(o, e.id, pid, "K", 1, VersionAction::Delete, &key, b"")).await.unwrap();
+    s.append_param_version(&write(
+        (o, e.id, pid),
+        "K",
+        0,
+        VersionAction::Set,
+        &key,
+        b"v",
+    ))
+    .await
+    .unwrap();
+    s.append_param_version(
+        &write((o, e.id, pid), "L", 0, VersionAction::Set, &key, b"w")
+            .clone_with_id(Uuid::new_v4()),
+    )
+    .await
+    .unwrap();
+    s.append_param_version(&write(
+        (o, e.id, pid),
+        "K",
+        1,
+        VersionAction::Delete,
+        &key,
+        b"",
+    ))
+    .await
+    .unwrap();
     assert!(s.current_value(o, e.id, "K").await.unwrap().is_none());
     let row = s.param(o, e.id, "K").await.unwrap().unwrap();
     assert!(row.deleted && row.current_version == 2);
-    assert!(s.param_version(o, pid, 2).await.unwrap().unwrap().ciphertext.is_none());
+    assert!(
+        s.param_version(o, pid, 2)
+            .await
+            .unwrap()
+            .unwrap()
+            .ciphertext
+            .is_none()
+    );
     let all = s.current_values(o, &[e.id]).await.unwrap();
-    assert_eq!(all.iter().map(|v| v.param.name.as_str()).collect::<Vec<_>>(), vec!["L"]);
+    assert_eq!(
+        all.iter()
+            .map(|v| v.param.name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["L"]
+    );
 }
 
 pub async fn values_are_scoped_by_org(s: &dyn Store) {
@@ -156,15 +407,43 @@ pub async fn values_are_scoped_by_org(s: &dyn Store) {
     let (_, e) = project_env(s, a).await;
     let key = TenantKey::generate(KeyTerm(1));
     let pid = Uuid::new_v4();
-    s.append_param_version(&write(a, e.id, pid, "K", 0, VersionAction::Set, &key, b"v")).await.unwrap();
+    s.append_param_version(&write(
+        (a, e.id, pid),
+        "K",
+        0,
+        VersionAction::Set,
+        &key,
+        b"v",
+    ))
+    .await
+    .unwrap();
     assert!(s.current_value(b, e.id, "K").await.unwrap().is_none());
     assert!(s.current_values(b, &[e.id]).await.unwrap().is_empty());
     assert!(s.param(b, e.id, "K").await.unwrap().is_none());
     assert!(s.param_version(b, pid, 1).await.unwrap().is_none());
     assert!(s.param_history(b, pid).await.unwrap().is_empty());
     // Writing into org a's parameter while claiming org b fails.
-    assert!(s.append_param_version(&write(b, e.id, pid, "K", 1, VersionAction::Set, &key, b"x")).await.is_err());
-    assert_eq!(s.current_value(a, e.id, "K").await.unwrap().unwrap().version.version, 1);
+    assert!(
+        s.append_param_version(&write(
+            (b, e.id, pid),
+            "K",
+            1,
+            VersionAction::Set,
+            &key,
+            b"x"
+        ))
+        .await
+        .is_err()
+    );
+    assert_eq!(
+        s.current_value(a, e.id, "K")
+            .await
+            .unwrap()
+            .unwrap()
+            .version
+            .version,
+        1
+    );
 }
 
 trait CloneWithId {

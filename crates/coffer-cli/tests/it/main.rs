@@ -1,0 +1,491 @@
+//! End to end: the real `coffer` binary as a server process on 127.0.0.1 and as the CLI.
+
+// Test helpers panic on unexpected failures by design: a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_coffer");
+
+/// A `coffer server` child process, killed on drop.
+struct ServerProc {
+    child: Child,
+    addr: String,
+    ca: PathBuf,
+    password: Option<String>,
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(data: &Path, dev: bool, extra: &[&str]) -> ServerProc {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("server")
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .args(extra);
+    if dev {
+        cmd.arg("--dev");
+    }
+    let mut child = cmd
+        .env("COFFER_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut addr, mut ca, mut password) = (None, None, None);
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            addr = Some(rest.trim().to_owned());
+        } else if let Some(rest) = line.strip_prefix("Internal CA:") {
+            ca = Some(PathBuf::from(rest.trim()));
+        } else if let Some(rest) = line.trim().strip_prefix("password:") {
+            password = Some(rest.trim().to_owned());
+        }
+        if line.starts_with("Clients:") && (!dev || password.is_some()) {
+            break;
+        }
+        if dev && password.is_some() {
+            break;
+        }
+    }
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    ServerProc {
+        child,
+        addr: addr.expect("server address"),
+        ca: ca.expect("CA path"),
+        password,
+    }
+}
+
+struct Cli {
+    cfg: PathBuf,
+    addr: String,
+    ca: PathBuf,
+}
+
+impl Cli {
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .env("COFFER_CONFIG_DIR", &self.cfg)
+            .env("COFFER_ADDR", &self.addr)
+            .env("COFFER_CACERT", &self.ca);
+        for v in ["COFFER_TOKEN", "COFFER_PROJECT", "COFFER_ENV"] {
+            c.env_remove(v);
+        }
+        c
+    }
+
+    fn run_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        let mut child = self
+            .cmd(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    fn fails(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(!o.status.success(), "{args:?} should fail");
+        String::from_utf8(o.stderr).unwrap()
+    }
+}
+
+#[test]
+fn dev_server_cli_tour() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = start_server(&tmp.path().join("data"), true, &[]);
+    let cli = Cli {
+        cfg: tmp.path().join("cfg"),
+        addr: srv.addr.clone(),
+        ca: srv.ca.clone(),
+    };
+
+    assert!(cli.fails(&["whoami"]).contains("not logged in"));
+    let bad = cli.run_stdin(&["login", "-u", "admin", "--password-stdin"], "wrong\n");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid username or password"));
+    let o = cli.run_stdin(
+        &["login", "-u", "admin", "--password-stdin"],
+        &format!("{}\n", srv.password.as_deref().unwrap()),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let session = cli.cfg.join("session.json");
+    assert_eq!(
+        std::fs::metadata(&session).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(cli.json(&["whoami"])["role"], "owner");
+
+    cli.ok(&["project", "create", "web"]);
+    cli.ok(&["env", "create", "production", "-p", "web"]);
+    cli.ok(&[
+        "env",
+        "create",
+        "production-eu",
+        "-p",
+        "web",
+        "--parent",
+        "production",
+    ]);
+    let envs = cli.json(&["env", "list", "-p", "web"]);
+    assert_eq!(envs.as_array().unwrap().len(), 3);
+
+    cli.ok(&[
+        "param",
+        "set",
+        "LOG_LEVEL",
+        "info",
+        "-p",
+        "web",
+        "-e",
+        "default",
+    ]);
+    // Value from stdin, and from a file.
+    let o = cli.run_stdin(
+        &[
+            "param",
+            "set",
+            "API_TOKEN",
+            "-p",
+            "web",
+            "-e",
+            "production",
+            "--secret",
+        ],
+        "tok-from-stdin",
+    );
+    assert!(o.status.success());
+    let f = tmp.path().join("cert.pem");
+    std::fs::write(&f, "line1\nline2 \"quoted\" $HOME\n").unwrap();
+    cli.ok(&[
+        "param",
+        "set",
+        "CERT",
+        &format!("@{}", f.display()),
+        "-p",
+        "web",
+        "-e",
+        "production-eu",
+    ]);
+
+    assert_eq!(
+        cli.ok(&[
+            "param",
+            "get",
+            "API_TOKEN",
+            "-p",
+            "web",
+            "-e",
+            "production-eu"
+        ]),
+        "tok-from-stdin\n"
+    );
+    let list = cli.json(&["param", "list", "-p", "web", "-e", "production-eu"]);
+    let token = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "API_TOKEN")
+        .unwrap();
+    assert_eq!(
+        (
+            token["masked"].as_bool(),
+            token["value"].is_null(),
+            token["env"].as_str()
+        ),
+        (Some(true), true, Some("production"))
+    );
+    let table = cli.ok(&["param", "list", "-p", "web", "-e", "production-eu"]);
+    assert!(table.contains("********") && !table.contains("tok-from-stdin"));
+    let revealed = cli.json(&[
+        "param",
+        "list",
+        "-p",
+        "web",
+        "-e",
+        "production-eu",
+        "--reveal",
+    ]);
+    assert!(revealed.to_string().contains("tok-from-stdin"));
+
+    cli.ok(&[
+        "param",
+        "set",
+        "LOG_LEVEL",
+        "debug",
+        "-p",
+        "web",
+        "-e",
+        "default",
+    ]);
+    let hist = cli.json(&[
+        "param",
+        "history",
+        "LOG_LEVEL",
+        "-p",
+        "web",
+        "-e",
+        "default",
+    ]);
+    assert_eq!(hist.as_array().unwrap().len(), 2);
+    cli.ok(&[
+        "param",
+        "rollback",
+        "LOG_LEVEL",
+        "--to",
+        "1",
+        "-p",
+        "web",
+        "-e",
+        "default",
+    ]);
+    assert_eq!(
+        cli.ok(&["param", "get", "LOG_LEVEL", "-p", "web"]),
+        "info\n"
+    );
+
+    let diff = cli.json(&[
+        "param",
+        "diff",
+        "-p",
+        "web",
+        "--env",
+        "default",
+        "--env",
+        "production-eu",
+    ]);
+    let names: Vec<&str> = diff["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["API_TOKEN", "CERT"]);
+    assert!(
+        !diff.to_string().contains("tok-from-stdin"),
+        "diff masks secrets without --reveal"
+    );
+
+    // run: the child sees the values; exit code passes through.
+    let out = cli.ok(&[
+        "run",
+        "-p",
+        "web",
+        "-e",
+        "production-eu",
+        "--",
+        "sh",
+        "-c",
+        "printf '%s|%s|%s' \"$API_TOKEN\" \"$LOG_LEVEL\" \"$CERT\"",
+    ]);
+    assert_eq!(out, "tok-from-stdin|info|line1\nline2 \"quoted\" $HOME\n");
+    let o = cli.run(&["run", "-p", "web", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(o.status.code(), Some(7));
+
+    // export: every format parses back to the same values.
+    let j: Value = serde_json::from_str(&cli.ok(&[
+        "export",
+        "-p",
+        "web",
+        "-e",
+        "production-eu",
+        "--format",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(j["CERT"], "line1\nline2 \"quoted\" $HOME\n");
+    let dotenv = cli.ok(&[
+        "export",
+        "-p",
+        "web",
+        "-e",
+        "production-eu",
+        "--format",
+        "dotenv",
+    ]);
+    let sourced = Command::new("sh")
+        .arg("-c")
+        .arg(format!("set -a; {dotenv}\nprintf '%s' \"$CERT\""))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(sourced.stdout).unwrap(),
+        "line1\nline2 \"quoted\" $HOME\n",
+        "dotenv is safe to source"
+    );
+    let k8s = cli.ok(&[
+        "export",
+        "-p",
+        "web",
+        "-e",
+        "production-eu",
+        "--format",
+        "k8s-secret",
+    ]);
+    assert!(k8s.contains("kind: Secret") && k8s.contains("name: \"web-production-eu\""));
+    assert!(
+        cli.ok(&["export", "-p", "web", "--format", "yaml"])
+            .contains("\"LOG_LEVEL\": \"info\"")
+    );
+
+    cli.ok(&[
+        "param",
+        "delete",
+        "CERT",
+        "-p",
+        "web",
+        "-e",
+        "production-eu",
+    ]);
+    assert!(
+        cli.fails(&["param", "get", "CERT", "-p", "web", "-e", "production-eu"])
+            .contains("not found")
+    );
+    assert!(
+        cli.fails(&["param", "set", "../x", "v", "-p", "web"])
+            .contains("invalid parameter name")
+    );
+    assert!(
+        cli.fails(&["param", "get", "X", "-p", "nope"])
+            .contains("project 'nope' not found")
+    );
+
+    cli.ok(&["logout"]);
+    assert!(cli.fails(&["whoami"]).contains("not logged in"));
+}
+
+#[test]
+fn production_server_init_unseal_and_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let (shares, password) = {
+        let srv = start_server(&data, false, &[]);
+        let cli = Cli {
+            cfg: tmp.path().join("cfg"),
+            addr: srv.addr.clone(),
+            ca: srv.ca.clone(),
+        };
+        assert_eq!(cli.json(&["operator", "status"])["initialized"], false);
+        let init = cli.json(&["operator", "init", "--shares", "3", "--threshold", "2"]);
+        let shares: Vec<String> = init["shares"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(shares.len(), 3);
+        assert!(
+            cli.fails(&["operator", "unseal", "bogus"])
+                .contains("malformed")
+        );
+        assert_eq!(cli.json(&["operator", "unseal", &shares[0]])["progress"], 1);
+        assert_eq!(
+            cli.json(&["operator", "unseal", &shares[2]])["sealed"],
+            false
+        );
+        (
+            shares,
+            init["bootstrap"]["password"].as_str().unwrap().to_owned(),
+        )
+    };
+    // After a restart the server is sealed again, and the shares still work.
+    let srv = start_server(&data, false, &[]);
+    let cli = Cli {
+        cfg: tmp.path().join("cfg"),
+        addr: srv.addr.clone(),
+        ca: srv.ca.clone(),
+    };
+    assert_eq!(cli.json(&["operator", "status"])["sealed"], true);
+    let o = cli.run_stdin(&["login", "-u", "admin", "--password-stdin"], &password);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("sealed"));
+    cli.ok(&["operator", "unseal", &shares[1]]);
+    cli.ok(&["operator", "unseal", &shares[0]]);
+    assert!(
+        cli.run_stdin(&["login", "-u", "admin", "--password-stdin"], &password)
+            .status
+            .success()
+    );
+    cli.ok(&["project", "create", "p"]);
+    assert_eq!(cli.json(&["operator", "seal"])["sealed"], true);
+    assert!(cli.fails(&["project", "list"]).contains("sealed"));
+    // A dev start on a production directory is refused.
+    drop(srv);
+    let o = Command::new(BIN)
+        .args(["server", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("initialised for production"));
+}
+
+#[test]
+fn bad_server_configuration_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("coffer.toml");
+    std::fs::write(&cfg, "listen = \"127.0.0.1:0\"\nunknown_key = 1\n").unwrap();
+    let o = Command::new(BIN)
+        .arg("server")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown field"));
+    std::fs::write(&cfg, "[session]\nttl = \"5s\"\n").unwrap();
+    let o = Command::new(BIN)
+        .arg("server")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("session.ttl"));
+    let o = Command::new(BIN)
+        .args(["server", "--listen", "not-an-address"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+}

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The crate graph is the security architecture (docs/ARCHITECTURE.md): fail if a crate
+# depends on something its zone must not see.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+direct() { cargo tree --locked -p "$1" -e normal --depth 1 --prefix none | tail -n +2 | awk '{print $1}' | sort -u; }
+all() { cargo tree --locked -p "$1" -e normal --prefix none | awk '{print $1}' | sort -u; }
+
+fail=0
+forbid() { # crate, list-kind, forbidden...
+  local crate=$1 kind=$2; shift 2
+  local deps; deps=$($kind "$crate")
+  for f in "$@"; do
+    if grep -qx "$f" <<<"$deps"; then echo "dependency rule broken: $crate must not depend on $f"; fail=1; fi
+  done
+}
+
+# crypto does no I/O.
+forbid coffer-crypto all tokio sqlx axum reqwest hyper
+# the store never sees the HTTP edge or the seal.
+forbid coffer-store all axum reqwest coffer-seal coffer-core
+# the domain has no HTTP.
+forbid coffer-core all axum reqwest hyper
+# the HTTP edge reaches keys and storage only through coffer-core.
+forbid coffer-server direct coffer-crypto coffer-seal coffer-store sqlx
+# the client is independent of the server side.
+forbid coffer-client all coffer-core coffer-store coffer-crypto coffer-seal axum
+[ "$fail" = 0 ] && echo "dependency rules hold"
+exit "$fail"
