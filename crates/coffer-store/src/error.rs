@@ -14,6 +14,9 @@ pub enum StoreError {
     Corrupt,
     #[error("database error")]
     Database(#[source] sqlx::Error),
+    /// The transaction carrying this write did not commit; nothing was written.
+    #[error("the write could not be committed")]
+    CommitFailed,
     #[error("migration failed")]
     Migrate(#[source] sqlx::migrate::MigrateError),
 }

@@ -143,7 +143,7 @@ pub struct ParamValue {
 
 /// A new version to append. For `Set` and `Rollback` the ciphertext must be sealed for
 /// (org_id, param_id, version); for `Delete` it is None.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ParamWrite {
     pub org_id: Uuid,
     pub env_id: Uuid,

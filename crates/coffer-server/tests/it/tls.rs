@@ -126,3 +126,54 @@ async fn production_init_unseal_and_login() {
     assert_eq!(owner.projects().await.unwrap_err().code(), Some("sealed"));
     srv.stop().await;
 }
+
+/// Handshake with the `openssl` command line tool at one protocol version.
+fn openssl_handshake(
+    addr: std::net::SocketAddr,
+    ca: &std::path::Path,
+    version_flag: &str,
+) -> (bool, String) {
+    let out = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-servername",
+            "localhost",
+            version_flag,
+            "-CAfile",
+        ])
+        .arg(ca)
+        // Let OpenSSL itself offer legacy versions, so that a refusal comes from Coffer.
+        .args(["-cipher", "DEFAULT:@SECLEVEL=0", "-verify_return_error"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("the openssl command is needed for this test (.ci/run installs it)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn only_tls_1_2_and_1_3_are_offered() {
+    let srv = TestServer::dev().await;
+    let ca = srv.data_dir().join("tls/ca.pem");
+    let (addr, ca2) = (srv.addr, ca.clone());
+    let results = tokio::task::spawn_blocking(move || {
+        ["-tls1_3", "-tls1_2", "-tls1_1", "-tls1"].map(|v| (v, openssl_handshake(addr, &ca2, v)))
+    })
+    .await
+    .unwrap();
+    for (flag, (ok, out)) in results {
+        match flag {
+            "-tls1_3" => assert!(
+                ok && out.contains("TLSv1.3") && out.contains("Verify return code: 0"),
+                "TLS 1.3 must work: {out}"
+            ),
+            "-tls1_2" => assert!(ok && out.contains("TLSv1.2"), "TLS 1.2 must work: {out}"),
+            _ => assert!(!ok, "{flag} must be refused: {out}"),
+        }
+    }
+    srv.stop().await;
+}

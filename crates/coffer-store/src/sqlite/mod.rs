@@ -4,11 +4,14 @@
 //! lock-upgrade deadlocks between deferred transactions) and several read-only connections
 //! that WAL lets run beside it. `synchronous = FULL` makes every acknowledged write durable.
 
+mod cache;
 mod rows;
+mod writer;
 
 use std::borrow::Cow;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -50,6 +53,8 @@ fn migrator() -> Migrator {
 pub struct SqliteStore {
     write: SqlitePool,
     read: SqlitePool,
+    writer: tokio::sync::mpsc::Sender<writer::Job>,
+    cache: Arc<cache::ValueCache>,
 }
 
 impl SqliteStore {
@@ -73,7 +78,14 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(base.read_only(true))
             .await?;
-        Ok(Self { write, read })
+        let cache = Arc::new(cache::ValueCache::default());
+        let writer = writer::spawn(write.clone(), cache.clone());
+        Ok(Self {
+            write,
+            read,
+            writer,
+            cache,
+        })
     }
 
     pub async fn close(&self) {
@@ -363,7 +375,11 @@ impl Store for SqliteStore {
         env_id: Uuid,
         name: &str,
     ) -> Result<Option<ParamValue>, StoreError> {
-        sqlx::query(concat!(
+        if let Some(hit) = self.cache.get(org_id, env_id, name) {
+            return Ok(hit);
+        }
+        let generation = self.cache.generation();
+        let v = sqlx::query(concat!(
             value_select!(),
             " WHERE p.org_id = ? AND p.env_id = ? AND p.name = ? AND p.deleted = 0"
         ))
@@ -374,7 +390,10 @@ impl Store for SqliteStore {
         .await?
         .as_ref()
         .map(param_value)
-        .transpose()
+        .transpose()?;
+        self.cache
+            .insert(generation, org_id, env_id, name, v.clone());
+        Ok(v)
     }
 
     async fn current_values(
@@ -440,10 +459,12 @@ impl Store for SqliteStore {
     }
 
     async fn append_param_version(&self, w: &ParamWrite) -> Result<(), StoreError> {
-        let mut tx = self.write.begin().await?;
-        append_version(&mut tx, w).await?;
-        tx.commit().await?;
-        Ok(())
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.writer
+            .send((w.clone(), reply))
+            .await
+            .map_err(|_| StoreError::CommitFailed)?;
+        answer.await.map_err(|_| StoreError::CommitFailed)?
     }
 }
 

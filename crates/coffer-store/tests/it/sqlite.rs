@@ -26,6 +26,8 @@ sqlite_suite!(
     param_versions_append_with_optimistic_concurrency,
     deletion_markers_hide_values,
     values_are_scoped_by_org,
+    reads_see_every_committed_write,
+    concurrent_writes_commit_independently,
 );
 
 #[tokio::test]

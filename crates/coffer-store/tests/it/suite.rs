@@ -459,3 +459,133 @@ impl CloneWithId for ParamWrite {
         self
     }
 }
+
+pub async fn reads_see_every_committed_write(s: &dyn Store) {
+    let o = org(s, "o").await;
+    let (_, e) = project_env(s, o).await;
+    let key = TenantKey::generate(KeyTerm(1));
+    let pid = Uuid::new_v4();
+    let read = |v: Option<ParamValue>| v.map(|v| v.version.version);
+    // A miss is remembered as a miss only until the next write.
+    assert_eq!(read(s.current_value(o, e.id, "K").await.unwrap()), None);
+    s.append_param_version(&write(
+        (o, e.id, pid),
+        "K",
+        0,
+        VersionAction::Set,
+        &key,
+        b"1",
+    ))
+    .await
+    .unwrap();
+    assert_eq!(read(s.current_value(o, e.id, "K").await.unwrap()), Some(1));
+    assert_eq!(read(s.current_value(o, e.id, "K").await.unwrap()), Some(1));
+    s.append_param_version(&write(
+        (o, e.id, pid),
+        "K",
+        1,
+        VersionAction::Set,
+        &key,
+        b"2",
+    ))
+    .await
+    .unwrap();
+    assert_eq!(read(s.current_value(o, e.id, "K").await.unwrap()), Some(2));
+    // A failed write changes nothing that readers see.
+    let _ = s
+        .append_param_version(&write(
+            (o, e.id, pid),
+            "K",
+            1,
+            VersionAction::Set,
+            &key,
+            b"stale",
+        ))
+        .await;
+    assert_eq!(read(s.current_value(o, e.id, "K").await.unwrap()), Some(2));
+    s.append_param_version(&write(
+        (o, e.id, pid),
+        "K",
+        2,
+        VersionAction::Delete,
+        &key,
+        b"",
+    ))
+    .await
+    .unwrap();
+    assert_eq!(read(s.current_value(o, e.id, "K").await.unwrap()), None);
+}
+
+pub async fn concurrent_writes_commit_independently(s: &dyn Store) {
+    let o = org(s, "o").await;
+    let (_, e) = project_env(s, o).await;
+    let key = TenantKey::generate(KeyTerm(1));
+    // Independent parameters: every write lands.
+    let writes: Vec<ParamWrite> = (0..40)
+        .map(|i| {
+            write(
+                (o, e.id, Uuid::new_v4()),
+                &format!("P{i}"),
+                0,
+                VersionAction::Set,
+                &key,
+                b"v",
+            )
+        })
+        .collect();
+    let results = append_all(s, &writes).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(s.current_values(o, &[e.id]).await.unwrap().len(), 40);
+    // Racing writers on one version: exactly one wins, the others see Conflict.
+    let pid = Uuid::new_v4();
+    s.append_param_version(&write(
+        (o, e.id, pid),
+        "R",
+        0,
+        VersionAction::Set,
+        &key,
+        b"0",
+    ))
+    .await
+    .unwrap();
+    let racers: Vec<ParamWrite> = (0..20)
+        .map(|_| write((o, e.id, pid), "R", 1, VersionAction::Set, &key, b"x"))
+        .collect();
+    let results = append_all(s, &racers).await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
+    assert!(
+        results
+            .iter()
+            .filter(|r| r.is_err())
+            .all(|r| matches!(r, Err(StoreError::Conflict)))
+    );
+    assert_eq!(s.param_history(o, pid).await.unwrap().len(), 2);
+}
+
+/// Poll all writes at once, so the writer finds them queued together.
+async fn append_all(s: &dyn Store, writes: &[ParamWrite]) -> Vec<Result<(), StoreError>> {
+    join_all(writes.iter().map(|w| s.append_param_version(w)).collect()).await
+}
+
+async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
+    let mut futs: Vec<std::pin::Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = (0..futs.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in futs.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
