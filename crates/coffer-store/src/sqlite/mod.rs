@@ -60,6 +60,7 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Open (creating if missing) the database file and run pending migrations.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        create_private(path)?;
         let base = SqliteConnectOptions::from_str("sqlite:")?
             .filename(path)
             .journal_mode(SqliteJournalMode::Wal)
@@ -91,6 +92,17 @@ impl SqliteStore {
     pub async fn close(&self) {
         self.read.close().await;
         self.write.close().await;
+    }
+}
+
+/// Create the database file readable by its owner only. SQLite gives its -wal and -shm
+/// files the same permissions as the database file.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Unavailable(sqlx::Error::Io(e))),
     }
 }
 
