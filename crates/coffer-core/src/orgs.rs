@@ -1,7 +1,7 @@
 //! Organisations and their members. (Invitations, role changes and the HTTP surface for
 //! them belong to the identity work; these are the primitives.)
 
-use coffer_crypto::{KeyTerm, TenantKey};
+use coffer_crypto::{KeyTerm, RootKey, TenantKey};
 use coffer_store::{MembershipRow, OrgRow, StoreError, TenantKeyRow, UserRow};
 use uuid::Uuid;
 
@@ -13,33 +13,19 @@ impl Coffer {
     /// Create an organisation with a fresh tenant key (term 1) wrapped by the root key.
     pub async fn create_org(&self, name: &str) -> Result<Uuid, CoreError> {
         names::validate("organisation name", name)?;
-        let now = now_ms();
-        let org = OrgRow {
-            id: Uuid::new_v4(),
-            name: name.to_owned(),
-            created_at: now,
-        };
-        let tk = TenantKey::generate(KeyTerm(1));
-        let wrapped = self.inner.keyring.with_root(|root| {
-            root.wrap_tenant_key(org.id, &tk)
-                .map_err(|_| CoreError::Internal("wrap tenant key"))
-        })?;
-        match self
-            .store()
-            .create_org(
-                &org,
-                &TenantKeyRow {
-                    org_id: org.id,
-                    term: tk.term(),
-                    wrapped,
-                    created_at: now,
-                },
-            )
-            .await
-        {
+        let (org, key) = self.inner.keyring.with_root(|root| new_org(root, name))?;
+        self.insert_org(&org, &key).await
+    }
+
+    pub(crate) async fn insert_org(
+        &self,
+        org: &OrgRow,
+        key: &TenantKeyRow,
+    ) -> Result<Uuid, CoreError> {
+        match self.store().create_org(org, key).await {
             Err(StoreError::Conflict) => Err(CoreError::AlreadyExists {
                 kind: "organisation",
-                name: name.to_owned(),
+                name: org.name.clone(),
             }),
             r => Ok(r.map(|()| org.id)?),
         }
@@ -104,4 +90,25 @@ impl Coffer {
             .await?;
         Ok(user.id)
     }
+}
+
+/// A new organisation row and its first tenant key, wrapped by the root key.
+pub(crate) fn new_org(root: &RootKey, name: &str) -> Result<(OrgRow, TenantKeyRow), CoreError> {
+    let now = now_ms();
+    let org = OrgRow {
+        id: Uuid::new_v4(),
+        name: name.to_owned(),
+        created_at: now,
+    };
+    let tk = TenantKey::generate(KeyTerm(1));
+    let wrapped = root
+        .wrap_tenant_key(org.id, &tk)
+        .map_err(|_| CoreError::Internal("wrap tenant key"))?;
+    let key = TenantKeyRow {
+        org_id: org.id,
+        term: tk.term(),
+        wrapped,
+        created_at: now,
+    };
+    Ok((org, key))
 }

@@ -412,28 +412,12 @@ impl Coffer {
         reveal: bool,
     ) -> Result<Vec<DiffEntry>, CoreError> {
         // Values are compared in full, then masked for output as `list` would mask them.
-        let la = self
-            .list_params(
-                &Principal {
-                    role: crate::Role::Owner,
-                    ..p.clone()
-                },
-                project,
-                a,
-                true,
-            )
-            .await?;
-        let lb = self
-            .list_params(
-                &Principal {
-                    role: crate::Role::Owner,
-                    ..p.clone()
-                },
-                project,
-                b,
-                true,
-            )
-            .await?;
+        let full = Principal {
+            role: crate::Role::Owner,
+            ..p.clone()
+        };
+        let la = self.list_params(&full, project, a, true).await?;
+        let lb = self.list_params(&full, project, b, true).await?;
         let mut a_map: BTreeMap<String, ParamView> =
             la.into_iter().map(|v| (v.name.clone(), v)).collect();
         let mut out = Vec::new();

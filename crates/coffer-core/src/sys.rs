@@ -1,10 +1,10 @@
 //! Initialisation, unsealing and sealing.
 
+use coffer_crypto::RootKey;
 use coffer_crypto::shamir;
 use coffer_crypto::token::{self, BearerToken};
-use coffer_crypto::{KeyTerm, RootKey, TenantKey};
 use coffer_seal::{AutoUnseal, SealKind, SubmitError, SubmitOutcome};
-use coffer_store::{MembershipRow, OrgRow, SealConfigRow, StoreError, TenantKeyRow, UserRow};
+use coffer_store::{MembershipRow, SealConfigRow, StoreError, UserRow};
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
@@ -115,27 +115,9 @@ impl Coffer {
     }
 
     async fn create_bootstrap(&self, root: &RootKey) -> Result<Bootstrap, CoreError> {
+        let (org, key) = crate::orgs::new_org(root, BOOTSTRAP_ORG)?;
+        self.insert_org(&org, &key).await?;
         let now = now_ms();
-        let org = OrgRow {
-            id: Uuid::new_v4(),
-            name: BOOTSTRAP_ORG.to_owned(),
-            created_at: now,
-        };
-        let tk = TenantKey::generate(KeyTerm(1));
-        let wrapped = root
-            .wrap_tenant_key(org.id, &tk)
-            .map_err(|_| CoreError::Internal("wrap tenant key"))?;
-        self.store()
-            .create_org(
-                &org,
-                &TenantKeyRow {
-                    org_id: org.id,
-                    term: tk.term(),
-                    wrapped,
-                    created_at: now,
-                },
-            )
-            .await?;
         let password = token::generate_password();
         let user = UserRow {
             id: Uuid::new_v4(),
