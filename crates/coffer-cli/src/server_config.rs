@@ -8,6 +8,9 @@
 //! | COFFER_TLS__CERT_FILE | tls.cert_file | internal CA |
 //! | COFFER_TLS__KEY_FILE | tls.key_file | internal CA |
 //! | COFFER_SESSION__TTL | session.ttl | 12h |
+//! | COFFER_AUDIT__FILE | audit.file | none |
+//! | COFFER_AUDIT__STDOUT | audit.stdout | false |
+//! | COFFER_AUDIT__CHECKPOINT_INTERVAL | audit.checkpoint_interval | 5m |
 //! | COFFER_LOG | (none) | info |
 
 use std::net::SocketAddr;
@@ -30,6 +33,16 @@ struct FileConfig {
     tls: TlsSection,
     #[serde(default)]
     session: SessionSection,
+    #[serde(default)]
+    audit: AuditSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditSection {
+    file: Option<PathBuf>,
+    stdout: Option<bool>,
+    checkpoint_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -73,6 +86,15 @@ pub fn load(args: &ServerArgs) -> anyhow::Result<ServerConfig> {
     if let Some(v) = env("COFFER_SESSION__TTL") {
         f.session.ttl = Some(v);
     }
+    if let Some(v) = env("COFFER_AUDIT__FILE") {
+        f.audit.file = Some(v.into());
+    }
+    if let Some(v) = env("COFFER_AUDIT__STDOUT") {
+        f.audit.stdout = Some(matches!(v.as_str(), "1" | "true" | "yes"));
+    }
+    if let Some(v) = env("COFFER_AUDIT__CHECKPOINT_INTERVAL") {
+        f.audit.checkpoint_interval = Some(v);
+    }
     if let Some(v) = &args.listen {
         f.listen = Some(v.clone());
     }
@@ -103,6 +125,18 @@ pub fn load(args: &ServerArgs) -> anyhow::Result<ServerConfig> {
         );
         core.session_ttl = d;
     }
+    let checkpoint_interval = match &f.audit.checkpoint_interval {
+        Some(v) => {
+            let d = humantime::parse_duration(v)
+                .context("audit.checkpoint_interval must be a duration like 5m")?;
+            anyhow::ensure!(
+                d >= Duration::from_secs(1),
+                "audit.checkpoint_interval must be at least 1s"
+            );
+            d
+        }
+        None => Duration::from_secs(300),
+    };
     Ok(ServerConfig {
         listen,
         data_dir,
@@ -110,5 +144,8 @@ pub fn load(args: &ServerArgs) -> anyhow::Result<ServerConfig> {
         tls_cert: f.tls.cert_file,
         tls_key: f.tls.key_file,
         core,
+        audit_file: f.audit.file,
+        audit_stdout: f.audit.stdout.unwrap_or(false),
+        checkpoint_interval,
     })
 }

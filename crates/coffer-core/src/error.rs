@@ -42,6 +42,9 @@ pub enum CoreError {
     Store(#[source] StoreError),
     #[error("storage unavailable")]
     Unavailable(#[source] StoreError),
+    /// The audit log could not record the operation: nothing may be answered (fail closed).
+    #[error("the audit log is unavailable")]
+    AuditUnavailable,
     #[error("internal error: {0}")]
     Internal(&'static str),
 }

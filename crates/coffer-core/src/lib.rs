@@ -5,6 +5,7 @@
 //! implements projects, environments and parameters. Every operation takes the caller's
 //! [`Principal`], whose organisation comes from the authenticated session and nowhere else.
 
+pub mod audit;
 mod auth;
 mod clock;
 mod config;
@@ -44,11 +45,20 @@ struct Inner {
     keyring: keyring::Keyring,
     sessions: auth::SessionCache,
     meta: projects::MetaCache,
+    sinks: audit::AuditSinks,
     dummy_hash: String,
 }
 
 impl Coffer {
     pub fn new(store: Arc<dyn Store>, config: CoreConfig) -> Result<Self, CoreError> {
+        Self::with_sinks(store, config, audit::AuditSinks::default())
+    }
+
+    pub fn with_sinks(
+        store: Arc<dyn Store>,
+        config: CoreConfig,
+        sinks: audit::AuditSinks,
+    ) -> Result<Self, CoreError> {
         let dummy_hash = auth::dummy_hash()?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -56,6 +66,7 @@ impl Coffer {
                 keyring: keyring::Keyring::default(),
                 sessions: auth::SessionCache::new(config.session_cache_ttl),
                 meta: projects::MetaCache::default(),
+                sinks,
                 config,
                 dummy_hash,
             }),

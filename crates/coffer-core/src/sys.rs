@@ -163,6 +163,7 @@ impl Coffer {
             }),
             Ok(SubmitOutcome::Unsealed(root)) => {
                 self.inner.keyring.unseal(root)?;
+                self.ensure_audit_key().await?;
                 tracing::info!("server unsealed");
                 Ok(UnsealOutcome::Unsealed)
             }
@@ -215,6 +216,7 @@ impl Coffer {
             }
         };
         self.inner.keyring.unseal(root)?;
+        self.ensure_audit_key().await?;
         Ok(bootstrap)
     }
 }
@@ -225,8 +227,17 @@ impl Coffer {
         path: &std::path::Path,
         config: crate::CoreConfig,
     ) -> Result<Coffer, CoreError> {
+        Self::open_sqlite_with(path, config, crate::audit::AuditSinks::default()).await
+    }
+
+    /// Like [`Coffer::open_sqlite`], with audit copies to a file and/or stdout.
+    pub async fn open_sqlite_with(
+        path: &std::path::Path,
+        config: crate::CoreConfig,
+        sinks: crate::audit::AuditSinks,
+    ) -> Result<Coffer, CoreError> {
         let store = coffer_store::sqlite::SqliteStore::open(path).await?;
-        Coffer::new(std::sync::Arc::new(store), config)
+        Coffer::with_sinks(std::sync::Arc::new(store), config, sinks)
     }
 
     /// Dev mode: use (creating on first start) the root key file at `key_path`.

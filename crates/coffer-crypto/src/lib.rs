@@ -8,6 +8,7 @@
 //! The key hierarchy and the byte formats are described in `docs/crypto.md` and in
 //! `KEYS.md` beside this file.
 
+pub mod audit;
 mod envelope;
 mod error;
 mod hazmat;

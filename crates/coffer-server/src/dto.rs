@@ -63,6 +63,7 @@ pub struct HealthResponse {
     pub initialized: bool,
     pub sealed: bool,
     pub version: String,
+    pub audit: AuditHealth,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -272,4 +273,67 @@ pub struct DiffResponse {
     pub a: String,
     pub b: String,
     pub entries: Vec<DiffEntryDto>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct AuditQuery {
+    /// RFC 3339 start (inclusive).
+    pub from: Option<String>,
+    /// RFC 3339 end (exclusive).
+    pub to: Option<String>,
+    pub action: Option<String>,
+    /// User id of the actor.
+    pub actor: Option<Uuid>,
+    /// `success`, `denied` or `failure`.
+    pub outcome: Option<String>,
+    /// Prefix of `project/env/name`.
+    pub target: Option<String>,
+    /// Opaque cursor from a previous page's `next_cursor`.
+    pub cursor: Option<String>,
+    /// Page size, 1-1000 (default 100).
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditListResponse {
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<coffer_core::audit::AuditRecord>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ExportQuery {
+    /// `ndjson` (default) or `json`.
+    pub format: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerEventRequest {
+    /// Letters, digits, `.`, `_`, `-`; recorded as `customer.<action>`.
+    pub action: String,
+    /// A JSON object of at most 16 KiB.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub detail: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CustomerEventResponse {
+    pub action: String,
+    pub recorded: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditHealth {
+    /// Events recorded since start.
+    pub events: u64,
+    /// Failed database appends since start (each failed its request).
+    pub store_failures: u64,
+    /// The JSON-lines file copy: None when not configured.
+    pub file_ok: Option<bool>,
+    pub file_failures: u64,
 }

@@ -33,6 +33,7 @@ pub enum ErrorCode {
     MalformedShare,
     DuplicateShare,
     Unavailable,
+    AuditUnavailable,
     Internal,
 }
 
@@ -49,7 +50,7 @@ impl ErrorCode {
             Forbidden => StatusCode::FORBIDDEN,
             NotFound => StatusCode::NOT_FOUND,
             AlreadyExists | Conflict | AlreadyInitialized | AlreadyUnsealed => StatusCode::CONFLICT,
-            Sealed | Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Sealed | Unavailable | AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             NotInitialized => StatusCode::NOT_IMPLEMENTED,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -114,6 +115,12 @@ impl From<CoreError> for ApiError {
             CoreError::Conflict => C::Conflict,
             CoreError::MalformedShare => C::MalformedShare,
             CoreError::DuplicateShare => C::DuplicateShare,
+            CoreError::AuditUnavailable => {
+                return Self::new(
+                    C::AuditUnavailable,
+                    "the audit log is unavailable; the request was not completed",
+                );
+            }
             CoreError::Unavailable(_) => {
                 tracing::error!(error = ?e, "storage unavailable");
                 return Self::new(C::Unavailable, "storage is unavailable; retry later");
@@ -140,6 +147,7 @@ impl IntoResponse for ApiError {
             }),
         )
             .into_response();
+        res.extensions_mut().insert(self.code);
         if status == StatusCode::UNAUTHORIZED {
             res.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

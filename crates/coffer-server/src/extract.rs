@@ -53,6 +53,7 @@ impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer(parts)?;
+        let slot = parts.extensions.get::<crate::audit::AuditSlot>().cloned();
         let p = state
             .coffer
             .authenticate(&token)
@@ -64,6 +65,13 @@ impl FromRequestParts<AppState> for Auth {
                 ),
                 other => other.into(),
             })?;
+        if let Some(slot) = slot {
+            slot.set_principal(&p, "session");
+            slot.add_hmac(
+                "session",
+                state.coffer.audit_hmac(Some(p.org_id), token.as_bytes()),
+            );
+        }
         Ok(Auth(p))
     }
 }

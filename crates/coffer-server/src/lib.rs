@@ -4,6 +4,7 @@
 //! [`coffer_core::Coffer`] with the caller's principal, and turns results into JSON. The
 //! organisation a request acts on is never read from the path or the body.
 
+mod audit;
 pub mod dto;
 pub mod error;
 mod extract;
@@ -80,7 +81,17 @@ pub fn router(state: AppState) -> Router {
             &format!("{params_path}/{{name}}/rollback"),
             post(params::rollback),
         )
+        .route("/v1/audit/events", get(audit::list).post(audit::log))
+        .route("/v1/audit/export", get(audit::export))
+        .route("/v1/audit/verify", get(audit::verify))
+        .route("/v1/audit/checkpoints", post(audit::checkpoint))
+        .route("/v1/sys/metrics", get(sys::metrics))
         .route("/v1/openapi.json", get(openapi_doc))
+        // Per route (so the matched path is known); innermost, after request ids are set.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::audit::layer,
+        ))
         .fallback(not_found)
         .with_state(state)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -13,6 +13,8 @@ use crate::routes;
         routes::projects::list, routes::projects::create, routes::projects::list_envs, routes::projects::create_env,
         routes::params::list, routes::params::get, routes::params::set, routes::params::delete,
         routes::params::history, routes::params::rollback, routes::params::diff,
+        routes::sys::metrics, routes::audit::list, routes::audit::log, routes::audit::verify,
+        routes::audit::checkpoint, routes::audit::export,
     ),
     components(schemas(ErrorBody, ErrorDetail, ErrorCode)),
     modifiers(&BearerAuth),

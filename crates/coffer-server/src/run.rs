@@ -24,6 +24,12 @@ pub struct ServerConfig {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub core: CoreConfig,
+    /// Copy audit events to this JSON-lines file (created 0600) besides the database.
+    pub audit_file: Option<PathBuf>,
+    /// Copy audit events to standard output.
+    pub audit_stdout: bool,
+    /// How often chains that grew are checkpointed (signed).
+    pub checkpoint_interval: Duration,
 }
 
 /// A started server. Dropping it does not stop it; call [`RunningServer::shutdown`].
@@ -78,7 +84,17 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
         .mode(0o700)
         .create(&cfg.data_dir)
         .with_context(|| format!("create data directory {}", cfg.data_dir.display()))?;
-    let coffer = Coffer::open_sqlite(&cfg.data_dir.join("coffer.db"), cfg.core.clone())
+    let sinks = coffer_core::audit::AuditSinks::new(cfg.audit_file.clone(), cfg.audit_stdout)
+        .with_context(|| {
+            format!(
+                "open the audit file {}",
+                cfg.audit_file
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            )
+        })?;
+    let coffer = Coffer::open_sqlite_with(&cfg.data_dir.join("coffer.db"), cfg.core.clone(), sinks)
         .await
         .context("open the database")?;
 
@@ -139,6 +155,21 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
             tick.tick().await;
             if let Err(e) = purger.purge_expired_sessions().await {
                 tracing::warn!(error = %e, "purging expired sessions failed");
+            }
+        }
+    });
+
+    let checkpointer = coffer.clone();
+    let every = cfg.checkpoint_interval.max(Duration::from_secs(1));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if checkpointer.seal_status().await.is_ok_and(|s| !s.sealed) {
+                if let Err(e) = checkpointer.checkpoint_all().await {
+                    tracing::warn!(error = %e, "audit checkpoint failed");
+                }
             }
         }
     });

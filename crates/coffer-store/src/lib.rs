@@ -90,4 +90,23 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Append a version. `expected_current` is the version the caller based its write on
     /// (0 for a new parameter); a concurrent writer makes this fail with Conflict.
     async fn append_param_version(&self, w: &ParamWrite) -> Result<(), StoreError>;
+
+    // --- audit ---
+    /// Durably append one event to its organisation's chain; returns its (seq, hash). Concurrent
+    /// appends are committed together.
+    async fn append_audit(&self, e: &NewAuditEvent) -> Result<(u64, [u8; 32]), StoreError>;
+    async fn audit_events(
+        &self,
+        org_id: Uuid,
+        f: &AuditFilter,
+    ) -> Result<Vec<AuditRow>, StoreError>;
+    /// The last (seq, hash) of an organisation's chain.
+    async fn audit_head(&self, org_id: Uuid) -> Result<Option<(u64, [u8; 32])>, StoreError>;
+    async fn insert_checkpoint(&self, c: &CheckpointRow) -> Result<(), StoreError>;
+    async fn checkpoints(&self, org_id: Uuid) -> Result<Vec<CheckpointRow>, StoreError>;
+    async fn audit_key(&self) -> Result<Option<AuditKeyRow>, StoreError>;
+    /// Fails with Conflict if a key exists already.
+    async fn init_audit_key(&self, k: &AuditKeyRow) -> Result<(), StoreError>;
+    /// Organisations whose chain has grown since its last checkpoint.
+    async fn orgs_needing_checkpoint(&self) -> Result<Vec<Uuid>, StoreError>;
 }

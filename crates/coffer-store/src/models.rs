@@ -154,3 +154,61 @@ pub struct ParamWrite {
     pub ciphertext: Option<Ciphertext>,
     pub credential_id: Uuid,
 }
+
+/// An audit event to append. The store assigns `seq` and computes the chain hash.
+#[derive(Debug, Clone)]
+pub struct NewAuditEvent {
+    /// Nil for events outside any organisation.
+    pub org_id: Uuid,
+    pub id: Uuid,
+    pub time: i64,
+    pub action: String,
+    pub actor_id: Option<Uuid>,
+    pub outcome: String,
+    /// `project/env/name`-style path of what was acted on ("" when nothing).
+    pub target: String,
+    /// The event as JSON; exactly these bytes are hashed.
+    pub body: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRow {
+    pub org_id: Uuid,
+    pub seq: u64,
+    pub time: i64,
+    pub body: String,
+    pub prev_hash: [u8; 32],
+    pub hash: [u8; 32],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointRow {
+    pub org_id: Uuid,
+    pub seq: u64,
+    pub hash: [u8; 32],
+    pub created_at: i64,
+    pub signature: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditKeyRow {
+    pub public_key: Vec<u8>,
+    /// The Ed25519 seed sealed by the root key.
+    pub wrapped_key: Vec<u8>,
+    pub created_at: i64,
+}
+
+/// Filters for listing audit events; all optional, combined with AND.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    pub action: Option<String>,
+    pub actor_id: Option<Uuid>,
+    pub outcome: Option<String>,
+    /// Prefix of the target path.
+    pub target: Option<String>,
+    /// Only events with a larger sequence number (cursor).
+    pub after_seq: u64,
+    pub limit: u32,
+}

@@ -39,6 +39,9 @@ impl TestServer {
             tls_cert: None,
             tls_key: None,
             core: CoreConfig::default(),
+            audit_file: None,
+            audit_stdout: false,
+            checkpoint_interval: std::time::Duration::from_secs(300),
         };
         let server = coffer_server::start(cfg)
             .await

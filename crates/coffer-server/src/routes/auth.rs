@@ -24,9 +24,22 @@ pub fn whoami_dto(p: Principal) -> WhoamiResponse {
     responses((status = 200, body = LoginResponse), (status = 401, body = ErrorBody)))]
 pub async fn login(
     State(st): State<AppState>,
+    slot: crate::audit::AuditSlot,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> ApiResult<Json<LoginResponse>> {
-    let r = st.coffer.login(&req.username, &req.password).await?;
+    let r = match st.coffer.login(&req.username, &req.password).await {
+        Ok(r) => r,
+        Err(e) => {
+            // Users sometimes type a password into the username field: record only an HMAC.
+            slot.add_hmac(
+                "username",
+                st.coffer
+                    .audit_hmac(None, req.username.trim().to_lowercase().as_bytes()),
+            );
+            return Err(e.into());
+        }
+    };
+    slot.set_principal(&r.principal, "password");
     Ok(Json(LoginResponse {
         token: r.token.expose_secret().to_owned(),
         whoami: whoami_dto(r.principal),

@@ -33,12 +33,20 @@ pub async fn health(State(st): State<AppState>) -> ApiResult<impl IntoResponse> 
     } else {
         StatusCode::OK
     };
+    let a = st.coffer.audit_health();
+    let audit = AuditHealth {
+        events: a.events,
+        store_failures: a.store_failures,
+        file_ok: a.file,
+        file_failures: a.file_failures,
+    };
     Ok((
         code,
         Json(HealthResponse {
             initialized: s.initialized,
             sealed: s.sealed,
             version: s.version.to_owned(),
+            audit,
         }),
     ))
 }
@@ -105,4 +113,35 @@ pub async fn seal(
     }
     st.coffer.seal()?;
     Ok(Json(status_dto(st.coffer.seal_status().await?)))
+}
+
+/// Prometheus text metrics.
+#[utoipa::path(get, path = "/v1/sys/metrics", tag = "sys", responses((status = 200, content_type = "text/plain")))]
+pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
+    let a = st.coffer.audit_health();
+    let sealed = st
+        .coffer
+        .seal_status()
+        .await
+        .map(|s| s.sealed)
+        .unwrap_or(true);
+    let body = format!(
+        "# TYPE coffer_sealed gauge\ncoffer_sealed {}\n\
+         # TYPE coffer_audit_events_total counter\ncoffer_audit_events_total {}\n\
+         # TYPE coffer_audit_store_failures_total counter\ncoffer_audit_store_failures_total {}\n\
+         # TYPE coffer_audit_file_failures_total counter\ncoffer_audit_file_failures_total {}\n\
+         # TYPE coffer_audit_file_sink_up gauge\ncoffer_audit_file_sink_up {}\n",
+        u8::from(sealed),
+        a.events,
+        a.store_failures,
+        a.file_failures,
+        a.file.map_or(-1, i8::from),
+    );
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        body,
+    )
 }

@@ -26,11 +26,18 @@ use uuid::Uuid;
 use crate::*;
 use rows::*;
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/sqlite/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "audit",
+        include_str!("../../migrations/sqlite/0002_audit.sql"),
+    ),
+];
 
 fn migrator() -> Migrator {
     Migrator::with_migrations(
@@ -109,6 +116,65 @@ fn create_private(path: &Path) -> Result<(), StoreError> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(StoreError::Unavailable(sqlx::Error::Io(e))),
     }
+}
+
+fn hash32(v: Vec<u8>) -> Result<[u8; 32], StoreError> {
+    v.try_into().map_err(|_| StoreError::Corrupt)
+}
+
+impl SqliteStore {
+    async fn submit(&self, work: writer::Work) -> Result<writer::Done, StoreError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.writer
+            .send((work, reply))
+            .await
+            .map_err(|_| StoreError::CommitFailed)?;
+        answer.await.map_err(|_| StoreError::CommitFailed)?
+    }
+}
+
+/// Append one audit event to its organisation's chain, inside the caller's transaction.
+async fn append_audit_event(
+    conn: &mut SqliteConnection,
+    e: &NewAuditEvent,
+) -> Result<(u64, [u8; 32]), StoreError> {
+    let head = sqlx::query("SELECT seq, hash FROM audit_heads WHERE org_id = ?")
+        .bind(b(&e.org_id))
+        .fetch_optional(&mut *conn)
+        .await?;
+    let (prev_seq, prev_hash) = match head {
+        Some(r) => (
+            u64::try_from(r.try_get::<i64, _>("seq")?).map_err(|_| StoreError::Corrupt)?,
+            hash32(r.try_get("hash")?)?,
+        ),
+        None => (0, coffer_crypto::audit::GENESIS),
+    };
+    let seq = prev_seq + 1;
+    let hash = coffer_crypto::audit::chain_hash(&prev_hash, &audit_entry(seq, &e.body));
+    sqlx::query(
+        "INSERT INTO audit_events (org_id, seq, id, time, action, actor_id, outcome, target, body, prev_hash, hash) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(b(&e.org_id))
+    .bind(i(seq))
+    .bind(b(&e.id))
+    .bind(e.time)
+    .bind(&e.action)
+    .bind(e.actor_id.as_ref().map(|a| a.as_bytes().to_vec()))
+    .bind(&e.outcome)
+    .bind(&e.target)
+    .bind(&e.body)
+    .bind(prev_hash.as_slice())
+    .bind(hash.as_slice())
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("INSERT INTO audit_heads (org_id, seq, hash) VALUES (?, ?, ?) ON CONFLICT (org_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash")
+        .bind(b(&e.org_id))
+        .bind(i(seq))
+        .bind(hash.as_slice())
+        .execute(&mut *conn)
+        .await?;
+    Ok((seq, hash))
 }
 
 fn b(id: &Uuid) -> &[u8] {
@@ -476,12 +542,127 @@ impl Store for SqliteStore {
     }
 
     async fn append_param_version(&self, w: &ParamWrite) -> Result<(), StoreError> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.writer
-            .send((w.clone(), reply))
-            .await
-            .map_err(|_| StoreError::CommitFailed)?;
-        answer.await.map_err(|_| StoreError::CommitFailed)?
+        match self.submit(writer::Work::Param(w.clone())).await? {
+            writer::Done::Param => Ok(()),
+            writer::Done::Audit(..) => Err(StoreError::CommitFailed),
+        }
+    }
+
+    async fn append_audit(&self, e: &NewAuditEvent) -> Result<(u64, [u8; 32]), StoreError> {
+        match self.submit(writer::Work::Audit(e.clone())).await? {
+            writer::Done::Audit(seq, hash) => Ok((seq, hash)),
+            writer::Done::Param => Err(StoreError::CommitFailed),
+        }
+    }
+
+    async fn audit_events(
+        &self,
+        org_id: Uuid,
+        f: &AuditFilter,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        sqlx::query(
+            "SELECT org_id, seq, time, body, prev_hash, hash FROM audit_events WHERE org_id = ?1 AND seq > ?2 \
+             AND (?3 IS NULL OR time >= ?3) AND (?4 IS NULL OR time < ?4) AND (?5 IS NULL OR action = ?5) \
+             AND (?6 IS NULL OR actor_id = ?6) AND (?7 IS NULL OR outcome = ?7) \
+             AND (?8 IS NULL OR substr(target, 1, length(?8)) = ?8) ORDER BY seq LIMIT ?9",
+        )
+        .bind(b(&org_id))
+        .bind(i(f.after_seq))
+        .bind(f.from)
+        .bind(f.to)
+        .bind(f.action.as_deref())
+        .bind(f.actor_id.as_ref().map(|a| a.as_bytes().to_vec()))
+        .bind(f.outcome.as_deref())
+        .bind(f.target.as_deref())
+        .bind(i64::from(f.limit))
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(audit_row)
+        .collect()
+    }
+
+    async fn audit_head(&self, org_id: Uuid) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+        let r = sqlx::query("SELECT seq, hash FROM audit_heads WHERE org_id = ?")
+            .bind(b(&org_id))
+            .fetch_optional(&self.read)
+            .await?;
+        r.map(|r| {
+            Ok((
+                u64::try_from(r.try_get::<i64, _>("seq")?).map_err(|_| StoreError::Corrupt)?,
+                hash32(r.try_get("hash")?)?,
+            ))
+        })
+        .transpose()
+    }
+
+    async fn insert_checkpoint(&self, c: &CheckpointRow) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO audit_checkpoints (org_id, seq, hash, created_at, signature) VALUES (?, ?, ?, ?, ?)")
+            .bind(b(&c.org_id))
+            .bind(i(c.seq))
+            .bind(c.hash.as_slice())
+            .bind(c.created_at)
+            .bind(c.signature.as_slice())
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    async fn checkpoints(&self, org_id: Uuid) -> Result<Vec<CheckpointRow>, StoreError> {
+        sqlx::query("SELECT org_id, seq, hash, created_at, signature FROM audit_checkpoints WHERE org_id = ? ORDER BY seq")
+            .bind(b(&org_id))
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(CheckpointRow {
+                    org_id: uuid_col(r, "org_id")?,
+                    seq: u64::try_from(r.try_get::<i64, _>("seq")?).map_err(|_| StoreError::Corrupt)?,
+                    hash: hash32(r.try_get("hash")?)?,
+                    created_at: r.try_get("created_at")?,
+                    signature: r.try_get("signature")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn audit_key(&self) -> Result<Option<AuditKeyRow>, StoreError> {
+        let r =
+            sqlx::query("SELECT public_key, wrapped_key, created_at FROM audit_keys WHERE id = 1")
+                .fetch_optional(&self.read)
+                .await?;
+        r.map(|r| {
+            Ok(AuditKeyRow {
+                public_key: r.try_get("public_key")?,
+                wrapped_key: r.try_get("wrapped_key")?,
+                created_at: r.try_get("created_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn init_audit_key(&self, k: &AuditKeyRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_keys (id, public_key, wrapped_key, created_at) VALUES (1, ?, ?, ?)",
+        )
+        .bind(k.public_key.as_slice())
+        .bind(k.wrapped_key.as_slice())
+        .bind(k.created_at)
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    async fn orgs_needing_checkpoint(&self) -> Result<Vec<Uuid>, StoreError> {
+        sqlx::query(
+            "SELECT h.org_id FROM audit_heads h WHERE h.seq > \
+             COALESCE((SELECT MAX(c.seq) FROM audit_checkpoints c WHERE c.org_id = h.org_id), 0)",
+        )
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(|r| uuid_col(r, "org_id"))
+        .collect()
     }
 }
 
@@ -560,4 +741,12 @@ async fn append_version(conn: &mut SqliteConnection, w: &ParamWrite) -> Result<(
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// What the chain hash covers for one event: its sequence number and its JSON.
+pub fn audit_entry(seq: u64, body: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + body.len());
+    v.extend_from_slice(&seq.to_be_bytes());
+    v.extend_from_slice(body.as_bytes());
+    v
 }

@@ -120,3 +120,19 @@ pub(super) fn param_value(r: &SqliteRow) -> Result<ParamValue, StoreError> {
             .transpose()?,
     })
 }
+
+pub(super) fn audit_row(r: &SqliteRow) -> Result<AuditRow, StoreError> {
+    let hash = |c: &str| -> Result<[u8; 32], StoreError> {
+        r.try_get::<Vec<u8>, _>(c)?
+            .try_into()
+            .map_err(|_| StoreError::Corrupt)
+    };
+    Ok(AuditRow {
+        org_id: uuid_col(r, "org_id")?,
+        seq: u64_col(r, "seq")?,
+        time: r.try_get("time")?,
+        body: r.try_get("body")?,
+        prev_hash: hash("prev_hash")?,
+        hash: hash("hash")?,
+    })
+}

@@ -1,4 +1,4 @@
-//! Group commit: concurrent parameter writes share one durable transaction.
+//! Group commit: concurrent parameter writes and audit appends share one durable transaction.
 //!
 //! SQLite has one writer and every commit costs an fsync. The writer task takes the first
 //! pending write, drains whatever else is queued (up to a batch limit), applies each inside
@@ -10,15 +10,28 @@ use std::sync::Arc;
 use sqlx::{Acquire, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
-use super::append_version;
 use super::cache::ValueCache;
-use crate::{ParamWrite, StoreError};
+use super::{append_audit_event, append_version};
+use crate::{NewAuditEvent, ParamWrite, StoreError};
 
 const MAX_BATCH: usize = 256;
 const QUEUE: usize = 4096;
 
-pub(super) type Reply = oneshot::Sender<Result<(), StoreError>>;
-pub(super) type Job = (ParamWrite, Reply);
+/// What the writer can do.
+#[derive(Debug)]
+pub(super) enum Work {
+    Param(ParamWrite),
+    Audit(NewAuditEvent),
+}
+
+#[derive(Debug)]
+pub(super) enum Done {
+    Param,
+    Audit(u64, [u8; 32]),
+}
+
+pub(super) type Reply = oneshot::Sender<Result<Done, StoreError>>;
+pub(super) type Job = (Work, Reply);
 
 pub(super) fn spawn(pool: SqlitePool, cache: Arc<ValueCache>) -> mpsc::Sender<Job> {
     let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
@@ -33,8 +46,8 @@ pub(super) fn spawn(pool: SqlitePool, cache: Arc<ValueCache>) -> mpsc::Sender<Jo
                 }
             }
             let results = commit_batch(&pool, &batch).await;
-            for ((w, reply), result) in batch.drain(..).zip(results) {
-                if result.is_ok() {
+            for ((work, reply), result) in batch.drain(..).zip(results) {
+                if let (Work::Param(w), Ok(_)) = (&work, &result) {
                     cache.invalidate(w.org_id, w.env_id, &w.name);
                 }
                 // The caller may have gone away; the write stands regardless.
@@ -45,7 +58,7 @@ pub(super) fn spawn(pool: SqlitePool, cache: Arc<ValueCache>) -> mpsc::Sender<Jo
     tx
 }
 
-async fn commit_batch(pool: &SqlitePool, batch: &[Job]) -> Vec<Result<(), StoreError>> {
+async fn commit_batch(pool: &SqlitePool, batch: &[Job]) -> Vec<Result<Done, StoreError>> {
     let failed = |n: usize| {
         (0..n)
             .map(|_| Err(StoreError::CommitFailed))
@@ -59,11 +72,20 @@ async fn commit_batch(pool: &SqlitePool, batch: &[Job]) -> Vec<Result<(), StoreE
         }
     };
     let mut results = Vec::with_capacity(batch.len());
-    for (w, _) in batch {
+    for (work, _) in batch {
         let r = async {
             let mut sp = (&mut tx).begin().await?;
-            match append_version(&mut sp, w).await {
-                Ok(()) => sp.commit().await.map_err(StoreError::from),
+            let applied = match work {
+                Work::Param(w) => append_version(&mut sp, w).await.map(|()| Done::Param),
+                Work::Audit(e) => append_audit_event(&mut sp, e)
+                    .await
+                    .map(|(s, h)| Done::Audit(s, h)),
+            };
+            match applied {
+                Ok(done) => {
+                    sp.commit().await?;
+                    Ok(done)
+                }
                 Err(e) => {
                     sp.rollback().await?;
                     Err(e)

@@ -1,0 +1,410 @@
+//! The audit broker: every API operation becomes one event, durably appended to its
+//! organisation's hash chain before the response leaves. If the append fails, the caller
+//! must not answer with data (fail closed); see `coffer-server`'s audit layer.
+
+mod sinks;
+mod verify;
+
+use std::collections::BTreeMap;
+
+use coffer_crypto::audit::{AuditHmacKey, AuditSigningKey, checkpoint_message};
+use coffer_store::{AuditKeyRow, AuditRow, CheckpointRow, NewAuditEvent, StoreError};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub use coffer_store::AuditFilter;
+pub use sinks::{AuditSinks, SinkHealth};
+pub use verify::{EXPORT_FORMAT, ExportLine, Verifier, VerifyProblem, VerifyReport, verify_export};
+
+use crate::clock::now_ms;
+use crate::{Coffer, CoreError, Principal, Role};
+
+/// Who acted.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuditActor {
+    /// `user` or `anonymous`.
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `session`, `password`, or absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_method: Option<String>,
+}
+
+/// What was acted on; names as given in the request.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuditTarget {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl AuditTarget {
+    pub fn path(&self) -> String {
+        [&self.project, &self.env, &self.name]
+            .iter()
+            .filter_map(|s| s.as_deref())
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+}
+
+/// One audit event, as stored (its JSON is what the chain hashes). Secret values never
+/// appear; values that must be correlated appear only as HMACs under the organisation's
+/// audit key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AuditEvent {
+    pub id: Uuid,
+    /// RFC 3339, UTC, milliseconds.
+    pub time: String,
+    pub time_ms: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub org_id: Option<Uuid>,
+    pub actor: AuditActor,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    pub action: String,
+    pub target: AuditTarget,
+    /// `success`, `denied` or `failure`.
+    pub outcome: String,
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    /// True for events written by a customer through the API.
+    pub customer: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub hmac: BTreeMap<String, String>,
+}
+
+impl AuditEvent {
+    /// A new event stamped now.
+    pub fn now(action: &str) -> Self {
+        let ms = now_ms();
+        let t = std::time::UNIX_EPOCH
+            + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+        Self {
+            id: Uuid::new_v4(),
+            time: humantime::format_rfc3339_millis(t).to_string(),
+            time_ms: ms,
+            request_id: None,
+            org_id: None,
+            actor: AuditActor {
+                kind: "anonymous".into(),
+                ..AuditActor::default()
+            },
+            source: None,
+            user_agent: None,
+            action: action.to_owned(),
+            target: AuditTarget::default(),
+            outcome: "success".into(),
+            status: 200,
+            error_code: None,
+            customer: false,
+            detail: None,
+            hmac: BTreeMap::new(),
+        }
+    }
+}
+
+/// A stored event with its place in the chain.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AuditRecord {
+    pub seq: u64,
+    pub prev_hash: String,
+    pub hash: String,
+    pub event: AuditEvent,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub seq: u64,
+    pub hash: String,
+    pub created_at: i64,
+    pub signature: String,
+}
+
+impl From<&CheckpointRow> for Checkpoint {
+    fn from(c: &CheckpointRow) -> Self {
+        Self {
+            seq: c.seq,
+            hash: hex::encode(c.hash),
+            created_at: c.created_at,
+            signature: hex::encode(&c.signature),
+        }
+    }
+}
+
+/// Page size for verification and export: memory stays bounded whatever the log's length.
+pub const PAGE: u32 = 1000;
+const MAX_DETAIL_BYTES: usize = 16 * 1024;
+
+fn require_auditor(p: &Principal) -> Result<(), CoreError> {
+    if p.role >= Role::Admin {
+        Ok(())
+    } else {
+        Err(CoreError::Forbidden(
+            "only Owners and Admins can read the audit log",
+        ))
+    }
+}
+
+fn to_record(r: &AuditRow) -> Result<AuditRecord, CoreError> {
+    let event: AuditEvent = serde_json::from_str(&r.body).map_err(|_| CoreError::Integrity)?;
+    Ok(AuditRecord {
+        seq: r.seq,
+        prev_hash: hex::encode(r.prev_hash),
+        hash: hex::encode(r.hash),
+        event,
+    })
+}
+
+impl Coffer {
+    /// HMAC of `data` under the organisation's audit key (nil org: the system chain).
+    /// None while sealed: the key derives from the root key.
+    pub fn audit_hmac(&self, org_id: Option<Uuid>, data: &[u8]) -> Option<String> {
+        self.inner
+            .keyring
+            .with_root(|root| {
+                AuditHmacKey::derive(root, org_id.unwrap_or_else(Uuid::nil))
+                    .map_err(|_| CoreError::Internal("audit key"))
+            })
+            .ok()
+            .map(|k| k.mac_hex(data))
+    }
+
+    /// Durably append an event. An error means the event is not recorded and the caller
+    /// must fail the operation.
+    pub async fn record(&self, ev: &AuditEvent) -> Result<u64, CoreError> {
+        let body =
+            serde_json::to_string(ev).map_err(|_| CoreError::Internal("serialise audit event"))?;
+        let row = NewAuditEvent {
+            org_id: ev.org_id.unwrap_or_else(Uuid::nil),
+            id: ev.id,
+            time: ev.time_ms,
+            action: ev.action.clone(),
+            actor_id: ev.actor.id,
+            outcome: ev.outcome.clone(),
+            target: ev.target.path(),
+            body,
+        };
+        match self.store().append_audit(&row).await {
+            Ok((seq, _)) => {
+                self.inner.sinks.write(&row.body);
+                Ok(seq)
+            }
+            Err(e) => {
+                tracing::error!(error = ?e, action = %ev.action, "audit append failed; failing the request closed");
+                self.inner.sinks.note_store_failure();
+                Err(CoreError::AuditUnavailable)
+            }
+        }
+    }
+
+    /// Health of the audit sinks (the database and the optional copies).
+    pub fn audit_health(&self) -> SinkHealth {
+        self.inner.sinks.health()
+    }
+
+    /// Make sure the checkpoint signing key exists (called once unsealed).
+    pub(crate) async fn ensure_audit_key(&self) -> Result<(), CoreError> {
+        if self.store().audit_key().await?.is_some() {
+            return Ok(());
+        }
+        let key = AuditSigningKey::generate().map_err(|_| CoreError::Internal("audit key"))?;
+        let wrapped = self.inner.keyring.with_root(|root| {
+            key.wrap(root)
+                .map_err(|_| CoreError::Internal("wrap audit key"))
+        })?;
+        let row = AuditKeyRow {
+            public_key: key.public_key().to_vec(),
+            wrapped_key: wrapped,
+            created_at: now_ms(),
+        };
+        match self.store().init_audit_key(&row).await {
+            Ok(()) | Err(StoreError::Conflict) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The public key that verifies checkpoints (hex), once initialised.
+    pub async fn audit_public_key(&self) -> Result<Option<String>, CoreError> {
+        Ok(self
+            .store()
+            .audit_key()
+            .await?
+            .map(|k| hex::encode(k.public_key)))
+    }
+
+    /// Sign the current end of an organisation's chain (nil: the system chain). Returns the
+    /// newest checkpoint, new or existing; None when the chain is empty.
+    pub async fn checkpoint(&self, org_id: Uuid) -> Result<Option<Checkpoint>, CoreError> {
+        self.ensure_unsealed()?;
+        let Some((seq, hash)) = self.store().audit_head(org_id).await? else {
+            return Ok(None);
+        };
+        if let Some(last) = self.store().checkpoints(org_id).await?.last() {
+            if last.seq == seq {
+                return Ok(Some(last.into()));
+            }
+        }
+        let key_row = self
+            .store()
+            .audit_key()
+            .await?
+            .ok_or(CoreError::Internal("no audit signing key"))?;
+        let key = self.inner.keyring.with_root(|root| {
+            AuditSigningKey::unwrap(root, &key_row.wrapped_key).map_err(|_| CoreError::Integrity)
+        })?;
+        let created_at = now_ms();
+        let signature = key
+            .sign(&checkpoint_message(org_id, seq, &hash, created_at))
+            .to_vec();
+        let row = CheckpointRow {
+            org_id,
+            seq,
+            hash,
+            created_at,
+            signature,
+        };
+        match self.store().insert_checkpoint(&row).await {
+            Ok(()) | Err(StoreError::Conflict) => Ok(Some((&row).into())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Checkpoint every chain that grew since its last checkpoint (background job).
+    pub async fn checkpoint_all(&self) -> Result<usize, CoreError> {
+        let orgs = self.store().orgs_needing_checkpoint().await?;
+        for org in &orgs {
+            self.checkpoint(*org).await?;
+        }
+        Ok(orgs.len())
+    }
+
+    pub async fn audit_checkpoint_own(
+        &self,
+        p: &Principal,
+    ) -> Result<Option<Checkpoint>, CoreError> {
+        require_auditor(p)?;
+        self.checkpoint(p.org_id).await
+    }
+
+    /// Events of the caller's organisation, oldest first, after the cursor.
+    pub async fn audit_list(
+        &self,
+        p: &Principal,
+        mut f: AuditFilter,
+    ) -> Result<Vec<AuditRecord>, CoreError> {
+        self.ensure_unsealed()?;
+        require_auditor(p)?;
+        f.limit = f.limit.clamp(1, PAGE);
+        self.store()
+            .audit_events(p.org_id, &f)
+            .await?
+            .iter()
+            .map(to_record)
+            .collect()
+    }
+
+    /// Raw rows for export (time range only, so the exported range stays a contiguous chain).
+    pub async fn audit_export_page(
+        &self,
+        p: &Principal,
+        from: Option<i64>,
+        to: Option<i64>,
+        after_seq: u64,
+    ) -> Result<Vec<AuditRow>, CoreError> {
+        self.ensure_unsealed()?;
+        require_auditor(p)?;
+        let f = AuditFilter {
+            from,
+            to,
+            after_seq,
+            limit: PAGE,
+            ..AuditFilter::default()
+        };
+        Ok(self.store().audit_events(p.org_id, &f).await?)
+    }
+
+    pub async fn audit_checkpoints(&self, p: &Principal) -> Result<Vec<CheckpointRow>, CoreError> {
+        self.ensure_unsealed()?;
+        require_auditor(p)?;
+        Ok(self.store().checkpoints(p.org_id).await?)
+    }
+
+    /// Verify the caller's organisation's whole chain and its checkpoints, page by page.
+    pub async fn audit_verify(&self, p: &Principal) -> Result<VerifyReport, CoreError> {
+        self.ensure_unsealed()?;
+        require_auditor(p)?;
+        self.verify_chain(p.org_id).await
+    }
+
+    pub(crate) async fn verify_chain(&self, org_id: Uuid) -> Result<VerifyReport, CoreError> {
+        let key = self.store().audit_key().await?.map(|k| k.public_key);
+        let checkpoints = self.store().checkpoints(org_id).await?;
+        let mut v = Verifier::new(org_id, key, checkpoints, None);
+        let mut after = 0;
+        loop {
+            let rows = self
+                .store()
+                .audit_events(
+                    org_id,
+                    &AuditFilter {
+                        after_seq: after,
+                        limit: PAGE,
+                        ..AuditFilter::default()
+                    },
+                )
+                .await?;
+            let Some(last) = rows.last() else { break };
+            after = last.seq;
+            for r in &rows {
+                v.push(r.seq, &r.prev_hash, &r.hash, &r.body);
+            }
+        }
+        Ok(v.finish(self.store().audit_head(org_id).await?))
+    }
+
+    /// Validate a customer-supplied event: returns the action (prefixed `customer.`) and
+    /// detail to record, marked as customer-supplied, in the caller's organisation's chain.
+    pub fn customer_event(
+        &self,
+        p: &Principal,
+        action: &str,
+        detail: Option<serde_json::Value>,
+    ) -> Result<(String, Option<serde_json::Value>), CoreError> {
+        self.ensure_unsealed()?;
+        crate::projects::ensure_can_write(p)?;
+        let ok = !action.is_empty()
+            && action.len() <= 128
+            && action
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !ok {
+            return Err(CoreError::invalid(
+                "action",
+                "1-128 characters: letters, digits, '.', '_' or '-'",
+            ));
+        }
+        if let Some(d) = &detail {
+            if !d.is_object() || d.to_string().len() > MAX_DETAIL_BYTES {
+                return Err(CoreError::invalid(
+                    "detail",
+                    format!("must be a JSON object of at most {MAX_DETAIL_BYTES} bytes"),
+                ));
+            }
+        }
+        Ok((format!("customer.{action}"), detail))
+    }
+}
