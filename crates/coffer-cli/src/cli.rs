@@ -51,6 +51,9 @@ pub enum Command {
     Run(RunArgs),
     /// Print an environment's parameters in a file format.
     Export(ExportArgs),
+    /// The audit log: list, export, verify, write customer events.
+    #[command(subcommand)]
+    Audit(AuditCmd),
     /// Measure read and write throughput and latency against a running server.
     Bench(BenchArgs),
 }
@@ -232,4 +235,61 @@ pub struct BenchArgs {
     /// Concurrent writers for the write measurement (0 to skip).
     #[arg(long, default_value_t = 16)]
     pub writers: usize,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// List events, oldest first (Owners and Admins).
+    List {
+        #[arg(long)]
+        action: Option<String>,
+        /// User id of the actor.
+        #[arg(long)]
+        actor: Option<String>,
+        /// success, denied or failure.
+        #[arg(long)]
+        outcome: Option<String>,
+        /// Prefix of project/env/name.
+        #[arg(long)]
+        target: Option<String>,
+        /// RFC 3339 times.
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Follow `next_cursor` until the end.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Stream the log (with checkpoints) to a file or stdout.
+    Export {
+        #[arg(long, default_value = "ndjson", value_parser = ["ndjson", "json"])]
+        format: String,
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, short)]
+        output: Option<std::path::PathBuf>,
+    },
+    /// Verify the chain on the server, or an NDJSON export offline with --file.
+    Verify {
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+        /// Expected checkpoint public key (hex), for offline verification.
+        #[arg(long)]
+        public_key: Option<String>,
+    },
+    /// Sign the current end of the chain now.
+    Checkpoint,
+    /// Write a customer event into the organisation's chain.
+    Log {
+        #[arg(long)]
+        action: String,
+        /// A JSON object.
+        #[arg(long)]
+        detail: Option<String>,
+    },
 }

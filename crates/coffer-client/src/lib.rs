@@ -340,6 +340,48 @@ impl Client {
         .await
     }
 
+    // ---- audit ----
+
+    /// One page of audit events; `query` pairs as in `GET /v1/audit/events`.
+    pub async fn audit_events(&self, query: &[(&str, &str)]) -> Result<AuditPage> {
+        self.get(&["v1", "audit", "events"], query).await
+    }
+
+    pub async fn audit_log(
+        &self,
+        action: &str,
+        detail: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value> {
+        self.post(
+            &["v1", "audit", "events"],
+            &serde_json::json!({ "action": action, "detail": detail }),
+        )
+        .await
+    }
+
+    pub async fn audit_verify(&self) -> Result<serde_json::Value> {
+        self.get(&["v1", "audit", "verify"], &[]).await
+    }
+
+    pub async fn audit_checkpoint(&self) -> Result<serde_json::Value> {
+        self.post(&["v1", "audit", "checkpoints"], &serde_json::json!({}))
+            .await
+    }
+
+    /// The export as a byte stream, to be copied to a file as it arrives.
+    pub async fn audit_export(&self, query: &[(&str, &str)]) -> Result<reqwest::Response> {
+        let mut url = self.url(&["v1", "audit", "export"]);
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        let res = self.send::<()>(Method::GET, url, None).await?;
+        if res.status().is_success() {
+            Ok(res)
+        } else {
+            Err(error_from(res).await)
+        }
+    }
+
     /// The server's OpenAPI document.
     pub async fn openapi(&self) -> Result<serde_json::Value> {
         self.get(&["v1", "openapi.json"], &[]).await

@@ -166,3 +166,10 @@ impl std::fmt::Debug for BootstrapAccount {
             .finish_non_exhaustive()
     }
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditPage {
+    /// Each: `{seq, prev_hash, hash, event}`.
+    pub events: Vec<serde_json::Value>,
+    pub next_cursor: Option<String>,
+}

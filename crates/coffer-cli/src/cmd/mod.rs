@@ -1,3 +1,4 @@
+mod audit;
 mod auth;
 mod bench;
 mod export;
@@ -23,6 +24,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Param(c) => param::run(g, c).await,
         Command::Run(a) => export::run(g, a).await,
         Command::Export(a) => export::export(g, a).await,
+        Command::Audit(c) => return audit::run(g, c).await,
         Command::Bench(a) => bench::run(g, a).await,
     }
     .map(|()| ExitCode::SUCCESS)

@@ -3,6 +3,7 @@
 // Test helpers panic on unexpected failures by design: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod audit;
 mod params;
 mod seal;
 mod storage;

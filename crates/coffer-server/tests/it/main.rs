@@ -4,5 +4,6 @@
 // Test helpers panic on unexpected failures by design: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod audit;
 mod router;
 mod tls;

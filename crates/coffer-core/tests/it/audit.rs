@@ -1,0 +1,276 @@
+//! Tamper evidence of the audit chain, against an attacker with write access to the database.
+
+use coffer_core::audit::{AuditEvent, verify_export};
+use coffer_core::{Coffer, Principal};
+use sqlx::Connection;
+
+use crate::{Fixture, fixture};
+
+async fn record_n(c: &Coffer, p: &Principal, n: usize) {
+    for i in 0..n {
+        let mut ev = AuditEvent::now(&format!("test.event{i}"));
+        ev.org_id = Some(p.org_id);
+        c.record(&ev).await.unwrap();
+    }
+}
+
+async fn raw(f: &Fixture) -> sqlx::SqliteConnection {
+    let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", f.db_path().display()))
+        .await
+        .unwrap();
+    // The attacker drops the append-only triggers first.
+    for t in ["audit_events_no_update", "audit_events_no_delete"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP TRIGGER {t}")))
+            .execute(&mut db)
+            .await
+            .unwrap();
+    }
+    db
+}
+
+fn org(p: &Principal) -> Vec<u8> {
+    p.org_id.as_bytes().to_vec()
+}
+
+async fn problem(f: &Fixture) -> Option<(u64, String)> {
+    let r = f.coffer.audit_verify(&f.owner).await.unwrap();
+    r.first_problem.map(|p| (p.seq, p.kind))
+}
+
+#[tokio::test]
+async fn an_untouched_chain_verifies_with_checkpoints() {
+    let f = fixture().await;
+    record_n(&f.coffer, &f.owner, 5).await;
+    let cp = f.coffer.checkpoint(f.owner.org_id).await.unwrap().unwrap();
+    assert_eq!(cp.seq, 5);
+    record_n(&f.coffer, &f.owner, 2).await;
+    let r = f.coffer.audit_verify(&f.owner).await.unwrap();
+    assert!(r.ok, "{r:?}");
+    assert_eq!((r.events, r.checkpoints, r.last_seq), (7, 1, Some(7)));
+    // Checkpointing an unchanged chain returns the same checkpoint.
+    let a = f.coffer.checkpoint(f.owner.org_id).await.unwrap().unwrap();
+    let b = f.coffer.checkpoint(f.owner.org_id).await.unwrap().unwrap();
+    assert_eq!(a, b);
+    assert_eq!(f.coffer.checkpoint_all().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn the_database_refuses_updates_and_deletes() {
+    let f = fixture().await;
+    record_n(&f.coffer, &f.owner, 2).await;
+    f.coffer.checkpoint(f.owner.org_id).await.unwrap().unwrap();
+    let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", f.db_path().display()))
+        .await
+        .unwrap();
+    assert!(
+        sqlx::query("UPDATE audit_events SET action = 'x'")
+            .execute(&mut db)
+            .await
+            .is_err()
+    );
+    assert!(
+        sqlx::query("DELETE FROM audit_events")
+            .execute(&mut db)
+            .await
+            .is_err()
+    );
+    assert!(
+        sqlx::query("DELETE FROM audit_checkpoints")
+            .execute(&mut db)
+            .await
+            .is_err()
+    );
+    assert!(
+        sqlx::query("UPDATE audit_checkpoints SET seq = 1")
+            .execute(&mut db)
+            .await
+            .is_err()
+    );
+    let n: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM audit_events")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(n.0, 2);
+}
+
+#[tokio::test]
+async fn an_altered_entry_is_reported_first() {
+    let f = fixture().await;
+    record_n(&f.coffer, &f.owner, 5).await;
+    let mut db = raw(&f).await;
+    sqlx::query("UPDATE audit_events SET body = replace(body, 'test.event2', 'test.innocent') WHERE org_id = ? AND seq = 3")
+        .bind(org(&f.owner))
+        .execute(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(problem(&f).await, Some((3, "altered".into())));
+}
+
+#[tokio::test]
+async fn a_deleted_entry_is_reported() {
+    let f = fixture().await;
+    record_n(&f.coffer, &f.owner, 5).await;
+    let mut db = raw(&f).await;
+    sqlx::query("DELETE FROM audit_events WHERE org_id = ? AND seq = 2")
+        .bind(org(&f.owner))
+        .execute(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(problem(&f).await, Some((2, "missing".into())));
+}
+
+#[tokio::test]
+async fn reordered_entries_are_reported() {
+    let f = fixture().await;
+    record_n(&f.coffer, &f.owner, 5).await;
+    let mut db = raw(&f).await;
+    // Swap entries 2 and 3 (their content and hashes) by renumbering.
+    for (from, to) in [(2, 100), (3, 2), (100, 3)] {
+        sqlx::query("UPDATE audit_events SET seq = ? WHERE org_id = ? AND seq = ?")
+            .bind(to)
+            .bind(org(&f.owner))
+            .bind(from)
+            .execute(&mut db)
+            .await
+            .unwrap();
+    }
+    let (seq, _) = problem(&f).await.unwrap();
+    assert_eq!(seq, 2);
+}
+
+#[tokio::test]
+async fn a_rewritten_chain_with_valid_hashes_is_caught_by_a_checkpoint() {
+    let f = fixture().await;
+    record_n(&f.coffer, &f.owner, 4).await;
+    f.coffer.checkpoint(f.owner.org_id).await.unwrap();
+    // The attacker inserts an entry after 2 and recomputes every later hash, so the chain
+    // itself is consistent again; only the signed checkpoint can tell.
+    let mut db = raw(&f).await;
+    let rows: Vec<(i64, String)> =
+        sqlx::query_as("SELECT seq, body FROM audit_events WHERE org_id = ? ORDER BY seq")
+            .bind(org(&f.owner))
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+    let mut bodies: Vec<String> = rows.into_iter().map(|r| r.1).collect();
+    bodies.insert(2, bodies[1].replace("test.event1", "test.forged"));
+    sqlx::query("DELETE FROM audit_events WHERE org_id = ?")
+        .bind(org(&f.owner))
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let mut prev = coffer_crypto::audit::GENESIS;
+    for (i, body) in bodies.iter().enumerate() {
+        let seq = i as u64 + 1;
+        let hash =
+            coffer_crypto::audit::chain_hash(&prev, &coffer_store::sqlite::audit_entry(seq, body));
+        sqlx::query("INSERT INTO audit_events (org_id, seq, id, time, action, outcome, target, body, prev_hash, hash) VALUES (?, ?, ?, 0, 'x', 'success', '', ?, ?, ?)")
+            .bind(org(&f.owner))
+            .bind(seq as i64)
+            .bind(uuid::Uuid::new_v4().as_bytes().to_vec())
+            .bind(body)
+            .bind(prev.to_vec())
+            .bind(hash.to_vec())
+            .execute(&mut db)
+            .await
+            .unwrap();
+        prev = hash;
+    }
+    let r = f.coffer.audit_verify(&f.owner).await.unwrap();
+    let p = r.first_problem.expect("tampering must be detected");
+    assert_eq!((p.seq, p.kind.as_str()), (4, "altered"), "{p:?}");
+}
+
+#[tokio::test]
+async fn a_cut_off_end_is_reported() {
+    let f = fixture().await;
+    record_n(&f.coffer, &f.owner, 5).await;
+    f.coffer.checkpoint(f.owner.org_id).await.unwrap();
+    let mut db = raw(&f).await;
+    sqlx::query("DELETE FROM audit_events WHERE org_id = ? AND seq >= 4")
+        .bind(org(&f.owner))
+        .execute(&mut db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit_heads SET seq = 3 WHERE org_id = ?")
+        .bind(org(&f.owner))
+        .execute(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(problem(&f).await, Some((4, "truncated".into())));
+}
+
+/// Build an NDJSON export the way the server streams it.
+async fn export(f: &Fixture) -> String {
+    use coffer_core::audit::{EXPORT_FORMAT, ExportLine};
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let mut out = serde_json::to_string(&ExportLine::Header {
+        format: EXPORT_FORMAT.into(),
+        org_id: f.owner.org_id,
+        public_key: f.coffer.audit_public_key().await.unwrap(),
+        exported_at: "now".into(),
+    })
+    .unwrap();
+    out.push('\n');
+    for r in f
+        .coffer
+        .audit_export_page(&f.owner, None, None, 0)
+        .await
+        .unwrap()
+    {
+        out.push_str(
+            &serde_json::to_string(&ExportLine::Event {
+                seq: r.seq,
+                prev_hash: hex(&r.prev_hash),
+                hash: hex(&r.hash),
+                body: r.body,
+            })
+            .unwrap(),
+        );
+        out.push('\n');
+    }
+    for c in f.coffer.audit_checkpoints(&f.owner).await.unwrap() {
+        out.push_str(
+            &serde_json::to_string(&ExportLine::Checkpoint {
+                seq: c.seq,
+                hash: hex(&c.hash),
+                created_at: c.created_at,
+                signature: hex(&c.signature),
+            })
+            .unwrap(),
+        );
+        out.push('\n');
+    }
+    out
+}
+
+#[tokio::test]
+async fn exports_verify_offline_and_tampering_in_the_file_is_found() {
+    let f = fixture().await;
+    record_n(&f.coffer, &f.owner, 6).await;
+    f.coffer.checkpoint(f.owner.org_id).await.unwrap();
+    let text = export(&f).await;
+    let r = verify_export(text.as_bytes(), None).unwrap();
+    assert!(r.ok && r.events == 6 && r.checkpoints == 1, "{r:?}");
+
+    let altered = text.replace("test.event3", "test.eventX");
+    let r = verify_export(altered.as_bytes(), None).unwrap();
+    assert_eq!(
+        r.first_problem.map(|p| (p.seq, p.kind)),
+        Some((4, "altered".into()))
+    );
+
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.remove(3); // an event line
+    let r = verify_export(lines.join("\n").as_bytes(), None).unwrap();
+    assert_eq!(r.first_problem.map(|p| p.kind), Some("missing".into()));
+
+    // Pinning another public key makes the checkpoint fail.
+    let other = "00".repeat(32);
+    let r = verify_export(text.as_bytes(), Some(&other)).unwrap();
+    assert_eq!(
+        r.first_problem.map(|p| p.kind),
+        Some("bad_checkpoint".into())
+    );
+    assert!(verify_export("not json".as_bytes(), None).is_err());
+}

@@ -1,0 +1,392 @@
+use coffer_core::Role;
+use coffer_testkit::TestServer;
+use serde_json::Value;
+use sqlx::Connection;
+
+const SECRET: &str = "CANARY-audit-secret-value";
+
+async fn db(srv: &TestServer) -> sqlx::SqliteConnection {
+    sqlx::SqliteConnection::connect(&format!(
+        "sqlite://{}",
+        srv.data_dir().join("coffer.db").display()
+    ))
+    .await
+    .unwrap()
+}
+
+async fn all_events(c: &coffer_client::Client) -> Vec<Value> {
+    c.audit_events(&[("limit", "1000")]).await.unwrap().events
+}
+
+#[tokio::test]
+async fn every_operation_is_recorded_and_no_secret_reaches_the_log() {
+    let srv = TestServer::dev().await;
+    let anon = srv.client();
+    // A password typed into the username field must not be logged in clear.
+    assert!(anon.login("typed-my-password-CANARY", "x").await.is_err());
+    let owner = srv.owner().await;
+    owner.create_project("web").await.unwrap();
+    owner
+        .set_param("web", "default", "TOKEN", SECRET, Some(true))
+        .await
+        .unwrap();
+    assert_eq!(
+        owner
+            .get_param("web", "default", "TOKEN")
+            .await
+            .unwrap()
+            .value
+            .as_deref(),
+        Some(SECRET)
+    );
+    owner.list_params("web", "default", true).await.unwrap();
+    srv.coffer()
+        .add_user_to_org(
+            owner.whoami().await.unwrap().org_id,
+            "vic",
+            "viewer password 1",
+            Role::Viewer,
+        )
+        .await
+        .unwrap();
+    let viewer = srv.client().with_token(
+        srv.client()
+            .login("vic", "viewer password 1")
+            .await
+            .unwrap()
+            .token,
+    );
+    assert_eq!(
+        viewer
+            .get_param("web", "default", "TOKEN")
+            .await
+            .unwrap_err()
+            .status(),
+        Some(403)
+    );
+
+    let events = all_events(&owner).await;
+    let summary: Vec<(String, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["event"]["action"].as_str().unwrap().to_owned(),
+                e["event"]["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for expected in [
+        ("auth.login", "success"),
+        ("project.create", "success"),
+        ("param.set", "success"),
+        ("param.get", "success"),
+        ("param.list", "success"),
+        ("auth.whoami", "success"),
+        ("param.get", "denied"),
+    ] {
+        assert!(
+            summary.contains(&(expected.0.to_owned(), expected.1.to_owned())),
+            "missing {expected:?} in {summary:?}"
+        );
+    }
+    let get = events
+        .iter()
+        .find(|e| e["event"]["action"] == "param.get")
+        .unwrap();
+    let ev = &get["event"];
+    assert_eq!(
+        ev["target"],
+        serde_json::json!({"project": "web", "env": "default", "name": "TOKEN"})
+    );
+    assert_eq!(ev["actor"]["name"], "admin");
+    assert_eq!(ev["actor"]["auth_method"], "session");
+    assert_eq!(ev["source"], "127.0.0.1");
+    assert!(
+        ev["user_agent"]
+            .as_str()
+            .unwrap()
+            .starts_with("coffer-client/")
+    );
+    assert_eq!(ev["request_id"].as_str().unwrap().len(), 36);
+    assert_eq!(
+        ev["hmac"]["session"].as_str().unwrap().len(),
+        64,
+        "sessions are correlated by HMAC"
+    );
+    let denied = events
+        .iter()
+        .find(|e| e["event"]["outcome"] == "denied")
+        .unwrap();
+    assert_eq!(
+        (
+            denied["event"]["actor"]["name"].as_str(),
+            denied["event"]["error_code"].as_str()
+        ),
+        (Some("vic"), Some("forbidden"))
+    );
+
+    // Nothing secret anywhere in the stored audit data, in either chain.
+    let mut conn = db(&srv).await;
+    let bodies: Vec<(String,)> = sqlx::query_as("SELECT body FROM audit_events")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    let all = bodies
+        .iter()
+        .map(|b| b.0.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        !all.contains(SECRET) && !all.contains("CANARY"),
+        "secret material in the audit log"
+    );
+    assert!(!all.contains("viewer password"));
+    // The failed login of an unknown user went to the system chain, with an HMAC of the name.
+    let sys: Vec<(String,)> =
+        sqlx::query_as("SELECT body FROM audit_events WHERE org_id = ? AND action = 'auth.login'")
+            .bind(uuid::Uuid::nil().as_bytes().to_vec())
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    let failed: Value = serde_json::from_str(&sys[0].0).unwrap();
+    assert_eq!(
+        (failed["outcome"].as_str(), failed["error_code"].as_str()),
+        (Some("denied"), Some("bad_credentials"))
+    );
+    assert_eq!(failed["hmac"]["username"].as_str().unwrap().len(), 64);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn sealed_server_attempts_are_recorded() {
+    let srv = TestServer::production().await;
+    let c = srv.client();
+    c.init(3, 2).await.unwrap();
+    assert_eq!(
+        c.login("admin", "whatever").await.unwrap_err().code(),
+        Some("sealed")
+    );
+    let mut conn = db(&srv).await;
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT action, body FROM audit_events WHERE org_id = ? ORDER BY seq")
+            .bind(uuid::Uuid::nil().as_bytes().to_vec())
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    let actions: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(actions, vec!["sys.init", "auth.login"]);
+    let login: Value = serde_json::from_str(&rows[1].1).unwrap();
+    assert_eq!(login["error_code"], "sealed");
+    // The init response carried the shares: they must not be in the log.
+    assert!(!rows[0].1.contains("shares\":["));
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn no_audit_no_response_and_service_recovers() {
+    let srv = TestServer::dev().await;
+    let owner = srv.owner().await;
+    owner.create_project("web").await.unwrap();
+    owner
+        .set_param("web", "default", "TOKEN", SECRET, Some(true))
+        .await
+        .unwrap();
+    // Make the audit store unwritable.
+    let mut conn = db(&srv).await;
+    sqlx::query("CREATE TRIGGER audit_outage BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let err = owner
+        .get_param("web", "default", "TOKEN")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.status(), err.code()),
+        (Some(503), Some("audit_unavailable"))
+    );
+    assert!(!err.to_string().contains(SECRET));
+    let raw = reqwest::Client::builder()
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(&srv.ca_pem).unwrap())
+        .build()
+        .unwrap()
+        .get(format!(
+            "{}/v1/projects/web/envs/default/params?reveal=true",
+            srv.url()
+        ))
+        .bearer_auth(owner_token(&srv).await)
+        .send()
+        .await;
+    // (The login above could not be audited either, so it was refused: no token, no data.)
+    assert!(raw.map(|r| r.status().as_u16()).unwrap_or(503) >= 500);
+    let (code, _) = srv.client().health().await.unwrap();
+    assert_eq!(
+        code, 200,
+        "health itself is not audited and reports the failures"
+    );
+    let metrics = reqwest::Client::builder()
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(&srv.ca_pem).unwrap())
+        .build()
+        .unwrap()
+        .get(format!("{}/v1/sys/metrics", srv.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("coffer_audit_store_failures_total ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    sqlx::query("DROP TRIGGER audit_outage")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        owner
+            .get_param("web", "default", "TOKEN")
+            .await
+            .unwrap()
+            .value
+            .as_deref(),
+        Some(SECRET)
+    );
+    srv.stop().await;
+}
+
+async fn owner_token(srv: &TestServer) -> String {
+    match srv
+        .client()
+        .login("admin", srv.owner_password.as_deref().unwrap())
+        .await
+    {
+        Ok(r) => r.token,
+        Err(_) => "cfs_none".into(),
+    }
+}
+
+#[tokio::test]
+async fn customer_events_permissions_export_and_verify() {
+    let srv = TestServer::dev().await;
+    let owner = srv.owner().await;
+    let detail = serde_json::json!({"ticket": "CHG-42", "approved_by": "alice"});
+    let r = owner
+        .audit_log("deploy.approved", Some(&detail))
+        .await
+        .unwrap();
+    assert_eq!(r["action"], "customer.deploy.approved");
+    assert_eq!(
+        owner
+            .audit_log("bad action!", None)
+            .await
+            .unwrap_err()
+            .status(),
+        Some(400)
+    );
+    assert_eq!(
+        owner
+            .audit_log("ok", Some(&serde_json::json!([1])))
+            .await
+            .unwrap_err()
+            .status(),
+        Some(400)
+    );
+    let events = all_events(&owner).await;
+    let cust = events
+        .iter()
+        .find(|e| e["event"]["customer"] == true)
+        .unwrap();
+    assert_eq!(
+        (cust["event"]["action"].as_str(), &cust["event"]["detail"]),
+        (Some("customer.deploy.approved"), &detail)
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["event"]["customer"] == true)
+            .count(),
+        1,
+        "rejected customer events are not marked as customer events"
+    );
+
+    // Filters and cursors.
+    let page = owner
+        .audit_events(&[("action", "customer.deploy.approved")])
+        .await
+        .unwrap();
+    assert_eq!(page.events.len(), 1);
+    let first = owner.audit_events(&[("limit", "2")]).await.unwrap();
+    let cursor = first.next_cursor.clone().unwrap();
+    let second = owner
+        .audit_events(&[("limit", "2"), ("cursor", &cursor)])
+        .await
+        .unwrap();
+    assert!(second.events[0]["seq"].as_u64().unwrap() > first.events[1]["seq"].as_u64().unwrap());
+    assert_eq!(
+        owner
+            .audit_events(&[("cursor", "!!")])
+            .await
+            .unwrap_err()
+            .status(),
+        Some(400)
+    );
+
+    // Only Owners and Admins read the log.
+    let org = owner.whoami().await.unwrap().org_id;
+    srv.coffer()
+        .add_user_to_org(org, "cora", "contributor password", Role::Contributor)
+        .await
+        .unwrap();
+    let contributor = srv.client().with_token(
+        srv.client()
+            .login("cora", "contributor password")
+            .await
+            .unwrap()
+            .token,
+    );
+    assert_eq!(
+        contributor.audit_events(&[]).await.unwrap_err().status(),
+        Some(403)
+    );
+    assert_eq!(
+        contributor.audit_verify().await.unwrap_err().status(),
+        Some(403)
+    );
+    assert_eq!(
+        contributor.audit_export(&[]).await.unwrap_err().status(),
+        Some(403)
+    );
+
+    owner.audit_checkpoint().await.unwrap();
+    let v = owner.audit_verify().await.unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["public_key"].as_str().unwrap().len(), 64);
+
+    let text = owner.audit_export(&[]).await.unwrap().text().await.unwrap();
+    let report =
+        coffer_core::audit::verify_export(text.as_bytes(), v["public_key"].as_str()).unwrap();
+    assert!(
+        report.ok && report.events >= 5 && report.checkpoints == 1,
+        "{report:?}"
+    );
+    let json: Value = serde_json::from_str(
+        &owner
+            .audit_export(&[("format", "json")])
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    // One more event than the first export: the first export's own audit record.
+    assert_eq!(
+        json["events"].as_array().unwrap().len() as u64,
+        report.events + 1
+    );
+    assert_eq!(json["checkpoints"].as_array().unwrap().len(), 1);
+    srv.stop().await;
+}
