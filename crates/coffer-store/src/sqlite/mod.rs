@@ -133,50 +133,6 @@ impl SqliteStore {
     }
 }
 
-/// Append one audit event to its organisation's chain, inside the caller's transaction.
-async fn append_audit_event(
-    conn: &mut SqliteConnection,
-    e: &NewAuditEvent,
-) -> Result<(u64, [u8; 32]), StoreError> {
-    let head = sqlx::query("SELECT seq, hash FROM audit_heads WHERE org_id = ?")
-        .bind(b(&e.org_id))
-        .fetch_optional(&mut *conn)
-        .await?;
-    let (prev_seq, prev_hash) = match head {
-        Some(r) => (
-            u64::try_from(r.try_get::<i64, _>("seq")?).map_err(|_| StoreError::Corrupt)?,
-            hash32(r.try_get("hash")?)?,
-        ),
-        None => (0, coffer_crypto::audit::GENESIS),
-    };
-    let seq = prev_seq + 1;
-    let hash = coffer_crypto::audit::chain_hash(&prev_hash, &audit_entry(seq, &e.body));
-    sqlx::query(
-        "INSERT INTO audit_events (org_id, seq, id, time, action, actor_id, outcome, target, body, prev_hash, hash) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(b(&e.org_id))
-    .bind(i(seq))
-    .bind(b(&e.id))
-    .bind(e.time)
-    .bind(&e.action)
-    .bind(e.actor_id.as_ref().map(|a| a.as_bytes().to_vec()))
-    .bind(&e.outcome)
-    .bind(&e.target)
-    .bind(&e.body)
-    .bind(prev_hash.as_slice())
-    .bind(hash.as_slice())
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query("INSERT INTO audit_heads (org_id, seq, hash) VALUES (?, ?, ?) ON CONFLICT (org_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash")
-        .bind(b(&e.org_id))
-        .bind(i(seq))
-        .bind(hash.as_slice())
-        .execute(&mut *conn)
-        .await?;
-    Ok((seq, hash))
-}
-
 fn b(id: &Uuid) -> &[u8] {
     id.as_bytes().as_slice()
 }

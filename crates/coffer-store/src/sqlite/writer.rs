@@ -11,7 +11,12 @@ use sqlx::{Acquire, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::cache::ValueCache;
-use super::{append_audit_event, append_version};
+use std::collections::HashMap;
+
+use sqlx::SqliteConnection;
+use uuid::Uuid;
+
+use super::{append_version, audit_entry};
 use crate::{NewAuditEvent, ParamWrite, StoreError};
 
 const MAX_BATCH: usize = 256;
@@ -37,6 +42,8 @@ pub(super) fn spawn(pool: SqlitePool, cache: Arc<ValueCache>) -> mpsc::Sender<Jo
     let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
     tokio::spawn(async move {
         let mut batch = Vec::with_capacity(MAX_BATCH);
+        // Chain ends, exact because this task is the only appender; cleared on any failure.
+        let mut heads: HashMap<Uuid, (u64, [u8; 32])> = HashMap::new();
         while let Some(first) = rx.recv().await {
             batch.push(first);
             while batch.len() < MAX_BATCH {
@@ -45,7 +52,10 @@ pub(super) fn spawn(pool: SqlitePool, cache: Arc<ValueCache>) -> mpsc::Sender<Jo
                     Err(_) => break,
                 }
             }
-            let results = commit_batch(&pool, &batch).await;
+            let results = commit_batch(&pool, &batch, &mut heads).await;
+            if results.iter().any(Result::is_err) {
+                heads.clear();
+            }
             for ((work, reply), result) in batch.drain(..).zip(results) {
                 if let (Work::Param(w), Ok(_)) = (&work, &result) {
                     cache.invalidate(w.org_id, w.env_id, &w.name);
@@ -58,7 +68,95 @@ pub(super) fn spawn(pool: SqlitePool, cache: Arc<ValueCache>) -> mpsc::Sender<Jo
     tx
 }
 
-async fn commit_batch(pool: &SqlitePool, batch: &[Job]) -> Vec<Result<Done, StoreError>> {
+/// Rows per multi-row INSERT of audit events (11 parameters each, far below SQLite's limit).
+const AUDIT_ROWS_PER_INSERT: usize = 64;
+
+/// Append every audit event of the batch: chain hashes computed here from the heads, one
+/// multi-row INSERT per chunk, one head update per organisation. All or nothing.
+async fn append_audit_batch(
+    conn: &mut SqliteConnection,
+    events: &[&NewAuditEvent],
+    heads: &mut HashMap<Uuid, (u64, [u8; 32])>,
+) -> Result<Vec<(u64, [u8; 32])>, StoreError> {
+    let mut assigned = Vec::with_capacity(events.len());
+    let mut touched: Vec<Uuid> = Vec::new();
+    for e in events {
+        let (seq, prev) = match heads.get(&e.org_id) {
+            Some(h) => *h,
+            None => load_head(&mut *conn, e.org_id).await?,
+        };
+        let seq = seq + 1;
+        let hash = coffer_crypto::audit::chain_hash(&prev, &audit_entry(seq, &e.body));
+        heads.insert(e.org_id, (seq, hash));
+        if !touched.contains(&e.org_id) {
+            touched.push(e.org_id);
+        }
+        assigned.push((seq, prev, hash));
+    }
+    for (chunk_events, chunk_assigned) in events
+        .chunks(AUDIT_ROWS_PER_INSERT)
+        .zip(assigned.chunks(AUDIT_ROWS_PER_INSERT))
+    {
+        let mut sql = String::from(
+            "INSERT INTO audit_events (org_id, seq, id, time, action, actor_id, outcome, target, body, prev_hash, hash) VALUES ",
+        );
+        sql.push_str(&vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk_events.len()].join(", "));
+        // Only placeholders are generated; every value is bound.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (e, (seq, prev, hash)) in chunk_events.iter().zip(chunk_assigned) {
+            q = q
+                .bind(e.org_id.as_bytes().to_vec())
+                .bind(i64::try_from(*seq).unwrap_or(i64::MAX))
+                .bind(e.id.as_bytes().to_vec())
+                .bind(e.time)
+                .bind(e.action.clone())
+                .bind(e.actor_id.map(|a| a.as_bytes().to_vec()))
+                .bind(e.outcome.clone())
+                .bind(e.target.clone())
+                .bind(e.body.clone())
+                .bind(prev.to_vec())
+                .bind(hash.to_vec());
+        }
+        q.execute(&mut *conn).await?;
+    }
+    for org in touched {
+        if let Some((seq, hash)) = heads.get(&org) {
+            sqlx::query("INSERT INTO audit_heads (org_id, seq, hash) VALUES (?, ?, ?) ON CONFLICT (org_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash")
+                .bind(org.as_bytes().to_vec())
+                .bind(i64::try_from(*seq).unwrap_or(i64::MAX))
+                .bind(hash.to_vec())
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    Ok(assigned
+        .into_iter()
+        .map(|(seq, _, hash)| (seq, hash))
+        .collect())
+}
+
+async fn load_head(conn: &mut SqliteConnection, org: Uuid) -> Result<(u64, [u8; 32]), StoreError> {
+    use sqlx::Row;
+    let r = sqlx::query("SELECT seq, hash FROM audit_heads WHERE org_id = ?")
+        .bind(org.as_bytes().to_vec())
+        .fetch_optional(&mut *conn)
+        .await?;
+    match r {
+        Some(r) => {
+            let seq =
+                u64::try_from(r.try_get::<i64, _>("seq")?).map_err(|_| StoreError::Corrupt)?;
+            let hash: Vec<u8> = r.try_get("hash")?;
+            Ok((seq, hash.try_into().map_err(|_| StoreError::Corrupt)?))
+        }
+        None => Ok((0, coffer_crypto::audit::GENESIS)),
+    }
+}
+
+async fn commit_batch(
+    pool: &SqlitePool,
+    batch: &[Job],
+    heads: &mut HashMap<Uuid, (u64, [u8; 32])>,
+) -> Vec<Result<Done, StoreError>> {
     let failed = |n: usize| {
         (0..n)
             .map(|_| Err(StoreError::CommitFailed))
@@ -71,20 +169,28 @@ async fn commit_batch(pool: &SqlitePool, batch: &[Job]) -> Vec<Result<Done, Stor
             return failed(batch.len());
         }
     };
-    let mut results = Vec::with_capacity(batch.len());
-    for (work, _) in batch {
+    let mut results: Vec<Option<Result<Done, StoreError>>> =
+        (0..batch.len()).map(|_| None).collect();
+
+    let audit: Vec<(usize, &NewAuditEvent)> = batch
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (w, _))| {
+            if let Work::Audit(e) = w {
+                Some((i, e))
+            } else {
+                None
+            }
+        })
+        .collect();
+    if !audit.is_empty() {
+        let events: Vec<&NewAuditEvent> = audit.iter().map(|(_, e)| *e).collect();
         let r = async {
             let mut sp = (&mut tx).begin().await?;
-            let applied = match work {
-                Work::Param(w) => append_version(&mut sp, w).await.map(|()| Done::Param),
-                Work::Audit(e) => append_audit_event(&mut sp, e)
-                    .await
-                    .map(|(s, h)| Done::Audit(s, h)),
-            };
-            match applied {
-                Ok(done) => {
+            match append_audit_batch(&mut sp, &events, heads).await {
+                Ok(v) => {
                     sp.commit().await?;
-                    Ok(done)
+                    Ok(v)
                 }
                 Err(e) => {
                     sp.rollback().await?;
@@ -93,10 +199,45 @@ async fn commit_batch(pool: &SqlitePool, batch: &[Job]) -> Vec<Result<Done, Stor
             }
         }
         .await;
-        results.push(r);
+        match r {
+            Ok(assigned) => {
+                for ((i, _), (seq, hash)) in audit.iter().zip(assigned) {
+                    results[*i] = Some(Ok(Done::Audit(seq, hash)));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "audit append failed");
+                heads.clear();
+                for (i, _) in &audit {
+                    results[*i] = Some(Err(StoreError::CommitFailed));
+                }
+            }
+        }
+    }
+
+    for (i, (work, _)) in batch.iter().enumerate() {
+        let Work::Param(w) = work else { continue };
+        let r = async {
+            let mut sp = (&mut tx).begin().await?;
+            match append_version(&mut sp, w).await {
+                Ok(()) => {
+                    sp.commit().await?;
+                    Ok(Done::Param)
+                }
+                Err(e) => {
+                    sp.rollback().await?;
+                    Err(e)
+                }
+            }
+        }
+        .await;
+        results[i] = Some(r);
     }
     match tx.commit().await {
-        Ok(()) => results,
+        Ok(()) => results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(StoreError::CommitFailed)))
+            .collect(),
         Err(e) => {
             tracing::error!(error = %e, "write transaction failed to commit");
             failed(batch.len())
