@@ -86,3 +86,46 @@ impl AuditSinks {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_file_copy_is_counted_and_reported() {
+        // Writes to /dev/full fail with ENOSPC, like a full log disk.
+        let s = AuditSinks::new(Some(PathBuf::from("/dev/full")), false).unwrap();
+        assert_eq!(s.health().file, Some(true));
+        s.write("{\"a\":1}");
+        let h = s.health();
+        assert_eq!((h.file, h.file_failures, h.events), (Some(false), 1, 1));
+    }
+
+    #[test]
+    fn the_file_copy_gets_one_line_per_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("audit.jsonl");
+        let s = AuditSinks::new(Some(p.clone()), false).unwrap();
+        s.write("{\"a\":1}");
+        s.write("{\"a\":2}");
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            "{\"a\":1}\n{\"a\":2}\n"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            s.health(),
+            SinkHealth {
+                events: 2,
+                store_failures: 0,
+                file: Some(true),
+                file_failures: 0,
+                stdout: false
+            }
+        );
+    }
+}

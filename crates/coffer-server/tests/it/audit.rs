@@ -390,3 +390,60 @@ async fn customer_events_permissions_export_and_verify() {
     assert_eq!(json["checkpoints"].as_array().unwrap().len(), 1);
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn streamed_exports_span_many_pages_and_still_verify() {
+    let srv = TestServer::dev().await;
+    let owner = srv.owner().await;
+    let org = owner.whoami().await.unwrap().org_id;
+    let mut tasks = Vec::new();
+    for t in 0..12 {
+        let c = srv.coffer().clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..100 {
+                let mut ev = coffer_core::audit::AuditEvent::now(&format!("bulk.{t}.{i}"));
+                ev.org_id = Some(org);
+                c.record(&ev).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    owner.audit_checkpoint().await.unwrap();
+    let ndjson = owner.audit_export(&[]).await.unwrap().text().await.unwrap();
+    let r = coffer_core::audit::verify_export(ndjson.as_bytes(), None).unwrap();
+    assert!(r.ok && r.events > 1200 && r.checkpoints == 1, "{r:?}");
+    let json: Value = serde_json::from_str(
+        &owner
+            .audit_export(&[("format", "json")])
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        json["events"].as_array().unwrap().len() as u64,
+        r.events + 1
+    );
+    // A time range in the future is empty but well-formed.
+    let empty = owner
+        .audit_export(&[("from", "2100-01-01T00:00:00Z")])
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(empty.lines().count(), 1, "header only: {empty}");
+    assert_eq!(
+        owner
+            .audit_export(&[("from", "yesterday")])
+            .await
+            .unwrap_err()
+            .status(),
+        Some(400)
+    );
+    srv.stop().await;
+}
