@@ -179,12 +179,12 @@ pub async fn layer(State(st): State<AppState>, mut req: Request, next: Next) -> 
         for (k, v) in d.hmac.drain(..) {
             ev.hmac.insert(k.to_owned(), v);
         }
-        if let Some((a, detail)) = d.customer.take() {
-            if status.is_success() {
-                ev.action = a;
-                ev.customer = true;
-                ev.detail = detail;
-            }
+        if let Some((a, detail)) = d.customer.take()
+            && status.is_success()
+        {
+            ev.action = a;
+            ev.customer = true;
+            ev.detail = detail;
         }
     });
     match st.coffer.record(&ev).await {

@@ -166,10 +166,10 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
         tick.tick().await;
         loop {
             tick.tick().await;
-            if checkpointer.seal_status().await.is_ok_and(|s| !s.sealed) {
-                if let Err(e) = checkpointer.checkpoint_all().await {
-                    tracing::warn!(error = %e, "audit checkpoint failed");
-                }
+            if checkpointer.seal_status().await.is_ok_and(|s| !s.sealed)
+                && let Err(e) = checkpointer.checkpoint_all().await
+            {
+                tracing::warn!(error = %e, "audit checkpoint failed");
             }
         }
     });

@@ -30,10 +30,10 @@ fn print_report(g: &Global, r: &serde_json::Value) -> anyhow::Result<ExitCode> {
             p["kind"].as_str().unwrap_or("")
         );
     }
-    if let Some(k) = r["public_key"].as_str() {
-        if !g.json {
-            println!("Checkpoint public key: {k}");
-        }
+    if let Some(k) = r["public_key"].as_str()
+        && !g.json
+    {
+        println!("Checkpoint public key: {k}");
     }
     Ok(if ok {
         ExitCode::SUCCESS

@@ -253,10 +253,10 @@ impl Coffer {
         let Some((seq, hash)) = self.store().audit_head(org_id).await? else {
             return Ok(None);
         };
-        if let Some(last) = self.store().checkpoints(org_id).await?.last() {
-            if last.seq == seq {
-                return Ok(Some(last.into()));
-            }
+        if let Some(last) = self.store().checkpoints(org_id).await?.last()
+            && last.seq == seq
+        {
+            return Ok(Some(last.into()));
         }
         let key_row = self
             .store()
@@ -397,13 +397,13 @@ impl Coffer {
                 "1-128 characters: letters, digits, '.', '_' or '-'",
             ));
         }
-        if let Some(d) = &detail {
-            if !d.is_object() || d.to_string().len() > MAX_DETAIL_BYTES {
-                return Err(CoreError::invalid(
-                    "detail",
-                    format!("must be a JSON object of at most {MAX_DETAIL_BYTES} bytes"),
-                ));
-            }
+        if let Some(d) = &detail
+            && (!d.is_object() || d.to_string().len() > MAX_DETAIL_BYTES)
+        {
+            return Err(CoreError::invalid(
+                "detail",
+                format!("must be a JSON object of at most {MAX_DETAIL_BYTES} bytes"),
+            ));
         }
         Ok((format!("customer.{action}"), detail))
     }

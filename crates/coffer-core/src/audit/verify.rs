@@ -159,16 +159,16 @@ impl Verifier {
                 ),
             );
         }
-        if let Some((hseq, _)) = head {
-            if hseq > end {
-                self.fail(
-                    end + 1,
-                    "truncated",
-                    format!(
-                        "the chain head is at {hseq} but the entries end at {end} (entries removed)"
-                    ),
-                );
-            }
+        if let Some((hseq, _)) = head
+            && hseq > end
+        {
+            self.fail(
+                end + 1,
+                "truncated",
+                format!(
+                    "the chain head is at {hseq} but the entries end at {end} (entries removed)"
+                ),
+            );
         }
         VerifyReport {
             ok: self.problem.is_none(),
