@@ -48,7 +48,20 @@ pub async fn login(
 
 /// End the current session.
 #[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", security(("bearer" = [])), responses((status = 204)))]
-pub async fn logout(State(st): State<AppState>, Bearer(token): Bearer) -> ApiResult<StatusCode> {
+pub async fn logout(
+    State(st): State<AppState>,
+    slot: crate::audit::AuditSlot,
+    Bearer(token): Bearer,
+) -> ApiResult<StatusCode> {
+    // Attribute the event to the session's user when the token is still valid; logging out
+    // with a dead token is harmless and stays anonymous.
+    if let Ok(p) = st.coffer.authenticate(&token).await {
+        slot.set_principal(&p, "session");
+        slot.add_hmac(
+            "session",
+            st.coffer.audit_hmac(Some(p.org_id), token.as_bytes()),
+        );
+    }
     st.coffer.logout(&token).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -65,7 +65,15 @@ async fn every_operation_is_recorded_and_no_secret_reaches_the_log() {
         Some(403)
     );
 
+    let vic_session = viewer.whoami().await.unwrap();
+    viewer.logout().await.unwrap();
     let events = all_events(&owner).await;
+    let logout = events
+        .iter()
+        .find(|e| e["event"]["action"] == "auth.logout")
+        .expect("logout is audited in the org chain");
+    assert_eq!(logout["event"]["actor"]["name"], "vic");
+    assert_eq!(vic_session.username, "vic");
     let summary: Vec<(String, String)> = events
         .iter()
         .map(|e| {
