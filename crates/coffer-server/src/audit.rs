@@ -187,6 +187,9 @@ pub async fn layer(State(st): State<AppState>, mut req: Request, next: Next) -> 
             ev.detail = detail;
         }
     });
+    if let Some(p) = slot.with(|d| d.principal.clone()).flatten() {
+        st.coffer.resolve_target_ids(&p, &mut ev.target).await;
+    }
     match st.coffer.record(&ev).await {
         Ok(_) => res,
         Err(_) => ApiError::new(

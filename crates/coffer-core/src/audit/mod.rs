@@ -42,6 +42,12 @@ pub struct AuditTarget {
     pub env: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub env_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub param_id: Option<Uuid>,
 }
 
 impl AuditTarget {
@@ -374,6 +380,30 @@ impl Coffer {
             }
         }
         Ok(v.finish(self.store().audit_head(org_id).await?))
+    }
+
+    /// Fill in the ids behind the target's names, as seen by this principal, from the
+    /// caches (no database round trip when warm). Names that do not resolve stay id-less.
+    pub async fn resolve_target_ids(&self, p: &Principal, t: &mut AuditTarget) {
+        let Some(project) = t.project.as_deref() else {
+            return;
+        };
+        let Ok(meta) = self.project_meta(p, project).await else {
+            return;
+        };
+        t.project_id = Some(meta.project.id);
+        let Some(env) = t.env.as_deref() else { return };
+        let Ok(chain) = meta.chain(env) else { return };
+        t.env_id = chain.first().map(|e| e.id);
+        let Some(name) = t.name.as_deref() else {
+            return;
+        };
+        for e in chain {
+            if let Ok(Some(v)) = self.store().current_value(p.org_id, e.id, name).await {
+                t.param_id = Some(v.param.id);
+                return;
+            }
+        }
     }
 
     /// Validate a customer-supplied event: returns the action (prefixed `customer.`) and

@@ -102,9 +102,21 @@ async fn every_operation_is_recorded_and_no_secret_reaches_the_log() {
         .find(|e| e["event"]["action"] == "param.get")
         .unwrap();
     let ev = &get["event"];
+    let t = &ev["target"];
     assert_eq!(
-        ev["target"],
-        serde_json::json!({"project": "web", "env": "default", "name": "TOKEN"})
+        (t["project"].as_str(), t["env"].as_str(), t["name"].as_str()),
+        (Some("web"), Some("default"), Some("TOKEN"))
+    );
+    let project_id = owner.projects().await.unwrap()[0].id.to_string();
+    let env_id = owner.envs("web").await.unwrap()[0].id.to_string();
+    assert_eq!(
+        (t["project_id"].as_str(), t["env_id"].as_str()),
+        (Some(project_id.as_str()), Some(env_id.as_str()))
+    );
+    assert_eq!(
+        t["param_id"].as_str().map(str::len),
+        Some(36),
+        "parameter id recorded"
     );
     assert_eq!(ev["actor"]["name"], "admin");
     assert_eq!(ev["actor"]["auth_method"], "session");
