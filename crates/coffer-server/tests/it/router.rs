@@ -316,7 +316,31 @@ async fn corrupted_ciphertext_gives_a_generic_500() {
         .execute(&mut conn)
         .await
         .unwrap();
-    let (s, _, v) = a
+    // The running server still holds the authentic ciphertext in its cache; the attacker's
+    // change takes effect when the server next starts on these files.
+    let (s, _, _) = a
+        .call("GET", "/v1/projects/app/envs/default/params/K", None, true)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let restarted = Coffer::open_sqlite(&db, CoreConfig::default())
+        .await
+        .unwrap();
+    assert!(
+        restarted
+            .start_dev(&a._dir.path().join("root.key"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let b = Api {
+        app: router(AppState {
+            coffer: restarted.clone(),
+        }),
+        coffer: restarted,
+        _dir: a._dir,
+        token: a.token,
+    };
+    let (s, _, v) = b
         .call("GET", "/v1/projects/app/envs/default/params/K", None, true)
         .await;
     assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
@@ -326,7 +350,7 @@ async fn corrupted_ciphertext_gives_a_generic_500() {
         !text.contains("CANARY") && !text.contains("integrity") && !text.contains("decrypt"),
         "{text}"
     );
-    drop(a.coffer);
+    drop(b.coffer);
 }
 
 #[tokio::test]
