@@ -10,6 +10,8 @@
 
 mod error;
 mod models;
+pub mod postgres;
+mod rows;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -109,4 +111,24 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn init_audit_key(&self, k: &AuditKeyRow) -> Result<(), StoreError>;
     /// Organisations whose chain has grown since its last checkpoint.
     async fn orgs_needing_checkpoint(&self) -> Result<Vec<Uuid>, StoreError>;
+}
+
+/// An embedded migrator over SQL files compiled into the binary (sqlx's `migrate!` macro
+/// needs the `macros` feature, which we leave out).
+pub(crate) fn migrator(files: &[(i64, &'static str, &'static str)]) -> sqlx::migrate::Migrator {
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    Migrator::with_migrations(
+        files
+            .iter()
+            .map(|(v, d, sql)| {
+                Migration::new(
+                    *v,
+                    std::borrow::Cow::Borrowed(*d),
+                    MigrationType::Simple,
+                    sqlx::SqlSafeStr::into_sql_str(*sql),
+                    false,
+                )
+            })
+            .collect(),
+    )
 }

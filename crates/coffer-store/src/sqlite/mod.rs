@@ -5,10 +5,9 @@
 //! that WAL lets run beside it. `synchronous = FULL` makes every acknowledged write durable.
 
 mod cache;
-mod rows;
+mod sql;
 mod writer;
 
-use std::borrow::Cow;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -16,15 +15,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use coffer_crypto::{KeyTerm, RootKeyCheck, WrappedTenantKey};
-use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Row, SqliteConnection};
 use uuid::Uuid;
 
+use crate::rows::*;
 use crate::*;
-use rows::*;
+use sql::*;
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -38,23 +37,6 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0002_audit.sql"),
     ),
 ];
-
-fn migrator() -> Migrator {
-    Migrator::with_migrations(
-        MIGRATIONS
-            .iter()
-            .map(|(v, d, sql)| {
-                Migration::new(
-                    *v,
-                    Cow::Borrowed(*d),
-                    MigrationType::Simple,
-                    sqlx::SqlSafeStr::into_sql_str(*sql),
-                    false,
-                )
-            })
-            .collect(),
-    )
-}
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -79,7 +61,10 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(base.clone().create_if_missing(true))
             .await?;
-        migrator().run(&write).await.map_err(StoreError::Migrate)?;
+        crate::migrator(MIGRATIONS)
+            .run(&write)
+            .await
+            .map_err(StoreError::Migrate)?;
         let read = SqlitePoolOptions::new()
             .max_connections(8)
             .min_connections(2)

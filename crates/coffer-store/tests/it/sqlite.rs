@@ -28,6 +28,7 @@ sqlite_suite!(
     values_are_scoped_by_org,
     reads_see_every_committed_write,
     concurrent_writes_commit_independently,
+    audit_chains_append_in_order_with_filters_and_checkpoints,
 );
 
 #[tokio::test]

@@ -589,3 +589,128 @@ async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
     .await;
     out.into_iter().flatten().collect()
 }
+
+pub async fn audit_chains_append_in_order_with_filters_and_checkpoints(s: &dyn Store) {
+    let a = Uuid::new_v4();
+    let ev = |org: Uuid, n: u32| NewAuditEvent {
+        org_id: org,
+        id: Uuid::new_v4(),
+        time: i64::from(n),
+        action: format!("a.{n}"),
+        actor_id: None,
+        outcome: "success".into(),
+        target: "p/e/n".into(),
+        body: format!("{{\"n\":{n}}}"),
+    };
+    // Concurrent appends to one chain get distinct, consecutive sequence numbers.
+    let events: Vec<NewAuditEvent> = (1..=20).map(|n| ev(a, n)).collect();
+    let results = join_all(events.iter().map(|e| s.append_audit(e)).collect()).await;
+    let mut seqs: Vec<u64> = results.iter().map(|r| r.as_ref().unwrap().0).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
+    // Another chain starts at 1.
+    assert_eq!(s.append_audit(&ev(Uuid::nil(), 1)).await.unwrap().0, 1);
+    let rows = s
+        .audit_events(
+            a,
+            &AuditFilter {
+                limit: 100,
+                ..AuditFilter::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 20);
+    let mut prev = coffer_crypto::audit::GENESIS;
+    for r in &rows {
+        assert_eq!(r.prev_hash, prev, "seq {}", r.seq);
+        assert_eq!(
+            r.hash,
+            coffer_crypto::audit::chain_hash(
+                &prev,
+                &coffer_store::sqlite::audit_entry(r.seq, &r.body)
+            )
+        );
+        prev = r.hash;
+    }
+    assert_eq!(s.audit_head(a).await.unwrap(), Some((20, prev)));
+    // Filters and cursors.
+    let f = AuditFilter {
+        action: Some("a.3".into()),
+        limit: 10,
+        ..AuditFilter::default()
+    };
+    assert_eq!(s.audit_events(a, &f).await.unwrap().len(), 1);
+    let page = s
+        .audit_events(
+            a,
+            &AuditFilter {
+                after_seq: 18,
+                limit: 10,
+                ..AuditFilter::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![19, 20]);
+    let by_target = s
+        .audit_events(
+            a,
+            &AuditFilter {
+                target: Some("p/e".into()),
+                from: Some(5),
+                to: Some(7),
+                limit: 10,
+                ..AuditFilter::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(by_target.len(), 2);
+    assert!(
+        s.audit_events(
+            Uuid::new_v4(),
+            &AuditFilter {
+                limit: 10,
+                ..AuditFilter::default()
+            }
+        )
+        .await
+        .unwrap()
+        .is_empty()
+    );
+    // Checkpoints and keys.
+    let cp = CheckpointRow {
+        org_id: a,
+        seq: 20,
+        hash: prev,
+        created_at: 1,
+        signature: vec![7; 64],
+    };
+    assert_eq!(s.orgs_needing_checkpoint().await.unwrap().len(), 2);
+    s.insert_checkpoint(&cp).await.unwrap();
+    assert!(matches!(
+        s.insert_checkpoint(&cp).await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(s.checkpoints(a).await.unwrap(), vec![cp]);
+    assert_eq!(
+        s.orgs_needing_checkpoint().await.unwrap(),
+        vec![Uuid::nil()]
+    );
+    let key = AuditKeyRow {
+        public_key: vec![1; 32],
+        wrapped_key: vec![2; 60],
+        created_at: 3,
+    };
+    assert!(s.audit_key().await.unwrap().is_none());
+    s.init_audit_key(&key).await.unwrap();
+    assert!(matches!(
+        s.init_audit_key(&key).await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(
+        s.audit_key().await.unwrap().unwrap().public_key,
+        vec![1; 32]
+    );
+}

@@ -1,0 +1,635 @@
+//! The PostgreSQL backend, for several server nodes on one database.
+//!
+//! Writes are plain transactions (PostgreSQL groups commits itself). Parameter writes use
+//! the same optimistic version check as SQLite; audit appends lock their chain's head row
+//! (`SELECT … FOR UPDATE`), which serialises appends to one chain across nodes. There is no
+//! value cache here: with several nodes a cache needs cross-node invalidation.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use coffer_crypto::{KeyTerm, RootKeyCheck, WrappedTenantKey};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use uuid::Uuid;
+
+use crate::rows::*;
+use crate::sqlite::audit_entry;
+use crate::*;
+
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "audit",
+        include_str!("../../migrations/postgres/0002_audit.sql"),
+    ),
+];
+
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+fn b(id: &Uuid) -> &[u8] {
+    id.as_bytes().as_slice()
+}
+
+fn i(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl PgStore {
+    /// Connect with `url` (`postgres://user@host/db`) and run pending migrations.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let opts: PgConnectOptions = url.parse()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(opts)
+            .await?;
+        crate::migrator(MIGRATIONS)
+            .run(&pool)
+            .await
+            .map_err(StoreError::Migrate)?;
+        Ok(Self { pool })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+macro_rules! pg_value_select {
+    ($join_version:literal, $where:literal) => {
+        concat!(
+            "SELECT p.id, p.org_id, p.env_id, p.name, p.current_version, p.deleted, p.updated_at, \
+             v.param_id, v.version, v.is_secret, v.action, v.actor_id, v.created_at, c.ciphertext \
+             FROM params p JOIN param_versions v ON v.param_id = p.id AND ",
+            $join_version,
+            " LEFT JOIN credentials c ON c.id = v.credential_id WHERE ",
+            $where
+        )
+    };
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn seal_config(&self) -> Result<Option<SealConfigRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT kind, shares, threshold, root_check, created_at FROM seal_config WHERE id = 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(SealConfigRow {
+                kind: r.text("kind")?,
+                shares: u8::try_from(r.int("shares")?).map_err(|_| StoreError::Corrupt)?,
+                threshold: u8::try_from(r.int("threshold")?).map_err(|_| StoreError::Corrupt)?,
+                root_check: RootKeyCheck::from_stored_bytes(r.bytes("root_check")?),
+                created_at: r.int("created_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn init_seal_config(&self, c: &SealConfigRow) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO seal_config (id, kind, shares, threshold, root_check, created_at) VALUES (1, $1, $2, $3, $4, $5)")
+            .bind(&c.kind)
+            .bind(i64::from(c.shares))
+            .bind(i64::from(c.threshold))
+            .bind(c.root_check.as_bytes())
+            .bind(c.created_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn create_org(&self, org: &OrgRow, key: &TenantKeyRow) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO orgs (id, name, created_at) VALUES ($1, $2, $3)")
+            .bind(b(&org.id))
+            .bind(&org.name)
+            .bind(org.created_at)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO tenant_keys (org_id, term, wrapped, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(b(&key.org_id))
+        .bind(i64::from(key.term.0))
+        .bind(key.wrapped.as_bytes())
+        .bind(key.created_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn org(&self, org_id: Uuid) -> Result<Option<OrgRow>, StoreError> {
+        sqlx::query("SELECT id, name, created_at FROM orgs WHERE id = $1")
+            .bind(b(&org_id))
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(org_row)
+            .transpose()
+    }
+
+    async fn tenant_keys(&self, org_id: Uuid) -> Result<Vec<TenantKeyRow>, StoreError> {
+        sqlx::query("SELECT org_id, term, wrapped, created_at FROM tenant_keys WHERE org_id = $1 ORDER BY term")
+            .bind(b(&org_id))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(TenantKeyRow {
+                    org_id: uuid_col(r, "org_id")?,
+                    term: KeyTerm(u32::try_from(r.int("term")?).map_err(|_| StoreError::Corrupt)?),
+                    wrapped: WrappedTenantKey::from_stored_bytes(r.bytes("wrapped")?),
+                    created_at: r.int("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn create_user(&self, u: &UserRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO users (id, username, password_hash, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(b(&u.id))
+        .bind(&u.username)
+        .bind(&u.password_hash)
+        .bind(u.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn user_by_name(&self, username: &str) -> Result<Option<UserRow>, StoreError> {
+        sqlx::query("SELECT id, username, password_hash, created_at FROM users WHERE username = $1")
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(user_row)
+            .transpose()
+    }
+
+    async fn user(&self, user_id: Uuid) -> Result<Option<UserRow>, StoreError> {
+        sqlx::query("SELECT id, username, password_hash, created_at FROM users WHERE id = $1")
+            .bind(b(&user_id))
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(user_row)
+            .transpose()
+    }
+
+    async fn add_membership(&self, m: &MembershipRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO memberships (user_id, org_id, role, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(b(&m.user_id))
+        .bind(b(&m.org_id))
+        .bind(&m.role)
+        .bind(m.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn memberships(&self, user_id: Uuid) -> Result<Vec<MembershipRow>, StoreError> {
+        sqlx::query("SELECT user_id, org_id, role, created_at FROM memberships WHERE user_id = $1 ORDER BY created_at")
+            .bind(b(&user_id))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| Ok(MembershipRow { user_id: uuid_col(r, "user_id")?, org_id: uuid_col(r, "org_id")?, role: r.text("role")?, created_at: r.int("created_at")? }))
+            .collect()
+    }
+
+    async fn create_session(&self, s: &SessionRow) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO sessions (token_hash, user_id, org_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(s.token_hash.as_slice())
+            .bind(b(&s.user_id))
+            .bind(b(&s.org_id))
+            .bind(s.created_at)
+            .bind(s.expires_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionRow>, StoreError> {
+        let row = sqlx::query("SELECT token_hash, user_id, org_id, created_at, expires_at FROM sessions WHERE token_hash = $1")
+            .bind(token_hash.as_slice())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(SessionRow {
+                token_hash: hash_col(&r, "token_hash")?,
+                user_id: uuid_col(&r, "user_id")?,
+                org_id: uuid_col(&r, "org_id")?,
+                created_at: r.int("created_at")?,
+                expires_at: r.int("expires_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool, StoreError> {
+        let r = sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
+            .bind(token_hash.as_slice())
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn delete_expired_sessions(&self, now: i64) -> Result<u64, StoreError> {
+        let r = sqlx::query("DELETE FROM sessions WHERE expires_at <= $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn create_project(&self, p: &ProjectRow) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO projects (id, org_id, name, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(b(&p.id))
+            .bind(b(&p.org_id))
+            .bind(&p.name)
+            .bind(p.created_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn projects(&self, org_id: Uuid) -> Result<Vec<ProjectRow>, StoreError> {
+        sqlx::query(
+            "SELECT id, org_id, name, created_at FROM projects WHERE org_id = $1 ORDER BY name",
+        )
+        .bind(b(&org_id))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(project_row)
+        .collect()
+    }
+
+    async fn project_by_name(
+        &self,
+        org_id: Uuid,
+        name: &str,
+    ) -> Result<Option<ProjectRow>, StoreError> {
+        sqlx::query(
+            "SELECT id, org_id, name, created_at FROM projects WHERE org_id = $1 AND name = $2",
+        )
+        .bind(b(&org_id))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(project_row)
+        .transpose()
+    }
+
+    async fn create_env(&self, e: &EnvRow) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO environments (id, org_id, project_id, parent_id, name, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(b(&e.id))
+            .bind(b(&e.org_id))
+            .bind(b(&e.project_id))
+            .bind(e.parent_id.as_ref().map(|p| p.as_bytes().to_vec()))
+            .bind(&e.name)
+            .bind(e.created_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn envs(&self, org_id: Uuid, project_id: Uuid) -> Result<Vec<EnvRow>, StoreError> {
+        sqlx::query(
+            "SELECT id, org_id, project_id, parent_id, name, created_at FROM environments \
+             WHERE org_id = $1 AND project_id = $2 ORDER BY created_at, name",
+        )
+        .bind(b(&org_id))
+        .bind(b(&project_id))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(env_row)
+        .collect()
+    }
+
+    async fn param(
+        &self,
+        org_id: Uuid,
+        env_id: Uuid,
+        name: &str,
+    ) -> Result<Option<ParamRow>, StoreError> {
+        sqlx::query("SELECT id, org_id, env_id, name, current_version, deleted, updated_at FROM params WHERE org_id = $1 AND env_id = $2 AND name = $3")
+            .bind(b(&org_id))
+            .bind(b(&env_id))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(param_row)
+            .transpose()
+    }
+
+    async fn current_value(
+        &self,
+        org_id: Uuid,
+        env_id: Uuid,
+        name: &str,
+    ) -> Result<Option<ParamValue>, StoreError> {
+        sqlx::query(pg_value_select!(
+            "v.version = p.current_version",
+            "p.org_id = $1 AND p.env_id = $2 AND p.name = $3 AND NOT p.deleted"
+        ))
+        .bind(b(&org_id))
+        .bind(b(&env_id))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(param_value)
+        .transpose()
+    }
+
+    async fn current_values(
+        &self,
+        org_id: Uuid,
+        env_ids: &[Uuid],
+    ) -> Result<Vec<ParamValue>, StoreError> {
+        let mut out = Vec::new();
+        for env_id in env_ids {
+            let rows = sqlx::query(pg_value_select!(
+                "v.version = p.current_version",
+                "p.org_id = $1 AND p.env_id = $2 AND NOT p.deleted ORDER BY p.name"
+            ))
+            .bind(b(&org_id))
+            .bind(b(env_id))
+            .fetch_all(&self.pool)
+            .await?;
+            for r in &rows {
+                out.push(param_value(r)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn param_version(
+        &self,
+        org_id: Uuid,
+        param_id: Uuid,
+        version: u64,
+    ) -> Result<Option<ParamValue>, StoreError> {
+        sqlx::query(pg_value_select!(
+            "v.version = $1",
+            "p.org_id = $2 AND p.id = $3"
+        ))
+        .bind(i(version))
+        .bind(b(&org_id))
+        .bind(b(&param_id))
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(param_value)
+        .transpose()
+    }
+
+    async fn param_history(
+        &self,
+        org_id: Uuid,
+        param_id: Uuid,
+    ) -> Result<Vec<ParamVersionRow>, StoreError> {
+        sqlx::query("SELECT param_id, version, is_secret, action, actor_id, created_at FROM param_versions WHERE org_id = $1 AND param_id = $2 ORDER BY version")
+            .bind(b(&org_id))
+            .bind(b(&param_id))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(version_row)
+            .collect()
+    }
+
+    async fn append_param_version(&self, w: &ParamWrite) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        append_version(&mut tx, w).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn append_audit(&self, e: &NewAuditEvent) -> Result<(u64, [u8; 32]), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let r = append_audit_event(&mut tx, e).await?;
+        tx.commit().await?;
+        Ok(r)
+    }
+
+    async fn audit_events(
+        &self,
+        org_id: Uuid,
+        f: &AuditFilter,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        sqlx::query(
+            "SELECT org_id, seq, time, body, prev_hash, hash FROM audit_events WHERE org_id = $1 AND seq > $2 \
+             AND ($3::BIGINT IS NULL OR time >= $3) AND ($4::BIGINT IS NULL OR time < $4) \
+             AND ($5::TEXT IS NULL OR action = $5) AND ($6::BYTEA IS NULL OR actor_id = $6) \
+             AND ($7::TEXT IS NULL OR outcome = $7) AND ($8::TEXT IS NULL OR left(target, length($8)) = $8) \
+             ORDER BY seq LIMIT $9",
+        )
+        .bind(b(&org_id))
+        .bind(i(f.after_seq))
+        .bind(f.from)
+        .bind(f.to)
+        .bind(f.action.as_deref())
+        .bind(f.actor_id.as_ref().map(|a| a.as_bytes().to_vec()))
+        .bind(f.outcome.as_deref())
+        .bind(f.target.as_deref())
+        .bind(i64::from(f.limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(audit_row)
+        .collect()
+    }
+
+    async fn audit_head(&self, org_id: Uuid) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+        let r = sqlx::query("SELECT seq, hash FROM audit_heads WHERE org_id = $1")
+            .bind(b(&org_id))
+            .fetch_optional(&self.pool)
+            .await?;
+        r.map(|r| Ok((u64_col(&r, "seq")?, hash_col(&r, "hash")?)))
+            .transpose()
+            .map(|h| h.filter(|(seq, _)| *seq > 0))
+    }
+
+    async fn insert_checkpoint(&self, c: &CheckpointRow) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO audit_checkpoints (org_id, seq, hash, created_at, signature) VALUES ($1, $2, $3, $4, $5)")
+            .bind(b(&c.org_id))
+            .bind(i(c.seq))
+            .bind(c.hash.as_slice())
+            .bind(c.created_at)
+            .bind(c.signature.as_slice())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn checkpoints(&self, org_id: Uuid) -> Result<Vec<CheckpointRow>, StoreError> {
+        sqlx::query("SELECT org_id, seq, hash, created_at, signature FROM audit_checkpoints WHERE org_id = $1 ORDER BY seq")
+            .bind(b(&org_id))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(checkpoint_row)
+            .collect()
+    }
+
+    async fn audit_key(&self) -> Result<Option<AuditKeyRow>, StoreError> {
+        let r =
+            sqlx::query("SELECT public_key, wrapped_key, created_at FROM audit_keys WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await?;
+        r.map(|r| {
+            Ok(AuditKeyRow {
+                public_key: r.bytes("public_key")?,
+                wrapped_key: r.bytes("wrapped_key")?,
+                created_at: r.int("created_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn init_audit_key(&self, k: &AuditKeyRow) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO audit_keys (id, public_key, wrapped_key, created_at) VALUES (1, $1, $2, $3)")
+            .bind(k.public_key.as_slice())
+            .bind(k.wrapped_key.as_slice())
+            .bind(k.created_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn orgs_needing_checkpoint(&self) -> Result<Vec<Uuid>, StoreError> {
+        sqlx::query(
+            "SELECT h.org_id FROM audit_heads h WHERE h.seq > \
+             COALESCE((SELECT MAX(c.seq) FROM audit_checkpoints c WHERE c.org_id = h.org_id), 0)",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| uuid_col(r, "org_id"))
+        .collect()
+    }
+}
+
+async fn append_version(conn: &mut PgConnection, w: &ParamWrite) -> Result<(), StoreError> {
+    let v = &w.version;
+    let deleted = v.action == VersionAction::Delete;
+    if w.expected_current == 0 {
+        sqlx::query("INSERT INTO params (id, org_id, env_id, name, current_version, deleted, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+            .bind(b(&w.param_id))
+            .bind(b(&w.org_id))
+            .bind(b(&w.env_id))
+            .bind(&w.name)
+            .bind(i(v.version))
+            .bind(deleted)
+            .bind(v.created_at)
+            .execute(&mut *conn)
+            .await?;
+    } else {
+        let r = sqlx::query(
+            "UPDATE params SET current_version = $1, deleted = $2, updated_at = $3 \
+             WHERE id = $4 AND org_id = $5 AND env_id = $6 AND current_version = $7",
+        )
+        .bind(i(v.version))
+        .bind(deleted)
+        .bind(v.created_at)
+        .bind(b(&w.param_id))
+        .bind(b(&w.org_id))
+        .bind(b(&w.env_id))
+        .bind(i(w.expected_current))
+        .execute(&mut *conn)
+        .await?;
+        if r.rows_affected() != 1 {
+            return Err(StoreError::Conflict);
+        }
+    }
+    let credential_id = match &w.ciphertext {
+        Some(ct) => {
+            sqlx::query("INSERT INTO credentials (id, ciphertext, key_term) VALUES ($1, $2, $3)")
+                .bind(b(&w.credential_id))
+                .bind(ct.as_bytes())
+                .bind(i64::from(ct.key_term().0))
+                .execute(&mut *conn)
+                .await?;
+            Some(w.credential_id.as_bytes().to_vec())
+        }
+        None => None,
+    };
+    sqlx::query(
+        "INSERT INTO param_versions (param_id, version, org_id, credential_id, is_secret, action, actor_id, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(b(&w.param_id))
+    .bind(i(v.version))
+    .bind(b(&w.org_id))
+    .bind(credential_id)
+    .bind(v.is_secret)
+    .bind(v.action.as_str())
+    .bind(b(&v.actor_id))
+    .bind(v.created_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Append one event; the head row lock makes concurrent appenders on any node take turns.
+async fn append_audit_event(
+    conn: &mut PgConnection,
+    e: &NewAuditEvent,
+) -> Result<(u64, [u8; 32]), StoreError> {
+    sqlx::query("INSERT INTO audit_heads (org_id, seq, hash) VALUES ($1, 0, $2) ON CONFLICT (org_id) DO NOTHING")
+        .bind(b(&e.org_id))
+        .bind(coffer_crypto::audit::GENESIS.as_slice())
+        .execute(&mut *conn)
+        .await?;
+    let head = sqlx::query("SELECT seq, hash FROM audit_heads WHERE org_id = $1 FOR UPDATE")
+        .bind(b(&e.org_id))
+        .fetch_one(&mut *conn)
+        .await?;
+    let (prev_seq, prev_hash) = (u64_col(&head, "seq")?, hash_col(&head, "hash")?);
+    let seq = prev_seq + 1;
+    let hash = coffer_crypto::audit::chain_hash(&prev_hash, &audit_entry(seq, &e.body));
+    sqlx::query(
+        "INSERT INTO audit_events (org_id, seq, id, time, action, actor_id, outcome, target, body, prev_hash, hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(b(&e.org_id))
+    .bind(i(seq))
+    .bind(b(&e.id))
+    .bind(e.time)
+    .bind(&e.action)
+    .bind(e.actor_id.as_ref().map(|a| a.as_bytes().to_vec()))
+    .bind(&e.outcome)
+    .bind(&e.target)
+    .bind(&e.body)
+    .bind(prev_hash.as_slice())
+    .bind(hash.as_slice())
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE audit_heads SET seq = $1, hash = $2 WHERE org_id = $3")
+        .bind(i(seq))
+        .bind(hash.as_slice())
+        .bind(b(&e.org_id))
+        .execute(&mut *conn)
+        .await?;
+    Ok((seq, hash))
+}
