@@ -8,6 +8,7 @@
 //! | COFFER_TLS__CERT_FILE | tls.cert_file | internal CA |
 //! | COFFER_TLS__KEY_FILE | tls.key_file | internal CA |
 //! | COFFER_SESSION__TTL | session.ttl | 12h |
+//! | COFFER_DATABASE_URL | storage.url | SQLite in the data directory |
 //! | COFFER_AUDIT__FILE | audit.file | none |
 //! | COFFER_AUDIT__STDOUT | audit.stdout | false |
 //! | COFFER_AUDIT__CHECKPOINT_INTERVAL | audit.checkpoint_interval | 5m |
@@ -35,6 +36,15 @@ struct FileConfig {
     session: SessionSection,
     #[serde(default)]
     audit: AuditSection,
+    #[serde(default)]
+    storage: StorageSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StorageSection {
+    /// `postgres://user:password@host/db`; absent: SQLite in the data directory.
+    url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -85,6 +95,9 @@ pub fn load(args: &ServerArgs) -> anyhow::Result<ServerConfig> {
     }
     if let Some(v) = env("COFFER_SESSION__TTL") {
         f.session.ttl = Some(v);
+    }
+    if let Some(v) = env("COFFER_DATABASE_URL") {
+        f.storage.url = Some(v);
     }
     if let Some(v) = env("COFFER_AUDIT__FILE") {
         f.audit.file = Some(v.into());
@@ -147,5 +160,10 @@ pub fn load(args: &ServerArgs) -> anyhow::Result<ServerConfig> {
         audit_file: f.audit.file,
         audit_stdout: f.audit.stdout.unwrap_or(false),
         checkpoint_interval,
+        database_url: f
+            .storage
+            .url
+            .map(coffer_server::DatabaseUrl::new)
+            .transpose()?,
     })
 }

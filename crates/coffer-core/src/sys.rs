@@ -240,6 +240,16 @@ impl Coffer {
         Coffer::with_sinks(std::sync::Arc::new(store), config, sinks)
     }
 
+    /// Connect to PostgreSQL (`postgres://…`) and run pending migrations.
+    pub async fn open_postgres(
+        url: &str,
+        config: crate::CoreConfig,
+        sinks: crate::audit::AuditSinks,
+    ) -> Result<Coffer, CoreError> {
+        let store = coffer_store::postgres::PgStore::connect(url).await?;
+        Coffer::with_sinks(std::sync::Arc::new(store), config, sinks)
+    }
+
     /// Dev mode: use (creating on first start) the root key file at `key_path`.
     pub async fn start_dev(
         &self,

@@ -27,7 +27,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 
 pub use openapi::openapi_json;
-pub use run::{RunningServer, ServerConfig, start};
+pub use run::{DatabaseUrl, RunningServer, ServerConfig, start};
 
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;

@@ -30,6 +30,55 @@ pub struct ServerConfig {
     pub audit_stdout: bool,
     /// How often chains that grew are checkpointed (signed).
     pub checkpoint_interval: Duration,
+    /// PostgreSQL instead of the embedded SQLite database.
+    pub database_url: Option<DatabaseUrl>,
+}
+
+/// A database URL that may carry a password: Debug and Display hide it.
+#[derive(Clone)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn new(url: String) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            url.starts_with("postgres://") || url.starts_with("postgresql://"),
+            "the database URL must start with postgres://"
+        );
+        Ok(Self(url))
+    }
+
+    pub fn expose_secret(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        match (self.0.find("://"), self.0.rfind('@')) {
+            (Some(s), Some(at)) if at > s => {
+                let userinfo = &self.0[s + 3..at];
+                let user = userinfo.split(':').next().unwrap_or("");
+                let hidden = if userinfo.contains(':') {
+                    format!("{user}:***")
+                } else {
+                    user.to_owned()
+                };
+                format!("{}{}{}", &self.0[..s + 3], hidden, &self.0[at..])
+            }
+            _ => self.0.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DatabaseUrl({})", self.redacted())
+    }
+}
+
+impl std::fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
 }
 
 /// A started server. Dropping it does not stop it; call [`RunningServer::shutdown`].
@@ -94,9 +143,14 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
                     .unwrap_or_default()
             )
         })?;
-    let coffer = Coffer::open_sqlite_with(&cfg.data_dir.join("coffer.db"), cfg.core.clone(), sinks)
-        .await
-        .context("open the database")?;
+    let coffer = match &cfg.database_url {
+        Some(url) => Coffer::open_postgres(url.expose_secret(), cfg.core.clone(), sinks)
+            .await
+            .with_context(|| format!("connect to {url}"))?,
+        None => Coffer::open_sqlite_with(&cfg.data_dir.join("coffer.db"), cfg.core.clone(), sinks)
+            .await
+            .context("open the database")?,
+    };
 
     let (bootstrap, dev_key) = if cfg.dev {
         let key_path = cfg.data_dir.join("dev-root.key");
@@ -184,4 +238,27 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
         handle,
         task,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DatabaseUrl;
+
+    #[test]
+    fn database_passwords_never_print() {
+        let u =
+            DatabaseUrl::new("postgres://coffer:s3cr3t@db.internal:5432/coffer".into()).unwrap();
+        assert_eq!(
+            u.to_string(),
+            "postgres://coffer:***@db.internal:5432/coffer"
+        );
+        assert!(!format!("{u:?}").contains("s3cr3t"));
+        assert_eq!(
+            DatabaseUrl::new("postgres://coffer@h/db".into())
+                .unwrap()
+                .to_string(),
+            "postgres://coffer@h/db"
+        );
+        assert!(DatabaseUrl::new("mysql://x".into()).is_err());
+    }
 }

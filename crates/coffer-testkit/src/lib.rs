@@ -20,15 +20,21 @@ pub struct TestServer {
 impl TestServer {
     /// Dev mode: unsealed, with a bootstrap owner `admin`.
     pub async fn dev() -> Self {
-        Self::start(true).await
+        Self::start(true, None).await
     }
 
     /// Production mode: not initialised, sealed.
     pub async fn production() -> Self {
-        Self::start(false).await
+        Self::start(false, None).await
     }
 
-    async fn start(dev: bool) -> Self {
+    /// Production mode on PostgreSQL at `url` (e.g. from [`pg_database`]); several servers
+    /// may share one database, as nodes.
+    pub async fn production_on(url: &str) -> Self {
+        Self::start(false, Some(url.to_owned())).await
+    }
+
+    async fn start(dev: bool, database_url: Option<String>) -> Self {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let cfg = ServerConfig {
             listen: "127.0.0.1:0"
@@ -42,6 +48,8 @@ impl TestServer {
             audit_file: None,
             audit_stdout: false,
             checkpoint_interval: std::time::Duration::from_secs(300),
+            database_url: database_url
+                .map(|u| coffer_server::DatabaseUrl::new(u).unwrap_or_else(|e| panic!("{e}"))),
         };
         let server = coffer_server::start(cfg)
             .await
@@ -104,5 +112,53 @@ impl TestServer {
         if let Some(s) = self.server.take() {
             s.shutdown().await;
         }
+    }
+}
+
+fn pg_admin_url() -> String {
+    std::env::var("COFFER_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A new empty PostgreSQL database on the test server (127.0.0.1:5432, or
+/// `COFFER_TEST_PG_URL`), returned as a URL. None when PostgreSQL is unreachable outside CI;
+/// in CI (`CI` set) that is a test failure, never a skip. Databases are named
+/// `coffer_test_*`; drop them with [`drop_pg_database`].
+pub async fn pg_database() -> Option<String> {
+    use sqlx::Connection;
+    let admin = pg_admin_url();
+    let mut conn = match sqlx::PgConnection::connect(&admin).await {
+        Ok(c) => c,
+        Err(e) if std::env::var_os("CI").is_some() => {
+            panic!("PostgreSQL is required in CI but unreachable at {admin}: {e}")
+        }
+        Err(e) => {
+            eprintln!("SKIPPED: PostgreSQL unreachable at {admin} ({e})");
+            return None;
+        }
+    };
+    let name = format!("coffer_test_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("create database: {e}"));
+    let (base, _) = admin
+        .rsplit_once('/')
+        .unwrap_or_else(|| panic!("COFFER_TEST_PG_URL must end with /database"));
+    Some(format!("{base}/{name}"))
+}
+
+/// Drop a database made by [`pg_database`] (after its servers stopped).
+pub async fn drop_pg_database(url: &str) {
+    use sqlx::Connection;
+    let Some((_, name)) = url.rsplit_once('/') else {
+        return;
+    };
+    if let Ok(mut conn) = sqlx::PgConnection::connect(&pg_admin_url()).await {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut conn)
+        .await;
     }
 }

@@ -1,0 +1,65 @@
+//! The server on PostgreSQL, as two nodes sharing one database.
+
+use coffer_testkit::{TestServer, drop_pg_database, pg_database};
+
+#[tokio::test]
+async fn two_nodes_on_one_postgres_database() {
+    let Some(url) = pg_database().await else {
+        return;
+    };
+    let a = TestServer::production_on(&url).await;
+    let b = TestServer::production_on(&url).await;
+    let init = a.client().init(3, 2).await.unwrap();
+    // Node B sees that the shared database is initialised, but unseals on its own.
+    assert!(b.client().seal_status().await.unwrap().initialized);
+    for node in [&a, &b] {
+        node.client().unseal(&init.shares[0]).await.unwrap();
+        assert!(!node.client().unseal(&init.shares[2]).await.unwrap().sealed);
+    }
+    let token = a
+        .client()
+        .login(&init.bootstrap.username, &init.bootstrap.password)
+        .await
+        .unwrap()
+        .token;
+    let on_a = a.client().with_token(token.clone());
+    let on_b = b.client().with_token(token);
+    on_a.create_project("web").await.unwrap();
+    on_a.set_param("web", "default", "DB_PASSWORD", "pg-secret", Some(true))
+        .await
+        .unwrap();
+    // Written on A, read on B at once; a session made on A works on B.
+    assert_eq!(
+        on_b.get_param("web", "default", "DB_PASSWORD")
+            .await
+            .unwrap()
+            .value
+            .as_deref(),
+        Some("pg-secret")
+    );
+    on_b.set_param("web", "default", "DB_PASSWORD", "rotated", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        on_a.get_param("web", "default", "DB_PASSWORD")
+            .await
+            .unwrap()
+            .version,
+        2
+    );
+    // Both nodes append to the same audit chains, and the result verifies.
+    on_a.audit_checkpoint().await.unwrap();
+    let v = on_b.audit_verify().await.unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(v["events"].as_u64().unwrap() >= 6);
+    // Logging out on B ends the session on A (after at most the 1 s session cache).
+    on_b.logout().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(
+        on_a.whoami().await.unwrap_err().code(),
+        Some("unauthenticated")
+    );
+    a.stop().await;
+    b.stop().await;
+    drop_pg_database(&url).await;
+}
