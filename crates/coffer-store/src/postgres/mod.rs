@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use coffer_crypto::{KeyTerm, RootKeyCheck, WrappedTenantKey};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::rows::*;
@@ -32,7 +33,14 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    audit: mpsc::Sender<AuditJob>,
 }
+
+type AuditReply = oneshot::Sender<Result<(u64, [u8; 32]), StoreError>>;
+type AuditJob = (NewAuditEvent, AuditReply);
+
+const AUDIT_BATCH: usize = 256;
+const AUDIT_ROWS_PER_INSERT: usize = 64;
 
 fn b(id: &Uuid) -> &[u8] {
     id.as_bytes().as_slice()
@@ -55,7 +63,8 @@ impl PgStore {
             .run(&pool)
             .await
             .map_err(StoreError::Migrate)?;
-        Ok(Self { pool })
+        let audit = spawn_audit_writer(pool.clone());
+        Ok(Self { pool, audit })
     }
 
     pub async fn close(&self) {
@@ -426,10 +435,12 @@ impl Store for PgStore {
     }
 
     async fn append_audit(&self, e: &NewAuditEvent) -> Result<(u64, [u8; 32]), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let r = append_audit_event(&mut tx, e).await?;
-        tx.commit().await?;
-        Ok(r)
+        let (reply, answer) = oneshot::channel();
+        self.audit
+            .send((e.clone(), reply))
+            .await
+            .map_err(|_| StoreError::CommitFailed)?;
+        answer.await.map_err(|_| StoreError::CommitFailed)?
     }
 
     async fn audit_events(
@@ -591,45 +602,124 @@ async fn append_version(conn: &mut PgConnection, w: &ParamWrite) -> Result<(), S
     Ok(())
 }
 
-/// Append one event; the head row lock makes concurrent appenders on any node take turns.
-async fn append_audit_event(
-    conn: &mut PgConnection,
-    e: &NewAuditEvent,
-) -> Result<(u64, [u8; 32]), StoreError> {
-    sqlx::query("INSERT INTO audit_heads (org_id, seq, hash) VALUES ($1, 0, $2) ON CONFLICT (org_id) DO NOTHING")
-        .bind(b(&e.org_id))
-        .bind(coffer_crypto::audit::GENESIS.as_slice())
-        .execute(&mut *conn)
-        .await?;
-    let head = sqlx::query("SELECT seq, hash FROM audit_heads WHERE org_id = $1 FOR UPDATE")
-        .bind(b(&e.org_id))
-        .fetch_one(&mut *conn)
-        .await?;
-    let (prev_seq, prev_hash) = (u64_col(&head, "seq")?, hash_col(&head, "hash")?);
-    let seq = prev_seq + 1;
-    let hash = coffer_crypto::audit::chain_hash(&prev_hash, &audit_entry(seq, &e.body));
-    sqlx::query(
-        "INSERT INTO audit_events (org_id, seq, id, time, action, actor_id, outcome, target, body, prev_hash, hash) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-    )
-    .bind(b(&e.org_id))
-    .bind(i(seq))
-    .bind(b(&e.id))
-    .bind(e.time)
-    .bind(&e.action)
-    .bind(e.actor_id.as_ref().map(|a| a.as_bytes().to_vec()))
-    .bind(&e.outcome)
-    .bind(&e.target)
-    .bind(&e.body)
-    .bind(prev_hash.as_slice())
-    .bind(hash.as_slice())
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query("UPDATE audit_heads SET seq = $1, hash = $2 WHERE org_id = $3")
-        .bind(i(seq))
-        .bind(hash.as_slice())
-        .bind(b(&e.org_id))
-        .execute(&mut *conn)
-        .await?;
-    Ok((seq, hash))
+/// This node's audit writer: events queued while a batch commits go into the next batch,
+/// so one transaction (one WAL flush, one head-row lock per chain) covers many requests.
+fn spawn_audit_writer(pool: PgPool) -> mpsc::Sender<AuditJob> {
+    let (tx, mut rx) = mpsc::channel::<AuditJob>(4096);
+    tokio::spawn(async move {
+        let mut batch: Vec<AuditJob> = Vec::with_capacity(AUDIT_BATCH);
+        while let Some(first) = rx.recv().await {
+            batch.push(first);
+            while batch.len() < AUDIT_BATCH {
+                match rx.try_recv() {
+                    Ok(j) => batch.push(j),
+                    Err(_) => break,
+                }
+            }
+            let events: Vec<&NewAuditEvent> = batch.iter().map(|(e, _)| e).collect();
+            let result = append_audit_batch(&pool, &events).await;
+            match result {
+                Ok(assigned) => {
+                    for ((_, reply), r) in batch.drain(..).zip(assigned) {
+                        let _ = reply.send(Ok(r));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "audit batch failed");
+                    for (_, reply) in batch.drain(..) {
+                        let _ = reply.send(Err(StoreError::CommitFailed));
+                    }
+                }
+            }
+        }
+    });
+    tx
+}
+
+/// One transaction for the whole batch. Chains are locked in org-id order, so writers on
+/// different nodes cannot deadlock; each chain's events get consecutive sequence numbers.
+async fn append_audit_batch(
+    pool: &PgPool,
+    events: &[&NewAuditEvent],
+) -> Result<Vec<(u64, [u8; 32])>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let mut orgs: Vec<Uuid> = events.iter().map(|e| e.org_id).collect();
+    orgs.sort_unstable();
+    orgs.dedup();
+    let mut heads = std::collections::HashMap::new();
+    for org in &orgs {
+        sqlx::query("INSERT INTO audit_heads (org_id, seq, hash) VALUES ($1, 0, $2) ON CONFLICT (org_id) DO NOTHING")
+            .bind(b(org))
+            .bind(coffer_crypto::audit::GENESIS.as_slice())
+            .execute(&mut *tx)
+            .await?;
+        let h = sqlx::query("SELECT seq, hash FROM audit_heads WHERE org_id = $1 FOR UPDATE")
+            .bind(b(org))
+            .fetch_one(&mut *tx)
+            .await?;
+        heads.insert(*org, (u64_col(&h, "seq")?, hash_col(&h, "hash")?));
+    }
+    let mut assigned = Vec::with_capacity(events.len());
+    for e in events {
+        let (seq, prev) = heads
+            .get(&e.org_id)
+            .copied()
+            .ok_or(StoreError::CommitFailed)?;
+        let seq = seq + 1;
+        let hash = coffer_crypto::audit::chain_hash(&prev, &audit_entry(seq, &e.body));
+        heads.insert(e.org_id, (seq, hash));
+        assigned.push((seq, prev, hash));
+    }
+    for (chunk, chunk_assigned) in events
+        .chunks(AUDIT_ROWS_PER_INSERT)
+        .zip(assigned.chunks(AUDIT_ROWS_PER_INSERT))
+    {
+        let mut sql = String::from(
+            "INSERT INTO audit_events (org_id, seq, id, time, action, actor_id, outcome, target, body, prev_hash, hash) VALUES ",
+        );
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|r| {
+                format!(
+                    "({})",
+                    (1..=11)
+                        .map(|c| format!("${}", r * 11 + c))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
+            .collect();
+        sql.push_str(&rows.join(", "));
+        // Only numbered placeholders are generated; every value is bound.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (e, (seq, prev, hash)) in chunk.iter().zip(chunk_assigned) {
+            q = q
+                .bind(e.org_id.as_bytes().to_vec())
+                .bind(i(*seq))
+                .bind(e.id.as_bytes().to_vec())
+                .bind(e.time)
+                .bind(e.action.clone())
+                .bind(e.actor_id.map(|a| a.as_bytes().to_vec()))
+                .bind(e.outcome.clone())
+                .bind(e.target.clone())
+                .bind(e.body.clone())
+                .bind(prev.to_vec())
+                .bind(hash.to_vec());
+        }
+        q.execute(&mut *tx).await?;
+    }
+    for org in &orgs {
+        if let Some((seq, hash)) = heads.get(org) {
+            sqlx::query("UPDATE audit_heads SET seq = $1, hash = $2 WHERE org_id = $3")
+                .bind(i(*seq))
+                .bind(hash.as_slice())
+                .bind(b(org))
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(assigned
+        .into_iter()
+        .map(|(seq, _, hash)| (seq, hash))
+        .collect())
 }
