@@ -207,6 +207,9 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
         let mut tick = tokio::time::interval(Duration::from_secs(600));
         loop {
             tick.tick().await;
+            if !purger.is_job_leader().await {
+                continue;
+            }
             if let Err(e) = purger.purge_expired_sessions().await {
                 tracing::warn!(error = %e, "purging expired sessions failed");
             }
@@ -221,6 +224,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
         loop {
             tick.tick().await;
             if checkpointer.seal_status().await.is_ok_and(|s| !s.sealed)
+                && checkpointer.is_job_leader().await
                 && let Err(e) = checkpointer.checkpoint_all().await
             {
                 tracing::warn!(error = %e, "audit checkpoint failed");

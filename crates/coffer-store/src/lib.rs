@@ -111,6 +111,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn init_audit_key(&self, k: &AuditKeyRow) -> Result<(), StoreError>;
     /// Organisations whose chain has grown since its last checkpoint.
     async fn orgs_needing_checkpoint(&self) -> Result<Vec<Uuid>, StoreError>;
+
+    // --- background jobs ---
+    /// Whether this node should run background jobs now. With several nodes on one database
+    /// exactly one holds the leadership, and it passes to another node when its holder dies.
+    /// A single-node backend is always the leader.
+    async fn try_lead(&self) -> Result<bool, StoreError> {
+        Ok(true)
+    }
 }
 
 /// An embedded migrator over SQL files compiled into the binary (sqlx's `migrate!` macro

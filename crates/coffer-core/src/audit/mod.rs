@@ -289,6 +289,17 @@ impl Coffer {
         }
     }
 
+    /// Whether this node runs background jobs now (see `Store::try_lead`).
+    pub async fn is_job_leader(&self) -> bool {
+        match self.store().try_lead().await {
+            Ok(lead) => lead,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not determine background-job leadership");
+                false
+            }
+        }
+    }
+
     /// Checkpoint every chain that grew since its last checkpoint (background job).
     pub async fn checkpoint_all(&self) -> Result<usize, CoreError> {
         let orgs = self.store().orgs_needing_checkpoint().await?;

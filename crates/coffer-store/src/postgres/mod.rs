@@ -34,7 +34,13 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 pub struct PgStore {
     pool: PgPool,
     audit: mpsc::Sender<AuditJob>,
+    /// While this node leads: the connection holding the session-level advisory lock. If the
+    /// node dies, PostgreSQL ends the session and releases the lock for another node.
+    leader: std::sync::Arc<tokio::sync::Mutex<Option<PgConnection>>>,
 }
+
+/// Advisory lock key for background-job leadership ("coffer" in ASCII).
+const LEADER_LOCK: i64 = 0x636f_6666_6572;
 
 type AuditReply = oneshot::Sender<Result<(u64, [u8; 32]), StoreError>>;
 type AuditJob = (NewAuditEvent, AuditReply);
@@ -64,10 +70,17 @@ impl PgStore {
             .await
             .map_err(StoreError::Migrate)?;
         let audit = spawn_audit_writer(pool.clone());
-        Ok(Self { pool, audit })
+        Ok(Self {
+            pool,
+            audit,
+            leader: std::sync::Arc::default(),
+        })
     }
 
     pub async fn close(&self) {
+        if let Some(conn) = self.leader.lock().await.take() {
+            let _ = sqlx::Connection::close(conn).await;
+        }
         self.pool.close().await;
     }
 }
@@ -526,6 +539,26 @@ impl Store for PgStore {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    async fn try_lead(&self) -> Result<bool, StoreError> {
+        let mut held = self.leader.lock().await;
+        if let Some(conn) = held.as_mut() {
+            if sqlx::query("SELECT 1").execute(&mut *conn).await.is_ok() {
+                return Ok(true);
+            }
+            // The session (and with it the lock) is gone: compete again.
+            *held = None;
+        }
+        let mut conn = self.pool.acquire().await?.detach();
+        let won: (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+            .bind(LEADER_LOCK)
+            .fetch_one(&mut conn)
+            .await?;
+        if won.0 {
+            *held = Some(conn);
+        }
+        Ok(won.0)
     }
 
     async fn orgs_needing_checkpoint(&self) -> Result<Vec<Uuid>, StoreError> {

@@ -122,3 +122,27 @@ async fn audit_rows_refuse_update_and_delete() {
     conn.close().await.unwrap();
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn one_node_leads_background_jobs_and_another_takes_over() {
+    use coffer_store::Store;
+    let Some(db) = fresh().await else { return };
+    let a = PgStore::connect(&db.url()).await.unwrap();
+    let b = PgStore::connect(&db.url()).await.unwrap();
+    assert!(a.try_lead().await.unwrap(), "the first node to ask leads");
+    assert!(a.try_lead().await.unwrap(), "and keeps leading");
+    assert!(!b.try_lead().await.unwrap(), "a second node does not");
+    // The leader goes away (its sessions end): the other node takes over.
+    a.close().await;
+    let mut took_over = false;
+    for _ in 0..50 {
+        if b.try_lead().await.unwrap() {
+            took_over = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(took_over, "leadership must pass to the surviving node");
+    b.close().await;
+    db.drop_db().await;
+}
