@@ -162,3 +162,132 @@ pub async fn drop_pg_database(url: &str) {
         .await;
     }
 }
+
+/// A private PostgreSQL server (own data directory and port on 127.0.0.1) that a test may
+/// stop and start — the machine's shared cluster must not be restarted under parallel tests.
+#[derive(Debug)]
+pub struct PrivatePostgres {
+    dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+    port: u16,
+    as_postgres: bool,
+}
+
+impl PrivatePostgres {
+    /// None when PostgreSQL's server binaries are not installed (outside CI; in CI it panics).
+    pub fn start() -> Option<Self> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql").ok().and_then(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.path().join("bin"))
+                .find(|p| p.join("initdb").exists())
+        });
+        let Some(bin) = bin else {
+            if std::env::var_os("CI").is_some() {
+                panic!("PostgreSQL server binaries are required in CI (/usr/lib/postgresql/*/bin)");
+            }
+            eprintln!("SKIPPED: no PostgreSQL server binaries under /usr/lib/postgresql");
+            return None;
+        };
+        // initdb refuses to run as root: run the server as the postgres user then.
+        let as_postgres = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout.starts_with(b"0"))
+            .unwrap_or(false);
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        if as_postgres {
+            run(std::process::Command::new("chown")
+                .arg("postgres")
+                .arg(dir.path()));
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("port: {e}"));
+        let pg = Self {
+            dir,
+            bin,
+            port,
+            as_postgres,
+        };
+        run(pg
+            .cmd("initdb")
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "-D",
+            ])
+            .arg(pg.data()));
+        pg.start_again();
+        Some(pg)
+    }
+
+    fn data(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn cmd(&self, tool: &str) -> std::process::Command {
+        let exe = self.bin.join(tool);
+        if self.as_postgres {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(exe);
+            c
+        } else {
+            std::process::Command::new(exe)
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Start (again), waiting until it accepts connections.
+    pub fn start_again(&self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.path().display()
+        );
+        run(self
+            .cmd("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .args(["-o", &opts, "-l"])
+            .arg(self.dir.path().join("log"))
+            .args(["-w", "start"]));
+    }
+
+    /// Stop like a crash: no shutdown checkpoint, connections cut.
+    pub fn stop_immediate(&self) {
+        run(self
+            .cmd("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .args(["-m", "immediate", "-w", "stop"]));
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = self
+            .cmd("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+    }
+}
+
+fn run(cmd: &mut std::process::Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -63,3 +63,64 @@ async fn two_nodes_on_one_postgres_database() {
     b.stop().await;
     drop_pg_database(&url).await;
 }
+
+#[tokio::test]
+async fn a_postgres_crash_fails_fast_and_recovers_without_a_restart() {
+    let Some(pg) = coffer_testkit::PrivatePostgres::start() else {
+        return;
+    };
+    let srv = TestServer::production_on(&pg.url()).await;
+    let c = srv.client();
+    let init = c.init(3, 2).await.unwrap();
+    c.unseal(&init.shares[0]).await.unwrap();
+    c.unseal(&init.shares[1]).await.unwrap();
+    let login = |c: coffer_client::Client| {
+        let (u, p) = (
+            init.bootstrap.username.clone(),
+            init.bootstrap.password.clone(),
+        );
+        async move { c.login(&u, &p).await.unwrap().token }
+    };
+    let owner = srv.client().with_token(login(srv.client()).await);
+    let revoked = srv.client().with_token(login(srv.client()).await);
+    owner.create_project("web").await.unwrap();
+    owner
+        .set_param("web", "default", "K", "acknowledged", Some(true))
+        .await
+        .unwrap();
+    revoked.logout().await.unwrap();
+
+    pg.stop_immediate();
+    let started = std::time::Instant::now();
+    let err = owner.get_param("web", "default", "K").await.unwrap_err();
+    assert_eq!(err.status(), Some(503), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(8),
+        "must fail fast, took {:?}",
+        started.elapsed()
+    );
+
+    pg.start_again();
+    // The same Coffer process recovers on its own.
+    let mut value = None;
+    for _ in 0..50 {
+        if let Ok(p) = owner.get_param("web", "default", "K").await {
+            value = p.value;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        value.as_deref(),
+        Some("acknowledged"),
+        "no acknowledged write is lost"
+    );
+    assert_eq!(
+        revoked.whoami().await.unwrap_err().code(),
+        Some("unauthenticated"),
+        "a revoked session stays revoked"
+    );
+    let v = owner.audit_verify().await.unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    srv.stop().await;
+}

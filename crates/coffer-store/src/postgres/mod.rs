@@ -62,7 +62,7 @@ impl PgStore {
         let opts: PgConnectOptions = url.parse()?;
         let pool = PgPoolOptions::new()
             .max_connections(16)
-            .acquire_timeout(Duration::from_secs(5))
+            .acquire_timeout(Duration::from_secs(2))
             .connect_with(opts)
             .await?;
         crate::migrator(MIGRATIONS)
