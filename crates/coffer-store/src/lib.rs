@@ -8,6 +8,7 @@
 //! Every query that touches tenant data is scoped by organisation id as well as by its own
 //! key, so a bug in a caller cannot read across tenants.
 
+mod chain;
 mod error;
 mod models;
 pub mod postgres;

@@ -14,7 +14,6 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::rows::*;
-use crate::sqlite::audit_entry;
 use crate::*;
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -676,10 +675,8 @@ async fn append_audit_batch(
     events: &[&NewAuditEvent],
 ) -> Result<Vec<(u64, [u8; 32])>, StoreError> {
     let mut tx = pool.begin().await?;
-    let mut orgs: Vec<Uuid> = events.iter().map(|e| e.org_id).collect();
-    orgs.sort_unstable();
-    orgs.dedup();
-    let mut heads = std::collections::HashMap::new();
+    let orgs = crate::chain::orgs(events);
+    let mut heads = crate::chain::Heads::new();
     for org in &orgs {
         sqlx::query("INSERT INTO audit_heads (org_id, seq, hash) VALUES ($1, 0, $2) ON CONFLICT (org_id) DO NOTHING")
             .bind(b(org))
@@ -692,17 +689,7 @@ async fn append_audit_batch(
             .await?;
         heads.insert(*org, (u64_col(&h, "seq")?, hash_col(&h, "hash")?));
     }
-    let mut assigned = Vec::with_capacity(events.len());
-    for e in events {
-        let (seq, prev) = heads
-            .get(&e.org_id)
-            .copied()
-            .ok_or(StoreError::CommitFailed)?;
-        let seq = seq + 1;
-        let hash = coffer_crypto::audit::chain_hash(&prev, &audit_entry(seq, &e.body));
-        heads.insert(e.org_id, (seq, hash));
-        assigned.push((seq, prev, hash));
-    }
+    let assigned = crate::chain::assign(events, &mut heads)?;
     for (chunk, chunk_assigned) in events
         .chunks(AUDIT_ROWS_PER_INSERT)
         .zip(assigned.chunks(AUDIT_ROWS_PER_INSERT))

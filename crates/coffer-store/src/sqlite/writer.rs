@@ -11,12 +11,11 @@ use sqlx::{Acquire, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::cache::ValueCache;
-use std::collections::HashMap;
 
 use sqlx::SqliteConnection;
 use uuid::Uuid;
 
-use super::{append_version, audit_entry};
+use super::append_version;
 use crate::{NewAuditEvent, ParamWrite, StoreError};
 
 const MAX_BATCH: usize = 256;
@@ -43,7 +42,7 @@ pub(super) fn spawn(pool: SqlitePool, cache: Arc<ValueCache>) -> mpsc::Sender<Jo
     tokio::spawn(async move {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         // Chain ends, exact because this task is the only appender; cleared on any failure.
-        let mut heads: HashMap<Uuid, (u64, [u8; 32])> = HashMap::new();
+        let mut heads = crate::chain::Heads::new();
         while let Some(first) = rx.recv().await {
             batch.push(first);
             while batch.len() < MAX_BATCH {
@@ -76,23 +75,16 @@ const AUDIT_ROWS_PER_INSERT: usize = 64;
 async fn append_audit_batch(
     conn: &mut SqliteConnection,
     events: &[&NewAuditEvent],
-    heads: &mut HashMap<Uuid, (u64, [u8; 32])>,
+    heads: &mut crate::chain::Heads,
 ) -> Result<Vec<(u64, [u8; 32])>, StoreError> {
-    let mut assigned = Vec::with_capacity(events.len());
-    let mut touched: Vec<Uuid> = Vec::new();
-    for e in events {
-        let (seq, prev) = match heads.get(&e.org_id) {
-            Some(h) => *h,
-            None => load_head(&mut *conn, e.org_id).await?,
-        };
-        let seq = seq + 1;
-        let hash = coffer_crypto::audit::chain_hash(&prev, &audit_entry(seq, &e.body));
-        heads.insert(e.org_id, (seq, hash));
-        if !touched.contains(&e.org_id) {
-            touched.push(e.org_id);
+    let touched = crate::chain::orgs(events);
+    for org in &touched {
+        if !heads.contains_key(org) {
+            let head = load_head(&mut *conn, *org).await?;
+            heads.insert(*org, head);
         }
-        assigned.push((seq, prev, hash));
     }
+    let assigned = crate::chain::assign(events, heads)?;
     for (chunk_events, chunk_assigned) in events
         .chunks(AUDIT_ROWS_PER_INSERT)
         .zip(assigned.chunks(AUDIT_ROWS_PER_INSERT))
@@ -155,7 +147,7 @@ async fn load_head(conn: &mut SqliteConnection, org: Uuid) -> Result<(u64, [u8; 
 async fn commit_batch(
     pool: &SqlitePool,
     batch: &[Job],
-    heads: &mut HashMap<Uuid, (u64, [u8; 32])>,
+    heads: &mut crate::chain::Heads,
 ) -> Vec<Result<Done, StoreError>> {
     let failed = |n: usize| {
         (0..n)
