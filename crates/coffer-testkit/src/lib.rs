@@ -137,15 +137,25 @@ pub async fn pg_database() -> Option<String> {
             return None;
         }
     };
+    // A non-superuser role owns and uses the database, so row-level security applies.
     let name = format!("coffer_test_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .unwrap_or_else(|e| panic!("create database: {e}"));
+    for sql in [
+        format!("CREATE ROLE {name} LOGIN"),
+        format!("CREATE DATABASE {name} OWNER {name}"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("create test database: {e}"));
+    }
     let (base, _) = admin
         .rsplit_once('/')
         .unwrap_or_else(|| panic!("COFFER_TEST_PG_URL must end with /database"));
-    Some(format!("{base}/{name}"))
+    let (scheme, rest) = base
+        .split_once("://")
+        .unwrap_or_else(|| panic!("bad COFFER_TEST_PG_URL"));
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    Some(format!("{scheme}://{name}@{host}/{name}"))
 }
 
 /// Drop a database made by [`pg_database`] (after its servers stopped).
@@ -155,11 +165,14 @@ pub async fn drop_pg_database(url: &str) {
         return;
     };
     if let Ok(mut conn) = sqlx::PgConnection::connect(&pg_admin_url()).await {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-        )))
-        .execute(&mut conn)
-        .await;
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            format!("DROP ROLE IF EXISTS {name}"),
+        ] {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&mut conn)
+                .await;
+        }
     }
 }
 

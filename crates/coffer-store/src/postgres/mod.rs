@@ -27,6 +27,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "audit",
         include_str!("../../migrations/postgres/0002_audit.sql"),
     ),
+    (
+        3,
+        "rls",
+        include_str!("../../migrations/postgres/0003_rls.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]
@@ -46,6 +51,14 @@ type AuditJob = (NewAuditEvent, AuditReply);
 
 const AUDIT_BATCH: usize = 256;
 const AUDIT_ROWS_PER_INSERT: usize = 64;
+
+async fn set_org(conn: &mut PgConnection, org_id: Uuid) -> Result<(), StoreError> {
+    sqlx::query("SELECT set_config('coffer.org_id', $1, true)")
+        .bind(org_id.simple().to_string())
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
 
 fn b(id: &Uuid) -> &[u8] {
     id.as_bytes().as_slice()
@@ -74,6 +87,16 @@ impl PgStore {
             audit,
             leader: std::sync::Arc::default(),
         })
+    }
+
+    /// A transaction in which row-level security lets this organisation's rows through.
+    async fn scoped(
+        &self,
+        org_id: Uuid,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        set_org(&mut tx, org_id).await?;
+        Ok(tx)
     }
 
     pub async fn close(&self) {
@@ -137,6 +160,7 @@ impl Store for PgStore {
             .bind(org.created_at)
             .execute(&mut *tx)
             .await?;
+        set_org(&mut tx, org.id).await?;
         sqlx::query(
             "INSERT INTO tenant_keys (org_id, term, wrapped, created_at) VALUES ($1, $2, $3, $4)",
         )
@@ -161,9 +185,10 @@ impl Store for PgStore {
     }
 
     async fn tenant_keys(&self, org_id: Uuid) -> Result<Vec<TenantKeyRow>, StoreError> {
-        sqlx::query("SELECT org_id, term, wrapped, created_at FROM tenant_keys WHERE org_id = $1 ORDER BY term")
+        let mut tx = self.scoped(org_id).await?;
+        let out = sqlx::query("SELECT org_id, term, wrapped, created_at FROM tenant_keys WHERE org_id = $1 ORDER BY term")
             .bind(b(&org_id))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?
             .iter()
             .map(|r| {
@@ -174,7 +199,9 @@ impl Store for PgStore {
                     created_at: r.int("created_at")?,
                 })
             })
-            .collect()
+            .collect();
+        tx.commit().await?;
+        out
     }
 
     async fn create_user(&self, u: &UserRow) -> Result<(), StoreError> {
@@ -279,26 +306,31 @@ impl Store for PgStore {
     }
 
     async fn create_project(&self, p: &ProjectRow) -> Result<(), StoreError> {
+        let mut tx = self.scoped(p.org_id).await?;
         sqlx::query("INSERT INTO projects (id, org_id, name, created_at) VALUES ($1, $2, $3, $4)")
             .bind(b(&p.id))
             .bind(b(&p.org_id))
             .bind(&p.name)
             .bind(p.created_at)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
     async fn projects(&self, org_id: Uuid) -> Result<Vec<ProjectRow>, StoreError> {
-        sqlx::query(
+        let mut tx = self.scoped(org_id).await?;
+        let out = sqlx::query(
             "SELECT id, org_id, name, created_at FROM projects WHERE org_id = $1 ORDER BY name",
         )
         .bind(b(&org_id))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?
         .iter()
         .map(project_row)
-        .collect()
+        .collect();
+        tx.commit().await?;
+        out
     }
 
     async fn project_by_name(
@@ -306,19 +338,23 @@ impl Store for PgStore {
         org_id: Uuid,
         name: &str,
     ) -> Result<Option<ProjectRow>, StoreError> {
-        sqlx::query(
+        let mut tx = self.scoped(org_id).await?;
+        let out = sqlx::query(
             "SELECT id, org_id, name, created_at FROM projects WHERE org_id = $1 AND name = $2",
         )
         .bind(b(&org_id))
         .bind(name)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?
         .as_ref()
         .map(project_row)
-        .transpose()
+        .transpose();
+        tx.commit().await?;
+        out
     }
 
     async fn create_env(&self, e: &EnvRow) -> Result<(), StoreError> {
+        let mut tx = self.scoped(e.org_id).await?;
         sqlx::query("INSERT INTO environments (id, org_id, project_id, parent_id, name, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(b(&e.id))
             .bind(b(&e.org_id))
@@ -326,23 +362,27 @@ impl Store for PgStore {
             .bind(e.parent_id.as_ref().map(|p| p.as_bytes().to_vec()))
             .bind(&e.name)
             .bind(e.created_at)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
     async fn envs(&self, org_id: Uuid, project_id: Uuid) -> Result<Vec<EnvRow>, StoreError> {
-        sqlx::query(
+        let mut tx = self.scoped(org_id).await?;
+        let out = sqlx::query(
             "SELECT id, org_id, project_id, parent_id, name, created_at FROM environments \
              WHERE org_id = $1 AND project_id = $2 ORDER BY created_at, name",
         )
         .bind(b(&org_id))
         .bind(b(&project_id))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?
         .iter()
         .map(env_row)
-        .collect()
+        .collect();
+        tx.commit().await?;
+        out
     }
 
     async fn param(
@@ -351,15 +391,18 @@ impl Store for PgStore {
         env_id: Uuid,
         name: &str,
     ) -> Result<Option<ParamRow>, StoreError> {
-        sqlx::query("SELECT id, org_id, env_id, name, current_version, deleted, updated_at FROM params WHERE org_id = $1 AND env_id = $2 AND name = $3")
+        let mut tx = self.scoped(org_id).await?;
+        let out = sqlx::query("SELECT id, org_id, env_id, name, current_version, deleted, updated_at FROM params WHERE org_id = $1 AND env_id = $2 AND name = $3")
             .bind(b(&org_id))
             .bind(b(&env_id))
             .bind(name)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await?
             .as_ref()
             .map(param_row)
-            .transpose()
+            .transpose();
+        tx.commit().await?;
+        out
     }
 
     async fn current_value(
@@ -368,18 +411,21 @@ impl Store for PgStore {
         env_id: Uuid,
         name: &str,
     ) -> Result<Option<ParamValue>, StoreError> {
-        sqlx::query(pg_value_select!(
+        let mut tx = self.scoped(org_id).await?;
+        let out = sqlx::query(pg_value_select!(
             "v.version = p.current_version",
             "p.org_id = $1 AND p.env_id = $2 AND p.name = $3 AND NOT p.deleted"
         ))
         .bind(b(&org_id))
         .bind(b(&env_id))
         .bind(name)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?
         .as_ref()
         .map(param_value)
-        .transpose()
+        .transpose();
+        tx.commit().await?;
+        out
     }
 
     async fn current_values(
@@ -387,6 +433,7 @@ impl Store for PgStore {
         org_id: Uuid,
         env_ids: &[Uuid],
     ) -> Result<Vec<ParamValue>, StoreError> {
+        let mut tx = self.scoped(org_id).await?;
         let mut out = Vec::new();
         for env_id in env_ids {
             let rows = sqlx::query(pg_value_select!(
@@ -395,12 +442,13 @@ impl Store for PgStore {
             ))
             .bind(b(&org_id))
             .bind(b(env_id))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?;
             for r in &rows {
                 out.push(param_value(r)?);
             }
         }
+        tx.commit().await?;
         Ok(out)
     }
 
@@ -410,18 +458,21 @@ impl Store for PgStore {
         param_id: Uuid,
         version: u64,
     ) -> Result<Option<ParamValue>, StoreError> {
-        sqlx::query(pg_value_select!(
+        let mut tx = self.scoped(org_id).await?;
+        let out = sqlx::query(pg_value_select!(
             "v.version = $1",
             "p.org_id = $2 AND p.id = $3"
         ))
         .bind(i(version))
         .bind(b(&org_id))
         .bind(b(&param_id))
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?
         .as_ref()
         .map(param_value)
-        .transpose()
+        .transpose();
+        tx.commit().await?;
+        out
     }
 
     async fn param_history(
@@ -429,18 +480,21 @@ impl Store for PgStore {
         org_id: Uuid,
         param_id: Uuid,
     ) -> Result<Vec<ParamVersionRow>, StoreError> {
-        sqlx::query("SELECT param_id, version, is_secret, action, actor_id, created_at FROM param_versions WHERE org_id = $1 AND param_id = $2 ORDER BY version")
+        let mut tx = self.scoped(org_id).await?;
+        let out = sqlx::query("SELECT param_id, version, is_secret, action, actor_id, created_at FROM param_versions WHERE org_id = $1 AND param_id = $2 ORDER BY version")
             .bind(b(&org_id))
             .bind(b(&param_id))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?
             .iter()
             .map(version_row)
-            .collect()
+            .collect();
+        tx.commit().await?;
+        out
     }
 
     async fn append_param_version(&self, w: &ParamWrite) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.scoped(w.org_id).await?;
         append_version(&mut tx, w).await?;
         tx.commit().await?;
         Ok(())

@@ -12,7 +12,7 @@ fn admin_url() -> String {
 
 pub struct TestDb {
     name: String,
-    pub store: PgStore,
+    store: Option<PgStore>,
 }
 
 /// A new empty database with Coffer's migrations applied, or None when PostgreSQL is not
@@ -31,37 +31,56 @@ pub async fn fresh() -> Option<TestDb> {
             return None;
         }
     };
+    // A non-superuser role owns and uses the database: superusers bypass row-level security.
     let name = format!("coffer_test_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let url = match admin.rsplit_once('/') {
-        Some((base, _)) => format!("{base}/{name}"),
-        None => panic!("COFFER_TEST_PG_URL must end with /database"),
-    };
-    let store = PgStore::connect(&url).await.unwrap();
-    Some(TestDb { name, store })
+    for sql in [
+        format!("CREATE ROLE {name} LOGIN"),
+        format!("CREATE DATABASE {name} OWNER {name}"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    let mut db = TestDb { name, store: None };
+    db.store = Some(PgStore::connect(&db.url()).await.unwrap());
+    Some(db)
 }
 
 impl TestDb {
+    /// The test database, as its own (non-superuser) role.
     pub fn url(&self) -> String {
-        match admin_url().rsplit_once('/') {
-            Some((base, _)) => format!("{base}/{}", self.name),
-            None => panic!("COFFER_TEST_PG_URL must end with /database"),
-        }
+        let admin = admin_url();
+        let (base, _) = admin
+            .rsplit_once('/')
+            .unwrap_or_else(|| panic!("COFFER_TEST_PG_URL must end with /database"));
+        let (scheme, rest) = base
+            .split_once("://")
+            .unwrap_or_else(|| panic!("bad COFFER_TEST_PG_URL"));
+        let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+        format!("{scheme}://{}@{host}/{}", self.name, self.name)
+    }
+
+    pub fn store(&self) -> &PgStore {
+        self.store
+            .as_ref()
+            .unwrap_or_else(|| panic!("store not connected"))
     }
 
     pub async fn drop_db(self) {
-        self.store.close().await;
+        if let Some(store) = &self.store {
+            store.close().await;
+        }
         let mut conn = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        )))
-        .execute(&mut conn)
-        .await
-        .unwrap();
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            format!("DROP ROLE IF EXISTS {}", self.name),
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
     }
 }
 
@@ -70,7 +89,7 @@ macro_rules! pg_suite {
         #[tokio::test]
         async fn $name() {
             let Some(db) = fresh().await else { return };
-            crate::suite::$name(&db.store).await;
+            crate::suite::$name(db.store()).await;
             db.drop_db().await;
         }
     )*};
@@ -103,7 +122,7 @@ async fn audit_rows_refuse_update_and_delete() {
         target: String::new(),
         body: "{}".into(),
     };
-    db.store.append_audit(&e).await.unwrap();
+    db.store().append_audit(&e).await.unwrap();
     let mut conn = sqlx::PgConnection::connect(&db.url()).await.unwrap();
     for sql in [
         "UPDATE audit_events SET action = 'x'",
@@ -144,5 +163,70 @@ async fn one_node_leads_background_jobs_and_another_takes_over() {
     }
     assert!(took_over, "leadership must pass to the surviving node");
     b.close().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn row_level_security_hides_other_organisations_rows() {
+    let Some(db) = fresh().await else { return };
+    let a = crate::suite::org(db.store(), "a").await;
+    let b = crate::suite::org(db.store(), "b").await;
+    use coffer_store::{ProjectRow, Store};
+    db.store()
+        .create_project(&ProjectRow {
+            id: uuid::Uuid::new_v4(),
+            org_id: a,
+            name: "app".into(),
+            created_at: 1,
+        })
+        .await
+        .unwrap();
+    // A raw connection as the application's own role, bypassing the store's scoping.
+    let mut conn = sqlx::PgConnection::connect(&db.url()).await.unwrap();
+    let count = |c: &'static str| {
+        sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {c}")))
+    };
+    assert_eq!(
+        count("projects").fetch_one(&mut conn).await.unwrap().0,
+        0,
+        "no organisation set: nothing is visible"
+    );
+    assert_eq!(
+        count("tenant_keys").fetch_one(&mut conn).await.unwrap().0,
+        0
+    );
+    sqlx::query("SELECT set_config('coffer.org_id', $1, false)")
+        .bind(b.simple().to_string())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        count("projects").fetch_one(&mut conn).await.unwrap().0,
+        0,
+        "org b sees none of org a's projects"
+    );
+    assert_eq!(
+        count("tenant_keys").fetch_one(&mut conn).await.unwrap().0,
+        1,
+        "only its own key"
+    );
+    // Writing a row for another organisation is refused.
+    let r =
+        sqlx::query("INSERT INTO projects (id, org_id, name, created_at) VALUES ($1, $2, 'x', 1)")
+            .bind(uuid::Uuid::new_v4().as_bytes().to_vec())
+            .bind(a.as_bytes().to_vec())
+            .execute(&mut conn)
+            .await;
+    assert!(
+        r.is_err(),
+        "WITH CHECK must refuse rows of another organisation"
+    );
+    sqlx::query("SELECT set_config('coffer.org_id', $1, false)")
+        .bind(a.simple().to_string())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(count("projects").fetch_one(&mut conn).await.unwrap().0, 1);
+    conn.close().await.unwrap();
     db.drop_db().await;
 }
