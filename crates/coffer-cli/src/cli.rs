@@ -54,6 +54,12 @@ pub enum Command {
     /// The audit log: list, export, verify, write customer events.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Apply pending PostgreSQL migrations, as the schema owner.
+    Migrate {
+        /// `postgres://owner@host/db` (default: COFFER_DATABASE_URL).
+        #[arg(long, env = "COFFER_DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+    },
     /// Measure read and write throughput and latency against a running server.
     Bench(BenchArgs),
 }

@@ -9,6 +9,7 @@
 //! | COFFER_TLS__KEY_FILE | tls.key_file | internal CA |
 //! | COFFER_SESSION__TTL | session.ttl | 12h |
 //! | COFFER_DATABASE_URL | storage.url | SQLite in the data directory |
+//! | COFFER_STORAGE__MIGRATE | storage.migrate | true (false: only verify the schema) |
 //! | COFFER_AUDIT__FILE | audit.file | none |
 //! | COFFER_AUDIT__STDOUT | audit.stdout | false |
 //! | COFFER_AUDIT__CHECKPOINT_INTERVAL | audit.checkpoint_interval | 5m |
@@ -45,6 +46,8 @@ struct FileConfig {
 struct StorageSection {
     /// `postgres://user:password@host/db`; absent: SQLite in the data directory.
     url: Option<String>,
+    /// Apply migrations at start (default). False for a runtime role without DDL rights.
+    migrate: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -98,6 +101,9 @@ pub fn load(args: &ServerArgs) -> anyhow::Result<ServerConfig> {
     }
     if let Some(v) = env("COFFER_DATABASE_URL") {
         f.storage.url = Some(v);
+    }
+    if let Some(v) = env("COFFER_STORAGE__MIGRATE") {
+        f.storage.migrate = Some(matches!(v.as_str(), "1" | "true" | "yes"));
     }
     if let Some(v) = env("COFFER_AUDIT__FILE") {
         f.audit.file = Some(v.into());
@@ -165,5 +171,6 @@ pub fn load(args: &ServerArgs) -> anyhow::Result<ServerConfig> {
             .url
             .map(coffer_server::DatabaseUrl::new)
             .transpose()?,
+        migrate: f.storage.migrate.unwrap_or(true),
     })
 }

@@ -240,14 +240,35 @@ impl Coffer {
         Coffer::with_sinks(std::sync::Arc::new(store), config, sinks)
     }
 
-    /// Connect to PostgreSQL (`postgres://…`) and run pending migrations.
+    /// Connect to PostgreSQL (`postgres://…`). With `migrate` pending migrations are applied
+    /// (the role must own the schema); without, the schema must already be current.
     pub async fn open_postgres(
         url: &str,
         config: crate::CoreConfig,
         sinks: crate::audit::AuditSinks,
+        migrate: bool,
     ) -> Result<Coffer, CoreError> {
-        let store = coffer_store::postgres::PgStore::connect(url).await?;
+        use coffer_store::postgres::{PgStore, Schema};
+        let schema = if migrate {
+            Schema::Migrate
+        } else {
+            Schema::Verify
+        };
+        let store = PgStore::connect_with(url, schema)
+            .await
+            .map_err(|e| match e {
+                coffer_store::StoreError::SchemaOutdated { .. } => {
+                    tracing::error!(error = %e, "database schema out of date");
+                    CoreError::Internal("the database schema is out of date: run `coffer migrate`")
+                }
+                other => other.into(),
+            })?;
         Coffer::with_sinks(std::sync::Arc::new(store), config, sinks)
+    }
+
+    /// Apply pending PostgreSQL migrations as the schema owner (`coffer migrate`).
+    pub async fn migrate_postgres(url: &str) -> Result<(), CoreError> {
+        Ok(coffer_store::postgres::migrate(url).await?)
     }
 
     /// Dev mode: use (creating on first start) the root key file at `key_path`.

@@ -32,6 +32,9 @@ pub struct ServerConfig {
     pub checkpoint_interval: Duration,
     /// PostgreSQL instead of the embedded SQLite database.
     pub database_url: Option<DatabaseUrl>,
+    /// Apply pending PostgreSQL migrations at start (the role must own the schema); false
+    /// for a least-privilege runtime role, with `coffer migrate` run separately.
+    pub migrate: bool,
 }
 
 /// A database URL that may carry a password: Debug and Display hide it.
@@ -144,9 +147,11 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
             )
         })?;
     let coffer = match &cfg.database_url {
-        Some(url) => Coffer::open_postgres(url.expose_secret(), cfg.core.clone(), sinks)
-            .await
-            .with_context(|| format!("connect to {url}"))?,
+        Some(url) => {
+            Coffer::open_postgres(url.expose_secret(), cfg.core.clone(), sinks, cfg.migrate)
+                .await
+                .with_context(|| format!("connect to {url}"))?
+        }
         None => Coffer::open_sqlite_with(&cfg.data_dir.join("coffer.db"), cfg.core.clone(), sinks)
             .await
             .context("open the database")?,

@@ -17,6 +17,11 @@ pub enum StoreError {
     /// The transaction carrying this write did not commit; nothing was written.
     #[error("the write could not be committed")]
     CommitFailed,
+    /// The database schema is not at the version this build needs (run `coffer migrate`).
+    #[error(
+        "the database schema is at version {have}, this server needs {want}: run `coffer migrate`"
+    )]
+    SchemaOutdated { have: i64, want: i64 },
     #[error("migration failed")]
     Migrate(#[source] sqlx::migrate::MigrateError),
 }

@@ -50,6 +50,7 @@ impl TestServer {
             checkpoint_interval: std::time::Duration::from_secs(300),
             database_url: database_url
                 .map(|u| coffer_server::DatabaseUrl::new(u).unwrap_or_else(|e| panic!("{e}"))),
+            migrate: true,
         };
         let server = coffer_server::start(cfg)
             .await

@@ -25,6 +25,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(a) => export::run(g, a).await,
         Command::Export(a) => export::export(g, a).await,
         Command::Audit(c) => return audit::run(g, c).await,
+        Command::Migrate { database_url } => server::migrate(&database_url).await,
         Command::Bench(a) => bench::run(g, a).await,
     }
     .map(|()| ExitCode::SUCCESS)

@@ -67,3 +67,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     server.run_until_signal().await
 }
+
+pub async fn migrate(url: &str) -> anyhow::Result<()> {
+    let shown = coffer_server::DatabaseUrl::new(url.to_owned())?;
+    coffer_core::Coffer::migrate_postgres(url)
+        .await
+        .with_context(|| format!("migrate {shown}"))?;
+    println!("Migrations applied to {shown}.");
+    Ok(())
+}

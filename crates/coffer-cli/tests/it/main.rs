@@ -548,3 +548,52 @@ fn audit_commands() {
     );
     assert!(String::from_utf8_lossy(&o.stdout).contains("TAMPERED"));
 }
+
+#[tokio::test]
+async fn migrate_command_and_a_server_that_only_verifies_the_schema() {
+    let Some(url) = coffer_testkit::pg_database().await else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let server = |migrate: &str| {
+        Command::new(BIN)
+            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(tmp.path().join("data"))
+            .env("COFFER_DATABASE_URL", &url)
+            .env("COFFER_STORAGE__MIGRATE", migrate)
+            .env("COFFER_LOG", "error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // A runtime node does not touch the schema: on an empty database it refuses to start.
+    let out = server("false").wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("coffer migrate"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for _ in 0..2 {
+        let o = Command::new(BIN)
+            .args(["migrate", "--database-url", &url])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(String::from_utf8_lossy(&o.stdout).contains("Migrations applied"));
+    }
+    let bad = Command::new(BIN)
+        .args(["migrate", "--database-url", "mysql://x"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    // Now it starts.
+    let mut child = server("false");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.contains("listening on https://127.0.0.1:"), "{first}");
+    let _ = child.kill();
+    let _ = child.wait();
+    coffer_testkit::drop_pg_database(&url).await;
+}

@@ -43,6 +43,46 @@ pub struct PgStore {
     leader: std::sync::Arc<tokio::sync::Mutex<Option<PgConnection>>>,
 }
 
+/// What to do about the schema when connecting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schema {
+    /// Apply pending migrations (the connecting role must own the schema).
+    Migrate,
+    /// Refuse to start unless every migration is applied; change nothing.
+    Verify,
+}
+
+/// Apply pending migrations with `url` (the schema owner's role) and disconnect.
+pub async fn migrate(url: &str) -> Result<(), StoreError> {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(url.parse::<PgConnectOptions>()?)
+        .await?;
+    let r = crate::migrator(MIGRATIONS)
+        .run(&pool)
+        .await
+        .map_err(StoreError::Migrate);
+    pool.close().await;
+    r
+}
+
+async fn verify_schema(pool: &PgPool) -> Result<(), StoreError> {
+    let want = MIGRATIONS.iter().map(|m| m.0).max().unwrap_or(0);
+    // A missing table (never migrated) counts as version 0.
+    let have: Option<(Option<i64>,)> =
+        sqlx::query_as("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+            .fetch_optional(pool)
+            .await
+            .ok()
+            .flatten();
+    let have = have.and_then(|h| h.0).unwrap_or(0);
+    if have == want {
+        Ok(())
+    } else {
+        Err(StoreError::SchemaOutdated { have, want })
+    }
+}
+
 /// Advisory lock key for background-job leadership ("coffer" in ASCII).
 const LEADER_LOCK: i64 = 0x636f_6666_6572;
 
@@ -71,16 +111,25 @@ fn i(v: u64) -> i64 {
 impl PgStore {
     /// Connect with `url` (`postgres://user@host/db`) and run pending migrations.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, Schema::Migrate).await
+    }
+
+    /// Connect; with [`Schema::Verify`] the schema is only checked, for a runtime role that
+    /// may not change it (migrations then run separately, as the owner: [`PgStore::migrate`]).
+    pub async fn connect_with(url: &str, schema: Schema) -> Result<Self, StoreError> {
         let opts: PgConnectOptions = url.parse()?;
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(2))
             .connect_with(opts)
             .await?;
-        crate::migrator(MIGRATIONS)
-            .run(&pool)
-            .await
-            .map_err(StoreError::Migrate)?;
+        match schema {
+            Schema::Migrate => crate::migrator(MIGRATIONS)
+                .run(&pool)
+                .await
+                .map_err(StoreError::Migrate)?,
+            Schema::Verify => verify_schema(&pool).await?,
+        }
         let audit = spawn_audit_writer(pool.clone());
         Ok(Self {
             pool,

@@ -230,3 +230,104 @@ async fn row_level_security_hides_other_organisations_rows() {
     conn.close().await.unwrap();
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn a_runtime_role_without_ddl_rights_runs_coffer_and_cannot_rewrite_history() {
+    use coffer_store::Store;
+    use coffer_store::postgres::{Schema, migrate};
+    let admin = admin_url();
+    let Ok(mut root) = sqlx::PgConnection::connect(&admin).await else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "PostgreSQL is required in CI"
+        );
+        return;
+    };
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let (owner, app, db) = (
+        format!("coffer_test_own_{id}"),
+        format!("coffer_test_app_{id}"),
+        format!("coffer_test_{id}"),
+    );
+    for sql in [
+        format!("CREATE ROLE {owner} LOGIN"),
+        format!("CREATE ROLE {app} LOGIN"),
+        format!("CREATE DATABASE {db} OWNER {owner}"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut root)
+            .await
+            .unwrap();
+    }
+    let (base, _) = admin.rsplit_once('/').unwrap();
+    let host = base
+        .split_once("://")
+        .map(|(_, r)| r.rsplit_once('@').map_or(r, |(_, h)| h))
+        .unwrap();
+    let url = |role: &str| format!("postgres://{role}@{host}/{db}");
+
+    // Before migrations, a runtime node refuses to start.
+    let err = PgStore::connect_with(&url(&owner), Schema::Verify)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            coffer_store::StoreError::SchemaOutdated { have: 0, .. }
+        ),
+        "{err:?}"
+    );
+    // The owner migrates and grants the documented privileges.
+    migrate(&url(&owner)).await.unwrap();
+    let mut as_owner = sqlx::PgConnection::connect(&url(&owner)).await.unwrap();
+    let grants =
+        include_str!("../../../../docs/postgres-runtime-role.sql").replace("coffer_app", &app);
+    for stmt in grants
+        .lines()
+        .filter(|l| !l.starts_with("--") && !l.trim().is_empty())
+    {
+        sqlx::query(sqlx::AssertSqlSafe(stmt.to_owned()))
+            .execute(&mut as_owner)
+            .await
+            .unwrap();
+    }
+    // The runtime role runs the store: writes, history, audit chain, checkpoints.
+    let store = PgStore::connect_with(&url(&app), Schema::Verify)
+        .await
+        .unwrap();
+    crate::suite::param_versions_append_with_optimistic_concurrency(&store).await;
+    crate::suite::audit_chains_append_in_order_with_filters_and_checkpoints(&store).await;
+    assert!(store.try_lead().await.unwrap());
+    store.close().await;
+    // …and cannot change the schema, disable the walls, or rewrite history.
+    let mut as_app = sqlx::PgConnection::connect(&url(&app)).await.unwrap();
+    for sql in [
+        "UPDATE audit_events SET action = 'x'",
+        "DELETE FROM audit_events",
+        "DELETE FROM audit_checkpoints",
+        "UPDATE param_versions SET action = 'x'",
+        "ALTER TABLE audit_events DISABLE TRIGGER ALL",
+        "DROP POLICY tenant_scope ON projects",
+        "ALTER TABLE projects NO FORCE ROW LEVEL SECURITY",
+        "CREATE TABLE intruder (x int)",
+        "DELETE FROM _sqlx_migrations",
+    ] {
+        let e = sqlx::query(sql).execute(&mut as_app).await.expect_err(sql);
+        assert!(
+            e.to_string().contains("denied") || e.to_string().contains("must be owner"),
+            "{sql}: {e}"
+        );
+    }
+    as_app.close().await.unwrap();
+    as_owner.close().await.unwrap();
+    for sql in [
+        format!("DROP DATABASE {db} WITH (FORCE)"),
+        format!("DROP ROLE {app}"),
+        format!("DROP ROLE {owner}"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut root)
+            .await
+            .unwrap();
+    }
+}
