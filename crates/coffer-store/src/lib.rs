@@ -10,6 +10,7 @@
 
 mod chain;
 mod error;
+pub mod identity;
 mod models;
 pub mod postgres;
 mod rows;
@@ -20,12 +21,13 @@ use uuid::Uuid;
 
 pub use coffer_crypto::{Ciphertext, WrappedTenantKey};
 pub use error::StoreError;
+pub use identity::IdentityStore;
 pub use models::*;
 
 /// Everything the domain needs from a database. Implemented for SQLite (embedded default)
 /// and PostgreSQL. Methods that change several rows do so in one transaction.
 #[async_trait]
-pub trait Store: Send + Sync + std::fmt::Debug {
+pub trait Store: IdentityStore + Send + Sync + std::fmt::Debug {
     // --- seal ---
     async fn seal_config(&self) -> Result<Option<SealConfigRow>, StoreError>;
     /// Fails with [`StoreError::Conflict`] if the server was already initialised.
@@ -35,17 +37,6 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn create_org(&self, org: &OrgRow, key: &TenantKeyRow) -> Result<(), StoreError>;
     async fn org(&self, org_id: Uuid) -> Result<Option<OrgRow>, StoreError>;
     async fn tenant_keys(&self, org_id: Uuid) -> Result<Vec<TenantKeyRow>, StoreError>;
-
-    // --- users, memberships, sessions ---
-    async fn create_user(&self, user: &UserRow) -> Result<(), StoreError>;
-    async fn user_by_name(&self, username: &str) -> Result<Option<UserRow>, StoreError>;
-    async fn user(&self, user_id: Uuid) -> Result<Option<UserRow>, StoreError>;
-    async fn add_membership(&self, m: &MembershipRow) -> Result<(), StoreError>;
-    async fn memberships(&self, user_id: Uuid) -> Result<Vec<MembershipRow>, StoreError>;
-    async fn create_session(&self, s: &SessionRow) -> Result<(), StoreError>;
-    async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionRow>, StoreError>;
-    async fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool, StoreError>;
-    async fn delete_expired_sessions(&self, now: i64) -> Result<u64, StoreError>;
 
     // --- projects and environments ---
     async fn create_project(&self, p: &ProjectRow) -> Result<(), StoreError>;

@@ -32,6 +32,9 @@ pub struct UserRow {
     /// PHC string (Argon2id); never the password.
     pub password_hash: String,
     pub created_at: i64,
+    /// Normalised e-mail address, where known.
+    pub email: Option<String>,
+    pub mfa_enabled: bool,
 }
 
 impl std::fmt::Debug for UserRow {
@@ -53,20 +56,93 @@ pub struct MembershipRow {
 
 #[derive(Clone)]
 pub struct SessionRow {
+    /// Public id, for listing and revoking; not a credential.
+    pub id: Uuid,
     pub token_hash: [u8; 32],
     pub user_id: Uuid,
     pub org_id: Uuid,
+    /// "full", "mfa" (second factor pending) or "enroll" (must enrol MFA first).
+    pub stage: String,
+    /// "password", "oidc" or "apikey".
+    pub method: String,
+    pub api_key_id: Option<Uuid>,
+    pub address: String,
     pub created_at: i64,
+    pub last_seen_at: i64,
     pub expires_at: i64,
 }
 
 impl std::fmt::Debug for SessionRow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionRow")
+            .field("id", &self.id)
             .field("user_id", &self.user_id)
             .field("org_id", &self.org_id)
+            .field("stage", &self.stage)
             .finish_non_exhaustive()
     }
+}
+
+/// TOTP state of a user. The secret is sealed by a key derived from the root key.
+#[derive(Clone)]
+pub struct MfaState {
+    pub sealed_secret: Option<Vec<u8>>,
+    pub enabled: bool,
+    pub last_step: i64,
+}
+
+impl std::fmt::Debug for MfaState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MfaState")
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An API key. Only the SHA-256 of the key is stored; `prefix` is its first characters,
+/// shown so people can tell keys apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRow {
+    pub id: Uuid,
+    pub org_id: Uuid,
+    /// The member who created it; the key never has more rights than they do now.
+    pub user_id: Uuid,
+    pub name: String,
+    pub role: String,
+    pub key_hash: [u8; 32],
+    pub prefix: String,
+    pub read_only: bool,
+    /// Project names it is restricted to (empty: all).
+    pub projects: Vec<String>,
+    /// Environment names it is restricted to (empty: all).
+    pub envs: Vec<String>,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub last_used_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvitationRow {
+    pub id: Uuid,
+    pub org_id: Uuid,
+    pub email: String,
+    pub role: String,
+    pub token_hash: [u8; 32],
+    pub invited_by: Uuid,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub accepted_at: Option<i64>,
+}
+
+/// A sealed e-mail waiting for delivery.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    pub id: Uuid,
+    pub sealed: Vec<u8>,
+    pub created_at: i64,
+    pub attempts: u32,
+    pub next_attempt_at: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,6 +13,8 @@ pub(crate) trait RowRead {
     fn int(&self, c: &str) -> Result<i64, StoreError>;
     fn text(&self, c: &str) -> Result<String, StoreError>;
     fn flag(&self, c: &str) -> Result<bool, StoreError>;
+    fn opt_text(&self, c: &str) -> Result<Option<String>, StoreError>;
+    fn opt_int(&self, c: &str) -> Result<Option<i64>, StoreError>;
 }
 
 macro_rules! row_read {
@@ -31,6 +33,12 @@ macro_rules! row_read {
                 Ok(sqlx::Row::try_get(self, c)?)
             }
             fn flag(&self, c: &str) -> Result<bool, StoreError> {
+                Ok(sqlx::Row::try_get(self, c)?)
+            }
+            fn opt_text(&self, c: &str) -> Result<Option<String>, StoreError> {
+                Ok(sqlx::Row::try_get(self, c)?)
+            }
+            fn opt_int(&self, c: &str) -> Result<Option<i64>, StoreError> {
                 Ok(sqlx::Row::try_get(self, c)?)
             }
         }
@@ -55,15 +63,6 @@ pub(crate) fn org_row<R: RowRead>(r: &R) -> Result<OrgRow, StoreError> {
     Ok(OrgRow {
         id: uuid_col(r, "id")?,
         name: r.text("name")?,
-        created_at: r.int("created_at")?,
-    })
-}
-
-pub(crate) fn user_row<R: RowRead>(r: &R) -> Result<UserRow, StoreError> {
-    Ok(UserRow {
-        id: uuid_col(r, "id")?,
-        username: r.text("username")?,
-        password_hash: r.text("password_hash")?,
         created_at: r.int("created_at")?,
     })
 }

@@ -32,7 +32,19 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "rls",
         include_str!("../../migrations/postgres/0003_rls.sql"),
     ),
+    (
+        4,
+        "identity",
+        include_str!("../../migrations/postgres/0004_identity.sql"),
+    ),
 ];
+
+crate::identity::impl_identity_store!(
+    PgStore,
+    pool,
+    pool,
+    "SELECT id FROM orgs WHERE id = $1 FOR UPDATE"
+);
 
 #[derive(Debug, Clone)]
 pub struct PgStore {
@@ -251,107 +263,6 @@ impl Store for PgStore {
             .collect();
         tx.commit().await?;
         out
-    }
-
-    async fn create_user(&self, u: &UserRow) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO users (id, username, password_hash, created_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(b(&u.id))
-        .bind(&u.username)
-        .bind(&u.password_hash)
-        .bind(u.created_at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn user_by_name(&self, username: &str) -> Result<Option<UserRow>, StoreError> {
-        sqlx::query("SELECT id, username, password_hash, created_at FROM users WHERE username = $1")
-            .bind(username)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(user_row)
-            .transpose()
-    }
-
-    async fn user(&self, user_id: Uuid) -> Result<Option<UserRow>, StoreError> {
-        sqlx::query("SELECT id, username, password_hash, created_at FROM users WHERE id = $1")
-            .bind(b(&user_id))
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(user_row)
-            .transpose()
-    }
-
-    async fn add_membership(&self, m: &MembershipRow) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO memberships (user_id, org_id, role, created_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(b(&m.user_id))
-        .bind(b(&m.org_id))
-        .bind(&m.role)
-        .bind(m.created_at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn memberships(&self, user_id: Uuid) -> Result<Vec<MembershipRow>, StoreError> {
-        sqlx::query("SELECT user_id, org_id, role, created_at FROM memberships WHERE user_id = $1 ORDER BY created_at")
-            .bind(b(&user_id))
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|r| Ok(MembershipRow { user_id: uuid_col(r, "user_id")?, org_id: uuid_col(r, "org_id")?, role: r.text("role")?, created_at: r.int("created_at")? }))
-            .collect()
-    }
-
-    async fn create_session(&self, s: &SessionRow) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO sessions (token_hash, user_id, org_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)")
-            .bind(s.token_hash.as_slice())
-            .bind(b(&s.user_id))
-            .bind(b(&s.org_id))
-            .bind(s.created_at)
-            .bind(s.expires_at)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionRow>, StoreError> {
-        let row = sqlx::query("SELECT token_hash, user_id, org_id, created_at, expires_at FROM sessions WHERE token_hash = $1")
-            .bind(token_hash.as_slice())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| {
-            Ok(SessionRow {
-                token_hash: hash_col(&r, "token_hash")?,
-                user_id: uuid_col(&r, "user_id")?,
-                org_id: uuid_col(&r, "org_id")?,
-                created_at: r.int("created_at")?,
-                expires_at: r.int("expires_at")?,
-            })
-        })
-        .transpose()
-    }
-
-    async fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool, StoreError> {
-        let r = sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
-            .bind(token_hash.as_slice())
-            .execute(&self.pool)
-            .await?;
-        Ok(r.rows_affected() > 0)
-    }
-
-    async fn delete_expired_sessions(&self, now: i64) -> Result<u64, StoreError> {
-        let r = sqlx::query("DELETE FROM sessions WHERE expires_at <= $1")
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
-        Ok(r.rows_affected())
     }
 
     async fn create_project(&self, p: &ProjectRow) -> Result<(), StoreError> {

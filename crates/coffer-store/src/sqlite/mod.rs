@@ -36,7 +36,20 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "audit",
         include_str!("../../migrations/sqlite/0002_audit.sql"),
     ),
+    (
+        3,
+        "identity",
+        include_str!("../../migrations/sqlite/0003_identity.sql"),
+    ),
 ];
+
+// SQLite's single writer connection serialises transactions, so no row lock is needed.
+crate::identity::impl_identity_store!(
+    SqliteStore,
+    read,
+    write,
+    "SELECT id FROM orgs WHERE id = $1"
+);
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -197,113 +210,6 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
-    }
-
-    async fn create_user(&self, u: &UserRow) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO users (id, username, password_hash, created_at) VALUES (?, ?, ?, ?)",
-        )
-        .bind(b(&u.id))
-        .bind(&u.username)
-        .bind(&u.password_hash)
-        .bind(u.created_at)
-        .execute(&self.write)
-        .await?;
-        Ok(())
-    }
-
-    async fn user_by_name(&self, username: &str) -> Result<Option<UserRow>, StoreError> {
-        sqlx::query("SELECT id, username, password_hash, created_at FROM users WHERE username = ?")
-            .bind(username)
-            .fetch_optional(&self.read)
-            .await?
-            .map(|r| user_row(&r))
-            .transpose()
-    }
-
-    async fn user(&self, user_id: Uuid) -> Result<Option<UserRow>, StoreError> {
-        sqlx::query("SELECT id, username, password_hash, created_at FROM users WHERE id = ?")
-            .bind(b(&user_id))
-            .fetch_optional(&self.read)
-            .await?
-            .map(|r| user_row(&r))
-            .transpose()
-    }
-
-    async fn add_membership(&self, m: &MembershipRow) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO memberships (user_id, org_id, role, created_at) VALUES (?, ?, ?, ?)",
-        )
-        .bind(b(&m.user_id))
-        .bind(b(&m.org_id))
-        .bind(&m.role)
-        .bind(m.created_at)
-        .execute(&self.write)
-        .await?;
-        Ok(())
-    }
-
-    async fn memberships(&self, user_id: Uuid) -> Result<Vec<MembershipRow>, StoreError> {
-        sqlx::query("SELECT user_id, org_id, role, created_at FROM memberships WHERE user_id = ? ORDER BY created_at")
-            .bind(b(&user_id))
-            .fetch_all(&self.read)
-            .await?
-            .iter()
-            .map(|r| {
-                Ok(MembershipRow {
-                    user_id: uuid_col(r, "user_id")?,
-                    org_id: uuid_col(r, "org_id")?,
-                    role: r.try_get("role")?,
-                    created_at: r.try_get("created_at")?,
-                })
-            })
-            .collect()
-    }
-
-    async fn create_session(&self, s: &SessionRow) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO sessions (token_hash, user_id, org_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?)")
-            .bind(s.token_hash.as_slice())
-            .bind(b(&s.user_id))
-            .bind(b(&s.org_id))
-            .bind(s.created_at)
-            .bind(s.expires_at)
-            .execute(&self.write)
-            .await?;
-        Ok(())
-    }
-
-    async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionRow>, StoreError> {
-        let row = sqlx::query("SELECT token_hash, user_id, org_id, created_at, expires_at FROM sessions WHERE token_hash = ?")
-            .bind(token_hash.as_slice())
-            .fetch_optional(&self.read)
-            .await?;
-        row.map(|r| {
-            let th: Vec<u8> = r.try_get("token_hash")?;
-            Ok(SessionRow {
-                token_hash: th.try_into().map_err(|_| StoreError::Corrupt)?,
-                user_id: uuid_col(&r, "user_id")?,
-                org_id: uuid_col(&r, "org_id")?,
-                created_at: r.try_get("created_at")?,
-                expires_at: r.try_get("expires_at")?,
-            })
-        })
-        .transpose()
-    }
-
-    async fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool, StoreError> {
-        let r = sqlx::query("DELETE FROM sessions WHERE token_hash = ?")
-            .bind(token_hash.as_slice())
-            .execute(&self.write)
-            .await?;
-        Ok(r.rows_affected() > 0)
-    }
-
-    async fn delete_expired_sessions(&self, now: i64) -> Result<u64, StoreError> {
-        let r = sqlx::query("DELETE FROM sessions WHERE expires_at <= ?")
-            .bind(now)
-            .execute(&self.write)
-            .await?;
-        Ok(r.rows_affected())
     }
 
     async fn create_project(&self, p: &ProjectRow) -> Result<(), StoreError> {

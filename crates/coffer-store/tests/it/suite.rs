@@ -173,6 +173,8 @@ pub async fn users_are_unique_and_sessions_expire(s: &dyn Store) {
         username: "alice".into(),
         password_hash: "$argon2id$x".into(),
         created_at: 1,
+        email: Some("alice@example.com".into()),
+        mfa_enabled: false,
     };
     s.create_user(&u).await.unwrap();
     let dup = UserRow {
@@ -183,6 +185,23 @@ pub async fn users_are_unique_and_sessions_expire(s: &dyn Store) {
         s.create_user(&dup).await,
         Err(StoreError::Conflict)
     ));
+    let same_email = UserRow {
+        id: Uuid::new_v4(),
+        username: "alice2".into(),
+        ..u.clone()
+    };
+    assert!(matches!(
+        s.create_user(&same_email).await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(
+        s.user_by_email("alice@example.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        u.id
+    );
     assert_eq!(s.user_by_name("alice").await.unwrap().unwrap().id, u.id);
     assert!(s.user_by_name("bob").await.unwrap().is_none());
     s.add_membership(&MembershipRow {
@@ -195,23 +214,26 @@ pub async fn users_are_unique_and_sessions_expire(s: &dyn Store) {
     .unwrap();
     assert_eq!(s.memberships(u.id).await.unwrap()[0].role, "owner");
 
-    let live = SessionRow {
-        token_hash: [1; 32],
-        user_id: u.id,
-        org_id,
-        created_at: 1,
-        expires_at: 1000,
-    };
+    let live = session(u.id, org_id, 1, 1000);
     let old = SessionRow {
-        token_hash: [2; 32],
         expires_at: 50,
-        ..live.clone()
+        ..session(u.id, org_id, 2, 0)
+    };
+    let idle = SessionRow {
+        last_seen_at: 10,
+        ..session(u.id, org_id, 3, 1000)
     };
     s.create_session(&live).await.unwrap();
     s.create_session(&old).await.unwrap();
-    assert_eq!(s.session(&[1; 32]).await.unwrap().unwrap().expires_at, 1000);
-    assert_eq!(s.delete_expired_sessions(100).await.unwrap(), 1);
+    s.create_session(&idle).await.unwrap();
+    s.touch_session(live.id, 90).await.unwrap();
+    let got = s.session(&[1; 32]).await.unwrap().unwrap();
+    assert_eq!((got.expires_at, got.last_seen_at), (1000, 90));
+    assert_eq!(s.user_sessions(u.id).await.unwrap().len(), 3);
+    // At 100 with a 50 ms idle limit: `old` has expired and `idle` was last seen at 10.
+    assert_eq!(s.delete_expired_sessions(100, 50).await.unwrap(), 2);
     assert!(s.session(&[2; 32]).await.unwrap().is_none());
+    assert!(s.session(&[3; 32]).await.unwrap().is_none());
     assert!(s.delete_session(&[1; 32]).await.unwrap());
     assert!(!s.delete_session(&[1; 32]).await.unwrap());
     assert!(s.session(&[1; 32]).await.unwrap().is_none());
@@ -713,4 +735,265 @@ pub async fn audit_chains_append_in_order_with_filters_and_checkpoints(s: &dyn S
         s.audit_key().await.unwrap().unwrap().public_key,
         vec![1; 32]
     );
+}
+
+fn session(user_id: Uuid, org_id: Uuid, n: u8, expires_at: i64) -> SessionRow {
+    SessionRow {
+        id: Uuid::new_v4(),
+        token_hash: [n; 32],
+        user_id,
+        org_id,
+        stage: "full".into(),
+        method: "password".into(),
+        api_key_id: None,
+        address: "127.0.0.1".into(),
+        created_at: 1,
+        last_seen_at: 1,
+        expires_at,
+    }
+}
+
+async fn user(s: &dyn Store, org_id: Uuid, name: &str, role: &str) -> Uuid {
+    let id = Uuid::new_v4();
+    s.create_user(&UserRow {
+        id,
+        username: name.into(),
+        password_hash: "$argon2id$x".into(),
+        created_at: 1,
+        email: None,
+        mfa_enabled: false,
+    })
+    .await
+    .unwrap();
+    s.add_membership(&MembershipRow {
+        user_id: id,
+        org_id,
+        role: role.into(),
+        created_at: 1,
+    })
+    .await
+    .unwrap();
+    id
+}
+
+pub async fn login_attempts_are_claimed_atomically(s: &dyn Store) {
+    let org_id = org(s, "o").await;
+    let u = user(s, org_id, "alice", "owner").await;
+    // 50 concurrent guesses: at most 3 may be evaluated.
+    let claims = futures_join_all((0..50).map(|_| s.claim_login_attempt(u, 1_000, 3, 0))).await;
+    let granted: Vec<u32> = claims.into_iter().filter_map(|c| c.unwrap()).collect();
+    let mut sorted = granted.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, vec![1, 2, 3]);
+    s.lock_if_exhausted(u, 3, 5_000).await.unwrap();
+    assert_eq!(s.claim_login_attempt(u, 4_999, 3, 0).await.unwrap(), None);
+    // Once the lock has passed, counting starts afresh.
+    assert_eq!(
+        s.claim_login_attempt(u, 5_000, 3, 0).await.unwrap(),
+        Some(1)
+    );
+    // A delay step makes the next attempt wait.
+    assert_eq!(
+        s.claim_login_attempt(u, 5_001, 3, 100).await.unwrap(),
+        Some(2)
+    );
+    assert_eq!(s.claim_login_attempt(u, 5_100, 3, 100).await.unwrap(), None);
+    assert_eq!(
+        s.claim_login_attempt(u, 5_201, 3, 100).await.unwrap(),
+        Some(3)
+    );
+    s.release_login_attempt(u).await.unwrap();
+    assert_eq!(
+        s.claim_login_attempt(u, 5_202, 3, 0).await.unwrap(),
+        Some(3)
+    );
+    s.reset_login_attempts(u).await.unwrap();
+    assert_eq!(
+        s.claim_login_attempt(u, 5_203, 3, 0).await.unwrap(),
+        Some(1)
+    );
+    // Unknown users have no row to claim.
+    assert_eq!(
+        s.claim_login_attempt(Uuid::new_v4(), 1, 3, 0)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+/// Run futures concurrently on this task and collect their outputs in order (without
+/// pulling in the futures crate).
+async fn futures_join_all<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut fs: Vec<_> = fs.map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = fs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in fs.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *o = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
+
+pub async fn the_last_owner_stays(s: &dyn Store) {
+    let org_id = org(s, "o").await;
+    let a = user(s, org_id, "a", "owner").await;
+    let b = user(s, org_id, "b", "admin").await;
+    assert!(matches!(
+        s.set_role(org_id, a, "admin").await,
+        Err(StoreError::Conflict)
+    ));
+    assert!(matches!(
+        s.remove_member(org_id, a).await,
+        Err(StoreError::Conflict)
+    ));
+    assert!(s.set_role(org_id, b, "owner").await.unwrap());
+    assert!(s.set_role(org_id, a, "viewer").await.unwrap());
+    assert_eq!(
+        s.membership(org_id, a).await.unwrap().unwrap().role,
+        "viewer"
+    );
+    assert!(matches!(
+        s.remove_member(org_id, b).await,
+        Err(StoreError::Conflict)
+    ));
+    s.create_session(&session(a, org_id, 9, i64::MAX))
+        .await
+        .unwrap();
+    assert!(s.remove_member(org_id, a).await.unwrap());
+    assert!(s.session(&[9; 32]).await.unwrap().is_none());
+    assert!(s.membership(org_id, a).await.unwrap().is_none());
+    let members = s.org_members(org_id).await.unwrap();
+    assert_eq!(members.len(), 1);
+    assert_eq!(members[0].1.username, "b");
+}
+
+pub async fn totp_steps_and_recovery_codes_are_single_use(s: &dyn Store) {
+    let org_id = org(s, "o").await;
+    let u = user(s, org_id, "a", "owner").await;
+    assert!(!s.user_requires_mfa(u).await.unwrap());
+    s.set_org_require_mfa(org_id, true).await.unwrap();
+    assert!(s.user_requires_mfa(u).await.unwrap());
+    assert!(s.org_requires_mfa(org_id).await.unwrap());
+    s.set_mfa(u, Some(b"sealed"), true).await.unwrap();
+    let st = s.mfa_state(u).await.unwrap().unwrap();
+    assert!(st.enabled);
+    assert_eq!(st.sealed_secret.as_deref(), Some(b"sealed".as_slice()));
+    assert!(s.user(u).await.unwrap().unwrap().mfa_enabled);
+    assert!(s.use_totp_step(u, 100).await.unwrap());
+    assert!(!s.use_totp_step(u, 100).await.unwrap());
+    assert!(!s.use_totp_step(u, 99).await.unwrap());
+    assert!(s.use_totp_step(u, 101).await.unwrap());
+    s.replace_recovery_codes(u, &[[1; 32], [2; 32]])
+        .await
+        .unwrap();
+    assert!(s.use_recovery_code(u, &[1; 32], 5).await.unwrap());
+    assert!(!s.use_recovery_code(u, &[1; 32], 6).await.unwrap());
+    assert!(!s.use_recovery_code(u, &[3; 32], 6).await.unwrap());
+    s.replace_recovery_codes(u, &[[4; 32]]).await.unwrap();
+    assert!(!s.use_recovery_code(u, &[2; 32], 7).await.unwrap());
+    s.set_mfa(u, None, false).await.unwrap();
+    assert!(!s.mfa_state(u).await.unwrap().unwrap().enabled);
+}
+
+pub async fn api_keys_invitations_identities_and_mail(s: &dyn Store) {
+    let org_id = org(s, "o").await;
+    let other = org(s, "other").await;
+    let u = user(s, org_id, "a", "owner").await;
+    let key = ApiKeyRow {
+        id: Uuid::new_v4(),
+        org_id,
+        user_id: u,
+        name: "ci".into(),
+        role: "viewer".into(),
+        key_hash: [7; 32],
+        prefix: "cfr_abcd".into(),
+        read_only: true,
+        projects: vec!["app".into()],
+        envs: vec![],
+        created_at: 1,
+        expires_at: 10_000,
+        last_used_at: None,
+        revoked_at: None,
+    };
+    s.create_api_key(&key).await.unwrap();
+    assert_eq!(s.api_key_by_hash(&[7; 32]).await.unwrap().unwrap(), key);
+    assert!(s.api_key(other, key.id).await.unwrap().is_none());
+    assert_eq!(s.api_keys(org_id).await.unwrap().len(), 1);
+    assert!(s.api_keys(other).await.unwrap().is_empty());
+    s.touch_api_key(key.id, 50).await.unwrap();
+    let mut access = session(u, org_id, 8, 10_000);
+    access.method = "apikey".into();
+    access.api_key_id = Some(key.id);
+    s.create_session(&access).await.unwrap();
+    assert!(!s.revoke_api_key(other, key.id, 60).await.unwrap());
+    assert!(s.revoke_api_key(org_id, key.id, 60).await.unwrap());
+    assert!(!s.revoke_api_key(org_id, key.id, 61).await.unwrap());
+    let k = s.api_key(org_id, key.id).await.unwrap().unwrap();
+    assert_eq!((k.last_used_at, k.revoked_at), (Some(50), Some(60)));
+    assert!(s.session(&[8; 32]).await.unwrap().is_none());
+
+    let inv = InvitationRow {
+        id: Uuid::new_v4(),
+        org_id,
+        email: "bob@example.com".into(),
+        role: "contributor".into(),
+        token_hash: [5; 32],
+        invited_by: u,
+        created_at: 1,
+        expires_at: 100,
+        accepted_at: None,
+    };
+    s.create_invitation(&inv).await.unwrap();
+    assert_eq!(s.invitation_by_hash(&[5; 32]).await.unwrap().unwrap(), inv);
+    assert!(!s.consume_invitation(inv.id, 100).await.unwrap());
+    assert!(s.consume_invitation(inv.id, 99).await.unwrap());
+    assert!(!s.consume_invitation(inv.id, 99).await.unwrap());
+    assert_eq!(
+        s.invitations(org_id).await.unwrap()[0].accepted_at,
+        Some(99)
+    );
+
+    assert!(
+        s.identity_user("https://idp", "sub-1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    s.link_identity("https://idp", "sub-1", u, 1).await.unwrap();
+    assert_eq!(
+        s.identity_user("https://idp", "sub-1").await.unwrap(),
+        Some(u)
+    );
+    assert!(s.note_login_address(u, "10.0.0.1", 1).await.unwrap());
+    assert!(!s.note_login_address(u, "10.0.0.1", 2).await.unwrap());
+
+    let m = OutboxRow {
+        id: Uuid::new_v4(),
+        sealed: vec![1, 2, 3],
+        created_at: 1,
+        attempts: 0,
+        next_attempt_at: 10,
+    };
+    s.enqueue_mail(&m).await.unwrap();
+    assert!(s.due_mail(9, 10).await.unwrap().is_empty());
+    assert_eq!(s.due_mail(10, 10).await.unwrap()[0].sealed, vec![1, 2, 3]);
+    s.mail_failed(m.id, 20, "connection refused").await.unwrap();
+    assert!(s.due_mail(19, 10).await.unwrap().is_empty());
+    assert_eq!(s.due_mail(20, 10).await.unwrap()[0].attempts, 1);
+    assert_eq!(s.pending_mail().await.unwrap(), 1);
+    s.mail_sent(m.id, 21).await.unwrap();
+    assert!(s.due_mail(i64::MAX, 10).await.unwrap().is_empty());
+    assert_eq!(s.pending_mail().await.unwrap(), 0);
 }
