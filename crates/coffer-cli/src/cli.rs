@@ -60,6 +60,21 @@ pub enum Command {
         #[arg(long, env = "COFFER_DATABASE_URL", hide_env_values = true)]
         database_url: String,
     },
+    /// Organisations: list, switch, members, invitations, roles.
+    #[command(subcommand)]
+    Org(OrgCmd),
+    /// API keys for automation.
+    #[command(subcommand)]
+    Apikey(ApikeyCmd),
+    /// Two-factor authentication (TOTP).
+    #[command(subcommand)]
+    Mfa(MfaCmd),
+    /// Your sessions.
+    #[command(subcommand)]
+    Session(SessionCmd),
+    /// Your account: password and e-mail address.
+    #[command(subcommand)]
+    Account(AccountCmd),
     /// Measure read and write throughput and latency against a running server.
     Bench(BenchArgs),
 }
@@ -106,11 +121,21 @@ pub enum OperatorCmd {
 
 #[derive(Debug, Args)]
 pub struct LoginArgs {
+    /// Username or e-mail address.
     #[arg(long, short, env = "COFFER_USERNAME")]
     pub username: Option<String>,
     /// Read the password from standard input instead of prompting.
     #[arg(long)]
     pub password_stdin: bool,
+    /// Log in with a JWT from a configured OpenID provider instead of a password.
+    #[arg(long, env = "COFFER_OIDC_TOKEN", hide_env_values = true, conflicts_with_all = ["username", "password_stdin"])]
+    pub oidc_token: Option<String>,
+    /// TOTP or recovery code, when MFA is on (prompted for otherwise).
+    #[arg(long, env = "COFFER_MFA_CODE", hide_env_values = true)]
+    pub mfa_code: Option<String>,
+    /// Organisation to start in.
+    #[arg(long)]
+    pub org: Option<String>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -298,4 +323,95 @@ pub enum AuditCmd {
         #[arg(long)]
         detail: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OrgCmd {
+    /// Organisations you belong to (* marks the active one).
+    List,
+    /// Create an organisation; you become its Owner.
+    Create { name: String },
+    /// Make another organisation active (a new session replaces the saved one).
+    Switch { name: String },
+    /// Members of the active organisation.
+    Members,
+    /// Invite someone by e-mail.
+    Invite {
+        email: String,
+        #[arg(long, default_value = "viewer")]
+        role: String,
+    },
+    /// Pending and accepted invitations.
+    Invitations,
+    /// Accept an invitation (no login needed).
+    Accept {
+        token: String,
+        /// Username for a new account (ignored if the address has an account already).
+        #[arg(long, short)]
+        username: Option<String>,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Change a member's role.
+    SetRole { username: String, role: String },
+    /// Remove a member.
+    Remove { username: String },
+    /// Require MFA of every member (on/off).
+    RequireMfa {
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApikeyCmd {
+    /// Create a key; it is printed once.
+    Create {
+        name: String,
+        #[arg(long, default_value = "viewer")]
+        role: String,
+        #[arg(long)]
+        read_only: bool,
+        /// Restrict to these projects (repeatable).
+        #[arg(long = "project")]
+        projects: Vec<String>,
+        /// Restrict to these environments (repeatable).
+        #[arg(long = "env")]
+        envs: Vec<String>,
+        /// Lifetime, e.g. 30d (at most 366d).
+        #[arg(long, default_value = "90d")]
+        expires_in: String,
+    },
+    List,
+    Revoke {
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MfaCmd {
+    /// Set up TOTP: prints the otpauth URI, then asks for a code from your app.
+    Enroll {
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Turn TOTP off (needs your password and a code).
+    Disable {
+        #[arg(long, env = "COFFER_MFA_CODE", hide_env_values = true)]
+        code: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionCmd {
+    List,
+    Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountCmd {
+    /// Change your password (ends your other sessions).
+    Password,
+    /// Set the e-mail address notifications go to (omit to clear).
+    Email { email: Option<String> },
 }

@@ -8,6 +8,14 @@
 //! | COFFER_TLS__CERT_FILE | tls.cert_file | internal CA |
 //! | COFFER_TLS__KEY_FILE | tls.key_file | internal CA |
 //! | COFFER_SESSION__TTL | session.ttl | 12h |
+//! | COFFER_SESSION__IDLE_TIMEOUT | session.idle_timeout | 30m |
+//! | COFFER_AUTH__MAX_FAILED_ATTEMPTS | auth.max_failed_attempts | 3 |
+//! | COFFER_AUTH__LOCKOUT | auth.lockout | 30m |
+//! | COFFER_AUTH__DELAY_STEP | auth.delay_step | 1s |
+//! | COFFER_AUTH__LOGIN_RATE_PER_MINUTE | auth.login_rate_per_minute | 60 |
+//! | COFFER_AUTH__ACCESS_TOKEN_TTL | auth.access_token_ttl | 15m |
+//! | COFFER_SMTP__HOST / __PORT / __SECURITY / __USERNAME / __PASSWORD / __FROM | smtp.* | no mail (queued) |
+//! | (file only) | [[oidc]] issuer, audience, algorithms, jwks_url or jwks_file, jit, jit_org, jit_role, leeway | none |
 //! | COFFER_DATABASE_URL | storage.url | SQLite in the data directory |
 //! | COFFER_STORAGE__MIGRATE | storage.migrate | true (false: only verify the schema) |
 //! | COFFER_AUDIT__FILE | audit.file | none |
@@ -39,6 +47,56 @@ struct FileConfig {
     audit: AuditSection,
     #[serde(default)]
     storage: StorageSection,
+    #[serde(default)]
+    auth: AuthSection,
+    #[serde(default)]
+    smtp: SmtpSection,
+    #[serde(default)]
+    oidc: Vec<OidcSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthSection {
+    max_failed_attempts: Option<u32>,
+    lockout: Option<String>,
+    delay_step: Option<String>,
+    login_rate_per_minute: Option<u32>,
+    access_token_ttl: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SmtpSection {
+    host: Option<String>,
+    port: Option<u16>,
+    security: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    from: Option<String>,
+}
+
+impl std::fmt::Debug for SmtpSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpSection")
+            .field("host", &self.host)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OidcSection {
+    issuer: String,
+    audience: String,
+    algorithms: Vec<String>,
+    jwks_url: Option<String>,
+    jwks_file: Option<PathBuf>,
+    #[serde(default)]
+    jit: bool,
+    jit_org: Option<String>,
+    jit_role: Option<String>,
+    leeway: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -69,6 +127,19 @@ struct TlsSection {
 #[serde(deny_unknown_fields)]
 struct SessionSection {
     ttl: Option<String>,
+    idle_timeout: Option<String>,
+}
+
+fn duration(key: &str, v: &str, min: Duration, max: Duration) -> anyhow::Result<Duration> {
+    let d = humantime::parse_duration(v)
+        .with_context(|| format!("{key} must be a duration like 30m or 12h"))?;
+    anyhow::ensure!(
+        d >= min && d <= max,
+        "{key} must be between {} and {}",
+        humantime::format_duration(min),
+        humantime::format_duration(max)
+    );
+    Ok(d)
 }
 
 fn env(name: &str) -> Option<String> {
@@ -98,6 +169,39 @@ pub fn load(args: &ServerArgs) -> anyhow::Result<ServerConfig> {
     }
     if let Some(v) = env("COFFER_SESSION__TTL") {
         f.session.ttl = Some(v);
+    }
+    if let Some(v) = env("COFFER_SESSION__IDLE_TIMEOUT") {
+        f.session.idle_timeout = Some(v);
+    }
+    if let Some(v) = env("COFFER_AUTH__MAX_FAILED_ATTEMPTS") {
+        f.auth.max_failed_attempts = Some(v.parse().context("COFFER_AUTH__MAX_FAILED_ATTEMPTS")?);
+    }
+    if let Some(v) = env("COFFER_AUTH__LOCKOUT") {
+        f.auth.lockout = Some(v);
+    }
+    if let Some(v) = env("COFFER_AUTH__DELAY_STEP") {
+        f.auth.delay_step = Some(v);
+    }
+    if let Some(v) = env("COFFER_AUTH__LOGIN_RATE_PER_MINUTE") {
+        f.auth.login_rate_per_minute =
+            Some(v.parse().context("COFFER_AUTH__LOGIN_RATE_PER_MINUTE")?);
+    }
+    if let Some(v) = env("COFFER_AUTH__ACCESS_TOKEN_TTL") {
+        f.auth.access_token_ttl = Some(v);
+    }
+    for (k, slot) in [
+        ("COFFER_SMTP__HOST", &mut f.smtp.host),
+        ("COFFER_SMTP__SECURITY", &mut f.smtp.security),
+        ("COFFER_SMTP__USERNAME", &mut f.smtp.username),
+        ("COFFER_SMTP__PASSWORD", &mut f.smtp.password),
+        ("COFFER_SMTP__FROM", &mut f.smtp.from),
+    ] {
+        if let Some(v) = env(k) {
+            *slot = Some(v);
+        }
+    }
+    if let Some(v) = env("COFFER_SMTP__PORT") {
+        f.smtp.port = Some(v.parse().context("COFFER_SMTP__PORT")?);
     }
     if let Some(v) = env("COFFER_DATABASE_URL") {
         f.storage.url = Some(v);
@@ -144,6 +248,109 @@ pub fn load(args: &ServerArgs) -> anyhow::Result<ServerConfig> {
         );
         core.session_ttl = d;
     }
+    if let Some(v) = &f.session.idle_timeout {
+        core.idle_timeout = duration(
+            "session.idle_timeout",
+            v,
+            Duration::from_secs(1),
+            Duration::from_secs(30 * 86400),
+        )?;
+    }
+    if let Some(n) = f.auth.max_failed_attempts {
+        anyhow::ensure!(
+            (1..=100).contains(&n),
+            "auth.max_failed_attempts must be 1-100"
+        );
+        core.max_failed_logins = n;
+    }
+    if let Some(v) = &f.auth.lockout {
+        core.lockout = duration(
+            "auth.lockout",
+            v,
+            Duration::from_secs(1),
+            Duration::from_secs(30 * 86400),
+        )?;
+    }
+    if let Some(v) = &f.auth.delay_step {
+        core.login_delay_step = duration(
+            "auth.delay_step",
+            v,
+            Duration::ZERO,
+            Duration::from_secs(60),
+        )?;
+    }
+    if let Some(v) = &f.auth.access_token_ttl {
+        core.access_token_ttl = duration(
+            "auth.access_token_ttl",
+            v,
+            Duration::from_secs(10),
+            Duration::from_secs(86400),
+        )?;
+    }
+    let smtp = match f.smtp.host.take() {
+        None => None,
+        Some(host) => Some(coffer_server::mail::SmtpConfig {
+            port: f.smtp.port.unwrap_or(587),
+            security: f.smtp.security.take().unwrap_or_else(|| "starttls".into()),
+            username: f.smtp.username.take(),
+            password: f.smtp.password.take(),
+            from: f
+                .smtp
+                .from
+                .take()
+                .context("smtp.from is required with smtp.host")?,
+            host,
+        }),
+    };
+    core.mail_enabled = smtp.is_some();
+    let mut jwks = std::collections::HashMap::new();
+    for o in f.oidc {
+        let algorithms = o
+            .algorithms
+            .iter()
+            .map(|a| a.parse::<coffer_core::oidc::JwtAlgorithm>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| anyhow::anyhow!("oidc {}: unknown algorithm", o.issuer))?;
+        let issuer = coffer_core::oidc::OidcIssuer {
+            issuer: o.issuer.clone(),
+            audience: o.audience,
+            algorithms,
+            jit: o.jit,
+            jit_org: o.jit_org,
+            jit_role: match o.jit_role.as_deref() {
+                None => coffer_core::Role::Viewer,
+                Some(r) => coffer_core::Role::parse(r)
+                    .with_context(|| format!("oidc {}: unknown jit_role", o.issuer))?,
+            },
+            leeway_secs: match &o.leeway {
+                None => 60,
+                Some(v) => {
+                    duration("oidc.leeway", v, Duration::ZERO, Duration::from_secs(60))?.as_secs()
+                }
+            },
+        };
+        issuer.validate().map_err(anyhow::Error::msg)?;
+        let loc = match (o.jwks_url, o.jwks_file) {
+            (Some(u), None) => {
+                let loopback_http = u.starts_with("http://127.0.0.1")
+                    || u.starts_with("http://localhost")
+                    || u.starts_with("http://[::1]");
+                anyhow::ensure!(
+                    u.starts_with("https://") || loopback_http,
+                    "oidc {}: jwks_url must be https:// (plain http only on loopback)",
+                    o.issuer
+                );
+                coffer_server::jwks::JwksLocation::Url(u)
+            }
+            (None, Some(p)) => coffer_server::jwks::JwksLocation::File(p),
+            _ => anyhow::bail!(
+                "oidc {}: set exactly one of jwks_url and jwks_file",
+                o.issuer
+            ),
+        };
+        jwks.insert(o.issuer, loc);
+        core.oidc.push(issuer);
+    }
     let checkpoint_interval = match &f.audit.checkpoint_interval {
         Some(v) => {
             let d = humantime::parse_duration(v)
@@ -172,5 +379,8 @@ pub fn load(args: &ServerArgs) -> anyhow::Result<ServerConfig> {
             .map(coffer_server::DatabaseUrl::new)
             .transpose()?,
         migrate: f.storage.migrate.unwrap_or(true),
+        login_rate_per_minute: f.auth.login_rate_per_minute.unwrap_or(60),
+        jwks,
+        smtp,
     })
 }

@@ -211,11 +211,201 @@ impl Client {
     // ---- auth ----
 
     pub async fn login(&self, username: &str, password: &str) -> Result<LoginResponse> {
+        self.login_in(username, password, None).await
+    }
+
+    /// Log in, starting in a chosen organisation.
+    pub async fn login_in(
+        &self,
+        username: &str,
+        password: &str,
+        org: Option<&str>,
+    ) -> Result<LoginResponse> {
         self.post(
             &["v1", "auth", "login"],
-            &serde_json::json!({ "username": username, "password": password }),
+            &serde_json::json!({ "username": username, "password": password, "org": org }),
         )
         .await
+    }
+
+    /// Second login step: a TOTP or recovery code.
+    pub async fn mfa_verify(&self, mfa_token: &str, code: &str) -> Result<LoginResponse> {
+        self.post(
+            &["v1", "auth", "mfa", "verify"],
+            &serde_json::json!({ "mfa_token": mfa_token, "code": code }),
+        )
+        .await
+    }
+
+    /// Log in with a JWT from a configured OpenID provider.
+    pub async fn oidc_login(&self, jwt: &str, org: Option<&str>) -> Result<LoginResponse> {
+        self.post(
+            &["v1", "auth", "oidc"],
+            &serde_json::json!({ "token": jwt, "org": org }),
+        )
+        .await
+    }
+
+    /// Exchange an API key for a short-lived access token.
+    pub async fn exchange_api_key(&self, api_key: &str) -> Result<serde_json::Value> {
+        self.post(
+            &["v1", "auth", "token"],
+            &serde_json::json!({ "api_key": api_key }),
+        )
+        .await
+    }
+
+    pub async fn change_password(&self, current: &str, new: &str) -> Result<()> {
+        self.empty(
+            Method::POST,
+            &["v1", "auth", "password"],
+            &serde_json::json!({ "current_password": current, "new_password": new }),
+        )
+        .await
+    }
+
+    pub async fn set_email(&self, email: Option<&str>) -> Result<()> {
+        self.empty(
+            Method::PUT,
+            &["v1", "auth", "email"],
+            &serde_json::json!({ "email": email }),
+        )
+        .await
+    }
+
+    pub async fn sessions(&self) -> Result<Vec<serde_json::Value>> {
+        self.get(&["v1", "auth", "sessions"], &[]).await
+    }
+
+    pub async fn revoke_session(&self, id: &str) -> Result<()> {
+        self.empty(Method::DELETE, &["v1", "auth", "sessions", id], &())
+            .await
+    }
+
+    pub async fn mfa_enroll(&self, password: &str) -> Result<serde_json::Value> {
+        self.post(
+            &["v1", "auth", "mfa", "enroll"],
+            &serde_json::json!({ "password": password }),
+        )
+        .await
+    }
+
+    pub async fn mfa_confirm(&self, code: &str) -> Result<serde_json::Value> {
+        self.post(
+            &["v1", "auth", "mfa", "confirm"],
+            &serde_json::json!({ "code": code }),
+        )
+        .await
+    }
+
+    pub async fn mfa_disable(&self, password: &str, code: &str) -> Result<()> {
+        self.empty(
+            Method::POST,
+            &["v1", "auth", "mfa", "disable"],
+            &serde_json::json!({ "password": password, "code": code }),
+        )
+        .await
+    }
+
+    // ---- organisations ----
+
+    pub async fn orgs(&self) -> Result<Vec<serde_json::Value>> {
+        self.get(&["v1", "orgs"], &[]).await
+    }
+
+    pub async fn create_org(&self, name: &str) -> Result<serde_json::Value> {
+        self.post(&["v1", "orgs"], &serde_json::json!({ "name": name }))
+            .await
+    }
+
+    pub async fn switch_org(&self, org: &str) -> Result<LoginResponse> {
+        self.post(
+            &["v1", "auth", "switch"],
+            &serde_json::json!({ "org": org }),
+        )
+        .await
+    }
+
+    pub async fn members(&self) -> Result<Vec<serde_json::Value>> {
+        self.get(&["v1", "org", "members"], &[]).await
+    }
+
+    pub async fn set_role(&self, username: &str, role: &str) -> Result<()> {
+        self.empty(
+            Method::PUT,
+            &["v1", "org", "members", username],
+            &serde_json::json!({ "role": role }),
+        )
+        .await
+    }
+
+    pub async fn remove_member(&self, username: &str) -> Result<()> {
+        self.empty(Method::DELETE, &["v1", "org", "members", username], &())
+            .await
+    }
+
+    pub async fn invite(&self, email: &str, role: &str) -> Result<serde_json::Value> {
+        self.post(
+            &["v1", "org", "invitations"],
+            &serde_json::json!({ "email": email, "role": role }),
+        )
+        .await
+    }
+
+    pub async fn invitations(&self) -> Result<Vec<serde_json::Value>> {
+        self.get(&["v1", "org", "invitations"], &[]).await
+    }
+
+    pub async fn accept_invitation(
+        &self,
+        token: &str,
+        username: &str,
+        password: &str,
+    ) -> Result<serde_json::Value> {
+        self.post(
+            &["v1", "invitations", "accept"],
+            &serde_json::json!({ "token": token, "username": username, "password": password }),
+        )
+        .await
+    }
+
+    pub async fn org_settings(&self) -> Result<serde_json::Value> {
+        self.get(&["v1", "org", "settings"], &[]).await
+    }
+
+    pub async fn set_require_mfa(&self, on: bool) -> Result<()> {
+        self.empty(
+            Method::PUT,
+            &["v1", "org", "settings"],
+            &serde_json::json!({ "require_mfa": on }),
+        )
+        .await
+    }
+
+    // ---- API keys ----
+
+    pub async fn create_api_key(&self, req: &serde_json::Value) -> Result<serde_json::Value> {
+        self.post(&["v1", "org", "api-keys"], req).await
+    }
+
+    pub async fn api_keys(&self) -> Result<Vec<serde_json::Value>> {
+        self.get(&["v1", "org", "api-keys"], &[]).await
+    }
+
+    pub async fn revoke_api_key(&self, id: &str) -> Result<()> {
+        self.empty(Method::DELETE, &["v1", "org", "api-keys", id], &())
+            .await
+    }
+
+    /// A request whose success has no body (204).
+    async fn empty<B: Serialize + ?Sized>(
+        &self,
+        method: Method,
+        segments: &[&str],
+        body: &B,
+    ) -> Result<()> {
+        let res = self.send(method, self.url(segments), Some(body)).await?;
+        expect_empty(res).await
     }
 
     pub async fn logout(&self) -> Result<()> {

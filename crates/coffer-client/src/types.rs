@@ -66,8 +66,16 @@ pub struct Whoami {
 
 #[derive(Deserialize)]
 pub struct LoginResponse {
-    pub token: String,
-    pub whoami: Whoami,
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub whoami: Option<Whoami>,
+    #[serde(default)]
+    pub mfa_required: bool,
+    #[serde(default)]
+    pub mfa_token: Option<String>,
+    #[serde(default)]
+    pub mfa_enrollment_required: bool,
 }
 
 impl std::fmt::Debug for LoginResponse {

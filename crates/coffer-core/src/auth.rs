@@ -1,10 +1,13 @@
 //! Passwords, sessions and bearer-token authentication.
 //!
 //! Passwords are Argon2id (OWASP minimum parameters: 19 MiB, t=2, p=1) and verified on the
-//! blocking pool. Unknown users are verified against a dummy hash so that timing and the
-//! answer are the same as for a wrong password. Session tokens are 256-bit random values
-//! stored as SHA-256 digests: verifying a request costs one hash and, at most once per
-//! cache lifetime, one indexed lookup — never Argon2.
+//! blocking pool. Unknown, locked and throttled accounts are verified against a dummy hash so
+//! that timing and the answer are the same as for a wrong password. Bearer tokens are 256-bit
+//! random values stored as SHA-256 digests: verifying a request costs one hash and, at most
+//! once per cache lifetime, a few indexed lookups — never Argon2.
+//!
+//! Token kinds, told apart by prefix: `cfs_` login sessions, `cfm_` a login waiting for its
+//! second factor, `cfa_` access tokens exchanged for an API key, `cfr_` API keys.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -12,16 +15,76 @@ use std::time::{Duration, Instant};
 
 use argon2::{Argon2, PasswordHasher, PasswordVerifier};
 use coffer_crypto::token::{self, BearerToken};
-use coffer_store::SessionRow;
+use coffer_store::{SessionRow, UserRow};
 use uuid::Uuid;
 
 use crate::clock::now_ms;
 use crate::{Coffer, CoreError, Role};
 
 pub const SESSION_PREFIX: &str = "cfs_";
+pub const MFA_PREFIX: &str = "cfm_";
+pub const ACCESS_PREFIX: &str = "cfa_";
+pub const API_KEY_PREFIX: &str = "cfr_";
 
-/// Who is calling, established from a session. The organisation here is the only one the
-/// request may touch.
+/// How the caller proved who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    Password,
+    Oidc,
+    ApiKey,
+}
+
+impl AuthMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::Password => "password",
+            AuthMethod::Oidc => "oidc",
+            AuthMethod::ApiKey => "apikey",
+        }
+    }
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "password" => AuthMethod::Password,
+            "oidc" => AuthMethod::Oidc,
+            "apikey" => AuthMethod::ApiKey,
+            _ => return None,
+        })
+    }
+}
+
+/// Restrictions an API key carries on top of its role.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    pub read_only: bool,
+    /// Project names (empty: every project).
+    pub projects: Vec<String>,
+    /// Environment names (empty: every environment).
+    pub envs: Vec<String>,
+}
+
+impl Scope {
+    pub fn allows_project(&self, name: &str) -> bool {
+        self.projects.is_empty() || self.projects.iter().any(|p| p == name)
+    }
+    /// Outside the scope looks like "not found": a restricted key learns nothing of what it
+    /// may not see.
+    pub(crate) fn check_project(&self, name: &str) -> Result<(), CoreError> {
+        if self.allows_project(name) {
+            Ok(())
+        } else {
+            Err(CoreError::not_found("project", name))
+        }
+    }
+    pub(crate) fn check_env(&self, name: &str) -> Result<(), CoreError> {
+        if self.envs.is_empty() || self.envs.iter().any(|e| e == name) {
+            Ok(())
+        } else {
+            Err(CoreError::not_found("environment", name))
+        }
+    }
+}
+
+/// Who is calling. The organisation here is the only one the request may touch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub user_id: Uuid,
@@ -30,6 +93,47 @@ pub struct Principal {
     pub org_name: String,
     pub role: Role,
     pub expires_at: i64,
+    /// The session behind the token (None when an API key is used directly).
+    pub session_id: Option<Uuid>,
+    pub method: AuthMethod,
+    pub api_key_id: Option<Uuid>,
+    pub scope: Scope,
+    /// The login still has to enrol MFA before anything else is allowed.
+    pub mfa_enrollment_pending: bool,
+}
+
+impl Principal {
+    /// Account management (password, MFA, sessions, API keys of one's own) needs a person,
+    /// not an API key.
+    pub(crate) fn ensure_person(&self) -> Result<(), CoreError> {
+        if self.method == AuthMethod::ApiKey {
+            Err(CoreError::Forbidden("API keys cannot manage accounts"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The result of a first factor.
+#[derive(Debug)]
+pub enum LoginOutcome {
+    /// Logged in. With `principal.mfa_enrollment_pending` the session may only enrol MFA.
+    Session(LoginResult),
+    /// The password was right; a TOTP or recovery code must follow, with this token.
+    MfaRequired {
+        mfa_token: BearerToken,
+        expires_at: i64,
+    },
+}
+
+impl LoginOutcome {
+    /// The session, or Unauthenticated if a second factor is still due.
+    pub fn session(self) -> Result<LoginResult, CoreError> {
+        match self {
+            LoginOutcome::Session(r) => Ok(r),
+            LoginOutcome::MfaRequired { .. } => Err(CoreError::Unauthenticated),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -52,7 +156,7 @@ pub(crate) async fn hash_password(password: String) -> Result<String, CoreError>
     .map_err(|_| CoreError::Internal("password hashing task failed"))?
 }
 
-async fn verify_password(password: String, hash: String) -> Result<bool, CoreError> {
+pub(crate) async fn verify_password(password: String, hash: String) -> Result<bool, CoreError> {
     let password = zeroize::Zeroizing::new(password);
     tokio::task::spawn_blocking(move || {
         Argon2::default()
@@ -75,13 +179,31 @@ pub(crate) fn dummy_hash() -> Result<String, CoreError> {
         .map_err(|_| CoreError::Internal("password hashing failed"))
 }
 
-/// Usernames compare case-insensitively and without surrounding whitespace.
-pub(crate) fn normalize_username(name: &str) -> String {
-    name.trim().to_lowercase()
+/// Usernames and e-mail addresses are compared after NFKC normalisation and case folding,
+/// so `Alice`, ` alice` and `ａｌｉｃｅ` (full-width) are one account.
+pub fn normalize_username(name: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    let folded: String = name.trim().nfkc().collect::<String>().to_lowercase();
+    // Lower-casing can produce sequences that are not NFKC; normalise once more.
+    folded.nfkc().collect()
 }
 
-/// Verified sessions, keyed by token digest. Entries live for a short time so that a
-/// session revoked elsewhere stops working within that time; local logouts evict at once.
+pub(crate) fn validate_password(password: &str) -> Result<(), CoreError> {
+    if password.chars().count() < 12 {
+        return Err(CoreError::invalid(
+            "password",
+            "must be at least 12 characters",
+        ));
+    }
+    if password.len() > 1024 {
+        return Err(CoreError::invalid("password", "must be at most 1024 bytes"));
+    }
+    Ok(())
+}
+
+/// Verified principals, keyed by token digest. Entries live for a short time so that a
+/// change made on another node takes effect within that time; changes made on this node
+/// clear the cache at once.
 #[derive(Debug)]
 pub(crate) struct SessionCache {
     ttl: Duration,
@@ -113,12 +235,6 @@ impl SessionCache {
         }
     }
 
-    fn evict(&self, h: &[u8; 32]) {
-        if let Ok(mut map) = self.map.write() {
-            map.remove(h);
-        }
-    }
-
     pub(crate) fn clear(&self) {
         if let Ok(mut map) = self.map.write() {
             map.clear();
@@ -126,64 +242,252 @@ impl SessionCache {
     }
 }
 
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Session fields that vary between the ways of logging in.
+pub(crate) struct NewSession<'a> {
+    pub user: &'a UserRow,
+    pub org_id: Uuid,
+    pub stage: &'static str,
+    pub method: AuthMethod,
+    pub api_key_id: Option<Uuid>,
+    pub address: &'a str,
+    pub ttl: Duration,
+}
+
 impl Coffer {
-    /// Password login. Every failure — unknown user, wrong password, no organisation — is
-    /// the same [`CoreError::BadCredentials`] after the same amount of work.
-    pub async fn login(&self, username: &str, password: &str) -> Result<LoginResult, CoreError> {
+    /// Password login. Every failure — unknown user, wrong password, locked account, too
+    /// many attempts — is the same [`CoreError::BadCredentials`] after the same work.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        org: Option<&str>,
+        address: &str,
+    ) -> Result<LoginOutcome, CoreError> {
         self.ensure_unsealed()?;
-        let username = normalize_username(username);
-        let user = self.store().user_by_name(&username).await?;
-        let hash = user.as_ref().map_or_else(
-            || self.inner.dummy_hash.clone(),
-            |u| u.password_hash.clone(),
-        );
+        let user = self.find_login_user(username).await?;
+        let user = self.check_first_factor(user, password).await?;
+        self.after_first_factor(user, org, AuthMethod::Password, address)
+            .await
+    }
+
+    /// Look a user up by username, or by e-mail if the name contains `@`.
+    pub(crate) async fn find_login_user(&self, name: &str) -> Result<Option<UserRow>, CoreError> {
+        let name = normalize_username(name);
+        if name.is_empty() || name.len() > 320 {
+            return Ok(None);
+        }
+        Ok(if name.contains('@') {
+            self.store().user_by_email(&name).await?
+        } else {
+            self.store().user_by_name(&name).await?
+        })
+    }
+
+    /// Claim an attempt, verify the password (always, against a dummy hash when there is
+    /// nothing to verify against) and settle the lockout counter.
+    pub(crate) async fn check_first_factor(
+        &self,
+        user: Option<UserRow>,
+        password: &str,
+    ) -> Result<UserRow, CoreError> {
+        let cfg = self.config();
+        let claimed = match &user {
+            Some(u) => self
+                .store()
+                .claim_login_attempt(
+                    u.id,
+                    now_ms(),
+                    cfg.max_failed_logins,
+                    ms(cfg.login_delay_step),
+                )
+                .await?
+                .is_some(),
+            None => false,
+        };
+        let hash = match &user {
+            Some(u) if claimed => u.password_hash.clone(),
+            _ => self.inner.dummy_hash.clone(),
+        };
         let ok = verify_password(password.to_owned(), hash).await?;
-        let user = match user {
-            Some(u) if ok => u,
-            _ => return Err(CoreError::BadCredentials),
+        let Some(user) = user else {
+            return Err(CoreError::BadCredentials);
         };
-        let membership = self
-            .store()
-            .memberships(user.id)
-            .await?
-            .into_iter()
-            .next()
-            .ok_or(CoreError::BadCredentials)?;
-        let role =
-            Role::parse(&membership.role).ok_or(CoreError::Internal("unknown role in database"))?;
-        let org = self
-            .store()
-            .org(membership.org_id)
-            .await?
-            .ok_or(CoreError::BadCredentials)?;
-        let (token, digest) = token::generate(SESSION_PREFIX);
-        let now = now_ms();
-        let ttl = i64::try_from(self.config().session_ttl.as_millis()).unwrap_or(i64::MAX);
-        let expires_at = now.saturating_add(ttl);
+        if !claimed {
+            return Err(CoreError::BadCredentials);
+        }
+        if !ok {
+            self.note_failure(user.id).await?;
+            return Err(CoreError::BadCredentials);
+        }
+        Ok(user)
+    }
+
+    pub(crate) async fn note_failure(&self, user_id: Uuid) -> Result<(), CoreError> {
+        let cfg = self.config();
         self.store()
-            .create_session(&SessionRow {
-                token_hash: digest.0,
-                user_id: user.id,
-                org_id: org.id,
-                created_at: now,
-                expires_at,
-            })
+            .lock_if_exhausted(
+                user_id,
+                cfg.max_failed_logins,
+                now_ms().saturating_add(ms(cfg.lockout)),
+            )
             .await?;
-        let principal = Principal {
-            user_id: user.id,
-            username: user.username,
-            org_id: org.id,
-            org_name: org.name,
-            role,
-            expires_at,
+        Ok(())
+    }
+
+    /// The first factor is right: ask for the second, demand enrolment, or log in.
+    pub(crate) async fn after_first_factor(
+        &self,
+        user: UserRow,
+        org: Option<&str>,
+        method: AuthMethod,
+        address: &str,
+    ) -> Result<LoginOutcome, CoreError> {
+        let org_id = self.login_org(&user, org).await?;
+        if user.mfa_enabled {
+            // Not a failure, but not a success yet either: earlier failures still count.
+            self.store().release_login_attempt(user.id).await?;
+            let (token, _) = self
+                .new_session(
+                    MFA_PREFIX,
+                    NewSession {
+                        user: &user,
+                        org_id,
+                        stage: "mfa",
+                        method,
+                        api_key_id: None,
+                        address,
+                        ttl: self.config().mfa_pending_ttl,
+                    },
+                )
+                .await?;
+            let expires_at = now_ms().saturating_add(ms(self.config().mfa_pending_ttl));
+            return Ok(LoginOutcome::MfaRequired {
+                mfa_token: token,
+                expires_at,
+            });
+        }
+        self.store().reset_login_attempts(user.id).await?;
+        let stage = if self.store().user_requires_mfa(user.id).await? {
+            "enroll"
+        } else {
+            "full"
         };
+        self.finish_login(&user, org_id, stage, method, address)
+            .await
+            .map(LoginOutcome::Session)
+    }
+
+    pub(crate) async fn finish_login(
+        &self,
+        user: &UserRow,
+        org_id: Uuid,
+        stage: &'static str,
+        method: AuthMethod,
+        address: &str,
+    ) -> Result<LoginResult, CoreError> {
+        let (token, _) = self
+            .new_session(
+                SESSION_PREFIX,
+                NewSession {
+                    user,
+                    org_id,
+                    stage,
+                    method,
+                    api_key_id: None,
+                    address,
+                    ttl: self.config().session_ttl,
+                },
+            )
+            .await?;
+        if self
+            .store()
+            .note_login_address(user.id, address, now_ms())
+            .await?
+            && self.store().user_sessions(user.id).await?.len() > 1
+        {
+            self.notify(
+                user,
+                "New sign-in to your Coffer account",
+                &format!("Your account signed in from a new address: {address}. If this was not you, change your password and revoke your sessions."),
+            )
+            .await;
+        }
+        let principal = self.authenticate_any_stage(token.expose_secret()).await?;
         Ok(LoginResult { token, principal })
     }
 
-    /// Resolve a bearer token to its principal.
+    /// The organisation a login starts in: the one asked for, else the oldest membership.
+    async fn login_org(&self, user: &UserRow, org: Option<&str>) -> Result<Uuid, CoreError> {
+        let ms = self.store().memberships(user.id).await?;
+        let chosen = match org {
+            None => ms.first().map(|m| m.org_id),
+            Some(name) => {
+                let mut found = None;
+                for m in &ms {
+                    if self
+                        .store()
+                        .org(m.org_id)
+                        .await?
+                        .is_some_and(|o| o.name == name)
+                    {
+                        found = Some(m.org_id);
+                    }
+                }
+                found
+            }
+        };
+        chosen.ok_or(CoreError::BadCredentials)
+    }
+
+    pub(crate) async fn new_session(
+        &self,
+        prefix: &str,
+        s: NewSession<'_>,
+    ) -> Result<(BearerToken, Uuid), CoreError> {
+        let (token, digest) = token::generate(prefix);
+        let now = now_ms();
+        let id = Uuid::new_v4();
+        self.store()
+            .create_session(&SessionRow {
+                id,
+                token_hash: digest.0,
+                user_id: s.user.id,
+                org_id: s.org_id,
+                stage: s.stage.to_owned(),
+                method: s.method.as_str().to_owned(),
+                api_key_id: s.api_key_id,
+                address: s.address.chars().take(64).collect(),
+                created_at: now,
+                last_seen_at: now,
+                expires_at: now.saturating_add(ms(s.ttl)),
+            })
+            .await?;
+        Ok((token, id))
+    }
+
+    /// Resolve a bearer token to its principal. Logins that still have to enrol MFA are
+    /// refused here (fail closed); the few routes they may use call
+    /// [`Coffer::authenticate_any_stage`].
     pub async fn authenticate(&self, bearer: &str) -> Result<Principal, CoreError> {
+        let p = self.authenticate_any_stage(bearer).await?;
+        if p.mfa_enrollment_pending {
+            return Err(CoreError::MfaEnrollmentRequired);
+        }
+        Ok(p)
+    }
+
+    pub async fn authenticate_any_stage(&self, bearer: &str) -> Result<Principal, CoreError> {
         self.ensure_unsealed()?;
-        if !bearer.starts_with(SESSION_PREFIX) || bearer.len() > 128 {
+        if bearer.len() > 128 {
+            return Err(CoreError::Unauthenticated);
+        }
+        let is_session = bearer.starts_with(SESSION_PREFIX) || bearer.starts_with(ACCESS_PREFIX);
+        let is_key = bearer.starts_with(API_KEY_PREFIX);
+        if !is_session && !is_key {
             return Err(CoreError::Unauthenticated);
         }
         let digest = token::hash(bearer).0;
@@ -191,59 +495,250 @@ impl Coffer {
         if let Some(p) = self.inner.sessions.get(&digest, now) {
             return Ok(p);
         }
-        let s = self
-            .store()
-            .session(&digest)
-            .await?
-            .ok_or(CoreError::Unauthenticated)?;
-        if s.expires_at <= now {
-            return Err(CoreError::Unauthenticated);
-        }
-        // The role is read from the membership on every cache refresh, so demotions and
-        // removals take effect within the cache lifetime.
-        let membership = self
-            .store()
-            .memberships(s.user_id)
-            .await?
-            .into_iter()
-            .find(|m| m.org_id == s.org_id)
-            .ok_or(CoreError::Unauthenticated)?;
-        let role =
-            Role::parse(&membership.role).ok_or(CoreError::Internal("unknown role in database"))?;
-        let user = self
-            .store()
-            .user(s.user_id)
-            .await?
-            .ok_or(CoreError::Unauthenticated)?;
-        let org = self
-            .store()
-            .org(s.org_id)
-            .await?
-            .ok_or(CoreError::Unauthenticated)?;
-        let p = Principal {
-            user_id: user.id,
-            username: user.username,
-            org_id: org.id,
-            org_name: org.name,
-            role,
-            expires_at: s.expires_at,
+        let p = if is_key {
+            self.principal_for_api_key(&digest, now).await?
+        } else {
+            self.principal_for_session(&digest, now).await?
         };
         self.inner.sessions.put(digest, p.clone());
         Ok(p)
     }
 
+    async fn principal_for_session(
+        &self,
+        digest: &[u8; 32],
+        now: i64,
+    ) -> Result<Principal, CoreError> {
+        let s = self
+            .store()
+            .session(digest)
+            .await?
+            .ok_or(CoreError::Unauthenticated)?;
+        let idle = ms(self.config().idle_timeout);
+        if s.expires_at <= now || s.last_seen_at.saturating_add(idle) <= now {
+            self.store().delete_session(digest).await?;
+            return Err(CoreError::Unauthenticated);
+        }
+        if s.stage == "mfa" {
+            return Err(CoreError::Unauthenticated);
+        }
+        // Activity is recorded coarsely: at most a few writes per idle period.
+        if now.saturating_sub(s.last_seen_at) >= (idle / 8).min(60_000) {
+            self.store().touch_session(s.id, now).await?;
+        }
+        let method = AuthMethod::parse(&s.method).ok_or(CoreError::Internal("session method"))?;
+        let (role_cap, scope, expires_at) = match s.api_key_id {
+            Some(key_id) => {
+                let k = self
+                    .store()
+                    .api_key(s.org_id, key_id)
+                    .await?
+                    .filter(|k| k.revoked_at.is_none() && k.expires_at > now)
+                    .ok_or(CoreError::Unauthenticated)?;
+                (
+                    Role::parse(&k.role),
+                    key_scope(&k),
+                    s.expires_at.min(k.expires_at),
+                )
+            }
+            None => (Some(Role::Owner), Scope::default(), s.expires_at),
+        };
+        let mut p = self
+            .principal_for(s.user_id, s.org_id, role_cap, scope, expires_at)
+            .await?;
+        p.session_id = Some(s.id);
+        p.method = method;
+        p.api_key_id = s.api_key_id;
+        p.mfa_enrollment_pending = s.stage == "enroll";
+        Ok(p)
+    }
+
+    async fn principal_for_api_key(
+        &self,
+        digest: &[u8; 32],
+        now: i64,
+    ) -> Result<Principal, CoreError> {
+        let k = self
+            .store()
+            .api_key_by_hash(digest)
+            .await?
+            .filter(|k| k.revoked_at.is_none() && k.expires_at > now)
+            .ok_or(CoreError::Unauthenticated)?;
+        if k.last_used_at
+            .is_none_or(|t| now.saturating_sub(t) >= 60_000)
+        {
+            self.store().touch_api_key(k.id, now).await?;
+        }
+        let mut p = self
+            .principal_for(
+                k.user_id,
+                k.org_id,
+                Role::parse(&k.role),
+                key_scope(&k),
+                k.expires_at,
+            )
+            .await?;
+        p.method = AuthMethod::ApiKey;
+        p.api_key_id = Some(k.id);
+        Ok(p)
+    }
+
+    /// The caller's current role is read from the membership on every cache refresh, so
+    /// demotions and removals take effect within the cache lifetime (at once on this node).
+    /// An API key acts with the lower of its own role and its creator's current role.
+    async fn principal_for(
+        &self,
+        user_id: Uuid,
+        org_id: Uuid,
+        role_cap: Option<Role>,
+        scope: Scope,
+        expires_at: i64,
+    ) -> Result<Principal, CoreError> {
+        let role_cap = role_cap.ok_or(CoreError::Internal("unknown role in database"))?;
+        let m = self
+            .store()
+            .membership(org_id, user_id)
+            .await?
+            .ok_or(CoreError::Unauthenticated)?;
+        let role = Role::parse(&m.role).ok_or(CoreError::Internal("unknown role in database"))?;
+        let user = self
+            .store()
+            .user(user_id)
+            .await?
+            .ok_or(CoreError::Unauthenticated)?;
+        let org = self
+            .store()
+            .org(org_id)
+            .await?
+            .ok_or(CoreError::Unauthenticated)?;
+        Ok(Principal {
+            user_id: user.id,
+            username: user.username,
+            org_id: org.id,
+            org_name: org.name,
+            role: role.min(role_cap),
+            expires_at,
+            session_id: None,
+            method: AuthMethod::Password,
+            api_key_id: None,
+            scope,
+            mfa_enrollment_pending: false,
+        })
+    }
+
+    /// Forget cached principals after a change to who may do what.
+    pub(crate) fn access_changed(&self) {
+        self.inner.sessions.clear();
+    }
+
     /// End the session of this token. Idempotent.
     pub async fn logout(&self, bearer: &str) -> Result<(), CoreError> {
         let digest = token::hash(bearer).0;
-        self.inner.sessions.evict(&digest);
         self.store().delete_session(&digest).await?;
+        self.access_changed();
         Ok(())
     }
 
-    /// Remove expired sessions; run periodically.
+    /// Remove sessions past their lifetime or idle timeout; run periodically.
     pub async fn purge_expired_sessions(&self) -> Result<u64, CoreError> {
-        Ok(self.store().delete_expired_sessions(now_ms()).await?)
+        Ok(self
+            .store()
+            .delete_expired_sessions(now_ms(), ms(self.config().idle_timeout))
+            .await?)
     }
+
+    /// The caller's own sessions.
+    pub async fn list_sessions(&self, p: &Principal) -> Result<Vec<SessionView>, CoreError> {
+        p.ensure_person()?;
+        let now = now_ms();
+        let idle = ms(self.config().idle_timeout);
+        Ok(self
+            .store()
+            .user_sessions(p.user_id)
+            .await?
+            .into_iter()
+            .filter(|s| s.stage != "mfa" && s.expires_at > now && s.last_seen_at + idle > now)
+            .map(|s| SessionView {
+                current: Some(s.id) == p.session_id,
+                id: s.id,
+                method: s.method,
+                address: s.address,
+                created_at: s.created_at,
+                last_seen_at: s.last_seen_at,
+                expires_at: s.expires_at,
+                org_id: s.org_id,
+            })
+            .collect())
+    }
+
+    /// End one of the caller's own sessions.
+    pub async fn revoke_session(&self, p: &Principal, id: Uuid) -> Result<(), CoreError> {
+        p.ensure_person()?;
+        if !self.store().delete_session_by_id(p.user_id, id).await? {
+            return Err(CoreError::not_found("session", &id.to_string()));
+        }
+        self.access_changed();
+        Ok(())
+    }
+
+    /// Change the caller's password. Needs the current one (re-authentication, counted
+    /// against the lockout) and ends every other session.
+    pub async fn change_password(
+        &self,
+        p: &Principal,
+        current: &str,
+        new: &str,
+    ) -> Result<(), CoreError> {
+        p.ensure_person()?;
+        validate_password(new)?;
+        let user = self.reauthenticate(p, current).await?;
+        let hash = hash_password(new.to_owned()).await?;
+        self.store().set_password(user.id, &hash).await?;
+        self.store()
+            .delete_user_sessions(user.id, p.session_id)
+            .await?;
+        self.access_changed();
+        self.notify(
+            &user,
+            "Your Coffer password was changed",
+            "The password of your account was changed and your other sessions were ended.",
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Check the caller's password again before a sensitive change.
+    pub(crate) async fn reauthenticate(
+        &self,
+        p: &Principal,
+        password: &str,
+    ) -> Result<UserRow, CoreError> {
+        let user = self.store().user(p.user_id).await?;
+        let user = self.check_first_factor(user, password).await?;
+        self.store().reset_login_attempts(user.id).await?;
+        Ok(user)
+    }
+}
+
+fn key_scope(k: &coffer_store::ApiKeyRow) -> Scope {
+    Scope {
+        read_only: k.read_only,
+        projects: k.projects.clone(),
+        envs: k.envs.clone(),
+    }
+}
+
+/// One of a user's sessions, for listing. Never includes the token.
+#[derive(Debug, Clone)]
+pub struct SessionView {
+    pub id: Uuid,
+    pub org_id: Uuid,
+    pub method: String,
+    pub address: String,
+    pub created_at: i64,
+    pub last_seen_at: i64,
+    pub expires_at: i64,
+    pub current: bool,
 }
 
 #[cfg(test)]
@@ -251,8 +746,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn usernames_normalise() {
+    fn usernames_normalise_with_nfkc_and_case_folding() {
         assert_eq!(normalize_username("  Alice "), "alice");
+        assert_eq!(normalize_username("ＡＬＩＣＥ"), "alice");
+        assert_eq!(normalize_username("\u{FB01}le"), "file");
+        assert_eq!(normalize_username("Bob@Example.COM"), "bob@example.com");
+    }
+
+    #[test]
+    fn scopes_hide_what_they_do_not_cover() {
+        let s = Scope {
+            read_only: true,
+            projects: vec!["app".into()],
+            envs: vec!["prod".into()],
+        };
+        assert!(s.check_project("app").is_ok());
+        assert!(matches!(
+            s.check_project("other"),
+            Err(CoreError::NotFound { .. })
+        ));
+        assert!(s.check_env("prod").is_ok());
+        assert!(s.check_env("dev").is_err());
+        assert!(Scope::default().check_env("anything").is_ok());
     }
 
     #[tokio::test]

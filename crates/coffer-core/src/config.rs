@@ -1,13 +1,33 @@
 use std::time::Duration;
 
+use crate::oidc::OidcIssuer;
+
 /// Domain settings, validated by the binary before the service starts.
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
     /// Absolute lifetime of a login session.
     pub session_ttl: Duration,
+    /// A session unused for this long ends.
+    pub idle_timeout: Duration,
     /// How long a verified session stays in the in-memory cache before it is read again
     /// from the database. Bounds how long a revocation on another node can go unseen.
     pub session_cache_ttl: Duration,
+    /// Lifetime of an access token exchanged for an API key.
+    pub access_token_ttl: Duration,
+    /// Time to enter the second factor after the password.
+    pub mfa_pending_ttl: Duration,
+    /// Consecutive failed attempts (password or MFA code) before the account locks.
+    pub max_failed_logins: u32,
+    /// How long a locked account stays locked.
+    pub lockout: Duration,
+    /// Delay after the n-th consecutive failure before the next attempt: n × this.
+    pub login_delay_step: Duration,
+    /// Lifetime of an invitation.
+    pub invitation_ttl: Duration,
+    /// Whether a mail transport is configured (invitation tokens then go by mail only).
+    pub mail_enabled: bool,
+    /// Trusted external identity providers.
+    pub oidc: Vec<OidcIssuer>,
     /// Largest accepted parameter value.
     pub max_value_bytes: usize,
 }
@@ -16,7 +36,16 @@ impl Default for CoreConfig {
     fn default() -> Self {
         Self {
             session_ttl: Duration::from_secs(12 * 3600),
+            idle_timeout: Duration::from_secs(30 * 60),
             session_cache_ttl: Duration::from_secs(1),
+            access_token_ttl: Duration::from_secs(15 * 60),
+            mfa_pending_ttl: Duration::from_secs(5 * 60),
+            max_failed_logins: 3,
+            lockout: Duration::from_secs(30 * 60),
+            login_delay_step: Duration::from_secs(1),
+            invitation_ttl: Duration::from_secs(7 * 86_400),
+            mail_enabled: false,
+            oidc: Vec::new(),
             max_value_bytes: 512 * 1024,
         }
     }

@@ -21,6 +21,11 @@ pub enum CoreError {
     /// Wrong username or password. One message for every cause.
     #[error("invalid username or password")]
     BadCredentials,
+    /// The login must enrol MFA (an organisation requires it) before anything else.
+    #[error("multi-factor authentication must be set up first: run `coffer mfa enroll`")]
+    MfaEnrollmentRequired,
+    #[error("an organisation must keep at least one Owner")]
+    LastOwner,
     #[error("forbidden: {0}")]
     Forbidden(&'static str),
     #[error("{kind} '{name}' not found")]

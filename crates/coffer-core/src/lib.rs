@@ -5,13 +5,18 @@
 //! implements projects, environments and parameters. Every operation takes the caller's
 //! [`Principal`], whose organisation comes from the authenticated session and nowhere else.
 
+pub mod apikeys;
 pub mod audit;
 mod auth;
 mod clock;
 mod config;
 mod error;
 mod keyring;
+pub mod members;
+pub mod mfa;
 pub mod names;
+pub mod notify;
+pub mod oidc;
 mod orgs;
 mod params;
 mod projects;
@@ -20,7 +25,9 @@ mod sys;
 
 use std::sync::Arc;
 
-pub use auth::{LoginResult, Principal};
+pub use auth::{
+    AuthMethod, LoginOutcome, LoginResult, Principal, Scope, SessionView, normalize_username,
+};
 pub use coffer_crypto::token::BearerToken;
 pub use coffer_crypto::{SecretBytes, fingerprint_sha256, random_bytes};
 pub use config::CoreConfig;

@@ -1,13 +1,11 @@
-//! Organisations and their members. (Invitations, role changes and the HTTP surface for
-//! them belong to the identity work; these are the primitives.)
+//! Organisations and their tenant keys. Members and invitations are in `members`.
 
 use coffer_crypto::{KeyTerm, RootKey, TenantKey};
-use coffer_store::{MembershipRow, OrgRow, StoreError, TenantKeyRow, UserRow};
+use coffer_store::{OrgRow, StoreError, TenantKeyRow};
 use uuid::Uuid;
 
-use crate::auth::{hash_password, normalize_username};
 use crate::clock::now_ms;
-use crate::{Coffer, CoreError, Principal, Role, names};
+use crate::{Coffer, CoreError, names};
 
 impl Coffer {
     /// Create an organisation with a fresh tenant key (term 1) wrapped by the root key.
@@ -29,66 +27,6 @@ impl Coffer {
             }),
             r => Ok(r.map(|()| org.id)?),
         }
-    }
-
-    /// Create a user with a password and add them to an organisation with a role. Only
-    /// Owners and Admins may do this, in their own organisation, and never above their role.
-    pub async fn create_member(
-        &self,
-        p: &Principal,
-        username: &str,
-        password: &str,
-        role: Role,
-    ) -> Result<Uuid, CoreError> {
-        self.ensure_unsealed()?;
-        if p.role < Role::Admin || role > p.role {
-            return Err(CoreError::Forbidden("your role cannot add this member"));
-        }
-        self.add_user_to_org(p.org_id, username, password, role)
-            .await
-    }
-
-    /// Bootstrap primitive behind [`Coffer::create_member`], without the caller check.
-    pub async fn add_user_to_org(
-        &self,
-        org_id: Uuid,
-        username: &str,
-        password: &str,
-        role: Role,
-    ) -> Result<Uuid, CoreError> {
-        let username = normalize_username(username);
-        names::validate("username", &username)?;
-        if password.len() < 12 {
-            return Err(CoreError::invalid(
-                "password",
-                "must be at least 12 characters",
-            ));
-        }
-        let now = now_ms();
-        let user = UserRow {
-            id: Uuid::new_v4(),
-            username: username.clone(),
-            password_hash: hash_password(password.to_owned()).await?,
-            created_at: now,
-        };
-        match self.store().create_user(&user).await {
-            Err(StoreError::Conflict) => {
-                return Err(CoreError::AlreadyExists {
-                    kind: "user",
-                    name: username,
-                });
-            }
-            r => r?,
-        }
-        self.store()
-            .add_membership(&MembershipRow {
-                user_id: user.id,
-                org_id,
-                role: role.as_str().to_owned(),
-                created_at: now,
-            })
-            .await?;
-        Ok(user.id)
     }
 }
 

@@ -131,6 +131,7 @@ impl Coffer {
         names::validate("parameter name", req.name)?;
         validate_value(req.value, self.config().max_value_bytes)?;
         let meta = self.project_meta(p, project).await?;
+        p.scope.check_env(env)?;
         let env_row = meta.env(env)?;
         let keys = self.org_keys(p.org_id).await?;
         for _ in 0..WRITE_ATTEMPTS {
@@ -204,6 +205,7 @@ impl Coffer {
     ) -> Result<ParamView, CoreError> {
         names::validate("parameter name", name)?;
         let meta = self.project_meta(p, project).await?;
+        p.scope.check_env(env)?;
         for e in meta.chain(env)? {
             if let Some(pv) = self.store().current_value(p.org_id, e.id, name).await? {
                 if pv.version.is_secret && !p.role.can_read_secrets() {
@@ -226,6 +228,7 @@ impl Coffer {
         reveal: bool,
     ) -> Result<Vec<ParamView>, CoreError> {
         let meta = self.project_meta(p, project).await?;
+        p.scope.check_env(env)?;
         let chain = meta.chain(env)?;
         let ids: Vec<Uuid> = chain.iter().map(|e| e.id).collect();
         let values = self.store().current_values(p.org_id, &ids).await?;
@@ -256,6 +259,7 @@ impl Coffer {
     ) -> Result<(uuid::Uuid, coffer_store::ParamRow), CoreError> {
         names::validate("parameter name", name)?;
         let meta = self.project_meta(p, project).await?;
+        p.scope.check_env(env)?;
         let env_id = meta.env(env)?.id;
         let row = self
             .store()

@@ -96,6 +96,9 @@ impl MetaCache {
 }
 
 pub(crate) fn ensure_can_write(p: &Principal) -> Result<(), CoreError> {
+    if p.scope.read_only {
+        return Err(CoreError::Forbidden("this API key is read-only"));
+    }
     if p.role.can_write() {
         Ok(())
     } else {
@@ -113,6 +116,7 @@ impl Coffer {
     ) -> Result<Arc<ProjectMeta>, CoreError> {
         self.ensure_unsealed()?;
         names::validate("project name", project)?;
+        p.scope.check_project(project)?;
         let key = (p.org_id, project.to_owned());
         if let Some(m) = self.inner.meta.get(&key) {
             return Ok(m);
@@ -136,6 +140,7 @@ impl Coffer {
         self.ensure_unsealed()?;
         ensure_can_write(p)?;
         names::validate("project name", name)?;
+        p.scope.check_project(name)?;
         let now = now_ms();
         let row = ProjectRow {
             id: Uuid::new_v4(),
@@ -176,6 +181,7 @@ impl Coffer {
             .projects(p.org_id)
             .await?
             .into_iter()
+            .filter(|r| p.scope.allows_project(&r.name))
             .map(|r| ProjectView {
                 id: r.id,
                 name: r.name,
@@ -194,6 +200,7 @@ impl Coffer {
     ) -> Result<EnvView, CoreError> {
         ensure_can_write(p)?;
         names::validate("environment name", name)?;
+        p.scope.check_env(name)?;
         let meta = self.project_meta(p, project).await?;
         let parent_name = parent.unwrap_or(DEFAULT_ENV);
         let parent_row = meta.env(parent_name)?;
@@ -234,6 +241,7 @@ impl Coffer {
         Ok(meta
             .envs
             .iter()
+            .filter(|e| p.scope.check_env(&e.name).is_ok())
             .map(|e| EnvView {
                 id: e.id,
                 name: e.name.clone(),

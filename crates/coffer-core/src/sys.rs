@@ -124,6 +124,8 @@ impl Coffer {
             username: BOOTSTRAP_USER.to_owned(),
             password_hash: crate::auth::hash_password(password.expose_secret().to_owned()).await?,
             created_at: now,
+            email: None,
+            mfa_enabled: false,
         };
         self.store().create_user(&user).await?;
         self.store()

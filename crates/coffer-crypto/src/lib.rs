@@ -15,6 +15,7 @@ mod hazmat;
 mod keys;
 mod secret;
 pub mod shamir;
+pub mod system;
 pub mod token;
 
 pub use envelope::{Ciphertext, FORMAT_VERSION, RecordContext};

@@ -69,8 +69,12 @@ pub struct HealthResponse {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
+    /// Username or e-mail address.
     pub username: String,
     pub password: String,
+    /// Organisation to start in (default: the oldest membership).
+    #[serde(default)]
+    pub org: Option<String>,
 }
 
 impl std::fmt::Debug for LoginRequest {
@@ -91,17 +95,28 @@ pub struct WhoamiResponse {
     pub session_expires_at: String,
 }
 
-#[derive(Serialize, ToSchema)]
+/// The answer to a login step. Either `token` and `whoami` (logged in), or `mfa_required`
+/// with an `mfa_token` to send with a code to `/v1/auth/mfa/verify`.
+#[derive(Serialize, ToSchema, Default)]
 pub struct LoginResponse {
     /// Bearer token for the Authorization header. Shown once.
-    pub token: String,
-    pub whoami: WhoamiResponse,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub whoami: Option<WhoamiResponse>,
+    /// A TOTP or recovery code must follow.
+    pub mfa_required: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mfa_token: Option<String>,
+    /// An organisation requires MFA: this session may only enrol it.
+    pub mfa_enrollment_required: bool,
 }
 
 impl std::fmt::Debug for LoginResponse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoginResponse")
             .field("whoami", &self.whoami)
+            .field("mfa_required", &self.mfa_required)
             .finish_non_exhaustive()
     }
 }
@@ -336,4 +351,263 @@ pub struct AuditHealth {
     /// The JSON-lines file copy: None when not configured.
     pub file_ok: Option<bool>,
     pub file_failures: u64,
+}
+
+/// Wraps a credential so that `Debug` never prints it.
+#[derive(Deserialize, ToSchema)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MfaVerifyRequest {
+    pub mfa_token: Secret,
+    /// A 6-digit TOTP code or a recovery code.
+    pub code: Secret,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OidcLoginRequest {
+    /// A JWT from a configured issuer.
+    pub token: Secret,
+    #[serde(default)]
+    pub org: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// An API key (`cfr_…`).
+    pub api_key: Secret,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TokenResponse {
+    /// Short-lived access token (`cfa_…`). Shown once.
+    pub access_token: String,
+    pub expires_at: String,
+}
+
+impl std::fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenResponse").finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChangeRequest {
+    pub current_password: Secret,
+    pub new_password: Secret,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmailRequest {
+    pub email: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionDto {
+    pub id: Uuid,
+    pub org_id: Uuid,
+    pub method: String,
+    pub address: String,
+    pub created_at: String,
+    pub last_seen_at: String,
+    pub expires_at: String,
+    pub current: bool,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordRequest {
+    pub password: Secret,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MfaEnrollResponse {
+    /// Add this to an authenticator app (or show it as a QR code). Shown once.
+    pub otpauth_uri: String,
+    /// The same seed in base32, for typing in by hand.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for MfaEnrollResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MfaEnrollResponse").finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MfaCodeRequest {
+    pub code: Secret,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RecoveryCodesResponse {
+    /// One-time recovery codes. Shown once; store them offline.
+    pub recovery_codes: Vec<String>,
+}
+
+impl std::fmt::Debug for RecoveryCodesResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecoveryCodesResponse")
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MfaDisableRequest {
+    pub password: Secret,
+    pub code: Secret,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrgDto {
+    pub id: Uuid,
+    pub name: String,
+    pub role: String,
+    /// The organisation this token acts on.
+    pub active: bool,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrgRequest {
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchOrgRequest {
+    pub org: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MemberDto {
+    pub user_id: Uuid,
+    pub username: String,
+    pub email: Option<String>,
+    pub role: String,
+    pub mfa_enabled: bool,
+    pub joined_at: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetRoleRequest {
+    /// owner, admin, contributor or viewer.
+    pub role: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InviteRequest {
+    pub email: String,
+    pub role: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InvitationDto {
+    pub id: Uuid,
+    pub email: String,
+    pub role: String,
+    pub created_at: String,
+    pub expires_at: String,
+    pub accepted_at: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct InviteResponse {
+    pub invitation: InvitationDto,
+    /// The one-time token, only when the server sends no mail.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for InviteResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InviteResponse")
+            .field("invitation", &self.invitation)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AcceptInvitationRequest {
+    pub token: Secret,
+    /// For a new account; ignored when the invited address already has one.
+    #[serde(default)]
+    pub username: String,
+    pub password: Secret,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AcceptInvitationResponse {
+    pub user_id: Uuid,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrgSettingsDto {
+    pub require_mfa: bool,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiKeyRequest {
+    pub name: String,
+    pub role: String,
+    #[serde(default)]
+    pub read_only: bool,
+    #[serde(default)]
+    pub projects: Vec<String>,
+    #[serde(default)]
+    pub envs: Vec<String>,
+    /// Lifetime, e.g. "90d" (at most 366 days). Default 90 days.
+    #[serde(default)]
+    pub expires_in: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiKeyDto {
+    pub id: Uuid,
+    pub name: String,
+    /// First characters of the key, to tell keys apart.
+    pub prefix: String,
+    pub role: String,
+    pub owner_id: Uuid,
+    pub read_only: bool,
+    pub projects: Vec<String>,
+    pub envs: Vec<String>,
+    pub created_at: String,
+    pub expires_at: String,
+    pub last_used_at: Option<String>,
+    pub revoked_at: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CreatedApiKeyResponse {
+    pub api_key: ApiKeyDto,
+    /// The key. Shown once; Coffer stores only its hash.
+    pub key: String,
+}
+
+impl std::fmt::Debug for CreatedApiKeyResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedApiKeyResponse")
+            .field("api_key", &self.api_key)
+            .finish_non_exhaustive()
+    }
 }

@@ -49,30 +49,75 @@ fn bearer(parts: &Parts) -> Result<String, ApiError> {
     Ok(t.to_owned())
 }
 
+async fn principal(
+    parts: &mut Parts,
+    state: &AppState,
+    any_stage: bool,
+) -> Result<Principal, ApiError> {
+    let token = bearer(parts)?;
+    let slot = parts.extensions.get::<crate::audit::AuditSlot>().cloned();
+    let c = &state.coffer;
+    let r = if any_stage {
+        c.authenticate_any_stage(&token).await
+    } else {
+        c.authenticate(&token).await
+    };
+    let p = r.map_err(|e| match e {
+        coffer_core::CoreError::Unauthenticated => ApiError::new(
+            ErrorCode::Unauthenticated,
+            "the token is invalid or expired; log in again",
+        ),
+        other => other.into(),
+    })?;
+    if let Some(slot) = slot {
+        slot.set_principal(&p, p.method.as_str());
+        slot.add_hmac(
+            "session",
+            state.coffer.audit_hmac(Some(p.org_id), token.as_bytes()),
+        );
+    }
+    Ok(p)
+}
+
 impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(parts)?;
-        let slot = parts.extensions.get::<crate::audit::AuditSlot>().cloned();
-        let p = state
-            .coffer
-            .authenticate(&token)
-            .await
-            .map_err(|e| match e {
-                coffer_core::CoreError::Unauthenticated => ApiError::new(
-                    ErrorCode::Unauthenticated,
-                    "the token is invalid or expired; log in again",
-                ),
-                other => other.into(),
-            })?;
-        if let Some(slot) = slot {
-            slot.set_principal(&p, "session");
-            slot.add_hmac(
-                "session",
-                state.coffer.audit_hmac(Some(p.org_id), token.as_bytes()),
-            );
-        }
-        Ok(Auth(p))
+        principal(parts, state, false).await.map(Auth)
+    }
+}
+
+/// The caller, also when their login still has to enrol MFA (only for the routes that
+/// lead there: whoami, logout, MFA enrolment).
+#[derive(Debug)]
+pub struct AuthAnyStage(pub Principal);
+
+impl FromRequestParts<AppState> for AuthAnyStage {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        principal(parts, state, true).await.map(AuthAnyStage)
+    }
+}
+
+/// The peer's IP address (the TCP connection's; forwarding headers are not trusted).
+#[derive(Debug, Clone)]
+pub struct PeerAddr(pub Option<std::net::IpAddr>);
+
+impl PeerAddr {
+    pub fn label(&self) -> String {
+        self.0
+            .map_or_else(|| "unknown".to_owned(), |a| a.to_string())
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for PeerAddr {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        Ok(PeerAddr(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
     }
 }
 

@@ -8,6 +8,9 @@ mod audit;
 pub mod dto;
 pub mod error;
 mod extract;
+pub mod jwks;
+mod limits;
+pub mod mail;
 mod openapi;
 mod routes;
 mod run;
@@ -35,6 +38,24 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub coffer: Coffer,
+    /// Per-address throttle of login attempts.
+    pub limiter: std::sync::Arc<limits::LoginLimiter>,
+    /// Signing keys of external OpenID providers.
+    pub jwks: std::sync::Arc<dyn coffer_core::oidc::JwksSource>,
+}
+
+impl AppState {
+    /// Default limits and no OpenID providers.
+    pub fn new(coffer: Coffer) -> Self {
+        Self {
+            coffer,
+            limiter: std::sync::Arc::new(limits::LoginLimiter::new(60)),
+            jwks: std::sync::Arc::new(jwks::JwksCache::new(
+                Default::default(),
+                Duration::from_secs(300),
+            )),
+        }
+    }
 }
 
 async fn not_found() -> error::ApiError {
@@ -62,6 +83,40 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/auth/login", post(auth::login))
         .route("/v1/auth/logout", post(auth::logout))
         .route("/v1/auth/whoami", get(auth::whoami))
+        .route("/v1/auth/mfa/verify", post(auth::mfa_verify))
+        .route("/v1/auth/oidc", post(auth::oidc))
+        .route("/v1/auth/token", post(auth::token))
+        .route("/v1/auth/password", post(auth::change_password))
+        .route("/v1/auth/email", axum::routing::put(auth::set_email))
+        .route("/v1/auth/sessions", get(auth::sessions))
+        .route(
+            "/v1/auth/sessions/{id}",
+            axum::routing::delete(auth::revoke_session),
+        )
+        .route("/v1/auth/mfa/enroll", post(auth::mfa_enroll))
+        .route("/v1/auth/mfa/confirm", post(auth::mfa_confirm))
+        .route("/v1/auth/mfa/disable", post(auth::mfa_disable))
+        .route("/v1/auth/switch", post(orgs::switch))
+        .route("/v1/orgs", get(orgs::list).post(orgs::create))
+        .route("/v1/org/members", get(orgs::members))
+        .route(
+            "/v1/org/members/{username}",
+            axum::routing::put(orgs::set_role).delete(orgs::remove),
+        )
+        .route(
+            "/v1/org/invitations",
+            get(orgs::invitations).post(orgs::invite),
+        )
+        .route("/v1/invitations/accept", post(orgs::accept))
+        .route(
+            "/v1/org/settings",
+            get(orgs::settings).put(orgs::update_settings),
+        )
+        .route("/v1/org/api-keys", get(apikeys::list).post(apikeys::create))
+        .route(
+            "/v1/org/api-keys/{id}",
+            axum::routing::delete(apikeys::revoke),
+        )
         .route("/v1/projects", get(projects::list).post(projects::create))
         .route(
             "/v1/projects/{project}/envs",

@@ -35,6 +35,12 @@ pub struct ServerConfig {
     /// Apply pending PostgreSQL migrations at start (the role must own the schema); false
     /// for a least-privilege runtime role, with `coffer migrate` run separately.
     pub migrate: bool,
+    /// Login attempts allowed per client address and minute.
+    pub login_rate_per_minute: u32,
+    /// Where each configured OpenID issuer's signing keys are (by issuer).
+    pub jwks: std::collections::HashMap<String, crate::jwks::JwksLocation>,
+    /// Mail server for notifications; without one, mail stays queued.
+    pub smtp: Option<crate::mail::SmtpConfig>,
 }
 
 /// A database URL that may carry a password: Debug and Display hide it.
@@ -200,6 +206,11 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
     let handle = Handle::new();
     let app = router(AppState {
         coffer: coffer.clone(),
+        limiter: std::sync::Arc::new(crate::limits::LoginLimiter::new(cfg.login_rate_per_minute)),
+        jwks: std::sync::Arc::new(crate::jwks::JwksCache::new(
+            cfg.jwks.clone(),
+            Duration::from_secs(300),
+        )),
     });
     let mut server = axum_server::from_tcp_rustls(listener, tls_cfg)
         .context("TLS listener")?
@@ -220,6 +231,23 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
             }
         }
     });
+
+    if let Some(smtp) = &cfg.smtp {
+        let sender = crate::mail::SmtpSender::new(smtp).context("mail settings")?;
+        let mailer = coffer.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                tick.tick().await;
+                if mailer.seal_status().await.is_ok_and(|s| !s.sealed)
+                    && mailer.is_job_leader().await
+                    && let Err(e) = mailer.deliver_mail(&sender).await
+                {
+                    tracing::warn!(error = %e, "mail delivery job failed");
+                }
+            }
+        });
+    }
 
     let checkpointer = coffer.clone();
     let every = cfg.checkpoint_interval.max(Duration::from_secs(1));

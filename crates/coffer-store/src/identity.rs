@@ -57,6 +57,8 @@ pub trait IdentityStore: Send + Sync {
         enabled: bool,
     ) -> Result<(), StoreError>;
     async fn mfa_state(&self, user_id: Uuid) -> Result<Option<MfaState>, StoreError>;
+    /// Activate the stored seed, keeping the record of used steps.
+    async fn enable_mfa(&self, user_id: Uuid) -> Result<(), StoreError>;
     /// Record a TOTP time step as used; false if this or a later step was used already.
     async fn use_totp_step(&self, user_id: Uuid, step: i64) -> Result<bool, StoreError>;
     async fn replace_recovery_codes(
@@ -75,6 +77,8 @@ pub trait IdentityStore: Send + Sync {
     async fn user_requires_mfa(&self, user_id: Uuid) -> Result<bool, StoreError>;
     async fn set_org_require_mfa(&self, org_id: Uuid, on: bool) -> Result<(), StoreError>;
     async fn org_requires_mfa(&self, org_id: Uuid) -> Result<bool, StoreError>;
+
+    async fn org_by_name(&self, name: &str) -> Result<Option<OrgRow>, StoreError>;
 
     // --- memberships ---
     async fn add_membership(&self, m: &MembershipRow) -> Result<(), StoreError>;
@@ -95,6 +99,8 @@ pub trait IdentityStore: Send + Sync {
     async fn create_session(&self, s: &SessionRow) -> Result<(), StoreError>;
     async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionRow>, StoreError>;
     async fn touch_session(&self, id: Uuid, now: i64) -> Result<(), StoreError>;
+    /// A session that had to enrol MFA first becomes a full one.
+    async fn promote_session(&self, id: Uuid) -> Result<(), StoreError>;
     async fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool, StoreError>;
     async fn delete_session_by_id(&self, user_id: Uuid, id: Uuid) -> Result<bool, StoreError>;
     async fn user_sessions(&self, user_id: Uuid) -> Result<Vec<SessionRow>, StoreError>;
@@ -440,6 +446,14 @@ macro_rules! impl_identity_store {
                 .transpose()
             }
 
+            async fn enable_mfa(&self, user_id: Uuid) -> Result<(), StoreError> {
+                sqlx::query("UPDATE users SET mfa_enabled = TRUE WHERE id = $1 AND mfa_secret IS NOT NULL")
+                    .bind(user_id.as_bytes().as_slice())
+                    .execute(&self.$write)
+                    .await?;
+                Ok(())
+            }
+
             async fn use_totp_step(&self, user_id: Uuid, step: i64) -> Result<bool, StoreError> {
                 let r = sqlx::query("UPDATE users SET mfa_last_step = $2 WHERE id = $1 AND mfa_last_step < $2")
                     .bind(user_id.as_bytes().as_slice())
@@ -499,6 +513,15 @@ macro_rules! impl_identity_store {
                     .fetch_one(&self.$read)
                     .await?;
                 Ok($crate::rows::RowRead::int(&r, "n")? > 0)
+            }
+
+            async fn org_by_name(&self, name: &str) -> Result<Option<OrgRow>, StoreError> {
+                sqlx::query("SELECT id, name, created_at FROM orgs WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(&self.$read)
+                    .await?
+                    .map(|r| $crate::rows::org_row(&r))
+                    .transpose()
             }
 
             async fn add_membership(&self, m: &MembershipRow) -> Result<(), StoreError> {
@@ -628,6 +651,14 @@ macro_rules! impl_identity_store {
                 sqlx::query("UPDATE sessions SET last_seen_at = $2 WHERE id = $1 AND last_seen_at < $2")
                     .bind(id.as_bytes().as_slice())
                     .bind(now)
+                    .execute(&self.$write)
+                    .await?;
+                Ok(())
+            }
+
+            async fn promote_session(&self, id: Uuid) -> Result<(), StoreError> {
+                sqlx::query("UPDATE sessions SET stage = 'full' WHERE id = $1 AND stage = 'enroll'")
+                    .bind(id.as_bytes().as_slice())
                     .execute(&self.$write)
                     .await?;
                 Ok(())

@@ -7,6 +7,30 @@ use coffer_client::Client;
 use coffer_core::CoreConfig;
 use coffer_server::{RunningServer, ServerConfig};
 
+/// Settings for [`TestServer::with`].
+#[derive(Debug)]
+pub struct TestOptions {
+    pub dev: bool,
+    pub database_url: Option<String>,
+    pub core: CoreConfig,
+    pub login_rate_per_minute: u32,
+    pub jwks: std::collections::HashMap<String, coffer_server::jwks::JwksLocation>,
+    pub smtp: Option<coffer_server::mail::SmtpConfig>,
+}
+
+impl Default for TestOptions {
+    fn default() -> Self {
+        Self {
+            dev: true,
+            database_url: None,
+            core: TestServer::fast_core(),
+            login_rate_per_minute: 10_000,
+            jwks: Default::default(),
+            smtp: None,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct TestServer {
     pub dir: tempfile::TempDir,
@@ -28,6 +52,15 @@ impl TestServer {
         Self::start(false, None).await
     }
 
+    /// Test-friendly identity settings: no delay between attempts, a generous per-address
+    /// limit (tests log in often from 127.0.0.1).
+    pub fn fast_core() -> CoreConfig {
+        CoreConfig {
+            login_delay_step: std::time::Duration::ZERO,
+            ..CoreConfig::default()
+        }
+    }
+
     /// Production mode on PostgreSQL at `url` (e.g. from [`pg_database`]); several servers
     /// may share one database, as nodes.
     pub async fn production_on(url: &str) -> Self {
@@ -35,6 +68,17 @@ impl TestServer {
     }
 
     async fn start(dev: bool, database_url: Option<String>) -> Self {
+        Self::with(TestOptions {
+            dev,
+            database_url,
+            ..TestOptions::default()
+        })
+        .await
+    }
+
+    /// A server with chosen settings.
+    pub async fn with(o: TestOptions) -> Self {
+        let (dev, database_url) = (o.dev, o.database_url);
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let cfg = ServerConfig {
             listen: "127.0.0.1:0"
@@ -44,13 +88,16 @@ impl TestServer {
             dev,
             tls_cert: None,
             tls_key: None,
-            core: CoreConfig::default(),
+            core: o.core,
             audit_file: None,
             audit_stdout: false,
             checkpoint_interval: std::time::Duration::from_secs(300),
             database_url: database_url
                 .map(|u| coffer_server::DatabaseUrl::new(u).unwrap_or_else(|e| panic!("{e}"))),
             migrate: true,
+            login_rate_per_minute: o.login_rate_per_minute,
+            jwks: o.jwks,
+            smtp: o.smtp,
         };
         let server = coffer_server::start(cfg)
             .await
@@ -98,7 +145,19 @@ impl TestServer {
             .login("admin", pw)
             .await
             .unwrap_or_else(|e| panic!("login: {e}"));
-        self.client().with_token(r.token)
+        self.client()
+            .with_token(r.token.unwrap_or_else(|| panic!("no token")))
+    }
+
+    /// A client logged in with a password (no MFA).
+    pub async fn login(&self, username: &str, password: &str) -> Client {
+        let r = self
+            .client()
+            .login(username, password)
+            .await
+            .unwrap_or_else(|e| panic!("login {username}: {e}"));
+        self.client()
+            .with_token(r.token.unwrap_or_else(|| panic!("no token for {username}")))
     }
 
     pub fn coffer(&self) -> &coffer_core::Coffer {

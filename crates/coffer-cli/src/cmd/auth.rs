@@ -1,5 +1,3 @@
-use std::io::Read;
-
 use anyhow::Context;
 
 use crate::cli::{Global, LoginArgs};
@@ -9,39 +7,76 @@ pub async fn login(g: &Global, a: LoginArgs) -> anyhow::Result<()> {
     let mut saved = session::load()?;
     let (addr, ca) = session::endpoint(g, &saved);
     let client = session::client_for(&addr, ca.as_deref())?;
-    let username = match a.username {
-        Some(u) => u,
+    let mut r = match &a.oidc_token {
+        Some(jwt) => client.oidc_login(jwt, a.org.as_deref()).await?,
         None => {
-            eprint!("Username: ");
-            let mut u = String::new();
-            std::io::stdin()
-                .read_line(&mut u)
-                .context("read the username")?;
-            u.trim().to_owned()
+            let username = match a.username {
+                Some(u) => u,
+                None => prompt("Username: ")?,
+            };
+            let password = read_password(a.password_stdin, "Password: ")?;
+            client
+                .login_in(&username, &password, a.org.as_deref())
+                .await?
         }
     };
-    let password = zeroize::Zeroizing::new(if a.password_stdin {
-        let mut p = String::new();
-        std::io::stdin()
-            .read_to_string(&mut p)
-            .context("read the password from stdin")?;
-        p.trim_end_matches(['\n', '\r']).to_owned()
-    } else {
-        rpassword::prompt_password("Password: ").context("read the password")?
-    });
-    let r = client.login(&username, &password).await?;
+    if r.mfa_required {
+        let mfa_token = r
+            .mfa_token
+            .clone()
+            .context("the server asked for MFA without a token")?;
+        let code = match a.mfa_code {
+            Some(c) => zeroize::Zeroizing::new(c),
+            None => zeroize::Zeroizing::new(prompt("Authentication code (or recovery code): ")?),
+        };
+        r = client.mfa_verify(&mfa_token, &code).await?;
+    }
+    let (token, whoami) = r
+        .token
+        .zip(r.whoami)
+        .context("the server did not return a session")?;
     saved.addr = Some(addr);
     saved.ca_cert = ca.map(|p| std::fs::canonicalize(&p).unwrap_or(p));
-    saved.token = Some(r.token);
+    saved.token = Some(token);
     session::save(&saved)?;
     if g.json {
-        return output::json(&r.whoami);
+        return output::json(&whoami);
     }
     println!(
         "Logged in as {} ({}) in organisation {}.",
-        r.whoami.username, r.whoami.role, r.whoami.org
+        whoami.username, whoami.role, whoami.org
     );
+    if r.mfa_enrollment_required {
+        println!(
+            "An organisation you belong to requires MFA: run `coffer mfa enroll` now; nothing else works until you do."
+        );
+    }
     Ok(())
+}
+
+pub(crate) fn prompt(label: &str) -> anyhow::Result<String> {
+    eprint!("{label}");
+    let mut u = String::new();
+    std::io::stdin()
+        .read_line(&mut u)
+        .context("read from stdin")?;
+    Ok(u.trim().to_owned())
+}
+
+/// A password from stdin (first line) or a prompt without echo.
+pub(crate) fn read_password(
+    stdin: bool,
+    label: &str,
+) -> anyhow::Result<zeroize::Zeroizing<String>> {
+    Ok(zeroize::Zeroizing::new(if stdin {
+        let mut p = String::new();
+        std::io::stdin()
+            .read_line(&mut p)
+            .context("read the password from stdin")?;
+        p.trim_end_matches(['\n', '\r']).to_owned()
+    } else {
+        rpassword::prompt_password(label).context("read the password")?
+    }))
 }
 
 pub async fn logout(g: &Global) -> anyhow::Result<()> {

@@ -1,3 +1,4 @@
+mod account;
 mod audit;
 mod auth;
 mod bench;
@@ -27,6 +28,11 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(c) => return audit::run(g, c).await,
         Command::Migrate { database_url } => server::migrate(&database_url).await,
         Command::Bench(a) => bench::run(g, a).await,
+        Command::Org(c) => account::org(g, c).await,
+        Command::Apikey(c) => account::apikey(g, c).await,
+        Command::Mfa(c) => account::mfa(g, c).await,
+        Command::Session(c) => account::session(g, c).await,
+        Command::Account(c) => account::account(g, c).await,
     }
     .map(|()| ExitCode::SUCCESS)
 }

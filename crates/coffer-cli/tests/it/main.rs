@@ -147,6 +147,13 @@ fn dev_server_cli_tour() {
     let bad = cli.run_stdin(&["login", "-u", "admin", "--password-stdin"], "wrong\n");
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid username or password"));
+    // After a failure the next attempt must wait (1 s by default); sooner is refused alike.
+    let early = cli.run_stdin(
+        &["login", "-u", "admin", "--password-stdin"],
+        &format!("{}\n", srv.password.as_deref().unwrap()),
+    );
+    assert!(!early.status.success());
+    std::thread::sleep(std::time::Duration::from_millis(2100));
     let o = cli.run_stdin(
         &["login", "-u", "admin", "--password-stdin"],
         &format!("{}\n", srv.password.as_deref().unwrap()),

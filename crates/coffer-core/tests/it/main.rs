@@ -47,8 +47,12 @@ pub async fn fixture() -> Fixture {
         .login(
             &init.bootstrap.username,
             init.bootstrap.password.expose_secret(),
+            None,
+            "test",
         )
         .await
+        .unwrap()
+        .session()
         .unwrap();
     Fixture {
         dir,

@@ -214,8 +214,10 @@ async fn secrets_are_masked_unless_revealed_and_viewers_never_see_them() {
         .await
         .unwrap();
     let viewer = c
-        .login("vera", "viewer password 123")
+        .login("vera", "viewer password 123", None, "test")
         .await
+        .unwrap()
+        .session()
         .unwrap()
         .principal;
     let l = c
@@ -276,8 +278,10 @@ async fn organisations_cannot_see_each_other() {
         .await
         .unwrap();
     let bob: Principal = c
-        .login("bob", "bob's long password")
+        .login("bob", "bob's long password", None, "test")
         .await
+        .unwrap()
+        .session()
         .unwrap()
         .principal;
     assert_eq!(bob.org_id, org_b);

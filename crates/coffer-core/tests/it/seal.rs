@@ -15,7 +15,7 @@ async fn a_fresh_server_is_sealed_and_serves_nothing() {
         Err(CoreError::NotInitialized)
     ));
     assert!(matches!(
-        c.login("admin", "x").await,
+        c.login("admin", "x", None, "test").await,
         Err(CoreError::Sealed)
     ));
     assert!(matches!(
@@ -169,10 +169,14 @@ async fn login_failures_are_indistinguishable_and_logout_revokes() {
     let f = fixture().await;
     let unknown = f
         .coffer
-        .login("nobody", "whatever-password")
+        .login("nobody", "whatever-password", None, "test")
         .await
         .unwrap_err();
-    let wrong = f.coffer.login("admin", "wrong-password").await.unwrap_err();
+    let wrong = f
+        .coffer
+        .login("admin", "wrong-password", None, "test")
+        .await
+        .unwrap_err();
     assert!(matches!(unknown, CoreError::BadCredentials));
     assert_eq!(unknown.to_string(), wrong.to_string());
 
@@ -187,8 +191,10 @@ async fn login_failures_are_indistinguishable_and_logout_revokes() {
         .unwrap();
     let s = f
         .coffer
-        .login("  CAROL ", "a long enough password")
+        .login("  CAROL ", "a long enough password", None, "test")
         .await
+        .unwrap()
+        .session()
         .unwrap();
     let tok = s.token.expose_secret().to_owned();
     assert_eq!(f.coffer.authenticate(&tok).await.unwrap().username, "carol");

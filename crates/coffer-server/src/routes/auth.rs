@@ -1,12 +1,14 @@
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use coffer_core::Principal;
+use coffer_core::{LoginOutcome, Principal};
+use uuid::Uuid;
 
 use crate::AppState;
+use crate::audit::AuditSlot;
 use crate::dto::*;
 use crate::error::{ApiResult, ErrorBody};
-use crate::extract::{ApiJson, Auth, Bearer};
+use crate::extract::{ApiJson, Auth, AuthAnyStage, Bearer, PeerAddr};
 
 pub fn whoami_dto(p: Principal) -> WhoamiResponse {
     WhoamiResponse {
@@ -19,30 +21,115 @@ pub fn whoami_dto(p: Principal) -> WhoamiResponse {
     }
 }
 
-/// Log in with a username and password. The same 401 for every failure.
+pub(crate) fn login_response(out: LoginOutcome, slot: &AuditSlot) -> LoginResponse {
+    match out {
+        LoginOutcome::Session(r) => {
+            slot.set_principal(&r.principal, r.principal.method.as_str());
+            LoginResponse {
+                token: Some(r.token.expose_secret().to_owned()),
+                mfa_enrollment_required: r.principal.mfa_enrollment_pending,
+                whoami: Some(whoami_dto(r.principal)),
+                ..Default::default()
+            }
+        }
+        LoginOutcome::MfaRequired { mfa_token, .. } => LoginResponse {
+            mfa_required: true,
+            mfa_token: Some(mfa_token.expose_secret().to_owned()),
+            ..Default::default()
+        },
+    }
+}
+
+/// Log in with a username (or e-mail address) and password. The same 401 for every
+/// failure: unknown user, wrong password, locked account.
 #[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = LoginRequest,
-    responses((status = 200, body = LoginResponse), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = LoginResponse), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn login(
     State(st): State<AppState>,
-    slot: crate::audit::AuditSlot,
+    slot: AuditSlot,
+    addr: PeerAddr,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> ApiResult<Json<LoginResponse>> {
-    let r = match st.coffer.login(&req.username, &req.password).await {
-        Ok(r) => r,
+    st.limiter.check(&addr)?;
+    let r = st
+        .coffer
+        .login(
+            &req.username,
+            &req.password,
+            req.org.as_deref(),
+            &addr.label(),
+        )
+        .await;
+    match r {
+        Ok(out) => Ok(Json(login_response(out, &slot))),
         Err(e) => {
             // Users sometimes type a password into the username field: record only an HMAC.
             slot.add_hmac(
                 "username",
-                st.coffer
-                    .audit_hmac(None, req.username.trim().to_lowercase().as_bytes()),
+                st.coffer.audit_hmac(
+                    None,
+                    coffer_core::normalize_username(&req.username).as_bytes(),
+                ),
             );
-            return Err(e.into());
+            Err(e.into())
         }
-    };
-    slot.set_principal(&r.principal, "password");
-    Ok(Json(LoginResponse {
-        token: r.token.expose_secret().to_owned(),
-        whoami: whoami_dto(r.principal),
+    }
+}
+
+/// Second step of a login: a TOTP or recovery code.
+#[utoipa::path(post, path = "/v1/auth/mfa/verify", tag = "auth", request_body = MfaVerifyRequest,
+    responses((status = 200, body = LoginResponse), (status = 401, body = ErrorBody)))]
+pub async fn mfa_verify(
+    State(st): State<AppState>,
+    slot: AuditSlot,
+    addr: PeerAddr,
+    ApiJson(req): ApiJson<MfaVerifyRequest>,
+) -> ApiResult<Json<LoginResponse>> {
+    st.limiter.check(&addr)?;
+    let out = st
+        .coffer
+        .verify_mfa_login(&req.mfa_token.0, &req.code.0, &addr.label())
+        .await?;
+    Ok(Json(login_response(out, &slot)))
+}
+
+/// Log in with a JWT from a configured OpenID provider.
+#[utoipa::path(post, path = "/v1/auth/oidc", tag = "auth", request_body = OidcLoginRequest,
+    responses((status = 200, body = LoginResponse), (status = 401, body = ErrorBody)))]
+pub async fn oidc(
+    State(st): State<AppState>,
+    slot: AuditSlot,
+    addr: PeerAddr,
+    ApiJson(req): ApiJson<OidcLoginRequest>,
+) -> ApiResult<Json<LoginResponse>> {
+    st.limiter.check(&addr)?;
+    let out = st
+        .coffer
+        .login_oidc(&req.token.0, &*st.jwks, req.org.as_deref(), &addr.label())
+        .await?;
+    Ok(Json(login_response(out, &slot)))
+}
+
+/// Exchange an API key for a short-lived access token.
+#[utoipa::path(post, path = "/v1/auth/token", tag = "auth", request_body = TokenRequest,
+    responses((status = 200, body = TokenResponse), (status = 401, body = ErrorBody)))]
+pub async fn token(
+    State(st): State<AppState>,
+    slot: AuditSlot,
+    addr: PeerAddr,
+    ApiJson(req): ApiJson<TokenRequest>,
+) -> ApiResult<Json<TokenResponse>> {
+    st.limiter.check(&addr)?;
+    if let Ok(p) = st.coffer.authenticate(&req.api_key.0).await {
+        slot.set_principal(&p, "apikey");
+    }
+    let t = st
+        .coffer
+        .exchange_api_key(&req.api_key.0, &addr.label())
+        .await?;
+    Ok(Json(TokenResponse {
+        access_token: t.token.expose_secret().to_owned(),
+        expires_at: ts(t.expires_at),
     }))
 }
 
@@ -50,13 +137,13 @@ pub async fn login(
 #[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", security(("bearer" = [])), responses((status = 204)))]
 pub async fn logout(
     State(st): State<AppState>,
-    slot: crate::audit::AuditSlot,
+    slot: AuditSlot,
     Bearer(token): Bearer,
 ) -> ApiResult<StatusCode> {
     // Attribute the event to the session's user when the token is still valid; logging out
     // with a dead token is harmless and stays anonymous.
-    if let Ok(p) = st.coffer.authenticate(&token).await {
-        slot.set_principal(&p, "session");
+    if let Ok(p) = st.coffer.authenticate_any_stage(&token).await {
+        slot.set_principal(&p, p.method.as_str());
         slot.add_hmac(
             "session",
             st.coffer.audit_hmac(Some(p.org_id), token.as_bytes()),
@@ -68,6 +155,111 @@ pub async fn logout(
 
 #[utoipa::path(get, path = "/v1/auth/whoami", tag = "auth", security(("bearer" = [])),
     responses((status = 200, body = WhoamiResponse), (status = 401, body = ErrorBody)))]
-pub async fn whoami(Auth(p): Auth) -> Json<WhoamiResponse> {
+pub async fn whoami(AuthAnyStage(p): AuthAnyStage) -> Json<WhoamiResponse> {
     Json(whoami_dto(p))
+}
+
+/// Change your password (needs the current one); ends your other sessions.
+#[utoipa::path(post, path = "/v1/auth/password", tag = "account", security(("bearer" = [])), request_body = PasswordChangeRequest,
+    responses((status = 204), (status = 401, body = ErrorBody)))]
+pub async fn change_password(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    ApiJson(req): ApiJson<PasswordChangeRequest>,
+) -> ApiResult<StatusCode> {
+    st.coffer
+        .change_password(&p, &req.current_password.0, &req.new_password.0)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Set or clear your e-mail address (where notifications go).
+#[utoipa::path(put, path = "/v1/auth/email", tag = "account", security(("bearer" = [])), request_body = EmailRequest,
+    responses((status = 204), (status = 400, body = ErrorBody)))]
+pub async fn set_email(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    ApiJson(req): ApiJson<EmailRequest>,
+) -> ApiResult<StatusCode> {
+    st.coffer.set_email(&p, req.email.as_deref()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Your sessions.
+#[utoipa::path(get, path = "/v1/auth/sessions", tag = "account", security(("bearer" = [])),
+    responses((status = 200, body = [SessionDto])))]
+pub async fn sessions(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+) -> ApiResult<Json<Vec<SessionDto>>> {
+    let list = st.coffer.list_sessions(&p).await?;
+    Ok(Json(
+        list.into_iter()
+            .map(|s| SessionDto {
+                id: s.id,
+                org_id: s.org_id,
+                method: s.method,
+                address: s.address,
+                created_at: ts(s.created_at),
+                last_seen_at: ts(s.last_seen_at),
+                expires_at: ts(s.expires_at),
+                current: s.current,
+            })
+            .collect(),
+    ))
+}
+
+/// End one of your sessions.
+#[utoipa::path(delete, path = "/v1/auth/sessions/{id}", tag = "account", security(("bearer" = [])),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn revoke_session(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<Uuid>,
+) -> ApiResult<StatusCode> {
+    st.coffer.revoke_session(&p, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Start TOTP enrolment (needs your password).
+#[utoipa::path(post, path = "/v1/auth/mfa/enroll", tag = "account", security(("bearer" = [])), request_body = PasswordRequest,
+    responses((status = 200, body = MfaEnrollResponse)))]
+pub async fn mfa_enroll(
+    State(st): State<AppState>,
+    AuthAnyStage(p): AuthAnyStage,
+    ApiJson(req): ApiJson<PasswordRequest>,
+) -> ApiResult<Json<MfaEnrollResponse>> {
+    let e = st.coffer.mfa_enroll_start(&p, &req.password.0).await?;
+    Ok(Json(MfaEnrollResponse {
+        otpauth_uri: e.otpauth_uri.expose_secret().to_owned(),
+        secret: e.secret_base32.expose_secret().to_owned(),
+    }))
+}
+
+/// Confirm TOTP enrolment with a current code; returns one-time recovery codes.
+#[utoipa::path(post, path = "/v1/auth/mfa/confirm", tag = "account", security(("bearer" = [])), request_body = MfaCodeRequest,
+    responses((status = 200, body = RecoveryCodesResponse)))]
+pub async fn mfa_confirm(
+    State(st): State<AppState>,
+    AuthAnyStage(p): AuthAnyStage,
+    ApiJson(req): ApiJson<MfaCodeRequest>,
+) -> ApiResult<Json<RecoveryCodesResponse>> {
+    let codes = st.coffer.mfa_enroll_confirm(&p, &req.code.0).await?;
+    Ok(Json(RecoveryCodesResponse {
+        recovery_codes: codes,
+    }))
+}
+
+/// Turn TOTP off (needs your password and a code).
+#[utoipa::path(post, path = "/v1/auth/mfa/disable", tag = "account", security(("bearer" = [])), request_body = MfaDisableRequest,
+    responses((status = 204)))]
+pub async fn mfa_disable(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    ApiJson(req): ApiJson<MfaDisableRequest>,
+) -> ApiResult<StatusCode> {
+    st.coffer
+        .mfa_disable(&p, &req.password.0, &req.code.0)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -54,7 +54,8 @@ async fn every_operation_is_recorded_and_no_secret_reaches_the_log() {
             .login("vic", "viewer password 1")
             .await
             .unwrap()
-            .token,
+            .token
+            .unwrap(),
     );
     assert_eq!(
         viewer
@@ -119,7 +120,7 @@ async fn every_operation_is_recorded_and_no_secret_reaches_the_log() {
         "parameter id recorded"
     );
     assert_eq!(ev["actor"]["name"], "admin");
-    assert_eq!(ev["actor"]["auth_method"], "session");
+    assert_eq!(ev["actor"]["auth_method"], "password");
     assert_eq!(ev["source"], "127.0.0.1");
     assert!(
         ev["user_agent"]
@@ -283,7 +284,7 @@ async fn owner_token(srv: &TestServer) -> String {
         .login("admin", srv.owner_password.as_deref().unwrap())
         .await
     {
-        Ok(r) => r.token,
+        Ok(r) => r.token.unwrap(),
         Err(_) => "cfs_none".into(),
     }
 }
@@ -365,7 +366,8 @@ async fn customer_events_permissions_export_and_verify() {
             .login("cora", "contributor password")
             .await
             .unwrap()
-            .token,
+            .token
+            .unwrap(),
     );
     assert_eq!(
         contributor.audit_events(&[]).await.unwrap_err().status(),

@@ -21,7 +21,8 @@ async fn two_nodes_on_one_postgres_database() {
         .login(&init.bootstrap.username, &init.bootstrap.password)
         .await
         .unwrap()
-        .token;
+        .token
+        .unwrap();
     let on_a = a.client().with_token(token.clone());
     let on_b = b.client().with_token(token);
     on_a.create_project("web").await.unwrap();
@@ -79,7 +80,7 @@ async fn a_postgres_crash_fails_fast_and_recovers_without_a_restart() {
             init.bootstrap.username.clone(),
             init.bootstrap.password.clone(),
         );
-        async move { c.login(&u, &p).await.unwrap().token }
+        async move { c.login(&u, &p).await.unwrap().token.unwrap() }
     };
     let owner = srv.client().with_token(login(srv.client()).await);
     let revoked = srv.client().with_token(login(srv.client()).await);

@@ -22,12 +22,12 @@ async fn api() -> Api {
         .await
         .unwrap()
         .unwrap();
-    let app = router(AppState {
-        coffer: coffer.clone(),
-    });
+    let app = router(AppState::new(coffer.clone()));
     let token = coffer
-        .login("admin", boot.password.expose_secret())
+        .login("admin", boot.password.expose_secret(), None, "test")
         .await
+        .unwrap()
+        .session()
         .unwrap()
         .token
         .expose_secret()
@@ -333,9 +333,7 @@ async fn corrupted_ciphertext_gives_a_generic_500() {
             .is_none()
     );
     let b = Api {
-        app: router(AppState {
-            coffer: restarted.clone(),
-        }),
+        app: router(AppState::new(restarted.clone())),
         coffer: restarted,
         _dir: a._dir,
         token: a.token,

@@ -120,7 +120,7 @@ async fn production_init_unseal_and_login() {
         .login(&init.bootstrap.username, &init.bootstrap.password)
         .await
         .unwrap();
-    let owner = srv.client().with_token(login.token);
+    let owner = srv.client().with_token(login.token.unwrap());
     owner.create_project("p").await.unwrap();
     owner.seal().await.unwrap();
     assert_eq!(owner.projects().await.unwrap_err().code(), Some("sealed"));

@@ -1,0 +1,517 @@
+//! Organisations a user belongs to, their members and roles, and invitations.
+//!
+//! Rules (docs/access-control.md): Owners and Admins manage members; nobody grants a role
+//! above their own; Admins cannot touch Owners (promote to, demote, remove); the last Owner
+//! can be neither removed nor demoted (checked in the same transaction as the change).
+
+use coffer_crypto::token::{self, BearerToken};
+use coffer_store::{InvitationRow, MembershipRow, StoreError, UserRow};
+use uuid::Uuid;
+
+use crate::auth::{AuthMethod, LoginResult, NewSession, Principal, SESSION_PREFIX};
+use crate::clock::now_ms;
+use crate::{Coffer, CoreError, Role, names};
+
+pub const INVITE_PREFIX: &str = "cfi_";
+
+pub(crate) fn ensure_admin(p: &Principal) -> Result<(), CoreError> {
+    if p.role >= Role::Admin {
+        Ok(())
+    } else {
+        Err(CoreError::Forbidden(
+            "only Owners and Admins manage members",
+        ))
+    }
+}
+
+/// An organisation the caller belongs to.
+#[derive(Debug, Clone)]
+pub struct OrgMembershipView {
+    pub org_id: Uuid,
+    pub name: String,
+    pub role: Role,
+    pub active: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct MemberView {
+    pub user_id: Uuid,
+    pub username: String,
+    pub email: Option<String>,
+    pub role: Role,
+    pub mfa_enabled: bool,
+    pub joined_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct InvitationView {
+    pub id: Uuid,
+    pub email: String,
+    pub role: Role,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub accepted_at: Option<i64>,
+}
+
+/// A new invitation. The token goes to the invitee by e-mail; it is returned here only
+/// when the server has no mail transport configured (so an administrator can pass it on).
+#[derive(Debug)]
+pub struct Invitation {
+    pub view: InvitationView,
+    pub token: Option<BearerToken>,
+}
+
+/// Normalise and sanity-check an e-mail address.
+pub(crate) fn normalize_email(email: &str) -> Result<String, CoreError> {
+    let e = crate::auth::normalize_username(email);
+    let bad = || CoreError::invalid("email", "must be an address like name@example.com");
+    let (local, domain) = e.split_once('@').ok_or_else(bad)?;
+    if local.is_empty()
+        || domain.len() < 3
+        || !domain.contains('.')
+        || e.len() > 254
+        || e.chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
+        || domain.contains('@')
+    {
+        return Err(bad());
+    }
+    Ok(e)
+}
+
+fn validate_username(name: &str) -> Result<String, CoreError> {
+    let n = crate::auth::normalize_username(name);
+    names::validate("username", &n)?;
+    // Usernames are plain identifiers; this also rules out look-alike letters from other
+    // scripts that NFKC does not fold.
+    if n.len() > 64
+        || !n
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+    {
+        return Err(CoreError::invalid(
+            "username",
+            "use 1-64 characters a-z, 0-9, '.', '_' or '-'",
+        ));
+    }
+    Ok(n)
+}
+
+impl Coffer {
+    /// The organisations the caller belongs to.
+    pub async fn my_orgs(&self, p: &Principal) -> Result<Vec<OrgMembershipView>, CoreError> {
+        self.ensure_unsealed()?;
+        let mut out = Vec::new();
+        for m in self.store().memberships(p.user_id).await? {
+            // An API key is bound to its organisation and sees only that one.
+            if p.method == AuthMethod::ApiKey && m.org_id != p.org_id {
+                continue;
+            }
+            if let (Some(org), Some(role)) =
+                (self.store().org(m.org_id).await?, Role::parse(&m.role))
+            {
+                out.push(OrgMembershipView {
+                    org_id: org.id,
+                    name: org.name,
+                    role,
+                    active: org.id == p.org_id,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Create an organisation; the caller becomes its Owner.
+    pub async fn create_org_as(&self, p: &Principal, name: &str) -> Result<Uuid, CoreError> {
+        p.ensure_person()?;
+        let id = self.create_org(name).await?;
+        self.store()
+            .add_membership(&MembershipRow {
+                user_id: p.user_id,
+                org_id: id,
+                role: Role::Owner.as_str().to_owned(),
+                created_at: now_ms(),
+            })
+            .await?;
+        Ok(id)
+    }
+
+    /// Move to another organisation: a new session bound to it replaces the current one.
+    pub async fn switch_org(
+        &self,
+        p: &Principal,
+        bearer: &str,
+        org_name: &str,
+        address: &str,
+    ) -> Result<LoginResult, CoreError> {
+        p.ensure_person()?;
+        let target = self
+            .my_orgs(p)
+            .await?
+            .into_iter()
+            .find(|o| o.name == org_name)
+            .ok_or_else(|| CoreError::not_found("organisation", org_name))?;
+        let user = self
+            .store()
+            .user(p.user_id)
+            .await?
+            .ok_or(CoreError::Unauthenticated)?;
+        let (token, _) = self
+            .new_session(
+                SESSION_PREFIX,
+                NewSession {
+                    user: &user,
+                    org_id: target.org_id,
+                    stage: "full",
+                    method: p.method,
+                    api_key_id: None,
+                    address,
+                    ttl: self.config().session_ttl,
+                },
+            )
+            .await?;
+        self.logout(bearer).await?;
+        let principal = self.authenticate(token.expose_secret()).await?;
+        Ok(LoginResult { token, principal })
+    }
+
+    pub async fn members(&self, p: &Principal) -> Result<Vec<MemberView>, CoreError> {
+        self.ensure_unsealed()?;
+        ensure_admin(p)?;
+        Ok(self
+            .store()
+            .org_members(p.org_id)
+            .await?
+            .into_iter()
+            .filter_map(|(m, u)| {
+                Some(MemberView {
+                    user_id: u.id,
+                    username: u.username,
+                    email: u.email,
+                    role: Role::parse(&m.role)?,
+                    mfa_enabled: u.mfa_enabled,
+                    joined_at: m.created_at,
+                })
+            })
+            .collect())
+    }
+
+    /// The member with this username, in the caller's organisation (404 otherwise).
+    async fn member(&self, p: &Principal, username: &str) -> Result<(UserRow, Role), CoreError> {
+        let name = crate::auth::normalize_username(username);
+        let not_found = || CoreError::not_found("member", username);
+        let user = self
+            .store()
+            .user_by_name(&name)
+            .await?
+            .ok_or_else(not_found)?;
+        let m = self
+            .store()
+            .membership(p.org_id, user.id)
+            .await?
+            .ok_or_else(not_found)?;
+        let role = Role::parse(&m.role).ok_or(CoreError::Internal("unknown role in database"))?;
+        Ok((user, role))
+    }
+
+    /// Change a member's role.
+    pub async fn set_member_role(
+        &self,
+        p: &Principal,
+        username: &str,
+        role: Role,
+    ) -> Result<(), CoreError> {
+        self.ensure_unsealed()?;
+        ensure_admin(p)?;
+        let (user, current) = self.member(p, username).await?;
+        if role > p.role || (p.role < Role::Owner && current == Role::Owner) {
+            return Err(CoreError::Forbidden("only Owners manage Owners"));
+        }
+        match self
+            .store()
+            .set_role(p.org_id, user.id, role.as_str())
+            .await
+        {
+            Err(StoreError::Conflict) => return Err(CoreError::LastOwner),
+            r => r?,
+        };
+        self.access_changed();
+        self.notify(
+            &user,
+            "Your role in Coffer changed",
+            &format!(
+                "Your role in organisation '{}' is now {}.",
+                p.org_name,
+                role.as_str()
+            ),
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Remove a member; their sessions and API keys in this organisation end with it.
+    pub async fn remove_member(&self, p: &Principal, username: &str) -> Result<(), CoreError> {
+        self.ensure_unsealed()?;
+        ensure_admin(p)?;
+        let (user, current) = self.member(p, username).await?;
+        if p.role < Role::Owner && current == Role::Owner {
+            return Err(CoreError::Forbidden("only Owners manage Owners"));
+        }
+        match self.store().remove_member(p.org_id, user.id).await {
+            Err(StoreError::Conflict) => return Err(CoreError::LastOwner),
+            r => r?,
+        };
+        self.access_changed();
+        self.notify(
+            &user,
+            "You were removed from a Coffer organisation",
+            &format!(
+                "You are no longer a member of organisation '{}'.",
+                p.org_name
+            ),
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Invite someone by e-mail, with a role no higher than the caller's (Admins cannot
+    /// invite Owners).
+    pub async fn invite(
+        &self,
+        p: &Principal,
+        email: &str,
+        role: Role,
+    ) -> Result<Invitation, CoreError> {
+        self.ensure_unsealed()?;
+        ensure_admin(p)?;
+        if role > p.role || (role == Role::Owner && p.role < Role::Owner) {
+            return Err(CoreError::Forbidden("only Owners manage Owners"));
+        }
+        let email = normalize_email(email)?;
+        let (token, digest) = token::generate(INVITE_PREFIX);
+        let now = now_ms();
+        let ttl = i64::try_from(self.config().invitation_ttl.as_millis()).unwrap_or(i64::MAX);
+        let row = InvitationRow {
+            id: Uuid::new_v4(),
+            org_id: p.org_id,
+            email: email.clone(),
+            role: role.as_str().to_owned(),
+            token_hash: digest.0,
+            invited_by: p.user_id,
+            created_at: now,
+            expires_at: now.saturating_add(ttl),
+            accepted_at: None,
+        };
+        self.store().create_invitation(&row).await?;
+        self.enqueue_mail(
+            &email,
+            &format!("You are invited to '{}' on Coffer", p.org_name),
+            &format!(
+                "{} invited you to join organisation '{}' as {}.\n\nAccept with:\n\n  coffer org accept {}\n\nThe invitation expires in {} days and works once.",
+                p.username,
+                p.org_name,
+                role.as_str(),
+                token.expose_secret(),
+                self.config().invitation_ttl.as_secs() / 86_400
+            ),
+        )
+        .await?;
+        let token = (!self.config().mail_enabled).then_some(token);
+        Ok(Invitation {
+            view: invitation_view(row),
+            token,
+        })
+    }
+
+    pub async fn list_invitations(&self, p: &Principal) -> Result<Vec<InvitationView>, CoreError> {
+        self.ensure_unsealed()?;
+        ensure_admin(p)?;
+        Ok(self
+            .store()
+            .invitations(p.org_id)
+            .await?
+            .into_iter()
+            .map(invitation_view)
+            .collect())
+    }
+
+    /// Accept an invitation. A new user chooses a username and password; an existing user
+    /// (the invitation's e-mail address is theirs) proves it with their password. Every
+    /// failure is the same error, and the invitation stays unused.
+    pub async fn accept_invitation(
+        &self,
+        invite_token: &str,
+        username: &str,
+        password: &str,
+    ) -> Result<Uuid, CoreError> {
+        self.ensure_unsealed()?;
+        let invalid = || CoreError::invalid("invitation", "unknown, used or expired");
+        if !invite_token.starts_with(INVITE_PREFIX) || invite_token.len() > 128 {
+            return Err(invalid());
+        }
+        let inv = self
+            .store()
+            .invitation_by_hash(&token::hash(invite_token).0)
+            .await?
+            .filter(|i| i.accepted_at.is_none() && i.expires_at > now_ms())
+            .ok_or_else(invalid)?;
+        let role = Role::parse(&inv.role).ok_or(CoreError::Internal("unknown role in database"))?;
+        let user = match self.store().user_by_email(&inv.email).await? {
+            Some(existing) => self.check_first_factor(Some(existing), password).await?,
+            None => {
+                validate_password(password)?;
+                let username = validate_username(username)?;
+                let user = UserRow {
+                    id: Uuid::new_v4(),
+                    username: username.clone(),
+                    password_hash: crate::auth::hash_password(password.to_owned()).await?,
+                    created_at: now_ms(),
+                    email: Some(inv.email.clone()),
+                    mfa_enabled: false,
+                };
+                match self.store().create_user(&user).await {
+                    Err(StoreError::Conflict) => {
+                        return Err(CoreError::AlreadyExists {
+                            kind: "user",
+                            name: username,
+                        });
+                    }
+                    r => r?,
+                }
+                user
+            }
+        };
+        if !self.store().consume_invitation(inv.id, now_ms()).await? {
+            return Err(invalid());
+        }
+        match self
+            .store()
+            .add_membership(&MembershipRow {
+                user_id: user.id,
+                org_id: inv.org_id,
+                role: role.as_str().to_owned(),
+                created_at: now_ms(),
+            })
+            .await
+        {
+            Err(StoreError::Conflict) => {}
+            r => r?,
+        }
+        self.store().reset_login_attempts(user.id).await?;
+        Ok(user.id)
+    }
+
+    /// Create a user with a password and add them to the caller's organisation. Owners and
+    /// Admins only, never above their role (service accounts, bootstrap scripts).
+    pub async fn create_member(
+        &self,
+        p: &Principal,
+        username: &str,
+        password: &str,
+        role: Role,
+    ) -> Result<Uuid, CoreError> {
+        self.ensure_unsealed()?;
+        ensure_admin(p)?;
+        if role > p.role {
+            return Err(CoreError::Forbidden("your role cannot add this member"));
+        }
+        self.add_user_to_org(p.org_id, username, password, role)
+            .await
+    }
+
+    /// Bootstrap primitive behind [`Coffer::create_member`], without the caller check.
+    pub async fn add_user_to_org(
+        &self,
+        org_id: Uuid,
+        username: &str,
+        password: &str,
+        role: Role,
+    ) -> Result<Uuid, CoreError> {
+        let username = validate_username(username)?;
+        validate_password(password)?;
+        let now = now_ms();
+        let user = UserRow {
+            id: Uuid::new_v4(),
+            username: username.clone(),
+            password_hash: crate::auth::hash_password(password.to_owned()).await?,
+            created_at: now,
+            email: None,
+            mfa_enabled: false,
+        };
+        match self.store().create_user(&user).await {
+            Err(StoreError::Conflict) => {
+                return Err(CoreError::AlreadyExists {
+                    kind: "user",
+                    name: username,
+                });
+            }
+            r => r?,
+        }
+        self.store()
+            .add_membership(&MembershipRow {
+                user_id: user.id,
+                org_id,
+                role: role.as_str().to_owned(),
+                created_at: now,
+            })
+            .await?;
+        Ok(user.id)
+    }
+
+    /// Set or clear the caller's e-mail address (where notifications go).
+    pub async fn set_email(&self, p: &Principal, email: Option<&str>) -> Result<(), CoreError> {
+        p.ensure_person()?;
+        let email = email.map(normalize_email).transpose()?;
+        let user = self
+            .store()
+            .user(p.user_id)
+            .await?
+            .ok_or(CoreError::Unauthenticated)?;
+        match self.store().set_email(p.user_id, email.as_deref()).await {
+            Err(StoreError::Conflict) => {
+                return Err(CoreError::invalid("email", "already in use"));
+            }
+            r => r?,
+        }
+        // Tell the old address, so a hijacked account does not change it silently.
+        self.notify(
+            &user,
+            "Your Coffer e-mail address changed",
+            "The e-mail address of your account was changed.",
+        )
+        .await;
+        Ok(())
+    }
+}
+
+use crate::auth::validate_password;
+
+fn invitation_view(r: InvitationRow) -> InvitationView {
+    InvitationView {
+        id: r.id,
+        email: r.email,
+        role: Role::parse(&r.role).unwrap_or(Role::Viewer),
+        created_at: r.created_at,
+        expires_at: r.expires_at,
+        accepted_at: r.accepted_at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_and_usernames_are_checked() {
+        assert_eq!(
+            normalize_email(" Bob@Example.COM ").unwrap(),
+            "bob@example.com"
+        );
+        assert!(normalize_email("bob").is_err());
+        assert!(normalize_email("bob@x").is_err());
+        assert!(normalize_email("a b@example.com").is_err());
+        assert_eq!(validate_username("ＡＬＩＣＥ").unwrap(), "alice");
+        // Cyrillic "а" looks like Latin "a" but is not folded by NFKC: refused.
+        assert!(validate_username("\u{0430}lice").is_err());
+    }
+}

@@ -1,0 +1,56 @@
+//! Per-address throttling of login attempts (password, MFA code, OIDC, API key exchange,
+//! invitation acceptance). Keyed on the TCP peer address only: forwarding headers are
+//! client-controlled and not trusted. The per-account lockout lives in the database; this
+//! limits how fast one address can try many accounts.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use crate::error::{ApiError, ErrorCode};
+use crate::extract::PeerAddr;
+
+#[derive(Debug)]
+pub struct LoginLimiter {
+    limiter: DefaultKeyedRateLimiter<IpAddr>,
+}
+
+impl LoginLimiter {
+    /// `per_minute` attempts per address, with bursts of the same size.
+    pub fn new(per_minute: u32) -> Self {
+        let n = NonZeroU32::new(per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
+        Self {
+            limiter: RateLimiter::keyed(Quota::per_minute(n)),
+        }
+    }
+
+    pub fn check(&self, addr: &PeerAddr) -> Result<(), ApiError> {
+        let Some(ip) = addr.0 else { return Ok(()) };
+        if self.limiter.len() > 100_000 {
+            self.limiter.retain_recent();
+        }
+        self.limiter.check_key(&ip).map_err(|_| {
+            ApiError::new(
+                ErrorCode::TooManyRequests,
+                "too many login attempts from this address; wait a minute",
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_limited_independently() {
+        let l = LoginLimiter::new(2);
+        let a = PeerAddr(Some("10.0.0.1".parse().unwrap()));
+        let b = PeerAddr(Some("10.0.0.2".parse().unwrap()));
+        assert!(l.check(&a).is_ok());
+        assert!(l.check(&a).is_ok());
+        assert!(l.check(&a).is_err());
+        assert!(l.check(&b).is_ok());
+    }
+}
