@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod audit;
+mod identity;
 mod params;
 mod seal;
 mod storage;
@@ -26,8 +27,13 @@ impl Fixture {
 
 /// An initialised, unsealed server with its bootstrap owner logged in.
 pub async fn fixture() -> Fixture {
+    fixture_with(CoreConfig::default()).await
+}
+
+/// Like [`fixture`], with chosen domain settings.
+pub async fn fixture_with(cfg: CoreConfig) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let coffer = Coffer::open_sqlite(&dir.path().join("coffer.db"), CoreConfig::default())
+    let coffer = Coffer::open_sqlite(&dir.path().join("coffer.db"), cfg)
         .await
         .unwrap();
     let init = coffer.init_shamir(3, 2).await.unwrap();

@@ -1,0 +1,476 @@
+//! Identity rules, each tried against an attempt to break it.
+
+use std::time::Duration;
+
+use coffer_core::apikeys::NewApiKey;
+use coffer_core::mfa::totp_code_at;
+use coffer_core::{Coffer, CoreConfig, CoreError, LoginOutcome, Principal, Role};
+
+use crate::{Fixture, fixture_with};
+
+fn quick() -> CoreConfig {
+    CoreConfig {
+        login_delay_step: Duration::ZERO,
+        ..CoreConfig::default()
+    }
+}
+
+async fn login(c: &Coffer, user: &str, pw: &str) -> Result<LoginOutcome, CoreError> {
+    c.login(user, pw, None, "127.0.0.1").await
+}
+
+async fn session(c: &Coffer, user: &str, pw: &str) -> (String, Principal) {
+    let r = login(c, user, pw).await.unwrap().session().unwrap();
+    (r.token.expose_secret().to_owned(), r.principal)
+}
+
+async fn member(f: &Fixture, name: &str, role: Role) -> Principal {
+    let pw = format!("{name} long password");
+    f.coffer
+        .create_member(&f.owner, name, &pw, role)
+        .await
+        .unwrap();
+    session(&f.coffer, name, &pw).await.1
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test]
+async fn fifty_parallel_guesses_lock_the_account_and_the_lock_survives_a_restart() {
+    let f = fixture_with(quick()).await;
+    f.coffer
+        .create_member(&f.owner, "alice", "alice long password", Role::Viewer)
+        .await
+        .unwrap();
+    let guesses = (0..50).map(|i| {
+        let c = f.coffer.clone();
+        tokio::spawn(async move { login(&c, "alice", &format!("wrong guess {i}")).await })
+    });
+    for g in guesses {
+        assert!(matches!(g.await.unwrap(), Err(CoreError::BadCredentials)));
+    }
+    // Locked: the right password gets the same answer as a wrong one or an unknown user.
+    for (user, pw) in [
+        ("alice", "alice long password"),
+        ("Alice", "alice long password"),
+        (" ＡＬＩＣＥ ", "alice long password"),
+        ("nobody", "alice long password"),
+    ] {
+        let e = login(&f.coffer, user, pw).await.unwrap_err();
+        assert!(matches!(e, CoreError::BadCredentials), "{user}: {e:?}");
+        assert_eq!(e.to_string(), "invalid username or password");
+    }
+    // A restart (a new process on the same database) does not forget the lock.
+    let reopened = Coffer::open_sqlite(&f.db_path(), quick()).await.unwrap();
+    reopened.unseal(&f.shares[0]).await.unwrap();
+    reopened.unseal(&f.shares[1]).await.unwrap();
+    assert!(matches!(
+        login(&reopened, "alice", "alice long password").await,
+        Err(CoreError::BadCredentials)
+    ));
+}
+
+#[tokio::test]
+async fn the_lock_ends_after_its_time_and_a_success_resets_the_count() {
+    let f = fixture_with(CoreConfig {
+        lockout: Duration::from_millis(1500),
+        ..quick()
+    })
+    .await;
+    f.coffer
+        .create_member(&f.owner, "bob", "bob long password", Role::Viewer)
+        .await
+        .unwrap();
+    // Two failures, a success: the count starts again, so two more failures do not lock.
+    for _ in 0..2 {
+        assert!(login(&f.coffer, "bob", "nope nope nope").await.is_err());
+    }
+    session(&f.coffer, "bob", "bob long password").await;
+    for _ in 0..2 {
+        assert!(login(&f.coffer, "bob", "nope nope nope").await.is_err());
+    }
+    session(&f.coffer, "bob", "bob long password").await;
+    for _ in 0..3 {
+        assert!(login(&f.coffer, "bob", "nope nope nope").await.is_err());
+    }
+    assert!(login(&f.coffer, "bob", "bob long password").await.is_err());
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    session(&f.coffer, "bob", "bob long password").await;
+}
+
+#[tokio::test]
+async fn a_delay_grows_between_failed_attempts() {
+    let f = fixture_with(CoreConfig {
+        login_delay_step: Duration::from_millis(400),
+        ..CoreConfig::default()
+    })
+    .await;
+    f.coffer
+        .create_member(&f.owner, "dora", "dora long password", Role::Viewer)
+        .await
+        .unwrap();
+    assert!(login(&f.coffer, "dora", "wrong password!").await.is_err());
+    // Too soon after a failure: refused without looking at the password.
+    assert!(login(&f.coffer, "dora", "dora long password").await.is_err());
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    session(&f.coffer, "dora", "dora long password").await;
+}
+
+#[tokio::test]
+async fn totp_codes_work_once_within_one_step_of_skew_and_recovery_codes_once() {
+    let f = fixture_with(quick()).await;
+    let p = member(&f, "mia", Role::Contributor).await;
+    let c = &f.coffer;
+    assert!(matches!(
+        c.mfa_enroll_start(&p, "wrong password!").await,
+        Err(CoreError::BadCredentials)
+    ));
+    let e = c.mfa_enroll_start(&p, "mia long password").await.unwrap();
+    assert!(e.otpauth_uri.expose_secret().starts_with("otpauth://totp/Coffer:mia?"));
+    let secret = e.secret_base32.expose_secret().to_owned();
+    let now = now_secs();
+    let good = totp_code_at(&secret, now).unwrap();
+    let wrong: String = good
+        .chars()
+        .map(|ch| char::from(b'0' + (ch as u8 - b'0' + 5) % 10))
+        .collect();
+    if ![now - 30, now, now + 30]
+        .iter()
+        .any(|t| totp_code_at(&secret, *t).unwrap() == wrong)
+    {
+        assert!(c.mfa_enroll_confirm(&p, &wrong).await.is_err());
+    }
+    let now = now_secs();
+    let codes = c
+        .mfa_enroll_confirm(&p, &totp_code_at(&secret, now).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(codes.len(), 10);
+
+    // The password alone no longer logs in.
+    let LoginOutcome::MfaRequired { mfa_token, .. } =
+        login(c, "mia", "mia long password").await.unwrap()
+    else {
+        panic!("MFA expected");
+    };
+    let t = mfa_token.expose_secret();
+    // The code used for enrolment cannot be replayed, also not with a space inside.
+    let used = totp_code_at(&secret, now).unwrap();
+    let spaced = format!("{} {}", &used[..3], &used[3..]);
+    assert!(c.verify_mfa_login(t, &spaced, "x").await.is_err());
+    // A code from two steps ahead is outside the skew.
+    let far = totp_code_at(&secret, now + 61).unwrap();
+    if far != used {
+        assert!(c.verify_mfa_login(t, &far, "x").await.is_err());
+    }
+    // A third failure locks the account: even a good code is refused now. The positive
+    // path goes on with another user.
+    assert!(c.verify_mfa_login(t, "not-a-code", "x").await.is_err());
+    let next = totp_code_at(&secret, now + 30).unwrap();
+    assert!(c.verify_mfa_login(t, &next, "x").await.is_err());
+
+    let p2 = member(&f, "noa", Role::Viewer).await;
+    let e2 = c.mfa_enroll_start(&p2, "noa long password").await.unwrap();
+    let s2 = e2.secret_base32.expose_secret().to_owned();
+    let rec = c
+        .mfa_enroll_confirm(&p2, &totp_code_at(&s2, now).unwrap())
+        .await
+        .unwrap();
+    let pending = |o: LoginOutcome| match o {
+        LoginOutcome::MfaRequired { mfa_token, .. } => mfa_token.expose_secret().to_owned(),
+        LoginOutcome::Session(_) => panic!("MFA expected"),
+    };
+    let t2 = pending(login(c, "noa", "noa long password").await.unwrap());
+    let code_next = totp_code_at(&s2, now + 30).unwrap();
+    let spaced_next = format!("{} {}", &code_next[..3], &code_next[3..]);
+    let ok = c
+        .verify_mfa_login(&t2, &spaced_next, "x")
+        .await
+        .unwrap()
+        .session()
+        .unwrap();
+    assert_eq!(ok.principal.username, "noa");
+    // The pending token was spent with the login.
+    assert!(c.verify_mfa_login(&t2, &code_next, "x").await.is_err());
+    // Replay of the same code in a new login: refused.
+    let t3 = pending(login(c, "noa", "noa long password").await.unwrap());
+    assert!(c.verify_mfa_login(&t3, &code_next, "x").await.is_err());
+    // A recovery code works once, in any case and with dashes or spaces.
+    let t4 = pending(login(c, "noa", "noa long password").await.unwrap());
+    c.verify_mfa_login(&t4, &rec[0].to_uppercase().replace('-', " "), "x")
+        .await
+        .unwrap()
+        .session()
+        .unwrap();
+    let t5 = pending(login(c, "noa", "noa long password").await.unwrap());
+    assert!(c.verify_mfa_login(&t5, &rec[0], "x").await.is_err());
+}
+
+#[tokio::test]
+async fn an_org_that_requires_mfa_makes_members_enrol_before_anything_else() {
+    let f = fixture_with(quick()).await;
+    let c = &f.coffer;
+    let viewer = member(&f, "vic", Role::Viewer).await;
+    assert!(matches!(
+        c.set_org_require_mfa(&viewer, true).await,
+        Err(CoreError::Forbidden(_))
+    ));
+    c.set_org_require_mfa(&f.owner, true).await.unwrap();
+    let r = login(c, "vic", "vic long password")
+        .await
+        .unwrap()
+        .session()
+        .unwrap();
+    assert!(r.principal.mfa_enrollment_pending);
+    let tok = r.token.expose_secret();
+    assert!(matches!(
+        c.authenticate(tok).await,
+        Err(CoreError::MfaEnrollmentRequired)
+    ));
+    let p = c.authenticate_any_stage(tok).await.unwrap();
+    let e = c.mfa_enroll_start(&p, "vic long password").await.unwrap();
+    c.mfa_enroll_confirm(
+        &p,
+        &totp_code_at(e.secret_base32.expose_secret(), now_secs()).unwrap(),
+    )
+    .await
+    .unwrap();
+    // The same session is now a full one; MFA cannot be turned off while required.
+    let p = c.authenticate(tok).await.unwrap();
+    assert!(matches!(
+        c.mfa_disable(&p, "vic long password", "123456").await,
+        Err(CoreError::Forbidden(_))
+    ));
+}
+
+#[tokio::test]
+async fn sessions_end_when_idle_and_password_changes_end_the_others() {
+    let f = fixture_with(CoreConfig {
+        idle_timeout: Duration::from_millis(1200),
+        session_cache_ttl: Duration::from_millis(100),
+        ..quick()
+    })
+    .await;
+    let c = &f.coffer;
+    member(&f, "ivy", Role::Viewer).await;
+    let (a, pa) = session(c, "ivy", "ivy long password").await;
+    let (b, _) = session(c, "ivy", "ivy long password").await;
+    let listed = c.list_sessions(&pa).await.unwrap();
+    assert!(listed.iter().any(|s| s.current));
+    assert!(listed.len() >= 2);
+    assert!(matches!(
+        c.change_password(&pa, "wrong password!", "a new long password").await,
+        Err(CoreError::BadCredentials)
+    ));
+    c.change_password(&pa, "ivy long password", "a new long password")
+        .await
+        .unwrap();
+    assert!(c.authenticate(&a).await.is_ok());
+    assert!(matches!(c.authenticate(&b).await, Err(CoreError::Unauthenticated)));
+    assert!(login(c, "ivy", "ivy long password").await.is_err());
+    // Idle for longer than the timeout: gone.
+    tokio::time::sleep(Duration::from_millis(1400)).await;
+    assert!(matches!(c.authenticate(&a).await, Err(CoreError::Unauthenticated)));
+    // Revoking one's own session by id.
+    let (d, pd) = session(c, "ivy", "a new long password").await;
+    c.revoke_session(&pd, pd.session_id.unwrap()).await.unwrap();
+    assert!(c.authenticate(&d).await.is_err());
+}
+
+fn key(name: &str, role: Role) -> NewApiKey {
+    NewApiKey {
+        name: name.into(),
+        role,
+        read_only: false,
+        projects: vec![],
+        envs: vec![],
+        ttl: Duration::from_secs(3600),
+    }
+}
+
+#[tokio::test]
+async fn api_keys_never_exceed_their_creator_and_stop_at_once() {
+    let f = fixture_with(quick()).await;
+    let c = &f.coffer;
+    let viewer = member(&f, "val", Role::Viewer).await;
+    let contrib = member(&f, "cat", Role::Contributor).await;
+    assert!(matches!(
+        c.create_api_key(&viewer, key("v", Role::Viewer)).await,
+        Err(CoreError::Forbidden(_))
+    ));
+    assert!(matches!(
+        c.create_api_key(&contrib, key("c", Role::Admin)).await,
+        Err(CoreError::Forbidden(_))
+    ));
+    let k = c
+        .create_api_key(&contrib, key("ci", Role::Contributor))
+        .await
+        .unwrap();
+    let raw = k.key.expose_secret().to_owned();
+    assert!(raw.starts_with("cfr_") && raw.len() >= 4 + 43);
+    let p = c.authenticate(&raw).await.unwrap();
+    assert_eq!((p.role, p.username.as_str()), (Role::Contributor, "cat"));
+    // An API key cannot mint keys or manage the account.
+    assert!(c.create_api_key(&p, key("x", Role::Viewer)).await.is_err());
+    let access = c.exchange_api_key(&raw, "10.0.0.1").await.unwrap();
+    let at = access.token.expose_secret().to_owned();
+    assert!(at.starts_with("cfa_"));
+    assert_eq!(c.authenticate(&at).await.unwrap().role, Role::Contributor);
+    // Demote the creator: the key and its access token act as a Viewer at once.
+    c.set_member_role(&f.owner, "cat", Role::Viewer).await.unwrap();
+    assert_eq!(c.authenticate(&raw).await.unwrap().role, Role::Viewer);
+    assert_eq!(c.authenticate(&at).await.unwrap().role, Role::Viewer);
+    // Contributors see only their own keys; Admins every key.
+    let admin = member(&f, "ada", Role::Admin).await;
+    assert_eq!(c.list_api_keys(&admin).await.unwrap().len(), 1);
+    c.set_member_role(&f.owner, "cat", Role::Contributor).await.unwrap();
+    let cat = session(c, "cat", "cat long password").await.1;
+    assert_eq!(c.list_api_keys(&cat).await.unwrap()[0].name, "ci");
+    // Revocation: the very next request fails, for the key and its access tokens.
+    c.revoke_api_key(&admin, k.view.id).await.unwrap();
+    assert!(matches!(c.authenticate(&raw).await, Err(CoreError::Unauthenticated)));
+    assert!(matches!(c.authenticate(&at).await, Err(CoreError::Unauthenticated)));
+    let listed = c.list_api_keys(&admin).await.unwrap();
+    assert!(listed[0].revoked_at.is_some() && listed[0].last_used_at.is_some());
+}
+
+#[tokio::test]
+async fn restricted_keys_see_only_their_projects_and_cannot_write_when_read_only() {
+    let f = fixture_with(quick()).await;
+    let c = &f.coffer;
+    c.create_project(&f.owner, "app").await.unwrap();
+    c.create_project(&f.owner, "other").await.unwrap();
+    c.create_env(&f.owner, "app", "prod", None).await.unwrap();
+    let k = c
+        .create_api_key(
+            &f.owner,
+            NewApiKey {
+                read_only: true,
+                projects: vec!["app".into()],
+                envs: vec!["prod".into()],
+                ..key("deploy", Role::Admin)
+            },
+        )
+        .await
+        .unwrap();
+    let p = c.authenticate(k.key.expose_secret()).await.unwrap();
+    let names: Vec<String> = c
+        .list_projects(&p)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(names, vec!["app"]);
+    assert!(matches!(
+        c.list_envs(&p, "other").await,
+        Err(CoreError::NotFound { .. })
+    ));
+    assert!(c.list_params(&p, "app", "prod", false).await.is_ok());
+    assert!(matches!(
+        c.list_params(&p, "app", "default", false).await,
+        Err(CoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        c.create_project(&p, "app2").await,
+        Err(CoreError::Forbidden(_))
+    ));
+}
+
+#[tokio::test]
+async fn invitations_work_once_and_admins_cannot_touch_owners() {
+    let f = fixture_with(quick()).await;
+    let c = &f.coffer;
+    let admin = member(&f, "adam", Role::Admin).await;
+    let contrib = member(&f, "cleo", Role::Contributor).await;
+    assert!(matches!(
+        c.invite(&contrib, "x@example.com", Role::Viewer).await,
+        Err(CoreError::Forbidden(_))
+    ));
+    assert!(matches!(
+        c.invite(&admin, "x@example.com", Role::Owner).await,
+        Err(CoreError::Forbidden(_))
+    ));
+    assert!(c.invite(&admin, "not-an-address", Role::Viewer).await.is_err());
+    let inv = c
+        .invite(&admin, "Zoe@Example.com", Role::Contributor)
+        .await
+        .unwrap();
+    assert_eq!(inv.view.email, "zoe@example.com");
+    // Without a mail transport the token comes back to the inviter.
+    let tok = inv.token.unwrap().expose_secret().to_owned();
+    assert!(c.accept_invitation(&tok, "zoe", "short").await.is_err());
+    c.accept_invitation(&tok, "zoe", "zoe long password")
+        .await
+        .unwrap();
+    assert!(c
+        .accept_invitation(&tok, "zoe2", "zoe long password")
+        .await
+        .is_err());
+    let (_, zoe) = session(c, "zoe@example.com", "zoe long password").await;
+    assert_eq!(zoe.role, Role::Contributor);
+
+    // Admins cannot demote, remove or promote to Owner.
+    assert!(matches!(
+        c.set_member_role(&admin, "admin", Role::Viewer).await,
+        Err(CoreError::Forbidden(_))
+    ));
+    assert!(matches!(
+        c.remove_member(&admin, "admin").await,
+        Err(CoreError::Forbidden(_))
+    ));
+    assert!(matches!(
+        c.set_member_role(&admin, "zoe", Role::Owner).await,
+        Err(CoreError::Forbidden(_))
+    ));
+    // The last Owner stays; with a second Owner the first may step down.
+    assert!(matches!(
+        c.set_member_role(&f.owner, "admin", Role::Admin).await,
+        Err(CoreError::LastOwner)
+    ));
+    assert!(matches!(
+        c.remove_member(&f.owner, "admin").await,
+        Err(CoreError::LastOwner)
+    ));
+    c.set_member_role(&f.owner, "adam", Role::Owner).await.unwrap();
+    c.set_member_role(&f.owner, "admin", Role::Viewer).await.unwrap();
+    // Removal ends the member's access at once.
+    let (ztok, _) = session(c, "zoe", "zoe long password").await;
+    let adam = session(c, "adam", "adam long password").await.1;
+    c.remove_member(&adam, "zoe").await.unwrap();
+    assert!(c.authenticate(&ztok).await.is_err());
+    assert!(c.remove_member(&adam, "zoe").await.is_err());
+}
+
+#[tokio::test]
+async fn one_user_in_two_orgs_switches_and_tokens_stay_bound() {
+    let f = fixture_with(quick()).await;
+    let c = &f.coffer;
+    member(&f, "sam", Role::Viewer).await;
+    let (tok, sam) = session(c, "sam", "sam long password").await;
+    let org_b = c.create_org_as(&sam, "org-b").await.unwrap();
+    let orgs = c.my_orgs(&sam).await.unwrap();
+    assert_eq!(orgs.len(), 2);
+    assert!(orgs.iter().any(|o| o.org_id == org_b && o.role == Role::Owner && !o.active));
+    c.create_project(&f.owner, "in-a").await.unwrap();
+    let switched = c.switch_org(&sam, &tok, "org-b", "x").await.unwrap();
+    assert_eq!(switched.principal.org_id, org_b);
+    assert_eq!(switched.principal.role, Role::Owner);
+    // The old token ended; the new one sees only org-b.
+    assert!(c.authenticate(&tok).await.is_err());
+    assert!(c.list_projects(&switched.principal).await.unwrap().is_empty());
+    assert!(c.switch_org(&switched.principal, "", "no-such-org", "x").await.is_err());
+    // Login straight into an organisation.
+    let r = c
+        .login("sam", "sam long password", Some("org-b"), "x")
+        .await
+        .unwrap()
+        .session()
+        .unwrap();
+    assert_eq!(r.principal.org_name, "org-b");
+}
