@@ -1,7 +1,11 @@
 //! Test fixtures: a real Coffer server over TLS on 127.0.0.1:0 with its own temporary data
 //! directory, and clients that pin its internal CA.
 
+mod peers;
+
 use std::net::SocketAddr;
+
+pub use peers::{OidcProvider, SmtpReceiver, free_port};
 
 use coffer_client::Client;
 use coffer_core::CoreConfig;
@@ -88,7 +92,10 @@ impl TestServer {
             dev,
             tls_cert: None,
             tls_key: None,
-            core: o.core,
+            core: CoreConfig {
+                mail_enabled: o.smtp.is_some(),
+                ..o.core
+            },
             audit_file: None,
             audit_stdout: false,
             checkpoint_interval: std::time::Duration::from_secs(300),

@@ -1,0 +1,162 @@
+//! Real protocol peers the suites talk to, started on 127.0.0.1 only: an SMTP receiver
+//! (Python's aiosmtpd) and an OpenID provider (`oidc-provider` from npm, under
+//! tests/oidc-provider). `scripts/test.sh` installs both; a missing one fails the test.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("free port: {e}"))
+}
+
+fn wait_listening(port: u16, what: &str) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{what} did not start on 127.0.0.1:{port} (run `bash scripts/test.sh`, which installs it)"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An SMTP server that stores what it receives in a maildir.
+#[derive(Debug)]
+pub struct SmtpReceiver {
+    child: Child,
+    dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl SmtpReceiver {
+    pub fn start_on(port: u16) -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let child = Command::new("python3")
+            .args(["-m", "aiosmtpd", "-n", "-l"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(dir.path().join("maildir"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start aiosmtpd (python3 -m pip install aiosmtpd): {e}"));
+        wait_listening(port, "aiosmtpd");
+        Self { child, dir, port }
+    }
+
+    /// Every message received so far, raw (headers and body).
+    pub fn messages(&self) -> Vec<String> {
+        let new = self.dir.path().join("maildir").join("new");
+        let mut out: Vec<String> = std::fs::read_dir(new)
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
+    /// Wait until a message contains `needle`; returns it.
+    pub async fn wait_for(&self, needle: &str, timeout: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            if let Some(m) = self.messages().into_iter().find(|m| m.contains(needle)) {
+                return m;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "no mail containing {needle:?} within {timeout:?}; got {:?}",
+                self.messages()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for SmtpReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `oidc-provider` (see tests/oidc-provider/README.md).
+#[derive(Debug)]
+pub struct OidcProvider {
+    child: Child,
+    pub issuer: String,
+}
+
+impl OidcProvider {
+    pub fn start() -> Self {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/oidc-provider");
+        let port = free_port();
+        let mut child = Command::new("node")
+            .arg("server.mjs")
+            .arg(port.to_string())
+            .current_dir(&dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start oidc-provider with node: {e}"));
+        let stdout = child
+            .stdout
+            .take()
+            .unwrap_or_else(|| panic!("oidc-provider stdout"));
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("read oidc-provider: {e}"));
+        let issuer = line
+            .trim()
+            .strip_prefix("READY ")
+            .unwrap_or_else(|| {
+                panic!("oidc-provider did not start (run `bash scripts/test.sh`): {line:?}")
+            })
+            .to_owned();
+        Self { child, issuer }
+    }
+
+    pub fn jwks_url(&self) -> String {
+        format!("{}/jwks", self.issuer)
+    }
+
+    /// A client-credentials access token (a JWT) for `resource` as its audience.
+    pub async fn token(&self, client_id: &str, secret: &str, resource: &str) -> String {
+        let http = reqwest::Client::new();
+        let r: serde_json::Value = http
+            .post(format!("{}/token", self.issuer))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", client_id),
+                ("client_secret", secret),
+                ("resource", resource),
+            ])
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("token request: {e}"))
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("token response: {e}"));
+        r["access_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no access_token in {r}"))
+            .to_owned()
+    }
+}
+
+impl Drop for OidcProvider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
