@@ -17,6 +17,9 @@ use crate::auth::{AuthMethod, LoginOutcome};
 use crate::clock::now_ms;
 use crate::{Coffer, CoreError, Role};
 
+/// Signature algorithms, as named in JWT headers.
+pub use jsonwebtoken::Algorithm as JwtAlgorithm;
+
 /// A trusted issuer.
 #[derive(Debug, Clone)]
 pub struct OidcIssuer {
@@ -243,4 +246,3 @@ mod tests {
         );
     }
 }
-pub use jsonwebtoken::Algorithm as JwtAlgorithm;

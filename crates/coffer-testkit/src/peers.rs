@@ -105,7 +105,7 @@ impl OidcProvider {
             .current_dir(&dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("start oidc-provider with node: {e}"));
         let stdout = child

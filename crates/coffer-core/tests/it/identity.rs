@@ -116,7 +116,11 @@ async fn a_delay_grows_between_failed_attempts() {
         .unwrap();
     assert!(login(&f.coffer, "dora", "wrong password!").await.is_err());
     // Too soon after a failure: refused without looking at the password.
-    assert!(login(&f.coffer, "dora", "dora long password").await.is_err());
+    assert!(
+        login(&f.coffer, "dora", "dora long password")
+            .await
+            .is_err()
+    );
     tokio::time::sleep(Duration::from_millis(900)).await;
     session(&f.coffer, "dora", "dora long password").await;
 }
@@ -131,7 +135,11 @@ async fn totp_codes_work_once_within_one_step_of_skew_and_recovery_codes_once() 
         Err(CoreError::BadCredentials)
     ));
     let e = c.mfa_enroll_start(&p, "mia long password").await.unwrap();
-    assert!(e.otpauth_uri.expose_secret().starts_with("otpauth://totp/Coffer:mia?"));
+    assert!(
+        e.otpauth_uri
+            .expose_secret()
+            .starts_with("otpauth://totp/Coffer:mia?")
+    );
     let secret = e.secret_base32.expose_secret().to_owned();
     let now = now_secs();
     let good = totp_code_at(&secret, now).unwrap();
@@ -264,18 +272,25 @@ async fn sessions_end_when_idle_and_password_changes_end_the_others() {
     assert!(listed.iter().any(|s| s.current));
     assert!(listed.len() >= 2);
     assert!(matches!(
-        c.change_password(&pa, "wrong password!", "a new long password").await,
+        c.change_password(&pa, "wrong password!", "a new long password")
+            .await,
         Err(CoreError::BadCredentials)
     ));
     c.change_password(&pa, "ivy long password", "a new long password")
         .await
         .unwrap();
     assert!(c.authenticate(&a).await.is_ok());
-    assert!(matches!(c.authenticate(&b).await, Err(CoreError::Unauthenticated)));
+    assert!(matches!(
+        c.authenticate(&b).await,
+        Err(CoreError::Unauthenticated)
+    ));
     assert!(login(c, "ivy", "ivy long password").await.is_err());
     // Idle for longer than the timeout: gone.
     tokio::time::sleep(Duration::from_millis(1400)).await;
-    assert!(matches!(c.authenticate(&a).await, Err(CoreError::Unauthenticated)));
+    assert!(matches!(
+        c.authenticate(&a).await,
+        Err(CoreError::Unauthenticated)
+    ));
     // Revoking one's own session by id.
     let (d, pd) = session(c, "ivy", "a new long password").await;
     c.revoke_session(&pd, pd.session_id.unwrap()).await.unwrap();
@@ -322,19 +337,29 @@ async fn api_keys_never_exceed_their_creator_and_stop_at_once() {
     assert!(at.starts_with("cfa_"));
     assert_eq!(c.authenticate(&at).await.unwrap().role, Role::Contributor);
     // Demote the creator: the key and its access token act as a Viewer at once.
-    c.set_member_role(&f.owner, "cat", Role::Viewer).await.unwrap();
+    c.set_member_role(&f.owner, "cat", Role::Viewer)
+        .await
+        .unwrap();
     assert_eq!(c.authenticate(&raw).await.unwrap().role, Role::Viewer);
     assert_eq!(c.authenticate(&at).await.unwrap().role, Role::Viewer);
     // Contributors see only their own keys; Admins every key.
     let admin = member(&f, "ada", Role::Admin).await;
     assert_eq!(c.list_api_keys(&admin).await.unwrap().len(), 1);
-    c.set_member_role(&f.owner, "cat", Role::Contributor).await.unwrap();
+    c.set_member_role(&f.owner, "cat", Role::Contributor)
+        .await
+        .unwrap();
     let cat = session(c, "cat", "cat long password").await.1;
     assert_eq!(c.list_api_keys(&cat).await.unwrap()[0].name, "ci");
     // Revocation: the very next request fails, for the key and its access tokens.
     c.revoke_api_key(&admin, k.view.id).await.unwrap();
-    assert!(matches!(c.authenticate(&raw).await, Err(CoreError::Unauthenticated)));
-    assert!(matches!(c.authenticate(&at).await, Err(CoreError::Unauthenticated)));
+    assert!(matches!(
+        c.authenticate(&raw).await,
+        Err(CoreError::Unauthenticated)
+    ));
+    assert!(matches!(
+        c.authenticate(&at).await,
+        Err(CoreError::Unauthenticated)
+    ));
     let listed = c.list_api_keys(&admin).await.unwrap();
     assert!(listed[0].revoked_at.is_some() && listed[0].last_used_at.is_some());
 }
@@ -396,7 +421,11 @@ async fn invitations_work_once_and_admins_cannot_touch_owners() {
         c.invite(&admin, "x@example.com", Role::Owner).await,
         Err(CoreError::Forbidden(_))
     ));
-    assert!(c.invite(&admin, "not-an-address", Role::Viewer).await.is_err());
+    assert!(
+        c.invite(&admin, "not-an-address", Role::Viewer)
+            .await
+            .is_err()
+    );
     let inv = c
         .invite(&admin, "Zoe@Example.com", Role::Contributor)
         .await
@@ -408,10 +437,11 @@ async fn invitations_work_once_and_admins_cannot_touch_owners() {
     c.accept_invitation(&tok, "zoe", "zoe long password")
         .await
         .unwrap();
-    assert!(c
-        .accept_invitation(&tok, "zoe2", "zoe long password")
-        .await
-        .is_err());
+    assert!(
+        c.accept_invitation(&tok, "zoe2", "zoe long password")
+            .await
+            .is_err()
+    );
     let (_, zoe) = session(c, "zoe@example.com", "zoe long password").await;
     assert_eq!(zoe.role, Role::Contributor);
 
@@ -437,8 +467,12 @@ async fn invitations_work_once_and_admins_cannot_touch_owners() {
         c.remove_member(&f.owner, "admin").await,
         Err(CoreError::LastOwner)
     ));
-    c.set_member_role(&f.owner, "adam", Role::Owner).await.unwrap();
-    c.set_member_role(&f.owner, "admin", Role::Viewer).await.unwrap();
+    c.set_member_role(&f.owner, "adam", Role::Owner)
+        .await
+        .unwrap();
+    c.set_member_role(&f.owner, "admin", Role::Viewer)
+        .await
+        .unwrap();
     // Removal ends the member's access at once.
     let (ztok, _) = session(c, "zoe", "zoe long password").await;
     let adam = session(c, "adam", "adam long password").await.1;
@@ -456,15 +490,27 @@ async fn one_user_in_two_orgs_switches_and_tokens_stay_bound() {
     let org_b = c.create_org_as(&sam, "org-b").await.unwrap();
     let orgs = c.my_orgs(&sam).await.unwrap();
     assert_eq!(orgs.len(), 2);
-    assert!(orgs.iter().any(|o| o.org_id == org_b && o.role == Role::Owner && !o.active));
+    assert!(
+        orgs.iter()
+            .any(|o| o.org_id == org_b && o.role == Role::Owner && !o.active)
+    );
     c.create_project(&f.owner, "in-a").await.unwrap();
     let switched = c.switch_org(&sam, &tok, "org-b", "x").await.unwrap();
     assert_eq!(switched.principal.org_id, org_b);
     assert_eq!(switched.principal.role, Role::Owner);
     // The old token ended; the new one sees only org-b.
     assert!(c.authenticate(&tok).await.is_err());
-    assert!(c.list_projects(&switched.principal).await.unwrap().is_empty());
-    assert!(c.switch_org(&switched.principal, "", "no-such-org", "x").await.is_err());
+    assert!(
+        c.list_projects(&switched.principal)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        c.switch_org(&switched.principal, "", "no-such-org", "x")
+            .await
+            .is_err()
+    );
     // Login straight into an organisation.
     let r = c
         .login("sam", "sam long password", Some("org-b"), "x")

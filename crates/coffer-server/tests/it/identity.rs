@@ -47,7 +47,10 @@ async fn mail_waits_in_the_outbox_while_the_mail_server_is_down() {
     })
     .await;
     let owner = srv.owner().await;
-    let inv = owner.invite("Zed@Example.com", "contributor").await.unwrap();
+    let inv = owner
+        .invite("Zed@Example.com", "contributor")
+        .await
+        .unwrap();
     // With mail configured, the token goes by mail only.
     assert!(inv.get("token").is_none(), "{inv}");
     // The mail server is down: delivery fails and the message stays queued, sealed.
@@ -56,7 +59,9 @@ async fn mail_waits_in_the_outbox_while_the_mail_server_is_down() {
     assert!(!contains(&db_bytes(&srv), "cfi_"));
 
     let rx = SmtpReceiver::start_on(port);
-    let mail = rx.wait_for("To: zed@example.com", Duration::from_secs(30)).await;
+    let mail = rx
+        .wait_for("To: zed@example.com", Duration::from_secs(30))
+        .await;
     assert!(mail.contains("invited you to join organisation"));
     let token = token_in(&mail, "cfi_");
     let anon = srv.client();
@@ -132,7 +137,11 @@ async fn oidc_logins_verify_issuer_audience_and_keys() {
     // Wrong audience, tampered payload, alg none, HS256 signed with public material,
     // an unknown issuer: all the same 401.
     let wrong_aud = idp
-        .token("coffer-ci", "coffer-ci-secret", "https://wrong-audience.test")
+        .token(
+            "coffer-ci",
+            "coffer-ci-secret",
+            "https://wrong-audience.test",
+        )
         .await;
     let parts: Vec<&str> = jwt.split('.').collect();
     use base64::Engine;
@@ -157,7 +166,12 @@ async fn oidc_logins_verify_issuer_audience_and_keys() {
         let h = serde_json::json!({"alg": "HS256", "typ": "JWT", "kid": header["kid"]});
         let signing_input = format!("{}.{}", b64.encode(h.to_string()), parts[1]);
         // HMAC keyed with the public JWKS document: the classic confusion attack.
-        let jwks = reqwest::get(idp.jwks_url()).await.unwrap().text().await.unwrap();
+        let jwks = reqwest::get(idp.jwks_url())
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, jwks.as_bytes());
         let sig = aws_lc_rs::hmac::sign(&key, signing_input.as_bytes());
         format!("{signing_input}.{}", b64.encode(sig.as_ref()))

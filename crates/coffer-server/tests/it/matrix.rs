@@ -65,36 +65,111 @@ async fn cases(c: &Coffer, owner: &Principal, tag: &str) -> Vec<Case> {
         case("GET", "/v1/auth/whoami", None, ALL),
         case("GET", "/v1/auth/sessions", None, ALL),
         case("GET", "/v1/orgs", None, ALL),
-        case("POST", "/v1/orgs", Some(json!({"name": format!("org-{tag}")})), ALL),
+        case(
+            "POST",
+            "/v1/orgs",
+            Some(json!({"name": format!("org-{tag}")})),
+            ALL,
+        ),
         case("GET", "/v1/org/settings", None, ALL),
-        case("PUT", "/v1/org/settings", Some(json!({"require_mfa": false})), ADMINS),
+        case(
+            "PUT",
+            "/v1/org/settings",
+            Some(json!({"require_mfa": false})),
+            ADMINS,
+        ),
         case("GET", "/v1/projects", None, ALL),
-        case("POST", "/v1/projects", Some(json!({"name": format!("p-{tag}")})), WRITERS),
+        case(
+            "POST",
+            "/v1/projects",
+            Some(json!({"name": format!("p-{tag}")})),
+            WRITERS,
+        ),
         case("GET", "/v1/projects/app/envs", None, ALL),
-        case("POST", "/v1/projects/app/envs", Some(json!({"name": format!("e-{tag}")})), WRITERS),
+        case(
+            "POST",
+            "/v1/projects/app/envs",
+            Some(json!({"name": format!("e-{tag}")})),
+            WRITERS,
+        ),
         case("GET", p, None, ALL),
         case("GET", &format!("{p}/PLAIN"), None, ALL),
         case("GET", &format!("{p}/SECRET"), None, WRITERS),
         case("GET", &format!("{p}/PLAIN/history"), None, ALL),
-        case("GET", "/v1/projects/app/diff?a=default&b=default", None, ALL),
-        case("PUT", &format!("{p}/NEW_{}", tag.to_uppercase()), Some(json!({"value": "v"})), WRITERS),
-        case("POST", &format!("{p}/PLAIN/rollback"), Some(json!({"version": 1})), WRITERS),
-        case("DELETE", &format!("{p}/DEL_{}", tag.to_uppercase()), None, WRITERS),
+        case(
+            "GET",
+            "/v1/projects/app/diff?a=default&b=default",
+            None,
+            ALL,
+        ),
+        case(
+            "PUT",
+            &format!("{p}/NEW_{}", tag.to_uppercase()),
+            Some(json!({"value": "v"})),
+            WRITERS,
+        ),
+        case(
+            "POST",
+            &format!("{p}/PLAIN/rollback"),
+            Some(json!({"version": 1})),
+            WRITERS,
+        ),
+        case(
+            "DELETE",
+            &format!("{p}/DEL_{}", tag.to_uppercase()),
+            None,
+            WRITERS,
+        ),
         case("GET", "/v1/audit/events", None, ADMINS),
         case("GET", "/v1/audit/export", None, ADMINS),
         case("GET", "/v1/audit/verify", None, ADMINS),
         case("POST", "/v1/audit/checkpoints", None, ADMINS),
-        case("POST", "/v1/audit/events", Some(json!({"action": "deploy"})), WRITERS),
+        case(
+            "POST",
+            "/v1/audit/events",
+            Some(json!({"action": "deploy"})),
+            WRITERS,
+        ),
         case("GET", "/v1/org/members", None, ADMINS),
-        case("PUT", &format!("/v1/org/members/demote-{tag}"), Some(json!({"role": "viewer"})), ADMINS),
-        case("DELETE", &format!("/v1/org/members/remove-{tag}"), None, ADMINS),
-        case("POST", "/v1/org/invitations", Some(json!({"email": format!("{tag}@example.com"), "role": "viewer"})), ADMINS),
+        case(
+            "PUT",
+            &format!("/v1/org/members/demote-{tag}"),
+            Some(json!({"role": "viewer"})),
+            ADMINS,
+        ),
+        case(
+            "DELETE",
+            &format!("/v1/org/members/remove-{tag}"),
+            None,
+            ADMINS,
+        ),
+        case(
+            "POST",
+            "/v1/org/invitations",
+            Some(json!({"email": format!("{tag}@example.com"), "role": "viewer"})),
+            ADMINS,
+        ),
         case("GET", "/v1/org/invitations", None, ADMINS),
-        case("POST", "/v1/org/api-keys", Some(json!({"name": format!("own-{tag}"), "role": "viewer"})), WRITERS),
+        case(
+            "POST",
+            "/v1/org/api-keys",
+            Some(json!({"name": format!("own-{tag}"), "role": "viewer"})),
+            WRITERS,
+        ),
         case("GET", "/v1/org/api-keys", None, WRITERS),
-        case("DELETE", &format!("/v1/org/api-keys/{}", key.view.id), None, ADMINS),
+        case(
+            "DELETE",
+            &format!("/v1/org/api-keys/{}", key.view.id),
+            None,
+            ADMINS,
+        ),
         // Sealing is for Owners; the Owner's call is left out here so the matrix can go on.
-        case("POST", "/v1/sys/seal", None, if tag == "owner" { &[] } else { OWNER }),
+        case(
+            "POST",
+            "/v1/sys/seal",
+            None,
+            if tag == "owner" { &[] } else { OWNER },
+        ),
     ]
 }
 
@@ -108,7 +183,11 @@ async fn every_route_for_every_role() {
     let c = Coffer::open_sqlite(&dir.path().join("coffer.db"), cfg)
         .await
         .unwrap();
-    let boot = c.start_dev(&dir.path().join("root.key")).await.unwrap().unwrap();
+    let boot = c
+        .start_dev(&dir.path().join("root.key"))
+        .await
+        .unwrap()
+        .unwrap();
     let owner_login = c
         .login("admin", boot.password.expose_secret(), None, "t")
         .await

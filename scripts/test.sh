@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: installs and starts the real peers the suites talk
+# to, then runs every test. README's test command and .ci/run both call this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# openssl: TLS protocol probes.
+if ! command -v openssl >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl
+fi
+
+# PostgreSQL: the machine's own cluster on 127.0.0.1:5432, started if down.
+if command -v pg_ctlcluster >/dev/null 2>&1 && ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+fi
+
+# aiosmtpd: the SMTP server the mail tests deliver to.
+if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check aiosmtpd
+fi
+
+# oidc-provider: the OpenID provider the OIDC tests get tokens from.
+if [ ! -d tests/oidc-provider/node_modules/oidc-provider ]; then
+  (cd tests/oidc-provider && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+exec cargo test --workspace --locked "$@"
