@@ -407,7 +407,8 @@ impl Coffer {
             .store()
             .note_login_address(user.id, address, now_ms())
             .await?
-            && self.store().user_sessions(user.id).await?.len() > 1
+            // The very first login is not news; a new address after that is.
+            && self.store().login_address_count(user.id).await? > 1
         {
             self.notify(
                 user,

@@ -143,6 +143,8 @@ pub trait IdentityStore: Send + Sync {
     ) -> Result<(), StoreError>;
 
     // --- login addresses ---
+    /// How many addresses the user has logged in from.
+    async fn login_address_count(&self, user_id: Uuid) -> Result<u64, StoreError>;
     /// Remember that the user logged in from `address`; true if it is new.
     async fn note_login_address(
         &self,
@@ -848,6 +850,14 @@ macro_rules! impl_identity_store {
                     .execute(&self.$write)
                     .await?;
                 Ok(())
+            }
+
+            async fn login_address_count(&self, user_id: Uuid) -> Result<u64, StoreError> {
+                let r = sqlx::query("SELECT COUNT(*) AS n FROM login_addresses WHERE user_id = $1")
+                    .bind(user_id.as_bytes().as_slice())
+                    .fetch_one(&self.$read)
+                    .await?;
+                u64::try_from($crate::rows::RowRead::int(&r, "n")?).map_err(|_| StoreError::Corrupt)
             }
 
             async fn note_login_address(&self, user_id: Uuid, address: &str, now: i64) -> Result<bool, StoreError> {

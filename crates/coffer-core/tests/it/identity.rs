@@ -520,3 +520,27 @@ async fn one_user_in_two_orgs_switches_and_tokens_stay_bound() {
         .unwrap();
     assert_eq!(r.principal.org_name, "org-b");
 }
+
+#[tokio::test]
+async fn account_changes_and_new_addresses_queue_notifications() {
+    let f = fixture_with(quick()).await;
+    let c = &f.coffer;
+    let p = member(&f, "nell", Role::Contributor).await;
+    c.set_email(&p, Some("Nell@Example.com")).await.unwrap();
+    assert!(c.set_email(&p, Some("not an address")).await.is_err());
+    let before = c.pending_mail().await.unwrap();
+    // `member` logged in from 127.0.0.1 already; the same address again is not news.
+    session(c, "nell", "nell long password").await;
+    assert_eq!(c.pending_mail().await.unwrap(), before);
+    c.login("nell", "nell long password", None, "203.0.113.9")
+        .await
+        .unwrap();
+    assert_eq!(c.pending_mail().await.unwrap(), before + 1);
+    c.create_api_key(&p, key("n", Role::Viewer)).await.unwrap();
+    assert_eq!(c.pending_mail().await.unwrap(), before + 2);
+    // Users without an address get nothing queued.
+    c.create_api_key(&f.owner, key("o", Role::Viewer))
+        .await
+        .unwrap();
+    assert_eq!(c.pending_mail().await.unwrap(), before + 2);
+}

@@ -978,6 +978,8 @@ pub async fn api_keys_invitations_identities_and_mail(s: &dyn Store) {
     );
     assert!(s.note_login_address(u, "10.0.0.1", 1).await.unwrap());
     assert!(!s.note_login_address(u, "10.0.0.1", 2).await.unwrap());
+    assert!(s.note_login_address(u, "10.0.0.2", 3).await.unwrap());
+    assert_eq!(s.login_address_count(u).await.unwrap(), 2);
 
     let m = OutboxRow {
         id: Uuid::new_v4(),
