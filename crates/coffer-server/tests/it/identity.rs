@@ -193,3 +193,40 @@ async fn oidc_logins_verify_issuer_audience_and_keys() {
         assert_eq!(e.code(), Some("bad_credentials"), "{what}");
     }
 }
+
+#[tokio::test]
+async fn login_attempts_are_throttled_per_address() {
+    let srv = TestServer::with(TestOptions {
+        login_rate_per_minute: 3,
+        ..TestOptions::default()
+    })
+    .await;
+    let anon = srv.client();
+    for _ in 0..3 {
+        let e = anon.login("nobody", "some password").await.unwrap_err();
+        assert_eq!(e.status(), Some(401));
+    }
+    // The fourth within the minute is refused before any password work, whatever the user.
+    let e = anon.login("admin", "another password").await.unwrap_err();
+    assert_eq!(
+        (e.status(), e.code()),
+        (Some(429), Some("too_many_requests"))
+    );
+    // Authenticated traffic is not affected.
+    let owner = srv.client().with_token(
+        srv.coffer()
+            .login(
+                "admin",
+                srv.owner_password.as_deref().unwrap(),
+                None,
+                "127.0.0.1",
+            )
+            .await
+            .unwrap()
+            .session()
+            .unwrap()
+            .token
+            .expose_secret(),
+    );
+    assert_eq!(owner.whoami().await.unwrap().role, "owner");
+}
