@@ -64,6 +64,12 @@ async fn cases(c: &Coffer, owner: &Principal, tag: &str) -> Vec<Case> {
     vec![
         case("GET", "/v1/auth/whoami", None, ALL),
         case("GET", "/v1/auth/sessions", None, ALL),
+        case(
+            "PUT",
+            "/v1/auth/email",
+            Some(json!({"email": format!("{tag}-self@example.com")})),
+            ALL,
+        ),
         case("GET", "/v1/orgs", None, ALL),
         case(
             "POST",

@@ -125,3 +125,67 @@ async fn a_postgres_crash_fails_fast_and_recovers_without_a_restart() {
     assert_eq!(v["ok"], true, "{v}");
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn identity_changes_on_one_node_hold_on_the_other() {
+    let Some(url) = pg_database().await else {
+        return;
+    };
+    let a = TestServer::production_on(&url).await;
+    let b = TestServer::production_on(&url).await;
+    let init = a.client().init(3, 2).await.unwrap();
+    for node in [&a, &b] {
+        node.client().unseal(&init.shares[0]).await.unwrap();
+        node.client().unseal(&init.shares[1]).await.unwrap();
+    }
+    let owner_a = a
+        .login(&init.bootstrap.username, &init.bootstrap.password)
+        .await;
+    let inv = owner_a
+        .invite("eve@example.com", "contributor")
+        .await
+        .unwrap();
+    let token = inv["token"].as_str().unwrap();
+    b.client()
+        .accept_invitation(token, "eve", "eve long password")
+        .await
+        .unwrap();
+    let eve_b = b.login("eve", "eve long password").await;
+    assert_eq!(eve_b.whoami().await.unwrap().role, "contributor");
+
+    // An API key made on A works on B; revoked on A, it fails on B within a second.
+    let key = owner_a
+        .create_api_key(&serde_json::json!({"name": "ci", "role": "viewer"}))
+        .await
+        .unwrap();
+    let key_b = b.client().with_token(key["key"].as_str().unwrap());
+    assert_eq!(key_b.whoami().await.unwrap().role, "viewer");
+    owner_a
+        .revoke_api_key(key["api_key"]["id"].as_str().unwrap())
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(
+        key_b.whoami().await.unwrap_err().code(),
+        Some("unauthenticated")
+    );
+
+    // A demotion on A limits Eve's session on B within a second.
+    owner_a.set_role("eve", "viewer").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(eve_b.whoami().await.unwrap().role, "viewer");
+
+    // Lockout counters are shared: three failures on A lock the account on B too.
+    for _ in 0..3 {
+        assert!(a.client().login("eve", "wrong password!").await.is_err());
+    }
+    let e = b
+        .client()
+        .login("eve", "eve long password")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("bad_credentials"));
+    a.stop().await;
+    b.stop().await;
+    drop_pg_database(&url).await;
+}
