@@ -630,6 +630,7 @@ impl Coffer {
     /// Forget cached principals after a change to who may do what.
     pub(crate) fn access_changed(&self) {
         self.inner.sessions.clear();
+        self.publish(coffer_store::Invalidation::Access);
     }
 
     /// End the session of this token. Idempotent.

@@ -37,7 +37,7 @@ pub use projects::{EnvView, ProjectView};
 pub use roles::Role;
 pub use sys::{Bootstrap, InitResult, SealStatus, UnsealOutcome};
 
-use coffer_store::Store;
+use coffer_store::{Invalidation, Store};
 
 /// The service. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -67,7 +67,8 @@ impl Coffer {
         sinks: audit::AuditSinks,
     ) -> Result<Self, CoreError> {
         let dummy_hash = auth::dummy_hash()?;
-        Ok(Self {
+        let invalidations = store.invalidations();
+        let c = Self {
             inner: Arc::new(Inner {
                 store,
                 keyring: keyring::Keyring::default(),
@@ -77,7 +78,51 @@ impl Coffer {
                 config,
                 dummy_hash,
             }),
-        })
+        };
+        if let Some(rx) = invalidations {
+            c.follow_invalidations(rx);
+        }
+        Ok(c)
+    }
+
+    /// Clear caches when any node reports a change. Holds only a weak reference, so the
+    /// task ends with the service.
+    fn follow_invalidations(&self, mut rx: tokio::sync::broadcast::Receiver<Invalidation>) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak = Arc::downgrade(&self.inner);
+        rt.spawn(async move {
+            loop {
+                let what = match rx.recv().await {
+                    Ok(w) => w,
+                    // Fell behind: some messages are gone, so forget everything.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Invalidation::All,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                let Some(inner) = weak.upgrade() else { return };
+                match what {
+                    Invalidation::Access => inner.sessions.clear(),
+                    Invalidation::Meta(org) => inner.meta.evict_org(org),
+                    Invalidation::All => {
+                        inner.sessions.clear();
+                        inner.meta.clear();
+                    }
+                }
+            }
+        });
+    }
+
+    /// Tell the other nodes (best effort; their caches also expire on their own).
+    pub(crate) fn publish(&self, what: Invalidation) {
+        let store = self.inner.store.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = store.publish_invalidation(what).await {
+                    tracing::debug!(error = %e, "could not publish a cache invalidation");
+                }
+            });
+        }
     }
 
     pub fn config(&self) -> &CoreConfig {

@@ -88,6 +88,18 @@ impl MetaCache {
             map.insert(key, (m, Instant::now()));
         }
     }
+    pub(crate) fn evict_org(&self, org: Uuid) {
+        if let Ok(mut map) = self.map.write() {
+            map.retain(|(o, _), _| *o != org);
+        }
+    }
+
+    pub(crate) fn clear(&self) {
+        if let Ok(mut map) = self.map.write() {
+            map.clear();
+        }
+    }
+
     fn evict(&self, key: &MetaKey) {
         if let Ok(mut map) = self.map.write() {
             map.remove(key);
@@ -167,6 +179,7 @@ impl Coffer {
         };
         self.store().create_env(&env).await?;
         self.inner.meta.evict(&(p.org_id, name.to_owned()));
+        self.publish(coffer_store::Invalidation::Meta(p.org_id));
         Ok(ProjectView {
             id: row.id,
             name: row.name,
@@ -228,6 +241,7 @@ impl Coffer {
             r => r?,
         }
         self.inner.meta.evict(&(p.org_id, project.to_owned()));
+        self.publish(coffer_store::Invalidation::Meta(p.org_id));
         Ok(EnvView {
             id: row.id,
             name: row.name,

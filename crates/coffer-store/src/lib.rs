@@ -104,6 +104,17 @@ pub trait Store: IdentityStore + Send + Sync + std::fmt::Debug {
     /// Organisations whose chain has grown since its last checkpoint.
     async fn orgs_needing_checkpoint(&self) -> Result<Vec<Uuid>, StoreError>;
 
+    // --- caches on several nodes ---
+    /// Changes published by any node (this one included), for clearing caches. None for a
+    /// single-node backend.
+    fn invalidations(&self) -> Option<tokio::sync::broadcast::Receiver<Invalidation>> {
+        None
+    }
+    /// Tell every node to drop cached state. Best effort: caches also expire on their own.
+    async fn publish_invalidation(&self, _what: Invalidation) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     // --- background jobs ---
     /// Whether this node should run background jobs now. With several nodes on one database
     /// exactly one holds the leadership, and it passes to another node when its holder dies.
@@ -111,6 +122,17 @@ pub trait Store: IdentityStore + Send + Sync + std::fmt::Debug {
     async fn try_lead(&self) -> Result<bool, StoreError> {
         Ok(true)
     }
+}
+
+/// What a node must forget when another node changes something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalidation {
+    /// Everything (a listener reconnected, so messages may have been missed).
+    All,
+    /// Sessions, API keys, memberships or roles changed: re-check every principal.
+    Access,
+    /// An organisation's projects or environments changed.
+    Meta(Uuid),
 }
 
 /// An embedded migrator over SQL files compiled into the binary (sqlx's `migrate!` macro

@@ -189,3 +189,71 @@ async fn identity_changes_on_one_node_hold_on_the_other() {
     b.stop().await;
     drop_pg_database(&url).await;
 }
+
+/// With caches that would otherwise hold for a minute, changes still reach the other node
+/// at once: PostgreSQL LISTEN/NOTIFY carries the invalidations.
+#[tokio::test]
+async fn invalidations_reach_the_other_node_through_notify() {
+    let Some(url) = pg_database().await else {
+        return;
+    };
+    let node = || {
+        coffer_testkit::TestServer::with(coffer_testkit::TestOptions {
+            dev: false,
+            database_url: Some(url.clone()),
+            core: coffer_core::CoreConfig {
+                session_cache_ttl: std::time::Duration::from_secs(60),
+                ..TestServer::fast_core()
+            },
+            ..coffer_testkit::TestOptions::default()
+        })
+    };
+    let a = node().await;
+    let b = node().await;
+    let init = a.client().init(3, 2).await.unwrap();
+    for n in [&a, &b] {
+        n.client().unseal(&init.shares[0]).await.unwrap();
+        n.client().unseal(&init.shares[1]).await.unwrap();
+    }
+    let owner_a = a
+        .login(&init.bootstrap.username, &init.bootstrap.password)
+        .await;
+    let owner_b = b
+        .login(&init.bootstrap.username, &init.bootstrap.password)
+        .await;
+    owner_a.create_project("web").await.unwrap();
+    // B caches the project's environments...
+    assert_eq!(owner_b.envs("web").await.unwrap().len(), 1);
+    let key = owner_a
+        .create_api_key(&serde_json::json!({"name": "ci", "role": "viewer"}))
+        .await
+        .unwrap();
+    let key_b = b.client().with_token(key["key"].as_str().unwrap());
+    // ...and the key's principal.
+    assert_eq!(key_b.whoami().await.unwrap().role, "viewer");
+
+    owner_a.create_env("web", "prod", None).await.unwrap();
+    owner_a
+        .revoke_api_key(key["api_key"]["id"].as_str().unwrap())
+        .await
+        .unwrap();
+    let mut seen = (false, false);
+    for _ in 0..40 {
+        seen = (
+            owner_b.envs("web").await.unwrap().len() == 2,
+            key_b.whoami().await.is_err(),
+        );
+        if seen == (true, true) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        seen,
+        (true, true),
+        "(new environment seen, revoked key refused) on B"
+    );
+    a.stop().await;
+    b.stop().await;
+    drop_pg_database(&url).await;
+}

@@ -5,6 +5,8 @@
 //! (`SELECT … FOR UPDATE`), which serialises appends to one chain across nodes. There is no
 //! value cache here: with several nodes a cache needs cross-node invalidation.
 
+mod notify;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -53,6 +55,7 @@ pub struct PgStore {
     /// While this node leads: the connection holding the session-level advisory lock. If the
     /// node dies, PostgreSQL ends the session and releases the lock for another node.
     leader: std::sync::Arc<tokio::sync::Mutex<Option<PgConnection>>>,
+    invalidations: tokio::sync::broadcast::Sender<Invalidation>,
 }
 
 /// What to do about the schema when connecting.
@@ -143,10 +146,12 @@ impl PgStore {
             Schema::Verify => verify_schema(&pool).await?,
         }
         let audit = spawn_audit_writer(pool.clone());
+        let invalidations = notify::spawn_listener(pool.clone());
         Ok(Self {
             pool,
             audit,
             leader: std::sync::Arc::default(),
+            invalidations,
         })
     }
 
@@ -549,6 +554,19 @@ impl Store for PgStore {
             .bind(k.public_key.as_slice())
             .bind(k.wrapped_key.as_slice())
             .bind(k.created_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    fn invalidations(&self) -> Option<tokio::sync::broadcast::Receiver<Invalidation>> {
+        Some(self.invalidations.subscribe())
+    }
+
+    async fn publish_invalidation(&self, what: Invalidation) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(notify::CHANNEL)
+            .bind(notify::encode(&what))
             .execute(&self.pool)
             .await?;
         Ok(())

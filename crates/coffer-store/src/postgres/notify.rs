@@ -1,0 +1,91 @@
+//! Cache invalidation between nodes: PostgreSQL LISTEN/NOTIFY on one channel.
+//!
+//! A node that changes who may do what (logout, revocation, role change) or an
+//! organisation's metadata publishes a message; every node (itself included) clears the
+//! matching cache. Notifications are best effort: one can be missed while a listener
+//! reconnects, so the caches also expire on their own within about a second, and a
+//! reconnect is reported as "flush everything".
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::broadcast;
+
+use crate::Invalidation;
+
+pub(super) const CHANNEL: &str = "coffer_invalidate";
+
+pub(super) fn encode(i: &Invalidation) -> String {
+    match i {
+        Invalidation::All => "all".into(),
+        Invalidation::Access => "access".into(),
+        Invalidation::Meta(org) => format!("meta:{}", org.simple()),
+    }
+}
+
+fn decode(s: &str) -> Invalidation {
+    match s.split_once(':') {
+        None if s == "access" => Invalidation::Access,
+        Some(("meta", org)) => org
+            .parse()
+            .map(Invalidation::Meta)
+            .unwrap_or(Invalidation::All),
+        _ => Invalidation::All,
+    }
+}
+
+/// Listen on the channel for as long as the process lives, reconnecting after failures.
+pub(super) fn spawn_listener(pool: PgPool) -> broadcast::Sender<Invalidation> {
+    let (tx, _) = broadcast::channel(1024);
+    let out = tx.clone();
+    tokio::spawn(async move {
+        loop {
+            match PgListener::connect_with(&pool).await {
+                Ok(mut l) => {
+                    if l.listen(CHANNEL).await.is_ok() {
+                        // Whatever happened while we were not listening is unknown.
+                        let _ = out.send(Invalidation::All);
+                        loop {
+                            match l.try_recv().await {
+                                Ok(Some(n)) => {
+                                    let _ = out.send(decode(n.payload()));
+                                }
+                                // The connection dropped; the next call reconnects, and
+                                // whatever was sent meanwhile is lost.
+                                Ok(None) => {
+                                    let _ = out.send(Invalidation::All);
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "invalidation listener cannot connect"),
+            }
+            if pool.is_closed() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    tx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_roundtrip() {
+        let org = uuid::Uuid::new_v4();
+        for i in [
+            Invalidation::All,
+            Invalidation::Access,
+            Invalidation::Meta(org),
+        ] {
+            assert_eq!(decode(&encode(&i)), i);
+        }
+        assert_eq!(decode("garbage"), Invalidation::All);
+    }
+}
