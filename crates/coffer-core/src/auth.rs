@@ -306,7 +306,20 @@ impl Coffer {
                 )
                 .await?
                 .is_some(),
-            None => false,
+            None => {
+                // The same statement for an id that matches nothing, so that an unknown
+                // user costs the same round trip as a known one.
+                let _ = self
+                    .store()
+                    .claim_login_attempt(
+                        Uuid::nil(),
+                        now_ms(),
+                        cfg.max_failed_logins,
+                        ms(cfg.login_delay_step),
+                    )
+                    .await?;
+                false
+            }
         };
         let hash = match &user {
             Some(u) if claimed => u.password_hash.clone(),
@@ -550,7 +563,16 @@ impl Coffer {
         p.session_id = Some(s.id);
         p.method = method;
         p.api_key_id = s.api_key_id;
-        p.mfa_enrollment_pending = s.stage == "enroll";
+        // An organisation that started requiring MFA after this login holds its members
+        // without MFA to enrolment from the next cache refresh on.
+        p.mfa_enrollment_pending = s.stage == "enroll"
+            || (s.api_key_id.is_none()
+                && self.store().org_requires_mfa(s.org_id).await?
+                && !self
+                    .store()
+                    .user(s.user_id)
+                    .await?
+                    .is_some_and(|u| u.mfa_enabled));
         Ok(p)
     }
 

@@ -228,7 +228,13 @@ async fn an_org_that_requires_mfa_makes_members_enrol_before_anything_else() {
         c.set_org_require_mfa(&viewer, true).await,
         Err(CoreError::Forbidden(_))
     ));
+    let (before, _) = session(c, "vic", "vic long password").await;
     c.set_org_require_mfa(&f.owner, true).await.unwrap();
+    // A session from before the requirement may now only enrol, too.
+    assert!(matches!(
+        c.authenticate(&before).await,
+        Err(CoreError::MfaEnrollmentRequired)
+    ));
     let r = login(c, "vic", "vic long password")
         .await
         .unwrap()
