@@ -359,26 +359,8 @@ impl Coffer {
         let user = match self.store().user_by_email(&inv.email).await? {
             Some(existing) => self.check_first_factor(Some(existing), password).await?,
             None => {
-                validate_password(password)?;
-                let username = validate_username(username)?;
-                let user = UserRow {
-                    id: Uuid::new_v4(),
-                    username: username.clone(),
-                    password_hash: crate::auth::hash_password(password.to_owned()).await?,
-                    created_at: now_ms(),
-                    email: Some(inv.email.clone()),
-                    mfa_enabled: false,
-                };
-                match self.store().create_user(&user).await {
-                    Err(StoreError::Conflict) => {
-                        return Err(CoreError::AlreadyExists {
-                            kind: "user",
-                            name: username,
-                        });
-                    }
-                    r => r?,
-                }
-                user
+                self.new_user(username, password, Some(inv.email.clone()))
+                    .await?
             }
         };
         if !self.store().consume_invitation(inv.id, now_ms()).await? {
@@ -427,26 +409,8 @@ impl Coffer {
         password: &str,
         role: Role,
     ) -> Result<Uuid, CoreError> {
-        let username = validate_username(username)?;
-        validate_password(password)?;
+        let user = self.new_user(username, password, None).await?;
         let now = now_ms();
-        let user = UserRow {
-            id: Uuid::new_v4(),
-            username: username.clone(),
-            password_hash: crate::auth::hash_password(password.to_owned()).await?,
-            created_at: now,
-            email: None,
-            mfa_enabled: false,
-        };
-        match self.store().create_user(&user).await {
-            Err(StoreError::Conflict) => {
-                return Err(CoreError::AlreadyExists {
-                    kind: "user",
-                    name: username,
-                });
-            }
-            r => r?,
-        }
         self.store()
             .add_membership(&MembershipRow {
                 user_id: user.id,
@@ -456,6 +420,32 @@ impl Coffer {
             })
             .await?;
         Ok(user.id)
+    }
+
+    /// Validate and store a new user with a password.
+    async fn new_user(
+        &self,
+        username: &str,
+        password: &str,
+        email: Option<String>,
+    ) -> Result<UserRow, CoreError> {
+        validate_password(password)?;
+        let username = validate_username(username)?;
+        let user = UserRow {
+            id: Uuid::new_v4(),
+            username: username.clone(),
+            password_hash: crate::auth::hash_password(password.to_owned()).await?,
+            created_at: now_ms(),
+            email,
+            mfa_enabled: false,
+        };
+        match self.store().create_user(&user).await {
+            Err(StoreError::Conflict) => Err(CoreError::AlreadyExists {
+                kind: "user",
+                name: username,
+            }),
+            r => r.map(|()| user).map_err(Into::into),
+        }
     }
 
     /// Set or clear the caller's e-mail address (where notifications go).
