@@ -133,11 +133,7 @@ async fn identity_changes_on_one_node_hold_on_the_other() {
     };
     let a = TestServer::production_on(&url).await;
     let b = TestServer::production_on(&url).await;
-    let init = a.client().init(3, 2).await.unwrap();
-    for node in [&a, &b] {
-        node.client().unseal(&init.shares[0]).await.unwrap();
-        node.client().unseal(&init.shares[1]).await.unwrap();
-    }
+    let init = init_and_unseal(&a, &b).await;
     let owner_a = a
         .login(&init.bootstrap.username, &init.bootstrap.password)
         .await;
@@ -210,11 +206,7 @@ async fn invalidations_reach_the_other_node_through_notify() {
     };
     let a = node().await;
     let b = node().await;
-    let init = a.client().init(3, 2).await.unwrap();
-    for n in [&a, &b] {
-        n.client().unseal(&init.shares[0]).await.unwrap();
-        n.client().unseal(&init.shares[1]).await.unwrap();
-    }
+    let init = init_and_unseal(&a, &b).await;
     let owner_a = a
         .login(&init.bootstrap.username, &init.bootstrap.password)
         .await;
@@ -256,4 +248,14 @@ async fn invalidations_reach_the_other_node_through_notify() {
     a.stop().await;
     b.stop().await;
     drop_pg_database(&url).await;
+}
+
+/// Initialise the shared database through `a` and unseal both nodes with two shares.
+async fn init_and_unseal(a: &TestServer, b: &TestServer) -> coffer_client::InitResponse {
+    let init = a.client().init(3, 2).await.unwrap();
+    for node in [a, b] {
+        node.client().unseal(&init.shares[0]).await.unwrap();
+        node.client().unseal(&init.shares[1]).await.unwrap();
+    }
+    init
 }
