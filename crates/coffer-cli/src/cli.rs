@@ -75,8 +75,24 @@ pub enum Command {
     /// Your account: password and e-mail address.
     #[command(subcommand)]
     Account(AccountCmd),
+    /// The organisation's encryption key: status and rotation.
+    #[command(subcommand)]
+    Key(KeyCmd),
     /// Measure read and write throughput and latency against a running server.
     Bench(BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCmd {
+    /// Key terms, values under each, and the progress of the latest rotation.
+    Status,
+    /// Rotate: new values use a new term at once; stored values are rewrapped in the
+    /// background.
+    Rotate {
+        /// Wait for the rewrap to finish, with a progress bar.
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -21,6 +21,12 @@
 //! | COFFER_AUDIT__FILE | audit.file | none |
 //! | COFFER_AUDIT__STDOUT | audit.stdout | false |
 //! | COFFER_AUDIT__CHECKPOINT_INTERVAL | audit.checkpoint_interval | 5m |
+//! | COFFER_KEYS__CACHE_TTL | keys.cache_ttl | 60s |
+//! | COFFER_KEYS__ROTATE_AFTER | keys.rotate_after | 365d |
+//! | COFFER_KEYS__ROTATE_AFTER_ENCRYPTIONS | keys.rotate_after_encryptions | 268435456 (2^28) |
+//! | COFFER_KEYS__CHECK_INTERVAL | keys.check_interval | 60s |
+//! | COFFER_KEYS__REWRAP_BATCH | keys.rewrap_batch | 2000 |
+//! | COFFER_KEYS__REWRAP_PAUSE | keys.rewrap_pause | 0s |
 //! | COFFER_LOG | (none) | info |
 
 use std::net::SocketAddr;
@@ -53,6 +59,19 @@ struct FileConfig {
     smtp: SmtpSection,
     #[serde(default)]
     oidc: Vec<OidcSection>,
+    #[serde(default)]
+    keys: KeysSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysSection {
+    cache_ttl: Option<String>,
+    rotate_after: Option<String>,
+    rotate_after_encryptions: Option<u64>,
+    check_interval: Option<String>,
+    rewrap_batch: Option<u32>,
+    rewrap_pause: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -218,6 +237,23 @@ pub fn load(args: &ServerArgs) -> anyhow::Result<ServerConfig> {
     if let Some(v) = env("COFFER_AUDIT__CHECKPOINT_INTERVAL") {
         f.audit.checkpoint_interval = Some(v);
     }
+    for (k, slot) in [
+        ("COFFER_KEYS__CACHE_TTL", &mut f.keys.cache_ttl),
+        ("COFFER_KEYS__ROTATE_AFTER", &mut f.keys.rotate_after),
+        ("COFFER_KEYS__CHECK_INTERVAL", &mut f.keys.check_interval),
+        ("COFFER_KEYS__REWRAP_PAUSE", &mut f.keys.rewrap_pause),
+    ] {
+        if let Some(v) = env(k) {
+            *slot = Some(v);
+        }
+    }
+    if let Some(v) = env("COFFER_KEYS__ROTATE_AFTER_ENCRYPTIONS") {
+        f.keys.rotate_after_encryptions =
+            Some(v.parse().context("COFFER_KEYS__ROTATE_AFTER_ENCRYPTIONS")?);
+    }
+    if let Some(v) = env("COFFER_KEYS__REWRAP_BATCH") {
+        f.keys.rewrap_batch = Some(v.parse().context("COFFER_KEYS__REWRAP_BATCH")?);
+    }
     if let Some(v) = &args.listen {
         f.listen = Some(v.clone());
     }
@@ -351,6 +387,7 @@ pub fn load(args: &ServerArgs) -> anyhow::Result<ServerConfig> {
         jwks.insert(o.issuer, loc);
         core.oidc.push(issuer);
     }
+    let key_check_interval = apply_keys(&f.keys, &mut core)?;
     let checkpoint_interval = match &f.audit.checkpoint_interval {
         Some(v) => {
             let d = humantime::parse_duration(v)
@@ -382,5 +419,58 @@ pub fn load(args: &ServerArgs) -> anyhow::Result<ServerConfig> {
         login_rate_per_minute: f.auth.login_rate_per_minute.unwrap_or(60),
         jwks,
         smtp,
+        key_check_interval,
     })
+}
+
+/// Key cache, rotation policy and rewrap settings; returns the key job's check interval.
+fn apply_keys(k: &KeysSection, core: &mut CoreConfig) -> anyhow::Result<Duration> {
+    const DAY: u64 = 86_400;
+    if let Some(v) = &k.cache_ttl {
+        core.key_cache_ttl = duration(
+            "keys.cache_ttl",
+            v,
+            Duration::from_millis(100),
+            Duration::from_secs(3600),
+        )?;
+    }
+    if let Some(v) = &k.rotate_after {
+        core.key_rotate_after = duration(
+            "keys.rotate_after",
+            v,
+            Duration::from_secs(1),
+            Duration::from_secs(2 * 365 * DAY),
+        )?;
+    }
+    if let Some(n) = k.rotate_after_encryptions {
+        anyhow::ensure!(
+            (1..=1u64 << 31).contains(&n),
+            "keys.rotate_after_encryptions must be between 1 and 2^31"
+        );
+        core.key_rotate_after_encryptions = n;
+    }
+    if let Some(n) = k.rewrap_batch {
+        anyhow::ensure!(
+            (1..=50_000).contains(&n),
+            "keys.rewrap_batch must be 1-50000"
+        );
+        core.rewrap_batch = n;
+    }
+    if let Some(v) = &k.rewrap_pause {
+        core.rewrap_pause = duration(
+            "keys.rewrap_pause",
+            v,
+            Duration::ZERO,
+            Duration::from_secs(60),
+        )?;
+    }
+    match &k.check_interval {
+        Some(v) => duration(
+            "keys.check_interval",
+            v,
+            Duration::from_millis(100),
+            Duration::from_secs(DAY),
+        ),
+        None => Ok(Duration::from_secs(60)),
+    }
 }

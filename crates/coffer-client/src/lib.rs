@@ -373,6 +373,17 @@ impl Client {
         self.get(&["v1", "org", "settings"], &[]).await
     }
 
+    /// The organisation's key terms and rotation progress.
+    pub async fn key_status(&self) -> Result<KeyStatus> {
+        self.get(&["v1", "org", "keys"], &[]).await
+    }
+
+    /// Start a rotation of the organisation's key.
+    pub async fn rotate_key(&self) -> Result<KeyStatus> {
+        self.post(&["v1", "org", "keys", "rotate"], &serde_json::json!({}))
+            .await
+    }
+
     pub async fn set_require_mfa(&self, on: bool) -> Result<()> {
         self.empty(
             Method::PUT,

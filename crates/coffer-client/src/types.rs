@@ -181,3 +181,30 @@ pub struct AuditPage {
     pub events: Vec<serde_json::Value>,
     pub next_cursor: Option<String>,
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyTerm {
+    pub term: u32,
+    pub created_at: i64,
+    pub values: u64,
+    pub active: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyRotation {
+    pub target_term: u32,
+    pub reason: String,
+    pub total: u64,
+    pub done: u64,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyStatus {
+    pub active_term: u32,
+    pub terms: Vec<KeyTerm>,
+    pub rotation: Option<KeyRotation>,
+    pub rotate_after_days: u64,
+    pub rotate_after_encryptions: u64,
+}

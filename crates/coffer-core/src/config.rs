@@ -30,6 +30,19 @@ pub struct CoreConfig {
     pub oidc: Vec<OidcIssuer>,
     /// Largest accepted parameter value.
     pub max_value_bytes: usize,
+    /// How long unwrapped tenant keys stay in memory before they are unwrapped again.
+    /// Bounds how long a rotation or deletion on another node can go unseen here.
+    pub key_cache_ttl: Duration,
+    /// Rotate an organisation's key automatically once its newest term is this old
+    /// (NIST SP 800-57 suggests at most one to two years for a key-wrapping key).
+    pub key_rotate_after: Duration,
+    /// ...or once this many values were newly sealed under it. A GCM key with random nonces
+    /// must stay well below 2^32 encryptions.
+    pub key_rotate_after_encryptions: u64,
+    /// Values per rewrap batch (one transaction each).
+    pub rewrap_batch: u32,
+    /// Pause between rewrap batches, to leave the database room for requests.
+    pub rewrap_pause: Duration,
 }
 
 impl Default for CoreConfig {
@@ -47,6 +60,11 @@ impl Default for CoreConfig {
             mail_enabled: false,
             oidc: Vec::new(),
             max_value_bytes: 512 * 1024,
+            key_cache_ttl: Duration::from_secs(60),
+            key_rotate_after: Duration::from_secs(365 * 86_400),
+            key_rotate_after_encryptions: 1 << 28,
+            rewrap_batch: 2_000,
+            rewrap_pause: Duration::ZERO,
         }
     }
 }

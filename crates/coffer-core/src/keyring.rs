@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use coffer_crypto::{KeyTerm, RootKey, TenantKey};
 use coffer_seal::ShamirProgress;
@@ -17,9 +18,17 @@ use crate::CoreError;
 #[derive(Debug)]
 pub(crate) struct OrgKeys {
     keys: Vec<TenantKey>,
+    loaded: Instant,
 }
 
 impl OrgKeys {
+    /// Whether every term in `terms` is here.
+    pub(crate) fn covers(&self, mut terms: impl Iterator<Item = KeyTerm>) -> bool {
+        terms.all(|t| self.keys.iter().any(|k| k.term() == t))
+    }
+    pub(crate) fn get(&self, term: KeyTerm) -> Option<&TenantKey> {
+        self.keys.iter().find(|k| k.term() == term)
+    }
     pub(crate) fn active(&self) -> Result<&TenantKey, CoreError> {
         self.keys.last().ok_or(CoreError::Integrity)
     }
@@ -109,11 +118,35 @@ impl Keyring {
         }
     }
 
-    pub(crate) fn cached(&self, org_id: Uuid) -> Result<Option<Arc<OrgKeys>>, CoreError> {
+    /// The organisation's keys if they were unwrapped less than `ttl` ago. The bound makes
+    /// a change on another node (rotation, deletion) visible here within `ttl` even if its
+    /// notification was lost.
+    pub(crate) fn cached(
+        &self,
+        org_id: Uuid,
+        ttl: Duration,
+    ) -> Result<Option<Arc<OrgKeys>>, CoreError> {
         let s = self.state.read().map_err(poisoned)?;
         match &*s {
-            State::Unsealed { orgs, .. } => Ok(orgs.get(&org_id).cloned()),
+            State::Unsealed { orgs, .. } => Ok(orgs
+                .get(&org_id)
+                .filter(|k| k.loaded.elapsed() < ttl)
+                .cloned()),
             State::Sealed(_) => Err(CoreError::Sealed),
+        }
+    }
+
+    /// Forget one organisation's unwrapped keys (all organisations' with `None`).
+    pub(crate) fn evict(&self, org_id: Option<Uuid>) {
+        if let Ok(mut s) = self.state.write()
+            && let State::Unsealed { orgs, .. } = &mut *s
+        {
+            match org_id {
+                Some(org) => {
+                    orgs.remove(&org);
+                }
+                None => orgs.clear(),
+            }
         }
     }
 
@@ -135,7 +168,10 @@ impl Keyring {
             return Err(CoreError::Integrity);
         }
         keys.sort_by_key(TenantKey::term);
-        let ks = Arc::new(OrgKeys { keys });
+        let ks = Arc::new(OrgKeys {
+            keys,
+            loaded: Instant::now(),
+        });
         let mut s = self.state.write().map_err(poisoned)?;
         match &mut *s {
             State::Unsealed { orgs, .. } => {
@@ -150,11 +186,30 @@ impl Keyring {
 impl crate::Coffer {
     /// The organisation's tenant keys, unwrapped on first use after unseal.
     pub(crate) async fn org_keys(&self, org_id: Uuid) -> Result<Arc<OrgKeys>, CoreError> {
-        if let Some(k) = self.inner.keyring.cached(org_id)? {
+        if let Some(k) = self
+            .inner
+            .keyring
+            .cached(org_id, self.config().key_cache_ttl)?
+        {
             return Ok(k);
         }
         let rows = self.store().tenant_keys(org_id).await?;
         self.inner.keyring.load(org_id, &rows)
+    }
+
+    /// The organisation's keys, reloaded once if they lack a term that `terms` needs (another
+    /// node rotated and rewrapped meanwhile).
+    pub(crate) async fn org_keys_covering(
+        &self,
+        org_id: Uuid,
+        terms: impl Iterator<Item = KeyTerm> + Clone,
+    ) -> Result<Arc<OrgKeys>, CoreError> {
+        let keys = self.org_keys(org_id).await?;
+        if keys.covers(terms) {
+            return Ok(keys);
+        }
+        self.inner.keyring.evict(Some(org_id));
+        self.org_keys(org_id).await
     }
 
     pub(crate) fn ensure_unsealed(&self) -> Result<(), CoreError> {

@@ -12,6 +12,7 @@ mod clock;
 mod config;
 mod error;
 mod keyring;
+mod keys;
 pub mod members;
 pub mod mfa;
 pub mod names;
@@ -32,6 +33,7 @@ pub use coffer_crypto::token::BearerToken;
 pub use coffer_crypto::{SecretBytes, fingerprint_sha256, random_bytes};
 pub use config::CoreConfig;
 pub use error::CoreError;
+pub use keys::{KeyStatus, RotationView, TermView};
 pub use params::{DiffEntry, DiffKind, ParamHistoryEntry, ParamView, SetParam};
 pub use projects::{EnvView, ProjectView};
 pub use roles::Role;
@@ -54,6 +56,8 @@ struct Inner {
     meta: projects::MetaCache,
     sinks: audit::AuditSinks,
     dummy_hash: String,
+    /// Wakes the key maintenance job (a rotation was requested).
+    key_job: tokio::sync::Notify,
 }
 
 impl Coffer {
@@ -77,6 +81,7 @@ impl Coffer {
                 sinks,
                 config,
                 dummy_hash,
+                key_job: tokio::sync::Notify::new(),
             }),
         };
         if let Some(rx) = invalidations {
@@ -104,9 +109,16 @@ impl Coffer {
                 match what {
                     Invalidation::Access => inner.sessions.clear(),
                     Invalidation::Meta(org) => inner.meta.evict_org(org),
+                    Invalidation::Keys(org) => {
+                        inner.keyring.evict(Some(org));
+                        // The leader's key job may have work now.
+                        inner.key_job.notify_one();
+                    }
                     Invalidation::All => {
                         inner.sessions.clear();
                         inner.meta.clear();
+                        inner.keyring.evict(None);
+                        inner.key_job.notify_one();
                     }
                 }
             }

@@ -73,6 +73,12 @@ fn open_value(keys: &OrgKeys, pv: &ParamValue) -> Result<SecretBytes, CoreError>
     })
 }
 
+fn terms_of(values: &[ParamValue]) -> impl Iterator<Item = coffer_crypto::KeyTerm> + Clone {
+    values
+        .iter()
+        .filter_map(|v| v.ciphertext.as_ref().map(|c| c.key_term()))
+}
+
 fn validate_value(value: &[u8], max: usize) -> Result<(), CoreError> {
     if value.len() > max {
         return Err(CoreError::invalid(
@@ -115,6 +121,11 @@ impl Coffer {
         match self.store().append_param_version(&w).await {
             Ok(()) => Ok(None),
             Err(coffer_store::StoreError::Conflict) => Ok(Some(w)),
+            // Another node rotated the key: reseal under the newest term and try again.
+            Err(coffer_store::StoreError::StaleKeyTerm) => {
+                self.inner.keyring.evict(Some(w.org_id));
+                Ok(Some(w))
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -133,8 +144,8 @@ impl Coffer {
         let meta = self.project_meta(p, project).await?;
         p.scope.check_env(env)?;
         let env_row = meta.env(env)?;
-        let keys = self.org_keys(p.org_id).await?;
         for _ in 0..WRITE_ATTEMPTS {
+            let keys = self.org_keys(p.org_id).await?;
             let (param_id, current, was_secret) =
                 match self.store().param(p.org_id, env_row.id, req.name).await? {
                     None => (Uuid::new_v4(), 0, false),
@@ -211,7 +222,9 @@ impl Coffer {
                 if pv.version.is_secret && !p.role.can_read_secrets() {
                     return Err(CoreError::Forbidden("your role cannot read secret values"));
                 }
-                let keys = self.org_keys(p.org_id).await?;
+                let keys = self
+                    .org_keys_covering(p.org_id, pv.ciphertext.iter().map(|c| c.key_term()))
+                    .await?;
                 return self.view(p, &keys, &pv, &e.name, true);
             }
         }
@@ -232,7 +245,7 @@ impl Coffer {
         let chain = meta.chain(env)?;
         let ids: Vec<Uuid> = chain.iter().map(|e| e.id).collect();
         let values = self.store().current_values(p.org_id, &ids).await?;
-        let keys = self.org_keys(p.org_id).await?;
+        let keys = self.org_keys_covering(p.org_id, terms_of(&values)).await?;
         let mut out: BTreeMap<String, ParamView> = BTreeMap::new();
         for pv in &values {
             if out.contains_key(&pv.param.name) {
@@ -304,7 +317,6 @@ impl Coffer {
         to: u64,
     ) -> Result<ParamView, CoreError> {
         ensure_can_write(p)?;
-        let keys = self.org_keys(p.org_id).await?;
         for _ in 0..WRITE_ATTEMPTS {
             let (env_id, row) = self.own_param(p, project, env, name).await?;
             let old = self
@@ -318,6 +330,9 @@ impl Coffer {
                     format!("version {to} is a deletion and has no value"),
                 ));
             }
+            let keys = self
+                .org_keys_covering(p.org_id, old.ciphertext.iter().map(|c| c.key_term()))
+                .await?;
             let value = open_value(&keys, &old)?;
             let version = row.current_version + 1;
             let ctx = RecordContext {

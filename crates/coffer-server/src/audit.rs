@@ -100,6 +100,8 @@ fn action(method: &Method, path: &str) -> Option<&'static str> {
         ("POST", "/v1/invitations/accept") => "invitation.accept",
         ("GET", "/v1/org/settings") => "org.settings_read",
         ("PUT", "/v1/org/settings") => "org.settings_update",
+        ("GET", "/v1/org/keys") => "key.status",
+        ("POST", "/v1/org/keys/rotate") => "key.rotate",
         ("GET", "/v1/org/api-keys") => "apikey.list",
         ("POST", "/v1/org/api-keys") => "apikey.create",
         ("DELETE", "/v1/org/api-keys/{id}") => "apikey.revoke",

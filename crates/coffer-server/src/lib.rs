@@ -112,6 +112,8 @@ pub fn router(state: AppState) -> Router {
             "/v1/org/settings",
             get(orgs::settings).put(orgs::update_settings),
         )
+        .route("/v1/org/keys", get(keys::status))
+        .route("/v1/org/keys/rotate", post(keys::rotate))
         .route("/v1/org/api-keys", get(apikeys::list).post(apikeys::create))
         .route(
             "/v1/org/api-keys/{id}",

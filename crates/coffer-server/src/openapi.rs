@@ -16,6 +16,7 @@ use crate::routes;
         routes::orgs::list, routes::orgs::create, routes::orgs::switch, routes::orgs::members,
         routes::orgs::set_role, routes::orgs::remove, routes::orgs::invite, routes::orgs::invitations,
         routes::orgs::accept, routes::orgs::settings, routes::orgs::update_settings,
+        routes::keys::status, routes::keys::rotate,
         routes::apikeys::create, routes::apikeys::list, routes::apikeys::revoke,
         routes::projects::list, routes::projects::create, routes::projects::list_envs, routes::projects::create_env,
         routes::params::list, routes::params::get, routes::params::set, routes::params::delete,

@@ -41,6 +41,9 @@ pub struct ServerConfig {
     pub jwks: std::collections::HashMap<String, crate::jwks::JwksLocation>,
     /// Mail server for notifications; without one, mail stays queued.
     pub smtp: Option<crate::mail::SmtpConfig>,
+    /// How often the leader checks key rotation policy and unfinished rewrap jobs (a
+    /// rotation requested on any node wakes it at once).
+    pub key_check_interval: Duration,
 }
 
 /// A database URL that may carry a password: Debug and Display hide it.
@@ -248,6 +251,24 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
             }
         });
     }
+
+    let keeper = coffer.clone();
+    let every = cfg.key_check_interval.max(Duration::from_millis(100));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = keeper.key_job_requested() => {}
+            }
+            if keeper.seal_status().await.is_ok_and(|s| !s.sealed)
+                && keeper.is_job_leader().await
+                && let Err(e) = keeper.run_key_maintenance().await
+            {
+                tracing::warn!(error = %e, "key maintenance job failed");
+            }
+        }
+    });
 
     let checkpointer = coffer.clone();
     let every = cfg.checkpoint_interval.max(Duration::from_secs(1));

@@ -6,6 +6,10 @@ pub enum StoreError {
     /// A uniqueness rule or an optimistic-concurrency check failed.
     #[error("conflicting write")]
     Conflict,
+    /// A value was sealed under a tenant key term that is no longer the newest: the caller's
+    /// key cache is stale. Nothing was written.
+    #[error("the value was sealed under a superseded key term")]
+    StaleKeyTerm,
     /// The database cannot be reached or is overloaded; worth retrying later.
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),

@@ -11,6 +11,7 @@
 mod chain;
 mod error;
 pub mod identity;
+pub mod keys;
 mod models;
 pub mod postgres;
 mod rows;
@@ -22,12 +23,13 @@ use uuid::Uuid;
 pub use coffer_crypto::{Ciphertext, WrappedTenantKey};
 pub use error::StoreError;
 pub use identity::IdentityStore;
+pub use keys::KeyStore;
 pub use models::*;
 
 /// Everything the domain needs from a database. Implemented for SQLite (embedded default)
 /// and PostgreSQL. Methods that change several rows do so in one transaction.
 #[async_trait]
-pub trait Store: IdentityStore + Send + Sync + std::fmt::Debug {
+pub trait Store: IdentityStore + KeyStore + Send + Sync + std::fmt::Debug {
     // --- seal ---
     async fn seal_config(&self) -> Result<Option<SealConfigRow>, StoreError>;
     /// Fails with [`StoreError::Conflict`] if the server was already initialised.
@@ -133,6 +135,8 @@ pub enum Invalidation {
     Access,
     /// An organisation's projects or environments changed.
     Meta(Uuid),
+    /// An organisation's tenant keys changed (rotation, destruction, deletion).
+    Keys(Uuid),
 }
 
 /// An embedded migrator over SQL files compiled into the binary (sqlx's `migrate!` macro

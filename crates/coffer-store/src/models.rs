@@ -288,3 +288,37 @@ pub struct AuditFilter {
     pub after_seq: u64,
     pub limit: u32,
 }
+
+/// The latest key rotation of an organisation: its rewrap job's progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotationRow {
+    pub org_id: Uuid,
+    pub target_term: KeyTerm,
+    /// Why it started: "manual", "age" or "usage".
+    pub reason: String,
+    /// Values under older terms when the rotation started.
+    pub total: u64,
+    pub done: u64,
+    /// Last credential id the job has passed.
+    pub cursor: Option<Uuid>,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+/// A stored value to rewrap, with the context its ciphertext is bound to.
+#[derive(Debug, Clone)]
+pub struct RewrapItem {
+    pub credential_id: Uuid,
+    pub param_id: Uuid,
+    pub version: u64,
+    pub ciphertext: Ciphertext,
+}
+
+/// A value moved to a new term; replaces the stored one only if that is still under
+/// `old_term`.
+#[derive(Debug, Clone)]
+pub struct Rewrapped {
+    pub credential_id: Uuid,
+    pub old_term: KeyTerm,
+    pub ciphertext: Ciphertext,
+}

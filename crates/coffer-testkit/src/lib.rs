@@ -99,6 +99,7 @@ impl TestServer {
             audit_file: None,
             audit_stdout: false,
             checkpoint_interval: std::time::Duration::from_secs(300),
+            key_check_interval: std::time::Duration::from_secs(60),
             database_url: database_url
                 .map(|u| coffer_server::DatabaseUrl::new(u).unwrap_or_else(|e| panic!("{e}"))),
             migrate: true,

@@ -3,6 +3,7 @@ mod audit;
 mod auth;
 mod bench;
 mod export;
+mod key;
 mod operator;
 mod param;
 mod project;
@@ -28,6 +29,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(c) => return audit::run(g, c).await,
         Command::Migrate { database_url } => server::migrate(&database_url).await,
         Command::Bench(a) => bench::run(g, a).await,
+        Command::Key(c) => key::run(g, c).await,
         Command::Org(c) => account::org(g, c).await,
         Command::Apikey(c) => account::apikey(g, c).await,
         Command::Mfa(c) => account::mfa(g, c).await,

@@ -5,6 +5,7 @@
 
 mod audit;
 mod identity;
+mod keys;
 mod params;
 mod seal;
 mod storage;

@@ -1,6 +1,7 @@
 pub mod apikeys;
 pub mod audit;
 pub mod auth;
+pub mod keys;
 pub mod orgs;
 pub mod params;
 pub mod projects;

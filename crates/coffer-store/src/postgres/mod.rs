@@ -39,7 +39,21 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "identity",
         include_str!("../../migrations/postgres/0004_identity.sql"),
     ),
+    (
+        5,
+        "keys",
+        include_str!("../../migrations/postgres/0005_keys.sql"),
+    ),
 ];
+
+crate::keys::impl_key_store!(
+    PgStore,
+    pool,
+    "SELECT id FROM orgs WHERE id = $1 FOR UPDATE",
+    set_org,
+    "BYTEA",
+    "BIGINT"
+);
 
 crate::identity::impl_identity_store!(
     PgStore,
@@ -107,6 +121,30 @@ type AuditJob = (NewAuditEvent, AuditReply);
 const AUDIT_BATCH: usize = 256;
 const AUDIT_ROWS_PER_INSERT: usize = 64;
 
+/// A value must be sealed under the organisation's newest term. The share lock on the
+/// organisation row orders this write against a rotation (which takes it exclusively), so a
+/// write either commits before the new term exists (and the rewrap job sees it) or sees it.
+async fn ensure_newest_term(
+    conn: &mut PgConnection,
+    org_id: Uuid,
+    term: KeyTerm,
+) -> Result<(), StoreError> {
+    sqlx::query("SELECT id FROM orgs WHERE id = $1 FOR SHARE")
+        .bind(b(&org_id))
+        .execute(&mut *conn)
+        .await?;
+    let newest: Option<i64> =
+        sqlx::query_scalar("SELECT MAX(term) FROM tenant_keys WHERE org_id = $1")
+            .bind(b(&org_id))
+            .fetch_one(&mut *conn)
+            .await?;
+    if newest == Some(i64::from(term.0)) {
+        Ok(())
+    } else {
+        Err(StoreError::StaleKeyTerm)
+    }
+}
+
 async fn set_org(conn: &mut PgConnection, org_id: Uuid) -> Result<(), StoreError> {
     sqlx::query("SELECT set_config('coffer.org_id', $1, true)")
         .bind(org_id.simple().to_string())
@@ -164,6 +202,9 @@ impl PgStore {
         set_org(&mut tx, org_id).await?;
         Ok(tx)
     }
+
+    /// Nothing is cached below the core on PostgreSQL.
+    fn key_material_changed(&self) {}
 
     pub async fn close(&self) {
         if let Some(conn) = self.leader.lock().await.take() {
@@ -639,6 +680,7 @@ async fn append_version(conn: &mut PgConnection, w: &ParamWrite) -> Result<(), S
     }
     let credential_id = match &w.ciphertext {
         Some(ct) => {
+            ensure_newest_term(&mut *conn, w.org_id, ct.key_term()).await?;
             sqlx::query("INSERT INTO credentials (id, ciphertext, key_term) VALUES ($1, $2, $3)")
                 .bind(b(&w.credential_id))
                 .bind(ct.as_bytes())

@@ -21,6 +21,7 @@ pub(super) fn encode(i: &Invalidation) -> String {
         Invalidation::All => "all".into(),
         Invalidation::Access => "access".into(),
         Invalidation::Meta(org) => format!("meta:{}", org.simple()),
+        Invalidation::Keys(org) => format!("keys:{}", org.simple()),
     }
 }
 
@@ -30,6 +31,10 @@ fn decode(s: &str) -> Invalidation {
         Some(("meta", org)) => org
             .parse()
             .map(Invalidation::Meta)
+            .unwrap_or(Invalidation::All),
+        Some(("keys", org)) => org
+            .parse()
+            .map(Invalidation::Keys)
             .unwrap_or(Invalidation::All),
         _ => Invalidation::All,
     }
@@ -83,6 +88,7 @@ mod tests {
             Invalidation::All,
             Invalidation::Access,
             Invalidation::Meta(org),
+            Invalidation::Keys(org),
         ] {
             assert_eq!(decode(&encode(&i)), i);
         }

@@ -64,4 +64,12 @@ impl ValueCache {
             map.remove(&(org, env, name.to_owned()));
         }
     }
+
+    /// Forget everything (ciphertexts were rewrapped or deleted in bulk).
+    pub(super) fn clear(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        if let Ok(mut map) = self.map.write() {
+            map.clear();
+        }
+    }
 }

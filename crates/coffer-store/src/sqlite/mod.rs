@@ -41,6 +41,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "identity",
         include_str!("../../migrations/sqlite/0003_identity.sql"),
     ),
+    (
+        4,
+        "keys",
+        include_str!("../../migrations/sqlite/0004_keys.sql"),
+    ),
 ];
 
 // SQLite's single writer connection serialises transactions, so no row lock is needed.
@@ -50,6 +55,20 @@ crate::identity::impl_identity_store!(
     write,
     "SELECT id FROM orgs WHERE id = $1"
 );
+
+crate::keys::impl_key_store!(
+    SqliteStore,
+    write,
+    "SELECT id FROM orgs WHERE id = $1",
+    no_scope,
+    "BLOB",
+    "INTEGER"
+);
+
+/// SQLite has no row-level security: every query is scoped by its own WHERE clause.
+async fn no_scope(_: &mut SqliteConnection, _: Uuid) -> Result<(), StoreError> {
+    Ok(())
+}
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -92,6 +111,11 @@ impl SqliteStore {
             writer,
             cache,
         })
+    }
+
+    /// Ciphertexts changed outside the writer (rewrap, deletion): drop every cached one.
+    fn key_material_changed(&self) {
+        self.cache.clear();
     }
 
     pub async fn close(&self) {
@@ -563,6 +587,7 @@ async fn append_version(conn: &mut SqliteConnection, w: &ParamWrite) -> Result<(
     }
     let credential_id = match &w.ciphertext {
         Some(ct) => {
+            ensure_newest_term(&mut *conn, w.org_id, ct.key_term()).await?;
             sqlx::query("INSERT INTO credentials (id, ciphertext, key_term) VALUES (?, ?, ?)")
                 .bind(b(&w.credential_id))
                 .bind(ct.as_bytes())
@@ -588,6 +613,25 @@ async fn append_version(conn: &mut SqliteConnection, w: &ParamWrite) -> Result<(
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// A value must be sealed under the organisation's newest term: a rotation on this or
+/// another node may have made the caller's cached term old.
+async fn ensure_newest_term(
+    conn: &mut SqliteConnection,
+    org_id: Uuid,
+    term: KeyTerm,
+) -> Result<(), StoreError> {
+    let newest: Option<i64> =
+        sqlx::query_scalar("SELECT MAX(term) FROM tenant_keys WHERE org_id = ?")
+            .bind(b(&org_id))
+            .fetch_one(&mut *conn)
+            .await?;
+    if newest == Some(i64::from(term.0)) {
+        Ok(())
+    } else {
+        Err(StoreError::StaleKeyTerm)
+    }
 }
 
 /// What the chain hash covers for one event: its sequence number and its JSON.

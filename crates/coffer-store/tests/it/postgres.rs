@@ -110,6 +110,7 @@ pg_suite!(
     the_last_owner_stays,
     totp_steps_and_recovery_codes_are_single_use,
     api_keys_invitations_identities_and_mail,
+    key_rotation_rewrap_and_org_deletion,
 );
 
 #[tokio::test]

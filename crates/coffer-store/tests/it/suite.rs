@@ -999,3 +999,175 @@ pub async fn api_keys_invitations_identities_and_mail(s: &dyn Store) {
     assert!(s.due_mail(i64::MAX, 10).await.unwrap().is_empty());
     assert_eq!(s.pending_mail().await.unwrap(), 0);
 }
+
+pub async fn key_rotation_rewrap_and_org_deletion(s: &dyn Store) {
+    let root = RootKey::generate();
+    let a = org(s, "keys-a").await;
+    let b = org(s, "keys-b").await;
+    let (_, env) = project_env(s, a).await;
+    let (_, env_b) = project_env(s, b).await;
+    let k1 = TenantKey::generate(KeyTerm(1));
+    let k2 = TenantKey::generate(KeyTerm(2));
+    let mut params = Vec::new();
+    for n in 0..5 {
+        let pid = Uuid::new_v4();
+        let name = format!("P{n}");
+        let w = write((a, env.id, pid), &name, 0, VersionAction::Set, &k1, b"v");
+        s.append_param_version(&w).await.unwrap();
+        params.push((pid, name));
+    }
+    s.append_param_version(&write(
+        (b, env_b.id, Uuid::new_v4()),
+        "B",
+        0,
+        VersionAction::Set,
+        &k1,
+        b"b",
+    ))
+    .await
+    .unwrap();
+    // Cached before the rewrap (SQLite keeps a ciphertext cache): must not survive it.
+    let cached = s.current_value(a, env.id, "P0").await.unwrap().unwrap();
+    assert_eq!(cached.ciphertext.unwrap().key_term(), KeyTerm(1));
+
+    let row = |term: u32, created_at: i64| TenantKeyRow {
+        org_id: a,
+        term: KeyTerm(term),
+        wrapped: root
+            .wrap_tenant_key(a, &TenantKey::generate(KeyTerm(term)))
+            .unwrap(),
+        created_at,
+    };
+    assert!(matches!(
+        s.rotate_tenant_key(&row(3, 50), "manual").await,
+        Err(StoreError::Conflict)
+    ));
+    let r = s.rotate_tenant_key(&row(2, 50), "manual").await.unwrap();
+    assert_eq!(
+        (r.target_term, r.total, r.done, r.cursor, r.finished_at),
+        (KeyTerm(2), 5, 0, None, None)
+    );
+    assert!(
+        matches!(
+            s.rotate_tenant_key(&row(2, 51), "manual").await,
+            Err(StoreError::Conflict)
+        ),
+        "two rotations to the same term: one wins"
+    );
+    // Term 1 no longer seals new values in this organisation; B is unaffected.
+    let stale = write(
+        (a, env.id, Uuid::new_v4()),
+        "LATE",
+        0,
+        VersionAction::Set,
+        &k1,
+        b"x",
+    );
+    assert!(matches!(
+        s.append_param_version(&stale).await,
+        Err(StoreError::StaleKeyTerm)
+    ));
+    assert!(
+        s.param(a, env.id, "LATE").await.unwrap().is_none(),
+        "nothing written"
+    );
+    assert_eq!(s.term_usage(a).await.unwrap(), vec![(KeyTerm(1), 5)]);
+
+    let mut cursor = None;
+    let mut moved = 0;
+    loop {
+        let batch = s.rewrap_batch(a, KeyTerm(2), cursor, 3).await.unwrap();
+        let done = batch.len() < 3;
+        let out: Vec<Rewrapped> = batch
+            .iter()
+            .map(|it| Rewrapped {
+                credential_id: it.credential_id,
+                old_term: it.ciphertext.key_term(),
+                ciphertext: k1
+                    .rewrap(
+                        &k2,
+                        &RecordContext {
+                            org_id: a,
+                            record_id: it.param_id,
+                            version: it.version,
+                        },
+                        &it.ciphertext,
+                    )
+                    .unwrap(),
+            })
+            .collect();
+        cursor = batch.last().map(|i| i.credential_id).or(cursor);
+        moved += s
+            .apply_rewrap(a, KeyTerm(2), &out, cursor, done.then_some(99))
+            .await
+            .unwrap();
+        let job = s.rotation(a).await.unwrap().unwrap();
+        assert_eq!((job.done, job.cursor), (moved, cursor));
+        if done {
+            assert_eq!(job.finished_at, Some(99));
+            // Replaying a batch changes nothing: the stored terms no longer match.
+            assert_eq!(
+                s.apply_rewrap(a, KeyTerm(2), &out, cursor, Some(99))
+                    .await
+                    .unwrap(),
+                0
+            );
+            break;
+        }
+    }
+    assert_eq!(moved, 5);
+    assert_eq!(s.term_usage(a).await.unwrap(), vec![(KeyTerm(2), 5)]);
+    assert_eq!(s.term_usage(b).await.unwrap(), vec![(KeyTerm(1), 1)]);
+    for (pid, name) in &params {
+        let v = s.current_value(a, env.id, name).await.unwrap().unwrap();
+        let ct = v.ciphertext.unwrap();
+        assert_eq!(ct.key_term(), KeyTerm(2));
+        let ctx = RecordContext {
+            org_id: a,
+            record_id: *pid,
+            version: 1,
+        };
+        assert_eq!(k2.open(&ctx, &ct).unwrap().expose_secret(), b"v");
+    }
+
+    // Retired term 1 goes only once its successor is old enough, and never term 2.
+    assert!(s.destroy_retired_keys(a, 49).await.unwrap().is_empty());
+    assert_eq!(
+        s.destroy_retired_keys(a, 50).await.unwrap(),
+        vec![KeyTerm(1)]
+    );
+    assert_eq!(
+        s.tenant_keys(a)
+            .await
+            .unwrap()
+            .iter()
+            .map(|k| k.term)
+            .collect::<Vec<_>>(),
+        vec![KeyTerm(2)]
+    );
+    assert_eq!(s.tenant_keys(b).await.unwrap().len(), 1, "B keeps its key");
+
+    // Root rotation replaces wrapped forms in place.
+    let new_wrap = row(2, 50);
+    s.rewrap_tenant_keys(std::slice::from_ref(&new_wrap))
+        .await
+        .unwrap();
+    assert!(s.tenant_keys(a).await.unwrap()[0].wrapped == new_wrap.wrapped);
+    assert!(matches!(
+        s.rewrap_tenant_keys(&[row(7, 50)]).await,
+        Err(StoreError::Conflict)
+    ));
+    let all = s.all_tenant_keys().await.unwrap();
+    assert!(all.iter().any(|k| k.org_id == a) && all.iter().any(|k| k.org_id == b));
+
+    // Deleting A removes its keys, values and metadata; B is untouched.
+    assert!(s.delete_org(a).await.unwrap());
+    assert!(s.org(a).await.unwrap().is_none());
+    assert!(s.tenant_keys(a).await.unwrap().is_empty());
+    assert!(s.term_usage(a).await.unwrap().is_empty());
+    assert!(s.current_value(a, env.id, "P0").await.unwrap().is_none());
+    assert!(s.rotation(a).await.unwrap().is_none());
+    assert!(!s.org_ids().await.unwrap().contains(&a));
+    assert!(!s.delete_org(a).await.unwrap());
+    assert!(s.current_value(b, env_b.id, "B").await.unwrap().is_some());
+}

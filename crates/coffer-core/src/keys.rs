@@ -1,0 +1,306 @@
+//! Tenant key lifecycle: rotation, the rewrap job, destruction of retired terms and
+//! automatic rotation. The state machine is in docs/crypto.md.
+//!
+//! A rotation adds a term and makes it the one new values are sealed under, at once (the
+//! store refuses values sealed under an older term). The job then moves every stored value
+//! to the new term in batches, rewrapping only its data key: values are never decrypted.
+//! Each batch commits the rewrapped ciphertexts together with the job's cursor, so a job
+//! killed at any point resumes after its last committed batch. A term is destroyed once no
+//! value uses it and its successor is older than the key cache lifetime of every node.
+
+use std::time::Duration;
+
+use coffer_crypto::{KeyTerm, RecordContext, TenantKey};
+use coffer_store::{Invalidation, Rewrapped, RotationRow, StoreError, TenantKeyRow};
+use uuid::Uuid;
+
+use crate::clock::now_ms;
+use crate::members::ensure_admin;
+use crate::{Coffer, CoreError, Principal};
+
+/// One term of an organisation's key.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TermView {
+    pub term: u32,
+    pub created_at: i64,
+    /// Stored values sealed under this term.
+    pub values: u64,
+    pub active: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RotationView {
+    pub target_term: u32,
+    pub reason: String,
+    pub total: u64,
+    pub done: u64,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeyStatus {
+    pub active_term: u32,
+    pub terms: Vec<TermView>,
+    pub rotation: Option<RotationView>,
+    /// Automatic rotation policy.
+    pub rotate_after_days: u64,
+    pub rotate_after_encryptions: u64,
+}
+
+impl From<RotationRow> for RotationView {
+    fn from(r: RotationRow) -> Self {
+        Self {
+            target_term: r.target_term.0,
+            reason: r.reason,
+            total: r.total,
+            done: r.done,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+        }
+    }
+}
+
+impl Coffer {
+    /// The caller's organisation's key terms and rotation progress (Owner, Admin).
+    pub async fn key_status(&self, p: &Principal) -> Result<KeyStatus, CoreError> {
+        ensure_admin(p)?;
+        self.org_key_status(p.org_id).await
+    }
+
+    /// Start a rotation of the caller's organisation's key (Owner, Admin).
+    pub async fn rotate_key(&self, p: &Principal) -> Result<KeyStatus, CoreError> {
+        ensure_admin(p)?;
+        self.rotate_org_key(p.org_id, "manual").await?;
+        self.org_key_status(p.org_id).await
+    }
+
+    pub async fn org_key_status(&self, org_id: Uuid) -> Result<KeyStatus, CoreError> {
+        self.ensure_unsealed()?;
+        let keys = self.store().tenant_keys(org_id).await?;
+        let usage = self.store().term_usage(org_id).await?;
+        let active = keys
+            .iter()
+            .map(|k| k.term)
+            .max()
+            .ok_or(CoreError::Integrity)?;
+        let terms = keys
+            .iter()
+            .map(|k| TermView {
+                term: k.term.0,
+                created_at: k.created_at,
+                values: usage
+                    .iter()
+                    .find(|(t, _)| *t == k.term)
+                    .map_or(0, |(_, n)| *n),
+                active: k.term == active,
+            })
+            .collect();
+        Ok(KeyStatus {
+            active_term: active.0,
+            terms,
+            rotation: self.store().rotation(org_id).await?.map(Into::into),
+            rotate_after_days: self.config().key_rotate_after.as_secs() / 86_400,
+            rotate_after_encryptions: self.config().key_rotate_after_encryptions,
+        })
+    }
+
+    /// Add a new term to an organisation's key; new values use it at once. The rewrap job
+    /// (on the leader node) moves existing values to it.
+    pub async fn rotate_org_key(&self, org_id: Uuid, reason: &str) -> Result<KeyTerm, CoreError> {
+        // A second attempt covers a stale key cache (another node rotated meanwhile).
+        for _ in 0..2 {
+            let current = self.org_keys(org_id).await?;
+            let next = KeyTerm(current.active()?.term().0.saturating_add(1));
+            let key = TenantKey::generate(next);
+            let wrapped = self.inner.keyring.with_root(|root| {
+                root.wrap_tenant_key(org_id, &key)
+                    .map_err(|_| CoreError::Internal("wrap tenant key"))
+            })?;
+            let row = TenantKeyRow {
+                org_id,
+                term: next,
+                wrapped,
+                created_at: now_ms(),
+            };
+            let outcome = self.store().rotate_tenant_key(&row, reason).await;
+            self.inner.keyring.evict(Some(org_id));
+            match outcome {
+                Ok(_) => {
+                    self.publish(Invalidation::Keys(org_id));
+                    self.inner.key_job.notify_one();
+                    tracing::info!(org_id = %org_id, term = next.0, reason, "tenant key rotated");
+                    return Ok(next);
+                }
+                Err(StoreError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(CoreError::Conflict)
+    }
+
+    /// Resolves when a rotation was requested on this node or announced by another.
+    pub async fn key_job_requested(&self) {
+        self.inner.key_job.notified().await;
+    }
+
+    /// The key maintenance job (leader only): finish rewraps, destroy retired terms, and
+    /// start rotations that the age or usage policy calls for. Returns values rewrapped.
+    pub async fn run_key_maintenance(&self) -> Result<u64, CoreError> {
+        self.ensure_unsealed()?;
+        let mut moved = 0;
+        for org in self.store().org_ids().await? {
+            match self.maintain_org_keys(org).await {
+                Ok(n) => moved += n,
+                // The organisation was deleted meanwhile.
+                Err(CoreError::Integrity) if self.store().org(org).await?.is_none() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(moved)
+    }
+
+    async fn maintain_org_keys(&self, org_id: Uuid) -> Result<u64, CoreError> {
+        let moved = self.rewrap_org(org_id).await?;
+        let rotation = self.store().rotation(org_id).await?;
+        if rotation.as_ref().is_none_or(|r| r.finished_at.is_some()) {
+            let grace = i64::try_from(self.retire_grace().as_millis()).unwrap_or(i64::MAX);
+            let destroyed = self
+                .store()
+                .destroy_retired_keys(org_id, now_ms().saturating_sub(grace))
+                .await?;
+            if !destroyed.is_empty() {
+                self.inner.keyring.evict(Some(org_id));
+                self.publish(Invalidation::Keys(org_id));
+                let terms: Vec<u32> = destroyed.iter().map(|t| t.0).collect();
+                tracing::info!(org_id = %org_id, ?terms, "retired tenant key terms destroyed");
+            }
+            if let Some(reason) = self.rotation_due(org_id, rotation.as_ref()).await? {
+                match self.rotate_org_key(org_id, reason).await {
+                    Ok(_) | Err(CoreError::Conflict) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Retired terms live on until every node's cached copy of the key set has expired, so
+    /// that no node can still seal a value under one.
+    fn retire_grace(&self) -> Duration {
+        self.config().key_cache_ttl.saturating_mul(2) + Duration::from_secs(1)
+    }
+
+    async fn rotation_due(
+        &self,
+        org_id: Uuid,
+        last: Option<&RotationRow>,
+    ) -> Result<Option<&'static str>, CoreError> {
+        let keys = self.store().tenant_keys(org_id).await?;
+        let Some(active) = keys.iter().max_by_key(|k| k.term) else {
+            return Ok(None);
+        };
+        let age = now_ms().saturating_sub(active.created_at);
+        let max_age = i64::try_from(self.config().key_rotate_after.as_millis()).unwrap_or(i64::MAX);
+        if age >= max_age {
+            return Ok(Some("age"));
+        }
+        let used = self
+            .store()
+            .term_usage(org_id)
+            .await?
+            .into_iter()
+            .find(|(t, _)| *t == active.term)
+            .map_or(0, |(_, n)| n);
+        // Values moved here by the rewrap job count against the nonce budget too, but only
+        // new writes trigger a rotation: an organisation with more values than the limit
+        // would otherwise rotate forever.
+        let rewrapped = last
+            .filter(|r| r.target_term == active.term)
+            .map_or(0, |r| r.done);
+        let limit = self.config().key_rotate_after_encryptions;
+        if used.saturating_sub(rewrapped) >= limit {
+            return Ok(Some("usage"));
+        }
+        if used >= limit {
+            tracing::warn!(org_id = %org_id, values = used, limit, "organisation holds more values than one key term should seal");
+        }
+        Ok(None)
+    }
+
+    /// Run the organisation's unfinished rewrap job to the end. Values are not decrypted:
+    /// each data key is unwrapped with its old term and wrapped with the new one.
+    async fn rewrap_org(&self, org_id: Uuid) -> Result<u64, CoreError> {
+        let Some(job) = self.store().rotation(org_id).await? else {
+            return Ok(0);
+        };
+        if job.finished_at.is_some() {
+            return Ok(0);
+        }
+        let target = job.target_term;
+        let mut cursor = job.cursor;
+        let mut moved = 0u64;
+        loop {
+            let batch = self
+                .store()
+                .rewrap_batch(org_id, target, cursor, self.config().rewrap_batch)
+                .await?;
+            let last = batch.last().map(|i| i.credential_id).or(cursor);
+            let finished = (batch.len() < self.config().rewrap_batch as usize).then(now_ms);
+            let keys = self
+                .org_keys_covering(
+                    org_id,
+                    batch
+                        .iter()
+                        .map(|i| i.ciphertext.key_term())
+                        .chain(std::iter::once(target)),
+                )
+                .await?;
+            let rewrapped = tokio::task::spawn_blocking(move || {
+                let new = keys.get(target).ok_or(CoreError::Integrity)?;
+                batch
+                    .iter()
+                    .map(|it| {
+                        let old_term = it.ciphertext.key_term();
+                        let old = keys.get(old_term).ok_or(CoreError::Integrity)?;
+                        let ctx = RecordContext {
+                            org_id,
+                            record_id: it.param_id,
+                            version: it.version,
+                        };
+                        let ciphertext = old.rewrap(new, &ctx, &it.ciphertext).map_err(|_| {
+                            tracing::error!(param_id = %it.param_id, version = it.version, "stored ciphertext failed authentication during rewrap");
+                            CoreError::Integrity
+                        })?;
+                        Ok(Rewrapped {
+                            credential_id: it.credential_id,
+                            old_term,
+                            ciphertext,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, CoreError>>()
+            })
+            .await
+            .map_err(|_| CoreError::Internal("rewrap task"))??;
+            match self
+                .store()
+                .apply_rewrap(org_id, target, &rewrapped, last, finished)
+                .await
+            {
+                Ok(n) => moved += n,
+                // A newer rotation superseded this job; the next run follows that one.
+                Err(StoreError::Conflict) => return Ok(moved),
+                Err(e) => return Err(e.into()),
+            }
+            cursor = last;
+            if finished.is_some() {
+                tracing::info!(org_id = %org_id, term = target.0, moved, "rewrap finished");
+                return Ok(moved);
+            }
+            let pause = self.config().rewrap_pause;
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+}

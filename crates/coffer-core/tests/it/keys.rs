@@ -1,0 +1,296 @@
+//! Tenant key rotation: new term at once, rewrap without decryption, resumable job,
+//! destruction of retired terms, automatic rotation.
+
+use std::time::Duration;
+
+use coffer_core::{CoreConfig, CoreError, Principal, Role, SetParam};
+use sqlx::Connection;
+
+use crate::{Fixture, fixture_with};
+
+fn set<'a>(name: &'a str, value: &'a str) -> SetParam<'a> {
+    SetParam {
+        name,
+        value: value.as_bytes(),
+        secret: Some(true),
+    }
+}
+
+fn fast_keys() -> CoreConfig {
+    CoreConfig {
+        key_cache_ttl: Duration::from_millis(100),
+        rewrap_batch: 7,
+        ..CoreConfig::default()
+    }
+}
+
+/// 20 parameters with 2 versions each: 40 stored values under term 1.
+async fn populate(f: &Fixture) {
+    let (c, p) = (&f.coffer, &f.owner);
+    c.create_project(p, "app").await.unwrap();
+    for i in 0..20 {
+        let name = format!("K{i:02}");
+        c.set_param(p, "app", "default", set(&name, &format!("old-{i}")))
+            .await
+            .unwrap();
+        c.set_param(p, "app", "default", set(&name, &format!("value-{i}")))
+            .await
+            .unwrap();
+    }
+}
+
+async fn assert_all_read(f: &Fixture) {
+    for i in 0..20 {
+        let v = f
+            .coffer
+            .get_param(&f.owner, "app", "default", &format!("K{i:02}"))
+            .await
+            .unwrap();
+        assert_eq!(
+            v.value.unwrap().expose_secret(),
+            format!("value-{i}").as_bytes()
+        );
+    }
+}
+
+/// An old version still opens (rollback decrypts it). Changes K03.
+async fn assert_old_version_opens(f: &Fixture) {
+    let v = f
+        .coffer
+        .rollback_param(&f.owner, "app", "default", "K03", 1)
+        .await
+        .unwrap();
+    assert_eq!(v.version, 3);
+    let now = f
+        .coffer
+        .get_param(&f.owner, "app", "default", "K03")
+        .await
+        .unwrap();
+    assert_eq!(now.value.unwrap().expose_secret(), b"old-3");
+}
+
+/// (credential id, term, bytes of the encrypted value after the 68-byte wrapped data key).
+async fn stored(f: &Fixture) -> Vec<(Vec<u8>, i64, Vec<u8>)> {
+    let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", f.db_path().display()))
+        .await
+        .unwrap();
+    let rows: Vec<(Vec<u8>, i64, Vec<u8>)> =
+        sqlx::query_as("SELECT id, key_term, ciphertext FROM credentials ORDER BY id")
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+    rows.into_iter()
+        .map(|(id, term, ct)| (id, term, ct[68..].to_vec()))
+        .collect()
+}
+
+#[tokio::test]
+async fn rotation_seals_new_values_at_once_and_rewraps_without_touching_values() {
+    let f = fixture_with(fast_keys()).await;
+    let (c, p) = (&f.coffer, &f.owner);
+    populate(&f).await;
+    let before = stored(&f).await;
+    assert_eq!(before.len(), 40);
+    assert!(before.iter().all(|(_, t, _)| *t == 1));
+
+    let s = c.rotate_key(p).await.unwrap();
+    assert_eq!(s.active_term, 2);
+    let r = s.rotation.unwrap();
+    assert_eq!(
+        (r.target_term, r.total, r.done, r.reason.as_str()),
+        (2, 40, 0, "manual")
+    );
+    assert!(r.finished_at.is_none());
+
+    // A value written now is sealed under term 2 straight away.
+    c.set_param(p, "app", "default", set("NEW", "fresh"))
+        .await
+        .unwrap();
+    let s = c.key_status(p).await.unwrap();
+    let values: Vec<(u32, u64)> = s.terms.iter().map(|t| (t.term, t.values)).collect();
+    assert_eq!(values, vec![(1, 40), (2, 1)]);
+    assert_all_read(&f).await;
+
+    // The job moves the 40 older values.
+    let moved = c.run_key_maintenance().await.unwrap();
+    assert_eq!(moved, 40);
+    let s = c.key_status(p).await.unwrap();
+    let r = s.rotation.clone().unwrap();
+    assert_eq!((r.done, r.total), (40, 40));
+    assert!(r.finished_at.is_some());
+    assert_eq!(
+        s.terms
+            .iter()
+            .map(|t| (t.term, t.values))
+            .collect::<Vec<_>>(),
+        vec![(1, 0), (2, 41)]
+    );
+
+    // Only the data-key wrap changed: every encrypted value is byte for byte the same.
+    let after = stored(&f).await;
+    for (id, term, value) in &before {
+        let (_, t2, v2) = after.iter().find(|(i, _, _)| i == id).unwrap();
+        assert_eq!((*term, *t2), (1, 2));
+        assert_eq!(value, v2, "the value itself must not be re-encrypted");
+    }
+    assert_all_read(&f).await;
+
+    // Term 1 is kept until every node's cached key set has expired, then destroyed.
+    c.run_key_maintenance().await.unwrap();
+    assert_eq!(c.key_status(p).await.unwrap().terms.len(), 2);
+    tokio::time::sleep(Duration::from_millis(1_400)).await;
+    c.run_key_maintenance().await.unwrap();
+    let s = c.key_status(p).await.unwrap();
+    assert_eq!(
+        s.terms.iter().map(|t| t.term).collect::<Vec<_>>(),
+        vec![2],
+        "the unused retired term is destroyed"
+    );
+    assert_all_read(&f).await;
+    assert_old_version_opens(&f).await;
+}
+
+#[tokio::test]
+async fn a_stale_write_is_resealed_under_the_newest_term() {
+    let f = fixture_with(CoreConfig {
+        key_cache_ttl: Duration::from_secs(3600),
+        ..CoreConfig::default()
+    })
+    .await;
+    let (c, p) = (&f.coffer, &f.owner);
+    c.create_project(p, "app").await.unwrap();
+    c.set_param(p, "app", "default", set("A", "1"))
+        .await
+        .unwrap();
+    // A second service on the same file plays "another node": it rotates behind the
+    // first one's long-lived key cache.
+    let other = coffer_core::Coffer::open_sqlite(&f.db_path(), CoreConfig::default())
+        .await
+        .unwrap();
+    other.unseal(&f.shares[0]).await.unwrap();
+    other.unseal(&f.shares[1]).await.unwrap();
+    other.rotate_org_key(p.org_id, "manual").await.unwrap();
+    c.set_param(p, "app", "default", set("B", "2"))
+        .await
+        .unwrap();
+    let s = other.org_key_status(p.org_id).await.unwrap();
+    assert_eq!(
+        s.terms
+            .iter()
+            .map(|t| (t.term, t.values))
+            .collect::<Vec<_>>(),
+        vec![(1, 1), (2, 1)],
+        "B went to the new term although this node had cached term 1 as active"
+    );
+    // ...and a value the other side rewrapped to a term this node has not cached still reads.
+    other.run_key_maintenance().await.unwrap();
+    for (name, want) in [("A", "1"), ("B", "2")] {
+        let v = c.get_param(p, "app", "default", name).await.unwrap();
+        assert_eq!(v.value.unwrap().expose_secret(), want.as_bytes());
+    }
+}
+
+#[tokio::test]
+async fn rewrap_resumes_after_an_interruption() {
+    let slow = CoreConfig {
+        rewrap_pause: Duration::from_millis(100),
+        ..fast_keys()
+    };
+    let f = fixture_with(slow).await;
+    let (c, p) = (&f.coffer, &f.owner);
+    populate(&f).await;
+    c.rotate_key(p).await.unwrap();
+    // Stop the job after a few batches by dropping its future, as a crash would.
+    let job = c.run_key_maintenance();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(250), job)
+            .await
+            .is_err()
+    );
+    let mid = c.key_status(p).await.unwrap().rotation.unwrap();
+    assert!(
+        mid.done > 0 && mid.done < 40 && mid.done % 7 == 0,
+        "stopped between batches: {mid:?}"
+    );
+    // A fresh service (a restart) continues from the committed cursor.
+    drop(f.coffer.clone());
+    let restarted = coffer_core::Coffer::open_sqlite(&f.db_path(), fast_keys())
+        .await
+        .unwrap();
+    restarted.unseal(&f.shares[1]).await.unwrap();
+    restarted.unseal(&f.shares[2]).await.unwrap();
+    let moved = restarted.run_key_maintenance().await.unwrap();
+    assert_eq!(moved, 40 - mid.done);
+    let s = restarted.org_key_status(p.org_id).await.unwrap();
+    assert_eq!(s.rotation.unwrap().done, 40);
+    assert_all_read(&f).await;
+    assert_old_version_opens(&f).await;
+}
+
+#[tokio::test]
+async fn rotation_by_age_and_by_usage() {
+    let f = fixture_with(CoreConfig {
+        key_rotate_after: Duration::from_millis(300),
+        key_rotate_after_encryptions: 1_000_000,
+        ..fast_keys()
+    })
+    .await;
+    let (c, p) = (&f.coffer, &f.owner);
+    c.create_project(p, "app").await.unwrap();
+    c.run_key_maintenance().await.unwrap();
+    assert_eq!(c.key_status(p).await.unwrap().active_term, 1);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    c.run_key_maintenance().await.unwrap();
+    let s = c.key_status(p).await.unwrap();
+    assert_eq!(s.active_term, 2);
+    assert_eq!(s.rotation.unwrap().reason, "age");
+
+    let f = fixture_with(CoreConfig {
+        key_rotate_after_encryptions: 5,
+        ..fast_keys()
+    })
+    .await;
+    let (c, p) = (&f.coffer, &f.owner);
+    c.create_project(p, "app").await.unwrap();
+    for i in 0..4 {
+        c.set_param(p, "app", "default", set(&format!("K{i}"), "v"))
+            .await
+            .unwrap();
+    }
+    c.run_key_maintenance().await.unwrap();
+    assert_eq!(c.key_status(p).await.unwrap().active_term, 1, "4 < 5");
+    c.set_param(p, "app", "default", set("K4", "v"))
+        .await
+        .unwrap();
+    c.run_key_maintenance().await.unwrap();
+    let s = c.key_status(p).await.unwrap();
+    assert_eq!(
+        (s.active_term, s.rotation.unwrap().reason.as_str()),
+        (2, "usage")
+    );
+    // The 5 rewrapped values alone do not trigger another rotation.
+    c.run_key_maintenance().await.unwrap();
+    c.run_key_maintenance().await.unwrap();
+    assert_eq!(c.key_status(p).await.unwrap().active_term, 2);
+}
+
+#[tokio::test]
+async fn only_owners_and_admins_manage_keys() {
+    let f = fixture_with(fast_keys()).await;
+    let c = &f.coffer;
+    for role in [Role::Viewer, Role::Contributor] {
+        let p = Principal {
+            role,
+            ..f.owner.clone()
+        };
+        assert!(matches!(
+            c.key_status(&p).await,
+            Err(CoreError::Forbidden(_))
+        ));
+        assert!(matches!(
+            c.rotate_key(&p).await,
+            Err(CoreError::Forbidden(_))
+        ));
+    }
+    assert_eq!(c.key_status(&f.owner).await.unwrap().active_term, 1);
+}

@@ -1,0 +1,425 @@
+//! Key management: tenant key terms, the rewrap job's state, root-key rewraps and deleting
+//! an organisation (crypto-shredding).
+//!
+//! As in [`crate::identity`], the SQL is written once with `$n` placeholders and the
+//! implementation is generated per backend by [`impl_key_store!`]. The backend passes in how
+//! to lock an organisation row, how to scope a transaction to one organisation (row-level
+//! security on PostgreSQL, nothing on SQLite) and its SQL type names for casts.
+
+use async_trait::async_trait;
+use coffer_crypto::{Ciphertext, KeyTerm};
+use uuid::Uuid;
+
+use crate::StoreError;
+use crate::models::*;
+use crate::rows::*;
+
+/// Rows per multi-row UPDATE of a rewrap batch (4 parameters each, far below both limits).
+pub(crate) const REWRAP_ROWS_PER_STATEMENT: usize = 256;
+
+#[async_trait]
+pub trait KeyStore: Send + Sync {
+    /// Every organisation, oldest first (for the key maintenance job).
+    async fn org_ids(&self) -> Result<Vec<Uuid>, StoreError>;
+
+    /// Add `key` as the organisation's newest term and (re)start its rewrap job, in one
+    /// transaction. Conflict unless `key.term` is exactly one above the current newest term,
+    /// so two concurrent rotations cannot both succeed.
+    async fn rotate_tenant_key(
+        &self,
+        key: &TenantKeyRow,
+        reason: &str,
+    ) -> Result<RotationRow, StoreError>;
+
+    /// The latest rotation of an organisation, finished or not.
+    async fn rotation(&self, org_id: Uuid) -> Result<Option<RotationRow>, StoreError>;
+
+    /// How many stored values each term protects (each is one wrap under that term).
+    async fn term_usage(&self, org_id: Uuid) -> Result<Vec<(KeyTerm, u64)>, StoreError>;
+
+    /// The next values, in credential id order after `after`, still under a term below
+    /// `target`.
+    async fn rewrap_batch(
+        &self,
+        org_id: Uuid,
+        target: KeyTerm,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<RewrapItem>, StoreError>;
+
+    /// Store rewrapped values and advance the job's cursor, in one transaction. A value
+    /// whose term changed meanwhile is left alone. Returns how many values were replaced.
+    async fn apply_rewrap(
+        &self,
+        org_id: Uuid,
+        target: KeyTerm,
+        items: &[Rewrapped],
+        cursor: Option<Uuid>,
+        finished_at: Option<i64>,
+    ) -> Result<u64, StoreError>;
+
+    /// Delete every term below the newest that no stored value uses any more, provided the
+    /// newest term was created at or before `successor_before`. Returns the destroyed terms.
+    async fn destroy_retired_keys(
+        &self,
+        org_id: Uuid,
+        successor_before: i64,
+    ) -> Result<Vec<KeyTerm>, StoreError>;
+
+    /// Replace the wrapped form of existing tenant keys (root key rotation). Each row must
+    /// name an existing (org, term).
+    async fn rewrap_tenant_keys(&self, rows: &[TenantKeyRow]) -> Result<(), StoreError>;
+
+    /// Every tenant key of every organisation (root key rotation).
+    async fn all_tenant_keys(&self) -> Result<Vec<TenantKeyRow>, StoreError>;
+
+    /// Delete an organisation. Its tenant keys go first, then its ciphertexts, then
+    /// everything else it owns. Its audit chain stays. False if it did not exist.
+    async fn delete_org(&self, org_id: Uuid) -> Result<bool, StoreError>;
+}
+
+pub(crate) fn rotation_row<R: RowRead>(r: &R) -> Result<RotationRow, StoreError> {
+    Ok(RotationRow {
+        org_id: uuid_col(r, "org_id")?,
+        target_term: term_col(r, "target_term")?,
+        reason: r.text("reason")?,
+        total: u64_col(r, "total")?,
+        done: u64_col(r, "done")?,
+        cursor: r
+            .opt_bytes("cursor")?
+            .map(|b| Uuid::from_slice(&b).map_err(|_| StoreError::Corrupt))
+            .transpose()?,
+        started_at: r.int("started_at")?,
+        finished_at: r.opt_int("finished_at")?,
+    })
+}
+
+pub(crate) fn term_col<R: RowRead>(r: &R, col: &str) -> Result<KeyTerm, StoreError> {
+    u32::try_from(r.int(col)?)
+        .map(KeyTerm)
+        .map_err(|_| StoreError::Corrupt)
+}
+
+pub(crate) fn rewrap_item<R: RowRead>(r: &R) -> Result<RewrapItem, StoreError> {
+    Ok(RewrapItem {
+        credential_id: uuid_col(r, "credential_id")?,
+        param_id: uuid_col(r, "param_id")?,
+        version: u64_col(r, "version")?,
+        ciphertext: Ciphertext::from_stored_bytes(r.bytes("ciphertext")?)
+            .map_err(|_| StoreError::Corrupt)?,
+    })
+}
+
+pub(crate) fn tenant_key_row<R: RowRead>(r: &R) -> Result<TenantKeyRow, StoreError> {
+    Ok(TenantKeyRow {
+        org_id: uuid_col(r, "org_id")?,
+        term: term_col(r, "term")?,
+        wrapped: coffer_crypto::WrappedTenantKey::from_stored_bytes(r.bytes("wrapped")?),
+        created_at: r.int("created_at")?,
+    })
+}
+
+/// The placeholder list of one multi-row UPDATE: `(CAST($2 AS blob), CAST($3 AS blob),
+/// CAST($4 AS int)), …` (`$1` is the target term). Only placeholders are generated.
+pub(crate) fn rewrap_values(rows: usize, blob: &str, int: &str) -> String {
+    (0..rows)
+        .map(|k| {
+            let n = 2 + 3 * k;
+            format!(
+                "(CAST(${} AS {blob}), CAST(${} AS {blob}), CAST(${} AS {int}))",
+                n,
+                n + 1,
+                n + 2
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Implements [`KeyStore`] for a backend. `$pool` is its write pool, `$lock_org` locks one
+/// organisation row (bind `$1`), `$scope` is an async fn that scopes a transaction to one
+/// organisation, `$blob` / `$int` are the SQL type names for casts. The type must have an
+/// inherent `fn key_material_changed(&self)` that drops caches of ciphertexts.
+macro_rules! impl_key_store {
+    ($ty:ty, $pool:ident, $lock_org:expr, $scope:path, $blob:literal, $int:literal) => {
+        #[async_trait::async_trait]
+        impl $crate::keys::KeyStore for $ty {
+            async fn org_ids(&self) -> Result<Vec<uuid::Uuid>, StoreError> {
+                sqlx::query("SELECT id FROM orgs ORDER BY created_at")
+                    .fetch_all(&self.$pool)
+                    .await?
+                    .iter()
+                    .map(|r| $crate::rows::uuid_col(r, "id"))
+                    .collect()
+            }
+
+            async fn rotate_tenant_key(
+                &self,
+                key: &TenantKeyRow,
+                reason: &str,
+            ) -> Result<RotationRow, StoreError> {
+                let org = key.org_id.as_bytes().as_slice();
+                let mut tx = self.$pool.begin().await?;
+                sqlx::query($lock_org).bind(org).execute(&mut *tx).await?;
+                $scope(&mut *tx, key.org_id).await?;
+                let newest: i64 = sqlx::Row::try_get(
+                    &sqlx::query("SELECT COALESCE(MAX(term), 0) AS t FROM tenant_keys WHERE org_id = $1")
+                        .bind(org)
+                        .fetch_one(&mut *tx)
+                        .await?,
+                    "t",
+                )?;
+                if i64::from(key.term.0) != newest + 1 {
+                    return Err(StoreError::Conflict);
+                }
+                sqlx::query("INSERT INTO tenant_keys (org_id, term, wrapped, created_at) VALUES ($1, $2, $3, $4)")
+                    .bind(org)
+                    .bind(i64::from(key.term.0))
+                    .bind(key.wrapped.as_bytes())
+                    .bind(key.created_at)
+                    .execute(&mut *tx)
+                    .await?;
+                let total: i64 = sqlx::Row::try_get(
+                    &sqlx::query(
+                        "SELECT COUNT(*) AS n FROM param_versions pv JOIN credentials c ON c.id = pv.credential_id \
+                         WHERE pv.org_id = $1 AND c.key_term < $2",
+                    )
+                    .bind(org)
+                    .bind(i64::from(key.term.0))
+                    .fetch_one(&mut *tx)
+                    .await?,
+                    "n",
+                )?;
+                let finished = (total == 0).then_some(key.created_at);
+                let row = sqlx::query(
+                    "INSERT INTO key_rotations (org_id, target_term, reason, total, done, cursor, started_at, finished_at) \
+                     VALUES ($1, $2, $3, $4, 0, NULL, $5, $6) \
+                     ON CONFLICT (org_id) DO UPDATE SET target_term = excluded.target_term, reason = excluded.reason, \
+                     total = excluded.total, done = 0, cursor = NULL, started_at = excluded.started_at, \
+                     finished_at = excluded.finished_at \
+                     RETURNING org_id, target_term, reason, total, done, cursor, started_at, finished_at",
+                )
+                .bind(org)
+                .bind(i64::from(key.term.0))
+                .bind(reason)
+                .bind(total)
+                .bind(key.created_at)
+                .bind(finished)
+                .fetch_one(&mut *tx)
+                .await?;
+                let out = $crate::keys::rotation_row(&row)?;
+                tx.commit().await?;
+                Ok(out)
+            }
+
+            async fn rotation(&self, org_id: uuid::Uuid) -> Result<Option<RotationRow>, StoreError> {
+                let mut tx = self.$pool.begin().await?;
+                $scope(&mut *tx, org_id).await?;
+                let out = sqlx::query(
+                    "SELECT org_id, target_term, reason, total, done, cursor, started_at, finished_at \
+                     FROM key_rotations WHERE org_id = $1",
+                )
+                .bind(org_id.as_bytes().as_slice())
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| $crate::keys::rotation_row(&r))
+                .transpose()?;
+                tx.commit().await?;
+                Ok(out)
+            }
+
+            async fn term_usage(
+                &self,
+                org_id: uuid::Uuid,
+            ) -> Result<Vec<(coffer_crypto::KeyTerm, u64)>, StoreError> {
+                let mut tx = self.$pool.begin().await?;
+                $scope(&mut *tx, org_id).await?;
+                let out = sqlx::query(
+                    "SELECT c.key_term AS term, COUNT(*) AS n FROM param_versions pv \
+                     JOIN credentials c ON c.id = pv.credential_id WHERE pv.org_id = $1 \
+                     GROUP BY c.key_term ORDER BY c.key_term",
+                )
+                .bind(org_id.as_bytes().as_slice())
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| Ok(($crate::keys::term_col(r, "term")?, $crate::rows::u64_col(r, "n")?)))
+                .collect::<Result<Vec<_>, StoreError>>()?;
+                tx.commit().await?;
+                Ok(out)
+            }
+
+            async fn rewrap_batch(
+                &self,
+                org_id: uuid::Uuid,
+                target: coffer_crypto::KeyTerm,
+                after: Option<uuid::Uuid>,
+                limit: u32,
+            ) -> Result<Vec<RewrapItem>, StoreError> {
+                let mut tx = self.$pool.begin().await?;
+                $scope(&mut *tx, org_id).await?;
+                let out = sqlx::query(
+                    "SELECT pv.credential_id, pv.param_id, pv.version, c.ciphertext FROM param_versions pv \
+                     JOIN credentials c ON c.id = pv.credential_id \
+                     WHERE pv.org_id = $1 AND pv.credential_id > $2 AND c.key_term < $3 \
+                     ORDER BY pv.credential_id LIMIT $4",
+                )
+                .bind(org_id.as_bytes().as_slice())
+                .bind(after.unwrap_or(uuid::Uuid::nil()).as_bytes().as_slice())
+                .bind(i64::from(target.0))
+                .bind(i64::from(limit))
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map($crate::keys::rewrap_item)
+                .collect::<Result<Vec<_>, StoreError>>()?;
+                tx.commit().await?;
+                Ok(out)
+            }
+
+            async fn apply_rewrap(
+                &self,
+                org_id: uuid::Uuid,
+                target: coffer_crypto::KeyTerm,
+                items: &[Rewrapped],
+                cursor: Option<uuid::Uuid>,
+                finished_at: Option<i64>,
+            ) -> Result<u64, StoreError> {
+                let mut tx = self.$pool.begin().await?;
+                $scope(&mut *tx, org_id).await?;
+                let mut replaced = 0u64;
+                for chunk in items.chunks($crate::keys::REWRAP_ROWS_PER_STATEMENT) {
+                    let sql = format!(
+                        "UPDATE credentials SET ciphertext = v.column2, key_term = CAST($1 AS {int}) FROM (VALUES {values}) AS v \
+                         WHERE credentials.id = v.column1 AND credentials.key_term = v.column3",
+                        int = $int,
+                        values = $crate::keys::rewrap_values(chunk.len(), $blob, $int),
+                    );
+                    // Only placeholders are generated; every value is bound.
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(i64::from(target.0));
+                    for it in chunk {
+                        q = q
+                            .bind(it.credential_id.as_bytes().to_vec())
+                            .bind(it.ciphertext.as_bytes().to_vec())
+                            .bind(i64::from(it.old_term.0));
+                    }
+                    replaced += q.execute(&mut *tx).await?.rows_affected();
+                }
+                let moved = sqlx::query(
+                    "UPDATE key_rotations SET done = done + $3, cursor = $4, finished_at = $5 \
+                     WHERE org_id = $1 AND target_term = $2",
+                )
+                .bind(org_id.as_bytes().as_slice())
+                .bind(i64::from(target.0))
+                .bind(i64::try_from(replaced).unwrap_or(i64::MAX))
+                .bind(cursor.map(|c| c.as_bytes().to_vec()))
+                .bind(finished_at)
+                .execute(&mut *tx)
+                .await?;
+                // A newer rotation replaced this job: its values were still rewrapped to a
+                // live term, but the newer job keeps its own progress.
+                if moved.rows_affected() != 1 {
+                    return Err(StoreError::Conflict);
+                }
+                tx.commit().await?;
+                self.key_material_changed();
+                Ok(replaced)
+            }
+
+            async fn destroy_retired_keys(
+                &self,
+                org_id: uuid::Uuid,
+                successor_before: i64,
+            ) -> Result<Vec<coffer_crypto::KeyTerm>, StoreError> {
+                let org = org_id.as_bytes().as_slice();
+                let mut tx = self.$pool.begin().await?;
+                sqlx::query($lock_org).bind(org).execute(&mut *tx).await?;
+                $scope(&mut *tx, org_id).await?;
+                let out = sqlx::query(
+                    "DELETE FROM tenant_keys WHERE org_id = $1 \
+                     AND term < (SELECT MAX(k.term) FROM tenant_keys k WHERE k.org_id = $1) \
+                     AND (SELECT k.created_at FROM tenant_keys k WHERE k.org_id = $1 ORDER BY k.term DESC LIMIT 1) <= $2 \
+                     AND NOT EXISTS (SELECT 1 FROM param_versions pv JOIN credentials c ON c.id = pv.credential_id \
+                                     WHERE pv.org_id = $1 AND c.key_term = tenant_keys.term) \
+                     RETURNING term",
+                )
+                .bind(org)
+                .bind(successor_before)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| $crate::keys::term_col(r, "term"))
+                .collect::<Result<Vec<_>, StoreError>>()?;
+                tx.commit().await?;
+                Ok(out)
+            }
+
+            async fn rewrap_tenant_keys(&self, rows: &[TenantKeyRow]) -> Result<(), StoreError> {
+                let mut tx = self.$pool.begin().await?;
+                for k in rows {
+                    $scope(&mut *tx, k.org_id).await?;
+                    let r = sqlx::query("UPDATE tenant_keys SET wrapped = $3 WHERE org_id = $1 AND term = $2")
+                        .bind(k.org_id.as_bytes().as_slice())
+                        .bind(i64::from(k.term.0))
+                        .bind(k.wrapped.as_bytes())
+                        .execute(&mut *tx)
+                        .await?;
+                    if r.rows_affected() != 1 {
+                        return Err(StoreError::Conflict);
+                    }
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn all_tenant_keys(&self) -> Result<Vec<TenantKeyRow>, StoreError> {
+                let mut out = Vec::new();
+                for org in self.org_ids().await? {
+                    let mut tx = self.$pool.begin().await?;
+                    $scope(&mut *tx, org).await?;
+                    for r in sqlx::query("SELECT org_id, term, wrapped, created_at FROM tenant_keys WHERE org_id = $1 ORDER BY term")
+                        .bind(org.as_bytes().as_slice())
+                        .fetch_all(&mut *tx)
+                        .await?
+                        .iter()
+                    {
+                        out.push($crate::keys::tenant_key_row(r)?);
+                    }
+                    tx.commit().await?;
+                }
+                Ok(out)
+            }
+
+            async fn delete_org(&self, org_id: uuid::Uuid) -> Result<bool, StoreError> {
+                let org = org_id.as_bytes().as_slice();
+                let mut tx = self.$pool.begin().await?;
+                let found = sqlx::query($lock_org).bind(org).fetch_optional(&mut *tx).await?;
+                if found.is_none() {
+                    return Ok(false);
+                }
+                $scope(&mut *tx, org_id).await?;
+                // Key material first: once these rows are gone nothing below can be read.
+                sqlx::query("DELETE FROM tenant_keys WHERE org_id = $1").bind(org).execute(&mut *tx).await?;
+                sqlx::query(
+                    "DELETE FROM credentials WHERE id IN (SELECT credential_id FROM param_versions \
+                     WHERE org_id = $1 AND credential_id IS NOT NULL)",
+                )
+                .bind(org)
+                .execute(&mut *tx)
+                .await?;
+                // Environments restrict deleting a parent before its children.
+                sqlx::query("UPDATE environments SET parent_id = NULL WHERE org_id = $1")
+                    .bind(org)
+                    .execute(&mut *tx)
+                    .await?;
+                // The rest cascades from the organisation row: projects, environments,
+                // parameters and their history, memberships, sessions, keys, invitations.
+                sqlx::query("DELETE FROM orgs WHERE id = $1").bind(org).execute(&mut *tx).await?;
+                tx.commit().await?;
+                self.key_material_changed();
+                Ok(true)
+            }
+        }
+    };
+}
+pub(crate) use impl_key_store;
