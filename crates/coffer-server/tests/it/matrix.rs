@@ -84,6 +84,8 @@ async fn cases(c: &Coffer, owner: &Principal, tag: &str) -> Vec<Case> {
             Some(json!({"require_mfa": false})),
             ADMINS,
         ),
+        case("GET", "/v1/org/keys", None, ADMINS),
+        case("POST", "/v1/org/keys/rotate", Some(json!({})), ADMINS),
         case("GET", "/v1/projects", None, ALL),
         case(
             "POST",
