@@ -131,6 +131,20 @@ pub enum OperatorCmd {
     },
     /// Seal the server: wipe keys from its memory (Owner only).
     Seal,
+    /// Replace the root key and issue new shares (Owner, with a quorum of the current
+    /// shares, prompted one by one or read as lines from standard input).
+    Rekey {
+        #[arg(long, default_value_t = 5)]
+        shares: u8,
+        #[arg(long, default_value_t = 3)]
+        threshold: u8,
+        /// How many current shares to ask for (the current threshold).
+        #[arg(long, default_value_t = 3)]
+        quorum: u8,
+        /// Read the current shares from standard input, one per line.
+        #[arg(long)]
+        shares_stdin: bool,
+    },
     /// Show sealed/unsealed, unseal progress and version.
     Status,
 }
@@ -376,6 +390,13 @@ pub enum OrgCmd {
     RequireMfa {
         #[arg(value_parser = ["on", "off"])]
         state: String,
+    },
+    /// Delete the current organisation for good: its keys are destroyed first, so none of
+    /// its values can ever be decrypted again (Owner only).
+    Delete {
+        /// The organisation's name, to confirm.
+        #[arg(long)]
+        confirm: String,
     },
 }
 

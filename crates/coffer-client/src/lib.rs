@@ -187,6 +187,30 @@ impl Client {
         .await
     }
 
+    /// Replace the root key and get new shares, given a quorum of the current ones.
+    pub async fn rekey(
+        &self,
+        current_shares: &[String],
+        shares: u8,
+        threshold: u8,
+    ) -> Result<RekeyResponse> {
+        self.post(
+            &["v1", "sys", "rekey"],
+            &serde_json::json!({ "current_shares": current_shares, "shares": shares, "threshold": threshold }),
+        )
+        .await
+    }
+
+    /// Delete the current organisation; `confirm` must be its name.
+    pub async fn delete_org(&self, confirm: &str) -> Result<()> {
+        self.empty(
+            Method::DELETE,
+            &["v1", "org"],
+            &serde_json::json!({ "confirm": confirm }),
+        )
+        .await
+    }
+
     pub async fn unseal(&self, share: &str) -> Result<SealStatus> {
         self.post(
             &["v1", "sys", "unseal"],

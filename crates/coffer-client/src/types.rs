@@ -208,3 +208,15 @@ pub struct KeyStatus {
     pub rotate_after_days: u64,
     pub rotate_after_encryptions: u64,
 }
+
+#[derive(Deserialize, Serialize)]
+pub struct RekeyResponse {
+    pub shares: Vec<String>,
+    pub threshold: u8,
+}
+
+impl std::fmt::Debug for RekeyResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RekeyResponse([REDACTED])")
+    }
+}

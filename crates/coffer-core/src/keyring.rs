@@ -100,6 +100,21 @@ impl Keyring {
         }
     }
 
+    /// Swap in a rotated root key; every cached tenant key is unwrapped again from storage.
+    pub(crate) fn replace_root(&self, root: RootKey) -> Result<(), CoreError> {
+        let mut s = self.state.write().map_err(poisoned)?;
+        match &mut *s {
+            State::Unsealed { .. } => {
+                *s = State::Unsealed {
+                    root,
+                    orgs: HashMap::new(),
+                };
+                Ok(())
+            }
+            State::Sealed(_) => Err(CoreError::Sealed),
+        }
+    }
+
     pub(crate) fn progress(&self) -> usize {
         match self.state.read().as_deref() {
             Ok(State::Sealed(p)) => p.have(),
@@ -193,8 +208,16 @@ impl crate::Coffer {
         {
             return Ok(k);
         }
+        let _root = self.root_stable().await;
         let rows = self.store().tenant_keys(org_id).await?;
         self.inner.keyring.load(org_id, &rows)
+    }
+
+    /// Held while sealing something with the root key (or a key derived from it) and storing
+    /// it, or while unwrapping stored keys: a root rotation waits for these and blocks them,
+    /// so nothing is sealed under a root key that is being replaced.
+    pub(crate) async fn root_stable(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.inner.root_change.read().await
     }
 
     /// The organisation's keys, reloaded once if they lack a term that `terms` needs (another

@@ -111,6 +111,9 @@ impl Coffer {
         // A second attempt covers a stale key cache (another node rotated meanwhile).
         for _ in 0..2 {
             let current = self.org_keys(org_id).await?;
+            // Not held across `org_keys`, which takes it too (a queued rotation would
+            // otherwise deadlock a nested read).
+            let root_guard = self.root_stable().await;
             let next = KeyTerm(current.active()?.term().0.saturating_add(1));
             let key = TenantKey::generate(next);
             let wrapped = self.inner.keyring.with_root(|root| {
@@ -124,6 +127,7 @@ impl Coffer {
                 created_at: now_ms(),
             };
             let outcome = self.store().rotate_tenant_key(&row, reason).await;
+            drop(root_guard);
             self.inner.keyring.evict(Some(org_id));
             match outcome {
                 Ok(_) => {

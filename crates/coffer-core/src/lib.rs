@@ -21,6 +21,7 @@ pub mod oidc;
 mod orgs;
 mod params;
 mod projects;
+mod rekey;
 mod roles;
 mod sys;
 
@@ -36,6 +37,7 @@ pub use error::CoreError;
 pub use keys::{KeyStatus, RotationView, TermView};
 pub use params::{DiffEntry, DiffKind, ParamHistoryEntry, ParamView, SetParam};
 pub use projects::{EnvView, ProjectView};
+pub use rekey::RekeyResult;
 pub use roles::Role;
 pub use sys::{Bootstrap, InitResult, SealStatus, UnsealOutcome};
 
@@ -58,6 +60,8 @@ struct Inner {
     dummy_hash: String,
     /// Wakes the key maintenance job (a rotation was requested).
     key_job: tokio::sync::Notify,
+    /// Write-locked while the root key is replaced (see `Coffer::root_stable`).
+    root_change: tokio::sync::RwLock<()>,
 }
 
 impl Coffer {
@@ -82,6 +86,7 @@ impl Coffer {
                 config,
                 dummy_hash,
                 key_job: tokio::sync::Notify::new(),
+                root_change: tokio::sync::RwLock::new(()),
             }),
         };
         if let Some(rx) = invalidations {
@@ -119,10 +124,30 @@ impl Coffer {
                         inner.meta.clear();
                         inner.keyring.evict(None);
                         inner.key_job.notify_one();
+                        Coffer { inner }.seal_if_root_replaced().await;
                     }
                 }
             }
         });
+    }
+
+    /// Another node may have rotated the root key (`operator rekey`): if the stored check
+    /// value no longer matches the key in memory, seal rather than fail every request.
+    async fn seal_if_root_replaced(&self) {
+        let Ok(Some(cfg)) = self.store().seal_config().await else {
+            return;
+        };
+        let replaced = self
+            .inner
+            .keyring
+            .with_root(|root| Ok(!root.matches(&cfg.root_check)))
+            .unwrap_or(false);
+        if replaced {
+            tracing::warn!(
+                "the root key was rotated on another node: sealing; unseal with the new shares"
+            );
+            let _ = self.seal();
+        }
     }
 
     /// Tell the other nodes (best effort; their caches also expire on their own).

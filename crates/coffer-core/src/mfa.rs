@@ -209,6 +209,7 @@ impl Coffer {
                 "MFA is already enabled; disable it first",
             ));
         }
+        let _root = self.root_stable().await;
         let mut seed = zeroize::Zeroizing::new(vec![0u8; SEED_BYTES]);
         coffer_crypto::random_bytes(&mut seed);
         let sealed = self

@@ -53,6 +53,7 @@ impl Coffer {
             subject: subject.to_owned(),
             body: body.to_owned(),
         };
+        let _root = self.root_stable().await;
         let id = Uuid::new_v4();
         let json = zeroize::Zeroizing::new(
             serde_json::to_vec(&mail).map_err(|_| CoreError::Internal("encode mail"))?,

@@ -1,16 +1,17 @@
 //! Organisations and their tenant keys. Members and invitations are in `members`.
 
 use coffer_crypto::{KeyTerm, RootKey, TenantKey};
-use coffer_store::{OrgRow, StoreError, TenantKeyRow};
+use coffer_store::{Invalidation, OrgRow, StoreError, TenantKeyRow};
 use uuid::Uuid;
 
 use crate::clock::now_ms;
-use crate::{Coffer, CoreError, names};
+use crate::{Coffer, CoreError, Principal, Role, names};
 
 impl Coffer {
     /// Create an organisation with a fresh tenant key (term 1) wrapped by the root key.
     pub async fn create_org(&self, name: &str) -> Result<Uuid, CoreError> {
         names::validate("organisation name", name)?;
+        let _root = self.root_stable().await;
         let (org, key) = self.inner.keyring.with_root(|root| new_org(root, name))?;
         self.insert_org(&org, &key).await
     }
@@ -49,4 +50,35 @@ pub(crate) fn new_org(root: &RootKey, name: &str) -> Result<(OrgRow, TenantKeyRo
         created_at: now,
     };
     Ok((org, key))
+}
+
+impl Coffer {
+    /// Delete the caller's organisation (Owners, in person, naming it to confirm). Its key
+    /// terms are destroyed first, in the same transaction as its values and metadata, so no
+    /// later database copy or backup holds anything that decrypts them. Copies taken before
+    /// hold them wrapped by the root key: rotating the root key (`coffer operator rekey
+    /// --rotate-root`) makes those copies useless too. The audit chain stays.
+    pub async fn delete_org(&self, p: &Principal, confirm: &str) -> Result<(), CoreError> {
+        p.ensure_person()?;
+        if p.role != Role::Owner {
+            return Err(CoreError::Forbidden("only Owners delete an organisation"));
+        }
+        if confirm != p.org_name {
+            return Err(CoreError::invalid(
+                "confirm",
+                "must be the organisation's name",
+            ));
+        }
+        self.ensure_unsealed()?;
+        if !self.store().delete_org(p.org_id).await? {
+            return Err(CoreError::not_found("organisation", &p.org_name));
+        }
+        self.inner.keyring.evict(Some(p.org_id));
+        self.inner.meta.evict_org(p.org_id);
+        self.publish(Invalidation::Keys(p.org_id));
+        self.publish(Invalidation::Meta(p.org_id));
+        self.access_changed();
+        tracing::info!(org_id = %p.org_id, "organisation deleted; its keys are destroyed");
+        Ok(())
+    }
 }

@@ -669,3 +669,43 @@ impl From<coffer_core::KeyStatus> for KeyStatusDto {
         }
     }
 }
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteOrgRequest {
+    /// The organisation's name, to confirm.
+    pub confirm: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RekeyRequest {
+    /// A quorum of the current unseal shares.
+    pub current_shares: Vec<String>,
+    /// How many new shares to issue.
+    pub shares: u8,
+    /// How many of them unseal.
+    pub threshold: u8,
+}
+
+impl std::fmt::Debug for RekeyRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RekeyRequest")
+            .field("shares", &self.shares)
+            .field("threshold", &self.threshold)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RekeyResponse {
+    /// Shares of the new root key: shown once, never stored.
+    pub shares: Vec<String>,
+    pub threshold: u8,
+}
+
+impl std::fmt::Debug for RekeyResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RekeyResponse([REDACTED])")
+    }
+}

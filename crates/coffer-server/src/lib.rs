@@ -80,6 +80,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sys/init", post(sys::init))
         .route("/v1/sys/unseal", post(sys::unseal))
         .route("/v1/sys/seal", post(sys::seal))
+        .route("/v1/sys/rekey", post(sys::rekey))
         .route("/v1/auth/login", post(auth::login))
         .route("/v1/auth/logout", post(auth::logout))
         .route("/v1/auth/whoami", get(auth::whoami))
@@ -112,6 +113,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/org/settings",
             get(orgs::settings).put(orgs::update_settings),
         )
+        .route("/v1/org", axum::routing::delete(orgs::delete))
         .route("/v1/org/keys", get(keys::status))
         .route("/v1/org/keys/rotate", post(keys::rotate))
         .route("/v1/org/api-keys", get(apikeys::list).post(apikeys::create))

@@ -66,12 +66,14 @@ pub trait KeyStore: Send + Sync {
         successor_before: i64,
     ) -> Result<Vec<KeyTerm>, StoreError>;
 
-    /// Replace the wrapped form of existing tenant keys (root key rotation). Each row must
-    /// name an existing (org, term).
-    async fn rewrap_tenant_keys(&self, rows: &[TenantKeyRow]) -> Result<(), StoreError>;
+    /// Everything sealed directly by the root key (or a key derived from it): every tenant
+    /// key, the audit signing key, TOTP seeds and undelivered mail.
+    async fn root_secrets(&self) -> Result<RootSecrets, StoreError>;
 
-    /// Every tenant key of every organisation (root key rotation).
-    async fn all_tenant_keys(&self) -> Result<Vec<TenantKeyRow>, StoreError>;
+    /// Root key rotation or rekey: the new check value and share counts, and every secret
+    /// of [`KeyStore::root_secrets`] resealed, in one transaction. Each tenant key must name
+    /// an existing (org, term) and each other row an existing one, else Conflict.
+    async fn rotate_root(&self, r: &RootRotation) -> Result<(), StoreError>;
 
     /// Delete an organisation. Its tenant keys go first, then its ciphertexts, then
     /// everything else it owns. Its audit chain stays. False if it did not exist.
@@ -354,26 +356,8 @@ macro_rules! impl_key_store {
                 Ok(out)
             }
 
-            async fn rewrap_tenant_keys(&self, rows: &[TenantKeyRow]) -> Result<(), StoreError> {
-                let mut tx = self.$pool.begin().await?;
-                for k in rows {
-                    $scope(&mut *tx, k.org_id).await?;
-                    let r = sqlx::query("UPDATE tenant_keys SET wrapped = $3 WHERE org_id = $1 AND term = $2")
-                        .bind(k.org_id.as_bytes().as_slice())
-                        .bind(i64::from(k.term.0))
-                        .bind(k.wrapped.as_bytes())
-                        .execute(&mut *tx)
-                        .await?;
-                    if r.rows_affected() != 1 {
-                        return Err(StoreError::Conflict);
-                    }
-                }
-                tx.commit().await?;
-                Ok(())
-            }
-
-            async fn all_tenant_keys(&self) -> Result<Vec<TenantKeyRow>, StoreError> {
-                let mut out = Vec::new();
+            async fn root_secrets(&self) -> Result<RootSecrets, StoreError> {
+                let mut tenant_keys = Vec::new();
                 for org in self.org_ids().await? {
                     let mut tx = self.$pool.begin().await?;
                     $scope(&mut *tx, org).await?;
@@ -383,11 +367,77 @@ macro_rules! impl_key_store {
                         .await?
                         .iter()
                     {
-                        out.push($crate::keys::tenant_key_row(r)?);
+                        tenant_keys.push($crate::keys::tenant_key_row(r)?);
                     }
                     tx.commit().await?;
                 }
-                Ok(out)
+                let audit_key = sqlx::query("SELECT wrapped_key FROM audit_keys WHERE id = 1")
+                    .fetch_optional(&self.$pool)
+                    .await?
+                    .map(|r| $crate::rows::RowRead::bytes(&r, "wrapped_key"))
+                    .transpose()?;
+                let mfa = sqlx::query("SELECT id, mfa_secret FROM users WHERE mfa_secret IS NOT NULL")
+                    .fetch_all(&self.$pool)
+                    .await?
+                    .iter()
+                    .map(|r| Ok(($crate::rows::uuid_col(r, "id")?, $crate::rows::RowRead::bytes(r, "mfa_secret")?)))
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                let outbox = sqlx::query("SELECT id, sealed FROM outbox WHERE sent_at IS NULL")
+                    .fetch_all(&self.$pool)
+                    .await?
+                    .iter()
+                    .map(|r| Ok(($crate::rows::uuid_col(r, "id")?, $crate::rows::RowRead::bytes(r, "sealed")?)))
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                Ok(RootSecrets { tenant_keys, audit_key, mfa, outbox })
+            }
+
+            async fn rotate_root(&self, r: &RootRotation) -> Result<(), StoreError> {
+                fn one(done: u64) -> Result<(), StoreError> {
+                    if done == 1 { Ok(()) } else { Err(StoreError::Conflict) }
+                }
+                let mut tx = self.$pool.begin().await?;
+                one(sqlx::query("UPDATE seal_config SET root_check = $1, shares = $2, threshold = $3 WHERE id = 1")
+                    .bind(r.root_check.as_bytes())
+                    .bind(i64::from(r.shares))
+                    .bind(i64::from(r.threshold))
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected())?;
+                for k in &r.secrets.tenant_keys {
+                    $scope(&mut *tx, k.org_id).await?;
+                    one(sqlx::query("UPDATE tenant_keys SET wrapped = $3 WHERE org_id = $1 AND term = $2")
+                        .bind(k.org_id.as_bytes().as_slice())
+                        .bind(i64::from(k.term.0))
+                        .bind(k.wrapped.as_bytes())
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected())?;
+                }
+                if let Some(w) = &r.secrets.audit_key {
+                    one(sqlx::query("UPDATE audit_keys SET wrapped_key = $1 WHERE id = 1")
+                        .bind(w.as_slice())
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected())?;
+                }
+                for (id, sealed) in &r.secrets.mfa {
+                    one(sqlx::query("UPDATE users SET mfa_secret = $2 WHERE id = $1")
+                        .bind(id.as_bytes().as_slice())
+                        .bind(sealed.as_slice())
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected())?;
+                }
+                for (id, sealed) in &r.secrets.outbox {
+                    one(sqlx::query("UPDATE outbox SET sealed = $2 WHERE id = $1")
+                        .bind(id.as_bytes().as_slice())
+                        .bind(sealed.as_slice())
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected())?;
+                }
+                tx.commit().await?;
+                Ok(())
             }
 
             async fn delete_org(&self, org_id: uuid::Uuid) -> Result<bool, StoreError> {

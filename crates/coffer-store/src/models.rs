@@ -322,3 +322,24 @@ pub struct Rewrapped {
     pub old_term: KeyTerm,
     pub ciphertext: Ciphertext,
 }
+
+/// Everything sealed by the root key or a key derived from it.
+#[derive(Debug, Clone, Default)]
+pub struct RootSecrets {
+    pub tenant_keys: Vec<TenantKeyRow>,
+    /// The audit signing key, sealed.
+    pub audit_key: Option<Vec<u8>>,
+    /// (user id, sealed TOTP seed).
+    pub mfa: Vec<(Uuid, Vec<u8>)>,
+    /// (message id, sealed message) of mail not yet delivered.
+    pub outbox: Vec<(Uuid, Vec<u8>)>,
+}
+
+/// A new root key's check value and share counts, with every root secret resealed.
+#[derive(Debug, Clone)]
+pub struct RootRotation {
+    pub root_check: RootKeyCheck,
+    pub shares: u8,
+    pub threshold: u8,
+    pub secrets: RootSecrets,
+}

@@ -122,6 +122,17 @@ pub async fn org(g: &Global, c: OrgCmd) -> anyhow::Result<()> {
             client.remove_member(&username).await?;
             println!("Removed {username}.");
         }
+        OrgCmd::Delete { confirm } => {
+            client.delete_org(&confirm).await?;
+            println!("Organisation '{confirm}' deleted; its keys are destroyed.");
+            println!(
+                "Copies of the database made before now become unreadable once an operator runs `coffer operator rekey`."
+            );
+            // The session belonged to the deleted organisation and ended with it.
+            let mut saved = session::load()?;
+            saved.token = None;
+            session::save(&saved)?;
+        }
         OrgCmd::RequireMfa { state } => {
             client.set_require_mfa(state == "on").await?;
             println!("MFA requirement: {state}.");

@@ -47,6 +47,47 @@ pub async fn run(g: &Global, c: OperatorCmd) -> anyhow::Result<()> {
             let st = session::authed(g)?.seal().await?;
             print_status(g, &st)
         }
+        OperatorCmd::Rekey {
+            shares,
+            threshold,
+            quorum,
+            shares_stdin,
+        } => {
+            let current = if shares_stdin {
+                std::io::stdin()
+                    .lines()
+                    .map_while(Result::ok)
+                    .map(|l| l.trim().to_owned())
+                    .filter(|l| !l.is_empty())
+                    .collect::<Vec<_>>()
+            } else {
+                (1..=quorum)
+                    .map(|i| {
+                        rpassword::prompt_password(format!(
+                            "Current share {i} of {quorum} (input hidden): "
+                        ))
+                        .context("read a share")
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?
+            };
+            let r = session::authed(g)?
+                .rekey(&current, shares, threshold)
+                .await?;
+            if g.json {
+                return output::json(&r);
+            }
+            println!("Root key replaced. The old shares no longer unseal anything.");
+            println!("These are shown ONCE; Coffer keeps no copy of them.\n");
+            for (i, s) in r.shares.iter().enumerate() {
+                println!("Unseal share {}: {s}", i + 1);
+            }
+            println!(
+                "\nAny {} of {} shares unseal the server. Other nodes have sealed themselves: unseal them with the new shares.",
+                r.threshold,
+                r.shares.len()
+            );
+            Ok(())
+        }
         OperatorCmd::Status => {
             let st = session::anonymous(g)?.seal_status().await?;
             print_status(g, &st)

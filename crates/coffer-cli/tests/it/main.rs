@@ -817,3 +817,102 @@ fn key_rotation_survives_kill_9_mid_rewrap() {
         );
     }
 }
+
+/// `coffer operator rekey` replaces the root key: new shares unseal, old ones no longer;
+/// `coffer org delete` removes an organisation for good.
+#[test]
+fn rekey_and_organisation_deletion() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let srv = start_server(&data, false, &[]);
+    let cli = Cli {
+        cfg: tmp.path().join("cfg"),
+        addr: srv.addr.clone(),
+        ca: srv.ca.clone(),
+    };
+    let init = cli.json(&["operator", "init", "--shares", "3", "--threshold", "2"]);
+    let old: Vec<String> = init["shares"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect();
+    cli.ok(&["operator", "unseal", &old[0]]);
+    cli.ok(&["operator", "unseal", &old[1]]);
+    let pw = init["bootstrap"]["password"].as_str().unwrap().to_owned();
+    assert!(
+        cli.run_stdin(&["login", "-u", "admin", "--password-stdin"], &pw)
+            .status
+            .success()
+    );
+    cli.ok(&["project", "create", "p"]);
+    cli.ok(&["param", "set", "K", "v", "-p", "p", "--secret"]);
+
+    let bad = cli.run_stdin(
+        &[
+            "operator",
+            "rekey",
+            "--shares",
+            "4",
+            "--threshold",
+            "3",
+            "--shares-stdin",
+        ],
+        &format!("{}\n", old[0]),
+    );
+    assert!(!bad.status.success(), "one share is not a quorum");
+    let o = cli.run_stdin(
+        &[
+            "--json",
+            "operator",
+            "rekey",
+            "--shares",
+            "4",
+            "--threshold",
+            "3",
+            "--shares-stdin",
+        ],
+        &format!("{}\n{}\n", old[2], old[0]),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let new: Vec<String> = serde_json::from_slice::<Value>(&o.stdout).unwrap()["shares"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(new.len(), 4);
+    assert_eq!(cli.ok(&["param", "get", "K", "-p", "p"]).trim(), "v");
+
+    assert_eq!(cli.json(&["operator", "seal"])["sealed"], true);
+    cli.ok(&["operator", "unseal", &old[0]]);
+    cli.ok(&["operator", "unseal", &old[1]]);
+    assert!(
+        cli.fails(&["operator", "unseal", &old[2]])
+            .contains("do not reconstruct the root key"),
+        "old shares are dead"
+    );
+    for s in &new[1..4] {
+        cli.ok(&["operator", "unseal", s]);
+    }
+    assert_eq!(cli.json(&["operator", "status"])["sealed"], false);
+    assert_eq!(cli.ok(&["param", "get", "K", "-p", "p"]).trim(), "v");
+
+    cli.ok(&["org", "create", "acme"]);
+    cli.ok(&["org", "switch", "acme"]);
+    cli.ok(&["project", "create", "doomed"]);
+    assert!(
+        cli.fails(&["org", "delete", "--confirm", "default"])
+            .contains("name")
+    );
+    let out = cli.ok(&["org", "delete", "--confirm", "acme"]);
+    assert!(out.contains("deleted"), "{out}");
+    assert!(
+        cli.run_stdin(&["login", "-u", "admin", "--password-stdin"], &pw)
+            .status
+            .success()
+    );
+    let orgs = cli.json(&["org", "list"]);
+    assert_eq!(orgs.as_array().unwrap().len(), 1, "{orgs}");
+    assert_eq!(cli.ok(&["param", "get", "K", "-p", "p"]).trim(), "v");
+}

@@ -224,6 +224,7 @@ impl Coffer {
 
     /// Make sure the checkpoint signing key exists (called once unsealed).
     pub(crate) async fn ensure_audit_key(&self) -> Result<(), CoreError> {
+        let _root = self.root_stable().await;
         if self.store().audit_key().await?.is_some() {
             return Ok(());
         }

@@ -202,3 +202,16 @@ pub async fn update_settings(
     st.coffer.set_org_require_mfa(&p, req.require_mfa).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// Delete the organisation of this session (Owners, in person). Its keys are destroyed
+/// first; its values can never be decrypted again. The audit chain stays.
+#[utoipa::path(delete, path = "/v1/org", tag = "orgs", security(("bearer" = [])), request_body = DeleteOrgRequest,
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn delete(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    ApiJson(req): ApiJson<DeleteOrgRequest>,
+) -> ApiResult<StatusCode> {
+    st.coffer.delete_org(&p, &req.confirm).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -145,3 +145,30 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
         body,
     )
 }
+
+/// Replace the root key and issue new unseal shares (new threshold allowed). Needs an Owner's
+/// session and a quorum of the current shares. Everything the old root key sealed is
+/// resealed; stored values are not touched. Other nodes seal themselves and must be
+/// unsealed with the new shares.
+#[utoipa::path(post, path = "/v1/sys/rekey", tag = "sys", security(("bearer" = [])), request_body = RekeyRequest,
+    responses((status = 200, body = RekeyResponse), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn rekey(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    ApiJson(req): ApiJson<RekeyRequest>,
+) -> ApiResult<Json<RekeyResponse>> {
+    if !p.role.can_operate() {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "only an Owner can rekey the server",
+        ));
+    }
+    let r = st
+        .coffer
+        .rekey(&req.current_shares, req.shares, req.threshold)
+        .await?;
+    Ok(Json(RekeyResponse {
+        shares: r.shares.iter().map(|s| s.to_string()).collect(),
+        threshold: r.threshold,
+    }))
+}

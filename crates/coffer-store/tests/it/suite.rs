@@ -1147,18 +1147,47 @@ pub async fn key_rotation_rewrap_and_org_deletion(s: &dyn Store) {
     );
     assert_eq!(s.tenant_keys(b).await.unwrap().len(), 1, "B keeps its key");
 
-    // Root rotation replaces wrapped forms in place.
+    // Root rotation replaces wrapped forms in place, all or nothing.
+    let mut secrets = s.root_secrets().await.unwrap();
+    assert!(
+        secrets.tenant_keys.iter().any(|k| k.org_id == a)
+            && secrets.tenant_keys.iter().any(|k| k.org_id == b)
+    );
     let new_wrap = row(2, 50);
-    s.rewrap_tenant_keys(std::slice::from_ref(&new_wrap))
-        .await
-        .unwrap();
-    assert!(s.tenant_keys(a).await.unwrap()[0].wrapped == new_wrap.wrapped);
+    for k in secrets.tenant_keys.iter_mut().filter(|k| k.org_id == a) {
+        k.wrapped = new_wrap.wrapped.clone();
+    }
+    let check = RootKey::generate().check_value().unwrap();
+    let seal = |secrets: RootSecrets| RootRotation {
+        root_check: check.clone(),
+        shares: 5,
+        threshold: 3,
+        secrets,
+    };
+    let mut bad = secrets.clone();
+    bad.tenant_keys.push(row(7, 50));
+    s.init_seal_config(&SealConfigRow {
+        kind: "shamir".into(),
+        shares: 3,
+        threshold: 2,
+        root_check: RootKey::generate().check_value().unwrap(),
+        created_at: 1,
+    })
+    .await
+    .ok();
     assert!(matches!(
-        s.rewrap_tenant_keys(&[row(7, 50)]).await,
+        s.rotate_root(&seal(bad)).await,
         Err(StoreError::Conflict)
     ));
-    let all = s.all_tenant_keys().await.unwrap();
-    assert!(all.iter().any(|k| k.org_id == a) && all.iter().any(|k| k.org_id == b));
+    assert!(
+        s.tenant_keys(a).await.unwrap()[0].wrapped != new_wrap.wrapped,
+        "rolled back"
+    );
+    s.rotate_root(&seal(secrets)).await.unwrap();
+    assert!(s.tenant_keys(a).await.unwrap()[0].wrapped == new_wrap.wrapped);
+    let cfg = s.seal_config().await.unwrap().unwrap();
+    assert_eq!((cfg.shares, cfg.threshold), (5, 3));
+    assert!(cfg.root_check == check);
 
     // Deleting A removes its keys, values and metadata; B is untouched.
     assert!(s.delete_org(a).await.unwrap());

@@ -1,0 +1,146 @@
+//! `coffer operator rekey` on a Shamir seal: a new root key and a new set of shares (new
+//! threshold allowed), authorised by a quorum of the current shares. The root key is always
+//! replaced, not just re-split: shares of the same key would leave the old shares valid,
+//! and a rekey usually happens because shares leaked or their holders left.
+//!
+//! It reseals only what the root key protects directly — tenant keys, the audit
+//! signing key, TOTP seeds and undelivered mail — never a stored value. Afterwards the old
+//! root key opens nothing in the live database, and database copies taken before hold only
+//! material wrapped by the old key: this is what makes an organisation's deletion final for
+//! those copies too.
+
+use coffer_crypto::RootKey;
+use coffer_crypto::audit::AuditSigningKey;
+use coffer_crypto::shamir::{self, Share};
+use coffer_crypto::system::{Purpose, SystemKey};
+use coffer_seal::SealKind;
+use coffer_store::{Invalidation, RootRotation, RootSecrets};
+use zeroize::Zeroizing;
+
+use crate::{Coffer, CoreError};
+
+#[derive(Debug)]
+pub struct RekeyResult {
+    /// The new shares in text form; shown once, never stored.
+    pub shares: Vec<Zeroizing<String>>,
+    pub threshold: u8,
+}
+
+impl Coffer {
+    /// Replace the root key and issue `shares` shares of the new one (any `threshold` of
+    /// which unseal), after checking that `current` is a quorum of the present shares.
+    pub async fn rekey(
+        &self,
+        current: &[String],
+        shares: u8,
+        threshold: u8,
+    ) -> Result<RekeyResult, CoreError> {
+        if !(2..=255).contains(&threshold) || threshold > shares {
+            return Err(CoreError::invalid(
+                "threshold",
+                "must be between 2 and the number of shares",
+            ));
+        }
+        self.ensure_unsealed()?;
+        let cfg = self
+            .store()
+            .seal_config()
+            .await?
+            .ok_or(CoreError::NotInitialized)?;
+        if SealKind::parse(&cfg.kind) != Some(SealKind::Shamir) {
+            return Err(CoreError::WrongSealType);
+        }
+        let parsed = current
+            .iter()
+            .map(|s| Share::parse(s.trim()).map_err(|_| CoreError::MalformedShare))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut ids: Vec<u8> = parsed.iter().map(Share::id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != parsed.len() {
+            return Err(CoreError::DuplicateShare);
+        }
+        let quorum_err =
+            || CoreError::invalid("shares", "they are not a quorum of the current shares");
+        if parsed.len() < usize::from(cfg.threshold) {
+            return Err(quorum_err());
+        }
+        let old = shamir::combine(&parsed).map_err(|_| quorum_err())?;
+        if !old.matches(&cfg.root_check) {
+            tracing::warn!("rekey attempt with shares that do not rebuild the root key");
+            return Err(quorum_err());
+        }
+        let _exclusive = self.inner.root_change.write().await;
+        let new = RootKey::generate();
+        let secrets = reseal(&old, &new, self.store().root_secrets().await?)?;
+        let parts = shamir::split(&new, shares, threshold)
+            .map_err(|_| CoreError::invalid("shares", "at most 255"))?;
+        let rotation = RootRotation {
+            root_check: new
+                .check_value()
+                .map_err(|_| CoreError::Internal("root check"))?,
+            shares,
+            threshold,
+            secrets,
+        };
+        self.store().rotate_root(&rotation).await?;
+        self.inner.keyring.replace_root(new)?;
+        // Other nodes hold the old root key: they cannot open what is now stored and must be
+        // unsealed again with the new shares.
+        self.publish(Invalidation::All);
+        tracing::warn!(
+            shares,
+            threshold,
+            "root key rotated and new shares issued: unseal other nodes with the new shares"
+        );
+        Ok(RekeyResult {
+            shares: parts.iter().map(|p| p.to_text()).collect(),
+            threshold,
+        })
+    }
+}
+
+/// Every root secret opened with `old` and sealed with `new`. Fails on the first one that
+/// does not open: a partial rotation would lose data.
+fn reseal(old: &RootKey, new: &RootKey, s: RootSecrets) -> Result<RootSecrets, CoreError> {
+    let integrity = |_| CoreError::Integrity;
+    let internal = |_| CoreError::Internal("reseal under the new root key");
+    let tenant_keys = s
+        .tenant_keys
+        .into_iter()
+        .map(|mut k| {
+            let key = old
+                .unwrap_tenant_key(k.org_id, &k.wrapped)
+                .map_err(integrity)?;
+            k.wrapped = new.wrap_tenant_key(k.org_id, &key).map_err(internal)?;
+            Ok(k)
+        })
+        .collect::<Result<Vec<_>, CoreError>>()?;
+    let audit_key = s
+        .audit_key
+        .map(|w| {
+            AuditSigningKey::unwrap(old, &w)
+                .map_err(integrity)?
+                .wrap(new)
+                .map_err(internal)
+        })
+        .transpose()?;
+    let system = |purpose, rows: Vec<(uuid::Uuid, Vec<u8>)>| {
+        let (from, to) = (
+            SystemKey::derive(old, purpose).map_err(internal)?,
+            SystemKey::derive(new, purpose).map_err(internal)?,
+        );
+        rows.into_iter()
+            .map(|(id, sealed)| {
+                let plain = from.open(id, &sealed).map_err(integrity)?;
+                Ok((id, to.seal(id, plain.expose_secret()).map_err(internal)?))
+            })
+            .collect::<Result<Vec<_>, CoreError>>()
+    };
+    Ok(RootSecrets {
+        tenant_keys,
+        audit_key,
+        mfa: system(Purpose::Totp, s.mfa)?,
+        outbox: system(Purpose::Outbox, s.outbox)?,
+    })
+}
