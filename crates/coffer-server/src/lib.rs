@@ -8,6 +8,7 @@ mod audit;
 pub mod dto;
 pub mod error;
 mod extract;
+mod hardening;
 pub mod jwks;
 mod limits;
 pub mod mail;
@@ -29,6 +30,7 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 
+pub use hardening::{Hardening, harden_process};
 pub use openapi::openapi_json;
 pub use run::{DatabaseUrl, RunningServer, ServerConfig, start};
 

@@ -9,6 +9,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    // Before any key exists in this process.
+    coffer_server::harden_process();
     let cfg = crate::server_config::load(&args)?;
     let dev = cfg.dev;
     let data_dir = cfg.data_dir.clone();

@@ -830,6 +830,17 @@ fn rekey_and_organisation_deletion() {
         addr: srv.addr.clone(),
         ca: srv.ca.clone(),
     };
+    // The server process runs without core dumps.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", srv.child.id())).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert_eq!(
+        core.split_whitespace().skip(4).take(2).collect::<Vec<_>>(),
+        ["0", "0"],
+        "{core}"
+    );
     let init = cli.json(&["operator", "init", "--shares", "3", "--threshold", "2"]);
     let old: Vec<String> = init["shares"]
         .as_array()
