@@ -13,7 +13,6 @@ use coffer_crypto::RootKey;
 use coffer_crypto::audit::AuditSigningKey;
 use coffer_crypto::shamir::{self, Share};
 use coffer_crypto::system::{Purpose, SystemKey};
-use coffer_seal::SealKind;
 use coffer_store::{Invalidation, RootRotation, RootSecrets};
 use zeroize::Zeroizing;
 
@@ -42,14 +41,7 @@ impl Coffer {
             ));
         }
         self.ensure_unsealed()?;
-        let cfg = self
-            .store()
-            .seal_config()
-            .await?
-            .ok_or(CoreError::NotInitialized)?;
-        if SealKind::parse(&cfg.kind) != Some(SealKind::Shamir) {
-            return Err(CoreError::WrongSealType);
-        }
+        let cfg = self.shamir_config().await?;
         let parsed = current
             .iter()
             .map(|s| Share::parse(s.trim()).map_err(|_| CoreError::MalformedShare))

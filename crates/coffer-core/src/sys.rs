@@ -143,8 +143,8 @@ impl Coffer {
         })
     }
 
-    /// Submit one Shamir share.
-    pub async fn unseal(&self, share: &str) -> Result<UnsealOutcome, CoreError> {
+    /// The seal configuration, which must be a Shamir seal.
+    pub(crate) async fn shamir_config(&self) -> Result<SealConfigRow, CoreError> {
         let cfg = self
             .store()
             .seal_config()
@@ -153,6 +153,12 @@ impl Coffer {
         if SealKind::parse(&cfg.kind) != Some(SealKind::Shamir) {
             return Err(CoreError::WrongSealType);
         }
+        Ok(cfg)
+    }
+
+    /// Submit one Shamir share.
+    pub async fn unseal(&self, share: &str) -> Result<UnsealOutcome, CoreError> {
+        let cfg = self.shamir_config().await?;
         let threshold = usize::from(cfg.threshold);
         let outcome = self
             .inner
