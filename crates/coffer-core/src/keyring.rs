@@ -24,10 +24,7 @@ pub(crate) struct OrgKeys {
 impl OrgKeys {
     /// Whether every term in `terms` is here.
     pub(crate) fn covers(&self, mut terms: impl Iterator<Item = KeyTerm>) -> bool {
-        terms.all(|t| self.keys.iter().any(|k| k.term() == t))
-    }
-    pub(crate) fn get(&self, term: KeyTerm) -> Option<&TenantKey> {
-        self.keys.iter().find(|k| k.term() == term)
+        terms.all(|t| self.term(t).is_ok())
     }
     pub(crate) fn active(&self) -> Result<&TenantKey, CoreError> {
         self.keys.last().ok_or(CoreError::Integrity)
@@ -225,7 +222,7 @@ impl crate::Coffer {
     pub(crate) async fn org_keys_covering(
         &self,
         org_id: Uuid,
-        terms: impl Iterator<Item = KeyTerm> + Clone,
+        terms: impl Iterator<Item = KeyTerm>,
     ) -> Result<Arc<OrgKeys>, CoreError> {
         let keys = self.org_keys(org_id).await?;
         if keys.covers(terms) {

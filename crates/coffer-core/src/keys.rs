@@ -261,12 +261,12 @@ impl Coffer {
                 )
                 .await?;
             let rewrapped = tokio::task::spawn_blocking(move || {
-                let new = keys.get(target).ok_or(CoreError::Integrity)?;
+                let new = keys.term(target)?;
                 batch
                     .iter()
                     .map(|it| {
                         let old_term = it.ciphertext.key_term();
-                        let old = keys.get(old_term).ok_or(CoreError::Integrity)?;
+                        let old = keys.term(old_term)?;
                         let ctx = RecordContext {
                             org_id,
                             record_id: it.param_id,

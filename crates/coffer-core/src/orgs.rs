@@ -56,8 +56,8 @@ impl Coffer {
     /// Delete the caller's organisation (Owners, in person, naming it to confirm). Its key
     /// terms are destroyed first, in the same transaction as its values and metadata, so no
     /// later database copy or backup holds anything that decrypts them. Copies taken before
-    /// hold them wrapped by the root key: rotating the root key (`coffer operator rekey
-    /// --rotate-root`) makes those copies useless too. The audit chain stays.
+    /// hold them wrapped by the root key: the next root key rotation (`coffer operator
+    /// rekey`) makes those copies useless too. The audit chain stays.
     pub async fn delete_org(&self, p: &Principal, confirm: &str) -> Result<(), CoreError> {
         p.ensure_person()?;
         if p.role != Role::Owner {

@@ -73,7 +73,7 @@ fn open_value(keys: &OrgKeys, pv: &ParamValue) -> Result<SecretBytes, CoreError>
     })
 }
 
-fn terms_of(values: &[ParamValue]) -> impl Iterator<Item = coffer_crypto::KeyTerm> + Clone {
+fn terms_of(values: &[ParamValue]) -> impl Iterator<Item = coffer_crypto::KeyTerm> {
     values
         .iter()
         .filter_map(|v| v.ciphertext.as_ref().map(|c| c.key_term()))

@@ -359,17 +359,7 @@ macro_rules! impl_key_store {
             async fn root_secrets(&self) -> Result<RootSecrets, StoreError> {
                 let mut tenant_keys = Vec::new();
                 for org in self.org_ids().await? {
-                    let mut tx = self.$pool.begin().await?;
-                    $scope(&mut *tx, org).await?;
-                    for r in sqlx::query("SELECT org_id, term, wrapped, created_at FROM tenant_keys WHERE org_id = $1 ORDER BY term")
-                        .bind(org.as_bytes().as_slice())
-                        .fetch_all(&mut *tx)
-                        .await?
-                        .iter()
-                    {
-                        tenant_keys.push($crate::keys::tenant_key_row(r)?);
-                    }
-                    tx.commit().await?;
+                    tenant_keys.extend($crate::Store::tenant_keys(self, org).await?);
                 }
                 let audit_key = sqlx::query("SELECT wrapped_key FROM audit_keys WHERE id = 1")
                     .fetch_optional(&self.$pool)

@@ -10,7 +10,7 @@ mod notify;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use coffer_crypto::{KeyTerm, RootKeyCheck, WrappedTenantKey};
+use coffer_crypto::{KeyTerm, RootKeyCheck};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -298,14 +298,7 @@ impl Store for PgStore {
             .fetch_all(&mut *tx)
             .await?
             .iter()
-            .map(|r| {
-                Ok(TenantKeyRow {
-                    org_id: uuid_col(r, "org_id")?,
-                    term: KeyTerm(u32::try_from(r.int("term")?).map_err(|_| StoreError::Corrupt)?),
-                    wrapped: WrappedTenantKey::from_stored_bytes(r.bytes("wrapped")?),
-                    created_at: r.int("created_at")?,
-                })
-            })
+            .map(crate::keys::tenant_key_row)
             .collect();
         tx.commit().await?;
         out

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use coffer_crypto::{KeyTerm, RootKeyCheck, WrappedTenantKey};
+use coffer_crypto::{KeyTerm, RootKeyCheck};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -225,14 +225,7 @@ impl Store for SqliteStore {
             .fetch_all(&self.read)
             .await?
             .iter()
-            .map(|r| {
-                Ok(TenantKeyRow {
-                    org_id: uuid_col(r, "org_id")?,
-                    term: KeyTerm(u32::try_from(r.try_get::<i64, _>("term")?).map_err(|_| StoreError::Corrupt)?),
-                    wrapped: WrappedTenantKey::from_stored_bytes(r.try_get("wrapped")?),
-                    created_at: r.try_get("created_at")?,
-                })
-            })
+            .map(crate::keys::tenant_key_row)
             .collect()
     }
 
