@@ -3,6 +3,7 @@
 mod cli;
 mod cmd;
 mod output;
+mod seal_config;
 mod server_config;
 mod session;
 

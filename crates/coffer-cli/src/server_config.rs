@@ -27,6 +27,7 @@
 //! | COFFER_KEYS__CHECK_INTERVAL | keys.check_interval | 60s |
 //! | COFFER_KEYS__REWRAP_BATCH | keys.rewrap_batch | 2000 |
 //! | COFFER_KEYS__REWRAP_PAUSE | keys.rewrap_pause | 0s |
+//! | COFFER_SEAL__*, COFFER_KMS__*, COFFER_PKCS11__* | [seal], [kms], [pkcs11] | see seal_config.rs |
 //! | COFFER_LOG | (none) | info |
 
 use std::net::SocketAddr;
@@ -61,6 +62,12 @@ struct FileConfig {
     oidc: Vec<OidcSection>,
     #[serde(default)]
     keys: KeysSection,
+    #[serde(default)]
+    seal: crate::seal_config::SealSection,
+    #[serde(default)]
+    kms: crate::seal_config::KmsSection,
+    #[serde(default)]
+    pkcs11: crate::seal_config::Pkcs11Section,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -388,6 +395,10 @@ pub fn load(args: &ServerArgs) -> anyhow::Result<ServerConfig> {
         core.oidc.push(issuer);
     }
     let key_check_interval = apply_keys(&f.keys, &mut core)?;
+    f.seal.apply_env();
+    f.kms.apply_env();
+    f.pkcs11.apply_env();
+    let (seal, key_services) = crate::seal_config::build(&f.seal, &f.kms, &f.pkcs11)?;
     let checkpoint_interval = match &f.audit.checkpoint_interval {
         Some(v) => {
             let d = humantime::parse_duration(v)
@@ -420,6 +431,8 @@ pub fn load(args: &ServerArgs) -> anyhow::Result<ServerConfig> {
         jwks,
         smtp,
         key_check_interval,
+        seal,
+        key_services,
     })
 }
 

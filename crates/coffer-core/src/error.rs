@@ -43,6 +43,13 @@ pub enum CoreError {
     /// Stored ciphertext failed authentication: tampering, corruption or a key mix-up.
     #[error("stored data failed integrity checks")]
     Integrity,
+    /// The organisation's own external key (KMS or HSM) refused or cannot be reached: its
+    /// data cannot be decrypted until the key is usable again.
+    #[error("tenant key unavailable: the organisation's external key cannot be used")]
+    TenantKeyUnavailable,
+    /// The seal (KMS or HSM) could not produce or protect the root key.
+    #[error("the seal failed: {0}")]
+    Seal(String),
     #[error("storage error")]
     Store(#[source] StoreError),
     #[error("storage unavailable")]

@@ -162,20 +162,24 @@ impl Keyring {
         }
     }
 
-    /// Unwrap an organisation's stored keys with the root key and cache them.
+    /// Unwrap an organisation's stored keys with the root key and cache them, together with
+    /// the terms its external key unwrapped (`external`).
     pub(crate) fn load(
         &self,
         org_id: Uuid,
         rows: &[TenantKeyRow],
+        external: Vec<TenantKey>,
     ) -> Result<Arc<OrgKeys>, CoreError> {
         let mut keys = self.with_root(|root| {
             rows.iter()
+                .filter(|r| r.wrapped.external_blob().is_none())
                 .map(|r| {
                     root.unwrap_tenant_key(org_id, &r.wrapped)
                         .map_err(|_| CoreError::Integrity)
                 })
                 .collect::<Result<Vec<_>, _>>()
         })?;
+        keys.extend(external);
         if keys.is_empty() {
             return Err(CoreError::Integrity);
         }
@@ -207,7 +211,8 @@ impl crate::Coffer {
         }
         let _root = self.root_stable().await;
         let rows = self.store().tenant_keys(org_id).await?;
-        self.inner.keyring.load(org_id, &rows)
+        let external = self.unwrap_external_terms(org_id, &rows).await?;
+        self.inner.keyring.load(org_id, &rows, external)
     }
 
     /// Held while sealing something with the root key (or a key derived from it) and storing

@@ -26,6 +26,8 @@ pub struct TermView {
     /// Stored values sealed under this term.
     pub values: u64,
     pub active: bool,
+    /// `root`, or the external key (`awskms:…`, `pkcs11:…`) that wraps this term.
+    pub wrapped_by: String,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -41,6 +43,8 @@ pub struct RotationView {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct KeyStatus {
     pub active_term: u32,
+    /// The organisation's own key that wraps new terms, if attached.
+    pub external_key: Option<String>,
     pub terms: Vec<TermView>,
     pub rotation: Option<RotationView>,
     /// Automatic rotation policy.
@@ -94,10 +98,15 @@ impl Coffer {
                     .find(|(t, _)| *t == k.term)
                     .map_or(0, |(_, n)| *n),
                 active: k.term == active,
+                wrapped_by: k
+                    .wrapped
+                    .external_blob()
+                    .map_or_else(|| "root".to_owned(), |w| w.reference.to_owned()),
             })
             .collect();
         Ok(KeyStatus {
             active_term: active.0,
+            external_key: self.store().external_key(org_id).await?,
             terms,
             rotation: self.store().rotation(org_id).await?.map(Into::into),
             rotate_after_days: self.config().key_rotate_after.as_secs() / 86_400,
@@ -116,10 +125,7 @@ impl Coffer {
             let root_guard = self.root_stable().await;
             let next = KeyTerm(current.active()?.term().0.saturating_add(1));
             let key = TenantKey::generate(next);
-            let wrapped = self.inner.keyring.with_root(|root| {
-                root.wrap_tenant_key(org_id, &key)
-                    .map_err(|_| CoreError::Internal("wrap tenant key"))
-            })?;
+            let wrapped = self.wrap_new_term(org_id, &key).await?;
             let row = TenantKeyRow {
                 org_id,
                 term: next,
@@ -156,6 +162,8 @@ impl Coffer {
         for org in self.store().org_ids().await? {
             match self.maintain_org_keys(org).await {
                 Ok(n) => moved += n,
+                // Its own key is revoked or unreachable: the others carry on.
+                Err(CoreError::TenantKeyUnavailable) => {}
                 // The organisation was deleted meanwhile.
                 Err(CoreError::Integrity) if self.store().org(org).await?.is_none() => {}
                 Err(e) => return Err(e),

@@ -11,6 +11,7 @@ mod auth;
 mod clock;
 mod config;
 mod error;
+mod external;
 mod keyring;
 mod keys;
 pub mod members;
@@ -33,13 +34,17 @@ pub use auth::{
 pub use coffer_crypto::token::BearerToken;
 pub use coffer_crypto::{SecretBytes, fingerprint_sha256, random_bytes};
 pub use config::CoreConfig;
+/// Seals and key services, for the binary that wires them in.
+pub mod seal {
+    pub use coffer_seal::{ExternalSeal, KeyProvider, KeyServices, Seal, SealKind, ShamirSeal};
+}
 pub use error::CoreError;
 pub use keys::{KeyStatus, RotationView, TermView};
 pub use params::{DiffEntry, DiffKind, ParamHistoryEntry, ParamView, SetParam};
 pub use projects::{EnvView, ProjectView};
 pub use rekey::RekeyResult;
 pub use roles::Role;
-pub use sys::{Bootstrap, InitResult, SealStatus, UnsealOutcome};
+pub use sys::{Bootstrap, InitResult, SealStatus, StartState, UnsealOutcome};
 
 use coffer_store::{Invalidation, Store};
 
@@ -62,6 +67,9 @@ struct Inner {
     key_job: tokio::sync::Notify,
     /// Write-locked while the root key is replaced (see `Coffer::root_stable`).
     root_change: tokio::sync::RwLock<()>,
+    /// The seal this server is configured with, and the KMS/HSM organisations may use for
+    /// their own keys (set once at start by [`Coffer::configure_keys`]).
+    keys: std::sync::RwLock<external::KeyConfig>,
 }
 
 impl Coffer {
@@ -87,6 +95,7 @@ impl Coffer {
                 dummy_hash,
                 key_job: tokio::sync::Notify::new(),
                 root_change: tokio::sync::RwLock::new(()),
+                keys: std::sync::RwLock::new(external::KeyConfig::default()),
             }),
         };
         if let Some(rx) = invalidations {

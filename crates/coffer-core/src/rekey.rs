@@ -1,4 +1,5 @@
-//! `coffer operator rekey` on a Shamir seal: a new root key and a new set of shares (new
+//! `coffer operator rekey`: a new root key and a new set of shares (unseal shares, or recovery
+//! shares of a KMS or HSM seal; new
 //! threshold allowed), authorised by a quorum of the current shares. The root key is always
 //! replaced, not just re-split: shares of the same key would leave the old shares valid,
 //! and a rekey usually happens because shares leaked or their holders left.
@@ -11,7 +12,7 @@
 
 use coffer_crypto::RootKey;
 use coffer_crypto::audit::AuditSigningKey;
-use coffer_crypto::shamir::{self, Share};
+use coffer_crypto::shamir;
 use coffer_crypto::system::{Purpose, SystemKey};
 use coffer_store::{Invalidation, RootRotation, RootSecrets};
 use zeroize::Zeroizing;
@@ -41,33 +42,27 @@ impl Coffer {
             ));
         }
         self.ensure_unsealed()?;
-        let cfg = self.shamir_config().await?;
-        let parsed = current
-            .iter()
-            .map(|s| Share::parse(s.trim()).map_err(|_| CoreError::MalformedShare))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut ids: Vec<u8> = parsed.iter().map(Share::id).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        if ids.len() != parsed.len() {
-            return Err(CoreError::DuplicateShare);
+        let cfg = self.seal_config().await?;
+        let seal = self.key_config()?.seal;
+        if coffer_seal::SealKind::parse(&cfg.kind) != Some(seal.kind())
+            || seal.kind() == coffer_seal::SealKind::DevFile
+        {
+            return Err(CoreError::WrongSealType);
         }
-        let quorum_err =
-            || CoreError::invalid("shares", "they are not a quorum of the current shares");
-        if parsed.len() < usize::from(cfg.threshold) {
-            return Err(quorum_err());
-        }
-        let old = shamir::combine(&parsed).map_err(|_| quorum_err())?;
-        if !old.matches(&cfg.root_check) {
-            tracing::warn!("rekey attempt with shares that do not rebuild the root key");
-            return Err(quorum_err());
-        }
+        let old = self.root_from_quorum(&cfg, current)?;
         let _exclusive = self.inner.root_change.write().await;
         let new = RootKey::generate();
         let secrets = reseal(&old, &new, self.store().root_secrets().await?)?;
         let parts = shamir::split(&new, shares, threshold)
             .map_err(|_| CoreError::invalid("shares", "at most 255"))?;
+        // A KMS/HSM seal wraps the new root key before anything changes: if it cannot, the
+        // rotation does not happen.
+        let sealed_root = seal
+            .seal_root(&new)
+            .await
+            .map_err(crate::sys::seal_error)?;
         let rotation = RootRotation {
+            sealed_root,
             root_check: new
                 .check_value()
                 .map_err(|_| CoreError::Internal("root check"))?,
@@ -97,9 +92,11 @@ impl Coffer {
 fn reseal(old: &RootKey, new: &RootKey, s: RootSecrets) -> Result<RootSecrets, CoreError> {
     let integrity = |_| CoreError::Integrity;
     let internal = |_| CoreError::Internal("reseal under the new root key");
+    // Terms wrapped by an organisation's own key do not depend on the root key.
     let tenant_keys = s
         .tenant_keys
         .into_iter()
+        .filter(|k| k.wrapped.external_blob().is_none())
         .map(|mut k| {
             let key = old
                 .unwrap_tenant_key(k.org_id, &k.wrapped)

@@ -3,7 +3,7 @@
 use coffer_crypto::RootKey;
 use coffer_crypto::shamir;
 use coffer_crypto::token::{self, BearerToken};
-use coffer_seal::{AutoUnseal, SealKind, SubmitError, SubmitOutcome};
+use coffer_seal::{Seal, SealKind, SubmitError, SubmitOutcome};
 use coffer_store::{MembershipRow, SealConfigRow, StoreError, UserRow};
 use uuid::Uuid;
 use zeroize::Zeroizing;
@@ -34,9 +34,12 @@ pub struct Bootstrap {
 
 #[derive(Debug)]
 pub struct InitResult {
-    /// Shamir shares of the root key in text form; shown once, never stored.
+    /// Shamir shares of the root key in text form; shown once, never stored. With a KMS or
+    /// HSM seal they are recovery shares: needed for rekey and seal migration, not to unseal.
     pub shares: Vec<Zeroizing<String>>,
     pub threshold: u8,
+    /// The server unsealed itself (KMS or HSM seal).
+    pub unsealed: bool,
     pub bootstrap: Bootstrap,
 }
 
@@ -71,23 +74,38 @@ impl Coffer {
         })
     }
 
-    /// Initialise with a Shamir seal. The server stays sealed afterwards.
-    pub async fn init_shamir(&self, shares: u8, threshold: u8) -> Result<InitResult, CoreError> {
+    /// Initialise. With the Shamir seal (the default) the root key is split into `shares`
+    /// and the server stays sealed until a quorum is submitted. With a KMS or HSM seal the
+    /// root key is stored wrapped by the seal's key, the shares are recovery shares, and the
+    /// server is unsealed at once.
+    pub async fn init(&self, shares: u8, threshold: u8) -> Result<InitResult, CoreError> {
         if !(2..=255).contains(&threshold) || threshold > shares {
             return Err(CoreError::invalid(
                 "threshold",
                 "must be between 2 and the number of shares",
             ));
         }
+        let seal = self.key_config()?.seal;
+        if seal.kind() == SealKind::DevFile {
+            return Err(CoreError::WrongSealType);
+        }
         let root = RootKey::generate();
         let parts = shamir::split(&root, shares, threshold)
             .map_err(|_| CoreError::invalid("shares", "at most 255"))?;
-        self.claim_init(SealKind::Shamir, shares, threshold, &root)
+        let sealed = seal.seal_root(&root).await.map_err(seal_error)?;
+        self.claim_init(seal.kind(), shares, threshold, &root, sealed)
             .await?;
         let bootstrap = self.create_bootstrap(&root).await?;
+        let unsealed = seal.kind().is_auto();
+        if unsealed {
+            self.inner.keyring.unseal(root)?;
+            self.ensure_audit_key().await?;
+            tracing::info!(seal = seal.kind().as_str(), "initialised and unsealed");
+        }
         Ok(InitResult {
             shares: parts.iter().map(|p| p.to_text()).collect(),
             threshold,
+            unsealed,
             bootstrap,
         })
     }
@@ -98,6 +116,7 @@ impl Coffer {
         shares: u8,
         threshold: u8,
         root: &RootKey,
+        sealed_root: Option<Vec<u8>>,
     ) -> Result<(), CoreError> {
         let cfg = SealConfigRow {
             kind: kind.as_str().to_owned(),
@@ -107,6 +126,7 @@ impl Coffer {
                 .check_value()
                 .map_err(|_| CoreError::Internal("root check"))?,
             created_at: now_ms(),
+            sealed_root,
         };
         match self.store().init_seal_config(&cfg).await {
             Err(StoreError::Conflict) => Err(CoreError::AlreadyInitialized),
@@ -145,15 +165,18 @@ impl Coffer {
 
     /// The seal configuration, which must be a Shamir seal.
     pub(crate) async fn shamir_config(&self) -> Result<SealConfigRow, CoreError> {
-        let cfg = self
-            .store()
-            .seal_config()
-            .await?
-            .ok_or(CoreError::NotInitialized)?;
+        let cfg = self.seal_config().await?;
         if SealKind::parse(&cfg.kind) != Some(SealKind::Shamir) {
             return Err(CoreError::WrongSealType);
         }
         Ok(cfg)
+    }
+
+    pub(crate) async fn seal_config(&self) -> Result<SealConfigRow, CoreError> {
+        self.store()
+            .seal_config()
+            .await?
+            .ok_or(CoreError::NotInitialized)
     }
 
     /// Submit one Shamir share.
@@ -201,16 +224,15 @@ impl Coffer {
 
     /// Dev mode: initialise on first start with the key file as the seal, and unseal from it
     /// on every start. Returns the bootstrap account when it was just created.
-    pub async fn start_with_auto_unseal(
-        &self,
-        seal: &dyn AutoUnseal,
-    ) -> Result<Option<Bootstrap>, CoreError> {
+    async fn start_dev_seal(&self, seal: &dyn Seal) -> Result<Option<Bootstrap>, CoreError> {
         let root = seal
-            .root_key()
-            .map_err(|_| CoreError::Internal("the seal could not produce the root key"))?;
+            .auto_unseal(None)
+            .await
+            .map_err(seal_error)?
+            .ok_or(CoreError::WrongSealType)?;
         let bootstrap = match self.store().seal_config().await? {
             None => {
-                self.claim_init(seal.kind(), 0, 0, &root).await?;
+                self.claim_init(seal.kind(), 0, 0, &root, None).await?;
                 Some(self.create_bootstrap(&root).await?)
             }
             Some(cfg) => {
@@ -227,6 +249,124 @@ impl Coffer {
         self.ensure_audit_key().await?;
         Ok(bootstrap)
     }
+
+    /// Production start with the configured seal. A KMS or HSM seal unseals the server
+    /// here; a Shamir seal waits for shares. When the database was initialised with another
+    /// seal, the server stays sealed until `coffer operator migrate-seal`.
+    pub async fn start_sealed(&self) -> Result<StartState, CoreError> {
+        let seal = self.key_config()?.seal;
+        let Some(cfg) = self.store().seal_config().await? else {
+            return Ok(StartState::Uninitialised);
+        };
+        let recorded = SealKind::parse(&cfg.kind).ok_or(CoreError::Integrity)?;
+        if recorded == SealKind::DevFile {
+            return Err(CoreError::WrongSealType);
+        }
+        if recorded != seal.kind() {
+            tracing::warn!(
+                recorded = recorded.as_str(),
+                configured = seal.kind().as_str(),
+                "the seal changed: run `coffer operator migrate-seal` with a quorum of the shares"
+            );
+            return Ok(StartState::MigrationPending);
+        }
+        let Some(root) = seal
+            .auto_unseal(cfg.sealed_root.as_deref())
+            .await
+            .map_err(seal_error)?
+        else {
+            return Ok(StartState::AwaitingShares);
+        };
+        if !root.matches(&cfg.root_check) {
+            tracing::error!("the seal produced a root key that does not match this database");
+            return Err(CoreError::Integrity);
+        }
+        self.inner.keyring.unseal(root)?;
+        self.ensure_audit_key().await?;
+        tracing::info!(seal = seal.kind().as_str(), "unsealed by the seal");
+        Ok(StartState::Unsealed)
+    }
+
+    /// Move to the configured seal (`coffer operator migrate-seal`), authorised by a quorum
+    /// of the current shares (unseal shares of a Shamir seal, recovery shares of a KMS or HSM
+    /// seal). The root key does not change, so neither does any stored key or value, and the
+    /// same shares stay valid: as recovery shares after a move to KMS/HSM, as unseal shares
+    /// after a move to Shamir. The server is unsealed afterwards.
+    pub async fn migrate_seal(&self, shares: &[String]) -> Result<(), CoreError> {
+        let seal = self.key_config()?.seal;
+        let cfg = self.seal_config().await?;
+        let recorded = SealKind::parse(&cfg.kind).ok_or(CoreError::Integrity)?;
+        if recorded == SealKind::DevFile || seal.kind() == SealKind::DevFile {
+            return Err(CoreError::WrongSealType);
+        }
+        if recorded == seal.kind() {
+            return Err(CoreError::invalid(
+                "seal",
+                "the configured seal is already in use; change [seal] in the server configuration first",
+            ));
+        }
+        let root = self.root_from_quorum(&cfg, shares)?;
+        let sealed = seal.seal_root(&root).await.map_err(seal_error)?;
+        self.store()
+            .migrate_seal(seal.kind().as_str(), sealed.as_deref(), &cfg.root_check)
+            .await?;
+        if self.inner.keyring.is_sealed() {
+            self.inner.keyring.unseal(root)?;
+            self.ensure_audit_key().await?;
+        }
+        tracing::warn!(
+            from = recorded.as_str(),
+            to = seal.kind().as_str(),
+            "seal migrated; restart other nodes with the new seal configuration"
+        );
+        Ok(())
+    }
+
+    /// Rebuild the root key from a quorum of its shares and check it against the database.
+    pub(crate) fn root_from_quorum(
+        &self,
+        cfg: &SealConfigRow,
+        shares: &[String],
+    ) -> Result<RootKey, CoreError> {
+        let parsed = shares
+            .iter()
+            .map(|s| shamir::Share::parse(s.trim()).map_err(|_| CoreError::MalformedShare))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut ids: Vec<u8> = parsed.iter().map(shamir::Share::id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != parsed.len() {
+            return Err(CoreError::DuplicateShare);
+        }
+        let quorum_err =
+            || CoreError::invalid("shares", "they are not a quorum of the current shares");
+        if cfg.threshold == 0 || parsed.len() < usize::from(cfg.threshold) {
+            return Err(quorum_err());
+        }
+        let root = shamir::combine(&parsed).map_err(|_| quorum_err())?;
+        if !root.matches(&cfg.root_check) {
+            tracing::warn!("shares submitted that do not rebuild the root key");
+            return Err(quorum_err());
+        }
+        Ok(root)
+    }
+}
+
+/// What a production start found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartState {
+    Uninitialised,
+    /// Shamir seal: operators must submit shares.
+    AwaitingShares,
+    /// KMS or HSM seal: unsealed.
+    Unsealed,
+    /// The database was initialised with another seal than the configured one.
+    MigrationPending,
+}
+
+pub(crate) fn seal_error(e: coffer_seal::SealError) -> CoreError {
+    tracing::error!(error = %e, "seal");
+    CoreError::Seal(e.to_string())
 }
 
 impl Coffer {
@@ -291,16 +431,6 @@ impl Coffer {
         if created {
             tracing::warn!(path = %key_path.display(), "created a DEV root key file: anyone who can read it can read every secret");
         }
-        self.start_with_auto_unseal(&seal).await
-    }
-
-    /// A production start must not reuse a data directory initialised in dev mode.
-    pub async fn check_production_start(&self) -> Result<(), CoreError> {
-        match self.store().seal_config().await? {
-            Some(cfg) if SealKind::parse(&cfg.kind) != Some(SealKind::Shamir) => {
-                Err(CoreError::WrongSealType)
-            }
-            _ => Ok(()),
-        }
+        self.start_dev_seal(&seal).await
     }
 }

@@ -26,6 +26,14 @@ pub struct TenantKey {
 #[derive(Clone, PartialEq, Eq)]
 pub struct WrappedTenantKey(Vec<u8>);
 
+/// The parts of a tenant key wrapped by an external key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExternalWrap<'a> {
+    pub term: KeyTerm,
+    pub reference: &'a str,
+    pub blob: &'a [u8],
+}
+
 /// A value sealed under the root key that proves a reconstructed key is the right one
 /// before the server starts using it.
 #[derive(Clone, PartialEq, Eq)]
@@ -34,6 +42,8 @@ pub struct RootKeyCheck(Vec<u8>);
 const KEK_MAGIC: &[u8; 2] = b"CK";
 const KEK_FORMAT: u8 = 1;
 const KEK_ALG_A256GCM: u8 = 1;
+/// Wrapped by an organisation's external key (KMS or HSM); the body is that service's blob.
+const KEK_ALG_EXTERNAL: u8 = 2;
 const KEK_HEADER_LEN: usize = 8;
 const CHECK_AAD: &[u8] = b"coffer/root-check/v1";
 const CHECK_PLAINTEXT: &[u8] = b"coffer root key check v1";
@@ -53,6 +63,11 @@ impl RootKey {
     /// The raw key, for a seal provider that must split or wrap it. Nothing else needs it.
     pub fn expose_secret(&self) -> &[u8; KEY_LEN] {
         &self.0
+    }
+
+    /// Whether `other` is the same key (constant time).
+    pub fn same_key(&self, other: &RootKey) -> bool {
+        hazmat::ct_eq(&self.0, &other.0)
     }
 
     pub fn check_value(&self) -> Result<RootKeyCheck, CryptoError> {
@@ -97,10 +112,14 @@ impl RootKey {
 }
 
 fn kek_header(term: KeyTerm) -> [u8; KEK_HEADER_LEN] {
+    kek_header_alg(term, KEK_ALG_A256GCM)
+}
+
+fn kek_header_alg(term: KeyTerm, alg: u8) -> [u8; KEK_HEADER_LEN] {
     let mut h = [0u8; KEK_HEADER_LEN];
     h[..2].copy_from_slice(KEK_MAGIC);
     h[2] = KEK_FORMAT;
-    h[3] = KEK_ALG_A256GCM;
+    h[3] = alg;
     h[4..].copy_from_slice(&term.0.to_be_bytes());
     h
 }
@@ -135,6 +154,17 @@ impl TenantKey {
         self.term
     }
 
+    /// The raw key, only to hand it to an organisation's external key for wrapping.
+    pub fn expose_secret(&self) -> &[u8; KEY_LEN] {
+        &self.bytes
+    }
+
+    /// A key unwrapped by an organisation's external key.
+    pub fn from_external(term: KeyTerm, bytes: &[u8]) -> Result<Self, CryptoError> {
+        let bytes: [u8; KEY_LEN] = bytes.try_into().map_err(|_| CryptoError::InvalidKey)?;
+        Ok(Self { term, bytes })
+    }
+
     /// Envelope-encrypt one value version under a fresh data key.
     pub fn seal(&self, ctx: &RecordContext, plaintext: &[u8]) -> Result<Ciphertext, CryptoError> {
         envelope::seal(&self.bytes, self.term, ctx, plaintext)
@@ -167,6 +197,34 @@ impl WrappedTenantKey {
     pub fn from_stored_bytes(bytes: Vec<u8>) -> Self {
         Self(bytes)
     }
+
+    /// A tenant key of `term` wrapped by the external key `reference` (stored with it, so
+    /// that every node knows where to unwrap it), which returned `blob`.
+    pub fn external(term: KeyTerm, reference: &str, blob: &[u8]) -> Result<Self, CryptoError> {
+        let len = u16::try_from(reference.len()).map_err(|_| CryptoError::InvalidKey)?;
+        let mut out = kek_header_alg(term, KEK_ALG_EXTERNAL).to_vec();
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(reference.as_bytes());
+        out.extend_from_slice(blob);
+        Ok(Self(out))
+    }
+
+    /// For a key wrapped by an external key: its term, the key's reference and the
+    /// service's blob. The root key never opens these.
+    pub fn external_blob(&self) -> Option<ExternalWrap<'_>> {
+        let (h, rest) = self.0.split_at_checked(KEK_HEADER_LEN)?;
+        if &h[..2] != KEK_MAGIC || h[2] != KEK_FORMAT || h[3] != KEK_ALG_EXTERNAL {
+            return None;
+        }
+        let (len, rest) = rest.split_at_checked(2)?;
+        let (reference, blob) =
+            rest.split_at_checked(usize::from(u16::from_be_bytes([len[0], len[1]])))?;
+        Some(ExternalWrap {
+            term: KeyTerm(u32::from_be_bytes(h[4..8].try_into().ok()?)),
+            reference: std::str::from_utf8(reference).ok()?,
+            blob,
+        })
+    }
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
@@ -195,6 +253,28 @@ redacted_debug!(RootKey, TenantKey, WrappedTenantKey, RootKeyCheck);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn externally_wrapped_keys_carry_their_term_and_never_open_with_the_root() {
+        let org = Uuid::new_v4();
+        let root = RootKey::generate();
+        let w = WrappedTenantKey::external(KeyTerm(7), "awskms:alias/acme", b"kms-blob").unwrap();
+        assert_eq!(
+            w.external_blob(),
+            Some(ExternalWrap {
+                term: KeyTerm(7),
+                reference: "awskms:alias/acme",
+                blob: b"kms-blob"
+            })
+        );
+        assert!(root.unwrap_tenant_key(org, &w).is_err());
+        let k = TenantKey::generate(KeyTerm(1));
+        let by_root = root.wrap_tenant_key(org, &k).unwrap();
+        assert_eq!(by_root.external_blob(), None);
+        let back = TenantKey::from_external(KeyTerm(1), k.expose_secret()).unwrap();
+        assert_eq!(back.expose_secret(), k.expose_secret());
+        assert!(TenantKey::from_external(KeyTerm(1), b"short").is_err());
+    }
 
     #[test]
     fn root_check_accepts_only_its_key() {

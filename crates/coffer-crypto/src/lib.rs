@@ -20,7 +20,7 @@ pub mod token;
 
 pub use envelope::{Ciphertext, FORMAT_VERSION, RecordContext};
 pub use error::CryptoError;
-pub use keys::{KeyTerm, RootKey, RootKeyCheck, TenantKey, WrappedTenantKey};
+pub use keys::{ExternalWrap, KeyTerm, RootKey, RootKeyCheck, TenantKey, WrappedTenantKey};
 pub use secret::SecretBytes;
 
 /// Fill `buf` with bytes from the operating system's CSPRNG (through AWS-LC).

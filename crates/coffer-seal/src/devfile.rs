@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use coffer_crypto::RootKey;
 use zeroize::Zeroizing;
 
-use crate::{AutoUnseal, SealError, SealKind};
+use crate::{Seal, SealError, SealKind};
 
 /// The dev-mode seal: the root key in a file only its owner can read.
 ///
@@ -48,12 +48,29 @@ impl DevKeyFile {
     }
 }
 
-impl AutoUnseal for DevKeyFile {
+#[async_trait::async_trait]
+impl Seal for DevKeyFile {
     fn kind(&self) -> SealKind {
         SealKind::DevFile
     }
 
-    fn root_key(&self) -> Result<RootKey, SealError> {
+    /// The file holds the key itself and is not rewritten: only its own key is accepted.
+    async fn seal_root(&self, root: &RootKey) -> Result<Option<Vec<u8>>, SealError> {
+        let current = self.root_key()?;
+        if current.same_key(root) {
+            Ok(None)
+        } else {
+            Err(SealError::Unsupported("the dev key file seal cannot take a new root key"))
+        }
+    }
+
+    async fn auto_unseal(&self, _sealed: Option<&[u8]>) -> Result<Option<RootKey>, SealError> {
+        self.root_key().map(Some)
+    }
+}
+
+impl DevKeyFile {
+    pub fn root_key(&self) -> Result<RootKey, SealError> {
         let io = |source| SealError::Io {
             path: self.path.clone(),
             source,

@@ -1,14 +1,25 @@
-//! Where the root key comes from.
+//! Where the root key comes from, and the external keys that can protect keys.
 //!
-//! Shamir: the key is split at initialisation and rebuilt in memory from a quorum of shares
-//! typed by operators ([`ShamirProgress`]). Dev key file: the key sits in a 0600 file next to
-//! the data, for `coffer server --dev` only. Hardware and cloud seals (PKCS#11, AWS KMS)
-//! implement [`AutoUnseal`] as well.
+//! Every seal implements [`Seal`]:
+//! - Shamir: the key is split at initialisation and rebuilt in memory from a quorum of
+//!   shares typed by operators ([`ShamirProgress`]).
+//! - Dev key file: the key sits in a 0600 file next to the data, for `coffer server --dev`.
+//! - AWS KMS and PKCS#11 ([`ExternalSeal`]): the root key is stored in the database wrapped by
+//!   a key that never leaves the KMS or HSM, and the server unseals itself at start. The
+//!   services themselves ([`KeyProvider`]) live in `coffer-extkeys`, so that this crate and
+//!   the domain above it stay free of HTTP and of C libraries.
+//!
+//! The same [`ExternalKey`]s let an organisation wrap its own tenant keys with a key it
+//! controls (bring your own key).
 
 mod devfile;
+mod external;
 mod shamir;
 
 pub use devfile::DevKeyFile;
+pub use external::{
+    EncryptionContext, ExternalKey, ExternalSeal, KeyProvider, KeyServices, ShamirSeal, probe,
+};
 pub use shamir::{ShamirProgress, SubmitError, SubmitOutcome};
 
 use coffer_crypto::RootKey;
@@ -19,6 +30,8 @@ use coffer_crypto::RootKey;
 pub enum SealKind {
     Shamir,
     DevFile,
+    AwsKms,
+    Pkcs11,
 }
 
 impl SealKind {
@@ -26,21 +39,42 @@ impl SealKind {
         match self {
             SealKind::Shamir => "shamir",
             SealKind::DevFile => "dev-file",
+            SealKind::AwsKms => "awskms",
+            SealKind::Pkcs11 => "pkcs11",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "shamir" => Some(SealKind::Shamir),
             "dev-file" => Some(SealKind::DevFile),
+            "awskms" => Some(SealKind::AwsKms),
+            "pkcs11" => Some(SealKind::Pkcs11),
             _ => None,
         }
     }
+    /// Whether the server unseals itself at start (operators then hold recovery shares).
+    pub fn is_auto(self) -> bool {
+        !matches!(self, SealKind::Shamir)
+    }
 }
 
-/// A seal that can produce the root key without operators (dev file, HSM, KMS).
-pub trait AutoUnseal: Send + Sync + std::fmt::Debug {
+/// A source of the root key.
+#[async_trait::async_trait]
+pub trait Seal: Send + Sync + std::fmt::Debug {
     fn kind(&self) -> SealKind;
-    fn root_key(&self) -> Result<RootKey, SealError>;
+
+    /// Protect a new root key. `Some(blob)` is stored in the database and given back to
+    /// [`Seal::auto_unseal`]; `None` when the key is kept elsewhere (shares, the dev file).
+    async fn seal_root(&self, root: &RootKey) -> Result<Option<Vec<u8>>, SealError>;
+
+    /// The root key without operators, from what `seal_root` stored; `None` when operators
+    /// must submit shares.
+    async fn auto_unseal(&self, sealed_root: Option<&[u8]>) -> Result<Option<RootKey>, SealError>;
+
+    /// The KMS or HSM key behind the seal, if any.
+    fn external_key(&self) -> Option<&dyn ExternalKey> {
+        None
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,4 +90,15 @@ pub enum SealError {
     Permissions(std::path::PathBuf),
     #[error("the key file {0} does not hold a 256-bit key")]
     BadKeyFile(std::path::PathBuf),
+    /// The external key refused: disabled, deleted, denied, or not the key of this data.
+    #[error("the external key {key} is unavailable ({reason})")]
+    KeyUnavailable { key: String, reason: String },
+    #[error("the key service could not be reached: {0}")]
+    Unreachable(String),
+    #[error("the key service failed: {0}")]
+    Service(String),
+    #[error("seal configuration: {0}")]
+    Config(String),
+    #[error("{0}")]
+    Unsupported(&'static str),
 }

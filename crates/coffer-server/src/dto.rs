@@ -33,9 +33,13 @@ pub struct InitRequest {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct InitResponse {
-    /// Shamir shares of the root key. Shown once; Coffer keeps no copy.
+    /// Shamir shares of the root key. Shown once; Coffer keeps no copy. With a KMS or HSM
+    /// seal these are recovery shares (for rekey and seal migration).
     pub shares: Vec<String>,
     pub threshold: u8,
+    /// The server unsealed itself (KMS or HSM seal).
+    #[serde(default)]
+    pub unsealed: bool,
     pub bootstrap: BootstrapAccount,
 }
 
@@ -619,6 +623,8 @@ pub struct KeyTermDto {
     /// Stored values sealed under this term.
     pub values: u64,
     pub active: bool,
+    /// `root`, or the organisation's own key (`awskms:…`, `pkcs11:…`) that wraps this term.
+    pub wrapped_by: String,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -636,6 +642,8 @@ pub struct KeyRotationDto {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct KeyStatusDto {
     pub active_term: u32,
+    /// The organisation's own key that wraps new terms, if one is attached.
+    pub external_key: Option<String>,
     pub terms: Vec<KeyTermDto>,
     pub rotation: Option<KeyRotationDto>,
     pub rotate_after_days: u64,
@@ -646,6 +654,7 @@ impl From<coffer_core::KeyStatus> for KeyStatusDto {
     fn from(s: coffer_core::KeyStatus) -> Self {
         Self {
             active_term: s.active_term,
+            external_key: s.external_key,
             terms: s
                 .terms
                 .into_iter()
@@ -654,6 +663,7 @@ impl From<coffer_core::KeyStatus> for KeyStatusDto {
                     created_at: t.created_at,
                     values: t.values,
                     active: t.active,
+                    wrapped_by: t.wrapped_by,
                 })
                 .collect(),
             rotation: s.rotation.map(|r| KeyRotationDto {
@@ -675,6 +685,26 @@ impl From<coffer_core::KeyStatus> for KeyStatusDto {
 pub struct DeleteOrgRequest {
     /// The organisation's name, to confirm.
     pub confirm: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttachKeyRequest {
+    /// `awskms:<key id, ARN or alias>` or `pkcs11:<key label>`.
+    pub key: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateSealRequest {
+    /// A quorum of the current shares (unseal shares, or recovery shares of a KMS/HSM seal).
+    pub shares: Vec<String>,
+}
+
+impl std::fmt::Debug for MigrateSealRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MigrateSealRequest").finish_non_exhaustive()
+    }
 }
 
 #[derive(Deserialize, ToSchema)]

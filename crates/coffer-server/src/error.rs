@@ -37,6 +37,8 @@ pub enum ErrorCode {
     DuplicateShare,
     Unavailable,
     AuditUnavailable,
+    TenantKeyUnavailable,
+    SealUnavailable,
     Internal,
 }
 
@@ -56,7 +58,9 @@ impl ErrorCode {
             AlreadyExists | Conflict | LastOwner | AlreadyInitialized | AlreadyUnsealed => {
                 StatusCode::CONFLICT
             }
-            Sealed | Unavailable | AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Sealed | Unavailable | AuditUnavailable | TenantKeyUnavailable | SealUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             NotInitialized => StatusCode::NOT_IMPLEMENTED,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -127,6 +131,20 @@ impl From<CoreError> for ApiError {
                 return Self::new(
                     C::AuditUnavailable,
                     "the audit log is unavailable; the request was not completed",
+                );
+            }
+            CoreError::TenantKeyUnavailable => {
+                return Self::new(
+                    C::TenantKeyUnavailable,
+                    "tenant key unavailable: the organisation's own key (KMS or HSM) cannot be used; \
+                     an Owner must enable it again",
+                );
+            }
+            CoreError::Seal(_) => {
+                tracing::error!(error = ?e, "seal unavailable");
+                return Self::new(
+                    C::SealUnavailable,
+                    "the seal (KMS or HSM) could not be used; the server log has details",
                 );
             }
             CoreError::Unavailable(_) => {

@@ -83,6 +83,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sys/unseal", post(sys::unseal))
         .route("/v1/sys/seal", post(sys::seal))
         .route("/v1/sys/rekey", post(sys::rekey))
+        .route("/v1/sys/migrate-seal", post(sys::migrate_seal))
         .route("/v1/auth/login", post(auth::login))
         .route("/v1/auth/logout", post(auth::logout))
         .route("/v1/auth/whoami", get(auth::whoami))
@@ -118,6 +119,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/org", axum::routing::delete(orgs::delete))
         .route("/v1/org/keys", get(keys::status))
         .route("/v1/org/keys/rotate", post(keys::rotate))
+        .route(
+            "/v1/org/keys/external",
+            axum::routing::put(keys::attach_external).delete(keys::detach_external),
+        )
         .route("/v1/org/api-keys", get(apikeys::list).post(apikeys::create))
         .route(
             "/v1/org/api-keys/{id}",

@@ -8,7 +8,7 @@ use crate::routes;
 #[openapi(
     info(title = "Coffer API", description = "Secrets and configuration management. All routes act on the organisation of the authenticated session."),
     paths(
-        routes::sys::health, routes::sys::seal_status, routes::sys::init, routes::sys::unseal, routes::sys::seal, routes::sys::rekey,
+        routes::sys::health, routes::sys::seal_status, routes::sys::init, routes::sys::unseal, routes::sys::seal, routes::sys::rekey, routes::sys::migrate_seal,
         routes::auth::login, routes::auth::logout, routes::auth::whoami, routes::auth::mfa_verify,
         routes::auth::oidc, routes::auth::token, routes::auth::change_password, routes::auth::set_email,
         routes::auth::sessions, routes::auth::revoke_session, routes::auth::mfa_enroll,
@@ -16,7 +16,7 @@ use crate::routes;
         routes::orgs::list, routes::orgs::create, routes::orgs::switch, routes::orgs::members,
         routes::orgs::set_role, routes::orgs::remove, routes::orgs::invite, routes::orgs::invitations,
         routes::orgs::accept, routes::orgs::settings, routes::orgs::update_settings,
-        routes::keys::status, routes::keys::rotate, routes::orgs::delete,
+        routes::keys::status, routes::keys::rotate, routes::keys::attach_external, routes::keys::detach_external, routes::orgs::delete,
         routes::apikeys::create, routes::apikeys::list, routes::apikeys::revoke,
         routes::projects::list, routes::projects::create, routes::projects::list_envs, routes::projects::create_env,
         routes::params::list, routes::params::get, routes::params::set, routes::params::delete,

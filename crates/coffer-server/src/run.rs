@@ -44,6 +44,10 @@ pub struct ServerConfig {
     /// How often the leader checks key rotation policy and unfinished rewrap jobs (a
     /// rotation requested on any node wakes it at once).
     pub key_check_interval: Duration,
+    /// Where the root key comes from (default Shamir). KMS and HSM seals unseal at start.
+    pub seal: std::sync::Arc<dyn coffer_core::seal::Seal>,
+    /// The KMS and HSM organisations may attach their own keys from.
+    pub key_services: coffer_core::seal::KeyServices,
 }
 
 /// A database URL that may carry a password: Debug and Display hide it.
@@ -179,12 +183,15 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
         })?;
         (b, Some(key_path))
     } else {
-        coffer.check_production_start().await.map_err(|_| {
-            anyhow::anyhow!(
+        coffer.configure_keys(cfg.seal.clone(), cfg.key_services.clone());
+        match coffer.start_sealed().await {
+            Ok(state) => tracing::info!(?state, seal = cfg.seal.kind().as_str(), "seal"),
+            Err(coffer_core::CoreError::WrongSealType) => anyhow::bail!(
                 "{} was initialised in dev mode; start it with --dev or use a new data directory",
                 cfg.data_dir.display()
-            )
-        })?;
+            ),
+            Err(e) => return Err(anyhow::Error::new(e).context("unseal with the configured seal")),
+        }
         (None, None)
     };
 

@@ -75,6 +75,26 @@ pub trait KeyStore: Send + Sync {
     /// an existing (org, term) and each other row an existing one, else Conflict.
     async fn rotate_root(&self, r: &RootRotation) -> Result<(), StoreError>;
 
+    /// Switch the seal kind (`coffer operator migrate-seal`): the root key stays, only how it
+    /// is kept changes. Conflict unless the stored check value is `root_check`.
+    async fn migrate_seal(
+        &self,
+        kind: &str,
+        sealed_root: Option<&[u8]>,
+        root_check: &coffer_crypto::RootKeyCheck,
+    ) -> Result<(), StoreError>;
+
+    /// The external key (bring your own key) that wraps an organisation's new key terms.
+    async fn external_key(&self, org_id: Uuid) -> Result<Option<String>, StoreError>;
+
+    /// Attach (`Some`) or detach (`None`) an organisation's external key. Conflict if another
+    /// organisation has attached the same key.
+    async fn set_external_key(
+        &self,
+        org_id: Uuid,
+        reference: Option<&str>,
+    ) -> Result<(), StoreError>;
+
     /// Delete an organisation. Its tenant keys go first, then its ciphertexts, then
     /// everything else it owns. Its audit chain stays. False if it did not exist.
     async fn delete_org(&self, org_id: Uuid) -> Result<bool, StoreError>;
@@ -386,10 +406,11 @@ macro_rules! impl_key_store {
                     if done == 1 { Ok(()) } else { Err(StoreError::Conflict) }
                 }
                 let mut tx = self.$pool.begin().await?;
-                one(sqlx::query("UPDATE seal_config SET root_check = $1, shares = $2, threshold = $3 WHERE id = 1")
+                one(sqlx::query("UPDATE seal_config SET root_check = $1, shares = $2, threshold = $3, sealed_root = $4 WHERE id = 1")
                     .bind(r.root_check.as_bytes())
                     .bind(i64::from(r.shares))
                     .bind(i64::from(r.threshold))
+                    .bind(r.sealed_root.as_deref())
                     .execute(&mut *tx)
                     .await?
                     .rows_affected())?;
@@ -428,6 +449,49 @@ macro_rules! impl_key_store {
                 }
                 tx.commit().await?;
                 Ok(())
+            }
+
+            async fn migrate_seal(
+                &self,
+                kind: &str,
+                sealed_root: Option<&[u8]>,
+                root_check: &coffer_crypto::RootKeyCheck,
+            ) -> Result<(), StoreError> {
+                let done = sqlx::query(
+                    "UPDATE seal_config SET kind = $1, sealed_root = $2 WHERE id = 1 AND root_check = $3",
+                )
+                .bind(kind)
+                .bind(sealed_root)
+                .bind(root_check.as_bytes())
+                .execute(&self.$pool)
+                .await?
+                .rows_affected();
+                if done == 1 { Ok(()) } else { Err(StoreError::Conflict) }
+            }
+
+            async fn external_key(&self, org_id: uuid::Uuid) -> Result<Option<String>, StoreError> {
+                let row = sqlx::query("SELECT external_key FROM orgs WHERE id = $1")
+                    .bind(org_id.as_bytes().as_slice())
+                    .fetch_optional(&self.$pool)
+                    .await?;
+                match row {
+                    Some(r) => Ok(sqlx::Row::try_get::<Option<String>, _>(&r, "external_key")?),
+                    None => Ok(None),
+                }
+            }
+
+            async fn set_external_key(
+                &self,
+                org_id: uuid::Uuid,
+                reference: Option<&str>,
+            ) -> Result<(), StoreError> {
+                let done = sqlx::query("UPDATE orgs SET external_key = $2 WHERE id = $1")
+                    .bind(org_id.as_bytes().as_slice())
+                    .bind(reference)
+                    .execute(&self.$pool)
+                    .await?
+                    .rows_affected();
+                if done == 1 { Ok(()) } else { Err(StoreError::Conflict) }
             }
 
             async fn delete_org(&self, org_id: uuid::Uuid) -> Result<bool, StoreError> {

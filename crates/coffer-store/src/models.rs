@@ -8,6 +8,8 @@ pub struct SealConfigRow {
     pub threshold: u8,
     pub root_check: RootKeyCheck,
     pub created_at: i64,
+    /// AWS KMS and PKCS#11 seals: the root key wrapped by their key.
+    pub sealed_root: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -341,5 +343,7 @@ pub struct RootRotation {
     pub root_check: RootKeyCheck,
     pub shares: u8,
     pub threshold: u8,
+    /// The new root key wrapped by an auto-unseal seal's key.
+    pub sealed_root: Option<Vec<u8>>,
     pub secrets: RootSecrets,
 }

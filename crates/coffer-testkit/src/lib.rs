@@ -5,7 +5,7 @@ mod peers;
 
 use std::net::SocketAddr;
 
-pub use peers::{OidcProvider, SmtpReceiver, free_port};
+pub use peers::{MotoKms, OidcProvider, SOFTHSM_LIBRARY, SmtpReceiver, SoftHsm, free_port};
 
 use coffer_client::Client;
 use coffer_core::CoreConfig;
@@ -20,6 +20,10 @@ pub struct TestOptions {
     pub login_rate_per_minute: u32,
     pub jwks: std::collections::HashMap<String, coffer_server::jwks::JwksLocation>,
     pub smtp: Option<coffer_server::mail::SmtpConfig>,
+    pub seal: std::sync::Arc<dyn coffer_core::seal::Seal>,
+    pub key_services: coffer_core::seal::KeyServices,
+    /// Reuse this data directory (a restart) instead of a new one.
+    pub dir: Option<tempfile::TempDir>,
 }
 
 impl Default for TestOptions {
@@ -31,6 +35,9 @@ impl Default for TestOptions {
             login_rate_per_minute: 10_000,
             jwks: Default::default(),
             smtp: None,
+            seal: std::sync::Arc::new(coffer_core::seal::ShamirSeal),
+            key_services: Default::default(),
+            dir: None,
         }
     }
 }
@@ -83,7 +90,9 @@ impl TestServer {
     /// A server with chosen settings.
     pub async fn with(o: TestOptions) -> Self {
         let (dev, database_url) = (o.dev, o.database_url);
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let dir = o
+            .dir
+            .unwrap_or_else(|| tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}")));
         let cfg = ServerConfig {
             listen: "127.0.0.1:0"
                 .parse()
@@ -106,6 +115,8 @@ impl TestServer {
             login_rate_per_minute: o.login_rate_per_minute,
             jwks: o.jwks,
             smtp: o.smtp,
+            seal: o.seal,
+            key_services: o.key_services,
         };
         let server = coffer_server::start(cfg)
             .await
@@ -180,6 +191,14 @@ impl TestServer {
         if let Some(s) = self.server.take() {
             s.shutdown().await;
         }
+    }
+
+    /// Stop, keeping the data directory for a restart ([`TestOptions::dir`]).
+    pub async fn stop_keep_dir(mut self) -> tempfile::TempDir {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+        self.dir
     }
 }
 

@@ -160,3 +160,104 @@ impl Drop for OidcProvider {
         let _ = self.child.wait();
     }
 }
+
+/// `moto_server` (PyPI `moto[server]`): AWS KMS on 127.0.0.1, for the KMS seal and
+/// organisations' own KMS keys.
+#[derive(Debug)]
+pub struct MotoKms {
+    child: Child,
+    pub port: u16,
+}
+
+impl MotoKms {
+    pub fn start() -> Self {
+        let port = free_port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p"])
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start moto_server (python3 -m pip install 'moto[server]'): {e}"));
+        wait_listening(port, "moto_server");
+        Self { child, port }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.port)
+    }
+
+    /// Call a KMS action directly (unsigned; moto does not check signatures), as the key's
+    /// owner would in their own account.
+    pub async fn call(&self, action: &str, body: serde_json::Value) -> serde_json::Value {
+        let resp = reqwest::Client::new()
+            .post(self.endpoint())
+            .header("content-type", "application/x-amz-json-1.1")
+            .header("x-amz-target", format!("TrentService.{action}"))
+            .header(
+                "authorization",
+                "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/kms/aws4_request, SignedHeaders=host, Signature=0",
+            )
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("moto {action}: {e}"));
+        assert!(resp.status().is_success(), "moto {action}: {}", resp.status());
+        resp.json().await.unwrap_or_else(|e| panic!("moto {action}: {e}"))
+    }
+
+    /// A new symmetric key; returns its id.
+    pub async fn create_key(&self) -> String {
+        let v = self.call("CreateKey", serde_json::json!({})).await;
+        v["KeyMetadata"]["KeyId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no key id in {v}"))
+            .to_owned()
+    }
+
+    pub async fn set_enabled(&self, key_id: &str, enabled: bool) {
+        let action = if enabled { "EnableKey" } else { "DisableKey" };
+        self.call(action, serde_json::json!({ "KeyId": key_id })).await;
+    }
+}
+
+impl Drop for MotoKms {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Debian SoftHSM2 module.
+pub const SOFTHSM_LIBRARY: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+/// A SoftHSM2 token, created with `softhsm2-util` under the configuration in
+/// `SOFTHSM2_CONF` (scripts/test.sh points it at target/softhsm) or Debian's default. The
+/// module lists tokens when a process first loads it, so each test process makes one token
+/// ([`SoftHsm::shared`]) before that, and tests use their own key labels on it.
+#[derive(Debug)]
+pub struct SoftHsm {
+    pub token_label: String,
+    pub pin: String,
+}
+
+impl SoftHsm {
+    pub fn shared() -> &'static SoftHsm {
+        static HSM: std::sync::OnceLock<SoftHsm> = std::sync::OnceLock::new();
+        HSM.get_or_init(|| {
+            let token_label = format!("coffer-test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+            let pin = "4321-test-pin".to_owned();
+            let out = Command::new("softhsm2-util")
+                .args(["--init-token", "--free", "--label", &token_label])
+                .args(["--so-pin", "1234-so-pin", "--pin", &pin])
+                .output()
+                .unwrap_or_else(|e| panic!("softhsm2-util (apt-get install softhsm2): {e}"));
+            assert!(
+                out.status.success(),
+                "softhsm2-util: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            SoftHsm { token_label, pin }
+        })
+    }
+}

@@ -37,7 +37,7 @@ pub async fn fixture_with(cfg: CoreConfig) -> Fixture {
     let coffer = Coffer::open_sqlite(&dir.path().join("coffer.db"), cfg)
         .await
         .unwrap();
-    let init = coffer.init_shamir(3, 2).await.unwrap();
+    let init = coffer.init(3, 2).await.unwrap();
     let shares: Vec<String> = init.shares.iter().map(|s| s.to_string()).collect();
     assert!(matches!(
         coffer.unseal(&shares[0]).await.unwrap(),

@@ -28,7 +28,7 @@ async fn a_fresh_server_is_sealed_and_serves_nothing() {
 async fn init_twice_is_refused_and_bad_parameters_rejected() {
     let f = fixture().await;
     assert!(matches!(
-        f.coffer.init_shamir(3, 2).await,
+        f.coffer.init(3, 2).await,
         Err(CoreError::AlreadyInitialized)
     ));
     let dir = tempfile::tempdir().unwrap();
@@ -37,7 +37,7 @@ async fn init_twice_is_refused_and_bad_parameters_rejected() {
         .unwrap();
     for (n, t) in [(3, 4), (3, 1), (1, 1), (0, 0)] {
         assert!(
-            matches!(c.init_shamir(n, t).await, Err(CoreError::Invalid { .. })),
+            matches!(c.init(n, t).await, Err(CoreError::Invalid { .. })),
             "{n}/{t}"
         );
     }
@@ -150,7 +150,7 @@ async fn dev_seal_initialises_once_and_refuses_a_shamir_database() {
     );
     assert!(!c2.seal_status().await.unwrap().sealed);
     assert!(matches!(
-        c2.check_production_start().await,
+        c2.start_sealed().await,
         Err(CoreError::WrongSealType)
     ));
 

@@ -5,9 +5,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 
 use crate::AppState;
-use crate::dto::KeyStatusDto;
+use crate::dto::{AttachKeyRequest, KeyStatusDto};
 use crate::error::{ApiResult, ErrorBody};
-use crate::extract::Auth;
+use crate::extract::{ApiJson, Auth};
 
 /// Key terms, values per term and rotation progress (Owners and Admins).
 #[utoipa::path(get, path = "/v1/org/keys", tag = "keys", security(("bearer" = [])),
@@ -25,5 +25,30 @@ pub async fn rotate(
     Auth(p): Auth,
 ) -> ApiResult<(StatusCode, Json<KeyStatusDto>)> {
     let s = st.coffer.rotate_key(&p).await?;
+    Ok((StatusCode::ACCEPTED, Json(s.into())))
+}
+
+/// Attach the organisation's own key (bring your own key): new terms are wrapped by it, and
+/// a rotation starts that moves every value to such a term (Owners, in person).
+#[utoipa::path(put, path = "/v1/org/keys/external", tag = "keys", security(("bearer" = [])), request_body = AttachKeyRequest,
+    responses((status = 202, body = KeyStatusDto), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn attach_external(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    ApiJson(req): ApiJson<AttachKeyRequest>,
+) -> ApiResult<(StatusCode, Json<KeyStatusDto>)> {
+    let s = st.coffer.attach_external_key(&p, &req.key).await?;
+    Ok((StatusCode::ACCEPTED, Json(s.into())))
+}
+
+/// Go back to the root key: a rotation moves every value to a root-wrapped term (Owners, in
+/// person).
+#[utoipa::path(delete, path = "/v1/org/keys/external", tag = "keys", security(("bearer" = [])),
+    responses((status = 202, body = KeyStatusDto), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn detach_external(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+) -> ApiResult<(StatusCode, Json<KeyStatusDto>)> {
+    let s = st.coffer.detach_external_key(&p).await?;
     Ok((StatusCode::ACCEPTED, Json(s.into())))
 }

@@ -56,17 +56,19 @@ pub async fn seal_status(State(st): State<AppState>) -> ApiResult<Json<SealStatu
     Ok(Json(status_dto(st.coffer.seal_status().await?)))
 }
 
-/// Initialise a new server with a Shamir seal. Returns the shares and the first account once.
+/// Initialise a new server. Returns the shares (recovery shares with a KMS or HSM seal, which
+/// also unseals the server) and the first account, once.
 #[utoipa::path(post, path = "/v1/sys/init", tag = "sys", request_body = InitRequest,
     responses((status = 200, body = InitResponse), (status = 409, body = ErrorBody), (status = 400, body = ErrorBody)))]
 pub async fn init(
     State(st): State<AppState>,
     ApiJson(req): ApiJson<InitRequest>,
 ) -> ApiResult<Json<InitResponse>> {
-    let r = st.coffer.init_shamir(req.shares, req.threshold).await?;
+    let r = st.coffer.init(req.shares, req.threshold).await?;
     Ok(Json(InitResponse {
         shares: r.shares.iter().map(|s| s.to_string()).collect(),
         threshold: r.threshold,
+        unsealed: r.unsealed,
         bootstrap: BootstrapAccount {
             org: r.bootstrap.org_name,
             username: r.bootstrap.username,
@@ -171,4 +173,16 @@ pub async fn rekey(
         shares: r.shares.iter().map(|s| s.to_string()).collect(),
         threshold: r.threshold,
     }))
+}
+
+/// Move to the seal in the server's configuration (Shamir, AWS KMS or PKCS#11) with a
+/// quorum of the current shares. The root key stays; the server is unsealed afterwards.
+#[utoipa::path(post, path = "/v1/sys/migrate-seal", tag = "sys", request_body = MigrateSealRequest,
+    responses((status = 200, body = SealStatusResponse), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn migrate_seal(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<MigrateSealRequest>,
+) -> ApiResult<Json<SealStatusResponse>> {
+    st.coffer.migrate_seal(&req.shares).await?;
+    Ok(Json(status_dto(st.coffer.seal_status().await?)))
 }

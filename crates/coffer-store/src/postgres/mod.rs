@@ -44,6 +44,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "keys",
         include_str!("../../migrations/postgres/0005_keys.sql"),
     ),
+    (
+        6,
+        "external_keys",
+        include_str!("../../migrations/postgres/0006_external_keys.sql"),
+    ),
 ];
 
 crate::keys::impl_key_store!(
@@ -231,7 +236,7 @@ macro_rules! pg_value_select {
 impl Store for PgStore {
     async fn seal_config(&self) -> Result<Option<SealConfigRow>, StoreError> {
         let row = sqlx::query(
-            "SELECT kind, shares, threshold, root_check, created_at FROM seal_config WHERE id = 1",
+            "SELECT kind, shares, threshold, root_check, created_at, sealed_root FROM seal_config WHERE id = 1",
         )
         .fetch_optional(&self.pool)
         .await?;
@@ -242,18 +247,20 @@ impl Store for PgStore {
                 threshold: u8::try_from(r.int("threshold")?).map_err(|_| StoreError::Corrupt)?,
                 root_check: RootKeyCheck::from_stored_bytes(r.bytes("root_check")?),
                 created_at: r.int("created_at")?,
+                sealed_root: r.opt_bytes("sealed_root")?,
             })
         })
         .transpose()
     }
 
     async fn init_seal_config(&self, c: &SealConfigRow) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO seal_config (id, kind, shares, threshold, root_check, created_at) VALUES (1, $1, $2, $3, $4, $5)")
+        sqlx::query("INSERT INTO seal_config (id, kind, shares, threshold, root_check, created_at, sealed_root) VALUES (1, $1, $2, $3, $4, $5, $6)")
             .bind(&c.kind)
             .bind(i64::from(c.shares))
             .bind(i64::from(c.threshold))
             .bind(c.root_check.as_bytes())
             .bind(c.created_at)
+            .bind(c.sealed_root.as_deref())
             .execute(&self.pool)
             .await?;
         Ok(())

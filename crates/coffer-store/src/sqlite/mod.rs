@@ -46,6 +46,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "keys",
         include_str!("../../migrations/sqlite/0004_keys.sql"),
     ),
+    (
+        5,
+        "external_keys",
+        include_str!("../../migrations/sqlite/0005_external_keys.sql"),
+    ),
 ];
 
 // SQLite's single writer connection serialises transactions, so no row lock is needed.
@@ -167,7 +172,7 @@ fn i(v: u64) -> i64 {
 impl Store for SqliteStore {
     async fn seal_config(&self) -> Result<Option<SealConfigRow>, StoreError> {
         let row = sqlx::query(
-            "SELECT kind, shares, threshold, root_check, created_at FROM seal_config WHERE id = 1",
+            "SELECT kind, shares, threshold, root_check, created_at, sealed_root FROM seal_config WHERE id = 1",
         )
         .fetch_optional(&self.read)
         .await?;
@@ -180,18 +185,20 @@ impl Store for SqliteStore {
                     .map_err(|_| StoreError::Corrupt)?,
                 root_check: RootKeyCheck::from_stored_bytes(r.try_get("root_check")?),
                 created_at: r.try_get("created_at")?,
+                sealed_root: r.try_get("sealed_root")?,
             })
         })
         .transpose()
     }
 
     async fn init_seal_config(&self, c: &SealConfigRow) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO seal_config (id, kind, shares, threshold, root_check, created_at) VALUES (1, ?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO seal_config (id, kind, shares, threshold, root_check, created_at, sealed_root) VALUES (1, ?, ?, ?, ?, ?, ?)")
             .bind(&c.kind)
             .bind(i64::from(c.shares))
             .bind(i64::from(c.threshold))
             .bind(c.root_check.as_bytes())
             .bind(c.created_at)
+            .bind(c.sealed_root.as_deref())
             .execute(&self.write)
             .await?;
         Ok(())

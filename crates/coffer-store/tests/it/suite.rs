@@ -95,6 +95,7 @@ pub async fn seal_config_is_written_once(s: &dyn Store) {
         threshold: 3,
         root_check: root.check_value().unwrap(),
         created_at: 7,
+        sealed_root: None,
     };
     s.init_seal_config(&cfg).await.unwrap();
     assert!(matches!(
@@ -112,6 +113,28 @@ pub async fn seal_config_is_written_once(s: &dyn Store) {
         ("shamir", 5, 3, 7)
     );
     assert!(root.matches(&back.root_check));
+    assert_eq!(back.sealed_root, None);
+
+    // Seal migration: only with the current check value; the root key stays.
+    let other = RootKey::generate().check_value().unwrap();
+    assert!(matches!(
+        s.migrate_seal("awskms", Some(b"wrapped"), &other).await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(s.seal_config().await.unwrap().unwrap().kind, "shamir");
+    s.migrate_seal("awskms", Some(b"wrapped"), &back.root_check)
+        .await
+        .unwrap();
+    let moved = s.seal_config().await.unwrap().unwrap();
+    assert_eq!(
+        (moved.kind.as_str(), moved.sealed_root.as_deref()),
+        ("awskms", Some(&b"wrapped"[..]))
+    );
+    assert!(root.matches(&moved.root_check));
+    s.migrate_seal("shamir", None, &back.root_check)
+        .await
+        .unwrap();
+    assert_eq!(s.seal_config().await.unwrap().unwrap().sealed_root, None);
 }
 
 pub async fn orgs_and_tenant_keys_roundtrip(s: &dyn Store) {
@@ -1162,6 +1185,7 @@ pub async fn key_rotation_rewrap_and_org_deletion(s: &dyn Store) {
         root_check: check.clone(),
         shares: 5,
         threshold: 3,
+        sealed_root: Some(b"new root, wrapped".to_vec()),
         secrets,
     };
     let mut bad = secrets.clone();
@@ -1172,6 +1196,7 @@ pub async fn key_rotation_rewrap_and_org_deletion(s: &dyn Store) {
         threshold: 2,
         root_check: RootKey::generate().check_value().unwrap(),
         created_at: 1,
+        sealed_root: None,
     })
     .await
     .ok();
@@ -1188,6 +1213,20 @@ pub async fn key_rotation_rewrap_and_org_deletion(s: &dyn Store) {
     let cfg = s.seal_config().await.unwrap().unwrap();
     assert_eq!((cfg.shares, cfg.threshold), (5, 3));
     assert!(cfg.root_check == check);
+    assert_eq!(cfg.sealed_root.as_deref(), Some(&b"new root, wrapped"[..]));
+
+    // An external key belongs to one organisation at a time.
+    assert_eq!(s.external_key(a).await.unwrap(), None);
+    s.set_external_key(a, Some("awskms:alias/a")).await.unwrap();
+    assert_eq!(s.external_key(a).await.unwrap().as_deref(), Some("awskms:alias/a"));
+    assert!(matches!(
+        s.set_external_key(b, Some("awskms:alias/a")).await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(s.external_key(b).await.unwrap(), None);
+    s.set_external_key(a, None).await.unwrap();
+    s.set_external_key(b, Some("awskms:alias/a")).await.unwrap();
+    s.set_external_key(b, None).await.unwrap();
 
     // Deleting A removes its keys, values and metadata; B is untouched.
     assert!(s.delete_org(a).await.unwrap());

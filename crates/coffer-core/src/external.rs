@@ -1,0 +1,197 @@
+//! External keys: the configured seal (where the root key comes from) and organisations'
+//! own keys (bring your own key).
+//!
+//! An organisation that attaches its own KMS or HSM key has every new tenant key term
+//! wrapped by that key instead of the root key; attaching and detaching are rotations, so
+//! the rewrap job moves all values to a term wrapped the new way and the old terms are then
+//! destroyed. Revoking the key (disabling it in the KMS or HSM) makes the organisation's
+//! data undecryptable once every node's key cache has expired (`keys.cache_ttl`); enabling
+//! it again restores access. Other organisations do not depend on it.
+
+use std::sync::Arc;
+
+use coffer_crypto::{KeyTerm, TenantKey, WrappedTenantKey};
+use coffer_seal::{EncryptionContext, ExternalKey, KeyServices, Seal, SealError, ShamirSeal};
+use coffer_store::TenantKeyRow;
+use uuid::Uuid;
+
+use crate::{Coffer, CoreError, Principal, Role};
+
+#[derive(Debug, Clone)]
+pub(crate) struct KeyConfig {
+    pub(crate) seal: Arc<dyn Seal>,
+    pub(crate) services: KeyServices,
+}
+
+impl Default for KeyConfig {
+    fn default() -> Self {
+        Self {
+            seal: Arc::new(ShamirSeal),
+            services: KeyServices::default(),
+        }
+    }
+}
+
+fn tenant_context(org_id: Uuid, term: KeyTerm) -> EncryptionContext {
+    EncryptionContext::from([
+        ("coffer:purpose".to_owned(), "tenant-key".to_owned()),
+        ("coffer:org".to_owned(), org_id.to_string()),
+        ("coffer:term".to_owned(), term.0.to_string()),
+    ])
+}
+
+impl Coffer {
+    /// Use `seal` for the root key, and `services` for organisations' own keys. Call once,
+    /// before [`Coffer::start_sealed`].
+    pub fn configure_keys(&self, seal: Arc<dyn Seal>, services: KeyServices) {
+        if let Ok(mut k) = self.inner.keys.write() {
+            *k = KeyConfig { seal, services };
+        }
+    }
+
+    pub(crate) fn key_config(&self) -> Result<KeyConfig, CoreError> {
+        self.inner
+            .keys
+            .read()
+            .map(|k| k.clone())
+            .map_err(|_| CoreError::Internal("key configuration lock poisoned"))
+    }
+
+    /// Wrap a new term of an organisation's key: with its external key if it attached one,
+    /// else with the root key.
+    pub(crate) async fn wrap_new_term(
+        &self,
+        org_id: Uuid,
+        key: &TenantKey,
+    ) -> Result<WrappedTenantKey, CoreError> {
+        match self.store().external_key(org_id).await? {
+            Some(reference) => {
+                let ext = self.resolve_external(&reference)?;
+                let blob = ext
+                    .wrap(key.expose_secret(), &tenant_context(org_id, key.term()))
+                    .await
+                    .map_err(|e| unavailable(org_id, &e))?;
+                WrappedTenantKey::external(key.term(), &reference, &blob)
+                    .map_err(|_| CoreError::Internal("external key reference too long"))
+            }
+            None => self.inner.keyring.with_root(|root| {
+                root.wrap_tenant_key(org_id, key)
+                    .map_err(|_| CoreError::Internal("wrap tenant key"))
+            }),
+        }
+    }
+
+    /// Unwrap the terms that an external key protects. Any refusal — key disabled, deleted,
+    /// access denied, service unreachable — is `TenantKeyUnavailable`.
+    pub(crate) async fn unwrap_external_terms(
+        &self,
+        org_id: Uuid,
+        rows: &[TenantKeyRow],
+    ) -> Result<Vec<TenantKey>, CoreError> {
+        let mut out = Vec::new();
+        for row in rows {
+            let Some(w) = row.wrapped.external_blob() else {
+                continue;
+            };
+            if w.term != row.term {
+                return Err(CoreError::Integrity);
+            }
+            let ext = self.resolve_external(w.reference)?;
+            let plain = ext
+                .unwrap(w.blob, &tenant_context(org_id, w.term))
+                .await
+                .map_err(|e| unavailable(org_id, &e))?;
+            out.push(TenantKey::from_external(w.term, &plain).map_err(|_| CoreError::Integrity)?);
+        }
+        Ok(out)
+    }
+
+    fn resolve_external(&self, reference: &str) -> Result<Arc<dyn ExternalKey>, CoreError> {
+        self.key_config()?
+            .services
+            .resolve(reference)
+            .map_err(|e| match e {
+                SealError::Config(msg) => CoreError::invalid("key", msg),
+                other => CoreError::Seal(other.to_string()),
+            })
+    }
+
+    /// Attach the caller's organisation's own key (`awskms:<key id, ARN or alias>` or
+    /// `pkcs11:<label>`). Owners only, in person. The key is tried once (wrap and unwrap)
+    /// before anything changes; then a rotation wraps a new term with it and the rewrap
+    /// job moves every value there.
+    pub async fn attach_external_key(
+        &self,
+        p: &Principal,
+        reference: &str,
+    ) -> Result<crate::KeyStatus, CoreError> {
+        ensure_owner(p)?;
+        self.ensure_unsealed()?;
+        let ext = self.resolve_external(reference)?;
+        if let Some(own) = self.seal_key_reference()?
+            && own == ext.reference()
+        {
+            return Err(CoreError::invalid(
+                "key",
+                "this is the server's seal key; use a key of the organisation's own",
+            ));
+        }
+        coffer_seal::probe(&*ext, &tenant_context(p.org_id, KeyTerm(0)))
+            .await
+            .map_err(|e| {
+                tracing::warn!(org_id = %p.org_id, error = %e, "external key probe failed");
+                CoreError::invalid("key", format!("the key cannot be used: {e}"))
+            })?;
+        match self
+            .store()
+            .set_external_key(p.org_id, Some(&ext.reference()))
+            .await
+        {
+            Err(coffer_store::StoreError::Conflict) => {
+                return Err(CoreError::AlreadyExists {
+                    kind: "external key attachment",
+                    name: ext.reference(),
+                });
+            }
+            other => other?,
+        }
+        self.rotate_org_key(p.org_id, "attach-external").await?;
+        tracing::info!(org_id = %p.org_id, key = %ext.reference(), "external key attached");
+        self.org_key_status(p.org_id).await
+    }
+
+    /// Go back to the root key: a rotation wraps a new term with it and the rewrap job moves
+    /// every value there. The external key must still work until then.
+    pub async fn detach_external_key(&self, p: &Principal) -> Result<crate::KeyStatus, CoreError> {
+        ensure_owner(p)?;
+        self.ensure_unsealed()?;
+        if self.store().external_key(p.org_id).await?.is_none() {
+            return Err(CoreError::invalid("key", "no external key is attached"));
+        }
+        self.store().set_external_key(p.org_id, None).await?;
+        self.rotate_org_key(p.org_id, "detach-external").await?;
+        tracing::info!(org_id = %p.org_id, "external key detached");
+        self.org_key_status(p.org_id).await
+    }
+
+    /// The reference of the seal's own key, if it is a KMS/HSM seal.
+    fn seal_key_reference(&self) -> Result<Option<String>, CoreError> {
+        let cfg = self.key_config()?;
+        Ok(cfg.seal.external_key().map(|k| k.reference()))
+    }
+}
+
+fn ensure_owner(p: &Principal) -> Result<(), CoreError> {
+    p.ensure_person()?;
+    if p.role != Role::Owner {
+        return Err(CoreError::Forbidden(
+            "only Owners attach or detach the organisation's key",
+        ));
+    }
+    Ok(())
+}
+
+fn unavailable(org_id: Uuid, e: &SealError) -> CoreError {
+    tracing::warn!(org_id = %org_id, error = %e, "tenant key unavailable");
+    CoreError::TenantKeyUnavailable
+}

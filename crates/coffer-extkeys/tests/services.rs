@@ -1,0 +1,123 @@
+//! The key services against real peers: AWS KMS as `moto_server` and a SoftHSM2 token, both
+//! local (scripts/test.sh installs them).
+
+use coffer_extkeys::{AwsCredentials, Hsm, KmsClient, KmsConfig, Pkcs11Config};
+use coffer_seal::{EncryptionContext, SealError};
+use coffer_testkit::{MotoKms, SOFTHSM_LIBRARY, SoftHsm};
+use zeroize::Zeroizing;
+
+fn ctx(org: &str) -> EncryptionContext {
+    EncryptionContext::from([("coffer:org".to_owned(), org.to_owned())])
+}
+
+fn kms(moto: &MotoKms) -> KmsClient {
+    KmsClient::new(KmsConfig {
+        region: "us-east-1".into(),
+        endpoint: Some(moto.endpoint()),
+        credentials: AwsCredentials::new("AKIDTEST".into(), "test-secret".into(), None),
+    })
+    .unwrap()
+}
+
+fn is_unavailable(r: Result<impl std::fmt::Debug, SealError>) -> bool {
+    matches!(r, Err(SealError::KeyUnavailable { .. }))
+}
+
+#[tokio::test]
+async fn kms_binds_the_context_and_honours_revocation() {
+    let moto = MotoKms::start();
+    let client = kms(&moto);
+    let key = moto.create_key().await;
+    let blob = client.encrypt(&key, b"tenant key bytes", &ctx("a")).await.unwrap();
+    assert!(!blob.windows(16).any(|w| w == b"tenant key bytes"));
+    assert_eq!(
+        client.decrypt(&key, &blob, &ctx("a")).await.unwrap().as_slice(),
+        b"tenant key bytes"
+    );
+    // Another organisation's context does not open it.
+    assert!(is_unavailable(client.decrypt(&key, &blob, &ctx("b")).await));
+    // Nor does another key.
+    let other = moto.create_key().await;
+    assert!(is_unavailable(client.decrypt(&other, &blob, &ctx("a")).await));
+
+    moto.set_enabled(&key, false).await;
+    assert!(is_unavailable(client.decrypt(&key, &blob, &ctx("a")).await));
+    moto.set_enabled(&key, true).await;
+    assert_eq!(
+        client.decrypt(&key, &blob, &ctx("a")).await.unwrap().as_slice(),
+        b"tenant key bytes"
+    );
+    assert!(is_unavailable(
+        client
+            .encrypt("11111111-2222-3333-4444-555555555555", b"x", &ctx("a"))
+            .await
+    ));
+}
+
+#[test]
+fn kms_refuses_plain_http_beyond_loopback() {
+    let r = KmsClient::new(KmsConfig {
+        region: "us-east-1".into(),
+        endpoint: Some("http://kms.example.com/".into()),
+        credentials: AwsCredentials::new("a".into(), "b".into(), None),
+    });
+    assert!(matches!(r, Err(SealError::Config(_))));
+}
+
+#[tokio::test]
+async fn kms_unreachable_is_not_a_revocation() {
+    let port = coffer_testkit::free_port();
+    let client = KmsClient::new(KmsConfig {
+        region: "us-east-1".into(),
+        endpoint: Some(format!("http://127.0.0.1:{port}/")),
+        credentials: AwsCredentials::new("a".into(), "b".into(), None),
+    })
+    .unwrap();
+    assert!(matches!(
+        client.encrypt("k", b"x", &ctx("a")).await,
+        Err(SealError::Unreachable(_))
+    ));
+}
+
+fn hsm() -> std::sync::Arc<Hsm> {
+    let t = SoftHsm::shared();
+    Hsm::open(&Pkcs11Config {
+        library: SOFTHSM_LIBRARY.into(),
+        token_label: t.token_label.clone(),
+        pin: Zeroizing::new(t.pin.clone()),
+    })
+    .unwrap()
+}
+
+#[test]
+fn hsm_keys_stay_inside_bind_the_context_and_can_be_disabled() {
+    let h = hsm();
+    let label = "extkeys-test-key";
+    assert!(h.ensure_key(label).unwrap(), "created on first use");
+    assert!(!h.ensure_key(label).unwrap(), "reused afterwards");
+    let blob = h.encrypt(label, b"root key bytes", b"aad-a").unwrap();
+    assert!(!blob.windows(14).any(|w| w == b"root key bytes"));
+    assert_eq!(h.decrypt(label, &blob, b"aad-a").unwrap().as_slice(), b"root key bytes");
+    assert!(is_unavailable(h.decrypt(label, &blob, b"aad-b")));
+    let mut tampered = blob.clone();
+    if let Some(last) = tampered.last_mut() {
+        *last ^= 1;
+    }
+    assert!(is_unavailable(h.decrypt(label, &tampered, b"aad-a")));
+    assert!(is_unavailable(h.decrypt("no-such-key", &blob, b"aad-a")));
+
+    h.set_key_enabled(label, false).unwrap();
+    assert!(is_unavailable(h.decrypt(label, &blob, b"aad-a")));
+    h.set_key_enabled(label, true).unwrap();
+    assert_eq!(h.decrypt(label, &blob, b"aad-a").unwrap().as_slice(), b"root key bytes");
+}
+
+#[test]
+fn hsm_token_must_exist() {
+    let r = Hsm::open(&Pkcs11Config {
+        library: SOFTHSM_LIBRARY.into(),
+        token_label: "no-such-token".into(),
+        pin: Zeroizing::new("x".into()),
+    });
+    assert!(matches!(r, Err(SealError::Config(_))));
+}
