@@ -187,6 +187,15 @@ impl Client {
         .await
     }
 
+    /// Move to the seal in the server's configuration, given a quorum of the current shares.
+    pub async fn migrate_seal(&self, shares: &[String]) -> Result<SealStatus> {
+        self.post(
+            &["v1", "sys", "migrate-seal"],
+            &serde_json::json!({ "shares": shares }),
+        )
+        .await
+    }
+
     /// Replace the root key and get new shares, given a quorum of the current ones.
     pub async fn rekey(
         &self,
@@ -405,6 +414,23 @@ impl Client {
     /// Start a rotation of the organisation's key.
     pub async fn rotate_key(&self) -> Result<KeyStatus> {
         self.post(&["v1", "org", "keys", "rotate"], &serde_json::json!({}))
+            .await
+    }
+
+    /// Attach the organisation's own key (`awskms:…` or `pkcs11:…`); a rotation starts.
+    pub async fn attach_external_key(&self, key: &str) -> Result<KeyStatus> {
+        self.call(
+            Method::PUT,
+            &["v1", "org", "keys", "external"],
+            &[],
+            Some(&serde_json::json!({ "key": key })),
+        )
+        .await
+    }
+
+    /// Go back to the root key; a rotation starts.
+    pub async fn detach_external_key(&self) -> Result<KeyStatus> {
+        self.call::<(), _>(Method::DELETE, &["v1", "org", "keys", "external"], &[], None)
             .await
     }
 

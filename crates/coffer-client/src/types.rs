@@ -36,6 +36,9 @@ pub struct SealStatus {
 pub struct InitResponse {
     pub shares: Vec<String>,
     pub threshold: u8,
+    /// A KMS or HSM seal unsealed the server; `shares` are recovery shares.
+    #[serde(default)]
+    pub unsealed: bool,
     pub bootstrap: BootstrapAccount,
 }
 
@@ -188,6 +191,9 @@ pub struct KeyTerm {
     pub created_at: i64,
     pub values: u64,
     pub active: bool,
+    /// `root`, or the organisation's own key that wraps this term.
+    #[serde(default)]
+    pub wrapped_by: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -203,6 +209,9 @@ pub struct KeyRotation {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KeyStatus {
     pub active_term: u32,
+    /// The organisation's own key, if attached.
+    #[serde(default)]
+    pub external_key: Option<String>,
     pub terms: Vec<KeyTerm>,
     pub rotation: Option<KeyRotation>,
     pub rotate_after_days: u64,

@@ -170,6 +170,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
             .context("open the database")?,
     };
 
+    coffer.configure_keys(cfg.seal.clone(), cfg.key_services.clone());
     let (bootstrap, dev_key) = if cfg.dev {
         let key_path = cfg.data_dir.join("dev-root.key");
         let b = coffer.start_dev(&key_path).await.map_err(|e| match e {
@@ -183,7 +184,6 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
         })?;
         (b, Some(key_path))
     } else {
-        coffer.configure_keys(cfg.seal.clone(), cfg.key_services.clone());
         match coffer.start_sealed().await {
             Ok(state) => tracing::info!(?state, seal = cfg.seal.kind().as_str(), "seal"),
             Err(coffer_core::CoreError::WrongSealType) => anyhow::bail!(

@@ -89,6 +89,13 @@ impl TestServer {
 
     /// A server with chosen settings.
     pub async fn with(o: TestOptions) -> Self {
+        Self::try_with(o)
+            .await
+            .unwrap_or_else(|e| panic!("start server: {e:#}"))
+    }
+
+    /// Like [`TestServer::with`], returning a start failure.
+    pub async fn try_with(o: TestOptions) -> anyhow::Result<Self> {
         let (dev, database_url) = (o.dev, o.database_url);
         let dir = o
             .dir
@@ -118,9 +125,7 @@ impl TestServer {
             seal: o.seal,
             key_services: o.key_services,
         };
-        let server = coffer_server::start(cfg)
-            .await
-            .unwrap_or_else(|e| panic!("start server: {e:#}"));
+        let server = coffer_server::start(cfg).await?;
         let ca = server
             .tls
             .ca
@@ -131,13 +136,13 @@ impl TestServer {
             .bootstrap
             .as_ref()
             .map(|b| b.password.expose_secret().to_owned());
-        Self {
+        Ok(Self {
             addr: server.addr,
             dir,
             ca_pem,
             owner_password,
             server: Some(server),
-        }
+        })
     }
 
     pub fn url(&self) -> String {

@@ -1,0 +1,313 @@
+//! KMS and HSM seals (auto-unseal, recovery shares, rekey, seal migration) and
+//! organisations' own keys with revocation, against moto_server and SoftHSM2.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use coffer_client::Client;
+use coffer_core::CoreConfig;
+use coffer_core::seal::{ExternalSeal, KeyProvider, KeyServices, Seal, ShamirSeal};
+use coffer_extkeys::{AwsCredentials, Hsm, HsmProvider, KmsClient, KmsConfig, Pkcs11Config};
+use coffer_testkit::{MotoKms, SOFTHSM_LIBRARY, SoftHsm, TestOptions, TestServer};
+use zeroize::Zeroizing;
+
+fn kms_client(moto: &MotoKms) -> KmsClient {
+    KmsClient::new(KmsConfig {
+        region: "us-east-1".into(),
+        endpoint: Some(moto.endpoint()),
+        credentials: AwsCredentials::new("AKIDTEST".into(), "test-secret".into(), None),
+    })
+    .unwrap()
+}
+
+fn hsm() -> Arc<Hsm> {
+    let t = SoftHsm::shared();
+    Hsm::open(&Pkcs11Config {
+        library: SOFTHSM_LIBRARY.into(),
+        token_label: t.token_label.clone(),
+        pin: Zeroizing::new(t.pin.clone()),
+    })
+    .unwrap()
+}
+
+fn seal_with(services: &KeyServices, reference: &str) -> Arc<dyn Seal> {
+    Arc::new(ExternalSeal::new(services.resolve(reference).unwrap()).unwrap())
+}
+
+fn options(
+    seal: Arc<dyn Seal>,
+    services: KeyServices,
+    dir: Option<tempfile::TempDir>,
+) -> TestOptions {
+    TestOptions {
+        dev: false,
+        seal,
+        key_services: services,
+        dir,
+        ..TestOptions::default()
+    }
+}
+
+async fn login_owner(srv: &TestServer, password: &str) -> Client {
+    srv.login("admin", password).await
+}
+
+fn code(e: coffer_client::ClientError) -> String {
+    e.code().unwrap_or("none").to_owned()
+}
+
+/// Init, restart and auto-unseal, rekey with recovery shares, then migrate to Shamir and
+/// back: the value written at the start reads at every step.
+async fn seal_lifecycle(services: KeyServices, reference: &str) {
+    let seal = seal_with(&services, reference);
+    let srv = TestServer::with(options(seal.clone(), services.clone(), None)).await;
+    let init = srv.client().init(5, 3).await.unwrap();
+    assert!(init.unsealed, "a KMS/HSM seal unseals at init");
+    let status = srv.client().seal_status().await.unwrap();
+    assert!(!status.sealed);
+    assert_eq!(status.seal_type.as_deref(), Some(seal.kind().as_str()));
+    let password = init.bootstrap.password.clone();
+    let owner = login_owner(&srv, &password).await;
+    owner.create_project("app").await.unwrap();
+    owner
+        .set_param("app", "default", "DB_URL", "postgres://db/app", Some(false))
+        .await
+        .unwrap();
+    let dir = srv.stop_keep_dir().await;
+    let db = std::fs::read(dir.path().join("data/coffer.db")).unwrap();
+    assert!(
+        !db.windows(17).any(|w| w == b"postgres://db/app"),
+        "values are encrypted at rest"
+    );
+
+    // Restart: unsealed by the seal, no operator.
+    let srv = TestServer::with(options(seal.clone(), services.clone(), Some(dir))).await;
+    assert!(!srv.client().seal_status().await.unwrap().sealed);
+    let owner = login_owner(&srv, &password).await;
+    let read = owner.get_param("app", "default", "DB_URL").await.unwrap();
+    assert_eq!(read.value.as_deref(), Some("postgres://db/app"));
+
+    // Recovery shares authorise a rekey; the new root key is wrapped by the seal.
+    let old = init.shares[..3].to_vec();
+    let rekeyed = owner.rekey(&old, 3, 2).await.unwrap();
+    assert_eq!(
+        code(owner.rekey(&old, 3, 2).await.unwrap_err()),
+        "bad_request",
+        "old recovery shares are void"
+    );
+    let dir = srv.stop_keep_dir().await;
+    let srv = TestServer::with(options(seal.clone(), services.clone(), Some(dir))).await;
+    assert!(!srv.client().seal_status().await.unwrap().sealed);
+
+    // Migrate to Shamir: the server waits sealed until a quorum is given.
+    let dir = srv.stop_keep_dir().await;
+    let srv = TestServer::with(options(Arc::new(ShamirSeal), services.clone(), Some(dir))).await;
+    let anon = srv.client();
+    assert!(anon.seal_status().await.unwrap().sealed);
+    assert_eq!(
+        code(anon.migrate_seal(&rekeyed.shares[..1]).await.unwrap_err()),
+        "bad_request",
+        "one share is not a quorum"
+    );
+    let st = anon.migrate_seal(&rekeyed.shares[1..3]).await.unwrap();
+    assert!(!st.sealed);
+    assert_eq!(st.seal_type.as_deref(), Some("shamir"));
+    let dir = srv.stop_keep_dir().await;
+    let srv = TestServer::with(options(Arc::new(ShamirSeal), services.clone(), Some(dir))).await;
+    assert!(srv.client().seal_status().await.unwrap().sealed, "Shamir waits for shares");
+    srv.client().unseal(&rekeyed.shares[0]).await.unwrap();
+    assert!(!srv.client().unseal(&rekeyed.shares[2]).await.unwrap().sealed);
+    let owner = login_owner(&srv, &password).await;
+    let read = owner.get_param("app", "default", "DB_URL").await.unwrap();
+    assert_eq!(read.value.as_deref(), Some("postgres://db/app"));
+
+    // And back to the KMS/HSM seal with the same shares.
+    let dir = srv.stop_keep_dir().await;
+    let srv = TestServer::with(options(seal.clone(), services.clone(), Some(dir))).await;
+    assert!(srv.client().seal_status().await.unwrap().sealed);
+    srv.client().migrate_seal(&rekeyed.shares[..2]).await.unwrap();
+    let dir = srv.stop_keep_dir().await;
+    let srv = TestServer::with(options(seal, services, Some(dir))).await;
+    assert!(!srv.client().seal_status().await.unwrap().sealed);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn kms_seal_auto_unseals_rekeys_and_migrates() {
+    let moto = MotoKms::start();
+    let key = moto.create_key().await;
+    let services = KeyServices::new(vec![Arc::new(kms_client(&moto)) as Arc<dyn KeyProvider>]);
+    seal_lifecycle(services.clone(), &format!("awskms:{key}")).await;
+
+    // A disabled seal key keeps the server from starting (fail closed).
+    let seal = seal_with(&services, &format!("awskms:{key}"));
+    let srv = TestServer::with(options(seal.clone(), services.clone(), None)).await;
+    srv.client().init(3, 2).await.unwrap();
+    let dir = srv.stop_keep_dir().await;
+    moto.set_enabled(&key, false).await;
+    let err = TestServer::try_with(options(seal, services, Some(dir)))
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("seal"), "{err:#}");
+}
+
+#[tokio::test]
+async fn pkcs11_seal_auto_unseals_rekeys_and_migrates() {
+    let h = hsm();
+    h.ensure_key("seal-lifecycle").unwrap();
+    let services = KeyServices::new(vec![Arc::new(HsmProvider(h)) as Arc<dyn KeyProvider>]);
+    seal_lifecycle(services, "pkcs11:seal-lifecycle").await;
+}
+
+/// An organisation attaches its own key; revoking it makes its data unreadable within the
+/// key cache lifetime, with `tenant_key_unavailable` (audited), while another organisation
+/// carries on; enabling it restores access; detaching moves back to the root key.
+async fn own_key_round(
+    services: KeyServices,
+    reference: &str,
+    set_enabled: impl AsyncFn(bool),
+) {
+    let ttl = Duration::from_millis(500);
+    let srv = TestServer::with(TestOptions {
+        core: CoreConfig {
+            key_cache_ttl: ttl,
+            ..TestServer::fast_core()
+        },
+        key_services: services,
+        ..TestOptions::default()
+    })
+    .await;
+    let owner = srv.owner().await;
+    owner.create_project("app").await.unwrap();
+    for i in 0..5 {
+        owner
+            .set_param("app", "default", &format!("K{i}"), &format!("v{i}"), Some(false))
+            .await
+            .unwrap();
+    }
+    // Another organisation, on the root key.
+    owner.create_org("other").await.unwrap();
+    let other = srv
+        .client()
+        .with_token(owner.switch_org("other").await.unwrap().token.unwrap());
+    other.create_project("svc").await.unwrap();
+    other
+        .set_param("svc", "default", "X", "x-value", Some(false))
+        .await
+        .unwrap();
+    // Switching traded the first token; a new session for the first organisation.
+    let owner = srv.owner().await;
+
+    let st = owner.attach_external_key(reference).await.unwrap();
+    assert_eq!(st.external_key.as_deref(), Some(reference));
+    assert_eq!(
+        code(other.attach_external_key(reference).await.unwrap_err()),
+        "already_exists",
+        "one organisation per external key"
+    );
+    srv.coffer().run_key_maintenance().await.unwrap();
+    let st = owner.key_status().await.unwrap();
+    let active = st.terms.iter().find(|t| t.active).unwrap();
+    assert_eq!(active.wrapped_by, reference);
+    assert_eq!(active.values, 5, "every value moved to the external term");
+    // A value written now is sealed under the external term too.
+    owner.set_param("app", "default", "K5", "v5", Some(false)).await.unwrap();
+
+    set_enabled(false).await;
+    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
+    let err = owner.get_param("app", "default", "K1").await.unwrap_err();
+    assert_eq!(code(err), "tenant_key_unavailable");
+    let err = owner
+        .set_param("app", "default", "K1", "new", Some(false))
+        .await
+        .unwrap_err();
+    assert_eq!(code(err), "tenant_key_unavailable");
+    let x = other.get_param("svc", "default", "X").await.unwrap();
+    assert_eq!(x.value.as_deref(), Some("x-value"), "other organisations carry on");
+    let events = owner.audit_events(&[("limit", "1000")]).await.unwrap().events;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"]["error_code"] == "tenant_key_unavailable"
+                && e["event"]["action"] == "param.get"),
+        "the refusal is audited"
+    );
+
+    set_enabled(true).await;
+    let v = owner.get_param("app", "default", "K1").await.unwrap();
+    assert_eq!(v.value.as_deref(), Some("v1"), "enabling the key restores access");
+
+    // Detach: back to the root key once the rewrap is done and the old terms are gone.
+    let st = owner.detach_external_key().await.unwrap();
+    assert_eq!(st.external_key, None);
+    srv.coffer().run_key_maintenance().await.unwrap();
+    tokio::time::sleep(ttl * 2 + Duration::from_millis(1100)).await;
+    srv.coffer().run_key_maintenance().await.unwrap();
+    let st = owner.key_status().await.unwrap();
+    assert!(st.terms.iter().all(|t| t.wrapped_by == "root"), "{:?}", st.terms);
+    set_enabled(false).await;
+    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
+    let v = owner.get_param("app", "default", "K5").await.unwrap();
+    assert_eq!(v.value.as_deref(), Some("v5"), "no longer depends on the external key");
+    set_enabled(true).await;
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn organisations_own_kms_key_can_be_revoked_and_restored() {
+    let moto = MotoKms::start();
+    let key = moto.create_key().await;
+    let services = KeyServices::new(vec![Arc::new(kms_client(&moto)) as Arc<dyn KeyProvider>]);
+    let moto = &moto;
+    let k = key.clone();
+    own_key_round(services, &format!("awskms:{key}"), async move |on| {
+        moto.set_enabled(&k, on).await
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn organisations_own_hsm_key_can_be_revoked_and_restored() {
+    let h = hsm();
+    h.ensure_key("org-own-key").unwrap();
+    let services = KeyServices::new(vec![Arc::new(HsmProvider(h.clone())) as Arc<dyn KeyProvider>]);
+    own_key_round(services, "pkcs11:org-own-key", async move |on| {
+        h.set_key_enabled("org-own-key", on).unwrap()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn attaching_needs_a_usable_key_and_an_owner() {
+    let moto = MotoKms::start();
+    let key = moto.create_key().await;
+    let services = KeyServices::new(vec![Arc::new(kms_client(&moto)) as Arc<dyn KeyProvider>]);
+    let srv = TestServer::with(TestOptions {
+        key_services: services,
+        ..TestOptions::default()
+    })
+    .await;
+    let owner = srv.owner().await;
+    for bad in [
+        "awskms:11111111-2222-3333-4444-555555555555",
+        "pkcs11:no-hsm-configured",
+        "vault:x",
+        "awskms:",
+    ] {
+        let e = owner.attach_external_key(bad).await.unwrap_err();
+        assert_eq!(code(e), "bad_request", "{bad}");
+    }
+    let st = owner.key_status().await.unwrap();
+    assert_eq!((st.external_key, st.terms.len()), (None, 1), "nothing changed");
+    assert_eq!(
+        code(owner.detach_external_key().await.unwrap_err()),
+        "bad_request"
+    );
+    moto.set_enabled(&key, false).await;
+    let e = owner
+        .attach_external_key(&format!("awskms:{key}"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), "bad_request", "a disabled key is refused up front");
+    srv.stop().await;
+}
