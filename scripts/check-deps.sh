@@ -20,10 +20,13 @@ forbid() { # crate, list-kind, forbidden...
 forbid coffer-crypto all tokio sqlx axum reqwest hyper
 # the store never sees the HTTP edge or the seal.
 forbid coffer-store all axum reqwest coffer-seal coffer-core
-# the domain has no HTTP.
-forbid coffer-core all axum reqwest hyper
+# the seal abstraction and the domain have no HTTP and load no PKCS#11 module: the KMS and
+# HSM clients live in coffer-extkeys, which only the binary wires in.
+forbid coffer-seal all reqwest hyper cryptoki coffer-extkeys
+forbid coffer-core all axum reqwest hyper cryptoki coffer-extkeys
 # the HTTP edge reaches keys and storage only through coffer-core.
 forbid coffer-server direct coffer-crypto coffer-seal coffer-store sqlx
+forbid coffer-server all coffer-extkeys cryptoki
 # the client is independent of the server side.
 forbid coffer-client all coffer-core coffer-store coffer-crypto coffer-seal axum
 [ "$fail" = 0 ] && echo "dependency rules hold"

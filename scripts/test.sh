@@ -14,6 +14,21 @@ if command -v pg_ctlcluster >/dev/null 2>&1 && ! pg_isready -h 127.0.0.1 -p 5432
   pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
 fi
 
+# SoftHSM2: the PKCS#11 token the HSM seal and key tests use. Tokens go to a fresh
+# directory under target/, never the machine's own token store.
+if ! command -v softhsm2-util >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2
+fi
+export SOFTHSM2_CONF="$PWD/target/softhsm/softhsm2.conf"
+rm -rf target/softhsm && mkdir -p target/softhsm/tokens
+printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n' \
+  "$PWD/target/softhsm/tokens" > "$SOFTHSM2_CONF"
+
+# moto_server: AWS KMS on 127.0.0.1 for the KMS seal and key tests.
+if ! command -v moto_server >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check 'moto[server]'
+fi
+
 # aiosmtpd: the SMTP server the mail tests deliver to.
 if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check aiosmtpd

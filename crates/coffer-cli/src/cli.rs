@@ -93,6 +93,21 @@ pub enum KeyCmd {
         #[arg(long)]
         wait: bool,
     },
+    /// Wrap the organisation's key with its own key instead of the root key (Owners):
+    /// `awskms:<key id, ARN or alias>` or `pkcs11:<key label>`. Disabling that key later
+    /// makes the organisation's data unreadable until it is enabled again.
+    AttachExternal {
+        key: String,
+        /// Wait for every value to move under the new term.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Go back to the root key (Owners). Keep the external key enabled until
+    /// `coffer key status` shows no term wrapped by it.
+    DetachExternal {
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -133,6 +148,16 @@ pub enum OperatorCmd {
     Seal,
     /// Replace the root key and issue new shares (Owner, with a quorum of the current
     /// shares, prompted one by one or read as lines from standard input).
+    /// Move to the seal in the server's configuration ([seal]: shamir, awskms or pkcs11),
+    /// with a quorum of the current shares. The root key and the shares stay the same.
+    MigrateSeal {
+        /// How many shares to ask for (the threshold).
+        #[arg(long, default_value_t = 3)]
+        quorum: u8,
+        /// Read the shares from standard input, one per line.
+        #[arg(long)]
+        shares_stdin: bool,
+    },
     Rekey {
         #[arg(long, default_value_t = 5)]
         shares: u8,

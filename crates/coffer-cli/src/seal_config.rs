@@ -130,7 +130,10 @@ pub fn build(
     let kind = seal.kind.as_deref().unwrap_or("shamir");
     let seal: Arc<dyn Seal> = match kind {
         "shamir" => {
-            anyhow::ensure!(seal.key.is_none(), "seal.key is only for awskms and pkcs11 seals");
+            anyhow::ensure!(
+                seal.key.is_none(),
+                "seal.key is only for awskms and pkcs11 seals"
+            );
             Arc::new(ShamirSeal)
         }
         "awskms" | "pkcs11" => {
@@ -139,15 +142,22 @@ pub fn build(
                 .as_deref()
                 .with_context(|| format!("seal.type = \"{kind}\" needs seal.key"))?;
             match kind {
-                "awskms" => anyhow::ensure!(kms_client.is_some(), "the awskms seal needs [kms] region"),
+                "awskms" => {
+                    anyhow::ensure!(kms_client.is_some(), "the awskms seal needs [kms] region")
+                }
                 _ => {
                     let h = hsm.as_ref().context("the pkcs11 seal needs [pkcs11]")?;
                     if h.ensure_key(key)? {
-                        tracing::warn!(label = key, "created the PKCS#11 seal key (AES-256, not extractable)");
+                        tracing::warn!(
+                            label = key,
+                            "created the PKCS#11 seal key (AES-256, not extractable)"
+                        );
                     }
                 }
             }
-            Arc::new(ExternalSeal::new(services.resolve(&format!("{kind}:{key}"))?)?)
+            Arc::new(ExternalSeal::new(
+                services.resolve(&format!("{kind}:{key}"))?,
+            )?)
         }
         other => anyhow::bail!("seal.type must be shamir, awskms or pkcs11, not {other:?}"),
     };

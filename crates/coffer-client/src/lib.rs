@@ -430,8 +430,13 @@ impl Client {
 
     /// Go back to the root key; a rotation starts.
     pub async fn detach_external_key(&self) -> Result<KeyStatus> {
-        self.call::<(), _>(Method::DELETE, &["v1", "org", "keys", "external"], &[], None)
-            .await
+        self.call::<(), _>(
+            Method::DELETE,
+            &["v1", "org", "keys", "external"],
+            &[],
+            None,
+        )
+        .await
     }
 
     pub async fn set_require_mfa(&self, on: bool) -> Result<()> {

@@ -57,10 +57,7 @@ impl Coffer {
             .map_err(|_| CoreError::invalid("shares", "at most 255"))?;
         // A KMS/HSM seal wraps the new root key before anything changes: if it cannot, the
         // rotation does not happen.
-        let sealed_root = seal
-            .seal_root(&new)
-            .await
-            .map_err(crate::sys::seal_error)?;
+        let sealed_root = seal.seal_root(&new).await.map_err(crate::sys::seal_error)?;
         let rotation = RootRotation {
             sealed_root,
             root_check: new

@@ -32,7 +32,11 @@ impl std::fmt::Debug for AwsCredentials {
 }
 
 impl AwsCredentials {
-    pub fn new(access_key_id: String, secret_access_key: String, session_token: Option<String>) -> Self {
+    pub fn new(
+        access_key_id: String,
+        secret_access_key: String,
+        session_token: Option<String>,
+    ) -> Self {
         Self {
             access_key_id,
             secret_access_key: Zeroizing::new(secret_access_key),
@@ -46,7 +50,8 @@ impl AwsCredentials {
         match (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
             (Some(id), Some(secret)) => Ok(Self::new(id, secret, var("AWS_SESSION_TOKEN"))),
             _ => Err(SealError::Config(
-                "AWS KMS needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment".into(),
+                "AWS KMS needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment"
+                    .into(),
             )),
         }
     }
@@ -152,12 +157,14 @@ impl KmsClient {
         plaintext: &[u8],
         context: &EncryptionContext,
     ) -> Result<Vec<u8>, SealError> {
-        let body = Zeroizing::new(serde_json::to_vec(&serde_json::json!({
-            "KeyId": key_id,
-            "Plaintext": B64.encode(plaintext),
-            "EncryptionContext": context,
-        }))
-        .map_err(|_| SealError::Service("encode request".into()))?);
+        let body = Zeroizing::new(
+            serde_json::to_vec(&serde_json::json!({
+                "KeyId": key_id,
+                "Plaintext": B64.encode(plaintext),
+                "EncryptionContext": context,
+            }))
+            .map_err(|_| SealError::Service("encode request".into()))?,
+        );
         let out: EncryptOut = self.call(key_id, "Encrypt", &body).await?;
         B64.decode(out.blob)
             .map_err(|_| SealError::Service("KMS returned a malformed ciphertext".into()))
@@ -195,7 +202,10 @@ impl KmsClient {
             .map_err(|_| SealError::Service("encode request".into()))?;
         let out: DescribeOut = self.call(key_id, "DescribeKey", &body).await?;
         if out.meta.state != "Enabled" {
-            return Err(unavailable(key_id, &format!("key state {}", out.meta.state)));
+            return Err(unavailable(
+                key_id,
+                &format!("key state {}", out.meta.state),
+            ));
         }
         Ok(out.meta.arn)
     }
@@ -228,7 +238,10 @@ impl KmsClient {
             .build()
             .map_err(|e| SealError::Config(format!("SigV4 parameters: {e}")))?
             .into();
-        let headers = [("content-type", content_type), ("x-amz-target", target.as_str())];
+        let headers = [
+            ("content-type", content_type),
+            ("x-amz-target", target.as_str()),
+        ];
         let signable = SignableRequest::new(
             "POST",
             self.endpoint.as_str(),
@@ -271,7 +284,9 @@ impl KmsClient {
         if KEY_UNAVAILABLE.contains(&kind) {
             Err(unavailable(key_id, kind))
         } else if status.is_server_error() {
-            Err(SealError::Unreachable(format!("KMS {action}: HTTP {status}")))
+            Err(SealError::Unreachable(format!(
+                "KMS {action}: HTTP {status}"
+            )))
         } else {
             Err(SealError::Service(format!(
                 "KMS {action}: {kind} {}",
@@ -323,7 +338,11 @@ impl ExternalKey for KmsKey {
     fn reference(&self) -> String {
         format!("awskms:{}", self.key_id)
     }
-    async fn wrap(&self, plaintext: &[u8], context: &EncryptionContext) -> Result<Vec<u8>, SealError> {
+    async fn wrap(
+        &self,
+        plaintext: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<Vec<u8>, SealError> {
         self.client.encrypt(&self.key_id, plaintext, context).await
     }
     async fn unwrap(

@@ -50,7 +50,9 @@ pub struct Hsm {
 
 impl std::fmt::Debug for Hsm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hsm").field("token", &self.token).finish_non_exhaustive()
+        f.debug_struct("Hsm")
+            .field("token", &self.token)
+            .finish_non_exhaustive()
     }
 }
 
@@ -62,7 +64,10 @@ impl Hsm {
     /// Load the module, find the token by label and log in as its user.
     pub fn open(cfg: &Pkcs11Config) -> Result<Arc<Self>, SealError> {
         let ctx = Pkcs11::new(&cfg.library).map_err(|e| {
-            SealError::Config(format!("load PKCS#11 module {}: {e}", cfg.library.display()))
+            SealError::Config(format!(
+                "load PKCS#11 module {}: {e}",
+                cfg.library.display()
+            ))
         })?;
         match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
@@ -76,8 +81,12 @@ impl Hsm {
                 ctx.get_token_info(*s)
                     .is_ok_and(|t| t.label().trim_end() == cfg.token_label)
             })
-            .ok_or_else(|| SealError::Config(format!("no PKCS#11 token labelled {}", cfg.token_label)))?;
-        let session = ctx.open_rw_session(slot).map_err(|e| service("open session", e))?;
+            .ok_or_else(|| {
+                SealError::Config(format!("no PKCS#11 token labelled {}", cfg.token_label))
+            })?;
+        let session = ctx
+            .open_rw_session(slot)
+            .map_err(|e| service("open session", e))?;
         let pin = AuthPin::from(cfg.pin.as_str().to_owned());
         match session.login(UserType::User, Some(&pin)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
@@ -93,7 +102,10 @@ impl Hsm {
         }))
     }
 
-    fn with_session<R>(&self, f: impl FnOnce(&Session) -> Result<R, SealError>) -> Result<R, SealError> {
+    fn with_session<R>(
+        &self,
+        f: impl FnOnce(&Session) -> Result<R, SealError>,
+    ) -> Result<R, SealError> {
         let s = self
             .session
             .lock()
@@ -152,8 +164,11 @@ impl Hsm {
     pub fn set_key_enabled(&self, label: &str, enabled: bool) -> Result<(), SealError> {
         self.with_session(|s| {
             let key = Self::find(s, label)?;
-            s.update_attributes(key, &[Attribute::Encrypt(enabled), Attribute::Decrypt(enabled)])
-                .map_err(|e| service("update key", e))
+            s.update_attributes(
+                key,
+                &[Attribute::Encrypt(enabled), Attribute::Decrypt(enabled)],
+            )
+            .map_err(|e| service("update key", e))
         })
     }
 
@@ -177,7 +192,12 @@ impl Hsm {
         })
     }
 
-    pub fn decrypt(&self, label: &str, blob: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
+    pub fn decrypt(
+        &self,
+        label: &str,
+        blob: &[u8],
+        aad: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, SealError> {
         let (&format, rest) = blob
             .split_first()
             .ok_or_else(|| unavailable(label, "empty ciphertext"))?;
@@ -254,7 +274,11 @@ impl ExternalKey for HsmKey {
     fn reference(&self) -> String {
         format!("pkcs11:{}", self.label)
     }
-    async fn wrap(&self, plaintext: &[u8], context: &EncryptionContext) -> Result<Vec<u8>, SealError> {
+    async fn wrap(
+        &self,
+        plaintext: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<Vec<u8>, SealError> {
         let (hsm, label) = (self.hsm.clone(), self.label.clone());
         let pt = Zeroizing::new(plaintext.to_vec());
         let aad = context_aad(context);

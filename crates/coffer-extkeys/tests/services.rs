@@ -28,23 +28,36 @@ async fn kms_binds_the_context_and_honours_revocation() {
     let moto = MotoKms::start();
     let client = kms(&moto);
     let key = moto.create_key().await;
-    let blob = client.encrypt(&key, b"tenant key bytes", &ctx("a")).await.unwrap();
+    let blob = client
+        .encrypt(&key, b"tenant key bytes", &ctx("a"))
+        .await
+        .unwrap();
     assert!(!blob.windows(16).any(|w| w == b"tenant key bytes"));
     assert_eq!(
-        client.decrypt(&key, &blob, &ctx("a")).await.unwrap().as_slice(),
+        client
+            .decrypt(&key, &blob, &ctx("a"))
+            .await
+            .unwrap()
+            .as_slice(),
         b"tenant key bytes"
     );
     // Another organisation's context does not open it.
     assert!(is_unavailable(client.decrypt(&key, &blob, &ctx("b")).await));
     // Nor does another key.
     let other = moto.create_key().await;
-    assert!(is_unavailable(client.decrypt(&other, &blob, &ctx("a")).await));
+    assert!(is_unavailable(
+        client.decrypt(&other, &blob, &ctx("a")).await
+    ));
 
     moto.set_enabled(&key, false).await;
     assert!(is_unavailable(client.decrypt(&key, &blob, &ctx("a")).await));
     moto.set_enabled(&key, true).await;
     assert_eq!(
-        client.decrypt(&key, &blob, &ctx("a")).await.unwrap().as_slice(),
+        client
+            .decrypt(&key, &blob, &ctx("a"))
+            .await
+            .unwrap()
+            .as_slice(),
         b"tenant key bytes"
     );
     assert!(is_unavailable(
@@ -97,7 +110,10 @@ fn hsm_keys_stay_inside_bind_the_context_and_can_be_disabled() {
     assert!(!h.ensure_key(label).unwrap(), "reused afterwards");
     let blob = h.encrypt(label, b"root key bytes", b"aad-a").unwrap();
     assert!(!blob.windows(14).any(|w| w == b"root key bytes"));
-    assert_eq!(h.decrypt(label, &blob, b"aad-a").unwrap().as_slice(), b"root key bytes");
+    assert_eq!(
+        h.decrypt(label, &blob, b"aad-a").unwrap().as_slice(),
+        b"root key bytes"
+    );
     assert!(is_unavailable(h.decrypt(label, &blob, b"aad-b")));
     let mut tampered = blob.clone();
     if let Some(last) = tampered.last_mut() {
@@ -109,7 +125,10 @@ fn hsm_keys_stay_inside_bind_the_context_and_can_be_disabled() {
     h.set_key_enabled(label, false).unwrap();
     assert!(is_unavailable(h.decrypt(label, &blob, b"aad-a")));
     h.set_key_enabled(label, true).unwrap();
-    assert_eq!(h.decrypt(label, &blob, b"aad-a").unwrap().as_slice(), b"root key bytes");
+    assert_eq!(
+        h.decrypt(label, &blob, b"aad-a").unwrap().as_slice(),
+        b"root key bytes"
+    );
 }
 
 #[test]

@@ -60,7 +60,9 @@ impl Seal for DevKeyFile {
         if current.same_key(root) {
             Ok(None)
         } else {
-            Err(SealError::Unsupported("the dev key file seal cannot take a new root key"))
+            Err(SealError::Unsupported(
+                "the dev key file seal cannot take a new root key",
+            ))
         }
     }
 

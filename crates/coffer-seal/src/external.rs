@@ -18,8 +18,11 @@ pub trait ExternalKey: Send + Sync + std::fmt::Debug {
     fn reference(&self) -> String;
 
     /// Encrypt `plaintext` (a key) under this key, bound to `context`.
-    async fn wrap(&self, plaintext: &[u8], context: &EncryptionContext)
-    -> Result<Vec<u8>, SealError>;
+    async fn wrap(
+        &self,
+        plaintext: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<Vec<u8>, SealError>;
 
     /// Decrypt what [`ExternalKey::wrap`] made for the same `context`. Fails with
     /// [`SealError::KeyUnavailable`] when the key is disabled, gone or not this data's key.
@@ -83,8 +86,7 @@ impl KeyServices {
 
 fn valid_name(s: &str) -> bool {
     (1..=256).contains(&s.len())
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_/:.".contains(c))
 }
 

@@ -178,7 +178,9 @@ impl MotoKms {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("start moto_server (python3 -m pip install 'moto[server]'): {e}"));
+            .unwrap_or_else(|e| {
+                panic!("start moto_server (python3 -m pip install 'moto[server]'): {e}")
+            });
         wait_listening(port, "moto_server");
         Self { child, port }
     }
@@ -202,8 +204,14 @@ impl MotoKms {
             .send()
             .await
             .unwrap_or_else(|e| panic!("moto {action}: {e}"));
-        assert!(resp.status().is_success(), "moto {action}: {}", resp.status());
-        resp.json().await.unwrap_or_else(|e| panic!("moto {action}: {e}"))
+        assert!(
+            resp.status().is_success(),
+            "moto {action}: {}",
+            resp.status()
+        );
+        resp.json()
+            .await
+            .unwrap_or_else(|e| panic!("moto {action}: {e}"))
     }
 
     /// A new symmetric key; returns its id.
@@ -217,7 +225,8 @@ impl MotoKms {
 
     pub async fn set_enabled(&self, key_id: &str, enabled: bool) {
         let action = if enabled { "EnableKey" } else { "DisableKey" };
-        self.call(action, serde_json::json!({ "KeyId": key_id })).await;
+        self.call(action, serde_json::json!({ "KeyId": key_id }))
+            .await;
     }
 }
 
@@ -245,7 +254,10 @@ impl SoftHsm {
     pub fn shared() -> &'static SoftHsm {
         static HSM: std::sync::OnceLock<SoftHsm> = std::sync::OnceLock::new();
         HSM.get_or_init(|| {
-            let token_label = format!("coffer-test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+            let token_label = format!(
+                "coffer-test-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..12]
+            );
             let pin = "4321-test-pin".to_owned();
             let out = Command::new("softhsm2-util")
                 .args(["--init-token", "--free", "--label", &token_label])

@@ -1,4 +1,4 @@
-//! `coffer key status|rotate`.
+//! `coffer key status|rotate|attach-external|detach-external`.
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -13,8 +13,11 @@ fn when(ms: i64) -> String {
 }
 
 fn print(s: &KeyStatus) {
+    if let Some(k) = &s.external_key {
+        println!("New terms are wrapped by the organisation's own key {k}.");
+    }
     output::table(
-        &["term", "created", "values", "state"],
+        &["term", "created", "values", "state", "wrapped by"],
         s.terms
             .iter()
             .map(|t| {
@@ -23,6 +26,7 @@ fn print(s: &KeyStatus) {
                     when(t.created_at),
                     t.values.to_string(),
                     if t.active { "active" } else { "retired" }.to_owned(),
+                    t.wrapped_by.clone(),
                 ]
             })
             .collect(),
@@ -58,24 +62,48 @@ pub async fn run(g: &Global, c: KeyCmd) -> anyhow::Result<()> {
             }
             print(&s);
         }
-        KeyCmd::Rotate { wait } => {
-            let mut s = client.rotate_key().await?;
-            let target = s.active_term;
-            if !g.json {
-                println!("New values now use term {target}.");
-            }
-            if wait {
-                s = wait_for_rewrap(&client, target, g.json).await?;
-            }
-            if g.json {
-                return output::json(&s);
-            }
-            if !wait {
-                println!("Stored values are rewrapped in the background: `coffer key status`.");
-            } else {
-                println!("Every stored value is under term {target}.");
-            }
+        KeyCmd::AttachExternal { key, wait } => {
+            let s = client.attach_external_key(&key).await?;
+            finish(&client, s, wait, g.json).await?;
         }
+        KeyCmd::DetachExternal { wait } => {
+            let s = client.detach_external_key().await?;
+            finish(&client, s, wait, g.json).await?;
+        }
+        KeyCmd::Rotate { wait } => {
+            let s = client.rotate_key().await?;
+            finish(&client, s, wait, g.json).await?;
+        }
+    }
+    Ok(())
+}
+
+/// After a rotation (plain, attach or detach): report, and optionally wait for the rewrap.
+async fn finish(
+    client: &coffer_client::Client,
+    mut s: KeyStatus,
+    wait: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let target = s.active_term;
+    if !json {
+        let by = s
+            .terms
+            .iter()
+            .find(|t| t.term == target)
+            .map_or("root", |t| t.wrapped_by.as_str());
+        println!("New values now use term {target} (wrapped by {by}).");
+    }
+    if wait {
+        s = wait_for_rewrap(client, target, json).await?;
+    }
+    if json {
+        return output::json(&s);
+    }
+    if !wait {
+        println!("Stored values are rewrapped in the background: `coffer key status`.");
+    } else {
+        println!("Every stored value is under term {target}.");
     }
     Ok(())
 }

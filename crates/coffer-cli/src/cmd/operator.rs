@@ -11,22 +11,37 @@ pub async fn run(g: &Global, c: OperatorCmd) -> anyhow::Result<()> {
                 return output::json(&r);
             }
             println!("Coffer initialised. These are shown ONCE; Coffer keeps no copy of them.\n");
+            let kind = if r.unsealed { "Recovery" } else { "Unseal" };
             for (i, s) in r.shares.iter().enumerate() {
-                println!("Unseal share {}: {s}", i + 1);
+                println!("{kind} share {}: {s}", i + 1);
             }
-            println!(
-                "\nAny {} of {} shares unseal the server. Give each to a different person.",
-                r.threshold,
-                r.shares.len()
-            );
+            if r.unsealed {
+                println!(
+                    "\nThe seal (KMS or HSM) unseals the server. Any {} of {} recovery shares \
+                     authorise `coffer operator rekey` and `migrate-seal`, and rebuild the root \
+                     key if the seal's key is lost. Give each to a different person.",
+                    r.threshold,
+                    r.shares.len()
+                );
+            } else {
+                println!(
+                    "\nAny {} of {} shares unseal the server. Give each to a different person.",
+                    r.threshold,
+                    r.shares.len()
+                );
+            }
             println!(
                 "\nFirst owner account:\n  organisation: {}\n  username:     {}\n  password:     {}",
                 r.bootstrap.org, r.bootstrap.username, r.bootstrap.password
             );
-            println!(
-                "\nThe server is sealed. Next: coffer operator unseal (run it {} times).",
-                r.threshold
-            );
+            if r.unsealed {
+                println!("\nThe server is unsealed. Next: coffer login.");
+            } else {
+                println!(
+                    "\nThe server is sealed. Next: coffer operator unseal (run it {} times).",
+                    r.threshold
+                );
+            }
             Ok(())
         }
         OperatorCmd::Unseal { share, reset } => {
@@ -47,29 +62,29 @@ pub async fn run(g: &Global, c: OperatorCmd) -> anyhow::Result<()> {
             let st = session::authed(g)?.seal().await?;
             print_status(g, &st)
         }
+        OperatorCmd::MigrateSeal {
+            quorum,
+            shares_stdin,
+        } => {
+            let current = read_shares(quorum, shares_stdin)?;
+            let st = session::anonymous(g)?.migrate_seal(&current).await?;
+            if g.json {
+                return output::json(&st);
+            }
+            println!(
+                "The server now uses the {} seal and is unsealed. The root key and the shares \
+                 are unchanged. Restart other nodes with the same [seal] configuration.",
+                st.seal_type.as_deref().unwrap_or("configured")
+            );
+            Ok(())
+        }
         OperatorCmd::Rekey {
             shares,
             threshold,
             quorum,
             shares_stdin,
         } => {
-            let current = if shares_stdin {
-                std::io::stdin()
-                    .lines()
-                    .map_while(Result::ok)
-                    .map(|l| l.trim().to_owned())
-                    .filter(|l| !l.is_empty())
-                    .collect::<Vec<_>>()
-            } else {
-                (1..=quorum)
-                    .map(|i| {
-                        rpassword::prompt_password(format!(
-                            "Current share {i} of {quorum} (input hidden): "
-                        ))
-                        .context("read a share")
-                    })
-                    .collect::<anyhow::Result<Vec<_>>>()?
-            };
+            let current = read_shares(quorum, shares_stdin)?;
             let r = session::authed(g)?
                 .rekey(&current, shares, threshold)
                 .await?;
@@ -126,4 +141,22 @@ fn print_status(g: &Global, st: &coffer_client::SealStatus) -> anyhow::Result<()
         ]],
     );
     Ok(())
+}
+
+/// A quorum of shares: from standard input (one per line) or prompted without echo.
+fn read_shares(quorum: u8, from_stdin: bool) -> anyhow::Result<Vec<String>> {
+    if from_stdin {
+        return Ok(std::io::stdin()
+            .lines()
+            .map_while(Result::ok)
+            .map(|l| l.trim().to_owned())
+            .filter(|l| !l.is_empty())
+            .collect());
+    }
+    (1..=quorum)
+        .map(|i| {
+            rpassword::prompt_password(format!("Current share {i} of {quorum} (input hidden): "))
+                .context("read a share")
+        })
+        .collect()
 }

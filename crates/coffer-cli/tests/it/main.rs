@@ -33,7 +33,18 @@ fn start_server(data: &Path, dev: bool, extra: &[&str]) -> ServerProc {
 
 /// `bootstrap`: wait for the bootstrap account, printed on a dev server's first start only.
 fn start_server_with(data: &Path, dev: bool, extra: &[&str], bootstrap: bool) -> ServerProc {
+    start_server_env(data, dev, extra, bootstrap, &[])
+}
+
+fn start_server_env(
+    data: &Path,
+    dev: bool,
+    extra: &[&str],
+    bootstrap: bool,
+    env: &[(&str, &str)],
+) -> ServerProc {
     let mut cmd = Command::new(BIN);
+    cmd.envs(env.iter().copied());
     cmd.arg("server")
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data)
@@ -926,4 +937,87 @@ fn rekey_and_organisation_deletion() {
     let orgs = cli.json(&["org", "list"]);
     assert_eq!(orgs.as_array().unwrap().len(), 1, "{orgs}");
     assert_eq!(cli.ok(&["param", "get", "K", "-p", "p"]).trim(), "v");
+}
+
+/// A production server on an AWS KMS seal (moto_server): `operator init` hands out recovery
+/// shares and the server unseals itself, also after a restart; an Owner attaches the
+/// organisation's own KMS key from the CLI.
+#[tokio::test]
+async fn kms_seal_and_own_key_from_the_cli() {
+    let moto = coffer_testkit::MotoKms::start();
+    let seal_key = moto.create_key().await;
+    let org_key = moto.create_key().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let config = tmp.path().join("coffer.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[seal]\ntype = \"awskms\"\nkey = \"{seal_key}\"\n\n[kms]\nregion = \"us-east-1\"\nendpoint = \"{}\"\n",
+            moto.endpoint()
+        ),
+    )
+    .unwrap();
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "AKIDTEST"),
+        ("AWS_SECRET_ACCESS_KEY", "test-secret"),
+    ];
+    let cfg_arg = config.to_str().unwrap();
+    let start = || start_server_env(&data, false, &["--config", cfg_arg], false, &env);
+    let password = {
+        let srv = start();
+        let cli = Cli {
+            cfg: tmp.path().join("cfg"),
+            addr: srv.addr.clone(),
+            ca: srv.ca.clone(),
+        };
+        let init = cli.ok(&["operator", "init", "--shares", "3", "--threshold", "2"]);
+        assert!(init.contains("Recovery share 1:"), "{init}");
+        assert!(init.contains("The server is unsealed"), "{init}");
+        let st = cli.json(&["operator", "status"]);
+        assert_eq!(
+            (st["sealed"].as_bool(), st["seal_type"].as_str()),
+            (Some(false), Some("awskms"))
+        );
+        let password = init
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("password:"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        assert!(
+            cli.run_stdin(&["login", "-u", "admin", "--password-stdin"], &password)
+                .status
+                .success()
+        );
+        cli.ok(&["project", "create", "p"]);
+        cli.ok(&["param", "set", "A", "alpha", "-p", "p"]);
+        let out = cli.ok(&[
+            "key",
+            "attach-external",
+            &format!("awskms:{org_key}"),
+            "--wait",
+        ]);
+        assert!(
+            out.contains(&format!("wrapped by awskms:{org_key}")),
+            "{out}"
+        );
+        let st = cli.json(&["key", "status"]);
+        assert_eq!(st["external_key"], format!("awskms:{org_key}"));
+        password
+    };
+    // A restart unseals through KMS; no operator is needed.
+    let srv = start();
+    let cli = Cli {
+        cfg: tmp.path().join("cfg"),
+        addr: srv.addr.clone(),
+        ca: srv.ca.clone(),
+    };
+    assert_eq!(cli.json(&["operator", "status"])["sealed"], false);
+    assert!(
+        cli.run_stdin(&["login", "-u", "admin", "--password-stdin"], &password)
+            .status
+            .success()
+    );
+    assert_eq!(cli.ok(&["param", "get", "A", "-p", "p"]), "alpha\n");
 }

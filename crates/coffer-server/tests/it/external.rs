@@ -114,9 +114,18 @@ async fn seal_lifecycle(services: KeyServices, reference: &str) {
     assert_eq!(st.seal_type.as_deref(), Some("shamir"));
     let dir = srv.stop_keep_dir().await;
     let srv = TestServer::with(options(Arc::new(ShamirSeal), services.clone(), Some(dir))).await;
-    assert!(srv.client().seal_status().await.unwrap().sealed, "Shamir waits for shares");
+    assert!(
+        srv.client().seal_status().await.unwrap().sealed,
+        "Shamir waits for shares"
+    );
     srv.client().unseal(&rekeyed.shares[0]).await.unwrap();
-    assert!(!srv.client().unseal(&rekeyed.shares[2]).await.unwrap().sealed);
+    assert!(
+        !srv.client()
+            .unseal(&rekeyed.shares[2])
+            .await
+            .unwrap()
+            .sealed
+    );
     let owner = login_owner(&srv, &password).await;
     let read = owner.get_param("app", "default", "DB_URL").await.unwrap();
     assert_eq!(read.value.as_deref(), Some("postgres://db/app"));
@@ -125,7 +134,10 @@ async fn seal_lifecycle(services: KeyServices, reference: &str) {
     let dir = srv.stop_keep_dir().await;
     let srv = TestServer::with(options(seal.clone(), services.clone(), Some(dir))).await;
     assert!(srv.client().seal_status().await.unwrap().sealed);
-    srv.client().migrate_seal(&rekeyed.shares[..2]).await.unwrap();
+    srv.client()
+        .migrate_seal(&rekeyed.shares[..2])
+        .await
+        .unwrap();
     let dir = srv.stop_keep_dir().await;
     let srv = TestServer::with(options(seal, services, Some(dir))).await;
     assert!(!srv.client().seal_status().await.unwrap().sealed);
@@ -162,11 +174,7 @@ async fn pkcs11_seal_auto_unseals_rekeys_and_migrates() {
 /// An organisation attaches its own key; revoking it makes its data unreadable within the
 /// key cache lifetime, with `tenant_key_unavailable` (audited), while another organisation
 /// carries on; enabling it restores access; detaching moves back to the root key.
-async fn own_key_round(
-    services: KeyServices,
-    reference: &str,
-    set_enabled: impl AsyncFn(bool),
-) {
+async fn own_key_round(services: KeyServices, reference: &str, set_enabled: impl AsyncFn(bool)) {
     let ttl = Duration::from_millis(500);
     let srv = TestServer::with(TestOptions {
         core: CoreConfig {
@@ -181,7 +189,13 @@ async fn own_key_round(
     owner.create_project("app").await.unwrap();
     for i in 0..5 {
         owner
-            .set_param("app", "default", &format!("K{i}"), &format!("v{i}"), Some(false))
+            .set_param(
+                "app",
+                "default",
+                &format!("K{i}"),
+                &format!("v{i}"),
+                Some(false),
+            )
             .await
             .unwrap();
     }
@@ -211,7 +225,10 @@ async fn own_key_round(
     assert_eq!(active.wrapped_by, reference);
     assert_eq!(active.values, 5, "every value moved to the external term");
     // A value written now is sealed under the external term too.
-    owner.set_param("app", "default", "K5", "v5", Some(false)).await.unwrap();
+    owner
+        .set_param("app", "default", "K5", "v5", Some(false))
+        .await
+        .unwrap();
 
     set_enabled(false).await;
     tokio::time::sleep(ttl + Duration::from_millis(200)).await;
@@ -223,8 +240,16 @@ async fn own_key_round(
         .unwrap_err();
     assert_eq!(code(err), "tenant_key_unavailable");
     let x = other.get_param("svc", "default", "X").await.unwrap();
-    assert_eq!(x.value.as_deref(), Some("x-value"), "other organisations carry on");
-    let events = owner.audit_events(&[("limit", "1000")]).await.unwrap().events;
+    assert_eq!(
+        x.value.as_deref(),
+        Some("x-value"),
+        "other organisations carry on"
+    );
+    let events = owner
+        .audit_events(&[("limit", "1000")])
+        .await
+        .unwrap()
+        .events;
     assert!(
         events
             .iter()
@@ -235,7 +260,11 @@ async fn own_key_round(
 
     set_enabled(true).await;
     let v = owner.get_param("app", "default", "K1").await.unwrap();
-    assert_eq!(v.value.as_deref(), Some("v1"), "enabling the key restores access");
+    assert_eq!(
+        v.value.as_deref(),
+        Some("v1"),
+        "enabling the key restores access"
+    );
 
     // Detach: back to the root key once the rewrap is done and the old terms are gone.
     let st = owner.detach_external_key().await.unwrap();
@@ -244,11 +273,19 @@ async fn own_key_round(
     tokio::time::sleep(ttl * 2 + Duration::from_millis(1100)).await;
     srv.coffer().run_key_maintenance().await.unwrap();
     let st = owner.key_status().await.unwrap();
-    assert!(st.terms.iter().all(|t| t.wrapped_by == "root"), "{:?}", st.terms);
+    assert!(
+        st.terms.iter().all(|t| t.wrapped_by == "root"),
+        "{:?}",
+        st.terms
+    );
     set_enabled(false).await;
     tokio::time::sleep(ttl + Duration::from_millis(200)).await;
     let v = owner.get_param("app", "default", "K5").await.unwrap();
-    assert_eq!(v.value.as_deref(), Some("v5"), "no longer depends on the external key");
+    assert_eq!(
+        v.value.as_deref(),
+        Some("v5"),
+        "no longer depends on the external key"
+    );
     set_enabled(true).await;
     srv.stop().await;
 }
@@ -270,7 +307,9 @@ async fn organisations_own_kms_key_can_be_revoked_and_restored() {
 async fn organisations_own_hsm_key_can_be_revoked_and_restored() {
     let h = hsm();
     h.ensure_key("org-own-key").unwrap();
-    let services = KeyServices::new(vec![Arc::new(HsmProvider(h.clone())) as Arc<dyn KeyProvider>]);
+    let services = KeyServices::new(vec![
+        Arc::new(HsmProvider(h.clone())) as Arc<dyn KeyProvider>
+    ]);
     own_key_round(services, "pkcs11:org-own-key", async move |on| {
         h.set_key_enabled("org-own-key", on).unwrap()
     })
@@ -298,7 +337,11 @@ async fn attaching_needs_a_usable_key_and_an_owner() {
         assert_eq!(code(e), "bad_request", "{bad}");
     }
     let st = owner.key_status().await.unwrap();
-    assert_eq!((st.external_key, st.terms.len()), (None, 1), "nothing changed");
+    assert_eq!(
+        (st.external_key, st.terms.len()),
+        (None, 1),
+        "nothing changed"
+    );
     assert_eq!(
         code(owner.detach_external_key().await.unwrap_err()),
         "bad_request"

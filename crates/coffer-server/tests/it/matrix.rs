@@ -86,6 +86,19 @@ async fn cases(c: &Coffer, owner: &Principal, tag: &str) -> Vec<Case> {
         ),
         case("GET", "/v1/org/keys", None, ADMINS),
         case("POST", "/v1/org/keys/rotate", Some(json!({})), ADMINS),
+        // Attaching needs a key service (tested in external.rs); here only who may.
+        case(
+            "PUT",
+            "/v1/org/keys/external",
+            Some(json!({"key": "awskms:alias/x"})),
+            if tag == "owner" { &[] } else { OWNER },
+        ),
+        case(
+            "DELETE",
+            "/v1/org/keys/external",
+            None,
+            if tag == "owner" { &[] } else { OWNER },
+        ),
         case("GET", "/v1/projects", None, ALL),
         case(
             "POST",
@@ -269,7 +282,13 @@ async fn every_route_for_every_role() {
                 .await
                 .unwrap();
             }
-            if ["/v1/sys/seal", "/v1/sys/rekey", "/v1/org"].contains(&k.path.as_str())
+            if [
+                "/v1/sys/seal",
+                "/v1/sys/rekey",
+                "/v1/org",
+                "/v1/org/keys/external",
+            ]
+            .contains(&k.path.as_str())
                 && k.allowed.is_empty()
             {
                 continue;

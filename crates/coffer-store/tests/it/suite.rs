@@ -1218,7 +1218,10 @@ pub async fn key_rotation_rewrap_and_org_deletion(s: &dyn Store) {
     // An external key belongs to one organisation at a time.
     assert_eq!(s.external_key(a).await.unwrap(), None);
     s.set_external_key(a, Some("awskms:alias/a")).await.unwrap();
-    assert_eq!(s.external_key(a).await.unwrap().as_deref(), Some("awskms:alias/a"));
+    assert_eq!(
+        s.external_key(a).await.unwrap().as_deref(),
+        Some("awskms:alias/a")
+    );
     assert!(matches!(
         s.set_external_key(b, Some("awskms:alias/a")).await,
         Err(StoreError::Conflict)
