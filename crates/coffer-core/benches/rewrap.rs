@@ -2,6 +2,7 @@
 //!
 //!   cargo bench -p coffer-core --bench rewrap -- [N]              (SQLite in a temp dir)
 //!   COFFER_BENCH_PG=postgres://… cargo bench -p coffer-core --bench rewrap -- [N]
+//!   COFFER_BENCH_BATCH=20000 …                                      (values per batch)
 //!
 //! Values are written through the service (16 concurrent writers), so every one is a real
 //! envelope-encrypted value in its own parameter version.
@@ -19,7 +20,10 @@ async fn main() {
         .find(|a| !a.starts_with('-'))
         .map_or(1_000_000, |a| a.parse().expect("N"));
     let dir = tempfile::tempdir().unwrap();
-    let cfg = CoreConfig::default();
+    let mut cfg = CoreConfig::default();
+    if let Ok(b) = std::env::var("COFFER_BENCH_BATCH") {
+        cfg.rewrap_batch = b.parse().expect("COFFER_BENCH_BATCH");
+    }
     let (coffer, backend) = match std::env::var("COFFER_BENCH_PG") {
         Ok(url) => (
             Coffer::open_postgres(&url, cfg, Default::default(), true)

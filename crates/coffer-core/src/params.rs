@@ -189,7 +189,7 @@ impl Coffer {
                     created_at: now,
                 },
                 ciphertext: Some(ct),
-                credential_id: Uuid::new_v4(),
+                credential_id: new_credential_id(),
             };
             if self.append(w).await?.is_none() {
                 return Ok(ParamView {
@@ -361,7 +361,7 @@ impl Coffer {
                     created_at: now,
                 },
                 ciphertext: Some(ct),
-                credential_id: Uuid::new_v4(),
+                credential_id: new_credential_id(),
             };
             if self.append(w).await?.is_none() {
                 return Ok(ParamView {
@@ -412,7 +412,7 @@ impl Coffer {
                     created_at: now_ms(),
                 },
                 ciphertext: None,
-                credential_id: Uuid::new_v4(),
+                credential_id: new_credential_id(),
             };
             if self.append(w).await?.is_none() {
                 return Ok(version);
@@ -484,4 +484,12 @@ impl Coffer {
         }
         Ok(out)
     }
+}
+
+/// Credential ids are time-ordered (UUIDv7): the rewrap job walks credentials in id order,
+/// and with ids that follow insertion order it reads and rewrites the table's pages in
+/// sequence instead of one random page per value. The ids are opaque, and the time they
+/// carry is already stored beside them (`param_versions.created_at`).
+fn new_credential_id() -> Uuid {
+    Uuid::now_v7()
 }

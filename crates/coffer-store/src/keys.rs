@@ -141,10 +141,11 @@ pub(crate) fn tenant_key_row<R: RowRead>(r: &R) -> Result<TenantKeyRow, StoreErr
     })
 }
 
-/// The placeholder list of one multi-row UPDATE: `(CAST($2 AS blob), CAST($3 AS blob),
-/// CAST($4 AS int)), …` (`$1` is the target term). Only placeholders are generated.
-pub(crate) fn rewrap_values(rows: usize, blob: &str, int: &str) -> String {
-    (0..rows)
+/// One multi-row UPDATE of a rewrap batch for `rows` values: `$1` is the target term, then
+/// (credential id, new ciphertext, old term) per row as `CAST($n AS blob)` … in a VALUES
+/// list. Only placeholders are generated; every value is bound.
+pub fn rewrap_update_sql(rows: usize, blob: &str, int: &str) -> String {
+    let values = (0..rows)
         .map(|k| {
             let n = 2 + 3 * k;
             format!(
@@ -155,7 +156,12 @@ pub(crate) fn rewrap_values(rows: usize, blob: &str, int: &str) -> String {
             )
         })
         .collect::<Vec<_>>()
-        .join(", ")
+        .join(", ");
+    format!(
+        "UPDATE credentials SET ciphertext = v.column2, key_term = CAST($1 AS {int}) \
+         FROM (VALUES {values}) AS v \
+         WHERE credentials.id = v.column1 AND credentials.key_term = v.column3"
+    )
 }
 
 /// Implements [`KeyStore`] for a backend. `$pool` is its write pool, `$lock_org` locks one
@@ -311,12 +317,7 @@ macro_rules! impl_key_store {
                 $scope(&mut *tx, org_id).await?;
                 let mut replaced = 0u64;
                 for chunk in items.chunks($crate::keys::REWRAP_ROWS_PER_STATEMENT) {
-                    let sql = format!(
-                        "UPDATE credentials SET ciphertext = v.column2, key_term = CAST($1 AS {int}) FROM (VALUES {values}) AS v \
-                         WHERE credentials.id = v.column1 AND credentials.key_term = v.column3",
-                        int = $int,
-                        values = $crate::keys::rewrap_values(chunk.len(), $blob, $int),
-                    );
+                    let sql = $crate::keys::rewrap_update_sql(chunk.len(), $blob, $int);
                     // Only placeholders are generated; every value is bound.
                     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(i64::from(target.0));
                     for it in chunk {

@@ -354,3 +354,78 @@ async fn attaching_needs_a_usable_key_and_an_owner() {
     assert_eq!(code(e), "bad_request", "a disabled key is refused up front");
     srv.stop().await;
 }
+
+/// Two nodes on one PostgreSQL database with a KMS seal: each unseals itself; an
+/// organisation's own key, revoked once in the KMS, stops both nodes within the key cache
+/// lifetime, and enabling it restores both.
+#[tokio::test]
+async fn two_nodes_auto_unseal_and_honour_a_revoked_own_key() {
+    let Some(url) = coffer_testkit::pg_database().await else {
+        return;
+    };
+    let moto = MotoKms::start();
+    let (seal_key, org_key) = (moto.create_key().await, moto.create_key().await);
+    let services = KeyServices::new(vec![Arc::new(kms_client(&moto)) as Arc<dyn KeyProvider>]);
+    let seal = seal_with(&services, &format!("awskms:{seal_key}"));
+    let ttl = Duration::from_millis(500);
+    let node = |seal: Arc<dyn Seal>| TestOptions {
+        dev: false,
+        database_url: Some(url.clone()),
+        seal,
+        key_services: services.clone(),
+        core: CoreConfig {
+            key_cache_ttl: ttl,
+            ..TestServer::fast_core()
+        },
+        ..TestOptions::default()
+    };
+    let a = TestServer::with(node(seal.clone())).await;
+    let init = a.client().init(3, 2).await.unwrap();
+    assert!(init.unsealed);
+    let b = TestServer::with(node(seal.clone())).await;
+    assert!(
+        !b.client().seal_status().await.unwrap().sealed,
+        "node B unsealed itself through KMS"
+    );
+    let token = a
+        .client()
+        .login("admin", &init.bootstrap.password)
+        .await
+        .unwrap()
+        .token
+        .unwrap();
+    let (on_a, on_b) = (
+        a.client().with_token(token.clone()),
+        b.client().with_token(token),
+    );
+    on_a.create_project("web").await.unwrap();
+    on_a.set_param("web", "default", "K", "v", Some(false))
+        .await
+        .unwrap();
+    on_a.attach_external_key(&format!("awskms:{org_key}"))
+        .await
+        .unwrap();
+    a.coffer().run_key_maintenance().await.unwrap();
+    for c in [&on_a, &on_b] {
+        assert_eq!(
+            c.get_param("web", "default", "K").await.unwrap().value.as_deref(),
+            Some("v")
+        );
+    }
+    moto.set_enabled(&org_key, false).await;
+    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
+    for c in [&on_a, &on_b] {
+        let e = c.get_param("web", "default", "K").await.unwrap_err();
+        assert_eq!(code(e), "tenant_key_unavailable");
+    }
+    moto.set_enabled(&org_key, true).await;
+    for c in [&on_a, &on_b] {
+        assert_eq!(
+            c.get_param("web", "default", "K").await.unwrap().value.as_deref(),
+            Some("v")
+        );
+    }
+    a.stop().await;
+    b.stop().await;
+    coffer_testkit::drop_pg_database(&url).await;
+}

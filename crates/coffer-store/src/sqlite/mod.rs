@@ -83,6 +83,18 @@ pub struct SqliteStore {
     cache: Arc<cache::ValueCache>,
 }
 
+/// The one writer connection: a 64 MiB page cache (the default is 2 MiB), because rewrap
+/// batches and group commits touch many pages per transaction; and no automatic indexes.
+/// Without statistics, SQLite 3.51 plans a rewrap batch's `UPDATE … FROM (VALUES …)` of a
+/// few hundred rows as a full scan of `credentials` against a temporary index on the
+/// VALUES, once per statement: the rewrap then slows down with the size of the table.
+/// Without automatic indexes it walks the VALUES and seeks each credential by id.
+pub fn writer_options(base: SqliteConnectOptions) -> SqliteConnectOptions {
+    base.create_if_missing(true)
+        .pragma("cache_size", "-65536")
+        .pragma("automatic_index", "false")
+}
+
 impl SqliteStore {
     /// Open (creating if missing) the database file and run pending migrations.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
@@ -96,7 +108,7 @@ impl SqliteStore {
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(base.clone().create_if_missing(true))
+            .connect_with(writer_options(base.clone()))
             .await?;
         crate::migrator(MIGRATIONS)
             .run(&write)

@@ -53,3 +53,46 @@ async fn reopening_keeps_data_and_migrations_are_idempotent() {
         "keep"
     );
 }
+
+/// A rewrap batch's multi-row UPDATE must seek each credential by id on the writer's
+/// settings. The same statement on a connection with SQLite's defaults scans the whole
+/// table (the control: it shows the plan check can fail).
+#[tokio::test]
+async fn rewrap_updates_seek_credentials_by_id() {
+    use sqlx::{ConnectOptions, Row};
+    let (dir, _store) = fresh().await;
+    let base = sqlx::sqlite::SqliteConnectOptions::new().filename(dir.path().join("coffer.db"));
+    let sql = format!(
+        "EXPLAIN QUERY PLAN {}",
+        coffer_store::keys::rewrap_update_sql(256, "BLOB", "INTEGER")
+    );
+    let plan = |mut conn: sqlx::SqliteConnection| {
+        let sql = sql.clone();
+        async move {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(2i64);
+            for _ in 0..256 {
+                q = q.bind(vec![1u8; 16]).bind(vec![2u8; 16]).bind(1i64);
+            }
+            q.fetch_all(&mut conn)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<String, _>(3))
+                .collect::<Vec<_>>()
+                .join("; ")
+        }
+    };
+    let writer = plan(
+        coffer_store::sqlite::writer_options(base.clone())
+            .connect()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        writer.contains("SEARCH credentials USING INDEX") && !writer.contains("SCAN credentials"),
+        "{writer}"
+    );
+    let default = plan(base.connect().await.unwrap()).await;
+    assert!(default.contains("SCAN credentials"), "{default}");
+}
