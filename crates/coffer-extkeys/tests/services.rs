@@ -1,6 +1,9 @@
 //! The key services against real peers: AWS KMS as `moto_server` and a SoftHSM2 token, both
 //! local (scripts/test.sh installs them).
 
+// Test helpers panic on unexpected failures by design: a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use coffer_extkeys::{AwsCredentials, Hsm, KmsClient, KmsConfig, Pkcs11Config};
 use coffer_seal::{EncryptionContext, SealError};
 use coffer_testkit::{MotoKms, SOFTHSM_LIBRARY, SoftHsm};

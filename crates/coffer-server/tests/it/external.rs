@@ -408,7 +408,11 @@ async fn two_nodes_auto_unseal_and_honour_a_revoked_own_key() {
     a.coffer().run_key_maintenance().await.unwrap();
     for c in [&on_a, &on_b] {
         assert_eq!(
-            c.get_param("web", "default", "K").await.unwrap().value.as_deref(),
+            c.get_param("web", "default", "K")
+                .await
+                .unwrap()
+                .value
+                .as_deref(),
             Some("v")
         );
     }
@@ -421,7 +425,11 @@ async fn two_nodes_auto_unseal_and_honour_a_revoked_own_key() {
     moto.set_enabled(&org_key, true).await;
     for c in [&on_a, &on_b] {
         assert_eq!(
-            c.get_param("web", "default", "K").await.unwrap().value.as_deref(),
+            c.get_param("web", "default", "K")
+                .await
+                .unwrap()
+                .value
+                .as_deref(),
             Some("v")
         );
     }
