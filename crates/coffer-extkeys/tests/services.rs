@@ -13,15 +13,6 @@ fn ctx(org: &str) -> EncryptionContext {
     EncryptionContext::from([("coffer:org".to_owned(), org.to_owned())])
 }
 
-fn kms(moto: &MotoKms) -> KmsClient {
-    KmsClient::new(KmsConfig {
-        region: "us-east-1".into(),
-        endpoint: Some(moto.endpoint()),
-        credentials: AwsCredentials::new("AKIDTEST".into(), "test-secret".into(), None),
-    })
-    .unwrap()
-}
-
 fn is_unavailable(r: Result<impl std::fmt::Debug, SealError>) -> bool {
     matches!(r, Err(SealError::KeyUnavailable { .. }))
 }
@@ -29,7 +20,7 @@ fn is_unavailable(r: Result<impl std::fmt::Debug, SealError>) -> bool {
 #[tokio::test]
 async fn kms_binds_the_context_and_honours_revocation() {
     let moto = MotoKms::start();
-    let client = kms(&moto);
+    let client = moto.client();
     let key = moto.create_key().await;
     let blob = client
         .encrypt(&key, b"tenant key bytes", &ctx("a"))
@@ -95,19 +86,9 @@ async fn kms_unreachable_is_not_a_revocation() {
     ));
 }
 
-fn hsm() -> std::sync::Arc<Hsm> {
-    let t = SoftHsm::shared();
-    Hsm::open(&Pkcs11Config {
-        library: SOFTHSM_LIBRARY.into(),
-        token_label: t.token_label.clone(),
-        pin: Zeroizing::new(t.pin.clone()),
-    })
-    .unwrap()
-}
-
 #[test]
 fn hsm_keys_stay_inside_bind_the_context_and_can_be_disabled() {
-    let h = hsm();
+    let h = SoftHsm::open();
     let label = "extkeys-test-key";
     assert!(h.ensure_key(label).unwrap(), "created on first use");
     assert!(!h.ensure_key(label).unwrap(), "reused afterwards");

@@ -189,6 +189,25 @@ impl MotoKms {
         format!("http://127.0.0.1:{}/", self.port)
     }
 
+    /// A KMS client for this server (moto accepts any credentials).
+    pub fn client(&self) -> coffer_extkeys::KmsClient {
+        coffer_extkeys::KmsClient::new(coffer_extkeys::KmsConfig {
+            region: "us-east-1".into(),
+            endpoint: Some(self.endpoint()),
+            credentials: coffer_extkeys::AwsCredentials::new(
+                "AKIDTEST".into(),
+                "test-secret".into(),
+                None,
+            ),
+        })
+        .unwrap_or_else(|e| panic!("KMS client: {e}"))
+    }
+
+    /// Key services with this KMS only.
+    pub fn services(&self) -> coffer_core::seal::KeyServices {
+        coffer_core::seal::KeyServices::new(vec![std::sync::Arc::new(self.client())])
+    }
+
     /// Call a KMS action directly (unsigned; moto does not check signatures), as the key's
     /// owner would in their own account.
     pub async fn call(&self, action: &str, body: serde_json::Value) -> serde_json::Value {
@@ -271,5 +290,16 @@ impl SoftHsm {
             );
             SoftHsm { token_label, pin }
         })
+    }
+
+    /// A logged-in session on the shared token.
+    pub fn open() -> std::sync::Arc<coffer_extkeys::Hsm> {
+        let t = Self::shared();
+        coffer_extkeys::Hsm::open(&coffer_extkeys::Pkcs11Config {
+            library: SOFTHSM_LIBRARY.into(),
+            token_label: t.token_label.clone(),
+            pin: zeroize::Zeroizing::new(t.pin.clone()),
+        })
+        .unwrap_or_else(|e| panic!("open the SoftHSM token: {e}"))
     }
 }

@@ -7,28 +7,8 @@ use std::time::Duration;
 use coffer_client::Client;
 use coffer_core::CoreConfig;
 use coffer_core::seal::{ExternalSeal, KeyProvider, KeyServices, Seal, ShamirSeal};
-use coffer_extkeys::{AwsCredentials, Hsm, HsmProvider, KmsClient, KmsConfig, Pkcs11Config};
-use coffer_testkit::{MotoKms, SOFTHSM_LIBRARY, SoftHsm, TestOptions, TestServer};
-use zeroize::Zeroizing;
-
-fn kms_client(moto: &MotoKms) -> KmsClient {
-    KmsClient::new(KmsConfig {
-        region: "us-east-1".into(),
-        endpoint: Some(moto.endpoint()),
-        credentials: AwsCredentials::new("AKIDTEST".into(), "test-secret".into(), None),
-    })
-    .unwrap()
-}
-
-fn hsm() -> Arc<Hsm> {
-    let t = SoftHsm::shared();
-    Hsm::open(&Pkcs11Config {
-        library: SOFTHSM_LIBRARY.into(),
-        token_label: t.token_label.clone(),
-        pin: Zeroizing::new(t.pin.clone()),
-    })
-    .unwrap()
-}
+use coffer_extkeys::HsmProvider;
+use coffer_testkit::{MotoKms, SoftHsm, TestOptions, TestServer};
 
 fn seal_with(services: &KeyServices, reference: &str) -> Arc<dyn Seal> {
     Arc::new(ExternalSeal::new(services.resolve(reference).unwrap()).unwrap())
@@ -148,7 +128,7 @@ async fn seal_lifecycle(services: KeyServices, reference: &str) {
 async fn kms_seal_auto_unseals_rekeys_and_migrates() {
     let moto = MotoKms::start();
     let key = moto.create_key().await;
-    let services = KeyServices::new(vec![Arc::new(kms_client(&moto)) as Arc<dyn KeyProvider>]);
+    let services = moto.services();
     seal_lifecycle(services.clone(), &format!("awskms:{key}")).await;
 
     // A disabled seal key keeps the server from starting (fail closed).
@@ -165,7 +145,7 @@ async fn kms_seal_auto_unseals_rekeys_and_migrates() {
 
 #[tokio::test]
 async fn pkcs11_seal_auto_unseals_rekeys_and_migrates() {
-    let h = hsm();
+    let h = SoftHsm::open();
     h.ensure_key("seal-lifecycle").unwrap();
     let services = KeyServices::new(vec![Arc::new(HsmProvider(h)) as Arc<dyn KeyProvider>]);
     seal_lifecycle(services, "pkcs11:seal-lifecycle").await;
@@ -294,7 +274,7 @@ async fn own_key_round(services: KeyServices, reference: &str, set_enabled: impl
 async fn organisations_own_kms_key_can_be_revoked_and_restored() {
     let moto = MotoKms::start();
     let key = moto.create_key().await;
-    let services = KeyServices::new(vec![Arc::new(kms_client(&moto)) as Arc<dyn KeyProvider>]);
+    let services = moto.services();
     let moto = &moto;
     let k = key.clone();
     own_key_round(services, &format!("awskms:{key}"), async move |on| {
@@ -305,7 +285,7 @@ async fn organisations_own_kms_key_can_be_revoked_and_restored() {
 
 #[tokio::test]
 async fn organisations_own_hsm_key_can_be_revoked_and_restored() {
-    let h = hsm();
+    let h = SoftHsm::open();
     h.ensure_key("org-own-key").unwrap();
     let services = KeyServices::new(vec![
         Arc::new(HsmProvider(h.clone())) as Arc<dyn KeyProvider>
@@ -320,7 +300,7 @@ async fn organisations_own_hsm_key_can_be_revoked_and_restored() {
 async fn attaching_needs_a_usable_key_and_an_owner() {
     let moto = MotoKms::start();
     let key = moto.create_key().await;
-    let services = KeyServices::new(vec![Arc::new(kms_client(&moto)) as Arc<dyn KeyProvider>]);
+    let services = moto.services();
     let srv = TestServer::with(TestOptions {
         key_services: services,
         ..TestOptions::default()
@@ -365,7 +345,7 @@ async fn two_nodes_auto_unseal_and_honour_a_revoked_own_key() {
     };
     let moto = MotoKms::start();
     let (seal_key, org_key) = (moto.create_key().await, moto.create_key().await);
-    let services = KeyServices::new(vec![Arc::new(kms_client(&moto)) as Arc<dyn KeyProvider>]);
+    let services = moto.services();
     let seal = seal_with(&services, &format!("awskms:{seal_key}"));
     let ttl = Duration::from_millis(500);
     let node = |seal: Arc<dyn Seal>| TestOptions {
