@@ -166,10 +166,11 @@ pub fn rewrap_update_sql(rows: usize, blob: &str, int: &str) -> String {
 
 /// Implements [`KeyStore`] for a backend. `$pool` is its write pool, `$lock_org` locks one
 /// organisation row (bind `$1`), `$scope` is an async fn that scopes a transaction to one
-/// organisation, `$blob` / `$int` are the SQL type names for casts. The type must have an
+/// organisation, `$blob` / `$int` are the SQL type names for casts, and `$walk_hint` is SQL
+/// run before reading a rewrap batch (or nothing). The type must have an
 /// inherent `fn key_material_changed(&self)` that drops caches of ciphertexts.
 macro_rules! impl_key_store {
-    ($ty:ty, $pool:ident, $lock_org:expr, $scope:path, $blob:literal, $int:literal) => {
+    ($ty:ty, $pool:ident, $lock_org:expr, $scope:path, $blob:literal, $int:literal, $walk_hint:expr) => {
         #[async_trait::async_trait]
         impl $crate::keys::KeyStore for $ty {
             async fn org_ids(&self) -> Result<Vec<uuid::Uuid>, StoreError> {
@@ -286,6 +287,10 @@ macro_rules! impl_key_store {
             ) -> Result<Vec<RewrapItem>, StoreError> {
                 let mut tx = self.$pool.begin().await?;
                 $scope(&mut *tx, org_id).await?;
+                let hint: Option<&'static str> = $walk_hint;
+                if let Some(h) = hint {
+                    sqlx::raw_sql(h).execute(&mut *tx).await?;
+                }
                 let out = sqlx::query(
                     "SELECT pv.credential_id, pv.param_id, pv.version, c.ciphertext FROM param_versions pv \
                      JOIN credentials c ON c.id = pv.credential_id \

@@ -24,6 +24,9 @@ pub struct TestOptions {
     pub key_services: coffer_core::seal::KeyServices,
     /// Reuse this data directory (a restart) instead of a new one.
     pub dir: Option<tempfile::TempDir>,
+    /// Stay on SQLite even when `COFFER_TEST_BACKEND=postgres`: the test reads the SQLite
+    /// file itself, or restarts on the same data directory.
+    pub sqlite_only: bool,
 }
 
 impl Default for TestOptions {
@@ -38,6 +41,7 @@ impl Default for TestOptions {
             seal: std::sync::Arc::new(coffer_core::seal::ShamirSeal),
             key_services: Default::default(),
             dir: None,
+            sqlite_only: false,
         }
     }
 }
@@ -61,6 +65,26 @@ impl TestServer {
     /// Production mode: not initialised, sealed.
     pub async fn production() -> Self {
         Self::start(false, None).await
+    }
+
+    /// [`TestServer::dev`] on SQLite whatever `COFFER_TEST_BACKEND` says, for tests that
+    /// open the database file themselves.
+    pub async fn dev_sqlite() -> Self {
+        Self::with(TestOptions {
+            sqlite_only: true,
+            ..TestOptions::default()
+        })
+        .await
+    }
+
+    /// [`TestServer::production`] on SQLite, like [`TestServer::dev_sqlite`].
+    pub async fn production_sqlite() -> Self {
+        Self::with(TestOptions {
+            dev: false,
+            sqlite_only: true,
+            ..TestOptions::default()
+        })
+        .await
     }
 
     /// Test-friendly identity settings: no delay between attempts, a generous per-address
@@ -96,7 +120,15 @@ impl TestServer {
 
     /// Like [`TestServer::with`], returning a start failure.
     pub async fn try_with(o: TestOptions) -> anyhow::Result<Self> {
-        let (dev, database_url) = (o.dev, o.database_url);
+        let dev = o.dev;
+        let database_url = match o.database_url {
+            None if !o.sqlite_only && postgres_backend() => Some(
+                pg_database()
+                    .await
+                    .unwrap_or_else(|| panic!("COFFER_TEST_BACKEND=postgres needs PostgreSQL")),
+            ),
+            url => url,
+        };
         let dir = o
             .dir
             .unwrap_or_else(|| tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}")));
@@ -205,6 +237,13 @@ impl TestServer {
         }
         self.dir
     }
+}
+
+/// `COFFER_TEST_BACKEND=postgres`: every [`TestServer`] not pinned to SQLite runs on a fresh
+/// PostgreSQL database, so the end-to-end suites run against both backends
+/// (scripts/test.sh runs them once each way).
+pub fn postgres_backend() -> bool {
+    std::env::var("COFFER_TEST_BACKEND").is_ok_and(|v| v == "postgres")
 }
 
 fn pg_admin_url() -> String {

@@ -5,6 +5,7 @@ use sqlx::Connection;
 
 const SECRET: &str = "CANARY-audit-secret-value";
 
+/// The SQLite file of a server made with `dev_sqlite` / `production_sqlite`.
 async fn db(srv: &TestServer) -> sqlx::SqliteConnection {
     sqlx::SqliteConnection::connect(&format!(
         "sqlite://{}",
@@ -20,7 +21,7 @@ async fn all_events(c: &coffer_client::Client) -> Vec<Value> {
 
 #[tokio::test]
 async fn every_operation_is_recorded_and_no_secret_reaches_the_log() {
-    let srv = TestServer::dev().await;
+    let srv = TestServer::dev_sqlite().await;
     let anon = srv.client();
     // A password typed into the username field must not be logged in clear.
     assert!(anon.login("typed-my-password-CANARY", "x").await.is_err());
@@ -180,7 +181,7 @@ async fn every_operation_is_recorded_and_no_secret_reaches_the_log() {
 
 #[tokio::test]
 async fn sealed_server_attempts_are_recorded() {
-    let srv = TestServer::production().await;
+    let srv = TestServer::production_sqlite().await;
     let c = srv.client();
     c.init(3, 2).await.unwrap();
     assert_eq!(
@@ -205,7 +206,7 @@ async fn sealed_server_attempts_are_recorded() {
 
 #[tokio::test]
 async fn no_audit_no_response_and_service_recovers() {
-    let srv = TestServer::dev().await;
+    let srv = TestServer::dev_sqlite().await;
     let owner = srv.owner().await;
     owner.create_project("web").await.unwrap();
     owner

@@ -24,6 +24,8 @@ fn options(
         seal,
         key_services: services,
         dir,
+        // Restarts on the same data directory (the PostgreSQL variant is the two-node test).
+        sqlite_only: true,
         ..TestOptions::default()
     }
 }

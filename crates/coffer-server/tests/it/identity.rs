@@ -11,6 +11,7 @@ use coffer_testkit::{OidcProvider, SmtpReceiver, TestOptions, TestServer, free_p
 
 fn db_bytes(srv: &TestServer) -> Vec<u8> {
     let mut all = Vec::new();
+    assert!(srv.data_dir().join("coffer.db").exists(), "an SQLite server");
     for f in ["coffer.db", "coffer.db-wal"] {
         if let Ok(b) = std::fs::read(srv.data_dir().join(f)) {
             all.extend(b);
@@ -43,6 +44,8 @@ async fn mail_waits_in_the_outbox_while_the_mail_server_is_down() {
             password: None,
             from: "coffer@example.com".into(),
         }),
+        // The test reads the SQLite files for the invitation token.
+        sqlite_only: true,
         ..TestOptions::default()
     })
     .await;

@@ -57,7 +57,11 @@ crate::keys::impl_key_store!(
     "SELECT id FROM orgs WHERE id = $1 FOR UPDATE",
     set_org,
     "BYTEA",
-    "BIGINT"
+    "BIGINT",
+    // Walk the (org_id, credential_id) index in order. Without statistics (a bulk load
+    // before autovacuum, or autovacuum off) PostgreSQL plans a bitmap scan of the whole
+    // organisation and a sort for every batch: 1.7 s per 2,000 values at 1M values.
+    Some("SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off")
 );
 
 crate::identity::impl_identity_store!(

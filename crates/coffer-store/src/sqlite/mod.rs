@@ -67,7 +67,8 @@ crate::keys::impl_key_store!(
     "SELECT id FROM orgs WHERE id = $1",
     no_scope,
     "BLOB",
-    "INTEGER"
+    "INTEGER",
+    None
 );
 
 /// SQLite has no row-level security: every query is scoped by its own WHERE clause.
