@@ -39,4 +39,18 @@ if [ ! -d tests/oidc-provider/node_modules/oidc-provider ]; then
   (cd tests/oidc-provider && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
-exec cargo test --workspace --locked "$@"
+# Test databases left by earlier runs (each test makes its own coffer_test_* database and role).
+if command -v psql >/dev/null 2>&1 && pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+  for db in $(psql -h 127.0.0.1 -U postgres -d postgres -Atc \
+      "SELECT datname FROM pg_database WHERE datname LIKE 'coffer\_test\_%'"); do
+    psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE \"$db\" WITH (FORCE)" || true
+    psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP ROLE IF EXISTS \"$db\"" || true
+  done
+fi
+
+cargo test --workspace --locked "$@"
+# The end-to-end API, identity and audit suites once more, every server on PostgreSQL
+# (the full run only; arguments select tests of the first run).
+if [ $# -eq 0 ]; then
+  COFFER_TEST_BACKEND=postgres cargo test -p coffer-server --test it --locked
+fi
