@@ -11,7 +11,10 @@ use coffer_testkit::{OidcProvider, SmtpReceiver, TestOptions, TestServer, free_p
 
 fn db_bytes(srv: &TestServer) -> Vec<u8> {
     let mut all = Vec::new();
-    assert!(srv.data_dir().join("coffer.db").exists(), "an SQLite server");
+    assert!(
+        srv.data_dir().join("coffer.db").exists(),
+        "an SQLite server"
+    );
     for f in ["coffer.db", "coffer.db-wal"] {
         if let Ok(b) = std::fs::read(srv.data_dir().join(f)) {
             all.extend(b);
