@@ -36,6 +36,40 @@ fn start_server_with(data: &Path, dev: bool, extra: &[&str], bootstrap: bool) ->
     start_server_env(data, dev, extra, bootstrap, &[])
 }
 
+/// With `COFFER_TEST_BACKEND=postgres`, the PostgreSQL database of the server on `data`:
+/// made on its first start, the same on restarts.
+fn database_for(data: &Path) -> Option<String> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    if !coffer_testkit::postgres_backend() {
+        return None;
+    }
+    static DBS: OnceLock<Mutex<HashMap<PathBuf, String>>> = OnceLock::new();
+    let mut dbs = DBS.get_or_init(Default::default).lock().unwrap();
+    let url = dbs.entry(data.to_owned()).or_insert_with(|| {
+        // Its own thread and runtime: some callers already run inside one.
+        std::thread::spawn(|| {
+            tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(coffer_testkit::pg_database())
+                .expect("COFFER_TEST_BACKEND=postgres needs PostgreSQL")
+        })
+        .join()
+        .unwrap()
+    });
+    Some(url.clone())
+}
+
+/// `coffer server` on `data`, on PostgreSQL when the test backend says so.
+fn server_cmd(data: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    if let Some(url) = database_for(data) {
+        cmd.env("COFFER_DATABASE_URL", url);
+    }
+    cmd.arg("server");
+    cmd
+}
+
 fn start_server_env(
     data: &Path,
     dev: bool,
@@ -43,10 +77,9 @@ fn start_server_env(
     bootstrap: bool,
     env: &[(&str, &str)],
 ) -> ServerProc {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = server_cmd(data);
     cmd.envs(env.iter().copied());
-    cmd.arg("server")
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+    cmd.args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data)
         .args(extra);
     if dev {
@@ -476,8 +509,8 @@ fn production_server_init_unseal_and_restart() {
     assert!(cli.fails(&["project", "list"]).contains("sealed"));
     // A dev start on a production directory is refused.
     drop(srv);
-    let o = Command::new(BIN)
-        .args(["server", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+    let o = server_cmd(&data)
+        .args(["--dev", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data)
         .output()
         .unwrap();
