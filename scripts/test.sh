@@ -44,7 +44,10 @@ if command -v psql >/dev/null 2>&1 && pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/
   for db in $(psql -h 127.0.0.1 -U postgres -d postgres -Atc \
       "SELECT datname FROM pg_database WHERE datname LIKE 'coffer\_test\_%'"); do
     psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE \"$db\" WITH (FORCE)" || true
-    psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP ROLE IF EXISTS \"$db\"" || true
+  done
+  for role in $(psql -h 127.0.0.1 -U postgres -d postgres -Atc \
+      "SELECT rolname FROM pg_roles WHERE rolname LIKE 'coffer\_test\_%'"); do
+    psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP ROLE IF EXISTS \"$role\"" || true
   done
 fi
 

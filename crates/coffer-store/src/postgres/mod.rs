@@ -49,6 +49,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "external_keys",
         include_str!("../../migrations/postgres/0006_external_keys.sql"),
     ),
+    (
+        7,
+        "audit_rls",
+        include_str!("../../migrations/postgres/0007_audit_rls.sql"),
+    ),
 ];
 
 crate::keys::impl_key_store!(
@@ -524,7 +529,9 @@ impl Store for PgStore {
         org_id: Uuid,
         f: &AuditFilter,
     ) -> Result<Vec<AuditRow>, StoreError> {
-        sqlx::query(
+        let mut tx = self.pool.begin().await?;
+        set_org(&mut tx, org_id).await?;
+        let rows = sqlx::query(
             "SELECT org_id, seq, time, body, prev_hash, hash FROM audit_events WHERE org_id = $1 AND seq > $2 \
              AND ($3::BIGINT IS NULL OR time >= $3) AND ($4::BIGINT IS NULL OR time < $4) \
              AND ($5::TEXT IS NULL OR action = $5) AND ($6::BYTEA IS NULL OR actor_id = $6) \
@@ -540,11 +547,10 @@ impl Store for PgStore {
         .bind(f.outcome.as_deref())
         .bind(f.target.as_deref())
         .bind(i64::from(f.limit))
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(audit_row)
-        .collect()
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.iter().map(audit_row).collect()
     }
 
     async fn audit_head(&self, org_id: Uuid) -> Result<Option<(u64, [u8; 32])>, StoreError> {
@@ -558,25 +564,36 @@ impl Store for PgStore {
     }
 
     async fn insert_checkpoint(&self, c: &CheckpointRow) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        set_org(&mut tx, c.org_id).await?;
         sqlx::query("INSERT INTO audit_checkpoints (org_id, seq, hash, created_at, signature) VALUES ($1, $2, $3, $4, $5)")
             .bind(b(&c.org_id))
             .bind(i(c.seq))
             .bind(c.hash.as_slice())
             .bind(c.created_at)
             .bind(c.signature.as_slice())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        sqlx::query(
+            "UPDATE audit_heads SET checkpoint_seq = GREATEST(checkpoint_seq, $2) WHERE org_id = $1",
+        )
+        .bind(b(&c.org_id))
+        .bind(i(c.seq))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 
     async fn checkpoints(&self, org_id: Uuid) -> Result<Vec<CheckpointRow>, StoreError> {
-        sqlx::query("SELECT org_id, seq, hash, created_at, signature FROM audit_checkpoints WHERE org_id = $1 ORDER BY seq")
+        let mut tx = self.pool.begin().await?;
+        set_org(&mut tx, org_id).await?;
+        let rows = sqlx::query("SELECT org_id, seq, hash, created_at, signature FROM audit_checkpoints WHERE org_id = $1 ORDER BY seq")
             .bind(b(&org_id))
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(checkpoint_row)
-            .collect()
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        rows.iter().map(checkpoint_row).collect()
     }
 
     async fn audit_key(&self) -> Result<Option<AuditKeyRow>, StoreError> {
@@ -638,15 +655,12 @@ impl Store for PgStore {
     }
 
     async fn orgs_needing_checkpoint(&self) -> Result<Vec<Uuid>, StoreError> {
-        sqlx::query(
-            "SELECT h.org_id FROM audit_heads h WHERE h.seq > \
-             COALESCE((SELECT MAX(c.seq) FROM audit_checkpoints c WHERE c.org_id = h.org_id), 0)",
-        )
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| uuid_col(r, "org_id"))
-        .collect()
+        sqlx::query("SELECT org_id FROM audit_heads WHERE seq > checkpoint_seq")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| uuid_col(r, "org_id"))
+            .collect()
     }
 }
 
@@ -768,42 +782,49 @@ async fn append_audit_batch(
         heads.insert(*org, (u64_col(&h, "seq")?, hash_col(&h, "hash")?));
     }
     let assigned = crate::chain::assign(events, &mut heads)?;
-    for (chunk, chunk_assigned) in events
-        .chunks(AUDIT_ROWS_PER_INSERT)
-        .zip(assigned.chunks(AUDIT_ROWS_PER_INSERT))
-    {
-        let mut sql = String::from(
-            "INSERT INTO audit_events (org_id, seq, id, time, action, actor_id, outcome, target, body, prev_hash, hash) VALUES ",
-        );
-        let rows: Vec<String> = (0..chunk.len())
-            .map(|r| {
-                format!(
-                    "({})",
-                    (1..=11)
-                        .map(|c| format!("${}", r * 11 + c))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            })
+    // Row-level security admits one organisation at a time: each chain's events go in
+    // while the transaction is scoped to it.
+    for org in &orgs {
+        set_org(&mut tx, *org).await?;
+        let mine: Vec<_> = events
+            .iter()
+            .zip(&assigned)
+            .filter(|(e, _)| e.org_id == *org)
             .collect();
-        sql.push_str(&rows.join(", "));
-        // Only numbered placeholders are generated; every value is bound.
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (e, (seq, prev, hash)) in chunk.iter().zip(chunk_assigned) {
-            q = q
-                .bind(e.org_id.as_bytes().to_vec())
-                .bind(i(*seq))
-                .bind(e.id.as_bytes().to_vec())
-                .bind(e.time)
-                .bind(e.action.clone())
-                .bind(e.actor_id.map(|a| a.as_bytes().to_vec()))
-                .bind(e.outcome.clone())
-                .bind(e.target.clone())
-                .bind(e.body.clone())
-                .bind(prev.to_vec())
-                .bind(hash.to_vec());
+        for chunk in mine.chunks(AUDIT_ROWS_PER_INSERT) {
+            let mut sql = String::from(
+                "INSERT INTO audit_events (org_id, seq, id, time, action, actor_id, outcome, target, body, prev_hash, hash) VALUES ",
+            );
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|r| {
+                    format!(
+                        "({})",
+                        (1..=11)
+                            .map(|c| format!("${}", r * 11 + c))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })
+                .collect();
+            sql.push_str(&rows.join(", "));
+            // Only numbered placeholders are generated; every value is bound.
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (e, (seq, prev, hash)) in chunk {
+                q = q
+                    .bind(e.org_id.as_bytes().to_vec())
+                    .bind(i(*seq))
+                    .bind(e.id.as_bytes().to_vec())
+                    .bind(e.time)
+                    .bind(e.action.clone())
+                    .bind(e.actor_id.map(|a| a.as_bytes().to_vec()))
+                    .bind(e.outcome.clone())
+                    .bind(e.target.clone())
+                    .bind(e.body.clone())
+                    .bind(prev.to_vec())
+                    .bind(hash.to_vec());
+            }
+            q.execute(&mut *tx).await?;
         }
-        q.execute(&mut *tx).await?;
     }
     for org in &orgs {
         if let Some((seq, hash)) = heads.get(org) {

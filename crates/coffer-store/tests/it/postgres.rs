@@ -129,6 +129,13 @@ async fn audit_rows_refuse_update_and_delete() {
     };
     db.store().append_audit(&e).await.unwrap();
     let mut conn = sqlx::PgConnection::connect(&db.url()).await.unwrap();
+    // Scoped to the event's (system) chain, so row-level security shows the row and only
+    // the append-only rule stands in the way.
+    sqlx::query("SELECT set_config('coffer.org_id', $1, false)")
+        .bind(uuid::Uuid::nil().simple().to_string())
+        .execute(&mut conn)
+        .await
+        .unwrap();
     for sql in [
         "UPDATE audit_events SET action = 'x'",
         "DELETE FROM audit_events",
@@ -186,20 +193,59 @@ async fn row_level_security_hides_other_organisations_rows() {
         })
         .await
         .unwrap();
+    // Audit events of both organisations in one batch, and a checkpoint of A's chain.
+    let ev = |org: uuid::Uuid| coffer_store::NewAuditEvent {
+        org_id: org,
+        id: uuid::Uuid::new_v4(),
+        time: 1,
+        action: "a.test".into(),
+        actor_id: None,
+        outcome: "success".into(),
+        target: "t".into(),
+        body: "{}".into(),
+    };
+    let (ea, eb) = (ev(a), ev(b));
+    let (ra, rb) = tokio::join!(db.store().append_audit(&ea), db.store().append_audit(&eb));
+    let (seq, hash) = ra.unwrap();
+    rb.unwrap();
+    db.store()
+        .insert_checkpoint(&coffer_store::CheckpointRow {
+            org_id: a,
+            seq,
+            hash,
+            created_at: 1,
+            signature: vec![0; 64],
+        })
+        .await
+        .unwrap();
+    let all = coffer_store::AuditFilter {
+        limit: 100,
+        ..Default::default()
+    };
+    assert_eq!(db.store().audit_events(a, &all).await.unwrap().len(), 1);
+    assert_eq!(db.store().checkpoints(a).await.unwrap().len(), 1);
+    assert_eq!(
+        db.store().orgs_needing_checkpoint().await.unwrap(),
+        vec![b],
+        "A's chain is signed to its end; B's is not"
+    );
     // A raw connection as the application's own role, bypassing the store's scoping.
     let mut conn = sqlx::PgConnection::connect(&db.url()).await.unwrap();
     let count = |c: &'static str| {
         sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {c}")))
     };
-    assert_eq!(
-        count("projects").fetch_one(&mut conn).await.unwrap().0,
-        0,
-        "no organisation set: nothing is visible"
-    );
-    assert_eq!(
-        count("tenant_keys").fetch_one(&mut conn).await.unwrap().0,
-        0
-    );
+    for table in [
+        "projects",
+        "tenant_keys",
+        "audit_events",
+        "audit_checkpoints",
+    ] {
+        assert_eq!(
+            count(table).fetch_one(&mut conn).await.unwrap().0,
+            0,
+            "no organisation set: nothing of {table} is visible"
+        );
+    }
     sqlx::query("SELECT set_config('coffer.org_id', $1, false)")
         .bind(b.simple().to_string())
         .execute(&mut conn)
@@ -214,6 +260,20 @@ async fn row_level_security_hides_other_organisations_rows() {
         count("tenant_keys").fetch_one(&mut conn).await.unwrap().0,
         1,
         "only its own key"
+    );
+    assert_eq!(
+        count("audit_events").fetch_one(&mut conn).await.unwrap().0,
+        1,
+        "only its own audit event"
+    );
+    assert_eq!(
+        count("audit_checkpoints")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+            .0,
+        0,
+        "none of A's checkpoints"
     );
     // Writing a row for another organisation is refused.
     let r =
