@@ -51,13 +51,12 @@ impl Coffer {
         }
         let old = self.root_from_quorum(&cfg, current)?;
         let _exclusive = self.inner.root_change.write().await;
-        let new = RootKey::generate();
+        // A KMS/HSM seal protects the new root key before anything changes: if it cannot,
+        // the rotation does not happen.
+        let (new, sealed_root) = seal.new_root().await.map_err(crate::sys::seal_error)?;
         let secrets = reseal(&old, &new, self.store().root_secrets().await?)?;
         let parts = shamir::split(&new, shares, threshold)
             .map_err(|_| CoreError::invalid("shares", "at most 255"))?;
-        // A KMS/HSM seal wraps the new root key before anything changes: if it cannot, the
-        // rotation does not happen.
-        let sealed_root = seal.seal_root(&new).await.map_err(crate::sys::seal_error)?;
         let rotation = RootRotation {
             sealed_root,
             root_check: new

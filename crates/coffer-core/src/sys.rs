@@ -89,10 +89,9 @@ impl Coffer {
         if seal.kind() == SealKind::DevFile {
             return Err(CoreError::WrongSealType);
         }
-        let root = RootKey::generate();
+        let (root, sealed) = seal.new_root().await.map_err(seal_error)?;
         let parts = shamir::split(&root, shares, threshold)
             .map_err(|_| CoreError::invalid("shares", "at most 255"))?;
-        let sealed = seal.seal_root(&root).await.map_err(seal_error)?;
         self.claim_init(seal.kind(), shares, threshold, &root, sealed)
             .await?;
         let bootstrap = self.create_bootstrap(&root).await?;

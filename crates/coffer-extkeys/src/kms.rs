@@ -89,6 +89,14 @@ struct DecryptOut {
 }
 
 #[derive(Deserialize)]
+struct GenerateOut {
+    #[serde(rename = "CiphertextBlob")]
+    blob: String,
+    #[serde(rename = "Plaintext")]
+    plaintext: Zeroizing<String>,
+}
+
+#[derive(Deserialize)]
 struct DescribeOut {
     #[serde(rename = "KeyMetadata")]
     meta: KeyMetadata,
@@ -194,6 +202,35 @@ impl KmsClient {
         B64.decode(out.plaintext.as_bytes())
             .map(Zeroizing::new)
             .map_err(|_| SealError::Service("KMS returned a malformed plaintext".into()))
+    }
+
+    /// GenerateDataKey (AES_256): a new key from the KMS's generator, in the clear and
+    /// encrypted under `key_id` for `context`.
+    pub async fn generate_data_key(
+        &self,
+        key_id: &str,
+        context: &EncryptionContext,
+    ) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>), SealError> {
+        let body = serde_json::to_vec(&serde_json::json!({
+            "KeyId": key_id,
+            "KeySpec": "AES_256",
+            "EncryptionContext": context,
+        }))
+        .map_err(|_| SealError::Service("encode request".into()))?;
+        let out: GenerateOut = self.call(key_id, "GenerateDataKey", &body).await?;
+        let plain = B64
+            .decode(out.plaintext.as_bytes())
+            .map(Zeroizing::new)
+            .map_err(|_| SealError::Service("KMS returned a malformed plaintext".into()))?;
+        let blob = B64
+            .decode(out.blob)
+            .map_err(|_| SealError::Service("KMS returned a malformed ciphertext".into()))?;
+        if plain.len() != 32 {
+            return Err(SealError::Service(
+                "KMS returned a key of the wrong size".into(),
+            ));
+        }
+        Ok((plain, blob))
     }
 
     /// The key's ARN if it is enabled; `KeyUnavailable` otherwise.
@@ -351,5 +388,14 @@ impl ExternalKey for KmsKey {
         context: &EncryptionContext,
     ) -> Result<Zeroizing<Vec<u8>>, SealError> {
         self.client.decrypt(&self.key_id, blob, context).await
+    }
+    async fn generate(
+        &self,
+        context: &EncryptionContext,
+    ) -> Result<Option<(Zeroizing<Vec<u8>>, Vec<u8>)>, SealError> {
+        self.client
+            .generate_data_key(&self.key_id, context)
+            .await
+            .map(Some)
     }
 }

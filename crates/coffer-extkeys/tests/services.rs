@@ -61,6 +61,28 @@ async fn kms_binds_the_context_and_honours_revocation() {
     ));
 }
 
+#[tokio::test]
+async fn kms_generates_data_keys_bound_to_the_context() {
+    let moto = MotoKms::start();
+    let client = moto.client();
+    let key = moto.create_key().await;
+    let (plain, blob) = client.generate_data_key(&key, &ctx("root")).await.unwrap();
+    assert_eq!(plain.len(), 32);
+    let (other, _) = client.generate_data_key(&key, &ctx("root")).await.unwrap();
+    assert_ne!(plain.as_slice(), other.as_slice(), "a new key every time");
+    assert_eq!(
+        client
+            .decrypt(&key, &blob, &ctx("root"))
+            .await
+            .unwrap()
+            .as_slice(),
+        plain.as_slice()
+    );
+    assert!(is_unavailable(
+        client.decrypt(&key, &blob, &ctx("org")).await
+    ));
+}
+
 #[test]
 fn kms_refuses_plain_http_beyond_loopback() {
     let r = KmsClient::new(KmsConfig {

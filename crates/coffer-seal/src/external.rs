@@ -31,6 +31,15 @@ pub trait ExternalKey: Send + Sync + std::fmt::Debug {
         blob: &[u8],
         context: &EncryptionContext,
     ) -> Result<Zeroizing<Vec<u8>>, SealError>;
+
+    /// A new 256-bit key made by the service, in the clear and wrapped, for services that
+    /// generate keys themselves (KMS GenerateDataKey). `None`: generate locally and wrap.
+    async fn generate(
+        &self,
+        _context: &EncryptionContext,
+    ) -> Result<Option<(Zeroizing<Vec<u8>>, Vec<u8>)>, SealError> {
+        Ok(None)
+    }
 }
 
 /// Check that a key exists and can be used, by a wrap and unwrap round trip.
@@ -127,6 +136,22 @@ impl Seal for ExternalSeal {
             .wrap(root.expose_secret(), &root_context())
             .await
             .map(Some)
+    }
+
+    async fn new_root(&self) -> Result<(RootKey, Option<Vec<u8>>), SealError> {
+        match self.key.generate(&root_context()).await? {
+            Some((plain, blob)) => {
+                let root = RootKey::from_bytes(&plain).map_err(|_| {
+                    SealError::Service("the generated key has the wrong length".into())
+                })?;
+                Ok((root, Some(blob)))
+            }
+            None => {
+                let root = RootKey::generate();
+                let sealed = self.seal_root(&root).await?;
+                Ok((root, sealed))
+            }
+        }
     }
 
     async fn auto_unseal(&self, sealed_root: Option<&[u8]>) -> Result<Option<RootKey>, SealError> {

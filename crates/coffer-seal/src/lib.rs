@@ -67,6 +67,14 @@ pub trait Seal: Send + Sync + std::fmt::Debug {
     /// [`Seal::auto_unseal`]; `None` when the key is kept elsewhere (shares, the dev file).
     async fn seal_root(&self, root: &RootKey) -> Result<Option<Vec<u8>>, SealError>;
 
+    /// A new root key and what to store for it. By default generated here and protected by
+    /// [`Seal::seal_root`]; a KMS seal has the KMS generate it (GenerateDataKey).
+    async fn new_root(&self) -> Result<(RootKey, Option<Vec<u8>>), SealError> {
+        let root = RootKey::generate();
+        let sealed = self.seal_root(&root).await?;
+        Ok((root, sealed))
+    }
+
     /// The root key without operators, from what `seal_root` stored; `None` when operators
     /// must submit shares.
     async fn auto_unseal(&self, sealed_root: Option<&[u8]>) -> Result<Option<RootKey>, SealError>;
