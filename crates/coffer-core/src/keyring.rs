@@ -40,6 +40,10 @@ impl OrgKeys {
 #[derive(Debug, Default)]
 pub(crate) struct Keyring {
     state: RwLock<State>,
+    /// One load at a time per organisation: when its cached keys expire under load, one
+    /// request unwraps them (a KMS or HSM call for its own key) and the others wait for
+    /// that result instead of each calling the key service.
+    loading: std::sync::Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 #[derive(Debug)]
@@ -62,6 +66,13 @@ fn poisoned<T>(_: T) -> CoreError {
 }
 
 impl Keyring {
+    fn load_lock(&self, org_id: Uuid) -> Result<Arc<tokio::sync::Mutex<()>>, CoreError> {
+        let mut m = self.loading.lock().map_err(poisoned)?;
+        // Locks nobody holds or waits for are dropped, so the map stays small.
+        m.retain(|_, l| Arc::strong_count(l) > 1);
+        Ok(m.entry(org_id).or_default().clone())
+    }
+
     pub(crate) fn is_sealed(&self) -> bool {
         self.state
             .read()
@@ -202,11 +213,14 @@ impl Keyring {
 impl crate::Coffer {
     /// The organisation's tenant keys, unwrapped on first use after unseal.
     pub(crate) async fn org_keys(&self, org_id: Uuid) -> Result<Arc<OrgKeys>, CoreError> {
-        if let Some(k) = self
-            .inner
-            .keyring
-            .cached(org_id, self.config().key_cache_ttl)?
-        {
+        let ttl = self.config().key_cache_ttl;
+        if let Some(k) = self.inner.keyring.cached(org_id, ttl)? {
+            return Ok(k);
+        }
+        let lock = self.inner.keyring.load_lock(org_id)?;
+        let _loading = lock.lock().await;
+        // Another request may have loaded them while this one waited.
+        if let Some(k) = self.inner.keyring.cached(org_id, ttl)? {
             return Ok(k);
         }
         let _root = self.root_stable().await;

@@ -36,7 +36,10 @@ pub use coffer_crypto::{SecretBytes, fingerprint_sha256, random_bytes};
 pub use config::CoreConfig;
 /// Seals and key services, for the binary that wires them in.
 pub mod seal {
-    pub use coffer_seal::{ExternalSeal, KeyProvider, KeyServices, Seal, SealKind, ShamirSeal};
+    pub use coffer_seal::{
+        EncryptionContext, ExternalKey, ExternalSeal, KeyProvider, KeyServices, Seal, SealError,
+        SealKind, ShamirSeal,
+    };
 }
 pub use error::CoreError;
 pub use keys::{KeyStatus, RotationView, TermView};

@@ -419,3 +419,101 @@ async fn two_nodes_auto_unseal_and_honour_a_revoked_own_key() {
     b.stop().await;
     coffer_testkit::drop_pg_database(&url).await;
 }
+
+/// The real KMS key, with a count of unwraps: how often the key service is asked.
+#[derive(Debug)]
+struct Counted {
+    inner: Arc<dyn coffer_core::seal::ExternalKey>,
+    unwraps: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[async_trait::async_trait]
+impl coffer_core::seal::ExternalKey for Counted {
+    fn reference(&self) -> String {
+        self.inner.reference()
+    }
+    async fn wrap(
+        &self,
+        plaintext: &[u8],
+        context: &coffer_core::seal::EncryptionContext,
+    ) -> Result<Vec<u8>, coffer_core::seal::SealError> {
+        self.inner.wrap(plaintext, context).await
+    }
+    async fn unwrap(
+        &self,
+        blob: &[u8],
+        context: &coffer_core::seal::EncryptionContext,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, coffer_core::seal::SealError> {
+        self.unwraps
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.unwrap(blob, context).await
+    }
+}
+
+#[derive(Debug)]
+struct CountingKms {
+    kms: coffer_extkeys::KmsClient,
+    unwraps: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl KeyProvider for CountingKms {
+    fn scheme(&self) -> &'static str {
+        "awskms"
+    }
+    fn key(
+        &self,
+        name: &str,
+    ) -> Result<Arc<dyn coffer_core::seal::ExternalKey>, coffer_core::seal::SealError> {
+        Ok(Arc::new(Counted {
+            inner: self.kms.key(name)?,
+            unwraps: self.unwraps.clone(),
+        }))
+    }
+}
+
+/// When an organisation's cached keys expire under load, one request unwraps them through
+/// the KMS and the others wait for it, rather than each calling the KMS.
+#[tokio::test]
+async fn expired_own_keys_are_unwrapped_once_for_many_concurrent_requests() {
+    let moto = MotoKms::start();
+    let key = moto.create_key().await;
+    let unwraps = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let services = KeyServices::new(vec![Arc::new(CountingKms {
+        kms: moto.client(),
+        unwraps: unwraps.clone(),
+    }) as Arc<dyn KeyProvider>]);
+    let ttl = Duration::from_millis(300);
+    let srv = TestServer::with(TestOptions {
+        core: CoreConfig {
+            key_cache_ttl: ttl,
+            ..TestServer::fast_core()
+        },
+        key_services: services,
+        ..TestOptions::default()
+    })
+    .await;
+    let owner = srv.owner().await;
+    owner.create_project("app").await.unwrap();
+    owner
+        .set_param("app", "default", "K", "v", Some(false))
+        .await
+        .unwrap();
+    owner
+        .attach_external_key(&format!("awskms:{key}"))
+        .await
+        .unwrap();
+    srv.coffer().run_key_maintenance().await.unwrap();
+    // Wait until the root-wrapped term is gone, so one load is exactly one unwrap.
+    tokio::time::sleep(ttl * 2 + Duration::from_millis(1100)).await;
+    srv.coffer().run_key_maintenance().await.unwrap();
+    assert_eq!(owner.key_status().await.unwrap().terms.len(), 1);
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    let before = unwraps.load(std::sync::atomic::Ordering::SeqCst);
+    let reads = (0..16).map(|_| owner.get_param("app", "default", "K"));
+    for r in futures_util::future::join_all(reads).await {
+        assert_eq!(r.unwrap().value.as_deref(), Some("v"));
+    }
+    let calls = unwraps.load(std::sync::atomic::Ordering::SeqCst) - before;
+    assert_eq!(calls, 1, "16 concurrent reads after expiry: one KMS unwrap");
+    srv.stop().await;
+}
