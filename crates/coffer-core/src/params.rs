@@ -33,6 +33,8 @@ pub struct ParamView {
     /// The environment that defines the value (the requested one or an ancestor).
     pub env: String,
     pub updated_at: i64,
+    /// The parameter's id (for the request's audit target; not shown to clients).
+    pub param_id: Uuid,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +116,7 @@ impl Coffer {
             version: pv.version.version,
             env: env.to_owned(),
             updated_at: pv.version.created_at,
+            param_id: pv.param.id,
         })
     }
 
@@ -199,6 +202,7 @@ impl Coffer {
                     version,
                     env: env.to_owned(),
                     updated_at: now,
+                    param_id,
                 });
             }
         }
@@ -217,18 +221,22 @@ impl Coffer {
         names::validate("parameter name", name)?;
         let meta = self.project_meta(p, project).await?;
         p.scope.check_env(env)?;
-        for e in meta.chain(env)? {
-            if let Some(pv) = self.store().current_value(p.org_id, e.id, name).await? {
-                if pv.version.is_secret && !p.role.can_read_secrets() {
-                    return Err(CoreError::Forbidden("your role cannot read secret values"));
-                }
-                let keys = self
-                    .org_keys_covering(p.org_id, pv.ciphertext.iter().map(|c| c.key_term()))
-                    .await?;
-                return self.view(p, &keys, &pv, &e.name, true);
-            }
+        let chain = meta.chain(env)?;
+        let ids: Vec<Uuid> = chain.iter().map(|e| e.id).collect();
+        let Some(pv) = self.store().nearest_value(p.org_id, &ids, name).await? else {
+            return Err(CoreError::not_found("parameter", name));
+        };
+        if pv.version.is_secret && !p.role.can_read_secrets() {
+            return Err(CoreError::Forbidden("your role cannot read secret values"));
         }
-        Err(CoreError::not_found("parameter", name))
+        let keys = self
+            .org_keys_covering(p.org_id, pv.ciphertext.iter().map(|c| c.key_term()))
+            .await?;
+        let env_name = chain
+            .iter()
+            .find(|e| e.id == pv.param.env_id)
+            .map_or("", |e| e.name.as_str());
+        self.view(p, &keys, &pv, env_name, true)
     }
 
     /// Every parameter visible in `env`, nearest definition winning, sorted by name.
@@ -371,6 +379,7 @@ impl Coffer {
                     version,
                     env: env.to_owned(),
                     updated_at: now,
+                    param_id: row.id,
                 });
             }
         }

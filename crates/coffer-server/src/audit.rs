@@ -29,6 +29,7 @@ struct SlotData {
     auth_method: Option<&'static str>,
     hmac: Vec<(&'static str, String)>,
     customer: Option<(String, Option<serde_json::Value>)>,
+    param_id: Option<uuid::Uuid>,
 }
 
 impl AuditSlot {
@@ -46,6 +47,11 @@ impl AuditSlot {
         if let Some(m) = mac {
             self.with(|d| d.hmac.push((field, m)));
         }
+    }
+    /// The parameter the request acted on, when the handler knows its id (saves the audit
+    /// layer a lookup).
+    pub fn set_param_id(&self, id: uuid::Uuid) {
+        self.with(|d| d.param_id = Some(id));
     }
     pub fn set_customer(&self, action: String, detail: Option<serde_json::Value>) {
         self.with(|d| d.customer = Some((action, detail)));
@@ -206,6 +212,9 @@ pub async fn layer(State(st): State<AppState>, mut req: Request, next: Next) -> 
                 name: Some(p.username.clone()),
                 auth_method: d.auth_method.map(str::to_owned),
             };
+        }
+        if d.param_id.is_some() {
+            ev.target.param_id = d.param_id;
         }
         for (k, v) in d.hmac.drain(..) {
             ev.hmac.insert(k.to_owned(), v);

@@ -65,6 +65,21 @@ pub trait Store: IdentityStore + KeyStore + Send + Sync + std::fmt::Debug {
         env_id: Uuid,
         name: &str,
     ) -> Result<Option<ParamValue>, StoreError>;
+    /// The live parameter `name` as seen from the first environment of `env_chain` (an
+    /// environment followed by its ancestors): the nearest environment that defines it wins.
+    async fn nearest_value(
+        &self,
+        org_id: Uuid,
+        env_chain: &[Uuid],
+        name: &str,
+    ) -> Result<Option<ParamValue>, StoreError> {
+        for env_id in env_chain {
+            if let Some(v) = self.current_value(org_id, *env_id, name).await? {
+                return Ok(Some(v));
+            }
+        }
+        Ok(None)
+    }
     /// The current version and its ciphertext of every live parameter in these environments.
     async fn current_values(
         &self,

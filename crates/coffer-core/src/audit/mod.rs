@@ -410,11 +410,12 @@ impl Coffer {
         let Some(name) = t.name.as_deref() else {
             return;
         };
-        for e in chain {
-            if let Ok(Some(v)) = self.store().current_value(p.org_id, e.id, name).await {
-                t.param_id = Some(v.param.id);
-                return;
-            }
+        if t.param_id.is_some() {
+            return; // the handler already knew it
+        }
+        let ids: Vec<Uuid> = chain.iter().map(|e| e.id).collect();
+        if let Ok(Some(v)) = self.store().nearest_value(p.org_id, &ids, name).await {
+            t.param_id = Some(v.param.id);
         }
     }
 

@@ -2,6 +2,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 
 use crate::AppState;
+use crate::audit::AuditSlot;
 use crate::dto::*;
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{ApiJson, Auth};
@@ -34,11 +35,12 @@ pub async fn list(
 pub async fn get(
     State(st): State<AppState>,
     Auth(p): Auth,
+    slot: AuditSlot,
     Path((project, env, name)): ParamPath,
 ) -> ApiResult<Json<ParamResponse>> {
-    Ok(Json(
-        st.coffer.get_param(&p, &project, &env, &name).await?.into(),
-    ))
+    let v = st.coffer.get_param(&p, &project, &env, &name).await?;
+    slot.set_param_id(v.param_id);
+    Ok(Json(v.into()))
 }
 
 /// Set a parameter: creates a new immutable version.

@@ -54,6 +54,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "audit_rls",
         include_str!("../../migrations/postgres/0007_audit_rls.sql"),
     ),
+    (
+        8,
+        "one_round_trip",
+        include_str!("../../migrations/postgres/0008_one_round_trip.sql"),
+    ),
 ];
 
 crate::keys::impl_key_store!(
@@ -133,7 +138,6 @@ type AuditReply = oneshot::Sender<Result<(u64, [u8; 32]), StoreError>>;
 type AuditJob = (NewAuditEvent, AuditReply);
 
 const AUDIT_BATCH: usize = 256;
-const AUDIT_ROWS_PER_INSERT: usize = 64;
 
 /// A value must be sealed under the organisation's newest term. The share lock on the
 /// organisation row orders this write against a rotation (which takes it exclusively), so a
@@ -188,6 +192,9 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(2))
+            // No `SELECT 1` before every use: a broken connection fails its query (503) and
+            // is dropped; the ping would double the round trips of a read.
+            .test_before_acquire(false)
             .connect_with(opts)
             .await?;
         match schema {
@@ -441,6 +448,30 @@ impl Store for PgStore {
         .transpose();
         tx.commit().await?;
         out
+    }
+
+    async fn nearest_value(
+        &self,
+        org_id: Uuid,
+        env_chain: &[Uuid],
+        name: &str,
+    ) -> Result<Option<ParamValue>, StoreError> {
+        // One round trip for the whole chain (see migration 0008).
+        let envs: Vec<&[u8]> = env_chain.iter().map(b).collect();
+        let rows = sqlx::query("SELECT * FROM coffer_current_value($1, $2, $3)")
+            .bind(b(&org_id))
+            .bind(&envs)
+            .bind(name)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut found = rows
+            .iter()
+            .map(param_value)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(env_chain
+            .iter()
+            .find_map(|e| found.iter().position(|v| v.param.env_id == *e))
+            .map(|at| found.swap_remove(at)))
     }
 
     async fn current_values(
@@ -727,10 +758,13 @@ async fn append_version(conn: &mut PgConnection, w: &ParamWrite) -> Result<(), S
 }
 
 /// This node's audit writer: events queued while a batch commits go into the next batch,
-/// so one transaction (one WAL flush, one head-row lock per chain) covers many requests.
+/// so one statement (one round trip, one WAL flush) covers many requests. The writer keeps
+/// the heads of the chains it appends to; another node's appends make them stale, which
+/// `coffer_append_audit` detects under the chains' row locks.
 fn spawn_audit_writer(pool: PgPool) -> mpsc::Sender<AuditJob> {
     let (tx, mut rx) = mpsc::channel::<AuditJob>(4096);
     tokio::spawn(async move {
+        let mut heads = crate::chain::Heads::new();
         let mut batch: Vec<AuditJob> = Vec::with_capacity(AUDIT_BATCH);
         while let Some(first) = rx.recv().await {
             batch.push(first);
@@ -741,8 +775,7 @@ fn spawn_audit_writer(pool: PgPool) -> mpsc::Sender<AuditJob> {
                 }
             }
             let events: Vec<&NewAuditEvent> = batch.iter().map(|(e, _)| e).collect();
-            let result = append_audit_batch(&pool, &events).await;
-            match result {
+            match append_audit_batch(&pool, &mut heads, &events).await {
                 Ok(assigned) => {
                     for ((_, reply), r) in batch.drain(..).zip(assigned) {
                         let _ = reply.send(Ok(r));
@@ -750,6 +783,9 @@ fn spawn_audit_writer(pool: PgPool) -> mpsc::Sender<AuditJob> {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "audit batch failed");
+                    // The outcome is unknown (the commit may have happened): read the heads
+                    // again before the next batch.
+                    heads.clear();
                     for (_, reply) in batch.drain(..) {
                         let _ = reply.send(Err(StoreError::CommitFailed));
                     }
@@ -760,85 +796,115 @@ fn spawn_audit_writer(pool: PgPool) -> mpsc::Sender<AuditJob> {
     tx
 }
 
-/// One transaction for the whole batch. Chains are locked in org-id order, so writers on
-/// different nodes cannot deadlock; each chain's events get consecutive sequence numbers.
+/// How often a batch is recomputed because other nodes appended to the same chains
+/// meanwhile, before it fails.
+const AUDIT_RETRIES: usize = 32;
+
+/// Append a batch in one statement: sequence numbers and hashes are computed here from the
+/// known heads, and the database appends only if those heads are still current.
 async fn append_audit_batch(
     pool: &PgPool,
+    heads: &mut crate::chain::Heads,
     events: &[&NewAuditEvent],
 ) -> Result<Vec<(u64, [u8; 32])>, StoreError> {
-    let mut tx = pool.begin().await?;
     let orgs = crate::chain::orgs(events);
-    let mut heads = crate::chain::Heads::new();
-    for org in &orgs {
-        sqlx::query("INSERT INTO audit_heads (org_id, seq, hash) VALUES ($1, 0, $2) ON CONFLICT (org_id) DO NOTHING")
-            .bind(b(org))
-            .bind(coffer_crypto::audit::GENESIS.as_slice())
-            .execute(&mut *tx)
+    let unknown: Vec<Uuid> = orgs
+        .iter()
+        .filter(|o| !heads.contains_key(o))
+        .copied()
+        .collect();
+    if !unknown.is_empty() {
+        for o in &unknown {
+            heads.insert(*o, (0, coffer_crypto::audit::GENESIS));
+        }
+        let unknown: Vec<&[u8]> = unknown.iter().map(b).collect();
+        let rows = sqlx::query("SELECT org_id, seq, hash FROM audit_heads WHERE org_id = ANY($1)")
+            .bind(&unknown)
+            .fetch_all(pool)
             .await?;
-        let h = sqlx::query("SELECT seq, hash FROM audit_heads WHERE org_id = $1 FOR UPDATE")
-            .bind(b(org))
-            .fetch_one(&mut *tx)
-            .await?;
-        heads.insert(*org, (u64_col(&h, "seq")?, hash_col(&h, "hash")?));
-    }
-    let assigned = crate::chain::assign(events, &mut heads)?;
-    // Row-level security admits one organisation at a time: each chain's events go in
-    // while the transaction is scoped to it.
-    for org in &orgs {
-        set_org(&mut tx, *org).await?;
-        let mine: Vec<_> = events
-            .iter()
-            .zip(&assigned)
-            .filter(|(e, _)| e.org_id == *org)
-            .collect();
-        for chunk in mine.chunks(AUDIT_ROWS_PER_INSERT) {
-            let mut sql = String::from(
-                "INSERT INTO audit_events (org_id, seq, id, time, action, actor_id, outcome, target, body, prev_hash, hash) VALUES ",
+        for r in &rows {
+            heads.insert(
+                uuid_col(r, "org_id")?,
+                (u64_col(r, "seq")?, hash_col(r, "hash")?),
             );
-            let rows: Vec<String> = (0..chunk.len())
-                .map(|r| {
-                    format!(
-                        "({})",
-                        (1..=11)
-                            .map(|c| format!("${}", r * 11 + c))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                })
-                .collect();
-            sql.push_str(&rows.join(", "));
-            // Only numbered placeholders are generated; every value is bound.
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for (e, (seq, prev, hash)) in chunk {
-                q = q
-                    .bind(e.org_id.as_bytes().to_vec())
-                    .bind(i(*seq))
-                    .bind(e.id.as_bytes().to_vec())
-                    .bind(e.time)
-                    .bind(e.action.clone())
-                    .bind(e.actor_id.map(|a| a.as_bytes().to_vec()))
-                    .bind(e.outcome.clone())
-                    .bind(e.target.clone())
-                    .bind(e.body.clone())
-                    .bind(prev.to_vec())
-                    .bind(hash.to_vec());
-            }
-            q.execute(&mut *tx).await?;
         }
     }
-    for org in &orgs {
-        if let Some((seq, hash)) = heads.get(org) {
-            sqlx::query("UPDATE audit_heads SET seq = $1, hash = $2 WHERE org_id = $3")
-                .bind(i(*seq))
-                .bind(hash.as_slice())
-                .bind(b(org))
-                .execute(&mut *tx)
-                .await?;
+    let org_bytes: Vec<&[u8]> = orgs.iter().map(b).collect();
+    let cols = AuditColumns::of(events);
+    for _ in 0..AUDIT_RETRIES {
+        let old: Vec<(u64, [u8; 32])> = orgs
+            .iter()
+            .map(|o| heads.get(o).copied().ok_or(StoreError::CommitFailed))
+            .collect::<Result<_, _>>()?;
+        let mut next = heads.clone();
+        let assigned = crate::chain::assign(events, &mut next)?;
+        let new: Vec<(u64, [u8; 32])> = orgs
+            .iter()
+            .map(|o| next.get(o).copied().ok_or(StoreError::CommitFailed))
+            .collect::<Result<_, _>>()?;
+        let moved = sqlx::query(
+            "SELECT moved_org, moved_seq, moved_hash FROM coffer_append_audit(\
+             $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+        )
+        .bind(&org_bytes)
+        .bind(old.iter().map(|h| i(h.0)).collect::<Vec<_>>())
+        .bind(old.iter().map(|h| h.1.as_slice()).collect::<Vec<_>>())
+        .bind(new.iter().map(|h| i(h.0)).collect::<Vec<_>>())
+        .bind(new.iter().map(|h| h.1.as_slice()).collect::<Vec<_>>())
+        .bind(coffer_crypto::audit::GENESIS.as_slice())
+        .bind(&cols.org)
+        .bind(assigned.iter().map(|l| i(l.0)).collect::<Vec<_>>())
+        .bind(&cols.id)
+        .bind(&cols.time)
+        .bind(&cols.action)
+        .bind(&cols.actor)
+        .bind(&cols.outcome)
+        .bind(&cols.target)
+        .bind(&cols.body)
+        .bind(assigned.iter().map(|l| l.1.as_slice()).collect::<Vec<_>>())
+        .bind(assigned.iter().map(|l| l.2.as_slice()).collect::<Vec<_>>())
+        .fetch_all(pool)
+        .await?;
+        if moved.is_empty() {
+            *heads = next;
+            return Ok(assigned
+                .into_iter()
+                .map(|(seq, _, hash)| (seq, hash))
+                .collect());
+        }
+        for r in &moved {
+            heads.insert(
+                uuid_col(r, "moved_org")?,
+                (u64_col(r, "moved_seq")?, hash_col(r, "moved_hash")?),
+            );
         }
     }
-    tx.commit().await?;
-    Ok(assigned
-        .into_iter()
-        .map(|(seq, _, hash)| (seq, hash))
-        .collect())
+    Err(StoreError::CommitFailed)
+}
+
+/// A batch's events as one array per column, for `coffer_append_audit`.
+struct AuditColumns<'a> {
+    org: Vec<&'a [u8]>,
+    id: Vec<&'a [u8]>,
+    time: Vec<i64>,
+    action: Vec<&'a str>,
+    actor: Vec<Option<&'a [u8]>>,
+    outcome: Vec<&'a str>,
+    target: Vec<&'a str>,
+    body: Vec<&'a str>,
+}
+
+impl<'a> AuditColumns<'a> {
+    fn of(events: &[&'a NewAuditEvent]) -> Self {
+        AuditColumns {
+            org: events.iter().map(|e| b(&e.org_id)).collect(),
+            id: events.iter().map(|e| b(&e.id)).collect(),
+            time: events.iter().map(|e| e.time).collect(),
+            action: events.iter().map(|e| e.action.as_str()).collect(),
+            actor: events.iter().map(|e| e.actor_id.as_ref().map(b)).collect(),
+            outcome: events.iter().map(|e| e.outcome.as_str()).collect(),
+            target: events.iter().map(|e| e.target.as_str()).collect(),
+            body: events.iter().map(|e| e.body.as_str()).collect(),
+        }
+    }
 }

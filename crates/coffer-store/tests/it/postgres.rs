@@ -103,6 +103,7 @@ pg_suite!(
     param_versions_append_with_optimistic_concurrency,
     deletion_markers_hide_values,
     values_are_scoped_by_org,
+    the_nearest_environment_defines_a_value,
     reads_see_every_committed_write,
     concurrent_writes_commit_independently,
     audit_chains_append_in_order_with_filters_and_checkpoints,
@@ -151,6 +152,77 @@ async fn audit_rows_refuse_update_and_delete() {
         .unwrap();
     assert_eq!(n.0, 1);
     conn.close().await.unwrap();
+    db.drop_db().await;
+}
+
+/// Two nodes' audit writers append to one organisation's chain at the same time: each
+/// keeps the chain's head in memory, so every batch after the other node's is computed on a
+/// stale head and must be detected and redone. The chain must come out gapless and linked.
+#[tokio::test]
+async fn two_nodes_append_to_one_audit_chain_without_gaps_or_forks() {
+    use coffer_store::{AuditFilter, NewAuditEvent, Store};
+    let Some(db) = fresh().await else { return };
+    let nodes = [
+        PgStore::connect(&db.url()).await.unwrap(),
+        PgStore::connect(&db.url()).await.unwrap(),
+    ];
+    let org = uuid::Uuid::new_v4();
+    let mut tasks = Vec::new();
+    for (n, node) in nodes.iter().enumerate() {
+        for k in 0..150 {
+            let node = node.clone();
+            tasks.push(tokio::spawn(async move {
+                let e = NewAuditEvent {
+                    org_id: org,
+                    id: uuid::Uuid::new_v4(),
+                    time: k,
+                    action: format!("node{n}.{k}"),
+                    actor_id: None,
+                    outcome: "success".into(),
+                    target: String::new(),
+                    body: format!("{{\"node\":{n},\"k\":{k}}}"),
+                };
+                node.append_audit(&e).await
+            }));
+        }
+    }
+    let mut seqs = Vec::new();
+    for t in tasks {
+        seqs.push(t.await.unwrap().unwrap().0);
+    }
+    seqs.sort_unstable();
+    assert_eq!(
+        seqs,
+        (1..=300).collect::<Vec<u64>>(),
+        "one sequence, no gaps, no repeats"
+    );
+    let rows = nodes[0]
+        .audit_events(
+            org,
+            &AuditFilter {
+                limit: 1000,
+                ..AuditFilter::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 300);
+    let mut prev = coffer_crypto::audit::GENESIS;
+    for r in &rows {
+        assert_eq!(r.prev_hash, prev, "seq {} links to its predecessor", r.seq);
+        assert_eq!(
+            r.hash,
+            coffer_crypto::audit::chain_hash(
+                &prev,
+                &coffer_store::sqlite::audit_entry(r.seq, &r.body)
+            )
+        );
+        prev = r.hash;
+    }
+    assert_eq!(nodes[1].audit_head(org).await.unwrap(), Some((300, prev)));
+    for n in &nodes {
+        n.close().await;
+    }
     db.drop_db().await;
 }
 

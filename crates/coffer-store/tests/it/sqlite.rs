@@ -26,6 +26,7 @@ sqlite_suite!(
     param_versions_append_with_optimistic_concurrency,
     deletion_markers_hide_values,
     values_are_scoped_by_org,
+    the_nearest_environment_defines_a_value,
     reads_see_every_committed_write,
     concurrent_writes_commit_independently,
     audit_chains_append_in_order_with_filters_and_checkpoints,

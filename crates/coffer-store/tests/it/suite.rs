@@ -446,6 +446,72 @@ pub async fn deletion_markers_hide_values(s: &dyn Store) {
     );
 }
 
+pub async fn the_nearest_environment_defines_a_value(s: &dyn Store) {
+    let o = org(s, "o").await;
+    let (p, parent) = project_env(s, o).await;
+    let child = EnvRow {
+        id: Uuid::new_v4(),
+        org_id: o,
+        project_id: p.id,
+        parent_id: Some(parent.id),
+        name: "child".into(),
+        created_at: 1,
+    };
+    s.create_env(&child).await.unwrap();
+    let key = TenantKey::generate(KeyTerm(1));
+    let (in_parent, in_child) = (Uuid::new_v4(), Uuid::new_v4());
+    let set = |env: Uuid, id: Uuid, value: &[u8]| {
+        write((o, env, id), "K", 0, VersionAction::Set, &key, value)
+    };
+    s.append_param_version(&set(parent.id, in_parent, b"parent"))
+        .await
+        .unwrap();
+    let chain = [child.id, parent.id];
+    let found = |v: Option<ParamValue>| v.map(|v| (v.param.env_id, v.param.id));
+    // Only the parent defines it: inherited.
+    assert_eq!(
+        found(s.nearest_value(o, &chain, "K").await.unwrap()),
+        Some((parent.id, in_parent))
+    );
+    // The child's own value wins over the parent's.
+    s.append_param_version(&set(child.id, in_child, b"child"))
+        .await
+        .unwrap();
+    assert_eq!(
+        found(s.nearest_value(o, &chain, "K").await.unwrap()),
+        Some((child.id, in_child))
+    );
+    // The order of the chain decides, not the order rows come back in.
+    assert_eq!(
+        found(
+            s.nearest_value(o, &[parent.id, child.id], "K")
+                .await
+                .unwrap()
+        ),
+        Some((parent.id, in_parent))
+    );
+    // Deleted in the child: the parent's value shows through again.
+    s.append_param_version(&write(
+        (o, child.id, in_child),
+        "K",
+        1,
+        VersionAction::Delete,
+        &key,
+        b"",
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        found(s.nearest_value(o, &chain, "K").await.unwrap()),
+        Some((parent.id, in_parent))
+    );
+    // Other names, other organisations and empty chains find nothing.
+    assert!(s.nearest_value(o, &chain, "L").await.unwrap().is_none());
+    assert!(s.nearest_value(o, &[], "K").await.unwrap().is_none());
+    let other = org(s, "other").await;
+    assert!(s.nearest_value(other, &chain, "K").await.unwrap().is_none());
+}
+
 pub async fn values_are_scoped_by_org(s: &dyn Store) {
     let a = org(s, "a").await;
     let b = org(s, "b").await;
