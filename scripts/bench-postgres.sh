@@ -24,7 +24,7 @@ psql "$PG" -qc "DROP DATABASE IF EXISTS coffer_bench WITH (FORCE)"
 psql "$PG" -qc "DROP ROLE IF EXISTS coffer_bench"
 psql "$PG" -qc "CREATE ROLE coffer_bench LOGIN"
 psql "$PG" -qc "CREATE DATABASE coffer_bench OWNER coffer_bench"
-export COFFER_DATABASE_URL=postgres://coffer_bench@127.0.0.1:5432/coffer_bench
+export COFFER_DATABASE_URL=${COFFER_BENCH_URL:-postgres://coffer_bench@127.0.0.1:5432/coffer_bench}
 
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; }
@@ -53,6 +53,8 @@ for n in $(seq 1 "$NODES"); do
   export COFFER_ADDR=https://127.0.0.1:$port COFFER_CACERT=$WORK/node$n/tls/ca.pem
   HOME=$WORK/home$n "$BIN" login -u admin --password-stdin <<<"$password" >/dev/null
 done
+# Start from a fresh checkpoint, so one does not fall into the measurement by chance.
+psql "$PG" -qc "CHECKPOINT"
 for n in $(seq 1 "$NODES"); do
   port=$((8300 + n))
   COFFER_ADDR=https://127.0.0.1:$port COFFER_CACERT=$WORK/node$n/tls/ca.pem HOME=$WORK/home$n \

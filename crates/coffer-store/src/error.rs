@@ -37,6 +37,15 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
                 StoreError::Unavailable(e)
             }
+            // PostgreSQL going away or coming back: connection exceptions (class 08), and
+            // shutdown, crash and start-up (57P01-57P03). Worth a retry, so 503, not 500.
+            sqlx::Error::Database(db)
+                if db.code().is_some_and(|c| {
+                    c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")
+                }) =>
+            {
+                StoreError::Unavailable(e)
+            }
             _ => StoreError::Database(e),
         }
     }

@@ -100,7 +100,9 @@ impl AuditEvent {
         let t = std::time::UNIX_EPOCH
             + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
         Self {
-            id: Uuid::new_v4(),
+            // Time-ordered, so the unique index on event ids grows at its right edge instead
+            // of touching a random page per event (the event carries its time anyway).
+            id: Uuid::now_v7(),
             time: humantime::format_rfc3339_millis(t).to_string(),
             time_ms: ms,
             request_id: None,

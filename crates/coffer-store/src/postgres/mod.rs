@@ -6,6 +6,7 @@
 //! value cache here: with several nodes a cache needs cross-node invalidation.
 
 mod notify;
+mod reads;
 
 use std::time::Duration;
 
@@ -89,6 +90,7 @@ pub struct PgStore {
     /// node dies, PostgreSQL ends the session and releases the lock for another node.
     leader: std::sync::Arc<tokio::sync::Mutex<Option<PgConnection>>>,
     invalidations: tokio::sync::broadcast::Sender<Invalidation>,
+    reads: reads::Reader,
 }
 
 /// What to do about the schema when connecting.
@@ -206,11 +208,13 @@ impl PgStore {
         }
         let audit = spawn_audit_writer(pool.clone());
         let invalidations = notify::spawn_listener(pool.clone());
+        let reads = reads::Reader::spawn(pool.clone());
         Ok(Self {
             pool,
             audit,
             leader: std::sync::Arc::default(),
             invalidations,
+            reads,
         })
     }
 
@@ -456,22 +460,7 @@ impl Store for PgStore {
         env_chain: &[Uuid],
         name: &str,
     ) -> Result<Option<ParamValue>, StoreError> {
-        // One round trip for the whole chain (see migration 0008).
-        let envs: Vec<&[u8]> = env_chain.iter().map(b).collect();
-        let rows = sqlx::query("SELECT * FROM coffer_current_value($1, $2, $3)")
-            .bind(b(&org_id))
-            .bind(&envs)
-            .bind(name)
-            .fetch_all(&self.pool)
-            .await?;
-        let mut found = rows
-            .iter()
-            .map(param_value)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(env_chain
-            .iter()
-            .find_map(|e| found.iter().position(|v| v.param.env_id == *e))
-            .map(|at| found.swap_remove(at)))
+        self.reads.nearest(org_id, env_chain, name).await
     }
 
     async fn current_values(

@@ -26,7 +26,7 @@ pub async fn org(s: &dyn Store, name: &str) -> Uuid {
     id
 }
 
-async fn project_env(s: &dyn Store, org_id: Uuid) -> (ProjectRow, EnvRow) {
+pub async fn project_env(s: &dyn Store, org_id: Uuid) -> (ProjectRow, EnvRow) {
     let p = ProjectRow {
         id: Uuid::new_v4(),
         org_id,
@@ -47,7 +47,7 @@ async fn project_env(s: &dyn Store, org_id: Uuid) -> (ProjectRow, EnvRow) {
 }
 
 /// `at` is (organisation, environment, parameter).
-fn write(
+pub fn write(
     (org_id, env_id, param_id): (Uuid, Uuid, Uuid),
     name: &str,
     expected: u64,
@@ -678,7 +678,7 @@ async fn append_all(s: &dyn Store, writes: &[ParamWrite]) -> Vec<Result<(), Stor
     join_all(writes.iter().map(|w| s.append_param_version(w)).collect()).await
 }
 
-async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
+pub async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
     let mut futs: Vec<std::pin::Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
     let mut out: Vec<Option<F::Output>> = (0..futs.len()).map(|_| None).collect();
     std::future::poll_fn(|cx| {
@@ -1118,6 +1118,8 @@ pub async fn key_rotation_rewrap_and_org_deletion(s: &dyn Store) {
     // Cached before the rewrap (SQLite keeps a ciphertext cache): must not survive it.
     let cached = s.current_value(a, env.id, "P0").await.unwrap().unwrap();
     assert_eq!(cached.ciphertext.unwrap().key_term(), KeyTerm(1));
+    let kept = s.nearest_value(a, &[env.id], "P1").await.unwrap().unwrap();
+    assert_eq!(kept.ciphertext.unwrap().key_term(), KeyTerm(1));
 
     let row = |term: u32, created_at: i64| TenantKeyRow {
         org_id: a,
@@ -1211,6 +1213,8 @@ pub async fn key_rotation_rewrap_and_org_deletion(s: &dyn Store) {
         let v = s.current_value(a, env.id, name).await.unwrap().unwrap();
         let ct = v.ciphertext.unwrap();
         assert_eq!(ct.key_term(), KeyTerm(2));
+        let nearest = s.nearest_value(a, &[env.id], name).await.unwrap().unwrap();
+        assert_eq!(nearest.ciphertext.unwrap().as_bytes(), ct.as_bytes());
         let ctx = RecordContext {
             org_id: a,
             record_id: *pid,
