@@ -66,6 +66,8 @@ impl From<StoreError> for CoreError {
         match e {
             StoreError::Unavailable(_) => CoreError::Unavailable(e),
             StoreError::Conflict => CoreError::Conflict,
+            // This node's root key is out of date: it is as good as sealed until it catches up.
+            StoreError::RootReplaced => CoreError::Sealed,
             other => CoreError::Store(other),
         }
     }

@@ -144,21 +144,52 @@ impl Coffer {
     }
 
     /// Another node may have rotated the root key (`operator rekey`): if the stored check
-    /// value no longer matches the key in memory, seal rather than fail every request.
+    /// value no longer matches the key in memory, seal rather than fail every request. A
+    /// KMS or HSM seal then unseals again at once with the new root key; a Shamir seal waits
+    /// for the new shares. Runs on every invalidation of everything and periodically
+    /// ([`Coffer::check_root`]), so a missed notification delays this by one period at most.
     async fn seal_if_root_replaced(&self) {
-        let Ok(Some(cfg)) = self.store().seal_config().await else {
-            return;
+        let replaced = {
+            // Not while this node rekeys: between its commit and taking the new key in
+            // memory the two differ for a moment.
+            let _stable = self.inner.root_change.read().await;
+            let Ok(Some(cfg)) = self.store().seal_config().await else {
+                return;
+            };
+            self.inner
+                .keyring
+                .with_root(|root| Ok(!root.matches(&cfg.root_check)))
+                .unwrap_or(false)
         };
-        let replaced = self
-            .inner
+        if !replaced {
+            return;
+        }
+        tracing::warn!("the root key was rotated on another node: sealing");
+        let _ = self.seal();
+        match self.start_sealed().await {
+            Ok(sys::StartState::Unsealed) => {
+                tracing::info!("unsealed again with the new root key by the seal");
+            }
+            Ok(_) => tracing::warn!("sealed: unseal with the new shares"),
+            Err(e) => tracing::error!(error = %e, "could not unseal with the new root key"),
+        }
+    }
+
+    /// Whether this node is unsealed with the database's current root key.
+    pub async fn root_check_matches(&self) -> bool {
+        let Ok(Some(cfg)) = self.store().seal_config().await else {
+            return false;
+        };
+        self.inner
             .keyring
-            .with_root(|root| Ok(!root.matches(&cfg.root_check)))
-            .unwrap_or(false);
-        if replaced {
-            tracing::warn!(
-                "the root key was rotated on another node: sealing; unseal with the new shares"
-            );
-            let _ = self.seal();
+            .with_root(|root| Ok(root.matches(&cfg.root_check)))
+            .unwrap_or(false)
+    }
+
+    /// Periodic check (every node): has another node replaced the root key?
+    pub async fn check_root(&self) {
+        if !self.inner.keyring.is_sealed() {
+            self.seal_if_root_replaced().await;
         }
     }
 

@@ -54,27 +54,41 @@ impl Coffer {
         // A KMS/HSM seal protects the new root key before anything changes: if it cannot,
         // the rotation does not happen.
         let (new, sealed_root) = seal.new_root().await.map_err(crate::sys::seal_error)?;
-        let secrets = reseal(&old, &new, self.store().root_secrets().await?)?;
+        let root_check = new
+            .check_value()
+            .map_err(|_| CoreError::Internal("root check"))?;
         let parts = shamir::split(&new, shares, threshold)
             .map_err(|_| CoreError::invalid("shares", "at most 255"))?;
-        let rotation = RootRotation {
-            sealed_root,
-            root_check: new
-                .check_value()
-                .map_err(|_| CoreError::Internal("root check"))?,
-            shares,
-            threshold,
-            secrets,
-        };
-        self.store().rotate_root(&rotation).await?;
+        // Another node may seal something with the old root key between reading the root
+        // secrets and the rotation's commit: the store then refuses the rotation, and it is
+        // computed again from what is there now.
+        let mut attempts = 0;
+        loop {
+            let previous = self.store().root_secrets().await?;
+            let rotation = RootRotation {
+                previous_check: cfg.root_check.clone(),
+                sealed_root: sealed_root.clone(),
+                root_check: root_check.clone(),
+                shares,
+                threshold,
+                secrets: reseal(&old, &new, previous.clone())?,
+                previous,
+            };
+            match self.store().rotate_root(&rotation).await {
+                Ok(()) => break,
+                Err(coffer_store::StoreError::Conflict) if attempts < 5 => attempts += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.store().set_root_guard(Some(root_check));
         self.inner.keyring.replace_root(new)?;
-        // Other nodes hold the old root key: they cannot open what is now stored and must be
-        // unsealed again with the new shares.
+        // Other nodes hold the old root key: they seal themselves, and unseal again with the
+        // new shares (Shamir) or by themselves (KMS/HSM seal).
         self.publish(Invalidation::All);
         tracing::warn!(
             shares,
             threshold,
-            "root key rotated and new shares issued: unseal other nodes with the new shares"
+            "root key rotated and new shares issued; nodes with a Shamir seal must be unsealed with the new shares"
         );
         Ok(RekeyResult {
             shares: parts.iter().map(|p| p.to_text()).collect(),

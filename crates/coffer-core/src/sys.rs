@@ -97,8 +97,7 @@ impl Coffer {
         let bootstrap = self.create_bootstrap(&root).await?;
         let unsealed = seal.kind().is_auto();
         if unsealed {
-            self.inner.keyring.unseal(root)?;
-            self.ensure_audit_key().await?;
+            self.finish_unseal(root).await?;
             tracing::info!(seal = seal.kind().as_str(), "initialised and unsealed");
         }
         Ok(InitResult {
@@ -192,8 +191,7 @@ impl Coffer {
                 threshold: cfg.threshold,
             }),
             Ok(SubmitOutcome::Unsealed(root)) => {
-                self.inner.keyring.unseal(root)?;
-                self.ensure_audit_key().await?;
+                self.finish_unseal(root).await?;
                 tracing::info!("server unsealed");
                 Ok(UnsealOutcome::Unsealed)
             }
@@ -213,8 +211,21 @@ impl Coffer {
         self.inner.keyring.with_progress(|p| p.reset())
     }
 
+    /// Start using `root`: it must be the database's root key. Writes of root-sealed
+    /// material are then guarded against a rekey on another node.
+    async fn finish_unseal(&self, root: RootKey) -> Result<(), CoreError> {
+        let cfg = self.seal_config().await?;
+        if !root.matches(&cfg.root_check) {
+            return Err(CoreError::Integrity);
+        }
+        self.store().set_root_guard(Some(cfg.root_check));
+        self.inner.keyring.unseal(root)?;
+        self.ensure_audit_key().await
+    }
+
     /// Wipe the root key and all tenant keys from memory.
     pub fn seal(&self) -> Result<(), CoreError> {
+        self.store().set_root_guard(None);
         self.inner.keyring.seal()?;
         self.inner.sessions.clear();
         tracing::info!("server sealed");
@@ -244,8 +255,7 @@ impl Coffer {
                 None
             }
         };
-        self.inner.keyring.unseal(root)?;
-        self.ensure_audit_key().await?;
+        self.finish_unseal(root).await?;
         Ok(bootstrap)
     }
 
@@ -280,8 +290,7 @@ impl Coffer {
             tracing::error!("the seal produced a root key that does not match this database");
             return Err(CoreError::Integrity);
         }
-        self.inner.keyring.unseal(root)?;
-        self.ensure_audit_key().await?;
+        self.finish_unseal(root).await?;
         tracing::info!(seal = seal.kind().as_str(), "unsealed by the seal");
         Ok(StartState::Unsealed)
     }
@@ -310,8 +319,7 @@ impl Coffer {
             .migrate_seal(seal.kind().as_str(), sealed.as_deref(), &cfg.root_check)
             .await?;
         if self.inner.keyring.is_sealed() {
-            self.inner.keyring.unseal(root)?;
-            self.ensure_audit_key().await?;
+            self.finish_unseal(root).await?;
         }
         tracing::warn!(
             from = recorded.as_str(),

@@ -277,6 +277,16 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
         }
     });
 
+    // Every node: notice a rekey done on another node even if its notification was lost.
+    let watcher = coffer.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tick.tick().await;
+            watcher.check_root().await;
+        }
+    });
+
     let checkpointer = coffer.clone();
     let every = cfg.checkpoint_interval.max(Duration::from_secs(1));
     tokio::spawn(async move {

@@ -13,6 +13,10 @@ pub enum StoreError {
     /// The database cannot be reached or is overloaded; worth retrying later.
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
+    /// The root key was replaced (by a rekey on another node) since this node unsealed:
+    /// material sealed with the key this node holds would be unreadable. Nothing was written.
+    #[error("the root key was replaced on another node")]
+    RootReplaced,
     /// Stored bytes that should be a ciphertext are not.
     #[error("corrupt stored record")]
     Corrupt,

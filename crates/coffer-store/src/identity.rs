@@ -423,12 +423,17 @@ macro_rules! impl_identity_store {
             }
 
             async fn set_mfa(&self, user_id: Uuid, sealed_secret: Option<&[u8]>, enabled: bool) -> Result<(), StoreError> {
+                let mut tx = self.$write.begin().await?;
+                if sealed_secret.is_some() {
+                    self.ensure_root(&mut *tx).await?;
+                }
                 sqlx::query("UPDATE users SET mfa_secret = $2, mfa_enabled = $3, mfa_last_step = 0 WHERE id = $1")
                     .bind(user_id.as_bytes().as_slice())
                     .bind(sealed_secret)
                     .bind(enabled)
-                    .execute(&self.$write)
+                    .execute(&mut *tx)
                     .await?;
+                tx.commit().await?;
                 Ok(())
             }
 
@@ -871,14 +876,17 @@ macro_rules! impl_identity_store {
             }
 
             async fn enqueue_mail(&self, m: &OutboxRow) -> Result<(), StoreError> {
+                let mut tx = self.$write.begin().await?;
+                self.ensure_root(&mut *tx).await?;
                 sqlx::query("INSERT INTO outbox (id, sealed, created_at, attempts, next_attempt_at) VALUES ($1, $2, $3, $4, $5)")
                     .bind(m.id.as_bytes().as_slice())
                     .bind(m.sealed.as_slice())
                     .bind(m.created_at)
                     .bind(i64::from(m.attempts))
                     .bind(m.next_attempt_at)
-                    .execute(&self.$write)
+                    .execute(&mut *tx)
                     .await?;
+                tx.commit().await?;
                 Ok(())
             }
 

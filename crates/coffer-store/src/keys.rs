@@ -189,6 +189,7 @@ macro_rules! impl_key_store {
             ) -> Result<RotationRow, StoreError> {
                 let org = key.org_id.as_bytes().as_slice();
                 let mut tx = self.$pool.begin().await?;
+                self.ensure_root(&mut *tx).await?;
                 sqlx::query($lock_org).bind(org).execute(&mut *tx).await?;
                 $scope(&mut *tx, key.org_id).await?;
                 let newest: i64 = sqlx::Row::try_get(
@@ -412,46 +413,102 @@ macro_rules! impl_key_store {
                     if done == 1 { Ok(()) } else { Err(StoreError::Conflict) }
                 }
                 let mut tx = self.$pool.begin().await?;
-                one(sqlx::query("UPDATE seal_config SET root_check = $1, shares = $2, threshold = $3, sealed_root = $4 WHERE id = 1")
+                // Only from the root key this rotation was computed for. Updating the seal row
+                // also waits for, then holds back, every write of root-sealed material on any
+                // node (they take a share lock on it): from here on the set below is final.
+                one(sqlx::query("UPDATE seal_config SET root_check = $1, shares = $2, threshold = $3, sealed_root = $4 WHERE id = 1 AND root_check = $5")
                     .bind(r.root_check.as_bytes())
                     .bind(i64::from(r.shares))
                     .bind(i64::from(r.threshold))
                     .bind(r.sealed_root.as_deref())
+                    .bind(r.previous_check.as_bytes())
                     .execute(&mut *tx)
                     .await?
                     .rows_affected())?;
+                // Each secret is replaced only where it is still the one that was resealed...
                 for k in &r.secrets.tenant_keys {
+                    let old = r
+                        .previous
+                        .tenant_keys
+                        .iter()
+                        .find(|p| p.org_id == k.org_id && p.term == k.term)
+                        .ok_or(StoreError::Conflict)?;
                     $scope(&mut *tx, k.org_id).await?;
-                    one(sqlx::query("UPDATE tenant_keys SET wrapped = $3 WHERE org_id = $1 AND term = $2")
+                    one(sqlx::query("UPDATE tenant_keys SET wrapped = $3 WHERE org_id = $1 AND term = $2 AND wrapped = $4")
                         .bind(k.org_id.as_bytes().as_slice())
                         .bind(i64::from(k.term.0))
                         .bind(k.wrapped.as_bytes())
+                        .bind(old.wrapped.as_bytes())
                         .execute(&mut *tx)
                         .await?
                         .rows_affected())?;
                 }
-                if let Some(w) = &r.secrets.audit_key {
-                    one(sqlx::query("UPDATE audit_keys SET wrapped_key = $1 WHERE id = 1")
+                match (&r.secrets.audit_key, &r.previous.audit_key) {
+                    (Some(w), Some(old)) => one(sqlx::query("UPDATE audit_keys SET wrapped_key = $1 WHERE id = 1 AND wrapped_key = $2")
                         .bind(w.as_slice())
+                        .bind(old.as_slice())
                         .execute(&mut *tx)
                         .await?
-                        .rows_affected())?;
+                        .rows_affected())?,
+                    (None, None) => {}
+                    _ => return Err(StoreError::Conflict),
                 }
+                let previous = |rows: &[(uuid::Uuid, Vec<u8>)], id: uuid::Uuid| {
+                    rows.iter().find(|(i, _)| *i == id).map(|(_, s)| s.clone()).ok_or(StoreError::Conflict)
+                };
                 for (id, sealed) in &r.secrets.mfa {
-                    one(sqlx::query("UPDATE users SET mfa_secret = $2 WHERE id = $1")
+                    one(sqlx::query("UPDATE users SET mfa_secret = $2 WHERE id = $1 AND mfa_secret = $3")
                         .bind(id.as_bytes().as_slice())
                         .bind(sealed.as_slice())
+                        .bind(previous(&r.previous.mfa, *id)?)
                         .execute(&mut *tx)
                         .await?
                         .rows_affected())?;
                 }
                 for (id, sealed) in &r.secrets.outbox {
-                    one(sqlx::query("UPDATE outbox SET sealed = $2 WHERE id = $1")
+                    one(sqlx::query("UPDATE outbox SET sealed = $2 WHERE id = $1 AND sealed = $3")
                         .bind(id.as_bytes().as_slice())
                         .bind(sealed.as_slice())
+                        .bind(previous(&r.previous.outbox, *id)?)
                         .execute(&mut *tx)
                         .await?
                         .rows_affected())?;
+                }
+                // ...and nothing root-sealed exists that was not read: a key term, TOTP seed
+                // or queued mail added since would be left under the old root and lost.
+                let ids = $crate::rows::ids;
+                let mut orgs = ids(&sqlx::query("SELECT id FROM orgs").fetch_all(&mut *tx).await?)?;
+                orgs.sort_unstable();
+                let mut had: Vec<uuid::Uuid> = r.previous.tenant_keys.iter().map(|k| k.org_id).collect();
+                had.sort_unstable();
+                had.dedup();
+                if orgs != had {
+                    return Err(StoreError::Conflict);
+                }
+                for org in &orgs {
+                    $scope(&mut *tx, *org).await?;
+                    let mut terms: Vec<i64> = sqlx::query("SELECT term FROM tenant_keys WHERE org_id = $1")
+                        .bind(org.as_bytes().as_slice())
+                        .fetch_all(&mut *tx)
+                        .await?
+                        .iter()
+                        .map(|r| $crate::rows::RowRead::int(r, "term"))
+                        .collect::<Result<_, _>>()?;
+                    terms.sort_unstable();
+                    let mut known: Vec<i64> = r.previous.tenant_keys.iter().filter(|k| k.org_id == *org).map(|k| i64::from(k.term.0)).collect();
+                    known.sort_unstable();
+                    if terms != known {
+                        return Err(StoreError::Conflict);
+                    }
+                }
+                let unknown = |now: Vec<uuid::Uuid>, had: &[(uuid::Uuid, Vec<u8>)]| {
+                    now.iter().any(|id| !had.iter().any(|(h, _)| h == id))
+                };
+                let mfa_now = ids(&sqlx::query("SELECT id FROM users WHERE mfa_secret IS NOT NULL").fetch_all(&mut *tx).await?)?;
+                let mail_now = ids(&sqlx::query("SELECT id FROM outbox WHERE sent_at IS NULL").fetch_all(&mut *tx).await?)?;
+                let audit_now = sqlx::query("SELECT 1 FROM audit_keys WHERE id = 1").fetch_optional(&mut *tx).await?.is_some();
+                if unknown(mfa_now, &r.previous.mfa) || unknown(mail_now, &r.previous.outbox) || audit_now != r.previous.audit_key.is_some() {
+                    return Err(StoreError::Conflict);
                 }
                 tx.commit().await?;
                 Ok(())

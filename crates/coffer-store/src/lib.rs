@@ -124,6 +124,12 @@ pub trait Store: IdentityStore + KeyStore + Send + Sync + std::fmt::Debug {
     // --- caches on several nodes ---
     /// Changes published by any node (this one included), for clearing caches. None for a
     /// single-node backend.
+    /// The check value of the root key this node holds (None while sealed). Writes of
+    /// material sealed with the root key then fail with [`StoreError::RootReplaced`] once
+    /// another node has replaced it, instead of storing what nobody can open. Only needed
+    /// where several nodes share a database.
+    fn set_root_guard(&self, _check: Option<coffer_crypto::RootKeyCheck>) {}
+
     fn invalidations(&self) -> Option<tokio::sync::broadcast::Receiver<Invalidation>> {
         None
     }

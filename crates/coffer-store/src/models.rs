@@ -340,6 +340,11 @@ pub struct RootSecrets {
 /// A new root key's check value and share counts, with every root secret resealed.
 #[derive(Debug, Clone)]
 pub struct RootRotation {
+    /// The check value of the root key being replaced, and every root secret as it was read
+    /// (before resealing): the rotation applies only if both are still exactly what the
+    /// database holds, so nothing sealed meanwhile (on any node) is left behind.
+    pub previous_check: RootKeyCheck,
+    pub previous: RootSecrets,
     pub root_check: RootKeyCheck,
     pub shares: u8,
     pub threshold: u8,

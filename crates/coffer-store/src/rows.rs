@@ -47,6 +47,11 @@ macro_rules! row_read {
 row_read!(sqlx::sqlite::SqliteRow);
 row_read!(sqlx::postgres::PgRow);
 
+/// The `id` column of every row.
+pub(crate) fn ids<R: RowRead>(rows: &[R]) -> Result<Vec<Uuid>, StoreError> {
+    rows.iter().map(|r| uuid_col(r, "id")).collect()
+}
+
 pub(crate) fn uuid_col<R: RowRead>(r: &R, col: &str) -> Result<Uuid, StoreError> {
     Uuid::from_slice(&r.bytes(col)?).map_err(|_| StoreError::Corrupt)
 }

@@ -339,7 +339,8 @@ async fn attaching_needs_a_usable_key_and_an_owner() {
 
 /// Two nodes on one PostgreSQL database with a KMS seal: each unseals itself; an
 /// organisation's own key, revoked once in the KMS, stops both nodes within the key cache
-/// lifetime, and enabling it restores both.
+/// lifetime, and enabling it restores both; after a rekey on one node the other follows
+/// the new root key by itself.
 #[tokio::test]
 async fn two_nodes_auto_unseal_and_honour_a_revoked_own_key() {
     let Some(url) = coffer_testkit::pg_database().await else {
@@ -415,6 +416,48 @@ async fn two_nodes_auto_unseal_and_honour_a_revoked_own_key() {
             Some("v")
         );
     }
+
+    // A rekey on A replaces the root key: B notices, seals, and unseals itself again with
+    // the new root key through the KMS; what B seals afterwards, A can open.
+    on_a.rekey(&init.shares[..2], 3, 2).await.unwrap();
+    let mut b_caught_up = false;
+    for _ in 0..50 {
+        if b.coffer().root_check_matches().await {
+            b_caught_up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(b_caught_up, "node B follows the new root key");
+    assert!(!b.client().seal_status().await.unwrap().sealed);
+    let login_b = b
+        .client()
+        .login("admin", &init.bootstrap.password)
+        .await
+        .unwrap()
+        .token
+        .unwrap();
+    let on_b = b.client().with_token(login_b);
+    // A new organisation's key is wrapped with B's root key: it must be the new one.
+    on_b.create_org("made-on-b").await.unwrap();
+    let on_b = b
+        .client()
+        .with_token(on_b.switch_org("made-on-b").await.unwrap().token.unwrap());
+    on_b.create_project("p").await.unwrap();
+    on_b.set_param("p", "default", "S", "from-b", Some(true))
+        .await
+        .unwrap();
+    let on_a = a
+        .client()
+        .with_token(on_a.switch_org("made-on-b").await.unwrap().token.unwrap());
+    assert_eq!(
+        on_a.get_param("p", "default", "S")
+            .await
+            .unwrap()
+            .value
+            .as_deref(),
+        Some("from-b")
+    );
     a.stop().await;
     b.stop().await;
     coffer_testkit::drop_pg_database(&url).await;

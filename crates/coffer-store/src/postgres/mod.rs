@@ -91,6 +91,7 @@ pub struct PgStore {
     leader: std::sync::Arc<tokio::sync::Mutex<Option<PgConnection>>>,
     invalidations: tokio::sync::broadcast::Sender<Invalidation>,
     reads: reads::Reader,
+    root_guard: std::sync::Arc<std::sync::RwLock<Option<RootKeyCheck>>>,
 }
 
 /// What to do about the schema when connecting.
@@ -215,6 +216,7 @@ impl PgStore {
             leader: std::sync::Arc::default(),
             invalidations,
             reads,
+            root_guard: std::sync::Arc::default(),
         })
     }
 
@@ -226,6 +228,24 @@ impl PgStore {
         let mut tx = self.pool.begin().await?;
         set_org(&mut tx, org_id).await?;
         Ok(tx)
+    }
+
+    /// Refuse (with [`StoreError::RootReplaced`]) to go on with a transaction that stores
+    /// root-sealed material unless the database's root key is still the one this node
+    /// holds. The share lock on the seal row makes a rekey (which updates that row) wait for
+    /// this transaction, and this transaction wait for a rekey under way and then see its
+    /// new check value.
+    async fn ensure_root(&self, conn: &mut PgConnection) -> Result<(), StoreError> {
+        let expected = self.root_guard.read().ok().and_then(|g| g.clone());
+        let Some(check) = expected else {
+            return Ok(());
+        };
+        let same =
+            sqlx::query("SELECT 1 FROM seal_config WHERE id = 1 AND root_check = $1 FOR SHARE")
+                .bind(check.as_bytes())
+                .fetch_optional(&mut *conn)
+                .await?;
+        same.map(|_| ()).ok_or(StoreError::RootReplaced)
     }
 
     /// Nothing is cached below the core on PostgreSQL.
@@ -294,6 +314,7 @@ impl Store for PgStore {
             .bind(org.created_at)
             .execute(&mut *tx)
             .await?;
+        self.ensure_root(&mut tx).await?;
         set_org(&mut tx, org.id).await?;
         sqlx::query(
             "INSERT INTO tenant_keys (org_id, term, wrapped, created_at) VALUES ($1, $2, $3, $4)",
@@ -632,13 +653,22 @@ impl Store for PgStore {
     }
 
     async fn init_audit_key(&self, k: &AuditKeyRow) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        self.ensure_root(&mut tx).await?;
         sqlx::query("INSERT INTO audit_keys (id, public_key, wrapped_key, created_at) VALUES (1, $1, $2, $3)")
             .bind(k.public_key.as_slice())
             .bind(k.wrapped_key.as_slice())
             .bind(k.created_at)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
+    }
+
+    fn set_root_guard(&self, check: Option<RootKeyCheck>) {
+        if let Ok(mut g) = self.root_guard.write() {
+            *g = check;
+        }
     }
 
     fn invalidations(&self) -> Option<tokio::sync::broadcast::Receiver<Invalidation>> {

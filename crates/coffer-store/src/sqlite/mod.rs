@@ -71,6 +71,14 @@ crate::keys::impl_key_store!(
     None
 );
 
+impl SqliteStore {
+    /// One process owns an SQLite file, and it holds the root key lock while rekeying: no
+    /// other writer can have a stale root key.
+    async fn ensure_root(&self, _conn: &mut sqlx::SqliteConnection) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
 /// SQLite has no row-level security: every query is scoped by its own WHERE clause.
 async fn no_scope(_: &mut SqliteConnection, _: Uuid) -> Result<(), StoreError> {
     Ok(())

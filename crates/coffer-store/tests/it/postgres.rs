@@ -310,6 +310,87 @@ async fn a_value_written_on_one_node_is_read_on_another_at_once() {
     db.drop_db().await;
 }
 
+/// A node whose root key was replaced by a rekey on another node must not store anything
+/// sealed with its old key (nobody could open it): such writes fail, nothing is written.
+#[tokio::test]
+async fn writes_sealed_with_a_replaced_root_key_are_refused() {
+    use coffer_crypto::RootKey;
+    use coffer_store::{
+        IdentityStore, KeyStore, OutboxRow, RootRotation, SealConfigRow, Store, StoreError,
+    };
+    let Some(db) = fresh().await else { return };
+    let (a, b) = (
+        PgStore::connect(&db.url()).await.unwrap(),
+        PgStore::connect(&db.url()).await.unwrap(),
+    );
+    let old = RootKey::generate().check_value().unwrap();
+    a.init_seal_config(&SealConfigRow {
+        kind: "shamir".into(),
+        shares: 3,
+        threshold: 2,
+        root_check: old.clone(),
+        created_at: 1,
+        sealed_root: None,
+    })
+    .await
+    .unwrap();
+    b.set_root_guard(Some(old.clone()));
+    let mail = |n: u8| OutboxRow {
+        id: uuid::Uuid::new_v4(),
+        sealed: vec![n; 40],
+        created_at: 1,
+        attempts: 0,
+        next_attempt_at: 1,
+    };
+    crate::suite::org(&b, "before").await;
+    b.enqueue_mail(&mail(1)).await.unwrap();
+    // A rekey on A.
+    let previous = a.root_secrets().await.unwrap();
+    a.rotate_root(&RootRotation {
+        previous_check: old,
+        previous: previous.clone(),
+        root_check: RootKey::generate().check_value().unwrap(),
+        shares: 3,
+        threshold: 2,
+        sealed_root: None,
+        secrets: previous,
+    })
+    .await
+    .unwrap();
+    let orgs = a.org_ids().await.unwrap().len();
+    assert!(matches!(
+        b.enqueue_mail(&mail(2)).await,
+        Err(StoreError::RootReplaced)
+    ));
+    let org = coffer_store::OrgRow {
+        id: uuid::Uuid::new_v4(),
+        name: "after".into(),
+        created_at: 2,
+    };
+    let key = coffer_store::TenantKeyRow {
+        org_id: org.id,
+        term: coffer_crypto::KeyTerm(1),
+        wrapped: RootKey::generate()
+            .wrap_tenant_key(
+                org.id,
+                &coffer_crypto::TenantKey::generate(coffer_crypto::KeyTerm(1)),
+            )
+            .unwrap(),
+        created_at: 2,
+    };
+    assert!(matches!(
+        b.create_org(&org, &key).await,
+        Err(StoreError::RootReplaced)
+    ));
+    assert_eq!(a.org_ids().await.unwrap().len(), orgs, "nothing written");
+    assert_eq!(a.pending_mail().await.unwrap(), 1);
+    // A node with the current key writes as before.
+    assert!(a.create_org(&org, &key).await.is_ok());
+    a.close().await;
+    b.close().await;
+    db.drop_db().await;
+}
+
 #[tokio::test]
 async fn one_node_leads_background_jobs_and_another_takes_over() {
     use coffer_store::Store;

@@ -1241,25 +1241,6 @@ pub async fn key_rotation_rewrap_and_org_deletion(s: &dyn Store) {
     assert_eq!(s.tenant_keys(b).await.unwrap().len(), 1, "B keeps its key");
 
     // Root rotation replaces wrapped forms in place, all or nothing.
-    let mut secrets = s.root_secrets().await.unwrap();
-    assert!(
-        secrets.tenant_keys.iter().any(|k| k.org_id == a)
-            && secrets.tenant_keys.iter().any(|k| k.org_id == b)
-    );
-    let new_wrap = row(2, 50);
-    for k in secrets.tenant_keys.iter_mut().filter(|k| k.org_id == a) {
-        k.wrapped = new_wrap.wrapped.clone();
-    }
-    let check = RootKey::generate().check_value().unwrap();
-    let seal = |secrets: RootSecrets| RootRotation {
-        root_check: check.clone(),
-        shares: 5,
-        threshold: 3,
-        sealed_root: Some(b"new root, wrapped".to_vec()),
-        secrets,
-    };
-    let mut bad = secrets.clone();
-    bad.tenant_keys.push(row(7, 50));
     s.init_seal_config(&SealConfigRow {
         kind: "shamir".into(),
         shares: 3,
@@ -1270,15 +1251,64 @@ pub async fn key_rotation_rewrap_and_org_deletion(s: &dyn Store) {
     })
     .await
     .ok();
+    let old_check = s.seal_config().await.unwrap().unwrap().root_check;
+    let previous = s.root_secrets().await.unwrap();
+    assert!(
+        previous.tenant_keys.iter().any(|k| k.org_id == a)
+            && previous.tenant_keys.iter().any(|k| k.org_id == b)
+    );
+    let mut secrets = previous.clone();
+    let new_wrap = row(2, 50);
+    for k in secrets.tenant_keys.iter_mut().filter(|k| k.org_id == a) {
+        k.wrapped = new_wrap.wrapped.clone();
+    }
+    let check = RootKey::generate().check_value().unwrap();
+    let seal = |previous: &RootSecrets, secrets: RootSecrets| RootRotation {
+        previous_check: old_check.clone(),
+        previous: previous.clone(),
+        root_check: check.clone(),
+        shares: 5,
+        threshold: 3,
+        sealed_root: Some(b"new root, wrapped".to_vec()),
+        secrets,
+    };
+    // A secret that is not (or no longer) there.
+    let mut bad = secrets.clone();
+    bad.tenant_keys.push(row(7, 50));
     assert!(matches!(
-        s.rotate_root(&seal(bad)).await,
+        s.rotate_root(&seal(&previous, bad)).await,
         Err(StoreError::Conflict)
     ));
     assert!(
         s.tenant_keys(a).await.unwrap()[0].wrapped != new_wrap.wrapped,
         "rolled back"
     );
-    s.rotate_root(&seal(secrets)).await.unwrap();
+    // Something sealed with the old root key after the secrets were read (here: a new
+    // organisation's key) would be lost: the rotation is refused.
+    let late = org(s, "late").await;
+    assert!(matches!(
+        s.rotate_root(&seal(&previous, secrets.clone())).await,
+        Err(StoreError::Conflict)
+    ));
+    assert!(
+        s.tenant_keys(a).await.unwrap()[0].wrapped != new_wrap.wrapped,
+        "rolled back"
+    );
+    // So is a rotation computed for another root key than the stored one.
+    let mut wrong_root = seal(&previous, secrets.clone());
+    wrong_root.previous_check = RootKey::generate().check_value().unwrap();
+    assert!(matches!(
+        s.rotate_root(&wrong_root).await,
+        Err(StoreError::Conflict)
+    ));
+    // Read again, it goes through.
+    let previous = s.root_secrets().await.unwrap();
+    assert!(previous.tenant_keys.iter().any(|k| k.org_id == late));
+    let mut secrets = previous.clone();
+    for k in secrets.tenant_keys.iter_mut().filter(|k| k.org_id == a) {
+        k.wrapped = new_wrap.wrapped.clone();
+    }
+    s.rotate_root(&seal(&previous, secrets)).await.unwrap();
     assert!(s.tenant_keys(a).await.unwrap()[0].wrapped == new_wrap.wrapped);
     let cfg = s.seal_config().await.unwrap().unwrap();
     assert_eq!((cfg.shares, cfg.threshold), (5, 3));
