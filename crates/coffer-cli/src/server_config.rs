@@ -27,6 +27,7 @@
 //! | COFFER_KEYS__CHECK_INTERVAL | keys.check_interval | 60s |
 //! | COFFER_KEYS__REWRAP_BATCH | keys.rewrap_batch | 2000 |
 //! | COFFER_KEYS__REWRAP_PAUSE | keys.rewrap_pause | 0s |
+//! | COFFER_KEYS__VALUE_SCHEME | keys.value_scheme | aes-256-gcm (or aes-256-gcm-siv); stored values keep the scheme they were written with |
 //! | COFFER_SEAL__*, COFFER_KMS__*, COFFER_PKCS11__* | [seal], [kms], [pkcs11] | see seal_config.rs |
 //! | COFFER_LOG | (none) | info |
 
@@ -79,6 +80,7 @@ struct KeysSection {
     check_interval: Option<String>,
     rewrap_batch: Option<u32>,
     rewrap_pause: Option<String>,
+    value_scheme: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -249,6 +251,7 @@ pub fn load(args: &ServerArgs) -> anyhow::Result<ServerConfig> {
         ("COFFER_KEYS__ROTATE_AFTER", &mut f.keys.rotate_after),
         ("COFFER_KEYS__CHECK_INTERVAL", &mut f.keys.check_interval),
         ("COFFER_KEYS__REWRAP_PAUSE", &mut f.keys.rewrap_pause),
+        ("COFFER_KEYS__VALUE_SCHEME", &mut f.keys.value_scheme),
     ] {
         if let Some(v) = env(k) {
             *slot = Some(v);
@@ -468,6 +471,11 @@ fn apply_keys(k: &KeysSection, core: &mut CoreConfig) -> anyhow::Result<Duration
             "keys.rewrap_batch must be 1-50000"
         );
         core.rewrap_batch = n;
+    }
+    if let Some(v) = &k.value_scheme {
+        core.value_scheme = coffer_core::ValueScheme::parse(v).with_context(|| {
+            format!("keys.value_scheme = {v:?}: use \"aes-256-gcm\" or \"aes-256-gcm-siv\"")
+        })?;
     }
     if let Some(v) = &k.rewrap_pause {
         core.rewrap_pause = duration(

@@ -43,6 +43,9 @@ pub struct CoreConfig {
     pub rewrap_batch: u32,
     /// Pause between rewrap batches, to leave the database room for requests.
     pub rewrap_pause: Duration,
+    /// How new values are encrypted. Every stored value opens with the scheme it names,
+    /// so this can change at any time.
+    pub value_scheme: coffer_crypto::ValueScheme,
 }
 
 impl Default for CoreConfig {
@@ -65,6 +68,7 @@ impl Default for CoreConfig {
             key_rotate_after_encryptions: 1 << 28,
             rewrap_batch: 2_000,
             rewrap_pause: Duration::ZERO,
+            value_scheme: coffer_crypto::ValueScheme::default(),
         }
     }
 }

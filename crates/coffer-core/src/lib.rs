@@ -32,7 +32,7 @@ pub use auth::{
     AuthMethod, LoginOutcome, LoginResult, Principal, Scope, SessionView, normalize_username,
 };
 pub use coffer_crypto::token::BearerToken;
-pub use coffer_crypto::{SecretBytes, fingerprint_sha256, random_bytes};
+pub use coffer_crypto::{SecretBytes, ValueScheme, fingerprint_sha256, random_bytes};
 pub use config::CoreConfig;
 /// Seals and key services, for the binary that wires them in.
 pub mod seal {

@@ -174,7 +174,7 @@ impl Coffer {
             };
             let ct = keys
                 .active()?
-                .seal(&ctx, req.value)
+                .seal_with(self.config().value_scheme, &ctx, req.value)
                 .map_err(|_| CoreError::Internal("encryption failed"))?;
             let now = now_ms();
             let w = ParamWrite {
@@ -350,7 +350,7 @@ impl Coffer {
             };
             let ct = keys
                 .active()?
-                .seal(&ctx, value.expose_secret())
+                .seal_with(self.config().value_scheme, &ctx, value.expose_secret())
                 .map_err(|_| CoreError::Internal("encryption failed"))?;
             let now = now_ms();
             let secret = old.version.is_secret;

@@ -1,6 +1,8 @@
 //! Raw primitives. Crate-private: everything here is easy to misuse.
 
-use aws_lc_rs::aead::{AES_256_GCM, Aad, NONCE_LEN, Nonce, RandomizedNonceKey};
+use aws_lc_rs::aead::{
+    AES_256_GCM, AES_256_GCM_SIV, Aad, Algorithm, NONCE_LEN, Nonce, RandomizedNonceKey,
+};
 
 use crate::CryptoError;
 
@@ -19,13 +21,51 @@ pub(crate) fn fill_random(buf: &mut [u8]) {
     }
 }
 
+/// The AEADs a stored format may name. Both take a 256-bit key and a 96-bit nonce and
+/// append a 128-bit tag, so the framing below is the same for both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Aead {
+    Aes256Gcm,
+    /// RFC 8452: a repeated nonce reveals only whether two plaintexts are equal.
+    Aes256GcmSiv,
+}
+
+impl Aead {
+    fn algorithm(self) -> &'static Algorithm {
+        match self {
+            Aead::Aes256Gcm => &AES_256_GCM,
+            Aead::Aes256GcmSiv => &AES_256_GCM_SIV,
+        }
+    }
+}
+
 /// AES-256-GCM with a fresh random 96-bit nonce. Output: `nonce || ciphertext || tag`.
 pub(crate) fn seal(
     key: &[u8; KEY_LEN],
     aad: &[u8],
     plaintext: &[u8],
 ) -> Result<Vec<u8>, CryptoError> {
-    let key = RandomizedNonceKey::new(&AES_256_GCM, key).map_err(|_| CryptoError::InvalidKey)?;
+    seal_with(Aead::Aes256Gcm, key, aad, plaintext)
+}
+
+/// Opens what [`seal`] produced. Every failure is [`CryptoError::Decrypt`].
+pub(crate) fn open(
+    key: &[u8; KEY_LEN],
+    aad: &[u8],
+    sealed: &[u8],
+) -> Result<zeroize::Zeroizing<Vec<u8>>, CryptoError> {
+    open_with(Aead::Aes256Gcm, key, aad, sealed)
+}
+
+/// [`seal`] with the given AEAD.
+pub(crate) fn seal_with(
+    aead: Aead,
+    key: &[u8; KEY_LEN],
+    aad: &[u8],
+    plaintext: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
+    let key =
+        RandomizedNonceKey::new(aead.algorithm(), key).map_err(|_| CryptoError::InvalidKey)?;
     let mut buf = Vec::with_capacity(NONCE_LEN + plaintext.len() + TAG_LEN);
     buf.extend_from_slice(&[0u8; NONCE_LEN]);
     buf.extend_from_slice(plaintext);
@@ -38,8 +78,9 @@ pub(crate) fn seal(
     Ok(buf)
 }
 
-/// Opens what [`seal`] produced. Every failure is [`CryptoError::Decrypt`].
-pub(crate) fn open(
+/// Opens what [`seal_with`] produced with the same AEAD.
+pub(crate) fn open_with(
+    aead: Aead,
     key: &[u8; KEY_LEN],
     aad: &[u8],
     sealed: &[u8],
@@ -49,7 +90,7 @@ pub(crate) fn open(
     }
     let (nonce, body) = sealed.split_at(NONCE_LEN);
     let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| CryptoError::Decrypt)?;
-    let key = RandomizedNonceKey::new(&AES_256_GCM, key).map_err(|_| CryptoError::Decrypt)?;
+    let key = RandomizedNonceKey::new(aead.algorithm(), key).map_err(|_| CryptoError::Decrypt)?;
     let mut buf = zeroize::Zeroizing::new(body.to_vec());
     let len = key
         .open_in_place(nonce, Aad::from(aad), &mut buf)

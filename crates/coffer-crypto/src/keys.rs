@@ -1,7 +1,7 @@
 use uuid::Uuid;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-use crate::envelope::{self, Ciphertext, RecordContext};
+use crate::envelope::{self, Ciphertext, RecordContext, ValueScheme};
 use crate::hazmat::{self, KEY_LEN};
 use crate::{CryptoError, SecretBytes};
 
@@ -165,9 +165,19 @@ impl TenantKey {
         Ok(Self { term, bytes })
     }
 
-    /// Envelope-encrypt one value version under a fresh data key.
+    /// Envelope-encrypt one value version under a fresh data key, with the default scheme.
     pub fn seal(&self, ctx: &RecordContext, plaintext: &[u8]) -> Result<Ciphertext, CryptoError> {
-        envelope::seal(&self.bytes, self.term, ctx, plaintext)
+        self.seal_with(ValueScheme::default(), ctx, plaintext)
+    }
+
+    /// [`TenantKey::seal`] with a chosen scheme. [`TenantKey::open`] reads every scheme.
+    pub fn seal_with(
+        &self,
+        scheme: ValueScheme,
+        ctx: &RecordContext,
+        plaintext: &[u8],
+    ) -> Result<Ciphertext, CryptoError> {
+        envelope::seal(scheme, &self.bytes, self.term, ctx, plaintext)
     }
 
     /// Open a value sealed by [`TenantKey::seal`] for exactly the same context.

@@ -18,7 +18,7 @@ pub mod shamir;
 pub mod system;
 pub mod token;
 
-pub use envelope::{Ciphertext, FORMAT_VERSION, RecordContext};
+pub use envelope::{Ciphertext, FORMAT_VERSION, RecordContext, ValueScheme};
 pub use error::CryptoError;
 pub use keys::{ExternalWrap, KeyTerm, RootKey, RootKeyCheck, TenantKey, WrappedTenantKey};
 pub use secret::SecretBytes;

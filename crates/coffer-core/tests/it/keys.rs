@@ -212,13 +212,27 @@ async fn rewrap_resumes_after_an_interruption() {
         mid.done > 0 && mid.done < 40 && mid.done % 7 == 0,
         "stopped between batches: {mid:?}"
     );
-    // A fresh service (a restart) continues from the committed cursor.
-    drop(f.coffer.clone());
-    let restarted = coffer_core::Coffer::open_sqlite(&f.db_path(), fast_keys())
+    // A fresh service (a restart) continues from the committed cursor; the old one is
+    // gone first, as after a crash.
+    let crate::Fixture {
+        dir,
+        coffer,
+        owner,
+        shares,
+    } = f;
+    drop(coffer);
+    let restarted = coffer_core::Coffer::open_sqlite(&dir.path().join("coffer.db"), fast_keys())
         .await
         .unwrap();
-    restarted.unseal(&f.shares[1]).await.unwrap();
-    restarted.unseal(&f.shares[2]).await.unwrap();
+    restarted.unseal(&shares[1]).await.unwrap();
+    restarted.unseal(&shares[2]).await.unwrap();
+    let f = crate::Fixture {
+        dir,
+        coffer: restarted,
+        owner,
+        shares,
+    };
+    let (restarted, p) = (&f.coffer, &f.owner);
     let moved = restarted.run_key_maintenance().await.unwrap();
     assert_eq!(moved, 40 - mid.done);
     let s = restarted.org_key_status(p.org_id).await.unwrap();
