@@ -57,14 +57,20 @@ impl Coffer {
             .map_err(|_| CoreError::Internal("key configuration lock poisoned"))
     }
 
-    /// Wrap a new term of an organisation's key: with its external key if it attached one,
-    /// else with the root key.
+    /// Wrap a new term of an organisation's key: with `target`'s external key, or with
+    /// the root key.
     pub(crate) async fn wrap_new_term(
         &self,
         org_id: Uuid,
         key: &TenantKey,
+        target: &WrapTarget,
     ) -> Result<WrappedTenantKey, CoreError> {
-        match self.store().external_key(org_id).await? {
+        let reference = match target {
+            WrapTarget::Current => self.store().external_key(org_id).await?,
+            WrapTarget::External(r) => Some(r.clone()),
+            WrapTarget::Root => None,
+        };
+        match reference {
             Some(reference) => {
                 let ext = self.resolve_external(&reference)?;
                 let blob = ext
@@ -118,8 +124,10 @@ impl Coffer {
 
     /// Attach the caller's organisation's own key (`awskms:<key id, ARN or alias>` or
     /// `pkcs11:<label>`). Owners only, in person. The key is tried once (wrap and unwrap)
-    /// before anything changes; then a rotation wraps a new term with it and the rewrap
-    /// job moves every value there.
+    /// before anything changes; then one rotation wraps a new term with it and records it
+    /// as the organisation's key, in one transaction, and the rewrap job moves every value
+    /// there. The key is recorded by its canonical name (a KMS key's ARN), so an alias and
+    /// the key it names are the same key.
     pub async fn attach_external_key(
         &self,
         p: &Principal,
@@ -127,58 +135,69 @@ impl Coffer {
     ) -> Result<crate::KeyStatus, CoreError> {
         ensure_owner(p)?;
         self.ensure_unsealed()?;
-        let ext = self.resolve_external(reference)?;
-        if let Some(own) = self.seal_key_reference()?
-            && own == ext.reference()
+        let given = self.resolve_external(reference)?;
+        let probe_failed = |e: SealError| {
+            tracing::warn!(org_id = %p.org_id, error = %e, "external key probe failed");
+            CoreError::invalid("key", format!("the key cannot be used: {e}"))
+        };
+        let canonical = given.canonical().await.map_err(probe_failed)?;
+        if let Some(seal_key) = self.key_config()?.seal.external_key()
+            && seal_key.canonical().await.ok().as_deref() == Some(canonical.as_str())
         {
             return Err(CoreError::invalid(
                 "key",
                 "this is the server's seal key; use a key of the organisation's own",
             ));
         }
+        let ext = self.resolve_external(&canonical)?;
         coffer_seal::probe(&*ext, &tenant_context(p.org_id, KeyTerm(0)))
             .await
-            .map_err(|e| {
-                tracing::warn!(org_id = %p.org_id, error = %e, "external key probe failed");
-                CoreError::invalid("key", format!("the key cannot be used: {e}"))
-            })?;
+            .map_err(probe_failed)?;
         match self
-            .store()
-            .set_external_key(p.org_id, Some(&ext.reference()))
+            .rotate_org_key_to(
+                p.org_id,
+                "attach-external",
+                WrapTarget::External(canonical.clone()),
+            )
             .await
         {
-            Err(coffer_store::StoreError::Conflict) => {
+            Err(CoreError::Store(coffer_store::StoreError::KeyInUse)) => {
                 return Err(CoreError::AlreadyExists {
                     kind: "external key attachment",
-                    name: ext.reference(),
+                    name: canonical,
                 });
             }
             other => other?,
-        }
-        self.rotate_org_key(p.org_id, "attach-external").await?;
-        tracing::info!(org_id = %p.org_id, key = %ext.reference(), "external key attached");
+        };
+        tracing::info!(org_id = %p.org_id, key = %canonical, "external key attached");
         self.org_key_status(p.org_id).await
     }
 
-    /// Go back to the root key: a rotation wraps a new term with it and the rewrap job moves
-    /// every value there. The external key must still work until then.
+    /// Go back to the root key: one rotation wraps a new term with it and forgets the
+    /// external key, and the rewrap job moves every value there. The external key must
+    /// still work until then.
     pub async fn detach_external_key(&self, p: &Principal) -> Result<crate::KeyStatus, CoreError> {
         ensure_owner(p)?;
         self.ensure_unsealed()?;
         if self.store().external_key(p.org_id).await?.is_none() {
             return Err(CoreError::invalid("key", "no external key is attached"));
         }
-        self.store().set_external_key(p.org_id, None).await?;
-        self.rotate_org_key(p.org_id, "detach-external").await?;
+        self.rotate_org_key_to(p.org_id, "detach-external", WrapTarget::Root)
+            .await?;
         tracing::info!(org_id = %p.org_id, "external key detached");
         self.org_key_status(p.org_id).await
     }
+}
 
-    /// The reference of the seal's own key, if it is a KMS/HSM seal.
-    fn seal_key_reference(&self) -> Result<Option<String>, CoreError> {
-        let cfg = self.key_config()?;
-        Ok(cfg.seal.external_key().map(|k| k.reference()))
-    }
+/// What wraps a new term.
+#[derive(Debug, Clone)]
+pub(crate) enum WrapTarget {
+    /// Whatever wraps the organisation's newest term now.
+    Current,
+    /// This external key (its canonical reference).
+    External(String),
+    /// The root key.
+    Root,
 }
 
 fn ensure_owner(p: &Principal) -> Result<(), CoreError> {

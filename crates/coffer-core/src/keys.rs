@@ -15,6 +15,7 @@ use coffer_store::{Invalidation, Rewrapped, RotationRow, StoreError, TenantKeyRo
 use uuid::Uuid;
 
 use crate::clock::now_ms;
+use crate::external::WrapTarget;
 use crate::members::ensure_admin;
 use crate::{Coffer, CoreError, Principal};
 
@@ -117,6 +118,17 @@ impl Coffer {
     /// Add a new term to an organisation's key; new values use it at once. The rewrap job
     /// (on the leader node) moves existing values to it.
     pub async fn rotate_org_key(&self, org_id: Uuid, reason: &str) -> Result<KeyTerm, CoreError> {
+        self.rotate_org_key_to(org_id, reason, WrapTarget::Current)
+            .await
+    }
+
+    /// [`Coffer::rotate_org_key`], with the new term wrapped by `target`.
+    pub(crate) async fn rotate_org_key_to(
+        &self,
+        org_id: Uuid,
+        reason: &str,
+        target: WrapTarget,
+    ) -> Result<KeyTerm, CoreError> {
         // A second attempt covers a stale key cache (another node rotated meanwhile).
         for _ in 0..2 {
             let current = self.org_keys(org_id).await?;
@@ -125,7 +137,7 @@ impl Coffer {
             let root_guard = self.root_stable().await;
             let next = KeyTerm(current.active()?.term().0.saturating_add(1));
             let key = TenantKey::generate(next);
-            let wrapped = self.wrap_new_term(org_id, &key).await?;
+            let wrapped = self.wrap_new_term(org_id, &key, &target).await?;
             let row = TenantKeyRow {
                 org_id,
                 term: next,

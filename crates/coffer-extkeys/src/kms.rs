@@ -165,12 +165,24 @@ impl KmsClient {
         plaintext: &[u8],
         context: &EncryptionContext,
     ) -> Result<Vec<u8>, SealError> {
+        #[derive(serde::Serialize)]
+        struct EncryptIn<'a> {
+            #[serde(rename = "KeyId")]
+            key_id: &'a str,
+            #[serde(rename = "Plaintext")]
+            plaintext: &'a str,
+            #[serde(rename = "EncryptionContext")]
+            context: &'a EncryptionContext,
+        }
+        // The key travels base64-encoded: every copy made here is wiped on drop (the HTTP
+        // client's own send buffer is beyond reach).
+        let encoded = Zeroizing::new(B64.encode(plaintext));
         let body = Zeroizing::new(
-            serde_json::to_vec(&serde_json::json!({
-                "KeyId": key_id,
-                "Plaintext": B64.encode(plaintext),
-                "EncryptionContext": context,
-            }))
+            serde_json::to_vec(&EncryptIn {
+                key_id,
+                plaintext: &encoded,
+                context,
+            })
             .map_err(|_| SealError::Service("encode request".into()))?,
         );
         let out: EncryptOut = self.call(key_id, "Encrypt", &body).await?;
@@ -374,6 +386,10 @@ pub struct KmsKey {
 impl ExternalKey for KmsKey {
     fn reference(&self) -> String {
         format!("awskms:{}", self.key_id)
+    }
+    async fn canonical(&self) -> Result<String, SealError> {
+        let arn = self.client.ensure_enabled(&self.key_id).await?;
+        Ok(format!("awskms:{arn}"))
     }
     async fn wrap(
         &self,

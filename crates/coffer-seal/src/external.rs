@@ -17,6 +17,13 @@ pub trait ExternalKey: Send + Sync + std::fmt::Debug {
     /// A name that is safe to store: `awskms:<key id, ARN or alias>`, `pkcs11:<label>`.
     fn reference(&self) -> String;
 
+    /// The reference that names this key however it was given (a KMS key's ARN rather
+    /// than an alias or a bare id), for telling whether two references are one key. Checks
+    /// that the key exists.
+    async fn canonical(&self) -> Result<String, SealError> {
+        Ok(self.reference())
+    }
+
     /// Encrypt `plaintext` (a key) under this key, bound to `context`.
     async fn wrap(
         &self,

@@ -13,6 +13,9 @@ pub enum StoreError {
     /// The database cannot be reached or is overloaded; worth retrying later.
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
+    /// Another organisation already uses this external key.
+    #[error("the external key is in use by another organisation")]
+    KeyInUse,
     /// The root key was replaced (by a rekey on another node) since this node unsealed:
     /// material sealed with the key this node holds would be unreadable. Nothing was written.
     #[error("the root key was replaced on another node")]

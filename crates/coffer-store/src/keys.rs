@@ -24,7 +24,10 @@ pub trait KeyStore: Send + Sync {
 
     /// Add `key` as the organisation's newest term and (re)start its rewrap job, in one
     /// transaction. Conflict unless `key.term` is exactly one above the current newest term,
-    /// so two concurrent rotations cannot both succeed.
+    /// so two concurrent rotations cannot both succeed. The organisation's external key
+    /// becomes the one that wraps `key` (none for a term wrapped by the root key), in the
+    /// same transaction: attaching and detaching are rotations. [`StoreError::KeyInUse`]
+    /// if another organisation uses that external key.
     async fn rotate_tenant_key(
         &self,
         key: &TenantKeyRow,
@@ -86,14 +89,6 @@ pub trait KeyStore: Send + Sync {
 
     /// The external key (bring your own key) that wraps an organisation's new key terms.
     async fn external_key(&self, org_id: Uuid) -> Result<Option<String>, StoreError>;
-
-    /// Attach (`Some`) or detach (`None`) an organisation's external key. Conflict if another
-    /// organisation has attached the same key.
-    async fn set_external_key(
-        &self,
-        org_id: Uuid,
-        reference: Option<&str>,
-    ) -> Result<(), StoreError>;
 
     /// Delete an organisation. Its tenant keys go first, then its ciphertexts, then
     /// everything else it owns. Its audit chain stays. False if it did not exist.
@@ -202,6 +197,22 @@ macro_rules! impl_key_store {
                 if i64::from(key.term.0) != newest + 1 {
                     return Err(StoreError::Conflict);
                 }
+                let external = key.wrapped.external_blob().map(|w| w.reference.to_owned());
+                if let Some(reference) = &external {
+                    let taken = sqlx::query("SELECT id FROM orgs WHERE external_key = $1 AND id <> $2")
+                        .bind(reference)
+                        .bind(org)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    if taken.is_some() {
+                        return Err(StoreError::KeyInUse);
+                    }
+                }
+                sqlx::query("UPDATE orgs SET external_key = $2 WHERE id = $1")
+                    .bind(org)
+                    .bind(external.as_deref())
+                    .execute(&mut *tx)
+                    .await?;
                 sqlx::query("INSERT INTO tenant_keys (org_id, term, wrapped, created_at) VALUES ($1, $2, $3, $4)")
                     .bind(org)
                     .bind(i64::from(key.term.0))
@@ -541,20 +552,6 @@ macro_rules! impl_key_store {
                     Some(r) => Ok(sqlx::Row::try_get::<Option<String>, _>(&r, "external_key")?),
                     None => Ok(None),
                 }
-            }
-
-            async fn set_external_key(
-                &self,
-                org_id: uuid::Uuid,
-                reference: Option<&str>,
-            ) -> Result<(), StoreError> {
-                let done = sqlx::query("UPDATE orgs SET external_key = $2 WHERE id = $1")
-                    .bind(org_id.as_bytes().as_slice())
-                    .bind(reference)
-                    .execute(&self.$pool)
-                    .await?
-                    .rows_affected();
-                if done == 1 { Ok(()) } else { Err(StoreError::Conflict) }
             }
 
             async fn delete_org(&self, org_id: uuid::Uuid) -> Result<bool, StoreError> {

@@ -133,8 +133,24 @@ async fn kms_seal_auto_unseals_rekeys_and_migrates() {
     let services = moto.services();
     seal_lifecycle(services.clone(), &format!("awskms:{key}")).await;
 
-    // A disabled seal key keeps the server from starting (fail closed).
+    // The seal's key is not an organisation's key, under any of its names.
     let seal = seal_with(&services, &format!("awskms:{key}"));
+    let srv = TestServer::with(options(seal.clone(), services.clone(), None)).await;
+    let init = srv.client().init(3, 2).await.unwrap();
+    let owner = login_owner(&srv, &init.bootstrap.password).await;
+    let arn = moto
+        .call("DescribeKey", serde_json::json!({ "KeyId": key }))
+        .await["KeyMetadata"]["Arn"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for name in [format!("awskms:{key}"), format!("awskms:{arn}")] {
+        let e = owner.attach_external_key(&name).await.unwrap_err();
+        assert_eq!(code(e), "bad_request", "{name}");
+    }
+    srv.stop().await;
+
+    // A disabled seal key keeps the server from starting (fail closed).
     let srv = TestServer::with(options(seal.clone(), services.clone(), None)).await;
     srv.client().init(3, 2).await.unwrap();
     let dir = srv.stop_keep_dir().await;
@@ -195,7 +211,13 @@ async fn own_key_round(services: KeyServices, reference: &str, set_enabled: impl
     let owner = srv.owner().await;
 
     let st = owner.attach_external_key(reference).await.unwrap();
-    assert_eq!(st.external_key.as_deref(), Some(reference));
+    // Recorded by its canonical name (a KMS key's ARN), which ends with the key id.
+    let recorded = st.external_key.clone().unwrap();
+    let (scheme, name) = reference.split_once(':').unwrap();
+    assert!(
+        recorded.starts_with(scheme) && recorded.ends_with(name),
+        "{recorded}"
+    );
     assert_eq!(
         code(other.attach_external_key(reference).await.unwrap_err()),
         "already_exists",
@@ -204,7 +226,7 @@ async fn own_key_round(services: KeyServices, reference: &str, set_enabled: impl
     srv.coffer().run_key_maintenance().await.unwrap();
     let st = owner.key_status().await.unwrap();
     let active = st.terms.iter().find(|t| t.active).unwrap();
-    assert_eq!(active.wrapped_by, reference);
+    assert_eq!(active.wrapped_by, recorded);
     assert_eq!(active.values, 5, "every value moved to the external term");
     // A value written now is sealed under the external term too.
     owner
@@ -328,6 +350,44 @@ async fn attaching_needs_a_usable_key_and_an_owner() {
         code(owner.detach_external_key().await.unwrap_err()),
         "bad_request"
     );
+    // A key is one key however it is named: attached by its id here, it cannot be
+    // attached by an alias of it elsewhere; the organisation's status shows its ARN.
+    moto.call(
+        "CreateAlias",
+        serde_json::json!({ "AliasName": "alias/shared", "TargetKeyId": key }),
+    )
+    .await;
+    let st = owner
+        .attach_external_key(&format!("awskms:{key}"))
+        .await
+        .unwrap();
+    let arn = st.external_key.clone().unwrap();
+    assert!(
+        arn.starts_with("awskms:arn:aws:kms:") && arn.ends_with(&key),
+        "{arn}"
+    );
+    owner.create_org("second").await.unwrap();
+    let second = srv
+        .client()
+        .with_token(owner.switch_org("second").await.unwrap().token.unwrap());
+    for other_name in ["awskms:alias/shared", arn.as_str()] {
+        let e = second.attach_external_key(other_name).await.unwrap_err();
+        assert_eq!(code(e), "already_exists", "{other_name}");
+    }
+    assert_eq!(second.key_status().await.unwrap().external_key, None);
+    // Switching traded the first token; a new session for the first organisation.
+    let owner = srv.owner().await;
+    owner.detach_external_key().await.unwrap();
+    second
+        .attach_external_key("awskms:alias/shared")
+        .await
+        .unwrap();
+    assert_eq!(
+        second.key_status().await.unwrap().external_key.as_deref(),
+        Some(arn.as_str())
+    );
+    second.detach_external_key().await.unwrap();
+
     moto.set_enabled(&key, false).await;
     let e = owner
         .attach_external_key(&format!("awskms:{key}"))

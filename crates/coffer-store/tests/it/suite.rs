@@ -1315,21 +1315,56 @@ pub async fn key_rotation_rewrap_and_org_deletion(s: &dyn Store) {
     assert!(cfg.root_check == check);
     assert_eq!(cfg.sealed_root.as_deref(), Some(&b"new root, wrapped"[..]));
 
-    // An external key belongs to one organisation at a time.
+    // A rotation to a term wrapped by an external key attaches that key, in the same
+    // transaction; a rotation back to the root key detaches it. A key belongs to one
+    // organisation at a time.
     assert_eq!(s.external_key(a).await.unwrap(), None);
-    s.set_external_key(a, Some("awskms:alias/a")).await.unwrap();
+    let newest = |org: Uuid| async move {
+        s.tenant_keys(org)
+            .await
+            .unwrap()
+            .iter()
+            .map(|k| k.term.0)
+            .max()
+            .unwrap()
+    };
+    let external = |org: Uuid, term: u32, reference: &str| TenantKeyRow {
+        org_id: org,
+        term: KeyTerm(term),
+        wrapped: WrappedTenantKey::external(KeyTerm(term), reference, b"kms blob").unwrap(),
+        created_at: 60,
+    };
+    let by_root = |org: Uuid, term: u32| TenantKeyRow {
+        org_id: org,
+        ..row(term, 61)
+    };
+    let t = newest(a).await;
+    s.rotate_tenant_key(&external(a, t + 1, "awskms:arn:k/a"), "attach-external")
+        .await
+        .unwrap();
     assert_eq!(
         s.external_key(a).await.unwrap().as_deref(),
-        Some("awskms:alias/a")
+        Some("awskms:arn:k/a")
     );
+    let tb = newest(b).await;
     assert!(matches!(
-        s.set_external_key(b, Some("awskms:alias/a")).await,
-        Err(StoreError::Conflict)
+        s.rotate_tenant_key(&external(b, tb + 1, "awskms:arn:k/a"), "attach-external")
+            .await,
+        Err(StoreError::KeyInUse)
     ));
     assert_eq!(s.external_key(b).await.unwrap(), None);
-    s.set_external_key(a, None).await.unwrap();
-    s.set_external_key(b, Some("awskms:alias/a")).await.unwrap();
-    s.set_external_key(b, None).await.unwrap();
+    assert_eq!(newest(b).await, tb, "nothing written");
+    s.rotate_tenant_key(&by_root(a, t + 2), "detach-external")
+        .await
+        .unwrap();
+    assert_eq!(s.external_key(a).await.unwrap(), None);
+    s.rotate_tenant_key(&external(b, tb + 1, "awskms:arn:k/a"), "attach-external")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.external_key(b).await.unwrap().as_deref(),
+        Some("awskms:arn:k/a")
+    );
 
     // Deleting A removes its keys, values and metadata; B is untouched.
     assert!(s.delete_org(a).await.unwrap());
