@@ -225,8 +225,42 @@ impl crate::Coffer {
         }
         let _root = self.root_stable().await;
         let rows = self.store().tenant_keys(org_id).await?;
-        let external = self.unwrap_external_terms(org_id, &rows).await?;
-        self.inner.keyring.load(org_id, &rows, external)
+        let external = match self.unwrap_external_terms(org_id, &rows).await {
+            Err(CoreError::TenantKeyUnavailable) => {
+                self.key_availability(org_id, false).await;
+                return Err(CoreError::TenantKeyUnavailable);
+            }
+            other => other?,
+        };
+        let keys = self.inner.keyring.load(org_id, &rows, external)?;
+        self.key_availability(org_id, true).await;
+        Ok(keys)
+    }
+
+    /// Audit the moments an organisation's own key stops and starts working (as this node
+    /// sees them), once each, not every refused request.
+    async fn key_availability(&self, org_id: Uuid, available: bool) {
+        let changed = self
+            .inner
+            .keys_unavailable
+            .lock()
+            .map(|mut set| {
+                if available {
+                    set.remove(&org_id)
+                } else {
+                    set.insert(org_id)
+                }
+            })
+            .unwrap_or(false);
+        if changed {
+            let (action, outcome) = if available {
+                ("key.external_available", "success")
+            } else {
+                ("key.external_unavailable", "failure")
+            };
+            self.record_system(org_id, action, outcome, serde_json::json!({}))
+                .await;
+        }
     }
 
     /// Held while sealing something with the root key (or a key derived from it) and storing

@@ -171,6 +171,7 @@ impl Coffer {
     pub async fn run_key_maintenance(&self) -> Result<u64, CoreError> {
         self.ensure_unsealed()?;
         let mut moved = 0;
+        let mut failed = None;
         for org in self.store().org_ids().await? {
             match self.maintain_org_keys(org).await {
                 Ok(n) => moved += n,
@@ -178,10 +179,20 @@ impl Coffer {
                 Err(CoreError::TenantKeyUnavailable) => {}
                 // The organisation was deleted meanwhile.
                 Err(CoreError::Integrity) if self.store().org(org).await?.is_none() => {}
-                Err(e) => return Err(e),
+                // Without the database nothing else will work either.
+                Err(e @ CoreError::Unavailable(_)) => return Err(e),
+                // One organisation's trouble (a corrupt record, say) must not hold back the
+                // rotations and rewraps of all the others: report it once the rest is done.
+                Err(e) => {
+                    tracing::error!(org_id = %org, error = %e, "key maintenance failed for an organisation");
+                    failed.get_or_insert(e);
+                }
             }
         }
-        Ok(moved)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(moved),
+        }
     }
 
     async fn maintain_org_keys(&self, org_id: Uuid) -> Result<u64, CoreError> {
@@ -198,10 +209,26 @@ impl Coffer {
                 self.publish(Invalidation::Keys(org_id));
                 let terms: Vec<u32> = destroyed.iter().map(|t| t.0).collect();
                 tracing::info!(org_id = %org_id, ?terms, "retired tenant key terms destroyed");
+                self.record_system(
+                    org_id,
+                    "key.terms_destroyed",
+                    "success",
+                    serde_json::json!({ "terms": terms }),
+                )
+                .await;
             }
             if let Some(reason) = self.rotation_due(org_id, rotation.as_ref()).await? {
                 match self.rotate_org_key(org_id, reason).await {
-                    Ok(_) | Err(CoreError::Conflict) => {}
+                    Ok(term) => {
+                        self.record_system(
+                            org_id,
+                            "key.rotated",
+                            "success",
+                            serde_json::json!({ "term": term.0, "reason": reason }),
+                        )
+                        .await;
+                    }
+                    Err(CoreError::Conflict) => {}
                     Err(e) => return Err(e),
                 }
             }
@@ -319,6 +346,13 @@ impl Coffer {
             cursor = last;
             if finished.is_some() {
                 tracing::info!(org_id = %org_id, term = target.0, moved, "rewrap finished");
+                self.record_system(
+                    org_id,
+                    "key.rewrap_finished",
+                    "success",
+                    serde_json::json!({ "term": target.0, "values": job.total }),
+                )
+                .await;
                 return Ok(moved);
             }
             let pause = self.config().rewrap_pause;

@@ -68,6 +68,8 @@ struct Inner {
     dummy_hash: String,
     /// Wakes the key maintenance job (a rotation was requested).
     key_job: tokio::sync::Notify,
+    /// Organisations whose own key this node last found unusable.
+    keys_unavailable: std::sync::Mutex<std::collections::HashSet<uuid::Uuid>>,
     /// Write-locked while the root key is replaced (see `Coffer::root_stable`).
     root_change: tokio::sync::RwLock<()>,
     /// The seal this server is configured with, and the KMS/HSM organisations may use for
@@ -98,6 +100,7 @@ impl Coffer {
                 dummy_hash,
                 key_job: tokio::sync::Notify::new(),
                 root_change: tokio::sync::RwLock::new(()),
+                keys_unavailable: std::sync::Mutex::default(),
                 keys: std::sync::RwLock::new(external::KeyConfig::default()),
             }),
         };

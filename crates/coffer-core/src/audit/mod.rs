@@ -22,7 +22,7 @@ use crate::{Coffer, CoreError, Principal, Role};
 /// Who acted.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AuditActor {
-    /// `user` or `anonymous`.
+    /// `user`, `anonymous`, or `system` (background jobs).
     pub kind: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<Uuid>,
@@ -216,6 +216,29 @@ impl Coffer {
                 self.inner.sinks.note_store_failure();
                 Err(CoreError::AuditUnavailable)
             }
+        }
+    }
+
+    /// Record something the service did by itself (a background job) in an organisation's
+    /// chain: actor `system`. Failures are logged, not returned: the job's work is done and
+    /// committed either way.
+    pub(crate) async fn record_system(
+        &self,
+        org_id: Uuid,
+        action: &str,
+        outcome: &str,
+        detail: serde_json::Value,
+    ) {
+        let mut ev = AuditEvent::now(action);
+        ev.org_id = Some(org_id);
+        ev.actor = AuditActor {
+            kind: "system".into(),
+            ..AuditActor::default()
+        };
+        ev.outcome = outcome.to_owned();
+        ev.detail = Some(detail);
+        if let Err(e) = self.record(&ev).await {
+            tracing::error!(org_id = %org_id, action, error = %e, "could not record a system audit event");
         }
     }
 

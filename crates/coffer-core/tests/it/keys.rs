@@ -459,3 +459,60 @@ async fn deleting_an_org_shreds_it_even_in_a_copy_taken_before() {
         .unwrap();
     assert_eq!(v.value.unwrap().expose_secret(), b"kept");
 }
+
+/// A broken record in one organisation (a ciphertext that no longer opens) fails that
+/// organisation's rewrap, and the job says so, but every other organisation's rotation
+/// still completes in the same run.
+#[tokio::test]
+async fn one_broken_organisation_does_not_hold_back_the_others() {
+    let f = fixture_with(fast_keys()).await;
+    let (c, owner) = (&f.coffer, &f.owner);
+    populate(&f).await;
+    let other_id = c.create_org_as(owner, "other").await.unwrap();
+    let other = Principal {
+        org_id: other_id,
+        org_name: "other".into(),
+        ..owner.clone()
+    };
+    c.create_project(&other, "svc").await.unwrap();
+    for i in 0..5 {
+        c.set_param(&other, "svc", "default", set(&format!("O{i}"), "o"))
+            .await
+            .unwrap();
+    }
+    // Break one stored value of the first (older, so first in line) organisation: another
+    // record's ciphertext in its place no longer opens there.
+    let mut db = raw(&f.db_path()).await;
+    let ids: Vec<Vec<u8>> = sqlx::query_scalar(
+        "SELECT credential_id FROM param_versions WHERE org_id = ? AND credential_id IS NOT NULL LIMIT 2",
+    )
+    .bind(owner.org_id.as_bytes().as_slice())
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE credentials SET ciphertext = (SELECT ciphertext FROM credentials WHERE id = ?) WHERE id = ?")
+        .bind(&ids[1])
+        .bind(&ids[0])
+        .execute(&mut db)
+        .await
+        .unwrap();
+    c.rotate_key(owner).await.unwrap();
+    c.rotate_key(&other).await.unwrap();
+    assert!(
+        c.run_key_maintenance().await.is_err(),
+        "the broken organisation is reported"
+    );
+    let done = c.key_status(&other).await.unwrap().rotation.unwrap();
+    assert_eq!(
+        (done.done, done.total),
+        (5, 5),
+        "the other organisation's rewrap finished"
+    );
+    for i in 0..5 {
+        let v = c
+            .get_param(&other, "svc", "default", &format!("O{i}"))
+            .await
+            .unwrap();
+        assert_eq!(v.value.unwrap().expose_secret(), b"o");
+    }
+}

@@ -282,6 +282,26 @@ async fn own_key_round(services: KeyServices, reference: &str, set_enabled: impl
         "{:?}",
         st.terms
     );
+    // The key's life is in the organisation's audit log, each change once, by the system.
+    let events = owner
+        .audit_events(&[("limit", "1000")])
+        .await
+        .unwrap()
+        .events;
+    let count = |action: &str| {
+        events
+            .iter()
+            .filter(|e| e["event"]["action"] == action && e["event"]["actor"]["kind"] == "system")
+            .count()
+    };
+    assert_eq!(
+        count("key.external_unavailable"),
+        1,
+        "once, not per refused request"
+    );
+    assert_eq!(count("key.external_available"), 1);
+    assert_eq!(count("key.rewrap_finished"), 2, "to the own key, and back");
+    assert!(count("key.terms_destroyed") >= 1);
     set_enabled(false).await;
     tokio::time::sleep(ttl + Duration::from_millis(200)).await;
     let v = owner.get_param("app", "default", "K5").await.unwrap();
