@@ -840,6 +840,38 @@ fn key_rotation_survives_kill_9_mid_rewrap() {
         after >= done,
         "progress survives the crash: {after} < {done}"
     );
+    // The interrupted job itself carries on to the end: no new rotation is asked for.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let st = loop {
+        let st = cli.json(&["key", "status"]);
+        if !st["rotation"]["finished_at"].is_null() {
+            break st;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the resumed rewrap never finished: {st}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(st["rotation"]["target_term"], 2, "the same job: {st}");
+    assert_eq!(st["rotation"]["done"], N as u64);
+    let under: Vec<(u64, u64)> = st["terms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["term"].as_u64().unwrap(), t["values"].as_u64().unwrap()))
+        .filter(|t| t.1 > 0)
+        .collect();
+    assert_eq!(under, vec![(2, N as u64)], "every value under term 2: {st}");
+    for i in 0..N {
+        assert_eq!(
+            cli.ok(&["param", "get", &format!("K{i:02}"), "-p", "app"])
+                .trim(),
+            format!("v{i}")
+        );
+    }
+
+    // And `--wait` follows a rotation to its end.
     let out = cli.ok(&["key", "rotate", "--wait"]);
     assert!(out.contains("Every stored value is under term 3"), "{out}");
     let st = cli.json(&["key", "status"]);
