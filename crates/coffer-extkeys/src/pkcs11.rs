@@ -4,7 +4,9 @@
 //! SoftHSM has no GCM key wrap).
 //!
 //! The module is loaded once per process and keeps one logged-in session, used under a
-//! mutex: operations are rare (start, and one per tenant key load).
+//! mutex: operations are rare (start, and one per tenant key load). When the device drops
+//! the session (an HSM restart, a network HSM reconnecting), the next operation that fails
+//! opens a new session, logs in again and is tried once more.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -15,6 +17,7 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use zeroize::Zeroizing;
 
@@ -44,8 +47,10 @@ impl std::fmt::Debug for Pkcs11Config {
 /// A logged-in session on one token.
 pub struct Hsm {
     token: String,
+    slot: Slot,
+    pin: Zeroizing<String>,
     session: Mutex<Session>,
-    _ctx: Pkcs11,
+    ctx: Pkcs11,
 }
 
 impl std::fmt::Debug for Hsm {
@@ -84,33 +89,46 @@ impl Hsm {
             .ok_or_else(|| {
                 SealError::Config(format!("no PKCS#11 token labelled {}", cfg.token_label))
             })?;
-        let session = ctx
-            .open_rw_session(slot)
-            .map_err(|e| service("open session", e))?;
-        let pin = AuthPin::from(cfg.pin.as_str().to_owned());
-        match session.login(UserType::User, Some(&pin)) {
-            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
-            Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => {
-                return Err(SealError::Config("the PKCS#11 PIN is wrong".into()));
-            }
-            Err(e) => return Err(service("login", e)),
-        }
+        let session = login(&ctx, slot, &cfg.pin)?;
         Ok(Arc::new(Self {
             token: cfg.token_label.clone(),
+            slot,
+            pin: cfg.pin.clone(),
             session: Mutex::new(session),
-            _ctx: ctx,
+            ctx,
         }))
     }
 
-    fn with_session<R>(
-        &self,
-        f: impl FnOnce(&Session) -> Result<R, SealError>,
-    ) -> Result<R, SealError> {
+    /// Log this process out of the token, as a device restart does. The next operation
+    /// logs in again.
+    pub fn logout(&self) -> Result<(), SealError> {
         let s = self
             .session
             .lock()
             .map_err(|_| SealError::Service("PKCS#11 session lock poisoned".into()))?;
-        f(&s)
+        s.logout().map_err(|e| service("logout", e))
+    }
+
+    /// Run `f` on the session. A failure may mean the session or its login is gone (device
+    /// restart): then a new session logs in and `f` runs once more.
+    fn with_session<R>(
+        &self,
+        f: impl Fn(&Session) -> Result<R, SealError>,
+    ) -> Result<R, SealError> {
+        let mut s = self
+            .session
+            .lock()
+            .map_err(|_| SealError::Service("PKCS#11 session lock poisoned".into()))?;
+        match f(&s) {
+            // Logged out, the key's objects are invisible and look absent, so a missing key
+            // earns a second try as well; if it is really gone, that one fails the same way.
+            Err(first @ (SealError::Service(_) | SealError::KeyUnavailable { .. })) => {
+                tracing::warn!(token = %self.token, error = %first, "PKCS#11 operation failed; logging in again");
+                *s = login(&self.ctx, self.slot, &self.pin)?;
+                f(&s)
+            }
+            other => other,
+        }
     }
 
     fn find(s: &Session, label: &str) -> Result<ObjectHandle, SealError> {
@@ -222,6 +240,21 @@ impl Hsm {
                     other => key_error(label, "decrypt", other),
                 })
         })
+    }
+}
+
+/// A new read-write session on `slot`, logged in as the user.
+fn login(ctx: &Pkcs11, slot: Slot, pin: &Zeroizing<String>) -> Result<Session, SealError> {
+    let session = ctx
+        .open_rw_session(slot)
+        .map_err(|e| service("open session", e))?;
+    let pin = AuthPin::from(pin.as_str().to_owned());
+    match session.login(UserType::User, Some(&pin)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
+        Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => {
+            Err(SealError::Config("the PKCS#11 PIN is wrong".into()))
+        }
+        Err(e) => Err(service("login", e)),
     }
 }
 

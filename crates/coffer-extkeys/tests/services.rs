@@ -135,6 +135,19 @@ fn hsm_keys_stay_inside_bind_the_context_and_can_be_disabled() {
         h.decrypt(label, &blob, b"aad-a").unwrap().as_slice(),
         b"root key bytes"
     );
+
+    // The device forgets the login (a restart): the next operation logs in again.
+    h.logout().unwrap();
+    assert_eq!(
+        h.decrypt(label, &blob, b"aad-a").unwrap().as_slice(),
+        b"root key bytes"
+    );
+    h.logout().unwrap();
+    let again = h.encrypt(label, b"after a restart", b"aad-a").unwrap();
+    assert_eq!(
+        h.decrypt(label, &again, b"aad-a").unwrap().as_slice(),
+        b"after a restart"
+    );
 }
 
 #[test]
