@@ -581,6 +581,7 @@ macro_rules! impl_key_store {
                 sqlx::query("DELETE FROM orgs WHERE id = $1").bind(org).execute(&mut *tx).await?;
                 tx.commit().await?;
                 self.key_material_changed();
+                self.after_shredding().await?;
                 Ok(true)
             }
         }

@@ -396,6 +396,27 @@ async fn deleting_an_org_shreds_it_even_in_a_copy_taken_before() {
         .fetch_one(&mut old_copy)
         .await
         .unwrap();
+    // No byte sequence of that wrapped key, nor of acme's stored value, is left anywhere in
+    // the live database's files: deleted rows are zeroed and the log was emptied.
+    let (doomed,): (Vec<u8>,) = sqlx::query_as(
+        "SELECT c.ciphertext FROM credentials c JOIN param_versions v ON v.credential_id = c.id WHERE v.org_id = ?",
+    )
+    .bind(acme_id.as_bytes().as_slice())
+    .fetch_one(&mut old_copy)
+    .await
+    .unwrap();
+    for file in ["coffer.db", "coffer.db-wal"] {
+        let bytes = std::fs::read(f.dir.path().join(file)).unwrap_or_default();
+        for (what, needle) in [
+            ("wrapped key", &wrapped[8..40]),
+            ("ciphertext", &doomed[8..40]),
+        ] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "{what} of the deleted organisation found in {file}"
+            );
+        }
+    }
     let wrapped = coffer_crypto::WrappedTenantKey::from_stored_bytes(wrapped);
     assert!(
         root_of(&f.shares[..2])

@@ -248,6 +248,12 @@ impl PgStore {
         same.map(|_| ()).ok_or(StoreError::RootReplaced)
     }
 
+    /// PostgreSQL removes dead rows at its next VACUUM and recycles WAL segments by itself
+    /// (see docs/crypto.md for what that means for backups and archives).
+    async fn after_shredding(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Nothing is cached below the core on PostgreSQL.
     fn key_material_changed(&self) {}
 

@@ -98,10 +98,13 @@ pub struct SqliteStore {
 /// few hundred rows as a full scan of `credentials` against a temporary index on the
 /// VALUES, once per statement: the rewrap then slows down with the size of the table.
 /// Without automatic indexes it walks the VALUES and seeks each credential by id.
+/// Deleted content is overwritten with zeros (`secure_delete`), so a deleted organisation's
+/// wrapped keys do not linger in free pages of the file.
 pub fn writer_options(base: SqliteConnectOptions) -> SqliteConnectOptions {
     base.create_if_missing(true)
         .pragma("cache_size", "-65536")
         .pragma("automatic_index", "false")
+        .pragma("secure_delete", "true")
 }
 
 impl SqliteStore {
@@ -142,6 +145,15 @@ impl SqliteStore {
     /// Ciphertexts changed outside the writer (rewrap, deletion): drop every cached one.
     fn key_material_changed(&self) {
         self.cache.clear();
+    }
+
+    /// After an organisation's keys were deleted: copy the zeroed pages into the database
+    /// file and empty the write-ahead log, whose older frames still hold the deleted rows.
+    async fn after_shredding(&self) -> Result<(), StoreError> {
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.write)
+            .await?;
+        Ok(())
     }
 
     pub async fn close(&self) {
