@@ -236,6 +236,8 @@ impl Coffer {
             ..AuditActor::default()
         };
         ev.outcome = outcome.to_owned();
+        // Not an HTTP request.
+        ev.status = 0;
         ev.detail = Some(detail);
         if let Err(e) = self.record(&ev).await {
             tracing::error!(org_id = %org_id, action, error = %e, "could not record a system audit event");
