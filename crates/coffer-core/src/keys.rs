@@ -170,6 +170,7 @@ impl Coffer {
     /// start rotations that the age or usage policy calls for. Returns values rewrapped.
     pub async fn run_key_maintenance(&self) -> Result<u64, CoreError> {
         self.ensure_unsealed()?;
+        let _one_at_a_time = self.inner.key_maintenance.lock().await;
         let mut moved = 0;
         let mut failed = None;
         for org in self.store().org_ids().await? {

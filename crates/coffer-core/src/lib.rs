@@ -68,6 +68,9 @@ struct Inner {
     dummy_hash: String,
     /// Wakes the key maintenance job (a rotation was requested).
     key_job: tokio::sync::Notify,
+    /// One key maintenance run at a time on this node (the background job and an explicit
+    /// call would otherwise rewrap the same batches twice).
+    key_maintenance: tokio::sync::Mutex<()>,
     /// Organisations whose own key this node last found unusable.
     keys_unavailable: std::sync::Mutex<std::collections::HashSet<uuid::Uuid>>,
     /// Write-locked while the root key is replaced (see `Coffer::root_stable`).
@@ -101,6 +104,7 @@ impl Coffer {
                 key_job: tokio::sync::Notify::new(),
                 root_change: tokio::sync::RwLock::new(()),
                 keys_unavailable: std::sync::Mutex::default(),
+                key_maintenance: tokio::sync::Mutex::new(()),
                 keys: std::sync::RwLock::new(external::KeyConfig::default()),
             }),
         };
