@@ -169,6 +169,48 @@ async fn pkcs11_seal_auto_unseals_rekeys_and_migrates() {
     seal_lifecycle(services, "pkcs11:seal-lifecycle").await;
 }
 
+/// Straight from one vendor's seal to another's: KMS to PKCS#11 and back, each move
+/// authorised by the recovery shares; the value written at the start reads at every step.
+#[tokio::test]
+async fn migrate_seal_between_kms_and_pkcs11() {
+    let moto = MotoKms::start();
+    let kms_key = moto.create_key().await;
+    let h = SoftHsm::open();
+    h.ensure_key("seal-kms-hsm").unwrap();
+    let services = KeyServices::new(vec![
+        Arc::new(moto.client()) as Arc<dyn KeyProvider>,
+        Arc::new(HsmProvider(h)) as Arc<dyn KeyProvider>,
+    ]);
+    let kms = seal_with(&services, &format!("awskms:{kms_key}"));
+    let hsm = seal_with(&services, "pkcs11:seal-kms-hsm");
+    let srv = TestServer::with(options(kms.clone(), services.clone(), None)).await;
+    let init = srv.client().init(3, 2).await.unwrap();
+    let owner = login_owner(&srv, &init.bootstrap.password).await;
+    owner.create_project("app").await.unwrap();
+    owner
+        .set_param("app", "default", "K", "kept", Some(true))
+        .await
+        .unwrap();
+    let mut dir = srv.stop_keep_dir().await;
+    for (to, kind) in [(&hsm, "pkcs11"), (&kms, "awskms")] {
+        let srv = TestServer::with(options(to.clone(), services.clone(), Some(dir))).await;
+        assert!(
+            srv.client().seal_status().await.unwrap().sealed,
+            "migration pending"
+        );
+        let st = srv.client().migrate_seal(&init.shares[1..3]).await.unwrap();
+        assert_eq!((st.sealed, st.seal_type.as_deref()), (false, Some(kind)));
+        dir = srv.stop_keep_dir().await;
+        // Restarted, the new seal unseals by itself.
+        let srv = TestServer::with(options(to.clone(), services.clone(), Some(dir))).await;
+        assert!(!srv.client().seal_status().await.unwrap().sealed);
+        let owner = login_owner(&srv, &init.bootstrap.password).await;
+        let v = owner.get_param("app", "default", "K").await.unwrap();
+        assert_eq!(v.value.as_deref(), Some("kept"), "after moving to {kind}");
+        dir = srv.stop_keep_dir().await;
+    }
+}
+
 /// An organisation attaches its own key; revoking it makes its data unreadable within the
 /// key cache lifetime, with `tenant_key_unavailable` (audited), while another organisation
 /// carries on; enabling it restores access; detaching moves back to the root key.
