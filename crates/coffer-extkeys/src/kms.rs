@@ -325,9 +325,22 @@ impl KmsClient {
             return serde_json::from_slice(&bytes)
                 .map_err(|_| SealError::Service(format!("KMS {action}: malformed response")));
         }
-        let err: ErrorOut = serde_json::from_slice(&bytes).unwrap_or(ErrorOut {
-            kind: String::new(),
-            message: String::new(),
+        // KMS answers in JSON; authentication failures may come as the query API's XML.
+        let err: ErrorOut = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+            let text = String::from_utf8_lossy(&bytes);
+            let tag = |t: &str| {
+                let open = format!("<{t}>");
+                text.find(&open)
+                    .and_then(|i| {
+                        let rest = &text[i + open.len()..];
+                        rest.find(&format!("</{t}>")).map(|j| rest[..j].to_owned())
+                    })
+                    .unwrap_or_default()
+            };
+            ErrorOut {
+                kind: tag("Code"),
+                message: tag("Message"),
+            }
         });
         let kind = err.kind.rsplit('#').next().unwrap_or_default();
         if KEY_UNAVAILABLE.contains(&kind) {

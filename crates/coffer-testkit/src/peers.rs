@@ -171,8 +171,19 @@ pub struct MotoKms {
 
 impl MotoKms {
     pub fn start() -> Self {
+        Self::start_checking_signatures_after(None)
+    }
+
+    /// With `Some(n)`, moto answers the first `n` actions without authentication and then
+    /// checks every request's SigV4 signature (with botocore's signer) against the IAM
+    /// users and policies created by those first actions.
+    pub fn start_checking_signatures_after(n: Option<u32>) -> Self {
         let port = free_port();
-        let child = Command::new("moto_server")
+        let mut cmd = Command::new("moto_server");
+        if let Some(n) = n {
+            cmd.env("INITIAL_NO_AUTH_ACTION_COUNT", n.to_string());
+        }
+        let child = cmd
             .args(["-H", "127.0.0.1", "-p"])
             .arg(port.to_string())
             .stdout(Stdio::null())
@@ -233,6 +244,33 @@ impl MotoKms {
             .unwrap_or_else(|e| panic!("moto {action}: {e}"))
     }
 
+    /// An IAM query-API action (form-encoded, unsigned): only useful while moto still
+    /// admits unauthenticated actions. Returns the XML response.
+    pub async fn iam(&self, params: &[(&str, &str)]) -> String {
+        let mut form = vec![("Version", "2010-05-08")];
+        form.extend_from_slice(params);
+        let body = form
+            .iter()
+            .map(|(k, v)| format!("{k}={}", urlencode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let resp = reqwest::Client::new()
+            .post(self.endpoint())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header(
+                "authorization",
+                "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/iam/aws4_request, SignedHeaders=host, Signature=0",
+            )
+            .body(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("moto IAM: {e}"));
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        assert!(status.is_success(), "moto IAM {params:?}: {status} {text}");
+        text
+    }
+
     /// A new symmetric key; returns its id.
     pub async fn create_key(&self) -> String {
         let v = self.call("CreateKey", serde_json::json!({})).await;
@@ -247,6 +285,17 @@ impl MotoKms {
         self.call(action, serde_json::json!({ "KeyId": key_id }))
             .await;
     }
+}
+
+fn urlencode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 impl Drop for MotoKms {
