@@ -538,7 +538,7 @@ impl Coffer {
         }
         // Activity is recorded coarsely: at most a few writes per idle period.
         if now.saturating_sub(s.last_seen_at) >= (idle / 8).min(60_000) {
-            self.store().touch_session(s.id, now).await?;
+            self.store().touch_session(s.org_id, s.id, now).await?;
         }
         let method = AuthMethod::parse(&s.method).ok_or(CoreError::Internal("session method"))?;
         let (role_cap, scope, expires_at) = match s.api_key_id {
@@ -590,7 +590,7 @@ impl Coffer {
         if k.last_used_at
             .is_none_or(|t| now.saturating_sub(t) >= 60_000)
         {
-            self.store().touch_api_key(k.id, now).await?;
+            self.store().touch_api_key(k.org_id, k.id, now).await?;
         }
         let mut p = self
             .principal_for(

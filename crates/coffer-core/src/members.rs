@@ -363,7 +363,11 @@ impl Coffer {
                     .await?
             }
         };
-        if !self.store().consume_invitation(inv.id, now_ms()).await? {
+        if !self
+            .store()
+            .consume_invitation(inv.org_id, inv.id, now_ms())
+            .await?
+        {
             return Err(invalid());
         }
         match self

@@ -98,9 +98,9 @@ pub trait IdentityStore: Send + Sync {
     // --- sessions ---
     async fn create_session(&self, s: &SessionRow) -> Result<(), StoreError>;
     async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionRow>, StoreError>;
-    async fn touch_session(&self, id: Uuid, now: i64) -> Result<(), StoreError>;
+    async fn touch_session(&self, org_id: Uuid, id: Uuid, now: i64) -> Result<(), StoreError>;
     /// A session that had to enrol MFA first becomes a full one.
-    async fn promote_session(&self, id: Uuid) -> Result<(), StoreError>;
+    async fn promote_session(&self, user_id: Uuid, id: Uuid) -> Result<(), StoreError>;
     async fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool, StoreError>;
     async fn delete_session_by_id(&self, user_id: Uuid, id: Uuid) -> Result<bool, StoreError>;
     async fn user_sessions(&self, user_id: Uuid) -> Result<Vec<SessionRow>, StoreError>;
@@ -120,7 +120,7 @@ pub trait IdentityStore: Send + Sync {
     async fn api_keys(&self, org_id: Uuid) -> Result<Vec<ApiKeyRow>, StoreError>;
     /// Revoke a key and end the access tokens exchanged for it.
     async fn revoke_api_key(&self, org_id: Uuid, id: Uuid, now: i64) -> Result<bool, StoreError>;
-    async fn touch_api_key(&self, id: Uuid, now: i64) -> Result<(), StoreError>;
+    async fn touch_api_key(&self, org_id: Uuid, id: Uuid, now: i64) -> Result<(), StoreError>;
 
     // --- invitations ---
     async fn create_invitation(&self, i: &InvitationRow) -> Result<(), StoreError>;
@@ -130,7 +130,12 @@ pub trait IdentityStore: Send + Sync {
     ) -> Result<Option<InvitationRow>, StoreError>;
     async fn invitations(&self, org_id: Uuid) -> Result<Vec<InvitationRow>, StoreError>;
     /// Mark an invitation used; false if it was used already or has expired.
-    async fn consume_invitation(&self, id: Uuid, now: i64) -> Result<bool, StoreError>;
+    async fn consume_invitation(
+        &self,
+        org_id: Uuid,
+        id: Uuid,
+        now: i64,
+    ) -> Result<bool, StoreError>;
 
     // --- external identities ---
     async fn identity_user(&self, issuer: &str, subject: &str) -> Result<Option<Uuid>, StoreError>;
@@ -498,95 +503,135 @@ macro_rules! impl_identity_store {
             }
 
             async fn user_requires_mfa(&self, user_id: Uuid) -> Result<bool, StoreError> {
-                let r = sqlx::query("SELECT COUNT(*) AS n FROM memberships m JOIN orgs o ON o.id = m.org_id WHERE m.user_id = $1 AND o.require_mfa = TRUE")
-                    .bind(user_id.as_bytes().as_slice())
-                    .fetch_one(&self.$read)
-                    .await?;
-                Ok($crate::rows::RowRead::int(&r, "n")? > 0)
+                let mut tx = self.tx(&self.$read, $crate::Scope::User(user_id)).await?;
+                let out = {
+                    let r = sqlx::query("SELECT COUNT(*) AS n FROM memberships m JOIN orgs o ON o.id = m.org_id WHERE m.user_id = $1 AND o.require_mfa = TRUE")
+                        .bind(user_id.as_bytes().as_slice())
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    Ok($crate::rows::RowRead::int(&r, "n")? > 0)
+                };
+                tx.commit().await?;
+                out
             }
 
             async fn set_org_require_mfa(&self, org_id: Uuid, on: bool) -> Result<(), StoreError> {
-                sqlx::query("UPDATE orgs SET require_mfa = $2 WHERE id = $1")
-                    .bind(org_id.as_bytes().as_slice())
-                    .bind(on)
-                    .execute(&self.$write)
-                    .await?;
-                Ok(())
+                let mut tx = self.tx(&self.$write, $crate::Scope::Org(org_id)).await?;
+                let out = {
+                    sqlx::query("UPDATE orgs SET require_mfa = $2 WHERE id = $1")
+                        .bind(org_id.as_bytes().as_slice())
+                        .bind(on)
+                        .execute(&mut *tx)
+                        .await?;
+                    Ok(())
+                };
+                tx.commit().await?;
+                out
             }
 
             async fn org_requires_mfa(&self, org_id: Uuid) -> Result<bool, StoreError> {
-                let r = sqlx::query("SELECT COUNT(*) AS n FROM orgs WHERE id = $1 AND require_mfa = TRUE")
-                    .bind(org_id.as_bytes().as_slice())
-                    .fetch_one(&self.$read)
-                    .await?;
-                Ok($crate::rows::RowRead::int(&r, "n")? > 0)
+                let mut tx = self.tx(&self.$read, $crate::Scope::Org(org_id)).await?;
+                let out = {
+                    let r = sqlx::query("SELECT COUNT(*) AS n FROM orgs WHERE id = $1 AND require_mfa = TRUE")
+                        .bind(org_id.as_bytes().as_slice())
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    Ok($crate::rows::RowRead::int(&r, "n")? > 0)
+                };
+                tx.commit().await?;
+                out
             }
 
             async fn org_by_name(&self, name: &str) -> Result<Option<OrgRow>, StoreError> {
-                sqlx::query("SELECT id, name, created_at FROM orgs WHERE name = $1")
-                    .bind(name)
-                    .fetch_optional(&self.$read)
-                    .await?
-                    .map(|r| $crate::rows::org_row(&r))
-                    .transpose()
+                let mut tx = self.tx(&self.$read, $crate::Scope::System).await?;
+                let out = {
+                    sqlx::query("SELECT id, name, created_at FROM orgs WHERE name = $1")
+                        .bind(name)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .map(|r| $crate::rows::org_row(&r))
+                        .transpose()
+                };
+                tx.commit().await?;
+                out
             }
 
             async fn add_membership(&self, m: &MembershipRow) -> Result<(), StoreError> {
-                sqlx::query("INSERT INTO memberships (user_id, org_id, role, created_at) VALUES ($1, $2, $3, $4)")
-                    .bind(m.user_id.as_bytes().as_slice())
-                    .bind(m.org_id.as_bytes().as_slice())
-                    .bind(&m.role)
-                    .bind(m.created_at)
-                    .execute(&self.$write)
-                    .await?;
-                Ok(())
+                let mut tx = self.tx(&self.$write, $crate::Scope::Org(m.org_id)).await?;
+                let out = {
+                    sqlx::query("INSERT INTO memberships (user_id, org_id, role, created_at) VALUES ($1, $2, $3, $4)")
+                        .bind(m.user_id.as_bytes().as_slice())
+                        .bind(m.org_id.as_bytes().as_slice())
+                        .bind(&m.role)
+                        .bind(m.created_at)
+                        .execute(&mut *tx)
+                        .await?;
+                    Ok(())
+                };
+                tx.commit().await?;
+                out
             }
 
             async fn memberships(&self, user_id: Uuid) -> Result<Vec<MembershipRow>, StoreError> {
-                sqlx::query("SELECT user_id, org_id, role, created_at FROM memberships WHERE user_id = $1 ORDER BY created_at")
-                    .bind(user_id.as_bytes().as_slice())
-                    .fetch_all(&self.$read)
-                    .await?
-                    .iter()
-                    .map($crate::identity::membership_row)
-                    .collect()
+                let mut tx = self.tx(&self.$read, $crate::Scope::User(user_id)).await?;
+                let out = {
+                    sqlx::query("SELECT user_id, org_id, role, created_at FROM memberships WHERE user_id = $1 ORDER BY created_at")
+                        .bind(user_id.as_bytes().as_slice())
+                        .fetch_all(&mut *tx)
+                        .await?
+                        .iter()
+                        .map($crate::identity::membership_row)
+                        .collect()
+                };
+                tx.commit().await?;
+                out
             }
 
             async fn membership(&self, org_id: Uuid, user_id: Uuid) -> Result<Option<MembershipRow>, StoreError> {
-                sqlx::query("SELECT user_id, org_id, role, created_at FROM memberships WHERE org_id = $1 AND user_id = $2")
-                    .bind(org_id.as_bytes().as_slice())
-                    .bind(user_id.as_bytes().as_slice())
-                    .fetch_optional(&self.$read)
-                    .await?
-                    .map(|r| $crate::identity::membership_row(&r))
-                    .transpose()
+                let mut tx = self.tx(&self.$read, $crate::Scope::Org(org_id)).await?;
+                let out = {
+                    sqlx::query("SELECT user_id, org_id, role, created_at FROM memberships WHERE org_id = $1 AND user_id = $2")
+                        .bind(org_id.as_bytes().as_slice())
+                        .bind(user_id.as_bytes().as_slice())
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .map(|r| $crate::identity::membership_row(&r))
+                        .transpose()
+                };
+                tx.commit().await?;
+                out
             }
 
             async fn org_members(&self, org_id: Uuid) -> Result<Vec<(MembershipRow, UserRow)>, StoreError> {
-                sqlx::query(
-                    "SELECT m.user_id, m.org_id, m.role, m.created_at AS m_created, \
-                     u.id, u.username, u.password_hash, u.created_at, u.email, u.mfa_enabled \
-                     FROM memberships m JOIN users u ON u.id = m.user_id WHERE m.org_id = $1 ORDER BY u.username",
-                )
-                .bind(org_id.as_bytes().as_slice())
-                .fetch_all(&self.$read)
-                .await?
-                .iter()
-                .map(|r| {
-                    use $crate::rows::RowRead;
-                    let m = MembershipRow {
-                        user_id: $crate::rows::uuid_col(r, "user_id")?,
-                        org_id: $crate::rows::uuid_col(r, "org_id")?,
-                        role: r.text("role")?,
-                        created_at: r.int("m_created")?,
-                    };
-                    Ok((m, $crate::identity::user_row(r)?))
-                })
-                .collect()
+                let mut tx = self.tx(&self.$read, $crate::Scope::Org(org_id)).await?;
+                let out = {
+                    sqlx::query(
+                        "SELECT m.user_id, m.org_id, m.role, m.created_at AS m_created, \
+                         u.id, u.username, u.password_hash, u.created_at, u.email, u.mfa_enabled \
+                         FROM memberships m JOIN users u ON u.id = m.user_id WHERE m.org_id = $1 ORDER BY u.username",
+                    )
+                    .bind(org_id.as_bytes().as_slice())
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .iter()
+                    .map(|r| {
+                        use $crate::rows::RowRead;
+                        let m = MembershipRow {
+                            user_id: $crate::rows::uuid_col(r, "user_id")?,
+                            org_id: $crate::rows::uuid_col(r, "org_id")?,
+                            role: r.text("role")?,
+                            created_at: r.int("m_created")?,
+                        };
+                        Ok((m, $crate::identity::user_row(r)?))
+                    })
+                    .collect()
+                };
+                tx.commit().await?;
+                out
             }
 
             async fn set_role(&self, org_id: Uuid, user_id: Uuid, role: &str) -> Result<bool, StoreError> {
-                let mut tx = self.$write.begin().await?;
+                let mut tx = self.tx(&self.$write, $crate::Scope::Org(org_id)).await?;
                 sqlx::query($lock_org).bind(org_id.as_bytes().as_slice()).execute(&mut *tx).await?;
                 if role != "owner" && $crate::identity::sole_owner!(tx, org_id, user_id) {
                     return Err(StoreError::Conflict);
@@ -602,7 +647,7 @@ macro_rules! impl_identity_store {
             }
 
             async fn remove_member(&self, org_id: Uuid, user_id: Uuid) -> Result<bool, StoreError> {
-                let mut tx = self.$write.begin().await?;
+                let mut tx = self.tx(&self.$write, $crate::Scope::Org(org_id)).await?;
                 sqlx::query($lock_org).bind(org_id.as_bytes().as_slice()).execute(&mut *tx).await?;
                 if $crate::identity::sole_owner!(tx, org_id, user_id) {
                     return Err(StoreError::Conflict);
@@ -628,147 +673,212 @@ macro_rules! impl_identity_store {
             }
 
             async fn create_session(&self, s: &SessionRow) -> Result<(), StoreError> {
-                sqlx::query(concat!("INSERT INTO sessions (", $crate::identity::session_cols!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"))
-                    .bind(s.id.as_bytes().as_slice())
-                    .bind(s.token_hash.as_slice())
-                    .bind(s.user_id.as_bytes().as_slice())
-                    .bind(s.org_id.as_bytes().as_slice())
-                    .bind(&s.stage)
-                    .bind(&s.method)
-                    .bind(s.api_key_id.as_ref().map(|k| k.as_bytes().to_vec()))
-                    .bind(&s.address)
-                    .bind(s.created_at)
-                    .bind(s.last_seen_at)
-                    .bind(s.expires_at)
-                    .execute(&self.$write)
-                    .await?;
-                Ok(())
+                let mut tx = self.tx(&self.$write, $crate::Scope::Org(s.org_id)).await?;
+                let out = {
+                    sqlx::query(concat!("INSERT INTO sessions (", $crate::identity::session_cols!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"))
+                        .bind(s.id.as_bytes().as_slice())
+                        .bind(s.token_hash.as_slice())
+                        .bind(s.user_id.as_bytes().as_slice())
+                        .bind(s.org_id.as_bytes().as_slice())
+                        .bind(&s.stage)
+                        .bind(&s.method)
+                        .bind(s.api_key_id.as_ref().map(|k| k.as_bytes().to_vec()))
+                        .bind(&s.address)
+                        .bind(s.created_at)
+                        .bind(s.last_seen_at)
+                        .bind(s.expires_at)
+                        .execute(&mut *tx)
+                        .await?;
+                    Ok(())
+                };
+                tx.commit().await?;
+                out
             }
 
             async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionRow>, StoreError> {
-                sqlx::query(concat!("SELECT ", $crate::identity::session_cols!(), " FROM sessions WHERE token_hash = $1"))
-                    .bind(token_hash.as_slice())
-                    .fetch_optional(&self.$read)
-                    .await?
-                    .map(|r| $crate::identity::session_row(&r))
-                    .transpose()
+                let mut tx = self.tx(&self.$read, $crate::Scope::Token(token_hash)).await?;
+                let out = {
+                    sqlx::query(concat!("SELECT ", $crate::identity::session_cols!(), " FROM sessions WHERE token_hash = $1"))
+                        .bind(token_hash.as_slice())
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .map(|r| $crate::identity::session_row(&r))
+                        .transpose()
+                };
+                tx.commit().await?;
+                out
             }
 
-            async fn touch_session(&self, id: Uuid, now: i64) -> Result<(), StoreError> {
-                sqlx::query("UPDATE sessions SET last_seen_at = $2 WHERE id = $1 AND last_seen_at < $2")
-                    .bind(id.as_bytes().as_slice())
-                    .bind(now)
-                    .execute(&self.$write)
-                    .await?;
-                Ok(())
+            async fn touch_session(&self, org_id: Uuid, id: Uuid, now: i64) -> Result<(), StoreError> {
+                let mut tx = self.tx(&self.$write, $crate::Scope::Org(org_id)).await?;
+                let out = {
+                    sqlx::query("UPDATE sessions SET last_seen_at = $2 WHERE id = $1 AND last_seen_at < $2")
+                        .bind(id.as_bytes().as_slice())
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    Ok(())
+                };
+                tx.commit().await?;
+                out
             }
 
-            async fn promote_session(&self, id: Uuid) -> Result<(), StoreError> {
-                sqlx::query("UPDATE sessions SET stage = 'full' WHERE id = $1 AND stage = 'enroll'")
-                    .bind(id.as_bytes().as_slice())
-                    .execute(&self.$write)
-                    .await?;
-                Ok(())
+            async fn promote_session(&self, user_id: Uuid, id: Uuid) -> Result<(), StoreError> {
+                let mut tx = self.tx(&self.$write, $crate::Scope::User(user_id)).await?;
+                let out = {
+                    sqlx::query("UPDATE sessions SET stage = 'full' WHERE id = $1 AND stage = 'enroll'")
+                        .bind(id.as_bytes().as_slice())
+                        .execute(&mut *tx)
+                        .await?;
+                    Ok(())
+                };
+                tx.commit().await?;
+                out
             }
 
             async fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool, StoreError> {
-                let r = sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
-                    .bind(token_hash.as_slice())
-                    .execute(&self.$write)
-                    .await?;
-                Ok(r.rows_affected() > 0)
+                let mut tx = self.tx(&self.$write, $crate::Scope::Token(token_hash)).await?;
+                let out = {
+                    let r = sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
+                        .bind(token_hash.as_slice())
+                        .execute(&mut *tx)
+                        .await?;
+                    Ok(r.rows_affected() > 0)
+                };
+                tx.commit().await?;
+                out
             }
 
             async fn delete_session_by_id(&self, user_id: Uuid, id: Uuid) -> Result<bool, StoreError> {
-                let r = sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND id = $2")
-                    .bind(user_id.as_bytes().as_slice())
-                    .bind(id.as_bytes().as_slice())
-                    .execute(&self.$write)
-                    .await?;
-                Ok(r.rows_affected() > 0)
+                let mut tx = self.tx(&self.$write, $crate::Scope::User(user_id)).await?;
+                let out = {
+                    let r = sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND id = $2")
+                        .bind(user_id.as_bytes().as_slice())
+                        .bind(id.as_bytes().as_slice())
+                        .execute(&mut *tx)
+                        .await?;
+                    Ok(r.rows_affected() > 0)
+                };
+                tx.commit().await?;
+                out
             }
 
             async fn user_sessions(&self, user_id: Uuid) -> Result<Vec<SessionRow>, StoreError> {
-                sqlx::query(concat!("SELECT ", $crate::identity::session_cols!(), " FROM sessions WHERE user_id = $1 ORDER BY created_at"))
-                    .bind(user_id.as_bytes().as_slice())
-                    .fetch_all(&self.$read)
-                    .await?
-                    .iter()
-                    .map($crate::identity::session_row)
-                    .collect()
+                let mut tx = self.tx(&self.$read, $crate::Scope::User(user_id)).await?;
+                let out = {
+                    sqlx::query(concat!("SELECT ", $crate::identity::session_cols!(), " FROM sessions WHERE user_id = $1 ORDER BY created_at"))
+                        .bind(user_id.as_bytes().as_slice())
+                        .fetch_all(&mut *tx)
+                        .await?
+                        .iter()
+                        .map($crate::identity::session_row)
+                        .collect()
+                };
+                tx.commit().await?;
+                out
             }
 
             async fn delete_user_sessions(&self, user_id: Uuid, keep: Option<Uuid>) -> Result<u64, StoreError> {
-                let keep = keep.unwrap_or(Uuid::nil());
-                let r = sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND id <> $2")
-                    .bind(user_id.as_bytes().as_slice())
-                    .bind(keep.as_bytes().as_slice())
-                    .execute(&self.$write)
-                    .await?;
-                Ok(r.rows_affected())
+                let mut tx = self.tx(&self.$write, $crate::Scope::User(user_id)).await?;
+                let out = {
+                    let keep = keep.unwrap_or(Uuid::nil());
+                    let r = sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND id <> $2")
+                        .bind(user_id.as_bytes().as_slice())
+                        .bind(keep.as_bytes().as_slice())
+                        .execute(&mut *tx)
+                        .await?;
+                    Ok(r.rows_affected())
+                };
+                tx.commit().await?;
+                out
             }
 
             async fn delete_expired_sessions(&self, now: i64, idle_ms: i64) -> Result<u64, StoreError> {
-                let r = sqlx::query("DELETE FROM sessions WHERE expires_at <= $1 OR last_seen_at <= $1 - $2")
-                    .bind(now)
-                    .bind(idle_ms)
-                    .execute(&self.$write)
-                    .await?;
-                Ok(r.rows_affected())
+                let mut tx = self.tx(&self.$write, $crate::Scope::System).await?;
+                let out = {
+                    let r = sqlx::query("DELETE FROM sessions WHERE expires_at <= $1 OR last_seen_at <= $1 - $2")
+                        .bind(now)
+                        .bind(idle_ms)
+                        .execute(&mut *tx)
+                        .await?;
+                    Ok(r.rows_affected())
+                };
+                tx.commit().await?;
+                out
             }
 
             async fn create_api_key(&self, k: &ApiKeyRow) -> Result<(), StoreError> {
-                sqlx::query(concat!("INSERT INTO api_keys (", $crate::identity::key_cols!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"))
-                    .bind(k.id.as_bytes().as_slice())
-                    .bind(k.org_id.as_bytes().as_slice())
-                    .bind(k.user_id.as_bytes().as_slice())
-                    .bind(&k.name)
-                    .bind(&k.role)
-                    .bind(k.key_hash.as_slice())
-                    .bind(&k.prefix)
-                    .bind(k.read_only)
-                    .bind($crate::identity::names_json(&k.projects))
-                    .bind($crate::identity::names_json(&k.envs))
-                    .bind(k.created_at)
-                    .bind(k.expires_at)
-                    .bind(k.last_used_at)
-                    .bind(k.revoked_at)
-                    .execute(&self.$write)
-                    .await?;
-                Ok(())
+                let mut tx = self.tx(&self.$write, $crate::Scope::Org(k.org_id)).await?;
+                let out = {
+                    sqlx::query(concat!("INSERT INTO api_keys (", $crate::identity::key_cols!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"))
+                        .bind(k.id.as_bytes().as_slice())
+                        .bind(k.org_id.as_bytes().as_slice())
+                        .bind(k.user_id.as_bytes().as_slice())
+                        .bind(&k.name)
+                        .bind(&k.role)
+                        .bind(k.key_hash.as_slice())
+                        .bind(&k.prefix)
+                        .bind(k.read_only)
+                        .bind($crate::identity::names_json(&k.projects))
+                        .bind($crate::identity::names_json(&k.envs))
+                        .bind(k.created_at)
+                        .bind(k.expires_at)
+                        .bind(k.last_used_at)
+                        .bind(k.revoked_at)
+                        .execute(&mut *tx)
+                        .await?;
+                    Ok(())
+                };
+                tx.commit().await?;
+                out
             }
 
             async fn api_key_by_hash(&self, hash: &[u8; 32]) -> Result<Option<ApiKeyRow>, StoreError> {
-                sqlx::query(concat!("SELECT ", $crate::identity::key_cols!(), " FROM api_keys WHERE key_hash = $1"))
-                    .bind(hash.as_slice())
-                    .fetch_optional(&self.$read)
-                    .await?
-                    .map(|r| $crate::identity::api_key_row(&r))
-                    .transpose()
+                let mut tx = self.tx(&self.$read, $crate::Scope::Token(hash)).await?;
+                let out = {
+                    sqlx::query(concat!("SELECT ", $crate::identity::key_cols!(), " FROM api_keys WHERE key_hash = $1"))
+                        .bind(hash.as_slice())
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .map(|r| $crate::identity::api_key_row(&r))
+                        .transpose()
+                };
+                tx.commit().await?;
+                out
             }
 
             async fn api_key(&self, org_id: Uuid, id: Uuid) -> Result<Option<ApiKeyRow>, StoreError> {
-                sqlx::query(concat!("SELECT ", $crate::identity::key_cols!(), " FROM api_keys WHERE org_id = $1 AND id = $2"))
-                    .bind(org_id.as_bytes().as_slice())
-                    .bind(id.as_bytes().as_slice())
-                    .fetch_optional(&self.$read)
-                    .await?
-                    .map(|r| $crate::identity::api_key_row(&r))
-                    .transpose()
+                let mut tx = self.tx(&self.$read, $crate::Scope::Org(org_id)).await?;
+                let out = {
+                    sqlx::query(concat!("SELECT ", $crate::identity::key_cols!(), " FROM api_keys WHERE org_id = $1 AND id = $2"))
+                        .bind(org_id.as_bytes().as_slice())
+                        .bind(id.as_bytes().as_slice())
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .map(|r| $crate::identity::api_key_row(&r))
+                        .transpose()
+                };
+                tx.commit().await?;
+                out
             }
 
             async fn api_keys(&self, org_id: Uuid) -> Result<Vec<ApiKeyRow>, StoreError> {
-                sqlx::query(concat!("SELECT ", $crate::identity::key_cols!(), " FROM api_keys WHERE org_id = $1 ORDER BY created_at"))
-                    .bind(org_id.as_bytes().as_slice())
-                    .fetch_all(&self.$read)
-                    .await?
-                    .iter()
-                    .map($crate::identity::api_key_row)
-                    .collect()
+                let mut tx = self.tx(&self.$read, $crate::Scope::Org(org_id)).await?;
+                let out = {
+                    sqlx::query(concat!("SELECT ", $crate::identity::key_cols!(), " FROM api_keys WHERE org_id = $1 ORDER BY created_at"))
+                        .bind(org_id.as_bytes().as_slice())
+                        .fetch_all(&mut *tx)
+                        .await?
+                        .iter()
+                        .map($crate::identity::api_key_row)
+                        .collect()
+                };
+                tx.commit().await?;
+                out
             }
 
             async fn revoke_api_key(&self, org_id: Uuid, id: Uuid, now: i64) -> Result<bool, StoreError> {
-                let mut tx = self.$write.begin().await?;
+                let mut tx = self.tx(&self.$write, $crate::Scope::Org(org_id)).await?;
                 let r = sqlx::query("UPDATE api_keys SET revoked_at = $3 WHERE org_id = $1 AND id = $2 AND revoked_at IS NULL")
                     .bind(org_id.as_bytes().as_slice())
                     .bind(id.as_bytes().as_slice())
@@ -783,57 +893,82 @@ macro_rules! impl_identity_store {
                 Ok(r.rows_affected() == 1)
             }
 
-            async fn touch_api_key(&self, id: Uuid, now: i64) -> Result<(), StoreError> {
-                sqlx::query("UPDATE api_keys SET last_used_at = $2 WHERE id = $1")
-                    .bind(id.as_bytes().as_slice())
-                    .bind(now)
-                    .execute(&self.$write)
-                    .await?;
-                Ok(())
+            async fn touch_api_key(&self, org_id: Uuid, id: Uuid, now: i64) -> Result<(), StoreError> {
+                let mut tx = self.tx(&self.$write, $crate::Scope::Org(org_id)).await?;
+                let out = {
+                    sqlx::query("UPDATE api_keys SET last_used_at = $2 WHERE id = $1")
+                        .bind(id.as_bytes().as_slice())
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    Ok(())
+                };
+                tx.commit().await?;
+                out
             }
 
             async fn create_invitation(&self, i: &InvitationRow) -> Result<(), StoreError> {
-                sqlx::query(concat!("INSERT INTO invitations (", $crate::identity::invite_cols!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"))
-                    .bind(i.id.as_bytes().as_slice())
-                    .bind(i.org_id.as_bytes().as_slice())
-                    .bind(&i.email)
-                    .bind(&i.role)
-                    .bind(i.token_hash.as_slice())
-                    .bind(i.invited_by.as_bytes().as_slice())
-                    .bind(i.created_at)
-                    .bind(i.expires_at)
-                    .bind(i.accepted_at)
-                    .execute(&self.$write)
-                    .await?;
-                Ok(())
+                let mut tx = self.tx(&self.$write, $crate::Scope::Org(i.org_id)).await?;
+                let out = {
+                    sqlx::query(concat!("INSERT INTO invitations (", $crate::identity::invite_cols!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"))
+                        .bind(i.id.as_bytes().as_slice())
+                        .bind(i.org_id.as_bytes().as_slice())
+                        .bind(&i.email)
+                        .bind(&i.role)
+                        .bind(i.token_hash.as_slice())
+                        .bind(i.invited_by.as_bytes().as_slice())
+                        .bind(i.created_at)
+                        .bind(i.expires_at)
+                        .bind(i.accepted_at)
+                        .execute(&mut *tx)
+                        .await?;
+                    Ok(())
+                };
+                tx.commit().await?;
+                out
             }
 
             async fn invitation_by_hash(&self, hash: &[u8; 32]) -> Result<Option<InvitationRow>, StoreError> {
-                sqlx::query(concat!("SELECT ", $crate::identity::invite_cols!(), " FROM invitations WHERE token_hash = $1"))
-                    .bind(hash.as_slice())
-                    .fetch_optional(&self.$read)
-                    .await?
-                    .map(|r| $crate::identity::invitation_row(&r))
-                    .transpose()
+                let mut tx = self.tx(&self.$read, $crate::Scope::Token(hash)).await?;
+                let out = {
+                    sqlx::query(concat!("SELECT ", $crate::identity::invite_cols!(), " FROM invitations WHERE token_hash = $1"))
+                        .bind(hash.as_slice())
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .map(|r| $crate::identity::invitation_row(&r))
+                        .transpose()
+                };
+                tx.commit().await?;
+                out
             }
 
             async fn invitations(&self, org_id: Uuid) -> Result<Vec<InvitationRow>, StoreError> {
-                sqlx::query(concat!("SELECT ", $crate::identity::invite_cols!(), " FROM invitations WHERE org_id = $1 ORDER BY created_at"))
-                    .bind(org_id.as_bytes().as_slice())
-                    .fetch_all(&self.$read)
-                    .await?
-                    .iter()
-                    .map($crate::identity::invitation_row)
-                    .collect()
+                let mut tx = self.tx(&self.$read, $crate::Scope::Org(org_id)).await?;
+                let out = {
+                    sqlx::query(concat!("SELECT ", $crate::identity::invite_cols!(), " FROM invitations WHERE org_id = $1 ORDER BY created_at"))
+                        .bind(org_id.as_bytes().as_slice())
+                        .fetch_all(&mut *tx)
+                        .await?
+                        .iter()
+                        .map($crate::identity::invitation_row)
+                        .collect()
+                };
+                tx.commit().await?;
+                out
             }
 
-            async fn consume_invitation(&self, id: Uuid, now: i64) -> Result<bool, StoreError> {
-                let r = sqlx::query("UPDATE invitations SET accepted_at = $2 WHERE id = $1 AND accepted_at IS NULL AND expires_at > $2")
-                    .bind(id.as_bytes().as_slice())
-                    .bind(now)
-                    .execute(&self.$write)
-                    .await?;
-                Ok(r.rows_affected() == 1)
+            async fn consume_invitation(&self, org_id: Uuid, id: Uuid, now: i64) -> Result<bool, StoreError> {
+                let mut tx = self.tx(&self.$write, $crate::Scope::Org(org_id)).await?;
+                let out = {
+                    let r = sqlx::query("UPDATE invitations SET accepted_at = $2 WHERE id = $1 AND accepted_at IS NULL AND expires_at > $2")
+                        .bind(id.as_bytes().as_slice())
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    Ok(r.rows_affected() == 1)
+                };
+                tx.commit().await?;
+                out
             }
 
             async fn identity_user(&self, issuer: &str, subject: &str) -> Result<Option<Uuid>, StoreError> {

@@ -169,12 +169,15 @@ macro_rules! impl_key_store {
         #[async_trait::async_trait]
         impl $crate::keys::KeyStore for $ty {
             async fn org_ids(&self) -> Result<Vec<uuid::Uuid>, StoreError> {
-                sqlx::query("SELECT id FROM orgs ORDER BY created_at")
-                    .fetch_all(&self.$pool)
+                let mut tx = self.tx(&self.$pool, $crate::Scope::System).await?;
+                let out = sqlx::query("SELECT id FROM orgs ORDER BY created_at")
+                    .fetch_all(&mut *tx)
                     .await?
                     .iter()
                     .map(|r| $crate::rows::uuid_col(r, "id"))
-                    .collect()
+                    .collect();
+                tx.commit().await?;
+                out
             }
 
             async fn rotate_tenant_key(
@@ -185,8 +188,8 @@ macro_rules! impl_key_store {
                 let org = key.org_id.as_bytes().as_slice();
                 let mut tx = self.$pool.begin().await?;
                 self.ensure_root(&mut *tx).await?;
-                sqlx::query($lock_org).bind(org).execute(&mut *tx).await?;
                 $scope(&mut *tx, key.org_id).await?;
+                sqlx::query($lock_org).bind(org).execute(&mut *tx).await?;
                 let newest: i64 = sqlx::Row::try_get(
                     &sqlx::query("SELECT COALESCE(MAX(term), 0) AS t FROM tenant_keys WHERE org_id = $1")
                         .bind(org)
@@ -197,22 +200,20 @@ macro_rules! impl_key_store {
                 if i64::from(key.term.0) != newest + 1 {
                     return Err(StoreError::Conflict);
                 }
+                // Another organisation's key (the unique index says so: under row-level
+                // security this transaction cannot see other organisations).
                 let external = key.wrapped.external_blob().map(|w| w.reference.to_owned());
-                if let Some(reference) = &external {
-                    let taken = sqlx::query("SELECT id FROM orgs WHERE external_key = $1 AND id <> $2")
-                        .bind(reference)
-                        .bind(org)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                    if taken.is_some() {
-                        return Err(StoreError::KeyInUse);
-                    }
-                }
-                sqlx::query("UPDATE orgs SET external_key = $2 WHERE id = $1")
+                match sqlx::query("UPDATE orgs SET external_key = $2 WHERE id = $1")
                     .bind(org)
                     .bind(external.as_deref())
                     .execute(&mut *tx)
-                    .await?;
+                    .await
+                {
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                        return Err(StoreError::KeyInUse);
+                    }
+                    other => other?,
+                };
                 sqlx::query("INSERT INTO tenant_keys (org_id, term, wrapped, created_at) VALUES ($1, $2, $3, $4)")
                     .bind(org)
                     .bind(i64::from(key.term.0))
@@ -373,8 +374,8 @@ macro_rules! impl_key_store {
             ) -> Result<Vec<coffer_crypto::KeyTerm>, StoreError> {
                 let org = org_id.as_bytes().as_slice();
                 let mut tx = self.$pool.begin().await?;
-                sqlx::query($lock_org).bind(org).execute(&mut *tx).await?;
                 $scope(&mut *tx, org_id).await?;
+                sqlx::query($lock_org).bind(org).execute(&mut *tx).await?;
                 let out = sqlx::query(
                     "DELETE FROM tenant_keys WHERE org_id = $1 \
                      AND term < (SELECT MAX(k.term) FROM tenant_keys k WHERE k.org_id = $1) \
@@ -488,6 +489,7 @@ macro_rules! impl_key_store {
                 // ...and nothing root-sealed exists that was not read: a key term, TOTP seed
                 // or queued mail added since would be left under the old root and lost.
                 let ids = $crate::rows::ids;
+                self.set_scope(&mut *tx, $crate::Scope::System).await?;
                 let mut orgs = ids(&sqlx::query("SELECT id FROM orgs").fetch_all(&mut *tx).await?)?;
                 orgs.sort_unstable();
                 let mut had: Vec<uuid::Uuid> = r.previous.tenant_keys.iter().map(|k| k.org_id).collect();
@@ -544,10 +546,12 @@ macro_rules! impl_key_store {
             }
 
             async fn external_key(&self, org_id: uuid::Uuid) -> Result<Option<String>, StoreError> {
+                let mut tx = self.tx(&self.$pool, $crate::Scope::Org(org_id)).await?;
                 let row = sqlx::query("SELECT external_key FROM orgs WHERE id = $1")
                     .bind(org_id.as_bytes().as_slice())
-                    .fetch_optional(&self.$pool)
+                    .fetch_optional(&mut *tx)
                     .await?;
+                tx.commit().await?;
                 match row {
                     Some(r) => Ok(sqlx::Row::try_get::<Option<String>, _>(&r, "external_key")?),
                     None => Ok(None),
@@ -557,11 +561,11 @@ macro_rules! impl_key_store {
             async fn delete_org(&self, org_id: uuid::Uuid) -> Result<bool, StoreError> {
                 let org = org_id.as_bytes().as_slice();
                 let mut tx = self.$pool.begin().await?;
+                $scope(&mut *tx, org_id).await?;
                 let found = sqlx::query($lock_org).bind(org).fetch_optional(&mut *tx).await?;
                 if found.is_none() {
                     return Ok(false);
                 }
-                $scope(&mut *tx, org_id).await?;
                 // Key material first: once these rows are gone nothing below can be read.
                 sqlx::query("DELETE FROM tenant_keys WHERE org_id = $1").bind(org).execute(&mut *tx).await?;
                 sqlx::query(

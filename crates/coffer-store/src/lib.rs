@@ -26,6 +26,25 @@ pub use identity::IdentityStore;
 pub use keys::KeyStore;
 pub use models::*;
 
+/// Which rows a transaction may touch under PostgreSQL's row-level security (SQLite has
+/// none: every query scopes itself). Without a scope a transaction sees no tenant or
+/// identity row at all.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Scope<'a> {
+    /// One organisation's rows.
+    Org(Uuid),
+    /// One user's memberships and sessions across organisations (and the organisations
+    /// they belong to).
+    User(Uuid),
+    /// The one session, API key or invitation with this token hash: the lookup that comes
+    /// before the organisation is known.
+    Token(&'a [u8; 32]),
+    /// Identity rows of every organisation, for the few maintenance jobs that span them
+    /// (purging expired sessions, listing organisations for key maintenance and rekey).
+    /// Tenant data stays scoped by organisation even here.
+    System,
+}
+
 /// Everything the domain needs from a database. Implemented for SQLite (embedded default)
 /// and PostgreSQL. Methods that change several rows do so in one transaction.
 #[async_trait]

@@ -60,6 +60,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "one_round_trip",
         include_str!("../../migrations/postgres/0008_one_round_trip.sql"),
     ),
+    (
+        9,
+        "identity_rls",
+        include_str!("../../migrations/postgres/0009_identity_rls.sql"),
+    ),
 ];
 
 crate::keys::impl_key_store!(
@@ -166,6 +171,23 @@ async fn ensure_newest_term(
     }
 }
 
+/// Open the row-level security walls for `scope` for the rest of the transaction.
+async fn set_scope(conn: &mut PgConnection, scope: crate::Scope<'_>) -> Result<(), StoreError> {
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let (name, value) = match scope {
+        crate::Scope::Org(id) => ("coffer.org_id", id.simple().to_string()),
+        crate::Scope::User(id) => ("coffer.user_id", id.simple().to_string()),
+        crate::Scope::Token(hash) => ("coffer.token_hash", hex(hash)),
+        crate::Scope::System => ("coffer.system", "on".to_owned()),
+    };
+    sqlx::query("SELECT set_config($1, $2, true)")
+        .bind(name)
+        .bind(value)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 async fn set_org(conn: &mut PgConnection, org_id: Uuid) -> Result<(), StoreError> {
     sqlx::query("SELECT set_config('coffer.org_id', $1, true)")
         .bind(org_id.simple().to_string())
@@ -228,6 +250,25 @@ impl PgStore {
         let mut tx = self.pool.begin().await?;
         set_org(&mut tx, org_id).await?;
         Ok(tx)
+    }
+
+    /// A transaction on `pool` scoped to `scope`.
+    async fn tx(
+        &self,
+        pool: &PgPool,
+        scope: crate::Scope<'_>,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+        let mut tx = pool.begin().await?;
+        set_scope(&mut tx, scope).await?;
+        Ok(tx)
+    }
+
+    async fn set_scope(
+        &self,
+        conn: &mut PgConnection,
+        scope: crate::Scope<'_>,
+    ) -> Result<(), StoreError> {
+        set_scope(conn, scope).await
     }
 
     /// Refuse (with [`StoreError::RootReplaced`]) to go on with a transaction that stores
@@ -313,7 +354,7 @@ impl Store for PgStore {
     }
 
     async fn create_org(&self, org: &OrgRow, key: &TenantKeyRow) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.scoped(org.id).await?;
         sqlx::query("INSERT INTO orgs (id, name, created_at) VALUES ($1, $2, $3)")
             .bind(b(&org.id))
             .bind(&org.name)
@@ -321,7 +362,6 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await?;
         self.ensure_root(&mut tx).await?;
-        set_org(&mut tx, org.id).await?;
         sqlx::query(
             "INSERT INTO tenant_keys (org_id, term, wrapped, created_at) VALUES ($1, $2, $3, $4)",
         )
@@ -336,13 +376,16 @@ impl Store for PgStore {
     }
 
     async fn org(&self, org_id: Uuid) -> Result<Option<OrgRow>, StoreError> {
-        sqlx::query("SELECT id, name, created_at FROM orgs WHERE id = $1")
+        let mut tx = self.scoped(org_id).await?;
+        let out = sqlx::query("SELECT id, name, created_at FROM orgs WHERE id = $1")
             .bind(b(&org_id))
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await?
             .as_ref()
             .map(org_row)
-            .transpose()
+            .transpose();
+        tx.commit().await?;
+        out
     }
 
     async fn tenant_keys(&self, org_id: Uuid) -> Result<Vec<TenantKeyRow>, StoreError> {
@@ -755,10 +798,11 @@ async fn append_version(conn: &mut PgConnection, w: &ParamWrite) -> Result<(), S
     let credential_id = match &w.ciphertext {
         Some(ct) => {
             ensure_newest_term(&mut *conn, w.org_id, ct.key_term()).await?;
-            sqlx::query("INSERT INTO credentials (id, ciphertext, key_term) VALUES ($1, $2, $3)")
+            sqlx::query("INSERT INTO credentials (id, ciphertext, key_term, org_id) VALUES ($1, $2, $3, $4)")
                 .bind(b(&w.credential_id))
                 .bind(ct.as_bytes())
                 .bind(i64::from(ct.key_term().0))
+                .bind(b(&w.org_id))
                 .execute(&mut *conn)
                 .await?;
             Some(w.credential_id.as_bytes().to_vec())

@@ -72,6 +72,23 @@ crate::keys::impl_key_store!(
 );
 
 impl SqliteStore {
+    /// A transaction on `pool`. SQLite has no row-level security: every query scopes itself.
+    async fn tx(
+        &self,
+        pool: &SqlitePool,
+        _scope: crate::Scope<'_>,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        Ok(pool.begin().await?)
+    }
+
+    async fn set_scope(
+        &self,
+        _conn: &mut sqlx::SqliteConnection,
+        _scope: crate::Scope<'_>,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// One process owns an SQLite file, and it holds the root key lock while rekeying: no
     /// other writer can have a stale root key.
     async fn ensure_root(&self, _conn: &mut sqlx::SqliteConnection) -> Result<(), StoreError> {

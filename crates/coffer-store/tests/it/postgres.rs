@@ -415,23 +415,73 @@ async fn one_node_leads_background_jobs_and_another_takes_over() {
     db.drop_db().await;
 }
 
-#[tokio::test]
-async fn row_level_security_hides_other_organisations_rows() {
-    let Some(db) = fresh().await else { return };
-    let a = crate::suite::org(db.store(), "a").await;
-    let b = crate::suite::org(db.store(), "b").await;
-    use coffer_store::{ProjectRow, Store};
-    db.store()
-        .create_project(&ProjectRow {
-            id: uuid::Uuid::new_v4(),
-            org_id: a,
-            name: "app".into(),
-            created_at: 1,
-        })
+/// One of everything an organisation owns, for the row-level security test; returns the
+/// member's id and the token hashes of its session, API key and invitation.
+async fn populate(s: &PgStore, org: uuid::Uuid, n: u8) -> (uuid::Uuid, [[u8; 32]; 3]) {
+    use coffer_crypto::{KeyTerm, RootKey, TenantKey};
+    use coffer_store::*;
+    let (_, env) = crate::suite::project_env(s, org).await;
+    let key = TenantKey::generate(KeyTerm(1));
+    s.append_param_version(&crate::suite::write(
+        (org, env.id, uuid::Uuid::new_v4()),
+        "K",
+        0,
+        VersionAction::Set,
+        &key,
+        b"v",
+    ))
+    .await
+    .unwrap();
+    s.rotate_tenant_key(
+        &TenantKeyRow {
+            org_id: org,
+            term: KeyTerm(2),
+            wrapped: RootKey::generate()
+                .wrap_tenant_key(org, &TenantKey::generate(KeyTerm(2)))
+                .unwrap(),
+            created_at: 2,
+        },
+        "manual",
+    )
+    .await
+    .unwrap();
+    let user = crate::suite::user(s, org, &format!("member{n}"), "owner").await;
+    let tokens = [[n; 32], [n + 100; 32], [n + 200; 32]];
+    s.create_session(&crate::suite::session(user, org, n, i64::MAX))
         .await
         .unwrap();
-    // Audit events of both organisations in one batch, and a checkpoint of A's chain.
-    let ev = |org: uuid::Uuid| coffer_store::NewAuditEvent {
+    s.create_api_key(&ApiKeyRow {
+        id: uuid::Uuid::new_v4(),
+        org_id: org,
+        user_id: user,
+        name: "ci".into(),
+        role: "viewer".into(),
+        key_hash: tokens[1],
+        prefix: "cfr_x".into(),
+        read_only: true,
+        projects: vec![],
+        envs: vec![],
+        created_at: 1,
+        expires_at: i64::MAX,
+        last_used_at: None,
+        revoked_at: None,
+    })
+    .await
+    .unwrap();
+    s.create_invitation(&InvitationRow {
+        id: uuid::Uuid::new_v4(),
+        org_id: org,
+        email: format!("new{n}@example.com"),
+        role: "viewer".into(),
+        token_hash: tokens[2],
+        invited_by: user,
+        created_at: 1,
+        expires_at: i64::MAX,
+        accepted_at: None,
+    })
+    .await
+    .unwrap();
+    let ev = NewAuditEvent {
         org_id: org,
         id: uuid::Uuid::new_v4(),
         time: 1,
@@ -441,94 +491,163 @@ async fn row_level_security_hides_other_organisations_rows() {
         target: "t".into(),
         body: "{}".into(),
     };
-    let (ea, eb) = (ev(a), ev(b));
-    let (ra, rb) = tokio::join!(db.store().append_audit(&ea), db.store().append_audit(&eb));
-    let (seq, hash) = ra.unwrap();
-    rb.unwrap();
-    db.store()
-        .insert_checkpoint(&coffer_store::CheckpointRow {
-            org_id: a,
-            seq,
-            hash,
-            created_at: 1,
-            signature: vec![0; 64],
-        })
-        .await
-        .unwrap();
-    let all = coffer_store::AuditFilter {
-        limit: 100,
-        ..Default::default()
-    };
-    assert_eq!(db.store().audit_events(a, &all).await.unwrap().len(), 1);
-    assert_eq!(db.store().checkpoints(a).await.unwrap().len(), 1);
-    assert_eq!(
-        db.store().orgs_needing_checkpoint().await.unwrap(),
-        vec![b],
-        "A's chain is signed to its end; B's is not"
-    );
-    // A raw connection as the application's own role, bypassing the store's scoping.
+    let (seq, hash) = s.append_audit(&ev).await.unwrap();
+    s.insert_checkpoint(&CheckpointRow {
+        org_id: org,
+        seq,
+        hash,
+        created_at: 1,
+        signature: vec![0; 64],
+    })
+    .await
+    .unwrap();
+    (user, tokens)
+}
+
+/// Every table that belongs to an organisation is walled off by row-level security, as a
+/// second wall behind the store's own scoping: a raw connection as the application's role
+/// sees nothing without a scope, one organisation's rows with its scope, and a user's or a
+/// token's rows with theirs; rows of another organisation cannot be written.
+#[tokio::test]
+async fn row_level_security_hides_other_organisations_rows() {
+    let Some(db) = fresh().await else { return };
+    let a = crate::suite::org(db.store(), "a").await;
+    let b = crate::suite::org(db.store(), "b").await;
+    let (user_a, tokens_a) = populate(db.store(), a, 1).await;
+    let (_, tokens_b) = populate(db.store(), b, 2).await;
+
     let mut conn = sqlx::PgConnection::connect(&db.url()).await.unwrap();
-    let count = |c: &'static str| {
-        sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {c}")))
-    };
-    for table in [
-        "projects",
+    let tables = [
+        "orgs",
         "tenant_keys",
+        "key_rotations",
+        "projects",
+        "environments",
+        "params",
+        "param_versions",
+        "credentials",
+        "memberships",
+        "sessions",
+        "api_keys",
+        "invitations",
         "audit_events",
         "audit_checkpoints",
-    ] {
-        assert_eq!(
-            count(table).fetch_one(&mut conn).await.unwrap().0,
-            0,
-            "no organisation set: nothing of {table} is visible"
-        );
-    }
-    sqlx::query("SELECT set_config('coffer.org_id', $1, false)")
-        .bind(b.simple().to_string())
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(
-        count("projects").fetch_one(&mut conn).await.unwrap().0,
-        0,
-        "org b sees none of org a's projects"
-    );
-    assert_eq!(
-        count("tenant_keys").fetch_one(&mut conn).await.unwrap().0,
-        1,
-        "only its own key"
-    );
-    assert_eq!(
-        count("audit_events").fetch_one(&mut conn).await.unwrap().0,
-        1,
-        "only its own audit event"
-    );
-    assert_eq!(
-        count("audit_checkpoints")
-            .fetch_one(&mut conn)
+    ];
+    async fn count(conn: &mut sqlx::PgConnection, table: &str) -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+            .fetch_one(conn)
             .await
             .unwrap()
-            .0,
-        0,
-        "none of A's checkpoints"
-    );
-    // Writing a row for another organisation is refused.
-    let r =
-        sqlx::query("INSERT INTO projects (id, org_id, name, created_at) VALUES ($1, $2, 'x', 1)")
+    }
+    async fn scope(conn: &mut sqlx::PgConnection, name: &str, value: &str) {
+        for (k, v) in [
+            ("coffer.org_id", ""),
+            ("coffer.user_id", ""),
+            ("coffer.token_hash", ""),
+            ("coffer.system", ""),
+            (name, value),
+        ] {
+            sqlx::query("SELECT set_config($1, $2, false)")
+                .bind(k)
+                .bind(v)
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+        }
+    }
+    for t in tables {
+        assert_eq!(
+            count(&mut conn, t).await,
+            0,
+            "no scope: nothing of {t} is visible"
+        );
+    }
+    // The store's own view, for comparison: both organisations have rows in every table.
+    scope(&mut conn, "coffer.org_id", &b.simple().to_string()).await;
+    for t in tables {
+        // Two key terms (rotated once); one row of everything else.
+        let expected = if t == "tenant_keys" { 2 } else { 1 };
+        assert_eq!(
+            count(&mut conn, t).await,
+            expected,
+            "org b sees only its own {t}"
+        );
+    }
+    // Rows of another organisation cannot be written from this scope.
+    let other = a.as_bytes().to_vec();
+    for sql in [
+        "INSERT INTO projects (id, org_id, name, created_at) VALUES ($2, $1, 'x', 1)",
+        "INSERT INTO memberships (user_id, org_id, role, created_at) VALUES ($2, $1, 'owner', 1)",
+        "INSERT INTO credentials (id, ciphertext, key_term, org_id) VALUES ($2, '\\x00', 1, $1)",
+        "UPDATE orgs SET require_mfa = TRUE WHERE id = $1 AND $2 IS NOT NULL",
+    ] {
+        let r = sqlx::query(sql)
+            .bind(&other)
             .bind(uuid::Uuid::new_v4().as_bytes().to_vec())
-            .bind(a.as_bytes().to_vec())
             .execute(&mut conn)
             .await;
-    assert!(
-        r.is_err(),
-        "WITH CHECK must refuse rows of another organisation"
+        let blocked = match r {
+            Err(_) => true,
+            Ok(done) => done.rows_affected() == 0,
+        };
+        assert!(blocked, "refused from org b's scope: {sql}");
+    }
+    // A user's scope: their memberships, sessions and organisations, nothing else.
+    scope(&mut conn, "coffer.user_id", &user_a.simple().to_string()).await;
+    for (t, n) in [("memberships", 1), ("sessions", 1), ("orgs", 1)] {
+        assert_eq!(count(&mut conn, t).await, n, "user scope: {t}");
+    }
+    for t in [
+        "api_keys",
+        "invitations",
+        "projects",
+        "tenant_keys",
+        "credentials",
+    ] {
+        assert_eq!(count(&mut conn, t).await, 0, "user scope shows no {t}");
+    }
+    // A token's scope: exactly the row with that hash.
+    let hex = |h: &[u8; 32]| h.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    for (t, token) in [
+        ("sessions", &tokens_a[0]),
+        ("api_keys", &tokens_a[1]),
+        ("invitations", &tokens_a[2]),
+    ] {
+        scope(&mut conn, "coffer.token_hash", &hex(token)).await;
+        assert_eq!(
+            count(&mut conn, t).await,
+            1,
+            "token scope finds its {t} row"
+        );
+        for other_table in ["memberships", "orgs", "projects"] {
+            assert_eq!(count(&mut conn, other_table).await, 0);
+        }
+    }
+    scope(&mut conn, "coffer.token_hash", &hex(&tokens_b[0])).await;
+    assert_eq!(
+        count(&mut conn, "api_keys").await,
+        0,
+        "a session's hash opens no API key"
     );
-    sqlx::query("SELECT set_config('coffer.org_id', $1, false)")
-        .bind(a.simple().to_string())
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(count("projects").fetch_one(&mut conn).await.unwrap().0, 1);
+    // The maintenance scope spans organisations' identity rows, never their data.
+    scope(&mut conn, "coffer.system", "on").await;
+    for (t, n) in [
+        ("orgs", 2),
+        ("memberships", 2),
+        ("sessions", 2),
+        ("api_keys", 2),
+    ] {
+        assert_eq!(count(&mut conn, t).await, n, "system scope: {t}");
+    }
+    for t in [
+        "projects",
+        "params",
+        "credentials",
+        "tenant_keys",
+        "audit_events",
+    ] {
+        assert_eq!(count(&mut conn, t).await, 0, "system scope shows no {t}");
+    }
     conn.close().await.unwrap();
     db.drop_db().await;
 }

@@ -249,7 +249,7 @@ pub async fn users_are_unique_and_sessions_expire(s: &dyn Store) {
     s.create_session(&live).await.unwrap();
     s.create_session(&old).await.unwrap();
     s.create_session(&idle).await.unwrap();
-    s.touch_session(live.id, 90).await.unwrap();
+    s.touch_session(org_id, live.id, 90).await.unwrap();
     let got = s.session(&[1; 32]).await.unwrap().unwrap();
     assert_eq!((got.expires_at, got.last_seen_at), (1000, 90));
     assert_eq!(s.user_sessions(u.id).await.unwrap().len(), 3);
@@ -826,7 +826,7 @@ pub async fn audit_chains_append_in_order_with_filters_and_checkpoints(s: &dyn S
     );
 }
 
-fn session(user_id: Uuid, org_id: Uuid, n: u8, expires_at: i64) -> SessionRow {
+pub fn session(user_id: Uuid, org_id: Uuid, n: u8, expires_at: i64) -> SessionRow {
     SessionRow {
         id: Uuid::new_v4(),
         token_hash: [n; 32],
@@ -842,7 +842,7 @@ fn session(user_id: Uuid, org_id: Uuid, n: u8, expires_at: i64) -> SessionRow {
     }
 }
 
-async fn user(s: &dyn Store, org_id: Uuid, name: &str, role: &str) -> Uuid {
+pub async fn user(s: &dyn Store, org_id: Uuid, name: &str, role: &str) -> Uuid {
     let id = Uuid::new_v4();
     s.create_user(&UserRow {
         id,
@@ -1021,7 +1021,7 @@ pub async fn api_keys_invitations_identities_and_mail(s: &dyn Store) {
     assert!(s.api_key(other, key.id).await.unwrap().is_none());
     assert_eq!(s.api_keys(org_id).await.unwrap().len(), 1);
     assert!(s.api_keys(other).await.unwrap().is_empty());
-    s.touch_api_key(key.id, 50).await.unwrap();
+    s.touch_api_key(org_id, key.id, 50).await.unwrap();
     let mut access = session(u, org_id, 8, 10_000);
     access.method = "apikey".into();
     access.api_key_id = Some(key.id);
@@ -1046,9 +1046,9 @@ pub async fn api_keys_invitations_identities_and_mail(s: &dyn Store) {
     };
     s.create_invitation(&inv).await.unwrap();
     assert_eq!(s.invitation_by_hash(&[5; 32]).await.unwrap().unwrap(), inv);
-    assert!(!s.consume_invitation(inv.id, 100).await.unwrap());
-    assert!(s.consume_invitation(inv.id, 99).await.unwrap());
-    assert!(!s.consume_invitation(inv.id, 99).await.unwrap());
+    assert!(!s.consume_invitation(inv.org_id, inv.id, 100).await.unwrap());
+    assert!(s.consume_invitation(inv.org_id, inv.id, 99).await.unwrap());
+    assert!(!s.consume_invitation(inv.org_id, inv.id, 99).await.unwrap());
     assert_eq!(
         s.invitations(org_id).await.unwrap()[0].accepted_at,
         Some(99)
