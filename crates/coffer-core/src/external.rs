@@ -141,13 +141,18 @@ impl Coffer {
             CoreError::invalid("key", format!("the key cannot be used: {e}"))
         };
         let canonical = given.canonical().await.map_err(probe_failed)?;
-        if let Some(seal_key) = self.key_config()?.seal.external_key()
-            && seal_key.canonical().await.ok().as_deref() == Some(canonical.as_str())
-        {
-            return Err(CoreError::invalid(
-                "key",
-                "this is the server's seal key; use a key of the organisation's own",
-            ));
+        if let Some(seal_key) = self.key_config()?.seal.external_key() {
+            // Fail closed: if the seal key cannot be named, nothing is attached.
+            let seal_name = seal_key.canonical().await.map_err(|e| {
+                tracing::warn!(error = %e, "could not name the seal key");
+                CoreError::Seal("the seal key could not be checked".into())
+            })?;
+            if seal_name == canonical || seal_key.reference() == given.reference() {
+                return Err(CoreError::invalid(
+                    "key",
+                    "this is the server's seal key; use a key of the organisation's own",
+                ));
+            }
         }
         let ext = self.resolve_external(&canonical)?;
         coffer_seal::probe(&*ext, &tenant_context(p.org_id, KeyTerm(0)))

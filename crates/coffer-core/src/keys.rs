@@ -82,6 +82,9 @@ impl Coffer {
 
     pub async fn org_key_status(&self, org_id: Uuid) -> Result<KeyStatus, CoreError> {
         self.ensure_unsealed()?;
+        // The job first: a finished job then always comes with the counts it finished with
+        // (they are read after its commit), never with older ones.
+        let rotation = self.store().rotation(org_id).await?;
         let keys = self.store().tenant_keys(org_id).await?;
         let usage = self.store().term_usage(org_id).await?;
         let active = keys
@@ -109,7 +112,7 @@ impl Coffer {
             active_term: active.0,
             external_key: self.store().external_key(org_id).await?,
             terms,
-            rotation: self.store().rotation(org_id).await?.map(Into::into),
+            rotation: rotation.map(Into::into),
             rotate_after_days: self.config().key_rotate_after.as_secs() / 86_400,
             rotate_after_encryptions: self.config().key_rotate_after_encryptions,
         })

@@ -71,6 +71,8 @@ struct Inner {
     /// One key maintenance run at a time on this node (the background job and an explicit
     /// call would otherwise rewrap the same batches twice).
     key_maintenance: tokio::sync::Mutex<()>,
+    /// Held while following a rekey done on another node.
+    root_watch: tokio::sync::Mutex<()>,
     /// Organisations whose own key this node last found unusable.
     keys_unavailable: std::sync::Mutex<std::collections::HashSet<uuid::Uuid>>,
     /// Write-locked while the root key is replaced (see `Coffer::root_stable`).
@@ -105,6 +107,7 @@ impl Coffer {
                 root_change: tokio::sync::RwLock::new(()),
                 keys_unavailable: std::sync::Mutex::default(),
                 key_maintenance: tokio::sync::Mutex::new(()),
+                root_watch: tokio::sync::Mutex::new(()),
                 keys: std::sync::RwLock::new(external::KeyConfig::default()),
             }),
         };
@@ -143,7 +146,8 @@ impl Coffer {
                         inner.meta.clear();
                         inner.keyring.evict(None);
                         inner.key_job.notify_one();
-                        Coffer { inner }.seal_if_root_replaced().await;
+                        // Not inline: a slow KMS/HSM unseal must not hold up invalidations.
+                        tokio::spawn(async move { Coffer { inner }.seal_if_root_replaced().await });
                     }
                 }
             }
@@ -156,6 +160,8 @@ impl Coffer {
     /// for the new shares. Runs on every invalidation of everything and periodically
     /// ([`Coffer::check_root`]), so a missed notification delays this by one period at most.
     async fn seal_if_root_replaced(&self) {
+        // The invalidation listener and the periodic check may both notice: one at a time.
+        let _one = self.inner.root_watch.lock().await;
         let replaced = {
             // Not while this node rekeys: between its commit and taking the new key in
             // memory the two differ for a moment.
@@ -172,7 +178,12 @@ impl Coffer {
             return;
         }
         tracing::warn!("the root key was rotated on another node: sealing");
-        let _ = self.seal();
+        {
+            // Wait for everything that holds the old root key to finish (its writes then
+            // fail the store's root check), and let nothing new take it meanwhile.
+            let _exclusive = self.inner.root_change.write().await;
+            let _ = self.seal();
+        }
         match self.start_sealed().await {
             Ok(sys::StartState::Unsealed) => {
                 tracing::info!("unsealed again with the new root key by the seal");
@@ -180,6 +191,12 @@ impl Coffer {
             Ok(_) => tracing::warn!("sealed: unseal with the new shares"),
             Err(e) => tracing::error!(error = %e, "could not unseal with the new root key"),
         }
+    }
+
+    /// Shutting down: wipe the keys from memory and close the database connections.
+    pub async fn close(&self) {
+        let _ = self.seal();
+        self.store().close().await;
     }
 
     /// Whether this node is unsealed with the database's current root key.

@@ -77,7 +77,22 @@ impl Coffer {
             match self.store().rotate_root(&rotation).await {
                 Ok(()) => break,
                 Err(coffer_store::StoreError::Conflict) if attempts < 5 => attempts += 1,
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    // The commit may have happened with its answer lost: then the new shares
+                    // are the only ones that unseal, and must not be thrown away.
+                    let committed = self
+                        .store()
+                        .seal_config()
+                        .await
+                        .ok()
+                        .flatten()
+                        .is_some_and(|cfg| new.matches(&cfg.root_check));
+                    if committed {
+                        tracing::warn!(error = %e, "the rekey committed although its answer was lost");
+                        break;
+                    }
+                    return Err(e.into());
+                }
             }
         }
         self.store().set_root_guard(Some(root_check));

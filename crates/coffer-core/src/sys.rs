@@ -128,7 +128,12 @@ impl Coffer {
         };
         match self.store().init_seal_config(&cfg).await {
             Err(StoreError::Conflict) => Err(CoreError::AlreadyInitialized),
-            other => Ok(other?),
+            Err(e) => Err(e.into()),
+            Ok(()) => {
+                // The bootstrap organisation's key is sealed with this root key next.
+                self.store().set_root_guard(Some(cfg.root_check));
+                Ok(())
+            }
         }
     }
 

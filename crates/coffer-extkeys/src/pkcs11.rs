@@ -49,6 +49,8 @@ pub struct Hsm {
     token: String,
     slot: Slot,
     pin: Zeroizing<String>,
+    /// The token refused the PIN at a re-login: restart with the right one.
+    pin_refused: std::sync::atomic::AtomicBool,
     session: Mutex<Session>,
     ctx: Pkcs11,
 }
@@ -94,6 +96,7 @@ impl Hsm {
             token: cfg.token_label.clone(),
             slot,
             pin: cfg.pin.clone(),
+            pin_refused: std::sync::atomic::AtomicBool::new(false),
             session: Mutex::new(session),
             ctx,
         }))
@@ -123,8 +126,21 @@ impl Hsm {
             // Logged out, the key's objects are invisible and look absent, so a missing key
             // earns a second try as well; if it is really gone, that one fails the same way.
             Err(first @ (SealError::Service(_) | SealError::KeyUnavailable { .. })) => {
+                // A PIN the token refused is not tried again: repeated wrong logins can lock
+                // the token.
+                if self.pin_refused.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Err(first);
+                }
                 tracing::warn!(token = %self.token, error = %first, "PKCS#11 operation failed; logging in again");
-                *s = login(&self.ctx, self.slot, &self.pin)?;
+                match login(&self.ctx, self.slot, &self.pin) {
+                    Ok(fresh) => *s = fresh,
+                    Err(e @ SealError::Config(_)) => {
+                        self.pin_refused
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                        return Err(e);
+                    }
+                    Err(e) => return Err(e),
+                }
                 f(&s)
             }
             other => other,

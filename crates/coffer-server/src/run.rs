@@ -110,6 +110,8 @@ pub struct RunningServer {
     pub coffer: Coffer,
     handle: Handle<SocketAddr>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// Background jobs, stopped on shutdown.
+    jobs: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl RunningServer {
@@ -121,14 +123,27 @@ impl RunningServer {
             tracing::info!("shutting down");
             handle.graceful_shutdown(Some(Duration::from_secs(10)));
         });
-        self.task.await.context("server task")?.context("server")?;
+        let served = self.task.await.context("server task")?.context("server");
+        stop_jobs(&self.jobs, &self.coffer).await;
+        served?;
         Ok(())
     }
 
+    /// Drain requests, stop the background jobs and close the database connections. On
+    /// PostgreSQL that also gives up the job leadership at once, so another node takes it
+    /// over at its next tick instead of after this process has gone.
     pub async fn shutdown(self) {
         self.handle.graceful_shutdown(Some(Duration::from_secs(2)));
         let _ = self.task.await;
+        stop_jobs(&self.jobs, &self.coffer).await;
     }
+}
+
+async fn stop_jobs(jobs: &[tokio::task::JoinHandle<()>], coffer: &Coffer) {
+    for j in jobs {
+        j.abort();
+    }
+    coffer.close().await;
 }
 
 async fn shutdown_signal() {
@@ -228,8 +243,9 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
     server.http_builder().http1().keep_alive(true);
     let task = tokio::spawn(server.serve(app.into_make_service_with_connect_info::<SocketAddr>()));
 
+    let mut jobs = Vec::new();
     let purger = coffer.clone();
-    tokio::spawn(async move {
+    jobs.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(600));
         loop {
             tick.tick().await;
@@ -240,12 +256,12 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
                 tracing::warn!(error = %e, "purging expired sessions failed");
             }
         }
-    });
+    }));
 
     if let Some(smtp) = &cfg.smtp {
         let sender = crate::mail::SmtpSender::new(smtp).context("mail settings")?;
         let mailer = coffer.clone();
-        tokio::spawn(async move {
+        jobs.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(2));
             loop {
                 tick.tick().await;
@@ -256,12 +272,12 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
                     tracing::warn!(error = %e, "mail delivery job failed");
                 }
             }
-        });
+        }));
     }
 
     let keeper = coffer.clone();
     let every = cfg.key_check_interval.max(Duration::from_millis(100));
-    tokio::spawn(async move {
+    jobs.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         loop {
             tokio::select! {
@@ -275,21 +291,21 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
                 tracing::warn!(error = %e, "key maintenance job failed");
             }
         }
-    });
+    }));
 
     // Every node: notice a rekey done on another node even if its notification was lost.
     let watcher = coffer.clone();
-    tokio::spawn(async move {
+    jobs.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         loop {
             tick.tick().await;
             watcher.check_root().await;
         }
-    });
+    }));
 
     let checkpointer = coffer.clone();
     let every = cfg.checkpoint_interval.max(Duration::from_secs(1));
-    tokio::spawn(async move {
+    jobs.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.tick().await;
         loop {
@@ -301,7 +317,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
                 tracing::warn!(error = %e, "audit checkpoint failed");
             }
         }
-    });
+    }));
 
     Ok(RunningServer {
         addr,
@@ -312,6 +328,7 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
         coffer,
         handle,
         task,
+        jobs,
     })
 }
 

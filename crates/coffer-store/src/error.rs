@@ -41,6 +41,12 @@ impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         match &e {
             sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
+            // Deadlock detected, serialization failure: lost a race; the caller may retry.
+            sqlx::Error::Database(db)
+                if db.code().is_some_and(|c| matches!(&*c, "40P01" | "40001")) =>
+            {
+                StoreError::Conflict
+            }
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
                 StoreError::Unavailable(e)
             }

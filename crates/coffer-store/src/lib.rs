@@ -149,6 +149,9 @@ pub trait Store: IdentityStore + KeyStore + Send + Sync + std::fmt::Debug {
     /// where several nodes share a database.
     fn set_root_guard(&self, _check: Option<coffer_crypto::RootKeyCheck>) {}
 
+    /// Close the connections (and on PostgreSQL give up the job leadership).
+    async fn close(&self) {}
+
     fn invalidations(&self) -> Option<tokio::sync::broadcast::Receiver<Invalidation>> {
         None
     }

@@ -364,6 +364,23 @@ async fn deleting_an_org_shreds_it_even_in_a_copy_taken_before() {
         Err(CoreError::Invalid { .. })
     ));
     assert!(c.get_param(&acme, "app", "default", "DOOMED").await.is_ok());
+    // The control for the search below: before the deletion the live files do hold acme's
+    // wrapped key.
+    let (acme_key,): (Vec<u8>,) =
+        sqlx::query_as("SELECT wrapped FROM tenant_keys WHERE org_id = ?")
+            .bind(acme_id.as_bytes().as_slice())
+            .fetch_one(&mut raw(&f.db_path()).await)
+            .await
+            .unwrap();
+    let live_files = || {
+        let mut all = std::fs::read(f.db_path()).unwrap();
+        all.extend(std::fs::read(f.dir.path().join("coffer.db-wal")).unwrap_or_default());
+        all
+    };
+    assert!(
+        live_files().windows(32).any(|w| w == &acme_key[8..40]),
+        "the deleted organisation's key was on disk before"
+    );
     c.delete_org(&acme, "acme").await.unwrap();
 
     // The live database holds nothing of it any more: no key, no ciphertext.
@@ -405,17 +422,15 @@ async fn deleting_an_org_shreds_it_even_in_a_copy_taken_before() {
     .fetch_one(&mut old_copy)
     .await
     .unwrap();
-    for file in ["coffer.db", "coffer.db-wal"] {
-        let bytes = std::fs::read(f.dir.path().join(file)).unwrap_or_default();
-        for (what, needle) in [
-            ("wrapped key", &wrapped[8..40]),
-            ("ciphertext", &doomed[8..40]),
-        ] {
-            assert!(
-                !bytes.windows(needle.len()).any(|w| w == needle),
-                "{what} of the deleted organisation found in {file}"
-            );
-        }
+    let bytes = live_files();
+    for (what, needle) in [
+        ("wrapped key", &wrapped[8..40]),
+        ("ciphertext", &doomed[8..40]),
+    ] {
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle),
+            "{what} of the deleted organisation found in the live database files"
+        );
     }
     let wrapped = coffer_crypto::WrappedTenantKey::from_stored_bytes(wrapped);
     assert!(

@@ -65,16 +65,17 @@ async fn two_nodes_on_one_postgres_database() {
     drop_pg_database(&url).await;
 }
 
+/// PostgreSQL crashes (`stop -m immediate`) under two nodes: requests fail fast with 503,
+/// both nodes recover by themselves once it is back, writes acknowledged before the crash
+/// (on either node) are there, and credentials revoked before it stay revoked on both.
 #[tokio::test]
 async fn a_postgres_crash_fails_fast_and_recovers_without_a_restart() {
     let Some(pg) = coffer_testkit::PrivatePostgres::start() else {
         return;
     };
-    let srv = TestServer::production_on(&pg.url()).await;
-    let c = srv.client();
-    let init = c.init(3, 2).await.unwrap();
-    c.unseal(&init.shares[0]).await.unwrap();
-    c.unseal(&init.shares[1]).await.unwrap();
+    let a = TestServer::production_on(&pg.url()).await;
+    let b = TestServer::production_on(&pg.url()).await;
+    let init = init_and_unseal(&a, &b).await;
     let login = |c: coffer_client::Client| {
         let (u, p) = (
             init.bootstrap.username.clone(),
@@ -82,48 +83,79 @@ async fn a_postgres_crash_fails_fast_and_recovers_without_a_restart() {
         );
         async move { c.login(&u, &p).await.unwrap().token.unwrap() }
     };
-    let owner = srv.client().with_token(login(srv.client()).await);
-    let revoked = srv.client().with_token(login(srv.client()).await);
-    owner.create_project("web").await.unwrap();
-    owner
-        .set_param("web", "default", "K", "acknowledged", Some(true))
+    let token = login(a.client()).await;
+    let (on_a, on_b) = (
+        a.client().with_token(token.clone()),
+        b.client().with_token(token),
+    );
+    let revoked = a.client().with_token(login(a.client()).await);
+    on_a.create_project("web").await.unwrap();
+    on_a.set_param("web", "default", "K", "acknowledged", Some(true))
+        .await
+        .unwrap();
+    on_b.set_param("web", "default", "FROM_B", "also", Some(true))
+        .await
+        .unwrap();
+    // An API key revoked on A before the crash, and a session ended on A.
+    let key = on_a
+        .create_api_key(&serde_json::json!({"name": "ci", "role": "viewer"}))
+        .await
+        .unwrap();
+    let api_key = key["key"].as_str().unwrap().to_owned();
+    on_a.revoke_api_key(key["api_key"]["id"].as_str().unwrap())
         .await
         .unwrap();
     revoked.logout().await.unwrap();
 
     pg.stop_immediate();
-    let started = std::time::Instant::now();
-    let err = owner.get_param("web", "default", "K").await.unwrap_err();
-    assert_eq!(err.status(), Some(503), "{err}");
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(8),
-        "must fail fast, took {:?}",
-        started.elapsed()
-    );
+    for node in [&on_a, &on_b] {
+        let started = std::time::Instant::now();
+        let err = node.get_param("web", "default", "K").await.unwrap_err();
+        assert_eq!(err.status(), Some(503), "{err}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(8),
+            "must fail fast, took {:?}",
+            started.elapsed()
+        );
+    }
 
     pg.start_again();
-    // The same Coffer process recovers on its own.
-    let mut value = None;
-    for _ in 0..50 {
-        if let Ok(p) = owner.get_param("web", "default", "K").await {
-            value = p.value;
-            break;
+    // The same Coffer processes recover on their own.
+    for (node, name, want) in [(&on_a, "FROM_B", "also"), (&on_b, "K", "acknowledged")] {
+        let mut value = None;
+        for _ in 0..50 {
+            if let Ok(p) = node.get_param("web", "default", name).await {
+                value = p.value;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(
+            value.as_deref(),
+            Some(want),
+            "no acknowledged write is lost"
+        );
     }
-    assert_eq!(
-        value.as_deref(),
-        Some("acknowledged"),
-        "no acknowledged write is lost"
-    );
+    for node in [&a, &b] {
+        assert_eq!(
+            node.client()
+                .exchange_api_key(&api_key)
+                .await
+                .unwrap_err()
+                .code(),
+            Some("unauthenticated"),
+            "a revoked API key stays revoked"
+        );
+    }
     assert_eq!(
         revoked.whoami().await.unwrap_err().code(),
         Some("unauthenticated"),
         "a revoked session stays revoked"
     );
-    let v = owner.audit_verify().await.unwrap();
+    let v = on_b.audit_verify().await.unwrap();
     assert_eq!(v["ok"], true, "{v}");
-    srv.stop().await;
+    a.stop().await;
+    b.stop().await;
 }
 
 #[tokio::test]
@@ -247,6 +279,120 @@ async fn invalidations_reach_the_other_node_through_notify() {
     );
     a.stop().await;
     b.stop().await;
+    drop_pg_database(&url).await;
+}
+
+/// Wait (up to 20 s) until the organisation's rewrap job reports finished.
+async fn rewrap_finished(c: &coffer_client::Client, term: u32) -> coffer_client::KeyStatus {
+    for _ in 0..200 {
+        let st = c.key_status().await.unwrap();
+        if st
+            .rotation
+            .as_ref()
+            .is_some_and(|r| r.target_term == term && r.finished_at.is_some())
+        {
+            return st;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the rewrap to term {term} never finished");
+}
+
+/// Two nodes on one database share the background jobs and key rotations: one node leads;
+/// a rotation on the other is used at once for new values on both, and the leader's job
+/// (woken through PostgreSQL notifications) rewraps everything; when the leader stops, the
+/// other node takes the jobs over and finishes the next rotation itself.
+#[tokio::test]
+async fn two_nodes_share_background_jobs_and_key_rotations() {
+    let Some(url) = pg_database().await else {
+        return;
+    };
+    let a = TestServer::production_on(&url).await;
+    let b = TestServer::production_on(&url).await;
+    let init = init_and_unseal(&a, &b).await;
+    let token = a
+        .client()
+        .login(&init.bootstrap.username, &init.bootstrap.password)
+        .await
+        .unwrap()
+        .token
+        .unwrap();
+    let (on_a, on_b) = (
+        a.client().with_token(token.clone()),
+        b.client().with_token(token),
+    );
+    on_a.create_project("web").await.unwrap();
+    for i in 0..5 {
+        on_a.set_param("web", "default", &format!("K{i}"), "v", Some(true))
+            .await
+            .unwrap();
+    }
+    // Exactly one node leads the background jobs.
+    let (a_leads, b_leads) = (
+        a.coffer().is_job_leader().await,
+        b.coffer().is_job_leader().await,
+    );
+    assert!(a_leads != b_leads, "one leader: a={a_leads} b={b_leads}");
+    let (leader, follower, on_leader, on_follower) = if a_leads {
+        (a, b, on_a, on_b)
+    } else {
+        (b, a, on_b, on_a)
+    };
+    // Rotated through the follower: the very next write on the leader uses the new term,
+    // and the leader's job moves every value there.
+    assert_eq!(on_follower.rotate_key().await.unwrap().active_term, 2);
+    on_leader
+        .set_param("web", "default", "NEW", "after", Some(true))
+        .await
+        .unwrap();
+    let st = rewrap_finished(&on_follower, 2).await;
+    let under: Vec<(u32, u64)> = st
+        .terms
+        .iter()
+        .map(|t| (t.term, t.values))
+        .filter(|t| t.1 > 0)
+        .collect();
+    assert_eq!(
+        under,
+        vec![(2, 6)],
+        "every value under term 2: {:?} {:?}",
+        st.terms,
+        st.rotation
+    );
+    for c in [&on_leader, &on_follower] {
+        assert_eq!(
+            c.get_param("web", "default", "K3")
+                .await
+                .unwrap()
+                .value
+                .as_deref(),
+            Some("v")
+        );
+    }
+    // The leader goes away: the follower takes the jobs over and finishes a rotation alone.
+    leader.stop().await;
+    let mut took_over = false;
+    for _ in 0..50 {
+        if follower.coffer().is_job_leader().await {
+            took_over = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(took_over, "leadership passes to the remaining node");
+    assert_eq!(on_follower.rotate_key().await.unwrap().active_term, 3);
+    let st = rewrap_finished(&on_follower, 3).await;
+    assert_eq!(st.rotation.unwrap().done, 6);
+    assert_eq!(
+        on_follower
+            .get_param("web", "default", "NEW")
+            .await
+            .unwrap()
+            .value
+            .as_deref(),
+        Some("after")
+    );
+    follower.stop().await;
     drop_pg_database(&url).await;
 }
 

@@ -11,10 +11,11 @@
 -- of `p_orgs` (ascending, so writers lock chains in one order and cannot deadlock). The
 -- caller computed sequence numbers and hashes from the heads it believes current
 -- (`p_old_seq`, `p_old_hash`): each head moves to (`p_new_seq`, `p_new_hash`) only if it is
--- still there, which also locks it until the commit. If any chain moved (another node
--- appended), nothing is written and the current heads of the chains that moved are
--- returned, for the caller to recompute and retry. An empty result means the whole batch
--- is appended.
+-- still there, which also locks it until the commit.
+--
+-- Appended: one row with a NULL `moved_org`. If any chain moved (another node appended),
+-- nothing is written and the rows name every chain of the batch whose head is not what the
+-- caller expected, with its current head, for the caller to recompute and retry once.
 CREATE FUNCTION coffer_append_audit(
     p_orgs BYTEA[], p_old_seq BIGINT[], p_old_hash BYTEA[], p_new_seq BIGINT[],
     p_new_hash BYTEA[], p_genesis BYTEA,
@@ -28,6 +29,8 @@ DECLARE
     i INT;
     j INT;
     n INT := coalesce(array_length(p_orgs, 1), 0);
+    added BIGINT := 0;
+    rows BIGINT;
 BEGIN
     FOR i IN 1 .. n LOOP
         UPDATE audit_heads SET seq = p_new_seq[i], hash = p_new_hash[i]
@@ -40,14 +43,16 @@ BEGIN
         END IF;
         IF NOT FOUND THEN
             -- Put back the heads this call already moved (still locked by it), and report
-            -- where this chain really is.
+            -- every chain of the batch that is not where the caller thought.
             FOR j IN 1 .. i - 1 LOOP
-                UPDATE audit_heads SET seq = p_old_seq[j], hash = coalesce(p_old_hash[j], p_genesis)
+                UPDATE audit_heads SET seq = p_old_seq[j], hash = p_old_hash[j]
                  WHERE org_id = p_orgs[j];
             END LOOP;
             RETURN QUERY
-                SELECT p_orgs[i], coalesce(h.seq, 0), coalesce(h.hash, p_genesis)
-                  FROM (SELECT 1) AS one LEFT JOIN audit_heads h ON h.org_id = p_orgs[i];
+                SELECT u.org, coalesce(h.seq, 0), coalesce(h.hash, p_genesis)
+                  FROM unnest(p_orgs, p_old_seq, p_old_hash) AS u(org, seq, hash)
+                  LEFT JOIN audit_heads h ON h.org_id = u.org
+                 WHERE coalesce(h.seq, 0) <> u.seq OR coalesce(h.hash, p_genesis) <> u.hash;
             RETURN;
         END IF;
     END LOOP;
@@ -61,8 +66,17 @@ BEGIN
                           e_body, e_prev, e_hash)
                    AS u(org, seq, id, time, action, actor, outcome, target, body, prev, hash)
              WHERE u.org = p_orgs[i];
+        GET DIAGNOSTICS rows = ROW_COUNT;
+        added := added + rows;
     END LOOP;
     PERFORM set_config('coffer.org_id', '', true);
+    -- Every event belongs to one of the batch's chains: anything else is a caller's bug,
+    -- and no event may be dropped silently.
+    IF added <> coalesce(array_length(e_org, 1), 0) THEN
+        RAISE EXCEPTION 'audit batch: % of % events belong to its chains', added,
+            coalesce(array_length(e_org, 1), 0);
+    END IF;
+    RETURN QUERY SELECT NULL::BYTEA, NULL::BIGINT, NULL::BYTEA;
 END
 $$;
 

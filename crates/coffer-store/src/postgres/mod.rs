@@ -96,7 +96,19 @@ pub struct PgStore {
     leader: std::sync::Arc<tokio::sync::Mutex<Option<PgConnection>>>,
     invalidations: tokio::sync::broadcast::Sender<Invalidation>,
     reads: reads::Reader,
-    root_guard: std::sync::Arc<std::sync::RwLock<Option<RootKeyCheck>>>,
+    root_guard: std::sync::Arc<std::sync::RwLock<RootGuard>>,
+}
+
+/// What root-sealed writes are checked against.
+#[derive(Debug, Clone, Default)]
+enum RootGuard {
+    /// No service has said (the store used on its own, by tools and tests): unchecked.
+    #[default]
+    Unset,
+    /// The service holds no root key: refuse.
+    Sealed,
+    /// The service holds the root key with this check value.
+    Root(RootKeyCheck),
 }
 
 /// What to do about the schema when connecting.
@@ -277,9 +289,17 @@ impl PgStore {
     /// this transaction, and this transaction wait for a rekey under way and then see its
     /// new check value.
     async fn ensure_root(&self, conn: &mut PgConnection) -> Result<(), StoreError> {
-        let expected = self.root_guard.read().ok().and_then(|g| g.clone());
-        let Some(check) = expected else {
-            return Ok(());
+        // No root key known (sealed, or catching up with a rekey elsewhere): nothing sealed
+        // with one may be stored now.
+        let guard = self
+            .root_guard
+            .read()
+            .map(|g| g.clone())
+            .unwrap_or(RootGuard::Sealed);
+        let check = match guard {
+            RootGuard::Unset => return Ok(()),
+            RootGuard::Sealed => return Err(StoreError::RootReplaced),
+            RootGuard::Root(check) => check,
         };
         let same =
             sqlx::query("SELECT 1 FROM seal_config WHERE id = 1 AND root_check = $1 FOR SHARE")
@@ -321,6 +341,10 @@ macro_rules! pg_value_select {
 
 #[async_trait]
 impl Store for PgStore {
+    async fn close(&self) {
+        PgStore::close(self).await;
+    }
+
     async fn seal_config(&self) -> Result<Option<SealConfigRow>, StoreError> {
         let row = sqlx::query(
             "SELECT kind, shares, threshold, root_check, created_at, sealed_root FROM seal_config WHERE id = 1",
@@ -716,7 +740,7 @@ impl Store for PgStore {
 
     fn set_root_guard(&self, check: Option<RootKeyCheck>) {
         if let Ok(mut g) = self.root_guard.write() {
-            *g = check;
+            *g = check.map_or(RootGuard::Sealed, RootGuard::Root);
         }
     }
 
@@ -866,8 +890,11 @@ fn spawn_audit_writer(pool: PgPool) -> mpsc::Sender<AuditJob> {
 }
 
 /// How often a batch is recomputed because other nodes appended to the same chains
-/// meanwhile, before it fails.
+/// meanwhile, before it fails. Each conflict reports every moved chain of the batch, so one
+/// retry normally suffices.
 const AUDIT_RETRIES: usize = 32;
+/// Chain heads a node remembers; beyond this it forgets them and reads them again.
+const MAX_KNOWN_HEADS: usize = 100_000;
 
 /// Append a batch in one statement: sequence numbers and hashes are computed here from the
 /// known heads, and the database appends only if those heads are still current.
@@ -901,17 +928,15 @@ async fn append_audit_batch(
     let org_bytes: Vec<&[u8]> = orgs.iter().map(b).collect();
     let cols = AuditColumns::of(events);
     for _ in 0..AUDIT_RETRIES {
-        let old: Vec<(u64, [u8; 32])> = orgs
-            .iter()
-            .map(|o| heads.get(o).copied().ok_or(StoreError::CommitFailed))
-            .collect::<Result<_, _>>()?;
-        let mut next = heads.clone();
+        // The batch's chains only: `heads` holds every chain this node appended to.
+        let mut next = crate::chain::Heads::new();
+        for o in &orgs {
+            next.insert(*o, heads.get(o).copied().ok_or(StoreError::CommitFailed)?);
+        }
+        let old: Vec<(u64, [u8; 32])> = orgs.iter().map(|o| next[o]).collect();
         let assigned = crate::chain::assign(events, &mut next)?;
-        let new: Vec<(u64, [u8; 32])> = orgs
-            .iter()
-            .map(|o| next.get(o).copied().ok_or(StoreError::CommitFailed))
-            .collect::<Result<_, _>>()?;
-        let moved = sqlx::query(
+        let new: Vec<(u64, [u8; 32])> = orgs.iter().map(|o| next[o]).collect();
+        let rows = sqlx::query(
             "SELECT moved_org, moved_seq, moved_hash FROM coffer_append_audit(\
              $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
         )
@@ -934,18 +959,27 @@ async fn append_audit_batch(
         .bind(assigned.iter().map(|l| l.2.as_slice()).collect::<Vec<_>>())
         .fetch_all(pool)
         .await?;
-        if moved.is_empty() {
-            *heads = next;
-            return Ok(assigned
-                .into_iter()
-                .map(|(seq, _, hash)| (seq, hash))
-                .collect());
-        }
-        for r in &moved {
-            heads.insert(
-                uuid_col(r, "moved_org")?,
-                (u64_col(r, "moved_seq")?, hash_col(r, "moved_hash")?),
-            );
+        match rows.as_slice() {
+            [one] if one.opt_bytes("moved_org")?.is_none() => {
+                if heads.len() > MAX_KNOWN_HEADS {
+                    heads.clear();
+                }
+                heads.extend(next);
+                return Ok(assigned
+                    .into_iter()
+                    .map(|(seq, _, hash)| (seq, hash))
+                    .collect());
+            }
+            // Nothing appended and nothing said to have moved: never expected, not retried.
+            [] => return Err(StoreError::CommitFailed),
+            moved => {
+                for r in moved {
+                    heads.insert(
+                        uuid_col(r, "moved_org")?,
+                        (u64_col(r, "moved_seq")?, hash_col(r, "moved_hash")?),
+                    );
+                }
+            }
         }
     }
     Err(StoreError::CommitFailed)

@@ -58,27 +58,49 @@ impl Reader {
     }
 }
 
+/// Answer every read of the batch: one call per organisation, all at once, so one
+/// organisation's slow or failing call holds up and fails only its own reads.
 async fn answer(pool: &PgPool, batch: &mut Vec<(Read, Reply)>) {
-    let reads: Vec<&Read> = batch.iter().map(|(r, _)| r).collect();
-    match fetch(pool, &reads).await {
-        Ok(found) => {
-            for (read, reply) in batch.drain(..) {
-                let _ = reply.send(Ok(nearest(&found, &read)));
-            }
+    let mut orgs: Vec<Uuid> = batch.iter().map(|(r, _)| r.0).collect();
+    orgs.sort_unstable();
+    orgs.dedup();
+    let mut calls = tokio::task::JoinSet::new();
+    for org in orgs {
+        let (mut envs, mut names): (Vec<Vec<u8>>, Vec<String>) = (Vec::new(), Vec::new());
+        for ((_, chain, name), _) in batch.iter().filter(|(r, _)| r.0 == org) {
+            envs.extend(chain.iter().map(|e| e.as_bytes().to_vec()));
+            names.push(name.clone());
         }
-        Err(e) => {
-            tracing::debug!(error = %e, "batched read failed");
-            // Every read of the batch fails the same way; the error is not Clone, so each
-            // gets its own of the same kind.
-            let unavailable = matches!(e, StoreError::Unavailable(_));
-            for (_, reply) in batch.drain(..) {
-                let _ = reply.send(Err(if unavailable {
-                    StoreError::Unavailable(sqlx::Error::PoolTimedOut)
-                } else {
-                    StoreError::CommitFailed
-                }));
-            }
+        envs.sort_unstable();
+        envs.dedup();
+        names.sort_unstable();
+        names.dedup();
+        let pool = pool.clone();
+        calls.spawn(async move { (org, fetch(&pool, org, &envs, &names).await) });
+    }
+    let mut found: std::collections::HashMap<Uuid, Result<Vec<ParamValue>, StoreError>> =
+        std::collections::HashMap::new();
+    while let Some(done) = calls.join_next().await {
+        if let Ok((org, r)) = done {
+            found.insert(org, r);
         }
+    }
+    for (read, reply) in batch.drain(..) {
+        let answer = match found.get(&read.0) {
+            Some(Ok(values)) => Ok(nearest(values, &read)),
+            Some(Err(e)) => Err(like(e)),
+            None => Err(StoreError::Unavailable(sqlx::Error::WorkerCrashed)),
+        };
+        let _ = reply.send(answer);
+    }
+}
+
+/// The same kind of failure for each read of an organisation (errors are not Clone).
+fn like(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable(_) => StoreError::Unavailable(sqlx::Error::PoolTimedOut),
+        StoreError::Corrupt => StoreError::Corrupt,
+        other => StoreError::Database(sqlx::Error::Protocol(format!("batched read: {other}"))),
     }
 }
 
@@ -92,31 +114,20 @@ fn nearest(found: &[ParamValue], (org, chain, name): &Read) -> Option<ParamValue
     })
 }
 
-/// One call per organisation of the batch (row-level security admits one at a time).
-async fn fetch(pool: &PgPool, reads: &[&Read]) -> Result<Vec<ParamValue>, StoreError> {
-    let mut orgs: Vec<Uuid> = reads.iter().map(|r| r.0).collect();
-    orgs.sort_unstable();
-    orgs.dedup();
-    let mut out = Vec::new();
-    for org in orgs {
-        let (mut envs, mut names): (Vec<&[u8]>, Vec<&str>) = (Vec::new(), Vec::new());
-        for (_, chain, name) in reads.iter().filter(|r| r.0 == org) {
-            envs.extend(chain.iter().map(|e| e.as_bytes().as_slice()));
-            names.push(name.as_str());
-        }
-        envs.sort_unstable();
-        envs.dedup();
-        names.sort_unstable();
-        names.dedup();
-        let rows = sqlx::query("SELECT * FROM coffer_current_values($1, $2, $3)")
-            .bind(org.as_bytes().as_slice())
-            .bind(&envs)
-            .bind(&names)
-            .fetch_all(pool)
-            .await?;
-        for r in &rows {
-            out.push(param_value(r)?);
-        }
-    }
-    Ok(out)
+/// The live values among `envs` × `names` of one organisation.
+async fn fetch(
+    pool: &PgPool,
+    org: Uuid,
+    envs: &[Vec<u8>],
+    names: &[String],
+) -> Result<Vec<ParamValue>, StoreError> {
+    sqlx::query("SELECT * FROM coffer_current_values($1, $2, $3)")
+        .bind(org.as_bytes().as_slice())
+        .bind(envs)
+        .bind(names)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(param_value)
+        .collect()
 }

@@ -166,10 +166,27 @@ impl SqliteStore {
 
     /// After an organisation's keys were deleted: copy the zeroed pages into the database
     /// file and empty the write-ahead log, whose older frames still hold the deleted rows.
+    /// A reader still using an older snapshot keeps the log from being emptied: then try
+    /// again a few times. The deletion itself has committed either way, so this never fails
+    /// it; if the log stays, the next successful checkpoint overwrites it.
     async fn after_shredding(&self) -> Result<(), StoreError> {
-        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&self.write)
-            .await?;
+        for attempt in 0..10u32 {
+            match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(TRUNCATE)")
+                .fetch_one(&self.write)
+                .await
+            {
+                Ok((0, _, _)) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not empty the write-ahead log after a deletion");
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt + 1))).await;
+        }
+        tracing::warn!(
+            "readers kept the write-ahead log from being emptied after a deletion; it holds the deleted rows until the next checkpoint"
+        );
         Ok(())
     }
 
@@ -220,6 +237,10 @@ fn i(v: u64) -> i64 {
 
 #[async_trait]
 impl Store for SqliteStore {
+    async fn close(&self) {
+        SqliteStore::close(self).await;
+    }
+
     async fn seal_config(&self) -> Result<Option<SealConfigRow>, StoreError> {
         let row = sqlx::query(
             "SELECT kind, shares, threshold, root_check, created_at, sealed_root FROM seal_config WHERE id = 1",

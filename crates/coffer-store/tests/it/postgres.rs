@@ -232,6 +232,98 @@ async fn two_nodes_append_to_shared_audit_chains_without_gaps_or_forks() {
     db.drop_db().await;
 }
 
+/// The audit append's compare-and-set, called directly: a batch over two chains of which
+/// the second moved writes nothing, leaves the first chain's head as it was, and reports
+/// only the chain that moved; the same batch with the right heads is appended; an event of
+/// a chain outside the batch is refused rather than dropped.
+#[tokio::test]
+async fn audit_appends_detect_moved_chains_and_undo_partial_moves() {
+    use coffer_store::{NewAuditEvent, Store};
+    let Some(db) = fresh().await else { return };
+    let mut orgs = [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()];
+    orgs.sort_unstable();
+    let event = |org: uuid::Uuid| NewAuditEvent {
+        org_id: org,
+        id: uuid::Uuid::new_v4(),
+        time: 1,
+        action: "a".into(),
+        actor_id: None,
+        outcome: "success".into(),
+        target: String::new(),
+        body: "{}".into(),
+    };
+    let h1 = db.store().append_audit(&event(orgs[0])).await.unwrap();
+    let h2 = db.store().append_audit(&event(orgs[1])).await.unwrap();
+    assert_eq!((h1.0, h2.0), (1, 1));
+    let mut conn = sqlx::PgConnection::connect(&db.url()).await.unwrap();
+    let genesis = coffer_crypto::audit::GENESIS;
+    let call = |old2: (i64, [u8; 32]), extra: Option<uuid::Uuid>| {
+        let mut e_org = vec![orgs[0].as_bytes().to_vec(), orgs[1].as_bytes().to_vec()];
+        if let Some(x) = extra {
+            e_org.push(x.as_bytes().to_vec());
+        }
+        let n = e_org.len();
+        sqlx::query_as::<_, (Option<Vec<u8>>, Option<i64>, Option<Vec<u8>>)>(
+            "SELECT * FROM coffer_append_audit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+        )
+        .bind(vec![orgs[0].as_bytes().to_vec(), orgs[1].as_bytes().to_vec()])
+        .bind(vec![1i64, old2.0])
+        .bind(vec![h1.1.to_vec(), old2.1.to_vec()])
+        .bind(vec![2i64, old2.0 + 1])
+        .bind(vec![vec![7u8; 32], vec![8u8; 32]])
+        .bind(genesis.to_vec())
+        .bind(e_org)
+        .bind(vec![2i64; n])
+        .bind((0..n).map(|_| uuid::Uuid::new_v4().as_bytes().to_vec()).collect::<Vec<_>>())
+        .bind(vec![1i64; n])
+        .bind(vec!["a".to_owned(); n])
+        .bind(vec![None::<Vec<u8>>; n])
+        .bind(vec!["success".to_owned(); n])
+        .bind(vec![String::new(); n])
+        .bind(vec!["{}".to_owned(); n])
+        .bind(vec![vec![0u8; 32]; n])
+        .bind(vec![vec![1u8; 32]; n])
+    };
+    // The second chain is believed empty but has one event.
+    let moved = call((0, genesis), None).fetch_all(&mut conn).await.unwrap();
+    assert_eq!(
+        moved,
+        vec![(
+            Some(orgs[1].as_bytes().to_vec()),
+            Some(1),
+            Some(h2.1.to_vec())
+        )],
+        "only the chain that moved is reported, with its real head"
+    );
+    assert_eq!(
+        db.store().audit_head(orgs[0]).await.unwrap(),
+        Some(h1),
+        "first head put back"
+    );
+    assert_eq!(db.store().audit_head(orgs[1]).await.unwrap(), Some(h2));
+    // An event of a chain that is not in the batch: refused, nothing written.
+    assert!(
+        call((1, h2.1), Some(uuid::Uuid::new_v4()))
+            .fetch_all(&mut conn)
+            .await
+            .is_err()
+    );
+    assert_eq!(db.store().audit_head(orgs[0]).await.unwrap(), Some(h1));
+    // With the right heads it goes in.
+    let done = call((1, h2.1), None).fetch_all(&mut conn).await.unwrap();
+    assert_eq!(done, vec![(None, None, None)], "appended");
+    assert_eq!(
+        db.store().audit_head(orgs[0]).await.unwrap(),
+        Some((2, [7u8; 32]))
+    );
+    assert_eq!(
+        db.store().audit_head(orgs[1]).await.unwrap(),
+        Some((2, [8u8; 32]))
+    );
+    conn.close().await.unwrap();
+    db.drop_db().await;
+}
+
 /// Reads are batched per node; a write through another node must still be seen by the
 /// very next read (no waiting for a notification or an expiry).
 #[tokio::test]
@@ -346,10 +438,11 @@ async fn writes_sealed_with_a_replaced_root_key_are_refused() {
     b.enqueue_mail(&mail(1)).await.unwrap();
     // A rekey on A.
     let previous = a.root_secrets().await.unwrap();
+    let new = RootKey::generate().check_value().unwrap();
     a.rotate_root(&RootRotation {
         previous_check: old,
         previous: previous.clone(),
-        root_check: RootKey::generate().check_value().unwrap(),
+        root_check: new.clone(),
         shares: 3,
         threshold: 2,
         sealed_root: None,
@@ -384,7 +477,14 @@ async fn writes_sealed_with_a_replaced_root_key_are_refused() {
     ));
     assert_eq!(a.org_ids().await.unwrap().len(), orgs, "nothing written");
     assert_eq!(a.pending_mail().await.unwrap(), 1);
-    // A node with the current key writes as before.
+    // A node that holds no root key writes nothing sealed with one either...
+    b.set_root_guard(None);
+    assert!(matches!(
+        b.create_org(&org, &key).await,
+        Err(StoreError::RootReplaced)
+    ));
+    // ...and one with the current key writes as before.
+    a.set_root_guard(Some(new));
     assert!(a.create_org(&org, &key).await.is_ok());
     a.close().await;
     b.close().await;
