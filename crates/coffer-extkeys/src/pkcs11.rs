@@ -70,16 +70,7 @@ fn service(what: &str, e: CkError) -> SealError {
 impl Hsm {
     /// Load the module, find the token by label and log in as its user.
     pub fn open(cfg: &Pkcs11Config) -> Result<Arc<Self>, SealError> {
-        let ctx = Pkcs11::new(&cfg.library).map_err(|e| {
-            SealError::Config(format!(
-                "load PKCS#11 module {}: {e}",
-                cfg.library.display()
-            ))
-        })?;
-        match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-            Err(e) => return Err(service("initialise", e)),
-        }
+        let ctx = module(&cfg.library)?;
         let slot = ctx
             .get_slots_with_token()
             .map_err(|e| service("list slots", e))?
@@ -257,6 +248,32 @@ impl Hsm {
                 })
         })
     }
+}
+
+/// The module at `library`, loaded and initialised once per process. C_Initialize must
+/// not run twice at once, and a module unloaded while another handle still has sessions
+/// would take them (and the login) with it: every token of a process shares one context,
+/// which is never unloaded. (SoftHSM lists the tokens that exist when it is initialised:
+/// create tokens before the server starts.)
+fn module(library: &std::path::Path) -> Result<Pkcs11, SealError> {
+    static LOADED: std::sync::OnceLock<Mutex<std::collections::HashMap<PathBuf, Pkcs11>>> =
+        std::sync::OnceLock::new();
+    let mut loaded = LOADED
+        .get_or_init(Mutex::default)
+        .lock()
+        .map_err(|_| SealError::Service("PKCS#11 module lock poisoned".into()))?;
+    if let Some(ctx) = loaded.get(library) {
+        return Ok(ctx.clone());
+    }
+    let ctx = Pkcs11::new(library).map_err(|e| {
+        SealError::Config(format!("load PKCS#11 module {}: {e}", library.display()))
+    })?;
+    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(e) => return Err(service("initialise", e)),
+    }
+    loaded.insert(library.to_owned(), ctx.clone());
+    Ok(ctx)
 }
 
 /// A new read-write session on `slot`, logged in as the user.

@@ -152,6 +152,9 @@ fn hsm_keys_stay_inside_bind_the_context_and_can_be_disabled() {
 
 #[test]
 fn hsm_token_must_exist() {
+    // The module sees the tokens that exist when a process first loads it: make the test
+    // token first, as every other test here does.
+    SoftHsm::shared();
     let r = Hsm::open(&Pkcs11Config {
         library: SOFTHSM_LIBRARY.into(),
         token_label: "no-such-token".into(),
