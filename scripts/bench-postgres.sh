@@ -15,8 +15,11 @@ shift $(( $# > 2 ? 2 : $# )) || true
 PG=${COFFER_BENCH_PG_ADMIN:-postgres://postgres@127.0.0.1:5432/postgres}
 WORK=${COFFER_BENCH_DIR:-/tmp/coffer-bench-pg}
 
-cargo build --release --locked -p coffer-cli
-BIN=$PWD/target/release/coffer
+# COFFER_BIN: measure another build (e.g. an older commit's) with the same procedure.
+if [ -z "${COFFER_BIN:-}" ]; then
+  cargo build --release --locked -p coffer-cli
+fi
+BIN=${COFFER_BIN:-$PWD/target/release/coffer}
 
 pkill -f "coffer server --dev --data-dir $WORK" 2>/dev/null || true
 rm -rf "$WORK" && mkdir -p "$WORK"

@@ -405,3 +405,67 @@ async fn init_and_unseal(a: &TestServer, b: &TestServer) -> coffer_client::InitR
     }
     init
 }
+
+/// No audit, no response, on PostgreSQL too: while audit events cannot be written, a read
+/// of a secret is refused with 503 `audit_unavailable` (the secret is not in the answer);
+/// once the store accepts events again, the same node serves again.
+#[tokio::test]
+async fn an_audit_outage_on_postgres_fails_closed_and_recovers() {
+    use sqlx::Connection;
+    let Some(url) = pg_database().await else {
+        return;
+    };
+    let srv = coffer_testkit::TestServer::with(coffer_testkit::TestOptions {
+        dev: true,
+        database_url: Some(url.clone()),
+        ..coffer_testkit::TestOptions::default()
+    })
+    .await;
+    let owner = srv.owner().await;
+    owner.create_project("web").await.unwrap();
+    owner
+        .set_param("web", "default", "TOKEN", "pg-audited-secret", Some(true))
+        .await
+        .unwrap();
+    // The database role owns the schema here: it can make the audit table refuse inserts.
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE FUNCTION audit_outage() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'disk full'; END $$; \
+         CREATE TRIGGER audit_outage BEFORE INSERT ON audit_events \
+         FOR EACH ROW EXECUTE FUNCTION audit_outage();",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let err = owner
+        .get_param("web", "default", "TOKEN")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.status(), err.code()),
+        (Some(503), Some("audit_unavailable"))
+    );
+    assert!(!err.to_string().contains("pg-audited-secret"));
+    sqlx::raw_sql("DROP TRIGGER audit_outage ON audit_events")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        owner
+            .get_param("web", "default", "TOKEN")
+            .await
+            .unwrap()
+            .value
+            .as_deref(),
+        Some("pg-audited-secret")
+    );
+    let v = owner.audit_verify().await.unwrap();
+    assert_eq!(
+        v["ok"], true,
+        "the chain has no gap where events were refused: {v}"
+    );
+    conn.close().await.unwrap();
+    srv.stop().await;
+    drop_pg_database(&url).await;
+}
