@@ -7,76 +7,68 @@
 -- in the caller's (implicit) transaction; they run with the caller's rights
 -- (SECURITY INVOKER), so the policies still apply.
 
--- Append one batch of audit events (the `e_*` arrays, one element per event) to the chains
--- of `p_orgs` (ascending, so writers lock chains in one order and cannot deadlock). The
--- caller computed sequence numbers and hashes from the heads it believes current
--- (`p_old_seq`, `p_old_hash`): each head moves to (`p_new_seq`, `p_new_hash`) only if it is
--- still there, which also locks it until the commit.
---
--- Appended: one row with a NULL `moved_org`. If any chain moved (another node appended),
--- nothing is written and the rows name every chain of the batch whose head is not what the
--- caller expected, with its current head, for the caller to recompute and retry once.
+-- Append one batch of audit events (the `e_*` arrays, one element per event, in order) to
+-- the chains of `p_orgs` (ascending). Each chain's head row is locked (in that order, so
+-- writers on several nodes queue instead of deadlocking), the events get the next sequence
+-- numbers and their chain hashes here, under the lock, and the heads move on; the result is
+-- (seq, hash) per event, in input order. The hash is the one coffer_crypto::audit defines:
+-- SHA-256("coffer/audit/v1" || previous hash || seq as 8 bytes big-endian || body as UTF-8);
+-- every verification recomputes it in Rust, so a difference could not go unnoticed.
 CREATE FUNCTION coffer_append_audit(
-    p_orgs BYTEA[], p_old_seq BIGINT[], p_old_hash BYTEA[], p_new_seq BIGINT[],
-    p_new_hash BYTEA[], p_genesis BYTEA,
-    e_org BYTEA[], e_seq BIGINT[], e_id BYTEA[], e_time BIGINT[], e_action TEXT[],
-    e_actor BYTEA[], e_outcome TEXT[], e_target TEXT[], e_body TEXT[], e_prev BYTEA[],
-    e_hash BYTEA[]
+    p_orgs BYTEA[], p_genesis BYTEA,
+    e_org BYTEA[], e_id BYTEA[], e_time BIGINT[], e_action TEXT[], e_actor BYTEA[],
+    e_outcome TEXT[], e_target TEXT[], e_body TEXT[]
 )
-RETURNS TABLE (moved_org BYTEA, moved_seq BIGINT, moved_hash BYTEA)
+RETURNS TABLE (seq BIGINT, hash BYTEA)
 LANGUAGE plpgsql AS $$
+#variable_conflict use_column
 DECLARE
+    n_orgs INT := coalesce(array_length(p_orgs, 1), 0);
+    n INT := coalesce(array_length(e_org, 1), 0);
+    head_seq BIGINT[] := '{}';
+    head_hash BYTEA[] := '{}';
+    out_seq BIGINT[] := '{}';
+    out_prev BYTEA[] := '{}';
+    out_hash BYTEA[] := '{}';
     i INT;
-    j INT;
-    n INT := coalesce(array_length(p_orgs, 1), 0);
-    added BIGINT := 0;
-    rows BIGINT;
+    k INT;
+    h RECORD;
+    added BIGINT;
 BEGIN
-    FOR i IN 1 .. n LOOP
-        UPDATE audit_heads SET seq = p_new_seq[i], hash = p_new_hash[i]
-         WHERE org_id = p_orgs[i] AND seq = p_old_seq[i] AND hash = p_old_hash[i];
-        IF NOT FOUND AND p_old_seq[i] = 0 THEN
-            -- A new chain: start it, unless another node just did.
-            INSERT INTO audit_heads (org_id, seq, hash)
-                 VALUES (p_orgs[i], p_new_seq[i], p_new_hash[i])
-                ON CONFLICT (org_id) DO NOTHING;
-        END IF;
-        IF NOT FOUND THEN
-            -- Put back the heads this call already moved (still locked by it), and report
-            -- every chain of the batch that is not where the caller thought.
-            FOR j IN 1 .. i - 1 LOOP
-                UPDATE audit_heads SET seq = p_old_seq[j], hash = p_old_hash[j]
-                 WHERE org_id = p_orgs[j];
-            END LOOP;
-            RETURN QUERY
-                SELECT u.org, coalesce(h.seq, 0), coalesce(h.hash, p_genesis)
-                  FROM unnest(p_orgs, p_old_seq, p_old_hash) AS u(org, seq, hash)
-                  LEFT JOIN audit_heads h ON h.org_id = u.org
-                 WHERE coalesce(h.seq, 0) <> u.seq OR coalesce(h.hash, p_genesis) <> u.hash;
-            RETURN;
-        END IF;
+    FOR k IN 1 .. n_orgs LOOP
+        INSERT INTO audit_heads (org_id, seq, hash) VALUES (p_orgs[k], 0, p_genesis)
+            ON CONFLICT (org_id) DO NOTHING;
+        SELECT a.seq, a.hash INTO h FROM audit_heads a WHERE a.org_id = p_orgs[k] FOR UPDATE;
+        head_seq := head_seq || h.seq;
+        head_hash := head_hash || h.hash;
     END LOOP;
     FOR i IN 1 .. n LOOP
-        PERFORM set_config('coffer.org_id', encode(p_orgs[i], 'hex'), true);
+        k := array_position(p_orgs, e_org[i]);
+        IF k IS NULL THEN
+            RAISE EXCEPTION 'audit batch: event % belongs to no chain of the batch', i;
+        END IF;
+        head_seq[k] := head_seq[k] + 1;
+        out_seq := out_seq || head_seq[k];
+        out_prev := out_prev || head_hash[k];
+        head_hash[k] := sha256('coffer/audit/v1'::bytea || head_hash[k] || int8send(head_seq[k])
+                               || convert_to(e_body[i], 'UTF8'));
+        out_hash := out_hash || head_hash[k];
+    END LOOP;
+    FOR k IN 1 .. n_orgs LOOP
+        PERFORM set_config('coffer.org_id', encode(p_orgs[k], 'hex'), true);
         INSERT INTO audit_events (org_id, seq, id, time, action, actor_id, outcome, target, body,
                                   prev_hash, hash)
             SELECT u.org, u.seq, u.id, u.time, u.action, u.actor, u.outcome, u.target, u.body,
                    u.prev, u.hash
-              FROM unnest(e_org, e_seq, e_id, e_time, e_action, e_actor, e_outcome, e_target,
-                          e_body, e_prev, e_hash)
+              FROM unnest(e_org, out_seq, e_id, e_time, e_action, e_actor, e_outcome, e_target,
+                          e_body, out_prev, out_hash)
                    AS u(org, seq, id, time, action, actor, outcome, target, body, prev, hash)
-             WHERE u.org = p_orgs[i];
-        GET DIAGNOSTICS rows = ROW_COUNT;
-        added := added + rows;
+             WHERE u.org = p_orgs[k];
+        UPDATE audit_heads SET seq = head_seq[k], hash = head_hash[k] WHERE org_id = p_orgs[k];
     END LOOP;
     PERFORM set_config('coffer.org_id', '', true);
-    -- Every event belongs to one of the batch's chains: anything else is a caller's bug,
-    -- and no event may be dropped silently.
-    IF added <> coalesce(array_length(e_org, 1), 0) THEN
-        RAISE EXCEPTION 'audit batch: % of % events belong to its chains', added,
-            coalesce(array_length(e_org, 1), 0);
-    END IF;
-    RETURN QUERY SELECT NULL::BYTEA, NULL::BIGINT, NULL::BYTEA;
+    RETURN QUERY SELECT u.s, u.h FROM unnest(out_seq, out_hash) WITH ORDINALITY AS u(s, h, o)
+                  ORDER BY u.o;
 END
 $$;
 

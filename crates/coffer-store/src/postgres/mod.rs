@@ -851,13 +851,12 @@ async fn append_version(conn: &mut PgConnection, w: &ParamWrite) -> Result<(), S
 }
 
 /// This node's audit writer: events queued while a batch commits go into the next batch,
-/// so one statement (one round trip, one WAL flush) covers many requests. The writer keeps
-/// the heads of the chains it appends to; another node's appends make them stale, which
-/// `coffer_append_audit` detects under the chains' row locks.
+/// so one statement (one round trip, one WAL flush) covers many requests. The database
+/// numbers and chains the events under each chain's row lock (`coffer_append_audit`), so
+/// writers on several nodes queue on a shared chain instead of racing for it.
 fn spawn_audit_writer(pool: PgPool) -> mpsc::Sender<AuditJob> {
     let (tx, mut rx) = mpsc::channel::<AuditJob>(4096);
     tokio::spawn(async move {
-        let mut heads = crate::chain::Heads::new();
         let mut batch: Vec<AuditJob> = Vec::with_capacity(AUDIT_BATCH);
         while let Some(first) = rx.recv().await {
             batch.push(first);
@@ -868,7 +867,7 @@ fn spawn_audit_writer(pool: PgPool) -> mpsc::Sender<AuditJob> {
                 }
             }
             let events: Vec<&NewAuditEvent> = batch.iter().map(|(e, _)| e).collect();
-            match append_audit_batch(&pool, &mut heads, &events).await {
+            match append_audit_batch(&pool, &events).await {
                 Ok(assigned) => {
                     for ((_, reply), r) in batch.drain(..).zip(assigned) {
                         let _ = reply.send(Ok(r));
@@ -876,9 +875,6 @@ fn spawn_audit_writer(pool: PgPool) -> mpsc::Sender<AuditJob> {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "audit batch failed");
-                    // The outcome is unknown (the commit may have happened): read the heads
-                    // again before the next batch.
-                    heads.clear();
                     for (_, reply) in batch.drain(..) {
                         let _ = reply.send(Err(StoreError::CommitFailed));
                     }
@@ -889,100 +885,35 @@ fn spawn_audit_writer(pool: PgPool) -> mpsc::Sender<AuditJob> {
     tx
 }
 
-/// How often a batch is recomputed because other nodes appended to the same chains
-/// meanwhile, before it fails. Each conflict reports every moved chain of the batch, so one
-/// retry normally suffices.
-const AUDIT_RETRIES: usize = 32;
-/// Chain heads a node remembers; beyond this it forgets them and reads them again.
-const MAX_KNOWN_HEADS: usize = 100_000;
-
-/// Append a batch in one statement: sequence numbers and hashes are computed here from the
-/// known heads, and the database appends only if those heads are still current.
+/// Append a batch in one statement; returns (seq, hash) per event, in order.
 async fn append_audit_batch(
     pool: &PgPool,
-    heads: &mut crate::chain::Heads,
     events: &[&NewAuditEvent],
 ) -> Result<Vec<(u64, [u8; 32])>, StoreError> {
     let orgs = crate::chain::orgs(events);
-    let unknown: Vec<Uuid> = orgs
-        .iter()
-        .filter(|o| !heads.contains_key(o))
-        .copied()
-        .collect();
-    if !unknown.is_empty() {
-        for o in &unknown {
-            heads.insert(*o, (0, coffer_crypto::audit::GENESIS));
-        }
-        let unknown: Vec<&[u8]> = unknown.iter().map(b).collect();
-        let rows = sqlx::query("SELECT org_id, seq, hash FROM audit_heads WHERE org_id = ANY($1)")
-            .bind(&unknown)
-            .fetch_all(pool)
-            .await?;
-        for r in &rows {
-            heads.insert(
-                uuid_col(r, "org_id")?,
-                (u64_col(r, "seq")?, hash_col(r, "hash")?),
-            );
-        }
-    }
     let org_bytes: Vec<&[u8]> = orgs.iter().map(b).collect();
     let cols = AuditColumns::of(events);
-    for _ in 0..AUDIT_RETRIES {
-        // The batch's chains only: `heads` holds every chain this node appended to.
-        let mut next = crate::chain::Heads::new();
-        for o in &orgs {
-            next.insert(*o, heads.get(o).copied().ok_or(StoreError::CommitFailed)?);
-        }
-        let old: Vec<(u64, [u8; 32])> = orgs.iter().map(|o| next[o]).collect();
-        let assigned = crate::chain::assign(events, &mut next)?;
-        let new: Vec<(u64, [u8; 32])> = orgs.iter().map(|o| next[o]).collect();
-        let rows = sqlx::query(
-            "SELECT moved_org, moved_seq, moved_hash FROM coffer_append_audit(\
-             $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
-        )
-        .bind(&org_bytes)
-        .bind(old.iter().map(|h| i(h.0)).collect::<Vec<_>>())
-        .bind(old.iter().map(|h| h.1.as_slice()).collect::<Vec<_>>())
-        .bind(new.iter().map(|h| i(h.0)).collect::<Vec<_>>())
-        .bind(new.iter().map(|h| h.1.as_slice()).collect::<Vec<_>>())
-        .bind(coffer_crypto::audit::GENESIS.as_slice())
-        .bind(&cols.org)
-        .bind(assigned.iter().map(|l| i(l.0)).collect::<Vec<_>>())
-        .bind(&cols.id)
-        .bind(&cols.time)
-        .bind(&cols.action)
-        .bind(&cols.actor)
-        .bind(&cols.outcome)
-        .bind(&cols.target)
-        .bind(&cols.body)
-        .bind(assigned.iter().map(|l| l.1.as_slice()).collect::<Vec<_>>())
-        .bind(assigned.iter().map(|l| l.2.as_slice()).collect::<Vec<_>>())
-        .fetch_all(pool)
-        .await?;
-        match rows.as_slice() {
-            [one] if one.opt_bytes("moved_org")?.is_none() => {
-                if heads.len() > MAX_KNOWN_HEADS {
-                    heads.clear();
-                }
-                heads.extend(next);
-                return Ok(assigned
-                    .into_iter()
-                    .map(|(seq, _, hash)| (seq, hash))
-                    .collect());
-            }
-            // Nothing appended and nothing said to have moved: never expected, not retried.
-            [] => return Err(StoreError::CommitFailed),
-            moved => {
-                for r in moved {
-                    heads.insert(
-                        uuid_col(r, "moved_org")?,
-                        (u64_col(r, "moved_seq")?, hash_col(r, "moved_hash")?),
-                    );
-                }
-            }
-        }
+    let rows = sqlx::query(
+        "SELECT seq, hash FROM coffer_append_audit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(&org_bytes)
+    .bind(coffer_crypto::audit::GENESIS.as_slice())
+    .bind(&cols.org)
+    .bind(&cols.id)
+    .bind(&cols.time)
+    .bind(&cols.action)
+    .bind(&cols.actor)
+    .bind(&cols.outcome)
+    .bind(&cols.target)
+    .bind(&cols.body)
+    .fetch_all(pool)
+    .await?;
+    if rows.len() != events.len() {
+        return Err(StoreError::CommitFailed);
     }
-    Err(StoreError::CommitFailed)
+    rows.iter()
+        .map(|r| Ok((u64_col(r, "seq")?, hash_col(r, "hash")?)))
+        .collect()
 }
 
 /// A batch's events as one array per column, for `coffer_append_audit`.

@@ -155,10 +155,8 @@ async fn audit_rows_refuse_update_and_delete() {
     db.drop_db().await;
 }
 
-/// Two nodes' audit writers append to the same two chains at the same time: each keeps the
-/// chains' heads in memory, so a batch computed after the other node's appends is stale
-/// and must be detected and redone, and a batch spanning both chains that finds only one
-/// of them moved must leave the other as it was. Both chains must come out gapless and
+/// Two nodes' audit writers append to the same two chains at the same time (batches that
+/// span both chains, in both orders of arrival): both chains must come out gapless and
 /// linked.
 #[tokio::test]
 async fn two_nodes_append_to_shared_audit_chains_without_gaps_or_forks() {
@@ -232,94 +230,88 @@ async fn two_nodes_append_to_shared_audit_chains_without_gaps_or_forks() {
     db.drop_db().await;
 }
 
-/// The audit append's compare-and-set, called directly: a batch over two chains of which
-/// the second moved writes nothing, leaves the first chain's head as it was, and reports
-/// only the chain that moved; the same batch with the right heads is appended; an event of
-/// a chain outside the batch is refused rather than dropped.
+/// The audit append, called directly: the database numbers and chains a batch over two
+/// chains exactly as `coffer_crypto::audit::chain_hash` does (verification recomputes it in
+/// Rust), in input order; an event of a chain outside the batch is refused, not dropped.
 #[tokio::test]
-async fn audit_appends_detect_moved_chains_and_undo_partial_moves() {
+async fn audit_appends_chain_events_in_the_database_as_rust_verifies_them() {
     use coffer_store::{NewAuditEvent, Store};
     let Some(db) = fresh().await else { return };
     let mut orgs = [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()];
     orgs.sort_unstable();
-    let event = |org: uuid::Uuid| NewAuditEvent {
-        org_id: org,
-        id: uuid::Uuid::new_v4(),
-        time: 1,
-        action: "a".into(),
-        actor_id: None,
-        outcome: "success".into(),
-        target: String::new(),
-        body: "{}".into(),
-    };
-    let h1 = db.store().append_audit(&event(orgs[0])).await.unwrap();
-    let h2 = db.store().append_audit(&event(orgs[1])).await.unwrap();
-    assert_eq!((h1.0, h2.0), (1, 1));
+    let first = db
+        .store()
+        .append_audit(&NewAuditEvent {
+            org_id: orgs[1],
+            id: uuid::Uuid::new_v4(),
+            time: 1,
+            action: "a".into(),
+            actor_id: None,
+            outcome: "success".into(),
+            target: String::new(),
+            body: "{\"n\":0}".into(),
+        })
+        .await
+        .unwrap();
     let mut conn = sqlx::PgConnection::connect(&db.url()).await.unwrap();
-    let genesis = coffer_crypto::audit::GENESIS;
-    let call = |old2: (i64, [u8; 32]), extra: Option<uuid::Uuid>| {
-        let mut e_org = vec![orgs[0].as_bytes().to_vec(), orgs[1].as_bytes().to_vec()];
+    // Interleaved: org 1, org 0, org 1, with a non-ASCII body.
+    let event_orgs = [orgs[1], orgs[0], orgs[1]];
+    let bodies = ["{\"n\":1}", "{\"name\":\"Zoë\"}", "{\"n\":2}"];
+    let call = |extra: Option<uuid::Uuid>| {
+        let mut e_org: Vec<Vec<u8>> = event_orgs.iter().map(|o| o.as_bytes().to_vec()).collect();
+        let mut body: Vec<String> = bodies.iter().map(|b| (*b).to_owned()).collect();
         if let Some(x) = extra {
             e_org.push(x.as_bytes().to_vec());
+            body.push("{}".into());
         }
         let n = e_org.len();
-        sqlx::query_as::<_, (Option<Vec<u8>>, Option<i64>, Option<Vec<u8>>)>(
-            "SELECT * FROM coffer_append_audit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+        sqlx::query_as::<_, (i64, Vec<u8>)>(
+            "SELECT * FROM coffer_append_audit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
-        .bind(vec![orgs[0].as_bytes().to_vec(), orgs[1].as_bytes().to_vec()])
-        .bind(vec![1i64, old2.0])
-        .bind(vec![h1.1.to_vec(), old2.1.to_vec()])
-        .bind(vec![2i64, old2.0 + 1])
-        .bind(vec![vec![7u8; 32], vec![8u8; 32]])
-        .bind(genesis.to_vec())
+        .bind(vec![
+            orgs[0].as_bytes().to_vec(),
+            orgs[1].as_bytes().to_vec(),
+        ])
+        .bind(coffer_crypto::audit::GENESIS.to_vec())
         .bind(e_org)
-        .bind(vec![2i64; n])
-        .bind((0..n).map(|_| uuid::Uuid::new_v4().as_bytes().to_vec()).collect::<Vec<_>>())
+        .bind(
+            (0..n)
+                .map(|_| uuid::Uuid::new_v4().as_bytes().to_vec())
+                .collect::<Vec<_>>(),
+        )
         .bind(vec![1i64; n])
         .bind(vec!["a".to_owned(); n])
         .bind(vec![None::<Vec<u8>>; n])
         .bind(vec!["success".to_owned(); n])
         .bind(vec![String::new(); n])
-        .bind(vec!["{}".to_owned(); n])
-        .bind(vec![vec![0u8; 32]; n])
-        .bind(vec![vec![1u8; 32]; n])
+        .bind(body)
     };
-    // The second chain is believed empty but has one event.
-    let moved = call((0, genesis), None).fetch_all(&mut conn).await.unwrap();
-    assert_eq!(
-        moved,
-        vec![(
-            Some(orgs[1].as_bytes().to_vec()),
-            Some(1),
-            Some(h2.1.to_vec())
-        )],
-        "only the chain that moved is reported, with its real head"
-    );
-    assert_eq!(
-        db.store().audit_head(orgs[0]).await.unwrap(),
-        Some(h1),
-        "first head put back"
-    );
-    assert_eq!(db.store().audit_head(orgs[1]).await.unwrap(), Some(h2));
-    // An event of a chain that is not in the batch: refused, nothing written.
     assert!(
-        call((1, h2.1), Some(uuid::Uuid::new_v4()))
+        call(Some(uuid::Uuid::new_v4()))
             .fetch_all(&mut conn)
             .await
-            .is_err()
-    );
-    assert_eq!(db.store().audit_head(orgs[0]).await.unwrap(), Some(h1));
-    // With the right heads it goes in.
-    let done = call((1, h2.1), None).fetch_all(&mut conn).await.unwrap();
-    assert_eq!(done, vec![(None, None, None)], "appended");
-    assert_eq!(
-        db.store().audit_head(orgs[0]).await.unwrap(),
-        Some((2, [7u8; 32]))
+            .is_err(),
+        "an event outside the batch's chains is refused"
     );
     assert_eq!(
         db.store().audit_head(orgs[1]).await.unwrap(),
-        Some((2, [8u8; 32]))
+        Some(first),
+        "nothing written"
     );
+    let got = call(None).fetch_all(&mut conn).await.unwrap();
+    let link = |prev: &[u8; 32], seq: u64, body: &str| {
+        coffer_crypto::audit::chain_hash(prev, &coffer_store::sqlite::audit_entry(seq, body))
+    };
+    let h1 = link(&first.1, 2, bodies[0]);
+    let h0 = link(&coffer_crypto::audit::GENESIS, 1, bodies[1]);
+    let h2 = link(&h1, 3, bodies[2]);
+    assert_eq!(
+        got,
+        vec![(2, h1.to_vec()), (1, h0.to_vec()), (3, h2.to_vec())],
+        "sequence numbers and hashes per event, in input order"
+    );
+    assert_eq!(db.store().audit_head(orgs[0]).await.unwrap(), Some((1, h0)));
+    assert_eq!(db.store().audit_head(orgs[1]).await.unwrap(), Some((3, h2)));
     conn.close().await.unwrap();
     db.drop_db().await;
 }
