@@ -289,6 +289,18 @@ pub(crate) fn outbox_row<R: RowRead>(r: &R) -> Result<OutboxRow, StoreError> {
     })
 }
 
+/// Run `$body` (which uses the transaction `$tx`) in a transaction on `$pool` scoped to
+/// `$scope` for row-level security, and commit it.
+macro_rules! scoped {
+    ($store:ident, $pool:expr, $scope:expr, |$tx:ident| $body:block) => {{
+        let mut $tx = $store.tx($pool, $scope).await?;
+        let out = $body;
+        $tx.commit().await?;
+        out
+    }};
+}
+pub(crate) use scoped;
+
 /// Whether the user is the organisation's only Owner, inside the open transaction.
 macro_rules! sole_owner {
     ($tx:ident, $org:expr, $user:expr) => {{
@@ -503,62 +515,49 @@ macro_rules! impl_identity_store {
             }
 
             async fn user_requires_mfa(&self, user_id: Uuid) -> Result<bool, StoreError> {
-                let mut tx = self.tx(&self.$read, $crate::Scope::User(user_id)).await?;
-                let out = {
+                $crate::identity::scoped!(self, &self.$read, $crate::Scope::User(user_id), |tx| {
                     let r = sqlx::query("SELECT COUNT(*) AS n FROM memberships m JOIN orgs o ON o.id = m.org_id WHERE m.user_id = $1 AND o.require_mfa = TRUE")
                         .bind(user_id.as_bytes().as_slice())
                         .fetch_one(&mut *tx)
                         .await?;
                     Ok($crate::rows::RowRead::int(&r, "n")? > 0)
-                };
-                tx.commit().await?;
-                out
+                })
             }
 
             async fn set_org_require_mfa(&self, org_id: Uuid, on: bool) -> Result<(), StoreError> {
-                let mut tx = self.tx(&self.$write, $crate::Scope::Org(org_id)).await?;
-                let out = {
+                $crate::identity::scoped!(self, &self.$write, $crate::Scope::Org(org_id), |tx| {
                     sqlx::query("UPDATE orgs SET require_mfa = $2 WHERE id = $1")
                         .bind(org_id.as_bytes().as_slice())
                         .bind(on)
                         .execute(&mut *tx)
                         .await?;
                     Ok(())
-                };
-                tx.commit().await?;
-                out
+                })
             }
 
             async fn org_requires_mfa(&self, org_id: Uuid) -> Result<bool, StoreError> {
-                let mut tx = self.tx(&self.$read, $crate::Scope::Org(org_id)).await?;
-                let out = {
+                $crate::identity::scoped!(self, &self.$read, $crate::Scope::Org(org_id), |tx| {
                     let r = sqlx::query("SELECT COUNT(*) AS n FROM orgs WHERE id = $1 AND require_mfa = TRUE")
                         .bind(org_id.as_bytes().as_slice())
                         .fetch_one(&mut *tx)
                         .await?;
                     Ok($crate::rows::RowRead::int(&r, "n")? > 0)
-                };
-                tx.commit().await?;
-                out
+                })
             }
 
             async fn org_by_name(&self, name: &str) -> Result<Option<OrgRow>, StoreError> {
-                let mut tx = self.tx(&self.$read, $crate::Scope::System).await?;
-                let out = {
+                $crate::identity::scoped!(self, &self.$read, $crate::Scope::System, |tx| {
                     sqlx::query("SELECT id, name, created_at FROM orgs WHERE name = $1")
                         .bind(name)
                         .fetch_optional(&mut *tx)
                         .await?
                         .map(|r| $crate::rows::org_row(&r))
                         .transpose()
-                };
-                tx.commit().await?;
-                out
+                })
             }
 
             async fn add_membership(&self, m: &MembershipRow) -> Result<(), StoreError> {
-                let mut tx = self.tx(&self.$write, $crate::Scope::Org(m.org_id)).await?;
-                let out = {
+                $crate::identity::scoped!(self, &self.$write, $crate::Scope::Org(m.org_id), |tx| {
                     sqlx::query("INSERT INTO memberships (user_id, org_id, role, created_at) VALUES ($1, $2, $3, $4)")
                         .bind(m.user_id.as_bytes().as_slice())
                         .bind(m.org_id.as_bytes().as_slice())
@@ -567,14 +566,11 @@ macro_rules! impl_identity_store {
                         .execute(&mut *tx)
                         .await?;
                     Ok(())
-                };
-                tx.commit().await?;
-                out
+                })
             }
 
             async fn memberships(&self, user_id: Uuid) -> Result<Vec<MembershipRow>, StoreError> {
-                let mut tx = self.tx(&self.$read, $crate::Scope::User(user_id)).await?;
-                let out = {
+                $crate::identity::scoped!(self, &self.$read, $crate::Scope::User(user_id), |tx| {
                     sqlx::query("SELECT user_id, org_id, role, created_at FROM memberships WHERE user_id = $1 ORDER BY created_at")
                         .bind(user_id.as_bytes().as_slice())
                         .fetch_all(&mut *tx)
@@ -582,14 +578,11 @@ macro_rules! impl_identity_store {
                         .iter()
                         .map($crate::identity::membership_row)
                         .collect()
-                };
-                tx.commit().await?;
-                out
+                })
             }
 
             async fn membership(&self, org_id: Uuid, user_id: Uuid) -> Result<Option<MembershipRow>, StoreError> {
-                let mut tx = self.tx(&self.$read, $crate::Scope::Org(org_id)).await?;
-                let out = {
+                $crate::identity::scoped!(self, &self.$read, $crate::Scope::Org(org_id), |tx| {
                     sqlx::query("SELECT user_id, org_id, role, created_at FROM memberships WHERE org_id = $1 AND user_id = $2")
                         .bind(org_id.as_bytes().as_slice())
                         .bind(user_id.as_bytes().as_slice())
@@ -597,14 +590,11 @@ macro_rules! impl_identity_store {
                         .await?
                         .map(|r| $crate::identity::membership_row(&r))
                         .transpose()
-                };
-                tx.commit().await?;
-                out
+                })
             }
 
             async fn org_members(&self, org_id: Uuid) -> Result<Vec<(MembershipRow, UserRow)>, StoreError> {
-                let mut tx = self.tx(&self.$read, $crate::Scope::Org(org_id)).await?;
-                let out = {
+                $crate::identity::scoped!(self, &self.$read, $crate::Scope::Org(org_id), |tx| {
                     sqlx::query(
                         "SELECT m.user_id, m.org_id, m.role, m.created_at AS m_created, \
                          u.id, u.username, u.password_hash, u.created_at, u.email, u.mfa_enabled \
@@ -625,9 +615,7 @@ macro_rules! impl_identity_store {
                         Ok((m, $crate::identity::user_row(r)?))
                     })
                     .collect()
-                };
-                tx.commit().await?;
-                out
+                })
             }
 
             async fn set_role(&self, org_id: Uuid, user_id: Uuid, role: &str) -> Result<bool, StoreError> {
@@ -673,8 +661,7 @@ macro_rules! impl_identity_store {
             }
 
             async fn create_session(&self, s: &SessionRow) -> Result<(), StoreError> {
-                let mut tx = self.tx(&self.$write, $crate::Scope::Org(s.org_id)).await?;
-                let out = {
+                $crate::identity::scoped!(self, &self.$write, $crate::Scope::Org(s.org_id), |tx| {
                     sqlx::query(concat!("INSERT INTO sessions (", $crate::identity::session_cols!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"))
                         .bind(s.id.as_bytes().as_slice())
                         .bind(s.token_hash.as_slice())
@@ -690,82 +677,64 @@ macro_rules! impl_identity_store {
                         .execute(&mut *tx)
                         .await?;
                     Ok(())
-                };
-                tx.commit().await?;
-                out
+                })
             }
 
             async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionRow>, StoreError> {
-                let mut tx = self.tx(&self.$read, $crate::Scope::Token(token_hash)).await?;
-                let out = {
+                $crate::identity::scoped!(self, &self.$read, $crate::Scope::Token(token_hash), |tx| {
                     sqlx::query(concat!("SELECT ", $crate::identity::session_cols!(), " FROM sessions WHERE token_hash = $1"))
                         .bind(token_hash.as_slice())
                         .fetch_optional(&mut *tx)
                         .await?
                         .map(|r| $crate::identity::session_row(&r))
                         .transpose()
-                };
-                tx.commit().await?;
-                out
+                })
             }
 
             async fn touch_session(&self, org_id: Uuid, id: Uuid, now: i64) -> Result<(), StoreError> {
-                let mut tx = self.tx(&self.$write, $crate::Scope::Org(org_id)).await?;
-                let out = {
+                $crate::identity::scoped!(self, &self.$write, $crate::Scope::Org(org_id), |tx| {
                     sqlx::query("UPDATE sessions SET last_seen_at = $2 WHERE id = $1 AND last_seen_at < $2")
                         .bind(id.as_bytes().as_slice())
                         .bind(now)
                         .execute(&mut *tx)
                         .await?;
                     Ok(())
-                };
-                tx.commit().await?;
-                out
+                })
             }
 
             async fn promote_session(&self, user_id: Uuid, id: Uuid) -> Result<(), StoreError> {
-                let mut tx = self.tx(&self.$write, $crate::Scope::User(user_id)).await?;
-                let out = {
+                $crate::identity::scoped!(self, &self.$write, $crate::Scope::User(user_id), |tx| {
                     sqlx::query("UPDATE sessions SET stage = 'full' WHERE id = $1 AND stage = 'enroll'")
                         .bind(id.as_bytes().as_slice())
                         .execute(&mut *tx)
                         .await?;
                     Ok(())
-                };
-                tx.commit().await?;
-                out
+                })
             }
 
             async fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool, StoreError> {
-                let mut tx = self.tx(&self.$write, $crate::Scope::Token(token_hash)).await?;
-                let out = {
+                $crate::identity::scoped!(self, &self.$write, $crate::Scope::Token(token_hash), |tx| {
                     let r = sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
                         .bind(token_hash.as_slice())
                         .execute(&mut *tx)
                         .await?;
                     Ok(r.rows_affected() > 0)
-                };
-                tx.commit().await?;
-                out
+                })
             }
 
             async fn delete_session_by_id(&self, user_id: Uuid, id: Uuid) -> Result<bool, StoreError> {
-                let mut tx = self.tx(&self.$write, $crate::Scope::User(user_id)).await?;
-                let out = {
+                $crate::identity::scoped!(self, &self.$write, $crate::Scope::User(user_id), |tx| {
                     let r = sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND id = $2")
                         .bind(user_id.as_bytes().as_slice())
                         .bind(id.as_bytes().as_slice())
                         .execute(&mut *tx)
                         .await?;
                     Ok(r.rows_affected() > 0)
-                };
-                tx.commit().await?;
-                out
+                })
             }
 
             async fn user_sessions(&self, user_id: Uuid) -> Result<Vec<SessionRow>, StoreError> {
-                let mut tx = self.tx(&self.$read, $crate::Scope::User(user_id)).await?;
-                let out = {
+                $crate::identity::scoped!(self, &self.$read, $crate::Scope::User(user_id), |tx| {
                     sqlx::query(concat!("SELECT ", $crate::identity::session_cols!(), " FROM sessions WHERE user_id = $1 ORDER BY created_at"))
                         .bind(user_id.as_bytes().as_slice())
                         .fetch_all(&mut *tx)
@@ -773,14 +742,11 @@ macro_rules! impl_identity_store {
                         .iter()
                         .map($crate::identity::session_row)
                         .collect()
-                };
-                tx.commit().await?;
-                out
+                })
             }
 
             async fn delete_user_sessions(&self, user_id: Uuid, keep: Option<Uuid>) -> Result<u64, StoreError> {
-                let mut tx = self.tx(&self.$write, $crate::Scope::User(user_id)).await?;
-                let out = {
+                $crate::identity::scoped!(self, &self.$write, $crate::Scope::User(user_id), |tx| {
                     let keep = keep.unwrap_or(Uuid::nil());
                     let r = sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND id <> $2")
                         .bind(user_id.as_bytes().as_slice())
@@ -788,28 +754,22 @@ macro_rules! impl_identity_store {
                         .execute(&mut *tx)
                         .await?;
                     Ok(r.rows_affected())
-                };
-                tx.commit().await?;
-                out
+                })
             }
 
             async fn delete_expired_sessions(&self, now: i64, idle_ms: i64) -> Result<u64, StoreError> {
-                let mut tx = self.tx(&self.$write, $crate::Scope::System).await?;
-                let out = {
+                $crate::identity::scoped!(self, &self.$write, $crate::Scope::System, |tx| {
                     let r = sqlx::query("DELETE FROM sessions WHERE expires_at <= $1 OR last_seen_at <= $1 - $2")
                         .bind(now)
                         .bind(idle_ms)
                         .execute(&mut *tx)
                         .await?;
                     Ok(r.rows_affected())
-                };
-                tx.commit().await?;
-                out
+                })
             }
 
             async fn create_api_key(&self, k: &ApiKeyRow) -> Result<(), StoreError> {
-                let mut tx = self.tx(&self.$write, $crate::Scope::Org(k.org_id)).await?;
-                let out = {
+                $crate::identity::scoped!(self, &self.$write, $crate::Scope::Org(k.org_id), |tx| {
                     sqlx::query(concat!("INSERT INTO api_keys (", $crate::identity::key_cols!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"))
                         .bind(k.id.as_bytes().as_slice())
                         .bind(k.org_id.as_bytes().as_slice())
@@ -828,28 +788,22 @@ macro_rules! impl_identity_store {
                         .execute(&mut *tx)
                         .await?;
                     Ok(())
-                };
-                tx.commit().await?;
-                out
+                })
             }
 
             async fn api_key_by_hash(&self, hash: &[u8; 32]) -> Result<Option<ApiKeyRow>, StoreError> {
-                let mut tx = self.tx(&self.$read, $crate::Scope::Token(hash)).await?;
-                let out = {
+                $crate::identity::scoped!(self, &self.$read, $crate::Scope::Token(hash), |tx| {
                     sqlx::query(concat!("SELECT ", $crate::identity::key_cols!(), " FROM api_keys WHERE key_hash = $1"))
                         .bind(hash.as_slice())
                         .fetch_optional(&mut *tx)
                         .await?
                         .map(|r| $crate::identity::api_key_row(&r))
                         .transpose()
-                };
-                tx.commit().await?;
-                out
+                })
             }
 
             async fn api_key(&self, org_id: Uuid, id: Uuid) -> Result<Option<ApiKeyRow>, StoreError> {
-                let mut tx = self.tx(&self.$read, $crate::Scope::Org(org_id)).await?;
-                let out = {
+                $crate::identity::scoped!(self, &self.$read, $crate::Scope::Org(org_id), |tx| {
                     sqlx::query(concat!("SELECT ", $crate::identity::key_cols!(), " FROM api_keys WHERE org_id = $1 AND id = $2"))
                         .bind(org_id.as_bytes().as_slice())
                         .bind(id.as_bytes().as_slice())
@@ -857,14 +811,11 @@ macro_rules! impl_identity_store {
                         .await?
                         .map(|r| $crate::identity::api_key_row(&r))
                         .transpose()
-                };
-                tx.commit().await?;
-                out
+                })
             }
 
             async fn api_keys(&self, org_id: Uuid) -> Result<Vec<ApiKeyRow>, StoreError> {
-                let mut tx = self.tx(&self.$read, $crate::Scope::Org(org_id)).await?;
-                let out = {
+                $crate::identity::scoped!(self, &self.$read, $crate::Scope::Org(org_id), |tx| {
                     sqlx::query(concat!("SELECT ", $crate::identity::key_cols!(), " FROM api_keys WHERE org_id = $1 ORDER BY created_at"))
                         .bind(org_id.as_bytes().as_slice())
                         .fetch_all(&mut *tx)
@@ -872,9 +823,7 @@ macro_rules! impl_identity_store {
                         .iter()
                         .map($crate::identity::api_key_row)
                         .collect()
-                };
-                tx.commit().await?;
-                out
+                })
             }
 
             async fn revoke_api_key(&self, org_id: Uuid, id: Uuid, now: i64) -> Result<bool, StoreError> {
@@ -894,22 +843,18 @@ macro_rules! impl_identity_store {
             }
 
             async fn touch_api_key(&self, org_id: Uuid, id: Uuid, now: i64) -> Result<(), StoreError> {
-                let mut tx = self.tx(&self.$write, $crate::Scope::Org(org_id)).await?;
-                let out = {
+                $crate::identity::scoped!(self, &self.$write, $crate::Scope::Org(org_id), |tx| {
                     sqlx::query("UPDATE api_keys SET last_used_at = $2 WHERE id = $1")
                         .bind(id.as_bytes().as_slice())
                         .bind(now)
                         .execute(&mut *tx)
                         .await?;
                     Ok(())
-                };
-                tx.commit().await?;
-                out
+                })
             }
 
             async fn create_invitation(&self, i: &InvitationRow) -> Result<(), StoreError> {
-                let mut tx = self.tx(&self.$write, $crate::Scope::Org(i.org_id)).await?;
-                let out = {
+                $crate::identity::scoped!(self, &self.$write, $crate::Scope::Org(i.org_id), |tx| {
                     sqlx::query(concat!("INSERT INTO invitations (", $crate::identity::invite_cols!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"))
                         .bind(i.id.as_bytes().as_slice())
                         .bind(i.org_id.as_bytes().as_slice())
@@ -923,28 +868,22 @@ macro_rules! impl_identity_store {
                         .execute(&mut *tx)
                         .await?;
                     Ok(())
-                };
-                tx.commit().await?;
-                out
+                })
             }
 
             async fn invitation_by_hash(&self, hash: &[u8; 32]) -> Result<Option<InvitationRow>, StoreError> {
-                let mut tx = self.tx(&self.$read, $crate::Scope::Token(hash)).await?;
-                let out = {
+                $crate::identity::scoped!(self, &self.$read, $crate::Scope::Token(hash), |tx| {
                     sqlx::query(concat!("SELECT ", $crate::identity::invite_cols!(), " FROM invitations WHERE token_hash = $1"))
                         .bind(hash.as_slice())
                         .fetch_optional(&mut *tx)
                         .await?
                         .map(|r| $crate::identity::invitation_row(&r))
                         .transpose()
-                };
-                tx.commit().await?;
-                out
+                })
             }
 
             async fn invitations(&self, org_id: Uuid) -> Result<Vec<InvitationRow>, StoreError> {
-                let mut tx = self.tx(&self.$read, $crate::Scope::Org(org_id)).await?;
-                let out = {
+                $crate::identity::scoped!(self, &self.$read, $crate::Scope::Org(org_id), |tx| {
                     sqlx::query(concat!("SELECT ", $crate::identity::invite_cols!(), " FROM invitations WHERE org_id = $1 ORDER BY created_at"))
                         .bind(org_id.as_bytes().as_slice())
                         .fetch_all(&mut *tx)
@@ -952,23 +891,18 @@ macro_rules! impl_identity_store {
                         .iter()
                         .map($crate::identity::invitation_row)
                         .collect()
-                };
-                tx.commit().await?;
-                out
+                })
             }
 
             async fn consume_invitation(&self, org_id: Uuid, id: Uuid, now: i64) -> Result<bool, StoreError> {
-                let mut tx = self.tx(&self.$write, $crate::Scope::Org(org_id)).await?;
-                let out = {
+                $crate::identity::scoped!(self, &self.$write, $crate::Scope::Org(org_id), |tx| {
                     let r = sqlx::query("UPDATE invitations SET accepted_at = $2 WHERE id = $1 AND accepted_at IS NULL AND expires_at > $2")
                         .bind(id.as_bytes().as_slice())
                         .bind(now)
                         .execute(&mut *tx)
                         .await?;
                     Ok(r.rows_affected() == 1)
-                };
-                tx.commit().await?;
-                out
+                })
             }
 
             async fn identity_user(&self, issuer: &str, subject: &str) -> Result<Option<Uuid>, StoreError> {

@@ -210,18 +210,7 @@ async fn two_nodes_append_to_shared_audit_chains_without_gaps_or_forks() {
             .await
             .unwrap();
         assert_eq!(rows.len(), 200);
-        let mut prev = coffer_crypto::audit::GENESIS;
-        for r in &rows {
-            assert_eq!(r.prev_hash, prev, "seq {} links to its predecessor", r.seq);
-            assert_eq!(
-                r.hash,
-                coffer_crypto::audit::chain_hash(
-                    &prev,
-                    &coffer_store::sqlite::audit_entry(r.seq, &r.body)
-                )
-            );
-            prev = r.hash;
-        }
+        let prev = crate::suite::assert_linked(&rows);
         assert_eq!(nodes[1].audit_head(org).await.unwrap(), Some((200, prev)));
     }
     for n in &nodes {

@@ -701,6 +701,24 @@ pub async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
     out.into_iter().flatten().collect()
 }
 
+/// Every row of a chain (from its start, in order) links to its predecessor with the hash
+/// verification recomputes; returns the last hash.
+pub fn assert_linked(rows: &[AuditRow]) -> [u8; 32] {
+    let mut prev = coffer_crypto::audit::GENESIS;
+    for r in rows {
+        assert_eq!(r.prev_hash, prev, "seq {} links to its predecessor", r.seq);
+        assert_eq!(
+            r.hash,
+            coffer_crypto::audit::chain_hash(
+                &prev,
+                &coffer_store::sqlite::audit_entry(r.seq, &r.body)
+            )
+        );
+        prev = r.hash;
+    }
+    prev
+}
+
 pub async fn audit_chains_append_in_order_with_filters_and_checkpoints(s: &dyn Store) {
     let a = Uuid::new_v4();
     let ev = |org: Uuid, n: u32| NewAuditEvent {
@@ -732,18 +750,7 @@ pub async fn audit_chains_append_in_order_with_filters_and_checkpoints(s: &dyn S
         .await
         .unwrap();
     assert_eq!(rows.len(), 20);
-    let mut prev = coffer_crypto::audit::GENESIS;
-    for r in &rows {
-        assert_eq!(r.prev_hash, prev, "seq {}", r.seq);
-        assert_eq!(
-            r.hash,
-            coffer_crypto::audit::chain_hash(
-                &prev,
-                &coffer_store::sqlite::audit_entry(r.seq, &r.body)
-            )
-        );
-        prev = r.hash;
-    }
+    let prev = assert_linked(&rows);
     assert_eq!(s.audit_head(a).await.unwrap(), Some((20, prev)));
     // Filters and cursors.
     let f = AuditFilter {
