@@ -73,6 +73,8 @@ struct Inner {
     key_maintenance: tokio::sync::Mutex<()>,
     /// Held while following a rekey done on another node.
     root_watch: tokio::sync::Mutex<()>,
+    /// Set by [`Coffer::close`]: nothing unseals again afterwards.
+    closed: std::sync::atomic::AtomicBool,
     /// Organisations whose own key this node last found unusable.
     keys_unavailable: std::sync::Mutex<std::collections::HashSet<uuid::Uuid>>,
     /// Write-locked while the root key is replaced (see `Coffer::root_stable`).
@@ -108,6 +110,7 @@ impl Coffer {
                 keys_unavailable: std::sync::Mutex::default(),
                 key_maintenance: tokio::sync::Mutex::new(()),
                 root_watch: tokio::sync::Mutex::new(()),
+                closed: std::sync::atomic::AtomicBool::new(false),
                 keys: std::sync::RwLock::new(external::KeyConfig::default()),
             }),
         };
@@ -162,6 +165,9 @@ impl Coffer {
     async fn seal_if_root_replaced(&self) {
         // The invalidation listener and the periodic check may both notice: one at a time.
         let _one = self.inner.root_watch.lock().await;
+        if self.inner.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         let replaced = {
             // Not while this node rekeys: between its commit and taking the new key in
             // memory the two differ for a moment.
@@ -195,6 +201,11 @@ impl Coffer {
 
     /// Shutting down: wipe the keys from memory and close the database connections.
     pub async fn close(&self) {
+        self.inner
+            .closed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        // After any rekey follow-up under way, so it cannot unseal again behind this.
+        let _one = self.inner.root_watch.lock().await;
         let _ = self.seal();
         self.store().close().await;
     }

@@ -262,7 +262,7 @@ impl Coffer {
             .delete_user_sessions(user.id, p.session_id)
             .await?;
         if let Some(sid) = p.session_id {
-            self.store().promote_session(user.id, sid).await?;
+            self.store().promote_session(p.org_id, sid).await?;
         }
         self.access_changed();
         self.notify(

@@ -33,6 +33,9 @@ pub enum StoreError {
         "the database schema is at version {have}, this server needs {want}: run `coffer migrate`"
     )]
     SchemaOutdated { have: i64, want: i64 },
+    /// The PostgreSQL database is not UTF-8 (create it with `ENCODING 'UTF8'`).
+    #[error("the database's encoding is {0}; Coffer needs a UTF8 database")]
+    Encoding(String),
     #[error("migration failed")]
     Migrate(#[source] sqlx::migrate::MigrateError),
 }

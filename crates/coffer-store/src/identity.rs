@@ -100,7 +100,7 @@ pub trait IdentityStore: Send + Sync {
     async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionRow>, StoreError>;
     async fn touch_session(&self, org_id: Uuid, id: Uuid, now: i64) -> Result<(), StoreError>;
     /// A session that had to enrol MFA first becomes a full one.
-    async fn promote_session(&self, user_id: Uuid, id: Uuid) -> Result<(), StoreError>;
+    async fn promote_session(&self, org_id: Uuid, id: Uuid) -> Result<(), StoreError>;
     async fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool, StoreError>;
     async fn delete_session_by_id(&self, user_id: Uuid, id: Uuid) -> Result<bool, StoreError>;
     async fn user_sessions(&self, user_id: Uuid) -> Result<Vec<SessionRow>, StoreError>;
@@ -702,8 +702,8 @@ macro_rules! impl_identity_store {
                 })
             }
 
-            async fn promote_session(&self, user_id: Uuid, id: Uuid) -> Result<(), StoreError> {
-                $crate::identity::scoped!(self, &self.$write, $crate::Scope::User(user_id), |tx| {
+            async fn promote_session(&self, org_id: Uuid, id: Uuid) -> Result<(), StoreError> {
+                $crate::identity::scoped!(self, &self.$write, $crate::Scope::Org(org_id), |tx| {
                     sqlx::query("UPDATE sessions SET stage = 'full' WHERE id = $1 AND stage = 'enroll'")
                         .bind(id.as_bytes().as_slice())
                         .execute(&mut *tx)

@@ -33,7 +33,6 @@ DECLARE
     i INT;
     k INT;
     h RECORD;
-    added BIGINT;
 BEGIN
     FOR k IN 1 .. n_orgs LOOP
         INSERT INTO audit_heads (org_id, seq, hash) VALUES (p_orgs[k], 0, p_genesis)

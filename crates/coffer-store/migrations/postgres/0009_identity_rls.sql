@@ -38,36 +38,52 @@ ALTER TABLE credentials FORCE ROW LEVEL SECURITY;
 CREATE POLICY tenant_scope ON credentials
     USING (org_id = coffer_current_org()) WITH CHECK (org_id = coffer_current_org());
 
+-- Each table has a read policy for every scope that may look, and a narrower write policy
+-- (insert, update, delete): only the organisation's own scope or maintenance may change
+-- rows, except that the user and token scopes may end sessions (logout, "sign out
+-- everywhere"). Permissive policies add up: reading passes either.
+
 ALTER TABLE memberships ENABLE ROW LEVEL SECURITY;
 ALTER TABLE memberships FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_scope ON memberships
-    USING (org_id = coffer_current_org() OR user_id = coffer_current_user() OR coffer_system_scope())
+CREATE POLICY tenant_read ON memberships FOR SELECT
+    USING (org_id = coffer_current_org() OR user_id = coffer_current_user() OR coffer_system_scope());
+CREATE POLICY tenant_write ON memberships
+    USING (org_id = coffer_current_org() OR coffer_system_scope())
     WITH CHECK (org_id = coffer_current_org() OR coffer_system_scope());
 
 ALTER TABLE orgs ENABLE ROW LEVEL SECURITY;
 ALTER TABLE orgs FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_scope ON orgs
+CREATE POLICY tenant_read ON orgs FOR SELECT
     USING (id = coffer_current_org() OR coffer_system_scope()
            OR EXISTS (SELECT 1 FROM memberships m
-                       WHERE m.org_id = orgs.id AND m.user_id = coffer_current_user()))
+                       WHERE m.org_id = orgs.id AND m.user_id = coffer_current_user()));
+CREATE POLICY tenant_write ON orgs
+    USING (id = coffer_current_org() OR coffer_system_scope())
     WITH CHECK (id = coffer_current_org() OR coffer_system_scope());
 
 ALTER TABLE sessions ENABLE ROW LEVEL SECURITY;
 ALTER TABLE sessions FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_scope ON sessions
+CREATE POLICY tenant_read ON sessions FOR SELECT
     USING (org_id = coffer_current_org() OR user_id = coffer_current_user()
-           OR token_hash = coffer_current_token() OR coffer_system_scope())
-    WITH CHECK (org_id = coffer_current_org() OR user_id = coffer_current_user()
-                OR coffer_system_scope());
+           OR token_hash = coffer_current_token() OR coffer_system_scope());
+CREATE POLICY tenant_write ON sessions
+    USING (org_id = coffer_current_org() OR coffer_system_scope())
+    WITH CHECK (org_id = coffer_current_org() OR coffer_system_scope());
+CREATE POLICY session_end ON sessions FOR DELETE
+    USING (user_id = coffer_current_user() OR token_hash = coffer_current_token());
 
 ALTER TABLE api_keys ENABLE ROW LEVEL SECURITY;
 ALTER TABLE api_keys FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_scope ON api_keys
-    USING (org_id = coffer_current_org() OR key_hash = coffer_current_token() OR coffer_system_scope())
+CREATE POLICY tenant_read ON api_keys FOR SELECT
+    USING (org_id = coffer_current_org() OR key_hash = coffer_current_token() OR coffer_system_scope());
+CREATE POLICY tenant_write ON api_keys
+    USING (org_id = coffer_current_org() OR coffer_system_scope())
     WITH CHECK (org_id = coffer_current_org() OR coffer_system_scope());
 
 ALTER TABLE invitations ENABLE ROW LEVEL SECURITY;
 ALTER TABLE invitations FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_scope ON invitations
-    USING (org_id = coffer_current_org() OR token_hash = coffer_current_token() OR coffer_system_scope())
+CREATE POLICY tenant_read ON invitations FOR SELECT
+    USING (org_id = coffer_current_org() OR token_hash = coffer_current_token() OR coffer_system_scope());
+CREATE POLICY tenant_write ON invitations
+    USING (org_id = coffer_current_org() OR coffer_system_scope())
     WITH CHECK (org_id = coffer_current_org() OR coffer_system_scope());

@@ -234,6 +234,16 @@ impl PgStore {
             .test_before_acquire(false)
             .connect_with(opts)
             .await?;
+        // Audit chain hashes are computed in the database over the bodies' UTF-8 bytes,
+        // exactly as verification computes them; another encoding would change the bytes.
+        let (encoding,): (String,) = sqlx::query_as(
+            "SELECT pg_encoding_to_char(encoding) FROM pg_database WHERE datname = current_database()",
+        )
+        .fetch_one(&pool)
+        .await?;
+        if encoding != "UTF8" {
+            return Err(StoreError::Encoding(encoding));
+        }
         match schema {
             Schema::Migrate => crate::migrator(MIGRATIONS)
                 .run(&pool)

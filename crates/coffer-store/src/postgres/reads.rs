@@ -58,40 +58,51 @@ impl Reader {
     }
 }
 
-/// Answer every read of the batch: one call per organisation, all at once, so one
-/// organisation's slow or failing call holds up and fails only its own reads.
+/// Organisations of one batch fetched at once at most (the pool serves everything else too).
+const CONCURRENT_ORGS: usize = 4;
+
+/// Answer every read of the batch: one call per organisation, a few at once; each
+/// organisation's reads are answered as soon as its own call is back, so a slow or failing
+/// organisation holds up and fails only its own reads.
 async fn answer(pool: &PgPool, batch: &mut Vec<(Read, Reply)>) {
-    let mut orgs: Vec<Uuid> = batch.iter().map(|(r, _)| r.0).collect();
-    orgs.sort_unstable();
-    orgs.dedup();
-    let mut calls = tokio::task::JoinSet::new();
-    for org in orgs {
-        let (mut envs, mut names): (Vec<Vec<u8>>, Vec<String>) = (Vec::new(), Vec::new());
-        for ((_, chain, name), _) in batch.iter().filter(|(r, _)| r.0 == org) {
-            envs.extend(chain.iter().map(|e| e.as_bytes().to_vec()));
-            names.push(name.clone());
-        }
-        envs.sort_unstable();
-        envs.dedup();
-        names.sort_unstable();
-        names.dedup();
-        let pool = pool.clone();
-        calls.spawn(async move { (org, fetch(&pool, org, &envs, &names).await) });
-    }
-    let mut found: std::collections::HashMap<Uuid, Result<Vec<ParamValue>, StoreError>> =
+    let mut by_org: std::collections::HashMap<Uuid, Vec<(Read, Reply)>> =
         std::collections::HashMap::new();
-    while let Some(done) = calls.join_next().await {
-        if let Ok((org, r)) = done {
-            found.insert(org, r);
-        }
-    }
     for (read, reply) in batch.drain(..) {
-        let answer = match found.get(&read.0) {
-            Some(Ok(values)) => Ok(nearest(values, &read)),
-            Some(Err(e)) => Err(like(e)),
-            None => Err(StoreError::Unavailable(sqlx::Error::WorkerCrashed)),
-        };
-        let _ = reply.send(answer);
+        by_org.entry(read.0).or_default().push((read, reply));
+    }
+    let mut waiting = by_org.into_iter();
+    let mut calls = tokio::task::JoinSet::new();
+    loop {
+        while calls.len() < CONCURRENT_ORGS {
+            let Some((org, reads)) = waiting.next() else {
+                break;
+            };
+            let pool = pool.clone();
+            calls.spawn(async move {
+                let (mut envs, mut names): (Vec<Vec<u8>>, Vec<String>) = (Vec::new(), Vec::new());
+                for ((_, chain, name), _) in &reads {
+                    envs.extend(chain.iter().map(|e| e.as_bytes().to_vec()));
+                    names.push(name.clone());
+                }
+                envs.sort_unstable();
+                envs.dedup();
+                names.sort_unstable();
+                names.dedup();
+                let found = fetch(&pool, org, &envs, &names).await;
+                if let Err(e) = &found {
+                    tracing::debug!(org_id = %org, error = %e, "batched read failed");
+                }
+                for (read, reply) in reads {
+                    let _ = reply.send(match &found {
+                        Ok(values) => Ok(nearest(values, &read)),
+                        Err(e) => Err(like(e)),
+                    });
+                }
+            });
+        }
+        if calls.join_next().await.is_none() {
+            break;
+        }
     }
 }
 
@@ -99,6 +110,7 @@ async fn answer(pool: &PgPool, batch: &mut Vec<(Read, Reply)>) {
 fn like(e: &StoreError) -> StoreError {
     match e {
         StoreError::Unavailable(_) => StoreError::Unavailable(sqlx::Error::PoolTimedOut),
+        StoreError::Conflict => StoreError::Conflict,
         StoreError::Corrupt => StoreError::Corrupt,
         other => StoreError::Database(sqlx::Error::Protocol(format!("batched read: {other}"))),
     }

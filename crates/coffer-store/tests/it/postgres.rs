@@ -687,6 +687,26 @@ async fn row_level_security_hides_other_organisations_rows() {
     ] {
         assert_eq!(count(&mut conn, t).await, 0, "user scope shows no {t}");
     }
+    // Seeing is not changing: the user's scope cannot delete or alter its organisation or
+    // memberships, nor move a session to another organisation.
+    async fn changed(conn: &mut sqlx::PgConnection, sql: &str) -> u64 {
+        match sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(conn)
+            .await
+        {
+            Ok(r) => r.rows_affected(),
+            Err(_) => 0,
+        }
+    }
+    for sql in [
+        "DELETE FROM orgs",
+        "UPDATE orgs SET require_mfa = TRUE",
+        "DELETE FROM memberships",
+        "UPDATE memberships SET role = 'viewer'",
+        "UPDATE sessions SET stage = 'full'",
+    ] {
+        assert_eq!(changed(&mut conn, sql).await, 0, "user scope: {sql}");
+    }
     // A token's scope: exactly the row with that hash.
     let hex = |h: &[u8; 32]| h.iter().map(|b| format!("{b:02x}")).collect::<String>();
     for (t, token) in [
@@ -710,12 +730,23 @@ async fn row_level_security_hides_other_organisations_rows() {
         0,
         "a session's hash opens no API key"
     );
+    // A token's scope reads its row but cannot change it (only a session may be ended).
+    scope(&mut conn, "coffer.token_hash", &hex(&tokens_a[1])).await;
+    for sql in ["DELETE FROM api_keys", "UPDATE api_keys SET revoked_at = 1"] {
+        assert_eq!(changed(&mut conn, sql).await, 0, "token scope: {sql}");
+    }
+    scope(&mut conn, "coffer.token_hash", &hex(&tokens_b[0])).await;
+    assert_eq!(
+        changed(&mut conn, "DELETE FROM sessions").await,
+        1,
+        "logout ends the session"
+    );
     // The maintenance scope spans organisations' identity rows, never their data.
     scope(&mut conn, "coffer.system", "on").await;
     for (t, n) in [
         ("orgs", 2),
         ("memberships", 2),
-        ("sessions", 2),
+        ("sessions", 1),
         ("api_keys", 2),
     ] {
         assert_eq!(count(&mut conn, t).await, n, "system scope: {t}");
