@@ -214,24 +214,7 @@ async fn rewrap_resumes_after_an_interruption() {
     );
     // A fresh service (a restart) continues from the committed cursor; the old one is
     // gone first, as after a crash.
-    let crate::Fixture {
-        dir,
-        coffer,
-        owner,
-        shares,
-    } = f;
-    drop(coffer);
-    let restarted = coffer_core::Coffer::open_sqlite(&dir.path().join("coffer.db"), fast_keys())
-        .await
-        .unwrap();
-    restarted.unseal(&shares[1]).await.unwrap();
-    restarted.unseal(&shares[2]).await.unwrap();
-    let f = crate::Fixture {
-        dir,
-        coffer: restarted,
-        owner,
-        shares,
-    };
+    let f = f.restart(fast_keys()).await;
     let (restarted, p) = (&f.coffer, &f.owner);
     let moved = restarted.run_key_maintenance().await.unwrap();
     assert_eq!(moved, 40 - mid.done);

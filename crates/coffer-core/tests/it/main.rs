@@ -24,6 +24,28 @@ impl Fixture {
     pub fn db_path(&self) -> std::path::PathBuf {
         self.dir.path().join("coffer.db")
     }
+
+    /// A restart: the service goes away first (as after a crash), a new one opens the same
+    /// database with `cfg` and is unsealed with two of the shares.
+    pub async fn restart(self, cfg: CoreConfig) -> Fixture {
+        let path = self.db_path();
+        let Fixture {
+            dir,
+            coffer,
+            owner,
+            shares,
+        } = self;
+        drop(coffer);
+        let coffer = Coffer::open_sqlite(&path, cfg).await.unwrap();
+        coffer.unseal(&shares[1]).await.unwrap();
+        coffer.unseal(&shares[2]).await.unwrap();
+        Fixture {
+            dir,
+            coffer,
+            owner,
+            shares,
+        }
+    }
 }
 
 /// An initialised, unsealed server with its bootstrap owner logged in.

@@ -429,34 +429,22 @@ async fn stored_values_keep_their_scheme_when_the_default_changes() {
         .set_param(&f.owner, "app", "default", set("OLD", "gcm", Some(true)))
         .await
         .unwrap();
-    let crate::Fixture {
-        dir,
-        coffer,
-        owner,
-        shares,
-    } = f;
-    drop(coffer);
-    let cfg = coffer_core::CoreConfig {
-        value_scheme: coffer_core::ValueScheme::Aes256GcmSiv,
-        ..coffer_core::CoreConfig::default()
-    };
-    let c = coffer_core::Coffer::open_sqlite(&dir.path().join("coffer.db"), cfg)
-        .await
-        .unwrap();
-    c.unseal(&shares[0]).await.unwrap();
-    c.unseal(&shares[1]).await.unwrap();
-    c.set_param(&owner, "app", "default", set("NEW", "siv", Some(true)))
+    let f = f
+        .restart(coffer_core::CoreConfig {
+            value_scheme: coffer_core::ValueScheme::Aes256GcmSiv,
+            ..coffer_core::CoreConfig::default()
+        })
+        .await;
+    let (c, owner) = (&f.coffer, &f.owner);
+    c.set_param(owner, "app", "default", set("NEW", "siv", Some(true)))
         .await
         .unwrap();
     for (name, want) in [("OLD", "gcm"), ("NEW", "siv")] {
-        let v = c.get_param(&owner, "app", "default", name).await.unwrap();
+        let v = c.get_param(owner, "app", "default", name).await.unwrap();
         assert_eq!(val(&v), want);
     }
     // Both schemes are on disk (byte 3 of the header names it).
-    let url = format!(
-        "sqlite://{}?mode=ro",
-        dir.path().join("coffer.db").display()
-    );
+    let url = format!("sqlite://{}?mode=ro", f.db_path().display());
     let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
     let mut schemes: Vec<i64> =
         sqlx::query_scalar("SELECT DISTINCT unicode(substr(ciphertext, 4, 1)) FROM credentials")
