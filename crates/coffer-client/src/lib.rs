@@ -175,6 +175,17 @@ impl Client {
         Ok((status, body))
     }
 
+    /// The Prometheus metrics text.
+    pub async fn metrics(&self) -> Result<String> {
+        let res = self
+            .send::<()>(Method::GET, self.url(&["v1", "sys", "metrics"]), None)
+            .await?;
+        let status = res.status().as_u16();
+        res.text()
+            .await
+            .map_err(|_| ClientError::Unexpected(status))
+    }
+
     pub async fn seal_status(&self) -> Result<SealStatus> {
         self.get(&["v1", "sys", "seal-status"], &[]).await
     }

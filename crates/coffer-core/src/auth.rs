@@ -208,6 +208,11 @@ pub(crate) fn validate_password(password: &str) -> Result<(), CoreError> {
 pub(crate) struct SessionCache {
     ttl: Duration,
     map: RwLock<HashMap<[u8; 32], (Principal, Instant)>>,
+    /// Bumped by every clear: a principal read from the database before a clear (a
+    /// revocation on this node) is not cached after it.
+    generation: std::sync::atomic::AtomicU64,
+    /// One database refresh at a time per token when its entry expires under load.
+    refreshing: crate::flight::Flights<[u8; 32]>,
 }
 
 const SESSION_CACHE_MAX: usize = 100_000;
@@ -217,6 +222,8 @@ impl SessionCache {
         Self {
             ttl,
             map: RwLock::new(HashMap::new()),
+            generation: std::sync::atomic::AtomicU64::new(0),
+            refreshing: crate::flight::Flights::default(),
         }
     }
 
@@ -226,8 +233,16 @@ impl SessionCache {
         (at.elapsed() < self.ttl && p.expires_at > now_ms).then(|| p.clone())
     }
 
-    fn put(&self, h: [u8; 32], p: Principal) {
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Cache `p`, read from the database at `generation`, unless the cache was cleared since.
+    fn put(&self, h: [u8; 32], p: Principal, generation: u64) {
         if let Ok(mut map) = self.map.write() {
+            if self.generation() != generation {
+                return;
+            }
             if map.len() >= SESSION_CACHE_MAX {
                 map.clear();
             }
@@ -237,6 +252,8 @@ impl SessionCache {
 
     pub(crate) fn clear(&self) {
         if let Ok(mut map) = self.map.write() {
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             map.clear();
         }
     }
@@ -506,15 +523,23 @@ impl Coffer {
         }
         let digest = token::hash(bearer).0;
         let now = now_ms();
-        if let Some(p) = self.inner.sessions.get(&digest, now) {
+        let cache = &self.inner.sessions;
+        if let Some(p) = cache.get(&digest, now) {
             return Ok(p);
         }
+        let lock = cache.refreshing.lock(digest);
+        let _refreshing = lock.lock().await;
+        // Another request may have refreshed it while this one waited.
+        if let Some(p) = cache.get(&digest, now_ms()) {
+            return Ok(p);
+        }
+        let generation = cache.generation();
         let p = if is_key {
             self.principal_for_api_key(&digest, now).await?
         } else {
             self.principal_for_session(&digest, now).await?
         };
-        self.inner.sessions.put(digest, p.clone());
+        cache.put(digest, p.clone(), generation);
         Ok(p)
     }
 
@@ -768,6 +793,30 @@ pub struct SessionView {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_principal_read_before_a_clear_is_not_cached_after_it() {
+        let cache = SessionCache::new(Duration::from_secs(60));
+        let p = Principal {
+            user_id: Uuid::nil(),
+            username: "u".into(),
+            org_id: Uuid::nil(),
+            org_name: "o".into(),
+            role: Role::Viewer,
+            expires_at: i64::MAX,
+            session_id: None,
+            method: AuthMethod::Password,
+            api_key_id: None,
+            scope: Scope::default(),
+            mfa_enrollment_pending: false,
+        };
+        let read_at = cache.generation();
+        cache.clear(); // a revocation while the refresh was under way
+        cache.put([1; 32], p.clone(), read_at);
+        assert!(cache.get(&[1; 32], 0).is_none());
+        cache.put([1; 32], p, cache.generation());
+        assert!(cache.get(&[1; 32], 0).is_some());
+    }
 
     #[test]
     fn usernames_normalise_with_nfkc_and_case_folding() {

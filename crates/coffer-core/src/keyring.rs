@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use coffer_crypto::audit::AuditHmacKey;
 use coffer_crypto::{KeyTerm, RootKey, TenantKey};
 use coffer_seal::ShamirProgress;
 use coffer_store::TenantKeyRow;
@@ -43,7 +44,7 @@ pub(crate) struct Keyring {
     /// One load at a time per organisation: when its cached keys expire under load, one
     /// request unwraps them (a KMS or HSM call for its own key) and the others wait for
     /// that result instead of each calling the key service.
-    loading: std::sync::Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
+    loading: crate::flight::Flights<Uuid>,
 }
 
 #[derive(Debug)]
@@ -52,6 +53,9 @@ enum State {
     Unsealed {
         root: RootKey,
         orgs: HashMap<Uuid, Arc<OrgKeys>>,
+        /// Audit HMAC keys derived from this root, by organisation (derived once, not per
+        /// request; gone with the root).
+        audit_macs: HashMap<Uuid, Arc<AuditHmacKey>>,
     },
 }
 
@@ -61,18 +65,14 @@ impl Default for State {
     }
 }
 
+/// Derived audit HMAC keys kept at most; past this the cache starts over.
+const MAX_AUDIT_MACS: usize = 10_000;
+
 fn poisoned<T>(_: T) -> CoreError {
     CoreError::Internal("keyring lock poisoned")
 }
 
 impl Keyring {
-    fn load_lock(&self, org_id: Uuid) -> Result<Arc<tokio::sync::Mutex<()>>, CoreError> {
-        let mut m = self.loading.lock().map_err(poisoned)?;
-        // Locks nobody holds or waits for are dropped, so the map stays small.
-        m.retain(|_, l| Arc::strong_count(l) > 1);
-        Ok(m.entry(org_id).or_default().clone())
-    }
-
     pub(crate) fn is_sealed(&self) -> bool {
         self.state
             .read()
@@ -85,6 +85,7 @@ impl Keyring {
         *s = State::Unsealed {
             root,
             orgs: HashMap::new(),
+            audit_macs: HashMap::new(),
         };
         Ok(())
     }
@@ -116,6 +117,7 @@ impl Keyring {
                 *s = State::Unsealed {
                     root,
                     orgs: HashMap::new(),
+                    audit_macs: HashMap::new(),
                 };
                 Ok(())
             }
@@ -137,6 +139,33 @@ impl Keyring {
         let s = self.state.read().map_err(poisoned)?;
         match &*s {
             State::Unsealed { root, .. } => f(root),
+            State::Sealed(_) => Err(CoreError::Sealed),
+        }
+    }
+
+    /// The audit HMAC key of an organisation (nil: the system chain), derived from the root
+    /// key on first use.
+    pub(crate) fn audit_hmac_key(&self, org_id: Uuid) -> Result<Arc<AuditHmacKey>, CoreError> {
+        if let State::Unsealed { audit_macs, .. } = &*self.state.read().map_err(poisoned)?
+            && let Some(k) = audit_macs.get(&org_id)
+        {
+            return Ok(k.clone());
+        }
+        let mut s = self.state.write().map_err(poisoned)?;
+        match &mut *s {
+            State::Unsealed {
+                root, audit_macs, ..
+            } => {
+                if audit_macs.len() >= MAX_AUDIT_MACS {
+                    audit_macs.clear();
+                }
+                let key = Arc::new(
+                    AuditHmacKey::derive(root, org_id)
+                        .map_err(|_| CoreError::Internal("audit key"))?,
+                );
+                audit_macs.insert(org_id, key.clone());
+                Ok(key)
+            }
             State::Sealed(_) => Err(CoreError::Sealed),
         }
     }
@@ -217,7 +246,7 @@ impl crate::Coffer {
         if let Some(k) = self.inner.keyring.cached(org_id, ttl)? {
             return Ok(k);
         }
-        let lock = self.inner.keyring.load_lock(org_id)?;
+        let lock = self.inner.keyring.loading.lock(org_id);
         let _loading = lock.lock().await;
         // Another request may have loaded them while this one waited.
         if let Some(k) = self.inner.keyring.cached(org_id, ttl)? {

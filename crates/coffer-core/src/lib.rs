@@ -12,6 +12,7 @@ mod clock;
 mod config;
 mod error;
 mod external;
+mod flight;
 mod keyring;
 mod keys;
 pub mod members;
@@ -65,6 +66,8 @@ struct Inner {
     sessions: auth::SessionCache,
     meta: projects::MetaCache,
     sinks: audit::AuditSinks,
+    /// Reads answered from the node's cache: confirmed, and found stale when audited.
+    cached_reads: [std::sync::atomic::AtomicU64; 2],
     dummy_hash: String,
     /// Wakes the key maintenance job (a rotation was requested).
     key_job: tokio::sync::Notify,
@@ -103,6 +106,7 @@ impl Coffer {
                 sessions: auth::SessionCache::new(config.session_cache_ttl),
                 meta: projects::MetaCache::default(),
                 sinks,
+                cached_reads: Default::default(),
                 config,
                 dummy_hash,
                 key_job: tokio::sync::Notify::new(),

@@ -3,9 +3,10 @@
 use std::collections::BTreeMap;
 
 use coffer_crypto::{RecordContext, SecretBytes};
-use coffer_store::{ParamValue, ParamVersionRow, ParamWrite, VersionAction};
+use coffer_store::{EnvRow, ParamValue, ParamVersionRow, ParamWrite, VersionAction};
 use uuid::Uuid;
 
+use crate::audit::ReadLog;
 use crate::clock::now_ms;
 use crate::keyring::OrgKeys;
 use crate::projects::ensure_can_write;
@@ -218,14 +219,70 @@ impl Coffer {
         env: &str,
         name: &str,
     ) -> Result<ParamView, CoreError> {
+        self.get_param_from(p, project, env, name, None).await
+    }
+
+    /// Like [`Coffer::get_param`], but the value may come from this node's cache of current
+    /// values. Such an answer holds only once the request's audit event has been recorded
+    /// with [`Coffer::record_confirming`] and `reads`; if that reports the read stale, the
+    /// caller must ask again with `get_param`.
+    pub async fn get_param_cached(
+        &self,
+        p: &Principal,
+        project: &str,
+        env: &str,
+        name: &str,
+        reads: &ReadLog,
+    ) -> Result<ParamView, CoreError> {
+        self.get_param_from(p, project, env, name, Some(reads))
+            .await
+    }
+
+    async fn get_param_from(
+        &self,
+        p: &Principal,
+        project: &str,
+        env: &str,
+        name: &str,
+        reads: Option<&ReadLog>,
+    ) -> Result<ParamView, CoreError> {
         names::validate("parameter name", name)?;
         let meta = self.project_meta(p, project).await?;
         p.scope.check_env(env)?;
         let chain = meta.chain(env)?;
         let ids: Vec<Uuid> = chain.iter().map(|e| e.id).collect();
-        let Some(pv) = self.store().nearest_value(p.org_id, &ids, name).await? else {
+        let found = match reads {
+            None => self.store().nearest_value(p.org_id, &ids, name).await?,
+            Some(log) => match self
+                .store()
+                .nearest_value_cached(p.org_id, &ids, name)
+                .await?
+            {
+                (Some(pv), Some(check)) => match self.param_view(p, &chain, &pv).await {
+                    Ok(view) => {
+                        log.push(check);
+                        return Ok(view);
+                    }
+                    // A cached answer that cannot be served as it stands (its key term
+                    // retired since, say) is read again rather than failed.
+                    Err(_) => self.store().nearest_value(p.org_id, &ids, name).await?,
+                },
+                (found, _) => found,
+            },
+        };
+        let Some(pv) = found else {
             return Err(CoreError::not_found("parameter", name));
         };
+        self.param_view(p, &chain, &pv).await
+    }
+
+    /// A value read through `chain`, opened for `p`.
+    async fn param_view(
+        &self,
+        p: &Principal,
+        chain: &[&EnvRow],
+        pv: &ParamValue,
+    ) -> Result<ParamView, CoreError> {
         if pv.version.is_secret && !p.role.can_read_secrets() {
             return Err(CoreError::Forbidden("your role cannot read secret values"));
         }
@@ -236,7 +293,7 @@ impl Coffer {
             .iter()
             .find(|e| e.id == pv.param.env_id)
             .map_or("", |e| e.name.as_str());
-        self.view(p, &keys, &pv, env_name, true)
+        self.view(p, &keys, pv, env_name, true)
     }
 
     /// Every parameter visible in `env`, nearest definition winning, sorted by name.

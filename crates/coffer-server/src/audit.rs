@@ -9,12 +9,13 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use axum::body::Body;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use coffer_core::Principal;
-use coffer_core::audit::{AuditActor, AuditEvent, AuditTarget};
+use coffer_core::audit::{AuditActor, AuditEvent, AuditTarget, ReadLog};
 
 use crate::AppState;
 use crate::error::{ApiError, ErrorCode};
@@ -30,6 +31,8 @@ struct SlotData {
     hmac: Vec<(&'static str, String)>,
     customer: Option<(String, Option<serde_json::Value>)>,
     param_id: Option<uuid::Uuid>,
+    /// Set when the request may be answered from the node's cache (see [`layer`]).
+    cached_reads: Option<ReadLog>,
 }
 
 impl AuditSlot {
@@ -52,6 +55,11 @@ impl AuditSlot {
     /// layer a lookup).
     pub fn set_param_id(&self, id: uuid::Uuid) {
         self.with(|d| d.param_id = Some(id));
+    }
+    /// Where to note reads answered from the node's cache, if this request may use it (a
+    /// GET that the audit layer can answer again when such a read turns out stale).
+    pub fn cached_reads(&self) -> Option<ReadLog> {
+        self.with(|d| d.cached_reads.clone()).flatten()
     }
     pub fn set_customer(&self, action: String, detail: Option<serde_json::Value>) {
         self.with(|d| d.customer = Some((action, detail)));
@@ -166,7 +174,7 @@ fn header_str(req: &Request, name: &str) -> Option<String> {
         .map(|s| s.chars().take(256).collect())
 }
 
-pub async fn layer(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
+pub async fn layer(State(st): State<AppState>, req: Request, next: Next) -> Response {
     let Some(template) = req
         .extensions()
         .get::<MatchedPath>()
@@ -177,7 +185,53 @@ pub async fn layer(State(st): State<AppState>, mut req: Request, next: Next) -> 
     let Some(action) = action(req.method(), &template) else {
         return next.run(req).await;
     };
+    // A GET may be answered from the node's cache of current values. Its event is then
+    // appended only if the database confirms those values are still current; if one is
+    // not, that answer is dropped and the request is answered, and audited, once more from
+    // the database. GETs carry no body, so the request can be made again from its head.
+    let (head, body) = req.into_parts();
+    let again = (head.method == Method::GET).then(|| head.clone());
+    let reads = again.as_ref().map(|_| ReadLog::default());
+    let req = Request::from_parts(head, body);
+    let (res, ev) = attempt(&st, req, next.clone(), action, &template, reads.clone()).await;
+    let recorded = match &reads {
+        Some(reads) => st.coffer.record_confirming(&ev, reads).await,
+        None => st.coffer.record(&ev).await.map(|_| true),
+    };
+    match (recorded, again) {
+        (Ok(true), _) => res,
+        (Ok(false), Some(head)) => {
+            drop(res);
+            let req = Request::from_parts(head, Body::empty());
+            let (res, ev) = attempt(&st, req, next, action, &template, None).await;
+            match st.coffer.record(&ev).await {
+                Ok(_) => res,
+                Err(_) => audit_unavailable(),
+            }
+        }
+        _ => audit_unavailable(),
+    }
+}
+
+fn audit_unavailable() -> Response {
+    ApiError::new(
+        ErrorCode::AuditUnavailable,
+        "the audit log is unavailable; the request was not completed",
+    )
+    .into_response()
+}
+
+/// Run the request and describe it: its response and its audit event.
+async fn attempt(
+    st: &AppState,
+    mut req: Request,
+    next: Next,
+    action: &'static str,
+    template: &str,
+    cached_reads: Option<ReadLog>,
+) -> (Response, AuditEvent) {
     let slot = AuditSlot::default();
+    slot.with(|d| d.cached_reads = cached_reads);
     req.extensions_mut().insert(slot.clone());
     let mut ev = AuditEvent::now(action);
     ev.request_id = header_str(&req, "x-request-id");
@@ -186,7 +240,7 @@ pub async fn layer(State(st): State<AppState>, mut req: Request, next: Next) -> 
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip().to_string());
-    ev.target = target(&template, req.uri().path());
+    ev.target = target(template, req.uri().path());
 
     let res = next.run(req).await;
 
@@ -230,14 +284,7 @@ pub async fn layer(State(st): State<AppState>, mut req: Request, next: Next) -> 
     if let Some(p) = slot.with(|d| d.principal.clone()).flatten() {
         st.coffer.resolve_target_ids(&p, &mut ev.target).await;
     }
-    match st.coffer.record(&ev).await {
-        Ok(_) => res,
-        Err(_) => ApiError::new(
-            ErrorCode::AuditUnavailable,
-            "the audit log is unavailable; the request was not completed",
-        )
-        .into_response(),
-    }
+    (res, ev)
 }
 
 #[cfg(test)]

@@ -237,8 +237,12 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
             Duration::from_secs(300),
         )),
     });
-    let mut server = axum_server::from_tcp_rustls(listener, tls_cfg)
+    // Answers go out at once: no Nagle delay behind a previous small write.
+    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls_cfg)
+        .acceptor(axum_server::accept::NoDelayAcceptor::new());
+    let mut server = axum_server::from_tcp(listener)
         .context("TLS listener")?
+        .acceptor(acceptor)
         .handle(handle.clone());
     server.http_builder().http1().keep_alive(true);
     let task = tokio::spawn(server.serve(app.into_make_service_with_connect_info::<SocketAddr>()));

@@ -99,6 +99,17 @@ pub trait Store: IdentityStore + KeyStore + Send + Sync + std::fmt::Debug {
         }
         Ok(None)
     }
+    /// Like [`Store::nearest_value`], but the answer may come from this node's cache; it then
+    /// comes with the [`ReadCheck`] that the request's audit append must confirm. Backends
+    /// whose cache is exact (or that have none) answer like `nearest_value`, with no check.
+    async fn nearest_value_cached(
+        &self,
+        org_id: Uuid,
+        env_chain: &[Uuid],
+        name: &str,
+    ) -> Result<(Option<ParamValue>, Option<ReadCheck>), StoreError> {
+        Ok((self.nearest_value(org_id, env_chain, name).await?, None))
+    }
     /// The current version and its ciphertext of every live parameter in these environments.
     async fn current_values(
         &self,
@@ -125,6 +136,21 @@ pub trait Store: IdentityStore + KeyStore + Send + Sync + std::fmt::Debug {
     /// Durably append one event to its organisation's chain; returns its (seq, hash). Concurrent
     /// appends are committed together.
     async fn append_audit(&self, e: &NewAuditEvent) -> Result<(u64, [u8; 32]), StoreError>;
+    /// Append like [`Store::append_audit`] if every check still holds, in the same
+    /// transaction; otherwise append nothing and return None (the request that read those
+    /// values must be answered again). Without checks this is `append_audit`.
+    async fn append_audit_checked(
+        &self,
+        e: &NewAuditEvent,
+        checks: &[ReadCheck],
+    ) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+        if checks.is_empty() {
+            self.append_audit(e).await.map(Some)
+        } else {
+            // A backend that hands out no checks cannot confirm any.
+            Ok(None)
+        }
+    }
     async fn audit_events(
         &self,
         org_id: Uuid,

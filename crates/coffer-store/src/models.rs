@@ -219,6 +219,21 @@ pub struct ParamValue {
     pub ciphertext: Option<Ciphertext>,
 }
 
+/// A value answered from a node's cache instead of the database, and what must still hold
+/// for that answer to have been current: `param_id` at `version` is the live parameter
+/// `name` in the last environment of `envs`, and no environment before it (nearer to the
+/// one asked for) defines `name`. The request's audit append confirms this in the same
+/// transaction ([`crate::Store::append_audit_checked`]); if it no longer holds, the request
+/// is answered again from the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadCheck {
+    pub org_id: Uuid,
+    pub envs: Vec<Uuid>,
+    pub name: String,
+    pub param_id: Uuid,
+    pub version: u64,
+}
+
 /// A new version to append. For `Set` and `Rollback` the ciphertext must be sealed for
 /// (org_id, param_id, version); for `Delete` it is None.
 #[derive(Debug, Clone)]

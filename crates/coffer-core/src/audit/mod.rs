@@ -7,8 +7,8 @@ mod verify;
 
 use std::collections::BTreeMap;
 
-use coffer_crypto::audit::{AuditHmacKey, AuditSigningKey, checkpoint_message};
-use coffer_store::{AuditKeyRow, AuditRow, CheckpointRow, NewAuditEvent, StoreError};
+use coffer_crypto::audit::{AuditSigningKey, checkpoint_message};
+use coffer_store::{AuditKeyRow, AuditRow, CheckpointRow, NewAuditEvent, ReadCheck, StoreError};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -18,6 +18,31 @@ pub use verify::{EXPORT_FORMAT, ExportLine, Verifier, VerifyProblem, VerifyRepor
 
 use crate::clock::now_ms;
 use crate::{Coffer, CoreError, Principal, Role};
+
+/// Reads a request answered from this node's cache of current values: what its audit
+/// append must confirm ([`Coffer::record_confirming`]). Shared by the handler that reads
+/// and the layer that records.
+#[derive(Debug, Clone, Default)]
+pub struct ReadLog(std::sync::Arc<std::sync::Mutex<Vec<ReadCheck>>>);
+
+impl ReadLog {
+    // A poisoned lock still holds every check: losing one would release an unconfirmed read.
+    pub(crate) fn push(&self, check: ReadCheck) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(check);
+    }
+
+    fn take(&self) -> Vec<ReadCheck> {
+        std::mem::take(
+            &mut *self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
 
 /// Who acted.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -183,10 +208,7 @@ impl Coffer {
     pub fn audit_hmac(&self, org_id: Option<Uuid>, data: &[u8]) -> Option<String> {
         self.inner
             .keyring
-            .with_root(|root| {
-                AuditHmacKey::derive(root, org_id.unwrap_or_else(Uuid::nil))
-                    .map_err(|_| CoreError::Internal("audit key"))
-            })
+            .audit_hmac_key(org_id.unwrap_or_else(Uuid::nil))
             .ok()
             .map(|k| k.mac_hex(data))
     }
@@ -194,6 +216,44 @@ impl Coffer {
     /// Durably append an event. An error means the event is not recorded and the caller
     /// must fail the operation.
     pub async fn record(&self, ev: &AuditEvent) -> Result<u64, CoreError> {
+        self.append_event(ev, &[])
+            .await?
+            .ok_or(CoreError::AuditUnavailable)
+    }
+
+    /// Durably append the event of a request that read values from this node's cache
+    /// (`reads`, filled by [`Coffer::get_param_cached`]), confirming in the same transaction
+    /// that they are still current. `Ok(false)`: one is not, nothing was recorded, and the
+    /// request must be answered again from the database (and recorded then).
+    pub async fn record_confirming(
+        &self,
+        ev: &AuditEvent,
+        reads: &ReadLog,
+    ) -> Result<bool, CoreError> {
+        let checks = reads.take();
+        let recorded = self.append_event(ev, &checks).await?.is_some();
+        if !checks.is_empty() {
+            self.inner.cached_reads[usize::from(!recorded)]
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(recorded)
+    }
+
+    /// Requests answered from this node's cache of current values: (confirmed when
+    /// audited, found stale and answered again from the database).
+    pub fn cached_read_counts(&self) -> (u64, u64) {
+        let [confirmed, stale] = &self.inner.cached_reads;
+        (
+            confirmed.load(std::sync::atomic::Ordering::Relaxed),
+            stale.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    async fn append_event(
+        &self,
+        ev: &AuditEvent,
+        checks: &[ReadCheck],
+    ) -> Result<Option<u64>, CoreError> {
         let body =
             serde_json::to_string(ev).map_err(|_| CoreError::Internal("serialise audit event"))?;
         let row = NewAuditEvent {
@@ -206,11 +266,12 @@ impl Coffer {
             target: ev.target.path(),
             body,
         };
-        match self.store().append_audit(&row).await {
-            Ok((seq, _)) => {
+        match self.store().append_audit_checked(&row, checks).await {
+            Ok(Some((seq, _))) => {
                 self.inner.sinks.write(&row.body);
-                Ok(seq)
+                Ok(Some(seq))
             }
+            Ok(None) => Ok(None),
             Err(e) => {
                 tracing::error!(error = ?e, action = %ev.action, "audit append failed; failing the request closed");
                 self.inner.sinks.note_store_failure();

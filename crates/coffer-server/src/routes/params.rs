@@ -38,7 +38,14 @@ pub async fn get(
     slot: AuditSlot,
     Path((project, env, name)): ParamPath,
 ) -> ApiResult<Json<ParamResponse>> {
-    let v = st.coffer.get_param(&p, &project, &env, &name).await?;
+    let v = match slot.cached_reads() {
+        Some(reads) => {
+            st.coffer
+                .get_param_cached(&p, &project, &env, &name, &reads)
+                .await?
+        }
+        None => st.coffer.get_param(&p, &project, &env, &name).await?,
+    };
     slot.set_param_id(v.param_id);
     Ok(Json(v.into()))
 }

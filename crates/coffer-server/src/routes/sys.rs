@@ -121,6 +121,7 @@ pub async fn seal(
 #[utoipa::path(get, path = "/v1/sys/metrics", tag = "sys", responses((status = 200, content_type = "text/plain")))]
 pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
     let a = st.coffer.audit_health();
+    let (confirmed, stale) = st.coffer.cached_read_counts();
     let sealed = st
         .coffer
         .seal_status()
@@ -132,12 +133,16 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
          # TYPE coffer_audit_events_total counter\ncoffer_audit_events_total {}\n\
          # TYPE coffer_audit_store_failures_total counter\ncoffer_audit_store_failures_total {}\n\
          # TYPE coffer_audit_file_failures_total counter\ncoffer_audit_file_failures_total {}\n\
-         # TYPE coffer_audit_file_sink_up gauge\ncoffer_audit_file_sink_up {}\n",
+         # TYPE coffer_audit_file_sink_up gauge\ncoffer_audit_file_sink_up {}\n\
+         # TYPE coffer_cached_reads_confirmed_total counter\ncoffer_cached_reads_confirmed_total {}\n\
+         # TYPE coffer_cached_reads_stale_total counter\ncoffer_cached_reads_stale_total {}\n",
         u8::from(sealed),
         a.events,
         a.store_failures,
         a.file_failures,
         a.file.map_or(-1, i8::from),
+        confirmed,
+        stale,
     );
     (
         [(

@@ -397,6 +397,77 @@ async fn two_nodes_share_background_jobs_and_key_rotations() {
 }
 
 /// Initialise the shared database through `a` and unseal both nodes with two shares.
+/// The value of a counter in a node's metrics.
+async fn counter(c: &coffer_client::Client, name: &str) -> u64 {
+    let text = c.metrics().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from {text}"))
+}
+
+/// Node B answers repeated reads of a value from its cache. After a write on node A, B's
+/// cache still holds the old value, but the audit append finds it stale: B drops that
+/// answer and answers again from the database, and only the answer sent is audited.
+#[tokio::test]
+async fn a_read_cached_before_a_write_on_another_node_is_answered_again() {
+    let Some(url) = pg_database().await else {
+        return;
+    };
+    let a = TestServer::production_on(&url).await;
+    let b = TestServer::production_on(&url).await;
+    let init = init_and_unseal(&a, &b).await;
+    let token = a
+        .client()
+        .login(&init.bootstrap.username, &init.bootstrap.password)
+        .await
+        .unwrap()
+        .token
+        .unwrap();
+    let on_a = a.client().with_token(token.clone());
+    let on_b = b.client().with_token(token);
+    on_a.create_project("web").await.unwrap();
+    on_a.set_param("web", "default", "TOKEN", "first", Some(true))
+        .await
+        .unwrap();
+    let read = || async {
+        on_b.get_param("web", "default", "TOKEN")
+            .await
+            .unwrap()
+            .value
+            .unwrap()
+    };
+    let cached = |name| counter(&on_b, name);
+    assert_eq!(read().await, "first");
+    assert_eq!(read().await, "first");
+    assert_eq!(cached("coffer_cached_reads_confirmed_total").await, 1);
+    assert_eq!(cached("coffer_cached_reads_stale_total").await, 0);
+
+    on_a.set_param("web", "default", "TOKEN", "second", None)
+        .await
+        .unwrap();
+    assert_eq!(read().await, "second", "never the value replaced on A");
+    assert_eq!(cached("coffer_cached_reads_stale_total").await, 1);
+    assert_eq!(read().await, "second");
+    assert_eq!(cached("coffer_cached_reads_confirmed_total").await, 2);
+    assert_eq!(read().await, "second");
+
+    // One event per request, each with the version it answered; the chain verifies.
+    let reads: Vec<u64> = on_b
+        .audit_events(&[("action", "param.get"), ("limit", "100")])
+        .await
+        .unwrap()
+        .events
+        .iter()
+        .map(|e| e["event"]["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(reads, vec![200; 5]);
+    let v = on_b.audit_verify().await.unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    a.stop().await;
+    b.stop().await;
+    drop_pg_database(&url).await;
+}
+
 async fn init_and_unseal(a: &TestServer, b: &TestServer) -> coffer_client::InitResponse {
     let init = a.client().init(3, 2).await.unwrap();
     for node in [a, b] {

@@ -5,6 +5,7 @@
 //! (`SELECT … FOR UPDATE`), which serialises appends to one chain across nodes. There is no
 //! value cache here: with several nodes a cache needs cross-node invalidation.
 
+mod cache;
 mod notify;
 mod reads;
 
@@ -65,6 +66,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "identity_rls",
         include_str!("../../migrations/postgres/0009_identity_rls.sql"),
     ),
+    (
+        10,
+        "checked_audit",
+        include_str!("../../migrations/postgres/0010_checked_audit.sql"),
+    ),
 ];
 
 crate::keys::impl_key_store!(
@@ -96,6 +102,7 @@ pub struct PgStore {
     leader: std::sync::Arc<tokio::sync::Mutex<Option<PgConnection>>>,
     invalidations: tokio::sync::broadcast::Sender<Invalidation>,
     reads: reads::Reader,
+    values: std::sync::Arc<cache::ValueCache>,
     root_guard: std::sync::Arc<std::sync::RwLock<RootGuard>>,
 }
 
@@ -154,8 +161,8 @@ async fn verify_schema(pool: &PgPool) -> Result<(), StoreError> {
 /// Advisory lock key for background-job leadership ("coffer" in ASCII).
 const LEADER_LOCK: i64 = 0x636f_6666_6572;
 
-type AuditReply = oneshot::Sender<Result<(u64, [u8; 32]), StoreError>>;
-type AuditJob = (NewAuditEvent, AuditReply);
+type AuditReply = oneshot::Sender<Result<Option<(u64, [u8; 32])>, StoreError>>;
+type AuditJob = (NewAuditEvent, Vec<ReadCheck>, AuditReply);
 
 const AUDIT_BATCH: usize = 256;
 
@@ -251,7 +258,8 @@ impl PgStore {
                 .map_err(StoreError::Migrate)?,
             Schema::Verify => verify_schema(&pool).await?,
         }
-        let audit = spawn_audit_writer(pool.clone());
+        let values = std::sync::Arc::<cache::ValueCache>::default();
+        let audit = spawn_audit_writer(pool.clone(), values.clone());
         let invalidations = notify::spawn_listener(pool.clone());
         let reads = reads::Reader::spawn(pool.clone());
         Ok(Self {
@@ -260,6 +268,7 @@ impl PgStore {
             leader: std::sync::Arc::default(),
             invalidations,
             reads,
+            values,
             root_guard: std::sync::Arc::default(),
         })
     }
@@ -325,8 +334,11 @@ impl PgStore {
         Ok(())
     }
 
-    /// Nothing is cached below the core on PostgreSQL.
-    fn key_material_changed(&self) {}
+    /// Ciphertexts changed (rewrap, deletion): drop this node's cached values (other nodes'
+    /// entries fail their checks or expire).
+    fn key_material_changed(&self) {
+        self.values.clear();
+    }
 
     pub async fn close(&self) {
         if let Some(conn) = self.leader.lock().await.take() {
@@ -564,7 +576,21 @@ impl Store for PgStore {
         env_chain: &[Uuid],
         name: &str,
     ) -> Result<Option<ParamValue>, StoreError> {
-        self.reads.nearest(org_id, env_chain, name).await
+        let found = self.reads.nearest(org_id, env_chain, name).await?;
+        self.values.put(org_id, env_chain, name, found.as_ref());
+        Ok(found)
+    }
+
+    async fn nearest_value_cached(
+        &self,
+        org_id: Uuid,
+        env_chain: &[Uuid],
+        name: &str,
+    ) -> Result<(Option<ParamValue>, Option<ReadCheck>), StoreError> {
+        if let Some((value, check)) = self.values.get(org_id, env_chain, name) {
+            return Ok((Some(value), Some(check)));
+        }
+        Ok((self.nearest_value(org_id, env_chain, name).await?, None))
     }
 
     async fn current_values(
@@ -636,13 +662,24 @@ impl Store for PgStore {
         let mut tx = self.scoped(w.org_id).await?;
         append_version(&mut tx, w).await?;
         tx.commit().await?;
+        self.values.forget(w.org_id, &w.name);
         Ok(())
     }
 
     async fn append_audit(&self, e: &NewAuditEvent) -> Result<(u64, [u8; 32]), StoreError> {
+        self.append_audit_checked(e, &[])
+            .await?
+            .ok_or(StoreError::CommitFailed)
+    }
+
+    async fn append_audit_checked(
+        &self,
+        e: &NewAuditEvent,
+        checks: &[ReadCheck],
+    ) -> Result<Option<(u64, [u8; 32])>, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.audit
-            .send((e.clone(), reply))
+            .send((e.clone(), checks.to_vec(), reply))
             .await
             .map_err(|_| StoreError::CommitFailed)?;
         answer.await.map_err(|_| StoreError::CommitFailed)?
@@ -862,13 +899,23 @@ async fn append_version(conn: &mut PgConnection, w: &ParamWrite) -> Result<(), S
 
 /// This node's audit writer: events queued while a batch commits go into the next batch,
 /// so one statement (one round trip, one WAL flush) covers many requests. The database
-/// numbers and chains the events under each chain's row lock (`coffer_append_audit`), so
-/// writers on several nodes queue on a shared chain instead of racing for it.
-fn spawn_audit_writer(pool: PgPool) -> mpsc::Sender<AuditJob> {
+/// confirms the batch's cached reads, then numbers and chains the events under each chain's
+/// row lock (`coffer_append_audit_checked`), so writers on several nodes queue on a shared
+/// chain instead of racing for it. (Two writers, each with a batch under way, were measured
+/// slower: the second waits for the first's lock anyway, and both batches are smaller.)
+///
+/// The writer keeps a connection of its own rather than taking one from the pool: the pool
+/// hands out its connections in turn, so consecutive appends would each run in a different
+/// server process, none with its caches warm.
+fn spawn_audit_writer(
+    pool: PgPool,
+    values: std::sync::Arc<cache::ValueCache>,
+) -> mpsc::Sender<AuditJob> {
     let (tx, mut rx) = mpsc::channel::<AuditJob>(4096);
     tokio::spawn(async move {
-        let mut batch: Vec<AuditJob> = Vec::with_capacity(AUDIT_BATCH);
+        let mut conn: Option<PgConnection> = None;
         while let Some(first) = rx.recv().await {
+            let mut batch: Vec<AuditJob> = Vec::with_capacity(AUDIT_BATCH);
             batch.push(first);
             while batch.len() < AUDIT_BATCH {
                 match rx.try_recv() {
@@ -876,39 +923,100 @@ fn spawn_audit_writer(pool: PgPool) -> mpsc::Sender<AuditJob> {
                     Err(_) => break,
                 }
             }
-            let events: Vec<&NewAuditEvent> = batch.iter().map(|(e, _)| e).collect();
-            match append_audit_batch(&pool, &events).await {
-                Ok(assigned) => {
-                    for ((_, reply), r) in batch.drain(..).zip(assigned) {
-                        let _ = reply.send(Ok(r));
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "audit batch failed");
-                    for (_, reply) in batch.drain(..) {
-                        let _ = reply.send(Err(StoreError::CommitFailed));
-                    }
-                }
-            }
+            append_batch(&pool, &mut conn, &values, batch).await;
+        }
+        if let Some(c) = conn {
+            let _ = sqlx::Connection::close(c).await;
         }
     });
     tx
 }
 
-/// Append a batch in one statement; returns (seq, hash) per event, in order.
-async fn append_audit_batch(
+/// The writer's own connection, opened again after a failure.
+async fn writer_connection<'c>(
     pool: &PgPool,
+    conn: &'c mut Option<PgConnection>,
+) -> Result<&'c mut PgConnection, StoreError> {
+    if conn.is_none() {
+        let opts = pool.connect_options();
+        let c = tokio::time::timeout(
+            Duration::from_secs(2),
+            <PgConnection as sqlx::Connection>::connect_with(&*opts),
+        )
+        .await
+        .map_err(|_| StoreError::Unavailable(sqlx::Error::PoolTimedOut))??;
+        *conn = Some(c);
+    }
+    conn.as_mut()
+        .ok_or(StoreError::Unavailable(sqlx::Error::PoolClosed))
+}
+
+/// Append one batch and answer each of its requests: one call per organisation, each its
+/// own transaction holding only its own chain's lock.
+async fn append_batch(
+    pool: &PgPool,
+    conn: &mut Option<PgConnection>,
+    values: &cache::ValueCache,
+    batch: Vec<AuditJob>,
+) {
+    let mut by_org: std::collections::BTreeMap<Uuid, Vec<AuditJob>> = Default::default();
+    for job in batch {
+        by_org.entry(job.0.org_id).or_default().push(job);
+    }
+    for (org, jobs) in by_org {
+        // A read of another organisation cannot be confirmed in this one's transaction.
+        let (jobs, foreign): (Vec<AuditJob>, Vec<AuditJob>) = jobs
+            .into_iter()
+            .partition(|(_, checks, _)| checks.iter().all(|c| c.org_id == org));
+        for (_, _, reply) in foreign {
+            let _ = reply.send(Ok(None));
+        }
+        let events: Vec<&NewAuditEvent> = jobs.iter().map(|(e, _, _)| e).collect();
+        let checks: Vec<&[ReadCheck]> = jobs.iter().map(|(_, c, _)| c.as_slice()).collect();
+        let appended = match writer_connection(pool, conn).await {
+            Ok(c) => append_audit_batch(c, org, &events, &checks).await,
+            Err(e) => Err(e),
+        };
+        match appended {
+            Ok(assigned) => {
+                for ((_, checks, reply), r) in jobs.into_iter().zip(assigned) {
+                    if r.is_none() {
+                        // A cached read no longer holds: read it afresh next time.
+                        for c in &checks {
+                            values.forget(c.org_id, &c.name);
+                        }
+                    }
+                    let _ = reply.send(Ok(r));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "audit batch failed");
+                // The connection may be broken (a database restart): open a new one next.
+                *conn = None;
+                for (_, _, reply) in jobs {
+                    let _ = reply.send(Err(StoreError::CommitFailed));
+                }
+            }
+        }
+    }
+}
+
+/// Append one organisation's events in one statement; returns (seq, hash) per event, in
+/// order, or None for an event whose checks failed (not appended).
+async fn append_audit_batch(
+    conn: &mut PgConnection,
+    org: Uuid,
     events: &[&NewAuditEvent],
-) -> Result<Vec<(u64, [u8; 32])>, StoreError> {
-    let orgs = crate::chain::orgs(events);
-    let org_bytes: Vec<&[u8]> = orgs.iter().map(b).collect();
+    checks: &[&[ReadCheck]],
+) -> Result<Vec<Option<(u64, [u8; 32])>>, StoreError> {
     let cols = AuditColumns::of(events);
-    let rows = sqlx::query(
-        "SELECT seq, hash FROM coffer_append_audit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    let cc = CheckColumns::of(checks);
+    let assigned: Vec<Option<Vec<u8>>> = sqlx::query_scalar(
+        "SELECT coffer_append_audit_checked($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+         $12, $13, $14)",
     )
-    .bind(&org_bytes)
+    .bind(b(&org))
     .bind(coffer_crypto::audit::GENESIS.as_slice())
-    .bind(&cols.org)
     .bind(&cols.id)
     .bind(&cols.time)
     .bind(&cols.action)
@@ -916,19 +1024,67 @@ async fn append_audit_batch(
     .bind(&cols.outcome)
     .bind(&cols.target)
     .bind(&cols.body)
-    .fetch_all(pool)
+    .bind(&cc.event)
+    .bind(&cc.env)
+    .bind(&cc.name)
+    .bind(&cc.param)
+    .bind(&cc.version)
+    .fetch_one(&mut *conn)
     .await?;
-    if rows.len() != events.len() {
+    if assigned.len() != events.len() {
         return Err(StoreError::CommitFailed);
     }
-    rows.iter()
-        .map(|r| Ok((u64_col(r, "seq")?, hash_col(r, "hash")?)))
+    assigned
+        .into_iter()
+        .map(|a| {
+            a.map(|bytes| {
+                let (seq, hash) = bytes.split_at_checked(8).ok_or(StoreError::Corrupt)?;
+                let seq = i64::from_be_bytes(seq.try_into().map_err(|_| StoreError::Corrupt)?);
+                Ok((
+                    u64::try_from(seq).map_err(|_| StoreError::Corrupt)?,
+                    <[u8; 32]>::try_from(hash).map_err(|_| StoreError::Corrupt)?,
+                ))
+            })
+            .transpose()
+        })
         .collect()
+}
+
+/// A batch's read checks as one array per column, one element per environment to check
+/// (all of one organisation: the batch's).
+#[derive(Default)]
+struct CheckColumns<'a> {
+    event: Vec<i32>,
+    env: Vec<&'a [u8]>,
+    name: Vec<&'a str>,
+    param: Vec<Option<&'a [u8]>>,
+    version: Vec<i64>,
+}
+
+impl<'a> CheckColumns<'a> {
+    fn of(checks: &[&'a [ReadCheck]]) -> Self {
+        let mut cc = CheckColumns::default();
+        for (event, of_event) in checks.iter().enumerate() {
+            let event = i32::try_from(event + 1).unwrap_or(i32::MAX);
+            for c in *of_event {
+                for (level, env) in c.envs.iter().enumerate() {
+                    // Nearer environments must still not define the name; the last one
+                    // must still hold this version.
+                    let found = level + 1 == c.envs.len();
+                    cc.event.push(event);
+                    cc.env.push(b(env));
+                    cc.name.push(&c.name);
+                    cc.param.push(found.then(|| b(&c.param_id)));
+                    cc.version.push(if found { i(c.version) } else { 0 });
+                }
+            }
+        }
+        cc
+    }
 }
 
 /// A batch's events as one array per column, for `coffer_append_audit`.
 struct AuditColumns<'a> {
-    org: Vec<&'a [u8]>,
     id: Vec<&'a [u8]>,
     time: Vec<i64>,
     action: Vec<&'a str>,
@@ -941,7 +1097,6 @@ struct AuditColumns<'a> {
 impl<'a> AuditColumns<'a> {
     fn of(events: &[&'a NewAuditEvent]) -> Self {
         AuditColumns {
-            org: events.iter().map(|e| b(&e.org_id)).collect(),
             id: events.iter().map(|e| b(&e.id)).collect(),
             time: events.iter().map(|e| e.time).collect(),
             action: events.iter().map(|e| e.action.as_str()).collect(),

@@ -59,7 +59,7 @@ impl Reader {
 }
 
 /// Organisations of one batch fetched at once at most (the pool serves everything else too).
-const CONCURRENT_ORGS: usize = 4;
+pub(super) const CONCURRENT_ORGS: usize = 4;
 
 /// Answer every read of the batch: one call per organisation, a few at once; each
 /// organisation's reads are answered as soon as its own call is back, so a slow or failing

@@ -112,6 +112,7 @@ pg_suite!(
     totp_steps_and_recovery_codes_are_single_use,
     api_keys_invitations_identities_and_mail,
     key_rotation_rewrap_and_org_deletion,
+    cached_reads_are_confirmed_when_audited,
 );
 
 #[tokio::test]
@@ -302,6 +303,193 @@ async fn audit_appends_chain_events_in_the_database_as_rust_verifies_them() {
     assert_eq!(db.store().audit_head(orgs[0]).await.unwrap(), Some((1, h0)));
     assert_eq!(db.store().audit_head(orgs[1]).await.unwrap(), Some((3, h2)));
     conn.close().await.unwrap();
+    db.drop_db().await;
+}
+
+/// One call appends one organisation's batch: events whose cached reads no longer hold are
+/// left out (0 and NULL), the others are chained in input order as Rust verifies them, the
+/// later ones linked past the gap.
+#[tokio::test]
+async fn checked_audit_appends_skip_stale_reads_and_chain_the_rest() {
+    use coffer_store::Store;
+    let Some(db) = fresh().await else { return };
+    let s = db.store();
+    let org = crate::suite::org(s, "o").await;
+    let (_, env) = crate::suite::project_env(s, org).await;
+    let key = coffer_crypto::TenantKey::generate(coffer_crypto::KeyTerm(1));
+    let pid = uuid::Uuid::new_v4();
+    s.append_param_version(&crate::suite::write(
+        (org, env.id, pid),
+        "K",
+        0,
+        coffer_store::VersionAction::Set,
+        &key,
+        b"v",
+    ))
+    .await
+    .unwrap();
+    let mut conn = sqlx::PgConnection::connect(&db.url()).await.unwrap();
+    let bodies = ["{\"n\":1}", "{\"n\":2}", "{\"name\":\"Zoë\"}"];
+    let e = |v: Vec<u8>| v;
+    // Event 2 read version 2 (stale: the live one is 1), event 3 read version 1 (holds),
+    // both also checking that a nearer environment (a random id) defines nothing.
+    let nearer = uuid::Uuid::new_v4();
+    let got: Vec<Option<Vec<u8>>> = sqlx::query_scalar(
+        "SELECT coffer_append_audit_checked($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+         $13, $14)",
+    )
+    .bind(e(org.as_bytes().to_vec()))
+    .bind(coffer_crypto::audit::GENESIS.to_vec())
+    .bind(
+        (0..3)
+            .map(|_| uuid::Uuid::new_v4().as_bytes().to_vec())
+            .collect::<Vec<_>>(),
+    )
+    .bind(vec![1i64; 3])
+    .bind(vec!["param.get".to_owned(); 3])
+    .bind(vec![None::<Vec<u8>>; 3])
+    .bind(vec!["success".to_owned(); 3])
+    .bind(vec![String::new(); 3])
+    .bind(bodies.iter().map(|b| (*b).to_owned()).collect::<Vec<_>>())
+    .bind(vec![2i32, 2, 3, 3])
+    .bind(vec![
+        nearer.as_bytes().to_vec(),
+        env.id.as_bytes().to_vec(),
+        nearer.as_bytes().to_vec(),
+        env.id.as_bytes().to_vec(),
+    ])
+    .bind(vec!["K".to_owned(); 4])
+    .bind(vec![
+        None,
+        Some(pid.as_bytes().to_vec()),
+        None,
+        Some(pid.as_bytes().to_vec()),
+    ])
+    .bind(vec![0i64, 2, 0, 1])
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    let link = |prev: &[u8; 32], seq: u64, body: &str| {
+        coffer_crypto::audit::chain_hash(prev, &coffer_store::sqlite::audit_entry(seq, body))
+    };
+    let h1 = link(&coffer_crypto::audit::GENESIS, 1, bodies[0]);
+    let h3 = link(&h1, 2, bodies[2]);
+    let at = |seq: u64, h: [u8; 32]| Some([seq.to_be_bytes().as_slice(), &h].concat());
+    assert_eq!(got, vec![at(1, h1), None, at(2, h3)]);
+    assert_eq!(s.audit_head(org).await.unwrap(), Some((2, h3)));
+    let rows = s
+        .audit_events(
+            org,
+            &coffer_store::AuditFilter {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.body.as_str()).collect::<Vec<_>>(),
+        vec![bodies[0], bodies[2]]
+    );
+    conn.close().await.unwrap();
+    db.drop_db().await;
+}
+
+/// A node answers repeated reads from its cache; each such answer is confirmed when its
+/// audit event is appended. Writes on another node (a new version, a nearer environment
+/// defining the name, a deletion) make the cached answer stale: its event is not
+/// appended, and the node's next read goes to the database.
+#[tokio::test]
+async fn cached_answers_are_confirmed_against_writes_on_other_nodes() {
+    use coffer_store::{EnvRow, NewAuditEvent, ReadCheck, Store, VersionAction};
+    let Some(db) = fresh().await else { return };
+    let (a, b) = (
+        PgStore::connect(&db.url()).await.unwrap(),
+        PgStore::connect(&db.url()).await.unwrap(),
+    );
+    let org = crate::suite::org(&a, "o").await;
+    let (project, base) = crate::suite::project_env(&a, org).await;
+    let child = EnvRow {
+        id: uuid::Uuid::new_v4(),
+        org_id: org,
+        project_id: project.id,
+        parent_id: Some(base.id),
+        name: "child".into(),
+        created_at: 1,
+    };
+    a.create_env(&child).await.unwrap();
+    let chain = [child.id, base.id];
+    let key = coffer_crypto::TenantKey::generate(coffer_crypto::KeyTerm(1));
+    let (in_base, in_child) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let set = |env: uuid::Uuid, pid: uuid::Uuid, expected: u64, action: VersionAction| {
+        crate::suite::write((org, env, pid), "K", expected, action, &key, b"v")
+    };
+    let event = || NewAuditEvent {
+        org_id: org,
+        id: uuid::Uuid::new_v4(),
+        time: 1,
+        action: "param.get".into(),
+        actor_id: None,
+        outcome: "success".into(),
+        target: "app/child/K".into(),
+        body: "{}".into(),
+    };
+    let read = || async {
+        let (v, check) = a.nearest_value_cached(org, &chain, "K").await.unwrap();
+        (v.map(|v| (v.param.id, v.version.version)), check)
+    };
+    let append = |check: Option<ReadCheck>| async {
+        a.append_audit_checked(&event(), &[check.unwrap()])
+            .await
+            .unwrap()
+            .map(|h| h.0)
+    };
+
+    b.append_param_version(&set(base.id, in_base, 0, VersionAction::Set))
+        .await
+        .unwrap();
+    assert_eq!(
+        read().await,
+        (Some((in_base, 1)), None),
+        "first read: the database"
+    );
+    let (v, check) = read().await;
+    assert_eq!(v, Some((in_base, 1)), "then the cache");
+    assert_eq!(check.as_ref().map(|c| c.envs.clone()), Some(chain.to_vec()));
+    assert_eq!(append(check).await, Some(1), "confirmed");
+
+    // A new version written on the other node.
+    b.append_param_version(&set(base.id, in_base, 1, VersionAction::Set))
+        .await
+        .unwrap();
+    let (v, check) = read().await;
+    assert_eq!(v, Some((in_base, 1)), "this node cannot know yet");
+    assert_eq!(append(check).await, None, "stale: nothing appended");
+    assert_eq!(read().await, (Some((in_base, 2)), None), "read afresh");
+
+    // The nearer environment now defines the name.
+    let (_, check) = read().await;
+    b.append_param_version(&set(child.id, in_child, 0, VersionAction::Set))
+        .await
+        .unwrap();
+    assert_eq!(append(check).await, None);
+    assert_eq!(read().await, (Some((in_child, 1)), None));
+
+    // Deleted there again.
+    let (_, check) = read().await;
+    b.append_param_version(&set(child.id, in_child, 1, VersionAction::Delete))
+        .await
+        .unwrap();
+    assert_eq!(append(check).await, None);
+    assert_eq!(read().await, (Some((in_base, 2)), None));
+    let (_, check) = read().await;
+    assert_eq!(
+        append(check).await,
+        Some(2),
+        "only confirmed reads were appended"
+    );
+    a.close().await;
+    b.close().await;
     db.drop_db().await;
 }
 

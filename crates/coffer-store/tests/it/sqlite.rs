@@ -35,6 +35,7 @@ sqlite_suite!(
     totp_steps_and_recovery_codes_are_single_use,
     api_keys_invitations_identities_and_mail,
     key_rotation_rewrap_and_org_deletion,
+    cached_reads_are_confirmed_when_audited,
 );
 
 #[tokio::test]

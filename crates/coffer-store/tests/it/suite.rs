@@ -1388,3 +1388,76 @@ pub async fn key_rotation_rewrap_and_org_deletion(s: &dyn Store) {
     assert!(!s.delete_org(a).await.unwrap());
     assert!(s.current_value(b, env_b.id, "B").await.unwrap().is_some());
 }
+
+/// Reads that may come from a node's cache: what they answer is current as far as this
+/// store knows (its own writes are never answered stale), and any check that comes with an
+/// answer is confirmed by the audit append. A check the store cannot confirm appends
+/// nothing.
+pub async fn cached_reads_are_confirmed_when_audited(s: &dyn Store) {
+    let o = org(s, "o").await;
+    let (_, env) = project_env(s, o).await;
+    let key = TenantKey::generate(KeyTerm(1));
+    let pid = Uuid::new_v4();
+    let event = |n: u32| NewAuditEvent {
+        org_id: o,
+        id: Uuid::new_v4(),
+        time: i64::from(n),
+        action: "param.get".into(),
+        actor_id: None,
+        outcome: "success".into(),
+        target: "app/default/K".into(),
+        body: format!("{{\"n\":{n}}}"),
+    };
+    let mut appended = 0;
+    for version in 1..=3u64 {
+        s.append_param_version(&write(
+            (o, env.id, pid),
+            "K",
+            version - 1,
+            VersionAction::Set,
+            &key,
+            b"v",
+        ))
+        .await
+        .unwrap();
+        for _ in 0..2 {
+            let (value, check) = s.nearest_value_cached(o, &[env.id], "K").await.unwrap();
+            assert_eq!(value.map(|v| v.version.version), Some(version));
+            let checks: Vec<ReadCheck> = check.into_iter().collect();
+            if let Some(c) = checks.first() {
+                assert_eq!(
+                    (c.org_id, c.envs.as_slice(), c.param_id, c.version),
+                    (o, &[env.id][..], pid, version)
+                );
+            }
+            let at = s
+                .append_audit_checked(&event(appended), &checks)
+                .await
+                .unwrap();
+            appended += 1;
+            assert_eq!(at.map(|a| a.0), Some(u64::from(appended)));
+        }
+    }
+    // Nothing found is never a cached answer.
+    let (value, check) = s
+        .nearest_value_cached(o, &[env.id], "MISSING")
+        .await
+        .unwrap();
+    assert!(value.is_none() && check.is_none());
+    // A check that no longer holds (here: a version that never existed) appends nothing.
+    let stale = ReadCheck {
+        org_id: o,
+        envs: vec![env.id],
+        name: "K".into(),
+        param_id: pid,
+        version: 99,
+    };
+    assert_eq!(
+        s.append_audit_checked(&event(99), &[stale]).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        s.audit_head(o).await.unwrap().map(|h| h.0),
+        Some(u64::from(appended))
+    );
+}
