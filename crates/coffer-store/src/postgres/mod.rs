@@ -2,8 +2,8 @@
 //!
 //! Writes are plain transactions (PostgreSQL groups commits itself). Parameter writes use
 //! the same optimistic version check as SQLite; audit appends lock their chain's head row
-//! (`SELECT … FOR UPDATE`), which serialises appends to one chain across nodes. There is no
-//! value cache here: with several nodes a cache needs cross-node invalidation.
+//! (`SELECT … FOR UPDATE`), which serialises appends to one chain across nodes. Values a
+//! node caches are never trusted on their own: the audit append confirms them (`cache`).
 
 mod cache;
 mod notify;
@@ -914,6 +914,7 @@ fn spawn_audit_writer(
     let (tx, mut rx) = mpsc::channel::<AuditJob>(4096);
     tokio::spawn(async move {
         let mut conn: Option<PgConnection> = None;
+        let mut heads = Heads::default();
         while let Some(first) = rx.recv().await {
             let mut batch: Vec<AuditJob> = Vec::with_capacity(AUDIT_BATCH);
             batch.push(first);
@@ -923,7 +924,7 @@ fn spawn_audit_writer(
                     Err(_) => break,
                 }
             }
-            append_batch(&pool, &mut conn, &values, batch).await;
+            append_batch(&pool, &mut conn, &mut heads, &values, batch).await;
         }
         if let Some(c) = conn {
             let _ = sqlx::Connection::close(c).await;
@@ -956,6 +957,7 @@ async fn writer_connection<'c>(
 async fn append_batch(
     pool: &PgPool,
     conn: &mut Option<PgConnection>,
+    heads: &mut Heads,
     values: &cache::ValueCache,
     batch: Vec<AuditJob>,
 ) {
@@ -973,10 +975,16 @@ async fn append_batch(
         }
         let events: Vec<&NewAuditEvent> = jobs.iter().map(|(e, _, _)| e).collect();
         let checks: Vec<&[ReadCheck]> = jobs.iter().map(|(_, c, _)| c.as_slice()).collect();
+        let head = heads.0.remove(&org);
         let appended = match writer_connection(pool, conn).await {
-            Ok(c) => append_audit_batch(c, org, &events, &checks).await,
+            Ok(c) => append_audit_batch(c, org, head, &events, &checks).await,
             Err(e) => Err(e),
         };
+        if let Ok(assigned) = &appended
+            && let Some(last) = assigned.iter().rev().flatten().next()
+        {
+            heads.0.insert(org, *last);
+        }
         match appended {
             Ok(assigned) => {
                 for ((_, checks, reply), r) in jobs.into_iter().zip(assigned) {
@@ -1001,19 +1009,43 @@ async fn append_batch(
     }
 }
 
+/// The last (seq, hash) this writer appended to each chain: with it the writer proposes the
+/// next events' hashes, which the database stores as they are if no other node appended
+/// in between. Only ever a proposal: the database checks the head under its lock.
+#[derive(Debug, Default)]
+struct Heads(std::collections::HashMap<Uuid, (u64, [u8; 32])>);
+
+/// The hashes of `events` appended after `head`, as verification computes them.
+fn propose_chain(head: (u64, [u8; 32]), events: &[&NewAuditEvent]) -> Vec<[u8; 32]> {
+    let (mut seq, mut hash) = head;
+    events
+        .iter()
+        .map(|e| {
+            seq += 1;
+            hash = coffer_crypto::audit::chain_hash(
+                &hash,
+                &crate::sqlite::audit_entry(seq, &e.body),
+            );
+            hash
+        })
+        .collect()
+}
+
 /// Append one organisation's events in one statement; returns (seq, hash) per event, in
 /// order, or None for an event whose checks failed (not appended).
 async fn append_audit_batch(
     conn: &mut PgConnection,
     org: Uuid,
+    head: Option<(u64, [u8; 32])>,
     events: &[&NewAuditEvent],
     checks: &[&[ReadCheck]],
 ) -> Result<Vec<Option<(u64, [u8; 32])>>, StoreError> {
     let cols = AuditColumns::of(events);
     let cc = CheckColumns::of(checks);
+    let proposed = head.map(|h| (h, propose_chain(h, events)));
     let assigned: Vec<Option<Vec<u8>>> = sqlx::query_scalar(
         "SELECT coffer_append_audit_checked($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
-         $12, $13, $14)",
+         $12, $13, $14, $15, $16, $17)",
     )
     .bind(b(&org))
     .bind(coffer_crypto::audit::GENESIS.as_slice())
@@ -1029,8 +1061,25 @@ async fn append_audit_batch(
     .bind(&cc.name)
     .bind(&cc.param)
     .bind(&cc.version)
+    .bind(proposed.as_ref().map(|((seq, _), _)| i(*seq)))
+    .bind(proposed.as_ref().map(|((_, hash), _)| hash.as_slice()))
+    .bind(
+        proposed
+            .as_ref()
+            .map(|(_, hashes)| hashes.iter().map(|h| h.as_slice()).collect::<Vec<_>>()),
+    )
     .fetch_one(&mut *conn)
     .await?;
+    if assigned.is_empty()
+        && !events.is_empty()
+        && let Some(((seq, _), hashes)) = proposed
+    {
+        // Stored as proposed.
+        return Ok((1..)
+            .zip(hashes)
+            .map(|(n, h)| Some((seq + n, h)))
+            .collect());
+    }
     if assigned.len() != events.len() {
         return Err(StoreError::CommitFailed);
     }

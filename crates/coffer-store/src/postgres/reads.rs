@@ -3,7 +3,8 @@
 //! Each secret read would otherwise be its own round trip and statement. One reader task per
 //! node takes every read queued while its previous call ran and answers them with one call
 //! of `coffer_current_values`. A read is only ever answered by a call sent after it arrived,
-//! so it sees every write acknowledged before it started, by any node: nothing is cached.
+//! so it sees every write acknowledged before it started, by any node. (The node's value
+//! cache, in front of this, answers only subject to confirmation: see `cache`.)
 
 use sqlx::postgres::PgPool;
 use tokio::sync::{mpsc, oneshot};

@@ -336,7 +336,7 @@ async fn checked_audit_appends_skip_stale_reads_and_chain_the_rest() {
     let nearer = uuid::Uuid::new_v4();
     let got: Vec<Option<Vec<u8>>> = sqlx::query_scalar(
         "SELECT coffer_append_audit_checked($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
-         $13, $14)",
+         $13, $14, NULL, NULL, NULL)",
     )
     .bind(e(org.as_bytes().to_vec()))
     .bind(coffer_crypto::audit::GENESIS.to_vec())
@@ -390,6 +390,49 @@ async fn checked_audit_appends_skip_stale_reads_and_chain_the_rest() {
     assert_eq!(
         rows.iter().map(|r| r.body.as_str()).collect::<Vec<_>>(),
         vec![bodies[0], bodies[2]]
+    );
+
+    // A proposed chain is stored as proposed when its head is the chain's head (the result
+    // is then empty), and ignored otherwise (the database chains the events itself).
+    let append = |head: (i64, [u8; 32]), hashes: Vec<Vec<u8>>, body: &'static str| {
+        sqlx::query_scalar::<_, Vec<Option<Vec<u8>>>>(
+            "SELECT coffer_append_audit_checked($1, $2, $3, '{1}', '{a}', '{NULL}', '{success}', \
+             '{\"\"}', $4, '{}', '{}', '{}', '{}', '{}', $5, $6, $7)",
+        )
+        .bind(org.as_bytes().to_vec())
+        .bind(coffer_crypto::audit::GENESIS.to_vec())
+        .bind(vec![uuid::Uuid::new_v4().as_bytes().to_vec()])
+        .bind(vec![body.to_owned()])
+        .bind(head.0)
+        .bind(head.1.to_vec())
+        .bind(hashes)
+    };
+    let h4 = link(&h3, 3, "{\"n\":4}");
+    let got = append((2, h3), vec![h4.to_vec()], "{\"n\":4}")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert!(got.is_empty(), "{got:?}");
+    assert_eq!(s.audit_head(org).await.unwrap(), Some((3, h4)));
+    let h5 = link(&h4, 4, "{\"n\":5}");
+    let got = append((2, h3), vec![[9u8; 32].to_vec()], "{\"n\":5}")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(got, vec![at(4, h5)], "a stale head: chained by the database");
+    let rows = s
+        .audit_events(
+            org,
+            &coffer_store::AuditFilter {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.iter().map(|r| (r.seq, r.prev_hash, r.hash)).collect::<Vec<_>>()[2..],
+        [(3, h3, h4), (4, h4, h5)]
     );
     conn.close().await.unwrap();
     db.drop_db().await;
