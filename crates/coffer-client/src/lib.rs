@@ -3,12 +3,14 @@
 //! TLS is rustls (aws-lc-rs). With a CA certificate the client trusts that CA only — the way
 //! to pin Coffer's internal CA; without one it uses the platform's trust store.
 
+mod reader;
 mod types;
 
 use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use reader::ParamReader;
 pub use types::*;
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +56,8 @@ pub struct Client {
     http: reqwest::Client,
     base: Url,
     token: Option<String>,
+    /// The pinned CA, for connections made outside reqwest ([`ParamReader`]).
+    ca_pem: Option<std::sync::Arc<[u8]>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -90,6 +94,7 @@ impl Client {
             http: b.build().map_err(ClientError::Http)?,
             base,
             token: None,
+            ca_pem: ca_pem.map(std::sync::Arc::from),
         })
     }
 
@@ -537,6 +542,18 @@ impl Client {
             &[],
         )
         .await
+    }
+
+    /// A connection of its own that reads one parameter, for load generation. Needs the
+    /// token and the pinned CA.
+    pub async fn param_reader(&self, project: &str, env: &str, name: &str) -> Result<ParamReader> {
+        let (Some(token), Some(ca)) = (&self.token, &self.ca_pem) else {
+            return Err(ClientError::Address(
+                "a reader needs a login and the server's CA certificate".into(),
+            ));
+        };
+        let url = self.url(&["v1", "projects", project, "envs", env, "params", name]);
+        ParamReader::connect(&self.base, ca, url.path(), token).await
     }
 
     pub async fn set_param(

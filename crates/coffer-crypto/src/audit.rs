@@ -107,7 +107,7 @@ pub fn verify_signature(public_key: &[u8], message: &[u8], signature: &[u8]) -> 
 /// Per-organisation key for HMACs in audit events, derived from the root key with HKDF so
 /// it needs no storage: values can be correlated ("the same token", "the same value") without
 /// being stored.
-pub struct AuditHmacKey(Zeroizing<[u8; KEY_LEN]>);
+pub struct AuditHmacKey(aws_lc_rs::hmac::Key);
 
 impl std::fmt::Debug for AuditHmacKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -126,17 +126,23 @@ impl AuditHmacKey {
             .map_err(|_| CryptoError::InvalidKey)?;
         let mut key = Zeroizing::new([0u8; KEY_LEN]);
         okm.fill(&mut *key).map_err(|_| CryptoError::InvalidKey)?;
-        Ok(Self(key))
+        // Keyed once (aws-lc keeps the keyed state and wipes it on drop), not per MAC.
+        Ok(Self(aws_lc_rs::hmac::Key::new(
+            aws_lc_rs::hmac::HMAC_SHA256,
+            &*key,
+        )))
     }
 
     /// Hex HMAC-SHA256 of `data`.
     pub fn mac_hex(&self, data: &[u8]) -> String {
-        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &*self.0);
-        aws_lc_rs::hmac::sign(&key, data)
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let tag = aws_lc_rs::hmac::sign(&self.0, data);
+        let mut out = String::with_capacity(2 * tag.as_ref().len());
+        for b in tag.as_ref() {
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0x0f)]));
+        }
+        out
     }
 }
 
@@ -186,5 +192,22 @@ mod tests {
                 .mac_hex(b"v")
         );
         assert_eq!(ka.mac_hex(b"v").len(), 64);
+        // Lowercase hex of HMAC-SHA256 under the HKDF-derived key (the stored format).
+        let key = {
+            use aws_lc_rs::hkdf::{HKDF_SHA256, Salt};
+            let prk = Salt::new(HKDF_SHA256, b"coffer/audit-hmac/v1").extract(root.expose_secret());
+            let mut k = [0u8; KEY_LEN];
+            prk.expand(&[a.as_bytes().as_slice()], HKDF_SHA256)
+                .unwrap()
+                .fill(&mut k)
+                .unwrap();
+            aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &k)
+        };
+        let expected: String = aws_lc_rs::hmac::sign(&key, b"v")
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(ka.mac_hex(b"v"), expected);
     }
 }

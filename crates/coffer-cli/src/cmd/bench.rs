@@ -1,5 +1,9 @@
 //! `coffer bench`: authenticated single-parameter reads over HTTPS with keep-alive, and
 //! durable writes, against a running server. Build with --release for meaningful numbers.
+//!
+//! Reads go through lean connections of their own ([`coffer_client::ParamReader`], one per
+//! worker) because the benchmark usually shares its machine with the server: the client's
+//! own CPU is taken from the server being measured.
 
 use std::time::{Duration, Instant};
 
@@ -29,15 +33,19 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[idx.min(sorted.len() - 1)]) / 1000.0
 }
 
-async fn measure<F, Fut>(kind: &'static str, conns: usize, dur: Duration, op: F) -> Measurement
+/// Run `op` on `states.len()` concurrent workers, each with its own state (a connection,
+/// or nothing), for `dur`; `op` hands the state back with whether the request succeeded.
+async fn measure<S, F, Fut>(kind: &'static str, states: Vec<S>, dur: Duration, op: F) -> Measurement
 where
-    F: Fn(usize, u64) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = bool> + Send,
+    S: Send + 'static,
+    F: Fn(S, usize, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = (S, bool)> + Send,
 {
+    let conns = states.len();
     let start = Instant::now();
     let deadline = start + dur;
     let mut tasks = Vec::with_capacity(conns);
-    for worker in 0..conns {
+    for (worker, mut state) in states.into_iter().enumerate() {
         let op = op.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(100_000);
@@ -45,7 +53,9 @@ where
             let mut i = 0u64;
             while Instant::now() < deadline {
                 let t = Instant::now();
-                if op(worker, i).await {
+                let (s, ok) = op(state, worker, i).await;
+                state = s;
+                if ok {
                     lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
                 } else {
                     errors += 1;
@@ -77,6 +87,46 @@ where
     }
 }
 
+/// One connection per worker that reads the benchmark secret and checks its value.
+async fn readers(
+    client: &coffer_client::Client,
+    project: &str,
+    n: usize,
+) -> anyhow::Result<Vec<coffer_client::ParamReader>> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(
+            client
+                .param_reader(project, "default", "BENCH_SECRET")
+                .await
+                .context("open a benchmark connection (needs the server's CA: COFFER_CACERT)")?,
+        );
+    }
+    Ok(out)
+}
+
+/// Read with each reader until `dur` is over; a read counts only if it returned the value
+/// written.
+async fn measure_reads(
+    readers: Vec<coffer_client::ParamReader>,
+    dur: Duration,
+    expected: &str,
+    kind: &'static str,
+) -> Measurement {
+    let expected = std::sync::Arc::<str>::from(expected);
+    measure(kind, readers, dur, move |mut r, _, _| {
+        let expected = expected.clone();
+        async move {
+            let ok = r
+                .get()
+                .await
+                .is_ok_and(|p| p.value.as_deref() == Some(&*expected));
+            (r, ok)
+        }
+    })
+    .await
+}
+
 pub async fn run(g: &Global, a: BenchArgs) -> anyhow::Result<()> {
     let client = session::authed(g)?;
     let mut suffix = [0u8; 4];
@@ -103,45 +153,37 @@ pub async fn run(g: &Global, a: BenchArgs) -> anyhow::Result<()> {
     );
 
     // Warm up connections, caches and the server's key cache.
-    let c = client.clone();
-    let p = project.clone();
-    measure("warmup", 4, Duration::from_secs(1), move |_, _| {
-        let (c, p) = (c.clone(), p.clone());
-        async move { c.get_param(&p, "default", "BENCH_SECRET").await.is_ok() }
-    })
+    measure_reads(
+        readers(&client, &project, 4).await?,
+        Duration::from_secs(1),
+        &value,
+        "warmup",
+    )
     .await;
 
     let mut results = Vec::new();
     for &conns in &a.connections {
-        let c = client.clone();
-        let p = project.clone();
-        let m = measure("read", conns.max(1), dur, move |_, _| {
-            let (c, p) = (c.clone(), p.clone());
-            async move {
-                c.get_param(&p, "default", "BENCH_SECRET")
-                    .await
-                    .is_ok_and(|r| r.value.is_some())
-            }
-        })
-        .await;
-        results.push(m);
+        let readers = readers(&client, &project, conns.max(1)).await?;
+        results.push(measure_reads(readers, dur, &value, "read").await);
     }
     if a.writers > 0 {
         let c = client.clone();
         let p = project.clone();
         let v = value.clone();
-        let m = measure("write", a.writers, dur, move |worker, i| {
+        let m = measure("write", vec![(); a.writers], dur, move |(), worker, i| {
             let (c, p, v) = (c.clone(), p.clone(), v.clone());
             async move {
-                c.set_param(
-                    &p,
-                    "default",
-                    &format!("W{worker}_{}", i % 64),
-                    &v,
-                    Some(true),
-                )
-                .await
-                .is_ok()
+                let ok = c
+                    .set_param(
+                        &p,
+                        "default",
+                        &format!("W{worker}_{}", i % 64),
+                        &v,
+                        Some(true),
+                    )
+                    .await
+                    .is_ok();
+                ((), ok)
             }
         })
         .await;

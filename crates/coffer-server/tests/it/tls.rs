@@ -177,3 +177,44 @@ async fn only_tls_1_2_and_1_3_are_offered() {
     }
     srv.stop().await;
 }
+
+/// The benchmark's lean reader: its own connection, the pinned CA, the same answers and
+/// errors as the regular client, many reads on one connection.
+#[tokio::test]
+async fn a_param_reader_reads_over_its_own_pinned_connection() {
+    let srv = TestServer::dev().await;
+    let c = srv.owner().await;
+    c.create_project("web").await.unwrap();
+    c.set_param("web", "default", "API KEY ü", "s3cret", Some(true))
+        .await
+        .unwrap();
+    let mut r = c.param_reader("web", "default", "API KEY ü").await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(r.get().await.unwrap().value.as_deref(), Some("s3cret"));
+    }
+    c.set_param("web", "default", "API KEY ü", "rotated", None)
+        .await
+        .unwrap();
+    assert_eq!(r.get().await.unwrap().value.as_deref(), Some("rotated"));
+    // Not found and unauthenticated are errors, not values.
+    let mut missing = c.param_reader("web", "default", "NOPE").await.unwrap();
+    assert!(matches!(
+        missing.get().await,
+        Err(coffer_client::ClientError::Unexpected(404))
+    ));
+    let mut forged = srv
+        .client()
+        .with_token("cfs_forged")
+        .param_reader("web", "default", "API KEY ü")
+        .await
+        .unwrap();
+    assert!(matches!(
+        forged.get().await,
+        Err(coffer_client::ClientError::Unexpected(401))
+    ));
+    // Without the server's CA there is nothing to pin: refused.
+    let no_ca = coffer_client::Client::new(&srv.url(), None)
+        .unwrap()
+        .with_token("cfs_x");
+    assert!(no_ca.param_reader("web", "default", "X").await.is_err());
+}

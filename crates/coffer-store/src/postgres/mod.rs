@@ -1022,10 +1022,8 @@ fn propose_chain(head: (u64, [u8; 32]), events: &[&NewAuditEvent]) -> Vec<[u8; 3
         .iter()
         .map(|e| {
             seq += 1;
-            hash = coffer_crypto::audit::chain_hash(
-                &hash,
-                &crate::sqlite::audit_entry(seq, &e.body),
-            );
+            hash =
+                coffer_crypto::audit::chain_hash(&hash, &crate::sqlite::audit_entry(seq, &e.body));
             hash
         })
         .collect()
@@ -1075,10 +1073,7 @@ async fn append_audit_batch(
         && let Some(((seq, _), hashes)) = proposed
     {
         // Stored as proposed.
-        return Ok((1..)
-            .zip(hashes)
-            .map(|(n, h)| Some((seq + n, h)))
-            .collect());
+        return Ok((1..).zip(hashes).map(|(n, h)| Some((seq + n, h))).collect());
     }
     if assigned.len() != events.len() {
         return Err(StoreError::CommitFailed);

@@ -419,7 +419,11 @@ async fn checked_audit_appends_skip_stale_reads_and_chain_the_rest() {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert_eq!(got, vec![at(4, h5)], "a stale head: chained by the database");
+    assert_eq!(
+        got,
+        vec![at(4, h5)],
+        "a stale head: chained by the database"
+    );
     let rows = s
         .audit_events(
             org,
@@ -431,7 +435,9 @@ async fn checked_audit_appends_skip_stale_reads_and_chain_the_rest() {
         .await
         .unwrap();
     assert_eq!(
-        rows.iter().map(|r| (r.seq, r.prev_hash, r.hash)).collect::<Vec<_>>()[2..],
+        rows.iter()
+            .map(|r| (r.seq, r.prev_hash, r.hash))
+            .collect::<Vec<_>>()[2..],
         [(3, h3, h4), (4, h4, h5)]
     );
     conn.close().await.unwrap();
