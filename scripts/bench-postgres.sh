@@ -20,6 +20,8 @@ if [ -z "${COFFER_BIN:-}" ]; then
   cargo build --release --locked -p coffer-cli
 fi
 BIN=${COFFER_BIN:-$PWD/target/release/coffer}
+# COFFER_BENCH_BIN: run the load with another build's `coffer bench` (the servers stay BIN).
+BENCH_BIN=${COFFER_BENCH_BIN:-$BIN}
 
 pkill -f "coffer server --dev --data-dir $WORK" 2>/dev/null || true
 rm -rf "$WORK" && mkdir -p "$WORK"
@@ -61,7 +63,7 @@ psql "$PG" -qc "CHECKPOINT"
 for n in $(seq 1 "$NODES"); do
   port=$((8300 + n))
   COFFER_ADDR=https://127.0.0.1:$port COFFER_CACERT=$WORK/node$n/tls/ca.pem HOME=$WORK/home$n \
-    "$BIN" bench --duration "$DURATION" "$@" >"$WORK/bench$n.txt" 2>&1 &
+    "$BENCH_BIN" bench --duration "$DURATION" "$@" >"$WORK/bench$n.txt" 2>&1 &
   bench[$n]=$!
 done
 for n in $(seq 1 "$NODES"); do
