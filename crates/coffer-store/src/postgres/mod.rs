@@ -904,6 +904,10 @@ async fn append_version(conn: &mut PgConnection, w: &ParamWrite) -> Result<(), S
 /// chain instead of racing for it. (Two writers, each with a batch under way, were measured
 /// slower: the second waits for the first's lock anyway, and both batches are smaller.)
 ///
+/// (Committing without waiting for the WAL flush, and answering after a second connection's
+/// synchronous commit had flushed it, so the next batch could be appended during the
+/// flush, was measured ~13% slower: more, smaller batches and a second round trip each.)
+///
 /// The writer keeps a connection of its own rather than taking one from the pool: the pool
 /// hands out its connections in turn, so consecutive appends would each run in a different
 /// server process, none with its caches warm.
@@ -912,7 +916,7 @@ fn spawn_audit_writer(
     values: std::sync::Arc<cache::ValueCache>,
 ) -> mpsc::Sender<AuditJob> {
     let (tx, mut rx) = mpsc::channel::<AuditJob>(4096);
-    tokio::spawn(async move {
+    let writer = async move {
         let mut conn: Option<PgConnection> = None;
         let mut heads = Heads::default();
         while let Some(first) = rx.recv().await {
@@ -929,7 +933,23 @@ fn spawn_audit_writer(
         if let Some(c) = conn {
             let _ = sqlx::Connection::close(c).await;
         }
-    });
+    };
+    // Every request waits for this loop, so it runs on a thread of its own: as a task among
+    // the request tasks, each database answer waited in the runtime's queue behind them
+    // before the next batch could start (measured: ~10% more reads/s at 16 connections on
+    // one node with the thread). The thread ends when the store is dropped.
+    let started = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .and_then(|rt| {
+            std::thread::Builder::new()
+                .name("coffer-audit".into())
+                .spawn(move || rt.block_on(writer))
+        });
+    if let Err(e) = started {
+        // Without a writer every append fails (closed channel): the service fails closed.
+        tracing::error!(error = %e, "could not start the audit writer");
+    }
     tx
 }
 
