@@ -307,20 +307,7 @@ async fn two_nodes_share_background_jobs_and_key_rotations() {
     let Some(url) = pg_database().await else {
         return;
     };
-    let a = TestServer::production_on(&url).await;
-    let b = TestServer::production_on(&url).await;
-    let init = init_and_unseal(&a, &b).await;
-    let token = a
-        .client()
-        .login(&init.bootstrap.username, &init.bootstrap.password)
-        .await
-        .unwrap()
-        .token
-        .unwrap();
-    let (on_a, on_b) = (
-        a.client().with_token(token.clone()),
-        b.client().with_token(token),
-    );
+    let (a, b, on_a, on_b) = two_nodes_one_session(&url).await;
     on_a.create_project("web").await.unwrap();
     for i in 0..5 {
         on_a.set_param("web", "default", &format!("K{i}"), "v", Some(true))
@@ -413,18 +400,7 @@ async fn a_read_cached_before_a_write_on_another_node_is_answered_again() {
     let Some(url) = pg_database().await else {
         return;
     };
-    let a = TestServer::production_on(&url).await;
-    let b = TestServer::production_on(&url).await;
-    let init = init_and_unseal(&a, &b).await;
-    let token = a
-        .client()
-        .login(&init.bootstrap.username, &init.bootstrap.password)
-        .await
-        .unwrap()
-        .token
-        .unwrap();
-    let on_a = a.client().with_token(token.clone());
-    let on_b = b.client().with_token(token);
+    let (a, b, on_a, on_b) = two_nodes_one_session(&url).await;
     on_a.create_project("web").await.unwrap();
     on_a.set_param("web", "default", "TOKEN", "first", Some(true))
         .await
@@ -466,6 +442,31 @@ async fn a_read_cached_before_a_write_on_another_node_is_answered_again() {
     a.stop().await;
     b.stop().await;
     drop_pg_database(&url).await;
+}
+
+/// Two unsealed production nodes on one database, and clients of each carrying one owner
+/// session (made on the first).
+async fn two_nodes_one_session(
+    url: &str,
+) -> (
+    TestServer,
+    TestServer,
+    coffer_client::Client,
+    coffer_client::Client,
+) {
+    let a = TestServer::production_on(url).await;
+    let b = TestServer::production_on(url).await;
+    let init = init_and_unseal(&a, &b).await;
+    let token = a
+        .client()
+        .login(&init.bootstrap.username, &init.bootstrap.password)
+        .await
+        .unwrap()
+        .token
+        .unwrap();
+    let on_a = a.client().with_token(token.clone());
+    let on_b = b.client().with_token(token);
+    (a, b, on_a, on_b)
 }
 
 async fn init_and_unseal(a: &TestServer, b: &TestServer) -> coffer_client::InitResponse {
