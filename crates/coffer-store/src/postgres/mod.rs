@@ -918,7 +918,11 @@ fn spawn_audit_writer(
     let (tx, mut rx) = mpsc::channel::<AuditJob>(4096);
     let writer = async move {
         let mut conn: Option<PgConnection> = None;
-        let mut heads = Heads::default();
+        // The last (seq, hash) this writer appended to each chain: with it the writer
+        // proposes the next events' hashes, which the database stores as they are if no
+        // other node appended in between (only ever a proposal: the database checks the
+        // head under its lock).
+        let mut heads = crate::chain::Heads::new();
         while let Some(first) = rx.recv().await {
             let mut batch: Vec<AuditJob> = Vec::with_capacity(AUDIT_BATCH);
             batch.push(first);
@@ -977,7 +981,7 @@ async fn writer_connection<'c>(
 async fn append_batch(
     pool: &PgPool,
     conn: &mut Option<PgConnection>,
-    heads: &mut Heads,
+    heads: &mut crate::chain::Heads,
     values: &cache::ValueCache,
     batch: Vec<AuditJob>,
 ) {
@@ -995,7 +999,7 @@ async fn append_batch(
         }
         let events: Vec<&NewAuditEvent> = jobs.iter().map(|(e, _, _)| e).collect();
         let checks: Vec<&[ReadCheck]> = jobs.iter().map(|(_, c, _)| c.as_slice()).collect();
-        let head = heads.0.remove(&org);
+        let head = heads.remove(&org);
         let appended = match writer_connection(pool, conn).await {
             Ok(c) => append_audit_batch(c, org, head, &events, &checks).await,
             Err(e) => Err(e),
@@ -1003,7 +1007,7 @@ async fn append_batch(
         if let Ok(assigned) = &appended
             && let Some(last) = assigned.iter().rev().flatten().next()
         {
-            heads.0.insert(org, *last);
+            heads.insert(org, *last);
         }
         match appended {
             Ok(assigned) => {
@@ -1029,26 +1033,6 @@ async fn append_batch(
     }
 }
 
-/// The last (seq, hash) this writer appended to each chain: with it the writer proposes the
-/// next events' hashes, which the database stores as they are if no other node appended
-/// in between. Only ever a proposal: the database checks the head under its lock.
-#[derive(Debug, Default)]
-struct Heads(std::collections::HashMap<Uuid, (u64, [u8; 32])>);
-
-/// The hashes of `events` appended after `head`, as verification computes them.
-fn propose_chain(head: (u64, [u8; 32]), events: &[&NewAuditEvent]) -> Vec<[u8; 32]> {
-    let (mut seq, mut hash) = head;
-    events
-        .iter()
-        .map(|e| {
-            seq += 1;
-            hash =
-                coffer_crypto::audit::chain_hash(&hash, &crate::sqlite::audit_entry(seq, &e.body));
-            hash
-        })
-        .collect()
-}
-
 /// Append one organisation's events in one statement; returns (seq, hash) per event, in
 /// order, or None for an event whose checks failed (not appended).
 async fn append_audit_batch(
@@ -1060,7 +1044,14 @@ async fn append_audit_batch(
 ) -> Result<Vec<Option<(u64, [u8; 32])>>, StoreError> {
     let cols = AuditColumns::of(events);
     let cc = CheckColumns::of(checks);
-    let proposed = head.map(|h| (h, propose_chain(h, events)));
+    // The links the events get if nobody appended since `head`, as verification computes them.
+    let proposed = match head {
+        Some(h) => Some((
+            h,
+            crate::chain::assign(events, &mut crate::chain::Heads::from([(org, h)]))?,
+        )),
+        None => None,
+    };
     let assigned: Vec<Option<Vec<u8>>> = sqlx::query_scalar(
         "SELECT coffer_append_audit_checked($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
          $12, $13, $14, $15, $16, $17)",
@@ -1081,19 +1072,23 @@ async fn append_audit_batch(
     .bind(&cc.version)
     .bind(proposed.as_ref().map(|((seq, _), _)| i(*seq)))
     .bind(proposed.as_ref().map(|((_, hash), _)| hash.as_slice()))
-    .bind(
-        proposed
-            .as_ref()
-            .map(|(_, hashes)| hashes.iter().map(|h| h.as_slice()).collect::<Vec<_>>()),
-    )
+    .bind(proposed.as_ref().map(|(_, links)| {
+        links
+            .iter()
+            .map(|(_, _, h)| h.as_slice())
+            .collect::<Vec<_>>()
+    }))
     .fetch_one(&mut *conn)
     .await?;
     if assigned.is_empty()
         && !events.is_empty()
-        && let Some(((seq, _), hashes)) = proposed
+        && let Some((_, links)) = proposed
     {
         // Stored as proposed.
-        return Ok((1..).zip(hashes).map(|(n, h)| Some((seq + n, h))).collect());
+        return Ok(links
+            .into_iter()
+            .map(|(seq, _, h)| Some((seq, h)))
+            .collect());
     }
     if assigned.len() != events.len() {
         return Err(StoreError::CommitFailed);
@@ -1147,7 +1142,7 @@ impl<'a> CheckColumns<'a> {
     }
 }
 
-/// A batch's events as one array per column, for `coffer_append_audit`.
+/// A batch's events as one array per column, for `coffer_append_audit_checked`.
 struct AuditColumns<'a> {
     id: Vec<&'a [u8]>,
     time: Vec<i64>,
