@@ -104,10 +104,7 @@ fn peek_issuer(jwt: &str) -> Option<String> {
 /// Usernames for users created from an external identity never collide with (and so never
 /// take over) local accounts: they carry a tag of the issuer.
 fn jit_username(issuer: &str, subject: &str) -> String {
-    let tag: String = coffer_crypto::token::hash(issuer).0[..4]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let tag = hex::encode(&coffer_crypto::token::hash(issuer).0[..4]);
     let sub: String = crate::auth::normalize_username(subject)
         .chars()
         .map(|c| {

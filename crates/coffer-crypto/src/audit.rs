@@ -135,14 +135,7 @@ impl AuditHmacKey {
 
     /// Hex HMAC-SHA256 of `data`.
     pub fn mac_hex(&self, data: &[u8]) -> String {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let tag = aws_lc_rs::hmac::sign(&self.0, data);
-        let mut out = String::with_capacity(2 * tag.as_ref().len());
-        for b in tag.as_ref() {
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0x0f)]));
-        }
-        out
+        hex::encode(aws_lc_rs::hmac::sign(&self.0, data))
     }
 }
 
