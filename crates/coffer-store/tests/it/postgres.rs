@@ -452,10 +452,7 @@ async fn checked_audit_appends_skip_stale_reads_and_chain_the_rest() {
 async fn cached_answers_are_confirmed_against_writes_on_other_nodes() {
     use coffer_store::{EnvRow, NewAuditEvent, ReadCheck, Store, VersionAction};
     let Some(db) = fresh().await else { return };
-    let (a, b) = (
-        PgStore::connect(&db.url()).await.unwrap(),
-        PgStore::connect(&db.url()).await.unwrap(),
-    );
+    let (a, b) = two_nodes(&db.url()).await;
     let org = crate::suite::org(&a, "o").await;
     let (project, base) = crate::suite::project_env(&a, org).await;
     let child = EnvRow {
@@ -549,10 +546,7 @@ async fn a_value_written_on_one_node_is_read_on_another_at_once() {
     use coffer_crypto::{KeyTerm, TenantKey};
     use coffer_store::{Store, VersionAction};
     let Some(db) = fresh().await else { return };
-    let (a, b) = (
-        PgStore::connect(&db.url()).await.unwrap(),
-        PgStore::connect(&db.url()).await.unwrap(),
-    );
+    let (a, b) = two_nodes(&db.url()).await;
     let org = crate::suite::org(&a, "o").await;
     let (_, env) = crate::suite::project_env(&a, org).await;
     let key = TenantKey::generate(KeyTerm(1));
@@ -629,10 +623,7 @@ async fn writes_sealed_with_a_replaced_root_key_are_refused() {
         IdentityStore, KeyStore, OutboxRow, RootRotation, SealConfigRow, Store, StoreError,
     };
     let Some(db) = fresh().await else { return };
-    let (a, b) = (
-        PgStore::connect(&db.url()).await.unwrap(),
-        PgStore::connect(&db.url()).await.unwrap(),
-    );
+    let (a, b) = two_nodes(&db.url()).await;
     let old = RootKey::generate().check_value().unwrap();
     a.init_seal_config(&SealConfigRow {
         kind: "shamir".into(),
@@ -1100,4 +1091,12 @@ async fn a_runtime_role_without_ddl_rights_runs_coffer_and_cannot_rewrite_histor
             .await
             .unwrap();
     }
+}
+
+/// Two nodes (stores with their own pools, caches and audit writers) on one database.
+async fn two_nodes(url: &str) -> (PgStore, PgStore) {
+    (
+        PgStore::connect(url).await.unwrap(),
+        PgStore::connect(url).await.unwrap(),
+    )
 }
