@@ -131,13 +131,7 @@ pub async fn run(g: &Global, a: BenchArgs) -> anyhow::Result<()> {
     let client = session::authed(g)?;
     let mut suffix = [0u8; 4];
     coffer_core::random_bytes(&mut suffix);
-    let project = format!(
-        "bench-{}",
-        suffix
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    );
+    let project = format!("bench-{}", hex::encode(suffix));
     client
         .create_project(&project)
         .await

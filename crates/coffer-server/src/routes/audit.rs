@@ -202,8 +202,8 @@ async fn next_chunk(mut s: ExportState) -> Option<(Result<Bytes, std::io::Error>
                 }
                 out.push_str(&line(&ExportLine::Event {
                     seq: r.seq,
-                    prev_hash: hex_encode(&r.prev_hash),
-                    hash: hex_encode(&r.hash),
+                    prev_hash: hex::encode(r.prev_hash),
+                    hash: hex::encode(r.hash),
                     body: r.body.clone(),
                 }));
                 out.push_str(sep);
@@ -225,9 +225,9 @@ async fn next_chunk(mut s: ExportState) -> Option<(Result<Bytes, std::io::Error>
                 .map(|c| {
                     line(&ExportLine::Checkpoint {
                         seq: c.seq,
-                        hash: hex_encode(&c.hash),
+                        hash: hex::encode(c.hash),
                         created_at: c.created_at,
-                        signature: hex_encode(&c.signature),
+                        signature: hex::encode(&c.signature),
                     })
                 })
                 .collect();
@@ -241,10 +241,6 @@ async fn next_chunk(mut s: ExportState) -> Option<(Result<Bytes, std::io::Error>
         Phase::Done => return None,
     };
     Some((Ok(Bytes::from(chunk)), s))
-}
-
-fn hex_encode(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Stream the organisation's events (optionally a time range) with the checkpoints, as NDJSON

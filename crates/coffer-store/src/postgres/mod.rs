@@ -192,11 +192,10 @@ async fn ensure_newest_term(
 
 /// Open the row-level security walls for `scope` for the rest of the transaction.
 async fn set_scope(conn: &mut PgConnection, scope: crate::Scope<'_>) -> Result<(), StoreError> {
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     let (name, value) = match scope {
         crate::Scope::Org(id) => ("coffer.org_id", id.simple().to_string()),
         crate::Scope::User(id) => ("coffer.user_id", id.simple().to_string()),
-        crate::Scope::Token(hash) => ("coffer.token_hash", hex(hash)),
+        crate::Scope::Token(hash) => ("coffer.token_hash", hex::encode(hash)),
         crate::Scope::System => ("coffer.system", "on".to_owned()),
     };
     sqlx::query("SELECT set_config($1, $2, true)")
