@@ -60,6 +60,11 @@ impl DatabaseUrl {
             url.starts_with("postgres://") || url.starts_with("postgresql://"),
             "the database URL must start with postgres://"
         );
+        // Not echoed: the URL may hold a password.
+        anyhow::ensure!(
+            url::Url::parse(&url).is_ok(),
+            "the database URL is not a valid URL (percent-encode special characters in the password)"
+        );
         Ok(Self(url))
     }
 
@@ -67,21 +72,28 @@ impl DatabaseUrl {
         &self.0
     }
 
-    /// The URL with any password replaced by `***`.
+    /// The URL with any password replaced by `***`: the one in the user part, and any
+    /// query parameter whose name mentions a password (`password=`, `sslpassword=`).
     pub fn redacted(&self) -> String {
-        match (self.0.find("://"), self.0.rfind('@')) {
-            (Some(s), Some(at)) if at > s => {
-                let userinfo = &self.0[s + 3..at];
-                let user = userinfo.split(':').next().unwrap_or("");
-                let hidden = if userinfo.contains(':') {
-                    format!("{user}:***")
-                } else {
-                    user.to_owned()
-                };
-                format!("{}{}{}", &self.0[..s + 3], hidden, &self.0[at..])
-            }
-            _ => self.0.clone(),
+        let Ok(mut url) = url::Url::parse(&self.0) else {
+            // `new` refuses such URLs; never print one that could not be taken apart.
+            return "postgres://(hidden)".to_owned();
+        };
+        if url.password().is_some() {
+            let _ = url.set_password(Some("***"));
         }
+        if url.query().is_some() {
+            let pairs: Vec<(String, String)> = url
+                .query_pairs()
+                .map(|(k, v)| {
+                    let hide = k.to_ascii_lowercase().contains("password");
+                    let v = if hide { "***".into() } else { v.into_owned() };
+                    (k.into_owned(), v)
+                })
+                .collect();
+            url.query_pairs_mut().clear().extend_pairs(pairs);
+        }
+        url.to_string()
     }
 }
 
@@ -356,5 +368,26 @@ mod tests {
             "postgres://coffer@h/db"
         );
         assert!(DatabaseUrl::new("mysql://x".into()).is_err());
+        // libpq-style password parameters are hidden too; other parameters stay readable.
+        let q = DatabaseUrl::new(
+            "postgres://coffer@h/db?sslmode=verify-full&password=s3cr3t&sslpassword=k3y".into(),
+        )
+        .unwrap();
+        assert_eq!(
+            q.to_string(),
+            "postgres://coffer@h/db?sslmode=verify-full&password=***&sslpassword=***"
+        );
+        // A percent-encoded '@' in the password does not confuse the redaction.
+        let at = DatabaseUrl::new("postgres://coffer:p%40ss@h:5432/db".into()).unwrap();
+        assert_eq!(at.to_string(), "postgres://coffer:***@h:5432/db");
+        // An unparseable URL is refused without echoing it.
+        let err = DatabaseUrl::new("postgres://coffer:s3cr3t@[bad/db".into())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("not a valid URL") && !err.contains("s3cr3t"),
+            "{err}"
+        );
     }
 }
