@@ -36,6 +36,14 @@ pub enum StoreError {
     /// The PostgreSQL database is not UTF-8 (create it with `ENCODING 'UTF8'`).
     #[error("the database's encoding is {0}; Coffer needs a UTF8 database")]
     Encoding(String),
+    /// `synchronous_commit` is off for Coffer's role or database: a commit could then be
+    /// acknowledged, and a secret released, before its audit event is durable.
+    #[error(
+        "synchronous_commit is off for this database or role; Coffer acknowledges writes and \
+         releases reads only once they are durable: set it to on (or local, remote_write, \
+         remote_apply)"
+    )]
+    AsyncCommit,
     #[error("migration failed")]
     Migrate(#[source] sqlx::migrate::MigrateError),
 }

@@ -242,13 +242,19 @@ impl PgStore {
             .await?;
         // Audit chain hashes are computed in the database over the bodies' UTF-8 bytes,
         // exactly as verification computes them; another encoding would change the bytes.
-        let (encoding,): (String,) = sqlx::query_as(
-            "SELECT pg_encoding_to_char(encoding) FROM pg_database WHERE datname = current_database()",
+        // And a response waits for its audit event's commit, which only makes the event
+        // durable if commits wait for their WAL flush (fail closed on a server set otherwise).
+        let (encoding, sync_commit): (String, String) = sqlx::query_as(
+            "SELECT pg_encoding_to_char(encoding), current_setting('synchronous_commit') \
+             FROM pg_database WHERE datname = current_database()",
         )
         .fetch_one(&pool)
         .await?;
         if encoding != "UTF8" {
             return Err(StoreError::Encoding(encoding));
+        }
+        if sync_commit == "off" {
+            return Err(StoreError::AsyncCommit);
         }
         match schema {
             Schema::Migrate => crate::migrator(MIGRATIONS)

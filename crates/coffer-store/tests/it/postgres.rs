@@ -156,6 +156,38 @@ async fn audit_rows_refuse_update_and_delete() {
     db.drop_db().await;
 }
 
+/// A node refuses a database where commits do not wait for their WAL flush: it could
+/// otherwise release a secret whose audit event a crash then loses.
+#[tokio::test]
+async fn a_node_refuses_to_run_without_synchronous_commit() {
+    let Some(db) = fresh().await else { return };
+    let mut admin = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
+    let set = |v: &str| {
+        format!(
+            "ALTER ROLE {0} IN DATABASE {0} SET synchronous_commit = {v}",
+            db.name
+        )
+    };
+    sqlx::query(sqlx::AssertSqlSafe(set("off")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let refused = PgStore::connect(&db.url()).await;
+    assert!(
+        matches!(refused, Err(coffer_store::StoreError::AsyncCommit)),
+        "{refused:?}"
+    );
+    // Any setting that waits for the local flush (or more) is accepted.
+    sqlx::query(sqlx::AssertSqlSafe(set("local")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let accepted = PgStore::connect(&db.url()).await.unwrap();
+    accepted.close().await;
+    admin.close().await.unwrap();
+    db.drop_db().await;
+}
+
 /// Two nodes' audit writers append to the same two chains at the same time (batches that
 /// span both chains, in both orders of arrival): both chains must come out gapless and
 /// linked.
