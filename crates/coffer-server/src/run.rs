@@ -61,10 +61,18 @@ impl DatabaseUrl {
             "the database URL must start with postgres://"
         );
         // Not echoed: the URL may hold a password.
-        anyhow::ensure!(
-            url::Url::parse(&url).is_ok(),
-            "the database URL is not a valid URL (percent-encode special characters in the password)"
-        );
+        let parsed = url::Url::parse(&url).map_err(|_| {
+            anyhow::anyhow!(
+                "the database URL is not a valid URL (percent-encode special characters in the password)"
+            )
+        })?;
+        // The driver logs parameters it does not know, values included.
+        if let Some((key, _)) = parsed
+            .query_pairs()
+            .find(|(k, _)| k.to_ascii_lowercase().contains("password") && k != "password")
+        {
+            anyhow::bail!("the database URL parameter {key} is not supported");
+        }
         Ok(Self(url))
     }
 
@@ -368,14 +376,23 @@ mod tests {
             "postgres://coffer@h/db"
         );
         assert!(DatabaseUrl::new("mysql://x".into()).is_err());
-        // libpq-style password parameters are hidden too; other parameters stay readable.
-        let q = DatabaseUrl::new(
-            "postgres://coffer@h/db?sslmode=verify-full&password=s3cr3t&sslpassword=k3y".into(),
-        )
-        .unwrap();
+        // A password parameter is hidden too; other parameters stay readable.
+        let q =
+            DatabaseUrl::new("postgres://coffer@h/db?sslmode=verify-full&password=s3cr3t".into())
+                .unwrap();
         assert_eq!(
             q.to_string(),
-            "postgres://coffer@h/db?sslmode=verify-full&password=***&sslpassword=***"
+            "postgres://coffer@h/db?sslmode=verify-full&password=***"
+        );
+        // Password parameters the driver does not know (it would log them) are refused,
+        // without echoing the value.
+        let err = DatabaseUrl::new("postgres://coffer@h/db?sslpassword=k3y".into())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("sslpassword is not supported") && !err.contains("k3y"),
+            "{err}"
         );
         // A percent-encoded '@' in the password does not confuse the redaction.
         let at = DatabaseUrl::new("postgres://coffer:p%40ss@h:5432/db".into()).unwrap();
