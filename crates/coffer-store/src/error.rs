@@ -61,11 +61,15 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
                 StoreError::Unavailable(e)
             }
-            // PostgreSQL going away or coming back: connection exceptions (class 08), and
-            // shutdown, crash and start-up (57P01-57P03). Worth a retry, so 503, not 500.
+            // PostgreSQL going away or coming back: connection exceptions (class 08),
+            // shutdown, crash and start-up (57P01-57P03), out of resources such as
+            // connection slots while nodes reconnect (class 53), and a standby answering
+            // during a failover (25006, read-only transaction). Worth a retry: 503, not 500.
             sqlx::Error::Database(db)
                 if db.code().is_some_and(|c| {
-                    c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")
+                    c.starts_with("08")
+                        || c.starts_with("53")
+                        || matches!(&*c, "57P01" | "57P02" | "57P03" | "25006")
                 }) =>
             {
                 StoreError::Unavailable(e)

@@ -156,6 +156,93 @@ async fn audit_rows_refuse_update_and_delete() {
     db.drop_db().await;
 }
 
+/// Both ends of a node's database connections notice a peer that vanished without a reset
+/// within seconds: the node's sockets carry TCP keepalive (and a user timeout), and the
+/// database's end of each session is told to do the same.
+#[tokio::test]
+async fn database_connections_detect_a_vanished_peer() {
+    let Some(db) = fresh().await else { return };
+    let opts = PgStore::connect_options(&db.url()).unwrap();
+    let mut conn = sqlx::PgConnection::connect_with(&opts).await.unwrap();
+    for (setting, want) in [
+        ("tcp_keepalives_idle", "10"),
+        ("tcp_keepalives_interval", "5"),
+        ("tcp_keepalives_count", "3"),
+        ("tcp_user_timeout", "15000"),
+    ] {
+        let (got,): (String,) = sqlx::query_as(sqlx::AssertSqlSafe(format!("SHOW {setting}")))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(got, want, "{setting}");
+    }
+    // This process's established TCP connections to PostgreSQL (the store's pool, the
+    // connection above): an idle socket with keepalive has its keepalive timer running
+    // (`tr` 2 in /proc/net/tcp), with data in flight the retransmit timer (1); without
+    // keepalive an idle socket has none (0).
+    let ours: std::collections::HashSet<String> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    let port = format!(":{:04X}", 5432);
+    let timers: Vec<String> = std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (remote, state, timer, inode) = (f.get(2)?, f.get(3)?, f.get(5)?, f.get(9)?);
+            (remote.ends_with(&port) && *state == "01" && ours.contains(*inode))
+                .then(|| timer.split(':').next().unwrap_or("").to_owned())
+        })
+        .collect();
+    assert!(!timers.is_empty(), "no connection to PostgreSQL found");
+    assert!(
+        timers.iter().all(|t| t != "00"),
+        "a connection without keepalive: {timers:?}"
+    );
+    conn.close().await.unwrap();
+    db.drop_db().await;
+}
+
+/// Failures a retry can cure are "unavailable" (503), not internal errors: no connection
+/// slot left (while nodes reconnect), and a standby answering during a failover.
+#[tokio::test]
+async fn saturated_or_read_only_databases_are_unavailable() {
+    use coffer_store::StoreError;
+    let Some(db) = fresh().await else { return };
+    let mut conn = sqlx::PgConnection::connect(&db.url()).await.unwrap();
+    sqlx::query("SET default_transaction_read_only = on")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let read_only = sqlx::query("CREATE TEMP TABLE t (x INT)")
+        .execute(&mut conn)
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        StoreError::from(read_only),
+        StoreError::Unavailable(_)
+    ));
+    conn.close().await.unwrap();
+    let mut admin = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER ROLE {} CONNECTION LIMIT 0",
+        db.name
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let full = sqlx::PgConnection::connect(&db.url()).await.unwrap_err();
+    assert!(matches!(StoreError::from(full), StoreError::Unavailable(_)));
+    admin.close().await.unwrap();
+    db.drop_db().await;
+}
+
 /// A node refuses a database where commits do not wait for their WAL flush: it could
 /// otherwise release a secret whose audit event a crash then loses.
 #[tokio::test]
