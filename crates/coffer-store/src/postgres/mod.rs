@@ -158,6 +158,14 @@ async fn verify_schema(pool: &PgPool) -> Result<(), StoreError> {
     }
 }
 
+/// Per-session TCP settings for the server's end of every connection.
+const SERVER_KEEPALIVE: [(&str, &str); 4] = [
+    ("tcp_keepalives_idle", "10"),
+    ("tcp_keepalives_interval", "5"),
+    ("tcp_keepalives_count", "3"),
+    ("tcp_user_timeout", "15000"),
+];
+
 /// Advisory lock key for background-job leadership ("coffer" in ASCII).
 const LEADER_LOCK: i64 = 0x636f_6666_6572;
 
@@ -230,8 +238,16 @@ impl PgStore {
 
     /// Connect; with [`Schema::Verify`] the schema is only checked, for a runtime role that
     /// may not change it (migrations then run separately, as the owner: [`PgStore::migrate`]).
+    /// How a node connects to `url`: the database's side of each connection gives up on
+    /// a vanished node as quickly as the node's side gives up on the database (see
+    /// vendor/README.md). Otherwise a dead leader's session, and with it the job lock, would
+    /// live on until the server's own TCP keepalive (2 h by default) ended it.
+    pub fn connect_options(url: &str) -> Result<PgConnectOptions, StoreError> {
+        Ok(url.parse::<PgConnectOptions>()?.options(SERVER_KEEPALIVE))
+    }
+
     pub async fn connect_with(url: &str, schema: Schema) -> Result<Self, StoreError> {
-        let opts: PgConnectOptions = url.parse()?;
+        let opts = Self::connect_options(url)?;
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(2))

@@ -191,6 +191,17 @@ pub async fn connect_tcp<Ws: WithSocket>(
         // Coffer: disable Nagle's algorithm (upstream sqlx PR #4336, merged after 0.9.0).
         let stream = tokio::net::TcpStream::connect((host, port)).await?;
         stream.set_nodelay(true)?;
+        // Coffer: notice a database that vanished without a reset (host crash, partition),
+        // instead of waiting ~15 minutes for TCP's retransmissions to give up.
+        let sock = socket2::SockRef::from(&stream);
+        sock.set_tcp_keepalive(
+            &socket2::TcpKeepalive::new()
+                .with_time(std::time::Duration::from_secs(10))
+                .with_interval(std::time::Duration::from_secs(5))
+                .with_retries(3),
+        )?;
+        #[cfg(target_os = "linux")]
+        sock.set_tcp_user_timeout(Some(std::time::Duration::from_secs(15)))?;
         return Ok(with_socket.with_socket(stream).await);
     }
 
