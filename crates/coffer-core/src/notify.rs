@@ -91,6 +91,11 @@ impl Coffer {
         let key = self.outbox_key()?;
         let mut sent = 0;
         for row in self.store().due_mail(now_ms(), 50).await? {
+            // Leadership can move during a batch (each send may take seconds): stop as soon
+            // as this node no longer holds it, so two nodes do not work through the same rows.
+            if !self.is_job_leader().await {
+                break;
+            }
             let result = match key.open(row.id, &row.sealed) {
                 Ok(plain) => match serde_json::from_slice::<Mail>(plain.expose_secret()) {
                     Ok(mail) => sender.send(&mail).await,
