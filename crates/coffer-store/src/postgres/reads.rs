@@ -63,8 +63,10 @@ impl Reader {
 pub(super) const CONCURRENT_ORGS: usize = 4;
 
 /// Answer every read of the batch: one call per organisation, a few at once; each
-/// organisation's reads are answered as soon as its own call is back, so a slow or failing
-/// organisation holds up and fails only its own reads.
+/// organisation's reads are answered as soon as its own call is back, and only a failing
+/// organisation's reads fail. The next batch starts once every call of this one is back,
+/// so one slow call delays the node's other reads too: a call on a connection that died
+/// silently ends within the sockets' user timeout (vendor/README.md).
 async fn answer(pool: &PgPool, batch: &mut Vec<(Read, Reply)>) {
     let mut by_org: std::collections::HashMap<Uuid, Vec<(Read, Reply)>> =
         std::collections::HashMap::new();
