@@ -29,6 +29,10 @@ pub trait MailSender: Send + Sync + std::fmt::Debug {
     async fn send(&self, mail: &Mail) -> Result<(), String>;
 }
 
+/// How long a node that took a message keeps it before another may send it: well past the
+/// SMTP sender's 10 s timeout, so only a sender that died loses it.
+const SEND_LEASE: Duration = Duration::from_secs(60);
+
 /// Wait before the next attempt: 5 s, 10 s, 20 s, … up to one hour.
 fn backoff(attempts: u32) -> Duration {
     Duration::from_secs(5u64.saturating_mul(1 << attempts.min(10))).min(Duration::from_secs(3600))
@@ -92,9 +96,18 @@ impl Coffer {
         let mut sent = 0;
         for row in self.store().due_mail(now_ms(), 50).await? {
             // Leadership can move during a batch (each send may take seconds): stop as soon
-            // as this node no longer holds it, so two nodes do not work through the same rows.
+            // as this node no longer holds it, and send only what no other node has taken.
             if !self.is_job_leader().await {
                 break;
+            }
+            let now = now_ms();
+            let lease = i64::try_from(SEND_LEASE.as_millis()).unwrap_or(i64::MAX);
+            if !self
+                .store()
+                .claim_mail(row.id, now, now.saturating_add(lease))
+                .await?
+            {
+                continue;
             }
             let result = match key.open(row.id, &row.sealed) {
                 Ok(plain) => match serde_json::from_slice::<Mail>(plain.expose_secret()) {

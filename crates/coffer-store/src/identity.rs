@@ -161,6 +161,9 @@ pub trait IdentityStore: Send + Sync {
     // --- outbox ---
     async fn enqueue_mail(&self, m: &OutboxRow) -> Result<(), StoreError>;
     async fn due_mail(&self, now: i64, limit: u32) -> Result<Vec<OutboxRow>, StoreError>;
+    /// Take a due message for sending until `until` (a lease: if the sender dies, the
+    /// message is due again then). False if it is sent, not due, or another node took it.
+    async fn claim_mail(&self, id: Uuid, now: i64, until: i64) -> Result<bool, StoreError>;
     async fn mail_sent(&self, id: Uuid, now: i64) -> Result<(), StoreError>;
     async fn mail_failed(
         &self,
@@ -968,6 +971,16 @@ macro_rules! impl_identity_store {
                     .iter()
                     .map($crate::identity::outbox_row)
                     .collect()
+            }
+
+            async fn claim_mail(&self, id: Uuid, now: i64, until: i64) -> Result<bool, StoreError> {
+                let r = sqlx::query("UPDATE outbox SET next_attempt_at = $3 WHERE id = $1 AND sent_at IS NULL AND next_attempt_at <= $2")
+                    .bind(id.as_bytes().as_slice())
+                    .bind(now)
+                    .bind(until)
+                    .execute(&self.$write)
+                    .await?;
+                Ok(r.rows_affected() == 1)
             }
 
             async fn mail_sent(&self, id: Uuid, now: i64) -> Result<(), StoreError> {

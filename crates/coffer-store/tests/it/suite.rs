@@ -1087,12 +1087,26 @@ pub async fn api_keys_invitations_identities_and_mail(s: &dyn Store) {
     s.enqueue_mail(&m).await.unwrap();
     assert!(s.due_mail(9, 10).await.unwrap().is_empty());
     assert_eq!(s.due_mail(10, 10).await.unwrap()[0].sealed, vec![1, 2, 3]);
+    // One sender takes it; a second (another node that listed it too) cannot, until the
+    // lease runs out.
+    assert!(!s.claim_mail(m.id, 9, 15).await.unwrap(), "not due yet");
+    assert!(s.claim_mail(m.id, 10, 15).await.unwrap());
+    assert!(!s.claim_mail(m.id, 10, 15).await.unwrap());
+    assert!(s.due_mail(14, 10).await.unwrap().is_empty());
+    assert!(
+        s.claim_mail(m.id, 15, 16).await.unwrap(),
+        "due again after the lease"
+    );
     s.mail_failed(m.id, 20, "connection refused").await.unwrap();
     assert!(s.due_mail(19, 10).await.unwrap().is_empty());
     assert_eq!(s.due_mail(20, 10).await.unwrap()[0].attempts, 1);
     assert_eq!(s.pending_mail().await.unwrap(), 1);
     s.mail_sent(m.id, 21).await.unwrap();
     assert!(s.due_mail(i64::MAX, 10).await.unwrap().is_empty());
+    assert!(
+        !s.claim_mail(m.id, i64::MAX, i64::MAX).await.unwrap(),
+        "sent"
+    );
     assert_eq!(s.pending_mail().await.unwrap(), 0);
 }
 
