@@ -81,7 +81,7 @@ impl DatabaseUrl {
     }
 
     /// The URL with any password replaced by `***`: the one in the user part, and any
-    /// query parameter whose name mentions a password (`password=`, `sslpassword=`).
+    /// query parameter whose name mentions a password (`password=`).
     pub fn redacted(&self) -> String {
         let Ok(mut url) = url::Url::parse(&self.0) else {
             // `new` refuses such URLs; never print one that could not be taken apart.

@@ -236,8 +236,6 @@ impl PgStore {
         Self::connect_with(url, Schema::Migrate).await
     }
 
-    /// Connect; with [`Schema::Verify`] the schema is only checked, for a runtime role that
-    /// may not change it (migrations then run separately, as the owner: [`PgStore::migrate`]).
     /// How a node connects to `url`: the database's side of each connection gives up on
     /// a vanished node as quickly as the node's side gives up on the database (see
     /// vendor/README.md). Otherwise a dead leader's session, and with it the job lock, would
@@ -246,6 +244,8 @@ impl PgStore {
         Ok(url.parse::<PgConnectOptions>()?.options(SERVER_KEEPALIVE))
     }
 
+    /// Connect; with [`Schema::Verify`] the schema is only checked, for a runtime role that
+    /// may not change it (migrations then run separately, as the owner: [`PgStore::migrate`]).
     pub async fn connect_with(url: &str, schema: Schema) -> Result<Self, StoreError> {
         let opts = Self::connect_options(url)?;
         let pool = PgPoolOptions::new()
