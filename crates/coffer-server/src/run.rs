@@ -54,6 +54,11 @@ pub struct ServerConfig {
 #[derive(Clone)]
 pub struct DatabaseUrl(String);
 
+/// Whether a URL query parameter carries a password (hidden when printed).
+fn is_password_param(key: &str) -> bool {
+    key.to_ascii_lowercase().contains("password")
+}
+
 impl DatabaseUrl {
     pub fn new(url: String) -> anyhow::Result<Self> {
         anyhow::ensure!(
@@ -69,7 +74,7 @@ impl DatabaseUrl {
         // The driver logs parameters it does not know, values included.
         if let Some((key, _)) = parsed
             .query_pairs()
-            .find(|(k, _)| k.to_ascii_lowercase().contains("password") && k != "password")
+            .find(|(k, _)| is_password_param(k) && k != "password")
         {
             anyhow::bail!("the database URL parameter {key} is not supported");
         }
@@ -94,8 +99,11 @@ impl DatabaseUrl {
             let pairs: Vec<(String, String)> = url
                 .query_pairs()
                 .map(|(k, v)| {
-                    let hide = k.to_ascii_lowercase().contains("password");
-                    let v = if hide { "***".into() } else { v.into_owned() };
+                    let v = if is_password_param(&k) {
+                        "***".into()
+                    } else {
+                        v.into_owned()
+                    };
                     (k.into_owned(), v)
                 })
                 .collect();
@@ -386,10 +394,13 @@ mod tests {
         );
         // Password parameters the driver does not know (it would log them) are refused,
         // without echoing the value.
-        let err = DatabaseUrl::new("postgres://coffer@h/db?sslpassword=k3y".into())
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let refusal = |url: &str| {
+            DatabaseUrl::new(url.into())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let err = refusal("postgres://coffer@h/db?sslpassword=k3y");
         assert!(
             err.contains("sslpassword is not supported") && !err.contains("k3y"),
             "{err}"
@@ -398,10 +409,7 @@ mod tests {
         let at = DatabaseUrl::new("postgres://coffer:p%40ss@h:5432/db".into()).unwrap();
         assert_eq!(at.to_string(), "postgres://coffer:***@h:5432/db");
         // An unparseable URL is refused without echoing it.
-        let err = DatabaseUrl::new("postgres://coffer:s3cr3t@[bad/db".into())
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let err = refusal("postgres://coffer:s3cr3t@[bad/db");
         assert!(
             err.contains("not a valid URL") && !err.contains("s3cr3t"),
             "{err}"
