@@ -94,14 +94,11 @@ impl Coffer {
         self.ensure_unsealed()?;
         let key = self.outbox_key()?;
         let mut sent = 0;
+        let lease = i64::try_from(SEND_LEASE.as_millis()).unwrap_or(i64::MAX);
         for row in self.store().due_mail(now_ms(), 50).await? {
-            // Leadership can move during a batch (each send may take seconds): stop as soon
-            // as this node no longer holds it, and send only what no other node has taken.
-            if !self.is_job_leader().await {
-                break;
-            }
+            // Leadership can move during a batch (each send may take seconds), so the job
+            // lock alone does not keep two nodes apart: send only what this node has taken.
             let now = now_ms();
-            let lease = i64::try_from(SEND_LEASE.as_millis()).unwrap_or(i64::MAX);
             if !self
                 .store()
                 .claim_mail(row.id, now, now.saturating_add(lease))
