@@ -226,8 +226,10 @@ async fn rewrap_resumes_after_an_interruption() {
 
 #[tokio::test]
 async fn rotation_by_age_and_by_usage() {
+    // The age must comfortably exceed how long setting up the organisation takes on a
+    // loaded CI machine (300 ms did not), or the key is already "old" at the first check.
     let f = fixture_with(CoreConfig {
-        key_rotate_after: Duration::from_millis(300),
+        key_rotate_after: Duration::from_secs(2),
         key_rotate_after_encryptions: 1_000_000,
         ..fast_keys()
     })
@@ -236,7 +238,7 @@ async fn rotation_by_age_and_by_usage() {
     c.create_project(p, "app").await.unwrap();
     c.run_key_maintenance().await.unwrap();
     assert_eq!(c.key_status(p).await.unwrap().active_term, 1);
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
     c.run_key_maintenance().await.unwrap();
     let s = c.key_status(p).await.unwrap();
     assert_eq!(s.active_term, 2);
