@@ -696,9 +696,10 @@ macro_rules! impl_identity_store {
 
             async fn touch_session(&self, org_id: Uuid, id: Uuid, now: i64) -> Result<(), StoreError> {
                 $crate::identity::scoped!(self, &self.$write, $crate::Scope::Org(org_id), |tx| {
-                    sqlx::query("UPDATE sessions SET last_seen_at = $2 WHERE id = $1 AND last_seen_at < $2")
+                    sqlx::query("UPDATE sessions SET last_seen_at = $2 WHERE id = $1 AND org_id = $3 AND last_seen_at < $2")
                         .bind(id.as_bytes().as_slice())
                         .bind(now)
+                        .bind(org_id.as_bytes().as_slice())
                         .execute(&mut *tx)
                         .await?;
                     Ok(())
@@ -707,8 +708,9 @@ macro_rules! impl_identity_store {
 
             async fn promote_session(&self, org_id: Uuid, id: Uuid) -> Result<(), StoreError> {
                 $crate::identity::scoped!(self, &self.$write, $crate::Scope::Org(org_id), |tx| {
-                    sqlx::query("UPDATE sessions SET stage = 'full' WHERE id = $1 AND stage = 'enroll'")
+                    sqlx::query("UPDATE sessions SET stage = 'full' WHERE id = $1 AND org_id = $2 AND stage = 'enroll'")
                         .bind(id.as_bytes().as_slice())
+                        .bind(org_id.as_bytes().as_slice())
                         .execute(&mut *tx)
                         .await?;
                     Ok(())
@@ -847,9 +849,10 @@ macro_rules! impl_identity_store {
 
             async fn touch_api_key(&self, org_id: Uuid, id: Uuid, now: i64) -> Result<(), StoreError> {
                 $crate::identity::scoped!(self, &self.$write, $crate::Scope::Org(org_id), |tx| {
-                    sqlx::query("UPDATE api_keys SET last_used_at = $2 WHERE id = $1")
+                    sqlx::query("UPDATE api_keys SET last_used_at = $2 WHERE id = $1 AND org_id = $3")
                         .bind(id.as_bytes().as_slice())
                         .bind(now)
+                        .bind(org_id.as_bytes().as_slice())
                         .execute(&mut *tx)
                         .await?;
                     Ok(())
@@ -899,9 +902,10 @@ macro_rules! impl_identity_store {
 
             async fn consume_invitation(&self, org_id: Uuid, id: Uuid, now: i64) -> Result<bool, StoreError> {
                 $crate::identity::scoped!(self, &self.$write, $crate::Scope::Org(org_id), |tx| {
-                    let r = sqlx::query("UPDATE invitations SET accepted_at = $2 WHERE id = $1 AND accepted_at IS NULL AND expires_at > $2")
+                    let r = sqlx::query("UPDATE invitations SET accepted_at = $2 WHERE id = $1 AND org_id = $3 AND accepted_at IS NULL AND expires_at > $2")
                         .bind(id.as_bytes().as_slice())
                         .bind(now)
+                        .bind(org_id.as_bytes().as_slice())
                         .execute(&mut *tx)
                         .await?;
                     Ok(r.rows_affected() == 1)

@@ -113,6 +113,7 @@ pg_suite!(
     api_keys_invitations_identities_and_mail,
     key_rotation_rewrap_and_org_deletion,
     cached_reads_are_confirmed_when_audited,
+    sign_out_and_account_changes,
 );
 
 #[tokio::test]

@@ -1475,3 +1475,110 @@ pub async fn cached_reads_are_confirmed_when_audited(s: &dyn Store) {
         Some(u64::from(appended))
     );
 }
+
+/// What signing out and changing one's account touch: a user's sessions in every
+/// organisation (on PostgreSQL through the user's own row-level security scope), and the
+/// user's row.
+pub async fn sign_out_and_account_changes(s: &dyn Store) {
+    let (a, b) = (org(s, "a").await, org(s, "b").await);
+    assert_eq!(s.org_by_name("b").await.unwrap().unwrap().id, b);
+    assert!(s.org_by_name("c").await.unwrap().is_none());
+    let alice = user(s, a, "alice", "owner").await;
+    s.add_membership(&MembershipRow {
+        user_id: alice,
+        org_id: b,
+        role: "viewer".into(),
+        created_at: 1,
+    })
+    .await
+    .unwrap();
+    let bob = user(s, a, "bob", "admin").await;
+    let (a1, a2, b1) = (
+        session(alice, a, 1, i64::MAX),
+        session(alice, a, 2, i64::MAX),
+        session(alice, b, 3, i64::MAX),
+    );
+    let bobs = session(bob, a, 4, i64::MAX);
+    for x in [&a1, &a2, &b1, &bobs] {
+        s.create_session(x).await.unwrap();
+    }
+
+    // Ending one session by id needs the session's own user.
+    assert!(!s.delete_session_by_id(bob, a2.id).await.unwrap());
+    assert!(s.session(&[2; 32]).await.unwrap().is_some());
+    assert!(s.delete_session_by_id(alice, a2.id).await.unwrap());
+    assert!(s.session(&[2; 32]).await.unwrap().is_none());
+    assert!(!s.delete_session_by_id(alice, a2.id).await.unwrap());
+
+    // "Sign out everywhere" keeps the current session, ends the others in every
+    // organisation, and leaves other users alone.
+    s.create_session(&a2).await.unwrap();
+    assert_eq!(s.delete_user_sessions(alice, Some(a1.id)).await.unwrap(), 2);
+    let left: Vec<Uuid> = s
+        .user_sessions(alice)
+        .await
+        .unwrap()
+        .iter()
+        .map(|x| x.id)
+        .collect();
+    assert_eq!(left, vec![a1.id]);
+    assert!(s.session(&[3; 32]).await.unwrap().is_none());
+    assert!(s.session(&[4; 32]).await.unwrap().is_some());
+    // A session is touched only through its own organisation.
+    s.touch_session(b, a1.id, 500).await.unwrap();
+    assert_eq!(s.session(&[1; 32]).await.unwrap().unwrap().last_seen_at, 1);
+    s.touch_session(a, a1.id, 500).await.unwrap();
+    assert_eq!(
+        s.session(&[1; 32]).await.unwrap().unwrap().last_seen_at,
+        500
+    );
+    assert_eq!(s.delete_user_sessions(alice, None).await.unwrap(), 1);
+    assert!(s.user_sessions(alice).await.unwrap().is_empty());
+
+    // A session that had to enrol MFA first becomes a full one, in its organisation only.
+    let enrol = SessionRow {
+        stage: "enroll".into(),
+        ..session(alice, b, 5, i64::MAX)
+    };
+    s.create_session(&enrol).await.unwrap();
+    s.promote_session(a, enrol.id).await.unwrap();
+    assert_eq!(s.session(&[5; 32]).await.unwrap().unwrap().stage, "enroll");
+    s.promote_session(b, enrol.id).await.unwrap();
+    assert_eq!(s.session(&[5; 32]).await.unwrap().unwrap().stage, "full");
+
+    // Password, e-mail address and MFA.
+    s.set_password(alice, "$argon2id$new").await.unwrap();
+    assert_eq!(
+        s.user(alice).await.unwrap().unwrap().password_hash,
+        "$argon2id$new"
+    );
+    assert_eq!(
+        s.user(bob).await.unwrap().unwrap().password_hash,
+        "$argon2id$x"
+    );
+    s.set_email(alice, Some("alice@example.com")).await.unwrap();
+    assert_eq!(
+        s.user_by_email("alice@example.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        alice
+    );
+    s.set_email(alice, None).await.unwrap();
+    assert!(
+        s.user_by_email("alice@example.com")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Without a stored seed there is nothing to enable.
+    s.enable_mfa(alice).await.unwrap();
+    assert!(!s.user(alice).await.unwrap().unwrap().mfa_enabled);
+    s.set_mfa(alice, Some(b"sealed"), false).await.unwrap();
+    assert!(!s.mfa_state(alice).await.unwrap().unwrap().enabled);
+    s.enable_mfa(alice).await.unwrap();
+    assert!(s.mfa_state(alice).await.unwrap().unwrap().enabled);
+    assert!(s.user(alice).await.unwrap().unwrap().mfa_enabled);
+    assert!(!s.user(bob).await.unwrap().unwrap().mfa_enabled);
+}
