@@ -289,6 +289,19 @@ pub async fn pg_database() -> Option<String> {
     Some(format!("{scheme}://{name}@{host}/{name}"))
 }
 
+/// The database of `url` (made by [`pg_database`]) as the administrative role of
+/// `COFFER_TEST_PG_URL`, for tests that must look past row-level security.
+pub fn pg_admin_url_for(url: &str) -> String {
+    let admin = pg_admin_url();
+    let (_, name) = url
+        .rsplit_once('/')
+        .unwrap_or_else(|| panic!("database URL without a database name"));
+    let (base, _) = admin
+        .rsplit_once('/')
+        .unwrap_or_else(|| panic!("COFFER_TEST_PG_URL must end with /database"));
+    format!("{base}/{name}")
+}
+
 /// Drop a database made by [`pg_database`] (after its servers stopped).
 pub async fn drop_pg_database(url: &str) {
     use sqlx::Connection;

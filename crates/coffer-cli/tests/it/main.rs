@@ -1089,3 +1089,78 @@ async fn kms_seal_and_own_key_from_the_cli() {
     );
     assert_eq!(cli.ok(&["param", "get", "A", "-p", "p"]), "alpha\n");
 }
+
+/// Background jobs run on one node at a time, the holder of a PostgreSQL advisory lock. A
+/// node killed without a chance to say goodbye (SIGKILL) loses the lock with its database
+/// sessions, and another node takes the jobs over: here, the audit checkpoints.
+#[tokio::test]
+async fn a_killed_job_leader_hands_its_jobs_to_another_node() {
+    use sqlx::Connection;
+    let Some(url) = coffer_testkit::pg_database().await else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let env = [
+        ("COFFER_DATABASE_URL", url.as_str()),
+        ("COFFER_AUDIT__CHECKPOINT_INTERVAL", "1s"),
+    ];
+    // As the administrative role: row-level security hides every organisation's rows from a
+    // session that has not set one. The nil organisation is the system chain.
+    let mut admin = sqlx::PgConnection::connect(&coffer_testkit::pg_admin_url_for(&url))
+        .await
+        .unwrap();
+    let head_sql = "SELECT coalesce(max(seq), 0) FROM audit_heads \
+                    WHERE org_id <> '\\x00000000000000000000000000000000'";
+    let checkpoint_sql = "SELECT coalesce(max(seq), 0) FROM audit_checkpoints \
+                          WHERE org_id <> '\\x00000000000000000000000000000000'";
+    async fn scalar(conn: &mut sqlx::PgConnection, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(conn).await.unwrap()
+    }
+    async fn wait_for_checkpoint_past(conn: &mut sqlx::PgConnection, sql: &'static str, seq: i64) {
+        for _ in 0..100 {
+            if scalar(conn, sql).await > seq {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        panic!("no checkpoint past seq {seq} within 20 s");
+    }
+
+    // Node A starts alone, so it is the leader once it has checkpointed a login.
+    let mut a = start_server_env(&tmp.path().join("a"), true, &[], true, &env);
+    let password = a.password.clone().unwrap();
+    let login = |srv: &ServerProc| {
+        let cli = Cli {
+            cfg: tmp.path().join("cfg"),
+            addr: srv.addr.clone(),
+            ca: srv.ca.clone(),
+        };
+        let o = cli.run_stdin(&["login", "-u", "admin", "--password-stdin"], &password);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    login(&a);
+    wait_for_checkpoint_past(&mut admin, checkpoint_sql, 0).await;
+    // Node B shares the database and the dev root key.
+    std::fs::create_dir_all(tmp.path().join("b")).unwrap();
+    std::fs::copy(
+        tmp.path().join("a/dev-root.key"),
+        tmp.path().join("b/dev-root.key"),
+    )
+    .unwrap();
+    let b = start_server_env(&tmp.path().join("b"), true, &[], false, &env);
+
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    // A login on B appends to the organisation's chain after A is gone: only a new leader
+    // can checkpoint that.
+    let head = scalar(&mut admin, head_sql).await;
+    login(&b);
+    assert!(
+        scalar(&mut admin, head_sql).await > head,
+        "the login was audited"
+    );
+    wait_for_checkpoint_past(&mut admin, checkpoint_sql, head).await;
+    drop(b);
+    drop(admin);
+    coffer_testkit::drop_pg_database(&url).await;
+}
