@@ -52,8 +52,9 @@ if command -v psql >/dev/null 2>&1 && pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/
 fi
 
 cargo test --workspace --locked "$@"
-# The end-to-end suites (API, identity, audit, CLI) once more, every server on PostgreSQL
-# (the full run only; arguments select tests of the first run).
+# The domain's integration tests and the end-to-end suites (API, identity, audit, CLI) once
+# more, every service on PostgreSQL (the full run only; arguments select tests of the first
+# run). Tests that look into the SQLite file stay on SQLite.
 if [ $# -eq 0 ]; then
-  COFFER_TEST_BACKEND=postgres cargo test -p coffer-server -p coffer-cli --test it --locked
+  COFFER_TEST_BACKEND=postgres cargo test -p coffer-core -p coffer-server -p coffer-cli --test it --locked
 fi

@@ -53,6 +53,8 @@ pub struct TestServer {
     pub ca_pem: Vec<u8>,
     /// Dev mode: the bootstrap owner's password.
     pub owner_password: Option<String>,
+    /// The PostgreSQL database it runs on (None: SQLite in its data directory).
+    pub database_url: Option<String>,
     server: Option<RunningServer>,
 }
 
@@ -149,6 +151,7 @@ impl TestServer {
             checkpoint_interval: std::time::Duration::from_secs(300),
             key_check_interval: std::time::Duration::from_secs(60),
             database_url: database_url
+                .clone()
                 .map(|u| coffer_server::DatabaseUrl::new(u).unwrap_or_else(|e| panic!("{e}"))),
             migrate: true,
             login_rate_per_minute: o.login_rate_per_minute,
@@ -173,6 +176,7 @@ impl TestServer {
             dir,
             ca_pem,
             owner_password,
+            database_url,
             server: Some(server),
         })
     }
@@ -287,6 +291,28 @@ pub async fn pg_database() -> Option<String> {
         .unwrap_or_else(|| panic!("bad COFFER_TEST_PG_URL"));
     let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
     Some(format!("{scheme}://{name}@{host}/{name}"))
+}
+
+/// A service without a server on the test backend: SQLite in `dir`, or with
+/// `COFFER_TEST_BACKEND=postgres` a fresh PostgreSQL database, whose URL is returned so that
+/// the test can drop it ([`drop_pg_database`]) or open it again.
+pub async fn open_coffer(
+    dir: &std::path::Path,
+    cfg: CoreConfig,
+) -> (coffer_core::Coffer, Option<String>) {
+    if !postgres_backend() {
+        let c = coffer_core::Coffer::open_sqlite(&dir.join("coffer.db"), cfg)
+            .await
+            .unwrap_or_else(|e| panic!("open SQLite: {e}"));
+        return (c, None);
+    }
+    let url = pg_database()
+        .await
+        .unwrap_or_else(|| panic!("COFFER_TEST_BACKEND=postgres needs PostgreSQL"));
+    let c = coffer_core::Coffer::open_postgres(&url, cfg, Default::default(), true)
+        .await
+        .unwrap_or_else(|e| panic!("open PostgreSQL: {e}"));
+    (c, Some(url))
 }
 
 /// The database of `url` (made by [`pg_database`]) as the administrative role of

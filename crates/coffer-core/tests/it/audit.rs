@@ -4,7 +4,7 @@ use coffer_core::audit::{AuditEvent, verify_export};
 use coffer_core::{Coffer, Principal};
 use sqlx::Connection;
 
-use crate::{Fixture, fixture};
+use crate::{Fixture, fixture, sqlite_fixture};
 
 async fn record_n(c: &Coffer, p: &Principal, n: usize) {
     for i in 0..n {
@@ -56,7 +56,7 @@ async fn an_untouched_chain_verifies_with_checkpoints() {
 
 #[tokio::test]
 async fn the_database_refuses_updates_and_deletes() {
-    let f = fixture().await;
+    let f = sqlite_fixture().await;
     record_n(&f.coffer, &f.owner, 2).await;
     f.coffer.checkpoint(f.owner.org_id).await.unwrap().unwrap();
     let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", f.db_path().display()))
@@ -95,7 +95,7 @@ async fn the_database_refuses_updates_and_deletes() {
 
 #[tokio::test]
 async fn an_altered_entry_is_reported_first() {
-    let f = fixture().await;
+    let f = sqlite_fixture().await;
     record_n(&f.coffer, &f.owner, 5).await;
     let mut db = raw(&f).await;
     sqlx::query("UPDATE audit_events SET body = replace(body, 'test.event2', 'test.innocent') WHERE org_id = ? AND seq = 3")
@@ -108,7 +108,7 @@ async fn an_altered_entry_is_reported_first() {
 
 #[tokio::test]
 async fn a_deleted_entry_is_reported() {
-    let f = fixture().await;
+    let f = sqlite_fixture().await;
     record_n(&f.coffer, &f.owner, 5).await;
     let mut db = raw(&f).await;
     sqlx::query("DELETE FROM audit_events WHERE org_id = ? AND seq = 2")
@@ -121,7 +121,7 @@ async fn a_deleted_entry_is_reported() {
 
 #[tokio::test]
 async fn reordered_entries_are_reported() {
-    let f = fixture().await;
+    let f = sqlite_fixture().await;
     record_n(&f.coffer, &f.owner, 5).await;
     let mut db = raw(&f).await;
     // Swap entries 2 and 3 (their content and hashes) by renumbering.
@@ -140,7 +140,7 @@ async fn reordered_entries_are_reported() {
 
 #[tokio::test]
 async fn a_rewritten_chain_with_valid_hashes_is_caught_by_a_checkpoint() {
-    let f = fixture().await;
+    let f = sqlite_fixture().await;
     record_n(&f.coffer, &f.owner, 4).await;
     f.coffer.checkpoint(f.owner.org_id).await.unwrap();
     // The attacker inserts an entry after 2 and recomputes every later hash, so the chain
@@ -183,7 +183,7 @@ async fn a_rewritten_chain_with_valid_hashes_is_caught_by_a_checkpoint() {
 
 #[tokio::test]
 async fn a_cut_off_end_is_reported() {
-    let f = fixture().await;
+    let f = sqlite_fixture().await;
     record_n(&f.coffer, &f.owner, 5).await;
     f.coffer.checkpoint(f.owner.org_id).await.unwrap();
     let mut db = raw(&f).await;

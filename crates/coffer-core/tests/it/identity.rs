@@ -66,7 +66,7 @@ async fn fifty_parallel_guesses_lock_the_account_and_the_lock_survives_a_restart
         assert_eq!(e.to_string(), "invalid username or password");
     }
     // A restart (a new process on the same database) does not forget the lock.
-    let reopened = Coffer::open_sqlite(&f.db_path(), quick()).await.unwrap();
+    let reopened = f.open_again(quick()).await;
     reopened.unseal(&f.shares[0]).await.unwrap();
     reopened.unseal(&f.shares[1]).await.unwrap();
     assert!(matches!(

@@ -6,7 +6,7 @@ use std::time::Duration;
 use coffer_core::{CoreConfig, CoreError, Principal, Role, SetParam};
 use sqlx::Connection;
 
-use crate::{Fixture, fixture_with};
+use crate::{Fixture, fixture_with, sqlite_fixture_with};
 
 fn set<'a>(name: &'a str, value: &'a str) -> SetParam<'a> {
     SetParam {
@@ -86,7 +86,7 @@ async fn stored(f: &Fixture) -> Vec<(Vec<u8>, i64, Vec<u8>)> {
 
 #[tokio::test]
 async fn rotation_seals_new_values_at_once_and_rewraps_without_touching_values() {
-    let f = fixture_with(fast_keys()).await;
+    let f = sqlite_fixture_with(fast_keys()).await;
     let (c, p) = (&f.coffer, &f.owner);
     populate(&f).await;
     let before = stored(&f).await;
@@ -164,9 +164,7 @@ async fn a_stale_write_is_resealed_under_the_newest_term() {
         .unwrap();
     // A second service on the same file plays "another node": it rotates behind the
     // first one's long-lived key cache.
-    let other = coffer_core::Coffer::open_sqlite(&f.db_path(), CoreConfig::default())
-        .await
-        .unwrap();
+    let other = f.open_again(CoreConfig::default()).await;
     other.unseal(&f.shares[0]).await.unwrap();
     other.unseal(&f.shares[1]).await.unwrap();
     other.rotate_org_key(p.org_id, "manual").await.unwrap();
@@ -310,7 +308,7 @@ fn root_of(shares: &[String]) -> coffer_crypto::RootKey {
 
 #[tokio::test]
 async fn deleting_an_org_shreds_it_even_in_a_copy_taken_before() {
-    let f = fixture_with(fast_keys()).await;
+    let f = sqlite_fixture_with(fast_keys()).await;
     let (c, owner) = (&f.coffer, &f.owner);
     c.create_project(owner, "app").await.unwrap();
     c.set_param(owner, "app", "default", set("KEEP", "kept"))
@@ -460,9 +458,7 @@ async fn deleting_an_org_shreds_it_even_in_a_copy_taken_before() {
         "the audit signing key was resealed"
     );
     // After a restart the old shares are useless and the new ones unseal.
-    let restarted = coffer_core::Coffer::open_sqlite(&f.db_path(), CoreConfig::default())
-        .await
-        .unwrap();
+    let restarted = f.open_again(CoreConfig::default()).await;
     restarted.unseal(&f.shares[0]).await.unwrap();
     restarted.unseal(&f.shares[1]).await.unwrap();
     assert_eq!(
@@ -486,7 +482,7 @@ async fn deleting_an_org_shreds_it_even_in_a_copy_taken_before() {
 /// still completes in the same run.
 #[tokio::test]
 async fn one_broken_organisation_does_not_hold_back_the_others() {
-    let f = fixture_with(fast_keys()).await;
+    let f = sqlite_fixture_with(fast_keys()).await;
     let (c, owner) = (&f.coffer, &f.owner);
     populate(&f).await;
     let other_id = c.create_org_as(owner, "other").await.unwrap();

@@ -1,4 +1,6 @@
-//! Integration tests of the domain against a real SQLite database in a temporary directory.
+//! Integration tests of the domain against a real database: SQLite in a temporary directory,
+//! or with `COFFER_TEST_BACKEND=postgres` a fresh PostgreSQL database (scripts/test.sh runs
+//! them both ways). Tests that read or copy the SQLite file use [`sqlite_fixture`].
 
 // Test helpers panic on unexpected failures by design: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -18,25 +20,42 @@ pub struct Fixture {
     pub coffer: Coffer,
     pub owner: Principal,
     pub shares: Vec<String>,
+    /// The PostgreSQL database (None: SQLite in `dir`).
+    pub pg: Option<String>,
 }
 
 impl Fixture {
+    /// The SQLite file, for tests that look into it (made with [`sqlite_fixture`]).
     pub fn db_path(&self) -> std::path::PathBuf {
+        assert!(
+            self.pg.is_none(),
+            "this test reads the SQLite file: make it with sqlite_fixture"
+        );
         self.dir.path().join("coffer.db")
+    }
+
+    /// Another service on the same database (as another node, or after a restart): sealed.
+    pub async fn open_again(&self, cfg: CoreConfig) -> Coffer {
+        open_on(self.dir.path(), self.pg.as_deref(), cfg).await
     }
 
     /// A restart: the service goes away first (as after a crash), a new one opens the same
     /// database with `cfg` and is unsealed with two of the shares.
     pub async fn restart(self, cfg: CoreConfig) -> Fixture {
-        let path = self.db_path();
         let Fixture {
             dir,
-            coffer,
+            coffer: old,
             owner,
             shares,
+            pg,
         } = self;
-        drop(coffer);
-        let coffer = Coffer::open_sqlite(&path, cfg).await.unwrap();
+        // On SQLite the old service just goes (as in a crash); on PostgreSQL its background
+        // connections would outlive it and keep the job leadership, so it closes.
+        if pg.is_some() {
+            old.close().await;
+        }
+        drop(old);
+        let coffer = open_on(dir.path(), pg.as_deref(), cfg).await;
         coffer.unseal(&shares[1]).await.unwrap();
         coffer.unseal(&shares[2]).await.unwrap();
         Fixture {
@@ -44,7 +63,19 @@ impl Fixture {
             coffer,
             owner,
             shares,
+            pg,
         }
+    }
+}
+
+async fn open_on(dir: &std::path::Path, pg: Option<&str>, cfg: CoreConfig) -> Coffer {
+    match pg {
+        Some(url) => Coffer::open_postgres(url, cfg, Default::default(), true)
+            .await
+            .unwrap(),
+        None => Coffer::open_sqlite(&dir.join("coffer.db"), cfg)
+            .await
+            .unwrap(),
     }
 }
 
@@ -56,9 +87,25 @@ pub async fn fixture() -> Fixture {
 /// Like [`fixture`], with chosen domain settings.
 pub async fn fixture_with(cfg: CoreConfig) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
+    let (coffer, pg) = coffer_testkit::open_coffer(dir.path(), cfg).await;
+    initialised(dir, coffer, pg).await
+}
+
+/// [`fixture`] on SQLite whatever the test backend, for tests that read its file.
+pub async fn sqlite_fixture() -> Fixture {
+    sqlite_fixture_with(CoreConfig::default()).await
+}
+
+/// [`fixture_with`] on SQLite, like [`sqlite_fixture`].
+pub async fn sqlite_fixture_with(cfg: CoreConfig) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
     let coffer = Coffer::open_sqlite(&dir.path().join("coffer.db"), cfg)
         .await
         .unwrap();
+    initialised(dir, coffer, None).await
+}
+
+async fn initialised(dir: tempfile::TempDir, coffer: Coffer, pg: Option<String>) -> Fixture {
     let init = coffer.init(3, 2).await.unwrap();
     let shares: Vec<String> = init.shares.iter().map(|s| s.to_string()).collect();
     assert!(matches!(
@@ -88,5 +135,6 @@ pub async fn fixture_with(cfg: CoreConfig) -> Fixture {
         coffer,
         owner: login.principal,
         shares,
+        pg,
     }
 }

@@ -1,6 +1,6 @@
 use coffer_core::{CoreError, DiffKind, Principal, Role, SetParam};
 
-use crate::fixture;
+use crate::{fixture, sqlite_fixture};
 
 fn set<'a>(name: &'a str, value: &'a str, secret: Option<bool>) -> SetParam<'a> {
     SetParam {
@@ -423,7 +423,7 @@ async fn concurrent_writers_get_distinct_versions() {
 #[tokio::test]
 async fn stored_values_keep_their_scheme_when_the_default_changes() {
     use sqlx::Connection;
-    let f = fixture().await;
+    let f = sqlite_fixture().await;
     f.coffer.create_project(&f.owner, "app").await.unwrap();
     f.coffer
         .set_param(&f.owner, "app", "default", set("OLD", "gcm", Some(true)))

@@ -76,9 +76,7 @@ async fn seal_wipes_keys_and_restart_requires_the_quorum_again() {
     ));
 
     // A "restart": a new process over the same database starts sealed.
-    let c2 = Coffer::open_sqlite(&f.db_path(), CoreConfig::default())
-        .await
-        .unwrap();
+    let c2 = f.open_again(CoreConfig::default()).await;
     assert!(c2.seal_status().await.unwrap().sealed);
     // Wrong and malformed shares: clear errors, progress never leaks share material.
     assert!(matches!(
@@ -155,9 +153,7 @@ async fn dev_seal_initialises_once_and_refuses_a_shamir_database() {
     ));
 
     let f = fixture().await;
-    let c3 = Coffer::open_sqlite(&f.db_path(), CoreConfig::default())
-        .await
-        .unwrap();
+    let c3 = f.open_again(CoreConfig::default()).await;
     assert!(matches!(
         c3.start_dev(&f.dir.path().join("k")).await,
         Err(CoreError::WrongSealType)

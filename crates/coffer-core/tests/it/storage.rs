@@ -4,7 +4,7 @@ use base64::Engine;
 use coffer_core::{CoreError, SetParam};
 use sqlx::Connection;
 
-use crate::fixture;
+use crate::sqlite_fixture;
 
 const CANARY: &str = "CANARY-7f3a9c1e-do-not-store-in-clear";
 
@@ -45,7 +45,7 @@ fn needles() -> Vec<(String, Vec<u8>)> {
 
 #[tokio::test]
 async fn canary_values_never_reach_the_database_files() {
-    let f = fixture().await;
+    let f = sqlite_fixture().await;
     let (c, p) = (&f.coffer, &f.owner);
     c.create_project(p, "app").await.unwrap();
     for (i, secret) in [(0, true), (1, false), (2, true)] {
@@ -108,7 +108,7 @@ async fn raw(f: &crate::Fixture) -> sqlx::SqliteConnection {
 
 #[tokio::test]
 async fn a_flipped_byte_on_disk_is_a_generic_integrity_error() {
-    let f = fixture().await;
+    let f = sqlite_fixture().await;
     let (c, p) = (&f.coffer, &f.owner);
     c.create_project(p, "app").await.unwrap();
     c.set_param(
@@ -146,7 +146,7 @@ async fn a_flipped_byte_on_disk_is_a_generic_integrity_error() {
 
 #[tokio::test]
 async fn swapping_ciphertexts_between_rows_is_detected() {
-    let f = fixture().await;
+    let f = sqlite_fixture().await;
     let (c, p) = (&f.coffer, &f.owner);
     c.create_project(p, "app").await.unwrap();
     c.set_param(
@@ -222,7 +222,7 @@ async fn swapping_ciphertexts_between_rows_is_detected() {
 
 #[tokio::test]
 async fn history_rows_are_append_only() {
-    let f = fixture().await;
+    let f = sqlite_fixture().await;
     f.coffer.create_project(&f.owner, "app").await.unwrap();
     f.coffer
         .set_param(
@@ -246,7 +246,7 @@ async fn history_rows_are_append_only() {
 
 #[tokio::test]
 async fn the_credentials_table_says_nothing_about_ownership() {
-    let f = fixture().await;
+    let f = sqlite_fixture().await;
     let mut db = raw(&f).await;
     let cols: Vec<(String,)> =
         sqlx::query_as("SELECT name FROM pragma_table_info('credentials') ORDER BY cid")

@@ -215,9 +215,7 @@ async fn every_route_for_every_role() {
         login_delay_step: Duration::ZERO,
         ..CoreConfig::default()
     };
-    let c = Coffer::open_sqlite(&dir.path().join("coffer.db"), cfg)
-        .await
-        .unwrap();
+    let (c, pg) = coffer_testkit::open_coffer(dir.path(), cfg).await;
     let boot = c
         .start_dev(&dir.path().join("root.key"))
         .await
@@ -326,4 +324,9 @@ async fn every_route_for_every_role() {
         }
     }
     assert!(checked >= 4 * 31, "{checked} checks");
+    drop(app);
+    c.close().await;
+    if let Some(url) = pg {
+        coffer_testkit::drop_pg_database(&url).await;
+    }
 }

@@ -12,11 +12,24 @@ struct Api {
     token: String,
 }
 
+/// The router over a service on the test backend (on PostgreSQL its database is left to
+/// scripts/test.sh to drop).
 async fn api() -> Api {
+    let dir = tempfile::tempdir().unwrap();
+    let (coffer, _pg) = coffer_testkit::open_coffer(dir.path(), CoreConfig::default()).await;
+    api_on(dir, coffer).await
+}
+
+/// [`api`] on SQLite whatever the test backend, for tests that open its file.
+async fn api_sqlite() -> Api {
     let dir = tempfile::tempdir().unwrap();
     let coffer = Coffer::open_sqlite(&dir.path().join("coffer.db"), CoreConfig::default())
         .await
         .unwrap();
+    api_on(dir, coffer).await
+}
+
+async fn api_on(dir: tempfile::TempDir, coffer: Coffer) -> Api {
     let boot = coffer
         .start_dev(&dir.path().join("root.key"))
         .await
@@ -286,7 +299,7 @@ async fn health_follows_the_seal_and_a_sealed_server_serves_no_data() {
 
 #[tokio::test]
 async fn corrupted_ciphertext_gives_a_generic_500() {
-    let a = api().await;
+    let a = api_sqlite().await;
     a.call("POST", "/v1/projects", Some(json!({"name": "app"})), true)
         .await;
     a.call(
