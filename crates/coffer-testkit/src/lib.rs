@@ -429,6 +429,27 @@ impl PrivatePostgres {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
+    /// A database `coffer` owned by a login role `coffer` (not a superuser, so row-level
+    /// security applies, as in production), as a URL.
+    pub fn app_url(&self) -> String {
+        let port = self.port.to_string();
+        run(self.cmd("psql").args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-qc",
+            "CREATE ROLE coffer LOGIN",
+            "-c",
+            "CREATE DATABASE coffer OWNER coffer",
+        ]));
+        format!("postgres://coffer@127.0.0.1:{}/coffer", self.port)
+    }
+
     /// Start (again), waiting until it accepts connections.
     pub fn start_again(&self) {
         let opts = format!(
