@@ -123,14 +123,18 @@ impl TestServer {
     /// Like [`TestServer::with`], returning a start failure.
     pub async fn try_with(o: TestOptions) -> anyhow::Result<Self> {
         let dev = o.dev;
-        let database_url = match o.database_url {
-            None if !o.sqlite_only && postgres_backend() => Some(
-                pg_database()
-                    .await
-                    .unwrap_or_else(|| panic!("COFFER_TEST_BACKEND=postgres needs PostgreSQL")),
-            ),
-            url => url,
-        };
+        // The test backend's own database runs as the runtime role, migrated beforehand; a
+        // database the test chose is migrated by the server, as its owner.
+        let (database_url, migrate) =
+            match o.database_url {
+                None if !o.sqlite_only && postgres_backend() => (
+                    Some(pg_runtime_database().await.unwrap_or_else(|| {
+                        panic!("COFFER_TEST_BACKEND=postgres needs PostgreSQL")
+                    })),
+                    false,
+                ),
+                url => (url, true),
+            };
         let dir = o
             .dir
             .unwrap_or_else(|| tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}")));
@@ -153,7 +157,7 @@ impl TestServer {
             database_url: database_url
                 .clone()
                 .map(|u| coffer_server::DatabaseUrl::new(u).unwrap_or_else(|e| panic!("{e}"))),
-            migrate: true,
+            migrate,
             login_rate_per_minute: o.login_rate_per_minute,
             jwks: o.jwks,
             smtp: o.smtp,
@@ -294,7 +298,8 @@ pub async fn pg_database() -> Option<String> {
 }
 
 /// A service without a server on the test backend: SQLite in `dir`, or with
-/// `COFFER_TEST_BACKEND=postgres` a fresh PostgreSQL database, whose URL is returned so that
+/// `COFFER_TEST_BACKEND=postgres` a fresh PostgreSQL database ([`pg_runtime_database`]),
+/// whose URL is returned so that
 /// the test can drop it ([`drop_pg_database`]) or open it again.
 pub async fn open_coffer(
     dir: &std::path::Path,
@@ -306,13 +311,69 @@ pub async fn open_coffer(
             .unwrap_or_else(|e| panic!("open SQLite: {e}"));
         return (c, None);
     }
-    let url = pg_database()
+    let url = pg_runtime_database()
         .await
         .unwrap_or_else(|| panic!("COFFER_TEST_BACKEND=postgres needs PostgreSQL"));
-    let c = coffer_core::Coffer::open_postgres(&url, cfg, Default::default(), true)
+    let c = coffer_core::Coffer::open_postgres(&url, cfg, Default::default(), false)
         .await
         .unwrap_or_else(|e| panic!("open PostgreSQL: {e}"));
     (c, Some(url))
+}
+
+/// A fresh database set up as docs/deployment.md tells operators to: its owner role applies
+/// the migrations and grants docs/postgres-runtime-role.sql to a runtime role (`<db>_app`),
+/// whose URL is returned. Services on it run without `migrate`, as that role, so every test
+/// on it also checks the documented privileges. None like [`pg_database`].
+pub async fn pg_runtime_database() -> Option<String> {
+    use sqlx::Connection;
+    let owner_url = pg_database().await?;
+    let (head, name) = owner_url
+        .rsplit_once('/')
+        .unwrap_or_else(|| panic!("database URL without a name"));
+    let app = format!("{name}_app");
+    let mut admin = sqlx::PgConnection::connect(&pg_admin_url())
+        .await
+        .unwrap_or_else(|e| panic!("connect as the administrative role: {e}"));
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE ROLE {app} LOGIN")))
+        .execute(&mut admin)
+        .await
+        .unwrap_or_else(|e| panic!("create the runtime role: {e}"));
+    coffer_core::Coffer::migrate_postgres(&owner_url)
+        .await
+        .unwrap_or_else(|e| panic!("migrate: {e}"));
+    let mut owner = sqlx::PgConnection::connect(&owner_url)
+        .await
+        .unwrap_or_else(|e| panic!("connect as the owner: {e}"));
+    let grants =
+        include_str!("../../../docs/postgres-runtime-role.sql").replace("coffer_app", &app);
+    for stmt in grants
+        .lines()
+        .filter(|l| !l.starts_with("--") && !l.trim().is_empty())
+    {
+        sqlx::query(sqlx::AssertSqlSafe(stmt.to_owned()))
+            .execute(&mut owner)
+            .await
+            .unwrap_or_else(|e| panic!("{stmt}: {e}"));
+    }
+    let head = head.replacen(&format!("://{name}@"), &format!("://{app}@"), 1);
+    let url = format!("{head}/{name}");
+    // What the services get is the runtime role, and it cannot change the schema.
+    let mut probe = sqlx::PgConnection::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("connect as the runtime role: {e}"));
+    let me: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(&mut probe)
+        .await
+        .unwrap_or_else(|e| panic!("current_user: {e}"));
+    assert_eq!(me, app);
+    assert!(
+        sqlx::query("CREATE TABLE ddl_probe (x int)")
+            .execute(&mut probe)
+            .await
+            .is_err(),
+        "the runtime role must not be able to create tables"
+    );
+    Some(url)
 }
 
 /// The database of `url` (made by [`pg_database`]) as the administrative role of
@@ -338,6 +399,7 @@ pub async fn drop_pg_database(url: &str) {
         for sql in [
             format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
             format!("DROP ROLE IF EXISTS {name}"),
+            format!("DROP ROLE IF EXISTS {name}_app"),
         ] {
             let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .execute(&mut conn)

@@ -51,7 +51,7 @@ fn database_for(data: &Path) -> Option<String> {
         std::thread::spawn(|| {
             tokio::runtime::Runtime::new()
                 .unwrap()
-                .block_on(coffer_testkit::pg_database())
+                .block_on(coffer_testkit::pg_runtime_database())
                 .expect("COFFER_TEST_BACKEND=postgres needs PostgreSQL")
         })
         .join()
@@ -60,11 +60,13 @@ fn database_for(data: &Path) -> Option<String> {
     Some(url.clone())
 }
 
-/// `coffer server` on `data`, on PostgreSQL when the test backend says so.
+/// `coffer server` on `data`, on PostgreSQL when the test backend says so (then as the
+/// runtime role, on a database its owner migrated).
 fn server_cmd(data: &Path) -> Command {
     let mut cmd = Command::new(BIN);
     if let Some(url) = database_for(data) {
-        cmd.env("COFFER_DATABASE_URL", url);
+        cmd.env("COFFER_DATABASE_URL", url)
+            .env("COFFER_STORAGE__MIGRATE", "false");
     }
     cmd.arg("server");
     cmd
@@ -1096,12 +1098,14 @@ async fn kms_seal_and_own_key_from_the_cli() {
 #[tokio::test]
 async fn a_killed_job_leader_hands_its_jobs_to_another_node() {
     use sqlx::Connection;
-    let Some(url) = coffer_testkit::pg_database().await else {
+    // As in production: the runtime role, on a database its owner migrated.
+    let Some(url) = coffer_testkit::pg_runtime_database().await else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
     let env = [
         ("COFFER_DATABASE_URL", url.as_str()),
+        ("COFFER_STORAGE__MIGRATE", "false"),
         ("COFFER_AUDIT__CHECKPOINT_INTERVAL", "1s"),
     ];
     // As the administrative role: row-level security hides every organisation's rows from a

@@ -70,7 +70,8 @@ impl Fixture {
 
 async fn open_on(dir: &std::path::Path, pg: Option<&str>, cfg: CoreConfig) -> Coffer {
     match pg {
-        Some(url) => Coffer::open_postgres(url, cfg, Default::default(), true)
+        // Migrated already; the runtime role could not.
+        Some(url) => Coffer::open_postgres(url, cfg, Default::default(), false)
             .await
             .unwrap(),
         None => Coffer::open_sqlite(&dir.join("coffer.db"), cfg)
