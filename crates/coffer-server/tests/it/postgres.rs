@@ -1,5 +1,7 @@
 //! The server on PostgreSQL, as two nodes sharing one database.
 
+use std::time::Duration;
+
 use coffer_testkit::{TestServer, drop_pg_database, pg_database};
 
 #[tokio::test]
@@ -577,5 +579,77 @@ async fn an_audit_outage_on_postgres_fails_closed_and_recovers() {
     );
     conn.close().await.unwrap();
     srv.stop().await;
+    drop_pg_database(&url).await;
+}
+
+/// The mail outbox is shared: a message queued on either node is delivered once, by the
+/// node that holds the job leadership, and when that node goes the other one delivers.
+#[tokio::test]
+async fn two_nodes_deliver_each_queued_mail_once() {
+    use coffer_server::mail::SmtpConfig;
+    use coffer_testkit::{SmtpReceiver, TestOptions, free_port};
+    let Some(url) = pg_database().await else {
+        return;
+    };
+    let rx = SmtpReceiver::start_on(free_port());
+    let node = || {
+        TestServer::with(TestOptions {
+            dev: false,
+            database_url: Some(url.clone()),
+            smtp: Some(SmtpConfig {
+                host: "127.0.0.1".into(),
+                port: rx.port,
+                security: "none".into(),
+                username: None,
+                password: None,
+                from: "coffer@example.com".into(),
+            }),
+            ..TestOptions::default()
+        })
+    };
+    let a = node().await;
+    let b = node().await;
+    let init = init_and_unseal(&a, &b).await;
+    let owner = |srv: &TestServer| {
+        let (srv, u, p) = (
+            srv.client(),
+            init.bootstrap.username.clone(),
+            init.bootstrap.password.clone(),
+        );
+        async move {
+            let token = srv.login(&u, &p).await.unwrap().token.unwrap();
+            srv.with_token(token)
+        }
+    };
+    let (on_a, on_b) = (owner(&a).await, owner(&b).await);
+    let delivered = |to: &str| {
+        let to = format!("To: {to}");
+        rx.messages().iter().filter(|m| m.contains(&to)).count()
+    };
+
+    // Queued on both nodes, each delivered once, whichever node leads.
+    on_a.invite("one@example.com", "viewer").await.unwrap();
+    on_b.invite("two@example.com", "viewer").await.unwrap();
+    rx.wait_for("To: one@example.com", Duration::from_secs(30))
+        .await;
+    rx.wait_for("To: two@example.com", Duration::from_secs(30))
+        .await;
+    // Two more delivery rounds: nothing is sent again.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    assert_eq!(
+        (delivered("one@example.com"), delivered("two@example.com")),
+        (1, 1)
+    );
+
+    // The first node goes (whether it led or not); the other delivers what comes next.
+    a.stop().await;
+    on_b.invite("three@example.com", "viewer").await.unwrap();
+    rx.wait_for("To: three@example.com", Duration::from_secs(30))
+        .await;
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    assert_eq!(delivered("three@example.com"), 1);
+    assert_eq!(rx.messages().len(), 3, "nothing else was sent");
+    assert_eq!(b.coffer().pending_mail().await.unwrap(), 0);
+    b.stop().await;
     drop_pg_database(&url).await;
 }
