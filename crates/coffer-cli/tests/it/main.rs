@@ -633,6 +633,29 @@ async fn migrate_command_and_a_server_that_only_verifies_the_schema() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The same settings from a configuration file (on SQLite it would have started).
+    let config = tmp.path().join("coffer.toml");
+    std::fs::write(
+        &config,
+        format!("listen = \"127.0.0.1:0\"\n[storage]\nurl = \"{url}\"\nmigrate = false\n"),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["server", "--data-dir"])
+        .arg(tmp.path().join("data-from-file"))
+        .arg("--config")
+        .arg(&config)
+        .env_remove("COFFER_DATABASE_URL")
+        .env_remove("COFFER_STORAGE__MIGRATE")
+        .env("COFFER_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("coffer migrate"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for _ in 0..2 {
         let o = Command::new(BIN)
             .args(["migrate", "--database-url", &url])
