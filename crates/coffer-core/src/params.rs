@@ -40,6 +40,8 @@ pub struct ParamView {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParamHistoryEntry {
+    /// The parameter (in the environment asked about) this is a version of.
+    pub param_id: Uuid,
     pub version: u64,
     pub action: &'static str,
     pub secret: bool,
@@ -362,6 +364,7 @@ impl Coffer {
             .into_iter()
             .rev()
             .map(|v| ParamHistoryEntry {
+                param_id: row.id,
                 current: v.version == row.current_version,
                 version: v.version,
                 action: v.action.as_str(),
@@ -451,7 +454,7 @@ impl Coffer {
         project: &str,
         env: &str,
         name: &str,
-    ) -> Result<u64, CoreError> {
+    ) -> Result<ParamView, CoreError> {
         ensure_can_write(p)?;
         for _ in 0..WRITE_ATTEMPTS {
             let (env_id, row) = self.own_param(p, project, env, name).await?;
@@ -463,6 +466,8 @@ impl Coffer {
                 .param_version(p.org_id, row.id, row.current_version)
                 .await?;
             let version = row.current_version + 1;
+            let secret = prev.is_some_and(|v| v.version.is_secret);
+            let now = now_ms();
             let w = ParamWrite {
                 org_id: p.org_id,
                 env_id,
@@ -472,16 +477,24 @@ impl Coffer {
                 version: ParamVersionRow {
                     param_id: row.id,
                     version,
-                    is_secret: prev.is_some_and(|v| v.version.is_secret),
+                    is_secret: secret,
                     action: VersionAction::Delete,
                     actor_id: p.user_id,
-                    created_at: now_ms(),
+                    created_at: now,
                 },
                 ciphertext: None,
                 credential_id: new_credential_id(),
             };
             if self.append(w).await?.is_none() {
-                return Ok(version);
+                return Ok(ParamView {
+                    name: name.to_owned(),
+                    value: None,
+                    secret,
+                    version,
+                    env: env.to_owned(),
+                    updated_at: now,
+                    param_id: row.id,
+                });
             }
         }
         Err(CoreError::Conflict)

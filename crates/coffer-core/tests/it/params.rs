@@ -69,7 +69,13 @@ async fn versions_history_rollback_and_delete() {
     );
     assert!(h[0].current && !h[1].current);
 
-    assert_eq!(c.delete_param(p, "app", "default", "K").await.unwrap(), 5);
+    assert_eq!(
+        c.delete_param(p, "app", "default", "K")
+            .await
+            .unwrap()
+            .version,
+        5
+    );
     assert!(matches!(
         c.get_param(p, "app", "default", "K").await,
         Err(CoreError::NotFound { .. })

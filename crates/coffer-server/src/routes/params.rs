@@ -57,6 +57,7 @@ pub async fn get(
 pub async fn set(
     State(st): State<AppState>,
     Auth(p): Auth,
+    slot: AuditSlot,
     Path((project, env, name)): ParamPath,
     ApiJson(req): ApiJson<SetParamRequest>,
 ) -> ApiResult<Json<WriteResponse>> {
@@ -74,6 +75,9 @@ pub async fn set(
             },
         )
         .await?;
+    // The parameter written, for the audit event: the audit layer would otherwise look it
+    // up again by name.
+    slot.set_param_id(v.param_id);
     Ok(Json(WriteResponse {
         name: v.name,
         version: v.version,
@@ -88,12 +92,16 @@ pub async fn set(
 pub async fn delete(
     State(st): State<AppState>,
     Auth(p): Auth,
+    slot: AuditSlot,
     Path((project, env, name)): ParamPath,
 ) -> ApiResult<Json<WriteResponse>> {
-    let version = st.coffer.delete_param(&p, &project, &env, &name).await?;
+    let v = st.coffer.delete_param(&p, &project, &env, &name).await?;
+    // Looked up by name afterwards, the target would be the value that shows through now
+    // (an inherited one), not the parameter deleted.
+    slot.set_param_id(v.param_id);
     Ok(Json(WriteResponse {
         name,
-        version,
+        version: v.version,
         secret: false,
     }))
 }
@@ -104,9 +112,13 @@ pub async fn delete(
 pub async fn history(
     State(st): State<AppState>,
     Auth(p): Auth,
+    slot: AuditSlot,
     Path((project, env, name)): ParamPath,
 ) -> ApiResult<Json<HistoryResponse>> {
     let v = st.coffer.param_history(&p, &project, &env, &name).await?;
+    if let Some(first) = v.first() {
+        slot.set_param_id(first.param_id);
+    }
     Ok(Json(HistoryResponse {
         versions: v
             .into_iter()
@@ -129,6 +141,7 @@ pub async fn history(
 pub async fn rollback(
     State(st): State<AppState>,
     Auth(p): Auth,
+    slot: AuditSlot,
     Path((project, env, name)): ParamPath,
     ApiJson(req): ApiJson<RollbackRequest>,
 ) -> ApiResult<Json<WriteResponse>> {
@@ -136,6 +149,7 @@ pub async fn rollback(
         .coffer
         .rollback_param(&p, &project, &env, &name, req.version)
         .await?;
+    slot.set_param_id(v.param_id);
     Ok(Json(WriteResponse {
         name: v.name,
         version: v.version,

@@ -485,3 +485,44 @@ async fn streamed_exports_span_many_pages_and_still_verify() {
     );
     srv.stop().await;
 }
+
+/// Write events name the parameter written, also where its name is defined in a parent
+/// environment too: deleting the override records the override's id, not the id of the
+/// inherited value that shows through afterwards.
+#[tokio::test]
+async fn write_events_name_the_parameter_written() {
+    let srv = TestServer::dev().await;
+    let owner = srv.owner().await;
+    owner.create_project("web").await.unwrap();
+    owner
+        .create_env("web", "prod", Some("default"))
+        .await
+        .unwrap();
+    owner
+        .set_param("web", "default", "K", "base", None)
+        .await
+        .unwrap();
+    for v in ["override", "override 2"] {
+        owner.set_param("web", "prod", "K", v, None).await.unwrap();
+    }
+    owner.rollback("web", "prod", "K", 1).await.unwrap();
+    owner.delete_param("web", "prod", "K").await.unwrap();
+    owner.history("web", "prod", "K").await.unwrap();
+    let events = all_events(&owner).await;
+    let ids = |action: &str, env: &str| -> Vec<String> {
+        events
+            .iter()
+            .map(|e| &e["event"])
+            .filter(|e| e["action"] == action && e["target"]["env"] == env)
+            .map(|e| e["target"]["param_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (base, prod) = (ids("param.set", "default"), ids("param.set", "prod"));
+    assert_eq!((base.len(), prod.len()), (1, 2));
+    assert_ne!(base[0], prod[0]);
+    assert_eq!(prod[0], prod[1]);
+    assert_eq!(ids("param.rollback", "prod"), vec![prod[0].clone()]);
+    assert_eq!(ids("param.delete", "prod"), vec![prod[0].clone()]);
+    assert_eq!(ids("param.history", "prod"), vec![prod[0].clone()]);
+    srv.stop().await;
+}
