@@ -152,22 +152,14 @@ impl Coffer {
         let env_row = meta.env(env)?;
         for _ in 0..WRITE_ATTEMPTS {
             let keys = self.org_keys(p.org_id).await?;
-            let (param_id, current, was_secret) =
-                match self.store().param(p.org_id, env_row.id, req.name).await? {
-                    None => (Uuid::new_v4(), 0, false),
-                    Some(row) if row.deleted => (row.id, row.current_version, false),
-                    Some(row) => {
-                        let cur = self
-                            .store()
-                            .param_version(p.org_id, row.id, row.current_version)
-                            .await?;
-                        (
-                            row.id,
-                            row.current_version,
-                            cur.is_some_and(|c| c.version.is_secret),
-                        )
-                    }
-                };
+            let (param_id, current, was_secret) = match self
+                .store()
+                .param_state(p.org_id, env_row.id, req.name)
+                .await?
+            {
+                None => (Uuid::new_v4(), 0, false),
+                Some((row, secret)) => (row.id, row.current_version, secret),
+            };
             let version = current + 1;
             let secret = req.secret.unwrap_or(was_secret);
             let ctx = RecordContext {

@@ -77,6 +77,25 @@ pub trait Store: IdentityStore + KeyStore + Send + Sync + std::fmt::Debug {
         env_id: Uuid,
         name: &str,
     ) -> Result<Option<ParamRow>, StoreError>;
+    /// What a write needs first: the parameter's row in `env_id` (deleted or not) and
+    /// whether its current version is a secret (false when deleted). One round trip where
+    /// the backend can.
+    async fn param_state(
+        &self,
+        org_id: Uuid,
+        env_id: Uuid,
+        name: &str,
+    ) -> Result<Option<(ParamRow, bool)>, StoreError> {
+        let Some(row) = self.param(org_id, env_id, name).await? else {
+            return Ok(None);
+        };
+        let secret = !row.deleted
+            && self
+                .param_version(org_id, row.id, row.current_version)
+                .await?
+                .is_some_and(|v| v.version.is_secret);
+        Ok(Some((row, secret)))
+    }
     /// The current version and ciphertext of one live parameter.
     async fn current_value(
         &self,

@@ -137,9 +137,10 @@ async fn a_postgres_crash_fails_fast_and_recovers_without_a_restart() {
         let started = std::time::Instant::now();
         let err = node.get_param("web", "default", "K").await.unwrap_err();
         assert_eq!(err.status(), Some(503), "{err}");
-        // deployment.md promises 2 s; the rest is slack for a loaded debug build.
+        // The pool's 2 s acquire timeout, once or (two database steps) twice; deployment.md
+        // says so. The rest is slack for a loaded debug build.
         assert!(
-            started.elapsed() < std::time::Duration::from_secs(4),
+            started.elapsed() < std::time::Duration::from_secs(6),
             "must fail fast, took {:?}",
             started.elapsed()
         );

@@ -309,6 +309,11 @@ async fn corrupted_ciphertext_gives_a_generic_500() {
         true,
     )
     .await;
+    // Read once, so the running server holds the ciphertext in its cache.
+    let (s, _, _) = a
+        .call("GET", "/v1/projects/app/envs/default/params/K", None, true)
+        .await;
+    assert_eq!(s, StatusCode::OK);
     // Corrupt the stored ciphertext behind the server's back.
     let db = a._dir.path().join("coffer.db");
     let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(

@@ -12,7 +12,7 @@ mod reads;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use coffer_crypto::{KeyTerm, RootKeyCheck};
+use coffer_crypto::RootKeyCheck;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -70,6 +70,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         10,
         "checked_audit",
         include_str!("../../migrations/postgres/0010_checked_audit.sql"),
+    ),
+    (
+        11,
+        "one_round_trip_writes",
+        include_str!("../../migrations/postgres/0011_one_round_trip_writes.sql"),
     ),
 ];
 
@@ -173,30 +178,6 @@ type AuditReply = oneshot::Sender<Result<Option<(u64, [u8; 32])>, StoreError>>;
 type AuditJob = (NewAuditEvent, Vec<ReadCheck>, AuditReply);
 
 const AUDIT_BATCH: usize = 256;
-
-/// A value must be sealed under the organisation's newest term. The share lock on the
-/// organisation row orders this write against a rotation (which takes it exclusively), so a
-/// write either commits before the new term exists (and the rewrap job sees it) or sees it.
-async fn ensure_newest_term(
-    conn: &mut PgConnection,
-    org_id: Uuid,
-    term: KeyTerm,
-) -> Result<(), StoreError> {
-    sqlx::query("SELECT id FROM orgs WHERE id = $1 FOR SHARE")
-        .bind(b(&org_id))
-        .execute(&mut *conn)
-        .await?;
-    let newest: Option<i64> =
-        sqlx::query_scalar("SELECT MAX(term) FROM tenant_keys WHERE org_id = $1")
-            .bind(b(&org_id))
-            .fetch_one(&mut *conn)
-            .await?;
-    if newest == Some(i64::from(term.0)) {
-        Ok(())
-    } else {
-        Err(StoreError::StaleKeyTerm)
-    }
-}
 
 /// Open the row-level security walls for `scope` for the rest of the transaction.
 async fn set_scope(conn: &mut PgConnection, scope: crate::Scope<'_>) -> Result<(), StoreError> {
@@ -568,6 +549,25 @@ impl Store for PgStore {
         out
     }
 
+    async fn param_state(
+        &self,
+        org_id: Uuid,
+        env_id: Uuid,
+        name: &str,
+    ) -> Result<Option<(ParamRow, bool)>, StoreError> {
+        sqlx::query("SELECT * FROM coffer_param_state($1, $2, $3)")
+            .bind(b(&org_id))
+            .bind(b(&env_id))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| {
+                let secret: Option<bool> = sqlx::Row::try_get(&r, "is_secret")?;
+                Ok((param_row(&r)?, secret.unwrap_or(false)))
+            })
+            .transpose()
+    }
+
     async fn current_value(
         &self,
         org_id: Uuid,
@@ -680,11 +680,10 @@ impl Store for PgStore {
     }
 
     async fn append_param_version(&self, w: &ParamWrite) -> Result<(), StoreError> {
-        let mut tx = self.scoped(w.org_id).await?;
-        append_version(&mut tx, w).await?;
-        tx.commit().await?;
+        let outcome = append_version(&self.pool, w).await;
+        // Forgotten whatever the outcome: a conflict means another writer changed it.
         self.values.forget(w.org_id, &w.name);
-        Ok(())
+        outcome
     }
 
     async fn append_audit(&self, e: &NewAuditEvent) -> Result<(u64, [u8; 32]), StoreError> {
@@ -855,67 +854,38 @@ impl Store for PgStore {
     }
 }
 
-async fn append_version(conn: &mut PgConnection, w: &ParamWrite) -> Result<(), StoreError> {
+/// One call of `coffer_append_version` (migration 0011): the whole write, one round trip,
+/// its own transaction. The value must be sealed under the organisation's newest term; the
+/// function checks that under a share lock on the organisation row, which orders the write
+/// against a rotation (which takes it exclusively): a write either commits before the new
+/// term exists (and the rewrap job sees it) or sees it.
+async fn append_version(pool: &PgPool, w: &ParamWrite) -> Result<(), StoreError> {
     let v = &w.version;
-    let deleted = v.action == VersionAction::Delete;
-    if w.expected_current == 0 {
-        sqlx::query("INSERT INTO params (id, org_id, env_id, name, current_version, deleted, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-            .bind(b(&w.param_id))
-            .bind(b(&w.org_id))
-            .bind(b(&w.env_id))
-            .bind(&w.name)
-            .bind(i(v.version))
-            .bind(deleted)
-            .bind(v.created_at)
-            .execute(&mut *conn)
-            .await?;
-    } else {
-        let r = sqlx::query(
-            "UPDATE params SET current_version = $1, deleted = $2, updated_at = $3 \
-             WHERE id = $4 AND org_id = $5 AND env_id = $6 AND current_version = $7",
-        )
-        .bind(i(v.version))
-        .bind(deleted)
-        .bind(v.created_at)
-        .bind(b(&w.param_id))
-        .bind(b(&w.org_id))
-        .bind(b(&w.env_id))
-        .bind(i(w.expected_current))
-        .execute(&mut *conn)
-        .await?;
-        if r.rows_affected() != 1 {
-            return Err(StoreError::Conflict);
-        }
-    }
-    let credential_id = match &w.ciphertext {
-        Some(ct) => {
-            ensure_newest_term(&mut *conn, w.org_id, ct.key_term()).await?;
-            sqlx::query("INSERT INTO credentials (id, ciphertext, key_term, org_id) VALUES ($1, $2, $3, $4)")
-                .bind(b(&w.credential_id))
-                .bind(ct.as_bytes())
-                .bind(i64::from(ct.key_term().0))
-                .bind(b(&w.org_id))
-                .execute(&mut *conn)
-                .await?;
-            Some(w.credential_id.as_bytes().to_vec())
-        }
-        None => None,
-    };
-    sqlx::query(
-        "INSERT INTO param_versions (param_id, version, org_id, credential_id, is_secret, action, actor_id, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    let outcome: String = sqlx::query_scalar(
+        "SELECT coffer_append_version($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
     )
-    .bind(b(&w.param_id))
-    .bind(i(v.version))
     .bind(b(&w.org_id))
-    .bind(credential_id)
+    .bind(b(&w.env_id))
+    .bind(b(&w.param_id))
+    .bind(&w.name)
+    .bind(i(w.expected_current))
+    .bind(i(v.version))
+    .bind(v.action == VersionAction::Delete)
+    .bind(v.created_at)
+    .bind(b(&w.credential_id))
+    .bind(w.ciphertext.as_ref().map(|ct| ct.as_bytes()))
+    .bind(w.ciphertext.as_ref().map(|ct| i64::from(ct.key_term().0)))
     .bind(v.is_secret)
     .bind(v.action.as_str())
     .bind(b(&v.actor_id))
-    .bind(v.created_at)
-    .execute(&mut *conn)
+    .fetch_one(pool)
     .await?;
-    Ok(())
+    match outcome.as_str() {
+        "ok" => Ok(()),
+        "conflict" => Err(StoreError::Conflict),
+        "stale_term" => Err(StoreError::StaleKeyTerm),
+        _ => Err(StoreError::Corrupt),
+    }
 }
 
 /// This node's audit writer: events queued while a batch commits go into the next batch,

@@ -416,6 +416,20 @@ pub async fn deletion_markers_hide_values(s: &dyn Store) {
     )
     .await
     .unwrap();
+    let mut plain =
+        write((o, e.id, pid), "M", 0, VersionAction::Set, &key, b"m").clone_with_id(Uuid::new_v4());
+    plain.version.is_secret = false;
+    s.append_param_version(&plain).await.unwrap();
+    // What a write reads first: the row and whether the current version is a secret.
+    let state = |name: &'static str| async move {
+        s.param_state(o, e.id, name)
+            .await
+            .unwrap()
+            .map(|(row, secret)| (row.id, row.current_version, row.deleted, secret))
+    };
+    assert_eq!(state("K").await, Some((pid, 1, false, true)));
+    assert_eq!(state("M").await, Some((plain.param_id, 1, false, false)));
+    assert_eq!(state("NONE").await, None);
     s.append_param_version(&write(
         (o, e.id, pid),
         "K",
@@ -426,6 +440,7 @@ pub async fn deletion_markers_hide_values(s: &dyn Store) {
     ))
     .await
     .unwrap();
+    assert_eq!(state("K").await, Some((pid, 2, true, false)));
     assert!(s.current_value(o, e.id, "K").await.unwrap().is_none());
     let row = s.param(o, e.id, "K").await.unwrap().unwrap();
     assert!(row.deleted && row.current_version == 2);
@@ -442,7 +457,7 @@ pub async fn deletion_markers_hide_values(s: &dyn Store) {
         all.iter()
             .map(|v| v.param.name.as_str())
             .collect::<Vec<_>>(),
-        vec!["L"]
+        vec!["L", "M"]
     );
 }
 
