@@ -97,6 +97,19 @@ fn validate_value(value: &[u8], max: usize) -> Result<(), CoreError> {
     Ok(())
 }
 
+/// What a write answers: the version written, without its value.
+fn written(w: &ParamWrite, env: &str) -> ParamView {
+    ParamView {
+        name: w.name.clone(),
+        value: None,
+        secret: w.version.is_secret,
+        version: w.version.version,
+        env: env.to_owned(),
+        updated_at: w.version.created_at,
+        param_id: w.param_id,
+    }
+}
+
 impl Coffer {
     fn view(
         &self,
@@ -189,16 +202,9 @@ impl Coffer {
                 ciphertext: Some(ct),
                 credential_id: new_credential_id(),
             };
+            let view = written(&w, env);
             if self.append(w).await?.is_none() {
-                return Ok(ParamView {
-                    name: req.name.to_owned(),
-                    value: None,
-                    secret,
-                    version,
-                    env: env.to_owned(),
-                    updated_at: now,
-                    param_id,
-                });
+                return Ok(view);
             }
         }
         Err(CoreError::Conflict)
@@ -423,16 +429,9 @@ impl Coffer {
                 ciphertext: Some(ct),
                 credential_id: new_credential_id(),
             };
+            let view = written(&w, env);
             if self.append(w).await?.is_none() {
-                return Ok(ParamView {
-                    name: name.to_owned(),
-                    value: None,
-                    secret,
-                    version,
-                    env: env.to_owned(),
-                    updated_at: now,
-                    param_id: row.id,
-                });
+                return Ok(view);
             }
         }
         Err(CoreError::Conflict)
@@ -477,16 +476,9 @@ impl Coffer {
                 ciphertext: None,
                 credential_id: new_credential_id(),
             };
+            let view = written(&w, env);
             if self.append(w).await?.is_none() {
-                return Ok(ParamView {
-                    name: name.to_owned(),
-                    value: None,
-                    secret,
-                    version,
-                    env: env.to_owned(),
-                    updated_at: now,
-                    param_id: row.id,
-                });
+                return Ok(view);
             }
         }
         Err(CoreError::Conflict)
