@@ -1220,3 +1220,56 @@ async fn two_nodes(url: &str) -> (PgStore, PgStore) {
         PgStore::connect(url).await.unwrap(),
     )
 }
+
+/// Two nodes taking turns on one chain: each notices the other (the head it proposed from
+/// has moved) and from then on commits without waiting for the WAL flush, answering
+/// through its flusher; every append is still answered, numbered without gaps and linked.
+/// A node alone on the chain again goes back to waiting for the flush in the append.
+#[tokio::test]
+async fn nodes_taking_turns_on_a_chain_answer_through_the_flusher() {
+    use coffer_store::{AuditFilter, NewAuditEvent, Store};
+    let Some(db) = fresh().await else { return };
+    let (a, b) = two_nodes(&db.url()).await;
+    let org = crate::suite::org(&a, "o").await;
+    let event = |k: u64| NewAuditEvent {
+        org_id: org,
+        id: uuid::Uuid::new_v4(),
+        time: i64::try_from(k).unwrap(),
+        action: format!("turn.{k}"),
+        actor_id: None,
+        outcome: "success".into(),
+        target: String::new(),
+        body: format!("{{\"k\":{k}}}"),
+    };
+    for k in 0..20 {
+        let node = if k % 2 == 0 { &a } else { &b };
+        assert_eq!(node.append_audit(&event(k)).await.unwrap().0, k + 1);
+    }
+    let (via_a, via_b) = (
+        a.appends_answered_after_flush(),
+        b.appends_answered_after_flush(),
+    );
+    assert!(via_a >= 5 && via_b >= 5, "{via_a} {via_b}");
+    for k in 20..25 {
+        assert_eq!(a.append_audit(&event(k)).await.unwrap().0, k + 1);
+    }
+    // The first of these still finds the head moved (B appended last), the second no
+    // longer does; the other three wait for the flush in the append.
+    assert_eq!(a.appends_answered_after_flush(), via_a + 2);
+    let rows = b
+        .audit_events(
+            org,
+            &AuditFilter {
+                limit: 100,
+                ..AuditFilter::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 25);
+    let prev = crate::suite::assert_linked(&rows);
+    assert_eq!(b.audit_head(org).await.unwrap(), Some((25, prev)));
+    a.close().await;
+    b.close().await;
+    db.drop_db().await;
+}
