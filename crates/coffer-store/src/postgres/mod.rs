@@ -108,8 +108,6 @@ pub struct PgStore {
     invalidations: tokio::sync::broadcast::Sender<Invalidation>,
     reads: reads::Reader,
     values: std::sync::Arc<cache::ValueCache>,
-    /// Audit appends answered by the flusher (chains another node appends to as well).
-    flushed: std::sync::Arc<std::sync::atomic::AtomicU64>,
     root_guard: std::sync::Arc<std::sync::RwLock<RootGuard>>,
 }
 
@@ -263,8 +261,7 @@ impl PgStore {
             Schema::Verify => verify_schema(&pool).await?,
         }
         let values = std::sync::Arc::<cache::ValueCache>::default();
-        let flushed = std::sync::Arc::<std::sync::atomic::AtomicU64>::default();
-        let audit = spawn_audit_writer(pool.clone(), values.clone(), flushed.clone());
+        let audit = spawn_audit_writer(pool.clone(), values.clone());
         let invalidations = notify::spawn_listener(pool.clone());
         let reads = reads::Reader::spawn(pool.clone());
         Ok(Self {
@@ -274,7 +271,6 @@ impl PgStore {
             invalidations,
             reads,
             values,
-            flushed,
             root_guard: std::sync::Arc::default(),
         })
     }
@@ -344,12 +340,6 @@ impl PgStore {
     /// entries fail their checks or expire).
     fn key_material_changed(&self) {
         self.values.clear();
-    }
-
-    /// How many audit appends were committed without waiting for the WAL flush and answered
-    /// once a later synchronous commit had flushed it (see the audit writer).
-    pub fn appends_answered_after_flush(&self) -> u64 {
-        self.flushed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub async fn close(&self) {
@@ -905,13 +895,12 @@ async fn append_version(pool: &PgPool, w: &ParamWrite) -> Result<(), StoreError>
 /// chain instead of racing for it. (Two writers, each with a batch under way, were measured
 /// slower: the second waits for the first's lock anyway, and both batches are smaller.)
 ///
-/// A chain only this node appends to is committed with the usual synchronous commit, and
-/// the batch answered then. A chain another node appends to as well (the head this writer
-/// proposed from had moved) is committed without waiting for the WAL flush, which releases
-/// its lock at once for the other node, and answered by the flusher once a synchronous
-/// commit of its own has flushed the WAL past it: two nodes on one organisation read ~25 –
-/// 40% faster. (On one node that costs more than it saves: more, smaller batches and a
-/// second round trip each, measured 6 – 13% slower.)
+/// (Committing without waiting for the WAL flush, and answering after a second connection's
+/// synchronous commit had flushed it, so the next batch could be appended during the
+/// flush, was measured ~13% slower on one node: more, smaller batches and a second round
+/// trip each. With two nodes on one chain it was +8 to +35% faster, but is only correct if
+/// the second connection provably outlived no crash since the batch committed: see
+/// docs/benchmarks.md.)
 ///
 /// The writer keeps a connection of its own rather than taking one from the pool: the pool
 /// hands out its connections in turn, so consecutive appends would each run in a different
@@ -919,18 +908,15 @@ async fn append_version(pool: &PgPool, w: &ParamWrite) -> Result<(), StoreError>
 fn spawn_audit_writer(
     pool: PgPool,
     values: std::sync::Arc<cache::ValueCache>,
-    flushed: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) -> mpsc::Sender<AuditJob> {
     let (tx, mut rx) = mpsc::channel::<AuditJob>(4096);
     let writer = async move {
-        let mut conn: Option<WriterConn> = None;
+        let mut conn: Option<PgConnection> = None;
         // The last (seq, hash) this writer appended to each chain: with it the writer
         // proposes the next events' hashes, which the database stores as they are if no
         // other node appended in between (only ever a proposal: the database checks the
         // head under its lock).
         let mut heads = crate::chain::Heads::new();
-        let mut shared = std::collections::HashSet::new();
-        let flushes = spawn_flusher(pool.clone(), flushed);
         while let Some(first) = rx.recv().await {
             let mut batch: Vec<AuditJob> = Vec::with_capacity(AUDIT_BATCH);
             batch.push(first);
@@ -940,18 +926,10 @@ fn spawn_audit_writer(
                     Err(_) => break,
                 }
             }
-            let mut chains = Chains {
-                heads: &mut heads,
-                shared: &mut shared,
-            };
-            let done = append_batch(&pool, &mut conn, &mut chains, &values, batch).await;
-            if !done.is_empty() && flushes.send(done).is_err() {
-                break;
-            }
+            append_batch(&pool, &mut conn, &mut heads, &values, batch).await;
         }
-        drop(flushes);
         if let Some(c) = conn {
-            let _ = sqlx::Connection::close(c.conn).await;
+            let _ = sqlx::Connection::close(c).await;
         }
     };
     // Every request waits for this loop, so it runs on a thread of its own: as a task among
@@ -973,68 +951,10 @@ fn spawn_audit_writer(
     tx
 }
 
-/// Appended events whose requests are answered once the WAL is flushed past them.
-type Flushed = Vec<(AuditReply, Option<(u64, [u8; 32])>)>;
-
-/// Answers batches appended without waiting for the WAL flush, once a synchronous commit
-/// on a connection of its own has flushed the WAL past them (its commit record comes after
-/// theirs; with synchronous replication it also waits for the standby). One such commit
-/// covers every batch appended meanwhile. If it fails, nobody learns that their event may
-/// be lost: they are answered with an error.
-fn spawn_flusher(
-    pool: PgPool,
-    flushed: std::sync::Arc<std::sync::atomic::AtomicU64>,
-) -> mpsc::UnboundedSender<Flushed> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Flushed>();
-    tokio::spawn(async move {
-        let mut conn: Option<WriterConn> = None;
-        while let Some(mut all) = rx.recv().await {
-            while let Ok(more) = rx.try_recv() {
-                all.extend(more);
-            }
-            // A transaction with an id commits with a commit record, so it flushes.
-            let outcome = match writer_connection(&pool, &mut conn, false).await {
-                Ok(c) => sqlx::query("SELECT pg_current_xact_id()::text")
-                    .execute(&mut *c)
-                    .await
-                    .map(|_| ())
-                    .map_err(StoreError::from),
-                Err(e) => Err(e),
-            };
-            match &outcome {
-                Ok(()) => {
-                    let n = u64::try_from(all.len()).unwrap_or(u64::MAX);
-                    flushed.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "audit flush failed");
-                    conn = None;
-                }
-            }
-            for (reply, r) in all {
-                let _ = reply.send(match &outcome {
-                    Ok(()) => Ok(r),
-                    Err(_) => Err(StoreError::CommitFailed),
-                });
-            }
-        }
-    });
-    tx
-}
-
-/// A connection of the audit writer's, and whether it commits without waiting for the
-/// WAL flush (`synchronous_commit = off` for this session only).
-struct WriterConn {
-    conn: PgConnection,
-    without_flush: bool,
-}
-
-/// The writer's (or flusher's) own connection, opened again after a failure, committing
-/// with or without waiting for the flush as asked.
+/// The writer's own connection, opened again after a failure.
 async fn writer_connection<'c>(
     pool: &PgPool,
-    conn: &'c mut Option<WriterConn>,
-    without_flush: bool,
+    conn: &'c mut Option<PgConnection>,
 ) -> Result<&'c mut PgConnection, StoreError> {
     if conn.is_none() {
         let opts = pool.connect_options();
@@ -1044,44 +964,21 @@ async fn writer_connection<'c>(
         )
         .await
         .map_err(|_| StoreError::Unavailable(sqlx::Error::PoolTimedOut))??;
-        *conn = Some(WriterConn {
-            conn: c,
-            without_flush: false,
-        });
+        *conn = Some(c);
     }
-    let w = conn
-        .as_mut()
-        .ok_or(StoreError::Unavailable(sqlx::Error::PoolClosed))?;
-    if w.without_flush != without_flush {
-        let sql = if without_flush {
-            "SET synchronous_commit = off"
-        } else {
-            "SET synchronous_commit = on"
-        };
-        sqlx::query(sql).execute(&mut w.conn).await?;
-        w.without_flush = without_flush;
-    }
-    Ok(&mut w.conn)
-}
-
-/// What the writer knows of the chains it appends to.
-struct Chains<'a> {
-    /// The last (seq, hash) it appended to each chain.
-    heads: &'a mut crate::chain::Heads,
-    /// Chains another node appended to since this writer's previous batch.
-    shared: &'a mut std::collections::HashSet<Uuid>,
+    conn.as_mut()
+        .ok_or(StoreError::Unavailable(sqlx::Error::PoolClosed))
 }
 
 /// Append one batch and answer each of its requests: one call per organisation, each its
 /// own transaction holding only its own chain's lock.
 async fn append_batch(
     pool: &PgPool,
-    conn: &mut Option<WriterConn>,
-    chains: &mut Chains<'_>,
+    conn: &mut Option<PgConnection>,
+    heads: &mut crate::chain::Heads,
     values: &cache::ValueCache,
     batch: Vec<AuditJob>,
-) -> Flushed {
-    let mut to_flush = Vec::new();
+) {
     let mut by_org: std::collections::BTreeMap<Uuid, Vec<AuditJob>> = Default::default();
     for job in batch {
         by_org.entry(job.0.org_id).or_default().push(job);
@@ -1096,29 +993,18 @@ async fn append_batch(
         }
         let events: Vec<&NewAuditEvent> = jobs.iter().map(|(e, _, _)| e).collect();
         let checks: Vec<&[ReadCheck]> = jobs.iter().map(|(_, c, _)| c.as_slice()).collect();
-        let head = chains.heads.remove(&org);
-        // A chain this node has to itself: commit and answer at once (one round trip). A
-        // chain another node appends to as well: its lock is held until the commit, so
-        // commit without waiting for the flush and let the flusher answer; the other node
-        // appends meanwhile (measured with two nodes on one organisation: +42% reads/s;
-        // with one node, waiting for the flush in the append is faster).
-        let without_flush = chains.shared.contains(&org);
-        let appended = match writer_connection(pool, conn, without_flush).await {
+        let head = heads.remove(&org);
+        let appended = match writer_connection(pool, conn).await {
             Ok(c) => append_audit_batch(c, org, head, &events, &checks).await,
             Err(e) => Err(e),
         };
-        if let Ok((assigned, moved)) = &appended {
-            if let Some(last) = assigned.iter().rev().flatten().next() {
-                chains.heads.insert(org, *last);
-            }
-            if *moved {
-                chains.shared.insert(org);
-            } else {
-                chains.shared.remove(&org);
-            }
+        if let Ok(assigned) = &appended
+            && let Some(last) = assigned.iter().rev().flatten().next()
+        {
+            heads.insert(org, *last);
         }
         match appended {
-            Ok((assigned, _)) => {
+            Ok(assigned) => {
                 for ((_, checks, reply), r) in jobs.into_iter().zip(assigned) {
                     if r.is_none() {
                         // A cached read no longer holds: read it afresh next time.
@@ -1126,11 +1012,7 @@ async fn append_batch(
                             values.forget(c.org_id, &c.name);
                         }
                     }
-                    if without_flush {
-                        to_flush.push((reply, r));
-                    } else {
-                        let _ = reply.send(Ok(r));
-                    }
+                    let _ = reply.send(Ok(r));
                 }
             }
             Err(e) => {
@@ -1143,7 +1025,6 @@ async fn append_batch(
             }
         }
     }
-    to_flush
 }
 
 /// Append one organisation's events in one statement; returns (seq, hash) per event, in
@@ -1154,7 +1035,7 @@ async fn append_audit_batch(
     head: Option<(u64, [u8; 32])>,
     events: &[&NewAuditEvent],
     checks: &[&[ReadCheck]],
-) -> Result<(Vec<Option<(u64, [u8; 32])>>, bool), StoreError> {
+) -> Result<Vec<Option<(u64, [u8; 32])>>, StoreError> {
     let cols = AuditColumns::of(events);
     let cc = CheckColumns::of(checks);
     // The links the events get if nobody appended since `head`, as verification computes them.
@@ -1197,22 +1078,16 @@ async fn append_audit_batch(
         && !events.is_empty()
         && let Some((_, links)) = proposed
     {
-        // Stored as proposed: nobody else appended since this writer's last batch.
-        return Ok((
-            links
-                .into_iter()
-                .map(|(seq, _, h)| Some((seq, h)))
-                .collect(),
-            false,
-        ));
+        // Stored as proposed.
+        return Ok(links
+            .into_iter()
+            .map(|(seq, _, h)| Some((seq, h)))
+            .collect());
     }
     if assigned.len() != events.len() {
         return Err(StoreError::CommitFailed);
     }
-    // The database numbered the events itself: the head had moved (another node appended),
-    // or this writer had no head to propose from, or a read check failed.
-    let moved = proposed.is_some();
-    let assigned = assigned
+    assigned
         .into_iter()
         .map(|a| {
             a.map(|bytes| {
@@ -1225,8 +1100,7 @@ async fn append_audit_batch(
             })
             .transpose()
         })
-        .collect::<Result<Vec<_>, StoreError>>()?;
-    Ok((assigned, moved))
+        .collect()
 }
 
 /// A batch's read checks as one array per column, one element per environment to check
