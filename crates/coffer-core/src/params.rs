@@ -184,7 +184,6 @@ impl Coffer {
                 .active()?
                 .seal_with(self.config().value_scheme, &ctx, req.value)
                 .map_err(|_| CoreError::Internal("encryption failed"))?;
-            let now = now_ms();
             let w = ParamWrite {
                 org_id: p.org_id,
                 env_id: env_row.id,
@@ -197,7 +196,7 @@ impl Coffer {
                     is_secret: secret,
                     action: VersionAction::Set,
                     actor_id: p.user_id,
-                    created_at: now,
+                    created_at: now_ms(),
                 },
                 ciphertext: Some(ct),
                 credential_id: new_credential_id(),
@@ -410,8 +409,6 @@ impl Coffer {
                 .active()?
                 .seal_with(self.config().value_scheme, &ctx, value.expose_secret())
                 .map_err(|_| CoreError::Internal("encryption failed"))?;
-            let now = now_ms();
-            let secret = old.version.is_secret;
             let w = ParamWrite {
                 org_id: p.org_id,
                 env_id,
@@ -421,10 +418,10 @@ impl Coffer {
                 version: ParamVersionRow {
                     param_id: row.id,
                     version,
-                    is_secret: secret,
+                    is_secret: old.version.is_secret,
                     action: VersionAction::Rollback,
                     actor_id: p.user_id,
-                    created_at: now,
+                    created_at: now_ms(),
                 },
                 ciphertext: Some(ct),
                 credential_id: new_credential_id(),
@@ -457,8 +454,6 @@ impl Coffer {
                 .param_version(p.org_id, row.id, row.current_version)
                 .await?;
             let version = row.current_version + 1;
-            let secret = prev.is_some_and(|v| v.version.is_secret);
-            let now = now_ms();
             let w = ParamWrite {
                 org_id: p.org_id,
                 env_id,
@@ -468,10 +463,10 @@ impl Coffer {
                 version: ParamVersionRow {
                     param_id: row.id,
                     version,
-                    is_secret: secret,
+                    is_secret: prev.is_some_and(|v| v.version.is_secret),
                     action: VersionAction::Delete,
                     actor_id: p.user_id,
-                    created_at: now,
+                    created_at: now_ms(),
                 },
                 ciphertext: None,
                 credential_id: new_credential_id(),

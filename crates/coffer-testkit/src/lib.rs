@@ -299,25 +299,39 @@ pub async fn pg_database() -> Option<String> {
 
 /// A service without a server on the test backend: SQLite in `dir`, or with
 /// `COFFER_TEST_BACKEND=postgres` a fresh PostgreSQL database ([`pg_runtime_database`]),
-/// whose URL is returned so that
-/// the test can drop it ([`drop_pg_database`]) or open it again.
+/// whose URL is returned so that the test can drop it ([`drop_pg_database`]) or open it
+/// again ([`open_coffer_on`]).
 pub async fn open_coffer(
     dir: &std::path::Path,
     cfg: CoreConfig,
 ) -> (coffer_core::Coffer, Option<String>) {
-    if !postgres_backend() {
-        let c = coffer_core::Coffer::open_sqlite(&dir.join("coffer.db"), cfg)
+    let pg = if postgres_backend() {
+        Some(
+            pg_runtime_database()
+                .await
+                .unwrap_or_else(|| panic!("COFFER_TEST_BACKEND=postgres needs PostgreSQL")),
+        )
+    } else {
+        None
+    };
+    (open_coffer_on(dir, pg.as_deref(), cfg).await, pg)
+}
+
+/// A service on the SQLite file in `dir`, or on the PostgreSQL database `pg` (migrated
+/// already: it runs as the runtime role, which could not).
+pub async fn open_coffer_on(
+    dir: &std::path::Path,
+    pg: Option<&str>,
+    cfg: CoreConfig,
+) -> coffer_core::Coffer {
+    match pg {
+        Some(url) => coffer_core::Coffer::open_postgres(url, cfg, Default::default(), false)
             .await
-            .unwrap_or_else(|e| panic!("open SQLite: {e}"));
-        return (c, None);
+            .unwrap_or_else(|e| panic!("open PostgreSQL: {e}")),
+        None => coffer_core::Coffer::open_sqlite(&dir.join("coffer.db"), cfg)
+            .await
+            .unwrap_or_else(|e| panic!("open SQLite: {e}")),
     }
-    let url = pg_runtime_database()
-        .await
-        .unwrap_or_else(|| panic!("COFFER_TEST_BACKEND=postgres needs PostgreSQL"));
-    let c = coffer_core::Coffer::open_postgres(&url, cfg, Default::default(), false)
-        .await
-        .unwrap_or_else(|e| panic!("open PostgreSQL: {e}"));
-    (c, Some(url))
 }
 
 /// A fresh database set up as docs/deployment.md tells operators to: its owner role applies

@@ -36,7 +36,7 @@ impl Fixture {
 
     /// Another service on the same database (as another node, or after a restart): sealed.
     pub async fn open_again(&self, cfg: CoreConfig) -> Coffer {
-        open_on(self.dir.path(), self.pg.as_deref(), cfg).await
+        coffer_testkit::open_coffer_on(self.dir.path(), self.pg.as_deref(), cfg).await
     }
 
     /// A restart: the service goes away first (as after a crash), a new one opens the same
@@ -55,7 +55,7 @@ impl Fixture {
             old.close().await;
         }
         drop(old);
-        let coffer = open_on(dir.path(), pg.as_deref(), cfg).await;
+        let coffer = coffer_testkit::open_coffer_on(dir.path(), pg.as_deref(), cfg).await;
         coffer.unseal(&shares[1]).await.unwrap();
         coffer.unseal(&shares[2]).await.unwrap();
         Fixture {
@@ -65,18 +65,6 @@ impl Fixture {
             shares,
             pg,
         }
-    }
-}
-
-async fn open_on(dir: &std::path::Path, pg: Option<&str>, cfg: CoreConfig) -> Coffer {
-    match pg {
-        // Migrated already; the runtime role could not.
-        Some(url) => Coffer::open_postgres(url, cfg, Default::default(), false)
-            .await
-            .unwrap(),
-        None => Coffer::open_sqlite(&dir.join("coffer.db"), cfg)
-            .await
-            .unwrap(),
     }
 }
 

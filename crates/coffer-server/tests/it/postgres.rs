@@ -129,7 +129,7 @@ async fn a_postgres_crash_fails_fast_and_recovers_without_a_restart() {
         }
         acknowledged
     });
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     pg.stop_immediate();
     let acknowledged = writes.await.unwrap();
     assert!(acknowledged > 0, "writes went through before the crash");

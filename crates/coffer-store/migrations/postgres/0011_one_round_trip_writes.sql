@@ -59,7 +59,7 @@ END
 $$;
 
 -- What a write needs to know first, in one call: the parameter's row in its environment
--- (deleted or not) and whether its current version is a secret (NULL when deleted).
+-- (deleted or not) and whether its current version is a secret (false when deleted).
 CREATE FUNCTION coffer_param_state(p_org BYTEA, p_env BYTEA, p_name TEXT)
 RETURNS TABLE (
     id BYTEA, org_id BYTEA, env_id BYTEA, name TEXT, current_version BIGINT, deleted BOOLEAN,
@@ -71,7 +71,7 @@ BEGIN
     PERFORM set_config('coffer.org_id', encode(p_org, 'hex'), true);
     RETURN QUERY
         SELECT p.id, p.org_id, p.env_id, p.name, p.current_version, p.deleted, p.updated_at,
-               CASE WHEN p.deleted THEN NULL ELSE v.is_secret END
+               NOT p.deleted AND coalesce(v.is_secret, false)
           FROM params p
           LEFT JOIN param_versions v ON v.param_id = p.id AND v.version = p.current_version
          WHERE p.org_id = p_org AND p.env_id = p_env AND p.name = p_name;

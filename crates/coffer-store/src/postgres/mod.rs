@@ -561,10 +561,7 @@ impl Store for PgStore {
             .bind(name)
             .fetch_optional(&self.pool)
             .await?
-            .map(|r| {
-                let secret: Option<bool> = sqlx::Row::try_get(&r, "is_secret")?;
-                Ok((param_row(&r)?, secret.unwrap_or(false)))
-            })
+            .map(|r| Ok((param_row(&r)?, r.flag("is_secret")?)))
             .transpose()
     }
 
