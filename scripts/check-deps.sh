@@ -24,6 +24,14 @@ forbid coffer-store all axum reqwest coffer-seal coffer-core
 # HSM clients live in coffer-extkeys, which only the binary wires in.
 forbid coffer-seal all reqwest hyper cryptoki coffer-extkeys
 forbid coffer-core all axum reqwest hyper cryptoki coffer-extkeys
+# the core receives repositories and names no backend: the binary's wiring (coffer-cli, and
+# coffer-testkit for tests) chooses the database; nor does the HTTP edge.
+forbid coffer-core direct sqlx
+for crate in coffer-core coffer-server; do
+  if grep -rnE 'coffer_store::(sqlite|postgres)|SqliteStore|PgStore|Location::(Sqlite|Postgres)' "crates/$crate/src"; then
+    echo "dependency rule broken: $crate names a storage backend (only the binary's wiring may)"; fail=1
+  fi
+done
 # the HTTP edge reaches keys and storage only through coffer-core.
 forbid coffer-server direct coffer-crypto coffer-seal coffer-store sqlx
 forbid coffer-server all coffer-extkeys cryptoki

@@ -6,6 +6,7 @@ mod output;
 mod seal_config;
 mod server_config;
 mod session;
+mod storage;
 
 use clap::Parser;
 

@@ -174,7 +174,8 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-pub fn load(args: &ServerArgs) -> anyhow::Result<ServerConfig> {
+/// The server's settings and where its data lives.
+pub fn load(args: &ServerArgs) -> anyhow::Result<(ServerConfig, crate::storage::StorageSettings)> {
     let mut f = match &args.config {
         Some(p) => {
             let text =
@@ -414,7 +415,15 @@ pub fn load(args: &ServerArgs) -> anyhow::Result<ServerConfig> {
         }
         None => Duration::from_secs(300),
     };
-    Ok(ServerConfig {
+    let storage = crate::storage::StorageSettings {
+        url: f
+            .storage
+            .url
+            .map(coffer_server::DatabaseUrl::new)
+            .transpose()?,
+        migrate: f.storage.migrate.unwrap_or(true),
+    };
+    let cfg = ServerConfig {
         listen,
         data_dir,
         dev: args.dev,
@@ -424,19 +433,14 @@ pub fn load(args: &ServerArgs) -> anyhow::Result<ServerConfig> {
         audit_file: f.audit.file,
         audit_stdout: f.audit.stdout.unwrap_or(false),
         checkpoint_interval,
-        database_url: f
-            .storage
-            .url
-            .map(coffer_server::DatabaseUrl::new)
-            .transpose()?,
-        migrate: f.storage.migrate.unwrap_or(true),
         login_rate_per_minute: f.auth.login_rate_per_minute.unwrap_or(60),
         jwks,
         smtp,
         key_check_interval,
         seal,
         key_services,
-    })
+    };
+    Ok((cfg, storage))
 }
 
 /// Key cache, rotation policy and rewrap settings; returns the key job's check interval.

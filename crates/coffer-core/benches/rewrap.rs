@@ -26,13 +26,20 @@ async fn main() {
     }
     let (coffer, backend) = match std::env::var("COFFER_BENCH_PG") {
         Ok(url) => (
-            Coffer::open_postgres(&url, cfg, Default::default(), true)
+            Coffer::new(
+                coffer_store::Storage::open(&coffer_store::Location::Postgres {
+                    url,
+                    migrate: true,
+                })
                 .await
                 .unwrap(),
+                cfg,
+            )
+            .unwrap(),
             "postgresql",
         ),
         Err(_) => (
-            Coffer::open_sqlite(&dir.path().join("coffer.db"), cfg)
+            coffer_testkit::open_sqlite(&dir.path().join("coffer.db"), cfg)
                 .await
                 .unwrap(),
             "sqlite",

@@ -34,6 +34,7 @@ pub use auth::{
 };
 pub use coffer_crypto::token::BearerToken;
 pub use coffer_crypto::{SecretBytes, ValueScheme, fingerprint_sha256, random_bytes};
+pub use coffer_store::Storage;
 pub use config::CoreConfig;
 /// Seals and key services, for the binary that wires them in.
 pub mod seal {
@@ -50,7 +51,7 @@ pub use rekey::RekeyResult;
 pub use roles::Role;
 pub use sys::{Bootstrap, InitResult, SealStatus, StartState, UnsealOutcome};
 
-use coffer_store::{Invalidation, Store};
+use coffer_store::{Cluster, Invalidation, Store};
 
 /// The service. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -61,6 +62,8 @@ pub struct Coffer {
 #[derive(Debug)]
 struct Inner {
     store: Arc<dyn Store>,
+    /// Leadership, invalidation notices and the root guard, shared with the other nodes.
+    cluster: Arc<dyn Cluster>,
     config: CoreConfig,
     keyring: keyring::Keyring,
     sessions: auth::SessionCache,
@@ -88,20 +91,22 @@ struct Inner {
 }
 
 impl Coffer {
-    pub fn new(store: Arc<dyn Store>, config: CoreConfig) -> Result<Self, CoreError> {
-        Self::with_sinks(store, config, audit::AuditSinks::default())
+    /// The service over an open database (`Storage::open`, chosen by the binary's wiring).
+    pub fn new(storage: Storage, config: CoreConfig) -> Result<Self, CoreError> {
+        Self::with_sinks(storage, config, audit::AuditSinks::default())
     }
 
     pub fn with_sinks(
-        store: Arc<dyn Store>,
+        storage: Storage,
         config: CoreConfig,
         sinks: audit::AuditSinks,
     ) -> Result<Self, CoreError> {
         let dummy_hash = auth::dummy_hash()?;
-        let invalidations = store.invalidations();
+        let invalidations = storage.cluster.invalidations();
         let c = Self {
             inner: Arc::new(Inner {
-                store,
+                store: storage.store,
+                cluster: storage.cluster,
                 keyring: keyring::Keyring::default(),
                 sessions: auth::SessionCache::new(config.session_cache_ttl),
                 meta: projects::MetaCache::default(),
@@ -211,7 +216,7 @@ impl Coffer {
         // After any rekey follow-up under way, so it cannot unseal again behind this.
         let _one = self.inner.root_watch.lock().await;
         let _ = self.seal();
-        self.store().close().await;
+        self.inner.cluster.close().await;
     }
 
     /// Whether this node is unsealed with the database's current root key.
@@ -234,10 +239,10 @@ impl Coffer {
 
     /// Tell the other nodes (best effort; their caches also expire on their own).
     pub(crate) fn publish(&self, what: Invalidation) {
-        let store = self.inner.store.clone();
+        let cluster = self.inner.cluster.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                if let Err(e) = store.publish_invalidation(what).await {
+                if let Err(e) = cluster.publish_invalidation(what).await {
                     tracing::debug!(error = %e, "could not publish a cache invalidation");
                 }
             });
@@ -250,5 +255,9 @@ impl Coffer {
 
     fn store(&self) -> &dyn Store {
         &*self.inner.store
+    }
+
+    fn cluster(&self) -> &dyn Cluster {
+        &*self.inner.cluster
     }
 }

@@ -95,7 +95,7 @@ impl Coffer {
                 }
             }
         }
-        self.store().set_root_guard(Some(root_check));
+        self.cluster().set_root_guard(Some(root_check));
         self.inner.keyring.replace_root(new)?;
         // Other nodes hold the old root key: they seal themselves, and unseal again with the
         // new shares (Shamir) or by themselves (KMS/HSM seal).

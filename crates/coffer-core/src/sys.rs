@@ -131,7 +131,7 @@ impl Coffer {
             Err(e) => Err(e.into()),
             Ok(()) => {
                 // The bootstrap organisation's key is sealed with this root key next.
-                self.store().set_root_guard(Some(cfg.root_check));
+                self.cluster().set_root_guard(Some(cfg.root_check));
                 Ok(())
             }
         }
@@ -223,14 +223,14 @@ impl Coffer {
         if !root.matches(&cfg.root_check) {
             return Err(CoreError::Integrity);
         }
-        self.store().set_root_guard(Some(cfg.root_check));
+        self.cluster().set_root_guard(Some(cfg.root_check));
         self.inner.keyring.unseal(root)?;
         self.ensure_audit_key().await
     }
 
     /// Wipe the root key and all tenant keys from memory.
     pub fn seal(&self) -> Result<(), CoreError> {
-        self.store().set_root_guard(None);
+        self.cluster().set_root_guard(None);
         self.inner.keyring.seal()?;
         self.inner.sessions.clear();
         tracing::info!("server sealed");
@@ -382,55 +382,6 @@ pub(crate) fn seal_error(e: coffer_seal::SealError) -> CoreError {
 }
 
 impl Coffer {
-    /// Open (or create) the embedded SQLite database.
-    pub async fn open_sqlite(
-        path: &std::path::Path,
-        config: crate::CoreConfig,
-    ) -> Result<Coffer, CoreError> {
-        Self::open_sqlite_with(path, config, crate::audit::AuditSinks::default()).await
-    }
-
-    /// Like [`Coffer::open_sqlite`], with audit copies to a file and/or stdout.
-    pub async fn open_sqlite_with(
-        path: &std::path::Path,
-        config: crate::CoreConfig,
-        sinks: crate::audit::AuditSinks,
-    ) -> Result<Coffer, CoreError> {
-        let store = coffer_store::sqlite::SqliteStore::open(path).await?;
-        Coffer::with_sinks(std::sync::Arc::new(store), config, sinks)
-    }
-
-    /// Connect to PostgreSQL (`postgres://…`). With `migrate` pending migrations are applied
-    /// (the role must own the schema); without, the schema must already be current.
-    pub async fn open_postgres(
-        url: &str,
-        config: crate::CoreConfig,
-        sinks: crate::audit::AuditSinks,
-        migrate: bool,
-    ) -> Result<Coffer, CoreError> {
-        use coffer_store::postgres::{PgStore, Schema};
-        let schema = if migrate {
-            Schema::Migrate
-        } else {
-            Schema::Verify
-        };
-        let store = PgStore::connect_with(url, schema)
-            .await
-            .map_err(|e| match e {
-                coffer_store::StoreError::SchemaOutdated { .. } => {
-                    tracing::error!(error = %e, "database schema out of date");
-                    CoreError::Internal("the database schema is out of date: run `coffer migrate`")
-                }
-                other => other.into(),
-            })?;
-        Coffer::with_sinks(std::sync::Arc::new(store), config, sinks)
-    }
-
-    /// Apply pending PostgreSQL migrations as the schema owner (`coffer migrate`).
-    pub async fn migrate_postgres(url: &str) -> Result<(), CoreError> {
-        Ok(coffer_store::postgres::migrate(url).await?)
-    }
-
     /// Dev mode: use (creating on first start) the root key file at `key_path`.
     pub async fn start_dev(
         &self,

@@ -24,6 +24,21 @@ pub fn chain_hash(prev: &[u8; HASH_LEN], entry: &[u8]) -> [u8; HASH_LEN] {
     hazmat::sha256(&buf)
 }
 
+/// What the chain hash covers for one event: its sequence number (big-endian) and its JSON
+/// body. A frozen format (vectors in `tests/vectors/audit_chain.json`); PostgreSQL's
+/// plpgsql appends compute the same bytes and are checked against the same vectors.
+pub fn chain_entry(seq: u64, body: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + body.len());
+    v.extend_from_slice(&seq.to_be_bytes());
+    v.extend_from_slice(body.as_bytes());
+    v
+}
+
+/// The hash of event `seq` with JSON `body` after the event whose hash is `prev`.
+pub fn event_hash(prev: &[u8; HASH_LEN], seq: u64, body: &str) -> [u8; HASH_LEN] {
+    chain_hash(prev, &chain_entry(seq, body))
+}
+
 /// What a checkpoint signs: the organisation, the last sequence number it covers, that
 /// event's hash, and the time.
 pub fn checkpoint_message(

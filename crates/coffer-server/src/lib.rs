@@ -32,7 +32,7 @@ use tower_http::timeout::TimeoutLayer;
 
 pub use hardening::{Hardening, harden_process};
 pub use openapi::openapi_json;
-pub use run::{DatabaseUrl, RunningServer, ServerConfig, start};
+pub use run::{DatabaseUrl, RunningServer, ServerConfig, create_data_dir, start};
 
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;

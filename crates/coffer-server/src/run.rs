@@ -30,11 +30,6 @@ pub struct ServerConfig {
     pub audit_stdout: bool,
     /// How often chains that grew are checkpointed (signed).
     pub checkpoint_interval: Duration,
-    /// PostgreSQL instead of the embedded SQLite database.
-    pub database_url: Option<DatabaseUrl>,
-    /// Apply pending PostgreSQL migrations at start (the role must own the schema); false
-    /// for a least-privilege runtime role, with `coffer migrate` run separately.
-    pub migrate: bool,
     /// Login attempts allowed per client address and minute.
     pub login_rate_per_minute: u32,
     /// Where each configured OpenID issuer's signing keys are (by issuer).
@@ -186,12 +181,21 @@ async fn shutdown_signal() {
     }
 }
 
-pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
+/// Create the data directory (owner only) if it does not exist yet.
+pub fn create_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(&cfg.data_dir)
-        .with_context(|| format!("create data directory {}", cfg.data_dir.display()))?;
+        .create(dir)
+        .with_context(|| format!("create data directory {}", dir.display()))
+}
+
+/// Serve `storage` (opened by the binary's wiring, which chooses the database) with `cfg`.
+pub async fn start(
+    cfg: ServerConfig,
+    storage: coffer_core::Storage,
+) -> anyhow::Result<RunningServer> {
+    create_data_dir(&cfg.data_dir)?;
     let sinks = coffer_core::audit::AuditSinks::new(cfg.audit_file.clone(), cfg.audit_stdout)
         .with_context(|| {
             format!(
@@ -202,16 +206,8 @@ pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
                     .unwrap_or_default()
             )
         })?;
-    let coffer = match &cfg.database_url {
-        Some(url) => {
-            Coffer::open_postgres(url.expose_secret(), cfg.core.clone(), sinks, cfg.migrate)
-                .await
-                .with_context(|| format!("connect to {url}"))?
-        }
-        None => Coffer::open_sqlite_with(&cfg.data_dir.join("coffer.db"), cfg.core.clone(), sinks)
-            .await
-            .context("open the database")?,
-    };
+    let coffer =
+        Coffer::with_sinks(storage, cfg.core.clone(), sinks).context("start the service")?;
 
     coffer.configure_keys(cfg.seal.clone(), cfg.key_services.clone());
     let (bootstrap, dev_key) = if cfg.dev {

@@ -4,7 +4,6 @@ use std::collections::HashMap;
 
 use uuid::Uuid;
 
-use crate::sqlite::audit_entry;
 use crate::{NewAuditEvent, StoreError};
 
 /// The end of each chain: (last sequence number, last hash), by organisation.
@@ -26,7 +25,7 @@ pub(crate) fn assign(
             .copied()
             .ok_or(StoreError::CommitFailed)?;
         let seq = seq + 1;
-        let hash = coffer_crypto::audit::chain_hash(&prev, &audit_entry(seq, &e.body));
+        let hash = coffer_crypto::audit::event_hash(&prev, seq, &e.body);
         heads.insert(e.org_id, (seq, hash));
         links.push((seq, prev, hash));
     }

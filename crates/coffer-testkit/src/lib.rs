@@ -10,6 +10,7 @@ pub use peers::{MotoKms, OidcProvider, SOFTHSM_LIBRARY, SmtpReceiver, SoftHsm, f
 use coffer_client::Client;
 use coffer_core::CoreConfig;
 use coffer_server::{RunningServer, ServerConfig};
+use coffer_store::{Location, Storage};
 
 /// Settings for [`TestServer::with`].
 #[derive(Debug)]
@@ -154,17 +155,14 @@ impl TestServer {
             audit_stdout: false,
             checkpoint_interval: std::time::Duration::from_secs(300),
             key_check_interval: std::time::Duration::from_secs(60),
-            database_url: database_url
-                .clone()
-                .map(|u| coffer_server::DatabaseUrl::new(u).unwrap_or_else(|e| panic!("{e}"))),
-            migrate,
             login_rate_per_minute: o.login_rate_per_minute,
             jwks: o.jwks,
             smtp: o.smtp,
             seal: o.seal,
             key_services: o.key_services,
         };
-        let server = coffer_server::start(cfg).await?;
+        let storage = open_storage(&cfg.data_dir, database_url.as_deref(), migrate).await?;
+        let server = coffer_server::start(cfg, storage).await?;
         let ca = server
             .tls
             .ca
@@ -324,14 +322,45 @@ pub async fn open_coffer_on(
     pg: Option<&str>,
     cfg: CoreConfig,
 ) -> coffer_core::Coffer {
-    match pg {
-        Some(url) => coffer_core::Coffer::open_postgres(url, cfg, Default::default(), false)
-            .await
-            .unwrap_or_else(|e| panic!("open PostgreSQL: {e}")),
-        None => coffer_core::Coffer::open_sqlite(&dir.join("coffer.db"), cfg)
-            .await
-            .unwrap_or_else(|e| panic!("open SQLite: {e}")),
-    }
+    let location = match pg {
+        Some(url) => Location::Postgres {
+            url: url.to_owned(),
+            migrate: false,
+        },
+        None => Location::Sqlite(dir.join("coffer.db")),
+    };
+    let storage = Storage::open(&location)
+        .await
+        .unwrap_or_else(|e| panic!("open {location:?}: {e}"));
+    coffer_core::Coffer::new(storage, cfg).unwrap_or_else(|e| panic!("service: {e}"))
+}
+
+/// A service on the SQLite file at `path` (the embedded default), as the binary opens it.
+pub async fn open_sqlite(
+    path: &std::path::Path,
+    cfg: CoreConfig,
+) -> anyhow::Result<coffer_core::Coffer> {
+    let storage = Storage::open(&Location::Sqlite(path.to_owned())).await?;
+    Ok(coffer_core::Coffer::new(storage, cfg)?)
+}
+
+/// Open the storage the server of `o` runs on, as the binary's wiring does.
+async fn open_storage(
+    data_dir: &std::path::Path,
+    database_url: Option<&str>,
+    migrate: bool,
+) -> anyhow::Result<Storage> {
+    let location = match database_url {
+        Some(url) => Location::Postgres {
+            url: url.to_owned(),
+            migrate,
+        },
+        None => {
+            coffer_server::create_data_dir(data_dir)?;
+            Location::Sqlite(data_dir.join("coffer.db"))
+        }
+    };
+    Ok(Storage::open(&location).await?)
 }
 
 /// A fresh database set up as docs/deployment.md tells operators to: its owner role applies
@@ -352,7 +381,7 @@ pub async fn pg_runtime_database() -> Option<String> {
         .execute(&mut admin)
         .await
         .unwrap_or_else(|e| panic!("create the runtime role: {e}"));
-    coffer_core::Coffer::migrate_postgres(&owner_url)
+    coffer_store::migrate(&owner_url)
         .await
         .unwrap_or_else(|e| panic!("migrate: {e}"));
     let mut owner = sqlx::PgConnection::connect(&owner_url)

@@ -11,10 +11,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .init();
     // Before any key exists in this process.
     coffer_server::harden_process();
-    let cfg = crate::server_config::load(&args)?;
+    let (cfg, storage) = crate::server_config::load(&args)?;
     let dev = cfg.dev;
     let data_dir = cfg.data_dir.clone();
-    let server = coffer_server::start(cfg)
+    let storage = crate::storage::open(&storage, &data_dir).await?;
+    let server = coffer_server::start(cfg, storage)
         .await
         .context("start the server")?;
     let data_dir = std::fs::canonicalize(&data_dir).unwrap_or(data_dir);
@@ -72,7 +73,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
 
 pub async fn migrate(url: &str) -> anyhow::Result<()> {
     let shown = coffer_server::DatabaseUrl::new(url.to_owned())?;
-    coffer_core::Coffer::migrate_postgres(url)
+    coffer_store::migrate(url)
         .await
         .with_context(|| format!("migrate {shown}"))?;
     println!("Migrations applied to {shown}.");

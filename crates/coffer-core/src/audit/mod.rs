@@ -378,9 +378,9 @@ impl Coffer {
         }
     }
 
-    /// Whether this node runs background jobs now (see `Store::try_lead`).
+    /// Whether this node runs background jobs now (see `Cluster::try_lead`).
     pub async fn is_job_leader(&self) -> bool {
-        match self.store().try_lead().await {
+        match self.cluster().try_lead().await {
             Ok(lead) => lead,
             Err(e) => {
                 tracing::warn!(error = %e, "could not determine background-job leadership");

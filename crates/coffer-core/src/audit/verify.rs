@@ -10,9 +10,8 @@
 use std::collections::BTreeMap;
 use std::io::BufRead;
 
-use coffer_crypto::audit::{GENESIS, chain_hash, checkpoint_message, verify_signature};
+use coffer_crypto::audit::{GENESIS, checkpoint_message, event_hash, verify_signature};
 use coffer_store::CheckpointRow;
-use coffer_store::sqlite::audit_entry;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -95,7 +94,7 @@ impl Verifier {
                 );
             }
         }
-        if chain_hash(prev_hash, &audit_entry(seq, body)) != *hash {
+        if event_hash(prev_hash, seq, body) != *hash {
             self.fail(
                 seq,
                 "altered",

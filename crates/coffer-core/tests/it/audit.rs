@@ -163,7 +163,7 @@ async fn a_rewritten_chain_with_valid_hashes_is_caught_by_a_checkpoint() {
     for (i, body) in bodies.iter().enumerate() {
         let seq = i as u64 + 1;
         let hash =
-            coffer_crypto::audit::chain_hash(&prev, &coffer_store::sqlite::audit_entry(seq, body));
+            coffer_crypto::audit::chain_hash(&prev, &coffer_crypto::audit::chain_entry(seq, body));
         sqlx::query("INSERT INTO audit_events (org_id, seq, id, time, action, outcome, target, body, prev_hash, hash) VALUES (?, ?, ?, 0, 'x', 'success', '', ?, ?, ?)")
             .bind(org(&f.owner))
             .bind(seq as i64)

@@ -439,7 +439,7 @@ async fn deleting_an_org_shreds_it_even_in_a_copy_taken_before() {
         "the live root key opens nothing of the deleted organisation in the old copy"
     );
     // A server on the copy cannot be unsealed with the live shares either.
-    let on_copy = coffer_core::Coffer::open_sqlite(&copy, CoreConfig::default())
+    let on_copy = coffer_testkit::open_sqlite(&copy, CoreConfig::default())
         .await
         .unwrap();
     for s in &new_shares[..3] {

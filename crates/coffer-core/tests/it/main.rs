@@ -88,7 +88,7 @@ pub async fn sqlite_fixture() -> Fixture {
 /// [`fixture_with`] on SQLite, like [`sqlite_fixture`].
 pub async fn sqlite_fixture_with(cfg: CoreConfig) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let coffer = Coffer::open_sqlite(&dir.path().join("coffer.db"), cfg)
+    let coffer = coffer_testkit::open_sqlite(&dir.path().join("coffer.db"), cfg)
         .await
         .unwrap();
     initialised(dir, coffer, None).await

@@ -1,11 +1,11 @@
-use coffer_core::{Coffer, CoreConfig, CoreError, SetParam, UnsealOutcome};
+use coffer_core::{CoreConfig, CoreError, SetParam, UnsealOutcome};
 
 use crate::fixture;
 
 #[tokio::test]
 async fn a_fresh_server_is_sealed_and_serves_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let c = Coffer::open_sqlite(&dir.path().join("coffer.db"), CoreConfig::default())
+    let c = coffer_testkit::open_sqlite(&dir.path().join("coffer.db"), CoreConfig::default())
         .await
         .unwrap();
     let st = c.seal_status().await.unwrap();
@@ -32,7 +32,7 @@ async fn init_twice_is_refused_and_bad_parameters_rejected() {
         Err(CoreError::AlreadyInitialized)
     ));
     let dir = tempfile::tempdir().unwrap();
-    let c = Coffer::open_sqlite(&dir.path().join("coffer.db"), CoreConfig::default())
+    let c = coffer_testkit::open_sqlite(&dir.path().join("coffer.db"), CoreConfig::default())
         .await
         .unwrap();
     for (n, t) in [(3, 4), (3, 1), (1, 1), (0, 0)] {
@@ -130,7 +130,7 @@ async fn shares_of_another_server_do_not_unseal_and_reset_progress() {
 async fn dev_seal_initialises_once_and_refuses_a_shamir_database() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("dev-root.key");
-    let c = Coffer::open_sqlite(&dir.path().join("coffer.db"), CoreConfig::default())
+    let c = coffer_testkit::open_sqlite(&dir.path().join("coffer.db"), CoreConfig::default())
         .await
         .unwrap();
     let boot = c
@@ -139,7 +139,7 @@ async fn dev_seal_initialises_once_and_refuses_a_shamir_database() {
         .unwrap()
         .expect("first start creates the bootstrap account");
     assert_eq!(boot.username, "admin");
-    let c2 = Coffer::open_sqlite(&dir.path().join("coffer.db"), CoreConfig::default())
+    let c2 = coffer_testkit::open_sqlite(&dir.path().join("coffer.db"), CoreConfig::default())
         .await
         .unwrap();
     assert!(

@@ -23,7 +23,7 @@ async fn api() -> Api {
 /// [`api`] on SQLite whatever the test backend, for tests that open its file.
 async fn api_sqlite() -> Api {
     let dir = tempfile::tempdir().unwrap();
-    let coffer = Coffer::open_sqlite(&dir.path().join("coffer.db"), CoreConfig::default())
+    let coffer = coffer_testkit::open_sqlite(&dir.path().join("coffer.db"), CoreConfig::default())
         .await
         .unwrap();
     api_on(dir, coffer).await
@@ -340,7 +340,7 @@ async fn corrupted_ciphertext_gives_a_generic_500() {
         .call("GET", "/v1/projects/app/envs/default/params/K", None, true)
         .await;
     assert_eq!(s, StatusCode::OK);
-    let restarted = Coffer::open_sqlite(&db, CoreConfig::default())
+    let restarted = coffer_testkit::open_sqlite(&db, CoreConfig::default())
         .await
         .unwrap();
     assert!(

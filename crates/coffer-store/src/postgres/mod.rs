@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::rows::*;
+use crate::sql::{Backend as _, Stmt, scoped};
 use crate::*;
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -78,25 +79,53 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
 ];
 
-crate::keys::impl_key_store!(
-    PgStore,
-    pool,
-    "SELECT id FROM orgs WHERE id = $1 FOR UPDATE",
-    set_org,
-    "BYTEA",
-    "BIGINT",
+#[async_trait]
+impl crate::sql::Backend for PgStore {
+    type Row = sqlx::postgres::PgRow;
+    type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
+    type Pool<'a> = crate::sql::PoolExec<'a, sqlx::Postgres>;
+
+    const LOCK_ORG: &'static str = "SELECT id FROM orgs WHERE id = $1 FOR UPDATE";
+    const BLOB: &'static str = "BYTEA";
+    const INT: &'static str = "BIGINT";
     // Walk the (org_id, credential_id) index in order. Without statistics (a bulk load
     // before autovacuum, or autovacuum off) PostgreSQL plans a bitmap scan of the whole
     // organisation and a sort for every batch: 1.7 s per 2,000 values at 1M values.
-    Some("SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off")
-);
+    const REWRAP_WALK_HINT: Option<&'static str> =
+        Some("SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off");
 
-crate::identity::impl_identity_store!(
-    PgStore,
-    pool,
-    pool,
-    "SELECT id FROM orgs WHERE id = $1 FOR UPDATE"
-);
+    fn reads(&self) -> Self::Pool<'_> {
+        crate::sql::PoolExec(&self.pool)
+    }
+
+    fn writes(&self) -> Self::Pool<'_> {
+        crate::sql::PoolExec(&self.pool)
+    }
+
+    async fn begin_bare(&self) -> Result<Self::Tx, StoreError> {
+        Ok(self.pool.begin().await?)
+    }
+
+    async fn begin_read(&self, scope: crate::Scope<'_>) -> Result<Self::Tx, StoreError> {
+        crate::sql::Backend::begin(self, scope).await
+    }
+
+    async fn rescope(&self, tx: &mut Self::Tx, scope: crate::Scope<'_>) -> Result<(), StoreError> {
+        set_scope(tx, scope).await
+    }
+
+    async fn ensure_root(&self, tx: &mut Self::Tx) -> Result<(), StoreError> {
+        PgStore::ensure_root(self, tx).await
+    }
+
+    fn key_material_changed(&self) {
+        PgStore::key_material_changed(self);
+    }
+
+    async fn after_shredding(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct PgStore {
@@ -195,14 +224,6 @@ async fn set_scope(conn: &mut PgConnection, scope: crate::Scope<'_>) -> Result<(
     Ok(())
 }
 
-async fn set_org(conn: &mut PgConnection, org_id: Uuid) -> Result<(), StoreError> {
-    sqlx::query("SELECT set_config('coffer.org_id', $1, true)")
-        .bind(org_id.simple().to_string())
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
 fn b(id: &Uuid) -> &[u8] {
     id.as_bytes().as_slice()
 }
@@ -275,35 +296,6 @@ impl PgStore {
         })
     }
 
-    /// A transaction in which row-level security lets this organisation's rows through.
-    async fn scoped(
-        &self,
-        org_id: Uuid,
-    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        set_org(&mut tx, org_id).await?;
-        Ok(tx)
-    }
-
-    /// A transaction on `pool` scoped to `scope`.
-    async fn tx(
-        &self,
-        pool: &PgPool,
-        scope: crate::Scope<'_>,
-    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
-        let mut tx = pool.begin().await?;
-        set_scope(&mut tx, scope).await?;
-        Ok(tx)
-    }
-
-    async fn set_scope(
-        &self,
-        conn: &mut PgConnection,
-        scope: crate::Scope<'_>,
-    ) -> Result<(), StoreError> {
-        set_scope(conn, scope).await
-    }
-
     /// Refuse (with [`StoreError::RootReplaced`]) to go on with a transaction that stores
     /// root-sealed material unless the database's root key is still the one this node
     /// holds. The share lock on the seal row makes a rekey (which updates that row) wait for
@@ -330,12 +322,6 @@ impl PgStore {
         same.map(|_| ()).ok_or(StoreError::RootReplaced)
     }
 
-    /// PostgreSQL removes dead rows at its next VACUUM and recycles WAL segments by itself
-    /// (see docs/crypto.md for what that means for backups and archives).
-    async fn after_shredding(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-
     /// Ciphertexts changed (rewrap, deletion): drop this node's cached values (other nodes'
     /// entries fail their checks or expire).
     fn key_material_changed(&self) {
@@ -350,203 +336,17 @@ impl PgStore {
     }
 }
 
-macro_rules! pg_value_select {
-    ($join_version:literal, $where:literal) => {
-        concat!(
-            "SELECT p.id, p.org_id, p.env_id, p.name, p.current_version, p.deleted, p.updated_at, \
-             v.param_id, v.version, v.is_secret, v.action, v.actor_id, v.created_at, c.ciphertext \
-             FROM params p JOIN param_versions v ON v.param_id = p.id AND ",
-            $join_version,
-            " LEFT JOIN credentials c ON c.id = v.credential_id WHERE ",
-            $where
-        )
-    };
-}
-
 #[async_trait]
-impl Store for PgStore {
-    async fn close(&self) {
-        PgStore::close(self).await;
-    }
-
-    async fn seal_config(&self) -> Result<Option<SealConfigRow>, StoreError> {
-        let row = sqlx::query(
-            "SELECT kind, shares, threshold, root_check, created_at, sealed_root FROM seal_config WHERE id = 1",
-        )
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| {
-            Ok(SealConfigRow {
-                kind: r.text("kind")?,
-                shares: u8::try_from(r.int("shares")?).map_err(|_| StoreError::Corrupt)?,
-                threshold: u8::try_from(r.int("threshold")?).map_err(|_| StoreError::Corrupt)?,
-                root_check: RootKeyCheck::from_stored_bytes(r.bytes("root_check")?),
-                created_at: r.int("created_at")?,
-                sealed_root: r.opt_bytes("sealed_root")?,
-            })
-        })
-        .transpose()
-    }
-
-    async fn init_seal_config(&self, c: &SealConfigRow) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO seal_config (id, kind, shares, threshold, root_check, created_at, sealed_root) VALUES (1, $1, $2, $3, $4, $5, $6)")
-            .bind(&c.kind)
-            .bind(i64::from(c.shares))
-            .bind(i64::from(c.threshold))
-            .bind(c.root_check.as_bytes())
-            .bind(c.created_at)
-            .bind(c.sealed_root.as_deref())
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn create_org(&self, org: &OrgRow, key: &TenantKeyRow) -> Result<(), StoreError> {
-        let mut tx = self.scoped(org.id).await?;
-        sqlx::query("INSERT INTO orgs (id, name, created_at) VALUES ($1, $2, $3)")
-            .bind(b(&org.id))
-            .bind(&org.name)
-            .bind(org.created_at)
-            .execute(&mut *tx)
-            .await?;
-        self.ensure_root(&mut tx).await?;
-        sqlx::query(
-            "INSERT INTO tenant_keys (org_id, term, wrapped, created_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(b(&key.org_id))
-        .bind(i64::from(key.term.0))
-        .bind(key.wrapped.as_bytes())
-        .bind(key.created_at)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn org(&self, org_id: Uuid) -> Result<Option<OrgRow>, StoreError> {
-        let mut tx = self.scoped(org_id).await?;
-        let out = sqlx::query("SELECT id, name, created_at FROM orgs WHERE id = $1")
-            .bind(b(&org_id))
-            .fetch_optional(&mut *tx)
-            .await?
-            .as_ref()
-            .map(org_row)
-            .transpose();
-        tx.commit().await?;
-        out
-    }
-
-    async fn tenant_keys(&self, org_id: Uuid) -> Result<Vec<TenantKeyRow>, StoreError> {
-        let mut tx = self.scoped(org_id).await?;
-        let out = sqlx::query("SELECT org_id, term, wrapped, created_at FROM tenant_keys WHERE org_id = $1 ORDER BY term")
-            .bind(b(&org_id))
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(crate::keys::tenant_key_row)
-            .collect();
-        tx.commit().await?;
-        out
-    }
-
-    async fn create_project(&self, p: &ProjectRow) -> Result<(), StoreError> {
-        let mut tx = self.scoped(p.org_id).await?;
-        sqlx::query("INSERT INTO projects (id, org_id, name, created_at) VALUES ($1, $2, $3, $4)")
-            .bind(b(&p.id))
-            .bind(b(&p.org_id))
-            .bind(&p.name)
-            .bind(p.created_at)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn projects(&self, org_id: Uuid) -> Result<Vec<ProjectRow>, StoreError> {
-        let mut tx = self.scoped(org_id).await?;
-        let out = sqlx::query(
-            "SELECT id, org_id, name, created_at FROM projects WHERE org_id = $1 ORDER BY name",
-        )
-        .bind(b(&org_id))
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(project_row)
-        .collect();
-        tx.commit().await?;
-        out
-    }
-
-    async fn project_by_name(
-        &self,
-        org_id: Uuid,
-        name: &str,
-    ) -> Result<Option<ProjectRow>, StoreError> {
-        let mut tx = self.scoped(org_id).await?;
-        let out = sqlx::query(
-            "SELECT id, org_id, name, created_at FROM projects WHERE org_id = $1 AND name = $2",
-        )
-        .bind(b(&org_id))
-        .bind(name)
-        .fetch_optional(&mut *tx)
-        .await?
-        .as_ref()
-        .map(project_row)
-        .transpose();
-        tx.commit().await?;
-        out
-    }
-
-    async fn create_env(&self, e: &EnvRow) -> Result<(), StoreError> {
-        let mut tx = self.scoped(e.org_id).await?;
-        sqlx::query("INSERT INTO environments (id, org_id, project_id, parent_id, name, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
-            .bind(b(&e.id))
-            .bind(b(&e.org_id))
-            .bind(b(&e.project_id))
-            .bind(e.parent_id.as_ref().map(|p| p.as_bytes().to_vec()))
-            .bind(&e.name)
-            .bind(e.created_at)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn envs(&self, org_id: Uuid, project_id: Uuid) -> Result<Vec<EnvRow>, StoreError> {
-        let mut tx = self.scoped(org_id).await?;
-        let out = sqlx::query(
-            "SELECT id, org_id, project_id, parent_id, name, created_at FROM environments \
-             WHERE org_id = $1 AND project_id = $2 ORDER BY created_at, name",
-        )
-        .bind(b(&org_id))
-        .bind(b(&project_id))
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(env_row)
-        .collect();
-        tx.commit().await?;
-        out
-    }
-
+impl ParamRepo for PgStore {
     async fn param(
         &self,
         org_id: Uuid,
         env_id: Uuid,
         name: &str,
     ) -> Result<Option<ParamRow>, StoreError> {
-        let mut tx = self.scoped(org_id).await?;
-        let out = sqlx::query("SELECT id, org_id, env_id, name, current_version, deleted, updated_at FROM params WHERE org_id = $1 AND env_id = $2 AND name = $3")
-            .bind(b(&org_id))
-            .bind(b(&env_id))
-            .bind(name)
-            .fetch_optional(&mut *tx)
-            .await?
-            .as_ref()
-            .map(param_row)
-            .transpose();
-        tx.commit().await?;
-        out
+        scoped!(self.begin_read(Scope::Org(org_id)), |tx| {
+            params::param(&mut tx, org_id, env_id, name).await
+        })
     }
 
     async fn param_state(
@@ -571,21 +371,9 @@ impl Store for PgStore {
         env_id: Uuid,
         name: &str,
     ) -> Result<Option<ParamValue>, StoreError> {
-        let mut tx = self.scoped(org_id).await?;
-        let out = sqlx::query(pg_value_select!(
-            "v.version = p.current_version",
-            "p.org_id = $1 AND p.env_id = $2 AND p.name = $3 AND NOT p.deleted"
-        ))
-        .bind(b(&org_id))
-        .bind(b(&env_id))
-        .bind(name)
-        .fetch_optional(&mut *tx)
-        .await?
-        .as_ref()
-        .map(param_value)
-        .transpose();
-        tx.commit().await?;
-        out
+        scoped!(self.begin_read(Scope::Org(org_id)), |tx| {
+            params::current_value(&mut tx, org_id, env_id, name).await
+        })
     }
 
     async fn nearest_value(
@@ -616,23 +404,9 @@ impl Store for PgStore {
         org_id: Uuid,
         env_ids: &[Uuid],
     ) -> Result<Vec<ParamValue>, StoreError> {
-        let mut tx = self.scoped(org_id).await?;
-        let mut out = Vec::new();
-        for env_id in env_ids {
-            let rows = sqlx::query(pg_value_select!(
-                "v.version = p.current_version",
-                "p.org_id = $1 AND p.env_id = $2 AND NOT p.deleted ORDER BY p.name"
-            ))
-            .bind(b(&org_id))
-            .bind(b(env_id))
-            .fetch_all(&mut *tx)
-            .await?;
-            for r in &rows {
-                out.push(param_value(r)?);
-            }
-        }
-        tx.commit().await?;
-        Ok(out)
+        scoped!(self.begin_read(Scope::Org(org_id)), |tx| {
+            params::current_values(&mut tx, org_id, env_ids).await
+        })
     }
 
     async fn param_version(
@@ -641,21 +415,9 @@ impl Store for PgStore {
         param_id: Uuid,
         version: u64,
     ) -> Result<Option<ParamValue>, StoreError> {
-        let mut tx = self.scoped(org_id).await?;
-        let out = sqlx::query(pg_value_select!(
-            "v.version = $1",
-            "p.org_id = $2 AND p.id = $3"
-        ))
-        .bind(i(version))
-        .bind(b(&org_id))
-        .bind(b(&param_id))
-        .fetch_optional(&mut *tx)
-        .await?
-        .as_ref()
-        .map(param_value)
-        .transpose();
-        tx.commit().await?;
-        out
+        scoped!(self.begin_read(Scope::Org(org_id)), |tx| {
+            params::param_version(&mut tx, org_id, param_id, version).await
+        })
     }
 
     async fn param_history(
@@ -663,17 +425,9 @@ impl Store for PgStore {
         org_id: Uuid,
         param_id: Uuid,
     ) -> Result<Vec<ParamVersionRow>, StoreError> {
-        let mut tx = self.scoped(org_id).await?;
-        let out = sqlx::query("SELECT param_id, version, is_secret, action, actor_id, created_at FROM param_versions WHERE org_id = $1 AND param_id = $2 ORDER BY version")
-            .bind(b(&org_id))
-            .bind(b(&param_id))
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(version_row)
-            .collect();
-        tx.commit().await?;
-        out
+        scoped!(self.begin_read(Scope::Org(org_id)), |tx| {
+            params::param_history(&mut tx, org_id, param_id).await
+        })
     }
 
     async fn append_param_version(&self, w: &ParamWrite) -> Result<(), StoreError> {
@@ -682,7 +436,10 @@ impl Store for PgStore {
         self.values.forget(w.org_id, &w.name);
         outcome
     }
+}
 
+#[async_trait]
+impl AuditRepo for PgStore {
     async fn append_audit(&self, e: &NewAuditEvent) -> Result<(u64, [u8; 32]), StoreError> {
         self.append_audit_checked(e, &[])
             .await?
@@ -707,120 +464,60 @@ impl Store for PgStore {
         org_id: Uuid,
         f: &AuditFilter,
     ) -> Result<Vec<AuditRow>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        set_org(&mut tx, org_id).await?;
-        let rows = sqlx::query(
-            "SELECT org_id, seq, time, body, prev_hash, hash FROM audit_events WHERE org_id = $1 AND seq > $2 \
-             AND ($3::BIGINT IS NULL OR time >= $3) AND ($4::BIGINT IS NULL OR time < $4) \
-             AND ($5::TEXT IS NULL OR action = $5) AND ($6::BYTEA IS NULL OR actor_id = $6) \
-             AND ($7::TEXT IS NULL OR outcome = $7) AND ($8::TEXT IS NULL OR left(target, length($8)) = $8) \
-             ORDER BY seq LIMIT $9",
-        )
-        .bind(b(&org_id))
-        .bind(i(f.after_seq))
-        .bind(f.from)
-        .bind(f.to)
-        .bind(f.action.as_deref())
-        .bind(f.actor_id.as_ref().map(|a| a.as_bytes().to_vec()))
-        .bind(f.outcome.as_deref())
-        .bind(f.target.as_deref())
-        .bind(i64::from(f.limit))
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        rows.iter().map(audit_row).collect()
+        scoped!(self.begin_read(Scope::Org(org_id)), |tx| {
+            audit::audit_events(&mut tx, org_id, f).await
+        })
     }
 
     async fn audit_head(&self, org_id: Uuid) -> Result<Option<(u64, [u8; 32])>, StoreError> {
-        let r = sqlx::query("SELECT seq, hash FROM audit_heads WHERE org_id = $1")
-            .bind(b(&org_id))
-            .fetch_optional(&self.pool)
-            .await?;
-        r.map(|r| Ok((u64_col(&r, "seq")?, hash_col(&r, "hash")?)))
-            .transpose()
-            .map(|h| h.filter(|(seq, _)| *seq > 0))
+        audit::audit_head(&mut self.reads(), org_id).await
     }
 
     async fn insert_checkpoint(&self, c: &CheckpointRow) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        set_org(&mut tx, c.org_id).await?;
-        sqlx::query("INSERT INTO audit_checkpoints (org_id, seq, hash, created_at, signature) VALUES ($1, $2, $3, $4, $5)")
-            .bind(b(&c.org_id))
+        scoped!(self.begin(Scope::Org(c.org_id)), |tx| {
+            audit::insert_checkpoint(&mut tx, c).await?;
+            // Which chains still need a checkpoint is read from the head row.
+            Stmt::new(
+                "UPDATE audit_heads SET checkpoint_seq = GREATEST(checkpoint_seq, $2) WHERE org_id = $1",
+            )
+            .bind(c.org_id)
             .bind(i(c.seq))
-            .bind(c.hash.as_slice())
-            .bind(c.created_at)
-            .bind(c.signature.as_slice())
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
-        sqlx::query(
-            "UPDATE audit_heads SET checkpoint_seq = GREATEST(checkpoint_seq, $2) WHERE org_id = $1",
-        )
-        .bind(b(&c.org_id))
-        .bind(i(c.seq))
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+            Ok(())
+        })
     }
 
     async fn checkpoints(&self, org_id: Uuid) -> Result<Vec<CheckpointRow>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        set_org(&mut tx, org_id).await?;
-        let rows = sqlx::query("SELECT org_id, seq, hash, created_at, signature FROM audit_checkpoints WHERE org_id = $1 ORDER BY seq")
-            .bind(b(&org_id))
-            .fetch_all(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        rows.iter().map(checkpoint_row).collect()
+        scoped!(self.begin_read(Scope::Org(org_id)), |tx| {
+            audit::checkpoints(&mut tx, org_id).await
+        })
     }
 
     async fn audit_key(&self) -> Result<Option<AuditKeyRow>, StoreError> {
-        let r =
-            sqlx::query("SELECT public_key, wrapped_key, created_at FROM audit_keys WHERE id = 1")
-                .fetch_optional(&self.pool)
-                .await?;
-        r.map(|r| {
-            Ok(AuditKeyRow {
-                public_key: r.bytes("public_key")?,
-                wrapped_key: r.bytes("wrapped_key")?,
-                created_at: r.int("created_at")?,
-            })
-        })
-        .transpose()
+        audit::audit_key(&mut self.reads()).await
     }
 
     async fn init_audit_key(&self, k: &AuditKeyRow) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_bare().await?;
         self.ensure_root(&mut tx).await?;
-        sqlx::query("INSERT INTO audit_keys (id, public_key, wrapped_key, created_at) VALUES (1, $1, $2, $3)")
-            .bind(k.public_key.as_slice())
-            .bind(k.wrapped_key.as_slice())
-            .bind(k.created_at)
-            .execute(&mut *tx)
-            .await?;
+        audit::init_audit_key(&mut tx, k).await?;
         tx.commit().await?;
         Ok(())
     }
 
-    fn set_root_guard(&self, check: Option<RootKeyCheck>) {
-        if let Ok(mut g) = self.root_guard.write() {
-            *g = check.map_or(RootGuard::Sealed, RootGuard::Root);
-        }
+    async fn orgs_needing_checkpoint(&self) -> Result<Vec<Uuid>, StoreError> {
+        sqlx::query("SELECT org_id FROM audit_heads WHERE seq > checkpoint_seq")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| uuid_col(r, "org_id"))
+            .collect()
     }
+}
 
-    fn invalidations(&self) -> Option<tokio::sync::broadcast::Receiver<Invalidation>> {
-        Some(self.invalidations.subscribe())
-    }
-
-    async fn publish_invalidation(&self, what: Invalidation) -> Result<(), StoreError> {
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(notify::CHANNEL)
-            .bind(notify::encode(&what))
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
+#[async_trait]
+impl Cluster for PgStore {
     async fn try_lead(&self) -> Result<bool, StoreError> {
         let mut held = self.leader.lock().await;
         if let Some(conn) = held.as_mut() {
@@ -841,13 +538,27 @@ impl Store for PgStore {
         Ok(won.0)
     }
 
-    async fn orgs_needing_checkpoint(&self) -> Result<Vec<Uuid>, StoreError> {
-        sqlx::query("SELECT org_id FROM audit_heads WHERE seq > checkpoint_seq")
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|r| uuid_col(r, "org_id"))
-            .collect()
+    fn invalidations(&self) -> Option<tokio::sync::broadcast::Receiver<Invalidation>> {
+        Some(self.invalidations.subscribe())
+    }
+
+    async fn publish_invalidation(&self, what: Invalidation) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(notify::CHANNEL)
+            .bind(notify::encode(&what))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    fn set_root_guard(&self, check: Option<RootKeyCheck>) {
+        if let Ok(mut g) = self.root_guard.write() {
+            *g = check.map_or(RootGuard::Sealed, RootGuard::Root);
+        }
+    }
+
+    async fn close(&self) {
+        PgStore::close(self).await;
     }
 }
 

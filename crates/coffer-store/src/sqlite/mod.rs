@@ -5,7 +5,6 @@
 //! that WAL lets run beside it. `synchronous = FULL` makes every acknowledged write durable.
 
 mod cache;
-mod sql;
 mod writer;
 
 use std::path::Path;
@@ -14,16 +13,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use coffer_crypto::{KeyTerm, RootKeyCheck};
+use coffer_crypto::KeyTerm;
+use sqlx::SqliteConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Row, SqliteConnection};
 use uuid::Uuid;
 
 use crate::rows::*;
+use crate::sql::Backend as _;
 use crate::*;
-use sql::*;
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -53,52 +52,52 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
 ];
 
-// SQLite's single writer connection serialises transactions, so no row lock is needed.
-crate::identity::impl_identity_store!(
-    SqliteStore,
-    read,
-    write,
-    "SELECT id FROM orgs WHERE id = $1"
-);
+#[async_trait]
+impl crate::sql::Backend for SqliteStore {
+    type Row = sqlx::sqlite::SqliteRow;
+    type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
+    type Pool<'a> = crate::sql::PoolExec<'a, sqlx::Sqlite>;
 
-crate::keys::impl_key_store!(
-    SqliteStore,
-    write,
-    "SELECT id FROM orgs WHERE id = $1",
-    no_scope,
-    "BLOB",
-    "INTEGER",
-    None
-);
+    // The single writer connection serialises transactions: reading the row is enough.
+    const LOCK_ORG: &'static str = "SELECT id FROM orgs WHERE id = $1";
+    const BLOB: &'static str = "BLOB";
+    const INT: &'static str = "INTEGER";
+    const REWRAP_WALK_HINT: Option<&'static str> = None;
 
-impl SqliteStore {
-    /// A transaction on `pool`. SQLite has no row-level security: every query scopes itself.
-    async fn tx(
-        &self,
-        pool: &SqlitePool,
-        _scope: crate::Scope<'_>,
-    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
-        Ok(pool.begin().await?)
+    fn reads(&self) -> Self::Pool<'_> {
+        crate::sql::PoolExec(&self.read)
     }
 
-    async fn set_scope(
-        &self,
-        _conn: &mut sqlx::SqliteConnection,
-        _scope: crate::Scope<'_>,
-    ) -> Result<(), StoreError> {
+    fn writes(&self) -> Self::Pool<'_> {
+        crate::sql::PoolExec(&self.write)
+    }
+
+    async fn begin_bare(&self) -> Result<Self::Tx, StoreError> {
+        Ok(self.write.begin().await?)
+    }
+
+    async fn begin_read(&self, _scope: Scope<'_>) -> Result<Self::Tx, StoreError> {
+        Ok(self.read.begin().await?)
+    }
+
+    /// SQLite has no row-level security: every query scopes itself.
+    async fn rescope(&self, _tx: &mut Self::Tx, _scope: Scope<'_>) -> Result<(), StoreError> {
         Ok(())
     }
 
     /// One process owns an SQLite file, and it holds the root key lock while rekeying: no
     /// other writer can have a stale root key.
-    async fn ensure_root(&self, _conn: &mut sqlx::SqliteConnection) -> Result<(), StoreError> {
+    async fn ensure_root(&self, _tx: &mut Self::Tx) -> Result<(), StoreError> {
         Ok(())
     }
-}
 
-/// SQLite has no row-level security: every query is scoped by its own WHERE clause.
-async fn no_scope(_: &mut SqliteConnection, _: Uuid) -> Result<(), StoreError> {
-    Ok(())
+    fn key_material_changed(&self) {
+        self.cache.clear();
+    }
+
+    async fn after_shredding(&self) -> Result<(), StoreError> {
+        SqliteStore::after_shredding(self).await
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -159,11 +158,6 @@ impl SqliteStore {
         })
     }
 
-    /// Ciphertexts changed outside the writer (rewrap, deletion): drop every cached one.
-    fn key_material_changed(&self) {
-        self.cache.clear();
-    }
-
     /// After an organisation's keys were deleted: copy the zeroed pages into the database
     /// file and empty the write-ahead log, whose older frames still hold the deleted rows.
     /// A reader still using an older snapshot keeps the log from being emptied: then try
@@ -212,10 +206,6 @@ fn create_private(path: &Path) -> Result<(), StoreError> {
     }
 }
 
-fn hash32(v: Vec<u8>) -> Result<[u8; 32], StoreError> {
-    v.try_into().map_err(|_| StoreError::Corrupt)
-}
-
 impl SqliteStore {
     async fn submit(&self, work: writer::Work) -> Result<writer::Done, StoreError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
@@ -235,165 +225,20 @@ fn i(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+// The read pool answers outside a transaction: SQLite has no row-level security, and each
+// statement filters by organisation itself.
 #[async_trait]
-impl Store for SqliteStore {
-    async fn close(&self) {
-        SqliteStore::close(self).await;
-    }
-
-    async fn seal_config(&self) -> Result<Option<SealConfigRow>, StoreError> {
-        let row = sqlx::query(
-            "SELECT kind, shares, threshold, root_check, created_at, sealed_root FROM seal_config WHERE id = 1",
-        )
-        .fetch_optional(&self.read)
-        .await?;
-        row.map(|r| {
-            Ok(SealConfigRow {
-                kind: r.try_get("kind")?,
-                shares: u8::try_from(r.try_get::<i64, _>("shares")?)
-                    .map_err(|_| StoreError::Corrupt)?,
-                threshold: u8::try_from(r.try_get::<i64, _>("threshold")?)
-                    .map_err(|_| StoreError::Corrupt)?,
-                root_check: RootKeyCheck::from_stored_bytes(r.try_get("root_check")?),
-                created_at: r.try_get("created_at")?,
-                sealed_root: r.try_get("sealed_root")?,
-            })
-        })
-        .transpose()
-    }
-
-    async fn init_seal_config(&self, c: &SealConfigRow) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO seal_config (id, kind, shares, threshold, root_check, created_at, sealed_root) VALUES (1, ?, ?, ?, ?, ?, ?)")
-            .bind(&c.kind)
-            .bind(i64::from(c.shares))
-            .bind(i64::from(c.threshold))
-            .bind(c.root_check.as_bytes())
-            .bind(c.created_at)
-            .bind(c.sealed_root.as_deref())
-            .execute(&self.write)
-            .await?;
-        Ok(())
-    }
-
-    async fn create_org(&self, org: &OrgRow, key: &TenantKeyRow) -> Result<(), StoreError> {
-        let mut tx = self.write.begin().await?;
-        sqlx::query("INSERT INTO orgs (id, name, created_at) VALUES (?, ?, ?)")
-            .bind(b(&org.id))
-            .bind(&org.name)
-            .bind(org.created_at)
-            .execute(&mut *tx)
-            .await?;
-        insert_tenant_key(&mut tx, key).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn org(&self, org_id: Uuid) -> Result<Option<OrgRow>, StoreError> {
-        sqlx::query("SELECT id, name, created_at FROM orgs WHERE id = ?")
-            .bind(b(&org_id))
-            .fetch_optional(&self.read)
-            .await?
-            .map(|r| org_row(&r))
-            .transpose()
-    }
-
-    async fn tenant_keys(&self, org_id: Uuid) -> Result<Vec<TenantKeyRow>, StoreError> {
-        sqlx::query("SELECT org_id, term, wrapped, created_at FROM tenant_keys WHERE org_id = ? ORDER BY term")
-            .bind(b(&org_id))
-            .fetch_all(&self.read)
-            .await?
-            .iter()
-            .map(crate::keys::tenant_key_row)
-            .collect()
-    }
-
-    async fn create_project(&self, p: &ProjectRow) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO projects (id, org_id, name, created_at) VALUES (?, ?, ?, ?)")
-            .bind(b(&p.id))
-            .bind(b(&p.org_id))
-            .bind(&p.name)
-            .bind(p.created_at)
-            .execute(&self.write)
-            .await?;
-        Ok(())
-    }
-
-    async fn projects(&self, org_id: Uuid) -> Result<Vec<ProjectRow>, StoreError> {
-        sqlx::query(
-            "SELECT id, org_id, name, created_at FROM projects WHERE org_id = ? ORDER BY name",
-        )
-        .bind(b(&org_id))
-        .fetch_all(&self.read)
-        .await?
-        .iter()
-        .map(project_row)
-        .collect()
-    }
-
-    async fn project_by_name(
-        &self,
-        org_id: Uuid,
-        name: &str,
-    ) -> Result<Option<ProjectRow>, StoreError> {
-        sqlx::query(
-            "SELECT id, org_id, name, created_at FROM projects WHERE org_id = ? AND name = ?",
-        )
-        .bind(b(&org_id))
-        .bind(name)
-        .fetch_optional(&self.read)
-        .await?
-        .as_ref()
-        .map(project_row)
-        .transpose()
-    }
-
-    async fn create_env(&self, e: &EnvRow) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO environments (id, org_id, project_id, parent_id, name, created_at) VALUES (?, ?, ?, ?, ?, ?)")
-            .bind(b(&e.id))
-            .bind(b(&e.org_id))
-            .bind(b(&e.project_id))
-            .bind(e.parent_id.as_ref().map(|p| p.as_bytes().to_vec()))
-            .bind(&e.name)
-            .bind(e.created_at)
-            .execute(&self.write)
-            .await?;
-        Ok(())
-    }
-
-    async fn envs(&self, org_id: Uuid, project_id: Uuid) -> Result<Vec<EnvRow>, StoreError> {
-        sqlx::query(
-            "SELECT id, org_id, project_id, parent_id, name, created_at FROM environments \
-             WHERE org_id = ? AND project_id = ? ORDER BY created_at, name",
-        )
-        .bind(b(&org_id))
-        .bind(b(&project_id))
-        .fetch_all(&self.read)
-        .await?
-        .iter()
-        .map(env_row)
-        .collect()
-    }
-
+impl ParamRepo for SqliteStore {
     async fn param(
         &self,
         org_id: Uuid,
         env_id: Uuid,
         name: &str,
     ) -> Result<Option<ParamRow>, StoreError> {
-        sqlx::query(
-            "SELECT id, org_id, env_id, name, current_version, deleted, updated_at FROM params \
-             WHERE org_id = ? AND env_id = ? AND name = ?",
-        )
-        .bind(b(&org_id))
-        .bind(b(&env_id))
-        .bind(name)
-        .fetch_optional(&self.read)
-        .await?
-        .as_ref()
-        .map(param_row)
-        .transpose()
+        params::param(&mut self.reads(), org_id, env_id, name).await
     }
 
+    /// Through the exact ciphertext cache, which the writer keeps current.
     async fn current_value(
         &self,
         org_id: Uuid,
@@ -404,18 +249,7 @@ impl Store for SqliteStore {
             return Ok(hit);
         }
         let generation = self.cache.generation();
-        let v = sqlx::query(concat!(
-            value_select!(),
-            " WHERE p.org_id = ? AND p.env_id = ? AND p.name = ? AND p.deleted = 0"
-        ))
-        .bind(b(&org_id))
-        .bind(b(&env_id))
-        .bind(name)
-        .fetch_optional(&self.read)
-        .await?
-        .as_ref()
-        .map(param_value)
-        .transpose()?;
+        let v = params::current_value(&mut self.reads(), org_id, env_id, name).await?;
         self.cache
             .insert(generation, org_id, env_id, name, v.clone());
         Ok(v)
@@ -426,23 +260,7 @@ impl Store for SqliteStore {
         org_id: Uuid,
         env_ids: &[Uuid],
     ) -> Result<Vec<ParamValue>, StoreError> {
-        let mut out = Vec::new();
-        // Environment chains are short (a handful of levels); one static query per level
-        // keeps every statement a compile-time constant.
-        for env_id in env_ids {
-            let rows = sqlx::query(concat!(
-                value_select!(),
-                " WHERE p.org_id = ? AND p.env_id = ? AND p.deleted = 0 ORDER BY p.name"
-            ))
-            .bind(b(&org_id))
-            .bind(b(env_id))
-            .fetch_all(&self.read)
-            .await?;
-            for r in &rows {
-                out.push(param_value(r)?);
-            }
-        }
-        Ok(out)
+        params::current_values(&mut self.reads(), org_id, env_ids).await
     }
 
     async fn param_version(
@@ -451,18 +269,7 @@ impl Store for SqliteStore {
         param_id: Uuid,
         version: u64,
     ) -> Result<Option<ParamValue>, StoreError> {
-        sqlx::query(concat!(
-            value_select_at!(),
-            " WHERE p.org_id = ? AND p.id = ?"
-        ))
-        .bind(i(version))
-        .bind(b(&org_id))
-        .bind(b(&param_id))
-        .fetch_optional(&self.read)
-        .await?
-        .as_ref()
-        .map(param_value)
-        .transpose()
+        params::param_version(&mut self.reads(), org_id, param_id, version).await
     }
 
     async fn param_history(
@@ -470,17 +277,7 @@ impl Store for SqliteStore {
         org_id: Uuid,
         param_id: Uuid,
     ) -> Result<Vec<ParamVersionRow>, StoreError> {
-        sqlx::query(
-            "SELECT param_id, version, is_secret, action, actor_id, created_at FROM param_versions \
-             WHERE org_id = ? AND param_id = ? ORDER BY version",
-        )
-        .bind(b(&org_id))
-        .bind(b(&param_id))
-        .fetch_all(&self.read)
-        .await?
-        .iter()
-        .map(version_row)
-        .collect()
+        params::param_history(&mut self.reads(), org_id, param_id).await
     }
 
     async fn append_param_version(&self, w: &ParamWrite) -> Result<(), StoreError> {
@@ -489,7 +286,10 @@ impl Store for SqliteStore {
             writer::Done::Audit(..) => Err(StoreError::CommitFailed),
         }
     }
+}
 
+#[async_trait]
+impl AuditRepo for SqliteStore {
     async fn append_audit(&self, e: &NewAuditEvent) -> Result<(u64, [u8; 32]), StoreError> {
         match self.submit(writer::Work::Audit(e.clone())).await? {
             writer::Done::Audit(seq, hash) => Ok((seq, hash)),
@@ -502,97 +302,27 @@ impl Store for SqliteStore {
         org_id: Uuid,
         f: &AuditFilter,
     ) -> Result<Vec<AuditRow>, StoreError> {
-        sqlx::query(
-            "SELECT org_id, seq, time, body, prev_hash, hash FROM audit_events WHERE org_id = ?1 AND seq > ?2 \
-             AND (?3 IS NULL OR time >= ?3) AND (?4 IS NULL OR time < ?4) AND (?5 IS NULL OR action = ?5) \
-             AND (?6 IS NULL OR actor_id = ?6) AND (?7 IS NULL OR outcome = ?7) \
-             AND (?8 IS NULL OR substr(target, 1, length(?8)) = ?8) ORDER BY seq LIMIT ?9",
-        )
-        .bind(b(&org_id))
-        .bind(i(f.after_seq))
-        .bind(f.from)
-        .bind(f.to)
-        .bind(f.action.as_deref())
-        .bind(f.actor_id.as_ref().map(|a| a.as_bytes().to_vec()))
-        .bind(f.outcome.as_deref())
-        .bind(f.target.as_deref())
-        .bind(i64::from(f.limit))
-        .fetch_all(&self.read)
-        .await?
-        .iter()
-        .map(audit_row)
-        .collect()
+        audit::audit_events(&mut self.reads(), org_id, f).await
     }
 
     async fn audit_head(&self, org_id: Uuid) -> Result<Option<(u64, [u8; 32])>, StoreError> {
-        let r = sqlx::query("SELECT seq, hash FROM audit_heads WHERE org_id = ?")
-            .bind(b(&org_id))
-            .fetch_optional(&self.read)
-            .await?;
-        r.map(|r| {
-            Ok((
-                u64::try_from(r.try_get::<i64, _>("seq")?).map_err(|_| StoreError::Corrupt)?,
-                hash32(r.try_get("hash")?)?,
-            ))
-        })
-        .transpose()
+        audit::audit_head(&mut self.reads(), org_id).await
     }
 
     async fn insert_checkpoint(&self, c: &CheckpointRow) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO audit_checkpoints (org_id, seq, hash, created_at, signature) VALUES (?, ?, ?, ?, ?)")
-            .bind(b(&c.org_id))
-            .bind(i(c.seq))
-            .bind(c.hash.as_slice())
-            .bind(c.created_at)
-            .bind(c.signature.as_slice())
-            .execute(&self.write)
-            .await?;
-        Ok(())
+        audit::insert_checkpoint(&mut self.writes(), c).await
     }
 
     async fn checkpoints(&self, org_id: Uuid) -> Result<Vec<CheckpointRow>, StoreError> {
-        sqlx::query("SELECT org_id, seq, hash, created_at, signature FROM audit_checkpoints WHERE org_id = ? ORDER BY seq")
-            .bind(b(&org_id))
-            .fetch_all(&self.read)
-            .await?
-            .iter()
-            .map(|r| {
-                Ok(CheckpointRow {
-                    org_id: uuid_col(r, "org_id")?,
-                    seq: u64::try_from(r.try_get::<i64, _>("seq")?).map_err(|_| StoreError::Corrupt)?,
-                    hash: hash32(r.try_get("hash")?)?,
-                    created_at: r.try_get("created_at")?,
-                    signature: r.try_get("signature")?,
-                })
-            })
-            .collect()
+        audit::checkpoints(&mut self.reads(), org_id).await
     }
 
     async fn audit_key(&self) -> Result<Option<AuditKeyRow>, StoreError> {
-        let r =
-            sqlx::query("SELECT public_key, wrapped_key, created_at FROM audit_keys WHERE id = 1")
-                .fetch_optional(&self.read)
-                .await?;
-        r.map(|r| {
-            Ok(AuditKeyRow {
-                public_key: r.try_get("public_key")?,
-                wrapped_key: r.try_get("wrapped_key")?,
-                created_at: r.try_get("created_at")?,
-            })
-        })
-        .transpose()
+        audit::audit_key(&mut self.reads()).await
     }
 
     async fn init_audit_key(&self, k: &AuditKeyRow) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO audit_keys (id, public_key, wrapped_key, created_at) VALUES (1, ?, ?, ?)",
-        )
-        .bind(k.public_key.as_slice())
-        .bind(k.wrapped_key.as_slice())
-        .bind(k.created_at)
-        .execute(&self.write)
-        .await?;
-        Ok(())
+        audit::init_audit_key(&mut self.writes(), k).await
     }
 
     async fn orgs_needing_checkpoint(&self) -> Result<Vec<Uuid>, StoreError> {
@@ -608,18 +338,11 @@ impl Store for SqliteStore {
     }
 }
 
-async fn insert_tenant_key(
-    conn: &mut SqliteConnection,
-    key: &TenantKeyRow,
-) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO tenant_keys (org_id, term, wrapped, created_at) VALUES (?, ?, ?, ?)")
-        .bind(b(&key.org_id))
-        .bind(i64::from(key.term.0))
-        .bind(key.wrapped.as_bytes())
-        .bind(key.created_at)
-        .execute(conn)
-        .await?;
-    Ok(())
+#[async_trait]
+impl Cluster for SqliteStore {
+    async fn close(&self) {
+        SqliteStore::close(self).await;
+    }
 }
 
 async fn append_version(conn: &mut SqliteConnection, w: &ParamWrite) -> Result<(), StoreError> {
@@ -703,12 +426,4 @@ async fn ensure_newest_term(
     } else {
         Err(StoreError::StaleKeyTerm)
     }
-}
-
-/// What the chain hash covers for one event: its sequence number and its JSON.
-pub fn audit_entry(seq: u64, body: &str) -> Vec<u8> {
-    let mut v = Vec::with_capacity(8 + body.len());
-    v.extend_from_slice(&seq.to_be_bytes());
-    v.extend_from_slice(body.as_bytes());
-    v
 }

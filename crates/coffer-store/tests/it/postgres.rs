@@ -3,6 +3,7 @@
 //! message) otherwise.
 
 use coffer_store::postgres::PgStore;
+use coffer_store::prelude::*;
 use sqlx::Connection;
 
 fn admin_url() -> String {
@@ -118,7 +119,7 @@ pg_suite!(
 
 #[tokio::test]
 async fn audit_rows_refuse_update_and_delete() {
-    use coffer_store::{NewAuditEvent, Store};
+    use coffer_store::NewAuditEvent;
     let Some(db) = fresh().await else { return };
     let e = NewAuditEvent {
         org_id: uuid::Uuid::nil(),
@@ -281,7 +282,7 @@ async fn a_node_refuses_to_run_without_synchronous_commit() {
 /// linked.
 #[tokio::test]
 async fn two_nodes_append_to_shared_audit_chains_without_gaps_or_forks() {
-    use coffer_store::{AuditFilter, NewAuditEvent, Store};
+    use coffer_store::{AuditFilter, NewAuditEvent};
     let Some(db) = fresh().await else { return };
     let nodes = [
         PgStore::connect(&db.url()).await.unwrap(),
@@ -345,7 +346,7 @@ async fn two_nodes_append_to_shared_audit_chains_without_gaps_or_forks() {
 /// Rust), in input order; an event of a chain outside the batch is refused, not dropped.
 #[tokio::test]
 async fn audit_appends_chain_events_in_the_database_as_rust_verifies_them() {
-    use coffer_store::{NewAuditEvent, Store};
+    use coffer_store::NewAuditEvent;
     let Some(db) = fresh().await else { return };
     let mut orgs = [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()];
     orgs.sort_unstable();
@@ -410,7 +411,7 @@ async fn audit_appends_chain_events_in_the_database_as_rust_verifies_them() {
     );
     let got = call(None).fetch_all(&mut conn).await.unwrap();
     let link = |prev: &[u8; 32], seq: u64, body: &str| {
-        coffer_crypto::audit::chain_hash(prev, &coffer_store::sqlite::audit_entry(seq, body))
+        coffer_crypto::audit::chain_hash(prev, &coffer_crypto::audit::chain_entry(seq, body))
     };
     let h1 = link(&first.1, 2, bodies[0]);
     let h0 = link(&coffer_crypto::audit::GENESIS, 1, bodies[1]);
@@ -431,7 +432,6 @@ async fn audit_appends_chain_events_in_the_database_as_rust_verifies_them() {
 /// later ones linked past the gap.
 #[tokio::test]
 async fn checked_audit_appends_skip_stale_reads_and_chain_the_rest() {
-    use coffer_store::Store;
     let Some(db) = fresh().await else { return };
     let s = db.store();
     let org = crate::suite::org(s, "o").await;
@@ -490,7 +490,7 @@ async fn checked_audit_appends_skip_stale_reads_and_chain_the_rest() {
     .await
     .unwrap();
     let link = |prev: &[u8; 32], seq: u64, body: &str| {
-        coffer_crypto::audit::chain_hash(prev, &coffer_store::sqlite::audit_entry(seq, body))
+        coffer_crypto::audit::chain_hash(prev, &coffer_crypto::audit::chain_entry(seq, body))
     };
     let h1 = link(&coffer_crypto::audit::GENESIS, 1, bodies[0]);
     let h3 = link(&h1, 2, bodies[2]);
@@ -570,7 +570,7 @@ async fn checked_audit_appends_skip_stale_reads_and_chain_the_rest() {
 /// appended, and the node's next read goes to the database.
 #[tokio::test]
 async fn cached_answers_are_confirmed_against_writes_on_other_nodes() {
-    use coffer_store::{EnvRow, NewAuditEvent, ReadCheck, Store, VersionAction};
+    use coffer_store::{EnvRow, NewAuditEvent, ReadCheck, VersionAction};
     let Some(db) = fresh().await else { return };
     let (a, b) = two_nodes(&db.url()).await;
     let org = crate::suite::org(&a, "o").await;
@@ -664,7 +664,7 @@ async fn cached_answers_are_confirmed_against_writes_on_other_nodes() {
 #[tokio::test]
 async fn a_value_written_on_one_node_is_read_on_another_at_once() {
     use coffer_crypto::{KeyTerm, TenantKey};
-    use coffer_store::{Store, VersionAction};
+    use coffer_store::VersionAction;
     let Some(db) = fresh().await else { return };
     let (a, b) = two_nodes(&db.url()).await;
     let org = crate::suite::org(&a, "o").await;
@@ -739,9 +739,7 @@ async fn a_value_written_on_one_node_is_read_on_another_at_once() {
 #[tokio::test]
 async fn writes_sealed_with_a_replaced_root_key_are_refused() {
     use coffer_crypto::RootKey;
-    use coffer_store::{
-        IdentityStore, KeyStore, OutboxRow, RootRotation, SealConfigRow, Store, StoreError,
-    };
+    use coffer_store::{OutboxRow, RootRotation, SealConfigRow, StoreError};
     let Some(db) = fresh().await else { return };
     let (a, b) = two_nodes(&db.url()).await;
     let old = RootKey::generate().check_value().unwrap();
@@ -822,7 +820,6 @@ async fn writes_sealed_with_a_replaced_root_key_are_refused() {
 
 #[tokio::test]
 async fn one_node_leads_background_jobs_and_another_takes_over() {
-    use coffer_store::Store;
     let Some(db) = fresh().await else { return };
     let a = PgStore::connect(&db.url()).await.unwrap();
     let b = PgStore::connect(&db.url()).await.unwrap();
@@ -1114,7 +1111,6 @@ async fn row_level_security_hides_other_organisations_rows() {
 
 #[tokio::test]
 async fn a_runtime_role_without_ddl_rights_runs_coffer_and_cannot_rewrite_history() {
-    use coffer_store::Store;
     use coffer_store::postgres::{Schema, migrate};
     let admin = admin_url();
     let Ok(mut root) = sqlx::PgConnection::connect(&admin).await else {

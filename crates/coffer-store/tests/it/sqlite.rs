@@ -48,7 +48,7 @@ async fn reopening_keeps_data_and_migrations_are_idempotent() {
     s.close().await;
     let s2 = SqliteStore::open(&path).await.unwrap();
     assert_eq!(
-        coffer_store::Store::org(&s2, org)
+        coffer_store::TenantRepo::org(&s2, org)
             .await
             .unwrap()
             .unwrap()
@@ -67,7 +67,7 @@ async fn rewrap_updates_seek_credentials_by_id() {
     let base = sqlx::sqlite::SqliteConnectOptions::new().filename(dir.path().join("coffer.db"));
     let sql = format!(
         "EXPLAIN QUERY PLAN {}",
-        coffer_store::keys::rewrap_update_sql(256, "BLOB", "INTEGER")
+        coffer_store::rewrap_update_sql(256, "BLOB", "INTEGER")
     );
     let plan = |mut conn: sqlx::SqliteConnection| {
         let sql = sql.clone();

@@ -1,4 +1,5 @@
 use coffer_crypto::{KeyTerm, RecordContext, RootKey, TenantKey};
+use coffer_store::prelude::*;
 use coffer_store::*;
 use uuid::Uuid;
 
@@ -726,7 +727,7 @@ pub fn assert_linked(rows: &[AuditRow]) -> [u8; 32] {
             r.hash,
             coffer_crypto::audit::chain_hash(
                 &prev,
-                &coffer_store::sqlite::audit_entry(r.seq, &r.body)
+                &coffer_crypto::audit::chain_entry(r.seq, &r.body)
             )
         );
         prev = r.hash;
