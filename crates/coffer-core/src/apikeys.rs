@@ -120,8 +120,8 @@ impl Coffer {
             last_used_at: None,
             revoked_at: None,
         };
-        self.store().create_api_key(&row).await?;
-        if let Some(user) = self.store().user(p.user_id).await? {
+        self.repos().access.create_api_key(&row).await?;
+        if let Some(user) = self.repos().users.user(p.user_id).await? {
             self.notify(
                 &user,
                 "An API key was created",
@@ -145,7 +145,8 @@ impl Coffer {
             return Err(CoreError::Forbidden("your role cannot list API keys"));
         }
         Ok(self
-            .store()
+            .repos()
+            .access
             .api_keys(p.org_id)
             .await?
             .into_iter()
@@ -159,7 +160,8 @@ impl Coffer {
         self.ensure_unsealed()?;
         let not_found = || CoreError::not_found("API key", &id.to_string());
         let k = self
-            .store()
+            .repos()
+            .access
             .api_key(p.org_id, id)
             .await?
             .ok_or_else(not_found)?;
@@ -167,11 +169,16 @@ impl Coffer {
         if !(p.role >= Role::Admin || (own && p.role >= Role::Contributor)) {
             return Err(not_found());
         }
-        if !self.store().revoke_api_key(p.org_id, id, now_ms()).await? {
+        if !self
+            .repos()
+            .access
+            .revoke_api_key(p.org_id, id, now_ms())
+            .await?
+        {
             return Err(not_found());
         }
         self.access_changed();
-        if let Some(owner) = self.store().user(k.user_id).await? {
+        if let Some(owner) = self.repos().users.user(k.user_id).await? {
             self.notify(
                 &owner,
                 "An API key was revoked",
@@ -195,7 +202,8 @@ impl Coffer {
         let p = self.authenticate(key).await?;
         let key_id = p.api_key_id.ok_or(CoreError::Unauthenticated)?;
         let user = self
-            .store()
+            .repos()
+            .users
             .user(p.user_id)
             .await?
             .ok_or(CoreError::Unauthenticated)?;

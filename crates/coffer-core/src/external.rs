@@ -66,7 +66,7 @@ impl Coffer {
         target: &WrapTarget,
     ) -> Result<WrappedTenantKey, CoreError> {
         let reference = match target {
-            WrapTarget::Current => self.store().external_key(org_id).await?,
+            WrapTarget::Current => self.repos().tenants.external_key(org_id).await?,
             WrapTarget::External(r) => Some(r.clone()),
             WrapTarget::Root => None,
         };
@@ -184,7 +184,7 @@ impl Coffer {
     pub async fn detach_external_key(&self, p: &Principal) -> Result<crate::KeyStatus, CoreError> {
         ensure_owner(p)?;
         self.ensure_unsealed()?;
-        if self.store().external_key(p.org_id).await?.is_none() {
+        if self.repos().tenants.external_key(p.org_id).await?.is_none() {
             return Err(CoreError::invalid("key", "no external key is attached"));
         }
         self.rotate_org_key_to(p.org_id, "detach-external", WrapTarget::Root)

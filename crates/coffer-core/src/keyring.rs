@@ -253,7 +253,7 @@ impl crate::Coffer {
             return Ok(k);
         }
         let _root = self.root_stable().await;
-        let rows = self.store().tenant_keys(org_id).await?;
+        let rows = self.repos().tenants.tenant_keys(org_id).await?;
         let external = match self.unwrap_external_terms(org_id, &rows).await {
             Err(CoreError::TenantKeyUnavailable) => {
                 self.key_availability(org_id, false).await;

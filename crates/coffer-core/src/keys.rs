@@ -84,9 +84,9 @@ impl Coffer {
         self.ensure_unsealed()?;
         // The job first: a finished job then always comes with the counts it finished with
         // (they are read after its commit), never with older ones.
-        let rotation = self.store().rotation(org_id).await?;
-        let keys = self.store().tenant_keys(org_id).await?;
-        let usage = self.store().term_usage(org_id).await?;
+        let rotation = self.repos().keys.rotation(org_id).await?;
+        let keys = self.repos().tenants.tenant_keys(org_id).await?;
+        let usage = self.repos().keys.term_usage(org_id).await?;
         let active = keys
             .iter()
             .map(|k| k.term)
@@ -110,7 +110,7 @@ impl Coffer {
             .collect();
         Ok(KeyStatus {
             active_term: active.0,
-            external_key: self.store().external_key(org_id).await?,
+            external_key: self.repos().tenants.external_key(org_id).await?,
             terms,
             rotation: rotation.map(Into::into),
             rotate_after_days: self.config().key_rotate_after.as_secs() / 86_400,
@@ -147,7 +147,7 @@ impl Coffer {
                 wrapped,
                 created_at: now_ms(),
             };
-            let outcome = self.store().rotate_tenant_key(&row, reason).await;
+            let outcome = self.repos().keys.rotate_tenant_key(&row, reason).await;
             drop(root_guard);
             self.inner.keyring.evict(Some(org_id));
             match outcome {
@@ -176,13 +176,13 @@ impl Coffer {
         let _one_at_a_time = self.inner.key_maintenance.lock().await;
         let mut moved = 0;
         let mut failed = None;
-        for org in self.store().org_ids().await? {
+        for org in self.repos().tenants.org_ids().await? {
             match self.maintain_org_keys(org).await {
                 Ok(n) => moved += n,
                 // Its own key is revoked or unreachable: the others carry on.
                 Err(CoreError::TenantKeyUnavailable) => {}
                 // The organisation was deleted meanwhile.
-                Err(CoreError::Integrity) if self.store().org(org).await?.is_none() => {}
+                Err(CoreError::Integrity) if self.repos().tenants.org(org).await?.is_none() => {}
                 // Without the database nothing else will work either.
                 Err(e @ CoreError::Unavailable(_)) => return Err(e),
                 // One organisation's trouble (a corrupt record, say) must not hold back the
@@ -201,11 +201,12 @@ impl Coffer {
 
     async fn maintain_org_keys(&self, org_id: Uuid) -> Result<u64, CoreError> {
         let moved = self.rewrap_org(org_id).await?;
-        let rotation = self.store().rotation(org_id).await?;
+        let rotation = self.repos().keys.rotation(org_id).await?;
         if rotation.as_ref().is_none_or(|r| r.finished_at.is_some()) {
             let grace = i64::try_from(self.retire_grace().as_millis()).unwrap_or(i64::MAX);
             let destroyed = self
-                .store()
+                .repos()
+                .keys
                 .destroy_retired_keys(org_id, now_ms().saturating_sub(grace))
                 .await?;
             if !destroyed.is_empty() {
@@ -251,7 +252,7 @@ impl Coffer {
         org_id: Uuid,
         last: Option<&RotationRow>,
     ) -> Result<Option<&'static str>, CoreError> {
-        let keys = self.store().tenant_keys(org_id).await?;
+        let keys = self.repos().tenants.tenant_keys(org_id).await?;
         let Some(active) = keys.iter().max_by_key(|k| k.term) else {
             return Ok(None);
         };
@@ -261,7 +262,8 @@ impl Coffer {
             return Ok(Some("age"));
         }
         let used = self
-            .store()
+            .repos()
+            .keys
             .term_usage(org_id)
             .await?
             .into_iter()
@@ -286,7 +288,7 @@ impl Coffer {
     /// Run the organisation's unfinished rewrap job to the end. Values are not decrypted:
     /// each data key is unwrapped with its old term and wrapped with the new one.
     async fn rewrap_org(&self, org_id: Uuid) -> Result<u64, CoreError> {
-        let Some(job) = self.store().rotation(org_id).await? else {
+        let Some(job) = self.repos().keys.rotation(org_id).await? else {
             return Ok(0);
         };
         if job.finished_at.is_some() {
@@ -297,7 +299,8 @@ impl Coffer {
         let mut moved = 0u64;
         loop {
             let batch = self
-                .store()
+                .repos()
+                .keys
                 .rewrap_batch(org_id, target, cursor, self.config().rewrap_batch)
                 .await?;
             let last = batch.last().map(|i| i.credential_id).or(cursor);
@@ -338,7 +341,8 @@ impl Coffer {
             .await
             .map_err(|_| CoreError::Internal("rewrap task"))??;
             match self
-                .store()
+                .repos()
+                .keys
                 .apply_rewrap(org_id, target, &rewrapped, last, finished)
                 .await
             {

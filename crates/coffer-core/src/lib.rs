@@ -51,7 +51,45 @@ pub use rekey::RekeyResult;
 pub use roles::Role;
 pub use sys::{Bootstrap, InitResult, SealStatus, StartState, UnsealOutcome};
 
-use coffer_store::{Cluster, Invalidation, Store};
+use coffer_store::{
+    AccessRepo, AuditRepo, Cluster, Invalidation, KeyRepo, MailRepo, ParamRepo, SealRepo,
+    TenantRepo, UserRepo,
+};
+
+/// The storage, one handle per area: each part of the domain names the repositories it
+/// uses (`self.repos().params`), and a new feature adds its own.
+#[derive(Clone)]
+pub(crate) struct Repos {
+    pub seal: Arc<dyn SealRepo>,
+    pub tenants: Arc<dyn TenantRepo>,
+    pub params: Arc<dyn ParamRepo>,
+    pub audit: Arc<dyn AuditRepo>,
+    pub users: Arc<dyn UserRepo>,
+    pub access: Arc<dyn AccessRepo>,
+    pub mail: Arc<dyn MailRepo>,
+    pub keys: Arc<dyn KeyRepo>,
+}
+
+impl Repos {
+    fn new(store: Arc<dyn coffer_store::Store>) -> Self {
+        Self {
+            seal: store.clone(),
+            tenants: store.clone(),
+            params: store.clone(),
+            audit: store.clone(),
+            users: store.clone(),
+            access: store.clone(),
+            mail: store.clone(),
+            keys: store,
+        }
+    }
+}
+
+impl std::fmt::Debug for Repos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repos").finish_non_exhaustive()
+    }
+}
 
 /// The service. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -61,7 +99,7 @@ pub struct Coffer {
 
 #[derive(Debug)]
 struct Inner {
-    store: Arc<dyn Store>,
+    repos: Repos,
     /// Leadership, invalidation notices and the root guard, shared with the other nodes.
     cluster: Arc<dyn Cluster>,
     config: CoreConfig,
@@ -105,7 +143,7 @@ impl Coffer {
         let invalidations = storage.cluster.invalidations();
         let c = Self {
             inner: Arc::new(Inner {
-                store: storage.store,
+                repos: Repos::new(storage.store),
                 cluster: storage.cluster,
                 keyring: keyring::Keyring::default(),
                 sessions: auth::SessionCache::new(config.session_cache_ttl),
@@ -181,7 +219,7 @@ impl Coffer {
             // Not while this node rekeys: between its commit and taking the new key in
             // memory the two differ for a moment.
             let _stable = self.inner.root_change.read().await;
-            let Ok(Some(cfg)) = self.store().seal_config().await else {
+            let Ok(Some(cfg)) = self.repos().seal.seal_config().await else {
                 return;
             };
             self.inner
@@ -221,7 +259,7 @@ impl Coffer {
 
     /// Whether this node is unsealed with the database's current root key.
     pub async fn root_check_matches(&self) -> bool {
-        let Ok(Some(cfg)) = self.store().seal_config().await else {
+        let Ok(Some(cfg)) = self.repos().seal.seal_config().await else {
             return false;
         };
         self.inner
@@ -253,8 +291,8 @@ impl Coffer {
         &self.inner.config
     }
 
-    fn store(&self) -> &dyn Store {
-        &*self.inner.store
+    fn repos(&self) -> &Repos {
+        &self.inner.repos
     }
 
     fn cluster(&self) -> &dyn Cluster {

@@ -102,14 +102,15 @@ impl Coffer {
     pub async fn my_orgs(&self, p: &Principal) -> Result<Vec<OrgMembershipView>, CoreError> {
         self.ensure_unsealed()?;
         let mut out = Vec::new();
-        for m in self.store().memberships(p.user_id).await? {
+        for m in self.repos().access.memberships(p.user_id).await? {
             // An API key is bound to its organisation and sees only that one.
             if p.method == AuthMethod::ApiKey && m.org_id != p.org_id {
                 continue;
             }
-            if let (Some(org), Some(role)) =
-                (self.store().org(m.org_id).await?, Role::parse(&m.role))
-            {
+            if let (Some(org), Some(role)) = (
+                self.repos().tenants.org(m.org_id).await?,
+                Role::parse(&m.role),
+            ) {
                 out.push(OrgMembershipView {
                     org_id: org.id,
                     name: org.name,
@@ -125,7 +126,8 @@ impl Coffer {
     pub async fn create_org_as(&self, p: &Principal, name: &str) -> Result<Uuid, CoreError> {
         p.ensure_person()?;
         let id = self.create_org(name).await?;
-        self.store()
+        self.repos()
+            .access
             .add_membership(&MembershipRow {
                 user_id: p.user_id,
                 org_id: id,
@@ -152,7 +154,8 @@ impl Coffer {
             .find(|o| o.name == org_name)
             .ok_or_else(|| CoreError::not_found("organisation", org_name))?;
         let user = self
-            .store()
+            .repos()
+            .users
             .user(p.user_id)
             .await?
             .ok_or(CoreError::Unauthenticated)?;
@@ -179,7 +182,8 @@ impl Coffer {
         self.ensure_unsealed()?;
         ensure_admin(p)?;
         Ok(self
-            .store()
+            .repos()
+            .access
             .org_members(p.org_id)
             .await?
             .into_iter()
@@ -201,12 +205,14 @@ impl Coffer {
         let name = crate::auth::normalize_username(username);
         let not_found = || CoreError::not_found("member", username);
         let user = self
-            .store()
+            .repos()
+            .users
             .user_by_name(&name)
             .await?
             .ok_or_else(not_found)?;
         let m = self
-            .store()
+            .repos()
+            .access
             .membership(p.org_id, user.id)
             .await?
             .ok_or_else(not_found)?;
@@ -228,7 +234,8 @@ impl Coffer {
             return Err(CoreError::Forbidden("only Owners manage Owners"));
         }
         match self
-            .store()
+            .repos()
+            .access
             .set_role(p.org_id, user.id, role.as_str())
             .await
         {
@@ -257,7 +264,7 @@ impl Coffer {
         if p.role < Role::Owner && current == Role::Owner {
             return Err(CoreError::Forbidden("only Owners manage Owners"));
         }
-        match self.store().remove_member(p.org_id, user.id).await {
+        match self.repos().access.remove_member(p.org_id, user.id).await {
             Err(StoreError::Conflict) => return Err(CoreError::LastOwner),
             r => r?,
         };
@@ -302,7 +309,7 @@ impl Coffer {
             expires_at: now.saturating_add(ttl),
             accepted_at: None,
         };
-        self.store().create_invitation(&row).await?;
+        self.repos().access.create_invitation(&row).await?;
         self.enqueue_mail(
             &email,
             &format!("You are invited to '{}' on Coffer", p.org_name),
@@ -327,7 +334,8 @@ impl Coffer {
         self.ensure_unsealed()?;
         ensure_admin(p)?;
         Ok(self
-            .store()
+            .repos()
+            .access
             .invitations(p.org_id)
             .await?
             .into_iter()
@@ -350,13 +358,14 @@ impl Coffer {
             return Err(invalid());
         }
         let inv = self
-            .store()
+            .repos()
+            .access
             .invitation_by_hash(&token::hash(invite_token).0)
             .await?
             .filter(|i| i.accepted_at.is_none() && i.expires_at > now_ms())
             .ok_or_else(invalid)?;
         let role = Role::parse(&inv.role).ok_or(CoreError::Internal("unknown role in database"))?;
-        let user = match self.store().user_by_email(&inv.email).await? {
+        let user = match self.repos().users.user_by_email(&inv.email).await? {
             Some(existing) => self.check_first_factor(Some(existing), password).await?,
             None => {
                 self.new_user(username, password, Some(inv.email.clone()))
@@ -364,14 +373,16 @@ impl Coffer {
             }
         };
         if !self
-            .store()
+            .repos()
+            .access
             .consume_invitation(inv.org_id, inv.id, now_ms())
             .await?
         {
             return Err(invalid());
         }
         match self
-            .store()
+            .repos()
+            .access
             .add_membership(&MembershipRow {
                 user_id: user.id,
                 org_id: inv.org_id,
@@ -383,7 +394,7 @@ impl Coffer {
             Err(StoreError::Conflict) => {}
             r => r?,
         }
-        self.store().reset_login_attempts(user.id).await?;
+        self.repos().users.reset_login_attempts(user.id).await?;
         Ok(user.id)
     }
 
@@ -415,7 +426,8 @@ impl Coffer {
     ) -> Result<Uuid, CoreError> {
         let user = self.new_user(username, password, None).await?;
         let now = now_ms();
-        self.store()
+        self.repos()
+            .access
             .add_membership(&MembershipRow {
                 user_id: user.id,
                 org_id,
@@ -443,7 +455,7 @@ impl Coffer {
             email,
             mfa_enabled: false,
         };
-        match self.store().create_user(&user).await {
+        match self.repos().users.create_user(&user).await {
             Err(StoreError::Conflict) => Err(CoreError::AlreadyExists {
                 kind: "user",
                 name: username,
@@ -457,11 +469,17 @@ impl Coffer {
         p.ensure_person()?;
         let email = email.map(normalize_email).transpose()?;
         let user = self
-            .store()
+            .repos()
+            .users
             .user(p.user_id)
             .await?
             .ok_or(CoreError::Unauthenticated)?;
-        match self.store().set_email(p.user_id, email.as_deref()).await {
+        match self
+            .repos()
+            .users
+            .set_email(p.user_id, email.as_deref())
+            .await
+        {
             Err(StoreError::Conflict) => {
                 return Err(CoreError::invalid("email", "already in use"));
             }

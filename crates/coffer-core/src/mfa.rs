@@ -80,7 +80,7 @@ impl Coffer {
         user_id: Uuid,
         account: &str,
     ) -> Result<Option<(Totp, i64)>, CoreError> {
-        let Some(st) = self.store().mfa_state(user_id).await? else {
+        let Some(st) = self.repos().users.mfa_state(user_id).await? else {
             return Ok(None);
         };
         let Some(sealed) = st.sealed_secret else {
@@ -122,7 +122,8 @@ impl Coffer {
             }
             return match matched {
                 Some(s) => Ok(self
-                    .store()
+                    .repos()
+                    .users
                     .use_totp_step(user_id, i64::try_from(s).unwrap_or(i64::MAX))
                     .await?),
                 None => Ok(false),
@@ -130,7 +131,8 @@ impl Coffer {
         }
         if allow_recovery {
             return Ok(self
-                .store()
+                .repos()
+                .users
                 .use_recovery_code(user_id, &recovery_hash(&code), now_ms())
                 .await?);
         }
@@ -151,19 +153,22 @@ impl Coffer {
         }
         let digest = token::hash(mfa_token).0;
         let s = self
-            .store()
+            .repos()
+            .access
             .session(&digest)
             .await?
             .filter(|s| s.stage == "mfa" && s.expires_at > now_ms())
             .ok_or(CoreError::BadCredentials)?;
         let user = self
-            .store()
+            .repos()
+            .users
             .user(s.user_id)
             .await?
             .ok_or(CoreError::BadCredentials)?;
         let cfg = self.config();
         let claimed = self
-            .store()
+            .repos()
+            .users
             .claim_login_attempt(
                 user.id,
                 now_ms(),
@@ -182,8 +187,8 @@ impl Coffer {
             self.note_failure(user.id).await?;
             return Err(CoreError::BadCredentials);
         }
-        self.store().delete_session(&digest).await?;
-        self.store().reset_login_attempts(user.id).await?;
+        self.repos().access.delete_session(&digest).await?;
+        self.repos().users.reset_login_attempts(user.id).await?;
         let method = if s.method == "oidc" {
             AuthMethod::Oidc
         } else {
@@ -216,7 +221,10 @@ impl Coffer {
             .totp_key()?
             .seal(user.id, &seed)
             .map_err(|_| CoreError::Internal("seal totp seed"))?;
-        self.store().set_mfa(user.id, Some(&sealed), false).await?;
+        self.repos()
+            .users
+            .set_mfa(user.id, Some(&sealed), false)
+            .await?;
         let t = totp(seed.to_vec(), &user.username)?;
         Ok(MfaEnrollment {
             otpauth_uri: BearerToken::from_string(
@@ -235,7 +243,8 @@ impl Coffer {
     ) -> Result<Vec<String>, CoreError> {
         p.ensure_person()?;
         let user = self
-            .store()
+            .repos()
+            .users
             .user(p.user_id)
             .await?
             .ok_or(CoreError::Unauthenticated)?;
@@ -252,17 +261,19 @@ impl Coffer {
             ));
         }
         // The confirming code's step stays recorded as used.
-        self.store().enable_mfa(user.id).await?;
+        self.repos().users.enable_mfa(user.id).await?;
         let codes: Vec<String> = (0..RECOVERY_CODES).map(|_| new_recovery_code()).collect();
         let hashes: Vec<[u8; 32]> = codes.iter().map(|c| recovery_hash(c)).collect();
-        self.store()
+        self.repos()
+            .users
             .replace_recovery_codes(user.id, &hashes)
             .await?;
-        self.store()
+        self.repos()
+            .access
             .delete_user_sessions(user.id, p.session_id)
             .await?;
         if let Some(sid) = p.session_id {
-            self.store().promote_session(p.org_id, sid).await?;
+            self.repos().access.promote_session(p.org_id, sid).await?;
         }
         self.access_changed();
         self.notify(
@@ -287,7 +298,7 @@ impl Coffer {
         if !user.mfa_enabled {
             return Err(CoreError::invalid("mfa", "MFA is not enabled"));
         }
-        if self.store().user_requires_mfa(user.id).await? {
+        if self.repos().users.user_requires_mfa(user.id).await? {
             return Err(CoreError::Forbidden(
                 "an organisation you belong to requires MFA",
             ));
@@ -298,9 +309,13 @@ impl Coffer {
         {
             return Err(CoreError::BadCredentials);
         }
-        self.store().set_mfa(user.id, None, false).await?;
-        self.store().replace_recovery_codes(user.id, &[]).await?;
-        self.store()
+        self.repos().users.set_mfa(user.id, None, false).await?;
+        self.repos()
+            .users
+            .replace_recovery_codes(user.id, &[])
+            .await?;
+        self.repos()
+            .access
             .delete_user_sessions(user.id, p.session_id)
             .await?;
         self.access_changed();
@@ -316,7 +331,10 @@ impl Coffer {
     /// Require MFA of every member (Owners and Admins).
     pub async fn set_org_require_mfa(&self, p: &Principal, on: bool) -> Result<(), CoreError> {
         crate::members::ensure_admin(p)?;
-        self.store().set_org_require_mfa(p.org_id, on).await?;
+        self.repos()
+            .tenants
+            .set_org_require_mfa(p.org_id, on)
+            .await?;
         self.access_changed();
         Ok(())
     }
@@ -324,7 +342,7 @@ impl Coffer {
     pub async fn org_settings(&self, p: &Principal) -> Result<OrgSettings, CoreError> {
         self.ensure_unsealed()?;
         Ok(OrgSettings {
-            require_mfa: self.store().org_requires_mfa(p.org_id).await?,
+            require_mfa: self.repos().tenants.org_requires_mfa(p.org_id).await?,
         })
     }
 }

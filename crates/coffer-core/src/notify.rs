@@ -67,7 +67,8 @@ impl Coffer {
             .seal(id, &json)
             .map_err(|_| CoreError::Internal("seal mail"))?;
         let now = now_ms();
-        self.store()
+        self.repos()
+            .mail
             .enqueue_mail(&OutboxRow {
                 id,
                 sealed,
@@ -95,12 +96,13 @@ impl Coffer {
         let key = self.outbox_key()?;
         let mut sent = 0;
         let lease = i64::try_from(SEND_LEASE.as_millis()).unwrap_or(i64::MAX);
-        for row in self.store().due_mail(now_ms(), 50).await? {
+        for row in self.repos().mail.due_mail(now_ms(), 50).await? {
             // Leadership can move during a batch (each send may take seconds), so the job
             // lock alone does not keep two nodes apart: send only what this node has taken.
             let now = now_ms();
             if !self
-                .store()
+                .repos()
+                .mail
                 .claim_mail(row.id, now, now.saturating_add(lease))
                 .await?
             {
@@ -115,7 +117,7 @@ impl Coffer {
             };
             match result {
                 Ok(()) => {
-                    self.store().mail_sent(row.id, now_ms()).await?;
+                    self.repos().mail.mail_sent(row.id, now_ms()).await?;
                     sent += 1;
                 }
                 Err(e) => {
@@ -123,7 +125,7 @@ impl Coffer {
                         i64::try_from(backoff(row.attempts).as_millis()).unwrap_or(i64::MAX),
                     );
                     tracing::warn!(attempt = row.attempts + 1, error = %e, "mail delivery failed; will retry");
-                    self.store().mail_failed(row.id, next, &e).await?;
+                    self.repos().mail.mail_failed(row.id, next, &e).await?;
                 }
             }
         }
@@ -132,7 +134,7 @@ impl Coffer {
 
     /// Messages not delivered yet.
     pub async fn pending_mail(&self) -> Result<u64, CoreError> {
-        Ok(self.store().pending_mail().await?)
+        Ok(self.repos().mail.pending_mail().await?)
     }
 }
 

@@ -170,12 +170,17 @@ impl Coffer {
         if subject.is_empty() || subject.len() > 255 {
             return Err(bad());
         }
-        let user_id = match self.store().identity_user(&cfg.issuer, &subject).await? {
+        let user_id = match self
+            .repos()
+            .users
+            .identity_user(&cfg.issuer, &subject)
+            .await?
+        {
             Some(id) => id,
             None if cfg.jit => self.jit_user(&cfg, &subject).await?,
             None => return Err(bad()),
         };
-        let user = self.store().user(user_id).await?.ok_or_else(bad)?;
+        let user = self.repos().users.user(user_id).await?.ok_or_else(bad)?;
         self.after_first_factor(user, org, AuthMethod::Oidc, address)
             .await
     }
@@ -183,7 +188,8 @@ impl Coffer {
     async fn jit_user(&self, cfg: &OidcIssuer, subject: &str) -> Result<Uuid, CoreError> {
         let org_name = cfg.jit_org.as_deref().ok_or(CoreError::BadCredentials)?;
         let org = self
-            .store()
+            .repos()
+            .tenants
             .org_by_name(org_name)
             .await?
             .ok_or(CoreError::Internal(
@@ -199,7 +205,8 @@ impl Coffer {
                 cfg.jit_role,
             )
             .await?;
-        self.store()
+        self.repos()
+            .users
             .link_identity(&cfg.issuer, subject, id, now_ms())
             .await?;
         Ok(id)

@@ -21,7 +21,7 @@ impl Coffer {
         org: &OrgRow,
         key: &TenantKeyRow,
     ) -> Result<Uuid, CoreError> {
-        match self.store().create_org(org, key).await {
+        match self.repos().tenants.create_org(org, key).await {
             Err(StoreError::Conflict) => Err(CoreError::AlreadyExists {
                 kind: "organisation",
                 name: org.name.clone(),
@@ -70,7 +70,7 @@ impl Coffer {
             ));
         }
         self.ensure_unsealed()?;
-        if !self.store().delete_org(p.org_id).await? {
+        if !self.repos().keys.delete_org(p.org_id).await? {
             return Err(CoreError::not_found("organisation", &p.org_name));
         }
         self.inner.keyring.evict(Some(p.org_id));

@@ -23,6 +23,30 @@ pub struct SetParam<'a> {
     pub secret: Option<bool>,
 }
 
+/// What a write does to a parameter.
+#[derive(Debug, Clone, Copy)]
+enum Change<'a> {
+    /// A new value; `secret` None keeps the flag (a new parameter is not secret).
+    Set {
+        value: &'a [u8],
+        secret: Option<bool>,
+    },
+    /// The value of an earlier version, as a new version.
+    Rollback { to: u64 },
+    /// A deletion marker: the value is gone from this environment, its history stays.
+    Delete,
+}
+
+impl Change<'_> {
+    fn action(self) -> VersionAction {
+        match self {
+            Change::Set { .. } => VersionAction::Set,
+            Change::Rollback { .. } => VersionAction::Rollback,
+            Change::Delete => VersionAction::Delete,
+        }
+    }
+}
+
 /// A parameter as resolved for an environment.
 #[derive(Debug)]
 pub struct ParamView {
@@ -137,7 +161,7 @@ impl Coffer {
     }
 
     async fn append(&self, w: ParamWrite) -> Result<Option<ParamWrite>, CoreError> {
-        match self.store().append_param_version(&w).await {
+        match self.repos().params.append_param_version(&w).await {
             Ok(()) => Ok(None),
             Err(coffer_store::StoreError::Conflict) => Ok(Some(w)),
             // Another node rotated the key: reseal under the newest term and try again.
@@ -157,48 +181,122 @@ impl Coffer {
         env: &str,
         req: SetParam<'_>,
     ) -> Result<ParamView, CoreError> {
+        let change = Change::Set {
+            value: req.value,
+            secret: req.secret,
+        };
+        self.write(p, project, env, req.name, change).await
+    }
+
+    /// Make the value of an earlier version current again, as a new version.
+    pub async fn rollback_param(
+        &self,
+        p: &Principal,
+        project: &str,
+        env: &str,
+        name: &str,
+        to: u64,
+    ) -> Result<ParamView, CoreError> {
+        self.write(p, project, env, name, Change::Rollback { to })
+            .await
+    }
+
+    /// Delete a parameter from one environment (history is kept; an inherited value, if
+    /// any, shows through again).
+    pub async fn delete_param(
+        &self,
+        p: &Principal,
+        project: &str,
+        env: &str,
+        name: &str,
+    ) -> Result<ParamView, CoreError> {
+        self.write(p, project, env, name, Change::Delete).await
+    }
+
+    /// The one write path of set, rollback and delete: read the parameter's current state,
+    /// decide the next version, seal its value for that version under a fresh data key, and
+    /// append it unless another writer moved the version first, in which case start over.
+    async fn write(
+        &self,
+        p: &Principal,
+        project: &str,
+        env: &str,
+        name: &str,
+        change: Change<'_>,
+    ) -> Result<ParamView, CoreError> {
         ensure_can_write(p)?;
-        names::validate("parameter name", req.name)?;
-        validate_value(req.value, self.config().max_value_bytes)?;
+        names::validate("parameter name", name)?;
+        if let Change::Set { value, .. } = change {
+            validate_value(value, self.config().max_value_bytes)?;
+        }
         let meta = self.project_meta(p, project).await?;
         p.scope.check_env(env)?;
-        let env_row = meta.env(env)?;
+        let env_id = meta.env(env)?.id;
         for _ in 0..WRITE_ATTEMPTS {
-            let keys = self.org_keys(p.org_id).await?;
-            let (param_id, current, was_secret) = match self
-                .store()
-                .param_state(p.org_id, env_row.id, req.name)
-                .await?
-            {
-                None => (Uuid::new_v4(), 0, false),
-                Some((row, secret)) => (row.id, row.current_version, secret),
+            let current = self
+                .repos()
+                .params
+                .param_state(p.org_id, env_id, name)
+                .await?;
+            let (param_id, expected_current, was_secret) = match (&current, change) {
+                (None, Change::Set { .. }) => (Uuid::new_v4(), 0, false),
+                (None, _) => return Err(CoreError::not_found("parameter", name)),
+                (Some((row, _)), Change::Delete) if row.deleted => {
+                    return Err(CoreError::not_found("parameter", name));
+                }
+                (Some((row, secret)), _) => (row.id, row.current_version, *secret),
             };
-            let version = current + 1;
-            let secret = req.secret.unwrap_or(was_secret);
+            let version = expected_current + 1;
             let ctx = RecordContext {
                 org_id: p.org_id,
                 record_id: param_id,
                 version,
             };
-            let ct = keys
-                .active()?
-                .seal_with(self.config().value_scheme, &ctx, req.value)
-                .map_err(|_| CoreError::Internal("encryption failed"))?;
+            let (is_secret, ciphertext) = match change {
+                Change::Set { value, secret } => {
+                    let keys = self.org_keys(p.org_id).await?;
+                    (
+                        secret.unwrap_or(was_secret),
+                        Some(self.seal_value(&keys, &ctx, value)?),
+                    )
+                }
+                Change::Rollback { to } => {
+                    let old = self
+                        .repos()
+                        .params
+                        .param_version(p.org_id, param_id, to)
+                        .await?
+                        .ok_or_else(|| CoreError::not_found("version", &to.to_string()))?;
+                    let Some(old_ct) = &old.ciphertext else {
+                        return Err(CoreError::invalid(
+                            "version",
+                            format!("version {to} is a deletion and has no value"),
+                        ));
+                    };
+                    let keys = self
+                        .org_keys_covering(p.org_id, std::iter::once(old_ct.key_term()))
+                        .await?;
+                    let value = open_value(&keys, &old)?;
+                    let ct = self.seal_value(&keys, &ctx, value.expose_secret())?;
+                    (old.version.is_secret, Some(ct))
+                }
+                Change::Delete => (was_secret, None),
+            };
             let w = ParamWrite {
                 org_id: p.org_id,
-                env_id: env_row.id,
+                env_id,
                 param_id,
-                name: req.name.to_owned(),
-                expected_current: current,
+                name: name.to_owned(),
+                expected_current,
                 version: ParamVersionRow {
                     param_id,
                     version,
-                    is_secret: secret,
-                    action: VersionAction::Set,
+                    is_secret,
+                    action: change.action(),
                     actor_id: p.user_id,
                     created_at: now_ms(),
                 },
-                ciphertext: Some(ct),
+                ciphertext,
                 credential_id: new_credential_id(),
             };
             let view = written(&w, env);
@@ -207,6 +305,18 @@ impl Coffer {
             }
         }
         Err(CoreError::Conflict)
+    }
+
+    /// A value sealed for one version of one parameter under the active key term.
+    fn seal_value(
+        &self,
+        keys: &OrgKeys,
+        ctx: &RecordContext,
+        value: &[u8],
+    ) -> Result<coffer_store::Ciphertext, CoreError> {
+        keys.active()?
+            .seal_with(self.config().value_scheme, ctx, value)
+            .map_err(|_| CoreError::Internal("encryption failed"))
     }
 
     /// The value of one parameter as seen from `env` (its own or inherited). Reading a
@@ -251,9 +361,15 @@ impl Coffer {
         let chain = meta.chain(env)?;
         let ids: Vec<Uuid> = chain.iter().map(|e| e.id).collect();
         let found = match reads {
-            None => self.store().nearest_value(p.org_id, &ids, name).await?,
+            None => {
+                self.repos()
+                    .params
+                    .nearest_value(p.org_id, &ids, name)
+                    .await?
+            }
             Some(log) => match self
-                .store()
+                .repos()
+                .params
                 .nearest_value_cached(p.org_id, &ids, name)
                 .await?
             {
@@ -264,7 +380,12 @@ impl Coffer {
                     }
                     // A cached answer that cannot be served as it stands (its key term
                     // retired since, say) is read again rather than failed.
-                    Err(_) => self.store().nearest_value(p.org_id, &ids, name).await?,
+                    Err(_) => {
+                        self.repos()
+                            .params
+                            .nearest_value(p.org_id, &ids, name)
+                            .await?
+                    }
                 },
                 (found, _) => found,
             },
@@ -308,7 +429,7 @@ impl Coffer {
         p.scope.check_env(env)?;
         let chain = meta.chain(env)?;
         let ids: Vec<Uuid> = chain.iter().map(|e| e.id).collect();
-        let values = self.store().current_values(p.org_id, &ids).await?;
+        let values = self.repos().params.current_values(p.org_id, &ids).await?;
         let keys = self.org_keys_covering(p.org_id, terms_of(&values)).await?;
         let mut out: BTreeMap<String, ParamView> = BTreeMap::new();
         for pv in &values {
@@ -339,7 +460,8 @@ impl Coffer {
         p.scope.check_env(env)?;
         let env_id = meta.env(env)?.id;
         let row = self
-            .store()
+            .repos()
+            .params
             .param(p.org_id, env_id, name)
             .await?
             .ok_or_else(|| CoreError::not_found("parameter", name))?;
@@ -355,7 +477,8 @@ impl Coffer {
     ) -> Result<Vec<ParamHistoryEntry>, CoreError> {
         let (_, row) = self.own_param(p, project, env, name).await?;
         Ok(self
-            .store()
+            .repos()
+            .params
             .param_history(p.org_id, row.id)
             .await?
             .into_iter()
@@ -370,113 +493,6 @@ impl Coffer {
                 created_at: v.created_at,
             })
             .collect())
-    }
-
-    /// Make the value of an earlier version current again, as a new version.
-    pub async fn rollback_param(
-        &self,
-        p: &Principal,
-        project: &str,
-        env: &str,
-        name: &str,
-        to: u64,
-    ) -> Result<ParamView, CoreError> {
-        ensure_can_write(p)?;
-        for _ in 0..WRITE_ATTEMPTS {
-            let (env_id, row) = self.own_param(p, project, env, name).await?;
-            let old = self
-                .store()
-                .param_version(p.org_id, row.id, to)
-                .await?
-                .ok_or_else(|| CoreError::not_found("version", &to.to_string()))?;
-            if old.ciphertext.is_none() {
-                return Err(CoreError::invalid(
-                    "version",
-                    format!("version {to} is a deletion and has no value"),
-                ));
-            }
-            let keys = self
-                .org_keys_covering(p.org_id, old.ciphertext.iter().map(|c| c.key_term()))
-                .await?;
-            let value = open_value(&keys, &old)?;
-            let version = row.current_version + 1;
-            let ctx = RecordContext {
-                org_id: p.org_id,
-                record_id: row.id,
-                version,
-            };
-            let ct = keys
-                .active()?
-                .seal_with(self.config().value_scheme, &ctx, value.expose_secret())
-                .map_err(|_| CoreError::Internal("encryption failed"))?;
-            let w = ParamWrite {
-                org_id: p.org_id,
-                env_id,
-                param_id: row.id,
-                name: name.to_owned(),
-                expected_current: row.current_version,
-                version: ParamVersionRow {
-                    param_id: row.id,
-                    version,
-                    is_secret: old.version.is_secret,
-                    action: VersionAction::Rollback,
-                    actor_id: p.user_id,
-                    created_at: now_ms(),
-                },
-                ciphertext: Some(ct),
-                credential_id: new_credential_id(),
-            };
-            let view = written(&w, env);
-            if self.append(w).await?.is_none() {
-                return Ok(view);
-            }
-        }
-        Err(CoreError::Conflict)
-    }
-
-    /// Delete a parameter from one environment (history is kept; an inherited value, if
-    /// any, shows through again).
-    pub async fn delete_param(
-        &self,
-        p: &Principal,
-        project: &str,
-        env: &str,
-        name: &str,
-    ) -> Result<ParamView, CoreError> {
-        ensure_can_write(p)?;
-        for _ in 0..WRITE_ATTEMPTS {
-            let (env_id, row) = self.own_param(p, project, env, name).await?;
-            if row.deleted {
-                return Err(CoreError::not_found("parameter", name));
-            }
-            let prev = self
-                .store()
-                .param_version(p.org_id, row.id, row.current_version)
-                .await?;
-            let version = row.current_version + 1;
-            let w = ParamWrite {
-                org_id: p.org_id,
-                env_id,
-                param_id: row.id,
-                name: name.to_owned(),
-                expected_current: row.current_version,
-                version: ParamVersionRow {
-                    param_id: row.id,
-                    version,
-                    is_secret: prev.is_some_and(|v| v.version.is_secret),
-                    action: VersionAction::Delete,
-                    actor_id: p.user_id,
-                    created_at: now_ms(),
-                },
-                ciphertext: None,
-                credential_id: new_credential_id(),
-            };
-            let view = written(&w, env);
-            if self.append(w).await?.is_none() {
-                return Ok(view);
-            }
-        }
-        Err(CoreError::Conflict)
     }
 
     /// Differences between the resolved parameters of two environments.

@@ -134,11 +134,12 @@ impl Coffer {
             return Ok(m);
         }
         let row = self
-            .store()
+            .repos()
+            .tenants
             .project_by_name(p.org_id, project)
             .await?
             .ok_or_else(|| CoreError::not_found("project", project))?;
-        let envs = self.store().envs(p.org_id, row.id).await?;
+        let envs = self.repos().tenants.envs(p.org_id, row.id).await?;
         let m = Arc::new(ProjectMeta { project: row, envs });
         self.inner.meta.put(key, m.clone());
         Ok(m)
@@ -160,7 +161,7 @@ impl Coffer {
             name: name.to_owned(),
             created_at: now,
         };
-        match self.store().create_project(&row).await {
+        match self.repos().tenants.create_project(&row).await {
             Err(StoreError::Conflict) => {
                 return Err(CoreError::AlreadyExists {
                     kind: "project",
@@ -177,7 +178,7 @@ impl Coffer {
             name: DEFAULT_ENV.into(),
             created_at: now,
         };
-        self.store().create_env(&env).await?;
+        self.repos().tenants.create_env(&env).await?;
         self.inner.meta.evict(&(p.org_id, name.to_owned()));
         self.publish(coffer_store::Invalidation::Meta(p.org_id));
         Ok(ProjectView {
@@ -190,7 +191,8 @@ impl Coffer {
     pub async fn list_projects(&self, p: &Principal) -> Result<Vec<ProjectView>, CoreError> {
         self.ensure_unsealed()?;
         Ok(self
-            .store()
+            .repos()
+            .tenants
             .projects(p.org_id)
             .await?
             .into_iter()
@@ -231,7 +233,7 @@ impl Coffer {
             name: name.to_owned(),
             created_at: now_ms(),
         };
-        match self.store().create_env(&row).await {
+        match self.repos().tenants.create_env(&row).await {
             Err(StoreError::Conflict) => {
                 return Err(CoreError::AlreadyExists {
                     kind: "environment",

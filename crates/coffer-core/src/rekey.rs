@@ -64,7 +64,7 @@ impl Coffer {
         // computed again from what is there now.
         let mut attempts = 0;
         loop {
-            let previous = self.store().root_secrets().await?;
+            let previous = self.repos().keys.root_secrets().await?;
             let rotation = RootRotation {
                 previous_check: cfg.root_check.clone(),
                 sealed_root: sealed_root.clone(),
@@ -74,14 +74,15 @@ impl Coffer {
                 secrets: reseal(&old, &new, previous.clone())?,
                 previous,
             };
-            match self.store().rotate_root(&rotation).await {
+            match self.repos().keys.rotate_root(&rotation).await {
                 Ok(()) => break,
                 Err(coffer_store::StoreError::Conflict) if attempts < 5 => attempts += 1,
                 Err(e) => {
                     // The commit may have happened with its answer lost: then the new shares
                     // are the only ones that unseal, and must not be thrown away.
                     let committed = self
-                        .store()
+                        .repos()
+                        .seal
                         .seal_config()
                         .await
                         .ok()

@@ -59,7 +59,7 @@ const BOOTSTRAP_USER: &str = "admin";
 
 impl Coffer {
     pub async fn seal_status(&self) -> Result<SealStatus, CoreError> {
-        let cfg = self.store().seal_config().await?;
+        let cfg = self.repos().seal.seal_config().await?;
         Ok(SealStatus {
             initialized: cfg.is_some(),
             sealed: self.inner.keyring.is_sealed(),
@@ -126,7 +126,7 @@ impl Coffer {
             created_at: now_ms(),
             sealed_root,
         };
-        match self.store().init_seal_config(&cfg).await {
+        match self.repos().seal.init_seal_config(&cfg).await {
             Err(StoreError::Conflict) => Err(CoreError::AlreadyInitialized),
             Err(e) => Err(e.into()),
             Ok(()) => {
@@ -150,8 +150,9 @@ impl Coffer {
             email: None,
             mfa_enabled: false,
         };
-        self.store().create_user(&user).await?;
-        self.store()
+        self.repos().users.create_user(&user).await?;
+        self.repos()
+            .access
             .add_membership(&MembershipRow {
                 user_id: user.id,
                 org_id: org.id,
@@ -176,7 +177,8 @@ impl Coffer {
     }
 
     pub(crate) async fn seal_config(&self) -> Result<SealConfigRow, CoreError> {
-        self.store()
+        self.repos()
+            .seal
             .seal_config()
             .await?
             .ok_or(CoreError::NotInitialized)
@@ -245,7 +247,7 @@ impl Coffer {
             .await
             .map_err(seal_error)?
             .ok_or(CoreError::WrongSealType)?;
-        let bootstrap = match self.store().seal_config().await? {
+        let bootstrap = match self.repos().seal.seal_config().await? {
             None => {
                 self.claim_init(seal.kind(), 0, 0, &root, None).await?;
                 Some(self.create_bootstrap(&root).await?)
@@ -269,7 +271,7 @@ impl Coffer {
     /// seal, the server stays sealed until `coffer operator migrate-seal`.
     pub async fn start_sealed(&self) -> Result<StartState, CoreError> {
         let seal = self.key_config()?.seal;
-        let Some(cfg) = self.store().seal_config().await? else {
+        let Some(cfg) = self.repos().seal.seal_config().await? else {
             return Ok(StartState::Uninitialised);
         };
         let recorded = SealKind::parse(&cfg.kind).ok_or(CoreError::Integrity)?;
@@ -320,7 +322,8 @@ impl Coffer {
         }
         let root = self.root_from_quorum(&cfg, shares)?;
         let sealed = seal.seal_root(&root).await.map_err(seal_error)?;
-        self.store()
+        self.repos()
+            .seal
             .migrate_seal(seal.kind().as_str(), sealed.as_deref(), &cfg.root_check)
             .await?;
         if self.inner.keyring.is_sealed() {

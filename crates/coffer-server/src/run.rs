@@ -191,7 +191,21 @@ pub fn create_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
 }
 
 /// Serve `storage` (opened by the binary's wiring, which chooses the database) with `cfg`.
+/// If the server cannot start, the storage is closed (on PostgreSQL that also gives up the
+/// job leadership at once).
 pub async fn start(
+    cfg: ServerConfig,
+    storage: coffer_core::Storage,
+) -> anyhow::Result<RunningServer> {
+    let cluster = storage.cluster.clone();
+    let started = start_on(cfg, storage).await;
+    if started.is_err() {
+        cluster.close().await;
+    }
+    started
+}
+
+async fn start_on(
     cfg: ServerConfig,
     storage: coffer_core::Storage,
 ) -> anyhow::Result<RunningServer> {

@@ -351,8 +351,11 @@ async fn open_storage(
     migrate: bool,
 ) -> anyhow::Result<Storage> {
     let location = match database_url {
+        // Through the binary's rules for database URLs (scheme, refused parameters).
         Some(url) => Location::Postgres {
-            url: url.to_owned(),
+            url: coffer_server::DatabaseUrl::new(url.to_owned())?
+                .expose_secret()
+                .to_owned(),
             migrate,
         },
         None => {

@@ -266,7 +266,7 @@ impl Coffer {
             target: ev.target.path(),
             body,
         };
-        match self.store().append_audit_checked(&row, checks).await {
+        match self.repos().audit.append_audit_checked(&row, checks).await {
             Ok(Some((seq, _))) => {
                 self.inner.sinks.write(&row.body);
                 Ok(Some(seq))
@@ -313,7 +313,7 @@ impl Coffer {
     /// Make sure the checkpoint signing key exists (called once unsealed).
     pub(crate) async fn ensure_audit_key(&self) -> Result<(), CoreError> {
         let _root = self.root_stable().await;
-        if self.store().audit_key().await?.is_some() {
+        if self.repos().audit.audit_key().await?.is_some() {
             return Ok(());
         }
         let key = AuditSigningKey::generate().map_err(|_| CoreError::Internal("audit key"))?;
@@ -326,7 +326,7 @@ impl Coffer {
             wrapped_key: wrapped,
             created_at: now_ms(),
         };
-        match self.store().init_audit_key(&row).await {
+        match self.repos().audit.init_audit_key(&row).await {
             Ok(()) | Err(StoreError::Conflict) => Ok(()),
             Err(e) => Err(e.into()),
         }
@@ -335,7 +335,8 @@ impl Coffer {
     /// The public key that verifies checkpoints (hex), once initialised.
     pub async fn audit_public_key(&self) -> Result<Option<String>, CoreError> {
         Ok(self
-            .store()
+            .repos()
+            .audit
             .audit_key()
             .await?
             .map(|k| hex::encode(k.public_key)))
@@ -345,16 +346,17 @@ impl Coffer {
     /// newest checkpoint, new or existing; None when the chain is empty.
     pub async fn checkpoint(&self, org_id: Uuid) -> Result<Option<Checkpoint>, CoreError> {
         self.ensure_unsealed()?;
-        let Some((seq, hash)) = self.store().audit_head(org_id).await? else {
+        let Some((seq, hash)) = self.repos().audit.audit_head(org_id).await? else {
             return Ok(None);
         };
-        if let Some(last) = self.store().checkpoints(org_id).await?.last()
+        if let Some(last) = self.repos().audit.checkpoints(org_id).await?.last()
             && last.seq == seq
         {
             return Ok(Some(last.into()));
         }
         let key_row = self
-            .store()
+            .repos()
+            .audit
             .audit_key()
             .await?
             .ok_or(CoreError::Internal("no audit signing key"))?;
@@ -372,7 +374,7 @@ impl Coffer {
             created_at,
             signature,
         };
-        match self.store().insert_checkpoint(&row).await {
+        match self.repos().audit.insert_checkpoint(&row).await {
             Ok(()) | Err(StoreError::Conflict) => Ok(Some((&row).into())),
             Err(e) => Err(e.into()),
         }
@@ -391,7 +393,7 @@ impl Coffer {
 
     /// Checkpoint every chain that grew since its last checkpoint (background job).
     pub async fn checkpoint_all(&self) -> Result<usize, CoreError> {
-        let orgs = self.store().orgs_needing_checkpoint().await?;
+        let orgs = self.repos().audit.orgs_needing_checkpoint().await?;
         for org in &orgs {
             self.checkpoint(*org).await?;
         }
@@ -415,7 +417,8 @@ impl Coffer {
         self.ensure_unsealed()?;
         require_auditor(p)?;
         f.limit = f.limit.clamp(1, PAGE);
-        self.store()
+        self.repos()
+            .audit
             .audit_events(p.org_id, &f)
             .await?
             .iter()
@@ -440,13 +443,13 @@ impl Coffer {
             limit: PAGE,
             ..AuditFilter::default()
         };
-        Ok(self.store().audit_events(p.org_id, &f).await?)
+        Ok(self.repos().audit.audit_events(p.org_id, &f).await?)
     }
 
     pub async fn audit_checkpoints(&self, p: &Principal) -> Result<Vec<CheckpointRow>, CoreError> {
         self.ensure_unsealed()?;
         require_auditor(p)?;
-        Ok(self.store().checkpoints(p.org_id).await?)
+        Ok(self.repos().audit.checkpoints(p.org_id).await?)
     }
 
     /// Verify the caller's organisation's whole chain and its checkpoints, page by page.
@@ -457,13 +460,14 @@ impl Coffer {
     }
 
     pub(crate) async fn verify_chain(&self, org_id: Uuid) -> Result<VerifyReport, CoreError> {
-        let key = self.store().audit_key().await?.map(|k| k.public_key);
-        let checkpoints = self.store().checkpoints(org_id).await?;
+        let key = self.repos().audit.audit_key().await?.map(|k| k.public_key);
+        let checkpoints = self.repos().audit.checkpoints(org_id).await?;
         let mut v = Verifier::new(org_id, key, checkpoints, None);
         let mut after = 0;
         loop {
             let rows = self
-                .store()
+                .repos()
+                .audit
                 .audit_events(
                     org_id,
                     &AuditFilter {
@@ -479,7 +483,7 @@ impl Coffer {
                 v.push(r.seq, &r.prev_hash, &r.hash, &r.body);
             }
         }
-        Ok(v.finish(self.store().audit_head(org_id).await?))
+        Ok(v.finish(self.repos().audit.audit_head(org_id).await?))
     }
 
     /// Fill in the ids behind the target's names, as seen by this principal, from the
@@ -502,7 +506,12 @@ impl Coffer {
             return; // the handler already knew it
         }
         let ids: Vec<Uuid> = chain.iter().map(|e| e.id).collect();
-        if let Ok(Some(v)) = self.store().nearest_value(p.org_id, &ids, name).await {
+        if let Ok(Some(v)) = self
+            .repos()
+            .params
+            .nearest_value(p.org_id, &ids, name)
+            .await
+        {
             t.param_id = Some(v.param.id);
         }
     }

@@ -9,17 +9,21 @@
 //! Token kinds, told apart by prefix: `cfs_` login sessions, `cfm_` a login waiting for its
 //! second factor, `cfa_` access tokens exchanged for an API key, `cfr_` API keys.
 
-use std::collections::HashMap;
-use std::sync::RwLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use argon2::{Argon2, PasswordHasher, PasswordVerifier};
 use coffer_crypto::token::{self, BearerToken};
 use coffer_store::{SessionRow, UserRow};
 use uuid::Uuid;
 
 use crate::clock::now_ms;
 use crate::{Coffer, CoreError, Role};
+
+mod cache;
+mod passwords;
+
+pub(crate) use cache::SessionCache;
+pub use passwords::normalize_username;
+pub(crate) use passwords::{dummy_hash, hash_password, validate_password, verify_password};
 
 pub const SESSION_PREFIX: &str = "cfs_";
 pub const MFA_PREFIX: &str = "cfm_";
@@ -142,123 +146,6 @@ pub struct LoginResult {
     pub principal: Principal,
 }
 
-pub(crate) async fn hash_password(password: String) -> Result<String, CoreError> {
-    let password = zeroize::Zeroizing::new(password);
-    tokio::task::spawn_blocking(move || {
-        let mut salt = [0u8; 16];
-        coffer_crypto::random_bytes(&mut salt);
-        Argon2::default()
-            .hash_password_with_salt(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|_| CoreError::Internal("password hashing failed"))
-    })
-    .await
-    .map_err(|_| CoreError::Internal("password hashing task failed"))?
-}
-
-pub(crate) async fn verify_password(password: String, hash: String) -> Result<bool, CoreError> {
-    let password = zeroize::Zeroizing::new(password);
-    tokio::task::spawn_blocking(move || {
-        Argon2::default()
-            .verify_password(password.as_bytes(), hash.as_str())
-            .is_ok()
-    })
-    .await
-    .map_err(|_| CoreError::Internal("password verification task failed"))
-}
-
-/// A valid Argon2id hash of a random password nobody knows, with the same parameters as
-/// real ones, so verifying against it costs the same.
-pub(crate) fn dummy_hash() -> Result<String, CoreError> {
-    let pw = token::generate_password();
-    let mut salt = [0u8; 16];
-    coffer_crypto::random_bytes(&mut salt);
-    Argon2::default()
-        .hash_password_with_salt(pw.expose_secret().as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|_| CoreError::Internal("password hashing failed"))
-}
-
-/// Usernames and e-mail addresses are compared after NFKC normalisation and case folding,
-/// so `Alice`, ` alice` and `ａｌｉｃｅ` (full-width) are one account.
-pub fn normalize_username(name: &str) -> String {
-    use unicode_normalization::UnicodeNormalization;
-    let folded: String = name.trim().nfkc().collect::<String>().to_lowercase();
-    // Lower-casing can produce sequences that are not NFKC; normalise once more.
-    folded.nfkc().collect()
-}
-
-pub(crate) fn validate_password(password: &str) -> Result<(), CoreError> {
-    if password.chars().count() < 12 {
-        return Err(CoreError::invalid(
-            "password",
-            "must be at least 12 characters",
-        ));
-    }
-    if password.len() > 1024 {
-        return Err(CoreError::invalid("password", "must be at most 1024 bytes"));
-    }
-    Ok(())
-}
-
-/// Verified principals, keyed by token digest. Entries live for a short time so that a
-/// change made on another node takes effect within that time; changes made on this node
-/// clear the cache at once.
-#[derive(Debug)]
-pub(crate) struct SessionCache {
-    ttl: Duration,
-    map: RwLock<HashMap<[u8; 32], (Principal, Instant)>>,
-    /// Bumped by every clear: a principal read from the database before a clear (a
-    /// revocation on this node) is not cached after it.
-    generation: std::sync::atomic::AtomicU64,
-    /// One database refresh at a time per token when its entry expires under load.
-    refreshing: crate::flight::Flights<[u8; 32]>,
-}
-
-const SESSION_CACHE_MAX: usize = 100_000;
-
-impl SessionCache {
-    pub(crate) fn new(ttl: Duration) -> Self {
-        Self {
-            ttl,
-            map: RwLock::new(HashMap::new()),
-            generation: std::sync::atomic::AtomicU64::new(0),
-            refreshing: crate::flight::Flights::default(),
-        }
-    }
-
-    fn get(&self, h: &[u8; 32], now_ms: i64) -> Option<Principal> {
-        let map = self.map.read().ok()?;
-        let (p, at) = map.get(h)?;
-        (at.elapsed() < self.ttl && p.expires_at > now_ms).then(|| p.clone())
-    }
-
-    fn generation(&self) -> u64 {
-        self.generation.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// Cache `p`, read from the database at `generation`, unless the cache was cleared since.
-    fn put(&self, h: [u8; 32], p: Principal, generation: u64) {
-        if let Ok(mut map) = self.map.write() {
-            if self.generation() != generation {
-                return;
-            }
-            if map.len() >= SESSION_CACHE_MAX {
-                map.clear();
-            }
-            map.insert(h, (p, Instant::now()));
-        }
-    }
-
-    pub(crate) fn clear(&self) {
-        if let Ok(mut map) = self.map.write() {
-            self.generation
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            map.clear();
-        }
-    }
-}
-
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -298,9 +185,9 @@ impl Coffer {
             return Ok(None);
         }
         Ok(if name.contains('@') {
-            self.store().user_by_email(&name).await?
+            self.repos().users.user_by_email(&name).await?
         } else {
-            self.store().user_by_name(&name).await?
+            self.repos().users.user_by_name(&name).await?
         })
     }
 
@@ -314,7 +201,8 @@ impl Coffer {
         let cfg = self.config();
         let claimed = match &user {
             Some(u) => self
-                .store()
+                .repos()
+                .users
                 .claim_login_attempt(
                     u.id,
                     now_ms(),
@@ -327,7 +215,8 @@ impl Coffer {
                 // The same statement for an id that matches nothing, so that an unknown
                 // user costs the same round trip as a known one.
                 let _ = self
-                    .store()
+                    .repos()
+                    .users
                     .claim_login_attempt(
                         Uuid::nil(),
                         now_ms(),
@@ -358,7 +247,8 @@ impl Coffer {
 
     pub(crate) async fn note_failure(&self, user_id: Uuid) -> Result<(), CoreError> {
         let cfg = self.config();
-        self.store()
+        self.repos()
+            .users
             .lock_if_exhausted(
                 user_id,
                 cfg.max_failed_logins,
@@ -379,7 +269,7 @@ impl Coffer {
         let org_id = self.login_org(&user, org).await?;
         if user.mfa_enabled {
             // Not a failure, but not a success yet either: earlier failures still count.
-            self.store().release_login_attempt(user.id).await?;
+            self.repos().users.release_login_attempt(user.id).await?;
             let (token, _) = self
                 .new_session(
                     MFA_PREFIX,
@@ -400,8 +290,8 @@ impl Coffer {
                 expires_at,
             });
         }
-        self.store().reset_login_attempts(user.id).await?;
-        let stage = if self.store().user_requires_mfa(user.id).await? {
+        self.repos().users.reset_login_attempts(user.id).await?;
+        let stage = if self.repos().users.user_requires_mfa(user.id).await? {
             "enroll"
         } else {
             "full"
@@ -434,11 +324,11 @@ impl Coffer {
             )
             .await?;
         if self
-            .store()
+            .repos().users
             .note_login_address(user.id, address, now_ms())
             .await?
             // The very first login is not news; a new address after that is.
-            && self.store().login_address_count(user.id).await? > 1
+            && self.repos().users.login_address_count(user.id).await? > 1
         {
             self.notify(
                 user,
@@ -453,14 +343,15 @@ impl Coffer {
 
     /// The organisation a login starts in: the one asked for, else the oldest membership.
     async fn login_org(&self, user: &UserRow, org: Option<&str>) -> Result<Uuid, CoreError> {
-        let ms = self.store().memberships(user.id).await?;
+        let ms = self.repos().access.memberships(user.id).await?;
         let chosen = match org {
             None => ms.first().map(|m| m.org_id),
             Some(name) => {
                 let mut found = None;
                 for m in &ms {
                     if self
-                        .store()
+                        .repos()
+                        .tenants
                         .org(m.org_id)
                         .await?
                         .is_some_and(|o| o.name == name)
@@ -482,7 +373,8 @@ impl Coffer {
         let (token, digest) = token::generate(prefix);
         let now = now_ms();
         let id = Uuid::new_v4();
-        self.store()
+        self.repos()
+            .access
             .create_session(&SessionRow {
                 id,
                 token_hash: digest.0,
@@ -549,13 +441,14 @@ impl Coffer {
         now: i64,
     ) -> Result<Principal, CoreError> {
         let s = self
-            .store()
+            .repos()
+            .access
             .session(digest)
             .await?
             .ok_or(CoreError::Unauthenticated)?;
         let idle = ms(self.config().idle_timeout);
         if s.expires_at <= now || s.last_seen_at.saturating_add(idle) <= now {
-            self.store().delete_session(digest).await?;
+            self.repos().access.delete_session(digest).await?;
             return Err(CoreError::Unauthenticated);
         }
         if s.stage == "mfa" {
@@ -563,13 +456,17 @@ impl Coffer {
         }
         // Activity is recorded coarsely: at most a few writes per idle period.
         if now.saturating_sub(s.last_seen_at) >= (idle / 8).min(60_000) {
-            self.store().touch_session(s.org_id, s.id, now).await?;
+            self.repos()
+                .access
+                .touch_session(s.org_id, s.id, now)
+                .await?;
         }
         let method = AuthMethod::parse(&s.method).ok_or(CoreError::Internal("session method"))?;
         let (role_cap, scope, expires_at) = match s.api_key_id {
             Some(key_id) => {
                 let k = self
-                    .store()
+                    .repos()
+                    .access
                     .api_key(s.org_id, key_id)
                     .await?
                     .filter(|k| k.revoked_at.is_none() && k.expires_at > now)
@@ -592,9 +489,10 @@ impl Coffer {
         // without MFA to enrolment from the next cache refresh on.
         p.mfa_enrollment_pending = s.stage == "enroll"
             || (s.api_key_id.is_none()
-                && self.store().org_requires_mfa(s.org_id).await?
+                && self.repos().tenants.org_requires_mfa(s.org_id).await?
                 && !self
-                    .store()
+                    .repos()
+                    .users
                     .user(s.user_id)
                     .await?
                     .is_some_and(|u| u.mfa_enabled));
@@ -607,7 +505,8 @@ impl Coffer {
         now: i64,
     ) -> Result<Principal, CoreError> {
         let k = self
-            .store()
+            .repos()
+            .access
             .api_key_by_hash(digest)
             .await?
             .filter(|k| k.revoked_at.is_none() && k.expires_at > now)
@@ -615,7 +514,10 @@ impl Coffer {
         if k.last_used_at
             .is_none_or(|t| now.saturating_sub(t) >= 60_000)
         {
-            self.store().touch_api_key(k.org_id, k.id, now).await?;
+            self.repos()
+                .access
+                .touch_api_key(k.org_id, k.id, now)
+                .await?;
         }
         let mut p = self
             .principal_for(
@@ -644,18 +546,21 @@ impl Coffer {
     ) -> Result<Principal, CoreError> {
         let role_cap = role_cap.ok_or(CoreError::Internal("unknown role in database"))?;
         let m = self
-            .store()
+            .repos()
+            .access
             .membership(org_id, user_id)
             .await?
             .ok_or(CoreError::Unauthenticated)?;
         let role = Role::parse(&m.role).ok_or(CoreError::Internal("unknown role in database"))?;
         let user = self
-            .store()
+            .repos()
+            .users
             .user(user_id)
             .await?
             .ok_or(CoreError::Unauthenticated)?;
         let org = self
-            .store()
+            .repos()
+            .tenants
             .org(org_id)
             .await?
             .ok_or(CoreError::Unauthenticated)?;
@@ -683,7 +588,7 @@ impl Coffer {
     /// End the session of this token. Idempotent.
     pub async fn logout(&self, bearer: &str) -> Result<(), CoreError> {
         let digest = token::hash(bearer).0;
-        self.store().delete_session(&digest).await?;
+        self.repos().access.delete_session(&digest).await?;
         self.access_changed();
         Ok(())
     }
@@ -691,7 +596,8 @@ impl Coffer {
     /// Remove sessions past their lifetime or idle timeout; run periodically.
     pub async fn purge_expired_sessions(&self) -> Result<u64, CoreError> {
         Ok(self
-            .store()
+            .repos()
+            .access
             .delete_expired_sessions(now_ms(), ms(self.config().idle_timeout))
             .await?)
     }
@@ -702,7 +608,8 @@ impl Coffer {
         let now = now_ms();
         let idle = ms(self.config().idle_timeout);
         Ok(self
-            .store()
+            .repos()
+            .access
             .user_sessions(p.user_id)
             .await?
             .into_iter()
@@ -723,7 +630,12 @@ impl Coffer {
     /// End one of the caller's own sessions.
     pub async fn revoke_session(&self, p: &Principal, id: Uuid) -> Result<(), CoreError> {
         p.ensure_person()?;
-        if !self.store().delete_session_by_id(p.user_id, id).await? {
+        if !self
+            .repos()
+            .access
+            .delete_session_by_id(p.user_id, id)
+            .await?
+        {
             return Err(CoreError::not_found("session", &id.to_string()));
         }
         self.access_changed();
@@ -742,8 +654,9 @@ impl Coffer {
         validate_password(new)?;
         let user = self.reauthenticate(p, current).await?;
         let hash = hash_password(new.to_owned()).await?;
-        self.store().set_password(user.id, &hash).await?;
-        self.store()
+        self.repos().users.set_password(user.id, &hash).await?;
+        self.repos()
+            .access
             .delete_user_sessions(user.id, p.session_id)
             .await?;
         self.access_changed();
@@ -762,9 +675,9 @@ impl Coffer {
         p: &Principal,
         password: &str,
     ) -> Result<UserRow, CoreError> {
-        let user = self.store().user(p.user_id).await?;
+        let user = self.repos().users.user(p.user_id).await?;
         let user = self.check_first_factor(user, password).await?;
-        self.store().reset_login_attempts(user.id).await?;
+        self.repos().users.reset_login_attempts(user.id).await?;
         Ok(user)
     }
 }
@@ -795,38 +708,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_principal_read_before_a_clear_is_not_cached_after_it() {
-        let cache = SessionCache::new(Duration::from_secs(60));
-        let p = Principal {
-            user_id: Uuid::nil(),
-            username: "u".into(),
-            org_id: Uuid::nil(),
-            org_name: "o".into(),
-            role: Role::Viewer,
-            expires_at: i64::MAX,
-            session_id: None,
-            method: AuthMethod::Password,
-            api_key_id: None,
-            scope: Scope::default(),
-            mfa_enrollment_pending: false,
-        };
-        let read_at = cache.generation();
-        cache.clear(); // a revocation while the refresh was under way
-        cache.put([1; 32], p.clone(), read_at);
-        assert!(cache.get(&[1; 32], 0).is_none());
-        cache.put([1; 32], p, cache.generation());
-        assert!(cache.get(&[1; 32], 0).is_some());
-    }
-
-    #[test]
-    fn usernames_normalise_with_nfkc_and_case_folding() {
-        assert_eq!(normalize_username("  Alice "), "alice");
-        assert_eq!(normalize_username("ＡＬＩＣＥ"), "alice");
-        assert_eq!(normalize_username("\u{FB01}le"), "file");
-        assert_eq!(normalize_username("Bob@Example.COM"), "bob@example.com");
-    }
-
-    #[test]
     fn scopes_hide_what_they_do_not_cover() {
         let s = Scope {
             read_only: true,
@@ -841,22 +722,5 @@ mod tests {
         assert!(s.check_env("prod").is_ok());
         assert!(s.check_env("dev").is_err());
         assert!(Scope::default().check_env("anything").is_ok());
-    }
-
-    #[tokio::test]
-    async fn password_hash_roundtrip_and_dummy_rejects() {
-        let h = hash_password("correct horse".into()).await.unwrap();
-        assert!(h.starts_with("$argon2id$"));
-        assert!(
-            verify_password("correct horse".into(), h.clone())
-                .await
-                .unwrap()
-        );
-        assert!(!verify_password("wrong".into(), h).await.unwrap());
-        assert!(
-            !verify_password("anything".into(), dummy_hash().unwrap())
-                .await
-                .unwrap()
-        );
     }
 }

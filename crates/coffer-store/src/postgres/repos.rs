@@ -1,0 +1,218 @@
+//! The parameter and audit repositories on PostgreSQL: shared statements in transactions
+//! scoped to the organisation, and the hot paths as plpgsql calls (docs/adr/0004).
+
+use super::*;
+
+#[async_trait]
+impl ParamRepo for PgStore {
+    async fn param(
+        &self,
+        org_id: Uuid,
+        env_id: Uuid,
+        name: &str,
+    ) -> Result<Option<ParamRow>, StoreError> {
+        scoped!(self.begin_read(Scope::Org(org_id)), |tx| {
+            params::param(&mut tx, org_id, env_id, name).await
+        })
+    }
+
+    async fn param_state(
+        &self,
+        org_id: Uuid,
+        env_id: Uuid,
+        name: &str,
+    ) -> Result<Option<(ParamRow, bool)>, StoreError> {
+        sqlx::query("SELECT * FROM coffer_param_state($1, $2, $3)")
+            .bind(b(&org_id))
+            .bind(b(&env_id))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| Ok((param_row(&r)?, r.flag("is_secret")?)))
+            .transpose()
+    }
+
+    async fn current_value(
+        &self,
+        org_id: Uuid,
+        env_id: Uuid,
+        name: &str,
+    ) -> Result<Option<ParamValue>, StoreError> {
+        scoped!(self.begin_read(Scope::Org(org_id)), |tx| {
+            params::current_value(&mut tx, org_id, env_id, name).await
+        })
+    }
+
+    async fn nearest_value(
+        &self,
+        org_id: Uuid,
+        env_chain: &[Uuid],
+        name: &str,
+    ) -> Result<Option<ParamValue>, StoreError> {
+        let found = self.reads.nearest(org_id, env_chain, name).await?;
+        self.values.put(org_id, env_chain, name, found.as_ref());
+        Ok(found)
+    }
+
+    async fn nearest_value_cached(
+        &self,
+        org_id: Uuid,
+        env_chain: &[Uuid],
+        name: &str,
+    ) -> Result<(Option<ParamValue>, Option<ReadCheck>), StoreError> {
+        if let Some((value, check)) = self.values.get(org_id, env_chain, name) {
+            return Ok((Some(value), Some(check)));
+        }
+        Ok((self.nearest_value(org_id, env_chain, name).await?, None))
+    }
+
+    async fn current_values(
+        &self,
+        org_id: Uuid,
+        env_ids: &[Uuid],
+    ) -> Result<Vec<ParamValue>, StoreError> {
+        scoped!(self.begin_read(Scope::Org(org_id)), |tx| {
+            params::current_values(&mut tx, org_id, env_ids).await
+        })
+    }
+
+    async fn param_version(
+        &self,
+        org_id: Uuid,
+        param_id: Uuid,
+        version: u64,
+    ) -> Result<Option<ParamValue>, StoreError> {
+        scoped!(self.begin_read(Scope::Org(org_id)), |tx| {
+            params::param_version(&mut tx, org_id, param_id, version).await
+        })
+    }
+
+    async fn param_history(
+        &self,
+        org_id: Uuid,
+        param_id: Uuid,
+    ) -> Result<Vec<ParamVersionRow>, StoreError> {
+        scoped!(self.begin_read(Scope::Org(org_id)), |tx| {
+            params::param_history(&mut tx, org_id, param_id).await
+        })
+    }
+
+    async fn append_param_version(&self, w: &ParamWrite) -> Result<(), StoreError> {
+        let outcome = append_version(&self.pool, w).await;
+        // Forgotten whatever the outcome: a conflict means another writer changed it.
+        self.values.forget(w.org_id, &w.name);
+        outcome
+    }
+}
+
+#[async_trait]
+impl AuditRepo for PgStore {
+    async fn append_audit(&self, e: &NewAuditEvent) -> Result<(u64, [u8; 32]), StoreError> {
+        self.append_audit_checked(e, &[])
+            .await?
+            .ok_or(StoreError::CommitFailed)
+    }
+
+    async fn append_audit_checked(
+        &self,
+        e: &NewAuditEvent,
+        checks: &[ReadCheck],
+    ) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.audit
+            .send((e.clone(), checks.to_vec(), reply))
+            .await
+            .map_err(|_| StoreError::CommitFailed)?;
+        answer.await.map_err(|_| StoreError::CommitFailed)?
+    }
+
+    async fn audit_events(
+        &self,
+        org_id: Uuid,
+        f: &AuditFilter,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        scoped!(self.begin_read(Scope::Org(org_id)), |tx| {
+            audit::audit_events(&mut tx, org_id, f).await
+        })
+    }
+
+    async fn audit_head(&self, org_id: Uuid) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+        audit::audit_head(&mut self.reads(), org_id).await
+    }
+
+    async fn insert_checkpoint(&self, c: &CheckpointRow) -> Result<(), StoreError> {
+        scoped!(self.begin(Scope::Org(c.org_id)), |tx| {
+            audit::insert_checkpoint(&mut tx, c).await?;
+            // Which chains still need a checkpoint is read from the head row.
+            Stmt::new(
+                "UPDATE audit_heads SET checkpoint_seq = GREATEST(checkpoint_seq, $2) WHERE org_id = $1",
+            )
+            .bind(c.org_id)
+            .bind(i(c.seq))
+            .execute(&mut tx)
+            .await?;
+            Ok(())
+        })
+    }
+
+    async fn checkpoints(&self, org_id: Uuid) -> Result<Vec<CheckpointRow>, StoreError> {
+        scoped!(self.begin_read(Scope::Org(org_id)), |tx| {
+            audit::checkpoints(&mut tx, org_id).await
+        })
+    }
+
+    async fn audit_key(&self) -> Result<Option<AuditKeyRow>, StoreError> {
+        audit::audit_key(&mut self.reads()).await
+    }
+
+    async fn init_audit_key(&self, k: &AuditKeyRow) -> Result<(), StoreError> {
+        let mut tx = self.begin_bare().await?;
+        self.ensure_root(&mut tx).await?;
+        audit::init_audit_key(&mut tx, k).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn orgs_needing_checkpoint(&self) -> Result<Vec<Uuid>, StoreError> {
+        sqlx::query("SELECT org_id FROM audit_heads WHERE seq > checkpoint_seq")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| uuid_col(r, "org_id"))
+            .collect()
+    }
+}
+
+/// One call of `coffer_append_version` (migration 0011): the whole write, one round trip,
+/// its own transaction. The value must be sealed under the organisation's newest term; the
+/// function checks that under a share lock on the organisation row, which orders the write
+/// against a rotation (which takes it exclusively): a write either commits before the new
+/// term exists (and the rewrap job sees it) or sees it.
+async fn append_version(pool: &PgPool, w: &ParamWrite) -> Result<(), StoreError> {
+    let v = &w.version;
+    let outcome: String = sqlx::query_scalar(
+        "SELECT coffer_append_version($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+    )
+    .bind(b(&w.org_id))
+    .bind(b(&w.env_id))
+    .bind(b(&w.param_id))
+    .bind(&w.name)
+    .bind(i(w.expected_current))
+    .bind(i(v.version))
+    .bind(v.action == VersionAction::Delete)
+    .bind(v.created_at)
+    .bind(b(&w.credential_id))
+    .bind(w.ciphertext.as_ref().map(|ct| ct.as_bytes()))
+    .bind(w.ciphertext.as_ref().map(|ct| i64::from(ct.key_term().0)))
+    .bind(v.is_secret)
+    .bind(v.action.as_str())
+    .bind(b(&v.actor_id))
+    .fetch_one(pool)
+    .await?;
+    match outcome.as_str() {
+        "ok" => Ok(()),
+        "conflict" => Err(StoreError::Conflict),
+        "stale_term" => Err(StoreError::StaleKeyTerm),
+        _ => Err(StoreError::Corrupt),
+    }
+}
