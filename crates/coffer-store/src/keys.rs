@@ -149,7 +149,7 @@ impl<B: Backend> KeyRepo for B {
         key: &TenantKeyRow,
         reason: &str,
     ) -> Result<RotationRow, StoreError> {
-        let org = key.org_id.as_bytes().as_slice();
+        let org = key.org_id;
         let mut tx = self.begin_bare().await?;
         self.ensure_root(&mut tx).await?;
         self.rescope(&mut tx, crate::Scope::Org(key.org_id)).await?;
@@ -224,7 +224,7 @@ impl<B: Backend> KeyRepo for B {
             "SELECT org_id, target_term, reason, total, done, cursor, started_at, finished_at \
              FROM key_rotations WHERE org_id = $1",
         )
-        .bind(org_id.as_bytes().as_slice())
+        .bind(org_id)
         .fetch_optional(&mut tx)
         .await?
         .map(|r| crate::keys::rotation_row(&r))
@@ -241,7 +241,7 @@ impl<B: Backend> KeyRepo for B {
              JOIN credentials c ON c.id = pv.credential_id WHERE pv.org_id = $1 \
              GROUP BY c.key_term ORDER BY c.key_term",
         )
-        .bind(org_id.as_bytes().as_slice())
+        .bind(org_id)
         .fetch_all(&mut tx)
         .await?
         .iter()
@@ -275,8 +275,8 @@ impl<B: Backend> KeyRepo for B {
              WHERE pv.org_id = $1 AND pv.credential_id > $2 AND c.key_term < $3 \
              ORDER BY pv.credential_id LIMIT $4",
         )
-        .bind(org_id.as_bytes().as_slice())
-        .bind(after.unwrap_or(Uuid::nil()).as_bytes().as_slice())
+        .bind(org_id)
+        .bind(after.unwrap_or(Uuid::nil()))
         .bind(i64::from(target.0))
         .bind(i64::from(limit))
         .fetch_all(&mut tx)
@@ -305,8 +305,8 @@ impl<B: Backend> KeyRepo for B {
             let mut q = Stmt::generated(sql).bind(i64::from(target.0));
             for it in chunk {
                 q = q
-                    .bind(it.credential_id.as_bytes().to_vec())
-                    .bind(it.ciphertext.as_bytes().to_vec())
+                    .bind(it.credential_id)
+                    .bind(it.ciphertext.as_bytes())
                     .bind(i64::from(it.old_term.0));
             }
             replaced += q.execute(&mut tx).await?;
@@ -315,10 +315,10 @@ impl<B: Backend> KeyRepo for B {
             "UPDATE key_rotations SET done = done + $3, cursor = $4, finished_at = $5 \
              WHERE org_id = $1 AND target_term = $2",
         )
-        .bind(org_id.as_bytes().as_slice())
+        .bind(org_id)
         .bind(i64::from(target.0))
         .bind(i64::try_from(replaced).unwrap_or(i64::MAX))
-        .bind(cursor.map(|c| c.as_bytes().to_vec()))
+        .bind(cursor)
         .bind(finished_at)
         .execute(&mut tx)
         .await?;
@@ -337,7 +337,7 @@ impl<B: Backend> KeyRepo for B {
         org_id: Uuid,
         successor_before: i64,
     ) -> Result<Vec<KeyTerm>, StoreError> {
-        let org = org_id.as_bytes().as_slice();
+        let org = org_id;
         let mut tx = self.begin_bare().await?;
         self.rescope(&mut tx, crate::Scope::Org(org_id)).await?;
         Stmt::new(Self::LOCK_ORG).bind(org).execute(&mut tx).await?;
@@ -431,7 +431,7 @@ impl<B: Backend> KeyRepo for B {
                 .ok_or(StoreError::Conflict)?;
             self.rescope(&mut tx, crate::Scope::Org(k.org_id)).await?;
             one(Stmt::new("UPDATE tenant_keys SET wrapped = $3 WHERE org_id = $1 AND term = $2 AND wrapped = $4")
-                .bind(k.org_id.as_bytes().as_slice())
+                .bind(k.org_id)
                 .bind(i64::from(k.term.0))
                 .bind(k.wrapped.as_bytes())
                 .bind(old.wrapped.as_bytes())
@@ -459,7 +459,7 @@ impl<B: Backend> KeyRepo for B {
         for (id, sealed) in &r.secrets.mfa {
             one(
                 Stmt::new("UPDATE users SET mfa_secret = $2 WHERE id = $1 AND mfa_secret = $3")
-                    .bind(id.as_bytes().as_slice())
+                    .bind(id)
                     .bind(sealed.as_slice())
                     .bind(previous(&r.previous.mfa, *id)?)
                     .execute(&mut tx)
@@ -469,7 +469,7 @@ impl<B: Backend> KeyRepo for B {
         for (id, sealed) in &r.secrets.outbox {
             one(
                 Stmt::new("UPDATE outbox SET sealed = $2 WHERE id = $1 AND sealed = $3")
-                    .bind(id.as_bytes().as_slice())
+                    .bind(id)
                     .bind(sealed.as_slice())
                     .bind(previous(&r.previous.outbox, *id)?)
                     .execute(&mut tx)
@@ -491,7 +491,7 @@ impl<B: Backend> KeyRepo for B {
         for org in &orgs {
             self.rescope(&mut tx, crate::Scope::Org(*org)).await?;
             let mut terms: Vec<i64> = Stmt::new("SELECT term FROM tenant_keys WHERE org_id = $1")
-                .bind(org.as_bytes().as_slice())
+                .bind(org)
                 .fetch_all(&mut tx)
                 .await?
                 .iter()
@@ -536,7 +536,7 @@ impl<B: Backend> KeyRepo for B {
     }
 
     async fn delete_org(&self, org_id: Uuid) -> Result<bool, StoreError> {
-        let org = org_id.as_bytes().as_slice();
+        let org = org_id;
         let mut tx = self.begin_bare().await?;
         self.rescope(&mut tx, crate::Scope::Org(org_id)).await?;
         let found = Stmt::new(Self::LOCK_ORG)

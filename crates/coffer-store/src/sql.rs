@@ -17,11 +17,47 @@ use uuid::Uuid;
 use crate::rows::RowRead;
 use crate::{Scope, StoreError};
 
+/// An id as both databases store it: 16 bytes (`BLOB` on SQLite, `BYTEA` on PostgreSQL).
+/// Binds directly in the backends' own statements; [`Stmt`] arguments use it too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DbId(pub(crate) Uuid);
+
+impl<DB: sqlx::Database> sqlx::Type<DB> for DbId
+where
+    [u8]: sqlx::Type<DB>,
+{
+    fn type_info() -> DB::TypeInfo {
+        <[u8] as sqlx::Type<DB>>::type_info()
+    }
+
+    fn compatible(ty: &DB::TypeInfo) -> bool {
+        <[u8] as sqlx::Type<DB>>::compatible(ty)
+    }
+}
+
+impl<'q, DB: sqlx::Database> sqlx::Encode<'q, DB> for DbId
+where
+    for<'a> &'a [u8]: sqlx::Encode<'q, DB>,
+{
+    fn encode_by_ref(
+        &self,
+        buf: &mut DB::ArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        <&[u8] as sqlx::Encode<'q, DB>>::encode(self.0.as_bytes().as_slice(), buf)
+    }
+}
+
+/// A count or version as both databases store it (a signed 64-bit integer). Values beyond
+/// `i64::MAX` cannot exist in the database, so they saturate (and match nothing).
+pub(crate) fn db_int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
 /// One bound argument. Nullable kinds keep their SQL type, which PostgreSQL needs even
 /// for a NULL.
 #[derive(Debug, Clone)]
 pub(crate) enum Arg<'a> {
-    Id(Option<[u8; 16]>),
+    Id(Option<DbId>),
     Bytes(Option<Cow<'a, [u8]>>),
     Text(Option<Cow<'a, str>>),
     Int(Option<i64>),
@@ -44,9 +80,9 @@ macro_rules! into_arg {
     };
 }
 into_arg! {
-    Uuid => |v| Arg::Id(Some(v.into_bytes()));
-    &Uuid => |v| Arg::Id(Some(v.into_bytes()));
-    Option<Uuid> => |v| Arg::Id(v.map(Uuid::into_bytes));
+    Uuid => |v| Arg::Id(Some(DbId(v)));
+    &Uuid => |v| Arg::Id(Some(DbId(*v)));
+    Option<Uuid> => |v| Arg::Id(v.map(DbId));
     &'a [u8] => |v| Arg::Bytes(Some(Cow::Borrowed(v)));
     &'a Vec<u8> => |v| Arg::Bytes(Some(Cow::Borrowed(v.as_slice())));
     Vec<u8> => |v| Arg::Bytes(Some(Cow::Owned(v)));
@@ -115,6 +151,7 @@ impl<'a> Stmt<'a> {
     fn query<'q, DB>(&'q self) -> sqlx::query::Query<'q, DB, DB::Arguments>
     where
         DB: sqlx::Database,
+        Option<DbId>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
         Option<&'q [u8]>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
         Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
         Option<i64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
@@ -126,7 +163,7 @@ impl<'a> Stmt<'a> {
         };
         for a in &self.args {
             q = match a {
-                Arg::Id(v) => q.bind(v.as_ref().map(|b| b.as_slice())),
+                Arg::Id(v) => q.bind(*v),
                 Arg::Bytes(v) => q.bind(v.as_deref()),
                 Arg::Text(v) => q.bind(v.as_deref()),
                 Arg::Int(v) => q.bind(*v),

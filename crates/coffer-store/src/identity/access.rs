@@ -91,8 +91,8 @@ impl<B: Backend> AccessRepo for B {
     async fn add_membership(&self, m: &MembershipRow) -> Result<(), StoreError> {
         scoped!(self.begin(crate::Scope::Org(m.org_id)), |tx| {
             Stmt::new("INSERT INTO memberships (user_id, org_id, role, created_at) VALUES ($1, $2, $3, $4)")
-                .bind(m.user_id.as_bytes().as_slice())
-                .bind(m.org_id.as_bytes().as_slice())
+                .bind(m.user_id)
+                .bind(m.org_id)
                 .bind(&m.role)
                 .bind(m.created_at)
                 .execute(&mut tx)
@@ -104,7 +104,7 @@ impl<B: Backend> AccessRepo for B {
     async fn memberships(&self, user_id: Uuid) -> Result<Vec<MembershipRow>, StoreError> {
         scoped!(self.begin_read(crate::Scope::User(user_id)), |tx| {
             Stmt::new("SELECT user_id, org_id, role, created_at FROM memberships WHERE user_id = $1 ORDER BY created_at")
-                .bind(user_id.as_bytes().as_slice())
+                .bind(user_id)
                 .fetch_all(&mut tx)
                 .await?
                 .iter()
@@ -120,8 +120,8 @@ impl<B: Backend> AccessRepo for B {
     ) -> Result<Option<MembershipRow>, StoreError> {
         scoped!(self.begin_read(crate::Scope::Org(org_id)), |tx| {
             Stmt::new("SELECT user_id, org_id, role, created_at FROM memberships WHERE org_id = $1 AND user_id = $2")
-                .bind(org_id.as_bytes().as_slice())
-                .bind(user_id.as_bytes().as_slice())
+                .bind(org_id)
+                .bind(user_id)
                 .fetch_optional(&mut tx)
                 .await?
                 .map(|r| crate::identity::membership_row(&r))
@@ -136,7 +136,7 @@ impl<B: Backend> AccessRepo for B {
                  u.id, u.username, u.password_hash, u.created_at, u.email, u.mfa_enabled \
                  FROM memberships m JOIN users u ON u.id = m.user_id WHERE m.org_id = $1 ORDER BY u.username",
             )
-            .bind(org_id.as_bytes().as_slice())
+            .bind(org_id)
             .fetch_all(&mut tx)
             .await?
             .iter()
@@ -157,15 +157,15 @@ impl<B: Backend> AccessRepo for B {
     async fn set_role(&self, org_id: Uuid, user_id: Uuid, role: &str) -> Result<bool, StoreError> {
         let mut tx = self.begin(crate::Scope::Org(org_id)).await?;
         Stmt::new(Self::LOCK_ORG)
-            .bind(org_id.as_bytes().as_slice())
+            .bind(org_id)
             .execute(&mut tx)
             .await?;
         if role != "owner" && sole_owner(&mut tx, org_id, user_id).await? {
             return Err(StoreError::Conflict);
         }
         let r = Stmt::new("UPDATE memberships SET role = $3 WHERE org_id = $1 AND user_id = $2")
-            .bind(org_id.as_bytes().as_slice())
-            .bind(user_id.as_bytes().as_slice())
+            .bind(org_id)
+            .bind(user_id)
             .bind(role)
             .execute(&mut tx)
             .await?;
@@ -176,25 +176,25 @@ impl<B: Backend> AccessRepo for B {
     async fn remove_member(&self, org_id: Uuid, user_id: Uuid) -> Result<bool, StoreError> {
         let mut tx = self.begin(crate::Scope::Org(org_id)).await?;
         Stmt::new(Self::LOCK_ORG)
-            .bind(org_id.as_bytes().as_slice())
+            .bind(org_id)
             .execute(&mut tx)
             .await?;
         if sole_owner(&mut tx, org_id, user_id).await? {
             return Err(StoreError::Conflict);
         }
         let r = Stmt::new("DELETE FROM memberships WHERE org_id = $1 AND user_id = $2")
-            .bind(org_id.as_bytes().as_slice())
-            .bind(user_id.as_bytes().as_slice())
+            .bind(org_id)
+            .bind(user_id)
             .execute(&mut tx)
             .await?;
         Stmt::new("DELETE FROM sessions WHERE org_id = $1 AND user_id = $2")
-            .bind(org_id.as_bytes().as_slice())
-            .bind(user_id.as_bytes().as_slice())
+            .bind(org_id)
+            .bind(user_id)
             .execute(&mut tx)
             .await?;
         Stmt::new("UPDATE api_keys SET revoked_at = $3 WHERE org_id = $1 AND user_id = $2 AND revoked_at IS NULL")
-            .bind(org_id.as_bytes().as_slice())
-            .bind(user_id.as_bytes().as_slice())
+            .bind(org_id)
+            .bind(user_id)
             .bind(crate::identity::now_ms())
             .execute(&mut tx)
             .await?;
@@ -209,13 +209,13 @@ impl<B: Backend> AccessRepo for B {
                 crate::identity::session_cols!(),
                 ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
             ))
-            .bind(s.id.as_bytes().as_slice())
+            .bind(s.id)
             .bind(s.token_hash.as_slice())
-            .bind(s.user_id.as_bytes().as_slice())
-            .bind(s.org_id.as_bytes().as_slice())
+            .bind(s.user_id)
+            .bind(s.org_id)
             .bind(&s.stage)
             .bind(&s.method)
-            .bind(s.api_key_id.as_ref().map(|k| k.as_bytes().to_vec()))
+            .bind(s.api_key_id)
             .bind(&s.address)
             .bind(s.created_at)
             .bind(s.last_seen_at)
@@ -244,9 +244,9 @@ impl<B: Backend> AccessRepo for B {
     async fn touch_session(&self, org_id: Uuid, id: Uuid, now: i64) -> Result<(), StoreError> {
         scoped!(self.begin(crate::Scope::Org(org_id)), |tx| {
             Stmt::new("UPDATE sessions SET last_seen_at = $2 WHERE id = $1 AND org_id = $3 AND last_seen_at < $2")
-                .bind(id.as_bytes().as_slice())
+                .bind(id)
                 .bind(now)
-                .bind(org_id.as_bytes().as_slice())
+                .bind(org_id)
                 .execute(&mut tx)
                 .await?;
             Ok(())
@@ -256,8 +256,8 @@ impl<B: Backend> AccessRepo for B {
     async fn promote_session(&self, org_id: Uuid, id: Uuid) -> Result<(), StoreError> {
         scoped!(self.begin(crate::Scope::Org(org_id)), |tx| {
             Stmt::new("UPDATE sessions SET stage = 'full' WHERE id = $1 AND org_id = $2 AND stage = 'enroll'")
-                .bind(id.as_bytes().as_slice())
-                .bind(org_id.as_bytes().as_slice())
+                .bind(id)
+                .bind(org_id)
                 .execute(&mut tx)
                 .await?;
             Ok(())
@@ -277,8 +277,8 @@ impl<B: Backend> AccessRepo for B {
     async fn delete_session_by_id(&self, user_id: Uuid, id: Uuid) -> Result<bool, StoreError> {
         scoped!(self.begin(crate::Scope::User(user_id)), |tx| {
             let r = Stmt::new("DELETE FROM sessions WHERE user_id = $1 AND id = $2")
-                .bind(user_id.as_bytes().as_slice())
-                .bind(id.as_bytes().as_slice())
+                .bind(user_id)
+                .bind(id)
                 .execute(&mut tx)
                 .await?;
             Ok(r > 0)
@@ -292,7 +292,7 @@ impl<B: Backend> AccessRepo for B {
                 crate::identity::session_cols!(),
                 " FROM sessions WHERE user_id = $1 ORDER BY created_at"
             ))
-            .bind(user_id.as_bytes().as_slice())
+            .bind(user_id)
             .fetch_all(&mut tx)
             .await?
             .iter()
@@ -309,8 +309,8 @@ impl<B: Backend> AccessRepo for B {
         scoped!(self.begin(crate::Scope::User(user_id)), |tx| {
             let keep = keep.unwrap_or(Uuid::nil());
             let r = Stmt::new("DELETE FROM sessions WHERE user_id = $1 AND id <> $2")
-                .bind(user_id.as_bytes().as_slice())
-                .bind(keep.as_bytes().as_slice())
+                .bind(user_id)
+                .bind(keep)
                 .execute(&mut tx)
                 .await?;
             Ok(r)
@@ -336,9 +336,9 @@ impl<B: Backend> AccessRepo for B {
                 crate::identity::key_cols!(),
                 ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
             ))
-            .bind(k.id.as_bytes().as_slice())
-            .bind(k.org_id.as_bytes().as_slice())
-            .bind(k.user_id.as_bytes().as_slice())
+            .bind(k.id)
+            .bind(k.org_id)
+            .bind(k.user_id)
             .bind(&k.name)
             .bind(&k.role)
             .bind(k.key_hash.as_slice())
@@ -378,8 +378,8 @@ impl<B: Backend> AccessRepo for B {
                 crate::identity::key_cols!(),
                 " FROM api_keys WHERE org_id = $1 AND id = $2"
             ))
-            .bind(org_id.as_bytes().as_slice())
-            .bind(id.as_bytes().as_slice())
+            .bind(org_id)
+            .bind(id)
             .fetch_optional(&mut tx)
             .await?
             .map(|r| crate::identity::api_key_row(&r))
@@ -394,7 +394,7 @@ impl<B: Backend> AccessRepo for B {
                 crate::identity::key_cols!(),
                 " FROM api_keys WHERE org_id = $1 ORDER BY created_at"
             ))
-            .bind(org_id.as_bytes().as_slice())
+            .bind(org_id)
             .fetch_all(&mut tx)
             .await?
             .iter()
@@ -406,13 +406,13 @@ impl<B: Backend> AccessRepo for B {
     async fn revoke_api_key(&self, org_id: Uuid, id: Uuid, now: i64) -> Result<bool, StoreError> {
         let mut tx = self.begin(crate::Scope::Org(org_id)).await?;
         let r = Stmt::new("UPDATE api_keys SET revoked_at = $3 WHERE org_id = $1 AND id = $2 AND revoked_at IS NULL")
-            .bind(org_id.as_bytes().as_slice())
-            .bind(id.as_bytes().as_slice())
+            .bind(org_id)
+            .bind(id)
             .bind(now)
             .execute(&mut tx)
             .await?;
         Stmt::new("DELETE FROM sessions WHERE api_key_id = $1")
-            .bind(id.as_bytes().as_slice())
+            .bind(id)
             .execute(&mut tx)
             .await?;
         tx.commit().await?;
@@ -422,9 +422,9 @@ impl<B: Backend> AccessRepo for B {
     async fn touch_api_key(&self, org_id: Uuid, id: Uuid, now: i64) -> Result<(), StoreError> {
         scoped!(self.begin(crate::Scope::Org(org_id)), |tx| {
             Stmt::new("UPDATE api_keys SET last_used_at = $2 WHERE id = $1 AND org_id = $3")
-                .bind(id.as_bytes().as_slice())
+                .bind(id)
                 .bind(now)
-                .bind(org_id.as_bytes().as_slice())
+                .bind(org_id)
                 .execute(&mut tx)
                 .await?;
             Ok(())
@@ -438,12 +438,12 @@ impl<B: Backend> AccessRepo for B {
                 crate::identity::invite_cols!(),
                 ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
             ))
-            .bind(i.id.as_bytes().as_slice())
-            .bind(i.org_id.as_bytes().as_slice())
+            .bind(i.id)
+            .bind(i.org_id)
             .bind(&i.email)
             .bind(&i.role)
             .bind(i.token_hash.as_slice())
-            .bind(i.invited_by.as_bytes().as_slice())
+            .bind(i.invited_by)
             .bind(i.created_at)
             .bind(i.expires_at)
             .bind(i.accepted_at)
@@ -478,7 +478,7 @@ impl<B: Backend> AccessRepo for B {
                 crate::identity::invite_cols!(),
                 " FROM invitations WHERE org_id = $1 ORDER BY created_at"
             ))
-            .bind(org_id.as_bytes().as_slice())
+            .bind(org_id)
             .fetch_all(&mut tx)
             .await?
             .iter()
@@ -495,9 +495,9 @@ impl<B: Backend> AccessRepo for B {
     ) -> Result<bool, StoreError> {
         scoped!(self.begin(crate::Scope::Org(org_id)), |tx| {
             let r = Stmt::new("UPDATE invitations SET accepted_at = $2 WHERE id = $1 AND org_id = $3 AND accepted_at IS NULL AND expires_at > $2")
-                .bind(id.as_bytes().as_slice())
+                .bind(id)
                 .bind(now)
-                .bind(org_id.as_bytes().as_slice())
+                .bind(org_id)
                 .execute(&mut tx)
                 .await?;
             Ok(r == 1)

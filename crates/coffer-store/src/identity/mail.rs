@@ -37,7 +37,7 @@ impl<B: Backend> MailRepo for B {
         let mut tx = self.begin_bare().await?;
         self.ensure_root(&mut tx).await?;
         Stmt::new("INSERT INTO outbox (id, sealed, created_at, attempts, next_attempt_at) VALUES ($1, $2, $3, $4, $5)")
-            .bind(m.id.as_bytes().as_slice())
+            .bind(m.id)
             .bind(m.sealed.as_slice())
             .bind(m.created_at)
             .bind(i64::from(m.attempts))
@@ -61,7 +61,7 @@ impl<B: Backend> MailRepo for B {
 
     async fn claim_mail(&self, id: Uuid, now: i64, until: i64) -> Result<bool, StoreError> {
         let r = Stmt::new("UPDATE outbox SET next_attempt_at = $3 WHERE id = $1 AND sent_at IS NULL AND next_attempt_at <= $2")
-            .bind(id.as_bytes().as_slice())
+            .bind(id)
             .bind(now)
             .bind(until)
             .execute(&mut self.writes())
@@ -72,7 +72,7 @@ impl<B: Backend> MailRepo for B {
     async fn mail_sent(&self, id: Uuid, now: i64) -> Result<(), StoreError> {
         // The sealed message is dropped once delivered: nothing to keep.
         Stmt::new("UPDATE outbox SET sent_at = $2, sealed = $3, last_error = NULL WHERE id = $1")
-            .bind(id.as_bytes().as_slice())
+            .bind(id)
             .bind(now)
             .bind(Vec::<u8>::new())
             .execute(&mut self.writes())
@@ -87,7 +87,7 @@ impl<B: Backend> MailRepo for B {
         error: &str,
     ) -> Result<(), StoreError> {
         Stmt::new("UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3 WHERE id = $1")
-            .bind(id.as_bytes().as_slice())
+            .bind(id)
             .bind(next_attempt_at)
             .bind(error)
             .execute(&mut self.writes())

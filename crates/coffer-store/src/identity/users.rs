@@ -108,7 +108,7 @@ pub trait UserRepo: Send + Sync {
 impl<B: Backend> UserRepo for B {
     async fn create_user(&self, u: &UserRow) -> Result<(), StoreError> {
         Stmt::new("INSERT INTO users (id, username, password_hash, created_at, email) VALUES ($1, $2, $3, $4, $5)")
-            .bind(u.id.as_bytes().as_slice())
+            .bind(u.id)
             .bind(&u.username)
             .bind(&u.password_hash)
             .bind(u.created_at)
@@ -150,7 +150,7 @@ impl<B: Backend> UserRepo for B {
             crate::identity::user_cols!(),
             " FROM users WHERE id = $1"
         ))
-        .bind(user_id.as_bytes().as_slice())
+        .bind(user_id)
         .fetch_optional(&mut self.reads())
         .await?
         .map(|r| crate::identity::user_row(&r))
@@ -159,7 +159,7 @@ impl<B: Backend> UserRepo for B {
 
     async fn set_password(&self, user_id: Uuid, hash: &str) -> Result<(), StoreError> {
         Stmt::new("UPDATE users SET password_hash = $2 WHERE id = $1")
-            .bind(user_id.as_bytes().as_slice())
+            .bind(user_id)
             .bind(hash)
             .execute(&mut self.writes())
             .await?;
@@ -168,7 +168,7 @@ impl<B: Backend> UserRepo for B {
 
     async fn set_email(&self, user_id: Uuid, email: Option<&str>) -> Result<(), StoreError> {
         Stmt::new("UPDATE users SET email = $2 WHERE id = $1")
-            .bind(user_id.as_bytes().as_slice())
+            .bind(user_id)
             .bind(email)
             .execute(&mut self.writes())
             .await?;
@@ -192,7 +192,7 @@ impl<B: Backend> UserRepo for B {
                AND (failed_attempts < $3 OR locked_until > 0) \
              RETURNING failed_attempts",
         )
-        .bind(user_id.as_bytes().as_slice())
+        .bind(user_id)
         .bind(now)
         .bind(i64::from(max))
         .bind(delay_step_ms)
@@ -212,7 +212,7 @@ impl<B: Backend> UserRepo for B {
         until: i64,
     ) -> Result<(), StoreError> {
         Stmt::new("UPDATE users SET locked_until = $3 WHERE id = $1 AND failed_attempts >= $2")
-            .bind(user_id.as_bytes().as_slice())
+            .bind(user_id)
             .bind(i64::from(max))
             .bind(until)
             .execute(&mut self.writes())
@@ -225,7 +225,7 @@ impl<B: Backend> UserRepo for B {
             "UPDATE users SET failed_attempts = CASE WHEN failed_attempts > 0 THEN failed_attempts - 1 ELSE 0 END, \
              next_attempt_at = 0 WHERE id = $1",
         )
-        .bind(user_id.as_bytes().as_slice())
+        .bind(user_id)
         .execute(&mut self.writes())
         .await?;
         Ok(())
@@ -233,7 +233,7 @@ impl<B: Backend> UserRepo for B {
 
     async fn reset_login_attempts(&self, user_id: Uuid) -> Result<(), StoreError> {
         Stmt::new("UPDATE users SET failed_attempts = 0, next_attempt_at = 0, locked_until = 0 WHERE id = $1")
-            .bind(user_id.as_bytes().as_slice())
+            .bind(user_id)
             .execute(&mut self.writes())
             .await?;
         Ok(())
@@ -252,7 +252,7 @@ impl<B: Backend> UserRepo for B {
         Stmt::new(
             "UPDATE users SET mfa_secret = $2, mfa_enabled = $3, mfa_last_step = 0 WHERE id = $1",
         )
-        .bind(user_id.as_bytes().as_slice())
+        .bind(user_id)
         .bind(sealed_secret)
         .bind(enabled)
         .execute(&mut tx)
@@ -264,7 +264,7 @@ impl<B: Backend> UserRepo for B {
     async fn mfa_state(&self, user_id: Uuid) -> Result<Option<MfaState>, StoreError> {
         let row =
             Stmt::new("SELECT mfa_secret, mfa_enabled, mfa_last_step FROM users WHERE id = $1")
-                .bind(user_id.as_bytes().as_slice())
+                .bind(user_id)
                 .fetch_optional(&mut self.reads())
                 .await?;
         row.map(|r| {
@@ -280,7 +280,7 @@ impl<B: Backend> UserRepo for B {
 
     async fn enable_mfa(&self, user_id: Uuid) -> Result<(), StoreError> {
         Stmt::new("UPDATE users SET mfa_enabled = TRUE WHERE id = $1 AND mfa_secret IS NOT NULL")
-            .bind(user_id.as_bytes().as_slice())
+            .bind(user_id)
             .execute(&mut self.writes())
             .await?;
         Ok(())
@@ -289,7 +289,7 @@ impl<B: Backend> UserRepo for B {
     async fn use_totp_step(&self, user_id: Uuid, step: i64) -> Result<bool, StoreError> {
         let r =
             Stmt::new("UPDATE users SET mfa_last_step = $2 WHERE id = $1 AND mfa_last_step < $2")
-                .bind(user_id.as_bytes().as_slice())
+                .bind(user_id)
                 .bind(step)
                 .execute(&mut self.writes())
                 .await?;
@@ -303,12 +303,12 @@ impl<B: Backend> UserRepo for B {
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_bare().await?;
         Stmt::new("DELETE FROM recovery_codes WHERE user_id = $1")
-            .bind(user_id.as_bytes().as_slice())
+            .bind(user_id)
             .execute(&mut tx)
             .await?;
         for h in hashes {
             Stmt::new("INSERT INTO recovery_codes (user_id, code_hash) VALUES ($1, $2)")
-                .bind(user_id.as_bytes().as_slice())
+                .bind(user_id)
                 .bind(h.as_slice())
                 .execute(&mut tx)
                 .await?;
@@ -324,7 +324,7 @@ impl<B: Backend> UserRepo for B {
         now: i64,
     ) -> Result<bool, StoreError> {
         let r = Stmt::new("UPDATE recovery_codes SET used_at = $3 WHERE user_id = $1 AND code_hash = $2 AND used_at IS NULL")
-            .bind(user_id.as_bytes().as_slice())
+            .bind(user_id)
             .bind(hash.as_slice())
             .bind(now)
             .execute(&mut self.writes())
@@ -335,7 +335,7 @@ impl<B: Backend> UserRepo for B {
     async fn user_requires_mfa(&self, user_id: Uuid) -> Result<bool, StoreError> {
         scoped!(self.begin_read(crate::Scope::User(user_id)), |tx| {
             let r = Stmt::new("SELECT COUNT(*) AS n FROM memberships m JOIN orgs o ON o.id = m.org_id WHERE m.user_id = $1 AND o.require_mfa = TRUE")
-                .bind(user_id.as_bytes().as_slice())
+                .bind(user_id)
                 .fetch_one(&mut tx)
                 .await?;
             Ok(crate::rows::RowRead::int(&r, "n")? > 0)
@@ -364,7 +364,7 @@ impl<B: Backend> UserRepo for B {
         )
         .bind(issuer)
         .bind(subject)
-        .bind(user_id.as_bytes().as_slice())
+        .bind(user_id)
         .bind(now)
         .execute(&mut self.writes())
         .await?;
@@ -373,7 +373,7 @@ impl<B: Backend> UserRepo for B {
 
     async fn login_address_count(&self, user_id: Uuid) -> Result<u64, StoreError> {
         let r = Stmt::new("SELECT COUNT(*) AS n FROM login_addresses WHERE user_id = $1")
-            .bind(user_id.as_bytes().as_slice())
+            .bind(user_id)
             .fetch_one(&mut self.reads())
             .await?;
         u64::try_from(crate::rows::RowRead::int(&r, "n")?).map_err(|_| StoreError::Corrupt)
@@ -386,7 +386,7 @@ impl<B: Backend> UserRepo for B {
         now: i64,
     ) -> Result<bool, StoreError> {
         let r = Stmt::new("INSERT INTO login_addresses (user_id, address, first_seen) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-            .bind(user_id.as_bytes().as_slice())
+            .bind(user_id)
             .bind(address)
             .bind(now)
             .execute(&mut self.writes())

@@ -169,7 +169,7 @@ async fn append_audit_batch(
         "SELECT coffer_append_audit_checked($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
          $12, $13, $14, $15, $16, $17)",
     )
-    .bind(b(&org))
+    .bind(DbId(org))
     .bind(coffer_crypto::audit::GENESIS.as_slice())
     .bind(&cols.id)
     .bind(&cols.time)
@@ -183,7 +183,7 @@ async fn append_audit_batch(
     .bind(&cc.name)
     .bind(&cc.param)
     .bind(&cc.version)
-    .bind(proposed.as_ref().map(|((seq, _), _)| i(*seq)))
+    .bind(proposed.as_ref().map(|((seq, _), _)| db_int(*seq)))
     .bind(proposed.as_ref().map(|((_, hash), _)| hash.as_slice()))
     .bind(proposed.as_ref().map(|(_, links)| {
         links
@@ -244,10 +244,11 @@ impl<'a> CheckColumns<'a> {
                     // must still hold this version.
                     let found = level + 1 == c.envs.len();
                     cc.event.push(event);
-                    cc.env.push(b(env));
+                    cc.env.push(env.as_bytes().as_slice());
                     cc.name.push(&c.name);
-                    cc.param.push(found.then(|| b(&c.param_id)));
-                    cc.version.push(if found { i(c.version) } else { 0 });
+                    cc.param
+                        .push(found.then(|| c.param_id.as_bytes().as_slice()));
+                    cc.version.push(if found { db_int(c.version) } else { 0 });
                 }
             }
         }
@@ -269,10 +270,13 @@ struct AuditColumns<'a> {
 impl<'a> AuditColumns<'a> {
     fn of(events: &[&'a NewAuditEvent]) -> Self {
         AuditColumns {
-            id: events.iter().map(|e| b(&e.id)).collect(),
+            id: events.iter().map(|e| e.id.as_bytes().as_slice()).collect(),
             time: events.iter().map(|e| e.time).collect(),
             action: events.iter().map(|e| e.action.as_str()).collect(),
-            actor: events.iter().map(|e| e.actor_id.as_ref().map(b)).collect(),
+            actor: events
+                .iter()
+                .map(|e| e.actor_id.as_ref().map(|a| a.as_bytes().as_slice()))
+                .collect(),
             outcome: events.iter().map(|e| e.outcome.as_str()).collect(),
             target: events.iter().map(|e| e.target.as_str()).collect(),
             body: events.iter().map(|e| e.body.as_str()).collect(),

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::rows::*;
-use crate::sql::{Backend as _, Stmt, scoped};
+use crate::sql::{Backend as _, DbId, Stmt, db_int, scoped};
 use crate::*;
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -219,14 +219,6 @@ async fn set_scope(conn: &mut PgConnection, scope: crate::Scope<'_>) -> Result<(
         .execute(&mut *conn)
         .await?;
     Ok(())
-}
-
-fn b(id: &Uuid) -> &[u8] {
-    id.as_bytes().as_slice()
-}
-
-fn i(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 impl PgStore {

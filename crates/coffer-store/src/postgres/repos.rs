@@ -23,8 +23,8 @@ impl ParamRepo for PgStore {
         name: &str,
     ) -> Result<Option<(ParamRow, bool)>, StoreError> {
         sqlx::query("SELECT * FROM coffer_param_state($1, $2, $3)")
-            .bind(b(&org_id))
-            .bind(b(&env_id))
+            .bind(DbId(org_id))
+            .bind(DbId(env_id))
             .bind(name)
             .fetch_optional(&self.pool)
             .await?
@@ -148,7 +148,7 @@ impl AuditRepo for PgStore {
                 "UPDATE audit_heads SET checkpoint_seq = GREATEST(checkpoint_seq, $2) WHERE org_id = $1",
             )
             .bind(c.org_id)
-            .bind(i(c.seq))
+            .bind(db_int(c.seq))
             .execute(&mut tx)
             .await?;
             Ok(())
@@ -193,20 +193,20 @@ async fn append_version(pool: &PgPool, w: &ParamWrite) -> Result<(), StoreError>
     let outcome: String = sqlx::query_scalar(
         "SELECT coffer_append_version($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
     )
-    .bind(b(&w.org_id))
-    .bind(b(&w.env_id))
-    .bind(b(&w.param_id))
+    .bind(DbId(w.org_id))
+    .bind(DbId(w.env_id))
+    .bind(DbId(w.param_id))
     .bind(&w.name)
-    .bind(i(w.expected_current))
-    .bind(i(v.version))
+    .bind(db_int(w.expected_current))
+    .bind(db_int(v.version))
     .bind(v.action == VersionAction::Delete)
     .bind(v.created_at)
-    .bind(b(&w.credential_id))
+    .bind(DbId(w.credential_id))
     .bind(w.ciphertext.as_ref().map(|ct| ct.as_bytes()))
     .bind(w.ciphertext.as_ref().map(|ct| i64::from(ct.key_term().0)))
     .bind(v.is_secret)
     .bind(v.action.as_str())
-    .bind(b(&v.actor_id))
+    .bind(DbId(v.actor_id))
     .fetch_one(pool)
     .await?;
     match outcome.as_str() {

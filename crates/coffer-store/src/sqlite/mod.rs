@@ -21,7 +21,7 @@ use sqlx::sqlite::{
 use uuid::Uuid;
 
 use crate::rows::*;
-use crate::sql::Backend as _;
+use crate::sql::{Backend as _, DbId, db_int};
 use crate::*;
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -217,14 +217,6 @@ impl SqliteStore {
     }
 }
 
-fn b(id: &Uuid) -> &[u8] {
-    id.as_bytes().as_slice()
-}
-
-fn i(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
 // The read pool answers outside a transaction: SQLite has no row-level security, and each
 // statement filters by organisation itself.
 #[async_trait]
@@ -352,11 +344,11 @@ async fn append_version(conn: &mut SqliteConnection, w: &ParamWrite) -> Result<(
         sqlx::query(
             "INSERT INTO params (id, org_id, env_id, name, current_version, deleted, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
-        .bind(b(&w.param_id))
-        .bind(b(&w.org_id))
-        .bind(b(&w.env_id))
+        .bind(DbId(w.param_id))
+        .bind(DbId(w.org_id))
+        .bind(DbId(w.env_id))
         .bind(&w.name)
-        .bind(i(v.version))
+        .bind(db_int(v.version))
         .bind(deleted)
         .bind(v.created_at)
         .execute(&mut *conn)
@@ -366,13 +358,13 @@ async fn append_version(conn: &mut SqliteConnection, w: &ParamWrite) -> Result<(
             "UPDATE params SET current_version = ?, deleted = ?, updated_at = ? \
              WHERE id = ? AND org_id = ? AND env_id = ? AND current_version = ?",
         )
-        .bind(i(v.version))
+        .bind(db_int(v.version))
         .bind(deleted)
         .bind(v.created_at)
-        .bind(b(&w.param_id))
-        .bind(b(&w.org_id))
-        .bind(b(&w.env_id))
-        .bind(i(w.expected_current))
+        .bind(DbId(w.param_id))
+        .bind(DbId(w.org_id))
+        .bind(DbId(w.env_id))
+        .bind(db_int(w.expected_current))
         .execute(&mut *conn)
         .await?;
         if r.rows_affected() != 1 {
@@ -383,7 +375,7 @@ async fn append_version(conn: &mut SqliteConnection, w: &ParamWrite) -> Result<(
         Some(ct) => {
             ensure_newest_term(&mut *conn, w.org_id, ct.key_term()).await?;
             sqlx::query("INSERT INTO credentials (id, ciphertext, key_term) VALUES (?, ?, ?)")
-                .bind(b(&w.credential_id))
+                .bind(DbId(w.credential_id))
                 .bind(ct.as_bytes())
                 .bind(i64::from(ct.key_term().0))
                 .execute(&mut *conn)
@@ -396,13 +388,13 @@ async fn append_version(conn: &mut SqliteConnection, w: &ParamWrite) -> Result<(
         "INSERT INTO param_versions (param_id, version, org_id, credential_id, is_secret, action, actor_id, created_at) \
          VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
     )
-    .bind(b(&w.param_id))
-    .bind(i(v.version))
-    .bind(b(&w.org_id))
+    .bind(DbId(w.param_id))
+    .bind(db_int(v.version))
+    .bind(DbId(w.org_id))
     .bind(credential_id)
     .bind(v.is_secret)
     .bind(v.action.as_str())
-    .bind(b(&v.actor_id))
+    .bind(DbId(v.actor_id))
     .bind(v.created_at)
     .execute(&mut *conn)
     .await?;
@@ -418,7 +410,7 @@ async fn ensure_newest_term(
 ) -> Result<(), StoreError> {
     let newest: Option<i64> =
         sqlx::query_scalar("SELECT MAX(term) FROM tenant_keys WHERE org_id = ?")
-            .bind(b(&org_id))
+            .bind(DbId(org_id))
             .fetch_one(&mut *conn)
             .await?;
     if newest == Some(i64::from(term.0)) {

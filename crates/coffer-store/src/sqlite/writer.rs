@@ -16,6 +16,7 @@ use sqlx::SqliteConnection;
 use uuid::Uuid;
 
 use super::append_version;
+use crate::sql::{DbId, db_int};
 use crate::{NewAuditEvent, ParamWrite, StoreError};
 
 const MAX_BATCH: usize = 256;
@@ -97,12 +98,12 @@ async fn append_audit_batch(
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (e, (seq, prev, hash)) in chunk_events.iter().zip(chunk_assigned) {
             q = q
-                .bind(e.org_id.as_bytes().to_vec())
-                .bind(i64::try_from(*seq).unwrap_or(i64::MAX))
-                .bind(e.id.as_bytes().to_vec())
+                .bind(DbId(e.org_id))
+                .bind(db_int(*seq))
+                .bind(DbId(e.id))
                 .bind(e.time)
                 .bind(e.action.clone())
-                .bind(e.actor_id.map(|a| a.as_bytes().to_vec()))
+                .bind(e.actor_id.map(DbId))
                 .bind(e.outcome.clone())
                 .bind(e.target.clone())
                 .bind(e.body.clone())
@@ -114,8 +115,8 @@ async fn append_audit_batch(
     for org in touched {
         if let Some((seq, hash)) = heads.get(&org) {
             sqlx::query("INSERT INTO audit_heads (org_id, seq, hash) VALUES (?, ?, ?) ON CONFLICT (org_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash")
-                .bind(org.as_bytes().to_vec())
-                .bind(i64::try_from(*seq).unwrap_or(i64::MAX))
+                .bind(DbId(org))
+                .bind(db_int(*seq))
                 .bind(hash.to_vec())
                 .execute(&mut *conn)
                 .await?;
@@ -130,7 +131,7 @@ async fn append_audit_batch(
 async fn load_head(conn: &mut SqliteConnection, org: Uuid) -> Result<(u64, [u8; 32]), StoreError> {
     use sqlx::Row;
     let r = sqlx::query("SELECT seq, hash FROM audit_heads WHERE org_id = ?")
-        .bind(org.as_bytes().to_vec())
+        .bind(DbId(org))
         .fetch_optional(&mut *conn)
         .await?;
     match r {
