@@ -68,6 +68,11 @@ impl Default for State {
 /// Derived audit HMAC keys kept at most; past this the cache starts over.
 const MAX_AUDIT_MACS: usize = 10_000;
 
+/// Organisations whose unwrapped keys are kept at most; past this one is dropped for each
+/// one loaded (it is unwrapped again on its next use), so memory stays bounded however many
+/// organisations a node serves.
+const MAX_ORGS: usize = 100_000;
+
 fn poisoned<T>(_: T) -> CoreError {
     CoreError::Internal("keyring lock poisoned")
 }
@@ -231,6 +236,11 @@ impl Keyring {
         let mut s = self.state.write().map_err(poisoned)?;
         match &mut *s {
             State::Unsealed { orgs, .. } => {
+                if orgs.len() >= MAX_ORGS && !orgs.contains_key(&org_id) {
+                    if let Some(gone) = orgs.keys().next().copied() {
+                        orgs.remove(&gone);
+                    }
+                }
                 orgs.insert(org_id, ks.clone());
                 Ok(ks)
             }
