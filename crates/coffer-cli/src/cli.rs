@@ -80,6 +80,9 @@ pub enum Command {
     Key(KeyCmd),
     /// Measure read and write throughput and latency against a running server.
     Bench(BenchArgs),
+    /// Fill a fresh database with many organisations and values for the scale benchmark
+    /// (writes straight to the database, not through a server; see docs/benchmarks.md).
+    BenchLoad(BenchLoadArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -321,6 +324,32 @@ pub struct BenchArgs {
     /// Concurrent writers for the write measurement (0 to skip).
     #[arg(long, default_value_t = 16)]
     pub writers: usize,
+    /// Read random values of many organisations instead: the targets file written by
+    /// `coffer bench-load` (each read uses its organisation's API key).
+    #[arg(long)]
+    pub targets: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchLoadArgs {
+    /// The dev-mode data directory (the dev root key is created there; SQLite's file too).
+    #[arg(long)]
+    pub data_dir: std::path::PathBuf,
+    /// PostgreSQL instead of SQLite (a fresh database).
+    #[arg(long, env = "COFFER_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Organisations to create.
+    #[arg(long, default_value_t = 10_000)]
+    pub orgs: usize,
+    /// Values in all, spread evenly over the organisations (secrets of 64 bytes).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub values: usize,
+    /// Concurrent writers.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Where to write the targets (one API key per organisation: created 0600).
+    #[arg(long)]
+    pub out: std::path::PathBuf,
 }
 
 #[derive(Debug, Subcommand)]

@@ -546,6 +546,13 @@ impl Client {
 
     /// A connection of its own that reads one parameter, for load generation. Needs the
     /// token and the pinned CA.
+    /// The URL path of a parameter, for [`ParamReader::get_at`].
+    pub fn param_path(&self, project: &str, env: &str, name: &str) -> String {
+        self.url(&["v1", "projects", project, "envs", env, "params", name])
+            .path()
+            .to_owned()
+    }
+
     pub async fn param_reader(&self, project: &str, env: &str, name: &str) -> Result<ParamReader> {
         let (Some(token), Some(ca)) = (&self.token, &self.ca_pem) else {
             return Err(ClientError::Address(

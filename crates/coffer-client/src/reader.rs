@@ -83,13 +83,33 @@ impl ParamReader {
 
     /// Read the parameter once.
     pub async fn get(&mut self) -> Result<Param> {
+        self.send_head(self.head.clone()).await
+    }
+
+    /// Read another parameter over the same connection, as another caller: `path` as the
+    /// parameter's URL path (`/v1/projects/…/params/NAME`) and `token` its bearer token (the
+    /// scale benchmark reads across many organisations, each with its own key).
+    pub async fn get_at(&mut self, path: &str, token: &str) -> Result<Param> {
+        let mut head = self.head.clone();
+        head.uri = path
+            .parse()
+            .map_err(|_| ClientError::Address("request path".into()))?;
+        head.headers.insert(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| ClientError::Address("token".into()))?,
+        );
+        self.send_head(head).await
+    }
+
+    async fn send_head(&mut self, head: http::request::Parts) -> Result<Param> {
         self.send
             .ready()
             .await
             .map_err(|_| ClientError::Unexpected(0))?;
         let res = self
             .send
-            .send_request(http::Request::from_parts(self.head.clone(), Empty::new()))
+            .send_request(http::Request::from_parts(head, Empty::new()))
             .await
             .map_err(|_| ClientError::Unexpected(0))?;
         let status = res.status().as_u16();

@@ -236,10 +236,11 @@ impl Keyring {
         let mut s = self.state.write().map_err(poisoned)?;
         match &mut *s {
             State::Unsealed { orgs, .. } => {
-                if orgs.len() >= MAX_ORGS && !orgs.contains_key(&org_id) {
-                    if let Some(gone) = orgs.keys().next().copied() {
-                        orgs.remove(&gone);
-                    }
+                if orgs.len() >= MAX_ORGS
+                    && !orgs.contains_key(&org_id)
+                    && let Some(gone) = orgs.keys().next().copied()
+                {
+                    orgs.remove(&gone);
                 }
                 orgs.insert(org_id, ks.clone());
                 Ok(ks)

@@ -128,6 +128,10 @@ async fn measure_reads(
 }
 
 pub async fn run(g: &Global, a: BenchArgs) -> anyhow::Result<()> {
+    if let Some(path) = &a.targets {
+        let results = scale_reads(g, &a, path).await?;
+        return report(g, &results);
+    }
     let client = session::authed(g)?;
     let mut suffix = [0u8; 4];
     coffer_core::random_bytes(&mut suffix);
@@ -183,6 +187,10 @@ pub async fn run(g: &Global, a: BenchArgs) -> anyhow::Result<()> {
         .await;
         results.push(m);
     }
+    report(g, &results)
+}
+
+fn report(g: &Global, results: &[Measurement]) -> anyhow::Result<()> {
     if g.json {
         return output::json(&results);
     }
@@ -212,4 +220,96 @@ pub async fn run(g: &Global, a: BenchArgs) -> anyhow::Result<()> {
             .collect(),
     );
     Ok(())
+}
+
+/// The organisations `coffer bench-load` made: its project, values per organisation, and
+/// (organisation number, API key) pairs.
+struct Targets {
+    project: String,
+    per_org: usize,
+    keys: Vec<(usize, String)>,
+}
+
+fn read_targets(path: &std::path::Path) -> anyhow::Result<Targets> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let mut lines = text.lines();
+    let head = lines.next().unwrap_or_default();
+    let mut h = head.split('\t');
+    anyhow::ensure!(
+        h.next() == Some("# coffer bench targets v1"),
+        "{} is not a targets file of `coffer bench-load`",
+        path.display()
+    );
+    let project = h.next().context("targets: project")?.to_owned();
+    let per_org: usize = h.next().context("targets: values")?.parse()?;
+    let keys = lines
+        .map(|l| {
+            let (org, key) = l.split_once('\t').context("targets: line")?;
+            Ok((org.parse()?, key.to_owned()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    anyhow::ensure!(!keys.is_empty() && per_org > 0, "targets: empty");
+    Ok(Targets {
+        project,
+        per_org,
+        keys,
+    })
+}
+
+/// Reads of random values of random organisations, each with that organisation's API key:
+/// what a node serving many tenants sees.
+async fn scale_reads(
+    g: &Global,
+    a: &BenchArgs,
+    path: &std::path::Path,
+) -> anyhow::Result<Vec<Measurement>> {
+    let t = std::sync::Arc::new(read_targets(path)?);
+    let client = session::anonymous(g)?.with_token(t.keys[0].1.clone());
+    let prefix: std::sync::Arc<str> = client.param_path(&t.project, "default", "P").into();
+    eprintln!(
+        "{} organisations x {} values; random reads",
+        t.keys.len(),
+        t.per_org
+    );
+    let dur = Duration::from_secs(a.duration.max(1));
+    let mut results = Vec::new();
+    for (kind, conns, dur) in std::iter::once(("warmup", 4, Duration::from_secs(1)))
+        .chain(a.connections.iter().map(|&c| ("read", c.max(1), dur)))
+    {
+        let mut readers = Vec::with_capacity(conns);
+        for _ in 0..conns {
+            readers.push(
+                client
+                    .param_reader(&t.project, "default", "P0")
+                    .await
+                    .context("open a benchmark connection (needs COFFER_ADDR and COFFER_CACERT)")?,
+            );
+        }
+        let (t, prefix) = (t.clone(), prefix.clone());
+        let m = measure(kind, readers, dur, move |mut r, worker, i| {
+            let (t, prefix) = (t.clone(), prefix.clone());
+            async move {
+                // A fixed pseudo-random walk per worker (splitmix64): the same sequence on
+                // every run, uniform over organisations and values.
+                let mut z = (worker as u64) << 40 ^ i;
+                z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                z ^= z >> 31;
+                let (org, key) = &t.keys[(z % t.keys.len() as u64) as usize];
+                let value = ((z >> 32) % t.per_org as u64) as usize;
+                let expected = super::bench_load::value_of(*org, value);
+                let ok = r
+                    .get_at(&format!("{prefix}{value}"), key)
+                    .await
+                    .is_ok_and(|p| p.value.as_deref() == Some(expected.as_str()));
+                (r, ok)
+            }
+        })
+        .await;
+        if kind != "warmup" {
+            results.push(m);
+        }
+    }
+    Ok(results)
 }

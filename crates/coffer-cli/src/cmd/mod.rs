@@ -2,6 +2,7 @@ mod account;
 mod audit;
 mod auth;
 mod bench;
+mod bench_load;
 mod export;
 mod key;
 mod operator;
@@ -29,6 +30,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(c) => return audit::run(g, c).await,
         Command::Migrate { database_url } => server::migrate(&database_url).await,
         Command::Bench(a) => bench::run(g, a).await,
+        Command::BenchLoad(a) => bench_load::run(a).await,
         Command::Key(c) => key::run(g, c).await,
         Command::Org(c) => account::org(g, c).await,
         Command::Apikey(c) => account::apikey(g, c).await,

@@ -1,0 +1,162 @@
+//! `coffer bench-load`: many organisations and values written straight into a fresh database
+//! (through the core, with real keys and envelopes, but without a server, HTTP or audit
+//! events), then read by `coffer bench --targets` against a server on that database.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use coffer_core::apikeys::NewApiKey;
+use coffer_core::{Coffer, CoreConfig, Principal, Role, SetParam};
+
+use crate::cli::BenchLoadArgs;
+use crate::storage::StorageSettings;
+
+/// The project every loaded organisation has (its `default` environment holds the values).
+pub const PROJECT: &str = "scale";
+
+/// The value stored as `P{value}` in organisation number `org` (64 bytes, so that the reads
+/// match `coffer bench`'s own): the reader checks every answer against it.
+pub fn value_of(org: usize, value: usize) -> String {
+    format!("{:x<64}", format!("{org}-{value}-"))
+}
+
+pub async fn run(a: BenchLoadArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        a.orgs > 0 && a.values >= a.orgs,
+        "--values must be at least --orgs (each organisation gets values / orgs)"
+    );
+    let per_org = a.values / a.orgs;
+    let settings = StorageSettings {
+        url: a
+            .database_url
+            .clone()
+            .map(coffer_server::DatabaseUrl::new)
+            .transpose()?,
+        migrate: true,
+    };
+    coffer_server::create_data_dir(&a.data_dir)?;
+    let storage = crate::storage::open(&settings, &a.data_dir).await?;
+    let coffer = Coffer::new(storage, CoreConfig::default())?;
+    let boot = coffer
+        .start_dev(&a.data_dir.join("dev-root.key"))
+        .await?
+        .context("bench-load needs a fresh database (this one was set up already)")?;
+    let owner = coffer
+        .login(
+            &boot.username,
+            boot.password.expose_secret(),
+            None,
+            "127.0.0.1",
+        )
+        .await?
+        .session()?
+        .principal;
+
+    let started = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..a.concurrency.max(1) {
+        let (coffer, owner, next, done) =
+            (coffer.clone(), owner.clone(), next.clone(), done.clone());
+        let orgs = a.orgs;
+        workers.push(tokio::spawn(async move {
+            let mut keys = Vec::new();
+            loop {
+                let org = next.fetch_add(1, Ordering::Relaxed);
+                if org >= orgs {
+                    return Ok::<_, anyhow::Error>(keys);
+                }
+                keys.push((org, load_org(&coffer, &owner, org, per_org).await?));
+                let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                if n % 500 == 0 || n == orgs {
+                    let secs = started.elapsed().as_secs_f64();
+                    eprintln!(
+                        "{n}/{orgs} organisations, {} values, {:.0} values/s",
+                        n * per_org,
+                        (n * per_org) as f64 / secs
+                    );
+                }
+            }
+        }));
+    }
+    let mut keys = Vec::with_capacity(a.orgs);
+    for w in workers {
+        keys.extend(w.await.context("loader task")??);
+    }
+    keys.sort_unstable_by_key(|(org, _)| *org);
+
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&a.out)
+        .with_context(|| format!("create {}", a.out.display()))?;
+    writeln!(out, "# coffer bench targets v1\t{PROJECT}\t{per_org}")?;
+    for (org, key) in &keys {
+        writeln!(out, "{org}\t{key}")?;
+    }
+    out.sync_all()?;
+    coffer.close().await;
+    eprintln!(
+        "loaded {} organisations with {per_org} values each ({} values) in {:.1}s; targets in {}",
+        a.orgs,
+        a.orgs * per_org,
+        started.elapsed().as_secs_f64(),
+        a.out.display()
+    );
+    Ok(())
+}
+
+/// One organisation: its project, `per_org` secrets and a read-only API key for the reader.
+async fn load_org(
+    coffer: &Coffer,
+    owner: &Principal,
+    org: usize,
+    per_org: usize,
+) -> anyhow::Result<String> {
+    let name = format!("scale-{org}");
+    let org_id = coffer.create_org_as(owner, &name).await?;
+    // The loader holds the root key and the database: it acts as the organisation's Owner
+    // directly rather than logging in once per organisation.
+    let p = Principal {
+        org_id,
+        org_name: name,
+        role: Role::Owner,
+        ..owner.clone()
+    };
+    coffer.create_project(&p, PROJECT).await?;
+    for i in 0..per_org {
+        let value = value_of(org, i);
+        coffer
+            .set_param(
+                &p,
+                PROJECT,
+                "default",
+                SetParam {
+                    name: &format!("P{i}"),
+                    value: value.as_bytes(),
+                    secret: Some(true),
+                },
+            )
+            .await?;
+    }
+    let key = coffer
+        .create_api_key(
+            &p,
+            NewApiKey {
+                name: "scale-bench".into(),
+                role: Role::Contributor,
+                read_only: true,
+                projects: vec![],
+                envs: vec![],
+                ttl: Duration::from_secs(30 * 86_400),
+            },
+        )
+        .await?;
+    Ok(key.key.expose_secret().to_owned())
+}
