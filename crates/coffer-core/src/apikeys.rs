@@ -144,6 +144,8 @@ impl Coffer {
         if p.role < Role::Contributor || p.method == AuthMethod::ApiKey {
             return Err(CoreError::Forbidden("your role cannot list API keys"));
         }
+        // Uses this node has not written yet.
+        self.flush_key_uses().await;
         Ok(self
             .repos()
             .access
@@ -230,5 +232,47 @@ impl Coffer {
             token,
             expires_at: now_ms().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(0)),
         })
+    }
+}
+
+/// Key uses kept at most before they are written early.
+const MAX_PENDING_USES: usize = 100_000;
+
+impl Coffer {
+    /// Remember that a key was used. Written with others in one transaction every few
+    /// seconds ([`Coffer::flush_key_uses`]): a node serving many keys would otherwise write
+    /// (and on SQLite wait for an fsync) on nearly every request. The time is shown to
+    /// people (`coffer apikey list`), never used to decide access.
+    pub(crate) fn note_key_use(&self, org_id: Uuid, key_id: Uuid, at: i64) {
+        let full = match self.inner.key_uses.lock() {
+            Ok(mut uses) => {
+                uses.insert((org_id, key_id), at);
+                uses.len() >= MAX_PENDING_USES
+            }
+            Err(_) => false,
+        };
+        if full && let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let c = self.clone();
+            rt.spawn(async move { c.flush_key_uses().await });
+        }
+    }
+
+    /// Write the key uses noted since the last flush. On failure they are kept for the next.
+    pub(crate) async fn flush_key_uses(&self) {
+        let uses: Vec<(Uuid, Uuid, i64)> = match self.inner.key_uses.lock() {
+            Ok(mut m) => m.drain().map(|((org, key), at)| (org, key, at)).collect(),
+            Err(_) => return,
+        };
+        if uses.is_empty() {
+            return;
+        }
+        if let Err(e) = self.repos().access.touch_api_keys(&uses).await {
+            tracing::debug!(error = %e, "could not record API key use; will retry");
+            if let Ok(mut m) = self.inner.key_uses.lock() {
+                for (org, key, at) in uses {
+                    m.entry((org, key)).or_insert(at);
+                }
+            }
+        }
     }
 }

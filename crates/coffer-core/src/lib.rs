@@ -119,6 +119,8 @@ struct Inner {
     root_watch: tokio::sync::Mutex<()>,
     /// Set by [`Coffer::close`]: nothing unseals again afterwards.
     closed: std::sync::atomic::AtomicBool,
+    /// API key uses not written yet, by (organisation, key): see `Coffer::note_key_use`.
+    key_uses: std::sync::Mutex<std::collections::HashMap<(uuid::Uuid, uuid::Uuid), i64>>,
     /// Organisations whose own key this node last found unusable.
     keys_unavailable: std::sync::Mutex<std::collections::HashSet<uuid::Uuid>>,
     /// Write-locked while the root key is replaced (see `Coffer::root_stable`).
@@ -155,6 +157,7 @@ impl Coffer {
                 key_job: tokio::sync::Notify::new(),
                 root_change: tokio::sync::RwLock::new(()),
                 keys_unavailable: std::sync::Mutex::default(),
+                key_uses: std::sync::Mutex::default(),
                 key_maintenance: tokio::sync::Mutex::new(()),
                 root_watch: tokio::sync::Mutex::new(()),
                 closed: std::sync::atomic::AtomicBool::new(false),
@@ -164,7 +167,24 @@ impl Coffer {
         if let Some(rx) = invalidations {
             c.follow_invalidations(rx);
         }
+        c.flush_key_uses_periodically();
         Ok(c)
+    }
+
+    /// Write noted API key uses every few seconds. Holds only a weak reference, so the task
+    /// ends with the service.
+    fn flush_key_uses_periodically(&self) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak = Arc::downgrade(&self.inner);
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                let Some(inner) = weak.upgrade() else { return };
+                Coffer { inner }.flush_key_uses().await;
+            }
+        });
     }
 
     /// Clear caches when any node reports a change. Holds only a weak reference, so the
@@ -254,6 +274,7 @@ impl Coffer {
         // After any rekey follow-up under way, so it cannot unseal again behind this.
         let _one = self.inner.root_watch.lock().await;
         let _ = self.seal();
+        self.flush_key_uses().await;
         self.inner.cluster.close().await;
     }
 

@@ -514,10 +514,7 @@ impl Coffer {
         if k.last_used_at
             .is_none_or(|t| now.saturating_sub(t) >= 60_000)
         {
-            self.repos()
-                .access
-                .touch_api_key(k.org_id, k.id, now)
-                .await?;
+            self.note_key_use(k.org_id, k.id, now);
         }
         let mut p = self
             .principal_for(

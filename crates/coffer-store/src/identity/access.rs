@@ -66,7 +66,9 @@ pub trait AccessRepo: Send + Sync {
     /// Revoke a key and end the access tokens exchanged for it.
     async fn revoke_api_key(&self, org_id: Uuid, id: Uuid, now: i64) -> Result<bool, StoreError>;
 
-    async fn touch_api_key(&self, org_id: Uuid, id: Uuid, now: i64) -> Result<(), StoreError>;
+    /// Record when keys were last used: (organisation, key, time) each, in one transaction;
+    /// a time older than the recorded one changes nothing.
+    async fn touch_api_keys(&self, uses: &[(Uuid, Uuid, i64)]) -> Result<(), StoreError>;
 
     async fn create_invitation(&self, i: &InvitationRow) -> Result<(), StoreError>;
 
@@ -419,16 +421,25 @@ impl<B: Backend> AccessRepo for B {
         Ok(r == 1)
     }
 
-    async fn touch_api_key(&self, org_id: Uuid, id: Uuid, now: i64) -> Result<(), StoreError> {
-        scoped!(self.begin(crate::Scope::Org(org_id)), |tx| {
-            Stmt::new("UPDATE api_keys SET last_used_at = $2 WHERE id = $1 AND org_id = $3")
-                .bind(id)
-                .bind(now)
-                .bind(org_id)
-                .execute(&mut tx)
-                .await?;
-            Ok(())
-        })
+    async fn touch_api_keys(&self, uses: &[(Uuid, Uuid, i64)]) -> Result<(), StoreError> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_bare().await?;
+        for (org_id, id, at) in uses {
+            self.rescope(&mut tx, crate::Scope::Org(*org_id)).await?;
+            Stmt::new(
+                "UPDATE api_keys SET last_used_at = $2 WHERE id = $1 AND org_id = $3 \
+                 AND (last_used_at IS NULL OR last_used_at < $2)",
+            )
+            .bind(*id)
+            .bind(*at)
+            .bind(*org_id)
+            .execute(&mut tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn create_invitation(&self, i: &InvitationRow) -> Result<(), StoreError> {

@@ -1044,7 +1044,11 @@ pub async fn api_keys_invitations_identities_and_mail(s: &dyn Store) {
     assert!(s.api_key(other, key.id).await.unwrap().is_none());
     assert_eq!(s.api_keys(org_id).await.unwrap().len(), 1);
     assert!(s.api_keys(other).await.unwrap().is_empty());
-    s.touch_api_key(org_id, key.id, 50).await.unwrap();
+    s.touch_api_keys(&[(org_id, key.id, 50), (other, key.id, 55)])
+        .await
+        .unwrap();
+    // An older use does not move the time back.
+    s.touch_api_keys(&[(org_id, key.id, 40)]).await.unwrap();
     let mut access = session(u, org_id, 8, 10_000);
     access.method = "apikey".into();
     access.api_key_id = Some(key.id);
