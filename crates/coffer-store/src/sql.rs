@@ -260,6 +260,10 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug + 'static {
     const INT: &'static str;
     /// Planner settings run before reading a rewrap batch, if any.
     const REWRAP_WALK_HINT: Option<&'static str>;
+    /// Whether a read needs a transaction to carry its scope (row-level security). Without,
+    /// a one-statement read runs straight on [`Backend::reads`]: on SQLite each statement
+    /// is a round trip to the connection's thread, and BEGIN and COMMIT would be two more.
+    const SCOPED_READS: bool;
 
     /// Where statements outside a transaction read (SQLite: its read-only pool).
     fn reads(&self) -> Self::Pool<'_>;
@@ -298,3 +302,18 @@ macro_rules! scoped {
     }};
 }
 pub(crate) use scoped;
+
+/// Run the one-statement read `$body` on an executor `$e` that sees `$scope`'s rows: a
+/// scoped read transaction where the backend needs one ([`Backend::SCOPED_READS`]), else
+/// the read pool directly.
+macro_rules! read_scoped {
+    ($store:ident, $scope:expr, |$e:ident| $body:block) => {{
+        if <Self as $crate::sql::Backend>::SCOPED_READS {
+            $crate::sql::scoped!($store.begin_read($scope), |$e| $body)
+        } else {
+            let mut $e = $crate::sql::Backend::reads($store);
+            $body
+        }
+    }};
+}
+pub(crate) use read_scoped;

@@ -8,7 +8,7 @@ use uuid::Uuid;
 use crate::StoreError;
 use crate::models::*;
 use crate::rows::*;
-use crate::sql::{Backend, Exec, Stmt, Tx, scoped};
+use crate::sql::{Backend, Exec, Stmt, Tx, read_scoped, scoped};
 
 /// Organisations, projects and environments: the tree that parameters hang from.
 #[async_trait]
@@ -65,7 +65,7 @@ impl<B: Backend> TenantRepo for B {
     }
 
     async fn org(&self, org_id: Uuid) -> Result<Option<OrgRow>, StoreError> {
-        scoped!(self.begin_read(crate::Scope::Org(org_id)), |tx| {
+        read_scoped!(self, crate::Scope::Org(org_id), |tx| {
             Stmt::new("SELECT id, name, created_at FROM orgs WHERE id = $1")
                 .bind(org_id)
                 .fetch_optional(&mut tx)
@@ -77,7 +77,7 @@ impl<B: Backend> TenantRepo for B {
     }
 
     async fn org_by_name(&self, name: &str) -> Result<Option<OrgRow>, StoreError> {
-        scoped!(self.begin_read(crate::Scope::System), |tx| {
+        read_scoped!(self, crate::Scope::System, |tx| {
             Stmt::new("SELECT id, name, created_at FROM orgs WHERE name = $1")
                 .bind(name)
                 .fetch_optional(&mut tx)
@@ -97,7 +97,7 @@ impl<B: Backend> TenantRepo for B {
     }
 
     async fn tenant_keys(&self, org_id: Uuid) -> Result<Vec<TenantKeyRow>, StoreError> {
-        scoped!(self.begin_read(crate::Scope::Org(org_id)), |tx| {
+        read_scoped!(self, crate::Scope::Org(org_id), |tx| {
             tenant_keys(&mut tx, org_id).await
         })
     }
@@ -126,7 +126,7 @@ impl<B: Backend> TenantRepo for B {
     }
 
     async fn org_requires_mfa(&self, org_id: Uuid) -> Result<bool, StoreError> {
-        scoped!(self.begin_read(crate::Scope::Org(org_id)), |tx| {
+        read_scoped!(self, crate::Scope::Org(org_id), |tx| {
             let r =
                 Stmt::new("SELECT COUNT(*) AS n FROM orgs WHERE id = $1 AND require_mfa = TRUE")
                     .bind(org_id)
@@ -152,7 +152,7 @@ impl<B: Backend> TenantRepo for B {
     }
 
     async fn projects(&self, org_id: Uuid) -> Result<Vec<ProjectRow>, StoreError> {
-        scoped!(self.begin_read(crate::Scope::Org(org_id)), |tx| {
+        read_scoped!(self, crate::Scope::Org(org_id), |tx| {
             Stmt::new(
                 "SELECT id, org_id, name, created_at FROM projects WHERE org_id = $1 ORDER BY name",
             )
@@ -170,7 +170,7 @@ impl<B: Backend> TenantRepo for B {
         org_id: Uuid,
         name: &str,
     ) -> Result<Option<ProjectRow>, StoreError> {
-        scoped!(self.begin_read(crate::Scope::Org(org_id)), |tx| {
+        read_scoped!(self, crate::Scope::Org(org_id), |tx| {
             Stmt::new(
                 "SELECT id, org_id, name, created_at FROM projects WHERE org_id = $1 AND name = $2",
             )
@@ -203,7 +203,7 @@ impl<B: Backend> TenantRepo for B {
     }
 
     async fn envs(&self, org_id: Uuid, project_id: Uuid) -> Result<Vec<EnvRow>, StoreError> {
-        scoped!(self.begin_read(crate::Scope::Org(org_id)), |tx| {
+        read_scoped!(self, crate::Scope::Org(org_id), |tx| {
             Stmt::new(
                 "SELECT id, org_id, project_id, parent_id, name, created_at FROM environments \
                  WHERE org_id = $1 AND project_id = $2 ORDER BY created_at, name",

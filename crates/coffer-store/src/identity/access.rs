@@ -6,7 +6,7 @@ use uuid::Uuid;
 use super::*;
 use crate::StoreError;
 use crate::models::*;
-use crate::sql::{Backend, Stmt, Tx, scoped};
+use crate::sql::{Backend, Stmt, Tx, read_scoped, scoped};
 
 /// Who may act in an organisation, and with which credential.
 #[async_trait]
@@ -104,7 +104,7 @@ impl<B: Backend> AccessRepo for B {
     }
 
     async fn memberships(&self, user_id: Uuid) -> Result<Vec<MembershipRow>, StoreError> {
-        scoped!(self.begin_read(crate::Scope::User(user_id)), |tx| {
+        read_scoped!(self, crate::Scope::User(user_id), |tx| {
             Stmt::new("SELECT user_id, org_id, role, created_at FROM memberships WHERE user_id = $1 ORDER BY created_at")
                 .bind(user_id)
                 .fetch_all(&mut tx)
@@ -120,7 +120,7 @@ impl<B: Backend> AccessRepo for B {
         org_id: Uuid,
         user_id: Uuid,
     ) -> Result<Option<MembershipRow>, StoreError> {
-        scoped!(self.begin_read(crate::Scope::Org(org_id)), |tx| {
+        read_scoped!(self, crate::Scope::Org(org_id), |tx| {
             Stmt::new("SELECT user_id, org_id, role, created_at FROM memberships WHERE org_id = $1 AND user_id = $2")
                 .bind(org_id)
                 .bind(user_id)
@@ -132,7 +132,7 @@ impl<B: Backend> AccessRepo for B {
     }
 
     async fn org_members(&self, org_id: Uuid) -> Result<Vec<(MembershipRow, UserRow)>, StoreError> {
-        scoped!(self.begin_read(crate::Scope::Org(org_id)), |tx| {
+        read_scoped!(self, crate::Scope::Org(org_id), |tx| {
             Stmt::new(
                 "SELECT m.user_id, m.org_id, m.role, m.created_at AS m_created, \
                  u.id, u.username, u.password_hash, u.created_at, u.email, u.mfa_enabled \
@@ -229,7 +229,7 @@ impl<B: Backend> AccessRepo for B {
     }
 
     async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionRow>, StoreError> {
-        scoped!(self.begin_read(crate::Scope::Token(token_hash)), |tx| {
+        read_scoped!(self, crate::Scope::Token(token_hash), |tx| {
             Stmt::new(concat!(
                 "SELECT ",
                 crate::identity::session_cols!(),
@@ -288,7 +288,7 @@ impl<B: Backend> AccessRepo for B {
     }
 
     async fn user_sessions(&self, user_id: Uuid) -> Result<Vec<SessionRow>, StoreError> {
-        scoped!(self.begin_read(crate::Scope::User(user_id)), |tx| {
+        read_scoped!(self, crate::Scope::User(user_id), |tx| {
             Stmt::new(concat!(
                 "SELECT ",
                 crate::identity::session_cols!(),
@@ -359,7 +359,7 @@ impl<B: Backend> AccessRepo for B {
     }
 
     async fn api_key_by_hash(&self, hash: &[u8; 32]) -> Result<Option<ApiKeyRow>, StoreError> {
-        scoped!(self.begin_read(crate::Scope::Token(hash)), |tx| {
+        read_scoped!(self, crate::Scope::Token(hash), |tx| {
             Stmt::new(concat!(
                 "SELECT ",
                 crate::identity::key_cols!(),
@@ -374,7 +374,7 @@ impl<B: Backend> AccessRepo for B {
     }
 
     async fn api_key(&self, org_id: Uuid, id: Uuid) -> Result<Option<ApiKeyRow>, StoreError> {
-        scoped!(self.begin_read(crate::Scope::Org(org_id)), |tx| {
+        read_scoped!(self, crate::Scope::Org(org_id), |tx| {
             Stmt::new(concat!(
                 "SELECT ",
                 crate::identity::key_cols!(),
@@ -390,7 +390,7 @@ impl<B: Backend> AccessRepo for B {
     }
 
     async fn api_keys(&self, org_id: Uuid) -> Result<Vec<ApiKeyRow>, StoreError> {
-        scoped!(self.begin_read(crate::Scope::Org(org_id)), |tx| {
+        read_scoped!(self, crate::Scope::Org(org_id), |tx| {
             Stmt::new(concat!(
                 "SELECT ",
                 crate::identity::key_cols!(),
@@ -468,7 +468,7 @@ impl<B: Backend> AccessRepo for B {
         &self,
         hash: &[u8; 32],
     ) -> Result<Option<InvitationRow>, StoreError> {
-        scoped!(self.begin_read(crate::Scope::Token(hash)), |tx| {
+        read_scoped!(self, crate::Scope::Token(hash), |tx| {
             Stmt::new(concat!(
                 "SELECT ",
                 crate::identity::invite_cols!(),
@@ -483,7 +483,7 @@ impl<B: Backend> AccessRepo for B {
     }
 
     async fn invitations(&self, org_id: Uuid) -> Result<Vec<InvitationRow>, StoreError> {
-        scoped!(self.begin_read(crate::Scope::Org(org_id)), |tx| {
+        read_scoped!(self, crate::Scope::Org(org_id), |tx| {
             Stmt::new(concat!(
                 "SELECT ",
                 crate::identity::invite_cols!(),

@@ -7,7 +7,7 @@ use uuid::Uuid;
 use crate::StoreError;
 use crate::models::*;
 
-use crate::sql::{Backend, Stmt, Tx, scoped};
+use crate::sql::{Backend, Stmt, Tx, read_scoped};
 
 /// Accounts and what proves who they are.
 #[async_trait]
@@ -333,7 +333,7 @@ impl<B: Backend> UserRepo for B {
     }
 
     async fn user_requires_mfa(&self, user_id: Uuid) -> Result<bool, StoreError> {
-        scoped!(self.begin_read(crate::Scope::User(user_id)), |tx| {
+        read_scoped!(self, crate::Scope::User(user_id), |tx| {
             let r = Stmt::new("SELECT COUNT(*) AS n FROM memberships m JOIN orgs o ON o.id = m.org_id WHERE m.user_id = $1 AND o.require_mfa = TRUE")
                 .bind(user_id)
                 .fetch_one(&mut tx)

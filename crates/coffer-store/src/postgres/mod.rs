@@ -98,6 +98,7 @@ impl crate::sql::Backend for PgStore {
     // organisation and a sort for every batch: 1.7 s per 2,000 values at 1M values.
     const REWRAP_WALK_HINT: Option<&'static str> =
         Some("SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off");
+    const SCOPED_READS: bool = true;
 
     fn reads(&self) -> Self::Pool<'_> {
         crate::sql::PoolExec(&self.pool)

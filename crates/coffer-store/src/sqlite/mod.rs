@@ -63,6 +63,7 @@ impl crate::sql::Backend for SqliteStore {
     const BLOB: &'static str = "BLOB";
     const INT: &'static str = "INTEGER";
     const REWRAP_WALK_HINT: Option<&'static str> = None;
+    const SCOPED_READS: bool = false;
 
     fn reads(&self) -> Self::Pool<'_> {
         crate::sql::PoolExec(&self.read)
