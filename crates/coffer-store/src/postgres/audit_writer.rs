@@ -89,8 +89,17 @@ async fn writer_connection<'c>(
         .ok_or(StoreError::Unavailable(sqlx::Error::PoolClosed))
 }
 
-/// Append one batch and answer each of its requests: one call per organisation, each its
-/// own transaction holding only its own chain's lock.
+/// One organisation's share of a batch: its events' jobs.
+type OrgJobs = (Uuid, Vec<AuditJob>);
+
+/// Per event of one organisation's share: its (seq, hash), or None if its checks failed.
+type Assigned = Vec<Option<(u64, [u8; 32])>>;
+
+/// Append one batch and answer each of its requests. A batch of several organisations'
+/// events (a node serving many tenants) is appended in one transaction, one call per
+/// organisation taking its chain's lock in organisation order, so it costs one commit and
+/// one WAL flush instead of one per organisation. If that fails before the commit was sent,
+/// nothing was appended, and each organisation is tried again in a transaction of its own.
 async fn append_batch(
     pool: &PgPool,
     conn: &mut Option<PgConnection>,
@@ -102,6 +111,7 @@ async fn append_batch(
     for job in batch {
         by_org.entry(job.0.org_id).or_default().push(job);
     }
+    let mut groups: Vec<OrgJobs> = Vec::with_capacity(by_org.len());
     for (org, jobs) in by_org {
         // A read of another organisation cannot be confirmed in this one's transaction.
         let (jobs, foreign): (Vec<AuditJob>, Vec<AuditJob>) = jobs
@@ -110,37 +120,122 @@ async fn append_batch(
         for (_, _, reply) in foreign {
             let _ = reply.send(Ok(None));
         }
+        if !jobs.is_empty() {
+            groups.push((org, jobs));
+        }
+    }
+    if groups.len() > 1 {
+        match append_together(pool, conn, heads, &groups).await {
+            Together::Committed(results) => {
+                for ((org, jobs), assigned) in groups.into_iter().zip(results) {
+                    answer(heads, values, org, jobs, Ok(assigned));
+                }
+                return;
+            }
+            Together::CommitUnknown(e) => {
+                tracing::error!(error = %e, "audit batch commit failed");
+                *conn = None;
+                for (org, jobs) in groups {
+                    answer(heads, values, org, jobs, Err(StoreError::CommitFailed));
+                }
+                return;
+            }
+            Together::NotAppended(e) => {
+                tracing::warn!(error = %e, "audit batch of several organisations failed; appending each alone");
+                // The connection may still be inside the failed transaction: a new one.
+                *conn = None;
+            }
+        }
+    }
+    for (org, jobs) in groups {
         let events: Vec<&NewAuditEvent> = jobs.iter().map(|(e, _, _)| e).collect();
         let checks: Vec<&[ReadCheck]> = jobs.iter().map(|(_, c, _)| c.as_slice()).collect();
-        let head = heads.remove(&org);
+        let head = heads.get(&org).copied();
         let appended = match writer_connection(pool, conn).await {
             Ok(c) => append_audit_batch(c, org, head, &events, &checks).await,
             Err(e) => Err(e),
         };
-        if let Ok(assigned) = &appended
-            && let Some(last) = assigned.iter().rev().flatten().next()
-        {
-            heads.insert(org, *last);
+        if let Err(e) = &appended {
+            tracing::error!(error = %e, "audit batch failed");
+            // The connection may be broken (a database restart): open a new one next.
+            *conn = None;
         }
-        match appended {
-            Ok(assigned) => {
-                for ((_, checks, reply), r) in jobs.into_iter().zip(assigned) {
-                    if r.is_none() {
-                        // A cached read no longer holds: read it afresh next time.
-                        for c in &checks {
-                            values.forget(c.org_id, &c.name);
-                        }
-                    }
-                    let _ = reply.send(Ok(r));
+        answer(heads, values, org, jobs, appended);
+    }
+}
+
+/// How appending several organisations' events in one transaction ended.
+enum Together {
+    Committed(Vec<Assigned>),
+    /// Failed before COMMIT was sent: nothing was appended.
+    NotAppended(StoreError),
+    /// COMMIT was sent but not acknowledged: the events may or may not be there.
+    CommitUnknown(StoreError),
+}
+
+async fn append_together(
+    pool: &PgPool,
+    conn: &mut Option<PgConnection>,
+    heads: &crate::chain::Heads,
+    groups: &[OrgJobs],
+) -> Together {
+    let c = match writer_connection(pool, conn).await {
+        Ok(c) => c,
+        Err(e) => return Together::NotAppended(e),
+    };
+    let appended = async {
+        sqlx::raw_sql("BEGIN").execute(&mut *c).await?;
+        let mut out = Vec::with_capacity(groups.len());
+        for (org, jobs) in groups {
+            let events: Vec<&NewAuditEvent> = jobs.iter().map(|(e, _, _)| e).collect();
+            let checks: Vec<&[ReadCheck]> = jobs.iter().map(|(_, c, _)| c.as_slice()).collect();
+            let head = heads.get(org).copied();
+            out.push(append_audit_batch(c, *org, head, &events, &checks).await?);
+        }
+        Ok::<_, StoreError>(out)
+    }
+    .await;
+    match appended {
+        Err(e) => Together::NotAppended(e),
+        Ok(out) => match sqlx::raw_sql("COMMIT").execute(&mut *c).await {
+            Ok(_) => Together::Committed(out),
+            Err(e) => Together::CommitUnknown(e.into()),
+        },
+    }
+}
+
+/// Answer one organisation's requests and remember where its chain now ends.
+fn answer(
+    heads: &mut crate::chain::Heads,
+    values: &cache::ValueCache,
+    org: Uuid,
+    jobs: Vec<AuditJob>,
+    appended: Result<Assigned, StoreError>,
+) {
+    match appended {
+        Ok(assigned) => {
+            match assigned.iter().rev().flatten().next() {
+                Some(last) => {
+                    heads.insert(org, *last);
+                }
+                None => {
+                    heads.remove(&org);
                 }
             }
-            Err(e) => {
-                tracing::error!(error = %e, "audit batch failed");
-                // The connection may be broken (a database restart): open a new one next.
-                *conn = None;
-                for (_, _, reply) in jobs {
-                    let _ = reply.send(Err(StoreError::CommitFailed));
+            for ((_, checks, reply), r) in jobs.into_iter().zip(assigned) {
+                if r.is_none() {
+                    // A cached read no longer holds: read it afresh next time.
+                    for c in &checks {
+                        values.forget(c.org_id, &c.name);
+                    }
                 }
+                let _ = reply.send(Ok(r));
+            }
+        }
+        Err(_) => {
+            heads.remove(&org);
+            for (_, _, reply) in jobs {
+                let _ = reply.send(Err(StoreError::CommitFailed));
             }
         }
     }
@@ -154,7 +249,7 @@ async fn append_audit_batch(
     head: Option<(u64, [u8; 32])>,
     events: &[&NewAuditEvent],
     checks: &[&[ReadCheck]],
-) -> Result<Vec<Option<(u64, [u8; 32])>>, StoreError> {
+) -> Result<Assigned, StoreError> {
     let cols = AuditColumns::of(events);
     let cc = CheckColumns::of(checks);
     // The links the events get if nobody appended since `head`, as verification computes them.
