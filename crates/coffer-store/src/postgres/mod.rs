@@ -112,6 +112,11 @@ impl crate::sql::Backend for PgStore {
         Ok(self.pool.begin().await?)
     }
 
+    async fn begin(&self, scope: crate::Scope<'_>) -> Result<Self::Tx, StoreError> {
+        let sql = begin_scoped_sql(scope)?;
+        Ok(self.pool.begin_with(sqlx::AssertSqlSafe(sql)).await?)
+    }
+
     async fn begin_read(&self, scope: crate::Scope<'_>) -> Result<Self::Tx, StoreError> {
         crate::sql::Backend::begin(self, scope).await
     }
@@ -206,14 +211,33 @@ const SERVER_KEEPALIVE: [(&str, &str); 4] = [
     ("tcp_user_timeout", "15000"),
 ];
 
-/// Open the row-level security walls for `scope` for the rest of the transaction.
-async fn set_scope(conn: &mut PgConnection, scope: crate::Scope<'_>) -> Result<(), StoreError> {
-    let (name, value) = match scope {
+/// The setting that opens the row-level security walls for `scope`, and its value: hex
+/// digits or `on`, nothing else.
+fn scope_setting(scope: crate::Scope<'_>) -> (&'static str, String) {
+    match scope {
         crate::Scope::Org(id) => ("coffer.org_id", id.simple().to_string()),
         crate::Scope::User(id) => ("coffer.user_id", id.simple().to_string()),
         crate::Scope::Token(hash) => ("coffer.token_hash", hex::encode(hash)),
         crate::Scope::System => ("coffer.system", "on".to_owned()),
-    };
+    }
+}
+
+/// `BEGIN` and the scope in one round trip (two statements in one simple query). The
+/// value is written into the SQL, so it must be what [`scope_setting`] makes: checked here
+/// again, failing closed.
+fn begin_scoped_sql(scope: crate::Scope<'_>) -> Result<String, StoreError> {
+    let (name, value) = scope_setting(scope);
+    if !value.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(StoreError::Corrupt);
+    }
+    Ok(format!(
+        "BEGIN; SELECT set_config('{name}', '{value}', true)"
+    ))
+}
+
+/// Open the row-level security walls for `scope` for the rest of the transaction.
+async fn set_scope(conn: &mut PgConnection, scope: crate::Scope<'_>) -> Result<(), StoreError> {
+    let (name, value) = scope_setting(scope);
     sqlx::query("SELECT set_config($1, $2, true)")
         .bind(name)
         .bind(value)
@@ -323,5 +347,34 @@ impl PgStore {
             let _ = sqlx::Connection::close(conn).await;
         }
         self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod scope_tests {
+    use super::*;
+
+    #[test]
+    fn a_scoped_begin_writes_only_hex_or_on_into_its_sql() {
+        let org = Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
+        assert_eq!(
+            begin_scoped_sql(crate::Scope::Org(org)).unwrap(),
+            "BEGIN; SELECT set_config('coffer.org_id', '0123456789abcdef0123456789abcdef', true)"
+        );
+        assert_eq!(
+            begin_scoped_sql(crate::Scope::Token(&[0xab; 32])).unwrap(),
+            format!(
+                "BEGIN; SELECT set_config('coffer.token_hash', '{}', true)",
+                "ab".repeat(32)
+            )
+        );
+        assert!(
+            begin_scoped_sql(crate::Scope::System)
+                .unwrap()
+                .ends_with("set_config('coffer.system', 'on', true)")
+        );
+        let user = begin_scoped_sql(crate::Scope::User(Uuid::new_v4())).unwrap();
+        let value = user.split('\'').nth(3).unwrap();
+        assert!(value.len() == 32 && value.bytes().all(|b| b.is_ascii_hexdigit()));
     }
 }
