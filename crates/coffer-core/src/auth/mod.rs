@@ -542,25 +542,13 @@ impl Coffer {
         expires_at: i64,
     ) -> Result<Principal, CoreError> {
         let role_cap = role_cap.ok_or(CoreError::Internal("unknown role in database"))?;
-        let m = self
+        let (m, user, org) = self
             .repos()
             .access
-            .membership(org_id, user_id)
+            .member(org_id, user_id)
             .await?
             .ok_or(CoreError::Unauthenticated)?;
         let role = Role::parse(&m.role).ok_or(CoreError::Internal("unknown role in database"))?;
-        let user = self
-            .repos()
-            .users
-            .user(user_id)
-            .await?
-            .ok_or(CoreError::Unauthenticated)?;
-        let org = self
-            .repos()
-            .tenants
-            .org(org_id)
-            .await?
-            .ok_or(CoreError::Unauthenticated)?;
         Ok(Principal {
             user_id: user.id,
             username: user.username,

@@ -21,6 +21,14 @@ pub trait AccessRepo: Send + Sync {
         user_id: Uuid,
     ) -> Result<Option<MembershipRow>, StoreError>;
 
+    /// What an authenticated request needs to know of its caller, in one read: the
+    /// membership, its user and its organisation (None if any of them is gone).
+    async fn member(
+        &self,
+        org_id: Uuid,
+        user_id: Uuid,
+    ) -> Result<Option<(MembershipRow, UserRow, OrgRow)>, StoreError>;
+
     async fn org_members(&self, org_id: Uuid) -> Result<Vec<(MembershipRow, UserRow)>, StoreError>;
 
     /// Change a member's role. Refuses (Conflict) to leave the organisation without an Owner.
@@ -128,6 +136,41 @@ impl<B: Backend> AccessRepo for B {
                 .await?
                 .map(|r| crate::identity::membership_row(&r))
                 .transpose()
+        })
+    }
+
+    async fn member(
+        &self,
+        org_id: Uuid,
+        user_id: Uuid,
+    ) -> Result<Option<(MembershipRow, UserRow, OrgRow)>, StoreError> {
+        read_scoped!(self, crate::Scope::Org(org_id), |tx| {
+            Stmt::new(
+                "SELECT m.user_id, m.org_id, m.role, m.created_at AS m_created, \
+                 u.id, u.username, u.password_hash, u.created_at, u.email, u.mfa_enabled, \
+                 o.name AS org_name, o.created_at AS org_created \
+                 FROM memberships m JOIN users u ON u.id = m.user_id JOIN orgs o ON o.id = m.org_id \
+                 WHERE m.org_id = $1 AND m.user_id = $2",
+            )
+            .bind(org_id)
+            .bind(user_id)
+            .fetch_optional(&mut tx)
+            .await?
+            .map(|r| {
+                let m = MembershipRow {
+                    user_id: crate::rows::uuid_col(&r, "user_id")?,
+                    org_id: crate::rows::uuid_col(&r, "org_id")?,
+                    role: r.text("role")?,
+                    created_at: r.int("m_created")?,
+                };
+                let org = OrgRow {
+                    id: m.org_id,
+                    name: r.text("org_name")?,
+                    created_at: r.int("org_created")?,
+                };
+                Ok((m, crate::identity::user_row(&r)?, org))
+            })
+            .transpose()
         })
     }
 

@@ -976,6 +976,23 @@ pub async fn the_last_owner_stays(s: &dyn Store) {
         s.membership(org_id, a).await.unwrap().unwrap().role,
         "viewer"
     );
+    // The caller's membership, user and organisation in one read, and only in its own
+    // organisation.
+    let (m, u, o) = s.member(org_id, a).await.unwrap().unwrap();
+    assert_eq!(
+        (m.role.as_str(), m.user_id, m.org_id),
+        ("viewer", a, org_id)
+    );
+    assert_eq!((u.id, u.username.as_str()), (a, "a"));
+    assert_eq!((o.id, o.name.as_str()), (org_id, "o"));
+    let elsewhere = org(s, "p").await;
+    assert!(s.member(elsewhere, a).await.unwrap().is_none());
+    assert!(
+        s.member(org_id, uuid::Uuid::new_v4())
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(matches!(
         s.remove_member(org_id, b).await,
         Err(StoreError::Conflict)
@@ -986,6 +1003,7 @@ pub async fn the_last_owner_stays(s: &dyn Store) {
     assert!(s.remove_member(org_id, a).await.unwrap());
     assert!(s.session(&[9; 32]).await.unwrap().is_none());
     assert!(s.membership(org_id, a).await.unwrap().is_none());
+    assert!(s.member(org_id, a).await.unwrap().is_none());
     let members = s.org_members(org_id).await.unwrap();
     assert_eq!(members.len(), 1);
     assert_eq!(members[0].1.username, "b");
