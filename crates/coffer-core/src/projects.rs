@@ -133,13 +133,12 @@ impl Coffer {
         if let Some(m) = self.inner.meta.get(&key) {
             return Ok(m);
         }
-        let row = self
+        let (row, envs) = self
             .repos()
             .tenants
-            .project_by_name(p.org_id, project)
+            .project_tree(p.org_id, project)
             .await?
             .ok_or_else(|| CoreError::not_found("project", project))?;
-        let envs = self.repos().tenants.envs(p.org_id, row.id).await?;
         let m = Arc::new(ProjectMeta { project: row, envs });
         self.inner.meta.put(key, m.clone());
         Ok(m)

@@ -33,6 +33,12 @@ pub trait TenantRepo: Send + Sync {
         org_id: Uuid,
         name: &str,
     ) -> Result<Option<ProjectRow>, StoreError>;
+    /// A project and its environments (oldest first), in one read.
+    async fn project_tree(
+        &self,
+        org_id: Uuid,
+        name: &str,
+    ) -> Result<Option<(ProjectRow, Vec<EnvRow>)>, StoreError>;
     async fn create_env(&self, e: &EnvRow) -> Result<(), StoreError>;
     async fn envs(&self, org_id: Uuid, project_id: Uuid) -> Result<Vec<EnvRow>, StoreError>;
 }
@@ -182,6 +188,50 @@ impl<B: Backend> TenantRepo for B {
             .map(project_row)
             .transpose()
         })
+    }
+
+    async fn project_tree(
+        &self,
+        org_id: Uuid,
+        name: &str,
+    ) -> Result<Option<(ProjectRow, Vec<EnvRow>)>, StoreError> {
+        let rows = read_scoped!(self, crate::Scope::Org(org_id), |tx| {
+            Stmt::new(
+                "SELECT p.id, p.org_id, p.name, p.created_at, e.id AS env_id, \
+                 e.parent_id AS env_parent, e.name AS env_name, e.created_at AS env_created \
+                 FROM projects p LEFT JOIN environments e \
+                 ON e.project_id = p.id AND e.org_id = p.org_id \
+                 WHERE p.org_id = $1 AND p.name = $2 ORDER BY e.created_at, e.name",
+            )
+            .bind(org_id)
+            .bind(name)
+            .fetch_all(&mut tx)
+            .await
+            .map_err(StoreError::from)
+        })?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let project = project_row(first)?;
+        let mut envs = Vec::with_capacity(rows.len());
+        for r in &rows {
+            // A project without environments still has its one row, with NULLs.
+            let Some(id) = r.opt_bytes("env_id")? else {
+                continue;
+            };
+            envs.push(EnvRow {
+                id: Uuid::from_slice(&id).map_err(|_| StoreError::Corrupt)?,
+                org_id: project.org_id,
+                project_id: project.id,
+                parent_id: r
+                    .opt_bytes("env_parent")?
+                    .map(|p| Uuid::from_slice(&p).map_err(|_| StoreError::Corrupt))
+                    .transpose()?,
+                name: r.text("env_name")?,
+                created_at: r.int("env_created")?,
+            });
+        }
+        Ok(Some((project, envs)))
     }
 
     async fn create_env(&self, e: &EnvRow) -> Result<(), StoreError> {

@@ -302,6 +302,15 @@ pub async fn projects_and_envs_are_scoped_by_org(s: &dyn Store) {
         envs.iter().find(|x| x.name == "prod").unwrap().parent_id,
         Some(e.id)
     );
+    // The project and its environments in one read equal the two reads.
+    let (project, tree) = s.project_tree(a, "app").await.unwrap().unwrap();
+    assert_eq!(project, s.project_by_name(a, "app").await.unwrap().unwrap());
+    assert_eq!(tree, envs);
+    // Org b's project of the same name has no environments: its one row carries NULLs.
+    let (other, none) = s.project_tree(b, "app").await.unwrap().unwrap();
+    assert_ne!(other.id, p.id);
+    assert!(none.is_empty());
+    assert!(s.project_tree(a, "missing").await.unwrap().is_none());
     assert!(matches!(
         s.create_env(&EnvRow {
             id: Uuid::new_v4(),
