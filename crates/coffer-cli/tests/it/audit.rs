@@ -6,11 +6,7 @@ use crate::*;
 fn audit_commands() {
     let tmp = tempfile::tempdir().unwrap();
     let srv = start_server(&tmp.path().join("data"), true, &[]);
-    let cli = Cli {
-        cfg: tmp.path().join("cfg"),
-        addr: srv.addr.clone(),
-        ca: srv.ca.clone(),
-    };
+    let cli = Cli::of(&srv, tmp.path().join("cfg"));
     let o = cli.run_stdin(
         &["login", "-u", "admin", "--password-stdin"],
         srv.password.as_deref().unwrap(),

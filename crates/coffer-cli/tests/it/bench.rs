@@ -47,11 +47,7 @@ fn scale_benchmark_loads_and_reads_across_organisations() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("fresh database"));
 
     let server = start_server_env(&data, true, &[], false, &[("COFFER_DATABASE_URL", "")]);
-    let cli = Cli {
-        cfg: dir.path().join("cfg"),
-        addr: server.addr.clone(),
-        ca: server.ca.clone(),
-    };
+    let cli = Cli::of(&server, dir.path().join("cfg"));
     let bench = |file: &Path| {
         let path = file.to_str().unwrap();
         cli.json(&[

@@ -6,11 +6,7 @@ use crate::*;
 fn identity_commands_end_to_end() {
     let tmp = tempfile::tempdir().unwrap();
     let srv = start_server(&tmp.path().join("data"), true, &[]);
-    let cli = Cli {
-        cfg: tmp.path().join("cfg"),
-        addr: srv.addr.clone(),
-        ca: srv.ca.clone(),
-    };
+    let cli = Cli::of(&srv, tmp.path().join("cfg"));
     let pw = format!("{}\n", srv.password.as_deref().unwrap());
     assert!(
         cli.run_stdin(&["login", "-u", "admin", "--password-stdin"], &pw)
@@ -24,11 +20,7 @@ fn identity_commands_end_to_end() {
         .chars()
         .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
         .collect();
-    let bob = Cli {
-        cfg: tmp.path().join("cfg-bob"),
-        addr: srv.addr.clone(),
-        ca: srv.ca.clone(),
-    };
+    let bob = Cli::of(&srv, tmp.path().join("cfg-bob"));
     let o = bob.run_stdin(
         &["org", "accept", &token, "-u", "bob", "--password-stdin"],
         "bob's long password\n",

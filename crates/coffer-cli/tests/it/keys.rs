@@ -17,11 +17,7 @@ fn key_rotation_survives_kill_9_mid_rewrap() {
     .unwrap();
     let cfg_arg = config.to_str().unwrap();
     let srv = start_server(&data, true, &["--config", cfg_arg]);
-    let cli = Cli {
-        cfg: tmp.path().join("cfg"),
-        addr: srv.addr.clone(),
-        ca: srv.ca.clone(),
-    };
+    let cli = Cli::of(&srv, tmp.path().join("cfg"));
     let o = cli.run_stdin(
         &["login", "-u", "admin", "--password-stdin"],
         srv.password.as_deref().unwrap(),
@@ -73,11 +69,7 @@ fn key_rotation_survives_kill_9_mid_rewrap() {
     assert!(done < N as u64, "killed too late to prove anything: {done}");
 
     let srv = start_server_with(&data, true, &["--config", cfg_arg], false);
-    let cli = Cli {
-        cfg: tmp.path().join("cfg"),
-        addr: srv.addr.clone(),
-        ca: srv.ca.clone(),
-    };
+    let cli = Cli::of(&srv, tmp.path().join("cfg"));
     let after = cli.json(&["key", "status"])["rotation"]["done"]
         .as_u64()
         .unwrap();

@@ -138,6 +138,15 @@ struct Cli {
 }
 
 impl Cli {
+    /// A CLI with its own configuration directory `cfg`, pointed at `srv`.
+    fn of(srv: &ServerProc, cfg: PathBuf) -> Self {
+        Cli {
+            cfg,
+            addr: srv.addr.clone(),
+            ca: srv.ca.clone(),
+        }
+    }
+
     fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(BIN);
         c.args(args)

@@ -9,11 +9,7 @@ fn production_server_init_unseal_and_restart() {
     let data = tmp.path().join("data");
     let (shares, password) = {
         let srv = start_server(&data, false, &[]);
-        let cli = Cli {
-            cfg: tmp.path().join("cfg"),
-            addr: srv.addr.clone(),
-            ca: srv.ca.clone(),
-        };
+        let cli = Cli::of(&srv, tmp.path().join("cfg"));
         assert_eq!(cli.json(&["operator", "status"])["initialized"], false);
         let init = cli.json(&["operator", "init", "--shares", "3", "--threshold", "2"]);
         let shares: Vec<String> = init["shares"]
@@ -39,11 +35,7 @@ fn production_server_init_unseal_and_restart() {
     };
     // After a restart the server is sealed again, and the shares still work.
     let srv = start_server(&data, false, &[]);
-    let cli = Cli {
-        cfg: tmp.path().join("cfg"),
-        addr: srv.addr.clone(),
-        ca: srv.ca.clone(),
-    };
+    let cli = Cli::of(&srv, tmp.path().join("cfg"));
     assert_eq!(cli.json(&["operator", "status"])["sealed"], true);
     let o = cli.run_stdin(&["login", "-u", "admin", "--password-stdin"], &password);
     assert!(String::from_utf8_lossy(&o.stderr).contains("sealed"));
@@ -103,11 +95,7 @@ fn rekey_and_organisation_deletion() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let srv = start_server(&data, false, &[]);
-    let cli = Cli {
-        cfg: tmp.path().join("cfg"),
-        addr: srv.addr.clone(),
-        ca: srv.ca.clone(),
-    };
+    let cli = Cli::of(&srv, tmp.path().join("cfg"));
     // The server process runs without core dumps.
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", srv.child.id())).unwrap();
     let core = limits
@@ -233,11 +221,7 @@ async fn kms_seal_and_own_key_from_the_cli() {
     let start = || start_server_env(&data, false, &["--config", cfg_arg], false, &env);
     let password = {
         let srv = start();
-        let cli = Cli {
-            cfg: tmp.path().join("cfg"),
-            addr: srv.addr.clone(),
-            ca: srv.ca.clone(),
-        };
+        let cli = Cli::of(&srv, tmp.path().join("cfg"));
         let init = cli.ok(&["operator", "init", "--shares", "3", "--threshold", "2"]);
         assert!(init.contains("Recovery share 1:"), "{init}");
         assert!(init.contains("The server is unsealed"), "{init}");
@@ -278,11 +262,7 @@ async fn kms_seal_and_own_key_from_the_cli() {
     };
     // A restart unseals through KMS; no operator is needed.
     let srv = start();
-    let cli = Cli {
-        cfg: tmp.path().join("cfg"),
-        addr: srv.addr.clone(),
-        ca: srv.ca.clone(),
-    };
+    let cli = Cli::of(&srv, tmp.path().join("cfg"));
     assert_eq!(cli.json(&["operator", "status"])["sealed"], false);
     assert!(
         cli.run_stdin(&["login", "-u", "admin", "--password-stdin"], &password)

@@ -117,11 +117,7 @@ async fn a_killed_job_leader_hands_its_jobs_to_another_node() {
     let mut a = start_server_env(&tmp.path().join("a"), true, &[], true, &env);
     let password = a.password.clone().unwrap();
     let login = |srv: &ServerProc| {
-        let cli = Cli {
-            cfg: tmp.path().join("cfg"),
-            addr: srv.addr.clone(),
-            ca: srv.ca.clone(),
-        };
+        let cli = Cli::of(srv, tmp.path().join("cfg"));
         let o = cli.run_stdin(&["login", "-u", "admin", "--password-stdin"], &password);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     };

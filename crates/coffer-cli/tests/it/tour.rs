@@ -6,11 +6,7 @@ use crate::*;
 fn dev_server_cli_tour() {
     let tmp = tempfile::tempdir().unwrap();
     let srv = start_server(&tmp.path().join("data"), true, &[]);
-    let cli = Cli {
-        cfg: tmp.path().join("cfg"),
-        addr: srv.addr.clone(),
-        ca: srv.ca.clone(),
-    };
+    let cli = Cli::of(&srv, tmp.path().join("cfg"));
 
     assert!(cli.fails(&["whoami"]).contains("not logged in"));
     let bad = cli.run_stdin(&["login", "-u", "admin", "--password-stdin"], "wrong\n");
