@@ -247,7 +247,8 @@ impl Coffer {
         let full = match self.inner.key_uses.lock() {
             Ok(mut uses) => {
                 uses.insert((org_id, key_id), at);
-                uses.len() >= MAX_PENDING_USES
+                // Once, when the cap is reached: not one flush task per request past it.
+                uses.len() == MAX_PENDING_USES
             }
             Err(_) => false,
         };

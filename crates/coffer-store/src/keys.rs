@@ -370,28 +370,18 @@ impl<B: Backend> KeyRepo for B {
             .await?
             .map(|r| RowRead::bytes(&r, "wrapped_key"))
             .transpose()?;
-        let mfa = Stmt::new("SELECT id, mfa_secret FROM users WHERE mfa_secret IS NOT NULL")
-            .fetch_all(&mut self.writes())
-            .await?
-            .iter()
-            .map(|r| {
-                Ok((
-                    crate::rows::uuid_col(r, "id")?,
-                    RowRead::bytes(r, "mfa_secret")?,
-                ))
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        let outbox = Stmt::new("SELECT id, sealed FROM outbox WHERE sent_at IS NULL")
-            .fetch_all(&mut self.writes())
-            .await?
-            .iter()
-            .map(|r| {
-                Ok((
-                    crate::rows::uuid_col(r, "id")?,
-                    RowRead::bytes(r, "sealed")?,
-                ))
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        let mfa = sealed_by_id(
+            self,
+            "SELECT id, mfa_secret FROM users WHERE mfa_secret IS NOT NULL",
+            "mfa_secret",
+        )
+        .await?;
+        let outbox = sealed_by_id(
+            self,
+            "SELECT id, sealed FROM outbox WHERE sent_at IS NULL",
+            "sealed",
+        )
+        .await?;
         Ok(RootSecrets {
             tenant_keys,
             audit_key,
@@ -574,4 +564,18 @@ impl<B: Backend> KeyRepo for B {
         self.after_shredding().await?;
         Ok(true)
     }
+}
+
+/// (id, sealed bytes) of every row a root-sealed-material query (`id` and `col`) returns.
+async fn sealed_by_id<B: Backend>(
+    b: &B,
+    sql: &'static str,
+    col: &str,
+) -> Result<Vec<(Uuid, Vec<u8>)>, StoreError> {
+    Stmt::new(sql)
+        .fetch_all(&mut b.writes())
+        .await?
+        .iter()
+        .map(|r| Ok((uuid_col(r, "id")?, r.bytes(col)?)))
+        .collect()
 }

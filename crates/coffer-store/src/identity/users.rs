@@ -119,42 +119,42 @@ impl<B: Backend> UserRepo for B {
     }
 
     async fn user_by_name(&self, username: &str) -> Result<Option<UserRow>, StoreError> {
-        Stmt::new(concat!(
-            "SELECT ",
-            crate::identity::user_cols!(),
-            " FROM users WHERE username = $1"
-        ))
-        .bind(username)
-        .fetch_optional(&mut self.reads())
-        .await?
-        .map(|r| crate::identity::user_row(&r))
-        .transpose()
+        one_user(
+            self,
+            concat!(
+                "SELECT ",
+                crate::identity::user_cols!(),
+                " FROM users WHERE username = $1"
+            ),
+            username,
+        )
+        .await
     }
 
     async fn user_by_email(&self, email: &str) -> Result<Option<UserRow>, StoreError> {
-        Stmt::new(concat!(
-            "SELECT ",
-            crate::identity::user_cols!(),
-            " FROM users WHERE email = $1"
-        ))
-        .bind(email)
-        .fetch_optional(&mut self.reads())
-        .await?
-        .map(|r| crate::identity::user_row(&r))
-        .transpose()
+        one_user(
+            self,
+            concat!(
+                "SELECT ",
+                crate::identity::user_cols!(),
+                " FROM users WHERE email = $1"
+            ),
+            email,
+        )
+        .await
     }
 
     async fn user(&self, user_id: Uuid) -> Result<Option<UserRow>, StoreError> {
-        Stmt::new(concat!(
-            "SELECT ",
-            crate::identity::user_cols!(),
-            " FROM users WHERE id = $1"
-        ))
-        .bind(user_id)
-        .fetch_optional(&mut self.reads())
-        .await?
-        .map(|r| crate::identity::user_row(&r))
-        .transpose()
+        one_user(
+            self,
+            concat!(
+                "SELECT ",
+                crate::identity::user_cols!(),
+                " FROM users WHERE id = $1"
+            ),
+            user_id,
+        )
+        .await
     }
 
     async fn set_password(&self, user_id: Uuid, hash: &str) -> Result<(), StoreError> {
@@ -393,4 +393,18 @@ impl<B: Backend> UserRepo for B {
             .await?;
         Ok(r == 1)
     }
+}
+
+/// The one user a unique-column lookup (`$1`) finds, if any.
+async fn one_user<'a, B: Backend>(
+    b: &B,
+    sql: &'static str,
+    key: impl crate::sql::IntoArg<'a>,
+) -> Result<Option<UserRow>, StoreError> {
+    Stmt::new(sql)
+        .bind(key)
+        .fetch_optional(&mut b.reads())
+        .await?
+        .map(|r| crate::identity::user_row(&r))
+        .transpose()
 }
