@@ -9,6 +9,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use coffer_core::audit::Cx;
 use std::time::Instant;
 
 use coffer_core::{Coffer, CoreConfig, SetParam};
@@ -51,13 +52,22 @@ async fn main() {
         .unwrap()
         .expect("a fresh database");
     let p = coffer
-        .login(&boot.username, boot.password.expose_secret(), None, "bench")
+        .login(
+            &Cx::default(),
+            &boot.username,
+            boot.password.expose_secret(),
+            None,
+            "bench",
+        )
         .await
         .unwrap()
         .session()
         .unwrap()
         .principal;
-    coffer.create_project(&p, "bench").await.unwrap();
+    coffer
+        .create_project(&Cx::default(), &p, "bench")
+        .await
+        .unwrap();
 
     let t = Instant::now();
     let writers = 16;
@@ -68,6 +78,7 @@ async fn main() {
             for i in (w..n).step_by(writers) {
                 let name = format!("V{i}");
                 c.set_param(
+                    &Cx::default(),
                     &p,
                     "bench",
                     "default",

@@ -11,9 +11,18 @@ use coffer_store::ApiKeyRow;
 use std::time::Duration;
 use uuid::Uuid;
 
+use crate::audit::{AuditTarget, Cx};
 use crate::auth::{ACCESS_PREFIX, API_KEY_PREFIX, AuthMethod, NewSession, Principal};
 use crate::clock::now_ms;
 use crate::{Coffer, CoreError, Role, names};
+/// The audit actions of API keys.
+pub mod action {
+    use crate::audit::Action;
+    pub const CREATE: Action = Action::change("apikey.create").answered(201);
+    pub const LIST: Action = Action::read("apikey.list");
+    pub const REVOKE: Action = Action::change("apikey.revoke").answered(204);
+    pub const EXCHANGE: Action = Action::change("auth.token_exchange");
+}
 
 /// Longest lifetime of an API key.
 pub const MAX_KEY_TTL: Duration = Duration::from_secs(366 * 86_400);
@@ -79,159 +88,191 @@ impl Coffer {
     /// Viewers cannot, and no key gets a role above its creator's.
     pub async fn create_api_key(
         &self,
+        cx: &Cx,
         p: &Principal,
         req: NewApiKey,
     ) -> Result<CreatedApiKey, CoreError> {
-        self.ensure_unsealed()?;
-        p.ensure_person()?;
-        if p.role < Role::Contributor {
-            return Err(CoreError::Forbidden("Viewers cannot create API keys"));
+        let mut pending = self.begin_for(cx, p, action::CREATE, AuditTarget::default());
+        let r: Result<CreatedApiKey, CoreError> = async {
+            self.ensure_unsealed()?;
+            p.ensure_person()?;
+            if p.role < Role::Contributor {
+                return Err(CoreError::Forbidden("Viewers cannot create API keys"));
+            }
+            if req.role > p.role {
+                return Err(CoreError::Forbidden(
+                    "an API key cannot have a higher role than its creator",
+                ));
+            }
+            names::validate("name", &req.name)?;
+            for n in req.projects.iter().chain(&req.envs) {
+                names::validate("scope", n)?;
+            }
+            if req.ttl.is_zero() || req.ttl > MAX_KEY_TTL {
+                return Err(CoreError::invalid(
+                    "expires_in",
+                    "must be between 1 second and 366 days",
+                ));
+            }
+            let (key, digest) = token::generate(API_KEY_PREFIX);
+            let now = now_ms();
+            let row = ApiKeyRow {
+                id: Uuid::new_v4(),
+                org_id: p.org_id,
+                user_id: p.user_id,
+                name: req.name,
+                role: req.role.as_str().to_owned(),
+                key_hash: digest.0,
+                prefix: key.expose_secret().chars().take(12).collect(),
+                read_only: req.read_only,
+                projects: req.projects,
+                envs: req.envs,
+                created_at: now,
+                expires_at: now
+                    .saturating_add(i64::try_from(req.ttl.as_millis()).unwrap_or(i64::MAX)),
+                last_used_at: None,
+                revoked_at: None,
+            };
+            self.repos()
+                .access
+                .create_api_key(&row, Some(pending.change_event()?))
+                .await?;
+            if let Some(user) = self.repos().users.user(p.user_id).await? {
+                self.notify(
+                    &user,
+                    "An API key was created",
+                    &format!(
+                        "API key '{}' ({}…) with role {} was created in organisation '{}'.",
+                        row.name, row.prefix, row.role, p.org_name
+                    ),
+                )
+                .await;
+            }
+            Ok(CreatedApiKey {
+                view: view(row),
+                key,
+            })
         }
-        if req.role > p.role {
-            return Err(CoreError::Forbidden(
-                "an API key cannot have a higher role than its creator",
-            ));
-        }
-        names::validate("name", &req.name)?;
-        for n in req.projects.iter().chain(&req.envs) {
-            names::validate("scope", n)?;
-        }
-        if req.ttl.is_zero() || req.ttl > MAX_KEY_TTL {
-            return Err(CoreError::invalid(
-                "expires_in",
-                "must be between 1 second and 366 days",
-            ));
-        }
-        let (key, digest) = token::generate(API_KEY_PREFIX);
-        let now = now_ms();
-        let row = ApiKeyRow {
-            id: Uuid::new_v4(),
-            org_id: p.org_id,
-            user_id: p.user_id,
-            name: req.name,
-            role: req.role.as_str().to_owned(),
-            key_hash: digest.0,
-            prefix: key.expose_secret().chars().take(12).collect(),
-            read_only: req.read_only,
-            projects: req.projects,
-            envs: req.envs,
-            created_at: now,
-            expires_at: now.saturating_add(i64::try_from(req.ttl.as_millis()).unwrap_or(i64::MAX)),
-            last_used_at: None,
-            revoked_at: None,
-        };
-        self.repos().access.create_api_key(&row).await?;
-        if let Some(user) = self.repos().users.user(p.user_id).await? {
-            self.notify(
-                &user,
-                "An API key was created",
-                &format!(
-                    "API key '{}' ({}…) with role {} was created in organisation '{}'.",
-                    row.name, row.prefix, row.role, p.org_name
-                ),
-            )
-            .await;
-        }
-        Ok(CreatedApiKey {
-            view: view(row),
-            key,
-        })
+        .await;
+        self.conclude(pending, r).await
     }
 
     /// Owners and Admins see every key of the organisation; Contributors their own.
-    pub async fn list_api_keys(&self, p: &Principal) -> Result<Vec<ApiKeyView>, CoreError> {
-        self.ensure_unsealed()?;
-        if p.role < Role::Contributor || p.method == AuthMethod::ApiKey {
-            return Err(CoreError::Forbidden("your role cannot list API keys"));
+    pub async fn list_api_keys(
+        &self,
+        cx: &Cx,
+        p: &Principal,
+    ) -> Result<Vec<ApiKeyView>, CoreError> {
+        let pending = self.begin_for(cx, p, action::LIST, AuditTarget::default());
+        let r: Result<Vec<ApiKeyView>, CoreError> = async {
+            self.ensure_unsealed()?;
+            if p.role < Role::Contributor || p.method == AuthMethod::ApiKey {
+                return Err(CoreError::Forbidden("your role cannot list API keys"));
+            }
+            // Uses this node has not written yet.
+            self.flush_key_uses().await;
+            Ok(self
+                .repos()
+                .access
+                .api_keys(p.org_id)
+                .await?
+                .into_iter()
+                .filter(|k| p.role >= Role::Admin || k.user_id == p.user_id)
+                .map(view)
+                .collect())
         }
-        // Uses this node has not written yet.
-        self.flush_key_uses().await;
-        Ok(self
-            .repos()
-            .access
-            .api_keys(p.org_id)
-            .await?
-            .into_iter()
-            .filter(|k| p.role >= Role::Admin || k.user_id == p.user_id)
-            .map(view)
-            .collect())
+        .await;
+        self.conclude(pending, r).await
     }
 
     /// Revoke a key: it and every access token exchanged for it stop working at once.
-    pub async fn revoke_api_key(&self, p: &Principal, id: Uuid) -> Result<(), CoreError> {
-        self.ensure_unsealed()?;
-        let not_found = || CoreError::not_found("API key", &id.to_string());
-        let k = self
-            .repos()
-            .access
-            .api_key(p.org_id, id)
-            .await?
-            .ok_or_else(not_found)?;
-        let own = k.user_id == p.user_id;
-        if !(p.role >= Role::Admin || (own && p.role >= Role::Contributor)) {
-            return Err(not_found());
+    pub async fn revoke_api_key(&self, cx: &Cx, p: &Principal, id: Uuid) -> Result<(), CoreError> {
+        let mut pending = self.begin_for(cx, p, action::REVOKE, AuditTarget::default());
+        let r: Result<(), CoreError> = async {
+            self.ensure_unsealed()?;
+            let not_found = || CoreError::not_found("API key", &id.to_string());
+            let k = self
+                .repos()
+                .access
+                .api_key(p.org_id, id)
+                .await?
+                .ok_or_else(not_found)?;
+            let own = k.user_id == p.user_id;
+            if !(p.role >= Role::Admin || (own && p.role >= Role::Contributor)) {
+                return Err(not_found());
+            }
+            if !self
+                .repos()
+                .access
+                .revoke_api_key(p.org_id, id, now_ms(), Some(pending.change_event()?))
+                .await?
+            {
+                return Err(not_found());
+            }
+            self.access_changed();
+            if let Some(owner) = self.repos().users.user(k.user_id).await? {
+                self.notify(
+                    &owner,
+                    "An API key was revoked",
+                    &format!("API key '{}' ({}…) was revoked.", k.name, k.prefix),
+                )
+                .await;
+            }
+            Ok(())
         }
-        if !self
-            .repos()
-            .access
-            .revoke_api_key(p.org_id, id, now_ms())
-            .await?
-        {
-            return Err(not_found());
-        }
-        self.access_changed();
-        if let Some(owner) = self.repos().users.user(k.user_id).await? {
-            self.notify(
-                &owner,
-                "An API key was revoked",
-                &format!("API key '{}' ({}…) was revoked.", k.name, k.prefix),
-            )
-            .await;
-        }
-        Ok(())
+        .await;
+        self.conclude(pending, r).await
     }
 
     /// Trade an API key for a short-lived access token.
     pub async fn exchange_api_key(
         &self,
+        cx: &Cx,
         key: &str,
         address: &str,
     ) -> Result<AccessToken, CoreError> {
-        self.ensure_unsealed()?;
-        if !key.starts_with(API_KEY_PREFIX) {
-            return Err(CoreError::Unauthenticated);
+        let mut pending = self.begin(cx, action::EXCHANGE, AuditTarget::default());
+        let r: Result<AccessToken, CoreError> = async {
+            self.ensure_unsealed()?;
+            if !key.starts_with(API_KEY_PREFIX) {
+                return Err(CoreError::Unauthenticated);
+            }
+            let p = self.authenticate(key).await?;
+            let key_id = p.api_key_id.ok_or(CoreError::Unauthenticated)?;
+            let user = self
+                .repos()
+                .users
+                .user(p.user_id)
+                .await?
+                .ok_or(CoreError::Unauthenticated)?;
+            pending.set_actor(p.user_id, &p.username, p.org_id, "apikey");
+            let left = p.expires_at.saturating_sub(now_ms());
+            let ttl = self
+                .config()
+                .access_token_ttl
+                .min(Duration::from_millis(u64::try_from(left).unwrap_or(0)));
+            let (token, _) = self
+                .new_session(
+                    ACCESS_PREFIX,
+                    NewSession {
+                        user: &user,
+                        org_id: p.org_id,
+                        stage: "full",
+                        method: AuthMethod::ApiKey,
+                        api_key_id: Some(key_id),
+                        address,
+                        ttl,
+                        event: Some(pending.change_event()?),
+                    },
+                )
+                .await?;
+            Ok(AccessToken {
+                token,
+                expires_at: now_ms().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(0)),
+            })
         }
-        let p = self.authenticate(key).await?;
-        let key_id = p.api_key_id.ok_or(CoreError::Unauthenticated)?;
-        let user = self
-            .repos()
-            .users
-            .user(p.user_id)
-            .await?
-            .ok_or(CoreError::Unauthenticated)?;
-        let left = p.expires_at.saturating_sub(now_ms());
-        let ttl = self
-            .config()
-            .access_token_ttl
-            .min(Duration::from_millis(u64::try_from(left).unwrap_or(0)));
-        let (token, _) = self
-            .new_session(
-                ACCESS_PREFIX,
-                NewSession {
-                    user: &user,
-                    org_id: p.org_id,
-                    stage: "full",
-                    method: AuthMethod::ApiKey,
-                    api_key_id: Some(key_id),
-                    address,
-                    ttl,
-                },
-            )
-            .await?;
-        Ok(AccessToken {
-            token,
-            expires_at: now_ms().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(0)),
-        })
+        .await;
+        self.conclude(pending, r).await
     }
 }
 

@@ -59,11 +59,133 @@ pub enum CoreError {
     AuditUnavailable,
     #[error("internal error: {0}")]
     Internal(&'static str),
+    /// The edge refused the request before any operation ran (its event records the code).
+    #[error("the request was rejected: {}", .0.as_str())]
+    Rejected(ErrorCode),
+}
+
+/// The stable error codes clients match on (table in docs/api.md), each with its HTTP
+/// status. Defined here because an operation's audit event records its outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    BadRequest,
+    InvalidJson,
+    UnsupportedMediaType,
+    PayloadTooLarge,
+    Unauthenticated,
+    BadCredentials,
+    Forbidden,
+    MfaEnrollmentRequired,
+    NotFound,
+    AlreadyExists,
+    Conflict,
+    LastOwner,
+    TooManyRequests,
+    Sealed,
+    NotInitialized,
+    AlreadyInitialized,
+    AlreadyUnsealed,
+    WrongSealType,
+    MalformedShare,
+    DuplicateShare,
+    Unavailable,
+    AuditUnavailable,
+    TenantKeyUnavailable,
+    SealUnavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    /// The HTTP status this code is answered with.
+    pub fn status(self) -> u16 {
+        use ErrorCode::*;
+        match self {
+            BadRequest | InvalidJson | MalformedShare | DuplicateShare | WrongSealType => 400,
+            UnsupportedMediaType => 415,
+            PayloadTooLarge => 413,
+            Unauthenticated | BadCredentials => 401,
+            Forbidden | MfaEnrollmentRequired => 403,
+            TooManyRequests => 429,
+            NotFound => 404,
+            AlreadyExists | Conflict | LastOwner | AlreadyInitialized | AlreadyUnsealed => 409,
+            Sealed | Unavailable | AuditUnavailable | TenantKeyUnavailable | SealUnavailable => 503,
+            NotInitialized => 501,
+            Internal => 500,
+        }
+    }
+
+    /// The snake_case name clients see.
+    pub fn as_str(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            BadRequest => "bad_request",
+            InvalidJson => "invalid_json",
+            UnsupportedMediaType => "unsupported_media_type",
+            PayloadTooLarge => "payload_too_large",
+            Unauthenticated => "unauthenticated",
+            BadCredentials => "bad_credentials",
+            Forbidden => "forbidden",
+            MfaEnrollmentRequired => "mfa_enrollment_required",
+            NotFound => "not_found",
+            AlreadyExists => "already_exists",
+            Conflict => "conflict",
+            LastOwner => "last_owner",
+            TooManyRequests => "too_many_requests",
+            Sealed => "sealed",
+            NotInitialized => "not_initialized",
+            AlreadyInitialized => "already_initialized",
+            AlreadyUnsealed => "already_unsealed",
+            WrongSealType => "wrong_seal_type",
+            MalformedShare => "malformed_share",
+            DuplicateShare => "duplicate_share",
+            Unavailable => "unavailable",
+            AuditUnavailable => "audit_unavailable",
+            TenantKeyUnavailable => "tenant_key_unavailable",
+            SealUnavailable => "seal_unavailable",
+            Internal => "internal",
+        }
+    }
+}
+
+impl CoreError {
+    /// The error code this error is answered with.
+    pub fn code(&self) -> ErrorCode {
+        use ErrorCode as C;
+        match self {
+            CoreError::Sealed => C::Sealed,
+            CoreError::NotInitialized => C::NotInitialized,
+            CoreError::AlreadyInitialized => C::AlreadyInitialized,
+            CoreError::AlreadyUnsealed => C::AlreadyUnsealed,
+            CoreError::WrongSealType => C::WrongSealType,
+            CoreError::Unauthenticated => C::Unauthenticated,
+            CoreError::BadCredentials => C::BadCredentials,
+            CoreError::Forbidden(_) => C::Forbidden,
+            CoreError::MfaEnrollmentRequired => C::MfaEnrollmentRequired,
+            CoreError::LastOwner => C::LastOwner,
+            CoreError::NotFound { .. } => C::NotFound,
+            CoreError::Invalid { .. } => C::BadRequest,
+            CoreError::AlreadyExists { .. } => C::AlreadyExists,
+            CoreError::Conflict => C::Conflict,
+            CoreError::MalformedShare => C::MalformedShare,
+            CoreError::DuplicateShare => C::DuplicateShare,
+            CoreError::AuditUnavailable => C::AuditUnavailable,
+            CoreError::TenantKeyUnavailable => C::TenantKeyUnavailable,
+            CoreError::Seal(_) => C::SealUnavailable,
+            CoreError::Unavailable(_) => C::Unavailable,
+            CoreError::Integrity | CoreError::Store(_) | CoreError::Internal(_) => C::Internal,
+            CoreError::Rejected(code) => *code,
+        }
+    }
 }
 
 impl From<StoreError> for CoreError {
     fn from(e: StoreError) -> Self {
         match e {
+            // The change was rolled back with its event: nothing happened, nothing may be said.
+            StoreError::AuditFailed => CoreError::AuditUnavailable,
             StoreError::Unavailable(_) => CoreError::Unavailable(e),
             StoreError::Conflict => CoreError::Conflict,
             // This node's root key is out of date: it is as good as sealed until it catches up.

@@ -15,6 +15,7 @@ use coffer_seal::{EncryptionContext, ExternalKey, KeyServices, Seal, SealError, 
 use coffer_store::TenantKeyRow;
 use uuid::Uuid;
 
+use crate::audit::{AuditTarget, Cx};
 use crate::{Coffer, CoreError, Principal, Role};
 
 #[derive(Debug, Clone)]
@@ -130,67 +131,98 @@ impl Coffer {
     /// the key it names are the same key.
     pub async fn attach_external_key(
         &self,
+        cx: &Cx,
         p: &Principal,
         reference: &str,
     ) -> Result<crate::KeyStatus, CoreError> {
-        ensure_owner(p)?;
-        self.ensure_unsealed()?;
-        let given = self.resolve_external(reference)?;
-        let probe_failed = |e: SealError| {
-            tracing::warn!(org_id = %p.org_id, error = %e, "external key probe failed");
-            CoreError::invalid("key", format!("the key cannot be used: {e}"))
-        };
-        let canonical = given.canonical().await.map_err(probe_failed)?;
-        if let Some(seal_key) = self.key_config()?.seal.external_key() {
-            // Fail closed: if the seal key cannot be named, nothing is attached.
-            let seal_name = seal_key.canonical().await.map_err(|e| {
-                tracing::warn!(error = %e, "could not name the seal key");
-                CoreError::Seal("the seal key could not be checked".into())
-            })?;
-            if seal_name == canonical || seal_key.reference() == given.reference() {
-                return Err(CoreError::invalid(
-                    "key",
-                    "this is the server's seal key; use a key of the organisation's own",
-                ));
+        let mut pending = self.begin_for(
+            cx,
+            p,
+            crate::keys::action::ATTACH_EXTERNAL,
+            AuditTarget::default(),
+        );
+        let r: Result<crate::KeyStatus, CoreError> = async {
+            ensure_owner(p)?;
+            self.ensure_unsealed()?;
+            let given = self.resolve_external(reference)?;
+            let probe_failed = |e: SealError| {
+                tracing::warn!(org_id = %p.org_id, error = %e, "external key probe failed");
+                CoreError::invalid("key", format!("the key cannot be used: {e}"))
+            };
+            let canonical = given.canonical().await.map_err(probe_failed)?;
+            if let Some(seal_key) = self.key_config()?.seal.external_key() {
+                // Fail closed: if the seal key cannot be named, nothing is attached.
+                let seal_name = seal_key.canonical().await.map_err(|e| {
+                    tracing::warn!(error = %e, "could not name the seal key");
+                    CoreError::Seal("the seal key could not be checked".into())
+                })?;
+                if seal_name == canonical || seal_key.reference() == given.reference() {
+                    return Err(CoreError::invalid(
+                        "key",
+                        "this is the server's seal key; use a key of the organisation's own",
+                    ));
+                }
             }
+            let ext = self.resolve_external(&canonical)?;
+            coffer_seal::probe(&*ext, &tenant_context(p.org_id, KeyTerm(0)))
+                .await
+                .map_err(probe_failed)?;
+            match self
+                .rotate_org_key_to(
+                    p.org_id,
+                    "attach-external",
+                    WrapTarget::External(canonical.clone()),
+                    Some(pending.change_event()?),
+                )
+                .await
+            {
+                Err(CoreError::Store(coffer_store::StoreError::KeyInUse)) => {
+                    return Err(CoreError::AlreadyExists {
+                        kind: "external key attachment",
+                        name: canonical,
+                    });
+                }
+                other => other?,
+            };
+            tracing::info!(org_id = %p.org_id, key = %canonical, "external key attached");
+            self.org_key_status(p.org_id).await
         }
-        let ext = self.resolve_external(&canonical)?;
-        coffer_seal::probe(&*ext, &tenant_context(p.org_id, KeyTerm(0)))
-            .await
-            .map_err(probe_failed)?;
-        match self
-            .rotate_org_key_to(
-                p.org_id,
-                "attach-external",
-                WrapTarget::External(canonical.clone()),
-            )
-            .await
-        {
-            Err(CoreError::Store(coffer_store::StoreError::KeyInUse)) => {
-                return Err(CoreError::AlreadyExists {
-                    kind: "external key attachment",
-                    name: canonical,
-                });
-            }
-            other => other?,
-        };
-        tracing::info!(org_id = %p.org_id, key = %canonical, "external key attached");
-        self.org_key_status(p.org_id).await
+        .await;
+        self.conclude(pending, r).await
     }
 
     /// Go back to the root key: one rotation wraps a new term with it and forgets the
     /// external key, and the rewrap job moves every value there. The external key must
     /// still work until then.
-    pub async fn detach_external_key(&self, p: &Principal) -> Result<crate::KeyStatus, CoreError> {
-        ensure_owner(p)?;
-        self.ensure_unsealed()?;
-        if self.repos().tenants.external_key(p.org_id).await?.is_none() {
-            return Err(CoreError::invalid("key", "no external key is attached"));
-        }
-        self.rotate_org_key_to(p.org_id, "detach-external", WrapTarget::Root)
+    pub async fn detach_external_key(
+        &self,
+        cx: &Cx,
+        p: &Principal,
+    ) -> Result<crate::KeyStatus, CoreError> {
+        let mut pending = self.begin_for(
+            cx,
+            p,
+            crate::keys::action::DETACH_EXTERNAL,
+            AuditTarget::default(),
+        );
+        let r: Result<crate::KeyStatus, CoreError> = async {
+            ensure_owner(p)?;
+            self.ensure_unsealed()?;
+            if self.repos().tenants.external_key(p.org_id).await?.is_none() {
+                return Err(CoreError::invalid("key", "no external key is attached"));
+            }
+            self.rotate_org_key_to(
+                p.org_id,
+                "detach-external",
+                WrapTarget::Root,
+                Some(pending.change_event()?),
+            )
             .await?;
-        tracing::info!(org_id = %p.org_id, "external key detached");
-        self.org_key_status(p.org_id).await
+            tracing::info!(org_id = %p.org_id, "external key detached");
+            self.org_key_status(p.org_id).await
+        }
+        .await;
+        self.conclude(pending, r).await
     }
 }
 

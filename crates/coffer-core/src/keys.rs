@@ -14,10 +14,19 @@ use coffer_crypto::{KeyTerm, RecordContext, TenantKey};
 use coffer_store::{Invalidation, Rewrapped, RotationRow, StoreError, TenantKeyRow};
 use uuid::Uuid;
 
+use crate::audit::{AuditTarget, Cx};
 use crate::clock::now_ms;
 use crate::external::WrapTarget;
 use crate::members::ensure_admin;
 use crate::{Coffer, CoreError, Principal};
+/// The audit actions of tenant keys.
+pub mod action {
+    use crate::audit::Action;
+    pub const STATUS: Action = Action::read("key.status");
+    pub const ROTATE: Action = Action::change("key.rotate").answered(202);
+    pub const ATTACH_EXTERNAL: Action = Action::change("key.attach_external").answered(202);
+    pub const DETACH_EXTERNAL: Action = Action::change("key.detach_external").answered(202);
+}
 
 /// One term of an organisation's key.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -68,16 +77,32 @@ impl From<RotationRow> for RotationView {
 
 impl Coffer {
     /// The caller's organisation's key terms and rotation progress (Owner, Admin).
-    pub async fn key_status(&self, p: &Principal) -> Result<KeyStatus, CoreError> {
-        ensure_admin(p)?;
-        self.org_key_status(p.org_id).await
+    pub async fn key_status(&self, cx: &Cx, p: &Principal) -> Result<KeyStatus, CoreError> {
+        let pending = self.begin_for(cx, p, action::STATUS, AuditTarget::default());
+        let r: Result<KeyStatus, CoreError> = async {
+            ensure_admin(p)?;
+            self.org_key_status(p.org_id).await
+        }
+        .await;
+        self.conclude(pending, r).await
     }
 
     /// Start a rotation of the caller's organisation's key (Owner, Admin).
-    pub async fn rotate_key(&self, p: &Principal) -> Result<KeyStatus, CoreError> {
-        ensure_admin(p)?;
-        self.rotate_org_key(p.org_id, "manual").await?;
-        self.org_key_status(p.org_id).await
+    pub async fn rotate_key(&self, cx: &Cx, p: &Principal) -> Result<KeyStatus, CoreError> {
+        let mut pending = self.begin_for(cx, p, action::ROTATE, AuditTarget::default());
+        let r: Result<KeyStatus, CoreError> = async {
+            ensure_admin(p)?;
+            self.rotate_org_key_to(
+                p.org_id,
+                "manual",
+                WrapTarget::Current,
+                Some(pending.change_event()?),
+            )
+            .await?;
+            self.org_key_status(p.org_id).await
+        }
+        .await;
+        self.conclude(pending, r).await
     }
 
     pub async fn org_key_status(&self, org_id: Uuid) -> Result<KeyStatus, CoreError> {
@@ -121,7 +146,7 @@ impl Coffer {
     /// Add a new term to an organisation's key; new values use it at once. The rewrap job
     /// (on the leader node) moves existing values to it.
     pub async fn rotate_org_key(&self, org_id: Uuid, reason: &str) -> Result<KeyTerm, CoreError> {
-        self.rotate_org_key_to(org_id, reason, WrapTarget::Current)
+        self.rotate_org_key_to(org_id, reason, WrapTarget::Current, None)
             .await
     }
 
@@ -131,6 +156,7 @@ impl Coffer {
         org_id: Uuid,
         reason: &str,
         target: WrapTarget,
+        event: Option<&coffer_store::ChangeEvent>,
     ) -> Result<KeyTerm, CoreError> {
         // A second attempt covers a stale key cache (another node rotated meanwhile).
         for _ in 0..2 {
@@ -147,7 +173,11 @@ impl Coffer {
                 wrapped,
                 created_at: now_ms(),
             };
-            let outcome = self.repos().keys.rotate_tenant_key(&row, reason).await;
+            let outcome = self
+                .repos()
+                .keys
+                .rotate_tenant_key(&row, reason, event)
+                .await;
             drop(root_guard);
             self.inner.keyring.evict(Some(org_id));
             match outcome {

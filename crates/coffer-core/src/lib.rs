@@ -43,7 +43,21 @@ pub mod seal {
         SealKind, ShamirSeal,
     };
 }
-pub use error::CoreError;
+pub use error::{CoreError, ErrorCode};
+
+/// Every operation's audit action, by area (each defined next to its operations).
+pub mod actions {
+    pub use crate::apikeys::action as apikeys;
+    pub use crate::audit::action as audit;
+    pub use crate::auth::action as auth;
+    pub use crate::keys::action as keys;
+    pub use crate::members::action as members;
+    pub use crate::mfa::action as mfa;
+    pub use crate::orgs::action as orgs;
+    pub use crate::params::action as params;
+    pub use crate::projects::action as projects;
+    pub use crate::sys::action as sys;
+}
 pub use keys::{KeyStatus, RotationView, TermView};
 pub use params::{DiffEntry, DiffKind, ParamHistoryEntry, ParamView, SetParam};
 pub use projects::{EnvView, ProjectView};

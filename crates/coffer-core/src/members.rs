@@ -99,7 +99,17 @@ fn validate_username(name: &str) -> Result<String, CoreError> {
 
 impl Coffer {
     /// The organisations the caller belongs to.
-    pub async fn my_orgs(&self, p: &Principal) -> Result<Vec<OrgMembershipView>, CoreError> {
+    pub async fn my_orgs(
+        &self,
+        cx: &Cx,
+        p: &Principal,
+    ) -> Result<Vec<OrgMembershipView>, CoreError> {
+        let pending = self.begin_for(cx, p, action::ORG_LIST, AuditTarget::default());
+        let r: Result<Vec<OrgMembershipView>, CoreError> = async { self.orgs_of(p).await }.await;
+        self.conclude(pending, r).await
+    }
+
+    async fn orgs_of(&self, p: &Principal) -> Result<Vec<OrgMembershipView>, CoreError> {
         self.ensure_unsealed()?;
         let mut out = Vec::new();
         for m in self.repos().access.memberships(p.user_id).await? {
@@ -123,81 +133,111 @@ impl Coffer {
     }
 
     /// Create an organisation; the caller becomes its Owner.
-    pub async fn create_org_as(&self, p: &Principal, name: &str) -> Result<Uuid, CoreError> {
-        p.ensure_person()?;
-        let id = self.create_org(name).await?;
-        self.repos()
-            .access
-            .add_membership(&MembershipRow {
-                user_id: p.user_id,
-                org_id: id,
-                role: Role::Owner.as_str().to_owned(),
-                created_at: now_ms(),
-            })
-            .await?;
-        Ok(id)
+    pub async fn create_org_as(
+        &self,
+        cx: &Cx,
+        p: &Principal,
+        name: &str,
+    ) -> Result<Uuid, CoreError> {
+        let mut pending = self.begin_for(cx, p, action::ORG_CREATE, AuditTarget::default());
+        let r: Result<Uuid, CoreError> = async {
+            p.ensure_person()?;
+            let id = self.create_org(name).await?;
+            self.repos()
+                .access
+                .add_membership(
+                    &MembershipRow {
+                        user_id: p.user_id,
+                        org_id: id,
+                        role: Role::Owner.as_str().to_owned(),
+                        created_at: now_ms(),
+                    },
+                    Some(pending.change_event()?),
+                )
+                .await?;
+            Ok(id)
+        }
+        .await;
+        self.conclude(pending, r).await
     }
 
     /// Move to another organisation: a new session bound to it replaces the current one.
     pub async fn switch_org(
         &self,
+        cx: &Cx,
         p: &Principal,
         bearer: &str,
         org_name: &str,
         address: &str,
     ) -> Result<LoginResult, CoreError> {
-        p.ensure_person()?;
-        let target = self
-            .my_orgs(p)
-            .await?
-            .into_iter()
-            .find(|o| o.name == org_name)
-            .ok_or_else(|| CoreError::not_found("organisation", org_name))?;
-        let user = self
-            .repos()
-            .users
-            .user(p.user_id)
-            .await?
-            .ok_or(CoreError::Unauthenticated)?;
-        let (token, _) = self
-            .new_session(
-                SESSION_PREFIX,
-                NewSession {
-                    user: &user,
-                    org_id: target.org_id,
-                    stage: "full",
-                    method: p.method,
-                    api_key_id: None,
-                    address,
-                    ttl: self.config().session_ttl,
-                },
-            )
-            .await?;
-        self.logout(bearer).await?;
-        let principal = self.authenticate(token.expose_secret()).await?;
-        Ok(LoginResult { token, principal })
+        let mut pending = self.begin_for(cx, p, action::ORG_SWITCH, AuditTarget::default());
+        let r: Result<LoginResult, CoreError> = async {
+            p.ensure_person()?;
+            let target = self
+                .orgs_of(p)
+                .await?
+                .into_iter()
+                .find(|o| o.name == org_name)
+                .ok_or_else(|| CoreError::not_found("organisation", org_name))?;
+            let user = self
+                .repos()
+                .users
+                .user(p.user_id)
+                .await?
+                .ok_or(CoreError::Unauthenticated)?;
+            let (token, _) = self
+                .new_session(
+                    SESSION_PREFIX,
+                    NewSession {
+                        user: &user,
+                        org_id: target.org_id,
+                        stage: "full",
+                        method: p.method,
+                        api_key_id: None,
+                        address,
+                        ttl: self.config().session_ttl,
+                        event: Some(pending.change_event()?),
+                    },
+                )
+                .await?;
+            // The session switched from ends with this change (its own event).
+            self.repos()
+                .access
+                .delete_session(&coffer_crypto::token::hash(bearer).0, None)
+                .await?;
+            self.access_changed();
+            let principal = self.authenticate(token.expose_secret()).await?;
+            Ok(LoginResult { token, principal })
+        }
+        .await;
+        self.conclude(pending, r).await
     }
 
-    pub async fn members(&self, p: &Principal) -> Result<Vec<MemberView>, CoreError> {
-        self.ensure_unsealed()?;
-        ensure_admin(p)?;
-        Ok(self
-            .repos()
-            .access
-            .org_members(p.org_id)
-            .await?
-            .into_iter()
-            .filter_map(|(m, u)| {
-                Some(MemberView {
-                    user_id: u.id,
-                    username: u.username,
-                    email: u.email,
-                    role: Role::parse(&m.role)?,
-                    mfa_enabled: u.mfa_enabled,
-                    joined_at: m.created_at,
+    pub async fn members(&self, cx: &Cx, p: &Principal) -> Result<Vec<MemberView>, CoreError> {
+        let pending = self.begin_for(cx, p, action::MEMBER_LIST, AuditTarget::default());
+        let r: Result<Vec<MemberView>, CoreError> = async {
+            self.ensure_unsealed()?;
+            ensure_admin(p)?;
+            Ok(self
+                .repos()
+                .access
+                .org_members(p.org_id)
+                .await?
+                .into_iter()
+                .filter_map(|(m, u)| {
+                    Some(MemberView {
+                        user_id: u.id,
+                        username: u.username,
+                        email: u.email,
+                        role: Role::parse(&m.role)?,
+                        mfa_enabled: u.mfa_enabled,
+                        joined_at: m.created_at,
+                    })
                 })
-            })
-            .collect())
+                .collect())
+        }
+        .await;
+        self.conclude(pending, r).await
     }
 
     /// The member with this username, in the caller's organisation (404 otherwise).
@@ -223,124 +263,168 @@ impl Coffer {
     /// Change a member's role.
     pub async fn set_member_role(
         &self,
+        cx: &Cx,
         p: &Principal,
         username: &str,
         role: Role,
     ) -> Result<(), CoreError> {
-        self.ensure_unsealed()?;
-        ensure_admin(p)?;
-        let (user, current) = self.member(p, username).await?;
-        if role > p.role || (p.role < Role::Owner && current == Role::Owner) {
-            return Err(CoreError::Forbidden("only Owners manage Owners"));
+        let mut pending = self.begin_for(cx, p, action::MEMBER_SET_ROLE, AuditTarget::default());
+        let r: Result<(), CoreError> = async {
+            self.ensure_unsealed()?;
+            ensure_admin(p)?;
+            let (user, current) = self.member(p, username).await?;
+            if role > p.role || (p.role < Role::Owner && current == Role::Owner) {
+                return Err(CoreError::Forbidden("only Owners manage Owners"));
+            }
+            match self
+                .repos()
+                .access
+                .set_role(
+                    p.org_id,
+                    user.id,
+                    role.as_str(),
+                    Some(pending.change_event()?),
+                )
+                .await
+            {
+                Err(StoreError::Conflict) => return Err(CoreError::LastOwner),
+                r => r?,
+            };
+            self.access_changed();
+            self.notify(
+                &user,
+                "Your role in Coffer changed",
+                &format!(
+                    "Your role in organisation '{}' is now {}.",
+                    p.org_name,
+                    role.as_str()
+                ),
+            )
+            .await;
+            Ok(())
         }
-        match self
-            .repos()
-            .access
-            .set_role(p.org_id, user.id, role.as_str())
-            .await
-        {
-            Err(StoreError::Conflict) => return Err(CoreError::LastOwner),
-            r => r?,
-        };
-        self.access_changed();
-        self.notify(
-            &user,
-            "Your role in Coffer changed",
-            &format!(
-                "Your role in organisation '{}' is now {}.",
-                p.org_name,
-                role.as_str()
-            ),
-        )
         .await;
-        Ok(())
+        self.conclude(pending, r).await
     }
 
     /// Remove a member; their sessions and API keys in this organisation end with it.
-    pub async fn remove_member(&self, p: &Principal, username: &str) -> Result<(), CoreError> {
-        self.ensure_unsealed()?;
-        ensure_admin(p)?;
-        let (user, current) = self.member(p, username).await?;
-        if p.role < Role::Owner && current == Role::Owner {
-            return Err(CoreError::Forbidden("only Owners manage Owners"));
+    pub async fn remove_member(
+        &self,
+        cx: &Cx,
+        p: &Principal,
+        username: &str,
+    ) -> Result<(), CoreError> {
+        let mut pending = self.begin_for(cx, p, action::MEMBER_REMOVE, AuditTarget::default());
+        let r: Result<(), CoreError> = async {
+            self.ensure_unsealed()?;
+            ensure_admin(p)?;
+            let (user, current) = self.member(p, username).await?;
+            if p.role < Role::Owner && current == Role::Owner {
+                return Err(CoreError::Forbidden("only Owners manage Owners"));
+            }
+            match self
+                .repos()
+                .access
+                .remove_member(p.org_id, user.id, Some(pending.change_event()?))
+                .await
+            {
+                Err(StoreError::Conflict) => return Err(CoreError::LastOwner),
+                r => r?,
+            };
+            self.access_changed();
+            self.notify(
+                &user,
+                "You were removed from a Coffer organisation",
+                &format!(
+                    "You are no longer a member of organisation '{}'.",
+                    p.org_name
+                ),
+            )
+            .await;
+            Ok(())
         }
-        match self.repos().access.remove_member(p.org_id, user.id).await {
-            Err(StoreError::Conflict) => return Err(CoreError::LastOwner),
-            r => r?,
-        };
-        self.access_changed();
-        self.notify(
-            &user,
-            "You were removed from a Coffer organisation",
-            &format!(
-                "You are no longer a member of organisation '{}'.",
-                p.org_name
-            ),
-        )
         .await;
-        Ok(())
+        self.conclude(pending, r).await
     }
 
     /// Invite someone by e-mail, with a role no higher than the caller's (Admins cannot
     /// invite Owners).
     pub async fn invite(
         &self,
+        cx: &Cx,
         p: &Principal,
         email: &str,
         role: Role,
     ) -> Result<Invitation, CoreError> {
-        self.ensure_unsealed()?;
-        ensure_admin(p)?;
-        if role > p.role || (role == Role::Owner && p.role < Role::Owner) {
-            return Err(CoreError::Forbidden("only Owners manage Owners"));
+        let mut pending = self.begin_for(cx, p, action::INVITATION_CREATE, AuditTarget::default());
+        let r: Result<Invitation, CoreError> = async {
+            self.ensure_unsealed()?;
+            ensure_admin(p)?;
+            if role > p.role || (role == Role::Owner && p.role < Role::Owner) {
+                return Err(CoreError::Forbidden("only Owners manage Owners"));
+            }
+            let email = normalize_email(email)?;
+            let (token, digest) = token::generate(INVITE_PREFIX);
+            let now = now_ms();
+            let ttl = i64::try_from(self.config().invitation_ttl.as_millis()).unwrap_or(i64::MAX);
+            let row = InvitationRow {
+                id: Uuid::new_v4(),
+                org_id: p.org_id,
+                email: email.clone(),
+                role: role.as_str().to_owned(),
+                token_hash: digest.0,
+                invited_by: p.user_id,
+                created_at: now,
+                expires_at: now.saturating_add(ttl),
+                accepted_at: None,
+            };
+            self.repos()
+                .access
+                .create_invitation(&row, Some(pending.change_event()?))
+                .await?;
+            self.enqueue_mail(
+                &email,
+                &format!("You are invited to '{}' on Coffer", p.org_name),
+                &format!(
+                    "{} invited you to join organisation '{}' as {}.\n\nAccept with:\n\n  coffer org accept {}\n\nThe invitation expires in {} days and works once.",
+                    p.username,
+                    p.org_name,
+                    role.as_str(),
+                    token.expose_secret(),
+                    self.config().invitation_ttl.as_secs() / 86_400
+                ),
+            )
+            .await?;
+            let token = (!self.config().mail_enabled).then_some(token);
+            Ok(Invitation {
+                view: invitation_view(row),
+                token,
+            })
         }
-        let email = normalize_email(email)?;
-        let (token, digest) = token::generate(INVITE_PREFIX);
-        let now = now_ms();
-        let ttl = i64::try_from(self.config().invitation_ttl.as_millis()).unwrap_or(i64::MAX);
-        let row = InvitationRow {
-            id: Uuid::new_v4(),
-            org_id: p.org_id,
-            email: email.clone(),
-            role: role.as_str().to_owned(),
-            token_hash: digest.0,
-            invited_by: p.user_id,
-            created_at: now,
-            expires_at: now.saturating_add(ttl),
-            accepted_at: None,
-        };
-        self.repos().access.create_invitation(&row).await?;
-        self.enqueue_mail(
-            &email,
-            &format!("You are invited to '{}' on Coffer", p.org_name),
-            &format!(
-                "{} invited you to join organisation '{}' as {}.\n\nAccept with:\n\n  coffer org accept {}\n\nThe invitation expires in {} days and works once.",
-                p.username,
-                p.org_name,
-                role.as_str(),
-                token.expose_secret(),
-                self.config().invitation_ttl.as_secs() / 86_400
-            ),
-        )
-        .await?;
-        let token = (!self.config().mail_enabled).then_some(token);
-        Ok(Invitation {
-            view: invitation_view(row),
-            token,
-        })
+        .await;
+        self.conclude(pending, r).await
     }
 
-    pub async fn list_invitations(&self, p: &Principal) -> Result<Vec<InvitationView>, CoreError> {
-        self.ensure_unsealed()?;
-        ensure_admin(p)?;
-        Ok(self
-            .repos()
-            .access
-            .invitations(p.org_id)
-            .await?
-            .into_iter()
-            .map(invitation_view)
-            .collect())
+    pub async fn list_invitations(
+        &self,
+        cx: &Cx,
+        p: &Principal,
+    ) -> Result<Vec<InvitationView>, CoreError> {
+        let pending = self.begin_for(cx, p, action::INVITATION_LIST, AuditTarget::default());
+        let r: Result<Vec<InvitationView>, CoreError> = async {
+            self.ensure_unsealed()?;
+            ensure_admin(p)?;
+            Ok(self
+                .repos()
+                .access
+                .invitations(p.org_id)
+                .await?
+                .into_iter()
+                .map(invitation_view)
+                .collect())
+        }
+        .await;
+        self.conclude(pending, r).await
     }
 
     /// Accept an invitation. A new user chooses a username and password; an existing user
@@ -348,54 +432,64 @@ impl Coffer {
     /// failure is the same error, and the invitation stays unused.
     pub async fn accept_invitation(
         &self,
+        cx: &Cx,
         invite_token: &str,
         username: &str,
         password: &str,
     ) -> Result<Uuid, CoreError> {
-        self.ensure_unsealed()?;
-        let invalid = || CoreError::invalid("invitation", "unknown, used or expired");
-        if !invite_token.starts_with(INVITE_PREFIX) || invite_token.len() > 128 {
-            return Err(invalid());
-        }
-        let inv = self
-            .repos()
-            .access
-            .invitation_by_hash(&token::hash(invite_token).0)
-            .await?
-            .filter(|i| i.accepted_at.is_none() && i.expires_at > now_ms())
-            .ok_or_else(invalid)?;
-        let role = Role::parse(&inv.role).ok_or(CoreError::Internal("unknown role in database"))?;
-        let user = match self.repos().users.user_by_email(&inv.email).await? {
-            Some(existing) => self.check_first_factor(Some(existing), password).await?,
-            None => {
-                self.new_user(username, password, Some(inv.email.clone()))
-                    .await?
+        let mut pending = self.begin(cx, action::INVITATION_ACCEPT, AuditTarget::default());
+        let r: Result<Uuid, CoreError> = async {
+            self.ensure_unsealed()?;
+            let invalid = || CoreError::invalid("invitation", "unknown, used or expired");
+            if !invite_token.starts_with(INVITE_PREFIX) || invite_token.len() > 128 {
+                return Err(invalid());
             }
-        };
-        if !self
-            .repos()
-            .access
-            .consume_invitation(inv.org_id, inv.id, now_ms())
-            .await?
-        {
-            return Err(invalid());
+            let inv = self
+                .repos()
+                .access
+                .invitation_by_hash(&token::hash(invite_token).0)
+                .await?
+                .filter(|i| i.accepted_at.is_none() && i.expires_at > now_ms())
+                .ok_or_else(invalid)?;
+            let role =
+                Role::parse(&inv.role).ok_or(CoreError::Internal("unknown role in database"))?;
+            let user = match self.repos().users.user_by_email(&inv.email).await? {
+                Some(existing) => self.check_first_factor(Some(existing), password).await?,
+                None => {
+                    self.new_user(username, password, Some(inv.email.clone()))
+                        .await?
+                }
+            };
+            if !self
+                .repos()
+                .access
+                .consume_invitation(inv.org_id, inv.id, now_ms(), None)
+                .await?
+            {
+                return Err(invalid());
+            }
+            match self
+                .repos()
+                .access
+                .add_membership(
+                    &MembershipRow {
+                        user_id: user.id,
+                        org_id: inv.org_id,
+                        role: role.as_str().to_owned(),
+                        created_at: now_ms(),
+                    },
+                    Some(pending.change_event()?),
+                )
+                .await
+            {
+                Err(StoreError::Conflict) => {}
+                r => r?,
+            }
+            self.repos().users.reset_login_attempts(user.id).await?;
+            Ok(user.id)
         }
-        match self
-            .repos()
-            .access
-            .add_membership(&MembershipRow {
-                user_id: user.id,
-                org_id: inv.org_id,
-                role: role.as_str().to_owned(),
-                created_at: now_ms(),
-            })
-            .await
-        {
-            Err(StoreError::Conflict) => {}
-            r => r?,
-        }
-        self.repos().users.reset_login_attempts(user.id).await?;
-        Ok(user.id)
+        .await;
+        self.conclude(pending, r).await
     }
 
     /// Create a user with a password and add them to the caller's organisation. Owners and
@@ -428,12 +522,15 @@ impl Coffer {
         let now = now_ms();
         self.repos()
             .access
-            .add_membership(&MembershipRow {
-                user_id: user.id,
-                org_id,
-                role: role.as_str().to_owned(),
-                created_at: now,
-            })
+            .add_membership(
+                &MembershipRow {
+                    user_id: user.id,
+                    org_id,
+                    role: role.as_str().to_owned(),
+                    created_at: now,
+                },
+                None,
+            )
             .await?;
         Ok(user.id)
     }
@@ -465,38 +562,63 @@ impl Coffer {
     }
 
     /// Set or clear the caller's e-mail address (where notifications go).
-    pub async fn set_email(&self, p: &Principal, email: Option<&str>) -> Result<(), CoreError> {
-        p.ensure_person()?;
-        let email = email.map(normalize_email).transpose()?;
-        let user = self
-            .repos()
-            .users
-            .user(p.user_id)
-            .await?
-            .ok_or(CoreError::Unauthenticated)?;
-        match self
-            .repos()
-            .users
-            .set_email(p.user_id, email.as_deref())
-            .await
-        {
-            Err(StoreError::Conflict) => {
-                return Err(CoreError::invalid("email", "already in use"));
+    pub async fn set_email(
+        &self,
+        cx: &Cx,
+        p: &Principal,
+        email: Option<&str>,
+    ) -> Result<(), CoreError> {
+        let mut pending = self.begin_for(cx, p, action::EMAIL_CHANGE, AuditTarget::default());
+        let r: Result<(), CoreError> = async {
+            p.ensure_person()?;
+            let email = email.map(normalize_email).transpose()?;
+            let user = self
+                .repos()
+                .users
+                .user(p.user_id)
+                .await?
+                .ok_or(CoreError::Unauthenticated)?;
+            match self
+                .repos()
+                .users
+                .set_email(p.user_id, email.as_deref(), Some(pending.change_event()?))
+                .await
+            {
+                Err(StoreError::Conflict) => {
+                    return Err(CoreError::invalid("email", "already in use"));
+                }
+                r => r?,
             }
-            r => r?,
+            // Tell the old address, so a hijacked account does not change it silently.
+            self.notify(
+                &user,
+                "Your Coffer e-mail address changed",
+                "The e-mail address of your account was changed.",
+            )
+            .await;
+            Ok(())
         }
-        // Tell the old address, so a hijacked account does not change it silently.
-        self.notify(
-            &user,
-            "Your Coffer e-mail address changed",
-            "The e-mail address of your account was changed.",
-        )
         .await;
-        Ok(())
+        self.conclude(pending, r).await
     }
 }
 
+use crate::audit::{AuditTarget, Cx};
 use crate::auth::validate_password;
+/// The audit actions of members and organisations.
+pub mod action {
+    use crate::audit::Action;
+    pub const ORG_LIST: Action = Action::read("org.list");
+    pub const ORG_CREATE: Action = Action::change("org.create").answered(201);
+    pub const ORG_SWITCH: Action = Action::change("org.switch");
+    pub const MEMBER_LIST: Action = Action::read("member.list");
+    pub const MEMBER_SET_ROLE: Action = Action::change("member.set_role").answered(204);
+    pub const MEMBER_REMOVE: Action = Action::change("member.remove").answered(204);
+    pub const INVITATION_CREATE: Action = Action::change("invitation.create").answered(201);
+    pub const INVITATION_LIST: Action = Action::read("invitation.list");
+    pub const INVITATION_ACCEPT: Action = Action::change("invitation.accept");
+    pub const EMAIL_CHANGE: Action = Action::change("account.email_change").answered(204);
+}
 
 fn invitation_view(r: InvitationRow) -> InvitationView {
     InvitationView {

@@ -10,9 +10,20 @@ use coffer_crypto::token::{self, BearerToken};
 use totp_rs::{Algorithm, Builder, Secret, Totp};
 use uuid::Uuid;
 
+use crate::audit::{AuditTarget, Cx};
 use crate::auth::{AuthMethod, LoginOutcome, Principal};
 use crate::clock::now_ms;
 use crate::{Coffer, CoreError};
+/// The audit actions of multi-factor authentication and organisation settings.
+pub mod action {
+    use crate::audit::Action;
+    pub const MFA_VERIFY: Action = Action::change("auth.mfa_verify");
+    pub const MFA_ENROLL: Action = Action::change("account.mfa_enroll");
+    pub const MFA_CONFIRM: Action = Action::change("account.mfa_confirm");
+    pub const MFA_DISABLE: Action = Action::change("account.mfa_disable").answered(204);
+    pub const SETTINGS_UPDATE: Action = Action::change("org.settings_update").answered(204);
+    pub const SETTINGS_READ: Action = Action::read("org.settings_read");
+}
 
 const STEP_SECS: u64 = 30;
 const SEED_BYTES: usize = 20;
@@ -143,207 +154,255 @@ impl Coffer {
     /// recovery code. Failures count against the same lockout as passwords.
     pub async fn verify_mfa_login(
         &self,
+        cx: &Cx,
         mfa_token: &str,
         code: &str,
         address: &str,
     ) -> Result<LoginOutcome, CoreError> {
-        self.ensure_unsealed()?;
-        if !mfa_token.starts_with(crate::auth::MFA_PREFIX) || mfa_token.len() > 128 {
-            return Err(CoreError::BadCredentials);
+        let mut pending = self.begin(cx, action::MFA_VERIFY, AuditTarget::default());
+        let r: Result<LoginOutcome, CoreError> = async {
+            self.ensure_unsealed()?;
+            if !mfa_token.starts_with(crate::auth::MFA_PREFIX) || mfa_token.len() > 128 {
+                return Err(CoreError::BadCredentials);
+            }
+            let digest = token::hash(mfa_token).0;
+            let s = self
+                .repos()
+                .access
+                .session(&digest)
+                .await?
+                .filter(|s| s.stage == "mfa" && s.expires_at > now_ms())
+                .ok_or(CoreError::BadCredentials)?;
+            let user = self
+                .repos()
+                .users
+                .user(s.user_id)
+                .await?
+                .ok_or(CoreError::BadCredentials)?;
+            let cfg = self.config();
+            let claimed = self
+                .repos()
+                .users
+                .claim_login_attempt(
+                    user.id,
+                    now_ms(),
+                    cfg.max_failed_logins,
+                    i64::try_from(cfg.login_delay_step.as_millis()).unwrap_or(i64::MAX),
+                )
+                .await?
+                .is_some();
+            if !claimed {
+                return Err(CoreError::BadCredentials);
+            }
+            if !self
+                .check_second_factor(user.id, &user.username, code, true)
+                .await?
+            {
+                self.note_failure(user.id).await?;
+                return Err(CoreError::BadCredentials);
+            }
+            self.repos().access.delete_session(&digest, None).await?;
+            self.repos().users.reset_login_attempts(user.id).await?;
+            let method = if s.method == "oidc" {
+                AuthMethod::Oidc
+            } else {
+                AuthMethod::Password
+            };
+            self.finish_login(&mut pending, &user, s.org_id, "full", method, address)
+                .await
+                .map(LoginOutcome::Session)
         }
-        let digest = token::hash(mfa_token).0;
-        let s = self
-            .repos()
-            .access
-            .session(&digest)
-            .await?
-            .filter(|s| s.stage == "mfa" && s.expires_at > now_ms())
-            .ok_or(CoreError::BadCredentials)?;
-        let user = self
-            .repos()
-            .users
-            .user(s.user_id)
-            .await?
-            .ok_or(CoreError::BadCredentials)?;
-        let cfg = self.config();
-        let claimed = self
-            .repos()
-            .users
-            .claim_login_attempt(
-                user.id,
-                now_ms(),
-                cfg.max_failed_logins,
-                i64::try_from(cfg.login_delay_step.as_millis()).unwrap_or(i64::MAX),
-            )
-            .await?
-            .is_some();
-        if !claimed {
-            return Err(CoreError::BadCredentials);
-        }
-        if !self
-            .check_second_factor(user.id, &user.username, code, true)
-            .await?
-        {
-            self.note_failure(user.id).await?;
-            return Err(CoreError::BadCredentials);
-        }
-        self.repos().access.delete_session(&digest).await?;
-        self.repos().users.reset_login_attempts(user.id).await?;
-        let method = if s.method == "oidc" {
-            AuthMethod::Oidc
-        } else {
-            AuthMethod::Password
-        };
-        self.finish_login(&user, s.org_id, "full", method, address)
-            .await
-            .map(LoginOutcome::Session)
+        .await;
+        self.conclude(pending, r).await
     }
 
     /// Start TOTP enrolment: a new seed, not active until confirmed with a code from it.
     /// Needs the password again.
     pub async fn mfa_enroll_start(
         &self,
+        cx: &Cx,
         p: &Principal,
         password: &str,
     ) -> Result<MfaEnrollment, CoreError> {
-        p.ensure_person()?;
-        let user = self.reauthenticate(p, password).await?;
-        if user.mfa_enabled {
-            return Err(CoreError::invalid(
-                "mfa",
-                "MFA is already enabled; disable it first",
-            ));
+        let mut pending = self.begin_for(cx, p, action::MFA_ENROLL, AuditTarget::default());
+        let r: Result<MfaEnrollment, CoreError> = async {
+            p.ensure_person()?;
+            let user = self.reauthenticate(p, password).await?;
+            if user.mfa_enabled {
+                return Err(CoreError::invalid(
+                    "mfa",
+                    "MFA is already enabled; disable it first",
+                ));
+            }
+            let _root = self.root_stable().await;
+            let mut seed = zeroize::Zeroizing::new(vec![0u8; SEED_BYTES]);
+            coffer_crypto::random_bytes(&mut seed);
+            let sealed = self
+                .totp_key()?
+                .seal(user.id, &seed)
+                .map_err(|_| CoreError::Internal("seal totp seed"))?;
+            self.repos()
+                .users
+                .set_mfa(user.id, Some(&sealed), false, Some(pending.change_event()?))
+                .await?;
+            let t = totp(seed.to_vec(), &user.username)?;
+            Ok(MfaEnrollment {
+                otpauth_uri: BearerToken::from_string(
+                    t.to_url().map_err(|_| CoreError::Internal("otpauth uri"))?,
+                ),
+                secret_base32: BearerToken::from_string(t.secret().to_base32()),
+            })
         }
-        let _root = self.root_stable().await;
-        let mut seed = zeroize::Zeroizing::new(vec![0u8; SEED_BYTES]);
-        coffer_crypto::random_bytes(&mut seed);
-        let sealed = self
-            .totp_key()?
-            .seal(user.id, &seed)
-            .map_err(|_| CoreError::Internal("seal totp seed"))?;
-        self.repos()
-            .users
-            .set_mfa(user.id, Some(&sealed), false)
-            .await?;
-        let t = totp(seed.to_vec(), &user.username)?;
-        Ok(MfaEnrollment {
-            otpauth_uri: BearerToken::from_string(
-                t.to_url().map_err(|_| CoreError::Internal("otpauth uri"))?,
-            ),
-            secret_base32: BearerToken::from_string(t.secret().to_base32()),
-        })
+        .await;
+        self.conclude(pending, r).await
     }
 
     /// Confirm enrolment with a current code. Returns the recovery codes (shown once) and
     /// ends the user's other sessions; a login that was waiting to enrol becomes a full one.
     pub async fn mfa_enroll_confirm(
         &self,
+        cx: &Cx,
         p: &Principal,
         code: &str,
     ) -> Result<Vec<String>, CoreError> {
-        p.ensure_person()?;
-        let user = self
-            .repos()
-            .users
-            .user(p.user_id)
-            .await?
-            .ok_or(CoreError::Unauthenticated)?;
-        if user.mfa_enabled {
-            return Err(CoreError::invalid("mfa", "MFA is already enabled"));
+        let mut pending = self.begin_for(cx, p, action::MFA_CONFIRM, AuditTarget::default());
+        let r: Result<Vec<String>, CoreError> = async {
+            p.ensure_person()?;
+            let user = self
+                .repos()
+                .users
+                .user(p.user_id)
+                .await?
+                .ok_or(CoreError::Unauthenticated)?;
+            if user.mfa_enabled {
+                return Err(CoreError::invalid("mfa", "MFA is already enabled"));
+            }
+            if !self
+                .check_second_factor(user.id, &user.username, code, false)
+                .await?
+            {
+                return Err(CoreError::invalid(
+                    "code",
+                    "the code does not match; check the time on your device",
+                ));
+            }
+            // The confirming code's step stays recorded as used.
+            self.repos()
+                .users
+                .enable_mfa(user.id, Some(pending.change_event()?))
+                .await?;
+            let codes: Vec<String> = (0..RECOVERY_CODES).map(|_| new_recovery_code()).collect();
+            let hashes: Vec<[u8; 32]> = codes.iter().map(|c| recovery_hash(c)).collect();
+            self.repos()
+                .users
+                .replace_recovery_codes(user.id, &hashes)
+                .await?;
+            self.repos()
+                .access
+                .delete_user_sessions(user.id, p.session_id)
+                .await?;
+            if let Some(sid) = p.session_id {
+                self.repos()
+                    .access
+                    .promote_session(p.org_id, sid, None)
+                    .await?;
+            }
+            self.access_changed();
+            self.notify(
+                &user,
+                "Two-factor authentication enabled",
+                "Two-factor authentication (TOTP) was enabled on your Coffer account and your other sessions were ended.",
+            )
+            .await;
+            Ok(codes)
         }
-        if !self
-            .check_second_factor(user.id, &user.username, code, false)
-            .await?
-        {
-            return Err(CoreError::invalid(
-                "code",
-                "the code does not match; check the time on your device",
-            ));
-        }
-        // The confirming code's step stays recorded as used.
-        self.repos().users.enable_mfa(user.id).await?;
-        let codes: Vec<String> = (0..RECOVERY_CODES).map(|_| new_recovery_code()).collect();
-        let hashes: Vec<[u8; 32]> = codes.iter().map(|c| recovery_hash(c)).collect();
-        self.repos()
-            .users
-            .replace_recovery_codes(user.id, &hashes)
-            .await?;
-        self.repos()
-            .access
-            .delete_user_sessions(user.id, p.session_id)
-            .await?;
-        if let Some(sid) = p.session_id {
-            self.repos().access.promote_session(p.org_id, sid).await?;
-        }
-        self.access_changed();
-        self.notify(
-            &user,
-            "Two-factor authentication enabled",
-            "Two-factor authentication (TOTP) was enabled on your Coffer account and your other sessions were ended.",
-        )
         .await;
-        Ok(codes)
+        self.conclude(pending, r).await
     }
 
     /// Turn TOTP off. Needs the password and a current code, and is refused while any of
     /// the user's organisations requires MFA.
     pub async fn mfa_disable(
         &self,
+        cx: &Cx,
         p: &Principal,
         password: &str,
         code: &str,
     ) -> Result<(), CoreError> {
-        p.ensure_person()?;
-        let user = self.reauthenticate(p, password).await?;
-        if !user.mfa_enabled {
-            return Err(CoreError::invalid("mfa", "MFA is not enabled"));
+        let mut pending = self.begin_for(cx, p, action::MFA_DISABLE, AuditTarget::default());
+        let r: Result<(), CoreError> = async {
+            p.ensure_person()?;
+            let user = self.reauthenticate(p, password).await?;
+            if !user.mfa_enabled {
+                return Err(CoreError::invalid("mfa", "MFA is not enabled"));
+            }
+            if self.repos().users.user_requires_mfa(user.id).await? {
+                return Err(CoreError::Forbidden(
+                    "an organisation you belong to requires MFA",
+                ));
+            }
+            if !self
+                .check_second_factor(user.id, &user.username, code, true)
+                .await?
+            {
+                return Err(CoreError::BadCredentials);
+            }
+            self.repos()
+                .users
+                .set_mfa(user.id, None, false, Some(pending.change_event()?))
+                .await?;
+            self.repos()
+                .users
+                .replace_recovery_codes(user.id, &[])
+                .await?;
+            self.repos()
+                .access
+                .delete_user_sessions(user.id, p.session_id)
+                .await?;
+            self.access_changed();
+            self.notify(
+                &user,
+                "Two-factor authentication disabled",
+                "Two-factor authentication was turned off on your Coffer account and your other sessions were ended.",
+            )
+            .await;
+            Ok(())
         }
-        if self.repos().users.user_requires_mfa(user.id).await? {
-            return Err(CoreError::Forbidden(
-                "an organisation you belong to requires MFA",
-            ));
-        }
-        if !self
-            .check_second_factor(user.id, &user.username, code, true)
-            .await?
-        {
-            return Err(CoreError::BadCredentials);
-        }
-        self.repos().users.set_mfa(user.id, None, false).await?;
-        self.repos()
-            .users
-            .replace_recovery_codes(user.id, &[])
-            .await?;
-        self.repos()
-            .access
-            .delete_user_sessions(user.id, p.session_id)
-            .await?;
-        self.access_changed();
-        self.notify(
-            &user,
-            "Two-factor authentication disabled",
-            "Two-factor authentication was turned off on your Coffer account and your other sessions were ended.",
-        )
         .await;
-        Ok(())
+        self.conclude(pending, r).await
     }
 
     /// Require MFA of every member (Owners and Admins).
-    pub async fn set_org_require_mfa(&self, p: &Principal, on: bool) -> Result<(), CoreError> {
-        crate::members::ensure_admin(p)?;
-        self.repos()
-            .tenants
-            .set_org_require_mfa(p.org_id, on)
-            .await?;
-        self.access_changed();
-        Ok(())
+    pub async fn set_org_require_mfa(
+        &self,
+        cx: &Cx,
+        p: &Principal,
+        on: bool,
+    ) -> Result<(), CoreError> {
+        let mut pending = self.begin_for(cx, p, action::SETTINGS_UPDATE, AuditTarget::default());
+        let r: Result<(), CoreError> = async {
+            crate::members::ensure_admin(p)?;
+            self.repos()
+                .tenants
+                .set_org_require_mfa(p.org_id, on, Some(pending.change_event()?))
+                .await?;
+            self.access_changed();
+            Ok(())
+        }
+        .await;
+        self.conclude(pending, r).await
     }
 
-    pub async fn org_settings(&self, p: &Principal) -> Result<OrgSettings, CoreError> {
-        self.ensure_unsealed()?;
-        Ok(OrgSettings {
-            require_mfa: self.repos().tenants.org_requires_mfa(p.org_id).await?,
-        })
+    pub async fn org_settings(&self, cx: &Cx, p: &Principal) -> Result<OrgSettings, CoreError> {
+        let pending = self.begin_for(cx, p, action::SETTINGS_READ, AuditTarget::default());
+        let r: Result<OrgSettings, CoreError> = async {
+            self.ensure_unsealed()?;
+            Ok(OrgSettings {
+                require_mfa: self.repos().tenants.org_requires_mfa(p.org_id).await?,
+            })
+        }
+        .await;
+        self.conclude(pending, r).await
     }
 }
 

@@ -13,6 +13,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use uuid::Uuid;
 
+use crate::audit::{AuditTarget, Cx};
 use crate::auth::{AuthMethod, LoginOutcome};
 use crate::clock::now_ms;
 use crate::{Coffer, CoreError, Role};
@@ -123,66 +124,72 @@ impl Coffer {
     /// Verify an external JWT and log its subject in.
     pub async fn login_oidc(
         &self,
+        cx: &Cx,
         jwt: &str,
         keys: &dyn JwksSource,
         org: Option<&str>,
         address: &str,
     ) -> Result<LoginOutcome, CoreError> {
-        self.ensure_unsealed()?;
-        let bad = || CoreError::BadCredentials;
-        if jwt.len() > 16 * 1024 {
-            return Err(bad());
+        let mut pending = self.begin(cx, crate::auth::action::OIDC_LOGIN, AuditTarget::default());
+        let r: Result<LoginOutcome, CoreError> = async {
+            self.ensure_unsealed()?;
+            let bad = || CoreError::BadCredentials;
+            if jwt.len() > 16 * 1024 {
+                return Err(bad());
+            }
+            let iss = peek_issuer(jwt).ok_or_else(bad)?;
+            let cfg = self
+                .config()
+                .oidc
+                .iter()
+                .find(|i| i.issuer == iss)
+                .ok_or_else(bad)?
+                .clone();
+            let header = jsonwebtoken::decode_header(jwt).map_err(|_| bad())?;
+            if !cfg.algorithms.contains(&header.alg) {
+                return Err(bad());
+            }
+            let kid = header.kid.ok_or_else(bad)?;
+            let mut set = keys.jwks(&cfg.issuer, false).await.map_err(|e| {
+                tracing::warn!(issuer = %cfg.issuer, error = %e, "JWKS unavailable");
+                bad()
+            })?;
+            if set.find(&kid).is_none() {
+                set = keys.jwks(&cfg.issuer, true).await.map_err(|_| bad())?;
+            }
+            let jwk = set.find(&kid).ok_or_else(bad)?;
+            let key = DecodingKey::from_jwk(jwk).map_err(|_| bad())?;
+            let mut v = Validation::new(header.alg);
+            v.algorithms = vec![header.alg];
+            v.leeway = cfg.leeway_secs;
+            v.validate_nbf = true;
+            v.set_issuer(&[&cfg.issuer]);
+            v.set_audience(&[&cfg.audience]);
+            v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+            let data = jsonwebtoken::decode::<Claims>(jwt, &key, &v).map_err(|e| {
+                tracing::debug!(error = %e, "OIDC token rejected");
+                bad()
+            })?;
+            let subject = data.claims.sub;
+            if subject.is_empty() || subject.len() > 255 {
+                return Err(bad());
+            }
+            let user_id = match self
+                .repos()
+                .users
+                .identity_user(&cfg.issuer, &subject)
+                .await?
+            {
+                Some(id) => id,
+                None if cfg.jit => self.jit_user(&cfg, &subject).await?,
+                None => return Err(bad()),
+            };
+            let user = self.repos().users.user(user_id).await?.ok_or_else(bad)?;
+            self.after_first_factor(&mut pending, user, org, AuthMethod::Oidc, address)
+                .await
         }
-        let iss = peek_issuer(jwt).ok_or_else(bad)?;
-        let cfg = self
-            .config()
-            .oidc
-            .iter()
-            .find(|i| i.issuer == iss)
-            .ok_or_else(bad)?
-            .clone();
-        let header = jsonwebtoken::decode_header(jwt).map_err(|_| bad())?;
-        if !cfg.algorithms.contains(&header.alg) {
-            return Err(bad());
-        }
-        let kid = header.kid.ok_or_else(bad)?;
-        let mut set = keys.jwks(&cfg.issuer, false).await.map_err(|e| {
-            tracing::warn!(issuer = %cfg.issuer, error = %e, "JWKS unavailable");
-            bad()
-        })?;
-        if set.find(&kid).is_none() {
-            set = keys.jwks(&cfg.issuer, true).await.map_err(|_| bad())?;
-        }
-        let jwk = set.find(&kid).ok_or_else(bad)?;
-        let key = DecodingKey::from_jwk(jwk).map_err(|_| bad())?;
-        let mut v = Validation::new(header.alg);
-        v.algorithms = vec![header.alg];
-        v.leeway = cfg.leeway_secs;
-        v.validate_nbf = true;
-        v.set_issuer(&[&cfg.issuer]);
-        v.set_audience(&[&cfg.audience]);
-        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        let data = jsonwebtoken::decode::<Claims>(jwt, &key, &v).map_err(|e| {
-            tracing::debug!(error = %e, "OIDC token rejected");
-            bad()
-        })?;
-        let subject = data.claims.sub;
-        if subject.is_empty() || subject.len() > 255 {
-            return Err(bad());
-        }
-        let user_id = match self
-            .repos()
-            .users
-            .identity_user(&cfg.issuer, &subject)
-            .await?
-        {
-            Some(id) => id,
-            None if cfg.jit => self.jit_user(&cfg, &subject).await?,
-            None => return Err(bad()),
-        };
-        let user = self.repos().users.user(user_id).await?.ok_or_else(bad)?;
-        self.after_first_factor(user, org, AuthMethod::Oidc, address)
-            .await
+        .await;
+        self.conclude(pending, r).await
     }
 
     async fn jit_user(&self, cfg: &OidcIssuer, subject: &str) -> Result<Uuid, CoreError> {

@@ -4,8 +4,14 @@ use coffer_crypto::{KeyTerm, RootKey, TenantKey};
 use coffer_store::{Invalidation, OrgRow, StoreError, TenantKeyRow};
 use uuid::Uuid;
 
+use crate::audit::{AuditTarget, Cx};
 use crate::clock::now_ms;
 use crate::{Coffer, CoreError, Principal, Role, names};
+/// The audit actions of organisations.
+pub mod action {
+    use crate::audit::Action;
+    pub const DELETE: Action = Action::change("org.delete").answered(204);
+}
 
 impl Coffer {
     /// Create an organisation with a fresh tenant key (term 1) wrapped by the root key.
@@ -21,7 +27,7 @@ impl Coffer {
         org: &OrgRow,
         key: &TenantKeyRow,
     ) -> Result<Uuid, CoreError> {
-        match self.repos().tenants.create_org(org, key).await {
+        match self.repos().tenants.create_org(org, key, None).await {
             Err(StoreError::Conflict) => Err(CoreError::AlreadyExists {
                 kind: "organisation",
                 name: org.name.clone(),
@@ -58,27 +64,37 @@ impl Coffer {
     /// later database copy or backup holds anything that decrypts them. Copies taken before
     /// hold them wrapped by the root key: the next root key rotation (`coffer operator
     /// rekey`) makes those copies useless too. The audit chain stays.
-    pub async fn delete_org(&self, p: &Principal, confirm: &str) -> Result<(), CoreError> {
-        p.ensure_person()?;
-        if p.role != Role::Owner {
-            return Err(CoreError::Forbidden("only Owners delete an organisation"));
+    pub async fn delete_org(&self, cx: &Cx, p: &Principal, confirm: &str) -> Result<(), CoreError> {
+        let mut pending = self.begin_for(cx, p, action::DELETE, AuditTarget::default());
+        let r: Result<(), CoreError> = async {
+            p.ensure_person()?;
+            if p.role != Role::Owner {
+                return Err(CoreError::Forbidden("only Owners delete an organisation"));
+            }
+            if confirm != p.org_name {
+                return Err(CoreError::invalid(
+                    "confirm",
+                    "must be the organisation's name",
+                ));
+            }
+            self.ensure_unsealed()?;
+            if !self
+                .repos()
+                .keys
+                .delete_org(p.org_id, Some(pending.change_event()?))
+                .await?
+            {
+                return Err(CoreError::not_found("organisation", &p.org_name));
+            }
+            self.inner.keyring.evict(Some(p.org_id));
+            self.inner.meta.evict_org(p.org_id);
+            self.publish(Invalidation::Keys(p.org_id));
+            self.publish(Invalidation::Meta(p.org_id));
+            self.access_changed();
+            tracing::info!(org_id = %p.org_id, "organisation deleted; its keys are destroyed");
+            Ok(())
         }
-        if confirm != p.org_name {
-            return Err(CoreError::invalid(
-                "confirm",
-                "must be the organisation's name",
-            ));
-        }
-        self.ensure_unsealed()?;
-        if !self.repos().keys.delete_org(p.org_id).await? {
-            return Err(CoreError::not_found("organisation", &p.org_name));
-        }
-        self.inner.keyring.evict(Some(p.org_id));
-        self.inner.meta.evict_org(p.org_id);
-        self.publish(Invalidation::Keys(p.org_id));
-        self.publish(Invalidation::Meta(p.org_id));
-        self.access_changed();
-        tracing::info!(org_id = %p.org_id, "organisation deleted; its keys are destroyed");
-        Ok(())
+        .await;
+        self.conclude(pending, r).await
     }
 }

@@ -7,10 +7,23 @@ use coffer_store::{EnvRow, ParamValue, ParamVersionRow, ParamWrite, VersionActio
 use uuid::Uuid;
 
 use crate::audit::ReadLog;
+use crate::audit::{Action, AuditTarget, Cx, Pending};
 use crate::clock::now_ms;
 use crate::keyring::OrgKeys;
 use crate::projects::ensure_can_write;
 use crate::{Coffer, CoreError, Principal, names};
+
+/// The audit actions of parameters.
+pub mod action {
+    use crate::audit::Action;
+    pub const LIST: Action = Action::read("param.list");
+    pub const GET: Action = Action::read("param.get");
+    pub const SET: Action = Action::change("param.set");
+    pub const DELETE: Action = Action::change("param.delete");
+    pub const HISTORY: Action = Action::read("param.history");
+    pub const ROLLBACK: Action = Action::change("param.rollback");
+    pub const DIFF: Action = Action::read("param.diff");
+}
 
 /// How often a write is retried when another writer moved the version under it.
 const WRITE_ATTEMPTS: usize = 5;
@@ -176,6 +189,7 @@ impl Coffer {
     /// Write a new version of a parameter in one environment.
     pub async fn set_param(
         &self,
+        cx: &Cx,
         p: &Principal,
         project: &str,
         env: &str,
@@ -185,39 +199,71 @@ impl Coffer {
             value: req.value,
             secret: req.secret,
         };
-        self.write(p, project, env, req.name, change).await
+        self.write(cx, action::SET, p, project, env, req.name, change)
+            .await
     }
 
     /// Make the value of an earlier version current again, as a new version.
     pub async fn rollback_param(
         &self,
+        cx: &Cx,
         p: &Principal,
         project: &str,
         env: &str,
         name: &str,
         to: u64,
     ) -> Result<ParamView, CoreError> {
-        self.write(p, project, env, name, Change::Rollback { to })
-            .await
+        self.write(
+            cx,
+            action::ROLLBACK,
+            p,
+            project,
+            env,
+            name,
+            Change::Rollback { to },
+        )
+        .await
     }
 
     /// Delete a parameter from one environment (history is kept; an inherited value, if
     /// any, shows through again).
     pub async fn delete_param(
         &self,
+        cx: &Cx,
         p: &Principal,
         project: &str,
         env: &str,
         name: &str,
     ) -> Result<ParamView, CoreError> {
-        self.write(p, project, env, name, Change::Delete).await
+        self.write(cx, action::DELETE, p, project, env, name, Change::Delete)
+            .await
     }
 
     /// The one write path of set, rollback and delete: read the parameter's current state,
     /// decide the next version, seal its value for that version under a fresh data key, and
     /// append it unless another writer moved the version first, in which case start over.
+    #[allow(clippy::too_many_arguments)]
     async fn write(
         &self,
+        cx: &Cx,
+        action: Action,
+        p: &Principal,
+        project: &str,
+        env: &str,
+        name: &str,
+        change: Change<'_>,
+    ) -> Result<ParamView, CoreError> {
+        let mut pending = self.begin_for(cx, p, action, AuditTarget::param(project, env, name));
+        let r = self
+            .write_audited(&mut pending, p, project, env, name, change)
+            .await;
+        self.conclude(pending, r).await
+    }
+
+    /// [`Coffer::write`] with its event, which commits with the version written.
+    async fn write_audited(
+        &self,
+        pending: &mut Pending,
         p: &Principal,
         project: &str,
         env: &str,
@@ -230,8 +276,10 @@ impl Coffer {
             validate_value(value, self.config().max_value_bytes)?;
         }
         let meta = self.project_meta(p, project).await?;
+        pending.ev.target.project_id = Some(meta.project.id);
         p.scope.check_env(env)?;
         let env_id = meta.env(env)?.id;
+        pending.ev.target.env_id = Some(env_id);
         for _ in 0..WRITE_ATTEMPTS {
             let current = self
                 .repos()
@@ -247,6 +295,7 @@ impl Coffer {
                 (Some((row, secret)), _) => (row.id, row.current_version, *secret),
             };
             let version = expected_current + 1;
+            pending.ev.target.param_id = Some(param_id);
             let ctx = RecordContext {
                 org_id: p.org_id,
                 record_id: param_id,
@@ -298,6 +347,7 @@ impl Coffer {
                 },
                 ciphertext,
                 credential_id: new_credential_id(),
+                event: Some(pending.change_event()?.clone()),
             };
             let view = written(&w, env);
             if self.append(w).await?.is_none() {
@@ -320,31 +370,39 @@ impl Coffer {
     }
 
     /// The value of one parameter as seen from `env` (its own or inherited). Reading a
-    /// secret needs a role that may read secrets.
+    /// secret needs a role that may read secrets. The value may come from this node's cache
+    /// of current values: such an answer stands only once the database has confirmed, in
+    /// the transaction that appends the read's audit event, that it is still current;
+    /// otherwise it is read again from the database.
     pub async fn get_param(
         &self,
+        cx: &Cx,
         p: &Principal,
         project: &str,
         env: &str,
         name: &str,
     ) -> Result<ParamView, CoreError> {
-        self.get_param_from(p, project, env, name, None).await
-    }
-
-    /// Like [`Coffer::get_param`], but the value may come from this node's cache of current
-    /// values. Such an answer holds only once the request's audit event has been recorded
-    /// with [`Coffer::record_confirming`] and `reads`; if that reports the read stale, the
-    /// caller must ask again with `get_param`.
-    pub async fn get_param_cached(
-        &self,
-        p: &Principal,
-        project: &str,
-        env: &str,
-        name: &str,
-        reads: &ReadLog,
-    ) -> Result<ParamView, CoreError> {
-        self.get_param_from(p, project, env, name, Some(reads))
-            .await
+        let mut pending =
+            self.begin_for(cx, p, action::GET, AuditTarget::param(project, env, name));
+        let reads = ReadLog::default();
+        let r = self
+            .get_param_from(p, project, env, name, Some(&reads))
+            .await;
+        let checks = reads.take();
+        if let Ok(v) = &r {
+            pending.ev.target.param_id = Some(v.param_id);
+            if !checks.is_empty() {
+                if self.conclude_cached_read(&pending, &checks).await? {
+                    return r;
+                }
+                let r = self.get_param_from(p, project, env, name, None).await;
+                if let Ok(v) = &r {
+                    pending.ev.target.param_id = Some(v.param_id);
+                }
+                return self.conclude(pending, r).await;
+            }
+        }
+        self.conclude(pending, r).await
     }
 
     async fn get_param_from(
@@ -420,6 +478,20 @@ impl Coffer {
     /// Secrets are masked unless `reveal` is set and the role allows it.
     pub async fn list_params(
         &self,
+        cx: &Cx,
+        p: &Principal,
+        project: &str,
+        env: &str,
+        reveal: bool,
+    ) -> Result<Vec<ParamView>, CoreError> {
+        let pending = self.begin_for(cx, p, action::LIST, AuditTarget::env(project, env));
+        let r: Result<Vec<ParamView>, CoreError> =
+            async { self.list_params_of(p, project, env, reveal).await }.await;
+        self.conclude(pending, r).await
+    }
+
+    async fn list_params_of(
+        &self,
         p: &Principal,
         project: &str,
         env: &str,
@@ -470,93 +542,113 @@ impl Coffer {
 
     pub async fn param_history(
         &self,
+        cx: &Cx,
         p: &Principal,
         project: &str,
         env: &str,
         name: &str,
     ) -> Result<Vec<ParamHistoryEntry>, CoreError> {
-        let (_, row) = self.own_param(p, project, env, name).await?;
-        Ok(self
-            .repos()
-            .params
-            .param_history(p.org_id, row.id)
-            .await?
-            .into_iter()
-            .rev()
-            .map(|v| ParamHistoryEntry {
-                param_id: row.id,
-                current: v.version == row.current_version,
-                version: v.version,
-                action: v.action.as_str(),
-                secret: v.is_secret,
-                actor_id: v.actor_id,
-                created_at: v.created_at,
-            })
-            .collect())
+        let mut pending = self.begin_for(
+            cx,
+            p,
+            action::HISTORY,
+            AuditTarget::param(project, env, name),
+        );
+        let r: Result<Vec<ParamHistoryEntry>, CoreError> = async {
+            let (_, row) = self.own_param(p, project, env, name).await?;
+            Ok(self
+                .repos()
+                .params
+                .param_history(p.org_id, row.id)
+                .await?
+                .into_iter()
+                .rev()
+                .map(|v| ParamHistoryEntry {
+                    param_id: row.id,
+                    current: v.version == row.current_version,
+                    version: v.version,
+                    action: v.action.as_str(),
+                    secret: v.is_secret,
+                    actor_id: v.actor_id,
+                    created_at: v.created_at,
+                })
+                .collect())
+        }
+        .await;
+        if let Ok(Some(first)) = r.as_ref().map(|v| v.first()) {
+            pending.ev.target.param_id = Some(first.param_id);
+        }
+        self.conclude(pending, r).await
     }
 
     /// Differences between the resolved parameters of two environments.
     pub async fn diff_envs(
         &self,
+        cx: &Cx,
         p: &Principal,
         project: &str,
         a: &str,
         b: &str,
         reveal: bool,
     ) -> Result<Vec<DiffEntry>, CoreError> {
-        // Values are compared in full, then masked for output as `list` would mask them.
-        let full = Principal {
-            role: crate::Role::Owner,
-            ..p.clone()
-        };
-        let la = self.list_params(&full, project, a, true).await?;
-        let lb = self.list_params(&full, project, b, true).await?;
-        let mut a_map: BTreeMap<String, ParamView> =
-            la.into_iter().map(|v| (v.name.clone(), v)).collect();
-        let mut out = Vec::new();
-        for vb in lb {
-            match a_map.remove(&vb.name) {
-                None => out.push(DiffEntry {
-                    name: vb.name.clone(),
-                    kind: DiffKind::OnlyInB,
-                    a: None,
-                    b: Some(vb),
-                }),
-                Some(va) => {
-                    let same = match (&va.value, &vb.value) {
-                        (Some(x), Some(y)) => coffer_crypto::token::constant_time_eq(
-                            x.expose_secret(),
-                            y.expose_secret(),
-                        ),
-                        _ => false,
-                    };
-                    if !same || va.secret != vb.secret {
-                        out.push(DiffEntry {
-                            name: vb.name.clone(),
-                            kind: DiffKind::Changed,
-                            a: Some(va),
-                            b: Some(vb),
-                        });
+        let pending = self.begin_for(cx, p, action::DIFF, AuditTarget::project(project));
+        let r: Result<Vec<DiffEntry>, CoreError> = async {
+            // Values are compared in full, then masked for output as `list` would mask them.
+            let full = Principal {
+                role: crate::Role::Owner,
+                ..p.clone()
+            };
+            let la = self.list_params_of(&full, project, a, true).await?;
+            let lb = self.list_params_of(&full, project, b, true).await?;
+            let mut a_map: BTreeMap<String, ParamView> =
+                la.into_iter().map(|v| (v.name.clone(), v)).collect();
+            let mut out = Vec::new();
+            for vb in lb {
+                match a_map.remove(&vb.name) {
+                    None => out.push(DiffEntry {
+                        name: vb.name.clone(),
+                        kind: DiffKind::OnlyInB,
+                        a: None,
+                        b: Some(vb),
+                    }),
+                    Some(va) => {
+                        let same = match (&va.value, &vb.value) {
+                            (Some(x), Some(y)) => coffer_crypto::token::constant_time_eq(
+                                x.expose_secret(),
+                                y.expose_secret(),
+                            ),
+                            _ => false,
+                        };
+                        if !same || va.secret != vb.secret {
+                            out.push(DiffEntry {
+                                name: vb.name.clone(),
+                                kind: DiffKind::Changed,
+                                a: Some(va),
+                                b: Some(vb),
+                            });
+                        }
                     }
                 }
             }
-        }
-        out.extend(a_map.into_values().map(|va| DiffEntry {
-            name: va.name.clone(),
-            kind: DiffKind::OnlyInA,
-            a: Some(va),
-            b: None,
-        }));
-        out.sort_by(|x, y| x.name.cmp(&y.name));
-        let show_secrets = reveal && p.role.can_read_secrets();
-        for e in &mut out {
-            for v in [&mut e.a, &mut e.b].into_iter().flatten() {
-                if v.secret && !show_secrets {
-                    v.value = None;
+            out.extend(a_map.into_values().map(|va| DiffEntry {
+                name: va.name.clone(),
+                kind: DiffKind::OnlyInA,
+                a: Some(va),
+                b: None,
+            }));
+            out.sort_by(|x, y| x.name.cmp(&y.name));
+            let show_secrets = reveal && p.role.can_read_secrets();
+            for e in &mut out {
+                for v in [&mut e.a, &mut e.b].into_iter().flatten() {
+                    if v.secret && !show_secrets {
+                        v.value = None;
+                    }
                 }
             }
+            Ok(out)
         }
-        Ok(out)
+        .await;
+        self.conclude(pending, r).await
     }
 }
 

@@ -7,8 +7,18 @@ use std::time::{Duration, Instant};
 use coffer_store::{EnvRow, ProjectRow, StoreError};
 use uuid::Uuid;
 
+use crate::audit::{AuditTarget, Cx};
 use crate::clock::now_ms;
 use crate::{Coffer, CoreError, Principal, names};
+
+/// The audit actions of projects and environments.
+pub mod action {
+    use crate::audit::Action;
+    pub const PROJECT_LIST: Action = Action::read("project.list");
+    pub const PROJECT_CREATE: Action = Action::change("project.create").answered(201);
+    pub const ENV_LIST: Action = Action::read("env.list");
+    pub const ENV_CREATE: Action = Action::change("env.create").answered(201);
+}
 
 /// The environment every new project starts with.
 pub const DEFAULT_ENV: &str = "default";
@@ -146,126 +156,167 @@ impl Coffer {
 
     pub async fn create_project(
         &self,
+        cx: &Cx,
         p: &Principal,
         name: &str,
     ) -> Result<ProjectView, CoreError> {
-        self.ensure_unsealed()?;
-        ensure_can_write(p)?;
-        names::validate("project name", name)?;
-        p.scope.check_project(name)?;
-        let now = now_ms();
-        let row = ProjectRow {
-            id: Uuid::new_v4(),
-            org_id: p.org_id,
-            name: name.to_owned(),
-            created_at: now,
-        };
-        match self.repos().tenants.create_project(&row).await {
-            Err(StoreError::Conflict) => {
-                return Err(CoreError::AlreadyExists {
-                    kind: "project",
-                    name: name.to_owned(),
-                });
+        let mut pending = self.begin_for(cx, p, action::PROJECT_CREATE, AuditTarget::project(name));
+        let r: Result<ProjectView, CoreError> = async {
+            self.ensure_unsealed()?;
+            ensure_can_write(p)?;
+            names::validate("project name", name)?;
+            p.scope.check_project(name)?;
+            let now = now_ms();
+            let row = ProjectRow {
+                id: Uuid::new_v4(),
+                org_id: p.org_id,
+                name: name.to_owned(),
+                created_at: now,
+            };
+            match self
+                .repos()
+                .tenants
+                .create_project(&row, Some(pending.change_event()?))
+                .await
+            {
+                Err(StoreError::Conflict) => {
+                    return Err(CoreError::AlreadyExists {
+                        kind: "project",
+                        name: name.to_owned(),
+                    });
+                }
+                r => r?,
             }
-            r => r?,
+            let env = EnvRow {
+                id: Uuid::new_v4(),
+                org_id: p.org_id,
+                project_id: row.id,
+                parent_id: None,
+                name: DEFAULT_ENV.into(),
+                created_at: now,
+            };
+            self.repos().tenants.create_env(&env, None).await?;
+            self.inner.meta.evict(&(p.org_id, name.to_owned()));
+            self.publish(coffer_store::Invalidation::Meta(p.org_id));
+            Ok(ProjectView {
+                id: row.id,
+                name: row.name,
+                created_at: row.created_at,
+            })
         }
-        let env = EnvRow {
-            id: Uuid::new_v4(),
-            org_id: p.org_id,
-            project_id: row.id,
-            parent_id: None,
-            name: DEFAULT_ENV.into(),
-            created_at: now,
-        };
-        self.repos().tenants.create_env(&env).await?;
-        self.inner.meta.evict(&(p.org_id, name.to_owned()));
-        self.publish(coffer_store::Invalidation::Meta(p.org_id));
-        Ok(ProjectView {
-            id: row.id,
-            name: row.name,
-            created_at: row.created_at,
-        })
+        .await;
+        self.conclude(pending, r).await
     }
 
-    pub async fn list_projects(&self, p: &Principal) -> Result<Vec<ProjectView>, CoreError> {
-        self.ensure_unsealed()?;
-        Ok(self
-            .repos()
-            .tenants
-            .projects(p.org_id)
-            .await?
-            .into_iter()
-            .filter(|r| p.scope.allows_project(&r.name))
-            .map(|r| ProjectView {
-                id: r.id,
-                name: r.name,
-                created_at: r.created_at,
-            })
-            .collect())
+    pub async fn list_projects(
+        &self,
+        cx: &Cx,
+        p: &Principal,
+    ) -> Result<Vec<ProjectView>, CoreError> {
+        let pending = self.begin_for(cx, p, action::PROJECT_LIST, AuditTarget::default());
+        let r: Result<Vec<ProjectView>, CoreError> = async {
+            self.ensure_unsealed()?;
+            Ok(self
+                .repos()
+                .tenants
+                .projects(p.org_id)
+                .await?
+                .into_iter()
+                .filter(|r| p.scope.allows_project(&r.name))
+                .map(|r| ProjectView {
+                    id: r.id,
+                    name: r.name,
+                    created_at: r.created_at,
+                })
+                .collect())
+        }
+        .await;
+        self.conclude(pending, r).await
     }
 
     /// Create an environment. Without a parent it inherits from `default`.
     pub async fn create_env(
         &self,
+        cx: &Cx,
         p: &Principal,
         project: &str,
         name: &str,
         parent: Option<&str>,
     ) -> Result<EnvView, CoreError> {
-        ensure_can_write(p)?;
-        names::validate("environment name", name)?;
-        p.scope.check_env(name)?;
-        let meta = self.project_meta(p, project).await?;
-        let parent_name = parent.unwrap_or(DEFAULT_ENV);
-        let parent_row = meta.env(parent_name)?;
-        if meta.chain(parent_name)?.len() + 1 > MAX_ENV_DEPTH {
-            return Err(CoreError::invalid(
-                "parent",
-                format!("environments nest at most {MAX_ENV_DEPTH} deep"),
-            ));
-        }
-        let row = EnvRow {
-            id: Uuid::new_v4(),
-            org_id: p.org_id,
-            project_id: meta.project.id,
-            parent_id: Some(parent_row.id),
-            name: name.to_owned(),
-            created_at: now_ms(),
-        };
-        match self.repos().tenants.create_env(&row).await {
-            Err(StoreError::Conflict) => {
-                return Err(CoreError::AlreadyExists {
-                    kind: "environment",
-                    name: name.to_owned(),
-                });
+        let mut pending = self.begin_for(cx, p, action::ENV_CREATE, AuditTarget::project(project));
+        let r: Result<EnvView, CoreError> = async {
+            ensure_can_write(p)?;
+            names::validate("environment name", name)?;
+            p.scope.check_env(name)?;
+            let meta = self.project_meta(p, project).await?;
+            let parent_name = parent.unwrap_or(DEFAULT_ENV);
+            let parent_row = meta.env(parent_name)?;
+            if meta.chain(parent_name)?.len() + 1 > MAX_ENV_DEPTH {
+                return Err(CoreError::invalid(
+                    "parent",
+                    format!("environments nest at most {MAX_ENV_DEPTH} deep"),
+                ));
             }
-            r => r?,
+            let row = EnvRow {
+                id: Uuid::new_v4(),
+                org_id: p.org_id,
+                project_id: meta.project.id,
+                parent_id: Some(parent_row.id),
+                name: name.to_owned(),
+                created_at: now_ms(),
+            };
+            match self
+                .repos()
+                .tenants
+                .create_env(&row, Some(pending.change_event()?))
+                .await
+            {
+                Err(StoreError::Conflict) => {
+                    return Err(CoreError::AlreadyExists {
+                        kind: "environment",
+                        name: name.to_owned(),
+                    });
+                }
+                r => r?,
+            }
+            self.inner.meta.evict(&(p.org_id, project.to_owned()));
+            self.publish(coffer_store::Invalidation::Meta(p.org_id));
+            Ok(EnvView {
+                id: row.id,
+                name: row.name,
+                parent: Some(parent_name.to_owned()),
+                created_at: row.created_at,
+            })
         }
-        self.inner.meta.evict(&(p.org_id, project.to_owned()));
-        self.publish(coffer_store::Invalidation::Meta(p.org_id));
-        Ok(EnvView {
-            id: row.id,
-            name: row.name,
-            parent: Some(parent_name.to_owned()),
-            created_at: row.created_at,
-        })
+        .await;
+        self.conclude(pending, r).await
     }
 
-    pub async fn list_envs(&self, p: &Principal, project: &str) -> Result<Vec<EnvView>, CoreError> {
-        let meta = self.project_meta(p, project).await?;
-        Ok(meta
-            .envs
-            .iter()
-            .filter(|e| p.scope.check_env(&e.name).is_ok())
-            .map(|e| EnvView {
-                id: e.id,
-                name: e.name.clone(),
-                parent: e
-                    .parent_id
-                    .and_then(|pid| meta.envs.iter().find(|x| x.id == pid))
-                    .map(|x| x.name.clone()),
-                created_at: e.created_at,
-            })
-            .collect())
+    pub async fn list_envs(
+        &self,
+        cx: &Cx,
+        p: &Principal,
+        project: &str,
+    ) -> Result<Vec<EnvView>, CoreError> {
+        let pending = self.begin_for(cx, p, action::ENV_LIST, AuditTarget::project(project));
+        let r: Result<Vec<EnvView>, CoreError> = async {
+            let meta = self.project_meta(p, project).await?;
+            Ok(meta
+                .envs
+                .iter()
+                .filter(|e| p.scope.check_env(&e.name).is_ok())
+                .map(|e| EnvView {
+                    id: e.id,
+                    name: e.name.clone(),
+                    parent: e
+                        .parent_id
+                        .and_then(|pid| meta.envs.iter().find(|x| x.id == pid))
+                        .map(|x| x.name.clone()),
+                    created_at: e.created_at,
+                })
+                .collect())
+        }
+        .await;
+        self.conclude(pending, r).await
     }
 }

@@ -17,6 +17,7 @@ use coffer_crypto::system::{Purpose, SystemKey};
 use coffer_store::{Invalidation, RootRotation, RootSecrets};
 use zeroize::Zeroizing;
 
+use crate::audit::{AuditTarget, Cx};
 use crate::{Coffer, CoreError};
 
 #[derive(Debug)]
@@ -31,85 +32,94 @@ impl Coffer {
     /// which unseal), after checking that `current` is a quorum of the present shares.
     pub async fn rekey(
         &self,
+        cx: &Cx,
         current: &[String],
         shares: u8,
         threshold: u8,
     ) -> Result<RekeyResult, CoreError> {
-        if !(2..=255).contains(&threshold) || threshold > shares {
-            return Err(CoreError::invalid(
-                "threshold",
-                "must be between 2 and the number of shares",
-            ));
-        }
-        self.ensure_unsealed()?;
-        let cfg = self.seal_config().await?;
-        let seal = self.key_config()?.seal;
-        if coffer_seal::SealKind::parse(&cfg.kind) != Some(seal.kind())
-            || seal.kind() == coffer_seal::SealKind::DevFile
-        {
-            return Err(CoreError::WrongSealType);
-        }
-        let old = self.root_from_quorum(&cfg, current)?;
-        let _exclusive = self.inner.root_change.write().await;
-        // A KMS/HSM seal protects the new root key before anything changes: if it cannot,
-        // the rotation does not happen.
-        let (new, sealed_root) = seal.new_root().await.map_err(crate::sys::seal_error)?;
-        let root_check = new
-            .check_value()
-            .map_err(|_| CoreError::Internal("root check"))?;
-        let parts = shamir::split(&new, shares, threshold)
-            .map_err(|_| CoreError::invalid("shares", "at most 255"))?;
-        // Another node may seal something with the old root key between reading the root
-        // secrets and the rotation's commit: the store then refuses the rotation, and it is
-        // computed again from what is there now.
-        let mut attempts = 0;
-        loop {
-            let previous = self.repos().keys.root_secrets().await?;
-            let rotation = RootRotation {
-                previous_check: cfg.root_check.clone(),
-                sealed_root: sealed_root.clone(),
-                root_check: root_check.clone(),
-                shares,
-                threshold,
-                secrets: reseal(&old, &new, previous.clone())?,
-                previous,
-            };
-            match self.repos().keys.rotate_root(&rotation).await {
-                Ok(()) => break,
-                Err(coffer_store::StoreError::Conflict) if attempts < 5 => attempts += 1,
-                Err(e) => {
-                    // The commit may have happened with its answer lost: then the new shares
-                    // are the only ones that unseal, and must not be thrown away.
-                    let committed = self
-                        .repos()
-                        .seal
-                        .seal_config()
-                        .await
-                        .ok()
-                        .flatten()
-                        .is_some_and(|cfg| new.matches(&cfg.root_check));
-                    if committed {
-                        tracing::warn!(error = %e, "the rekey committed although its answer was lost");
-                        break;
+        let mut pending = self.begin(cx, crate::sys::action::REKEY, AuditTarget::default());
+        let r: Result<RekeyResult, CoreError> = async {
+            if !(2..=255).contains(&threshold) || threshold > shares {
+                return Err(CoreError::invalid(
+                    "threshold",
+                    "must be between 2 and the number of shares",
+                ));
+            }
+            self.ensure_unsealed()?;
+            let cfg = self.seal_config().await?;
+            let seal = self.key_config()?.seal;
+            if coffer_seal::SealKind::parse(&cfg.kind) != Some(seal.kind())
+                || seal.kind() == coffer_seal::SealKind::DevFile
+            {
+                return Err(CoreError::WrongSealType);
+            }
+            let old = self.root_from_quorum(&cfg, current)?;
+            let _exclusive = self.inner.root_change.write().await;
+            // A KMS/HSM seal protects the new root key before anything changes: if it cannot,
+            // the rotation does not happen.
+            let (new, sealed_root) = seal.new_root().await.map_err(crate::sys::seal_error)?;
+            let root_check = new
+                .check_value()
+                .map_err(|_| CoreError::Internal("root check"))?;
+            let parts = shamir::split(&new, shares, threshold)
+                .map_err(|_| CoreError::invalid("shares", "at most 255"))?;
+            // Another node may seal something with the old root key between reading the root
+            // secrets and the rotation's commit: the store then refuses the rotation, and it is
+            // computed again from what is there now.
+            let mut attempts = 0;
+            loop {
+                let previous = self.repos().keys.root_secrets().await?;
+                let rotation = RootRotation {
+                    previous_check: cfg.root_check.clone(),
+                    sealed_root: sealed_root.clone(),
+                    root_check: root_check.clone(),
+                    shares,
+                    threshold,
+                    secrets: reseal(&old, &new, previous.clone())?,
+                    previous,
+                };
+                match self.repos()
+                    .keys
+                    .rotate_root(&rotation, Some(pending.change_event()?))
+                    .await {
+                    Ok(()) => break,
+                    Err(coffer_store::StoreError::Conflict) if attempts < 5 => attempts += 1,
+                    Err(e) => {
+                        // The commit may have happened with its answer lost: then the new shares
+                        // are the only ones that unseal, and must not be thrown away.
+                        let committed = self
+                            .repos()
+                            .seal
+                            .seal_config()
+                            .await
+                            .ok()
+                            .flatten()
+                            .is_some_and(|cfg| new.matches(&cfg.root_check));
+                        if committed {
+                            tracing::warn!(error = %e, "the rekey committed although its answer was lost");
+                            break;
+                        }
+                        return Err(e.into());
                     }
-                    return Err(e.into());
                 }
             }
+            self.cluster().set_root_guard(Some(root_check));
+            self.inner.keyring.replace_root(new)?;
+            // Other nodes hold the old root key: they seal themselves, and unseal again with the
+            // new shares (Shamir) or by themselves (KMS/HSM seal).
+            self.publish(Invalidation::All);
+            tracing::warn!(
+                shares,
+                threshold,
+                "root key rotated and new shares issued; nodes with a Shamir seal must be unsealed with the new shares"
+            );
+            Ok(RekeyResult {
+                shares: parts.iter().map(|p| p.to_text()).collect(),
+                threshold,
+            })
         }
-        self.cluster().set_root_guard(Some(root_check));
-        self.inner.keyring.replace_root(new)?;
-        // Other nodes hold the old root key: they seal themselves, and unseal again with the
-        // new shares (Shamir) or by themselves (KMS/HSM seal).
-        self.publish(Invalidation::All);
-        tracing::warn!(
-            shares,
-            threshold,
-            "root key rotated and new shares issued; nodes with a Shamir seal must be unsealed with the new shares"
-        );
-        Ok(RekeyResult {
-            shares: parts.iter().map(|p| p.to_text()).collect(),
-            threshold,
-        })
+        .await;
+        self.conclude(pending, r).await
     }
 }
 

@@ -8,8 +8,18 @@ use coffer_store::{MembershipRow, SealConfigRow, StoreError, UserRow};
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
+use crate::audit::{AuditTarget, Cx};
 use crate::clock::now_ms;
 use crate::{Coffer, CoreError, Role};
+/// The audit actions of the seal and the root key.
+pub mod action {
+    use crate::audit::Action;
+    pub const INIT: Action = Action::change("sys.init");
+    pub const UNSEAL: Action = Action::change("sys.unseal");
+    pub const SEAL: Action = Action::change("sys.seal");
+    pub const REKEY: Action = Action::change("sys.rekey");
+    pub const MIGRATE_SEAL: Action = Action::change("sys.migrate_seal");
+}
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -78,34 +88,39 @@ impl Coffer {
     /// and the server stays sealed until a quorum is submitted. With a KMS or HSM seal the
     /// root key is stored wrapped by the seal's key, the shares are recovery shares, and the
     /// server is unsealed at once.
-    pub async fn init(&self, shares: u8, threshold: u8) -> Result<InitResult, CoreError> {
-        if !(2..=255).contains(&threshold) || threshold > shares {
-            return Err(CoreError::invalid(
-                "threshold",
-                "must be between 2 and the number of shares",
-            ));
+    pub async fn init(&self, cx: &Cx, shares: u8, threshold: u8) -> Result<InitResult, CoreError> {
+        let pending = self.begin(cx, action::INIT, AuditTarget::default());
+        let r: Result<InitResult, CoreError> = async {
+            if !(2..=255).contains(&threshold) || threshold > shares {
+                return Err(CoreError::invalid(
+                    "threshold",
+                    "must be between 2 and the number of shares",
+                ));
+            }
+            let seal = self.key_config()?.seal;
+            if seal.kind() == SealKind::DevFile {
+                return Err(CoreError::WrongSealType);
+            }
+            let (root, sealed) = seal.new_root().await.map_err(seal_error)?;
+            let parts = shamir::split(&root, shares, threshold)
+                .map_err(|_| CoreError::invalid("shares", "at most 255"))?;
+            self.claim_init(seal.kind(), shares, threshold, &root, sealed)
+                .await?;
+            let bootstrap = self.create_bootstrap(&root).await?;
+            let unsealed = seal.kind().is_auto();
+            if unsealed {
+                self.finish_unseal(root).await?;
+                tracing::info!(seal = seal.kind().as_str(), "initialised and unsealed");
+            }
+            Ok(InitResult {
+                shares: parts.iter().map(|p| p.to_text()).collect(),
+                threshold,
+                unsealed,
+                bootstrap,
+            })
         }
-        let seal = self.key_config()?.seal;
-        if seal.kind() == SealKind::DevFile {
-            return Err(CoreError::WrongSealType);
-        }
-        let (root, sealed) = seal.new_root().await.map_err(seal_error)?;
-        let parts = shamir::split(&root, shares, threshold)
-            .map_err(|_| CoreError::invalid("shares", "at most 255"))?;
-        self.claim_init(seal.kind(), shares, threshold, &root, sealed)
-            .await?;
-        let bootstrap = self.create_bootstrap(&root).await?;
-        let unsealed = seal.kind().is_auto();
-        if unsealed {
-            self.finish_unseal(root).await?;
-            tracing::info!(seal = seal.kind().as_str(), "initialised and unsealed");
-        }
-        Ok(InitResult {
-            shares: parts.iter().map(|p| p.to_text()).collect(),
-            threshold,
-            unsealed,
-            bootstrap,
-        })
+        .await;
+        self.conclude(pending, r).await
     }
 
     async fn claim_init(
@@ -126,7 +141,7 @@ impl Coffer {
             created_at: now_ms(),
             sealed_root,
         };
-        match self.repos().seal.init_seal_config(&cfg).await {
+        match self.repos().seal.init_seal_config(&cfg, None).await {
             Err(StoreError::Conflict) => Err(CoreError::AlreadyInitialized),
             Err(e) => Err(e.into()),
             Ok(()) => {
@@ -153,12 +168,15 @@ impl Coffer {
         self.repos().users.create_user(&user).await?;
         self.repos()
             .access
-            .add_membership(&MembershipRow {
-                user_id: user.id,
-                org_id: org.id,
-                role: Role::Owner.as_str().to_owned(),
-                created_at: now,
-            })
+            .add_membership(
+                &MembershipRow {
+                    user_id: user.id,
+                    org_id: org.id,
+                    role: Role::Owner.as_str().to_owned(),
+                    created_at: now,
+                },
+                None,
+            )
             .await?;
         Ok(Bootstrap {
             org_name: org.name,
@@ -185,32 +203,41 @@ impl Coffer {
     }
 
     /// Submit one Shamir share.
-    pub async fn unseal(&self, share: &str) -> Result<UnsealOutcome, CoreError> {
-        let cfg = self.shamir_config().await?;
-        let threshold = usize::from(cfg.threshold);
-        let outcome = self
-            .inner
-            .keyring
-            .with_progress(|p| p.submit(share, threshold, &cfg.root_check))?;
-        match outcome {
-            Ok(SubmitOutcome::Pending { have }) => Ok(UnsealOutcome::Progress {
-                have,
-                threshold: cfg.threshold,
-            }),
-            Ok(SubmitOutcome::Unsealed(root)) => {
-                self.finish_unseal(root).await?;
-                tracing::info!("server unsealed");
-                Ok(UnsealOutcome::Unsealed)
+    pub async fn unseal(&self, cx: &Cx, share: &str) -> Result<UnsealOutcome, CoreError> {
+        let mut pending = self.begin(cx, action::UNSEAL, AuditTarget::default());
+        let r: Result<UnsealOutcome, CoreError> = async {
+            let cfg = self.shamir_config().await?;
+            let threshold = usize::from(cfg.threshold);
+            let outcome = self
+                .inner
+                .keyring
+                .with_progress(|p| p.submit(share, threshold, &cfg.root_check))?;
+            match outcome {
+                Ok(SubmitOutcome::Pending { have }) => Ok(UnsealOutcome::Progress {
+                    have,
+                    threshold: cfg.threshold,
+                }),
+                Ok(SubmitOutcome::Unsealed(root)) => {
+                    self.finish_unseal(root).await?;
+                    tracing::info!("server unsealed");
+                    Ok(UnsealOutcome::Unsealed)
+                }
+                Ok(SubmitOutcome::WrongShares) => {
+                    tracing::warn!(
+                        "unseal attempt with a quorum that does not rebuild the root key; progress reset"
+                    );
+                    Ok(UnsealOutcome::WrongShares)
+                }
+                Err(SubmitError::Duplicate) => Err(CoreError::DuplicateShare),
+                Err(_) => Err(CoreError::MalformedShare),
             }
-            Ok(SubmitOutcome::WrongShares) => {
-                tracing::warn!(
-                    "unseal attempt with a quorum that does not rebuild the root key; progress reset"
-                );
-                Ok(UnsealOutcome::WrongShares)
-            }
-            Err(SubmitError::Duplicate) => Err(CoreError::DuplicateShare),
-            Err(_) => Err(CoreError::MalformedShare),
         }
+        .await;
+        if let Ok(UnsealOutcome::WrongShares) = r {
+            // Answered as 400 by the edge: recorded as the failure it is.
+            pending.failed(crate::ErrorCode::BadRequest);
+        }
+        self.conclude(pending, r).await
     }
 
     /// Forget submitted shares without unsealing.
@@ -231,6 +258,24 @@ impl Coffer {
     }
 
     /// Wipe the root key and all tenant keys from memory.
+    /// Seal on an operator's request (audited; [`Coffer::seal`] is the mechanism).
+    pub async fn seal_by(&self, cx: &Cx, p: &crate::Principal) -> Result<(), CoreError> {
+        let pending = self.begin_for(cx, p, action::SEAL, AuditTarget::default());
+        let r = if p.role.can_operate() {
+            self.seal()
+        } else {
+            Err(CoreError::Forbidden("only an Owner can seal the server"))
+        };
+        self.conclude(pending, r).await
+    }
+
+    /// Forget the shares submitted so far (audited as part of unsealing).
+    pub async fn reset_unseal_by(&self, cx: &Cx) -> Result<(), CoreError> {
+        let pending = self.begin(cx, action::UNSEAL, AuditTarget::default());
+        let r = self.reset_unseal();
+        self.conclude(pending, r).await
+    }
+
     pub fn seal(&self) -> Result<(), CoreError> {
         self.cluster().set_root_guard(None);
         self.inner.keyring.seal()?;
@@ -307,34 +352,44 @@ impl Coffer {
     /// seal). The root key does not change, so neither does any stored key or value, and the
     /// same shares stay valid: as recovery shares after a move to KMS/HSM, as unseal shares
     /// after a move to Shamir. The server is unsealed afterwards.
-    pub async fn migrate_seal(&self, shares: &[String]) -> Result<(), CoreError> {
-        let seal = self.key_config()?.seal;
-        let cfg = self.seal_config().await?;
-        let recorded = SealKind::parse(&cfg.kind).ok_or(CoreError::Integrity)?;
-        if recorded == SealKind::DevFile || seal.kind() == SealKind::DevFile {
-            return Err(CoreError::WrongSealType);
+    pub async fn migrate_seal(&self, cx: &Cx, shares: &[String]) -> Result<(), CoreError> {
+        let mut pending = self.begin(cx, action::MIGRATE_SEAL, AuditTarget::default());
+        let r: Result<(), CoreError> = async {
+            let seal = self.key_config()?.seal;
+            let cfg = self.seal_config().await?;
+            let recorded = SealKind::parse(&cfg.kind).ok_or(CoreError::Integrity)?;
+            if recorded == SealKind::DevFile || seal.kind() == SealKind::DevFile {
+                return Err(CoreError::WrongSealType);
+            }
+            if recorded == seal.kind() {
+                return Err(CoreError::invalid(
+                    "seal",
+                    "the configured seal is already in use; change [seal] in the server configuration first",
+                ));
+            }
+            let root = self.root_from_quorum(&cfg, shares)?;
+            let sealed = seal.seal_root(&root).await.map_err(seal_error)?;
+            self.repos()
+                .seal
+                .migrate_seal(
+                    seal.kind().as_str(),
+                    sealed.as_deref(),
+                    &cfg.root_check,
+                    Some(pending.change_event()?),
+                )
+                .await?;
+            if self.inner.keyring.is_sealed() {
+                self.finish_unseal(root).await?;
+            }
+            tracing::warn!(
+                from = recorded.as_str(),
+                to = seal.kind().as_str(),
+                "seal migrated; restart other nodes with the new seal configuration"
+            );
+            Ok(())
         }
-        if recorded == seal.kind() {
-            return Err(CoreError::invalid(
-                "seal",
-                "the configured seal is already in use; change [seal] in the server configuration first",
-            ));
-        }
-        let root = self.root_from_quorum(&cfg, shares)?;
-        let sealed = seal.seal_root(&root).await.map_err(seal_error)?;
-        self.repos()
-            .seal
-            .migrate_seal(seal.kind().as_str(), sealed.as_deref(), &cfg.root_check)
-            .await?;
-        if self.inner.keyring.is_sealed() {
-            self.finish_unseal(root).await?;
-        }
-        tracing::warn!(
-            from = recorded.as_str(),
-            to = seal.kind().as_str(),
-            "seal migrated; restart other nodes with the new seal configuration"
-        );
-        Ok(())
+        .await;
+        self.conclude(pending, r).await
     }
 
     /// Rebuild the root key from a quorum of its shares and check it against the database.

@@ -11,61 +11,7 @@ use coffer_core::CoreError;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum ErrorCode {
-    BadRequest,
-    InvalidJson,
-    UnsupportedMediaType,
-    PayloadTooLarge,
-    Unauthenticated,
-    BadCredentials,
-    Forbidden,
-    MfaEnrollmentRequired,
-    NotFound,
-    AlreadyExists,
-    Conflict,
-    LastOwner,
-    TooManyRequests,
-    Sealed,
-    NotInitialized,
-    AlreadyInitialized,
-    AlreadyUnsealed,
-    WrongSealType,
-    MalformedShare,
-    DuplicateShare,
-    Unavailable,
-    AuditUnavailable,
-    TenantKeyUnavailable,
-    SealUnavailable,
-    Internal,
-}
-
-impl ErrorCode {
-    pub fn status(self) -> StatusCode {
-        use ErrorCode::*;
-        match self {
-            BadRequest | InvalidJson | MalformedShare | DuplicateShare | WrongSealType => {
-                StatusCode::BAD_REQUEST
-            }
-            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Unauthenticated | BadCredentials => StatusCode::UNAUTHORIZED,
-            Forbidden | MfaEnrollmentRequired => StatusCode::FORBIDDEN,
-            TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
-            NotFound => StatusCode::NOT_FOUND,
-            AlreadyExists | Conflict | LastOwner | AlreadyInitialized | AlreadyUnsealed => {
-                StatusCode::CONFLICT
-            }
-            Sealed | Unavailable | AuditUnavailable | TenantKeyUnavailable | SealUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            NotInitialized => StatusCode::NOT_IMPLEMENTED,
-            Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-}
+pub use coffer_core::ErrorCode;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
@@ -105,64 +51,58 @@ impl ApiError {
 impl From<CoreError> for ApiError {
     fn from(e: CoreError) -> Self {
         use ErrorCode as C;
-        let code = match &e {
-            CoreError::Sealed => {
-                return Self::new(
-                    C::Sealed,
-                    "Coffer is sealed: unseal it with `coffer operator unseal` before use",
-                );
-            }
-            CoreError::NotInitialized => C::NotInitialized,
-            CoreError::AlreadyInitialized => C::AlreadyInitialized,
-            CoreError::AlreadyUnsealed => C::AlreadyUnsealed,
-            CoreError::WrongSealType => C::WrongSealType,
-            CoreError::Unauthenticated => C::Unauthenticated,
-            CoreError::BadCredentials => C::BadCredentials,
-            CoreError::Forbidden(_) => C::Forbidden,
-            CoreError::MfaEnrollmentRequired => C::MfaEnrollmentRequired,
-            CoreError::LastOwner => C::LastOwner,
-            CoreError::NotFound { .. } => C::NotFound,
-            CoreError::Invalid { .. } => C::BadRequest,
-            CoreError::AlreadyExists { .. } => C::AlreadyExists,
-            CoreError::Conflict => C::Conflict,
-            CoreError::MalformedShare => C::MalformedShare,
-            CoreError::DuplicateShare => C::DuplicateShare,
-            CoreError::AuditUnavailable => {
-                return Self::new(
-                    C::AuditUnavailable,
-                    "the audit log is unavailable; the request was not completed",
-                );
-            }
-            CoreError::TenantKeyUnavailable => {
-                return Self::new(
-                    C::TenantKeyUnavailable,
-                    "tenant key unavailable: the organisation's own key (KMS or HSM) cannot be used; \
+        match &e {
+            CoreError::Sealed => Self::new(
+                C::Sealed,
+                "Coffer is sealed: unseal it with `coffer operator unseal` before use",
+            ),
+            CoreError::NotInitialized
+            | CoreError::AlreadyInitialized
+            | CoreError::AlreadyUnsealed
+            | CoreError::WrongSealType
+            | CoreError::Unauthenticated
+            | CoreError::BadCredentials
+            | CoreError::Forbidden(_)
+            | CoreError::MfaEnrollmentRequired
+            | CoreError::LastOwner
+            | CoreError::NotFound { .. }
+            | CoreError::Invalid { .. }
+            | CoreError::AlreadyExists { .. }
+            | CoreError::Conflict
+            | CoreError::MalformedShare
+            | CoreError::DuplicateShare => Self::new(e.code(), e.to_string()),
+            CoreError::AuditUnavailable => Self::new(
+                C::AuditUnavailable,
+                "the audit log is unavailable; the request was not completed",
+            ),
+            CoreError::TenantKeyUnavailable => Self::new(
+                C::TenantKeyUnavailable,
+                "tenant key unavailable: the organisation's own key (KMS or HSM) cannot be used; \
                      an Owner must enable it again",
-                );
-            }
+            ),
             CoreError::Seal(_) => {
                 tracing::error!(error = ?e, "seal unavailable");
-                return Self::new(
+                Self::new(
                     C::SealUnavailable,
                     "the seal (KMS or HSM) could not be used; the server log has details",
-                );
+                )
             }
             CoreError::Unavailable(_) => {
                 tracing::error!(error = ?e, "storage unavailable");
-                return Self::new(C::Unavailable, "storage is unavailable; retry later");
+                Self::new(C::Unavailable, "storage is unavailable; retry later")
             }
             _ => {
                 tracing::error!(error = ?e, "internal error");
-                return Self::internal();
+                Self::internal()
             }
-        };
-        Self::new(code, e.to_string())
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = self.code.status();
+        let status =
+            StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut res = (
             status,
             Json(ErrorBody {

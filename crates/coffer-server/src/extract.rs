@@ -55,28 +55,22 @@ async fn principal(
     any_stage: bool,
 ) -> Result<Principal, ApiError> {
     let token = bearer(parts)?;
-    let slot = parts.extensions.get::<crate::audit::AuditSlot>().cloned();
-    let c = &state.coffer;
-    let r = if any_stage {
-        c.authenticate_any_stage(&token).await
-    } else {
-        c.authenticate(&token).await
-    };
-    let p = r.map_err(|e| match e {
-        coffer_core::CoreError::Unauthenticated => ApiError::new(
-            ErrorCode::Unauthenticated,
-            "the token is invalid or expired; log in again",
-        ),
-        other => other.into(),
-    })?;
-    if let Some(slot) = slot {
-        slot.set_principal(&p, p.method.as_str());
-        slot.add_hmac(
-            "session",
-            state.coffer.audit_hmac(Some(p.org_id), token.as_bytes()),
-        );
-    }
-    Ok(p)
+    let cx = parts
+        .extensions
+        .get::<coffer_core::audit::Cx>()
+        .cloned()
+        .unwrap_or_default();
+    state
+        .coffer
+        .authenticate_in(&cx, &token, any_stage)
+        .await
+        .map_err(|e| match e {
+            coffer_core::CoreError::Unauthenticated => ApiError::new(
+                ErrorCode::Unauthenticated,
+                "the token is invalid or expired; log in again",
+            ),
+            other => other.into(),
+        })
 }
 
 impl FromRequestParts<AppState> for Auth {

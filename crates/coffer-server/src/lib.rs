@@ -73,84 +73,155 @@ async fn openapi_doc() -> impl axum::response::IntoResponse {
 
 /// The whole API as a router, without a socket, so tests can drive it directly.
 pub fn router(state: AppState) -> Router {
+    use crate::audit::op;
+    use coffer_core::actions as a;
     use routes::*;
     let request_id = HeaderName::from_static("x-request-id");
     let params_path = "/v1/projects/{project}/envs/{env}/params";
     Router::new()
         .route("/v1/sys/health", get(sys::health))
         .route("/v1/sys/seal-status", get(sys::seal_status))
-        .route("/v1/sys/init", post(sys::init))
-        .route("/v1/sys/unseal", post(sys::unseal))
-        .route("/v1/sys/seal", post(sys::seal))
-        .route("/v1/sys/rekey", post(sys::rekey))
-        .route("/v1/sys/migrate-seal", post(sys::migrate_seal))
-        .route("/v1/auth/login", post(auth::login))
-        .route("/v1/auth/logout", post(auth::logout))
-        .route("/v1/auth/whoami", get(auth::whoami))
-        .route("/v1/auth/mfa/verify", post(auth::mfa_verify))
-        .route("/v1/auth/oidc", post(auth::oidc))
-        .route("/v1/auth/token", post(auth::token))
-        .route("/v1/auth/password", post(auth::change_password))
-        .route("/v1/auth/email", axum::routing::put(auth::set_email))
-        .route("/v1/auth/sessions", get(auth::sessions))
+        .route("/v1/sys/init", post(op(a::sys::INIT, sys::init)))
+        .route("/v1/sys/unseal", post(op(a::sys::UNSEAL, sys::unseal)))
+        .route("/v1/sys/seal", post(op(a::sys::SEAL, sys::seal)))
+        .route("/v1/sys/rekey", post(op(a::sys::REKEY, sys::rekey)))
+        .route(
+            "/v1/sys/migrate-seal",
+            post(op(a::sys::MIGRATE_SEAL, sys::migrate_seal)),
+        )
+        .route("/v1/auth/login", post(op(a::auth::LOGIN, auth::login)))
+        .route("/v1/auth/logout", post(op(a::auth::LOGOUT, auth::logout)))
+        .route("/v1/auth/whoami", get(op(a::auth::WHOAMI, auth::whoami)))
+        .route(
+            "/v1/auth/mfa/verify",
+            post(op(a::mfa::MFA_VERIFY, auth::mfa_verify)),
+        )
+        .route("/v1/auth/oidc", post(op(a::auth::OIDC_LOGIN, auth::oidc)))
+        .route(
+            "/v1/auth/token",
+            post(op(a::apikeys::EXCHANGE, auth::token)),
+        )
+        .route(
+            "/v1/auth/password",
+            post(op(a::auth::PASSWORD_CHANGE, auth::change_password)),
+        )
+        .route(
+            "/v1/auth/email",
+            axum::routing::put(op(a::members::EMAIL_CHANGE, auth::set_email)),
+        )
+        .route(
+            "/v1/auth/sessions",
+            get(op(a::auth::SESSION_LIST, auth::sessions)),
+        )
         .route(
             "/v1/auth/sessions/{id}",
-            axum::routing::delete(auth::revoke_session),
+            axum::routing::delete(op(a::auth::SESSION_REVOKE, auth::revoke_session)),
         )
-        .route("/v1/auth/mfa/enroll", post(auth::mfa_enroll))
-        .route("/v1/auth/mfa/confirm", post(auth::mfa_confirm))
-        .route("/v1/auth/mfa/disable", post(auth::mfa_disable))
-        .route("/v1/auth/switch", post(orgs::switch))
-        .route("/v1/orgs", get(orgs::list).post(orgs::create))
-        .route("/v1/org/members", get(orgs::members))
+        .route(
+            "/v1/auth/mfa/enroll",
+            post(op(a::mfa::MFA_ENROLL, auth::mfa_enroll)),
+        )
+        .route(
+            "/v1/auth/mfa/confirm",
+            post(op(a::mfa::MFA_CONFIRM, auth::mfa_confirm)),
+        )
+        .route(
+            "/v1/auth/mfa/disable",
+            post(op(a::mfa::MFA_DISABLE, auth::mfa_disable)),
+        )
+        .route(
+            "/v1/auth/switch",
+            post(op(a::members::ORG_SWITCH, orgs::switch)),
+        )
+        .route(
+            "/v1/orgs",
+            get(op(a::members::ORG_LIST, orgs::list))
+                .post(op(a::members::ORG_CREATE, orgs::create)),
+        )
+        .route(
+            "/v1/org/members",
+            get(op(a::members::MEMBER_LIST, orgs::members)),
+        )
         .route(
             "/v1/org/members/{username}",
-            axum::routing::put(orgs::set_role).delete(orgs::remove),
+            axum::routing::put(op(a::members::MEMBER_SET_ROLE, orgs::set_role))
+                .delete(op(a::members::MEMBER_REMOVE, orgs::remove)),
         )
         .route(
             "/v1/org/invitations",
-            get(orgs::invitations).post(orgs::invite),
+            get(op(a::members::INVITATION_LIST, orgs::invitations))
+                .post(op(a::members::INVITATION_CREATE, orgs::invite)),
         )
-        .route("/v1/invitations/accept", post(orgs::accept))
+        .route(
+            "/v1/invitations/accept",
+            post(op(a::members::INVITATION_ACCEPT, orgs::accept)),
+        )
         .route(
             "/v1/org/settings",
-            get(orgs::settings).put(orgs::update_settings),
+            get(op(a::mfa::SETTINGS_READ, orgs::settings))
+                .put(op(a::mfa::SETTINGS_UPDATE, orgs::update_settings)),
         )
-        .route("/v1/org", axum::routing::delete(orgs::delete))
-        .route("/v1/org/keys", get(keys::status))
-        .route("/v1/org/keys/rotate", post(keys::rotate))
+        .route(
+            "/v1/org",
+            axum::routing::delete(op(a::orgs::DELETE, orgs::delete)),
+        )
+        .route("/v1/org/keys", get(op(a::keys::STATUS, keys::status)))
+        .route(
+            "/v1/org/keys/rotate",
+            post(op(a::keys::ROTATE, keys::rotate)),
+        )
         .route(
             "/v1/org/keys/external",
-            axum::routing::put(keys::attach_external).delete(keys::detach_external),
+            axum::routing::put(op(a::keys::ATTACH_EXTERNAL, keys::attach_external))
+                .delete(op(a::keys::DETACH_EXTERNAL, keys::detach_external)),
         )
-        .route("/v1/org/api-keys", get(apikeys::list).post(apikeys::create))
+        .route(
+            "/v1/org/api-keys",
+            get(op(a::apikeys::LIST, apikeys::list)).post(op(a::apikeys::CREATE, apikeys::create)),
+        )
         .route(
             "/v1/org/api-keys/{id}",
-            axum::routing::delete(apikeys::revoke),
+            axum::routing::delete(op(a::apikeys::REVOKE, apikeys::revoke)),
         )
-        .route("/v1/projects", get(projects::list).post(projects::create))
+        .route(
+            "/v1/projects",
+            get(op(a::projects::PROJECT_LIST, projects::list))
+                .post(op(a::projects::PROJECT_CREATE, projects::create)),
+        )
         .route(
             "/v1/projects/{project}/envs",
-            get(projects::list_envs).post(projects::create_env),
+            get(op(a::projects::ENV_LIST, projects::list_envs))
+                .post(op(a::projects::ENV_CREATE, projects::create_env)),
         )
-        .route("/v1/projects/{project}/diff", get(params::diff))
-        .route(params_path, get(params::list))
+        .route(
+            "/v1/projects/{project}/diff",
+            get(op(a::params::DIFF, params::diff)),
+        )
+        .route(params_path, get(op(a::params::LIST, params::list)))
         .route(
             &format!("{params_path}/{{name}}"),
-            get(params::get).put(params::set).delete(params::delete),
+            get(op(a::params::GET, params::get))
+                .put(op(a::params::SET, params::set))
+                .delete(op(a::params::DELETE, params::delete)),
         )
         .route(
             &format!("{params_path}/{{name}}/history"),
-            get(params::history),
+            get(op(a::params::HISTORY, params::history)),
         )
         .route(
             &format!("{params_path}/{{name}}/rollback"),
-            post(params::rollback),
+            post(op(a::params::ROLLBACK, params::rollback)),
         )
-        .route("/v1/audit/events", get(audit::list).post(audit::log))
-        .route("/v1/audit/export", get(audit::export))
-        .route("/v1/audit/verify", get(audit::verify))
-        .route("/v1/audit/checkpoints", post(audit::checkpoint))
+        .route(
+            "/v1/audit/events",
+            get(op(a::audit::LIST, audit::list)).post(op(a::audit::LOG, audit::log)),
+        )
+        .route("/v1/audit/export", get(op(a::audit::EXPORT, audit::export)))
+        .route("/v1/audit/verify", get(op(a::audit::VERIFY, audit::verify)))
+        .route(
+            "/v1/audit/checkpoints",
+            post(op(a::audit::CHECKPOINT, audit::checkpoint)),
+        )
         .route("/v1/sys/metrics", get(sys::metrics))
         .route("/v1/openapi.json", get(openapi_doc))
         // Per route (so the matched path is known); innermost, after request ids are set.

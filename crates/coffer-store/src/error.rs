@@ -25,6 +25,10 @@ pub enum StoreError {
     Corrupt,
     #[error("database error")]
     Database(#[source] sqlx::Error),
+    /// The audit event of a change could not be appended: the change was rolled back with
+    /// it, so nothing was written.
+    #[error("the audit event could not be appended; nothing was written")]
+    AuditFailed,
     /// The transaction carrying this write did not commit; nothing was written.
     #[error("the write could not be committed")]
     CommitFailed,

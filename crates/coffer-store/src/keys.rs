@@ -27,6 +27,7 @@ pub trait KeyRepo: Send + Sync {
         &self,
         key: &TenantKeyRow,
         reason: &str,
+        event: Option<&ChangeEvent>,
     ) -> Result<RotationRow, StoreError>;
 
     /// The latest rotation of an organisation, finished or not.
@@ -71,11 +72,19 @@ pub trait KeyRepo: Send + Sync {
     /// Root key rotation or rekey: the new check value and share counts, and every secret
     /// of [`KeyRepo::root_secrets`] resealed, in one transaction. Each tenant key must name
     /// an existing (org, term) and each other row an existing one, else Conflict.
-    async fn rotate_root(&self, r: &RootRotation) -> Result<(), StoreError>;
+    async fn rotate_root(
+        &self,
+        r: &RootRotation,
+        event: Option<&ChangeEvent>,
+    ) -> Result<(), StoreError>;
 
     /// Delete an organisation. Its tenant keys go first, then its ciphertexts, then
     /// everything else it owns. Its audit chain stays. False if it did not exist.
-    async fn delete_org(&self, org_id: Uuid) -> Result<bool, StoreError>;
+    async fn delete_org(
+        &self,
+        org_id: Uuid,
+        event: Option<&ChangeEvent>,
+    ) -> Result<bool, StoreError>;
 }
 
 pub(crate) fn rotation_row<R: RowRead>(r: &R) -> Result<RotationRow, StoreError> {
@@ -148,6 +157,7 @@ impl<B: Backend> KeyRepo for B {
         &self,
         key: &TenantKeyRow,
         reason: &str,
+        event: Option<&ChangeEvent>,
     ) -> Result<RotationRow, StoreError> {
         let org = key.org_id;
         let mut tx = self.begin_bare().await?;
@@ -213,7 +223,7 @@ impl<B: Backend> KeyRepo for B {
         .fetch_one(&mut tx)
         .await?;
         let out = crate::keys::rotation_row(&row)?;
-        tx.commit().await?;
+        crate::sql::commit_audited(self, tx, event).await?;
         Ok(out)
     }
 
@@ -390,7 +400,11 @@ impl<B: Backend> KeyRepo for B {
         })
     }
 
-    async fn rotate_root(&self, r: &RootRotation) -> Result<(), StoreError> {
+    async fn rotate_root(
+        &self,
+        r: &RootRotation,
+        event: Option<&ChangeEvent>,
+    ) -> Result<(), StoreError> {
         fn one(done: u64) -> Result<(), StoreError> {
             if done == 1 {
                 Ok(())
@@ -521,11 +535,15 @@ impl<B: Backend> KeyRepo for B {
         {
             return Err(StoreError::Conflict);
         }
-        tx.commit().await?;
+        crate::sql::commit_audited(self, tx, event).await?;
         Ok(())
     }
 
-    async fn delete_org(&self, org_id: Uuid) -> Result<bool, StoreError> {
+    async fn delete_org(
+        &self,
+        org_id: Uuid,
+        event: Option<&ChangeEvent>,
+    ) -> Result<bool, StoreError> {
         let org = org_id;
         let mut tx = self.begin_bare().await?;
         self.rescope(&mut tx, crate::Scope::Org(org_id)).await?;
@@ -559,7 +577,7 @@ impl<B: Backend> KeyRepo for B {
             .bind(org)
             .execute(&mut tx)
             .await?;
-        tx.commit().await?;
+        crate::sql::commit_audited(self, tx, event).await?;
         self.key_material_changed();
         self.after_shredding().await?;
         Ok(true)

@@ -12,6 +12,36 @@ pub struct SealConfigRow {
     pub sealed_root: Option<Vec<u8>>,
 }
 
+/// The audit event of a change, handed to the repository method that makes the change: it
+/// is appended in the change's own transaction, so both commit or neither does. The store
+/// marks it once that transaction has committed; a method that returns without committing
+/// (nothing to change) leaves it unmarked, and the caller records the event itself.
+/// Clones share the mark.
+#[derive(Debug, Clone)]
+pub struct ChangeEvent {
+    pub event: NewAuditEvent,
+    committed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ChangeEvent {
+    pub fn new(event: NewAuditEvent) -> Self {
+        Self {
+            event,
+            committed: std::sync::Arc::default(),
+        }
+    }
+
+    /// Whether the event committed with its change.
+    pub fn committed(&self) -> bool {
+        self.committed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub(crate) fn mark_committed(&self) {
+        self.committed
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrgRow {
     pub id: Uuid,
@@ -246,6 +276,8 @@ pub struct ParamWrite {
     pub version: ParamVersionRow,
     pub ciphertext: Option<Ciphertext>,
     pub credential_id: Uuid,
+    /// The write's audit event, committed in the same transaction.
+    pub event: Option<ChangeEvent>,
 }
 
 /// An audit event to append. The store assigns `seq` and computes the chain hash.

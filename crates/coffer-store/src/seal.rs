@@ -14,7 +14,11 @@ use crate::sql::{Backend, Stmt};
 pub trait SealRepo: Send + Sync {
     async fn seal_config(&self) -> Result<Option<SealConfigRow>, StoreError>;
     /// Fails with [`StoreError::Conflict`] if the server was already initialised.
-    async fn init_seal_config(&self, cfg: &SealConfigRow) -> Result<(), StoreError>;
+    async fn init_seal_config(
+        &self,
+        cfg: &SealConfigRow,
+        event: Option<&ChangeEvent>,
+    ) -> Result<(), StoreError>;
     /// Switch the seal kind (`coffer operator migrate-seal`): the root key stays, only how it
     /// is kept changes. Conflict unless the stored check value is `root_check`.
     async fn migrate_seal(
@@ -22,6 +26,7 @@ pub trait SealRepo: Send + Sync {
         kind: &str,
         sealed_root: Option<&[u8]>,
         root_check: &RootKeyCheck,
+        event: Option<&ChangeEvent>,
     ) -> Result<(), StoreError>;
 }
 
@@ -46,7 +51,12 @@ impl<B: Backend> SealRepo for B {
         .transpose()
     }
 
-    async fn init_seal_config(&self, c: &SealConfigRow) -> Result<(), StoreError> {
+    async fn init_seal_config(
+        &self,
+        c: &SealConfigRow,
+        event: Option<&ChangeEvent>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_bare().await?;
         Stmt::new(
             "INSERT INTO seal_config (id, kind, shares, threshold, root_check, created_at, sealed_root) \
              VALUES (1, $1, $2, $3, $4, $5, $6)",
@@ -57,8 +67,9 @@ impl<B: Backend> SealRepo for B {
         .bind(c.root_check.as_bytes())
         .bind(c.created_at)
         .bind(c.sealed_root.as_deref())
-        .execute(&mut self.writes())
+        .execute(&mut tx)
         .await?;
+        crate::sql::commit_audited(self, tx, event).await?;
         Ok(())
     }
 
@@ -67,19 +78,20 @@ impl<B: Backend> SealRepo for B {
         kind: &str,
         sealed_root: Option<&[u8]>,
         root_check: &RootKeyCheck,
+        event: Option<&ChangeEvent>,
     ) -> Result<(), StoreError> {
+        let mut tx = self.begin_bare().await?;
         let done = Stmt::new(
             "UPDATE seal_config SET kind = $1, sealed_root = $2 WHERE id = 1 AND root_check = $3",
         )
         .bind(kind)
         .bind(sealed_root)
         .bind(root_check.as_bytes())
-        .execute(&mut self.writes())
+        .execute(&mut tx)
         .await?;
-        if done == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::Conflict)
+        if done != 1 {
+            return Err(StoreError::Conflict);
         }
+        crate::sql::commit_audited(self, tx, event).await
     }
 }

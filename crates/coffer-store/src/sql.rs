@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use crate::rows::RowRead;
-use crate::{Scope, StoreError};
+use crate::{ChangeEvent, NewAuditEvent, Scope, StoreError};
 
 /// An id as both databases store it: 16 bytes (`BLOB` on SQLite, `BYTEA` on PostgreSQL).
 /// Binds directly in the backends' own statements; [`Stmt`] arguments use it too.
@@ -285,6 +285,9 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// Refuse ([`StoreError::RootReplaced`]) to store root-sealed material unless the
     /// database's root key is still the one this node holds.
     async fn ensure_root(&self, tx: &mut Self::Tx) -> Result<(), StoreError>;
+    /// Append a change's audit event inside the change's transaction (both commit or
+    /// neither). Fails with [`StoreError::AuditFailed`].
+    async fn append_in(&self, tx: &mut Self::Tx, event: &NewAuditEvent) -> Result<(), StoreError>;
     /// Ciphertexts changed outside the value write path (rewrap, deletion): drop caches.
     fn key_material_changed(&self);
     /// After key material was deleted: make sure the deleted rows leave the files.
@@ -293,6 +296,9 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug + 'static {
 
 /// Run `$body` in a transaction opened by `$store.$begin($scope)`, and commit it. An early
 /// return (`?`) drops the transaction, which rolls it back.
+///
+/// With `audited $event` (an `Option<&ChangeEvent>`), the change's audit event is appended
+/// in the same transaction after `$body`, and marked committed once the commit succeeded.
 macro_rules! scoped {
     ($store:ident . $begin:ident ($scope:expr), |$tx:ident| $body:block) => {{
         let mut $tx = $store.$begin($scope).await?;
@@ -300,6 +306,28 @@ macro_rules! scoped {
         $crate::sql::Tx::commit($tx).await?;
         out
     }};
+    ($store:ident . $begin:ident ($scope:expr), audited $event:expr, |$tx:ident| $body:block) => {{
+        let mut $tx = $store.$begin($scope).await?;
+        let out = $body;
+        $crate::sql::commit_audited($store, $tx, $event).await?;
+        out
+    }};
+}
+
+/// Append `event` (if any) in `tx`, commit, and mark the event committed.
+pub(crate) async fn commit_audited<B: Backend>(
+    store: &B,
+    mut tx: B::Tx,
+    event: Option<&ChangeEvent>,
+) -> Result<(), StoreError> {
+    if let Some(e) = event {
+        store.append_in(&mut tx, &e.event).await?;
+    }
+    Tx::commit(tx).await?;
+    if let Some(e) = event {
+        e.mark_committed();
+    }
+    Ok(())
 }
 pub(crate) use scoped;
 

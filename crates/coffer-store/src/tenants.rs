@@ -8,13 +8,18 @@ use uuid::Uuid;
 use crate::StoreError;
 use crate::models::*;
 use crate::rows::*;
-use crate::sql::{Backend, Exec, Stmt, Tx, read_scoped, scoped};
+use crate::sql::{Backend, Exec, Stmt, read_scoped, scoped};
 
 /// Organisations, projects and environments: the tree that parameters hang from.
 #[async_trait]
 pub trait TenantRepo: Send + Sync {
     /// Create an organisation with its first tenant key term, in one transaction.
-    async fn create_org(&self, org: &OrgRow, key: &TenantKeyRow) -> Result<(), StoreError>;
+    async fn create_org(
+        &self,
+        org: &OrgRow,
+        key: &TenantKeyRow,
+        event: Option<&ChangeEvent>,
+    ) -> Result<(), StoreError>;
     async fn org(&self, org_id: Uuid) -> Result<Option<OrgRow>, StoreError>;
     async fn org_by_name(&self, name: &str) -> Result<Option<OrgRow>, StoreError>;
     /// Every organisation, oldest first (for the key maintenance job).
@@ -23,10 +28,19 @@ pub trait TenantRepo: Send + Sync {
     async fn tenant_keys(&self, org_id: Uuid) -> Result<Vec<TenantKeyRow>, StoreError>;
     /// The external key (bring your own key) that wraps an organisation's new key terms.
     async fn external_key(&self, org_id: Uuid) -> Result<Option<String>, StoreError>;
-    async fn set_org_require_mfa(&self, org_id: Uuid, on: bool) -> Result<(), StoreError>;
+    async fn set_org_require_mfa(
+        &self,
+        org_id: Uuid,
+        on: bool,
+        event: Option<&ChangeEvent>,
+    ) -> Result<(), StoreError>;
     async fn org_requires_mfa(&self, org_id: Uuid) -> Result<bool, StoreError>;
 
-    async fn create_project(&self, p: &ProjectRow) -> Result<(), StoreError>;
+    async fn create_project(
+        &self,
+        p: &ProjectRow,
+        event: Option<&ChangeEvent>,
+    ) -> Result<(), StoreError>;
     async fn projects(&self, org_id: Uuid) -> Result<Vec<ProjectRow>, StoreError>;
     async fn project_by_name(
         &self,
@@ -39,7 +53,7 @@ pub trait TenantRepo: Send + Sync {
         org_id: Uuid,
         name: &str,
     ) -> Result<Option<(ProjectRow, Vec<EnvRow>)>, StoreError>;
-    async fn create_env(&self, e: &EnvRow) -> Result<(), StoreError>;
+    async fn create_env(&self, e: &EnvRow, event: Option<&ChangeEvent>) -> Result<(), StoreError>;
     async fn envs(&self, org_id: Uuid, project_id: Uuid) -> Result<Vec<EnvRow>, StoreError>;
 }
 
@@ -48,7 +62,12 @@ const TENANT_KEYS: &str =
 
 #[async_trait]
 impl<B: Backend> TenantRepo for B {
-    async fn create_org(&self, org: &OrgRow, key: &TenantKeyRow) -> Result<(), StoreError> {
+    async fn create_org(
+        &self,
+        org: &OrgRow,
+        key: &TenantKeyRow,
+        event: Option<&ChangeEvent>,
+    ) -> Result<(), StoreError> {
         let mut tx = self.begin(crate::Scope::Org(org.id)).await?;
         Stmt::new("INSERT INTO orgs (id, name, created_at) VALUES ($1, $2, $3)")
             .bind(org.id)
@@ -66,7 +85,7 @@ impl<B: Backend> TenantRepo for B {
         .bind(key.created_at)
         .execute(&mut tx)
         .await?;
-        tx.commit().await?;
+        crate::sql::commit_audited(self, tx, event).await?;
         Ok(())
     }
 
@@ -120,8 +139,13 @@ impl<B: Backend> TenantRepo for B {
         })
     }
 
-    async fn set_org_require_mfa(&self, org_id: Uuid, on: bool) -> Result<(), StoreError> {
-        scoped!(self.begin(crate::Scope::Org(org_id)), |tx| {
+    async fn set_org_require_mfa(
+        &self,
+        org_id: Uuid,
+        on: bool,
+        event: Option<&ChangeEvent>,
+    ) -> Result<(), StoreError> {
+        scoped!(self.begin(crate::Scope::Org(org_id)), audited event, |tx| {
             Stmt::new("UPDATE orgs SET require_mfa = $2 WHERE id = $1")
                 .bind(org_id)
                 .bind(on)
@@ -142,8 +166,12 @@ impl<B: Backend> TenantRepo for B {
         })
     }
 
-    async fn create_project(&self, p: &ProjectRow) -> Result<(), StoreError> {
-        scoped!(self.begin(crate::Scope::Org(p.org_id)), |tx| {
+    async fn create_project(
+        &self,
+        p: &ProjectRow,
+        event: Option<&ChangeEvent>,
+    ) -> Result<(), StoreError> {
+        scoped!(self.begin(crate::Scope::Org(p.org_id)), audited event, |tx| {
             Stmt::new(
                 "INSERT INTO projects (id, org_id, name, created_at) VALUES ($1, $2, $3, $4)",
             )
@@ -234,8 +262,8 @@ impl<B: Backend> TenantRepo for B {
         Ok(Some((project, envs)))
     }
 
-    async fn create_env(&self, e: &EnvRow) -> Result<(), StoreError> {
-        scoped!(self.begin(crate::Scope::Org(e.org_id)), |tx| {
+    async fn create_env(&self, e: &EnvRow, event: Option<&ChangeEvent>) -> Result<(), StoreError> {
+        scoped!(self.begin(crate::Scope::Org(e.org_id)), audited event, |tx| {
             Stmt::new(
                 "INSERT INTO environments (id, org_id, project_id, parent_id, name, created_at) \
                  VALUES ($1, $2, $3, $4, $5, $6)",

@@ -2,6 +2,7 @@
 //! (through the core, with real keys and envelopes, but without a server, HTTP or audit
 //! events), then read by `coffer bench --targets` against a server on that database.
 
+use coffer_core::audit::Cx;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Arc;
@@ -47,6 +48,7 @@ pub async fn run(a: BenchLoadArgs) -> anyhow::Result<()> {
         .context("bench-load needs a fresh database (this one was set up already)")?;
     let owner = coffer
         .login(
+            &Cx::default(),
             &boot.username,
             boot.password.expose_secret(),
             None,
@@ -120,7 +122,7 @@ async fn load_org(
     per_org: usize,
 ) -> anyhow::Result<String> {
     let name = format!("scale-{org}");
-    let org_id = coffer.create_org_as(owner, &name).await?;
+    let org_id = coffer.create_org_as(&Cx::default(), owner, &name).await?;
     // The loader holds the root key and the database: it acts as the organisation's Owner
     // directly rather than logging in once per organisation.
     let p = Principal {
@@ -129,11 +131,12 @@ async fn load_org(
         role: Role::Owner,
         ..owner.clone()
     };
-    coffer.create_project(&p, PROJECT).await?;
+    coffer.create_project(&Cx::default(), &p, PROJECT).await?;
     for i in 0..per_org {
         let value = value_of(org, i);
         coffer
             .set_param(
+                &Cx::default(),
                 &p,
                 PROJECT,
                 "default",
@@ -147,6 +150,7 @@ async fn load_org(
     }
     let key = coffer
         .create_api_key(
+            &Cx::default(),
             &p,
             NewApiKey {
                 name: "scale-bench".into(),

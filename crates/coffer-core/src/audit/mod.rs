@@ -2,22 +2,35 @@
 //! organisation's hash chain before the response leaves. If the append fails, the caller
 //! must not answer with data (fail closed); see `coffer-server`'s audit layer.
 
+mod context;
 mod sinks;
 mod verify;
 
 use std::collections::BTreeMap;
 
 use coffer_crypto::audit::{AuditSigningKey, checkpoint_message};
-use coffer_store::{AuditKeyRow, AuditRow, CheckpointRow, NewAuditEvent, ReadCheck, StoreError};
+use coffer_store::{
+    AuditKeyRow, AuditRow, ChangeEvent, CheckpointRow, NewAuditEvent, ReadCheck, StoreError,
+};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use coffer_store::AuditFilter;
+pub use context::{Action, Cx, RequestInfo};
 pub use sinks::{AuditSinks, SinkHealth};
 pub use verify::{EXPORT_FORMAT, ExportLine, Verifier, VerifyProblem, VerifyReport, verify_export};
 
 use crate::clock::now_ms;
-use crate::{Coffer, CoreError, Principal, Role};
+use crate::{Coffer, CoreError, ErrorCode, Principal, Role};
+/// The audit actions of the audit log itself.
+pub mod action {
+    use crate::audit::Action;
+    pub const LIST: Action = Action::read("audit.list");
+    pub const EXPORT: Action = Action::read("audit.export");
+    pub const VERIFY: Action = Action::read("audit.verify");
+    pub const CHECKPOINT: Action = Action::change("audit.checkpoint");
+    pub const LOG: Action = Action::change("audit.log").answered(201);
+}
 
 /// Reads a request answered from this node's cache of current values: what its audit
 /// append must confirm ([`Coffer::record_confirming`]). Shared by the handler that reads
@@ -34,7 +47,7 @@ impl ReadLog {
             .push(check);
     }
 
-    fn take(&self) -> Vec<ReadCheck> {
+    pub(crate) fn take(&self) -> Vec<ReadCheck> {
         std::mem::take(
             &mut *self
                 .0
@@ -150,6 +163,64 @@ impl AuditEvent {
     }
 }
 
+/// The stored row of an event (its JSON is what the chain hashes).
+pub(crate) fn event_row(ev: &AuditEvent) -> Result<NewAuditEvent, CoreError> {
+    let body =
+        serde_json::to_string(ev).map_err(|_| CoreError::Internal("serialise audit event"))?;
+    Ok(NewAuditEvent {
+        org_id: ev.org_id.unwrap_or_else(Uuid::nil),
+        id: ev.id,
+        time: ev.time_ms,
+        action: ev.action.clone(),
+        actor_id: ev.actor.id,
+        outcome: ev.outcome.clone(),
+        target: ev.target.path(),
+        body,
+    })
+}
+
+/// An operation's event while the operation runs (see [`Coffer::begin`]).
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub ev: AuditEvent,
+    cx: Cx,
+    action: Action,
+    change: Option<ChangeEvent>,
+}
+
+impl Pending {
+    /// The event, as it stands, for the repository method that makes the change: it
+    /// commits in the change's transaction. Made again on each call (a retried write
+    /// targets another version).
+    pub(crate) fn change_event(&mut self) -> Result<&ChangeEvent, CoreError> {
+        Ok(self.change.insert(ChangeEvent::new(event_row(&self.ev)?)))
+    }
+
+    /// The actor is this user (a login, once its first factor is right).
+    pub(crate) fn set_actor(&mut self, user: Uuid, username: &str, org: Uuid, method: &str) {
+        self.ev.actor = AuditActor {
+            kind: "user".into(),
+            id: Some(user),
+            name: Some(username.to_owned()),
+            auth_method: Some(method.to_owned()),
+        };
+        self.ev.org_id = Some(org);
+    }
+
+    /// The operation failed with `code`.
+    pub(crate) fn failed(&mut self, code: ErrorCode) {
+        self.ev.status = code.status();
+        self.ev.outcome = match self.ev.status {
+            401 | 403 => "denied",
+            _ => "failure",
+        }
+        .into();
+        self.ev.error_code = Some(code.as_str().to_owned());
+        self.ev.customer = false;
+        self.ev.detail = None;
+    }
+}
+
 /// A stored event with its place in the chain.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AuditRecord {
@@ -213,59 +284,106 @@ impl Coffer {
             .map(|k| k.mac_hex(data))
     }
 
-    /// Durably append an event. An error means the event is not recorded and the caller
-    /// must fail the operation.
+    /// Begin the event of an operation: `action` on `target`, by the context's actor.
+    pub(crate) fn begin(&self, cx: &Cx, action: Action, target: AuditTarget) -> Pending {
+        Pending {
+            ev: cx.event(action, target),
+            cx: cx.clone(),
+            action,
+            change: None,
+        }
+    }
+
+    /// [`Coffer::begin`] for an operation called with its caller `p`: the actor, unless the
+    /// context already names one (the edge's authentication sets it with the method).
+    pub(crate) fn begin_for(
+        &self,
+        cx: &Cx,
+        p: &Principal,
+        action: Action,
+        target: AuditTarget,
+    ) -> Pending {
+        if cx.principal().is_none() {
+            cx.set_principal(p, p.method.as_str());
+        }
+        self.begin(cx, action, target)
+    }
+
+    /// End an operation: its answer `r` stands only once its event is in the log. A change
+    /// whose event committed with it is done; any other outcome (a read, a change that did
+    /// not happen, a failure) is appended now. If that fails, the answer — which may carry a
+    /// secret — is dropped for [`CoreError::AuditUnavailable`] (fail closed).
+    pub(crate) async fn conclude<T>(
+        &self,
+        mut pending: Pending,
+        r: Result<T, CoreError>,
+    ) -> Result<T, CoreError> {
+        if let Some(c) = &pending.change {
+            if c.committed() {
+                // The change and its event are in the log, whatever failed after them.
+                self.inner.sinks.write(&c.event.body);
+                pending.cx.mark_recorded();
+                return r;
+            }
+            // Not committed with its change, or not known to be (a lost commit answer):
+            // the event appended now must not collide with one that did commit.
+            pending.ev.id = uuid::Uuid::now_v7();
+        }
+        let durable = match &r {
+            Ok(_) if pending.ev.outcome != "success" => false,
+            Ok(_) => pending.action.change,
+            Err(e) => {
+                pending.failed(e.code());
+                false
+            }
+        };
+        if pending.ev.target.project.is_some()
+            && let Some(p) = pending.cx.principal()
+        {
+            self.resolve_target_ids(&p, &mut pending.ev.target).await;
+        }
+        match self.append_event(&pending.ev, &[], durable).await {
+            Ok(Some(_)) => {
+                pending.cx.mark_recorded();
+                r
+            }
+            _ => Err(CoreError::AuditUnavailable),
+        }
+    }
+
+    /// Record a request the edge rejected before it reached an operation (unauthenticated,
+    /// malformed body, ...): the route's action with the rejection's code.
+    pub async fn record_rejection(&self, cx: &Cx, code: ErrorCode) -> Result<(), CoreError> {
+        let Some(action) = cx.route_action() else {
+            return Ok(());
+        };
+        let pending = self.begin(cx, action, cx.route_target());
+        self.conclude::<()>(pending, Err(CoreError::Rejected(code)))
+            .await
+            .or_else(|e| match e {
+                CoreError::Rejected(_) => Ok(()),
+                other => Err(other),
+            })
+    }
+
+    /// Durably append a prepared event (for tools and tests; operations record their own
+    /// through [`Coffer::begin`] and [`Coffer::conclude`]).
     pub async fn record(&self, ev: &AuditEvent) -> Result<u64, CoreError> {
-        self.append_event(ev, &[])
+        self.append_event(ev, &[], true)
             .await?
             .ok_or(CoreError::AuditUnavailable)
     }
 
-    /// Durably append the event of a request that read values from this node's cache
-    /// (`reads`, filled by [`Coffer::get_param_cached`]), confirming in the same transaction
-    /// that they are still current. `Ok(false)`: one is not, nothing was recorded, and the
-    /// request must be answered again from the database (and recorded then).
-    pub async fn record_confirming(
-        &self,
-        ev: &AuditEvent,
-        reads: &ReadLog,
-    ) -> Result<bool, CoreError> {
-        let checks = reads.take();
-        let recorded = self.append_event(ev, &checks).await?.is_some();
-        if !checks.is_empty() {
-            self.inner.cached_reads[usize::from(!recorded)]
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        Ok(recorded)
-    }
-
-    /// Requests answered from this node's cache of current values: (confirmed when
-    /// audited, found stale and answered again from the database).
-    pub fn cached_read_counts(&self) -> (u64, u64) {
-        let [confirmed, stale] = &self.inner.cached_reads;
-        (
-            confirmed.load(std::sync::atomic::Ordering::Relaxed),
-            stale.load(std::sync::atomic::Ordering::Relaxed),
-        )
-    }
-
+    /// Append an event that is not part of a change. `durable`: on stable storage before
+    /// this returns (always for changes; for other events, `audit.read_sync` decides).
     async fn append_event(
         &self,
         ev: &AuditEvent,
         checks: &[ReadCheck],
+        durable: bool,
     ) -> Result<Option<u64>, CoreError> {
-        let body =
-            serde_json::to_string(ev).map_err(|_| CoreError::Internal("serialise audit event"))?;
-        let row = NewAuditEvent {
-            org_id: ev.org_id.unwrap_or_else(Uuid::nil),
-            id: ev.id,
-            time: ev.time_ms,
-            action: ev.action.clone(),
-            actor_id: ev.actor.id,
-            outcome: ev.outcome.clone(),
-            target: ev.target.path(),
-            body,
-        };
+        let _ = durable;
+        let row = event_row(ev)?;
         match self.repos().audit.append_audit_checked(&row, checks).await {
             Ok(Some((seq, _))) => {
                 self.inner.sinks.write(&row.body);
@@ -278,6 +396,36 @@ impl Coffer {
                 Err(CoreError::AuditUnavailable)
             }
         }
+    }
+
+    /// Append the event of a read answered from this node's cache, confirming in the same
+    /// transaction that the values read are still current. `Ok(false)`: one is not, nothing
+    /// was recorded, and the read must be made again from the database.
+    pub(crate) async fn conclude_cached_read(
+        &self,
+        pending: &Pending,
+        checks: &[ReadCheck],
+    ) -> Result<bool, CoreError> {
+        let recorded = self
+            .append_event(&pending.ev, checks, false)
+            .await?
+            .is_some();
+        self.inner.cached_reads[usize::from(!recorded)]
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if recorded {
+            pending.cx.mark_recorded();
+        }
+        Ok(recorded)
+    }
+
+    /// Requests answered from this node's cache of current values: (confirmed when
+    /// audited, found stale and answered again from the database).
+    pub fn cached_read_counts(&self) -> (u64, u64) {
+        let [confirmed, stale] = &self.inner.cached_reads;
+        (
+            confirmed.load(std::sync::atomic::Ordering::Relaxed),
+            stale.load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// Record something the service did by itself (a background job) in an organisation's
@@ -300,7 +448,7 @@ impl Coffer {
         // Not an HTTP request.
         ev.status = 0;
         ev.detail = Some(detail);
-        if let Err(e) = self.record(&ev).await {
+        if let Err(e) = self.append_event(&ev, &[], true).await {
             tracing::error!(org_id = %org_id, action, error = %e, "could not record a system audit event");
         }
     }
@@ -402,28 +550,67 @@ impl Coffer {
 
     pub async fn audit_checkpoint_own(
         &self,
+        cx: &Cx,
         p: &Principal,
     ) -> Result<Option<Checkpoint>, CoreError> {
-        require_auditor(p)?;
-        self.checkpoint(p.org_id).await
+        let pending = self.begin_for(cx, p, action::CHECKPOINT, AuditTarget::default());
+        let r: Result<Option<Checkpoint>, CoreError> = async {
+            require_auditor(p)?;
+            self.checkpoint(p.org_id).await
+        }
+        .await;
+        self.conclude(pending, r).await
     }
 
     /// Events of the caller's organisation, oldest first, after the cursor.
     pub async fn audit_list(
         &self,
+        cx: &Cx,
         p: &Principal,
         mut f: AuditFilter,
     ) -> Result<Vec<AuditRecord>, CoreError> {
-        self.ensure_unsealed()?;
-        require_auditor(p)?;
-        f.limit = f.limit.clamp(1, PAGE);
-        self.repos()
-            .audit
-            .audit_events(p.org_id, &f)
-            .await?
-            .iter()
-            .map(to_record)
-            .collect()
+        let pending = self.begin_for(cx, p, action::LIST, AuditTarget::default());
+        let r: Result<Vec<AuditRecord>, CoreError> = async {
+            self.ensure_unsealed()?;
+            require_auditor(p)?;
+            f.limit = f.limit.clamp(1, PAGE);
+            self.repos()
+                .audit
+                .audit_events(p.org_id, &f)
+                .await?
+                .iter()
+                .map(to_record)
+                .collect()
+        }
+        .await;
+        self.conclude(pending, r).await
+    }
+
+    /// Start an export (audited once, however many pages follow).
+    pub async fn audit_export_begin(&self, cx: &Cx, p: &Principal) -> Result<(), CoreError> {
+        let pending = self.begin_for(cx, p, action::EXPORT, AuditTarget::default());
+        let r = self.ensure_unsealed().and_then(|()| require_auditor(p));
+        self.conclude(pending, r).await
+    }
+
+    /// Record a customer-supplied event (`POST /v1/audit/events`) in the caller's
+    /// organisation's chain: action `customer.<action>`, marked as customer-supplied.
+    pub async fn audit_log(
+        &self,
+        cx: &Cx,
+        p: &Principal,
+        action: &str,
+        detail: Option<serde_json::Value>,
+    ) -> Result<(), CoreError> {
+        let mut pending = self.begin_for(cx, p, action::LOG, AuditTarget::default());
+        let r = self
+            .customer_event(p, action, detail)
+            .map(|(name, detail)| {
+                pending.ev.action = name;
+                pending.ev.customer = true;
+                pending.ev.detail = detail;
+            });
+        self.conclude(pending, r).await
     }
 
     /// Raw rows for export (time range only, so the exported range stays a contiguous chain).
@@ -453,10 +640,15 @@ impl Coffer {
     }
 
     /// Verify the caller's organisation's whole chain and its checkpoints, page by page.
-    pub async fn audit_verify(&self, p: &Principal) -> Result<VerifyReport, CoreError> {
-        self.ensure_unsealed()?;
-        require_auditor(p)?;
-        self.verify_chain(p.org_id).await
+    pub async fn audit_verify(&self, cx: &Cx, p: &Principal) -> Result<VerifyReport, CoreError> {
+        let pending = self.begin_for(cx, p, action::VERIFY, AuditTarget::default());
+        let r: Result<VerifyReport, CoreError> = async {
+            self.ensure_unsealed()?;
+            require_auditor(p)?;
+            self.verify_chain(p.org_id).await
+        }
+        .await;
+        self.conclude(pending, r).await
     }
 
     pub(crate) async fn verify_chain(&self, org_id: Uuid) -> Result<VerifyReport, CoreError> {

@@ -15,8 +15,20 @@ use coffer_crypto::token::{self, BearerToken};
 use coffer_store::{SessionRow, UserRow};
 use uuid::Uuid;
 
+use crate::audit::{AuditTarget, Cx, Pending};
 use crate::clock::now_ms;
 use crate::{Coffer, CoreError, Role};
+/// The audit actions of authentication and sessions.
+pub mod action {
+    use crate::audit::Action;
+    pub const LOGIN: Action = Action::change("auth.login");
+    pub const LOGOUT: Action = Action::change("auth.logout").answered(204);
+    pub const WHOAMI: Action = Action::read("auth.whoami");
+    pub const OIDC_LOGIN: Action = Action::change("auth.oidc_login");
+    pub const SESSION_LIST: Action = Action::read("account.session_list");
+    pub const SESSION_REVOKE: Action = Action::change("account.session_revoke").answered(204);
+    pub const PASSWORD_CHANGE: Action = Action::change("account.password_change").answered(204);
+}
 
 mod cache;
 mod passwords;
@@ -159,6 +171,8 @@ pub(crate) struct NewSession<'a> {
     pub api_key_id: Option<Uuid>,
     pub address: &'a str,
     pub ttl: Duration,
+    /// The audit event of the login or exchange that creates the session.
+    pub event: Option<&'a coffer_store::ChangeEvent>,
 }
 
 impl Coffer {
@@ -166,16 +180,56 @@ impl Coffer {
     /// many attempts — is the same [`CoreError::BadCredentials`] after the same work.
     pub async fn login(
         &self,
+        cx: &Cx,
         username: &str,
         password: &str,
         org: Option<&str>,
         address: &str,
     ) -> Result<LoginOutcome, CoreError> {
-        self.ensure_unsealed()?;
-        let user = self.find_login_user(username).await?;
-        let user = self.check_first_factor(user, password).await?;
-        self.after_first_factor(user, org, AuthMethod::Password, address)
-            .await
+        let mut pending = self.begin(cx, action::LOGIN, AuditTarget::default());
+        let r: Result<LoginOutcome, CoreError> = async {
+            self.ensure_unsealed()?;
+            let user = self.find_login_user(username).await?;
+            let user = self.check_first_factor(user, password).await?;
+            self.after_first_factor(&mut pending, user, org, AuthMethod::Password, address)
+                .await
+        }
+        .await;
+        if r.is_err()
+            && let Some(mac) = self.audit_hmac(None, normalize_username(username).as_bytes())
+        {
+            // People sometimes type their password into the username field: only an HMAC.
+            pending.ev.hmac.insert("username".into(), mac);
+        }
+        self.conclude(pending, r).await
+    }
+
+    /// Authenticate the caller of a request and note it in the request's audit context
+    /// (the actor of its event, and an HMAC of the token that correlates a session's
+    /// requests). `any_stage`: also a login that still has to enrol MFA.
+    pub async fn authenticate_in(
+        &self,
+        cx: &Cx,
+        bearer: &str,
+        any_stage: bool,
+    ) -> Result<Principal, CoreError> {
+        let p = if any_stage {
+            self.authenticate_any_stage(bearer).await?
+        } else {
+            self.authenticate(bearer).await?
+        };
+        cx.set_principal(&p, p.method.as_str());
+        cx.add_hmac(
+            "session",
+            self.audit_hmac(Some(p.org_id), bearer.as_bytes()),
+        );
+        Ok(p)
+    }
+
+    /// Who the caller is (the principal the request authenticated as).
+    pub async fn whoami(&self, cx: &Cx, p: &Principal) -> Result<Principal, CoreError> {
+        let pending = self.begin_for(cx, p, action::WHOAMI, AuditTarget::default());
+        self.conclude(pending, Ok(p.clone())).await
     }
 
     /// Look a user up by username, or by e-mail if the name contains `@`.
@@ -261,6 +315,7 @@ impl Coffer {
     /// The first factor is right: ask for the second, demand enrolment, or log in.
     pub(crate) async fn after_first_factor(
         &self,
+        pending: &mut Pending,
         user: UserRow,
         org: Option<&str>,
         method: AuthMethod,
@@ -281,6 +336,7 @@ impl Coffer {
                         api_key_id: None,
                         address,
                         ttl: self.config().mfa_pending_ttl,
+                        event: Some(pending.change_event()?),
                     },
                 )
                 .await?;
@@ -296,19 +352,21 @@ impl Coffer {
         } else {
             "full"
         };
-        self.finish_login(&user, org_id, stage, method, address)
+        self.finish_login(pending, &user, org_id, stage, method, address)
             .await
             .map(LoginOutcome::Session)
     }
 
     pub(crate) async fn finish_login(
         &self,
+        pending: &mut Pending,
         user: &UserRow,
         org_id: Uuid,
         stage: &'static str,
         method: AuthMethod,
         address: &str,
     ) -> Result<LoginResult, CoreError> {
+        pending.set_actor(user.id, &user.username, org_id, method.as_str());
         let (token, _) = self
             .new_session(
                 SESSION_PREFIX,
@@ -320,6 +378,7 @@ impl Coffer {
                     api_key_id: None,
                     address,
                     ttl: self.config().session_ttl,
+                    event: Some(pending.change_event()?),
                 },
             )
             .await?;
@@ -375,19 +434,22 @@ impl Coffer {
         let id = Uuid::new_v4();
         self.repos()
             .access
-            .create_session(&SessionRow {
-                id,
-                token_hash: digest.0,
-                user_id: s.user.id,
-                org_id: s.org_id,
-                stage: s.stage.to_owned(),
-                method: s.method.as_str().to_owned(),
-                api_key_id: s.api_key_id,
-                address: s.address.chars().take(64).collect(),
-                created_at: now,
-                last_seen_at: now,
-                expires_at: now.saturating_add(ms(s.ttl)),
-            })
+            .create_session(
+                &SessionRow {
+                    id,
+                    token_hash: digest.0,
+                    user_id: s.user.id,
+                    org_id: s.org_id,
+                    stage: s.stage.to_owned(),
+                    method: s.method.as_str().to_owned(),
+                    api_key_id: s.api_key_id,
+                    address: s.address.chars().take(64).collect(),
+                    created_at: now,
+                    last_seen_at: now,
+                    expires_at: now.saturating_add(ms(s.ttl)),
+                },
+                s.event,
+            )
             .await?;
         Ok((token, id))
     }
@@ -448,7 +510,7 @@ impl Coffer {
             .ok_or(CoreError::Unauthenticated)?;
         let idle = ms(self.config().idle_timeout);
         if s.expires_at <= now || s.last_seen_at.saturating_add(idle) <= now {
-            self.repos().access.delete_session(digest).await?;
+            self.repos().access.delete_session(digest, None).await?;
             return Err(CoreError::Unauthenticated);
         }
         if s.stage == "mfa" {
@@ -571,11 +633,22 @@ impl Coffer {
     }
 
     /// End the session of this token. Idempotent.
-    pub async fn logout(&self, bearer: &str) -> Result<(), CoreError> {
-        let digest = token::hash(bearer).0;
-        self.repos().access.delete_session(&digest).await?;
-        self.access_changed();
-        Ok(())
+    pub async fn logout(&self, cx: &Cx, bearer: &str) -> Result<(), CoreError> {
+        // Attributed to the session's user while the token is still valid; logging out with
+        // a dead token is harmless and stays anonymous.
+        let _ = self.authenticate_in(cx, bearer, true).await;
+        let mut pending = self.begin(cx, action::LOGOUT, AuditTarget::default());
+        let r: Result<(), CoreError> = async {
+            let digest = token::hash(bearer).0;
+            self.repos()
+                .access
+                .delete_session(&digest, Some(pending.change_event()?))
+                .await?;
+            self.access_changed();
+            Ok(())
+        }
+        .await;
+        self.conclude(pending, r).await
     }
 
     /// Remove sessions past their lifetime or idle timeout; run periodically.
@@ -588,70 +661,93 @@ impl Coffer {
     }
 
     /// The caller's own sessions.
-    pub async fn list_sessions(&self, p: &Principal) -> Result<Vec<SessionView>, CoreError> {
-        p.ensure_person()?;
-        let now = now_ms();
-        let idle = ms(self.config().idle_timeout);
-        Ok(self
-            .repos()
-            .access
-            .user_sessions(p.user_id)
-            .await?
-            .into_iter()
-            .filter(|s| s.stage != "mfa" && s.expires_at > now && s.last_seen_at + idle > now)
-            .map(|s| SessionView {
-                current: Some(s.id) == p.session_id,
-                id: s.id,
-                method: s.method,
-                address: s.address,
-                created_at: s.created_at,
-                last_seen_at: s.last_seen_at,
-                expires_at: s.expires_at,
-                org_id: s.org_id,
-            })
-            .collect())
+    pub async fn list_sessions(
+        &self,
+        cx: &Cx,
+        p: &Principal,
+    ) -> Result<Vec<SessionView>, CoreError> {
+        let pending = self.begin_for(cx, p, action::SESSION_LIST, AuditTarget::default());
+        let r: Result<Vec<SessionView>, CoreError> = async {
+            p.ensure_person()?;
+            let now = now_ms();
+            let idle = ms(self.config().idle_timeout);
+            Ok(self
+                .repos()
+                .access
+                .user_sessions(p.user_id)
+                .await?
+                .into_iter()
+                .filter(|s| s.stage != "mfa" && s.expires_at > now && s.last_seen_at + idle > now)
+                .map(|s| SessionView {
+                    current: Some(s.id) == p.session_id,
+                    id: s.id,
+                    method: s.method,
+                    address: s.address,
+                    created_at: s.created_at,
+                    last_seen_at: s.last_seen_at,
+                    expires_at: s.expires_at,
+                    org_id: s.org_id,
+                })
+                .collect())
+        }
+        .await;
+        self.conclude(pending, r).await
     }
 
     /// End one of the caller's own sessions.
-    pub async fn revoke_session(&self, p: &Principal, id: Uuid) -> Result<(), CoreError> {
-        p.ensure_person()?;
-        if !self
-            .repos()
-            .access
-            .delete_session_by_id(p.user_id, id)
-            .await?
-        {
-            return Err(CoreError::not_found("session", &id.to_string()));
+    pub async fn revoke_session(&self, cx: &Cx, p: &Principal, id: Uuid) -> Result<(), CoreError> {
+        let mut pending = self.begin_for(cx, p, action::SESSION_REVOKE, AuditTarget::default());
+        let r: Result<(), CoreError> = async {
+            p.ensure_person()?;
+            if !self
+                .repos()
+                .access
+                .delete_session_by_id(p.user_id, id, Some(pending.change_event()?))
+                .await?
+            {
+                return Err(CoreError::not_found("session", &id.to_string()));
+            }
+            self.access_changed();
+            Ok(())
         }
-        self.access_changed();
-        Ok(())
+        .await;
+        self.conclude(pending, r).await
     }
 
     /// Change the caller's password. Needs the current one (re-authentication, counted
     /// against the lockout) and ends every other session.
     pub async fn change_password(
         &self,
+        cx: &Cx,
         p: &Principal,
         current: &str,
         new: &str,
     ) -> Result<(), CoreError> {
-        p.ensure_person()?;
-        validate_password(new)?;
-        let user = self.reauthenticate(p, current).await?;
-        let hash = hash_password(new.to_owned()).await?;
-        self.repos().users.set_password(user.id, &hash).await?;
-        self.repos()
-            .access
-            .delete_user_sessions(user.id, p.session_id)
-            .await?;
-        self.access_changed();
-        self.notify(
-            &user,
-            "Your Coffer password was changed",
-            "The password of your account was changed and your other sessions were ended.",
-        )
+        let mut pending = self.begin_for(cx, p, action::PASSWORD_CHANGE, AuditTarget::default());
+        let r: Result<(), CoreError> = async {
+            p.ensure_person()?;
+            validate_password(new)?;
+            let user = self.reauthenticate(p, current).await?;
+            let hash = hash_password(new.to_owned()).await?;
+            self.repos()
+                .users
+                .set_password(user.id, &hash, Some(pending.change_event()?))
+                .await?;
+            self.repos()
+                .access
+                .delete_user_sessions(user.id, p.session_id)
+                .await?;
+            self.access_changed();
+            self.notify(
+                &user,
+                "Your Coffer password was changed",
+                "The password of your account was changed and your other sessions were ended.",
+            )
+            .await;
+            Ok(())
+        }
         .await;
-        Ok(())
+        self.conclude(pending, r).await
     }
 
     /// Check the caller's password again before a sensitive change.

@@ -1,5 +1,6 @@
 //! Tamper evidence of the audit chain, against an attacker with write access to the database.
 
+use coffer_core::audit::Cx;
 use coffer_core::audit::{AuditEvent, verify_export};
 use coffer_core::{Coffer, Principal};
 use sqlx::Connection;
@@ -33,24 +34,35 @@ fn org(p: &Principal) -> Vec<u8> {
 }
 
 async fn problem(f: &Fixture) -> Option<(u64, String)> {
-    let r = f.coffer.audit_verify(&f.owner).await.unwrap();
+    let r = f
+        .coffer
+        .audit_verify(&Cx::default(), &f.owner)
+        .await
+        .unwrap();
     r.first_problem.map(|p| (p.seq, p.kind))
 }
 
 #[tokio::test]
 async fn an_untouched_chain_verifies_with_checkpoints() {
     let f = fixture().await;
+    // The owner's login is the chain's first event (seq 1).
     record_n(&f.coffer, &f.owner, 5).await;
     let cp = f.coffer.checkpoint(f.owner.org_id).await.unwrap().unwrap();
-    assert_eq!(cp.seq, 5);
+    assert_eq!(cp.seq, 6);
     record_n(&f.coffer, &f.owner, 2).await;
-    let r = f.coffer.audit_verify(&f.owner).await.unwrap();
+    let r = f
+        .coffer
+        .audit_verify(&Cx::default(), &f.owner)
+        .await
+        .unwrap();
     assert!(r.ok, "{r:?}");
-    assert_eq!((r.events, r.checkpoints, r.last_seq), (7, 1, Some(7)));
+    assert_eq!((r.events, r.checkpoints, r.last_seq), (8, 1, Some(8)));
     // Checkpointing an unchanged chain returns the same checkpoint.
     let a = f.coffer.checkpoint(f.owner.org_id).await.unwrap().unwrap();
     let b = f.coffer.checkpoint(f.owner.org_id).await.unwrap().unwrap();
     assert_eq!(a, b);
+    // (The system chain, with the server's init and unseal events, is signed once.)
+    f.coffer.checkpoint_all().await.unwrap();
     assert_eq!(f.coffer.checkpoint_all().await.unwrap(), 0);
 }
 
@@ -86,7 +98,7 @@ async fn the_database_refuses_updates_and_deletes() {
             .await
             .is_err()
     );
-    let n: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM audit_events")
+    let n: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM audit_events WHERE action LIKE 'test.%'")
         .fetch_one(&mut db)
         .await
         .unwrap();
@@ -98,12 +110,13 @@ async fn an_altered_entry_is_reported_first() {
     let f = sqlite_fixture().await;
     record_n(&f.coffer, &f.owner, 5).await;
     let mut db = raw(&f).await;
-    sqlx::query("UPDATE audit_events SET body = replace(body, 'test.event2', 'test.innocent') WHERE org_id = ? AND seq = 3")
+    sqlx::query("UPDATE audit_events SET body = replace(body, 'test.event2', 'test.innocent') WHERE org_id = ? AND seq = 4")
         .bind(org(&f.owner))
         .execute(&mut db)
         .await
         .unwrap();
-    assert_eq!(problem(&f).await, Some((3, "altered".into())));
+    // seq 1 is the owner's login; test.event2 is seq 4.
+    assert_eq!(problem(&f).await, Some((4, "altered".into())));
 }
 
 #[tokio::test]
@@ -153,7 +166,8 @@ async fn a_rewritten_chain_with_valid_hashes_is_caught_by_a_checkpoint() {
             .await
             .unwrap();
     let mut bodies: Vec<String> = rows.into_iter().map(|r| r.1).collect();
-    bodies.insert(2, bodies[1].replace("test.event1", "test.forged"));
+    // (bodies[0] is the owner's login.)
+    bodies.insert(3, bodies[2].replace("test.event1", "test.forged"));
     sqlx::query("DELETE FROM audit_events WHERE org_id = ?")
         .bind(org(&f.owner))
         .execute(&mut db)
@@ -176,9 +190,13 @@ async fn a_rewritten_chain_with_valid_hashes_is_caught_by_a_checkpoint() {
             .unwrap();
         prev = hash;
     }
-    let r = f.coffer.audit_verify(&f.owner).await.unwrap();
+    let r = f
+        .coffer
+        .audit_verify(&Cx::default(), &f.owner)
+        .await
+        .unwrap();
     let p = r.first_problem.expect("tampering must be detected");
-    assert_eq!((p.seq, p.kind.as_str()), (4, "altered"), "{p:?}");
+    assert_eq!((p.seq, p.kind.as_str()), (5, "altered"), "{p:?}");
 }
 
 #[tokio::test]
@@ -251,13 +269,14 @@ async fn exports_verify_offline_and_tampering_in_the_file_is_found() {
     f.coffer.checkpoint(f.owner.org_id).await.unwrap();
     let text = export(&f).await;
     let r = verify_export(text.as_bytes(), None).unwrap();
-    assert!(r.ok && r.events == 6 && r.checkpoints == 1, "{r:?}");
+    // Six test events after the owner's login.
+    assert!(r.ok && r.events == 7 && r.checkpoints == 1, "{r:?}");
 
     let altered = text.replace("test.event3", "test.eventX");
     let r = verify_export(altered.as_bytes(), None).unwrap();
     assert_eq!(
         r.first_problem.map(|p| (p.seq, p.kind)),
-        Some((4, "altered".into()))
+        Some((5, "altered".into()))
     );
 
     let mut lines: Vec<&str> = text.lines().collect();
@@ -302,8 +321,12 @@ async fn export_pages_through_long_logs() {
             .count(),
         coffer_core::audit::PAGE as usize
     );
-    let r = f.coffer.audit_verify(&f.owner).await.unwrap();
-    assert!(r.ok && r.events == 2500, "{r:?}");
+    let r = f
+        .coffer
+        .audit_verify(&Cx::default(), &f.owner)
+        .await
+        .unwrap();
+    assert!(r.ok && r.events == 2501, "{r:?}");
     let mut after = 0;
     let mut n = 0;
     loop {
@@ -317,5 +340,5 @@ async fn export_pages_through_long_logs() {
         after = last.seq;
         n += page.len();
     }
-    assert_eq!(n, 2500);
+    assert_eq!(n, 2501);
 }

@@ -1,5 +1,6 @@
 //! Identity rules, each tried against an attempt to break it.
 
+use coffer_core::audit::Cx;
 use std::time::Duration;
 
 use coffer_core::apikeys::NewApiKey;
@@ -16,7 +17,7 @@ fn quick() -> CoreConfig {
 }
 
 async fn login(c: &Coffer, user: &str, pw: &str) -> Result<LoginOutcome, CoreError> {
-    c.login(user, pw, None, "127.0.0.1").await
+    c.login(&Cx::default(), user, pw, None, "127.0.0.1").await
 }
 
 async fn session(c: &Coffer, user: &str, pw: &str) -> (String, Principal) {
@@ -67,8 +68,8 @@ async fn fifty_parallel_guesses_lock_the_account_and_the_lock_survives_a_restart
     }
     // A restart (a new process on the same database) does not forget the lock.
     let reopened = f.open_again(quick()).await;
-    reopened.unseal(&f.shares[0]).await.unwrap();
-    reopened.unseal(&f.shares[1]).await.unwrap();
+    reopened.unseal(&Cx::default(), &f.shares[0]).await.unwrap();
+    reopened.unseal(&Cx::default(), &f.shares[1]).await.unwrap();
     assert!(matches!(
         login(&reopened, "alice", "alice long password").await,
         Err(CoreError::BadCredentials)
@@ -131,10 +132,14 @@ async fn totp_codes_work_once_within_one_step_of_skew_and_recovery_codes_once() 
     let p = member(&f, "mia", Role::Contributor).await;
     let c = &f.coffer;
     assert!(matches!(
-        c.mfa_enroll_start(&p, "wrong password!").await,
+        c.mfa_enroll_start(&Cx::default(), &p, "wrong password!")
+            .await,
         Err(CoreError::BadCredentials)
     ));
-    let e = c.mfa_enroll_start(&p, "mia long password").await.unwrap();
+    let e = c
+        .mfa_enroll_start(&Cx::default(), &p, "mia long password")
+        .await
+        .unwrap();
     assert!(
         e.otpauth_uri
             .expose_secret()
@@ -151,11 +156,15 @@ async fn totp_codes_work_once_within_one_step_of_skew_and_recovery_codes_once() 
         .iter()
         .any(|t| totp_code_at(&secret, *t).unwrap() == wrong)
     {
-        assert!(c.mfa_enroll_confirm(&p, &wrong).await.is_err());
+        assert!(
+            c.mfa_enroll_confirm(&Cx::default(), &p, &wrong)
+                .await
+                .is_err()
+        );
     }
     let now = now_secs();
     let codes = c
-        .mfa_enroll_confirm(&p, &totp_code_at(&secret, now).unwrap())
+        .mfa_enroll_confirm(&Cx::default(), &p, &totp_code_at(&secret, now).unwrap())
         .await
         .unwrap();
     assert_eq!(codes.len(), 10);
@@ -170,23 +179,42 @@ async fn totp_codes_work_once_within_one_step_of_skew_and_recovery_codes_once() 
     // The code used for enrolment cannot be replayed, also not with a space inside.
     let used = totp_code_at(&secret, now).unwrap();
     let spaced = format!("{} {}", &used[..3], &used[3..]);
-    assert!(c.verify_mfa_login(t, &spaced, "x").await.is_err());
+    assert!(
+        c.verify_mfa_login(&Cx::default(), t, &spaced, "x")
+            .await
+            .is_err()
+    );
     // A code from two steps ahead is outside the skew.
     let far = totp_code_at(&secret, now + 61).unwrap();
     if far != used {
-        assert!(c.verify_mfa_login(t, &far, "x").await.is_err());
+        assert!(
+            c.verify_mfa_login(&Cx::default(), t, &far, "x")
+                .await
+                .is_err()
+        );
     }
     // A third failure locks the account: even a good code is refused now. The positive
     // path goes on with another user.
-    assert!(c.verify_mfa_login(t, "not-a-code", "x").await.is_err());
+    assert!(
+        c.verify_mfa_login(&Cx::default(), t, "not-a-code", "x")
+            .await
+            .is_err()
+    );
     let next = totp_code_at(&secret, now + 30).unwrap();
-    assert!(c.verify_mfa_login(t, &next, "x").await.is_err());
+    assert!(
+        c.verify_mfa_login(&Cx::default(), t, &next, "x")
+            .await
+            .is_err()
+    );
 
     let p2 = member(&f, "noa", Role::Viewer).await;
-    let e2 = c.mfa_enroll_start(&p2, "noa long password").await.unwrap();
+    let e2 = c
+        .mfa_enroll_start(&Cx::default(), &p2, "noa long password")
+        .await
+        .unwrap();
     let s2 = e2.secret_base32.expose_secret().to_owned();
     let rec = c
-        .mfa_enroll_confirm(&p2, &totp_code_at(&s2, now).unwrap())
+        .mfa_enroll_confirm(&Cx::default(), &p2, &totp_code_at(&s2, now).unwrap())
         .await
         .unwrap();
     let pending = |o: LoginOutcome| match o {
@@ -197,26 +225,43 @@ async fn totp_codes_work_once_within_one_step_of_skew_and_recovery_codes_once() 
     let code_next = totp_code_at(&s2, now + 30).unwrap();
     let spaced_next = format!("{} {}", &code_next[..3], &code_next[3..]);
     let ok = c
-        .verify_mfa_login(&t2, &spaced_next, "x")
+        .verify_mfa_login(&Cx::default(), &t2, &spaced_next, "x")
         .await
         .unwrap()
         .session()
         .unwrap();
     assert_eq!(ok.principal.username, "noa");
     // The pending token was spent with the login.
-    assert!(c.verify_mfa_login(&t2, &code_next, "x").await.is_err());
+    assert!(
+        c.verify_mfa_login(&Cx::default(), &t2, &code_next, "x")
+            .await
+            .is_err()
+    );
     // Replay of the same code in a new login: refused.
     let t3 = pending(login(c, "noa", "noa long password").await.unwrap());
-    assert!(c.verify_mfa_login(&t3, &code_next, "x").await.is_err());
+    assert!(
+        c.verify_mfa_login(&Cx::default(), &t3, &code_next, "x")
+            .await
+            .is_err()
+    );
     // A recovery code works once, in any case and with dashes or spaces.
     let t4 = pending(login(c, "noa", "noa long password").await.unwrap());
-    c.verify_mfa_login(&t4, &rec[0].to_uppercase().replace('-', " "), "x")
-        .await
-        .unwrap()
-        .session()
-        .unwrap();
+    c.verify_mfa_login(
+        &Cx::default(),
+        &t4,
+        &rec[0].to_uppercase().replace('-', " "),
+        "x",
+    )
+    .await
+    .unwrap()
+    .session()
+    .unwrap();
     let t5 = pending(login(c, "noa", "noa long password").await.unwrap());
-    assert!(c.verify_mfa_login(&t5, &rec[0], "x").await.is_err());
+    assert!(
+        c.verify_mfa_login(&Cx::default(), &t5, &rec[0], "x")
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]
@@ -225,11 +270,13 @@ async fn an_org_that_requires_mfa_makes_members_enrol_before_anything_else() {
     let c = &f.coffer;
     let viewer = member(&f, "vic", Role::Viewer).await;
     assert!(matches!(
-        c.set_org_require_mfa(&viewer, true).await,
+        c.set_org_require_mfa(&Cx::default(), &viewer, true).await,
         Err(CoreError::Forbidden(_))
     ));
     let (before, _) = session(c, "vic", "vic long password").await;
-    c.set_org_require_mfa(&f.owner, true).await.unwrap();
+    c.set_org_require_mfa(&Cx::default(), &f.owner, true)
+        .await
+        .unwrap();
     // A session from before the requirement may now only enrol, too.
     assert!(matches!(
         c.authenticate(&before).await,
@@ -247,8 +294,12 @@ async fn an_org_that_requires_mfa_makes_members_enrol_before_anything_else() {
         Err(CoreError::MfaEnrollmentRequired)
     ));
     let p = c.authenticate_any_stage(tok).await.unwrap();
-    let e = c.mfa_enroll_start(&p, "vic long password").await.unwrap();
+    let e = c
+        .mfa_enroll_start(&Cx::default(), &p, "vic long password")
+        .await
+        .unwrap();
     c.mfa_enroll_confirm(
+        &Cx::default(),
         &p,
         &totp_code_at(e.secret_base32.expose_secret(), now_secs()).unwrap(),
     )
@@ -257,7 +308,8 @@ async fn an_org_that_requires_mfa_makes_members_enrol_before_anything_else() {
     // The same session is now a full one; MFA cannot be turned off while required.
     let p = c.authenticate(tok).await.unwrap();
     assert!(matches!(
-        c.mfa_disable(&p, "vic long password", "123456").await,
+        c.mfa_disable(&Cx::default(), &p, "vic long password", "123456")
+            .await,
         Err(CoreError::Forbidden(_))
     ));
 }
@@ -274,17 +326,27 @@ async fn sessions_end_when_idle_and_password_changes_end_the_others() {
     member(&f, "ivy", Role::Viewer).await;
     let (a, pa) = session(c, "ivy", "ivy long password").await;
     let (b, _) = session(c, "ivy", "ivy long password").await;
-    let listed = c.list_sessions(&pa).await.unwrap();
+    let listed = c.list_sessions(&Cx::default(), &pa).await.unwrap();
     assert!(listed.iter().any(|s| s.current));
     assert!(listed.len() >= 2);
     assert!(matches!(
-        c.change_password(&pa, "wrong password!", "a new long password")
-            .await,
+        c.change_password(
+            &Cx::default(),
+            &pa,
+            "wrong password!",
+            "a new long password"
+        )
+        .await,
         Err(CoreError::BadCredentials)
     ));
-    c.change_password(&pa, "ivy long password", "a new long password")
-        .await
-        .unwrap();
+    c.change_password(
+        &Cx::default(),
+        &pa,
+        "ivy long password",
+        "a new long password",
+    )
+    .await
+    .unwrap();
     assert!(c.authenticate(&a).await.is_ok());
     assert!(matches!(
         c.authenticate(&b).await,
@@ -299,7 +361,9 @@ async fn sessions_end_when_idle_and_password_changes_end_the_others() {
     ));
     // Revoking one's own session by id.
     let (d, pd) = session(c, "ivy", "a new long password").await;
-    c.revoke_session(&pd, pd.session_id.unwrap()).await.unwrap();
+    c.revoke_session(&Cx::default(), &pd, pd.session_id.unwrap())
+        .await
+        .unwrap();
     assert!(c.authenticate(&d).await.is_err());
 }
 
@@ -321,15 +385,17 @@ async fn api_keys_never_exceed_their_creator_and_stop_at_once() {
     let viewer = member(&f, "val", Role::Viewer).await;
     let contrib = member(&f, "cat", Role::Contributor).await;
     assert!(matches!(
-        c.create_api_key(&viewer, key("v", Role::Viewer)).await,
+        c.create_api_key(&Cx::default(), &viewer, key("v", Role::Viewer))
+            .await,
         Err(CoreError::Forbidden(_))
     ));
     assert!(matches!(
-        c.create_api_key(&contrib, key("c", Role::Admin)).await,
+        c.create_api_key(&Cx::default(), &contrib, key("c", Role::Admin))
+            .await,
         Err(CoreError::Forbidden(_))
     ));
     let k = c
-        .create_api_key(&contrib, key("ci", Role::Contributor))
+        .create_api_key(&Cx::default(), &contrib, key("ci", Role::Contributor))
         .await
         .unwrap();
     let raw = k.key.expose_secret().to_owned();
@@ -337,27 +403,42 @@ async fn api_keys_never_exceed_their_creator_and_stop_at_once() {
     let p = c.authenticate(&raw).await.unwrap();
     assert_eq!((p.role, p.username.as_str()), (Role::Contributor, "cat"));
     // An API key cannot mint keys or manage the account.
-    assert!(c.create_api_key(&p, key("x", Role::Viewer)).await.is_err());
-    let access = c.exchange_api_key(&raw, "10.0.0.1").await.unwrap();
+    assert!(
+        c.create_api_key(&Cx::default(), &p, key("x", Role::Viewer))
+            .await
+            .is_err()
+    );
+    let access = c
+        .exchange_api_key(&Cx::default(), &raw, "10.0.0.1")
+        .await
+        .unwrap();
     let at = access.token.expose_secret().to_owned();
     assert!(at.starts_with("cfa_"));
     assert_eq!(c.authenticate(&at).await.unwrap().role, Role::Contributor);
     // Demote the creator: the key and its access token act as a Viewer at once.
-    c.set_member_role(&f.owner, "cat", Role::Viewer)
+    c.set_member_role(&Cx::default(), &f.owner, "cat", Role::Viewer)
         .await
         .unwrap();
     assert_eq!(c.authenticate(&raw).await.unwrap().role, Role::Viewer);
     assert_eq!(c.authenticate(&at).await.unwrap().role, Role::Viewer);
     // Contributors see only their own keys; Admins every key.
     let admin = member(&f, "ada", Role::Admin).await;
-    assert_eq!(c.list_api_keys(&admin).await.unwrap().len(), 1);
-    c.set_member_role(&f.owner, "cat", Role::Contributor)
+    assert_eq!(
+        c.list_api_keys(&Cx::default(), &admin).await.unwrap().len(),
+        1
+    );
+    c.set_member_role(&Cx::default(), &f.owner, "cat", Role::Contributor)
         .await
         .unwrap();
     let cat = session(c, "cat", "cat long password").await.1;
-    assert_eq!(c.list_api_keys(&cat).await.unwrap()[0].name, "ci");
+    assert_eq!(
+        c.list_api_keys(&Cx::default(), &cat).await.unwrap()[0].name,
+        "ci"
+    );
     // Revocation: the very next request fails, for the key and its access tokens.
-    c.revoke_api_key(&admin, k.view.id).await.unwrap();
+    c.revoke_api_key(&Cx::default(), &admin, k.view.id)
+        .await
+        .unwrap();
     assert!(matches!(
         c.authenticate(&raw).await,
         Err(CoreError::Unauthenticated)
@@ -366,7 +447,7 @@ async fn api_keys_never_exceed_their_creator_and_stop_at_once() {
         c.authenticate(&at).await,
         Err(CoreError::Unauthenticated)
     ));
-    let listed = c.list_api_keys(&admin).await.unwrap();
+    let listed = c.list_api_keys(&Cx::default(), &admin).await.unwrap();
     assert!(listed[0].revoked_at.is_some() && listed[0].last_used_at.is_some());
 }
 
@@ -374,11 +455,18 @@ async fn api_keys_never_exceed_their_creator_and_stop_at_once() {
 async fn restricted_keys_see_only_their_projects_and_cannot_write_when_read_only() {
     let f = fixture_with(quick()).await;
     let c = &f.coffer;
-    c.create_project(&f.owner, "app").await.unwrap();
-    c.create_project(&f.owner, "other").await.unwrap();
-    c.create_env(&f.owner, "app", "prod", None).await.unwrap();
+    c.create_project(&Cx::default(), &f.owner, "app")
+        .await
+        .unwrap();
+    c.create_project(&Cx::default(), &f.owner, "other")
+        .await
+        .unwrap();
+    c.create_env(&Cx::default(), &f.owner, "app", "prod", None)
+        .await
+        .unwrap();
     let k = c
         .create_api_key(
+            &Cx::default(),
             &f.owner,
             NewApiKey {
                 read_only: true,
@@ -391,7 +479,7 @@ async fn restricted_keys_see_only_their_projects_and_cannot_write_when_read_only
         .unwrap();
     let p = c.authenticate(k.key.expose_secret()).await.unwrap();
     let names: Vec<String> = c
-        .list_projects(&p)
+        .list_projects(&Cx::default(), &p)
         .await
         .unwrap()
         .into_iter()
@@ -399,16 +487,21 @@ async fn restricted_keys_see_only_their_projects_and_cannot_write_when_read_only
         .collect();
     assert_eq!(names, vec!["app"]);
     assert!(matches!(
-        c.list_envs(&p, "other").await,
+        c.list_envs(&Cx::default(), &p, "other").await,
         Err(CoreError::NotFound { .. })
     ));
-    assert!(c.list_params(&p, "app", "prod", false).await.is_ok());
+    assert!(
+        c.list_params(&Cx::default(), &p, "app", "prod", false)
+            .await
+            .is_ok()
+    );
     assert!(matches!(
-        c.list_params(&p, "app", "default", false).await,
+        c.list_params(&Cx::default(), &p, "app", "default", false)
+            .await,
         Err(CoreError::NotFound { .. })
     ));
     assert!(matches!(
-        c.create_project(&p, "app2").await,
+        c.create_project(&Cx::default(), &p, "app2").await,
         Err(CoreError::Forbidden(_))
     ));
 }
@@ -420,31 +513,37 @@ async fn invitations_work_once_and_admins_cannot_touch_owners() {
     let admin = member(&f, "adam", Role::Admin).await;
     let contrib = member(&f, "cleo", Role::Contributor).await;
     assert!(matches!(
-        c.invite(&contrib, "x@example.com", Role::Viewer).await,
+        c.invite(&Cx::default(), &contrib, "x@example.com", Role::Viewer)
+            .await,
         Err(CoreError::Forbidden(_))
     ));
     assert!(matches!(
-        c.invite(&admin, "x@example.com", Role::Owner).await,
+        c.invite(&Cx::default(), &admin, "x@example.com", Role::Owner)
+            .await,
         Err(CoreError::Forbidden(_))
     ));
     assert!(
-        c.invite(&admin, "not-an-address", Role::Viewer)
+        c.invite(&Cx::default(), &admin, "not-an-address", Role::Viewer)
             .await
             .is_err()
     );
     let inv = c
-        .invite(&admin, "Zoe@Example.com", Role::Contributor)
+        .invite(&Cx::default(), &admin, "Zoe@Example.com", Role::Contributor)
         .await
         .unwrap();
     assert_eq!(inv.view.email, "zoe@example.com");
     // Without a mail transport the token comes back to the inviter.
     let tok = inv.token.unwrap().expose_secret().to_owned();
-    assert!(c.accept_invitation(&tok, "zoe", "short").await.is_err());
-    c.accept_invitation(&tok, "zoe", "zoe long password")
+    assert!(
+        c.accept_invitation(&Cx::default(), &tok, "zoe", "short")
+            .await
+            .is_err()
+    );
+    c.accept_invitation(&Cx::default(), &tok, "zoe", "zoe long password")
         .await
         .unwrap();
     assert!(
-        c.accept_invitation(&tok, "zoe2", "zoe long password")
+        c.accept_invitation(&Cx::default(), &tok, "zoe2", "zoe long password")
             .await
             .is_err()
     );
@@ -453,38 +552,41 @@ async fn invitations_work_once_and_admins_cannot_touch_owners() {
 
     // Admins cannot demote, remove or promote to Owner.
     assert!(matches!(
-        c.set_member_role(&admin, "admin", Role::Viewer).await,
+        c.set_member_role(&Cx::default(), &admin, "admin", Role::Viewer)
+            .await,
         Err(CoreError::Forbidden(_))
     ));
     assert!(matches!(
-        c.remove_member(&admin, "admin").await,
+        c.remove_member(&Cx::default(), &admin, "admin").await,
         Err(CoreError::Forbidden(_))
     ));
     assert!(matches!(
-        c.set_member_role(&admin, "zoe", Role::Owner).await,
+        c.set_member_role(&Cx::default(), &admin, "zoe", Role::Owner)
+            .await,
         Err(CoreError::Forbidden(_))
     ));
     // The last Owner stays; with a second Owner the first may step down.
     assert!(matches!(
-        c.set_member_role(&f.owner, "admin", Role::Admin).await,
+        c.set_member_role(&Cx::default(), &f.owner, "admin", Role::Admin)
+            .await,
         Err(CoreError::LastOwner)
     ));
     assert!(matches!(
-        c.remove_member(&f.owner, "admin").await,
+        c.remove_member(&Cx::default(), &f.owner, "admin").await,
         Err(CoreError::LastOwner)
     ));
-    c.set_member_role(&f.owner, "adam", Role::Owner)
+    c.set_member_role(&Cx::default(), &f.owner, "adam", Role::Owner)
         .await
         .unwrap();
-    c.set_member_role(&f.owner, "admin", Role::Viewer)
+    c.set_member_role(&Cx::default(), &f.owner, "admin", Role::Viewer)
         .await
         .unwrap();
     // Removal ends the member's access at once.
     let (ztok, _) = session(c, "zoe", "zoe long password").await;
     let adam = session(c, "adam", "adam long password").await.1;
-    c.remove_member(&adam, "zoe").await.unwrap();
+    c.remove_member(&Cx::default(), &adam, "zoe").await.unwrap();
     assert!(c.authenticate(&ztok).await.is_err());
-    assert!(c.remove_member(&adam, "zoe").await.is_err());
+    assert!(c.remove_member(&Cx::default(), &adam, "zoe").await.is_err());
 }
 
 #[tokio::test]
@@ -493,33 +595,47 @@ async fn one_user_in_two_orgs_switches_and_tokens_stay_bound() {
     let c = &f.coffer;
     member(&f, "sam", Role::Viewer).await;
     let (tok, sam) = session(c, "sam", "sam long password").await;
-    let org_b = c.create_org_as(&sam, "org-b").await.unwrap();
-    let orgs = c.my_orgs(&sam).await.unwrap();
+    let org_b = c
+        .create_org_as(&Cx::default(), &sam, "org-b")
+        .await
+        .unwrap();
+    let orgs = c.my_orgs(&Cx::default(), &sam).await.unwrap();
     assert_eq!(orgs.len(), 2);
     assert!(
         orgs.iter()
             .any(|o| o.org_id == org_b && o.role == Role::Owner && !o.active)
     );
-    c.create_project(&f.owner, "in-a").await.unwrap();
-    let switched = c.switch_org(&sam, &tok, "org-b", "x").await.unwrap();
+    c.create_project(&Cx::default(), &f.owner, "in-a")
+        .await
+        .unwrap();
+    let switched = c
+        .switch_org(&Cx::default(), &sam, &tok, "org-b", "x")
+        .await
+        .unwrap();
     assert_eq!(switched.principal.org_id, org_b);
     assert_eq!(switched.principal.role, Role::Owner);
     // The old token ended; the new one sees only org-b.
     assert!(c.authenticate(&tok).await.is_err());
     assert!(
-        c.list_projects(&switched.principal)
+        c.list_projects(&Cx::default(), &switched.principal)
             .await
             .unwrap()
             .is_empty()
     );
     assert!(
-        c.switch_org(&switched.principal, "", "no-such-org", "x")
+        c.switch_org(&Cx::default(), &switched.principal, "", "no-such-org", "x")
             .await
             .is_err()
     );
     // Login straight into an organisation.
     let r = c
-        .login("sam", "sam long password", Some("org-b"), "x")
+        .login(
+            &Cx::default(),
+            "sam",
+            "sam long password",
+            Some("org-b"),
+            "x",
+        )
         .await
         .unwrap()
         .session()
@@ -532,20 +648,34 @@ async fn account_changes_and_new_addresses_queue_notifications() {
     let f = fixture_with(quick()).await;
     let c = &f.coffer;
     let p = member(&f, "nell", Role::Contributor).await;
-    c.set_email(&p, Some("Nell@Example.com")).await.unwrap();
-    assert!(c.set_email(&p, Some("not an address")).await.is_err());
+    c.set_email(&Cx::default(), &p, Some("Nell@Example.com"))
+        .await
+        .unwrap();
+    assert!(
+        c.set_email(&Cx::default(), &p, Some("not an address"))
+            .await
+            .is_err()
+    );
     let before = c.pending_mail().await.unwrap();
     // `member` logged in from 127.0.0.1 already; the same address again is not news.
     session(c, "nell", "nell long password").await;
     assert_eq!(c.pending_mail().await.unwrap(), before);
-    c.login("nell", "nell long password", None, "203.0.113.9")
+    c.login(
+        &Cx::default(),
+        "nell",
+        "nell long password",
+        None,
+        "203.0.113.9",
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.pending_mail().await.unwrap(), before + 1);
+    c.create_api_key(&Cx::default(), &p, key("n", Role::Viewer))
         .await
         .unwrap();
-    assert_eq!(c.pending_mail().await.unwrap(), before + 1);
-    c.create_api_key(&p, key("n", Role::Viewer)).await.unwrap();
     assert_eq!(c.pending_mail().await.unwrap(), before + 2);
     // Users without an address get nothing queued.
-    c.create_api_key(&f.owner, key("o", Role::Viewer))
+    c.create_api_key(&Cx::default(), &f.owner, key("o", Role::Viewer))
         .await
         .unwrap();
     assert_eq!(c.pending_mail().await.unwrap(), before + 2);

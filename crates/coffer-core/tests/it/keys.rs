@@ -1,6 +1,7 @@
 //! Tenant key rotation: new term at once, rewrap without decryption, resumable job,
 //! destruction of retired terms, automatic rotation.
 
+use coffer_core::audit::Cx;
 use std::time::Duration;
 
 use coffer_core::{CoreConfig, CoreError, Principal, Role, SetParam};
@@ -27,15 +28,27 @@ fn fast_keys() -> CoreConfig {
 /// 20 parameters with 2 versions each: 40 stored values under term 1.
 async fn populate(f: &Fixture) {
     let (c, p) = (&f.coffer, &f.owner);
-    c.create_project(p, "app").await.unwrap();
+    c.create_project(&Cx::default(), p, "app").await.unwrap();
     for i in 0..20 {
         let name = format!("K{i:02}");
-        c.set_param(p, "app", "default", set(&name, &format!("old-{i}")))
-            .await
-            .unwrap();
-        c.set_param(p, "app", "default", set(&name, &format!("value-{i}")))
-            .await
-            .unwrap();
+        c.set_param(
+            &Cx::default(),
+            p,
+            "app",
+            "default",
+            set(&name, &format!("old-{i}")),
+        )
+        .await
+        .unwrap();
+        c.set_param(
+            &Cx::default(),
+            p,
+            "app",
+            "default",
+            set(&name, &format!("value-{i}")),
+        )
+        .await
+        .unwrap();
     }
 }
 
@@ -43,7 +56,13 @@ async fn assert_all_read(f: &Fixture) {
     for i in 0..20 {
         let v = f
             .coffer
-            .get_param(&f.owner, "app", "default", &format!("K{i:02}"))
+            .get_param(
+                &Cx::default(),
+                &f.owner,
+                "app",
+                "default",
+                &format!("K{i:02}"),
+            )
             .await
             .unwrap();
         assert_eq!(
@@ -57,13 +76,13 @@ async fn assert_all_read(f: &Fixture) {
 async fn assert_old_version_opens(f: &Fixture) {
     let v = f
         .coffer
-        .rollback_param(&f.owner, "app", "default", "K03", 1)
+        .rollback_param(&Cx::default(), &f.owner, "app", "default", "K03", 1)
         .await
         .unwrap();
     assert_eq!(v.version, 3);
     let now = f
         .coffer
-        .get_param(&f.owner, "app", "default", "K03")
+        .get_param(&Cx::default(), &f.owner, "app", "default", "K03")
         .await
         .unwrap();
     assert_eq!(now.value.unwrap().expose_secret(), b"old-3");
@@ -93,7 +112,7 @@ async fn rotation_seals_new_values_at_once_and_rewraps_without_touching_values()
     assert_eq!(before.len(), 40);
     assert!(before.iter().all(|(_, t, _)| *t == 1));
 
-    let s = c.rotate_key(p).await.unwrap();
+    let s = c.rotate_key(&Cx::default(), p).await.unwrap();
     assert_eq!(s.active_term, 2);
     let r = s.rotation.unwrap();
     assert_eq!(
@@ -103,10 +122,10 @@ async fn rotation_seals_new_values_at_once_and_rewraps_without_touching_values()
     assert!(r.finished_at.is_none());
 
     // A value written now is sealed under term 2 straight away.
-    c.set_param(p, "app", "default", set("NEW", "fresh"))
+    c.set_param(&Cx::default(), p, "app", "default", set("NEW", "fresh"))
         .await
         .unwrap();
-    let s = c.key_status(p).await.unwrap();
+    let s = c.key_status(&Cx::default(), p).await.unwrap();
     let values: Vec<(u32, u64)> = s.terms.iter().map(|t| (t.term, t.values)).collect();
     assert_eq!(values, vec![(1, 40), (2, 1)]);
     assert_all_read(&f).await;
@@ -114,7 +133,7 @@ async fn rotation_seals_new_values_at_once_and_rewraps_without_touching_values()
     // The job moves the 40 older values.
     let moved = c.run_key_maintenance().await.unwrap();
     assert_eq!(moved, 40);
-    let s = c.key_status(p).await.unwrap();
+    let s = c.key_status(&Cx::default(), p).await.unwrap();
     let r = s.rotation.clone().unwrap();
     assert_eq!((r.done, r.total), (40, 40));
     assert!(r.finished_at.is_some());
@@ -137,10 +156,13 @@ async fn rotation_seals_new_values_at_once_and_rewraps_without_touching_values()
 
     // Term 1 is kept until every node's cached key set has expired, then destroyed.
     c.run_key_maintenance().await.unwrap();
-    assert_eq!(c.key_status(p).await.unwrap().terms.len(), 2);
+    assert_eq!(
+        c.key_status(&Cx::default(), p).await.unwrap().terms.len(),
+        2
+    );
     tokio::time::sleep(Duration::from_millis(1_400)).await;
     c.run_key_maintenance().await.unwrap();
-    let s = c.key_status(p).await.unwrap();
+    let s = c.key_status(&Cx::default(), p).await.unwrap();
     assert_eq!(
         s.terms.iter().map(|t| t.term).collect::<Vec<_>>(),
         vec![2],
@@ -158,17 +180,17 @@ async fn a_stale_write_is_resealed_under_the_newest_term() {
     })
     .await;
     let (c, p) = (&f.coffer, &f.owner);
-    c.create_project(p, "app").await.unwrap();
-    c.set_param(p, "app", "default", set("A", "1"))
+    c.create_project(&Cx::default(), p, "app").await.unwrap();
+    c.set_param(&Cx::default(), p, "app", "default", set("A", "1"))
         .await
         .unwrap();
     // A second service on the same file plays "another node": it rotates behind the
     // first one's long-lived key cache.
     let other = f.open_again(CoreConfig::default()).await;
-    other.unseal(&f.shares[0]).await.unwrap();
-    other.unseal(&f.shares[1]).await.unwrap();
+    other.unseal(&Cx::default(), &f.shares[0]).await.unwrap();
+    other.unseal(&Cx::default(), &f.shares[1]).await.unwrap();
     other.rotate_org_key(p.org_id, "manual").await.unwrap();
-    c.set_param(p, "app", "default", set("B", "2"))
+    c.set_param(&Cx::default(), p, "app", "default", set("B", "2"))
         .await
         .unwrap();
     let s = other.org_key_status(p.org_id).await.unwrap();
@@ -183,7 +205,10 @@ async fn a_stale_write_is_resealed_under_the_newest_term() {
     // ...and a value the other side rewrapped to a term this node has not cached still reads.
     other.run_key_maintenance().await.unwrap();
     for (name, want) in [("A", "1"), ("B", "2")] {
-        let v = c.get_param(p, "app", "default", name).await.unwrap();
+        let v = c
+            .get_param(&Cx::default(), p, "app", "default", name)
+            .await
+            .unwrap();
         assert_eq!(v.value.unwrap().expose_secret(), want.as_bytes());
     }
 }
@@ -197,7 +222,7 @@ async fn rewrap_resumes_after_an_interruption() {
     let f = fixture_with(slow).await;
     let (c, p) = (&f.coffer, &f.owner);
     populate(&f).await;
-    c.rotate_key(p).await.unwrap();
+    c.rotate_key(&Cx::default(), p).await.unwrap();
     // Stop the job after a few batches by dropping its future, as a crash would.
     let job = c.run_key_maintenance();
     assert!(
@@ -205,7 +230,12 @@ async fn rewrap_resumes_after_an_interruption() {
             .await
             .is_err()
     );
-    let mid = c.key_status(p).await.unwrap().rotation.unwrap();
+    let mid = c
+        .key_status(&Cx::default(), p)
+        .await
+        .unwrap()
+        .rotation
+        .unwrap();
     assert!(
         mid.done > 0 && mid.done < 40 && mid.done % 7 == 0,
         "stopped between batches: {mid:?}"
@@ -233,12 +263,15 @@ async fn rotation_by_age_and_by_usage() {
     })
     .await;
     let (c, p) = (&f.coffer, &f.owner);
-    c.create_project(p, "app").await.unwrap();
+    c.create_project(&Cx::default(), p, "app").await.unwrap();
     c.run_key_maintenance().await.unwrap();
-    assert_eq!(c.key_status(p).await.unwrap().active_term, 1);
+    assert_eq!(
+        c.key_status(&Cx::default(), p).await.unwrap().active_term,
+        1
+    );
     tokio::time::sleep(Duration::from_millis(2_100)).await;
     c.run_key_maintenance().await.unwrap();
-    let s = c.key_status(p).await.unwrap();
+    let s = c.key_status(&Cx::default(), p).await.unwrap();
     assert_eq!(s.active_term, 2);
     assert_eq!(s.rotation.unwrap().reason, "age");
 
@@ -248,19 +281,29 @@ async fn rotation_by_age_and_by_usage() {
     })
     .await;
     let (c, p) = (&f.coffer, &f.owner);
-    c.create_project(p, "app").await.unwrap();
+    c.create_project(&Cx::default(), p, "app").await.unwrap();
     for i in 0..4 {
-        c.set_param(p, "app", "default", set(&format!("K{i}"), "v"))
-            .await
-            .unwrap();
+        c.set_param(
+            &Cx::default(),
+            p,
+            "app",
+            "default",
+            set(&format!("K{i}"), "v"),
+        )
+        .await
+        .unwrap();
     }
     c.run_key_maintenance().await.unwrap();
-    assert_eq!(c.key_status(p).await.unwrap().active_term, 1, "4 < 5");
-    c.set_param(p, "app", "default", set("K4", "v"))
+    assert_eq!(
+        c.key_status(&Cx::default(), p).await.unwrap().active_term,
+        1,
+        "4 < 5"
+    );
+    c.set_param(&Cx::default(), p, "app", "default", set("K4", "v"))
         .await
         .unwrap();
     c.run_key_maintenance().await.unwrap();
-    let s = c.key_status(p).await.unwrap();
+    let s = c.key_status(&Cx::default(), p).await.unwrap();
     assert_eq!(
         (s.active_term, s.rotation.unwrap().reason.as_str()),
         (2, "usage")
@@ -268,7 +311,10 @@ async fn rotation_by_age_and_by_usage() {
     // The 5 rewrapped values alone do not trigger another rotation.
     c.run_key_maintenance().await.unwrap();
     c.run_key_maintenance().await.unwrap();
-    assert_eq!(c.key_status(p).await.unwrap().active_term, 2);
+    assert_eq!(
+        c.key_status(&Cx::default(), p).await.unwrap().active_term,
+        2
+    );
 }
 
 #[tokio::test]
@@ -281,15 +327,21 @@ async fn only_owners_and_admins_manage_keys() {
             ..f.owner.clone()
         };
         assert!(matches!(
-            c.key_status(&p).await,
+            c.key_status(&Cx::default(), &p).await,
             Err(CoreError::Forbidden(_))
         ));
         assert!(matches!(
-            c.rotate_key(&p).await,
+            c.rotate_key(&Cx::default(), &p).await,
             Err(CoreError::Forbidden(_))
         ));
     }
-    assert_eq!(c.key_status(&f.owner).await.unwrap().active_term, 1);
+    assert_eq!(
+        c.key_status(&Cx::default(), &f.owner)
+            .await
+            .unwrap()
+            .active_term,
+        1
+    );
 }
 
 async fn raw(path: &std::path::Path) -> sqlx::SqliteConnection {
@@ -310,20 +362,33 @@ fn root_of(shares: &[String]) -> coffer_crypto::RootKey {
 async fn deleting_an_org_shreds_it_even_in_a_copy_taken_before() {
     let f = sqlite_fixture_with(fast_keys()).await;
     let (c, owner) = (&f.coffer, &f.owner);
-    c.create_project(owner, "app").await.unwrap();
-    c.set_param(owner, "app", "default", set("KEEP", "kept"))
+    c.create_project(&Cx::default(), owner, "app")
         .await
         .unwrap();
-    let acme_id = c.create_org_as(owner, "acme").await.unwrap();
+    c.set_param(&Cx::default(), owner, "app", "default", set("KEEP", "kept"))
+        .await
+        .unwrap();
+    let acme_id = c
+        .create_org_as(&Cx::default(), owner, "acme")
+        .await
+        .unwrap();
     let acme = Principal {
         org_id: acme_id,
         org_name: "acme".into(),
         ..owner.clone()
     };
-    c.create_project(&acme, "app").await.unwrap();
-    c.set_param(&acme, "app", "default", set("DOOMED", "acme-secret"))
+    c.create_project(&Cx::default(), &acme, "app")
         .await
         .unwrap();
+    c.set_param(
+        &Cx::default(),
+        &acme,
+        "app",
+        "default",
+        set("DOOMED", "acme-secret"),
+    )
+    .await
+    .unwrap();
     let copy = f.dir.path().join("before-delete.db");
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "VACUUM INTO '{}'",
@@ -339,14 +404,18 @@ async fn deleting_an_org_shreds_it_even_in_a_copy_taken_before() {
         ..acme.clone()
     };
     assert!(matches!(
-        c.delete_org(&admin, "acme").await,
+        c.delete_org(&Cx::default(), &admin, "acme").await,
         Err(CoreError::Forbidden(_))
     ));
     assert!(matches!(
-        c.delete_org(&acme, "acme2").await,
+        c.delete_org(&Cx::default(), &acme, "acme2").await,
         Err(CoreError::Invalid { .. })
     ));
-    assert!(c.get_param(&acme, "app", "default", "DOOMED").await.is_ok());
+    assert!(
+        c.get_param(&Cx::default(), &acme, "app", "default", "DOOMED")
+            .await
+            .is_ok()
+    );
     // The control for the search below: before the deletion the live files do hold acme's
     // wrapped key.
     let (acme_key,): (Vec<u8>,) =
@@ -364,7 +433,7 @@ async fn deleting_an_org_shreds_it_even_in_a_copy_taken_before() {
         live_files().windows(32).any(|w| w == &acme_key[8..40]),
         "the deleted organisation's key was on disk before"
     );
-    c.delete_org(&acme, "acme").await.unwrap();
+    c.delete_org(&Cx::default(), &acme, "acme").await.unwrap();
 
     // The live database holds nothing of it any more: no key, no ciphertext.
     let mut live = raw(&f.db_path()).await;
@@ -383,7 +452,7 @@ async fn deleting_an_org_shreds_it_even_in_a_copy_taken_before() {
         "only the other organisation's value is left"
     );
     assert!(
-        c.get_param(&acme, "app", "default", "DOOMED")
+        c.get_param(&Cx::default(), &acme, "app", "default", "DOOMED")
             .await
             .is_err()
     );
@@ -425,12 +494,15 @@ async fn deleting_an_org_shreds_it_even_in_a_copy_taken_before() {
     // Rotating the root key (operator rekey) with the current quorum ends that.
     assert!(
         matches!(
-            c.rekey(&f.shares[..1], 5, 3).await,
+            c.rekey(&Cx::default(), &f.shares[..1], 5, 3).await,
             Err(CoreError::Invalid { .. })
         ),
         "one share is not a quorum"
     );
-    let new = c.rekey(&f.shares[1..3], 5, 3).await.unwrap();
+    let new = c
+        .rekey(&Cx::default(), &f.shares[1..3], 5, 3)
+        .await
+        .unwrap();
     let new_shares: Vec<String> = new.shares.iter().map(|s| s.to_string()).collect();
     assert_eq!((new_shares.len(), new.threshold), (5, 3));
     let live_root = root_of(&new_shares[..3]);
@@ -443,12 +515,15 @@ async fn deleting_an_org_shreds_it_even_in_a_copy_taken_before() {
         .await
         .unwrap();
     for s in &new_shares[..3] {
-        let _ = on_copy.unseal(s).await;
+        let _ = on_copy.unseal(&Cx::default(), s).await;
     }
     assert!(on_copy.seal_status().await.unwrap().sealed);
 
     // The live service goes on with the other organisation, TOTP and audit intact.
-    let v = c.get_param(owner, "app", "default", "KEEP").await.unwrap();
+    let v = c
+        .get_param(&Cx::default(), owner, "app", "default", "KEEP")
+        .await
+        .unwrap();
     assert_eq!(v.value.unwrap().expose_secret(), b"kept");
     let mut ev = coffer_core::audit::AuditEvent::now("test.after_rekey");
     ev.org_id = Some(owner.org_id);
@@ -459,19 +534,28 @@ async fn deleting_an_org_shreds_it_even_in_a_copy_taken_before() {
     );
     // After a restart the old shares are useless and the new ones unseal.
     let restarted = f.open_again(CoreConfig::default()).await;
-    restarted.unseal(&f.shares[0]).await.unwrap();
-    restarted.unseal(&f.shares[1]).await.unwrap();
+    restarted
+        .unseal(&Cx::default(), &f.shares[0])
+        .await
+        .unwrap();
+    restarted
+        .unseal(&Cx::default(), &f.shares[1])
+        .await
+        .unwrap();
     assert_eq!(
-        restarted.unseal(&f.shares[2]).await.unwrap(),
+        restarted
+            .unseal(&Cx::default(), &f.shares[2])
+            .await
+            .unwrap(),
         coffer_core::UnsealOutcome::WrongShares,
         "old shares no longer unseal"
     );
     for s in &new_shares[2..5] {
-        restarted.unseal(s).await.unwrap();
+        restarted.unseal(&Cx::default(), s).await.unwrap();
     }
     assert!(!restarted.seal_status().await.unwrap().sealed);
     let v = restarted
-        .get_param(owner, "app", "default", "KEEP")
+        .get_param(&Cx::default(), owner, "app", "default", "KEEP")
         .await
         .unwrap();
     assert_eq!(v.value.unwrap().expose_secret(), b"kept");
@@ -485,17 +569,28 @@ async fn one_broken_organisation_does_not_hold_back_the_others() {
     let f = sqlite_fixture_with(fast_keys()).await;
     let (c, owner) = (&f.coffer, &f.owner);
     populate(&f).await;
-    let other_id = c.create_org_as(owner, "other").await.unwrap();
+    let other_id = c
+        .create_org_as(&Cx::default(), owner, "other")
+        .await
+        .unwrap();
     let other = Principal {
         org_id: other_id,
         org_name: "other".into(),
         ..owner.clone()
     };
-    c.create_project(&other, "svc").await.unwrap();
+    c.create_project(&Cx::default(), &other, "svc")
+        .await
+        .unwrap();
     for i in 0..5 {
-        c.set_param(&other, "svc", "default", set(&format!("O{i}"), "o"))
-            .await
-            .unwrap();
+        c.set_param(
+            &Cx::default(),
+            &other,
+            "svc",
+            "default",
+            set(&format!("O{i}"), "o"),
+        )
+        .await
+        .unwrap();
     }
     // Break one stored value of the first (older, so first in line) organisation: another
     // record's ciphertext in its place no longer opens there.
@@ -513,13 +608,18 @@ async fn one_broken_organisation_does_not_hold_back_the_others() {
         .execute(&mut db)
         .await
         .unwrap();
-    c.rotate_key(owner).await.unwrap();
-    c.rotate_key(&other).await.unwrap();
+    c.rotate_key(&Cx::default(), owner).await.unwrap();
+    c.rotate_key(&Cx::default(), &other).await.unwrap();
     assert!(
         c.run_key_maintenance().await.is_err(),
         "the broken organisation is reported"
     );
-    let done = c.key_status(&other).await.unwrap().rotation.unwrap();
+    let done = c
+        .key_status(&Cx::default(), &other)
+        .await
+        .unwrap()
+        .rotation
+        .unwrap();
     assert_eq!(
         (done.done, done.total),
         (5, 5),
@@ -527,7 +627,7 @@ async fn one_broken_organisation_does_not_hold_back_the_others() {
     );
     for i in 0..5 {
         let v = c
-            .get_param(&other, "svc", "default", &format!("O{i}"))
+            .get_param(&Cx::default(), &other, "svc", "default", &format!("O{i}"))
             .await
             .unwrap();
         assert_eq!(v.value.unwrap().expose_secret(), b"o");

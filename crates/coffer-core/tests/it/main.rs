@@ -5,6 +5,7 @@
 // Test helpers panic on unexpected failures by design: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod atomic;
 mod audit;
 mod identity;
 mod keys;
@@ -12,6 +13,7 @@ mod params;
 mod seal;
 mod storage;
 
+use coffer_core::audit::Cx;
 use coffer_core::{Coffer, CoreConfig, Principal, UnsealOutcome};
 
 #[allow(missing_debug_implementations)]
@@ -56,8 +58,8 @@ impl Fixture {
         }
         drop(old);
         let coffer = coffer_testkit::open_coffer_on(dir.path(), pg.as_deref(), cfg).await;
-        coffer.unseal(&shares[1]).await.unwrap();
-        coffer.unseal(&shares[2]).await.unwrap();
+        coffer.unseal(&Cx::default(), &shares[1]).await.unwrap();
+        coffer.unseal(&Cx::default(), &shares[2]).await.unwrap();
         Fixture {
             dir,
             coffer,
@@ -95,21 +97,22 @@ pub async fn sqlite_fixture_with(cfg: CoreConfig) -> Fixture {
 }
 
 async fn initialised(dir: tempfile::TempDir, coffer: Coffer, pg: Option<String>) -> Fixture {
-    let init = coffer.init(3, 2).await.unwrap();
+    let init = coffer.init(&Cx::default(), 3, 2).await.unwrap();
     let shares: Vec<String> = init.shares.iter().map(|s| s.to_string()).collect();
     assert!(matches!(
-        coffer.unseal(&shares[0]).await.unwrap(),
+        coffer.unseal(&Cx::default(), &shares[0]).await.unwrap(),
         UnsealOutcome::Progress {
             have: 1,
             threshold: 2
         }
     ));
     assert_eq!(
-        coffer.unseal(&shares[2]).await.unwrap(),
+        coffer.unseal(&Cx::default(), &shares[2]).await.unwrap(),
         UnsealOutcome::Unsealed
     );
     let login = coffer
         .login(
+            &Cx::default(),
             &init.bootstrap.username,
             init.bootstrap.password.expose_secret(),
             None,

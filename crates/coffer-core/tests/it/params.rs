@@ -1,6 +1,7 @@
 use coffer_core::{CoreError, DiffKind, Principal, Role, SetParam};
 
 use crate::{fixture, sqlite_fixture};
+use coffer_core::audit::Cx;
 
 fn set<'a>(name: &'a str, value: &'a str, secret: Option<bool>) -> SetParam<'a> {
     SetParam {
@@ -25,44 +26,62 @@ fn val(v: &coffer_core::ParamView) -> String {
 async fn versions_history_rollback_and_delete() {
     let f = fixture().await;
     let (c, p) = (&f.coffer, &f.owner);
-    c.create_project(p, "app").await.unwrap();
+    c.create_project(&Cx::default(), p, "app").await.unwrap();
     assert_eq!(
-        c.set_param(p, "app", "default", set("K", "one", None))
+        c.set_param(&Cx::default(), p, "app", "default", set("K", "one", None))
             .await
             .unwrap()
             .version,
         1
     );
     assert_eq!(
-        c.set_param(p, "app", "default", set("K", "two", Some(true)))
-            .await
-            .unwrap()
-            .version,
+        c.set_param(
+            &Cx::default(),
+            p,
+            "app",
+            "default",
+            set("K", "two", Some(true))
+        )
+        .await
+        .unwrap()
+        .version,
         2
     );
     // Updating without a flag keeps the secret flag.
     let v3 = c
-        .set_param(p, "app", "default", set("K", "three", None))
+        .set_param(&Cx::default(), p, "app", "default", set("K", "three", None))
         .await
         .unwrap();
     assert!(v3.secret && v3.version == 3);
     assert_eq!(
-        val(&c.get_param(p, "app", "default", "K").await.unwrap()),
+        val(&c
+            .get_param(&Cx::default(), p, "app", "default", "K")
+            .await
+            .unwrap()),
         "three"
     );
 
-    let r = c.rollback_param(p, "app", "default", "K", 1).await.unwrap();
+    let r = c
+        .rollback_param(&Cx::default(), p, "app", "default", "K", 1)
+        .await
+        .unwrap();
     assert_eq!(r.version, 4);
     assert!(
         !r.secret,
         "rollback restores the flag of the version rolled back to"
     );
     assert_eq!(
-        val(&c.get_param(p, "app", "default", "K").await.unwrap()),
+        val(&c
+            .get_param(&Cx::default(), p, "app", "default", "K")
+            .await
+            .unwrap()),
         "one"
     );
 
-    let h = c.param_history(p, "app", "default", "K").await.unwrap();
+    let h = c
+        .param_history(&Cx::default(), p, "app", "default", "K")
+        .await
+        .unwrap();
     assert_eq!(
         h.iter().map(|e| (e.version, e.action)).collect::<Vec<_>>(),
         vec![(4, "rollback"), (3, "set"), (2, "set"), (1, "set")]
@@ -70,35 +89,43 @@ async fn versions_history_rollback_and_delete() {
     assert!(h[0].current && !h[1].current);
 
     assert_eq!(
-        c.delete_param(p, "app", "default", "K")
+        c.delete_param(&Cx::default(), p, "app", "default", "K")
             .await
             .unwrap()
             .version,
         5
     );
     assert!(matches!(
-        c.get_param(p, "app", "default", "K").await,
+        c.get_param(&Cx::default(), p, "app", "default", "K").await,
         Err(CoreError::NotFound { .. })
     ));
     assert!(matches!(
-        c.delete_param(p, "app", "default", "K").await,
+        c.delete_param(&Cx::default(), p, "app", "default", "K")
+            .await,
         Err(CoreError::NotFound { .. })
     ));
     assert!(
         matches!(
-            c.rollback_param(p, "app", "default", "K", 5).await,
+            c.rollback_param(&Cx::default(), p, "app", "default", "K", 5)
+                .await,
             Err(CoreError::Invalid { .. })
         ),
         "a deletion has no value"
     );
     assert!(matches!(
-        c.rollback_param(p, "app", "default", "K", 99).await,
+        c.rollback_param(&Cx::default(), p, "app", "default", "K", 99)
+            .await,
         Err(CoreError::NotFound { .. })
     ));
     // Undelete by rolling back.
-    c.rollback_param(p, "app", "default", "K", 2).await.unwrap();
+    c.rollback_param(&Cx::default(), p, "app", "default", "K", 2)
+        .await
+        .unwrap();
     assert_eq!(
-        val(&c.get_param(p, "app", "default", "K").await.unwrap()),
+        val(&c
+            .get_param(&Cx::default(), p, "app", "default", "K")
+            .await
+            .unwrap()),
         "two"
     );
 }
@@ -107,26 +134,58 @@ async fn versions_history_rollback_and_delete() {
 async fn children_inherit_what_they_do_not_override() {
     let f = fixture().await;
     let (c, p) = (&f.coffer, &f.owner);
-    c.create_project(p, "app").await.unwrap();
-    c.create_env(p, "app", "production", None).await.unwrap();
-    c.create_env(p, "app", "production-eu", Some("production"))
+    c.create_project(&Cx::default(), p, "app").await.unwrap();
+    c.create_env(&Cx::default(), p, "app", "production", None)
         .await
         .unwrap();
-    c.set_param(p, "app", "default", set("LOG", "debug", None))
-        .await
-        .unwrap();
-    c.set_param(p, "app", "default", set("HOST", "localhost", None))
-        .await
-        .unwrap();
-    c.set_param(p, "app", "production", set("LOG", "warn", None))
-        .await
-        .unwrap();
-    c.set_param(p, "app", "production-eu", set("REGION", "eu", None))
-        .await
-        .unwrap();
+    c.create_env(
+        &Cx::default(),
+        p,
+        "app",
+        "production-eu",
+        Some("production"),
+    )
+    .await
+    .unwrap();
+    c.set_param(
+        &Cx::default(),
+        p,
+        "app",
+        "default",
+        set("LOG", "debug", None),
+    )
+    .await
+    .unwrap();
+    c.set_param(
+        &Cx::default(),
+        p,
+        "app",
+        "default",
+        set("HOST", "localhost", None),
+    )
+    .await
+    .unwrap();
+    c.set_param(
+        &Cx::default(),
+        p,
+        "app",
+        "production",
+        set("LOG", "warn", None),
+    )
+    .await
+    .unwrap();
+    c.set_param(
+        &Cx::default(),
+        p,
+        "app",
+        "production-eu",
+        set("REGION", "eu", None),
+    )
+    .await
+    .unwrap();
 
     let l = c
-        .list_params(p, "app", "production-eu", true)
+        .list_params(&Cx::default(), p, "app", "production-eu", true)
         .await
         .unwrap();
     let got: Vec<(String, String, String)> = l
@@ -142,21 +201,26 @@ async fn children_inherit_what_they_do_not_override() {
         ]
     );
     assert_eq!(
-        c.get_param(p, "app", "production-eu", "LOG")
+        c.get_param(&Cx::default(), p, "app", "production-eu", "LOG")
             .await
             .unwrap()
             .env,
         "production"
     );
     // Deleting the override lets the parent's value show through.
-    c.delete_param(p, "app", "production", "LOG").await.unwrap();
+    c.delete_param(&Cx::default(), p, "app", "production", "LOG")
+        .await
+        .unwrap();
     assert_eq!(
-        val(&c.get_param(p, "app", "production-eu", "LOG").await.unwrap()),
+        val(&c
+            .get_param(&Cx::default(), p, "app", "production-eu", "LOG")
+            .await
+            .unwrap()),
         "debug"
     );
 
     let d = c
-        .diff_envs(p, "app", "default", "production-eu", true)
+        .diff_envs(&Cx::default(), p, "app", "default", "production-eu", true)
         .await
         .unwrap();
     assert_eq!(d.len(), 1);
@@ -164,11 +228,17 @@ async fn children_inherit_what_they_do_not_override() {
         (d[0].name.as_str(), d[0].kind),
         ("REGION", DiffKind::OnlyInB)
     );
-    c.set_param(p, "app", "production-eu", set("HOST", "eu.example", None))
-        .await
-        .unwrap();
+    c.set_param(
+        &Cx::default(),
+        p,
+        "app",
+        "production-eu",
+        set("HOST", "eu.example", None),
+    )
+    .await
+    .unwrap();
     let d = c
-        .diff_envs(p, "app", "default", "production-eu", false)
+        .diff_envs(&Cx::default(), p, "app", "default", "production-eu", false)
         .await
         .unwrap();
     assert!(
@@ -177,11 +247,13 @@ async fn children_inherit_what_they_do_not_override() {
     );
 
     assert!(matches!(
-        c.create_env(p, "app", "x", Some("missing")).await,
+        c.create_env(&Cx::default(), p, "app", "x", Some("missing"))
+            .await,
         Err(CoreError::NotFound { .. })
     ));
     assert!(matches!(
-        c.create_env(p, "app", "production", None).await,
+        c.create_env(&Cx::default(), p, "app", "production", None)
+            .await,
         Err(CoreError::AlreadyExists { .. })
     ));
 }
@@ -190,14 +262,29 @@ async fn children_inherit_what_they_do_not_override() {
 async fn secrets_are_masked_unless_revealed_and_viewers_never_see_them() {
     let f = fixture().await;
     let (c, p) = (&f.coffer, &f.owner);
-    c.create_project(p, "app").await.unwrap();
-    c.set_param(p, "app", "default", set("TOKEN", "hunter2", Some(true)))
+    c.create_project(&Cx::default(), p, "app").await.unwrap();
+    c.set_param(
+        &Cx::default(),
+        p,
+        "app",
+        "default",
+        set("TOKEN", "hunter2", Some(true)),
+    )
+    .await
+    .unwrap();
+    c.set_param(
+        &Cx::default(),
+        p,
+        "app",
+        "default",
+        set("PORT", "8080", None),
+    )
+    .await
+    .unwrap();
+    let masked = c
+        .list_params(&Cx::default(), p, "app", "default", false)
         .await
         .unwrap();
-    c.set_param(p, "app", "default", set("PORT", "8080", None))
-        .await
-        .unwrap();
-    let masked = c.list_params(p, "app", "default", false).await.unwrap();
     assert!(
         masked
             .iter()
@@ -210,7 +297,10 @@ async fn secrets_are_masked_unless_revealed_and_viewers_never_see_them() {
         val(masked.iter().find(|v| v.name == "PORT").unwrap()),
         "8080"
     );
-    let revealed = c.list_params(p, "app", "default", true).await.unwrap();
+    let revealed = c
+        .list_params(&Cx::default(), p, "app", "default", true)
+        .await
+        .unwrap();
     assert_eq!(
         val(revealed.iter().find(|v| v.name == "TOKEN").unwrap()),
         "hunter2"
@@ -220,14 +310,14 @@ async fn secrets_are_masked_unless_revealed_and_viewers_never_see_them() {
         .await
         .unwrap();
     let viewer = c
-        .login("vera", "viewer password 123", None, "test")
+        .login(&Cx::default(), "vera", "viewer password 123", None, "test")
         .await
         .unwrap()
         .session()
         .unwrap()
         .principal;
     let l = c
-        .list_params(&viewer, "app", "default", true)
+        .list_params(&Cx::default(), &viewer, "app", "default", true)
         .await
         .unwrap();
     assert!(
@@ -239,23 +329,30 @@ async fn secrets_are_masked_unless_revealed_and_viewers_never_see_them() {
         "reveal does not lift a Viewer's mask"
     );
     assert!(matches!(
-        c.get_param(&viewer, "app", "default", "TOKEN").await,
+        c.get_param(&Cx::default(), &viewer, "app", "default", "TOKEN")
+            .await,
         Err(CoreError::Forbidden(_))
     ));
     assert_eq!(
         val(&c
-            .get_param(&viewer, "app", "default", "PORT")
+            .get_param(&Cx::default(), &viewer, "app", "default", "PORT")
             .await
             .unwrap()),
         "8080"
     );
     assert!(matches!(
-        c.set_param(&viewer, "app", "default", set("X", "1", None))
-            .await,
+        c.set_param(
+            &Cx::default(),
+            &viewer,
+            "app",
+            "default",
+            set("X", "1", None)
+        )
+        .await,
         Err(CoreError::Forbidden(_))
     ));
     assert!(matches!(
-        c.create_project(&viewer, "mine").await,
+        c.create_project(&Cx::default(), &viewer, "mine").await,
         Err(CoreError::Forbidden(_))
     ));
     assert!(matches!(
@@ -264,7 +361,7 @@ async fn secrets_are_masked_unless_revealed_and_viewers_never_see_them() {
         Err(CoreError::Forbidden(_))
     ));
     let d = c
-        .diff_envs(&viewer, "app", "default", "default", true)
+        .diff_envs(&Cx::default(), &viewer, "app", "default", "default", true)
         .await
         .unwrap();
     assert!(d.is_empty());
@@ -274,39 +371,63 @@ async fn secrets_are_masked_unless_revealed_and_viewers_never_see_them() {
 async fn organisations_cannot_see_each_other() {
     let f = fixture().await;
     let (c, p) = (&f.coffer, &f.owner);
-    c.create_project(p, "app").await.unwrap();
-    c.set_param(p, "app", "default", set("K", "org-a-secret", Some(true)))
-        .await
-        .unwrap();
+    c.create_project(&Cx::default(), p, "app").await.unwrap();
+    c.set_param(
+        &Cx::default(),
+        p,
+        "app",
+        "default",
+        set("K", "org-a-secret", Some(true)),
+    )
+    .await
+    .unwrap();
 
     let org_b = c.create_org("org-b").await.unwrap();
     c.add_user_to_org(org_b, "bob", "bob's long password", Role::Owner)
         .await
         .unwrap();
     let bob: Principal = c
-        .login("bob", "bob's long password", None, "test")
+        .login(&Cx::default(), "bob", "bob's long password", None, "test")
         .await
         .unwrap()
         .session()
         .unwrap()
         .principal;
     assert_eq!(bob.org_id, org_b);
-    assert!(c.list_projects(&bob).await.unwrap().is_empty());
+    assert!(
+        c.list_projects(&Cx::default(), &bob)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(matches!(
-        c.get_param(&bob, "app", "default", "K").await,
+        c.get_param(&Cx::default(), &bob, "app", "default", "K")
+            .await,
         Err(CoreError::NotFound { .. })
     ));
     // Same names in another organisation are independent.
-    c.create_project(&bob, "app").await.unwrap();
-    c.set_param(&bob, "app", "default", set("K", "org-b-value", None))
-        .await
-        .unwrap();
+    c.create_project(&Cx::default(), &bob, "app").await.unwrap();
+    c.set_param(
+        &Cx::default(),
+        &bob,
+        "app",
+        "default",
+        set("K", "org-b-value", None),
+    )
+    .await
+    .unwrap();
     assert_eq!(
-        val(&c.get_param(&bob, "app", "default", "K").await.unwrap()),
+        val(&c
+            .get_param(&Cx::default(), &bob, "app", "default", "K")
+            .await
+            .unwrap()),
         "org-b-value"
     );
     assert_eq!(
-        val(&c.get_param(p, "app", "default", "K").await.unwrap()),
+        val(&c
+            .get_param(&Cx::default(), p, "app", "default", "K")
+            .await
+            .unwrap()),
         "org-a-secret"
     );
 }
@@ -315,19 +436,20 @@ async fn organisations_cannot_see_each_other() {
 async fn bad_input_is_rejected_and_changes_nothing() {
     let f = fixture().await;
     let (c, p) = (&f.coffer, &f.owner);
-    c.create_project(p, "app").await.unwrap();
+    c.create_project(&Cx::default(), p, "app").await.unwrap();
     let long = "n".repeat(257);
     for bad in ["", "..", "a/b", "a\u{0}b", "x\ny", long.as_str()] {
         assert!(
             matches!(
-                c.set_param(p, "app", "default", set(bad, "v", None)).await,
+                c.set_param(&Cx::default(), p, "app", "default", set(bad, "v", None))
+                    .await,
                 Err(CoreError::Invalid { .. })
             ),
             "{bad:?}"
         );
         assert!(
             matches!(
-                c.create_project(p, bad).await,
+                c.create_project(&Cx::default(), p, bad).await,
                 Err(CoreError::Invalid { .. })
             ),
             "{bad:?}"
@@ -335,7 +457,7 @@ async fn bad_input_is_rejected_and_changes_nothing() {
     }
     let huge = "v".repeat(c.config().max_value_bytes + 1);
     assert!(matches!(
-        c.set_param(p, "app", "default", set("BIG", &huge, None))
+        c.set_param(&Cx::default(), p, "app", "default", set("BIG", &huge, None))
             .await,
         Err(CoreError::Invalid { .. })
     ));
@@ -345,38 +467,39 @@ async fn bad_input_is_rejected_and_changes_nothing() {
         secret: None,
     };
     assert!(matches!(
-        c.set_param(p, "app", "default", not_utf8).await,
+        c.set_param(&Cx::default(), p, "app", "default", not_utf8)
+            .await,
         Err(CoreError::Invalid { .. })
     ));
     assert!(
-        c.list_params(p, "app", "default", true)
+        c.list_params(&Cx::default(), p, "app", "default", true)
             .await
             .unwrap()
             .is_empty()
     );
     assert!(matches!(
-        c.get_param(p, "nope", "default", "K").await,
+        c.get_param(&Cx::default(), p, "nope", "default", "K").await,
         Err(CoreError::NotFound {
             kind: "project",
             ..
         })
     ));
     assert!(matches!(
-        c.get_param(p, "app", "nope", "K").await,
+        c.get_param(&Cx::default(), p, "app", "nope", "K").await,
         Err(CoreError::NotFound {
             kind: "environment",
             ..
         })
     ));
     assert!(matches!(
-        c.get_param(p, "app", "default", "K").await,
+        c.get_param(&Cx::default(), p, "app", "default", "K").await,
         Err(CoreError::NotFound {
             kind: "parameter",
             ..
         })
     ));
     assert!(matches!(
-        c.create_project(p, "app").await,
+        c.create_project(&Cx::default(), p, "app").await,
         Err(CoreError::AlreadyExists { .. })
     ));
 }
@@ -384,12 +507,16 @@ async fn bad_input_is_rejected_and_changes_nothing() {
 #[tokio::test]
 async fn concurrent_writers_get_distinct_versions() {
     let f = fixture().await;
-    f.coffer.create_project(&f.owner, "app").await.unwrap();
+    f.coffer
+        .create_project(&Cx::default(), &f.owner, "app")
+        .await
+        .unwrap();
     let mut tasks = Vec::new();
     for i in 0..8 {
         let (c, p) = (f.coffer.clone(), f.owner.clone());
         tasks.push(tokio::spawn(async move {
             c.set_param(
+                &Cx::default(),
                 &p,
                 "app",
                 "default",
@@ -418,7 +545,7 @@ async fn concurrent_writers_get_distinct_versions() {
     );
     let h = f
         .coffer
-        .param_history(&f.owner, "app", "default", "RACE")
+        .param_history(&Cx::default(), &f.owner, "app", "default", "RACE")
         .await
         .unwrap();
     assert_eq!(h.len() as u64, n);
@@ -430,9 +557,18 @@ async fn concurrent_writers_get_distinct_versions() {
 async fn stored_values_keep_their_scheme_when_the_default_changes() {
     use sqlx::Connection;
     let f = sqlite_fixture().await;
-    f.coffer.create_project(&f.owner, "app").await.unwrap();
     f.coffer
-        .set_param(&f.owner, "app", "default", set("OLD", "gcm", Some(true)))
+        .create_project(&Cx::default(), &f.owner, "app")
+        .await
+        .unwrap();
+    f.coffer
+        .set_param(
+            &Cx::default(),
+            &f.owner,
+            "app",
+            "default",
+            set("OLD", "gcm", Some(true)),
+        )
         .await
         .unwrap();
     let f = f
@@ -442,11 +578,20 @@ async fn stored_values_keep_their_scheme_when_the_default_changes() {
         })
         .await;
     let (c, owner) = (&f.coffer, &f.owner);
-    c.set_param(owner, "app", "default", set("NEW", "siv", Some(true)))
-        .await
-        .unwrap();
+    c.set_param(
+        &Cx::default(),
+        owner,
+        "app",
+        "default",
+        set("NEW", "siv", Some(true)),
+    )
+    .await
+    .unwrap();
     for (name, want) in [("OLD", "gcm"), ("NEW", "siv")] {
-        let v = c.get_param(owner, "app", "default", name).await.unwrap();
+        let v = c
+            .get_param(&Cx::default(), owner, "app", "default", name)
+            .await
+            .unwrap();
         assert_eq!(val(&v), want);
     }
     // Both schemes are on disk (byte 3 of the header names it).

@@ -1,6 +1,7 @@
 use coffer_core::{CoreConfig, CoreError, SetParam, UnsealOutcome};
 
 use crate::fixture;
+use coffer_core::audit::Cx;
 
 #[tokio::test]
 async fn a_fresh_server_is_sealed_and_serves_nothing() {
@@ -11,11 +12,11 @@ async fn a_fresh_server_is_sealed_and_serves_nothing() {
     let st = c.seal_status().await.unwrap();
     assert!(!st.initialized && st.sealed);
     assert!(matches!(
-        c.unseal("anything").await,
+        c.unseal(&Cx::default(), "anything").await,
         Err(CoreError::NotInitialized)
     ));
     assert!(matches!(
-        c.login("admin", "x", None, "test").await,
+        c.login(&Cx::default(), "admin", "x", None, "test").await,
         Err(CoreError::Sealed)
     ));
     assert!(matches!(
@@ -28,7 +29,7 @@ async fn a_fresh_server_is_sealed_and_serves_nothing() {
 async fn init_twice_is_refused_and_bad_parameters_rejected() {
     let f = fixture().await;
     assert!(matches!(
-        f.coffer.init(3, 2).await,
+        f.coffer.init(&Cx::default(), 3, 2).await,
         Err(CoreError::AlreadyInitialized)
     ));
     let dir = tempfile::tempdir().unwrap();
@@ -37,7 +38,10 @@ async fn init_twice_is_refused_and_bad_parameters_rejected() {
         .unwrap();
     for (n, t) in [(3, 4), (3, 1), (1, 1), (0, 0)] {
         assert!(
-            matches!(c.init(n, t).await, Err(CoreError::Invalid { .. })),
+            matches!(
+                c.init(&Cx::default(), n, t).await,
+                Err(CoreError::Invalid { .. })
+            ),
             "{n}/{t}"
         );
     }
@@ -50,9 +54,13 @@ async fn init_twice_is_refused_and_bad_parameters_rejected() {
 #[tokio::test]
 async fn seal_wipes_keys_and_restart_requires_the_quorum_again() {
     let f = fixture().await;
-    f.coffer.create_project(&f.owner, "app").await.unwrap();
+    f.coffer
+        .create_project(&Cx::default(), &f.owner, "app")
+        .await
+        .unwrap();
     f.coffer
         .set_param(
+            &Cx::default(),
             &f.owner,
             "app",
             "default",
@@ -67,11 +75,13 @@ async fn seal_wipes_keys_and_restart_requires_the_quorum_again() {
     f.coffer.seal().unwrap();
     assert!(f.coffer.seal_status().await.unwrap().sealed);
     assert!(matches!(
-        f.coffer.get_param(&f.owner, "app", "default", "K").await,
+        f.coffer
+            .get_param(&Cx::default(), &f.owner, "app", "default", "K")
+            .await,
         Err(CoreError::Sealed)
     ));
     assert!(matches!(
-        f.coffer.list_projects(&f.owner).await,
+        f.coffer.list_projects(&Cx::default(), &f.owner).await,
         Err(CoreError::Sealed)
     ));
 
@@ -80,24 +90,24 @@ async fn seal_wipes_keys_and_restart_requires_the_quorum_again() {
     assert!(c2.seal_status().await.unwrap().sealed);
     // Wrong and malformed shares: clear errors, progress never leaks share material.
     assert!(matches!(
-        c2.unseal("not-a-share").await,
+        c2.unseal(&Cx::default(), "not-a-share").await,
         Err(CoreError::MalformedShare)
     ));
     assert_eq!(c2.seal_status().await.unwrap().progress, 0);
     assert!(matches!(
-        c2.unseal(&f.shares[1]).await.unwrap(),
+        c2.unseal(&Cx::default(), &f.shares[1]).await.unwrap(),
         UnsealOutcome::Progress { have: 1, .. }
     ));
     assert!(matches!(
-        c2.unseal(&f.shares[1]).await,
+        c2.unseal(&Cx::default(), &f.shares[1]).await,
         Err(CoreError::DuplicateShare)
     ));
     assert_eq!(
-        c2.unseal(&f.shares[0]).await.unwrap(),
+        c2.unseal(&Cx::default(), &f.shares[0]).await.unwrap(),
         UnsealOutcome::Unsealed
     );
     assert_eq!(
-        c2.get_param(&f.owner, "app", "default", "K")
+        c2.get_param(&Cx::default(), &f.owner, "app", "default", "K")
             .await
             .unwrap()
             .value
@@ -113,12 +123,15 @@ async fn shares_of_another_server_do_not_unseal_and_reset_progress() {
     let other = fixture().await;
     f.coffer.seal().unwrap();
     assert!(matches!(
-        f.coffer.unseal(&f.shares[0]).await.unwrap(),
+        f.coffer.unseal(&Cx::default(), &f.shares[0]).await.unwrap(),
         UnsealOutcome::Progress { .. }
     ));
     // A share of a different root key completes the count but fails the root key check.
     assert_eq!(
-        f.coffer.unseal(&other.shares[1]).await.unwrap(),
+        f.coffer
+            .unseal(&Cx::default(), &other.shares[1])
+            .await
+            .unwrap(),
         UnsealOutcome::WrongShares
     );
     let st = f.coffer.seal_status().await.unwrap();
@@ -165,12 +178,12 @@ async fn login_failures_are_indistinguishable_and_logout_revokes() {
     let f = fixture().await;
     let unknown = f
         .coffer
-        .login("nobody", "whatever-password", None, "test")
+        .login(&Cx::default(), "nobody", "whatever-password", None, "test")
         .await
         .unwrap_err();
     let wrong = f
         .coffer
-        .login("admin", "wrong-password", None, "test")
+        .login(&Cx::default(), "admin", "wrong-password", None, "test")
         .await
         .unwrap_err();
     assert!(matches!(unknown, CoreError::BadCredentials));
@@ -187,14 +200,20 @@ async fn login_failures_are_indistinguishable_and_logout_revokes() {
         .unwrap();
     let s = f
         .coffer
-        .login("  CAROL ", "a long enough password", None, "test")
+        .login(
+            &Cx::default(),
+            "  CAROL ",
+            "a long enough password",
+            None,
+            "test",
+        )
         .await
         .unwrap()
         .session()
         .unwrap();
     let tok = s.token.expose_secret().to_owned();
     assert_eq!(f.coffer.authenticate(&tok).await.unwrap().username, "carol");
-    f.coffer.logout(&tok).await.unwrap();
+    f.coffer.logout(&Cx::default(), &tok).await.unwrap();
     assert!(matches!(
         f.coffer.authenticate(&tok).await,
         Err(CoreError::Unauthenticated)

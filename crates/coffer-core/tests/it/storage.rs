@@ -1,6 +1,7 @@
 //! What is on disk: no plaintext, and tampering is detected.
 
 use base64::Engine;
+use coffer_core::audit::Cx;
 use coffer_core::{CoreError, SetParam};
 use sqlx::Connection;
 
@@ -47,9 +48,10 @@ fn needles() -> Vec<(String, Vec<u8>)> {
 async fn canary_values_never_reach_the_database_files() {
     let f = sqlite_fixture().await;
     let (c, p) = (&f.coffer, &f.owner);
-    c.create_project(p, "app").await.unwrap();
+    c.create_project(&Cx::default(), p, "app").await.unwrap();
     for (i, secret) in [(0, true), (1, false), (2, true)] {
         c.set_param(
+            &Cx::default(),
             p,
             "app",
             "default",
@@ -62,12 +64,12 @@ async fn canary_values_never_reach_the_database_files() {
         .await
         .unwrap();
     }
-    c.rollback_param(p, "app", "default", "P0", 1)
+    c.rollback_param(&Cx::default(), p, "app", "default", "P0", 1)
         .await
         .unwrap();
     // The values are really there (decryptable)...
     assert_eq!(
-        c.get_param(p, "app", "default", "P1")
+        c.get_param(&Cx::default(), p, "app", "default", "P1")
             .await
             .unwrap()
             .value
@@ -110,8 +112,9 @@ async fn raw(f: &crate::Fixture) -> sqlx::SqliteConnection {
 async fn a_flipped_byte_on_disk_is_a_generic_integrity_error() {
     let f = sqlite_fixture().await;
     let (c, p) = (&f.coffer, &f.owner);
-    c.create_project(p, "app").await.unwrap();
+    c.create_project(&Cx::default(), p, "app").await.unwrap();
     c.set_param(
+        &Cx::default(),
         p,
         "app",
         "default",
@@ -135,11 +138,15 @@ async fn a_flipped_byte_on_disk_is_a_generic_integrity_error() {
         .execute(&mut db)
         .await
         .unwrap();
-    let err = c.get_param(p, "app", "default", "K").await.unwrap_err();
+    let err = c
+        .get_param(&Cx::default(), p, "app", "default", "K")
+        .await
+        .unwrap_err();
     assert!(matches!(err, CoreError::Integrity), "{err:?}");
     assert!(!err.to_string().contains("value"));
     assert!(matches!(
-        c.list_params(p, "app", "default", true).await,
+        c.list_params(&Cx::default(), p, "app", "default", true)
+            .await,
         Err(CoreError::Integrity)
     ));
 }
@@ -148,8 +155,9 @@ async fn a_flipped_byte_on_disk_is_a_generic_integrity_error() {
 async fn swapping_ciphertexts_between_rows_is_detected() {
     let f = sqlite_fixture().await;
     let (c, p) = (&f.coffer, &f.owner);
-    c.create_project(p, "app").await.unwrap();
+    c.create_project(&Cx::default(), p, "app").await.unwrap();
     c.set_param(
+        &Cx::default(),
         p,
         "app",
         "default",
@@ -162,6 +170,7 @@ async fn swapping_ciphertexts_between_rows_is_detected() {
     .await
     .unwrap();
     c.set_param(
+        &Cx::default(),
         p,
         "app",
         "default",
@@ -174,6 +183,7 @@ async fn swapping_ciphertexts_between_rows_is_detected() {
     .await
     .unwrap();
     c.set_param(
+        &Cx::default(),
         p,
         "app",
         "default",
@@ -200,17 +210,17 @@ async fn swapping_ciphertexts_between_rows_is_detected() {
     };
     copy(b1.clone(), a2.clone()).execute(&mut db).await.unwrap();
     assert!(matches!(
-        c.get_param(p, "app", "default", "A").await,
+        c.get_param(&Cx::default(), p, "app", "default", "A").await,
         Err(CoreError::Integrity)
     ));
     copy(a1, a2).execute(&mut db).await.unwrap();
     assert!(matches!(
-        c.get_param(p, "app", "default", "A").await,
+        c.get_param(&Cx::default(), p, "app", "default", "A").await,
         Err(CoreError::Integrity)
     ));
     // B itself is untouched.
     assert_eq!(
-        c.get_param(p, "app", "default", "B")
+        c.get_param(&Cx::default(), p, "app", "default", "B")
             .await
             .unwrap()
             .value
@@ -223,9 +233,13 @@ async fn swapping_ciphertexts_between_rows_is_detected() {
 #[tokio::test]
 async fn history_rows_are_append_only() {
     let f = sqlite_fixture().await;
-    f.coffer.create_project(&f.owner, "app").await.unwrap();
+    f.coffer
+        .create_project(&Cx::default(), &f.owner, "app")
+        .await
+        .unwrap();
     f.coffer
         .set_param(
+            &Cx::default(),
             &f.owner,
             "app",
             "default",

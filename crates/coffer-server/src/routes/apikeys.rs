@@ -7,6 +7,7 @@ use coffer_core::apikeys::{ApiKeyView, NewApiKey};
 use uuid::Uuid;
 
 use crate::AppState;
+use crate::audit::CxOf;
 use crate::dto::*;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, Auth};
@@ -34,6 +35,7 @@ fn dto(k: ApiKeyView) -> ApiKeyDto {
     responses((status = 201, body = CreatedApiKeyResponse), (status = 403, body = ErrorBody)))]
 pub async fn create(
     State(st): State<AppState>,
+    CxOf(cx): CxOf,
     Auth(p): Auth,
     ApiJson(req): ApiJson<CreateApiKeyRequest>,
 ) -> ApiResult<(StatusCode, Json<CreatedApiKeyResponse>)> {
@@ -45,6 +47,7 @@ pub async fn create(
     let created = st
         .coffer
         .create_api_key(
+            &cx,
             &p,
             NewApiKey {
                 name: req.name,
@@ -66,10 +69,14 @@ pub async fn create(
 }
 
 #[utoipa::path(get, path = "/v1/org/api-keys", tag = "api-keys", security(("bearer" = [])), responses((status = 200, body = [ApiKeyDto])))]
-pub async fn list(State(st): State<AppState>, Auth(p): Auth) -> ApiResult<Json<Vec<ApiKeyDto>>> {
+pub async fn list(
+    State(st): State<AppState>,
+    CxOf(cx): CxOf,
+    Auth(p): Auth,
+) -> ApiResult<Json<Vec<ApiKeyDto>>> {
     Ok(Json(
         st.coffer
-            .list_api_keys(&p)
+            .list_api_keys(&cx, &p)
             .await?
             .into_iter()
             .map(dto)
@@ -82,9 +89,10 @@ pub async fn list(State(st): State<AppState>, Auth(p): Auth) -> ApiResult<Json<V
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn revoke(
     State(st): State<AppState>,
+    CxOf(cx): CxOf,
     Auth(p): Auth,
     Path(id): Path<Uuid>,
 ) -> ApiResult<StatusCode> {
-    st.coffer.revoke_api_key(&p, id).await?;
+    st.coffer.revoke_api_key(&cx, &p, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

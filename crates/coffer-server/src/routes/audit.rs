@@ -10,7 +10,7 @@ use coffer_core::audit::AuditFilter;
 use coffer_core::audit::{EXPORT_FORMAT, ExportLine};
 
 use crate::AppState;
-use crate::audit::AuditSlot;
+use crate::audit::CxOf;
 use crate::dto::*;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, Auth};
@@ -44,6 +44,7 @@ fn decode_cursor(c: Option<&str>) -> ApiResult<u64> {
     responses((status = 200, body = AuditListResponse), (status = 403, body = ErrorBody)))]
 pub async fn list(
     State(st): State<AppState>,
+    CxOf(cx): CxOf,
     Auth(p): Auth,
     Query(q): Query<AuditQuery>,
 ) -> ApiResult<Json<AuditListResponse>> {
@@ -58,7 +59,7 @@ pub async fn list(
         after_seq: decode_cursor(q.cursor.as_deref())?,
         limit,
     };
-    let events = st.coffer.audit_list(&p, f).await?;
+    let events = st.coffer.audit_list(&cx, &p, f).await?;
     let next_cursor = (events.len() == limit as usize)
         .then(|| {
             events
@@ -78,16 +79,16 @@ pub async fn list(
 pub async fn log(
     State(st): State<AppState>,
     Auth(p): Auth,
-    slot: AuditSlot,
+    CxOf(cx): CxOf,
     ApiJson(req): ApiJson<CustomerEventRequest>,
 ) -> ApiResult<(StatusCode, Json<CustomerEventResponse>)> {
-    let (action, detail) = st.coffer.customer_event(&p, &req.action, req.detail)?;
-    // The audit layer records it as this request's event, after this handler returns.
-    slot.set_customer(action.clone(), detail);
+    st.coffer
+        .audit_log(&cx, &p, &req.action, req.detail)
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(CustomerEventResponse {
-            action,
+            action: format!("customer.{}", req.action),
             recorded: true,
         }),
     ))
@@ -98,9 +99,10 @@ pub async fn log(
     responses((status = 200, body = Object), (status = 403, body = ErrorBody)))]
 pub async fn verify(
     State(st): State<AppState>,
+    CxOf(cx): CxOf,
     Auth(p): Auth,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let report = st.coffer.audit_verify(&p).await?;
+    let report = st.coffer.audit_verify(&cx, &p).await?;
     let key = st.coffer.audit_public_key().await?;
     let mut v = serde_json::to_value(report).map_err(|_| ApiError::bad_request("report"))?;
     v["public_key"] = serde_json::json!(key);
@@ -112,9 +114,10 @@ pub async fn verify(
     responses((status = 200, body = Object), (status = 403, body = ErrorBody)))]
 pub async fn checkpoint(
     State(st): State<AppState>,
+    CxOf(cx): CxOf,
     Auth(p): Auth,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let c = st.coffer.audit_checkpoint_own(&p).await?;
+    let c = st.coffer.audit_checkpoint_own(&cx, &p).await?;
     Ok(Json(serde_json::json!({ "checkpoint": c })))
 }
 
@@ -249,6 +252,7 @@ async fn next_chunk(mut s: ExportState) -> Option<(Result<Bytes, std::io::Error>
     responses((status = 200, content_type = "application/x-ndjson"), (status = 403, body = ErrorBody)))]
 pub async fn export(
     State(st): State<AppState>,
+    CxOf(cx): CxOf,
     Auth(p): Auth,
     Query(q): Query<ExportQuery>,
 ) -> ApiResult<Response> {
@@ -261,8 +265,9 @@ pub async fn export(
         parse_time("from", q.from.as_deref())?,
         parse_time("to", q.to.as_deref())?,
     );
-    // Fail before streaming if the caller may not export (or the server is sealed).
-    st.coffer.audit_export_page(&p, from, to, u64::MAX).await?;
+    // Recorded, and refused before streaming if the caller may not export (or the server
+    // is sealed).
+    st.coffer.audit_export_begin(&cx, &p).await?;
     let state = ExportState {
         st,
         p,

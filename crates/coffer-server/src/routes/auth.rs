@@ -5,7 +5,7 @@ use coffer_core::{LoginOutcome, Principal};
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::audit::AuditSlot;
+use crate::audit::CxOf;
 use crate::dto::*;
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{ApiJson, Auth, AuthAnyStage, Bearer, PeerAddr};
@@ -21,17 +21,14 @@ pub fn whoami_dto(p: Principal) -> WhoamiResponse {
     }
 }
 
-pub(crate) fn login_response(out: LoginOutcome, slot: &AuditSlot) -> LoginResponse {
+pub(crate) fn login_response(out: LoginOutcome) -> LoginResponse {
     match out {
-        LoginOutcome::Session(r) => {
-            slot.set_principal(&r.principal, r.principal.method.as_str());
-            LoginResponse {
-                token: Some(r.token.expose_secret().to_owned()),
-                mfa_enrollment_required: r.principal.mfa_enrollment_pending,
-                whoami: Some(whoami_dto(r.principal)),
-                ..Default::default()
-            }
-        }
+        LoginOutcome::Session(r) => LoginResponse {
+            token: Some(r.token.expose_secret().to_owned()),
+            mfa_enrollment_required: r.principal.mfa_enrollment_pending,
+            whoami: Some(whoami_dto(r.principal)),
+            ..Default::default()
+        },
         LoginOutcome::MfaRequired { mfa_token, .. } => LoginResponse {
             mfa_required: true,
             mfa_token: Some(mfa_token.expose_secret().to_owned()),
@@ -46,7 +43,7 @@ pub(crate) fn login_response(out: LoginOutcome, slot: &AuditSlot) -> LoginRespon
     responses((status = 200, body = LoginResponse), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn login(
     State(st): State<AppState>,
-    slot: AuditSlot,
+    CxOf(cx): CxOf,
     addr: PeerAddr,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> ApiResult<Json<LoginResponse>> {
@@ -54,26 +51,14 @@ pub async fn login(
     let r = st
         .coffer
         .login(
+            &cx,
             &req.username,
             &req.password,
             req.org.as_deref(),
             &addr.label(),
         )
         .await;
-    match r {
-        Ok(out) => Ok(Json(login_response(out, &slot))),
-        Err(e) => {
-            // Users sometimes type a password into the username field: record only an HMAC.
-            slot.add_hmac(
-                "username",
-                st.coffer.audit_hmac(
-                    None,
-                    coffer_core::normalize_username(&req.username).as_bytes(),
-                ),
-            );
-            Err(e.into())
-        }
-    }
+    Ok(Json(login_response(r?)))
 }
 
 /// Second step of a login: a TOTP or recovery code.
@@ -81,16 +66,16 @@ pub async fn login(
     responses((status = 200, body = LoginResponse), (status = 401, body = ErrorBody)))]
 pub async fn mfa_verify(
     State(st): State<AppState>,
-    slot: AuditSlot,
+    CxOf(cx): CxOf,
     addr: PeerAddr,
     ApiJson(req): ApiJson<MfaVerifyRequest>,
 ) -> ApiResult<Json<LoginResponse>> {
     st.limiter.check(&addr)?;
     let out = st
         .coffer
-        .verify_mfa_login(&req.mfa_token.0, &req.code.0, &addr.label())
+        .verify_mfa_login(&cx, &req.mfa_token.0, &req.code.0, &addr.label())
         .await?;
-    Ok(Json(login_response(out, &slot)))
+    Ok(Json(login_response(out)))
 }
 
 /// Log in with a JWT from a configured OpenID provider.
@@ -98,16 +83,22 @@ pub async fn mfa_verify(
     responses((status = 200, body = LoginResponse), (status = 401, body = ErrorBody)))]
 pub async fn oidc(
     State(st): State<AppState>,
-    slot: AuditSlot,
+    CxOf(cx): CxOf,
     addr: PeerAddr,
     ApiJson(req): ApiJson<OidcLoginRequest>,
 ) -> ApiResult<Json<LoginResponse>> {
     st.limiter.check(&addr)?;
     let out = st
         .coffer
-        .login_oidc(&req.token.0, &*st.jwks, req.org.as_deref(), &addr.label())
+        .login_oidc(
+            &cx,
+            &req.token.0,
+            &*st.jwks,
+            req.org.as_deref(),
+            &addr.label(),
+        )
         .await?;
-    Ok(Json(login_response(out, &slot)))
+    Ok(Json(login_response(out)))
 }
 
 /// Exchange an API key for a short-lived access token.
@@ -115,17 +106,14 @@ pub async fn oidc(
     responses((status = 200, body = TokenResponse), (status = 401, body = ErrorBody)))]
 pub async fn token(
     State(st): State<AppState>,
-    slot: AuditSlot,
+    CxOf(cx): CxOf,
     addr: PeerAddr,
     ApiJson(req): ApiJson<TokenRequest>,
 ) -> ApiResult<Json<TokenResponse>> {
     st.limiter.check(&addr)?;
-    if let Ok(p) = st.coffer.authenticate(&req.api_key.0).await {
-        slot.set_principal(&p, "apikey");
-    }
     let t = st
         .coffer
-        .exchange_api_key(&req.api_key.0, &addr.label())
+        .exchange_api_key(&cx, &req.api_key.0, &addr.label())
         .await?;
     Ok(Json(TokenResponse {
         access_token: t.token.expose_secret().to_owned(),
@@ -137,26 +125,21 @@ pub async fn token(
 #[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", security(("bearer" = [])), responses((status = 204)))]
 pub async fn logout(
     State(st): State<AppState>,
-    slot: AuditSlot,
+    CxOf(cx): CxOf,
     Bearer(token): Bearer,
 ) -> ApiResult<StatusCode> {
-    // Attribute the event to the session's user when the token is still valid; logging out
-    // with a dead token is harmless and stays anonymous.
-    if let Ok(p) = st.coffer.authenticate_any_stage(&token).await {
-        slot.set_principal(&p, p.method.as_str());
-        slot.add_hmac(
-            "session",
-            st.coffer.audit_hmac(Some(p.org_id), token.as_bytes()),
-        );
-    }
-    st.coffer.logout(&token).await?;
+    st.coffer.logout(&cx, &token).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(get, path = "/v1/auth/whoami", tag = "auth", security(("bearer" = [])),
     responses((status = 200, body = WhoamiResponse), (status = 401, body = ErrorBody)))]
-pub async fn whoami(AuthAnyStage(p): AuthAnyStage) -> Json<WhoamiResponse> {
-    Json(whoami_dto(p))
+pub async fn whoami(
+    State(st): State<AppState>,
+    CxOf(cx): CxOf,
+    AuthAnyStage(p): AuthAnyStage,
+) -> ApiResult<Json<WhoamiResponse>> {
+    Ok(Json(whoami_dto(st.coffer.whoami(&cx, &p).await?)))
 }
 
 /// Change your password (needs the current one); ends your other sessions.
@@ -164,11 +147,12 @@ pub async fn whoami(AuthAnyStage(p): AuthAnyStage) -> Json<WhoamiResponse> {
     responses((status = 204), (status = 401, body = ErrorBody)))]
 pub async fn change_password(
     State(st): State<AppState>,
+    CxOf(cx): CxOf,
     Auth(p): Auth,
     ApiJson(req): ApiJson<PasswordChangeRequest>,
 ) -> ApiResult<StatusCode> {
     st.coffer
-        .change_password(&p, &req.current_password.0, &req.new_password.0)
+        .change_password(&cx, &p, &req.current_password.0, &req.new_password.0)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -178,10 +162,11 @@ pub async fn change_password(
     responses((status = 204), (status = 400, body = ErrorBody)))]
 pub async fn set_email(
     State(st): State<AppState>,
+    CxOf(cx): CxOf,
     Auth(p): Auth,
     ApiJson(req): ApiJson<EmailRequest>,
 ) -> ApiResult<StatusCode> {
-    st.coffer.set_email(&p, req.email.as_deref()).await?;
+    st.coffer.set_email(&cx, &p, req.email.as_deref()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -190,9 +175,10 @@ pub async fn set_email(
     responses((status = 200, body = [SessionDto])))]
 pub async fn sessions(
     State(st): State<AppState>,
+    CxOf(cx): CxOf,
     Auth(p): Auth,
 ) -> ApiResult<Json<Vec<SessionDto>>> {
-    let list = st.coffer.list_sessions(&p).await?;
+    let list = st.coffer.list_sessions(&cx, &p).await?;
     Ok(Json(
         list.into_iter()
             .map(|s| SessionDto {
@@ -214,10 +200,11 @@ pub async fn sessions(
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn revoke_session(
     State(st): State<AppState>,
+    CxOf(cx): CxOf,
     Auth(p): Auth,
     Path(id): Path<Uuid>,
 ) -> ApiResult<StatusCode> {
-    st.coffer.revoke_session(&p, id).await?;
+    st.coffer.revoke_session(&cx, &p, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -226,10 +213,11 @@ pub async fn revoke_session(
     responses((status = 200, body = MfaEnrollResponse)))]
 pub async fn mfa_enroll(
     State(st): State<AppState>,
+    CxOf(cx): CxOf,
     AuthAnyStage(p): AuthAnyStage,
     ApiJson(req): ApiJson<PasswordRequest>,
 ) -> ApiResult<Json<MfaEnrollResponse>> {
-    let e = st.coffer.mfa_enroll_start(&p, &req.password.0).await?;
+    let e = st.coffer.mfa_enroll_start(&cx, &p, &req.password.0).await?;
     Ok(Json(MfaEnrollResponse {
         otpauth_uri: e.otpauth_uri.expose_secret().to_owned(),
         secret: e.secret_base32.expose_secret().to_owned(),
@@ -241,10 +229,11 @@ pub async fn mfa_enroll(
     responses((status = 200, body = RecoveryCodesResponse)))]
 pub async fn mfa_confirm(
     State(st): State<AppState>,
+    CxOf(cx): CxOf,
     AuthAnyStage(p): AuthAnyStage,
     ApiJson(req): ApiJson<MfaCodeRequest>,
 ) -> ApiResult<Json<RecoveryCodesResponse>> {
-    let codes = st.coffer.mfa_enroll_confirm(&p, &req.code.0).await?;
+    let codes = st.coffer.mfa_enroll_confirm(&cx, &p, &req.code.0).await?;
     Ok(Json(RecoveryCodesResponse {
         recovery_codes: codes,
     }))
@@ -255,11 +244,12 @@ pub async fn mfa_confirm(
     responses((status = 204)))]
 pub async fn mfa_disable(
     State(st): State<AppState>,
+    CxOf(cx): CxOf,
     Auth(p): Auth,
     ApiJson(req): ApiJson<MfaDisableRequest>,
 ) -> ApiResult<StatusCode> {
     st.coffer
-        .mfa_disable(&p, &req.password.0, &req.code.0)
+        .mfa_disable(&cx, &p, &req.password.0, &req.code.0)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 
 use crate::AppState;
+use crate::audit::CxOf;
 use crate::dto::{AttachKeyRequest, KeyStatusDto};
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{ApiJson, Auth};
@@ -12,8 +13,12 @@ use crate::extract::{ApiJson, Auth};
 /// Key terms, values per term and rotation progress (Owners and Admins).
 #[utoipa::path(get, path = "/v1/org/keys", tag = "keys", security(("bearer" = [])),
     responses((status = 200, body = KeyStatusDto), (status = 403, body = ErrorBody)))]
-pub async fn status(State(st): State<AppState>, Auth(p): Auth) -> ApiResult<Json<KeyStatusDto>> {
-    Ok(Json(st.coffer.key_status(&p).await?.into()))
+pub async fn status(
+    State(st): State<AppState>,
+    CxOf(cx): CxOf,
+    Auth(p): Auth,
+) -> ApiResult<Json<KeyStatusDto>> {
+    Ok(Json(st.coffer.key_status(&cx, &p).await?.into()))
 }
 
 /// Rotate the organisation's key: a new term seals new values at once, and a background
@@ -22,9 +27,10 @@ pub async fn status(State(st): State<AppState>, Auth(p): Auth) -> ApiResult<Json
     responses((status = 202, body = KeyStatusDto), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn rotate(
     State(st): State<AppState>,
+    CxOf(cx): CxOf,
     Auth(p): Auth,
 ) -> ApiResult<(StatusCode, Json<KeyStatusDto>)> {
-    let s = st.coffer.rotate_key(&p).await?;
+    let s = st.coffer.rotate_key(&cx, &p).await?;
     Ok((StatusCode::ACCEPTED, Json(s.into())))
 }
 
@@ -34,10 +40,11 @@ pub async fn rotate(
     responses((status = 202, body = KeyStatusDto), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn attach_external(
     State(st): State<AppState>,
+    CxOf(cx): CxOf,
     Auth(p): Auth,
     ApiJson(req): ApiJson<AttachKeyRequest>,
 ) -> ApiResult<(StatusCode, Json<KeyStatusDto>)> {
-    let s = st.coffer.attach_external_key(&p, &req.key).await?;
+    let s = st.coffer.attach_external_key(&cx, &p, &req.key).await?;
     Ok((StatusCode::ACCEPTED, Json(s.into())))
 }
 
@@ -47,8 +54,9 @@ pub async fn attach_external(
     responses((status = 202, body = KeyStatusDto), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn detach_external(
     State(st): State<AppState>,
+    CxOf(cx): CxOf,
     Auth(p): Auth,
 ) -> ApiResult<(StatusCode, Json<KeyStatusDto>)> {
-    let s = st.coffer.detach_external_key(&p).await?;
+    let s = st.coffer.detach_external_key(&cx, &p).await?;
     Ok((StatusCode::ACCEPTED, Json(s.into())))
 }

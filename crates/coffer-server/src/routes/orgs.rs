@@ -5,7 +5,7 @@ use coffer_core::Role;
 use coffer_core::members::InvitationView;
 
 use crate::AppState;
-use crate::audit::AuditSlot;
+use crate::audit::CxOf;
 use crate::dto::*;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, Auth, Bearer, PeerAddr};
@@ -28,10 +28,14 @@ fn invitation_dto(v: InvitationView) -> InvitationDto {
 
 /// The organisations you belong to.
 #[utoipa::path(get, path = "/v1/orgs", tag = "orgs", security(("bearer" = [])), responses((status = 200, body = [OrgDto])))]
-pub async fn list(State(st): State<AppState>, Auth(p): Auth) -> ApiResult<Json<Vec<OrgDto>>> {
+pub async fn list(
+    State(st): State<AppState>,
+    CxOf(cx): CxOf,
+    Auth(p): Auth,
+) -> ApiResult<Json<Vec<OrgDto>>> {
     Ok(Json(
         st.coffer
-            .my_orgs(&p)
+            .my_orgs(&cx, &p)
             .await?
             .into_iter()
             .map(|o| OrgDto {
@@ -49,10 +53,11 @@ pub async fn list(State(st): State<AppState>, Auth(p): Auth) -> ApiResult<Json<V
     responses((status = 201, body = OrgDto), (status = 409, body = ErrorBody)))]
 pub async fn create(
     State(st): State<AppState>,
+    CxOf(cx): CxOf,
     Auth(p): Auth,
     ApiJson(req): ApiJson<CreateOrgRequest>,
 ) -> ApiResult<(StatusCode, Json<OrgDto>)> {
-    let id = st.coffer.create_org_as(&p, &req.name).await?;
+    let id = st.coffer.create_org_as(&cx, &p, &req.name).await?;
     Ok((
         StatusCode::CREATED,
         Json(OrgDto {
@@ -69,7 +74,7 @@ pub async fn create(
     responses((status = 200, body = LoginResponse), (status = 404, body = ErrorBody)))]
 pub async fn switch(
     State(st): State<AppState>,
-    slot: AuditSlot,
+    CxOf(cx): CxOf,
     addr: PeerAddr,
     Auth(p): Auth,
     Bearer(token): Bearer,
@@ -77,19 +82,22 @@ pub async fn switch(
 ) -> ApiResult<Json<LoginResponse>> {
     let r = st
         .coffer
-        .switch_org(&p, &token, &req.org, &addr.label())
+        .switch_org(&cx, &p, &token, &req.org, &addr.label())
         .await?;
     Ok(Json(crate::routes::auth::login_response(
         coffer_core::LoginOutcome::Session(r),
-        &slot,
     )))
 }
 
 #[utoipa::path(get, path = "/v1/org/members", tag = "orgs", security(("bearer" = [])), responses((status = 200, body = [MemberDto])))]
-pub async fn members(State(st): State<AppState>, Auth(p): Auth) -> ApiResult<Json<Vec<MemberDto>>> {
+pub async fn members(
+    State(st): State<AppState>,
+    CxOf(cx): CxOf,
+    Auth(p): Auth,
+) -> ApiResult<Json<Vec<MemberDto>>> {
     Ok(Json(
         st.coffer
-            .members(&p)
+            .members(&cx, &p)
             .await?
             .into_iter()
             .map(|m| MemberDto {
@@ -109,12 +117,13 @@ pub async fn members(State(st): State<AppState>, Auth(p): Auth) -> ApiResult<Jso
     responses((status = 204), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn set_role(
     State(st): State<AppState>,
+    CxOf(cx): CxOf,
     Auth(p): Auth,
     Path(username): Path<String>,
     ApiJson(req): ApiJson<SetRoleRequest>,
 ) -> ApiResult<StatusCode> {
     let role = parse_role(&req.role)?;
-    st.coffer.set_member_role(&p, &username, role).await?;
+    st.coffer.set_member_role(&cx, &p, &username, role).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -123,10 +132,11 @@ pub async fn set_role(
     responses((status = 204), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn remove(
     State(st): State<AppState>,
+    CxOf(cx): CxOf,
     Auth(p): Auth,
     Path(username): Path<String>,
 ) -> ApiResult<StatusCode> {
-    st.coffer.remove_member(&p, &username).await?;
+    st.coffer.remove_member(&cx, &p, &username).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -135,11 +145,12 @@ pub async fn remove(
     responses((status = 201, body = InviteResponse), (status = 403, body = ErrorBody)))]
 pub async fn invite(
     State(st): State<AppState>,
+    CxOf(cx): CxOf,
     Auth(p): Auth,
     ApiJson(req): ApiJson<InviteRequest>,
 ) -> ApiResult<(StatusCode, Json<InviteResponse>)> {
     let role = parse_role(&req.role)?;
-    let inv = st.coffer.invite(&p, &req.email, role).await?;
+    let inv = st.coffer.invite(&cx, &p, &req.email, role).await?;
     Ok((
         StatusCode::CREATED,
         Json(InviteResponse {
@@ -152,11 +163,12 @@ pub async fn invite(
 #[utoipa::path(get, path = "/v1/org/invitations", tag = "orgs", security(("bearer" = [])), responses((status = 200, body = [InvitationDto])))]
 pub async fn invitations(
     State(st): State<AppState>,
+    CxOf(cx): CxOf,
     Auth(p): Auth,
 ) -> ApiResult<Json<Vec<InvitationDto>>> {
     Ok(Json(
         st.coffer
-            .list_invitations(&p)
+            .list_invitations(&cx, &p)
             .await?
             .into_iter()
             .map(invitation_dto)
@@ -169,13 +181,14 @@ pub async fn invitations(
     responses((status = 200, body = AcceptInvitationResponse), (status = 400, body = ErrorBody)))]
 pub async fn accept(
     State(st): State<AppState>,
+    CxOf(cx): CxOf,
     addr: PeerAddr,
     ApiJson(req): ApiJson<AcceptInvitationRequest>,
 ) -> ApiResult<Json<AcceptInvitationResponse>> {
     st.limiter.check(&addr)?;
     let user_id = st
         .coffer
-        .accept_invitation(&req.token.0, &req.username, &req.password.0)
+        .accept_invitation(&cx, &req.token.0, &req.username, &req.password.0)
         .await?;
     Ok(Json(AcceptInvitationResponse { user_id }))
 }
@@ -183,9 +196,10 @@ pub async fn accept(
 #[utoipa::path(get, path = "/v1/org/settings", tag = "orgs", security(("bearer" = [])), responses((status = 200, body = OrgSettingsDto)))]
 pub async fn settings(
     State(st): State<AppState>,
+    CxOf(cx): CxOf,
     Auth(p): Auth,
 ) -> ApiResult<Json<OrgSettingsDto>> {
-    let s = st.coffer.org_settings(&p).await?;
+    let s = st.coffer.org_settings(&cx, &p).await?;
     Ok(Json(OrgSettingsDto {
         require_mfa: s.require_mfa,
     }))
@@ -196,10 +210,13 @@ pub async fn settings(
     responses((status = 204), (status = 403, body = ErrorBody)))]
 pub async fn update_settings(
     State(st): State<AppState>,
+    CxOf(cx): CxOf,
     Auth(p): Auth,
     ApiJson(req): ApiJson<OrgSettingsDto>,
 ) -> ApiResult<StatusCode> {
-    st.coffer.set_org_require_mfa(&p, req.require_mfa).await?;
+    st.coffer
+        .set_org_require_mfa(&cx, &p, req.require_mfa)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -209,9 +226,10 @@ pub async fn update_settings(
     responses((status = 204), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn delete(
     State(st): State<AppState>,
+    CxOf(cx): CxOf,
     Auth(p): Auth,
     ApiJson(req): ApiJson<DeleteOrgRequest>,
 ) -> ApiResult<StatusCode> {
-    st.coffer.delete_org(&p, &req.confirm).await?;
+    st.coffer.delete_org(&cx, &p, &req.confirm).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -2,7 +2,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 
 use crate::AppState;
-use crate::audit::AuditSlot;
+use crate::audit::CxOf;
 use crate::dto::*;
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{ApiJson, Auth};
@@ -18,11 +18,15 @@ type ParamPath = Path<(String, String, String)>;
     responses((status = 200, body = ParamListResponse), (status = 404, body = ErrorBody)))]
 pub async fn list(
     State(st): State<AppState>,
+    CxOf(cx): CxOf,
     Auth(p): Auth,
     Path((project, env)): EnvPath,
     Query(q): Query<RevealQuery>,
 ) -> ApiResult<Json<ParamListResponse>> {
-    let v = st.coffer.list_params(&p, &project, &env, q.reveal).await?;
+    let v = st
+        .coffer
+        .list_params(&cx, &p, &project, &env, q.reveal)
+        .await?;
     Ok(Json(ParamListResponse {
         params: v.into_iter().map(ParamResponse::from).collect(),
     }))
@@ -35,18 +39,10 @@ pub async fn list(
 pub async fn get(
     State(st): State<AppState>,
     Auth(p): Auth,
-    slot: AuditSlot,
+    CxOf(cx): CxOf,
     Path((project, env, name)): ParamPath,
 ) -> ApiResult<Json<ParamResponse>> {
-    let v = match slot.cached_reads() {
-        Some(reads) => {
-            st.coffer
-                .get_param_cached(&p, &project, &env, &name, &reads)
-                .await?
-        }
-        None => st.coffer.get_param(&p, &project, &env, &name).await?,
-    };
-    slot.set_param_id(v.param_id);
+    let v = st.coffer.get_param(&cx, &p, &project, &env, &name).await?;
     Ok(Json(v.into()))
 }
 
@@ -57,7 +53,7 @@ pub async fn get(
 pub async fn set(
     State(st): State<AppState>,
     Auth(p): Auth,
-    slot: AuditSlot,
+    CxOf(cx): CxOf,
     Path((project, env, name)): ParamPath,
     ApiJson(req): ApiJson<SetParamRequest>,
 ) -> ApiResult<Json<WriteResponse>> {
@@ -65,6 +61,7 @@ pub async fn set(
     let v = st
         .coffer
         .set_param(
+            &cx,
             &p,
             &project,
             &env,
@@ -75,9 +72,6 @@ pub async fn set(
             },
         )
         .await?;
-    // The parameter written, for the audit event: the audit layer would otherwise look it
-    // up again by name.
-    slot.set_param_id(v.param_id);
     Ok(Json(WriteResponse {
         name: v.name,
         version: v.version,
@@ -92,13 +86,13 @@ pub async fn set(
 pub async fn delete(
     State(st): State<AppState>,
     Auth(p): Auth,
-    slot: AuditSlot,
+    CxOf(cx): CxOf,
     Path((project, env, name)): ParamPath,
 ) -> ApiResult<Json<WriteResponse>> {
-    let v = st.coffer.delete_param(&p, &project, &env, &name).await?;
-    // Looked up by name afterwards, the target would be the value that shows through now
-    // (an inherited one), not the parameter deleted.
-    slot.set_param_id(v.param_id);
+    let v = st
+        .coffer
+        .delete_param(&cx, &p, &project, &env, &name)
+        .await?;
     Ok(Json(WriteResponse {
         name,
         version: v.version,
@@ -112,13 +106,13 @@ pub async fn delete(
 pub async fn history(
     State(st): State<AppState>,
     Auth(p): Auth,
-    slot: AuditSlot,
+    CxOf(cx): CxOf,
     Path((project, env, name)): ParamPath,
 ) -> ApiResult<Json<HistoryResponse>> {
-    let v = st.coffer.param_history(&p, &project, &env, &name).await?;
-    if let Some(first) = v.first() {
-        slot.set_param_id(first.param_id);
-    }
+    let v = st
+        .coffer
+        .param_history(&cx, &p, &project, &env, &name)
+        .await?;
     Ok(Json(HistoryResponse {
         versions: v
             .into_iter()
@@ -141,15 +135,14 @@ pub async fn history(
 pub async fn rollback(
     State(st): State<AppState>,
     Auth(p): Auth,
-    slot: AuditSlot,
+    CxOf(cx): CxOf,
     Path((project, env, name)): ParamPath,
     ApiJson(req): ApiJson<RollbackRequest>,
 ) -> ApiResult<Json<WriteResponse>> {
     let v = st
         .coffer
-        .rollback_param(&p, &project, &env, &name, req.version)
+        .rollback_param(&cx, &p, &project, &env, &name, req.version)
         .await?;
-    slot.set_param_id(v.param_id);
     Ok(Json(WriteResponse {
         name: v.name,
         version: v.version,
@@ -163,13 +156,14 @@ pub async fn rollback(
     responses((status = 200, body = DiffResponse), (status = 404, body = ErrorBody)))]
 pub async fn diff(
     State(st): State<AppState>,
+    CxOf(cx): CxOf,
     Auth(p): Auth,
     Path(project): Path<String>,
     Query(q): Query<DiffQuery>,
 ) -> ApiResult<Json<DiffResponse>> {
     let entries = st
         .coffer
-        .diff_envs(&p, &project, &q.a, &q.b, q.reveal)
+        .diff_envs(&cx, &p, &project, &q.a, &q.b, q.reveal)
         .await?;
     Ok(Json(DiffResponse {
         a: q.a,

@@ -3,6 +3,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 
 use crate::AppState;
+use crate::audit::CxOf;
 use crate::dto::*;
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{ApiJson, Auth};
@@ -11,9 +12,10 @@ use crate::extract::{ApiJson, Auth};
     responses((status = 200, body = Vec<ProjectResponse>)))]
 pub async fn list(
     State(st): State<AppState>,
+    CxOf(cx): CxOf,
     Auth(p): Auth,
 ) -> ApiResult<Json<Vec<ProjectResponse>>> {
-    let v = st.coffer.list_projects(&p).await?;
+    let v = st.coffer.list_projects(&cx, &p).await?;
     Ok(Json(
         v.into_iter()
             .map(|x| ProjectResponse {
@@ -30,10 +32,11 @@ pub async fn list(
     responses((status = 201, body = ProjectResponse), (status = 409, body = ErrorBody), (status = 400, body = ErrorBody)))]
 pub async fn create(
     State(st): State<AppState>,
+    CxOf(cx): CxOf,
     Auth(p): Auth,
     ApiJson(req): ApiJson<CreateProjectRequest>,
 ) -> ApiResult<(StatusCode, Json<ProjectResponse>)> {
-    let x = st.coffer.create_project(&p, &req.name).await?;
+    let x = st.coffer.create_project(&cx, &p, &req.name).await?;
     Ok((
         StatusCode::CREATED,
         Json(ProjectResponse {
@@ -48,10 +51,11 @@ pub async fn create(
     params(("project" = String, Path)), responses((status = 200, body = Vec<EnvResponse>), (status = 404, body = ErrorBody)))]
 pub async fn list_envs(
     State(st): State<AppState>,
+    CxOf(cx): CxOf,
     Auth(p): Auth,
     Path(project): Path<String>,
 ) -> ApiResult<Json<Vec<EnvResponse>>> {
-    let v = st.coffer.list_envs(&p, &project).await?;
+    let v = st.coffer.list_envs(&cx, &p, &project).await?;
     Ok(Json(
         v.into_iter()
             .map(|e| EnvResponse {
@@ -69,13 +73,14 @@ pub async fn list_envs(
     responses((status = 201, body = EnvResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn create_env(
     State(st): State<AppState>,
+    CxOf(cx): CxOf,
     Auth(p): Auth,
     Path(project): Path<String>,
     ApiJson(req): ApiJson<CreateEnvRequest>,
 ) -> ApiResult<(StatusCode, Json<EnvResponse>)> {
     let e = st
         .coffer
-        .create_env(&p, &project, &req.name, req.parent.as_deref())
+        .create_env(&cx, &p, &project, &req.name, req.parent.as_deref())
         .await?;
     Ok((
         StatusCode::CREATED,

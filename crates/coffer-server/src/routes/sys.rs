@@ -5,6 +5,7 @@ use axum::response::IntoResponse;
 use coffer_core::{SealStatus, UnsealOutcome};
 
 use crate::AppState;
+use crate::audit::CxOf;
 use crate::dto::*;
 use crate::error::{ApiError, ApiResult, ErrorBody, ErrorCode};
 use crate::extract::{ApiJson, Auth};
@@ -62,9 +63,10 @@ pub async fn seal_status(State(st): State<AppState>) -> ApiResult<Json<SealStatu
     responses((status = 200, body = InitResponse), (status = 409, body = ErrorBody), (status = 400, body = ErrorBody)))]
 pub async fn init(
     State(st): State<AppState>,
+    CxOf(cx): CxOf,
     ApiJson(req): ApiJson<InitRequest>,
 ) -> ApiResult<Json<InitResponse>> {
-    let r = st.coffer.init(req.shares, req.threshold).await?;
+    let r = st.coffer.init(&cx, req.shares, req.threshold).await?;
     Ok(Json(InitResponse {
         shares: r.shares.iter().map(|s| s.to_string()).collect(),
         threshold: r.threshold,
@@ -82,15 +84,16 @@ pub async fn init(
     responses((status = 200, body = SealStatusResponse), (status = 400, body = ErrorBody)))]
 pub async fn unseal(
     State(st): State<AppState>,
+    CxOf(cx): CxOf,
     ApiJson(req): ApiJson<UnsealRequest>,
 ) -> ApiResult<Json<SealStatusResponse>> {
     if req.reset {
-        st.coffer.reset_unseal()?;
+        st.coffer.reset_unseal_by(&cx).await?;
     } else {
         let share = req
             .share
             .ok_or_else(|| ApiError::bad_request("provide `share` or `reset: true`"))?;
-        if st.coffer.unseal(&share).await? == UnsealOutcome::WrongShares {
+        if st.coffer.unseal(&cx, &share).await? == UnsealOutcome::WrongShares {
             return Err(ApiError::new(
                 ErrorCode::BadRequest,
                 "the submitted shares do not reconstruct the root key; progress was reset, start again",
@@ -105,15 +108,10 @@ pub async fn unseal(
     responses((status = 200, body = SealStatusResponse), (status = 403, body = ErrorBody)))]
 pub async fn seal(
     State(st): State<AppState>,
+    CxOf(cx): CxOf,
     Auth(p): Auth,
 ) -> ApiResult<Json<SealStatusResponse>> {
-    if !p.role.can_operate() {
-        return Err(ApiError::new(
-            ErrorCode::Forbidden,
-            "only an Owner can seal the server",
-        ));
-    }
-    st.coffer.seal()?;
+    st.coffer.seal_by(&cx, &p).await?;
     Ok(Json(status_dto(st.coffer.seal_status().await?)))
 }
 
@@ -161,6 +159,7 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
     responses((status = 200, body = RekeyResponse), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn rekey(
     State(st): State<AppState>,
+    CxOf(cx): CxOf,
     Auth(p): Auth,
     ApiJson(req): ApiJson<RekeyRequest>,
 ) -> ApiResult<Json<RekeyResponse>> {
@@ -172,7 +171,7 @@ pub async fn rekey(
     }
     let r = st
         .coffer
-        .rekey(&req.current_shares, req.shares, req.threshold)
+        .rekey(&cx, &req.current_shares, req.shares, req.threshold)
         .await?;
     Ok(Json(RekeyResponse {
         shares: r.shares.iter().map(|s| s.to_string()).collect(),
@@ -186,8 +185,9 @@ pub async fn rekey(
     responses((status = 200, body = SealStatusResponse), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn migrate_seal(
     State(st): State<AppState>,
+    CxOf(cx): CxOf,
     ApiJson(req): ApiJson<MigrateSealRequest>,
 ) -> ApiResult<Json<SealStatusResponse>> {
-    st.coffer.migrate_seal(&req.shares).await?;
+    st.coffer.migrate_seal(&cx, &req.shares).await?;
     Ok(Json(status_dto(st.coffer.seal_status().await?)))
 }

@@ -1,6 +1,7 @@
 //! Identity end to end over TLS with real peers: mail through an SMTP server that comes up
 //! late (aiosmtpd), and logins with JWTs from a real OpenID provider (oidc-provider).
 
+use coffer_core::audit::Cx;
 use std::time::Duration;
 
 use coffer_core::oidc::{JwtAlgorithm, OidcIssuer};
@@ -231,6 +232,7 @@ async fn login_attempts_are_throttled_per_address() {
     let owner = srv.client().with_token(
         srv.coffer()
             .login(
+                &Cx::default(),
                 "admin",
                 srv.owner_password.as_deref().unwrap(),
                 None,

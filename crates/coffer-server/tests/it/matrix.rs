@@ -2,6 +2,7 @@
 //! Allowed calls succeed (2xx); denied ones are 403, or 404 where existence must not leak;
 //! nothing is ever a 5xx.
 
+use coffer_core::audit::Cx;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -49,6 +50,7 @@ async fn cases(c: &Coffer, owner: &Principal, tag: &str) -> Vec<Case> {
     }
     let key = c
         .create_api_key(
+            &Cx::default(),
             owner,
             NewApiKey {
                 name: format!("k-{tag}"),
@@ -222,19 +224,28 @@ async fn every_route_for_every_role() {
         .unwrap()
         .unwrap();
     let owner_login = c
-        .login("admin", boot.password.expose_secret(), None, "t")
+        .login(
+            &Cx::default(),
+            "admin",
+            boot.password.expose_secret(),
+            None,
+            "t",
+        )
         .await
         .unwrap()
         .session()
         .unwrap();
     let owner = owner_login.principal.clone();
-    c.create_project(&owner, "app").await.unwrap();
+    c.create_project(&Cx::default(), &owner, "app")
+        .await
+        .unwrap();
     for (name, value, secret) in [
         ("PLAIN", "p1", Some(false)),
         ("PLAIN", "p2", None),
         ("SECRET", "s", Some(true)),
     ] {
         c.set_param(
+            &Cx::default(),
             &owner,
             "app",
             "default",
@@ -254,7 +265,7 @@ async fn every_route_for_every_role() {
             .await
             .unwrap();
         let t = c
-            .login(name, "a long member password", None, "t")
+            .login(&Cx::default(), name, "a long member password", None, "t")
             .await
             .unwrap()
             .session()
@@ -268,6 +279,7 @@ async fn every_route_for_every_role() {
             if k.path.contains("/DEL_") {
                 let name = k.path.rsplit('/').next().unwrap().to_owned();
                 c.set_param(
+                    &Cx::default(),
                     &owner,
                     "app",
                     "default",

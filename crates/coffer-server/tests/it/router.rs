@@ -1,5 +1,6 @@
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
+use coffer_core::audit::Cx;
 use coffer_core::{Coffer, CoreConfig};
 use coffer_server::{AppState, router};
 use serde_json::{Value, json};
@@ -37,7 +38,13 @@ async fn api_on(dir: tempfile::TempDir, coffer: Coffer) -> Api {
         .unwrap();
     let app = router(AppState::new(coffer.clone()));
     let token = coffer
-        .login("admin", boot.password.expose_secret(), None, "test")
+        .login(
+            &Cx::default(),
+            "admin",
+            boot.password.expose_secret(),
+            None,
+            "test",
+        )
         .await
         .unwrap()
         .session()

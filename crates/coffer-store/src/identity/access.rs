@@ -11,7 +11,11 @@ use crate::sql::{Backend, Stmt, Tx, read_scoped, scoped};
 /// Who may act in an organisation, and with which credential.
 #[async_trait]
 pub trait AccessRepo: Send + Sync {
-    async fn add_membership(&self, m: &MembershipRow) -> Result<(), StoreError>;
+    async fn add_membership(
+        &self,
+        m: &MembershipRow,
+        event: Option<&ChangeEvent>,
+    ) -> Result<(), StoreError>;
 
     async fn memberships(&self, user_id: Uuid) -> Result<Vec<MembershipRow>, StoreError>;
 
@@ -32,24 +36,53 @@ pub trait AccessRepo: Send + Sync {
     async fn org_members(&self, org_id: Uuid) -> Result<Vec<(MembershipRow, UserRow)>, StoreError>;
 
     /// Change a member's role. Refuses (Conflict) to leave the organisation without an Owner.
-    async fn set_role(&self, org_id: Uuid, user_id: Uuid, role: &str) -> Result<bool, StoreError>;
+    async fn set_role(
+        &self,
+        org_id: Uuid,
+        user_id: Uuid,
+        role: &str,
+        event: Option<&ChangeEvent>,
+    ) -> Result<bool, StoreError>;
 
     /// Remove a member and end their sessions and API keys in that organisation. Refuses
     /// (Conflict) to remove the last Owner.
-    async fn remove_member(&self, org_id: Uuid, user_id: Uuid) -> Result<bool, StoreError>;
+    async fn remove_member(
+        &self,
+        org_id: Uuid,
+        user_id: Uuid,
+        event: Option<&ChangeEvent>,
+    ) -> Result<bool, StoreError>;
 
-    async fn create_session(&self, s: &SessionRow) -> Result<(), StoreError>;
+    async fn create_session(
+        &self,
+        s: &SessionRow,
+        event: Option<&ChangeEvent>,
+    ) -> Result<(), StoreError>;
 
     async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionRow>, StoreError>;
 
     async fn touch_session(&self, org_id: Uuid, id: Uuid, now: i64) -> Result<(), StoreError>;
 
     /// A session that had to enrol MFA first becomes a full one.
-    async fn promote_session(&self, org_id: Uuid, id: Uuid) -> Result<(), StoreError>;
+    async fn promote_session(
+        &self,
+        org_id: Uuid,
+        id: Uuid,
+        event: Option<&ChangeEvent>,
+    ) -> Result<(), StoreError>;
 
-    async fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool, StoreError>;
+    async fn delete_session(
+        &self,
+        token_hash: &[u8; 32],
+        event: Option<&ChangeEvent>,
+    ) -> Result<bool, StoreError>;
 
-    async fn delete_session_by_id(&self, user_id: Uuid, id: Uuid) -> Result<bool, StoreError>;
+    async fn delete_session_by_id(
+        &self,
+        user_id: Uuid,
+        id: Uuid,
+        event: Option<&ChangeEvent>,
+    ) -> Result<bool, StoreError>;
 
     async fn user_sessions(&self, user_id: Uuid) -> Result<Vec<SessionRow>, StoreError>;
 
@@ -63,7 +96,11 @@ pub trait AccessRepo: Send + Sync {
     /// Remove sessions past their absolute lifetime or idle for longer than `idle_ms`.
     async fn delete_expired_sessions(&self, now: i64, idle_ms: i64) -> Result<u64, StoreError>;
 
-    async fn create_api_key(&self, k: &ApiKeyRow) -> Result<(), StoreError>;
+    async fn create_api_key(
+        &self,
+        k: &ApiKeyRow,
+        event: Option<&ChangeEvent>,
+    ) -> Result<(), StoreError>;
 
     async fn api_key_by_hash(&self, hash: &[u8; 32]) -> Result<Option<ApiKeyRow>, StoreError>;
 
@@ -72,13 +109,23 @@ pub trait AccessRepo: Send + Sync {
     async fn api_keys(&self, org_id: Uuid) -> Result<Vec<ApiKeyRow>, StoreError>;
 
     /// Revoke a key and end the access tokens exchanged for it.
-    async fn revoke_api_key(&self, org_id: Uuid, id: Uuid, now: i64) -> Result<bool, StoreError>;
+    async fn revoke_api_key(
+        &self,
+        org_id: Uuid,
+        id: Uuid,
+        now: i64,
+        event: Option<&ChangeEvent>,
+    ) -> Result<bool, StoreError>;
 
     /// Record when keys were last used: (organisation, key, time) each, in one transaction;
     /// a time older than the recorded one changes nothing.
     async fn touch_api_keys(&self, uses: &[(Uuid, Uuid, i64)]) -> Result<(), StoreError>;
 
-    async fn create_invitation(&self, i: &InvitationRow) -> Result<(), StoreError>;
+    async fn create_invitation(
+        &self,
+        i: &InvitationRow,
+        event: Option<&ChangeEvent>,
+    ) -> Result<(), StoreError>;
 
     async fn invitation_by_hash(
         &self,
@@ -93,13 +140,18 @@ pub trait AccessRepo: Send + Sync {
         org_id: Uuid,
         id: Uuid,
         now: i64,
+        event: Option<&ChangeEvent>,
     ) -> Result<bool, StoreError>;
 }
 
 #[async_trait]
 impl<B: Backend> AccessRepo for B {
-    async fn add_membership(&self, m: &MembershipRow) -> Result<(), StoreError> {
-        scoped!(self.begin(crate::Scope::Org(m.org_id)), |tx| {
+    async fn add_membership(
+        &self,
+        m: &MembershipRow,
+        event: Option<&ChangeEvent>,
+    ) -> Result<(), StoreError> {
+        scoped!(self.begin(crate::Scope::Org(m.org_id)), audited event, |tx| {
             Stmt::new("INSERT INTO memberships (user_id, org_id, role, created_at) VALUES ($1, $2, $3, $4)")
                 .bind(m.user_id)
                 .bind(m.org_id)
@@ -199,7 +251,13 @@ impl<B: Backend> AccessRepo for B {
         })
     }
 
-    async fn set_role(&self, org_id: Uuid, user_id: Uuid, role: &str) -> Result<bool, StoreError> {
+    async fn set_role(
+        &self,
+        org_id: Uuid,
+        user_id: Uuid,
+        role: &str,
+        event: Option<&ChangeEvent>,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.begin(crate::Scope::Org(org_id)).await?;
         Stmt::new(Self::LOCK_ORG)
             .bind(org_id)
@@ -214,11 +272,16 @@ impl<B: Backend> AccessRepo for B {
             .bind(role)
             .execute(&mut tx)
             .await?;
-        tx.commit().await?;
+        crate::sql::commit_audited(self, tx, event).await?;
         Ok(r == 1)
     }
 
-    async fn remove_member(&self, org_id: Uuid, user_id: Uuid) -> Result<bool, StoreError> {
+    async fn remove_member(
+        &self,
+        org_id: Uuid,
+        user_id: Uuid,
+        event: Option<&ChangeEvent>,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.begin(crate::Scope::Org(org_id)).await?;
         Stmt::new(Self::LOCK_ORG)
             .bind(org_id)
@@ -243,12 +306,16 @@ impl<B: Backend> AccessRepo for B {
             .bind(crate::identity::now_ms())
             .execute(&mut tx)
             .await?;
-        tx.commit().await?;
+        crate::sql::commit_audited(self, tx, event).await?;
         Ok(r == 1)
     }
 
-    async fn create_session(&self, s: &SessionRow) -> Result<(), StoreError> {
-        scoped!(self.begin(crate::Scope::Org(s.org_id)), |tx| {
+    async fn create_session(
+        &self,
+        s: &SessionRow,
+        event: Option<&ChangeEvent>,
+    ) -> Result<(), StoreError> {
+        scoped!(self.begin(crate::Scope::Org(s.org_id)), audited event, |tx| {
             Stmt::new(concat!(
                 "INSERT INTO sessions (",
                 crate::identity::session_cols!(),
@@ -298,8 +365,13 @@ impl<B: Backend> AccessRepo for B {
         })
     }
 
-    async fn promote_session(&self, org_id: Uuid, id: Uuid) -> Result<(), StoreError> {
-        scoped!(self.begin(crate::Scope::Org(org_id)), |tx| {
+    async fn promote_session(
+        &self,
+        org_id: Uuid,
+        id: Uuid,
+        event: Option<&ChangeEvent>,
+    ) -> Result<(), StoreError> {
+        scoped!(self.begin(crate::Scope::Org(org_id)), audited event, |tx| {
             Stmt::new("UPDATE sessions SET stage = 'full' WHERE id = $1 AND org_id = $2 AND stage = 'enroll'")
                 .bind(id)
                 .bind(org_id)
@@ -309,8 +381,12 @@ impl<B: Backend> AccessRepo for B {
         })
     }
 
-    async fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool, StoreError> {
-        scoped!(self.begin(crate::Scope::Token(token_hash)), |tx| {
+    async fn delete_session(
+        &self,
+        token_hash: &[u8; 32],
+        event: Option<&ChangeEvent>,
+    ) -> Result<bool, StoreError> {
+        scoped!(self.begin(crate::Scope::Token(token_hash)), audited event, |tx| {
             let r = Stmt::new("DELETE FROM sessions WHERE token_hash = $1")
                 .bind(token_hash.as_slice())
                 .execute(&mut tx)
@@ -319,14 +395,23 @@ impl<B: Backend> AccessRepo for B {
         })
     }
 
-    async fn delete_session_by_id(&self, user_id: Uuid, id: Uuid) -> Result<bool, StoreError> {
-        scoped!(self.begin(crate::Scope::User(user_id)), |tx| {
+    async fn delete_session_by_id(
+        &self,
+        user_id: Uuid,
+        id: Uuid,
+        event: Option<&ChangeEvent>,
+    ) -> Result<bool, StoreError> {
+        scoped!(self.begin(crate::Scope::User(user_id)), audited event, |tx| {
             let r = Stmt::new("DELETE FROM sessions WHERE user_id = $1 AND id = $2")
                 .bind(user_id)
                 .bind(id)
                 .execute(&mut tx)
                 .await?;
-            Ok(r > 0)
+            if r == 0 {
+                // Nothing changed: no change event (the caller records the refusal).
+                return Ok(false);
+            }
+            Ok(true)
         })
     }
 
@@ -374,8 +459,12 @@ impl<B: Backend> AccessRepo for B {
         })
     }
 
-    async fn create_api_key(&self, k: &ApiKeyRow) -> Result<(), StoreError> {
-        scoped!(self.begin(crate::Scope::Org(k.org_id)), |tx| {
+    async fn create_api_key(
+        &self,
+        k: &ApiKeyRow,
+        event: Option<&ChangeEvent>,
+    ) -> Result<(), StoreError> {
+        scoped!(self.begin(crate::Scope::Org(k.org_id)), audited event, |tx| {
             Stmt::new(concat!(
                 "INSERT INTO api_keys (",
                 crate::identity::key_cols!(),
@@ -448,7 +537,13 @@ impl<B: Backend> AccessRepo for B {
         })
     }
 
-    async fn revoke_api_key(&self, org_id: Uuid, id: Uuid, now: i64) -> Result<bool, StoreError> {
+    async fn revoke_api_key(
+        &self,
+        org_id: Uuid,
+        id: Uuid,
+        now: i64,
+        event: Option<&ChangeEvent>,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.begin(crate::Scope::Org(org_id)).await?;
         let r = Stmt::new("UPDATE api_keys SET revoked_at = $3 WHERE org_id = $1 AND id = $2 AND revoked_at IS NULL")
             .bind(org_id)
@@ -456,11 +551,15 @@ impl<B: Backend> AccessRepo for B {
             .bind(now)
             .execute(&mut tx)
             .await?;
+        if r != 1 {
+            // Unknown or already revoked: no change, no change event.
+            return Ok(false);
+        }
         Stmt::new("DELETE FROM sessions WHERE api_key_id = $1")
             .bind(id)
             .execute(&mut tx)
             .await?;
-        tx.commit().await?;
+        crate::sql::commit_audited(self, tx, event).await?;
         Ok(r == 1)
     }
 
@@ -485,8 +584,12 @@ impl<B: Backend> AccessRepo for B {
         Ok(())
     }
 
-    async fn create_invitation(&self, i: &InvitationRow) -> Result<(), StoreError> {
-        scoped!(self.begin(crate::Scope::Org(i.org_id)), |tx| {
+    async fn create_invitation(
+        &self,
+        i: &InvitationRow,
+        event: Option<&ChangeEvent>,
+    ) -> Result<(), StoreError> {
+        scoped!(self.begin(crate::Scope::Org(i.org_id)), audited event, |tx| {
             Stmt::new(concat!(
                 "INSERT INTO invitations (",
                 crate::identity::invite_cols!(),
@@ -546,8 +649,9 @@ impl<B: Backend> AccessRepo for B {
         org_id: Uuid,
         id: Uuid,
         now: i64,
+        event: Option<&ChangeEvent>,
     ) -> Result<bool, StoreError> {
-        scoped!(self.begin(crate::Scope::Org(org_id)), |tx| {
+        scoped!(self.begin(crate::Scope::Org(org_id)), audited event, |tx| {
             let r = Stmt::new("UPDATE invitations SET accepted_at = $2 WHERE id = $1 AND org_id = $3 AND accepted_at IS NULL AND expires_at > $2")
                 .bind(id)
                 .bind(now)

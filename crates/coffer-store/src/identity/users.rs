@@ -20,9 +20,19 @@ pub trait UserRepo: Send + Sync {
 
     async fn user(&self, user_id: Uuid) -> Result<Option<UserRow>, StoreError>;
 
-    async fn set_password(&self, user_id: Uuid, hash: &str) -> Result<(), StoreError>;
+    async fn set_password(
+        &self,
+        user_id: Uuid,
+        hash: &str,
+        event: Option<&ChangeEvent>,
+    ) -> Result<(), StoreError>;
 
-    async fn set_email(&self, user_id: Uuid, email: Option<&str>) -> Result<(), StoreError>;
+    async fn set_email(
+        &self,
+        user_id: Uuid,
+        email: Option<&str>,
+        event: Option<&ChangeEvent>,
+    ) -> Result<(), StoreError>;
 
     /// Atomically reserve one attempt: counts it as failed in advance and pushes the earliest
     /// next attempt `delay_step_ms × count` into the future. None when the account is locked,
@@ -55,12 +65,17 @@ pub trait UserRepo: Send + Sync {
         user_id: Uuid,
         sealed_secret: Option<&[u8]>,
         enabled: bool,
+        event: Option<&ChangeEvent>,
     ) -> Result<(), StoreError>;
 
     async fn mfa_state(&self, user_id: Uuid) -> Result<Option<MfaState>, StoreError>;
 
     /// Activate the stored seed, keeping the record of used steps.
-    async fn enable_mfa(&self, user_id: Uuid) -> Result<(), StoreError>;
+    async fn enable_mfa(
+        &self,
+        user_id: Uuid,
+        event: Option<&ChangeEvent>,
+    ) -> Result<(), StoreError>;
 
     /// Record a TOTP time step as used; false if this or a later step was used already.
     async fn use_totp_step(&self, user_id: Uuid, step: i64) -> Result<bool, StoreError>;
@@ -157,21 +172,35 @@ impl<B: Backend> UserRepo for B {
         .await
     }
 
-    async fn set_password(&self, user_id: Uuid, hash: &str) -> Result<(), StoreError> {
+    async fn set_password(
+        &self,
+        user_id: Uuid,
+        hash: &str,
+        event: Option<&ChangeEvent>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_bare().await?;
         Stmt::new("UPDATE users SET password_hash = $2 WHERE id = $1")
             .bind(user_id)
             .bind(hash)
-            .execute(&mut self.writes())
+            .execute(&mut tx)
             .await?;
+        crate::sql::commit_audited(self, tx, event).await?;
         Ok(())
     }
 
-    async fn set_email(&self, user_id: Uuid, email: Option<&str>) -> Result<(), StoreError> {
+    async fn set_email(
+        &self,
+        user_id: Uuid,
+        email: Option<&str>,
+        event: Option<&ChangeEvent>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_bare().await?;
         Stmt::new("UPDATE users SET email = $2 WHERE id = $1")
             .bind(user_id)
             .bind(email)
-            .execute(&mut self.writes())
+            .execute(&mut tx)
             .await?;
+        crate::sql::commit_audited(self, tx, event).await?;
         Ok(())
     }
 
@@ -244,6 +273,7 @@ impl<B: Backend> UserRepo for B {
         user_id: Uuid,
         sealed_secret: Option<&[u8]>,
         enabled: bool,
+        event: Option<&ChangeEvent>,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_bare().await?;
         if sealed_secret.is_some() {
@@ -257,7 +287,7 @@ impl<B: Backend> UserRepo for B {
         .bind(enabled)
         .execute(&mut tx)
         .await?;
-        tx.commit().await?;
+        crate::sql::commit_audited(self, tx, event).await?;
         Ok(())
     }
 
@@ -278,11 +308,17 @@ impl<B: Backend> UserRepo for B {
         .transpose()
     }
 
-    async fn enable_mfa(&self, user_id: Uuid) -> Result<(), StoreError> {
+    async fn enable_mfa(
+        &self,
+        user_id: Uuid,
+        event: Option<&ChangeEvent>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_bare().await?;
         Stmt::new("UPDATE users SET mfa_enabled = TRUE WHERE id = $1 AND mfa_secret IS NOT NULL")
             .bind(user_id)
-            .execute(&mut self.writes())
+            .execute(&mut tx)
             .await?;
+        crate::sql::commit_audited(self, tx, event).await?;
         Ok(())
     }
 

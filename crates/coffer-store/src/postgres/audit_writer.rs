@@ -241,6 +241,19 @@ fn answer(
     }
 }
 
+/// Append one event in the caller's transaction (a change's event; no proposal, so the
+/// database computes the link).
+pub(super) async fn append_one(
+    conn: &mut PgConnection,
+    e: &NewAuditEvent,
+) -> Result<(), StoreError> {
+    let appended = append_audit_batch(conn, e.org_id, None, &[e], &[&[]]).await?;
+    match appended.as_slice() {
+        [Some(_)] => Ok(()),
+        _ => Err(StoreError::CommitFailed),
+    }
+}
+
 /// Append one organisation's events in one statement; returns (seq, hash) per event, in
 /// order, or None for an event whose checks failed (not appended).
 async fn append_audit_batch(

@@ -82,6 +82,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "one_round_trip_writes",
         include_str!("../../migrations/postgres/0011_one_round_trip_writes.sql"),
     ),
+    (
+        12,
+        "audited_writes",
+        include_str!("../../migrations/postgres/0012_audited_writes.sql"),
+    ),
 ];
 
 #[async_trait]
@@ -127,6 +132,17 @@ impl crate::sql::Backend for PgStore {
 
     async fn ensure_root(&self, tx: &mut Self::Tx) -> Result<(), StoreError> {
         PgStore::ensure_root(self, tx).await
+    }
+
+    /// The same plpgsql append as the audit writer's, in the change's transaction: the
+    /// chain's head row stays locked until that transaction ends.
+    async fn append_in(&self, tx: &mut Self::Tx, event: &NewAuditEvent) -> Result<(), StoreError> {
+        audit_writer::append_one(&mut *tx, event)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "audit append failed; the change is rolled back");
+                StoreError::AuditFailed
+            })
     }
 
     fn key_material_changed(&self) {

@@ -190,9 +190,16 @@ impl AuditRepo for PgStore {
 /// term exists (and the rewrap job sees it) or sees it.
 async fn append_version(pool: &PgPool, w: &ParamWrite) -> Result<(), StoreError> {
     let v = &w.version;
-    let outcome: String = sqlx::query_scalar(
-        "SELECT coffer_append_version($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-    )
+    let q = sqlx::query_scalar(match w.event {
+        None => {
+            "SELECT coffer_append_version($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+        }
+        // With its audit event (migration 0012): both in the one statement's transaction.
+        Some(_) => {
+            "SELECT coffer_append_version_audited($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+             $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
+        }
+    })
     .bind(DbId(w.org_id))
     .bind(DbId(w.env_id))
     .bind(DbId(w.param_id))
@@ -206,13 +213,47 @@ async fn append_version(pool: &PgPool, w: &ParamWrite) -> Result<(), StoreError>
     .bind(w.ciphertext.as_ref().map(|ct| i64::from(ct.key_term().0)))
     .bind(v.is_secret)
     .bind(v.action.as_str())
-    .bind(DbId(v.actor_id))
-    .fetch_one(pool)
-    .await?;
+    .bind(DbId(v.actor_id));
+    let q = match &w.event {
+        None => q,
+        Some(e) => {
+            let e = &e.event;
+            q.bind(coffer_crypto::audit::GENESIS.as_slice())
+                .bind(DbId(e.id))
+                .bind(e.time)
+                .bind(&e.action)
+                .bind(e.actor_id.map(DbId))
+                .bind(&e.outcome)
+                .bind(&e.target)
+                .bind(&e.body)
+        }
+    };
+    let outcome: String = q.fetch_one(pool).await.map_err(audit_or_store_error)?;
     match outcome.as_str() {
-        "ok" => Ok(()),
+        "ok" => {
+            if let Some(e) = &w.event {
+                e.mark_committed();
+            }
+            Ok(())
+        }
         "conflict" => Err(StoreError::Conflict),
         "stale_term" => Err(StoreError::StaleKeyTerm),
         _ => Err(StoreError::Corrupt),
+    }
+}
+
+/// A failure inside the audit append of a combined statement is the audit's (the whole
+/// statement, the write included, was rolled back); anything else is the write's.
+fn audit_or_store_error(e: sqlx::Error) -> StoreError {
+    let in_audit = e
+        .as_database_error()
+        .and_then(|d| d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>())
+        .and_then(|d| d.r#where())
+        .is_some_and(|w| w.contains("coffer_append_audit_checked"));
+    if in_audit {
+        tracing::error!(error = %e, "audit append failed; the write is rolled back");
+        StoreError::AuditFailed
+    } else {
+        e.into()
     }
 }

@@ -92,6 +92,19 @@ impl crate::sql::Backend for SqliteStore {
         Ok(())
     }
 
+    /// On the one write connection that `tx` holds, so no other append runs meanwhile.
+    /// The head is read from the database, and the writer's copy of it is dropped before
+    /// the commit (the writer reads it again next time): this append moves it.
+    async fn append_in(&self, tx: &mut Self::Tx, event: &NewAuditEvent) -> Result<(), StoreError> {
+        let appended =
+            writer::append_audit_batch(&mut *tx, &[event], &mut crate::chain::Heads::new()).await;
+        writer::forget_head(&self.heads, event.org_id);
+        appended.map(|_| ()).map_err(|e| {
+            tracing::error!(error = %e, "audit append failed; the change is rolled back");
+            StoreError::AuditFailed
+        })
+    }
+
     fn key_material_changed(&self) {
         self.cache.clear();
     }
@@ -107,6 +120,8 @@ pub struct SqliteStore {
     read: SqlitePool,
     writer: tokio::sync::mpsc::Sender<writer::Job>,
     cache: Arc<cache::ValueCache>,
+    /// The chain ends the writer knows (see [`writer::SharedHeads`]).
+    heads: writer::SharedHeads,
 }
 
 /// The one writer connection: a 64 MiB page cache (the default is 2 MiB), because rewrap
@@ -150,12 +165,14 @@ impl SqliteStore {
             .connect_with(base.read_only(true))
             .await?;
         let cache = Arc::new(cache::ValueCache::default());
-        let writer = writer::spawn(write.clone(), cache.clone());
+        let heads = writer::SharedHeads::default();
+        let writer = writer::spawn(write.clone(), cache.clone(), heads.clone());
         Ok(Self {
             write,
             read,
             writer,
             cache,
+            heads,
         })
     }
 

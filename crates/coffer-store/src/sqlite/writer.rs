@@ -38,12 +38,34 @@ pub(super) enum Done {
 pub(super) type Reply = oneshot::Sender<Result<Done, StoreError>>;
 pub(super) type Job = (Work, Reply);
 
-pub(super) fn spawn(pool: SqlitePool, cache: Arc<ValueCache>) -> mpsc::Sender<Job> {
+/// The chain ends the writer knows: exact, because every append holds the one write
+/// connection. The writer takes them while it holds the connection and puts them back before
+/// its commit releases it; an append outside the writer (a change's event, committed with
+/// the change) drops its chain's entry while it holds the connection, and the writer reads
+/// that head from the database next time. Cleared on any failure.
+pub(super) type SharedHeads = Arc<std::sync::Mutex<crate::chain::Heads>>;
+
+fn lock(heads: &SharedHeads) -> std::sync::MutexGuard<'_, crate::chain::Heads> {
+    // The map is only a cache of the database: a poisoned one is emptied, not trusted.
+    heads.lock().unwrap_or_else(|p| {
+        let mut g = p.into_inner();
+        g.clear();
+        g
+    })
+}
+
+pub(super) fn forget_head(heads: &SharedHeads, org: Uuid) {
+    lock(heads).remove(&org);
+}
+
+pub(super) fn spawn(
+    pool: SqlitePool,
+    cache: Arc<ValueCache>,
+    heads: SharedHeads,
+) -> mpsc::Sender<Job> {
     let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
     tokio::spawn(async move {
         let mut batch = Vec::with_capacity(MAX_BATCH);
-        // Chain ends, exact because this task is the only appender; cleared on any failure.
-        let mut heads = crate::chain::Heads::new();
         while let Some(first) = rx.recv().await {
             batch.push(first);
             while batch.len() < MAX_BATCH {
@@ -52,13 +74,16 @@ pub(super) fn spawn(pool: SqlitePool, cache: Arc<ValueCache>) -> mpsc::Sender<Jo
                     Err(_) => break,
                 }
             }
-            let results = commit_batch(&pool, &batch, &mut heads).await;
+            let results = commit_batch(&pool, &batch, &heads).await;
             if results.iter().any(Result::is_err) {
-                heads.clear();
+                lock(&heads).clear();
             }
             for ((work, reply), result) in batch.drain(..).zip(results) {
                 if let (Work::Param(w), Ok(_)) = (&work, &result) {
                     cache.invalidate(w.org_id, w.env_id, &w.name);
+                    if let Some(e) = &w.event {
+                        e.mark_committed();
+                    }
                 }
                 // The caller may have gone away; the write stands regardless.
                 let _ = reply.send(result);
@@ -73,7 +98,7 @@ const AUDIT_ROWS_PER_INSERT: usize = 64;
 
 /// Append every audit event of the batch: chain hashes computed here from the heads, one
 /// multi-row INSERT per chunk, one head update per organisation. All or nothing.
-async fn append_audit_batch(
+pub(super) async fn append_audit_batch(
     conn: &mut SqliteConnection,
     events: &[&NewAuditEvent],
     heads: &mut crate::chain::Heads,
@@ -148,7 +173,7 @@ async fn load_head(conn: &mut SqliteConnection, org: Uuid) -> Result<(u64, [u8; 
 async fn commit_batch(
     pool: &SqlitePool,
     batch: &[Job],
-    heads: &mut crate::chain::Heads,
+    shared: &SharedHeads,
 ) -> Vec<Result<Done, StoreError>> {
     let failed = |n: usize| {
         (0..n)
@@ -162,6 +187,9 @@ async fn commit_batch(
             return failed(batch.len());
         }
     };
+    // Taken only now that this task holds the write connection (see `SharedHeads`).
+    let mut heads = std::mem::take(&mut *lock(shared));
+    let heads = &mut heads;
     let mut results: Vec<Option<Result<Done, StoreError>>> =
         (0..batch.len()).map(|_| None).collect();
 
@@ -210,9 +238,25 @@ async fn commit_batch(
 
     for (i, (work, _)) in batch.iter().enumerate() {
         let Work::Param(w) = work else { continue };
+        let org = w.event.as_ref().map(|e| e.event.org_id);
+        let head_before = org.and_then(|o| heads.get(&o).copied());
         let r = async {
             let mut sp = (&mut tx).begin().await?;
-            match append_version(&mut sp, w).await {
+            let applied = match append_version(&mut sp, w).await {
+                Ok(()) => match &w.event {
+                    // The write's event, in the write's savepoint: both or neither.
+                    Some(e) => append_audit_batch(&mut sp, &[&e.event], heads)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| {
+                            tracing::error!(error = %e, "audit append failed; the write is rolled back");
+                            StoreError::AuditFailed
+                        }),
+                    None => Ok(()),
+                },
+                Err(e) => Err(e),
+            };
+            match applied {
                 Ok(()) => {
                     sp.commit().await?;
                     Ok(Done::Param)
@@ -224,8 +268,19 @@ async fn commit_batch(
             }
         }
         .await;
+        if r.is_err()
+            && let Some(org) = org
+        {
+            // The savepoint's event is gone: the chain ends where it did before.
+            match head_before {
+                Some(h) => heads.insert(org, h),
+                None => heads.remove(&org),
+            };
+        }
         results[i] = Some(r);
     }
+    // Back before the commit releases the connection (see `SharedHeads`).
+    *lock(shared) = std::mem::take(heads);
     match tx.commit().await {
         Ok(()) => results
             .into_iter()

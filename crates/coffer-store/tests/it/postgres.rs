@@ -583,7 +583,7 @@ async fn cached_answers_are_confirmed_against_writes_on_other_nodes() {
         name: "child".into(),
         created_at: 1,
     };
-    a.create_env(&child).await.unwrap();
+    a.create_env(&child, None).await.unwrap();
     let chain = [child.id, base.id];
     let key = coffer_crypto::TenantKey::generate(coffer_crypto::KeyTerm(1));
     let (in_base, in_child) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
@@ -743,14 +743,17 @@ async fn writes_sealed_with_a_replaced_root_key_are_refused() {
     let Some(db) = fresh().await else { return };
     let (a, b) = two_nodes(&db.url()).await;
     let old = RootKey::generate().check_value().unwrap();
-    a.init_seal_config(&SealConfigRow {
-        kind: "shamir".into(),
-        shares: 3,
-        threshold: 2,
-        root_check: old.clone(),
-        created_at: 1,
-        sealed_root: None,
-    })
+    a.init_seal_config(
+        &SealConfigRow {
+            kind: "shamir".into(),
+            shares: 3,
+            threshold: 2,
+            root_check: old.clone(),
+            created_at: 1,
+            sealed_root: None,
+        },
+        None,
+    )
     .await
     .unwrap();
     b.set_root_guard(Some(old.clone()));
@@ -766,15 +769,18 @@ async fn writes_sealed_with_a_replaced_root_key_are_refused() {
     // A rekey on A.
     let previous = a.root_secrets().await.unwrap();
     let new = RootKey::generate().check_value().unwrap();
-    a.rotate_root(&RootRotation {
-        previous_check: old,
-        previous: previous.clone(),
-        root_check: new.clone(),
-        shares: 3,
-        threshold: 2,
-        sealed_root: None,
-        secrets: previous,
-    })
+    a.rotate_root(
+        &RootRotation {
+            previous_check: old,
+            previous: previous.clone(),
+            root_check: new.clone(),
+            shares: 3,
+            threshold: 2,
+            sealed_root: None,
+            secrets: previous,
+        },
+        None,
+    )
     .await
     .unwrap();
     let orgs = a.org_ids().await.unwrap().len();
@@ -799,7 +805,7 @@ async fn writes_sealed_with_a_replaced_root_key_are_refused() {
         created_at: 2,
     };
     assert!(matches!(
-        b.create_org(&org, &key).await,
+        b.create_org(&org, &key, None).await,
         Err(StoreError::RootReplaced)
     ));
     assert_eq!(a.org_ids().await.unwrap().len(), orgs, "nothing written");
@@ -807,12 +813,12 @@ async fn writes_sealed_with_a_replaced_root_key_are_refused() {
     // A node that holds no root key writes nothing sealed with one either...
     b.set_root_guard(None);
     assert!(matches!(
-        b.create_org(&org, &key).await,
+        b.create_org(&org, &key, None).await,
         Err(StoreError::RootReplaced)
     ));
     // ...and one with the current key writes as before.
     a.set_root_guard(Some(new));
-    assert!(a.create_org(&org, &key).await.is_ok());
+    assert!(a.create_org(&org, &key, None).await.is_ok());
     a.close().await;
     b.close().await;
     db.drop_db().await;
@@ -868,43 +874,50 @@ async fn populate(s: &PgStore, org: uuid::Uuid, n: u8) -> (uuid::Uuid, [[u8; 32]
             created_at: 2,
         },
         "manual",
+        None,
     )
     .await
     .unwrap();
     let user = crate::suite::user(s, org, &format!("member{n}"), "owner").await;
     let tokens = [[n; 32], [n + 100; 32], [n + 200; 32]];
-    s.create_session(&crate::suite::session(user, org, n, i64::MAX))
+    s.create_session(&crate::suite::session(user, org, n, i64::MAX), None)
         .await
         .unwrap();
-    s.create_api_key(&ApiKeyRow {
-        id: uuid::Uuid::new_v4(),
-        org_id: org,
-        user_id: user,
-        name: "ci".into(),
-        role: "viewer".into(),
-        key_hash: tokens[1],
-        prefix: "cfr_x".into(),
-        read_only: true,
-        projects: vec![],
-        envs: vec![],
-        created_at: 1,
-        expires_at: i64::MAX,
-        last_used_at: None,
-        revoked_at: None,
-    })
+    s.create_api_key(
+        &ApiKeyRow {
+            id: uuid::Uuid::new_v4(),
+            org_id: org,
+            user_id: user,
+            name: "ci".into(),
+            role: "viewer".into(),
+            key_hash: tokens[1],
+            prefix: "cfr_x".into(),
+            read_only: true,
+            projects: vec![],
+            envs: vec![],
+            created_at: 1,
+            expires_at: i64::MAX,
+            last_used_at: None,
+            revoked_at: None,
+        },
+        None,
+    )
     .await
     .unwrap();
-    s.create_invitation(&InvitationRow {
-        id: uuid::Uuid::new_v4(),
-        org_id: org,
-        email: format!("new{n}@example.com"),
-        role: "viewer".into(),
-        token_hash: tokens[2],
-        invited_by: user,
-        created_at: 1,
-        expires_at: i64::MAX,
-        accepted_at: None,
-    })
+    s.create_invitation(
+        &InvitationRow {
+            id: uuid::Uuid::new_v4(),
+            org_id: org,
+            email: format!("new{n}@example.com"),
+            role: "viewer".into(),
+            token_hash: tokens[2],
+            invited_by: user,
+            created_at: 1,
+            expires_at: i64::MAX,
+            accepted_at: None,
+        },
+        None,
+    )
     .await
     .unwrap();
     let ev = NewAuditEvent {

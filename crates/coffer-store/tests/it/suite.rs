@@ -21,6 +21,7 @@ pub async fn org(s: &dyn Store, name: &str) -> Uuid {
             wrapped,
             created_at: 1,
         },
+        None,
     )
     .await
     .unwrap();
@@ -34,7 +35,7 @@ pub async fn project_env(s: &dyn Store, org_id: Uuid) -> (ProjectRow, EnvRow) {
         name: "app".into(),
         created_at: 1,
     };
-    s.create_project(&p).await.unwrap();
+    s.create_project(&p, None).await.unwrap();
     let e = EnvRow {
         id: Uuid::new_v4(),
         org_id,
@@ -43,7 +44,7 @@ pub async fn project_env(s: &dyn Store, org_id: Uuid) -> (ProjectRow, EnvRow) {
         name: "default".into(),
         created_at: 1,
     };
-    s.create_env(&e).await.unwrap();
+    s.create_env(&e, None).await.unwrap();
     (p, e)
 }
 
@@ -84,6 +85,7 @@ pub fn write(
         },
         ciphertext,
         credential_id: Uuid::new_v4(),
+        event: None,
     }
 }
 
@@ -98,9 +100,9 @@ pub async fn seal_config_is_written_once(s: &dyn Store) {
         created_at: 7,
         sealed_root: None,
     };
-    s.init_seal_config(&cfg).await.unwrap();
+    s.init_seal_config(&cfg, None).await.unwrap();
     assert!(matches!(
-        s.init_seal_config(&cfg).await,
+        s.init_seal_config(&cfg, None).await,
         Err(StoreError::Conflict)
     ));
     let back = s.seal_config().await.unwrap().unwrap();
@@ -119,11 +121,12 @@ pub async fn seal_config_is_written_once(s: &dyn Store) {
     // Seal migration: only with the current check value; the root key stays.
     let other = RootKey::generate().check_value().unwrap();
     assert!(matches!(
-        s.migrate_seal("awskms", Some(b"wrapped"), &other).await,
+        s.migrate_seal("awskms", Some(b"wrapped"), &other, None)
+            .await,
         Err(StoreError::Conflict)
     ));
     assert_eq!(s.seal_config().await.unwrap().unwrap().kind, "shamir");
-    s.migrate_seal("awskms", Some(b"wrapped"), &back.root_check)
+    s.migrate_seal("awskms", Some(b"wrapped"), &back.root_check, None)
         .await
         .unwrap();
     let moved = s.seal_config().await.unwrap().unwrap();
@@ -132,7 +135,7 @@ pub async fn seal_config_is_written_once(s: &dyn Store) {
         ("awskms", Some(&b"wrapped"[..]))
     );
     assert!(root.matches(&moved.root_check));
-    s.migrate_seal("shamir", None, &back.root_check)
+    s.migrate_seal("shamir", None, &back.root_check, None)
         .await
         .unwrap();
     assert_eq!(s.seal_config().await.unwrap().unwrap().sealed_root, None);
@@ -156,6 +159,7 @@ pub async fn orgs_and_tenant_keys_roundtrip(s: &dyn Store) {
             wrapped: wrapped.clone(),
             created_at: 3,
         },
+        None,
     )
     .await
     .unwrap();
@@ -183,6 +187,7 @@ pub async fn orgs_and_tenant_keys_roundtrip(s: &dyn Store) {
                 wrapped: w2,
                 created_at: 4,
             },
+            None,
         )
         .await;
     assert!(matches!(dup, Err(StoreError::Conflict)));
@@ -228,12 +233,15 @@ pub async fn users_are_unique_and_sessions_expire(s: &dyn Store) {
     );
     assert_eq!(s.user_by_name("alice").await.unwrap().unwrap().id, u.id);
     assert!(s.user_by_name("bob").await.unwrap().is_none());
-    s.add_membership(&MembershipRow {
-        user_id: u.id,
-        org_id,
-        role: "owner".into(),
-        created_at: 1,
-    })
+    s.add_membership(
+        &MembershipRow {
+            user_id: u.id,
+            org_id,
+            role: "owner".into(),
+            created_at: 1,
+        },
+        None,
+    )
     .await
     .unwrap();
     assert_eq!(s.memberships(u.id).await.unwrap()[0].role, "owner");
@@ -247,9 +255,9 @@ pub async fn users_are_unique_and_sessions_expire(s: &dyn Store) {
         last_seen_at: 10,
         ..session(u.id, org_id, 3, 1000)
     };
-    s.create_session(&live).await.unwrap();
-    s.create_session(&old).await.unwrap();
-    s.create_session(&idle).await.unwrap();
+    s.create_session(&live, None).await.unwrap();
+    s.create_session(&old, None).await.unwrap();
+    s.create_session(&idle, None).await.unwrap();
     s.touch_session(org_id, live.id, 90).await.unwrap();
     let got = s.session(&[1; 32]).await.unwrap().unwrap();
     assert_eq!((got.expires_at, got.last_seen_at), (1000, 90));
@@ -258,8 +266,8 @@ pub async fn users_are_unique_and_sessions_expire(s: &dyn Store) {
     assert_eq!(s.delete_expired_sessions(100, 50).await.unwrap(), 2);
     assert!(s.session(&[2; 32]).await.unwrap().is_none());
     assert!(s.session(&[3; 32]).await.unwrap().is_none());
-    assert!(s.delete_session(&[1; 32]).await.unwrap());
-    assert!(!s.delete_session(&[1; 32]).await.unwrap());
+    assert!(s.delete_session(&[1; 32], None).await.unwrap());
+    assert!(!s.delete_session(&[1; 32], None).await.unwrap());
     assert!(s.session(&[1; 32]).await.unwrap().is_none());
 }
 
@@ -268,19 +276,25 @@ pub async fn projects_and_envs_are_scoped_by_org(s: &dyn Store) {
     let b = org(s, "b").await;
     let (p, e) = project_env(s, a).await;
     assert!(matches!(
-        s.create_project(&ProjectRow {
-            id: Uuid::new_v4(),
-            ..p.clone()
-        })
+        s.create_project(
+            &ProjectRow {
+                id: Uuid::new_v4(),
+                ..p.clone()
+            },
+            None
+        )
         .await,
         Err(StoreError::Conflict)
     ));
     // The same name in another organisation is fine.
-    s.create_project(&ProjectRow {
-        id: Uuid::new_v4(),
-        org_id: b,
-        ..p.clone()
-    })
+    s.create_project(
+        &ProjectRow {
+            id: Uuid::new_v4(),
+            org_id: b,
+            ..p.clone()
+        },
+        None,
+    )
     .await
     .unwrap();
     assert_eq!(s.project_by_name(a, "app").await.unwrap().unwrap().id, p.id);
@@ -295,7 +309,7 @@ pub async fn projects_and_envs_are_scoped_by_org(s: &dyn Store) {
         name: "prod".into(),
         ..e.clone()
     };
-    s.create_env(&child).await.unwrap();
+    s.create_env(&child, None).await.unwrap();
     let envs = s.envs(a, p.id).await.unwrap();
     assert_eq!(envs.len(), 2);
     assert_eq!(
@@ -312,10 +326,13 @@ pub async fn projects_and_envs_are_scoped_by_org(s: &dyn Store) {
     assert!(none.is_empty());
     assert!(s.project_tree(a, "missing").await.unwrap().is_none());
     assert!(matches!(
-        s.create_env(&EnvRow {
-            id: Uuid::new_v4(),
-            ..child
-        })
+        s.create_env(
+            &EnvRow {
+                id: Uuid::new_v4(),
+                ..child
+            },
+            None
+        )
         .await,
         Err(StoreError::Conflict)
     ));
@@ -482,7 +499,7 @@ pub async fn the_nearest_environment_defines_a_value(s: &dyn Store) {
         name: "child".into(),
         created_at: 1,
     };
-    s.create_env(&child).await.unwrap();
+    s.create_env(&child, None).await.unwrap();
     let key = TenantKey::generate(KeyTerm(1));
     let (in_parent, in_child) = (Uuid::new_v4(), Uuid::new_v4());
     let set = |env: Uuid, id: Uuid, value: &[u8]| {
@@ -886,12 +903,15 @@ pub async fn user(s: &dyn Store, org_id: Uuid, name: &str, role: &str) -> Uuid {
     })
     .await
     .unwrap();
-    s.add_membership(&MembershipRow {
-        user_id: id,
-        org_id,
-        role: role.into(),
-        created_at: 1,
-    })
+    s.add_membership(
+        &MembershipRow {
+            user_id: id,
+            org_id,
+            role: role.into(),
+            created_at: 1,
+        },
+        None,
+    )
     .await
     .unwrap();
     id
@@ -972,15 +992,15 @@ pub async fn the_last_owner_stays(s: &dyn Store) {
     let a = user(s, org_id, "a", "owner").await;
     let b = user(s, org_id, "b", "admin").await;
     assert!(matches!(
-        s.set_role(org_id, a, "admin").await,
+        s.set_role(org_id, a, "admin", None).await,
         Err(StoreError::Conflict)
     ));
     assert!(matches!(
-        s.remove_member(org_id, a).await,
+        s.remove_member(org_id, a, None).await,
         Err(StoreError::Conflict)
     ));
-    assert!(s.set_role(org_id, b, "owner").await.unwrap());
-    assert!(s.set_role(org_id, a, "viewer").await.unwrap());
+    assert!(s.set_role(org_id, b, "owner", None).await.unwrap());
+    assert!(s.set_role(org_id, a, "viewer", None).await.unwrap());
     assert_eq!(
         s.membership(org_id, a).await.unwrap().unwrap().role,
         "viewer"
@@ -1003,13 +1023,13 @@ pub async fn the_last_owner_stays(s: &dyn Store) {
             .is_none()
     );
     assert!(matches!(
-        s.remove_member(org_id, b).await,
+        s.remove_member(org_id, b, None).await,
         Err(StoreError::Conflict)
     ));
-    s.create_session(&session(a, org_id, 9, i64::MAX))
+    s.create_session(&session(a, org_id, 9, i64::MAX), None)
         .await
         .unwrap();
-    assert!(s.remove_member(org_id, a).await.unwrap());
+    assert!(s.remove_member(org_id, a, None).await.unwrap());
     assert!(s.session(&[9; 32]).await.unwrap().is_none());
     assert!(s.membership(org_id, a).await.unwrap().is_none());
     assert!(s.member(org_id, a).await.unwrap().is_none());
@@ -1022,10 +1042,10 @@ pub async fn totp_steps_and_recovery_codes_are_single_use(s: &dyn Store) {
     let org_id = org(s, "o").await;
     let u = user(s, org_id, "a", "owner").await;
     assert!(!s.user_requires_mfa(u).await.unwrap());
-    s.set_org_require_mfa(org_id, true).await.unwrap();
+    s.set_org_require_mfa(org_id, true, None).await.unwrap();
     assert!(s.user_requires_mfa(u).await.unwrap());
     assert!(s.org_requires_mfa(org_id).await.unwrap());
-    s.set_mfa(u, Some(b"sealed"), true).await.unwrap();
+    s.set_mfa(u, Some(b"sealed"), true, None).await.unwrap();
     let st = s.mfa_state(u).await.unwrap().unwrap();
     assert!(st.enabled);
     assert_eq!(st.sealed_secret.as_deref(), Some(b"sealed".as_slice()));
@@ -1042,7 +1062,7 @@ pub async fn totp_steps_and_recovery_codes_are_single_use(s: &dyn Store) {
     assert!(!s.use_recovery_code(u, &[3; 32], 6).await.unwrap());
     s.replace_recovery_codes(u, &[[4; 32]]).await.unwrap();
     assert!(!s.use_recovery_code(u, &[2; 32], 7).await.unwrap());
-    s.set_mfa(u, None, false).await.unwrap();
+    s.set_mfa(u, None, false, None).await.unwrap();
     assert!(!s.mfa_state(u).await.unwrap().unwrap().enabled);
 }
 
@@ -1066,7 +1086,7 @@ pub async fn api_keys_invitations_identities_and_mail(s: &dyn Store) {
         last_used_at: None,
         revoked_at: None,
     };
-    s.create_api_key(&key).await.unwrap();
+    s.create_api_key(&key, None).await.unwrap();
     assert_eq!(s.api_key_by_hash(&[7; 32]).await.unwrap().unwrap(), key);
     assert!(s.api_key(other, key.id).await.unwrap().is_none());
     assert_eq!(s.api_keys(org_id).await.unwrap().len(), 1);
@@ -1079,10 +1099,10 @@ pub async fn api_keys_invitations_identities_and_mail(s: &dyn Store) {
     let mut access = session(u, org_id, 8, 10_000);
     access.method = "apikey".into();
     access.api_key_id = Some(key.id);
-    s.create_session(&access).await.unwrap();
-    assert!(!s.revoke_api_key(other, key.id, 60).await.unwrap());
-    assert!(s.revoke_api_key(org_id, key.id, 60).await.unwrap());
-    assert!(!s.revoke_api_key(org_id, key.id, 61).await.unwrap());
+    s.create_session(&access, None).await.unwrap();
+    assert!(!s.revoke_api_key(other, key.id, 60, None).await.unwrap());
+    assert!(s.revoke_api_key(org_id, key.id, 60, None).await.unwrap());
+    assert!(!s.revoke_api_key(org_id, key.id, 61, None).await.unwrap());
     let k = s.api_key(org_id, key.id).await.unwrap().unwrap();
     assert_eq!((k.last_used_at, k.revoked_at), (Some(50), Some(60)));
     assert!(s.session(&[8; 32]).await.unwrap().is_none());
@@ -1098,11 +1118,23 @@ pub async fn api_keys_invitations_identities_and_mail(s: &dyn Store) {
         expires_at: 100,
         accepted_at: None,
     };
-    s.create_invitation(&inv).await.unwrap();
+    s.create_invitation(&inv, None).await.unwrap();
     assert_eq!(s.invitation_by_hash(&[5; 32]).await.unwrap().unwrap(), inv);
-    assert!(!s.consume_invitation(inv.org_id, inv.id, 100).await.unwrap());
-    assert!(s.consume_invitation(inv.org_id, inv.id, 99).await.unwrap());
-    assert!(!s.consume_invitation(inv.org_id, inv.id, 99).await.unwrap());
+    assert!(
+        !s.consume_invitation(inv.org_id, inv.id, 100, None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.consume_invitation(inv.org_id, inv.id, 99, None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.consume_invitation(inv.org_id, inv.id, 99, None)
+            .await
+            .unwrap()
+    );
     assert_eq!(
         s.invitations(org_id).await.unwrap()[0].accepted_at,
         Some(99)
@@ -1198,17 +1230,20 @@ pub async fn key_rotation_rewrap_and_org_deletion(s: &dyn Store) {
         created_at,
     };
     assert!(matches!(
-        s.rotate_tenant_key(&row(3, 50), "manual").await,
+        s.rotate_tenant_key(&row(3, 50), "manual", None).await,
         Err(StoreError::Conflict)
     ));
-    let r = s.rotate_tenant_key(&row(2, 50), "manual").await.unwrap();
+    let r = s
+        .rotate_tenant_key(&row(2, 50), "manual", None)
+        .await
+        .unwrap();
     assert_eq!(
         (r.target_term, r.total, r.done, r.cursor, r.finished_at),
         (KeyTerm(2), 5, 0, None, None)
     );
     assert!(
         matches!(
-            s.rotate_tenant_key(&row(2, 51), "manual").await,
+            s.rotate_tenant_key(&row(2, 51), "manual", None).await,
             Err(StoreError::Conflict)
         ),
         "two rotations to the same term: one wins"
@@ -1309,14 +1344,17 @@ pub async fn key_rotation_rewrap_and_org_deletion(s: &dyn Store) {
     assert_eq!(s.tenant_keys(b).await.unwrap().len(), 1, "B keeps its key");
 
     // Root rotation replaces wrapped forms in place, all or nothing.
-    s.init_seal_config(&SealConfigRow {
-        kind: "shamir".into(),
-        shares: 3,
-        threshold: 2,
-        root_check: RootKey::generate().check_value().unwrap(),
-        created_at: 1,
-        sealed_root: None,
-    })
+    s.init_seal_config(
+        &SealConfigRow {
+            kind: "shamir".into(),
+            shares: 3,
+            threshold: 2,
+            root_check: RootKey::generate().check_value().unwrap(),
+            created_at: 1,
+            sealed_root: None,
+        },
+        None,
+    )
     .await
     .ok();
     let old_check = s.seal_config().await.unwrap().unwrap().root_check;
@@ -1344,7 +1382,7 @@ pub async fn key_rotation_rewrap_and_org_deletion(s: &dyn Store) {
     let mut bad = secrets.clone();
     bad.tenant_keys.push(row(7, 50));
     assert!(matches!(
-        s.rotate_root(&seal(&previous, bad)).await,
+        s.rotate_root(&seal(&previous, bad), None).await,
         Err(StoreError::Conflict)
     ));
     assert!(
@@ -1355,7 +1393,7 @@ pub async fn key_rotation_rewrap_and_org_deletion(s: &dyn Store) {
     // organisation's key) would be lost: the rotation is refused.
     let late = org(s, "late").await;
     assert!(matches!(
-        s.rotate_root(&seal(&previous, secrets.clone())).await,
+        s.rotate_root(&seal(&previous, secrets.clone()), None).await,
         Err(StoreError::Conflict)
     ));
     assert!(
@@ -1373,14 +1411,16 @@ pub async fn key_rotation_rewrap_and_org_deletion(s: &dyn Store) {
     let mut wrong_root = seal(&previous, secrets.clone());
     wrong_root.previous_check = RootKey::generate().check_value().unwrap();
     assert!(matches!(
-        s.rotate_root(&wrong_root).await,
+        s.rotate_root(&wrong_root, None).await,
         Err(StoreError::Conflict)
     ));
     assert!(
         s.tenant_keys(a).await.unwrap()[0].wrapped != new_wrap.wrapped,
         "rolled back"
     );
-    s.rotate_root(&seal(&previous, secrets)).await.unwrap();
+    s.rotate_root(&seal(&previous, secrets), None)
+        .await
+        .unwrap();
     assert!(s.tenant_keys(a).await.unwrap()[0].wrapped == new_wrap.wrapped);
     let cfg = s.seal_config().await.unwrap().unwrap();
     assert_eq!((cfg.shares, cfg.threshold), (5, 3));
@@ -1411,42 +1451,54 @@ pub async fn key_rotation_rewrap_and_org_deletion(s: &dyn Store) {
         ..row(term, 61)
     };
     let t = newest(a).await;
-    s.rotate_tenant_key(&external(a, t + 1, "awskms:arn:k/a"), "attach-external")
-        .await
-        .unwrap();
+    s.rotate_tenant_key(
+        &external(a, t + 1, "awskms:arn:k/a"),
+        "attach-external",
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         s.external_key(a).await.unwrap().as_deref(),
         Some("awskms:arn:k/a")
     );
     let tb = newest(b).await;
     assert!(matches!(
-        s.rotate_tenant_key(&external(b, tb + 1, "awskms:arn:k/a"), "attach-external")
-            .await,
+        s.rotate_tenant_key(
+            &external(b, tb + 1, "awskms:arn:k/a"),
+            "attach-external",
+            None
+        )
+        .await,
         Err(StoreError::KeyInUse)
     ));
     assert_eq!(s.external_key(b).await.unwrap(), None);
     assert_eq!(newest(b).await, tb, "nothing written");
-    s.rotate_tenant_key(&by_root(a, t + 2), "detach-external")
+    s.rotate_tenant_key(&by_root(a, t + 2), "detach-external", None)
         .await
         .unwrap();
     assert_eq!(s.external_key(a).await.unwrap(), None);
-    s.rotate_tenant_key(&external(b, tb + 1, "awskms:arn:k/a"), "attach-external")
-        .await
-        .unwrap();
+    s.rotate_tenant_key(
+        &external(b, tb + 1, "awskms:arn:k/a"),
+        "attach-external",
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         s.external_key(b).await.unwrap().as_deref(),
         Some("awskms:arn:k/a")
     );
 
     // Deleting A removes its keys, values and metadata; B is untouched.
-    assert!(s.delete_org(a).await.unwrap());
+    assert!(s.delete_org(a, None).await.unwrap());
     assert!(s.org(a).await.unwrap().is_none());
     assert!(s.tenant_keys(a).await.unwrap().is_empty());
     assert!(s.term_usage(a).await.unwrap().is_empty());
     assert!(s.current_value(a, env.id, "P0").await.unwrap().is_none());
     assert!(s.rotation(a).await.unwrap().is_none());
     assert!(!s.org_ids().await.unwrap().contains(&a));
-    assert!(!s.delete_org(a).await.unwrap());
+    assert!(!s.delete_org(a, None).await.unwrap());
     assert!(s.current_value(b, env_b.id, "B").await.unwrap().is_some());
 }
 
@@ -1531,12 +1583,15 @@ pub async fn sign_out_and_account_changes(s: &dyn Store) {
     assert_eq!(s.org_by_name("b").await.unwrap().unwrap().id, b);
     assert!(s.org_by_name("c").await.unwrap().is_none());
     let alice = user(s, a, "alice", "owner").await;
-    s.add_membership(&MembershipRow {
-        user_id: alice,
-        org_id: b,
-        role: "viewer".into(),
-        created_at: 1,
-    })
+    s.add_membership(
+        &MembershipRow {
+            user_id: alice,
+            org_id: b,
+            role: "viewer".into(),
+            created_at: 1,
+        },
+        None,
+    )
     .await
     .unwrap();
     let bob = user(s, a, "bob", "admin").await;
@@ -1547,19 +1602,19 @@ pub async fn sign_out_and_account_changes(s: &dyn Store) {
     );
     let bobs = session(bob, a, 4, i64::MAX);
     for x in [&a1, &a2, &b1, &bobs] {
-        s.create_session(x).await.unwrap();
+        s.create_session(x, None).await.unwrap();
     }
 
     // Ending one session by id needs the session's own user.
-    assert!(!s.delete_session_by_id(bob, a2.id).await.unwrap());
+    assert!(!s.delete_session_by_id(bob, a2.id, None).await.unwrap());
     assert!(s.session(&[2; 32]).await.unwrap().is_some());
-    assert!(s.delete_session_by_id(alice, a2.id).await.unwrap());
+    assert!(s.delete_session_by_id(alice, a2.id, None).await.unwrap());
     assert!(s.session(&[2; 32]).await.unwrap().is_none());
-    assert!(!s.delete_session_by_id(alice, a2.id).await.unwrap());
+    assert!(!s.delete_session_by_id(alice, a2.id, None).await.unwrap());
 
     // "Sign out everywhere" keeps the current session, ends the others in every
     // organisation, and leaves other users alone.
-    s.create_session(&a2).await.unwrap();
+    s.create_session(&a2, None).await.unwrap();
     assert_eq!(s.delete_user_sessions(alice, Some(a1.id)).await.unwrap(), 2);
     let left: Vec<Uuid> = s
         .user_sessions(alice)
@@ -1587,14 +1642,14 @@ pub async fn sign_out_and_account_changes(s: &dyn Store) {
         stage: "enroll".into(),
         ..session(alice, b, 5, i64::MAX)
     };
-    s.create_session(&enrol).await.unwrap();
-    s.promote_session(a, enrol.id).await.unwrap();
+    s.create_session(&enrol, None).await.unwrap();
+    s.promote_session(a, enrol.id, None).await.unwrap();
     assert_eq!(s.session(&[5; 32]).await.unwrap().unwrap().stage, "enroll");
-    s.promote_session(b, enrol.id).await.unwrap();
+    s.promote_session(b, enrol.id, None).await.unwrap();
     assert_eq!(s.session(&[5; 32]).await.unwrap().unwrap().stage, "full");
 
     // Password, e-mail address and MFA.
-    s.set_password(alice, "$argon2id$new").await.unwrap();
+    s.set_password(alice, "$argon2id$new", None).await.unwrap();
     assert_eq!(
         s.user(alice).await.unwrap().unwrap().password_hash,
         "$argon2id$new"
@@ -1603,7 +1658,9 @@ pub async fn sign_out_and_account_changes(s: &dyn Store) {
         s.user(bob).await.unwrap().unwrap().password_hash,
         "$argon2id$x"
     );
-    s.set_email(alice, Some("alice@example.com")).await.unwrap();
+    s.set_email(alice, Some("alice@example.com"), None)
+        .await
+        .unwrap();
     assert_eq!(
         s.user_by_email("alice@example.com")
             .await
@@ -1612,7 +1669,7 @@ pub async fn sign_out_and_account_changes(s: &dyn Store) {
             .id,
         alice
     );
-    s.set_email(alice, None).await.unwrap();
+    s.set_email(alice, None, None).await.unwrap();
     assert!(
         s.user_by_email("alice@example.com")
             .await
@@ -1620,11 +1677,13 @@ pub async fn sign_out_and_account_changes(s: &dyn Store) {
             .is_none()
     );
     // Without a stored seed there is nothing to enable.
-    s.enable_mfa(alice).await.unwrap();
+    s.enable_mfa(alice, None).await.unwrap();
     assert!(!s.user(alice).await.unwrap().unwrap().mfa_enabled);
-    s.set_mfa(alice, Some(b"sealed"), false).await.unwrap();
+    s.set_mfa(alice, Some(b"sealed"), false, None)
+        .await
+        .unwrap();
     assert!(!s.mfa_state(alice).await.unwrap().unwrap().enabled);
-    s.enable_mfa(alice).await.unwrap();
+    s.enable_mfa(alice, None).await.unwrap();
     assert!(s.mfa_state(alice).await.unwrap().unwrap().enabled);
     assert!(s.user(alice).await.unwrap().unwrap().mfa_enabled);
     assert!(!s.user(bob).await.unwrap().unwrap().mfa_enabled);
