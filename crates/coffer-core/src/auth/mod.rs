@@ -31,6 +31,7 @@ pub mod action {
 }
 
 mod cache;
+mod caller;
 mod passwords;
 
 pub(crate) use cache::SessionCache;
@@ -202,34 +203,6 @@ impl Coffer {
             pending.ev.hmac.insert("username".into(), mac);
         }
         self.conclude(pending, r).await
-    }
-
-    /// Authenticate the caller of a request and note it in the request's audit context
-    /// (the actor of its event, and an HMAC of the token that correlates a session's
-    /// requests). `any_stage`: also a login that still has to enrol MFA.
-    pub async fn authenticate_in(
-        &self,
-        cx: &Cx,
-        bearer: &str,
-        any_stage: bool,
-    ) -> Result<Principal, CoreError> {
-        let p = if any_stage {
-            self.authenticate_any_stage(bearer).await?
-        } else {
-            self.authenticate(bearer).await?
-        };
-        cx.set_principal(&p, p.method.as_str());
-        cx.add_hmac(
-            "session",
-            self.audit_hmac(Some(p.org_id), bearer.as_bytes()),
-        );
-        Ok(p)
-    }
-
-    /// Who the caller is (the principal the request authenticated as).
-    pub async fn whoami(&self, cx: &Cx, p: &Principal) -> Result<Principal, CoreError> {
-        let pending = self.begin_for(cx, p, action::WHOAMI, AuditTarget::default());
-        self.conclude(pending, Ok(p.clone())).await
     }
 
     /// Look a user up by username, or by e-mail if the name contains `@`.

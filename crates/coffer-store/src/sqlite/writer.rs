@@ -206,20 +206,29 @@ async fn commit_batch(
         .collect();
     if !audit.is_empty() {
         let events: Vec<&NewAuditEvent> = audit.iter().map(|(_, e)| *e).collect();
-        let r = async {
-            let mut sp = (&mut tx).begin().await?;
-            match append_audit_batch(&mut sp, &events, heads).await {
-                Ok(v) => {
-                    sp.commit().await?;
-                    Ok(v)
-                }
-                Err(e) => {
-                    sp.rollback().await?;
-                    Err(e)
+        // A second try with the heads read again from the database: another process on the
+        // same file (a second service in tests, an operator's tool) may have appended.
+        let mut r = Err(StoreError::CommitFailed);
+        for _ in 0..2 {
+            r = async {
+                let mut sp = (&mut tx).begin().await?;
+                match append_audit_batch(&mut sp, &events, heads).await {
+                    Ok(v) => {
+                        sp.commit().await?;
+                        Ok(v)
+                    }
+                    Err(e) => {
+                        sp.rollback().await?;
+                        Err(e)
+                    }
                 }
             }
+            .await;
+            if r.is_ok() {
+                break;
+            }
+            heads.clear();
         }
-        .await;
         match r {
             Ok(assigned) => {
                 for ((i, _), (seq, hash)) in audit.iter().zip(assigned) {

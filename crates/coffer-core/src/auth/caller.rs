@@ -1,0 +1,35 @@
+//! The caller of a request, as its audit context records it.
+
+use super::{Principal, action};
+use crate::audit::{AuditTarget, Cx};
+use crate::{Coffer, CoreError};
+
+impl Coffer {
+    /// Authenticate the caller of a request and note it in the request's audit context
+    /// (the actor of its event, and an HMAC of the token that correlates a session's
+    /// requests). `any_stage`: also a login that still has to enrol MFA.
+    pub async fn authenticate_in(
+        &self,
+        cx: &Cx,
+        bearer: &str,
+        any_stage: bool,
+    ) -> Result<Principal, CoreError> {
+        let p = if any_stage {
+            self.authenticate_any_stage(bearer).await?
+        } else {
+            self.authenticate(bearer).await?
+        };
+        cx.set_principal(&p, p.method.as_str());
+        cx.add_hmac(
+            "session",
+            self.audit_hmac(Some(p.org_id), bearer.as_bytes()),
+        );
+        Ok(p)
+    }
+
+    /// Who the caller is (the principal the request authenticated as).
+    pub async fn whoami(&self, cx: &Cx, p: &Principal) -> Result<Principal, CoreError> {
+        let pending = self.begin_for(cx, p, action::WHOAMI, AuditTarget::default());
+        self.conclude(pending, Ok(p.clone())).await
+    }
+}
