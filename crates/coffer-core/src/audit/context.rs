@@ -196,7 +196,14 @@ impl Cx {
 impl AuditTarget {
     /// A target of names only (the ids are filled in by the operation as it resolves them).
     pub fn names(project: Option<&str>, env: Option<&str>, name: Option<&str>) -> Self {
-        let clip = |s: &str| s.chars().take(256).collect::<String>();
+        // Names as given, which may be invalid: at most 256 characters, and no control
+        // characters (a NUL cannot even be stored in a PostgreSQL text column).
+        let clip = |s: &str| {
+            s.chars()
+                .take(256)
+                .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+                .collect::<String>()
+        };
         Self {
             project: project.map(clip),
             env: env.map(clip),

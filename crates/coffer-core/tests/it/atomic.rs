@@ -25,7 +25,10 @@ async fn refuse_audit_appends(f: &Fixture) -> Outage {
             Outage::Sqlite(db)
         }
         Some(url) => {
-            let mut db = sqlx::PgConnection::connect(url).await.unwrap();
+            // As the database's owner: the service's own role may not create triggers.
+            let mut db = sqlx::PgConnection::connect(&coffer_testkit::pg_admin_url_for(url))
+                .await
+                .unwrap();
             sqlx::raw_sql(
                 "CREATE FUNCTION audit_outage() RETURNS trigger LANGUAGE plpgsql AS \
                  $$ BEGIN RAISE EXCEPTION 'audit refused'; END $$; \
