@@ -56,8 +56,7 @@ impl<B: Backend> SealRepo for B {
         c: &SealConfigRow,
         event: Option<&ChangeEvent>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.begin_bare().await?;
-        Stmt::new(
+        let change = Stmt::new(
             "INSERT INTO seal_config (id, kind, shares, threshold, root_check, created_at, sealed_root) \
              VALUES (1, $1, $2, $3, $4, $5, $6)",
         )
@@ -66,10 +65,8 @@ impl<B: Backend> SealRepo for B {
         .bind(i64::from(c.threshold))
         .bind(c.root_check.as_bytes())
         .bind(c.created_at)
-        .bind(c.sealed_root.as_deref())
-        .execute(&mut tx)
-        .await?;
-        crate::sql::commit_audited(self, tx, event).await?;
+        .bind(c.sealed_root.as_deref());
+        crate::sql::execute_audited(self, &change, event).await?;
         Ok(())
     }
 

@@ -314,6 +314,18 @@ macro_rules! scoped {
     }};
 }
 
+/// A change of one statement, in a transaction of its own with the change's event (if any).
+pub(crate) async fn execute_audited<B: Backend>(
+    store: &B,
+    stmt: &Stmt<'_>,
+    event: Option<&ChangeEvent>,
+) -> Result<u64, StoreError> {
+    let mut tx = store.begin_bare().await?;
+    let n = stmt.execute(&mut tx).await?;
+    commit_audited(store, tx, event).await?;
+    Ok(n)
+}
+
 /// Append `event` (if any) in `tx`, commit, and mark the event committed.
 pub(crate) async fn commit_audited<B: Backend>(
     store: &B,

@@ -178,13 +178,10 @@ impl<B: Backend> UserRepo for B {
         hash: &str,
         event: Option<&ChangeEvent>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.begin_bare().await?;
-        Stmt::new("UPDATE users SET password_hash = $2 WHERE id = $1")
+        let change = Stmt::new("UPDATE users SET password_hash = $2 WHERE id = $1")
             .bind(user_id)
-            .bind(hash)
-            .execute(&mut tx)
-            .await?;
-        crate::sql::commit_audited(self, tx, event).await?;
+            .bind(hash);
+        crate::sql::execute_audited(self, &change, event).await?;
         Ok(())
     }
 
@@ -194,13 +191,10 @@ impl<B: Backend> UserRepo for B {
         email: Option<&str>,
         event: Option<&ChangeEvent>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.begin_bare().await?;
-        Stmt::new("UPDATE users SET email = $2 WHERE id = $1")
+        let change = Stmt::new("UPDATE users SET email = $2 WHERE id = $1")
             .bind(user_id)
-            .bind(email)
-            .execute(&mut tx)
-            .await?;
-        crate::sql::commit_audited(self, tx, event).await?;
+            .bind(email);
+        crate::sql::execute_audited(self, &change, event).await?;
         Ok(())
     }
 
@@ -313,12 +307,11 @@ impl<B: Backend> UserRepo for B {
         user_id: Uuid,
         event: Option<&ChangeEvent>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.begin_bare().await?;
-        Stmt::new("UPDATE users SET mfa_enabled = TRUE WHERE id = $1 AND mfa_secret IS NOT NULL")
-            .bind(user_id)
-            .execute(&mut tx)
-            .await?;
-        crate::sql::commit_audited(self, tx, event).await?;
+        let change = Stmt::new(
+            "UPDATE users SET mfa_enabled = TRUE WHERE id = $1 AND mfa_secret IS NOT NULL",
+        )
+        .bind(user_id);
+        crate::sql::execute_audited(self, &change, event).await?;
         Ok(())
     }
 
