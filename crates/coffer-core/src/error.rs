@@ -59,9 +59,6 @@ pub enum CoreError {
     AuditUnavailable,
     #[error("internal error: {0}")]
     Internal(&'static str),
-    /// The edge refused the request before any operation ran (its event records the code).
-    #[error("the request was rejected: {}", .0.as_str())]
-    Rejected(ErrorCode),
 }
 
 /// The stable error codes clients match on (table in docs/api.md), each with its HTTP
@@ -176,7 +173,6 @@ impl CoreError {
             CoreError::Seal(_) => C::SealUnavailable,
             CoreError::Unavailable(_) => C::Unavailable,
             CoreError::Integrity | CoreError::Store(_) | CoreError::Internal(_) => C::Internal,
-            CoreError::Rejected(code) => *code,
         }
     }
 }

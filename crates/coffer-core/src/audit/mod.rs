@@ -357,13 +357,9 @@ impl Coffer {
         let Some(action) = cx.route_action() else {
             return Ok(());
         };
-        let pending = self.begin(cx, action, cx.route_target());
-        self.conclude::<()>(pending, Err(CoreError::Rejected(code)))
-            .await
-            .or_else(|e| match e {
-                CoreError::Rejected(_) => Ok(()),
-                other => Err(other),
-            })
+        let mut pending = self.begin(cx, action, cx.route_target());
+        pending.failed(code);
+        self.conclude(pending, Ok(())).await
     }
 
     /// Durably append a prepared event (for tools and tests; operations record their own
