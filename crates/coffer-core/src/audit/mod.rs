@@ -337,7 +337,11 @@ impl Coffer {
                 false
             }
         };
+        // The ids behind the target's names, unless the operation failed because storage is
+        // unreachable: looking them up would only wait for it again before the answer.
+        let storage_down = matches!(r, Err(CoreError::Unavailable(_)));
         if pending.ev.target.project.is_some()
+            && !storage_down
             && let Some(p) = pending.cx.principal()
         {
             self.resolve_target_ids(&p, &mut pending.ev.target).await;
