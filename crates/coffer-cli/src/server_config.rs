@@ -21,6 +21,7 @@
 //! | COFFER_AUDIT__FILE | audit.file | none |
 //! | COFFER_AUDIT__STDOUT | audit.stdout | false |
 //! | COFFER_AUDIT__CHECKPOINT_INTERVAL | audit.checkpoint_interval | 5m |
+//! | COFFER_AUDIT__READ_SYNC | audit.read_sync | batched (or always) |
 //! | COFFER_KEYS__CACHE_TTL | keys.cache_ttl | 60s |
 //! | COFFER_KEYS__ROTATE_AFTER | keys.rotate_after | 365d |
 //! | COFFER_KEYS__ROTATE_AFTER_ENCRYPTIONS | keys.rotate_after_encryptions | 268435456 (2^28) |
@@ -142,6 +143,8 @@ struct AuditSection {
     file: Option<PathBuf>,
     stdout: Option<bool>,
     checkpoint_interval: Option<String>,
+    /// "batched" (default) or "always": see `CoreConfig::read_sync_always`.
+    read_sync: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -246,6 +249,9 @@ pub fn load(args: &ServerArgs) -> anyhow::Result<(ServerConfig, crate::storage::
     }
     if let Some(v) = env("COFFER_AUDIT__CHECKPOINT_INTERVAL") {
         f.audit.checkpoint_interval = Some(v);
+    }
+    if let Some(v) = env("COFFER_AUDIT__READ_SYNC") {
+        f.audit.read_sync = Some(v);
     }
     for (k, slot) in [
         ("COFFER_KEYS__CACHE_TTL", &mut f.keys.cache_ttl),
@@ -403,6 +409,11 @@ pub fn load(args: &ServerArgs) -> anyhow::Result<(ServerConfig, crate::storage::
     f.kms.apply_env();
     f.pkcs11.apply_env();
     let (seal, key_services) = crate::seal_config::build(&f.seal, &f.kms, &f.pkcs11)?;
+    core.read_sync_always = match f.audit.read_sync.as_deref() {
+        None | Some("batched") => false,
+        Some("always") => true,
+        Some(other) => anyhow::bail!("audit.read_sync = {other:?}: use \"batched\" or \"always\""),
+    };
     let checkpoint_interval = match &f.audit.checkpoint_interval {
         Some(v) => {
             let d = humantime::parse_duration(v)

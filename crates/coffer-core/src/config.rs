@@ -46,6 +46,11 @@ pub struct CoreConfig {
     /// How new values are encrypted. Every stored value opens with the scheme it names,
     /// so this can change at any time.
     pub value_scheme: coffer_crypto::ValueScheme,
+    /// `audit.read_sync = "always"`: the events of operations that change nothing (reads,
+    /// lists, denials) are on stable storage before their answer, like changes. Otherwise
+    /// they have reached the operating system (or the database server) before the answer
+    /// and stable storage within `coffer_store::READ_SYNC_BOUND`.
+    pub read_sync_always: bool,
 }
 
 impl Default for CoreConfig {
@@ -69,6 +74,7 @@ impl Default for CoreConfig {
             rewrap_batch: 2_000,
             rewrap_pause: Duration::ZERO,
             value_scheme: coffer_crypto::ValueScheme::default(),
+            read_sync_always: false,
         }
     }
 }

@@ -19,13 +19,17 @@ pub trait AuditRepo: Send + Sync {
     async fn append_audit(&self, e: &NewAuditEvent) -> Result<(u64, [u8; 32]), StoreError>;
     /// Append like [`AuditRepo::append_audit`] if every check still holds, in the same
     /// transaction; otherwise append nothing and return None (the request that read those
-    /// values must be answered again). Without checks this is `append_audit`.
+    /// values must be answered again). `durability`: how far the event must have gone
+    /// before this returns. Without checks, and `Stable`, this is `append_audit`.
     async fn append_audit_checked(
         &self,
         e: &NewAuditEvent,
         checks: &[ReadCheck],
+        durability: Durability,
     ) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+        let _ = durability;
         if checks.is_empty() {
+            // Stable is always at least as far as asked.
             self.append_audit(e).await.map(Some)
         } else {
             // A backend that hands out no checks cannot confirm any.

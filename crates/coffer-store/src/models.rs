@@ -280,6 +280,22 @@ pub struct ParamWrite {
     pub event: Option<ChangeEvent>,
 }
 
+/// How far an appended audit event must have gone before the append returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// On stable storage: it survives a power loss (SQLite: the write-ahead log is synced;
+    /// PostgreSQL: the commit waited for its WAL flush).
+    #[default]
+    Stable,
+    /// Committed and handed to the operating system (SQLite) or the database server
+    /// (PostgreSQL), so it survives the service being killed; on stable storage within
+    /// [`READ_SYNC_BOUND`], when the writer syncs what it committed this way.
+    Written,
+}
+
+/// The longest a [`Durability::Written`] event waits before its writer starts a sync.
+pub const READ_SYNC_BOUND: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// An audit event to append. The store assigns `seq` and computes the chain hash.
 #[derive(Debug, Clone)]
 pub struct NewAuditEvent {

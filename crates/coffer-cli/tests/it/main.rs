@@ -7,6 +7,7 @@
 
 mod audit;
 mod bench;
+mod crash;
 mod identity;
 mod keys;
 mod operator;

@@ -382,9 +382,18 @@ impl Coffer {
         checks: &[ReadCheck],
         durable: bool,
     ) -> Result<Option<u64>, CoreError> {
-        let _ = durable;
+        let durability = if durable || self.inner.config.read_sync_always {
+            coffer_store::Durability::Stable
+        } else {
+            coffer_store::Durability::Written
+        };
         let row = event_row(ev)?;
-        match self.repos().audit.append_audit_checked(&row, checks).await {
+        match self
+            .repos()
+            .audit
+            .append_audit_checked(&row, checks, durability)
+            .await
+        {
             Ok(Some((seq, _))) => {
                 self.inner.sinks.write(&row.body);
                 Ok(Some(seq))

@@ -4,6 +4,8 @@ use super::*;
 
 pub(super) type AuditReply = oneshot::Sender<Result<Option<(u64, [u8; 32])>, StoreError>>;
 pub(super) type AuditJob = (NewAuditEvent, Vec<ReadCheck>, AuditReply);
+/// A job as queued: with how far its event must have gone before it is answered.
+pub(super) type Queued = (AuditJob, Durability);
 
 const AUDIT_BATCH: usize = 256;
 
@@ -24,31 +26,69 @@ const AUDIT_BATCH: usize = 256;
 /// The writer keeps a connection of its own rather than taking one from the pool: the pool
 /// hands out its connections in turn, so consecutive appends would each run in a different
 /// server process, none with its caches warm.
+///
+/// A batch of nothing but [`Durability::Written`] events (operations that changed nothing)
+/// commits with `synchronous_commit = off`: the database server has the events before
+/// anyone is answered, but the commit does not wait for the WAL flush. Within
+/// [`READ_SYNC_BOUND`] the writer then commits a transaction synchronously, whose flush
+/// covers every earlier commit (unless a durable batch did so first).
 pub(super) fn spawn_audit_writer(
     pool: PgPool,
     values: std::sync::Arc<cache::ValueCache>,
-) -> mpsc::Sender<AuditJob> {
-    let (tx, mut rx) = mpsc::channel::<AuditJob>(4096);
+) -> mpsc::Sender<Queued> {
+    let (tx, mut rx) = mpsc::channel::<Queued>(4096);
     let writer = async move {
-        let mut conn: Option<PgConnection> = None;
+        let mut conn: Option<WriterConn> = None;
         // The last (seq, hash) this writer appended to each chain: with it the writer
         // proposes the next events' hashes, which the database stores as they are if no
         // other node appended in between (only ever a proposal: the database checks the
         // head under its lock).
         let mut heads = crate::chain::Heads::new();
-        while let Some(first) = rx.recv().await {
+        // When the oldest commit not yet flushed was made.
+        let mut unflushed: Option<std::time::Instant> = None;
+        loop {
+            let first = match unflushed {
+                None => rx.recv().await,
+                Some(t) => {
+                    match tokio::time::timeout_at((t + READ_SYNC_BOUND).into(), rx.recv()).await
+                    {
+                        Ok(job) => job,
+                        Err(_) => {
+                            flush(&pool, &mut conn, &mut unflushed).await;
+                            continue;
+                        }
+                    }
+                }
+            };
+            let Some(first) = first else { break };
             let mut batch: Vec<AuditJob> = Vec::with_capacity(AUDIT_BATCH);
-            batch.push(first);
+            let mut relaxed = first.1 == Durability::Written;
+            batch.push(first.0);
             while batch.len() < AUDIT_BATCH {
                 match rx.try_recv() {
-                    Ok(j) => batch.push(j),
+                    Ok((j, d)) => {
+                        relaxed &= d == Durability::Written;
+                        batch.push(j);
+                    }
                     Err(_) => break,
                 }
             }
-            append_batch(&pool, &mut conn, &mut heads, &values, batch).await;
+            if append_batch(&pool, &mut conn, &mut heads, &values, batch, relaxed).await {
+                if relaxed {
+                    unflushed.get_or_insert_with(std::time::Instant::now);
+                } else {
+                    unflushed = None;
+                }
+            }
+            if unflushed.is_some_and(|t| t.elapsed() >= READ_SYNC_BOUND) {
+                flush(&pool, &mut conn, &mut unflushed).await;
+            }
+        }
+        if unflushed.is_some() {
+            flush(&pool, &mut conn, &mut unflushed).await;
         }
         if let Some(c) = conn {
-            let _ = sqlx::Connection::close(c).await;
+            let _ = sqlx::Connection::close(c.conn).await;
         }
     };
     // Every request waits for this loop, so it runs on a thread of its own: as a task among
@@ -70,10 +110,44 @@ pub(super) fn spawn_audit_writer(
     tx
 }
 
-/// The writer's own connection, opened again after a failure.
+/// Make every commit before now durable: a transaction with an id, committed synchronously,
+/// waits for the WAL flush up to its own commit record, which follows theirs.
+async fn flush(
+    pool: &PgPool,
+    conn: &mut Option<WriterConn>,
+    unflushed: &mut Option<std::time::Instant>,
+) {
+    let flushed = match writer_connection(pool, conn, false).await {
+        Ok(c) => sqlx::query("SELECT pg_current_xact_id()")
+            .execute(&mut *c)
+            .await
+            .map_err(StoreError::from),
+        Err(e) => Err(e),
+    };
+    match flushed {
+        Ok(_) => *unflushed = None,
+        Err(e) => {
+            // Tried again after another bound, not at once; the database flushes by itself
+            // meanwhile (its WAL writer, within 3 × wal_writer_delay).
+            *unflushed = Some(std::time::Instant::now());
+            tracing::error!(error = %e, "could not flush the audit events of reads");
+            *conn = None;
+        }
+    }
+}
+
+/// The writer's connection, and whether its commits wait for the WAL flush.
+struct WriterConn {
+    conn: PgConnection,
+    relaxed: bool,
+}
+
+/// The writer's own connection, opened again after a failure, with `relaxed` commits or
+/// not.
 async fn writer_connection<'c>(
     pool: &PgPool,
-    conn: &'c mut Option<PgConnection>,
+    conn: &'c mut Option<WriterConn>,
+    relaxed: bool,
 ) -> Result<&'c mut PgConnection, StoreError> {
     if conn.is_none() {
         let opts = pool.connect_options();
@@ -83,9 +157,29 @@ async fn writer_connection<'c>(
         )
         .await
         .map_err(|_| StoreError::Unavailable(sqlx::Error::PoolTimedOut))??;
-        *conn = Some(c);
+        *conn = Some(WriterConn {
+            conn: c,
+            relaxed: false,
+        });
+    }
+    let switch = conn.as_ref().is_some_and(|w| w.relaxed != relaxed);
+    if switch && let Some(w) = conn.as_mut() {
+        let set = if relaxed {
+            "SET synchronous_commit = off"
+        } else {
+            "SET synchronous_commit = on"
+        };
+        match sqlx::raw_sql(set).execute(&mut w.conn).await {
+            Ok(_) => w.relaxed = relaxed,
+            Err(e) => {
+                // Not knowing its setting, the connection is not used again.
+                *conn = None;
+                return Err(e.into());
+            }
+        }
     }
     conn.as_mut()
+        .map(|w| &mut w.conn)
         .ok_or(StoreError::Unavailable(sqlx::Error::PoolClosed))
 }
 
@@ -100,13 +194,15 @@ type Assigned = Vec<Option<(u64, [u8; 32])>>;
 /// organisation taking its chain's lock in organisation order, so it costs one commit and
 /// one WAL flush instead of one per organisation. If that fails before the commit was sent,
 /// nothing was appended, and each organisation is tried again in a transaction of its own.
+/// Returns whether anything was committed.
 async fn append_batch(
     pool: &PgPool,
-    conn: &mut Option<PgConnection>,
+    conn: &mut Option<WriterConn>,
     heads: &mut crate::chain::Heads,
     values: &cache::ValueCache,
     batch: Vec<AuditJob>,
-) {
+    relaxed: bool,
+) -> bool {
     let mut by_org: std::collections::BTreeMap<Uuid, Vec<AuditJob>> = Default::default();
     for job in batch {
         by_org.entry(job.0.org_id).or_default().push(job);
@@ -125,12 +221,12 @@ async fn append_batch(
         }
     }
     if groups.len() > 1 {
-        match append_together(pool, conn, heads, &groups).await {
+        match append_together(pool, conn, heads, &groups, relaxed).await {
             Together::Committed(results) => {
                 for ((org, jobs), assigned) in groups.into_iter().zip(results) {
                     answer(heads, values, org, jobs, Ok(assigned));
                 }
-                return;
+                return true;
             }
             Together::CommitUnknown(e) => {
                 tracing::error!(error = %e, "audit batch commit failed");
@@ -138,7 +234,7 @@ async fn append_batch(
                 for (org, jobs) in groups {
                     answer(heads, values, org, jobs, Err(StoreError::CommitFailed));
                 }
-                return;
+                return false;
             }
             Together::NotAppended(e) => {
                 tracing::warn!(error = %e, "audit batch of several organisations failed; appending each alone");
@@ -147,21 +243,26 @@ async fn append_batch(
             }
         }
     }
+    let mut committed = false;
     for (org, jobs) in groups {
         let events: Vec<&NewAuditEvent> = jobs.iter().map(|(e, _, _)| e).collect();
         let checks: Vec<&[ReadCheck]> = jobs.iter().map(|(_, c, _)| c.as_slice()).collect();
         let head = heads.get(&org).copied();
-        let appended = match writer_connection(pool, conn).await {
+        let appended = match writer_connection(pool, conn, relaxed).await {
             Ok(c) => append_audit_batch(c, org, head, &events, &checks).await,
             Err(e) => Err(e),
         };
-        if let Err(e) = &appended {
-            tracing::error!(error = %e, "audit batch failed");
-            // The connection may be broken (a database restart): open a new one next.
-            *conn = None;
+        match &appended {
+            Ok(_) => committed = true,
+            Err(e) => {
+                tracing::error!(error = %e, "audit batch failed");
+                // The connection may be broken (a database restart): open a new one next.
+                *conn = None;
+            }
         }
         answer(heads, values, org, jobs, appended);
     }
+    committed
 }
 
 /// How appending several organisations' events in one transaction ended.
@@ -175,11 +276,12 @@ enum Together {
 
 async fn append_together(
     pool: &PgPool,
-    conn: &mut Option<PgConnection>,
+    conn: &mut Option<WriterConn>,
     heads: &crate::chain::Heads,
     groups: &[OrgJobs],
+    relaxed: bool,
 ) -> Together {
-    let c = match writer_connection(pool, conn).await {
+    let c = match writer_connection(pool, conn, relaxed).await {
         Ok(c) => c,
         Err(e) => return Together::NotAppended(e),
     };

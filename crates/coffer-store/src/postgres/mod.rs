@@ -12,7 +12,7 @@ mod notify;
 mod reads;
 mod repos;
 
-use audit_writer::{AuditJob, spawn_audit_writer};
+use audit_writer::{Queued, spawn_audit_writer};
 
 use std::time::Duration;
 
@@ -157,7 +157,7 @@ impl crate::sql::Backend for PgStore {
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
-    audit: mpsc::Sender<AuditJob>,
+    audit: mpsc::Sender<Queued>,
     /// While this node leads: the connection holding the session-level advisory lock. If the
     /// node dies, PostgreSQL ends the session and releases the lock for another node.
     leader: std::sync::Arc<tokio::sync::Mutex<Option<PgConnection>>>,

@@ -108,7 +108,7 @@ impl ParamRepo for PgStore {
 #[async_trait]
 impl AuditRepo for PgStore {
     async fn append_audit(&self, e: &NewAuditEvent) -> Result<(u64, [u8; 32]), StoreError> {
-        self.append_audit_checked(e, &[])
+        self.append_audit_checked(e, &[], Durability::Stable)
             .await?
             .ok_or(StoreError::CommitFailed)
     }
@@ -117,10 +117,11 @@ impl AuditRepo for PgStore {
         &self,
         e: &NewAuditEvent,
         checks: &[ReadCheck],
+        durability: Durability,
     ) -> Result<Option<(u64, [u8; 32])>, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.audit
-            .send((e.clone(), checks.to_vec(), reply))
+            .send(((e.clone(), checks.to_vec(), reply), durability))
             .await
             .map_err(|_| StoreError::CommitFailed)?;
         answer.await.map_err(|_| StoreError::CommitFailed)?

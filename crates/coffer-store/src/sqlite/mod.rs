@@ -166,7 +166,9 @@ impl SqliteStore {
             .await?;
         let cache = Arc::new(cache::ValueCache::default());
         let heads = writer::SharedHeads::default();
-        let writer = writer::spawn(write.clone(), cache.clone(), heads.clone());
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let writer = writer::spawn(write.clone(), cache.clone(), heads.clone(), wal.into());
         Ok(Self {
             write,
             read,
@@ -301,8 +303,30 @@ impl ParamRepo for SqliteStore {
 #[async_trait]
 impl AuditRepo for SqliteStore {
     async fn append_audit(&self, e: &NewAuditEvent) -> Result<(u64, [u8; 32]), StoreError> {
-        match self.submit(writer::Work::Audit(e.clone())).await? {
+        match self
+            .submit(writer::Work::Audit(e.clone(), Durability::Stable))
+            .await?
+        {
             writer::Done::Audit(seq, hash) => Ok((seq, hash)),
+            writer::Done::Param => Err(StoreError::CommitFailed),
+        }
+    }
+
+    /// SQLite hands out no read checks (its value cache is kept exact by the writer).
+    async fn append_audit_checked(
+        &self,
+        e: &NewAuditEvent,
+        checks: &[ReadCheck],
+        durability: Durability,
+    ) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+        if !checks.is_empty() {
+            return Ok(None);
+        }
+        match self
+            .submit(writer::Work::Audit(e.clone(), durability))
+            .await?
+        {
+            writer::Done::Audit(seq, hash) => Ok(Some((seq, hash))),
             writer::Done::Param => Err(StoreError::CommitFailed),
         }
     }

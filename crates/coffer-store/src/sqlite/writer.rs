@@ -4,8 +4,17 @@
 //! pending write, drains whatever else is queued (up to a batch limit), applies each inside
 //! its own SAVEPOINT — so one conflicting write does not fail its neighbours — and commits
 //! once. Every caller is answered only after that commit, so an acknowledged write is durable.
+//!
+//! A batch of nothing but audit events asked for [`Durability::Written`] (events of
+//! operations that changed nothing: reads, lists, denials) commits with `synchronous =
+//! NORMAL`: the log frames are written to the operating system before anyone is answered,
+//! so they survive the process being killed, but the commit does not wait for the disk.
+//! The writer then syncs the log itself within [`READ_SYNC_BOUND`] (sooner if a durable
+//! batch commits first, whose sync covers the whole log).
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use sqlx::{Acquire, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
@@ -17,7 +26,7 @@ use uuid::Uuid;
 
 use super::append_version;
 use crate::sql::{DbId, db_int};
-use crate::{NewAuditEvent, ParamWrite, StoreError};
+use crate::{Durability, NewAuditEvent, ParamWrite, READ_SYNC_BOUND, StoreError};
 
 const MAX_BATCH: usize = 256;
 const QUEUE: usize = 4096;
@@ -26,7 +35,7 @@ const QUEUE: usize = 4096;
 #[derive(Debug)]
 pub(super) enum Work {
     Param(ParamWrite),
-    Audit(NewAuditEvent),
+    Audit(NewAuditEvent, Durability),
 }
 
 #[derive(Debug)]
@@ -62,11 +71,24 @@ pub(super) fn spawn(
     pool: SqlitePool,
     cache: Arc<ValueCache>,
     heads: SharedHeads,
+    wal: PathBuf,
 ) -> mpsc::Sender<Job> {
     let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
     tokio::spawn(async move {
         let mut batch = Vec::with_capacity(MAX_BATCH);
-        while let Some(first) = rx.recv().await {
+        let mut sync = LogSync::new(wal);
+        loop {
+            let first = match sync.due() {
+                None => rx.recv().await,
+                Some(due) => match tokio::time::timeout_at(due.into(), rx.recv()).await {
+                    Ok(job) => job,
+                    Err(_) => {
+                        sync.start().await;
+                        continue;
+                    }
+                },
+            };
+            let Some(first) = first else { break };
             batch.push(first);
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
@@ -74,9 +96,18 @@ pub(super) fn spawn(
                     Err(_) => break,
                 }
             }
-            let results = commit_batch(&pool, &batch, &heads).await;
+            let relaxed = !sync.failed
+                && batch
+                    .iter()
+                    .all(|(w, _)| matches!(w, Work::Audit(_, Durability::Written)));
+            let results = commit_batch(&pool, &batch, &heads, relaxed).await;
             if results.iter().any(Result::is_err) {
                 lock(&heads).clear();
+            }
+            if results.iter().any(Result::is_ok) {
+                // Something was committed: either left for the log sync, or synced with
+                // the commit itself (`synchronous = FULL` syncs the whole log).
+                sync.committed(relaxed);
             }
             for ((work, reply), result) in batch.drain(..).zip(results) {
                 if let (Work::Param(w), Ok(_)) = (&work, &result) {
@@ -88,9 +119,74 @@ pub(super) fn spawn(
                 // The caller may have gone away; the write stands regardless.
                 let _ = reply.send(result);
             }
+            if sync.due().is_some_and(|due| Instant::now() >= due) {
+                sync.start().await;
+            }
         }
+        if sync.due().is_some() {
+            sync.start().await;
+        }
+        sync.finish().await;
     });
     tx
+}
+
+/// The writer's own sync of the write-ahead log, for batches committed without one.
+struct LogSync {
+    wal: PathBuf,
+    /// When the oldest commit not yet covered by a sync (finished or running) was made.
+    unsynced: Option<Instant>,
+    running: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// A sync failed: the log may have lost what it held, and the writer no longer trusts
+    /// its own syncs; every batch commits with `synchronous = FULL` from then on.
+    failed: bool,
+}
+
+impl LogSync {
+    fn new(wal: PathBuf) -> Self {
+        Self {
+            wal,
+            unsynced: None,
+            running: None,
+            failed: false,
+        }
+    }
+
+    fn due(&self) -> Option<Instant> {
+        self.unsynced.map(|t| t + READ_SYNC_BOUND)
+    }
+
+    fn committed(&mut self, relaxed: bool) {
+        if relaxed {
+            self.unsynced.get_or_insert_with(Instant::now);
+        } else {
+            self.unsynced = None;
+        }
+    }
+
+    /// Sync what is committed so far, beside the writer's next batches (a sync covers what
+    /// was written before it began, whatever comes after).
+    async fn start(&mut self) {
+        self.finish().await;
+        self.unsynced = None;
+        let wal = self.wal.clone();
+        self.running = Some(tokio::task::spawn_blocking(move || {
+            std::fs::File::open(wal)?.sync_data()
+        }));
+    }
+
+    async fn finish(&mut self) {
+        let Some(running) = self.running.take() else {
+            return;
+        };
+        let failure = match running.await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::error!(error = %failure, "could not sync the write-ahead log: audit events of reads committed in the last moments may not be on stable storage; from now on every commit waits for its own sync");
+        self.failed = true;
+    }
 }
 
 /// Rows per multi-row INSERT of audit events (11 parameters each, far below SQLite's limit).
@@ -170,17 +266,53 @@ async fn load_head(conn: &mut SqliteConnection, org: Uuid) -> Result<(u64, [u8; 
     }
 }
 
+fn failed(n: usize) -> Vec<Result<Done, StoreError>> {
+    (0..n).map(|_| Err(StoreError::CommitFailed)).collect()
+}
+
+/// Commit one batch on the write connection; `relaxed`: without waiting for the disk (see
+/// the module's comment). The connection is always handed back with `synchronous = FULL`,
+/// or closed: the other users of the write pool count on it.
 async fn commit_batch(
     pool: &SqlitePool,
     batch: &[Job],
     shared: &SharedHeads,
+    relaxed: bool,
 ) -> Vec<Result<Done, StoreError>> {
-    let failed = |n: usize| {
-        (0..n)
-            .map(|_| Err(StoreError::CommitFailed))
-            .collect::<Vec<_>>()
+    let mut conn = match pool.acquire().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "could not take the write connection");
+            return failed(batch.len());
+        }
     };
-    let mut tx = match pool.begin().await {
+    if !relaxed {
+        return commit_on(&mut conn, batch, shared).await;
+    }
+    if let Err(e) = sqlx::raw_sql("PRAGMA synchronous = NORMAL")
+        .execute(&mut *conn)
+        .await
+    {
+        tracing::error!(error = %e, "could not relax the commit of audit events");
+        return commit_on(&mut conn, batch, shared).await;
+    }
+    let results = commit_on(&mut conn, batch, shared).await;
+    if let Err(e) = sqlx::raw_sql("PRAGMA synchronous = FULL")
+        .execute(&mut *conn)
+        .await
+    {
+        tracing::error!(error = %e, "could not restore synchronous commits; closing the write connection");
+        let _ = conn.close().await;
+    }
+    results
+}
+
+async fn commit_on(
+    conn: &mut SqliteConnection,
+    batch: &[Job],
+    shared: &SharedHeads,
+) -> Vec<Result<Done, StoreError>> {
+    let mut tx = match conn.begin().await {
         Ok(tx) => tx,
         Err(e) => {
             tracing::error!(error = %e, "could not begin a write transaction");
@@ -197,7 +329,7 @@ async fn commit_batch(
         .iter()
         .enumerate()
         .filter_map(|(i, (w, _))| {
-            if let Work::Audit(e) = w {
+            if let Work::Audit(e, _) = w {
                 Some((i, e))
             } else {
                 None

@@ -605,7 +605,7 @@ async fn cached_answers_are_confirmed_against_writes_on_other_nodes() {
         (v.map(|v| (v.param.id, v.version.version)), check)
     };
     let append = |check: Option<ReadCheck>| async {
-        a.append_audit_checked(&event(), &[check.unwrap()])
+        a.append_audit_checked(&event(), &[check.unwrap()], coffer_store::Durability::Written)
             .await
             .unwrap()
             .map(|h| h.0)

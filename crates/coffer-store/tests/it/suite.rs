@@ -1544,7 +1544,7 @@ pub async fn cached_reads_are_confirmed_when_audited(s: &dyn Store) {
                 );
             }
             let at = s
-                .append_audit_checked(&event(appended), &checks)
+                .append_audit_checked(&event(appended), &checks, Durability::Written)
                 .await
                 .unwrap();
             appended += 1;
@@ -1566,7 +1566,9 @@ pub async fn cached_reads_are_confirmed_when_audited(s: &dyn Store) {
         version: 99,
     };
     assert_eq!(
-        s.append_audit_checked(&event(99), &[stale]).await.unwrap(),
+        s.append_audit_checked(&event(99), &[stale], Durability::Stable)
+            .await
+            .unwrap(),
         None
     );
     assert_eq!(
