@@ -115,10 +115,7 @@ fn audit_events_survive_kill_9_under_mixed_load() {
             .unwrap();
         let workers: Vec<_> = (0..WORKERS)
             .map(|w| {
-                let url = format!(
-                    "{}/v1/projects/app/envs/default/params/CRASH_{w}",
-                    srv.addr
-                );
+                let url = format!("{}/v1/projects/app/envs/default/params/CRASH_{w}", srv.addr);
                 rt.spawn(load(http.clone(), url, token.clone(), round, w))
             })
             .collect();
@@ -139,7 +136,11 @@ fn audit_events_survive_kill_9_under_mixed_load() {
         let cli = Cli::of(&srv, tmp.path().join("cfg"));
         let logged = logged_request_ids(&cli, tmp.path());
         for s in &seen {
-            let missing: Vec<&String> = s.answered.iter().filter(|id| !logged.contains(*id)).collect();
+            let missing: Vec<&String> = s
+                .answered
+                .iter()
+                .filter(|id| !logged.contains(*id))
+                .collect();
             assert!(
                 missing.is_empty(),
                 "round {round}: answered requests without an event after kill -9: {missing:?}"

@@ -19,8 +19,12 @@ async fn raw(f: &Fixture) -> sqlx::SqliteConnection {
     let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", f.db_path().display()))
         .await
         .unwrap();
-    // The attacker drops the append-only triggers first.
-    for t in ["audit_events_no_update", "audit_events_no_delete"] {
+    // The attacker drops the append-only and chain-link triggers first.
+    for t in [
+        "audit_events_no_update",
+        "audit_events_no_delete",
+        "audit_events_link",
+    ] {
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP TRIGGER {t}")))
             .execute(&mut db)
             .await

@@ -50,8 +50,7 @@ pub(super) fn spawn_audit_writer(
             let first = match unflushed {
                 None => rx.recv().await,
                 Some(t) => {
-                    match tokio::time::timeout_at((t + READ_SYNC_BOUND).into(), rx.recv()).await
-                    {
+                    match tokio::time::timeout_at((t + READ_SYNC_BOUND).into(), rx.recv()).await {
                         Ok(job) => job,
                         Err(_) => {
                             flush(&pool, &mut conn, &mut unflushed).await;

@@ -1,9 +1,12 @@
 //! The embedded default backend: SQLite in WAL mode.
 //!
-//! Two pools: one connection for writes (SQLite has one writer; a single connection avoids
-//! lock-upgrade deadlocks between deferred transactions) and several read-only connections
-//! that WAL lets run beside it. `synchronous = FULL` makes every acknowledged write durable.
+//! Two pools: one connection for writes and several read-only connections that WAL lets run
+//! beside it; and the audit writer's own connection on its own thread (`audit_writer`).
+//! Write transactions take the write lock at BEGIN (`writer::BEGIN`), so the two writing
+//! connections queue for it instead of failing to upgrade. `synchronous = FULL` makes every
+//! acknowledged change durable.
 
+mod audit_writer;
 mod cache;
 mod writer;
 
@@ -50,6 +53,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "external_keys",
         include_str!("../../migrations/sqlite/0005_external_keys.sql"),
     ),
+    (
+        6,
+        "audit_links",
+        include_str!("../../migrations/sqlite/0006_audit_links.sql"),
+    ),
 ];
 
 #[async_trait]
@@ -74,7 +82,7 @@ impl crate::sql::Backend for SqliteStore {
     }
 
     async fn begin_bare(&self) -> Result<Self::Tx, StoreError> {
-        Ok(self.write.begin().await?)
+        Ok(self.write.begin_with(writer::BEGIN).await?)
     }
 
     async fn begin_read(&self, _scope: Scope<'_>) -> Result<Self::Tx, StoreError> {
@@ -92,17 +100,14 @@ impl crate::sql::Backend for SqliteStore {
         Ok(())
     }
 
-    /// On the one write connection that `tx` holds, so no other append runs meanwhile.
-    /// The head is read from the database, and the writer's copy of it is dropped before
-    /// the commit (the writer reads it again next time): this append moves it.
+    /// In `tx`, which holds the write lock (see [`writer::BEGIN`]).
     async fn append_in(&self, tx: &mut Self::Tx, event: &NewAuditEvent) -> Result<(), StoreError> {
-        let appended =
-            writer::append_audit_batch(&mut *tx, &[event], &mut crate::chain::Heads::new()).await;
-        writer::forget_head(&self.heads, event.org_id);
-        appended.map(|_| ()).map_err(|e| {
-            tracing::error!(error = %e, "audit append failed; the change is rolled back");
-            StoreError::AuditFailed
-        })
+        writer::append_events(&mut *tx, &[event])
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "audit append failed; the change is rolled back");
+                StoreError::AuditFailed
+            })
     }
 
     fn key_material_changed(&self) {
@@ -119,9 +124,8 @@ pub struct SqliteStore {
     write: SqlitePool,
     read: SqlitePool,
     writer: tokio::sync::mpsc::Sender<writer::Job>,
+    audit: flume::Sender<audit_writer::Job>,
     cache: Arc<cache::ValueCache>,
-    /// The chain ends the writer knows (see [`writer::SharedHeads`]).
-    heads: writer::SharedHeads,
 }
 
 /// The one writer connection: a 64 MiB page cache (the default is 2 MiB), because rewrap
@@ -165,16 +169,14 @@ impl SqliteStore {
             .connect_with(base.read_only(true))
             .await?;
         let cache = Arc::new(cache::ValueCache::default());
-        let heads = writer::SharedHeads::default();
-        let mut wal = path.as_os_str().to_owned();
-        wal.push("-wal");
-        let writer = writer::spawn(write.clone(), cache.clone(), heads.clone(), wal.into());
+        let writer = writer::spawn(write.clone(), cache.clone());
+        let audit = audit_writer::spawn(path)?;
         Ok(Self {
             write,
             read,
             writer,
+            audit,
             cache,
-            heads,
         })
     }
 
@@ -205,6 +207,15 @@ impl SqliteStore {
     }
 
     pub async fn close(&self) {
+        let (done, closed) = tokio::sync::oneshot::channel();
+        if self
+            .audit
+            .send_async(audit_writer::Job::Close(done))
+            .await
+            .is_ok()
+        {
+            let _ = closed.await;
+        }
         self.read.close().await;
         self.write.close().await;
     }
@@ -227,10 +238,14 @@ fn create_private(path: &Path) -> Result<(), StoreError> {
 }
 
 impl SqliteStore {
-    async fn submit(&self, work: writer::Work) -> Result<writer::Done, StoreError> {
+    async fn append_event(
+        &self,
+        e: &NewAuditEvent,
+        durability: Durability,
+    ) -> Result<(u64, [u8; 32]), StoreError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.writer
-            .send((work, reply))
+        self.audit
+            .send_async(audit_writer::Job::Append(e.clone(), durability, reply))
             .await
             .map_err(|_| StoreError::CommitFailed)?;
         answer.await.map_err(|_| StoreError::CommitFailed)?
@@ -293,23 +308,19 @@ impl ParamRepo for SqliteStore {
     }
 
     async fn append_param_version(&self, w: &ParamWrite) -> Result<(), StoreError> {
-        match self.submit(writer::Work::Param(w.clone())).await? {
-            writer::Done::Param => Ok(()),
-            writer::Done::Audit(..) => Err(StoreError::CommitFailed),
-        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.writer
+            .send((w.clone(), reply))
+            .await
+            .map_err(|_| StoreError::CommitFailed)?;
+        answer.await.map_err(|_| StoreError::CommitFailed)?
     }
 }
 
 #[async_trait]
 impl AuditRepo for SqliteStore {
     async fn append_audit(&self, e: &NewAuditEvent) -> Result<(u64, [u8; 32]), StoreError> {
-        match self
-            .submit(writer::Work::Audit(e.clone(), Durability::Stable))
-            .await?
-        {
-            writer::Done::Audit(seq, hash) => Ok((seq, hash)),
-            writer::Done::Param => Err(StoreError::CommitFailed),
-        }
+        self.append_event(e, Durability::Stable).await
     }
 
     /// SQLite hands out no read checks (its value cache is kept exact by the writer).
@@ -322,13 +333,7 @@ impl AuditRepo for SqliteStore {
         if !checks.is_empty() {
             return Ok(None);
         }
-        match self
-            .submit(writer::Work::Audit(e.clone(), durability))
-            .await?
-        {
-            writer::Done::Audit(seq, hash) => Ok(Some((seq, hash))),
-            writer::Done::Param => Err(StoreError::CommitFailed),
-        }
+        self.append_event(e, durability).await.map(Some)
     }
 
     async fn audit_events(

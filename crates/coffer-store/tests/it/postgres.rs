@@ -605,10 +605,14 @@ async fn cached_answers_are_confirmed_against_writes_on_other_nodes() {
         (v.map(|v| (v.param.id, v.version.version)), check)
     };
     let append = |check: Option<ReadCheck>| async {
-        a.append_audit_checked(&event(), &[check.unwrap()], coffer_store::Durability::Written)
-            .await
-            .unwrap()
-            .map(|h| h.0)
+        a.append_audit_checked(
+            &event(),
+            &[check.unwrap()],
+            coffer_store::Durability::Written,
+        )
+        .await
+        .unwrap()
+        .map(|h| h.0)
     };
 
     b.append_param_version(&set(base.id, in_base, 0, VersionAction::Set))

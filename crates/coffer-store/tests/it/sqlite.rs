@@ -99,3 +99,92 @@ async fn rewrap_updates_seek_credentials_by_id() {
     let default = plan(base.connect().await.unwrap()).await;
     assert!(default.contains("SCAN credentials"), "{default}");
 }
+
+/// Two connections append to the chains: the audit writer's own and the write pool's (a
+/// change committed with its event). The database refuses an event that does not continue
+/// its chain's head, and the audit writer, whose cached head the other connection made
+/// stale, reads it again and appends after the other's event.
+#[tokio::test]
+async fn appends_continue_the_chain_head_across_connections() {
+    use coffer_store::prelude::*;
+    use coffer_store::{AuditFilter, NewAuditEvent};
+    use sqlx::Connection;
+    let (dir, s) = fresh().await;
+    let org = uuid::Uuid::new_v4();
+    let ev = |n: i64| NewAuditEvent {
+        org_id: org,
+        id: uuid::Uuid::new_v4(),
+        time: n,
+        action: format!("a.{n}"),
+        actor_id: None,
+        outcome: "success".into(),
+        target: String::new(),
+        body: format!("{{\"n\":{n}}}"),
+    };
+    let (seq1, h1) = s.append_audit(&ev(1)).await.unwrap();
+    assert_eq!(seq1, 1);
+
+    let mut db = sqlx::SqliteConnection::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("coffer.db").display()
+    ))
+    .await
+    .unwrap();
+    let insert = |seq: i64, prev: [u8; 32], body: String| {
+        let hash = coffer_crypto::audit::event_hash(&prev, seq as u64, &body);
+        (
+            sqlx::query(
+                "INSERT INTO audit_events (org_id, seq, id, time, action, outcome, target, body, prev_hash, hash) \
+                 VALUES (?, ?, ?, 0, 'x', 'success', '', ?, ?, ?)",
+            )
+            .bind(org.as_bytes().to_vec())
+            .bind(seq)
+            .bind(uuid::Uuid::new_v4().as_bytes().to_vec())
+            .bind(body)
+            .bind(prev.to_vec())
+            .bind(hash.to_vec()),
+            hash,
+        )
+    };
+    // The other connection continues the chain: accepted, and the head follows.
+    let (q, h2) = insert(2, h1, "{\"n\":2}".into());
+    q.execute(&mut db).await.unwrap();
+    // A link that does not continue the head is refused: a repeated number, a gap, a
+    // predecessor other than the head.
+    for (seq, prev) in [
+        (2, h1),
+        (4, h2),
+        (3, h1),
+        (3, coffer_crypto::audit::GENESIS),
+    ] {
+        let (q, _) = insert(seq, prev, "{\"forged\":true}".into());
+        let err = q.execute(&mut db).await.unwrap_err().to_string();
+        assert!(
+            err.contains("audit chain moved") || err.contains("UNIQUE"),
+            "seq {seq}: {err}"
+        );
+    }
+    // The audit writer still believes the chain ends at 1: it is refused, reads the head
+    // again and appends at 3, after the other connection's event.
+    let (seq3, _) = s.append_audit(&ev(3)).await.unwrap();
+    assert_eq!(seq3, 3);
+    let rows = s
+        .audit_events(
+            org,
+            &AuditFilter {
+                limit: 10,
+                ..AuditFilter::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut rows: Vec<_> = rows
+        .into_iter()
+        .map(|r| (r.seq, r.prev_hash, r.hash))
+        .collect();
+    rows.sort_by_key(|r| r.0);
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[1].1, rows[0].2);
+    assert_eq!(rows[2].1, rows[1].2);
+    assert_eq!(s.audit_head(org).await.unwrap(), Some((3, rows[2].2)));
+}

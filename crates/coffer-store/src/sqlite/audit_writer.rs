@@ -1,0 +1,329 @@
+//! SQLite's audit writer: a thread with a connection of its own that appends batches of
+//! audit events.
+//!
+//! Every audited request waits for its event. Through sqlx, each statement of a batch is a
+//! round trip to the connection's worker thread, two thread wake-ups each; profiling reads
+//! at one connection showed those wake-ups as most of the server's CPU per request. Here the
+//! writer is the thread that runs SQLite: an event costs one hand-over to this thread and
+//! one back, whatever the batch does. Events queued while a batch commits go into the next
+//! one.
+//!
+//! Changes commit with their events on the other write connection (the sqlx pool's). The
+//! database checks every append against its chain's head (migration 0006), so this writer's
+//! cached heads are only a proposal: when one is stale the insert fails, and the writer reads
+//! the heads again and retries once.
+//!
+//! A batch of nothing but [`Durability::Written`] events (operations that changed nothing:
+//! reads, lists, denials) commits with `synchronous = NORMAL`: its log frames are written to
+//! the operating system before anyone is answered, so they survive the process being killed,
+//! but the commit does not wait for the disk. The log is then synced within
+//! [`READ_SYNC_BOUND`] by a helper thread (a durable commit in between syncs it too).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rusqlite::types::Value;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::chain::{Heads, Link};
+use crate::{Durability, NewAuditEvent, READ_SYNC_BOUND, StoreError};
+
+const MAX_BATCH: usize = 256;
+const QUEUE: usize = 4096;
+
+pub(super) type Reply = oneshot::Sender<Result<(u64, [u8; 32]), StoreError>>;
+
+pub(super) enum Job {
+    Append(NewAuditEvent, Durability, Reply),
+    /// Sync what is left, close the connection, answer, end the thread.
+    Close(oneshot::Sender<()>),
+}
+
+/// Rows per multi-row INSERT of audit events (11 parameters each, far below SQLite's limit).
+pub(super) const ROWS_PER_INSERT: usize = 64;
+
+/// The INSERT of `rows` events; the only SQL that appends to the chains (both SQLite
+/// writers use it). Only placeholders are generated; every value is bound.
+pub(super) fn insert_events_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO audit_events (org_id, seq, id, time, action, actor_id, outcome, target, body, prev_hash, hash) VALUES ",
+    );
+    sql.push_str(&vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; rows].join(", "));
+    sql
+}
+
+pub(super) const HEAD_SQL: &str = "SELECT seq, hash FROM audit_heads WHERE org_id = ?";
+
+/// Open the writer's connection on `path` (already created and migrated) and start its
+/// thread.
+pub(super) fn spawn(path: &Path) -> Result<flume::Sender<Job>, StoreError> {
+    let conn = open(path).map_err(|e| {
+        tracing::error!(error = %e, "could not open the audit writer's connection");
+        StoreError::CommitFailed
+    })?;
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal = PathBuf::from(wal);
+    let sync = LogSync::start(wal.clone()).map_err(|e| {
+        tracing::error!(error = %e, "could not start the log sync thread");
+        StoreError::CommitFailed
+    })?;
+    let (tx, rx) = flume::bounded(QUEUE);
+    std::thread::Builder::new()
+        .name("coffer-sqlite-audit".into())
+        .spawn(move || run(conn, wal, rx, sync))
+        .map_err(|e| {
+            tracing::error!(error = %e, "could not start the audit writer");
+            StoreError::CommitFailed
+        })?;
+    Ok(tx)
+}
+
+fn open(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    // Every chunk size of a batch has its own statement.
+    conn.set_prepared_statement_cache_capacity(ROWS_PER_INSERT + 8);
+    let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(rusqlite::Error::InvalidQuery);
+    }
+    Ok(conn)
+}
+
+fn run(conn: Connection, wal: PathBuf, rx: flume::Receiver<Job>, mut sync: LogSync) {
+    let mut w = Writer {
+        conn,
+        wal,
+        heads: Heads::new(),
+        relaxed: false,
+    };
+    let mut batch: Vec<(NewAuditEvent, Durability, Reply)> = Vec::with_capacity(MAX_BATCH);
+    let mut closing = None;
+    loop {
+        let first = match sync.due() {
+            None => rx.recv().map_err(|_| flume::RecvTimeoutError::Disconnected),
+            Some(due) => rx.recv_deadline(due),
+        };
+        let first = match first {
+            Ok(job) => job,
+            Err(flume::RecvTimeoutError::Timeout) => {
+                sync.request();
+                continue;
+            }
+            Err(flume::RecvTimeoutError::Disconnected) => break,
+        };
+        let mut job = Some(first);
+        while let Some(j) = job.take() {
+            match j {
+                Job::Append(e, d, reply) => batch.push((e, d, reply)),
+                Job::Close(done) => {
+                    closing = Some(done);
+                    break;
+                }
+            }
+            if batch.len() < MAX_BATCH {
+                job = rx.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            let relaxed = !sync.failed() && batch.iter().all(|(_, d, _)| *d == Durability::Written);
+            let events: Vec<&NewAuditEvent> = batch.iter().map(|(e, _, _)| e).collect();
+            match w.append(&events, relaxed) {
+                Ok(links) => {
+                    sync.committed(relaxed);
+                    for ((_, _, reply), (seq, _, hash)) in batch.drain(..).zip(links) {
+                        // The caller may have gone away; the event stands regardless.
+                        let _ = reply.send(Ok((seq, hash)));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "audit append failed");
+                    for (_, _, reply) in batch.drain(..) {
+                        let _ = reply.send(Err(StoreError::CommitFailed));
+                    }
+                }
+            }
+            if sync.due().is_some_and(|due| Instant::now() >= due) {
+                sync.request();
+            }
+        }
+        if closing.is_some() {
+            break;
+        }
+    }
+    // Nothing committed here is left unsynced when the store closes.
+    if sync.due().is_some() && w.sync_now().is_err() {
+        tracing::error!("could not sync the write-ahead log at close");
+    }
+    drop(w);
+    if let Some(done) = closing {
+        let _ = done.send(());
+    }
+}
+
+struct Writer {
+    conn: Connection,
+    wal: PathBuf,
+    /// Where this writer believes each chain ends (checked by the database on insert).
+    heads: Heads,
+    /// Whether the connection now commits with `synchronous = NORMAL`.
+    relaxed: bool,
+}
+
+impl Writer {
+    /// Append a batch in one transaction; on failure read the heads again and try once
+    /// more (the other writer may have appended, or the database may have been busy).
+    fn append(&mut self, events: &[&NewAuditEvent], relaxed: bool) -> rusqlite::Result<Vec<Link>> {
+        if self.relaxed != relaxed {
+            let mode = if relaxed { "NORMAL" } else { "FULL" };
+            self.conn.pragma_update(None, "synchronous", mode)?;
+            self.relaxed = relaxed;
+        }
+        match self.try_append(events) {
+            Ok(links) => Ok(links),
+            Err(first) => {
+                self.heads.clear();
+                tracing::debug!(error = %first, "audit append retried with the heads read again");
+                let r = self.try_append(events);
+                if r.is_err() {
+                    self.heads.clear();
+                }
+                r
+            }
+        }
+    }
+
+    fn try_append(&mut self, events: &[&NewAuditEvent]) -> rusqlite::Result<Vec<Link>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Advanced in place: on any failure the caller forgets them all.
+        let heads = &mut self.heads;
+        for org in crate::chain::orgs(events) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = heads.entry(org) {
+                slot.insert(load_head(&tx, org)?);
+            }
+        }
+        let links =
+            crate::chain::assign(events, heads).map_err(|_| rusqlite::Error::InvalidQuery)?;
+        for (chunk, chunk_links) in events
+            .chunks(ROWS_PER_INSERT)
+            .zip(links.chunks(ROWS_PER_INSERT))
+        {
+            let mut stmt = tx.prepare_cached(&insert_events_sql(chunk.len()))?;
+            let values = chunk
+                .iter()
+                .zip(chunk_links)
+                .flat_map(|(e, link)| row_values(e, link));
+            stmt.execute(rusqlite::params_from_iter(values))?;
+        }
+        tx.commit()?;
+        Ok(links)
+    }
+
+    fn sync_now(&self) -> std::io::Result<()> {
+        std::fs::File::open(&self.wal)?.sync_data()
+    }
+}
+
+fn load_head(conn: &Connection, org: Uuid) -> rusqlite::Result<(u64, [u8; 32])> {
+    let row: Option<(i64, Vec<u8>)> = conn
+        .prepare_cached(HEAD_SQL)?
+        .query_row([org.as_bytes().as_slice()], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    match row {
+        Some((seq, hash)) => Ok((
+            u64::try_from(seq).map_err(|_| rusqlite::Error::InvalidQuery)?,
+            hash.try_into().map_err(|_| rusqlite::Error::InvalidQuery)?,
+        )),
+        None => Ok((0, coffer_crypto::audit::GENESIS)),
+    }
+}
+
+/// One event's columns, in the order of [`insert_events_sql`], as sqlx binds them on the
+/// other connection (ids as 16-byte blobs).
+fn row_values(e: &NewAuditEvent, (seq, prev, hash): &Link) -> [Value; 11] {
+    [
+        Value::Blob(e.org_id.as_bytes().to_vec()),
+        Value::Integer(crate::sql::db_int(*seq)),
+        Value::Blob(e.id.as_bytes().to_vec()),
+        Value::Integer(e.time),
+        Value::Text(e.action.clone()),
+        e.actor_id
+            .map_or(Value::Null, |a| Value::Blob(a.as_bytes().to_vec())),
+        Value::Text(e.outcome.clone()),
+        Value::Text(e.target.clone()),
+        Value::Text(e.body.clone()),
+        Value::Blob(prev.to_vec()),
+        Value::Blob(hash.to_vec()),
+    ]
+}
+
+/// The sync of the write-ahead log for commits made without one, on a helper thread so the
+/// writer goes on with its next batches meanwhile (a sync covers everything written before
+/// it began).
+struct LogSync {
+    /// When the oldest commit not yet covered by a requested sync was made.
+    unsynced: Option<Instant>,
+    requests: flume::Sender<()>,
+    /// A sync failed: the log may have lost what it held, and the writer no longer trusts
+    /// these syncs; every batch commits with `synchronous = FULL` from then on.
+    failed: Arc<AtomicBool>,
+}
+
+impl LogSync {
+    fn start(wal: PathBuf) -> std::io::Result<Self> {
+        // One request waiting is enough: it has not begun, so it covers what comes before.
+        let (requests, rx) = flume::bounded::<()>(1);
+        let failed = Arc::new(AtomicBool::new(false));
+        let flag = failed.clone();
+        std::thread::Builder::new()
+            .name("coffer-sqlite-sync".into())
+            .spawn(move || {
+                while rx.recv().is_ok() {
+                    if let Err(e) = std::fs::File::open(&wal).and_then(|f| f.sync_data()) {
+                        tracing::error!(error = %e, "could not sync the write-ahead log: audit events of reads committed in the last moments may not be on stable storage; from now on every commit waits for its own sync");
+                        flag.store(true, Ordering::SeqCst);
+                    }
+                }
+            })?;
+        Ok(Self {
+            unsynced: None,
+            requests,
+            failed,
+        })
+    }
+
+    fn failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+
+    fn due(&self) -> Option<Instant> {
+        self.unsynced.map(|t| t + READ_SYNC_BOUND)
+    }
+
+    fn committed(&mut self, relaxed: bool) {
+        if relaxed {
+            self.unsynced.get_or_insert_with(Instant::now);
+        } else {
+            // `synchronous = FULL` synced the whole log with this commit.
+            self.unsynced = None;
+        }
+    }
+
+    fn request(&mut self) {
+        // Full: a sync that has not begun yet is waiting, and covers these commits too.
+        let _ = self.requests.try_send(());
+        self.unsynced = None;
+    }
+}
