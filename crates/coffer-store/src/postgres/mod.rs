@@ -9,6 +9,7 @@ mod audit_writer;
 mod cache;
 mod cluster;
 mod notify;
+mod param_writer;
 mod reads;
 mod repos;
 
@@ -158,6 +159,8 @@ impl crate::sql::Backend for PgStore {
 pub struct PgStore {
     pool: PgPool,
     audit: mpsc::Sender<Queued>,
+    /// Parameter writes, committed in groups (`param_writer`).
+    writes: mpsc::Sender<param_writer::ParamJob>,
     /// While this node leads: the connection holding the session-level advisory lock. If the
     /// node dies, PostgreSQL ends the session and releases the lock for another node.
     leader: std::sync::Arc<tokio::sync::Mutex<Option<PgConnection>>>,
@@ -313,11 +316,13 @@ impl PgStore {
         }
         let values = std::sync::Arc::<cache::ValueCache>::default();
         let audit = spawn_audit_writer(pool.clone(), values.clone());
+        let writes = param_writer::spawn_param_writer(pool.clone());
         let invalidations = notify::spawn_listener(pool.clone());
         let reads = reads::Reader::spawn(pool.clone());
         Ok(Self {
             pool,
             audit,
+            writes,
             leader: std::sync::Arc::default(),
             invalidations,
             reads,

@@ -98,7 +98,11 @@ impl ParamRepo for PgStore {
     }
 
     async fn append_param_version(&self, w: &ParamWrite) -> Result<(), StoreError> {
-        let outcome = append_version(&self.pool, w).await;
+        let (reply, answer) = oneshot::channel();
+        let outcome = match self.writes.send((w.clone(), reply)).await {
+            Ok(()) => answer.await.unwrap_or(Err(StoreError::CommitFailed)),
+            Err(_) => Err(StoreError::CommitFailed),
+        };
         // Forgotten whatever the outcome: a conflict means another writer changed it.
         self.values.forget(w.org_id, &w.name);
         outcome
@@ -189,7 +193,11 @@ impl AuditRepo for PgStore {
 /// function checks that under a share lock on the organisation row, which orders the write
 /// against a rotation (which takes it exclusively): a write either commits before the new
 /// term exists (and the rewrap job sees it) or sees it.
-async fn append_version(pool: &PgPool, w: &ParamWrite) -> Result<(), StoreError> {
+/// One parameter write (with its audit event, when it has one) as one statement: both
+/// commit or neither does (migration 0012). Answers 'ok', 'conflict' or 'stale_term'.
+pub(super) fn version_statement(
+    w: &ParamWrite,
+) -> sqlx::query::QueryScalar<'_, sqlx::Postgres, String, sqlx::postgres::PgArguments> {
     let v = &w.version;
     let q = sqlx::query_scalar(match w.event {
         None => {
@@ -215,7 +223,7 @@ async fn append_version(pool: &PgPool, w: &ParamWrite) -> Result<(), StoreError>
     .bind(v.is_secret)
     .bind(v.action.as_str())
     .bind(DbId(v.actor_id));
-    let q = match &w.event {
+    match &w.event {
         None => q,
         Some(e) => {
             let e = &e.event;
@@ -228,9 +236,12 @@ async fn append_version(pool: &PgPool, w: &ParamWrite) -> Result<(), StoreError>
                 .bind(&e.target)
                 .bind(&e.body)
         }
-    };
-    let outcome: String = q.fetch_one(pool).await.map_err(audit_or_store_error)?;
-    match outcome.as_str() {
+    }
+}
+
+/// What a write's statement answered, once its transaction committed.
+pub(super) fn version_outcome(w: &ParamWrite, outcome: &str) -> Result<(), StoreError> {
+    match outcome {
         "ok" => {
             if let Some(e) = &w.event {
                 e.mark_committed();
@@ -243,9 +254,18 @@ async fn append_version(pool: &PgPool, w: &ParamWrite) -> Result<(), StoreError>
     }
 }
 
+/// One write alone, in its own (implicit) transaction.
+pub(super) async fn append_version(pool: &PgPool, w: &ParamWrite) -> Result<(), StoreError> {
+    let outcome = version_statement(w)
+        .fetch_one(pool)
+        .await
+        .map_err(audit_or_store_error)?;
+    version_outcome(w, &outcome)
+}
+
 /// A failure inside the audit append of a combined statement is the audit's (the whole
 /// statement, the write included, was rolled back); anything else is the write's.
-fn audit_or_store_error(e: sqlx::Error) -> StoreError {
+pub(super) fn audit_or_store_error(e: sqlx::Error) -> StoreError {
     let in_audit = e
         .as_database_error()
         .and_then(|d| d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>())

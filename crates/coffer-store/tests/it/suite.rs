@@ -713,6 +713,39 @@ pub async fn concurrent_writes_commit_independently(s: &dyn Store) {
             .all(|r| matches!(r, Err(StoreError::Conflict)))
     );
     assert_eq!(s.param_history(o, pid).await.unwrap().len(), 2);
+    // A write that fails with an error (an environment that does not exist) queued among
+    // good ones: it fails alone, and every neighbour lands.
+    let mut mixed: Vec<ParamWrite> = (0..10)
+        .map(|i| {
+            write(
+                (o, e.id, Uuid::new_v4()),
+                &format!("M{i}"),
+                0,
+                VersionAction::Set,
+                &key,
+                b"v",
+            )
+        })
+        .collect();
+    mixed.insert(
+        5,
+        write(
+            (o, Uuid::new_v4(), Uuid::new_v4()),
+            "NOWHERE",
+            0,
+            VersionAction::Set,
+            &key,
+            b"v",
+        ),
+    );
+    let results = append_all(s, &mixed).await;
+    assert!(results[5].is_err(), "{results:?}");
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        10,
+        "{results:?}"
+    );
+    assert_eq!(s.current_values(o, &[e.id]).await.unwrap().len(), 51);
 }
 
 /// Poll all writes at once, so the writer finds them queued together.
