@@ -20,14 +20,8 @@ pub(super) fn spawn_param_writer(pool: PgPool) -> mpsc::Sender<ParamJob> {
     let (tx, mut rx) = mpsc::channel::<ParamJob>(4096);
     tokio::spawn(async move {
         let mut batch: Vec<ParamJob> = Vec::with_capacity(MAX_BATCH);
-        while let Some(first) = rx.recv().await {
-            batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
+        // Waits for one, then takes whatever else is queued, up to the limit.
+        while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
             commit(&pool, &mut batch).await;
         }
     });

@@ -28,14 +28,8 @@ impl Reader {
         let (tx, mut rx) = mpsc::channel::<(Read, Reply)>(4096);
         tokio::spawn(async move {
             let mut batch: Vec<(Read, Reply)> = Vec::with_capacity(BATCH);
-            while let Some(first) = rx.recv().await {
-                batch.push(first);
-                while batch.len() < BATCH {
-                    match rx.try_recv() {
-                        Ok(r) => batch.push(r),
-                        Err(_) => break,
-                    }
-                }
+            // Waits for one, then takes whatever else is queued, up to the limit.
+            while rx.recv_many(&mut batch, BATCH).await > 0 {
                 answer(&pool, &mut batch).await;
             }
         });

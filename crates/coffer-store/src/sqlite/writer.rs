@@ -37,14 +37,8 @@ pub(super) fn spawn(pool: SqlitePool, cache: Arc<ValueCache>) -> mpsc::Sender<Jo
     let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
     tokio::spawn(async move {
         let mut batch = Vec::with_capacity(MAX_BATCH);
-        while let Some(first) = rx.recv().await {
-            batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
+        // Waits for one, then takes whatever else is queued, up to the limit.
+        while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
             let results = commit_batch(&pool, &batch).await;
             for ((w, reply), result) in batch.drain(..).zip(results) {
                 if result.is_ok() {
