@@ -68,7 +68,7 @@ pub(super) fn spawn(path: &Path) -> Result<flume::Sender<Job>, StoreError> {
     let mut wal = path.as_os_str().to_owned();
     wal.push("-wal");
     let wal = PathBuf::from(wal);
-    let sync = LogSync::start(wal.clone()).map_err(|e| {
+    let sync = LogSync::start(path, wal.clone()).map_err(|e| {
         tracing::error!(error = %e, "could not start the log sync thread");
         StoreError::CommitFailed
     })?;
@@ -91,6 +91,9 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", true)?;
+    // Checkpoints are the helper thread's (see `LogSync`): run here, one commit in a few
+    // hundred waited for one, and so did every request in its batch.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     // Every chunk size of a batch has its own statement.
     conn.set_prepared_statement_cache_capacity(ROWS_PER_INSERT + 8);
     let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
@@ -269,12 +272,15 @@ fn row_values(e: &NewAuditEvent, (seq, prev, hash): &Link) -> [Value; 11] {
     ]
 }
 
-/// The sync of the write-ahead log for commits made without one, on a helper thread so the
-/// writer goes on with its next batches meanwhile (a sync covers everything written before
-/// it began).
+/// The log's upkeep on a helper thread, so the writer goes on with its next batches
+/// meanwhile: the sync of the write-ahead log for commits made without one (a sync covers
+/// everything written before it began), and checkpoints (copying the log into the database
+/// file, after which the log starts over), which the writer's own connection does not run.
 struct LogSync {
     /// When the oldest commit not yet covered by a requested sync was made.
     unsynced: Option<Instant>,
+    /// Commits since the helper last looked after the log.
+    commits: u32,
     requests: flume::Sender<()>,
     /// A sync failed: the log may have lost what it held, and the writer no longer trusts
     /// these syncs; every batch commits with `synchronous = FULL` from then on.
@@ -282,7 +288,20 @@ struct LogSync {
 }
 
 impl LogSync {
-    fn start(wal: PathBuf) -> std::io::Result<Self> {
+    /// Commits after which the helper looks after the log even if no sync is due.
+    const TEND_EVERY: u32 = 256;
+    /// A log larger than this is checkpointed.
+    const CHECKPOINT_AT: u64 = 4 << 20;
+
+    fn start(db: &Path, wal: PathBuf) -> std::io::Result<Self> {
+        let conn = Connection::open_with_flags(
+            db,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(std::io::Error::other)?;
+        // Another checkpoint under way (the write pool's connection runs its own) is waited for.
+        conn.busy_timeout(Duration::from_secs(1))
+            .map_err(std::io::Error::other)?;
         // One request waiting is enough: it has not begun, so it covers what comes before.
         let (requests, rx) = flume::bounded::<()>(1);
         let failed = Arc::new(AtomicBool::new(false));
@@ -295,10 +314,19 @@ impl LogSync {
                         tracing::error!(error = %e, "could not sync the write-ahead log: audit events of reads committed in the last moments may not be on stable storage; from now on every commit waits for its own sync");
                         flag.store(true, Ordering::SeqCst);
                     }
+                    let size = std::fs::metadata(&wal).map_or(0, |m| m.len());
+                    if size > Self::CHECKPOINT_AT {
+                        // PASSIVE: copies what no reader still needs, never waits for them.
+                        let r = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                        if let Err(e) = r {
+                            tracing::warn!(error = %e, "could not checkpoint the write-ahead log");
+                        }
+                    }
                 }
             })?;
         Ok(Self {
             unsynced: None,
+            commits: 0,
             requests,
             failed,
         })
@@ -319,11 +347,16 @@ impl LogSync {
             // `synchronous = FULL` synced the whole log with this commit.
             self.unsynced = None;
         }
+        self.commits += 1;
+        if self.commits >= Self::TEND_EVERY {
+            self.request();
+        }
     }
 
     fn request(&mut self) {
         // Full: a sync that has not begun yet is waiting, and covers these commits too.
         let _ = self.requests.try_send(());
         self.unsynced = None;
+        self.commits = 0;
     }
 }
