@@ -173,10 +173,22 @@ impl Coffer {
                 name: name.to_owned(),
                 created_at: now,
             };
+            let env = EnvRow {
+                id: Uuid::new_v4(),
+                org_id: p.org_id,
+                project_id: row.id,
+                parent_id: None,
+                name: DEFAULT_ENV.into(),
+                created_at: now,
+            };
             match self
                 .repos()
                 .tenants
-                .create_project(&row, Some(pending.change_event()?))
+                .create_project(
+                    &row,
+                    std::slice::from_ref(&env),
+                    Some(pending.change_event()?),
+                )
                 .await
             {
                 Err(StoreError::Conflict) => {
@@ -187,15 +199,6 @@ impl Coffer {
                 }
                 r => r?,
             }
-            let env = EnvRow {
-                id: Uuid::new_v4(),
-                org_id: p.org_id,
-                project_id: row.id,
-                parent_id: None,
-                name: DEFAULT_ENV.into(),
-                created_at: now,
-            };
-            self.repos().tenants.create_env(&env, None).await?;
             self.inner.meta.evict(&(p.org_id, name.to_owned()));
             self.publish(coffer_store::Invalidation::Meta(p.org_id));
             Ok(ProjectView {

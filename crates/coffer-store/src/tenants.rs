@@ -36,9 +36,12 @@ pub trait TenantRepo: Send + Sync {
     ) -> Result<(), StoreError>;
     async fn org_requires_mfa(&self, org_id: Uuid) -> Result<bool, StoreError>;
 
+    /// A project with its first environments (`envs`, parents first), in one transaction
+    /// with its event: a project never exists without them.
     async fn create_project(
         &self,
         p: &ProjectRow,
+        envs: &[EnvRow],
         event: Option<&ChangeEvent>,
     ) -> Result<(), StoreError>;
     async fn projects(&self, org_id: Uuid) -> Result<Vec<ProjectRow>, StoreError>;
@@ -55,6 +58,19 @@ pub trait TenantRepo: Send + Sync {
     ) -> Result<Option<(ProjectRow, Vec<EnvRow>)>, StoreError>;
     async fn create_env(&self, e: &EnvRow, event: Option<&ChangeEvent>) -> Result<(), StoreError>;
     async fn envs(&self, org_id: Uuid, project_id: Uuid) -> Result<Vec<EnvRow>, StoreError>;
+}
+
+fn insert_env(e: &EnvRow) -> Stmt<'_> {
+    Stmt::new(
+        "INSERT INTO environments (id, org_id, project_id, parent_id, name, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(e.id)
+    .bind(e.org_id)
+    .bind(e.project_id)
+    .bind(e.parent_id)
+    .bind(&e.name)
+    .bind(e.created_at)
 }
 
 const TENANT_KEYS: &str =
@@ -169,6 +185,7 @@ impl<B: Backend> TenantRepo for B {
     async fn create_project(
         &self,
         p: &ProjectRow,
+        envs: &[EnvRow],
         event: Option<&ChangeEvent>,
     ) -> Result<(), StoreError> {
         scoped!(self.begin(crate::Scope::Org(p.org_id)), audited event, |tx| {
@@ -181,6 +198,9 @@ impl<B: Backend> TenantRepo for B {
             .bind(p.created_at)
             .execute(&mut tx)
             .await?;
+            for e in envs {
+                insert_env(e).execute(&mut tx).await?;
+            }
             Ok(())
         })
     }
@@ -264,17 +284,8 @@ impl<B: Backend> TenantRepo for B {
 
     async fn create_env(&self, e: &EnvRow, event: Option<&ChangeEvent>) -> Result<(), StoreError> {
         scoped!(self.begin(crate::Scope::Org(e.org_id)), audited event, |tx| {
-            Stmt::new(
-                "INSERT INTO environments (id, org_id, project_id, parent_id, name, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(e.id)
-            .bind(e.org_id)
-            .bind(e.project_id)
-            .bind(e.parent_id)
-            .bind(&e.name)
-            .bind(e.created_at)
-            .execute(&mut tx)
+            insert_env(e)
+                .execute(&mut tx)
             .await?;
             Ok(())
         })

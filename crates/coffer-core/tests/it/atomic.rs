@@ -10,6 +10,11 @@ use crate::{Fixture, fixture};
 /// Make every audit append fail (as a full disk or a broken table would), until the
 /// returned guard's `lift` is called.
 async fn refuse_audit_appends(f: &Fixture) -> Outage {
+    refuse_inserts(f, "audit_events").await
+}
+
+/// Make every insert into `table` fail, until the returned guard's `lift` is called.
+async fn refuse_inserts(f: &Fixture, table: &'static str) -> Outage {
     match &f.pg {
         None => {
             let mut db = sqlx::SqliteConnection::connect(&format!(
@@ -18,7 +23,7 @@ async fn refuse_audit_appends(f: &Fixture) -> Outage {
             ))
             .await
             .unwrap();
-            sqlx::query("CREATE TRIGGER audit_outage BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'audit refused'); END")
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE TRIGGER outage BEFORE INSERT ON {table} BEGIN SELECT RAISE(ABORT, 'refused'); END")))
                 .execute(&mut db)
                 .await
                 .unwrap();
@@ -29,39 +34,41 @@ async fn refuse_audit_appends(f: &Fixture) -> Outage {
             let mut db = sqlx::PgConnection::connect(&coffer_testkit::pg_admin_url_for(url))
                 .await
                 .unwrap();
-            sqlx::raw_sql(
-                "CREATE FUNCTION audit_outage() RETURNS trigger LANGUAGE plpgsql AS \
-                 $$ BEGIN RAISE EXCEPTION 'audit refused'; END $$; \
-                 CREATE TRIGGER audit_outage BEFORE INSERT ON audit_events \
-                 FOR EACH ROW EXECUTE FUNCTION audit_outage();",
-            )
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "CREATE FUNCTION outage() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN RAISE EXCEPTION 'refused'; END $$; \
+                 CREATE TRIGGER outage BEFORE INSERT ON {table} \
+                 FOR EACH ROW EXECUTE FUNCTION outage();"
+            )))
             .execute(&mut db)
             .await
             .unwrap();
-            Outage::Pg(db)
+            Outage::Pg(db, table)
         }
     }
 }
 
 enum Outage {
     Sqlite(sqlx::SqliteConnection),
-    Pg(sqlx::PgConnection),
+    Pg(sqlx::PgConnection, &'static str),
 }
 
 impl Outage {
     async fn lift(self) {
         match self {
             Outage::Sqlite(mut db) => {
-                sqlx::query("DROP TRIGGER audit_outage")
+                sqlx::query("DROP TRIGGER outage")
                     .execute(&mut db)
                     .await
                     .unwrap();
             }
-            Outage::Pg(mut db) => {
-                sqlx::query("DROP TRIGGER audit_outage ON audit_events")
-                    .execute(&mut db)
-                    .await
-                    .unwrap();
+            Outage::Pg(mut db, table) => {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "DROP TRIGGER outage ON {table}; DROP FUNCTION outage();"
+                )))
+                .execute(&mut db)
+                .await
+                .unwrap();
             }
         }
     }
@@ -135,6 +142,28 @@ async fn a_change_whose_event_cannot_be_appended_is_not_applied() {
         "exactly the one applied write is recorded"
     );
     assert!(c.audit_verify(&cx, p).await.unwrap().ok);
+}
+
+/// A project and its default environment are one change: if the environment cannot be
+/// stored, neither is the project, and the attempt is recorded as a failure.
+#[tokio::test]
+async fn a_project_exists_with_its_default_environment_or_not_at_all() {
+    let f = fixture().await;
+    let (c, p, cx) = (&f.coffer, &f.owner, Cx::default());
+    let outage = refuse_inserts(&f, "environments").await;
+    c.create_project(&cx, p, "web").await.unwrap_err();
+    outage.lift().await;
+    assert!(c.list_projects(&cx, p).await.unwrap().is_empty());
+    assert_eq!(
+        events_of(&f, "project.create").await,
+        vec![("failure".to_owned(), Some("internal".to_owned()))]
+    );
+    c.create_project(&cx, p, "web").await.unwrap();
+    let envs = c.list_envs(&cx, p, "web").await.unwrap();
+    assert_eq!(
+        envs.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
+        ["default"]
+    );
 }
 
 #[tokio::test]

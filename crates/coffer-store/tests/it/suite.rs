@@ -35,7 +35,6 @@ pub async fn project_env(s: &dyn Store, org_id: Uuid) -> (ProjectRow, EnvRow) {
         name: "app".into(),
         created_at: 1,
     };
-    s.create_project(&p, None).await.unwrap();
     let e = EnvRow {
         id: Uuid::new_v4(),
         org_id,
@@ -44,7 +43,11 @@ pub async fn project_env(s: &dyn Store, org_id: Uuid) -> (ProjectRow, EnvRow) {
         name: "default".into(),
         created_at: 1,
     };
-    s.create_env(&e, None).await.unwrap();
+    // The project and its first environment in one transaction.
+    s.create_project(&p, std::slice::from_ref(&e), None)
+        .await
+        .unwrap();
+    assert_eq!(s.envs(org_id, p.id).await.unwrap(), vec![e.clone()]);
     (p, e)
 }
 
@@ -281,6 +284,7 @@ pub async fn projects_and_envs_are_scoped_by_org(s: &dyn Store) {
                 id: Uuid::new_v4(),
                 ..p.clone()
             },
+            &[],
             None
         )
         .await,
@@ -293,6 +297,7 @@ pub async fn projects_and_envs_are_scoped_by_org(s: &dyn Store) {
             org_id: b,
             ..p.clone()
         },
+        &[],
         None,
     )
     .await
