@@ -460,30 +460,26 @@ impl Coffer {
                         .await?
                 }
             };
+            // The invitation is used and the membership added together, with the event.
+            let member = MembershipRow {
+                user_id: user.id,
+                org_id: inv.org_id,
+                role: role.as_str().to_owned(),
+                created_at: now_ms(),
+            };
             if !self
                 .repos()
                 .access
-                .consume_invitation(inv.org_id, inv.id, now_ms(), None)
+                .consume_invitation(
+                    inv.org_id,
+                    inv.id,
+                    now_ms(),
+                    Some(&member),
+                    Some(pending.change_event()?),
+                )
                 .await?
             {
                 return Err(invalid());
-            }
-            match self
-                .repos()
-                .access
-                .add_membership(
-                    &MembershipRow {
-                        user_id: user.id,
-                        org_id: inv.org_id,
-                        role: role.as_str().to_owned(),
-                        created_at: now_ms(),
-                    },
-                    Some(pending.change_event()?),
-                )
-                .await
-            {
-                Err(StoreError::Conflict) => {}
-                r => r?,
             }
             self.repos().users.reset_login_attempts(user.id).await?;
             Ok(user.id)

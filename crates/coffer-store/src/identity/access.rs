@@ -134,12 +134,15 @@ pub trait AccessRepo: Send + Sync {
 
     async fn invitations(&self, org_id: Uuid) -> Result<Vec<InvitationRow>, StoreError>;
 
-    /// Mark an invitation used; false if it was used already or has expired.
+    /// Use an invitation and add the membership it grants (`member`; an existing membership
+    /// is kept as it is), in one transaction with `event`. False, with nothing written and
+    /// nothing recorded, if it was used, withdrawn or expired meanwhile.
     async fn consume_invitation(
         &self,
         org_id: Uuid,
         id: Uuid,
         now: i64,
+        member: Option<&MembershipRow>,
         event: Option<&ChangeEvent>,
     ) -> Result<bool, StoreError>;
 }
@@ -649,16 +652,30 @@ impl<B: Backend> AccessRepo for B {
         org_id: Uuid,
         id: Uuid,
         now: i64,
+        member: Option<&MembershipRow>,
         event: Option<&ChangeEvent>,
     ) -> Result<bool, StoreError> {
-        scoped!(self.begin(crate::Scope::Org(org_id)), audited event, |tx| {
-            let r = Stmt::new("UPDATE invitations SET accepted_at = $2 WHERE id = $1 AND org_id = $3 AND accepted_at IS NULL AND expires_at > $2")
-                .bind(id)
-                .bind(now)
-                .bind(org_id)
+        let mut tx = self.begin(crate::Scope::Org(org_id)).await?;
+        let used = Stmt::new("UPDATE invitations SET accepted_at = $2 WHERE id = $1 AND org_id = $3 AND accepted_at IS NULL AND expires_at > $2")
+            .bind(id)
+            .bind(now)
+            .bind(org_id)
+            .execute(&mut tx)
+            .await?;
+        if used != 1 {
+            // Dropping the transaction rolls it back.
+            return Ok(false);
+        }
+        if let Some(m) = member {
+            Stmt::new("INSERT INTO memberships (user_id, org_id, role, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+                .bind(m.user_id)
+                .bind(m.org_id)
+                .bind(&m.role)
+                .bind(m.created_at)
                 .execute(&mut tx)
                 .await?;
-            Ok(r == 1)
-        })
+        }
+        crate::sql::commit_audited(self, tx, event).await?;
+        Ok(true)
     }
 }

@@ -1158,18 +1158,35 @@ pub async fn api_keys_invitations_identities_and_mail(s: &dyn Store) {
     };
     s.create_invitation(&inv, None).await.unwrap();
     assert_eq!(s.invitation_by_hash(&[5; 32]).await.unwrap().unwrap(), inv);
+    // Bob (a member elsewhere) accepts: the invitation is used and his membership added
+    // together, or neither.
+    let bob = user(s, other, "bob", "viewer").await;
+    let member = MembershipRow {
+        user_id: bob,
+        org_id,
+        role: "contributor".into(),
+        created_at: 99,
+    };
     assert!(
-        !s.consume_invitation(inv.org_id, inv.id, 100, None)
+        !s.consume_invitation(inv.org_id, inv.id, 100, Some(&member), None)
             .await
             .unwrap()
     );
     assert!(
-        s.consume_invitation(inv.org_id, inv.id, 99, None)
+        s.membership(org_id, bob).await.unwrap().is_none(),
+        "expired: no membership"
+    );
+    assert!(
+        s.consume_invitation(inv.org_id, inv.id, 99, Some(&member), None)
             .await
             .unwrap()
     );
+    assert_eq!(
+        s.membership(org_id, bob).await.unwrap(),
+        Some(member.clone())
+    );
     assert!(
-        !s.consume_invitation(inv.org_id, inv.id, 99, None)
+        !s.consume_invitation(inv.org_id, inv.id, 99, None, None)
             .await
             .unwrap()
     );
