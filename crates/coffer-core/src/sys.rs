@@ -89,7 +89,7 @@ impl Coffer {
     /// root key is stored wrapped by the seal's key, the shares are recovery shares, and the
     /// server is unsealed at once.
     pub async fn init(&self, cx: &Cx, shares: u8, threshold: u8) -> Result<InitResult, CoreError> {
-        let pending = self.begin(cx, action::INIT, AuditTarget::default());
+        let mut pending = self.begin(cx, action::INIT, AuditTarget::default());
         let r: Result<InitResult, CoreError> = async {
             if !(2..=255).contains(&threshold) || threshold > shares {
                 return Err(CoreError::invalid(
@@ -104,7 +104,9 @@ impl Coffer {
             let (root, sealed) = seal.new_root().await.map_err(seal_error)?;
             let parts = shamir::split(&root, shares, threshold)
                 .map_err(|_| CoreError::invalid("shares", "at most 255"))?;
-            self.claim_init(seal.kind(), shares, threshold, &root, sealed)
+            // The claim is the change: `sys.init` commits with it.
+            let event = pending.change_event()?;
+            self.claim_init(seal.kind(), shares, threshold, &root, sealed, Some(event))
                 .await?;
             let bootstrap = self.create_bootstrap(&root).await?;
             let unsealed = seal.kind().is_auto();
@@ -130,6 +132,7 @@ impl Coffer {
         threshold: u8,
         root: &RootKey,
         sealed_root: Option<Vec<u8>>,
+        event: Option<&coffer_store::ChangeEvent>,
     ) -> Result<(), CoreError> {
         let cfg = SealConfigRow {
             kind: kind.as_str().to_owned(),
@@ -141,7 +144,7 @@ impl Coffer {
             created_at: now_ms(),
             sealed_root,
         };
-        match self.repos().seal.init_seal_config(&cfg, None).await {
+        match self.repos().seal.init_seal_config(&cfg, event).await {
             Err(StoreError::Conflict) => Err(CoreError::AlreadyInitialized),
             Err(e) => Err(e.into()),
             Ok(()) => {
@@ -294,7 +297,8 @@ impl Coffer {
             .ok_or(CoreError::WrongSealType)?;
         let bootstrap = match self.repos().seal.seal_config().await? {
             None => {
-                self.claim_init(seal.kind(), 0, 0, &root, None).await?;
+                self.claim_init(seal.kind(), 0, 0, &root, None, None)
+                    .await?;
                 Some(self.create_bootstrap(&root).await?)
             }
             Some(cfg) => {
