@@ -142,20 +142,10 @@ impl Coffer {
         let mut pending = self.begin_for(cx, p, action::ORG_CREATE, AuditTarget::default());
         let r: Result<Uuid, CoreError> = async {
             p.ensure_person()?;
-            let id = self.create_org(name).await?;
-            self.repos()
-                .access
-                .add_membership(
-                    &MembershipRow {
-                        user_id: p.user_id,
-                        org_id: id,
-                        role: Role::Owner.as_str().to_owned(),
-                        created_at: now_ms(),
-                    },
-                    Some(pending.change_event()?),
-                )
-                .await?;
-            Ok(id)
+            // The organisation, its key, its Owner and the event: one transaction.
+            let event = pending.change_event()?;
+            self.create_org_owned(name, Some(p.user_id), Some(event))
+                .await
         }
         .await;
         self.conclude(pending, r).await

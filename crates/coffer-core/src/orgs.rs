@@ -1,7 +1,7 @@
 //! Organisations and their tenant keys. Members and invitations are in `members`.
 
 use coffer_crypto::{KeyTerm, RootKey, TenantKey};
-use coffer_store::{Invalidation, OrgRow, StoreError, TenantKeyRow};
+use coffer_store::{ChangeEvent, Invalidation, MembershipRow, OrgRow, StoreError, TenantKeyRow};
 use uuid::Uuid;
 
 use crate::audit::{AuditTarget, Cx};
@@ -16,18 +16,42 @@ pub mod action {
 impl Coffer {
     /// Create an organisation with a fresh tenant key (term 1) wrapped by the root key.
     pub async fn create_org(&self, name: &str) -> Result<Uuid, CoreError> {
+        self.create_org_owned(name, None, None).await
+    }
+
+    /// The same, with its Owner (`owner`, a user id) and the change's event, all in one
+    /// transaction.
+    pub(crate) async fn create_org_owned(
+        &self,
+        name: &str,
+        owner: Option<Uuid>,
+        event: Option<&ChangeEvent>,
+    ) -> Result<Uuid, CoreError> {
         names::validate("organisation name", name)?;
         let _root = self.root_stable().await;
         let (org, key) = self.inner.keyring.with_root(|root| new_org(root, name))?;
-        self.insert_org(&org, &key).await
+        let owner = owner.map(|user_id| MembershipRow {
+            user_id,
+            org_id: org.id,
+            role: Role::Owner.as_str().to_owned(),
+            created_at: now_ms(),
+        });
+        self.insert_org(&org, &key, owner.as_ref(), event).await
     }
 
     pub(crate) async fn insert_org(
         &self,
         org: &OrgRow,
         key: &TenantKeyRow,
+        owner: Option<&MembershipRow>,
+        event: Option<&ChangeEvent>,
     ) -> Result<Uuid, CoreError> {
-        match self.repos().tenants.create_org(org, key, None).await {
+        match self
+            .repos()
+            .tenants
+            .create_org(org, key, owner, event)
+            .await
+        {
             Err(StoreError::Conflict) => Err(CoreError::AlreadyExists {
                 kind: "organisation",
                 name: org.name.clone(),

@@ -157,7 +157,7 @@ impl Coffer {
 
     async fn create_bootstrap(&self, root: &RootKey) -> Result<Bootstrap, CoreError> {
         let (org, key) = crate::orgs::new_org(root, BOOTSTRAP_ORG)?;
-        self.insert_org(&org, &key).await?;
+        self.insert_org(&org, &key, None, None).await?;
         let now = now_ms();
         let password = token::generate_password();
         let user = UserRow {

@@ -13,11 +13,13 @@ use crate::sql::{Backend, Exec, Stmt, read_scoped, scoped};
 /// Organisations, projects and environments: the tree that parameters hang from.
 #[async_trait]
 pub trait TenantRepo: Send + Sync {
-    /// Create an organisation with its first tenant key term, in one transaction.
+    /// Create an organisation with its first tenant key term and its first member
+    /// (`owner`), in one transaction with `event`.
     async fn create_org(
         &self,
         org: &OrgRow,
         key: &TenantKeyRow,
+        owner: Option<&MembershipRow>,
         event: Option<&ChangeEvent>,
     ) -> Result<(), StoreError>;
     async fn org(&self, org_id: Uuid) -> Result<Option<OrgRow>, StoreError>;
@@ -82,6 +84,7 @@ impl<B: Backend> TenantRepo for B {
         &self,
         org: &OrgRow,
         key: &TenantKeyRow,
+        owner: Option<&MembershipRow>,
         event: Option<&ChangeEvent>,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin(crate::Scope::Org(org.id)).await?;
@@ -101,6 +104,11 @@ impl<B: Backend> TenantRepo for B {
         .bind(key.created_at)
         .execute(&mut tx)
         .await?;
+        if let Some(m) = owner {
+            crate::identity::insert_membership(m)
+                .execute(&mut tx)
+                .await?;
+        }
         crate::sql::commit_audited(self, tx, event).await?;
         Ok(())
     }

@@ -166,6 +166,28 @@ async fn a_project_exists_with_its_default_environment_or_not_at_all() {
     );
 }
 
+/// An organisation, its key and its Owner are one change with `org.create`: if the Owner's
+/// membership cannot be stored, no organisation is left behind without one.
+#[tokio::test]
+async fn an_organisation_exists_with_its_owner_or_not_at_all() {
+    let f = fixture().await;
+    let (c, p, cx) = (&f.coffer, &f.owner, Cx::default());
+    let outage = refuse_inserts(&f, "memberships").await;
+    c.create_org_as(&cx, p, "second").await.unwrap_err();
+    outage.lift().await;
+    let names = |orgs: Vec<coffer_core::members::OrgMembershipView>| {
+        orgs.into_iter().map(|o| o.name).collect::<Vec<_>>()
+    };
+    assert!(!names(c.my_orgs(&cx, p).await.unwrap()).contains(&"second".to_owned()));
+    assert_eq!(
+        events_of(&f, "org.create").await,
+        vec![("failure".to_owned(), Some("internal".to_owned()))]
+    );
+    // The name is free: nothing was half-written.
+    c.create_org_as(&cx, p, "second").await.unwrap();
+    assert!(names(c.my_orgs(&cx, p).await.unwrap()).contains(&"second".to_owned()));
+}
+
 #[tokio::test]
 async fn a_failed_change_leaves_a_failure_event_and_no_success() {
     let f = fixture().await;

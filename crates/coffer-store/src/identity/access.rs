@@ -147,6 +147,14 @@ pub trait AccessRepo: Send + Sync {
     ) -> Result<bool, StoreError>;
 }
 
+pub(crate) fn insert_membership(m: &MembershipRow) -> Stmt<'_> {
+    Stmt::new("INSERT INTO memberships (user_id, org_id, role, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(m.user_id)
+        .bind(m.org_id)
+        .bind(&m.role)
+        .bind(m.created_at)
+}
+
 #[async_trait]
 impl<B: Backend> AccessRepo for B {
     async fn add_membership(
@@ -155,13 +163,7 @@ impl<B: Backend> AccessRepo for B {
         event: Option<&ChangeEvent>,
     ) -> Result<(), StoreError> {
         scoped!(self.begin(crate::Scope::Org(m.org_id)), audited event, |tx| {
-            Stmt::new("INSERT INTO memberships (user_id, org_id, role, created_at) VALUES ($1, $2, $3, $4)")
-                .bind(m.user_id)
-                .bind(m.org_id)
-                .bind(&m.role)
-                .bind(m.created_at)
-                .execute(&mut tx)
-                .await?;
+            insert_membership(m).execute(&mut tx).await?;
             Ok(())
         })
     }

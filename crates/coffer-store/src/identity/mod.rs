@@ -9,6 +9,7 @@ mod mail;
 mod users;
 
 pub use access::AccessRepo;
+pub(crate) use access::insert_membership;
 pub use mail::MailRepo;
 pub use users::UserRepo;
 

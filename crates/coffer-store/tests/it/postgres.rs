@@ -809,7 +809,7 @@ async fn writes_sealed_with_a_replaced_root_key_are_refused() {
         created_at: 2,
     };
     assert!(matches!(
-        b.create_org(&org, &key, None).await,
+        b.create_org(&org, &key, None, None).await,
         Err(StoreError::RootReplaced)
     ));
     assert_eq!(a.org_ids().await.unwrap().len(), orgs, "nothing written");
@@ -817,12 +817,12 @@ async fn writes_sealed_with_a_replaced_root_key_are_refused() {
     // A node that holds no root key writes nothing sealed with one either...
     b.set_root_guard(None);
     assert!(matches!(
-        b.create_org(&org, &key, None).await,
+        b.create_org(&org, &key, None, None).await,
         Err(StoreError::RootReplaced)
     ));
     // ...and one with the current key writes as before.
     a.set_root_guard(Some(new));
-    assert!(a.create_org(&org, &key, None).await.is_ok());
+    assert!(a.create_org(&org, &key, None, None).await.is_ok());
     a.close().await;
     b.close().await;
     db.drop_db().await;

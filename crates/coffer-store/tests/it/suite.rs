@@ -22,6 +22,7 @@ pub async fn org(s: &dyn Store, name: &str) -> Uuid {
             created_at: 1,
         },
         None,
+        None,
     )
     .await
     .unwrap();
@@ -163,6 +164,7 @@ pub async fn orgs_and_tenant_keys_roundtrip(s: &dyn Store) {
             created_at: 3,
         },
         None,
+        None,
     )
     .await
     .unwrap();
@@ -190,6 +192,7 @@ pub async fn orgs_and_tenant_keys_roundtrip(s: &dyn Store) {
                 wrapped: w2,
                 created_at: 4,
             },
+            None,
             None,
         )
         .await;
