@@ -106,7 +106,6 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
 fn run(conn: Connection, wal: PathBuf, rx: flume::Receiver<Job>, mut sync: LogSync) {
     let mut w = Writer {
         conn,
-        wal,
         heads: Heads::new(),
         relaxed: false,
     };
@@ -165,7 +164,7 @@ fn run(conn: Connection, wal: PathBuf, rx: flume::Receiver<Job>, mut sync: LogSy
         }
     }
     // Nothing committed here is left unsynced when the store closes.
-    if sync.due().is_some() && w.sync_now().is_err() {
+    if sync.due().is_some() && sync_log(&wal).is_err() {
         tracing::error!("could not sync the write-ahead log at close");
     }
     drop(w);
@@ -176,7 +175,6 @@ fn run(conn: Connection, wal: PathBuf, rx: flume::Receiver<Job>, mut sync: LogSy
 
 struct Writer {
     conn: Connection,
-    wal: PathBuf,
     /// Where this writer believes each chain ends (checked by the database on insert).
     heads: Heads,
     /// Whether the connection now commits with `synchronous = NORMAL`.
@@ -233,10 +231,12 @@ impl Writer {
         tx.commit()?;
         Ok(links)
     }
+}
 
-    fn sync_now(&self) -> std::io::Result<()> {
-        std::fs::File::open(&self.wal)?.sync_data()
-    }
+/// Put the write-ahead log's committed frames on stable storage (an fsync covers the file,
+/// whichever descriptor asks).
+fn sync_log(wal: &Path) -> std::io::Result<()> {
+    std::fs::File::open(wal)?.sync_data()
 }
 
 fn load_head(conn: &Connection, org: Uuid) -> rusqlite::Result<(u64, [u8; 32])> {
@@ -310,7 +310,7 @@ impl LogSync {
             .name("coffer-sqlite-sync".into())
             .spawn(move || {
                 while rx.recv().is_ok() {
-                    if let Err(e) = std::fs::File::open(&wal).and_then(|f| f.sync_data()) {
+                    if let Err(e) = sync_log(&wal) {
                         tracing::error!(error = %e, "could not sync the write-ahead log: audit events of reads committed in the last moments may not be on stable storage; from now on every commit waits for its own sync");
                         flag.store(true, Ordering::SeqCst);
                     }
