@@ -81,6 +81,24 @@ fn bad_server_configuration_is_refused() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&o.stderr).contains("session.ttl"));
+    // An unknown read durability is refused, from the file and from the environment.
+    std::fs::write(&cfg, "[audit]\nread_sync = \"sometimes\"\n").unwrap();
+    let o = Command::new(BIN)
+        .arg("server")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("audit.read_sync"));
+    let o = Command::new(BIN)
+        .args(["server", "--dev", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .env("COFFER_AUDIT__READ_SYNC", "never")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("audit.read_sync"));
     let o = Command::new(BIN)
         .args(["server", "--listen", "not-an-address"])
         .output()
