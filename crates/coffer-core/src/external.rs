@@ -172,7 +172,7 @@ impl Coffer {
                     p.org_id,
                     "attach-external",
                     WrapTarget::External(canonical.clone()),
-                    Some(pending.change_event()?),
+                    Some(&mut pending),
                 )
                 .await
             {
@@ -215,7 +215,7 @@ impl Coffer {
                 p.org_id,
                 "detach-external",
                 WrapTarget::Root,
-                Some(pending.change_event()?),
+                Some(&mut pending),
             )
             .await?;
             tracing::info!(org_id = %p.org_id, "external key detached");

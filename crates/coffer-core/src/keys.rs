@@ -14,7 +14,7 @@ use coffer_crypto::{KeyTerm, RecordContext, TenantKey};
 use coffer_store::{Invalidation, Rewrapped, RotationRow, StoreError, TenantKeyRow};
 use uuid::Uuid;
 
-use crate::audit::{AuditTarget, Cx};
+use crate::audit::{AuditTarget, Cx, Pending};
 use crate::clock::now_ms;
 use crate::external::WrapTarget;
 use crate::members::ensure_admin;
@@ -26,6 +26,10 @@ pub mod action {
     pub const ROTATE: Action = Action::change("key.rotate").answered(202);
     pub const ATTACH_EXTERNAL: Action = Action::change("key.attach_external").answered(202);
     pub const DETACH_EXTERNAL: Action = Action::change("key.detach_external").answered(202);
+    // Done by the service itself (actor `system`).
+    pub const ROTATED: Action = Action::change("key.rotated");
+    pub const REWRAP_FINISHED: Action = Action::change("key.rewrap_finished");
+    pub const TERMS_DESTROYED: Action = Action::change("key.terms_destroyed");
 }
 
 /// One term of an organisation's key.
@@ -96,7 +100,7 @@ impl Coffer {
                 p.org_id,
                 "manual",
                 WrapTarget::Current,
-                Some(pending.change_event()?),
+                Some(&mut pending),
             )
             .await?;
             self.org_key_status(p.org_id).await
@@ -144,19 +148,28 @@ impl Coffer {
     }
 
     /// Add a new term to an organisation's key; new values use it at once. The rewrap job
-    /// (on the leader node) moves existing values to it.
+    /// (on the leader node) moves existing values to it. Done by the service itself (the
+    /// rotation policy): recorded as `key.rotated` by `system`, with the rotation.
     pub async fn rotate_org_key(&self, org_id: Uuid, reason: &str) -> Result<KeyTerm, CoreError> {
-        self.rotate_org_key_to(org_id, reason, WrapTarget::Current, None)
-            .await
+        let mut pending = self.begin_system(
+            org_id,
+            action::ROTATED,
+            serde_json::json!({ "reason": reason }),
+        );
+        let r = self
+            .rotate_org_key_to(org_id, reason, WrapTarget::Current, Some(&mut pending))
+            .await;
+        self.conclude(pending, r).await
     }
 
-    /// [`Coffer::rotate_org_key`], with the new term wrapped by `target`.
+    /// [`Coffer::rotate_org_key`], with the new term wrapped by `target`, recorded by
+    /// `pending`'s event (which gains the new term).
     pub(crate) async fn rotate_org_key_to(
         &self,
         org_id: Uuid,
         reason: &str,
         target: WrapTarget,
-        event: Option<&coffer_store::ChangeEvent>,
+        mut pending: Option<&mut Pending>,
     ) -> Result<KeyTerm, CoreError> {
         // A second attempt covers a stale key cache (another node rotated meanwhile).
         for _ in 0..2 {
@@ -172,6 +185,13 @@ impl Coffer {
                 term: next,
                 wrapped,
                 created_at: now_ms(),
+            };
+            let event = match pending.as_deref_mut() {
+                Some(p) => {
+                    p.note("term", next.0);
+                    Some(p.change_event()?)
+                }
+                None => None,
             };
             let outcome = self
                 .repos()
@@ -233,42 +253,48 @@ impl Coffer {
         let moved = self.rewrap_org(org_id).await?;
         let rotation = self.repos().keys.rotation(org_id).await?;
         if rotation.as_ref().is_none_or(|r| r.finished_at.is_some()) {
-            let grace = i64::try_from(self.retire_grace().as_millis()).unwrap_or(i64::MAX);
-            let destroyed = self
-                .repos()
-                .keys
-                .destroy_retired_keys(org_id, now_ms().saturating_sub(grace))
-                .await?;
-            if !destroyed.is_empty() {
-                self.inner.keyring.evict(Some(org_id));
-                self.publish(Invalidation::Keys(org_id));
-                let terms: Vec<u32> = destroyed.iter().map(|t| t.0).collect();
-                tracing::info!(org_id = %org_id, ?terms, "retired tenant key terms destroyed");
-                self.record_system(
-                    org_id,
-                    "key.terms_destroyed",
-                    "success",
-                    serde_json::json!({ "terms": terms }),
-                )
-                .await;
-            }
+            self.destroy_retired_terms(org_id).await?;
             if let Some(reason) = self.rotation_due(org_id, rotation.as_ref()).await? {
                 match self.rotate_org_key(org_id, reason).await {
-                    Ok(term) => {
-                        self.record_system(
-                            org_id,
-                            "key.rotated",
-                            "success",
-                            serde_json::json!({ "term": term.0, "reason": reason }),
-                        )
-                        .await;
-                    }
-                    Err(CoreError::Conflict) => {}
+                    Ok(_) | Err(CoreError::Conflict) => {}
                     Err(e) => return Err(e),
                 }
             }
         }
         Ok(moved)
+    }
+
+    /// Destroy the terms of the organisation's key that no value uses any more (and whose
+    /// successor is old enough), recorded as `key.terms_destroyed` with the deletion.
+    async fn destroy_retired_terms(&self, org_id: Uuid) -> Result<(), CoreError> {
+        let grace = i64::try_from(self.retire_grace().as_millis()).unwrap_or(i64::MAX);
+        let before = now_ms().saturating_sub(grace);
+        let retired = self.repos().keys.retired_terms(org_id, before).await?;
+        if retired.is_empty() {
+            return Ok(());
+        }
+        let terms: Vec<u32> = retired.iter().map(|t| t.0).collect();
+        let mut pending = self.begin_system(
+            org_id,
+            action::TERMS_DESTROYED,
+            serde_json::json!({ "terms": terms }),
+        );
+        let r = match self
+            .repos()
+            .keys
+            .destroy_retired_keys(org_id, before, &retired, Some(pending.change_event()?))
+            .await
+        {
+            // Something changed in between (a value written under a term): next run.
+            Err(StoreError::Conflict) => return Ok(()),
+            r => r.map_err(CoreError::from),
+        };
+        if r.is_ok() {
+            self.inner.keyring.evict(Some(org_id));
+            self.publish(Invalidation::Keys(org_id));
+            tracing::info!(org_id = %org_id, ?terms, "retired tenant key terms destroyed");
+        }
+        self.conclude(pending, r).await
     }
 
     /// Retired terms live on until every node's cached copy of the key set has expired, so
@@ -370,28 +396,34 @@ impl Coffer {
             })
             .await
             .map_err(|_| CoreError::Internal("rewrap task"))??;
+            // The last batch commits with the job's event.
+            let mut pending = finished.map(|_| {
+                self.begin_system(
+                    org_id,
+                    action::REWRAP_FINISHED,
+                    serde_json::json!({ "term": target.0, "values": job.total }),
+                )
+            });
+            let event = match pending.as_mut() {
+                Some(p) => Some(p.change_event()?),
+                None => None,
+            };
             match self
                 .repos()
                 .keys
-                .apply_rewrap(org_id, target, &rewrapped, last, finished)
+                .apply_rewrap(org_id, target, &rewrapped, last, finished, event)
                 .await
             {
                 Ok(n) => moved += n,
                 // A newer rotation superseded this job; the next run follows that one.
                 Err(StoreError::Conflict) => return Ok(moved),
+                // Nothing changed (the job resumes from its cursor next run).
                 Err(e) => return Err(e.into()),
             }
             cursor = last;
-            if finished.is_some() {
+            if let Some(p) = pending {
                 tracing::info!(org_id = %org_id, term = target.0, moved, "rewrap finished");
-                self.record_system(
-                    org_id,
-                    "key.rewrap_finished",
-                    "success",
-                    serde_json::json!({ "term": target.0, "values": job.total }),
-                )
-                .await;
-                return Ok(moved);
+                return self.conclude(p, Ok(moved)).await;
             }
             let pause = self.config().rewrap_pause;
             if !pause.is_zero() {

@@ -368,11 +368,9 @@ impl Coffer {
                 expires_at: now.saturating_add(ttl),
                 accepted_at: None,
             };
-            self.repos()
-                .access
-                .create_invitation(&row, Some(pending.change_event()?))
-                .await?;
-            self.enqueue_mail(
+            // The invitation and the message that carries it commit together.
+            let _root = self.root_stable().await;
+            let mail = self.seal_mail(
                 &email,
                 &format!("You are invited to '{}' on Coffer", p.org_name),
                 &format!(
@@ -383,8 +381,11 @@ impl Coffer {
                     token.expose_secret(),
                     self.config().invitation_ttl.as_secs() / 86_400
                 ),
-            )
-            .await?;
+            )?;
+            self.repos()
+                .access
+                .create_invitation(&row, Some(&mail), Some(pending.change_event()?))
+                .await?;
             let token = (!self.config().mail_enabled).then_some(token);
             Ok(Invitation {
                 view: invitation_view(row),
@@ -443,33 +444,38 @@ impl Coffer {
                 .ok_or_else(invalid)?;
             let role =
                 Role::parse(&inv.role).ok_or(CoreError::Internal("unknown role in database"))?;
-            let user = match self.repos().users.user_by_email(&inv.email).await? {
-                Some(existing) => self.check_first_factor(Some(existing), password).await?,
-                None => {
-                    self.new_user(username, password, Some(inv.email.clone()))
-                        .await?
-                }
+            let (user, new_user) = match self.repos().users.user_by_email(&inv.email).await? {
+                Some(existing) => (self.check_first_factor(Some(existing), password).await?, false),
+                None => (
+                    prepare_user(username, password, Some(inv.email.clone())).await?,
+                    true,
+                ),
             };
-            // The invitation is used and the membership added together, with the event.
+            // The invitation is used, a newcomer's account stored and the membership added
+            // together, with the event.
             let member = MembershipRow {
                 user_id: user.id,
                 org_id: inv.org_id,
                 role: role.as_str().to_owned(),
                 created_at: now_ms(),
             };
-            if !self
+            match self
                 .repos()
                 .access
                 .consume_invitation(
                     inv.org_id,
                     inv.id,
                     now_ms(),
+                    new_user.then_some(&user),
                     Some(&member),
                     Some(pending.change_event()?),
                 )
-                .await?
+                .await
             {
-                return Err(invalid());
+                Ok(true) => {}
+                Ok(false) => return Err(invalid()),
+                Err(StoreError::Conflict) if new_user => return Err(user_exists(user.username)),
+                Err(e) => return Err(e.into()),
             }
             self.repos().users.reset_login_attempts(user.id).await?;
             Ok(user.id)
@@ -528,21 +534,9 @@ impl Coffer {
         password: &str,
         email: Option<String>,
     ) -> Result<UserRow, CoreError> {
-        validate_password(password)?;
-        let username = validate_username(username)?;
-        let user = UserRow {
-            id: Uuid::new_v4(),
-            username: username.clone(),
-            password_hash: crate::auth::hash_password(password.to_owned()).await?,
-            created_at: now_ms(),
-            email,
-            mfa_enabled: false,
-        };
+        let user = prepare_user(username, password, email).await?;
         match self.repos().users.create_user(&user).await {
-            Err(StoreError::Conflict) => Err(CoreError::AlreadyExists {
-                kind: "user",
-                name: username,
-            }),
+            Err(StoreError::Conflict) => Err(user_exists(user.username)),
             r => r.map(|()| user).map_err(Into::into),
         }
     }
@@ -587,6 +581,28 @@ impl Coffer {
         .await;
         self.conclude(pending, r).await
     }
+}
+
+/// A new account with a password, validated and hashed, not stored yet.
+async fn prepare_user(
+    username: &str,
+    password: &str,
+    email: Option<String>,
+) -> Result<UserRow, CoreError> {
+    validate_password(password)?;
+    let username = validate_username(username)?;
+    Ok(UserRow {
+        id: Uuid::new_v4(),
+        username,
+        password_hash: crate::auth::hash_password(password.to_owned()).await?,
+        created_at: now_ms(),
+        email,
+        mfa_enabled: false,
+    })
+}
+
+fn user_exists(name: String) -> CoreError {
+    CoreError::AlreadyExists { kind: "user", name }
 }
 
 use crate::audit::{AuditTarget, Cx};

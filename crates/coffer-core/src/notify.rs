@@ -52,12 +52,25 @@ impl Coffer {
         subject: &str,
         body: &str,
     ) -> Result<(), CoreError> {
+        let _root = self.root_stable().await;
+        let row = self.seal_mail(to, subject, body)?;
+        self.repos().mail.enqueue_mail(&row).await?;
+        Ok(())
+    }
+
+    /// A message sealed for the outbox, to be stored with the change that sends it. Hold
+    /// [`Coffer::root_stable`] until it is stored: it is sealed under the root key.
+    pub(crate) fn seal_mail(
+        &self,
+        to: &str,
+        subject: &str,
+        body: &str,
+    ) -> Result<OutboxRow, CoreError> {
         let mail = Mail {
             to: to.to_owned(),
             subject: subject.to_owned(),
             body: body.to_owned(),
         };
-        let _root = self.root_stable().await;
         let id = Uuid::new_v4();
         let json = zeroize::Zeroizing::new(
             serde_json::to_vec(&mail).map_err(|_| CoreError::Internal("encode mail"))?,
@@ -67,17 +80,13 @@ impl Coffer {
             .seal(id, &json)
             .map_err(|_| CoreError::Internal("seal mail"))?;
         let now = now_ms();
-        self.repos()
-            .mail
-            .enqueue_mail(&OutboxRow {
-                id,
-                sealed,
-                created_at: now,
-                attempts: 0,
-                next_attempt_at: now,
-            })
-            .await?;
-        Ok(())
+        Ok(OutboxRow {
+            id,
+            sealed,
+            created_at: now,
+            attempts: 0,
+            next_attempt_at: now,
+        })
     }
 
     /// Tell a user about a change to their account, if they have an address. The change has

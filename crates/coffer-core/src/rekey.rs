@@ -18,7 +18,7 @@ use coffer_store::{Invalidation, RootRotation, RootSecrets};
 use zeroize::Zeroizing;
 
 use crate::audit::{AuditTarget, Cx};
-use crate::{Coffer, CoreError};
+use crate::{Coffer, CoreError, Principal};
 
 #[derive(Debug)]
 pub struct RekeyResult {
@@ -30,15 +30,21 @@ pub struct RekeyResult {
 impl Coffer {
     /// Replace the root key and issue `shares` shares of the new one (any `threshold` of
     /// which unseal), after checking that `current` is a quorum of the present shares.
+    /// Only an Owner (`p`) may.
     pub async fn rekey(
         &self,
         cx: &Cx,
+        p: &Principal,
         current: &[String],
         shares: u8,
         threshold: u8,
     ) -> Result<RekeyResult, CoreError> {
-        let mut pending = self.begin(cx, crate::sys::action::REKEY, AuditTarget::default());
+        let mut pending =
+            self.begin_for(cx, p, crate::sys::action::REKEY, AuditTarget::default());
         let r: Result<RekeyResult, CoreError> = async {
+            if !p.role.can_operate() {
+                return Err(CoreError::Forbidden("only an Owner can rekey the server"));
+            }
             if !(2..=255).contains(&threshold) || threshold > shares {
                 return Err(CoreError::invalid(
                     "threshold",
@@ -97,6 +103,9 @@ impl Coffer {
                             .is_some_and(|cfg| new.matches(&cfg.root_check));
                         if committed {
                             tracing::warn!(error = %e, "the rekey committed although its answer was lost");
+                            // Its event with it: appending it again could fail, and the
+                            // new shares would then be lost.
+                            pending.confirm_committed();
                             break;
                         }
                         return Err(e.into());

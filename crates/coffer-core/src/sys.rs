@@ -4,7 +4,7 @@ use coffer_crypto::RootKey;
 use coffer_crypto::shamir;
 use coffer_crypto::token::{self, BearerToken};
 use coffer_seal::{Seal, SealKind, SubmitError, SubmitOutcome};
-use coffer_store::{MembershipRow, SealConfigRow, StoreError, UserRow};
+use coffer_store::{FirstOrg, MembershipRow, SealConfigRow, StoreError, UserRow};
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
@@ -104,11 +104,11 @@ impl Coffer {
             let (root, sealed) = seal.new_root().await.map_err(seal_error)?;
             let parts = shamir::split(&root, shares, threshold)
                 .map_err(|_| CoreError::invalid("shares", "at most 255"))?;
-            // The claim is the change: `sys.init` commits with it.
+            // The seal configuration and the first account commit with `sys.init`.
             let event = pending.change_event()?;
-            self.claim_init(seal.kind(), shares, threshold, &root, sealed, Some(event))
+            let bootstrap = self
+                .initialise(seal.kind(), shares, threshold, &root, sealed, Some(event))
                 .await?;
-            let bootstrap = self.create_bootstrap(&root).await?;
             let unsealed = seal.kind().is_auto();
             if unsealed {
                 self.finish_unseal(root).await?;
@@ -125,7 +125,10 @@ impl Coffer {
         self.conclude(pending, r).await
     }
 
-    async fn claim_init(
+    /// Store the seal configuration for `root`, with the bootstrap organisation and its
+    /// Owner, in one transaction (with `event`): an initialised server always has its first
+    /// account. Returns that account's one-time password.
+    async fn initialise(
         &self,
         kind: SealKind,
         shares: u8,
@@ -133,7 +136,8 @@ impl Coffer {
         root: &RootKey,
         sealed_root: Option<Vec<u8>>,
         event: Option<&coffer_store::ChangeEvent>,
-    ) -> Result<(), CoreError> {
+    ) -> Result<Bootstrap, CoreError> {
+        let now = now_ms();
         let cfg = SealConfigRow {
             kind: kind.as_str().to_owned(),
             shares,
@@ -141,26 +145,12 @@ impl Coffer {
             root_check: root
                 .check_value()
                 .map_err(|_| CoreError::Internal("root check"))?,
-            created_at: now_ms(),
+            created_at: now,
             sealed_root,
         };
-        match self.repos().seal.init_seal_config(&cfg, event).await {
-            Err(StoreError::Conflict) => Err(CoreError::AlreadyInitialized),
-            Err(e) => Err(e.into()),
-            Ok(()) => {
-                // The bootstrap organisation's key is sealed with this root key next.
-                self.cluster().set_root_guard(Some(cfg.root_check));
-                Ok(())
-            }
-        }
-    }
-
-    async fn create_bootstrap(&self, root: &RootKey) -> Result<Bootstrap, CoreError> {
         let (org, key) = crate::orgs::new_org(root, BOOTSTRAP_ORG)?;
-        self.insert_org(&org, &key, None, None).await?;
-        let now = now_ms();
         let password = token::generate_password();
-        let user = UserRow {
+        let owner_account = UserRow {
             id: Uuid::new_v4(),
             username: BOOTSTRAP_USER.to_owned(),
             password_hash: crate::auth::hash_password(password.expose_secret().to_owned()).await?,
@@ -168,22 +158,31 @@ impl Coffer {
             email: None,
             mfa_enabled: false,
         };
-        self.repos().users.create_user(&user).await?;
-        self.repos()
-            .access
-            .add_membership(
-                &MembershipRow {
-                    user_id: user.id,
-                    org_id: org.id,
-                    role: Role::Owner.as_str().to_owned(),
-                    created_at: now,
-                },
-                None,
-            )
-            .await?;
+        let first = FirstOrg {
+            owner: MembershipRow {
+                user_id: owner_account.id,
+                org_id: org.id,
+                role: Role::Owner.as_str().to_owned(),
+                created_at: now,
+            },
+            org,
+            key,
+            owner_account,
+        };
+        match self
+            .repos()
+            .seal
+            .init_seal_config(&cfg, Some(&first), event)
+            .await
+        {
+            Err(StoreError::Conflict) => return Err(CoreError::AlreadyInitialized),
+            r => r?,
+        }
+        // What is sealed with this root key from now on is checked against it.
+        self.cluster().set_root_guard(Some(cfg.root_check));
         Ok(Bootstrap {
-            org_name: org.name,
-            username: user.username,
+            org_name: first.org.name,
+            username: first.owner_account.username,
             password,
         })
     }
@@ -296,11 +295,10 @@ impl Coffer {
             .map_err(seal_error)?
             .ok_or(CoreError::WrongSealType)?;
         let bootstrap = match self.repos().seal.seal_config().await? {
-            None => {
-                self.claim_init(seal.kind(), 0, 0, &root, None, None)
-                    .await?;
-                Some(self.create_bootstrap(&root).await?)
-            }
+            None => Some(
+                self.initialise(seal.kind(), 0, 0, &root, None, None)
+                    .await?,
+            ),
             Some(cfg) => {
                 if SealKind::parse(&cfg.kind) != Some(seal.kind()) {
                     return Err(CoreError::WrongSealType);

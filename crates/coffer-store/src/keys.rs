@@ -8,7 +8,7 @@ use uuid::Uuid;
 use crate::StoreError;
 use crate::models::*;
 use crate::rows::*;
-use crate::sql::{Backend, Exec, Stmt, Tx};
+use crate::sql::{Backend, Exec, Stmt, Tx, read_scoped};
 
 /// Rows per multi-row UPDATE of a rewrap batch (4 parameters each, far below both limits).
 pub(crate) const REWRAP_ROWS_PER_STATEMENT: usize = 256;
@@ -46,8 +46,9 @@ pub trait KeyRepo: Send + Sync {
         limit: u32,
     ) -> Result<Vec<RewrapItem>, StoreError>;
 
-    /// Store rewrapped values and advance the job's cursor, in one transaction. A value
-    /// whose term changed meanwhile is left alone. Returns how many values were replaced.
+    /// Store rewrapped values and advance the job's cursor, in one transaction (with
+    /// `event`, which the last batch carries). A value whose term changed meanwhile is left
+    /// alone. Returns how many values were replaced.
     async fn apply_rewrap(
         &self,
         org_id: Uuid,
@@ -55,15 +56,28 @@ pub trait KeyRepo: Send + Sync {
         items: &[Rewrapped],
         cursor: Option<Uuid>,
         finished_at: Option<i64>,
+        event: Option<&ChangeEvent>,
     ) -> Result<u64, StoreError>;
 
-    /// Delete every term below the newest that no stored value uses any more, provided the
-    /// newest term was created at or before `successor_before`. Returns the destroyed terms.
-    async fn destroy_retired_keys(
+    /// The terms below the newest that no stored value uses any more, provided the newest
+    /// term was created at or before `successor_before`: what
+    /// [`KeyRepo::destroy_retired_keys`] would delete now.
+    async fn retired_terms(
         &self,
         org_id: Uuid,
         successor_before: i64,
     ) -> Result<Vec<KeyTerm>, StoreError>;
+
+    /// Delete the retired `terms` (as [`KeyRepo::retired_terms`] found them), in one
+    /// transaction with `event`. Conflict, with nothing deleted, if the terms retired at
+    /// that moment are not exactly these.
+    async fn destroy_retired_keys(
+        &self,
+        org_id: Uuid,
+        successor_before: i64,
+        terms: &[KeyTerm],
+        event: Option<&ChangeEvent>,
+    ) -> Result<(), StoreError>;
 
     /// Everything sealed directly by the root key (or a key derived from it): every tenant
     /// key, the audit signing key, TOTP seeds and undelivered mail.
@@ -101,6 +115,18 @@ pub(crate) fn rotation_row<R: RowRead>(r: &R) -> Result<RotationRow, StoreError>
         started_at: r.int("started_at")?,
         finished_at: r.opt_int("finished_at")?,
     })
+}
+
+/// The retired terms of organisation `$1` once its newest term was created at or before
+/// `$2`: below the newest and used by no stored value.
+const RETIRED: &str = "org_id = $1 \
+     AND term < (SELECT MAX(k.term) FROM tenant_keys k WHERE k.org_id = $1) \
+     AND (SELECT k.created_at FROM tenant_keys k WHERE k.org_id = $1 ORDER BY k.term DESC LIMIT 1) <= $2 \
+     AND NOT EXISTS (SELECT 1 FROM param_versions pv JOIN credentials c ON c.id = pv.credential_id \
+                     WHERE pv.org_id = $1 AND c.key_term = tenant_keys.term)";
+
+fn terms_of<R: RowRead>(rows: Vec<R>) -> Result<Vec<KeyTerm>, StoreError> {
+    rows.iter().map(|r| term_col(r, "term")).collect()
 }
 
 pub(crate) fn term_col<R: RowRead>(r: &R, col: &str) -> Result<KeyTerm, StoreError> {
@@ -305,6 +331,7 @@ impl<B: Backend> KeyRepo for B {
         items: &[Rewrapped],
         cursor: Option<Uuid>,
         finished_at: Option<i64>,
+        event: Option<&ChangeEvent>,
     ) -> Result<u64, StoreError> {
         let mut tx = self.begin_bare().await?;
         self.rescope(&mut tx, crate::Scope::Org(org_id)).await?;
@@ -337,37 +364,53 @@ impl<B: Backend> KeyRepo for B {
         if moved != 1 {
             return Err(StoreError::Conflict);
         }
-        tx.commit().await?;
+        crate::sql::commit_audited(self, tx, event).await?;
         self.key_material_changed();
         Ok(replaced)
+    }
+
+    async fn retired_terms(
+        &self,
+        org_id: Uuid,
+        successor_before: i64,
+    ) -> Result<Vec<KeyTerm>, StoreError> {
+        read_scoped!(self, crate::Scope::Org(org_id), |tx| {
+            terms_of(
+                Stmt::generated(format!(
+                    "SELECT term FROM tenant_keys WHERE {RETIRED} ORDER BY term"
+                ))
+                .bind(org_id)
+                .bind(successor_before)
+                .fetch_all(&mut tx)
+                .await?,
+            )
+        })
     }
 
     async fn destroy_retired_keys(
         &self,
         org_id: Uuid,
         successor_before: i64,
-    ) -> Result<Vec<KeyTerm>, StoreError> {
-        let org = org_id;
+        terms: &[KeyTerm],
+        event: Option<&ChangeEvent>,
+    ) -> Result<(), StoreError> {
         let mut tx = self.begin_bare().await?;
         self.rescope(&mut tx, crate::Scope::Org(org_id)).await?;
-        Stmt::new(Self::LOCK_ORG).bind(org).execute(&mut tx).await?;
-        let out = Stmt::new(
-            "DELETE FROM tenant_keys WHERE org_id = $1 \
-             AND term < (SELECT MAX(k.term) FROM tenant_keys k WHERE k.org_id = $1) \
-             AND (SELECT k.created_at FROM tenant_keys k WHERE k.org_id = $1 ORDER BY k.term DESC LIMIT 1) <= $2 \
-             AND NOT EXISTS (SELECT 1 FROM param_versions pv JOIN credentials c ON c.id = pv.credential_id \
-                             WHERE pv.org_id = $1 AND c.key_term = tenant_keys.term) \
-             RETURNING term",
-        )
-        .bind(org)
-        .bind(successor_before)
-        .fetch_all(&mut tx)
-        .await?
-        .iter()
-        .map(|r| crate::keys::term_col(r, "term"))
-        .collect::<Result<Vec<_>, StoreError>>()?;
-        tx.commit().await?;
-        Ok(out)
+        Stmt::new(Self::LOCK_ORG).bind(org_id).execute(&mut tx).await?;
+        let mut deleted = terms_of(
+            Stmt::generated(format!("DELETE FROM tenant_keys WHERE {RETIRED} RETURNING term"))
+                .bind(org_id)
+                .bind(successor_before)
+                .fetch_all(&mut tx)
+                .await?,
+        )?;
+        deleted.sort_unstable();
+        if deleted != terms {
+            // Dropping the transaction rolls the deletion back.
+            return Err(StoreError::Conflict);
+        }
+        crate::sql::commit_audited(self, tx, event).await?;
+        Ok(())
     }
 
     async fn root_secrets(&self) -> Result<RootSecrets, StoreError> {

@@ -40,6 +40,22 @@ impl ChangeEvent {
         self.committed
             .store(true, std::sync::atomic::Ordering::Release);
     }
+
+    /// The caller established otherwise that the change's transaction committed (its
+    /// answer was lost on the way): the event is in the log with it.
+    pub fn confirm_committed(&self) {
+        self.mark_committed();
+    }
+}
+
+/// The first organisation, stored at initialisation: its first key term, and its Owner's
+/// account and membership.
+#[derive(Debug, Clone)]
+pub struct FirstOrg {
+    pub org: OrgRow,
+    pub key: TenantKeyRow,
+    pub owner_account: UserRow,
+    pub owner: MembershipRow,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

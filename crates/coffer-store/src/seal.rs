@@ -13,10 +13,13 @@ use crate::sql::{Backend, Stmt};
 #[async_trait]
 pub trait SealRepo: Send + Sync {
     async fn seal_config(&self) -> Result<Option<SealConfigRow>, StoreError>;
-    /// Fails with [`StoreError::Conflict`] if the server was already initialised.
+    /// Initialise: the seal configuration, with the first organisation and its Owner
+    /// (`first`), in one transaction with `event`. Fails with [`StoreError::Conflict`] if
+    /// the server was already initialised.
     async fn init_seal_config(
         &self,
         cfg: &SealConfigRow,
+        first: Option<&FirstOrg>,
         event: Option<&ChangeEvent>,
     ) -> Result<(), StoreError>;
     /// Switch the seal kind (`coffer operator migrate-seal`): the root key stays, only how it
@@ -54,9 +57,11 @@ impl<B: Backend> SealRepo for B {
     async fn init_seal_config(
         &self,
         c: &SealConfigRow,
+        first: Option<&FirstOrg>,
         event: Option<&ChangeEvent>,
     ) -> Result<(), StoreError> {
-        let change = Stmt::new(
+        let mut tx = self.begin_bare().await?;
+        Stmt::new(
             "INSERT INTO seal_config (id, kind, shares, threshold, root_check, created_at, sealed_root) \
              VALUES (1, $1, $2, $3, $4, $5, $6)",
         )
@@ -65,8 +70,24 @@ impl<B: Backend> SealRepo for B {
         .bind(i64::from(c.threshold))
         .bind(c.root_check.as_bytes())
         .bind(c.created_at)
-        .bind(c.sealed_root.as_deref());
-        crate::sql::execute_audited(self, &change, event).await?;
+        .bind(c.sealed_root.as_deref())
+        .execute(&mut tx)
+        .await?;
+        if let Some(f) = first {
+            // No root guard to check: the root key is being stored in this transaction.
+            self.rescope(&mut tx, crate::Scope::Org(f.org.id)).await?;
+            crate::tenants::insert_org(&f.org).execute(&mut tx).await?;
+            crate::tenants::insert_tenant_key(&f.key)
+                .execute(&mut tx)
+                .await?;
+            crate::identity::insert_user(&f.owner_account)
+                .execute(&mut tx)
+                .await?;
+            crate::identity::insert_membership(&f.owner)
+                .execute(&mut tx)
+                .await?;
+        }
+        crate::sql::commit_audited(self, tx, event).await?;
         Ok(())
     }
 

@@ -75,6 +75,21 @@ fn insert_env(e: &EnvRow) -> Stmt<'_> {
     .bind(e.created_at)
 }
 
+pub(crate) fn insert_org(org: &OrgRow) -> Stmt<'_> {
+    Stmt::new("INSERT INTO orgs (id, name, created_at) VALUES ($1, $2, $3)")
+        .bind(org.id)
+        .bind(&org.name)
+        .bind(org.created_at)
+}
+
+pub(crate) fn insert_tenant_key(key: &TenantKeyRow) -> Stmt<'_> {
+    Stmt::new("INSERT INTO tenant_keys (org_id, term, wrapped, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(key.org_id)
+        .bind(i64::from(key.term.0))
+        .bind(key.wrapped.as_bytes())
+        .bind(key.created_at)
+}
+
 const TENANT_KEYS: &str =
     "SELECT org_id, term, wrapped, created_at FROM tenant_keys WHERE org_id = $1 ORDER BY term";
 
@@ -88,22 +103,9 @@ impl<B: Backend> TenantRepo for B {
         event: Option<&ChangeEvent>,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin(crate::Scope::Org(org.id)).await?;
-        Stmt::new("INSERT INTO orgs (id, name, created_at) VALUES ($1, $2, $3)")
-            .bind(org.id)
-            .bind(&org.name)
-            .bind(org.created_at)
-            .execute(&mut tx)
-            .await?;
+        insert_org(org).execute(&mut tx).await?;
         self.ensure_root(&mut tx).await?;
-        Stmt::new(
-            "INSERT INTO tenant_keys (org_id, term, wrapped, created_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(key.org_id)
-        .bind(i64::from(key.term.0))
-        .bind(key.wrapped.as_bytes())
-        .bind(key.created_at)
-        .execute(&mut tx)
-        .await?;
+        insert_tenant_key(key).execute(&mut tx).await?;
         if let Some(m) = owner {
             crate::identity::insert_membership(m)
                 .execute(&mut tx)

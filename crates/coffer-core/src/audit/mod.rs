@@ -196,6 +196,25 @@ impl Pending {
         Ok(self.change.insert(ChangeEvent::new(event_row(&self.ev)?)))
     }
 
+    /// The change committed although its commit's answer was lost (the operation checked):
+    /// its event committed with it, and must not be appended again.
+    pub(crate) fn confirm_committed(&self) {
+        if let Some(c) = &self.change {
+            c.confirm_committed();
+        }
+    }
+
+    /// Add `key: value` to the event's detail.
+    pub(crate) fn note(&mut self, key: &str, value: impl Into<serde_json::Value>) {
+        let detail = self
+            .ev
+            .detail
+            .get_or_insert_with(|| serde_json::Value::Object(Default::default()));
+        if let serde_json::Value::Object(map) = detail {
+            map.insert(key.to_owned(), value.into());
+        }
+    }
+
     /// The actor is this user (a login, once its first factor is right).
     pub(crate) fn set_actor(&mut self, user: Uuid, username: &str, org: Uuid, method: &str) {
         self.ev.actor = AuditActor {
@@ -292,6 +311,21 @@ impl Coffer {
             action,
             change: None,
         }
+    }
+
+    /// Begin the event of a change the service makes by itself (a background job) in
+    /// `org_id`'s chain: actor `system`, no request. Its repository method commits it with
+    /// the change, as for any operation.
+    pub(crate) fn begin_system(
+        &self,
+        org_id: Uuid,
+        action: Action,
+        detail: serde_json::Value,
+    ) -> Pending {
+        let mut pending = self.begin(&Cx::system(), action, AuditTarget::default());
+        pending.ev.org_id = Some(org_id);
+        pending.ev.detail = Some(detail);
+        pending
     }
 
     /// [`Coffer::begin`] for an operation called with its caller `p`: the actor, unless the

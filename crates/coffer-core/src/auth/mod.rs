@@ -355,8 +355,20 @@ impl Coffer {
                 },
             )
             .await?;
+        // The login happened with the session's commit: telling the user about a new
+        // address is best effort and cannot turn it into a failure.
+        if let Err(e) = self.note_login_address(user, address).await {
+            tracing::error!(error = %e, "could not note a login's address");
+        }
+        let principal = self.authenticate_any_stage(token.expose_secret()).await?;
+        Ok(LoginResult { token, principal })
+    }
+
+    /// Remember the address a user signed in from, and tell them when it is a new one.
+    async fn note_login_address(&self, user: &UserRow, address: &str) -> Result<(), CoreError> {
         if self
-            .repos().users
+            .repos()
+            .users
             .note_login_address(user.id, address, now_ms())
             .await?
             // The very first login is not news; a new address after that is.
@@ -369,8 +381,7 @@ impl Coffer {
             )
             .await;
         }
-        let principal = self.authenticate_any_stage(token.expose_secret()).await?;
-        Ok(LoginResult { token, principal })
+        Ok(())
     }
 
     /// The organisation a login starts in: the one asked for, else the oldest membership.

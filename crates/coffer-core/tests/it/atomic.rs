@@ -2,10 +2,12 @@
 //! appended the change is not applied, and a change that fails leaves no success event.
 
 use coffer_core::audit::{AuditFilter, Cx};
-use coffer_core::{CoreError, SetParam};
+use std::time::Duration;
+
+use coffer_core::{CoreConfig, CoreError, Role, SetParam};
 use sqlx::Connection;
 
-use crate::{Fixture, fixture};
+use crate::{Fixture, fixture, fixture_with};
 
 /// Make every audit append fail (as a full disk or a broken table would), until the
 /// returned guard's `lift` is called.
@@ -15,11 +17,16 @@ async fn refuse_audit_appends(f: &Fixture) -> Outage {
 
 /// Make every insert into `table` fail, until the returned guard's `lift` is called.
 async fn refuse_inserts(f: &Fixture, table: &'static str) -> Outage {
-    match &f.pg {
+    refuse_inserts_in(f.dir.path(), f.pg.as_deref(), table).await
+}
+
+/// [`refuse_inserts`] in the database of the service in `dir` (on PostgreSQL: at `pg`).
+async fn refuse_inserts_in(dir: &std::path::Path, pg: Option<&str>, table: &'static str) -> Outage {
+    match pg {
         None => {
             let mut db = sqlx::SqliteConnection::connect(&format!(
                 "sqlite://{}",
-                f.dir.path().join("coffer.db").display()
+                dir.join("coffer.db").display()
             ))
             .await
             .unwrap();
@@ -242,4 +249,144 @@ async fn a_change_and_its_event_name_the_same_parameter() {
     assert_eq!(ev.event.target.path(), "web/default/TOKEN");
     assert_eq!(ev.event.actor.id, Some(p.user_id));
     assert!(cx.recorded(), "the operation marked its request recorded");
+}
+
+/// A newcomer's account is made with the invitation's use and its event: if the event
+/// cannot be appended, no account is left behind holding the chosen name.
+#[tokio::test]
+async fn an_invited_newcomers_account_exists_with_the_invitations_use_or_not_at_all() {
+    let f = fixture().await;
+    let (c, p, cx) = (&f.coffer, &f.owner, Cx::default());
+    let inv = c
+        .invite(&cx, p, "newcomer@example.com", Role::Viewer)
+        .await
+        .unwrap();
+    let tok = inv.token.unwrap().expose_secret().to_owned();
+    let outage = refuse_audit_appends(&f).await;
+    let err = c
+        .accept_invitation(&cx, &tok, "newcomer", "a long enough password")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CoreError::AuditUnavailable), "{err:?}");
+    outage.lift().await;
+    // The name is still free and the invitation unused.
+    c.accept_invitation(&cx, &tok, "newcomer", "a long enough password")
+        .await
+        .unwrap();
+    assert_eq!(
+        events_of(&f, "invitation.accept").await,
+        vec![("success".to_owned(), None)]
+    );
+}
+
+/// The key jobs' changes (a rotation the policy starts, the rewrap's end, destroying
+/// retired terms) commit with their `system` events, or not at all.
+#[tokio::test]
+async fn key_jobs_record_their_events_with_their_changes() {
+    let f = fixture_with(CoreConfig {
+        key_cache_ttl: Duration::from_millis(100),
+        ..CoreConfig::default()
+    })
+    .await;
+    let (c, p, cx) = (&f.coffer, &f.owner, Cx::default());
+    c.create_project(&cx, p, "web").await.unwrap();
+    c.set_param(&cx, p, "web", "default", set("TOKEN", b"v1"))
+        .await
+        .unwrap();
+    let term = |s: coffer_core::KeyStatus| (s.active_term, s.terms.len());
+
+    let outage = refuse_audit_appends(&f).await;
+    let err = c.rotate_org_key(p.org_id, "age").await.unwrap_err();
+    assert!(matches!(err, CoreError::AuditUnavailable), "{err:?}");
+    outage.lift().await;
+    assert_eq!(term(c.key_status(&cx, p).await.unwrap()), (1, 1));
+
+    c.rotate_org_key(p.org_id, "age").await.unwrap();
+    let outage = refuse_audit_appends(&f).await;
+    c.run_key_maintenance().await.unwrap_err();
+    outage.lift().await;
+    let s = c.key_status(&cx, p).await.unwrap();
+    assert!(
+        s.rotation.unwrap().finished_at.is_none(),
+        "the rewrap's last batch did not commit without its event"
+    );
+    assert_eq!(term(c.key_status(&cx, p).await.unwrap()), (2, 2));
+
+    c.run_key_maintenance().await.unwrap();
+    assert!(
+        c.key_status(&cx, p)
+            .await
+            .unwrap()
+            .rotation
+            .unwrap()
+            .finished_at
+            .is_some()
+    );
+    // Term 1 is retired once every node's key cache has expired.
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    let outage = refuse_audit_appends(&f).await;
+    c.run_key_maintenance().await.unwrap_err();
+    outage.lift().await;
+    assert_eq!(term(c.key_status(&cx, p).await.unwrap()), (2, 2));
+    c.run_key_maintenance().await.unwrap();
+    assert_eq!(term(c.key_status(&cx, p).await.unwrap()), (2, 1));
+
+    for action in ["key.rotated", "key.rewrap_finished", "key.terms_destroyed"] {
+        assert_eq!(
+            events_of(&f, action).await,
+            vec![("success".to_owned(), None)],
+            "{action}: one event, for the change that happened"
+        );
+    }
+    assert!(c.audit_verify(&cx, p).await.unwrap().ok);
+}
+
+/// Initialising stores the seal configuration and the first account together: a server is
+/// never initialised without an account to log in with.
+#[tokio::test]
+async fn a_server_is_initialised_with_its_first_account_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, pg) = coffer_testkit::open_coffer(dir.path(), CoreConfig::default()).await;
+    let cx = Cx::default();
+    let outage = refuse_inserts_in(dir.path(), pg.as_deref(), "memberships").await;
+    c.init(&cx, 3, 2).await.unwrap_err();
+    outage.lift().await;
+    assert!(!c.seal_status().await.unwrap().initialized);
+    let init = c.init(&cx, 3, 2).await.unwrap();
+    for share in &init.shares[..2] {
+        c.unseal(&cx, share).await.unwrap();
+    }
+    let login = c
+        .login(
+            &cx,
+            &init.bootstrap.username,
+            init.bootstrap.password.expose_secret(),
+            None,
+            "test",
+        )
+        .await
+        .unwrap();
+    assert_eq!(login.session().unwrap().principal.role, Role::Owner);
+}
+
+/// An invitation and the message that delivers it are one change: if the message cannot
+/// be queued, there is no invitation (and no success event) either.
+#[tokio::test]
+async fn an_invitation_exists_with_its_message_or_not_at_all() {
+    let f = fixture().await;
+    let (c, p, cx) = (&f.coffer, &f.owner, Cx::default());
+    let outage = refuse_inserts(&f, "outbox").await;
+    c.invite(&cx, p, "late@example.com", Role::Viewer)
+        .await
+        .unwrap_err();
+    outage.lift().await;
+    assert!(c.list_invitations(&cx, p).await.unwrap().is_empty());
+    assert_eq!(
+        events_of(&f, "invitation.create").await,
+        vec![("failure".to_owned(), Some("internal".to_owned()))]
+    );
+    c.invite(&cx, p, "late@example.com", Role::Viewer)
+        .await
+        .unwrap();
+    assert_eq!(c.list_invitations(&cx, p).await.unwrap().len(), 1);
 }

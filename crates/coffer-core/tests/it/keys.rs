@@ -492,15 +492,26 @@ async fn deleting_an_org_shreds_it_even_in_a_copy_taken_before() {
     );
 
     // Rotating the root key (operator rekey) with the current quorum ends that.
+    let admin = Principal {
+        role: Role::Admin,
+        ..owner.clone()
+    };
     assert!(
         matches!(
-            c.rekey(&Cx::default(), &f.shares[..1], 5, 3).await,
+            c.rekey(&Cx::default(), &admin, &f.shares[1..3], 5, 3).await,
+            Err(CoreError::Forbidden(_))
+        ),
+        "only an Owner rekeys, even with a quorum"
+    );
+    assert!(
+        matches!(
+            c.rekey(&Cx::default(), owner, &f.shares[..1], 5, 3).await,
             Err(CoreError::Invalid { .. })
         ),
         "one share is not a quorum"
     );
     let new = c
-        .rekey(&Cx::default(), &f.shares[1..3], 5, 3)
+        .rekey(&Cx::default(), owner, &f.shares[1..3], 5, 3)
         .await
         .unwrap();
     let new_shares: Vec<String> = new.shares.iter().map(|s| s.to_string()).collect();

@@ -163,15 +163,9 @@ pub async fn rekey(
     Auth(p): Auth,
     ApiJson(req): ApiJson<RekeyRequest>,
 ) -> ApiResult<Json<RekeyResponse>> {
-    if !p.role.can_operate() {
-        return Err(ApiError::new(
-            ErrorCode::Forbidden,
-            "only an Owner can rekey the server",
-        ));
-    }
     let r = st
         .coffer
-        .rekey(&cx, &req.current_shares, req.shares, req.threshold)
+        .rekey(&cx, &p, &req.current_shares, req.shares, req.threshold)
         .await?;
     Ok(Json(RekeyResponse {
         shares: r.shares.iter().map(|s| s.to_string()).collect(),

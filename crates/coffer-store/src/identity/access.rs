@@ -121,9 +121,12 @@ pub trait AccessRepo: Send + Sync {
     /// a time older than the recorded one changes nothing.
     async fn touch_api_keys(&self, uses: &[(Uuid, Uuid, i64)]) -> Result<(), StoreError>;
 
+    /// An invitation, with the message that delivers it (`mail`, if mail is enabled), in
+    /// one transaction with `event`.
     async fn create_invitation(
         &self,
         i: &InvitationRow,
+        mail: Option<&OutboxRow>,
         event: Option<&ChangeEvent>,
     ) -> Result<(), StoreError>;
 
@@ -134,14 +137,16 @@ pub trait AccessRepo: Send + Sync {
 
     async fn invitations(&self, org_id: Uuid) -> Result<Vec<InvitationRow>, StoreError>;
 
-    /// Use an invitation and add the membership it grants (`member`; an existing membership
-    /// is kept as it is), in one transaction with `event`. False, with nothing written and
-    /// nothing recorded, if it was used, withdrawn or expired meanwhile.
+    /// Use an invitation, store the account it creates (`new_user`, if the invitee had
+    /// none) and add the membership it grants (`member`; an existing membership is kept as
+    /// it is), in one transaction with `event`. False, with nothing written and nothing
+    /// recorded, if it was used, withdrawn or expired meanwhile.
     async fn consume_invitation(
         &self,
         org_id: Uuid,
         id: Uuid,
         now: i64,
+        new_user: Option<&UserRow>,
         member: Option<&MembershipRow>,
         event: Option<&ChangeEvent>,
     ) -> Result<bool, StoreError>;
@@ -592,9 +597,14 @@ impl<B: Backend> AccessRepo for B {
     async fn create_invitation(
         &self,
         i: &InvitationRow,
+        mail: Option<&OutboxRow>,
         event: Option<&ChangeEvent>,
     ) -> Result<(), StoreError> {
         scoped!(self.begin(crate::Scope::Org(i.org_id)), audited event, |tx| {
+            if let Some(m) = mail {
+                self.ensure_root(&mut tx).await?;
+                super::mail::insert_outbox(m).execute(&mut tx).await?;
+            }
             Stmt::new(concat!(
                 "INSERT INTO invitations (",
                 crate::identity::invite_cols!(),
@@ -654,6 +664,7 @@ impl<B: Backend> AccessRepo for B {
         org_id: Uuid,
         id: Uuid,
         now: i64,
+        new_user: Option<&UserRow>,
         member: Option<&MembershipRow>,
         event: Option<&ChangeEvent>,
     ) -> Result<bool, StoreError> {
@@ -667,6 +678,11 @@ impl<B: Backend> AccessRepo for B {
         if used != 1 {
             // Dropping the transaction rolls it back.
             return Ok(false);
+        }
+        if let Some(u) = new_user {
+            super::insert_user(u)
+                .execute(&mut tx)
+                .await?;
         }
         if let Some(m) = member {
             Stmt::new("INSERT INTO memberships (user_id, org_id, role, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")

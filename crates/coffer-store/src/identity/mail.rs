@@ -31,19 +31,22 @@ pub trait MailRepo: Send + Sync {
     async fn pending_mail(&self) -> Result<u64, StoreError>;
 }
 
+/// Queue a message (sealed under the root key: take [`Backend::ensure_root`] first).
+pub(crate) fn insert_outbox(m: &OutboxRow) -> Stmt<'_> {
+    Stmt::new("INSERT INTO outbox (id, sealed, created_at, attempts, next_attempt_at) VALUES ($1, $2, $3, $4, $5)")
+        .bind(m.id)
+        .bind(m.sealed.as_slice())
+        .bind(m.created_at)
+        .bind(i64::from(m.attempts))
+        .bind(m.next_attempt_at)
+}
+
 #[async_trait]
 impl<B: Backend> MailRepo for B {
     async fn enqueue_mail(&self, m: &OutboxRow) -> Result<(), StoreError> {
         let mut tx = self.begin_bare().await?;
         self.ensure_root(&mut tx).await?;
-        Stmt::new("INSERT INTO outbox (id, sealed, created_at, attempts, next_attempt_at) VALUES ($1, $2, $3, $4, $5)")
-            .bind(m.id)
-            .bind(m.sealed.as_slice())
-            .bind(m.created_at)
-            .bind(i64::from(m.attempts))
-            .bind(m.next_attempt_at)
-            .execute(&mut tx)
-            .await?;
+        insert_outbox(m).execute(&mut tx).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -10,6 +10,7 @@ mod users;
 
 pub use access::AccessRepo;
 pub(crate) use access::insert_membership;
+pub(crate) use users::insert_user;
 pub use mail::MailRepo;
 pub use users::UserRepo;
 

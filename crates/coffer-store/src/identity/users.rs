@@ -119,17 +119,19 @@ pub trait UserRepo: Send + Sync {
     ) -> Result<bool, StoreError>;
 }
 
+pub(crate) fn insert_user(u: &UserRow) -> Stmt<'_> {
+    Stmt::new("INSERT INTO users (id, username, password_hash, created_at, email) VALUES ($1, $2, $3, $4, $5)")
+        .bind(u.id)
+        .bind(&u.username)
+        .bind(&u.password_hash)
+        .bind(u.created_at)
+        .bind(u.email.as_deref())
+}
+
 #[async_trait]
 impl<B: Backend> UserRepo for B {
     async fn create_user(&self, u: &UserRow) -> Result<(), StoreError> {
-        Stmt::new("INSERT INTO users (id, username, password_hash, created_at, email) VALUES ($1, $2, $3, $4, $5)")
-            .bind(u.id)
-            .bind(&u.username)
-            .bind(&u.password_hash)
-            .bind(u.created_at)
-            .bind(u.email.as_deref())
-            .execute(&mut self.writes())
-            .await?;
+        insert_user(u).execute(&mut self.writes()).await?;
         Ok(())
     }
 

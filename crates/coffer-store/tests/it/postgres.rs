@@ -757,6 +757,7 @@ async fn writes_sealed_with_a_replaced_root_key_are_refused() {
             sealed_root: None,
         },
         None,
+        None,
     )
     .await
     .unwrap();
@@ -920,6 +921,7 @@ async fn populate(s: &PgStore, org: uuid::Uuid, n: u8) -> (uuid::Uuid, [[u8; 32]
             expires_at: i64::MAX,
             accepted_at: None,
         },
+        None,
         None,
     )
     .await

@@ -104,9 +104,9 @@ pub async fn seal_config_is_written_once(s: &dyn Store) {
         created_at: 7,
         sealed_root: None,
     };
-    s.init_seal_config(&cfg, None).await.unwrap();
+    s.init_seal_config(&cfg, None, None).await.unwrap();
     assert!(matches!(
-        s.init_seal_config(&cfg, None).await,
+        s.init_seal_config(&cfg, None, None).await,
         Err(StoreError::Conflict)
     ));
     let back = s.seal_config().await.unwrap().unwrap();
@@ -1159,7 +1159,7 @@ pub async fn api_keys_invitations_identities_and_mail(s: &dyn Store) {
         expires_at: 100,
         accepted_at: None,
     };
-    s.create_invitation(&inv, None).await.unwrap();
+    s.create_invitation(&inv, None, None).await.unwrap();
     assert_eq!(s.invitation_by_hash(&[5; 32]).await.unwrap().unwrap(), inv);
     // Bob (a member elsewhere) accepts: the invitation is used and his membership added
     // together, or neither.
@@ -1171,7 +1171,7 @@ pub async fn api_keys_invitations_identities_and_mail(s: &dyn Store) {
         created_at: 99,
     };
     assert!(
-        !s.consume_invitation(inv.org_id, inv.id, 100, Some(&member), None)
+        !s.consume_invitation(inv.org_id, inv.id, 100, None, Some(&member), None)
             .await
             .unwrap()
     );
@@ -1180,7 +1180,7 @@ pub async fn api_keys_invitations_identities_and_mail(s: &dyn Store) {
         "expired: no membership"
     );
     assert!(
-        s.consume_invitation(inv.org_id, inv.id, 99, Some(&member), None)
+        s.consume_invitation(inv.org_id, inv.id, 99, None, Some(&member), None)
             .await
             .unwrap()
     );
@@ -1189,13 +1189,63 @@ pub async fn api_keys_invitations_identities_and_mail(s: &dyn Store) {
         Some(member.clone())
     );
     assert!(
-        !s.consume_invitation(inv.org_id, inv.id, 99, None, None)
+        !s.consume_invitation(inv.org_id, inv.id, 99, None, None, None)
             .await
             .unwrap()
     );
     assert_eq!(
         s.invitations(org_id).await.unwrap()[0].accepted_at,
         Some(99)
+    );
+    // A newcomer's account is stored with the invitation's use, or not at all.
+    let carol_inv = InvitationRow {
+        id: Uuid::new_v4(),
+        email: "carol@example.com".into(),
+        token_hash: [6; 32],
+        ..inv.clone()
+    };
+    s.create_invitation(&carol_inv, None, None).await.unwrap();
+    let carol = UserRow {
+        id: Uuid::new_v4(),
+        username: "carol".into(),
+        password_hash: "$argon2id$x".into(),
+        created_at: 99,
+        email: Some("carol@example.com".into()),
+        mfa_enabled: false,
+    };
+    let carol_member = MembershipRow {
+        user_id: carol.id,
+        ..member.clone()
+    };
+    assert!(
+        !s.consume_invitation(org_id, carol_inv.id, 100, Some(&carol), Some(&carol_member), None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.user(carol.id).await.unwrap().is_none(),
+        "expired: no account"
+    );
+    // The name is taken: the invitation stays unused.
+    let taken = UserRow {
+        username: "bob".into(),
+        ..carol.clone()
+    };
+    assert!(matches!(
+        s.consume_invitation(org_id, carol_inv.id, 99, Some(&taken), Some(&carol_member), None)
+            .await,
+        Err(StoreError::Conflict)
+    ));
+    assert!(s.user(carol.id).await.unwrap().is_none());
+    assert!(
+        s.consume_invitation(org_id, carol_inv.id, 99, Some(&carol), Some(&carol_member), None)
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.user(carol.id).await.unwrap().unwrap().username, "carol");
+    assert_eq!(
+        s.membership(org_id, carol.id).await.unwrap(),
+        Some(carol_member)
     );
 
     assert!(
@@ -1350,7 +1400,7 @@ pub async fn key_rotation_rewrap_and_org_deletion(s: &dyn Store) {
             .collect();
         cursor = batch.last().map(|i| i.credential_id).or(cursor);
         moved += s
-            .apply_rewrap(a, KeyTerm(2), &out, cursor, done.then_some(99))
+            .apply_rewrap(a, KeyTerm(2), &out, cursor, done.then_some(99), None)
             .await
             .unwrap();
         let job = s.rotation(a).await.unwrap().unwrap();
@@ -1359,7 +1409,7 @@ pub async fn key_rotation_rewrap_and_org_deletion(s: &dyn Store) {
             assert_eq!(job.finished_at, Some(99));
             // Replaying a batch changes nothing: the stored terms no longer match.
             assert_eq!(
-                s.apply_rewrap(a, KeyTerm(2), &out, cursor, Some(99))
+                s.apply_rewrap(a, KeyTerm(2), &out, cursor, Some(99), None)
                     .await
                     .unwrap(),
                 0
@@ -1385,11 +1435,23 @@ pub async fn key_rotation_rewrap_and_org_deletion(s: &dyn Store) {
     }
 
     // Retired term 1 goes only once its successor is old enough, and never term 2.
-    assert!(s.destroy_retired_keys(a, 49).await.unwrap().is_empty());
-    assert_eq!(
-        s.destroy_retired_keys(a, 50).await.unwrap(),
-        vec![KeyTerm(1)]
-    );
+    assert!(s.retired_terms(a, 49).await.unwrap().is_empty());
+    assert_eq!(s.retired_terms(a, 50).await.unwrap(), vec![KeyTerm(1)]);
+    // Only exactly the terms retired now: a stale list deletes nothing.
+    for stale in [&[][..], &[KeyTerm(1), KeyTerm(2)], &[KeyTerm(2)]] {
+        assert!(matches!(
+            s.destroy_retired_keys(a, 50, stale, None).await,
+            Err(StoreError::Conflict)
+        ));
+    }
+    assert!(matches!(
+        s.destroy_retired_keys(a, 49, &[KeyTerm(1)], None).await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(s.tenant_keys(a).await.unwrap().len(), 2);
+    s.destroy_retired_keys(a, 50, &[KeyTerm(1)], None)
+        .await
+        .unwrap();
     assert_eq!(
         s.tenant_keys(a)
             .await
@@ -1411,6 +1473,7 @@ pub async fn key_rotation_rewrap_and_org_deletion(s: &dyn Store) {
             created_at: 1,
             sealed_root: None,
         },
+        None,
         None,
     )
     .await
