@@ -96,13 +96,8 @@ impl Coffer {
         let mut pending = self.begin_for(cx, p, action::ROTATE, AuditTarget::default());
         let r: Result<KeyStatus, CoreError> = async {
             ensure_admin(p)?;
-            self.rotate_org_key_to(
-                p.org_id,
-                "manual",
-                WrapTarget::Current,
-                Some(&mut pending),
-            )
-            .await?;
+            self.rotate_org_key_to(p.org_id, "manual", WrapTarget::Current, Some(&mut pending))
+                .await?;
             self.org_key_status(p.org_id).await
         }
         .await;

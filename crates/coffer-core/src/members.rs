@@ -445,7 +445,10 @@ impl Coffer {
             let role =
                 Role::parse(&inv.role).ok_or(CoreError::Internal("unknown role in database"))?;
             let (user, new_user) = match self.repos().users.user_by_email(&inv.email).await? {
-                Some(existing) => (self.check_first_factor(Some(existing), password).await?, false),
+                Some(existing) => (
+                    self.check_first_factor(Some(existing), password).await?,
+                    false,
+                ),
                 None => (
                     prepare_user(username, password, Some(inv.email.clone())).await?,
                     true,

@@ -39,8 +39,7 @@ impl Coffer {
         shares: u8,
         threshold: u8,
     ) -> Result<RekeyResult, CoreError> {
-        let mut pending =
-            self.begin_for(cx, p, crate::sys::action::REKEY, AuditTarget::default());
+        let mut pending = self.begin_for(cx, p, crate::sys::action::REKEY, AuditTarget::default());
         let r: Result<RekeyResult, CoreError> = async {
             if !p.role.can_operate() {
                 return Err(CoreError::Forbidden("only an Owner can rekey the server"));

@@ -396,13 +396,18 @@ impl<B: Backend> KeyRepo for B {
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_bare().await?;
         self.rescope(&mut tx, crate::Scope::Org(org_id)).await?;
-        Stmt::new(Self::LOCK_ORG).bind(org_id).execute(&mut tx).await?;
+        Stmt::new(Self::LOCK_ORG)
+            .bind(org_id)
+            .execute(&mut tx)
+            .await?;
         let mut deleted = terms_of(
-            Stmt::generated(format!("DELETE FROM tenant_keys WHERE {RETIRED} RETURNING term"))
-                .bind(org_id)
-                .bind(successor_before)
-                .fetch_all(&mut tx)
-                .await?,
+            Stmt::generated(format!(
+                "DELETE FROM tenant_keys WHERE {RETIRED} RETURNING term"
+            ))
+            .bind(org_id)
+            .bind(successor_before)
+            .fetch_all(&mut tx)
+            .await?,
         )?;
         deleted.sort_unstable();
         if deleted != terms {

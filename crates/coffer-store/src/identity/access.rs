@@ -680,9 +680,7 @@ impl<B: Backend> AccessRepo for B {
             return Ok(false);
         }
         if let Some(u) = new_user {
-            super::insert_user(u)
-                .execute(&mut tx)
-                .await?;
+            super::insert_user(u).execute(&mut tx).await?;
         }
         if let Some(m) = member {
             Stmt::new("INSERT INTO memberships (user_id, org_id, role, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")

@@ -10,9 +10,9 @@ mod users;
 
 pub use access::AccessRepo;
 pub(crate) use access::insert_membership;
-pub(crate) use users::insert_user;
 pub use mail::MailRepo;
 pub use users::UserRepo;
+pub(crate) use users::insert_user;
 
 use uuid::Uuid;
 

@@ -1218,9 +1218,16 @@ pub async fn api_keys_invitations_identities_and_mail(s: &dyn Store) {
         ..member.clone()
     };
     assert!(
-        !s.consume_invitation(org_id, carol_inv.id, 100, Some(&carol), Some(&carol_member), None)
-            .await
-            .unwrap()
+        !s.consume_invitation(
+            org_id,
+            carol_inv.id,
+            100,
+            Some(&carol),
+            Some(&carol_member),
+            None
+        )
+        .await
+        .unwrap()
     );
     assert!(
         s.user(carol.id).await.unwrap().is_none(),
@@ -1232,15 +1239,29 @@ pub async fn api_keys_invitations_identities_and_mail(s: &dyn Store) {
         ..carol.clone()
     };
     assert!(matches!(
-        s.consume_invitation(org_id, carol_inv.id, 99, Some(&taken), Some(&carol_member), None)
-            .await,
+        s.consume_invitation(
+            org_id,
+            carol_inv.id,
+            99,
+            Some(&taken),
+            Some(&carol_member),
+            None
+        )
+        .await,
         Err(StoreError::Conflict)
     ));
     assert!(s.user(carol.id).await.unwrap().is_none());
     assert!(
-        s.consume_invitation(org_id, carol_inv.id, 99, Some(&carol), Some(&carol_member), None)
-            .await
-            .unwrap()
+        s.consume_invitation(
+            org_id,
+            carol_inv.id,
+            99,
+            Some(&carol),
+            Some(&carol_member),
+            None
+        )
+        .await
+        .unwrap()
     );
     assert_eq!(s.user(carol.id).await.unwrap().unwrap().username, "carol");
     assert_eq!(
