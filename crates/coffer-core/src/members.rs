@@ -587,7 +587,7 @@ impl Coffer {
 }
 
 /// A new account with a password, validated and hashed, not stored yet.
-async fn prepare_user(
+pub(crate) async fn prepare_user(
     username: &str,
     password: &str,
     email: Option<String>,

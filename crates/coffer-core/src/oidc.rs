@@ -17,6 +17,7 @@ use crate::audit::{AuditTarget, Cx};
 use crate::auth::{AuthMethod, LoginOutcome};
 use crate::clock::now_ms;
 use crate::{Coffer, CoreError, Role};
+use coffer_store::{MembershipRow, StoreError};
 
 /// Signature algorithms, as named in JWT headers.
 pub use jsonwebtoken::Algorithm as JwtAlgorithm;
@@ -85,6 +86,9 @@ pub trait JwksSource: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
+    /// Issued at (seconds). A token from the future is refused: its lifetime would start
+    /// later than the provider says it issued it.
+    iat: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -170,6 +174,15 @@ impl Coffer {
                 tracing::debug!(error = %e, "OIDC token rejected");
                 bad()
             })?;
+            let now = u64::try_from(now_ms() / 1000).unwrap_or(0);
+            if data
+                .claims
+                .iat
+                .is_some_and(|iat| iat > now.saturating_add(cfg.leeway_secs))
+            {
+                tracing::debug!("OIDC token rejected: issued in the future");
+                return Err(bad());
+            }
             let subject = data.claims.sub;
             if subject.is_empty() || subject.len() > 255 {
                 return Err(bad());
@@ -192,6 +205,10 @@ impl Coffer {
         self.conclude(pending, r).await
     }
 
+    /// The user of a subject's first login, made with its membership and identity link in
+    /// one transaction. The user is the (issuer, subject) pair; the name only labels it: if
+    /// another subject's name normalises to the same one, this one's carries a tag of its
+    /// exact subject.
     async fn jit_user(&self, cfg: &OidcIssuer, subject: &str) -> Result<Uuid, CoreError> {
         let org_name = cfg.jit_org.as_deref().ok_or(CoreError::BadCredentials)?;
         let org = self
@@ -204,19 +221,44 @@ impl Coffer {
             ))?;
         // A random password nobody knows: this user logs in through the provider only.
         let password = coffer_crypto::token::generate_password();
-        let id = self
-            .add_user_to_org(
-                org.id,
-                &jit_username(&cfg.issuer, subject),
-                password.expose_secret(),
-                cfg.jit_role,
-            )
-            .await?;
-        self.repos()
-            .users
-            .link_identity(&cfg.issuer, subject, id, now_ms())
-            .await?;
-        Ok(id)
+        let base = jit_username(&cfg.issuer, subject);
+        // At most 64 characters, like every username (the base is ASCII).
+        let tagged = format!(
+            "{}-{}",
+            &base[..base.len().min(51)],
+            hex::encode(&coffer_crypto::token::hash(subject).0[..6])
+        );
+        for username in [base, tagged] {
+            let user =
+                crate::members::prepare_user(&username, password.expose_secret(), None).await?;
+            let member = MembershipRow {
+                user_id: user.id,
+                org_id: org.id,
+                role: cfg.jit_role.as_str().to_owned(),
+                created_at: user.created_at,
+            };
+            match self
+                .repos()
+                .users
+                .create_external_user(&user, &member, &cfg.issuer, subject)
+                .await
+            {
+                Ok(()) => return Ok(user.id),
+                Err(StoreError::Conflict) => {
+                    // Another login of the same subject made it meanwhile.
+                    if let Some(id) = self
+                        .repos()
+                        .users
+                        .identity_user(&cfg.issuer, subject)
+                        .await?
+                    {
+                        return Ok(id);
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(CoreError::Conflict)
     }
 }
 

@@ -9,6 +9,7 @@ mod atomic;
 mod audit;
 mod identity;
 mod keys;
+mod oidc;
 mod params;
 mod seal;
 mod storage;

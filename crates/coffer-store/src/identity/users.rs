@@ -99,12 +99,16 @@ pub trait UserRepo: Send + Sync {
 
     async fn identity_user(&self, issuer: &str, subject: &str) -> Result<Option<Uuid>, StoreError>;
 
-    async fn link_identity(
+    /// A user who signs in through an external provider, made at their first login: the
+    /// account, its membership and the link from (`issuer`, `subject`), in one
+    /// transaction. Conflict, with nothing written, if the name is taken or the identity
+    /// is linked already.
+    async fn create_external_user(
         &self,
+        user: &UserRow,
+        member: &MembershipRow,
         issuer: &str,
         subject: &str,
-        user_id: Uuid,
-        now: i64,
     ) -> Result<(), StoreError>;
 
     /// How many addresses the user has logged in from.
@@ -383,22 +387,28 @@ impl<B: Backend> UserRepo for B {
             .transpose()
     }
 
-    async fn link_identity(
+    async fn create_external_user(
         &self,
+        user: &UserRow,
+        member: &MembershipRow,
         issuer: &str,
         subject: &str,
-        user_id: Uuid,
-        now: i64,
     ) -> Result<(), StoreError> {
+        let mut tx = self.begin(crate::Scope::Org(member.org_id)).await?;
+        insert_user(user).execute(&mut tx).await?;
+        crate::identity::insert_membership(member)
+            .execute(&mut tx)
+            .await?;
         Stmt::new(
             "INSERT INTO identities (issuer, subject, user_id, created_at) VALUES ($1, $2, $3, $4)",
         )
         .bind(issuer)
         .bind(subject)
-        .bind(user_id)
-        .bind(now)
-        .execute(&mut self.writes())
+        .bind(user.id)
+        .bind(user.created_at)
+        .execute(&mut tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -1275,11 +1275,68 @@ pub async fn api_keys_invitations_identities_and_mail(s: &dyn Store) {
             .unwrap()
             .is_none()
     );
-    s.link_identity("https://idp", "sub-1", u, 1).await.unwrap();
+    let external = UserRow {
+        id: Uuid::new_v4(),
+        username: "oidc-x-sub-1".into(),
+        email: None,
+        ..carol.clone()
+    };
+    let external_member = MembershipRow {
+        user_id: external.id,
+        ..member.clone()
+    };
+    // A taken name: nothing is written, the identity stays unlinked.
+    assert!(matches!(
+        s.create_external_user(
+            &UserRow {
+                username: "carol".into(),
+                ..external.clone()
+            },
+            &external_member,
+            "https://idp",
+            "sub-1"
+        )
+        .await,
+        Err(StoreError::Conflict)
+    ));
+    assert!(s.user(external.id).await.unwrap().is_none());
+    assert!(
+        s.identity_user("https://idp", "sub-1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    s.create_external_user(&external, &external_member, "https://idp", "sub-1")
+        .await
+        .unwrap();
     assert_eq!(
         s.identity_user("https://idp", "sub-1").await.unwrap(),
-        Some(u)
+        Some(external.id)
     );
+    assert_eq!(
+        s.membership(org_id, external.id).await.unwrap(),
+        Some(external_member.clone())
+    );
+    // The same identity twice (two first logins at once): the second is a conflict.
+    let twin = UserRow {
+        id: Uuid::new_v4(),
+        username: "oidc-x-sub-1b".into(),
+        ..external.clone()
+    };
+    assert!(matches!(
+        s.create_external_user(
+            &twin,
+            &MembershipRow {
+                user_id: twin.id,
+                ..member.clone()
+            },
+            "https://idp",
+            "sub-1"
+        )
+        .await,
+        Err(StoreError::Conflict)
+    ));
+    assert!(s.user(twin.id).await.unwrap().is_none());
     assert!(s.note_login_address(u, "10.0.0.1", 1).await.unwrap());
     assert!(!s.note_login_address(u, "10.0.0.1", 2).await.unwrap());
     assert!(s.note_login_address(u, "10.0.0.2", 3).await.unwrap());
