@@ -7,6 +7,7 @@
 
 use coffer_crypto::system::{Purpose, SystemKey};
 use coffer_crypto::token::{self, BearerToken};
+use coffer_store::UserRow;
 use totp_rs::{Algorithm, Builder, Secret, Totp};
 use uuid::Uuid;
 
@@ -150,6 +151,44 @@ impl Coffer {
         Ok(false)
     }
 
+    /// [`Coffer::check_second_factor`] under the user's one attempt counter, the one
+    /// passwords use: an attempt is claimed first (refused while the account is locked or
+    /// must wait), and a wrong code counts as a failed attempt and can lock the account.
+    /// `claimed`: the caller's password check has already claimed this attempt. The caller
+    /// resets the counter once everything it asks for is proven.
+    async fn check_second_factor_counted(
+        &self,
+        user: &UserRow,
+        code: &str,
+        allow_recovery: bool,
+        claimed: bool,
+    ) -> Result<(), CoreError> {
+        let cfg = self.config();
+        let claimed = claimed
+            || self
+                .repos()
+                .users
+                .claim_login_attempt(
+                    user.id,
+                    now_ms(),
+                    cfg.max_failed_logins,
+                    i64::try_from(cfg.login_delay_step.as_millis()).unwrap_or(i64::MAX),
+                )
+                .await?
+                .is_some();
+        if !claimed {
+            return Err(CoreError::BadCredentials);
+        }
+        if !self
+            .check_second_factor(user.id, &user.username, code, allow_recovery)
+            .await?
+        {
+            self.note_failure(user.id).await?;
+            return Err(CoreError::BadCredentials);
+        }
+        Ok(())
+    }
+
     /// Second step of a login: the token from [`LoginOutcome::MfaRequired`] and a TOTP or
     /// recovery code. Failures count against the same lockout as passwords.
     pub async fn verify_mfa_login(
@@ -179,28 +218,8 @@ impl Coffer {
                 .user(s.user_id)
                 .await?
                 .ok_or(CoreError::BadCredentials)?;
-            let cfg = self.config();
-            let claimed = self
-                .repos()
-                .users
-                .claim_login_attempt(
-                    user.id,
-                    now_ms(),
-                    cfg.max_failed_logins,
-                    i64::try_from(cfg.login_delay_step.as_millis()).unwrap_or(i64::MAX),
-                )
-                .await?
-                .is_some();
-            if !claimed {
-                return Err(CoreError::BadCredentials);
-            }
-            if !self
-                .check_second_factor(user.id, &user.username, code, true)
-                .await?
-            {
-                self.note_failure(user.id).await?;
-                return Err(CoreError::BadCredentials);
-            }
+            self.check_second_factor_counted(&user, code, true, false)
+                .await?;
             self.repos().access.delete_session(&digest, None).await?;
             self.repos().users.reset_login_attempts(user.id).await?;
             let method = if s.method == "oidc" {
@@ -277,15 +296,16 @@ impl Coffer {
             if user.mfa_enabled {
                 return Err(CoreError::invalid("mfa", "MFA is already enabled"));
             }
-            if !self
-                .check_second_factor(user.id, &user.username, code, false)
-                .await?
-            {
-                return Err(CoreError::invalid(
-                    "code",
-                    "the code does not match; check the time on your device",
-                ));
+            match self.check_second_factor_counted(&user, code, false, false).await {
+                Err(CoreError::BadCredentials) => {
+                    return Err(CoreError::invalid(
+                        "code",
+                        "the code does not match; check the time on your device",
+                    ));
+                }
+                r => r?,
             }
+            self.repos().users.reset_login_attempts(user.id).await?;
             // The confirming code's step stays recorded as used.
             self.repos()
                 .users
@@ -332,7 +352,12 @@ impl Coffer {
         let mut pending = self.begin_for(cx, p, action::MFA_DISABLE, AuditTarget::default());
         let r: Result<(), CoreError> = async {
             p.ensure_person()?;
-            let user = self.reauthenticate(p, password).await?;
+            let user = self
+                .repos()
+                .users
+                .user(p.user_id)
+                .await?
+                .ok_or(CoreError::Unauthenticated)?;
             if !user.mfa_enabled {
                 return Err(CoreError::invalid("mfa", "MFA is not enabled"));
             }
@@ -341,12 +366,12 @@ impl Coffer {
                     "an organisation you belong to requires MFA",
                 ));
             }
-            if !self
-                .check_second_factor(user.id, &user.username, code, true)
-                .await?
-            {
-                return Err(CoreError::BadCredentials);
-            }
+            // Password and code are one attempt against the lockout: a right password
+            // does not reset the counter until the code is right too.
+            let user = self.check_first_factor(Some(user), password).await?;
+            self.check_second_factor_counted(&user, code, true, true)
+                .await?;
+            self.repos().users.reset_login_attempts(user.id).await?;
             self.repos()
                 .users
                 .set_mfa(user.id, None, false, Some(pending.change_event()?))

@@ -680,3 +680,55 @@ async fn account_changes_and_new_addresses_queue_notifications() {
         .unwrap();
     assert_eq!(c.pending_mail().await.unwrap(), before + 2);
 }
+
+/// Turning MFA off checks the password and a code as one attempt against the same lockout as
+/// logins: guessing codes there locks the account like guessing them at login.
+#[tokio::test]
+async fn wrong_codes_when_disabling_mfa_count_toward_the_lockout() {
+    let f = fixture_with(quick()).await;
+    let c = &f.coffer;
+    let p = member(&f, "una", Role::Viewer).await;
+    let e = c
+        .mfa_enroll_start(&Cx::default(), &p, "una long password")
+        .await
+        .unwrap();
+    let secret = e.secret_base32.expose_secret().to_owned();
+    c.mfa_enroll_confirm(
+        &Cx::default(),
+        &p,
+        &totp_code_at(&secret, now_secs()).unwrap(),
+    )
+    .await
+    .unwrap();
+    let now = now_secs();
+    let valid: Vec<String> = [now - 30, now, now + 30, now + 60]
+        .iter()
+        .map(|t| totp_code_at(&secret, *t).unwrap())
+        .collect();
+    let wrong = (0..1_000_000u32)
+        .map(|n| format!("{n:06}"))
+        .find(|c| !valid.contains(c))
+        .unwrap();
+    for _ in 0..3 {
+        let e = c
+            .mfa_disable(&Cx::default(), &p, "una long password", &wrong)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, CoreError::BadCredentials), "{e:?}");
+    }
+    // Locked: the right password and a right code are refused now, and so is a login.
+    let e = c
+        .mfa_disable(
+            &Cx::default(),
+            &p,
+            "una long password",
+            &totp_code_at(&secret, now_secs() + 30).unwrap(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, CoreError::BadCredentials), "{e:?}");
+    assert!(matches!(
+        login(c, "una", "una long password").await,
+        Err(CoreError::BadCredentials)
+    ));
+}
