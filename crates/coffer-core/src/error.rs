@@ -50,6 +50,11 @@ pub enum CoreError {
     /// The seal (KMS or HSM) could not produce or protect the root key.
     #[error("the seal failed: {0}")]
     Seal(String),
+    /// Dev mode on a data directory initialised with a key file that is gone.
+    #[error(
+        "this data directory was initialised with the dev root key file {0}, which is missing: restore it (a new key cannot open this data)"
+    )]
+    DevKeyMissing(String),
     #[error("storage error")]
     Store(#[source] StoreError),
     #[error("storage unavailable")]
@@ -170,7 +175,7 @@ impl CoreError {
             CoreError::DuplicateShare => C::DuplicateShare,
             CoreError::AuditUnavailable => C::AuditUnavailable,
             CoreError::TenantKeyUnavailable => C::TenantKeyUnavailable,
-            CoreError::Seal(_) => C::SealUnavailable,
+            CoreError::Seal(_) | CoreError::DevKeyMissing(_) => C::SealUnavailable,
             CoreError::Unavailable(_) => C::Unavailable,
             CoreError::Integrity | CoreError::Store(_) | CoreError::Internal(_) => C::Internal,
         }

@@ -447,7 +447,23 @@ impl Coffer {
         &self,
         key_path: &std::path::Path,
     ) -> Result<Option<Bootstrap>, CoreError> {
-        let (seal, created) = coffer_seal::DevKeyFile::open_or_create(key_path).map_err(|e| {
+        // An initialised database needs the key it was initialised with: never make a new
+        // one next to it.
+        let initialised = match self.repos().seal.seal_config().await? {
+            Some(cfg) if SealKind::parse(&cfg.kind) != Some(SealKind::DevFile) => {
+                return Err(CoreError::WrongSealType);
+            }
+            Some(_) if !key_path.exists() => {
+                return Err(CoreError::DevKeyMissing(key_path.display().to_string()));
+            }
+            found => found.is_some(),
+        };
+        let opened = if initialised {
+            coffer_seal::DevKeyFile::open(key_path).map(|s| (s, false))
+        } else {
+            coffer_seal::DevKeyFile::open_or_create(key_path)
+        };
+        let (seal, created) = opened.map_err(|e| {
             tracing::error!(error = %e, "dev key file");
             CoreError::Internal("the dev root key file could not be used")
         })?;

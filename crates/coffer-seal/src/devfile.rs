@@ -17,6 +17,16 @@ pub struct DevKeyFile {
 }
 
 impl DevKeyFile {
+    /// Open an existing key file (for a database initialised with it: a new key could not
+    /// open anything there).
+    pub fn open(path: &Path) -> Result<Self, SealError> {
+        let seal = Self {
+            path: path.to_owned(),
+        };
+        seal.root_key()?;
+        Ok(seal)
+    }
+
     /// Open the key file, creating it with a fresh key (mode 0600, never overwritten) when
     /// it does not exist. Returns whether it was created.
     pub fn open_or_create(path: &Path) -> Result<(Self, bool), SealError> {

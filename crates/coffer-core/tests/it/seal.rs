@@ -164,6 +164,15 @@ async fn dev_seal_initialises_once_and_refuses_a_shamir_database() {
         c2.start_sealed().await,
         Err(CoreError::WrongSealType)
     ));
+    // Without its key file the data cannot be opened: refused, and no new key is made.
+    std::fs::rename(&key, dir.path().join("moved.key")).unwrap();
+    let c4 = coffer_testkit::open_sqlite(&dir.path().join("coffer.db"), CoreConfig::default())
+        .await
+        .unwrap();
+    let e = c4.start_dev(&key).await.unwrap_err();
+    assert!(matches!(e, CoreError::DevKeyMissing(_)), "{e:?}");
+    assert!(e.to_string().contains("dev-root.key"), "{e}");
+    assert!(!key.exists(), "no new key file next to the data");
 
     let f = fixture().await;
     let c3 = f.open_again(CoreConfig::default()).await;
