@@ -104,7 +104,7 @@ impl Coffer {
                     "an API key cannot have a higher role than its creator",
                 ));
             }
-            names::validate("name", &req.name)?;
+            names::validate_new("name", &req.name)?;
             for n in req.projects.iter().chain(&req.envs) {
                 names::validate("scope", n)?;
             }

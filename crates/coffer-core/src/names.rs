@@ -38,9 +38,34 @@ pub fn validate(field: &'static str, name: &str) -> Result<(), CoreError> {
     Ok(())
 }
 
+/// [`validate`] for a name being created (a project, environment, parameter, API key or
+/// organisation): it must also be in Unicode NFC, so that two names that look the same
+/// cannot be two things. Lookups take any valid name, so that names stored before this
+/// rule can still be read, listed and deleted.
+pub fn validate_new(field: &'static str, name: &str) -> Result<(), CoreError> {
+    validate(field, name)?;
+    if !unicode_normalization::is_nfc(name) {
+        return Err(CoreError::invalid(
+            field,
+            "must be in Unicode NFC form (composed characters, as most keyboards type them)",
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
-    use super::validate;
+    use super::{validate, validate_new};
+
+    #[test]
+    fn new_names_must_be_nfc() {
+        assert!(validate_new("name", "caf\u{e9}").is_ok());
+        assert!(
+            validate("name", "cafe\u{301}").is_ok(),
+            "an old name is still found"
+        );
+        assert!(validate_new("name", "cafe\u{301}").is_err());
+    }
 
     #[test]
     fn accepts_ordinary_names_and_rejects_bad_ones() {

@@ -27,7 +27,7 @@ impl Coffer {
         owner: Option<Uuid>,
         event: Option<&ChangeEvent>,
     ) -> Result<Uuid, CoreError> {
-        names::validate("organisation name", name)?;
+        names::validate_new("organisation name", name)?;
         let _root = self.root_stable().await;
         let (org, key) = self.inner.keyring.with_root(|root| new_org(root, name))?;
         let owner = owner.map(|user_id| MembershipRow {

@@ -271,9 +271,11 @@ impl Coffer {
         change: Change<'_>,
     ) -> Result<ParamView, CoreError> {
         ensure_can_write(p)?;
-        names::validate("parameter name", name)?;
         if let Change::Set { value, .. } = change {
+            names::validate_new("parameter name", name)?;
             validate_value(value, self.config().max_value_bytes)?;
+        } else {
+            names::validate("parameter name", name)?;
         }
         let meta = self.project_meta(p, project).await?;
         pending.ev.target.project_id = Some(meta.project.id);

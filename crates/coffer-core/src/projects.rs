@@ -164,7 +164,7 @@ impl Coffer {
         let r: Result<ProjectView, CoreError> = async {
             self.ensure_unsealed()?;
             ensure_can_write(p)?;
-            names::validate("project name", name)?;
+            names::validate_new("project name", name)?;
             p.scope.check_project(name)?;
             let now = now_ms();
             let row = ProjectRow {
@@ -249,7 +249,7 @@ impl Coffer {
         let mut pending = self.begin_for(cx, p, action::ENV_CREATE, AuditTarget::project(project));
         let r: Result<EnvView, CoreError> = async {
             ensure_can_write(p)?;
-            names::validate("environment name", name)?;
+            names::validate_new("environment name", name)?;
             p.scope.check_env(name)?;
             let meta = self.project_meta(p, project).await?;
             let parent_name = parent.unwrap_or(DEFAULT_ENV);

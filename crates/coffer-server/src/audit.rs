@@ -33,6 +33,10 @@ fn header_str(req: &Request, name: &str) -> Option<String> {
 pub async fn layer(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
     let cx = Cx::new(RequestInfo {
         request_id: header_str(&req, "x-request-id"),
+        client_request_id: req
+            .extensions()
+            .get::<ClientRequestId>()
+            .map(|c| c.0.clone()),
         source: req
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
@@ -62,6 +66,26 @@ pub async fn layer(State(st): State<AppState>, mut req: Request, next: Next) -> 
         Ok(()) => res,
         Err(_) => audit_unavailable(),
     }
+}
+
+/// The `x-request-id` a client sent. The server gives every request its own id (a client
+/// could otherwise choose the id its requests are recorded under and forge correlation);
+/// the client's is kept beside it.
+#[derive(Debug, Clone)]
+pub struct ClientRequestId(pub String);
+
+/// Take the client's `x-request-id` off the request (so that the request id layer makes a
+/// new one), keeping it as [`ClientRequestId`] if it is short printable ASCII.
+pub async fn own_request_id(mut req: Request) -> Request {
+    if let Some(v) = req.headers_mut().remove("x-request-id")
+        && let Ok(s) = v.to_str()
+        && !s.is_empty()
+        && s.len() <= 128
+        && s.bytes().all(|b| b.is_ascii_graphic())
+    {
+        req.extensions_mut().insert(ClientRequestId(s.to_owned()));
+    }
+    req
 }
 
 fn audit_unavailable() -> Response {

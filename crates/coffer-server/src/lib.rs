@@ -255,4 +255,5 @@ pub fn router(state: AppState) -> Router {
         ]))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(axum::middleware::map_request(crate::audit::own_request_id))
 }

@@ -77,7 +77,7 @@ fn logged_request_ids(cli: &Cli, dir: &Path) -> HashSet<String> {
         .filter(|l| l["type"] == "event")
         .filter_map(|l| {
             let body: Value = serde_json::from_str(l["body"].as_str()?).ok()?;
-            Some(body["request_id"].as_str()?.to_owned())
+            Some(body["client_request_id"].as_str()?.to_owned())
         })
         .collect()
 }

@@ -50,8 +50,10 @@ impl Action {
 /// Where a request came from, as the edge that received it knows it.
 #[derive(Debug, Clone, Default)]
 pub struct RequestInfo {
-    /// The request's `x-request-id` (also returned to the client).
+    /// The id the server gave the request (its `x-request-id`, returned to the client).
     pub request_id: Option<String>,
+    /// The `x-request-id` the client sent, if any: kept for correlation, never as the id.
+    pub client_request_id: Option<String>,
     /// The peer's IP address.
     pub source: Option<String>,
     /// `User-Agent`, at most 256 characters.
@@ -169,6 +171,8 @@ impl Cx {
     pub(crate) fn event(&self, action: Action, target: AuditTarget) -> AuditEvent {
         let mut ev = AuditEvent::now(action.name);
         ev.request_id.clone_from(&self.0.info.request_id);
+        ev.client_request_id
+            .clone_from(&self.0.info.client_request_id);
         ev.source.clone_from(&self.0.info.source);
         ev.user_agent.clone_from(&self.0.info.user_agent);
         ev.target = target;

@@ -109,6 +109,8 @@ pub struct AuditEvent {
     pub time_ms: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub client_request_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub org_id: Option<Uuid>,
     pub actor: AuditActor,
@@ -144,6 +146,7 @@ impl AuditEvent {
             time: humantime::format_rfc3339_millis(t).to_string(),
             time_ms: ms,
             request_id: None,
+            client_request_id: None,
             org_id: None,
             actor: AuditActor {
                 kind: "anonymous".into(),

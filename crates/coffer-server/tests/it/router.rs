@@ -244,6 +244,31 @@ async fn security_headers_and_request_ids() {
     assert_eq!(h.get("x-request-id").unwrap().len(), 36);
 }
 
+/// The server gives every request its own id: a client's `x-request-id` cannot choose the
+/// id its request is recorded under, and is kept beside it.
+#[tokio::test]
+async fn request_ids_are_the_servers_and_the_clients_is_kept_beside() {
+    let a = api().await;
+    let req = Request::builder()
+        .method("GET")
+        .uri("/v1/projects")
+        .header(header::AUTHORIZATION, format!("Bearer {}", a.token))
+        .header("x-request-id", "spoofed-id")
+        .body(Body::empty())
+        .unwrap();
+    let (status, h, _) = a.raw(req).await;
+    assert_eq!(status, StatusCode::OK);
+    let id = h.get("x-request-id").unwrap().to_str().unwrap().to_owned();
+    assert_ne!(id, "spoofed-id");
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+    let (_, _, events) = a
+        .call("GET", "/v1/audit/events?action=project.list", None, true)
+        .await;
+    let ev = &events["events"].as_array().unwrap()[0]["event"];
+    assert_eq!(ev["request_id"], id.as_str());
+    assert_eq!(ev["client_request_id"], "spoofed-id");
+}
+
 #[tokio::test]
 async fn health_follows_the_seal_and_a_sealed_server_serves_no_data() {
     let a = api().await;
@@ -393,4 +418,103 @@ async fn openapi_document_describes_the_routes() {
         assert!(paths.contains_key(p), "missing {p}");
     }
     assert!(v["components"]["securitySchemes"]["bearer"].is_object());
+}
+
+/// `HEAD` on a value is the read it is (the value is decrypted to answer it): audited as
+/// `param.get`, answered without a body.
+#[tokio::test]
+async fn head_on_a_value_is_audited_as_a_read() {
+    let a = api().await;
+    a.call("POST", "/v1/projects", Some(json!({"name": "app"})), true)
+        .await;
+    a.call(
+        "PUT",
+        "/v1/projects/app/envs/default/params/TOKEN",
+        Some(json!({"value": "CANARY-head", "secret": true})),
+        true,
+    )
+    .await;
+    let (s, _, body) = a
+        .call(
+            "HEAD",
+            "/v1/projects/app/envs/default/params/TOKEN",
+            None,
+            true,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(body, Value::Null, "no body");
+    let (_, _, events) = a.call("GET", "/v1/audit/events", None, true).await;
+    let actions: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"]["action"].as_str().unwrap())
+        .collect();
+    assert!(actions.contains(&"param.get"), "{actions:?}");
+    assert!(!actions.contains(&"unknown"), "{actions:?}");
+}
+
+/// Names that differ only by Unicode normalisation would be different parameters that
+/// look the same: new names must be in NFC, on every route that creates one.
+#[tokio::test]
+async fn new_names_must_be_in_nfc() {
+    let a = api().await;
+    // "é" as e + combining acute (NFD).
+    let (s, _, v) = a
+        .call(
+            "POST",
+            "/v1/projects",
+            Some(json!({"name": "cafe\u{301}"})),
+            true,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("NFC"),
+        "{v}"
+    );
+    a.call("POST", "/v1/projects", Some(json!({"name": "app"})), true)
+        .await;
+    let (s, _, v) = a
+        .call(
+            "POST",
+            "/v1/projects/app/envs",
+            Some(json!({"name": "cafe\u{301}"})),
+            true,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, _, v) = a
+        .call(
+            "PUT",
+            "/v1/projects/app/envs/default/params/caf%65%CC%81",
+            Some(json!({"value": "v"})),
+            true,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("NFC"),
+        "{v}"
+    );
+    // The NFC spelling works; the NFD one names nothing.
+    let (s, _, v) = a
+        .call(
+            "PUT",
+            "/v1/projects/app/envs/default/params/caf%C3%A9",
+            Some(json!({"value": "v"})),
+            true,
+        )
+        .await;
+    assert!(s.is_success(), "{v}");
+    let (s, _, _) = a
+        .call(
+            "GET",
+            "/v1/projects/app/envs/default/params/caf%65%CC%81",
+            None,
+            true,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
 }
