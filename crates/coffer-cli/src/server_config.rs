@@ -14,6 +14,7 @@
 //! | COFFER_AUTH__DELAY_STEP | auth.delay_step | 1s |
 //! | COFFER_AUTH__LOGIN_RATE_PER_MINUTE | auth.login_rate_per_minute | 60 |
 //! | COFFER_AUTH__ACCESS_TOKEN_TTL | auth.access_token_ttl | 15m |
+//! | COFFER_HTTP__MAX_HEADER_BYTES | http.max_header_bytes | 16384 (4096 – 1048576) |
 //! | COFFER_SMTP__HOST / __PORT / __SECURITY / __USERNAME / __PASSWORD / __FROM | smtp.* | no mail (queued) |
 //! | (file only) | [[oidc]] issuer, audience, algorithms, jwks_url or jwks_file, jit, jit_org, jit_role, leeway | none |
 //! | COFFER_DATABASE_URL | storage.url | SQLite in the data directory |
@@ -59,6 +60,8 @@ struct FileConfig {
     #[serde(default)]
     auth: AuthSection,
     #[serde(default)]
+    http: HttpSection,
+    #[serde(default)]
     smtp: SmtpSection,
     #[serde(default)]
     oidc: Vec<OidcSection>,
@@ -92,6 +95,12 @@ struct AuthSection {
     delay_step: Option<String>,
     login_rate_per_minute: Option<u32>,
     access_token_ttl: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpSection {
+    max_header_bytes: Option<usize>,
 }
 
 #[derive(Default, Deserialize)]
@@ -220,6 +229,9 @@ pub fn load(args: &ServerArgs) -> anyhow::Result<(ServerConfig, crate::storage::
     }
     if let Some(v) = env("COFFER_AUTH__ACCESS_TOKEN_TTL") {
         f.auth.access_token_ttl = Some(v);
+    }
+    if let Some(v) = env("COFFER_HTTP__MAX_HEADER_BYTES") {
+        f.http.max_header_bytes = Some(v.parse().context("COFFER_HTTP__MAX_HEADER_BYTES")?);
     }
     for (k, slot) in [
         ("COFFER_SMTP__HOST", &mut f.smtp.host),
@@ -434,6 +446,14 @@ pub fn load(args: &ServerArgs) -> anyhow::Result<(ServerConfig, crate::storage::
             .transpose()?,
         migrate: f.storage.migrate.unwrap_or(true),
     };
+    let max_header_bytes = f
+        .http
+        .max_header_bytes
+        .unwrap_or(coffer_server::DEFAULT_MAX_HEADER_BYTES);
+    anyhow::ensure!(
+        (4096..=1 << 20).contains(&max_header_bytes),
+        "http.max_header_bytes must be between 4096 and 1048576 (bytes)"
+    );
     let cfg = ServerConfig {
         listen,
         data_dir,
@@ -445,6 +465,7 @@ pub fn load(args: &ServerArgs) -> anyhow::Result<(ServerConfig, crate::storage::
         audit_stdout: f.audit.stdout.unwrap_or(false),
         checkpoint_interval,
         login_rate_per_minute: f.auth.login_rate_per_minute.unwrap_or(60),
+        max_header_bytes,
         jwks,
         smtp,
         key_check_interval,

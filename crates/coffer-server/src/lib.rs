@@ -37,6 +37,9 @@ pub use run::{DatabaseUrl, RunningServer, ServerConfig, create_data_dir, start};
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
+/// Default cap on a request's line and headers together, in bytes (`http.max_header_bytes`).
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub coffer: Coffer,
@@ -44,6 +47,8 @@ pub struct AppState {
     pub limiter: std::sync::Arc<limits::LoginLimiter>,
     /// Signing keys of external OpenID providers.
     pub jwks: std::sync::Arc<dyn coffer_core::oidc::JwksSource>,
+    /// Cap on a request's line and headers together, in bytes.
+    pub max_header_bytes: usize,
 }
 
 impl AppState {
@@ -56,6 +61,7 @@ impl AppState {
                 Default::default(),
                 Duration::from_secs(300),
             )),
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
         }
     }
 }
@@ -230,6 +236,10 @@ pub fn router(state: AppState) -> Router {
             crate::audit::layer,
         ))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.max_header_bytes,
+            limits::cap_head,
+        ))
         .with_state(state)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))

@@ -1,5 +1,5 @@
-//! Per-address throttling of login attempts (password, MFA code, OIDC, API key exchange,
-//! invitation acceptance). Keyed on the TCP peer address only: forwarding headers are
+//! Request limits: the size of a request's head ([`cap_head`]), and per-address throttling
+//! of login attempts (password, MFA code, OIDC, API key exchange, invitation acceptance). Keyed on the TCP peer address only: forwarding headers are
 //! client-controlled and not trusted. The per-account lockout lives in the database; this
 //! limits how fast one address can try many accounts.
 
@@ -37,6 +37,32 @@ impl LoginLimiter {
             )
         })
     }
+}
+
+/// Refuse a request whose line and headers together exceed `max` bytes (counted as they
+/// were sent: `NAME: value` plus CRLF per header) with 431 and the JSON error. The HTTP
+/// layer refuses heads over four times `max` by itself, before any of this runs.
+pub async fn cap_head(
+    axum::extract::State(max): axum::extract::State<usize>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let line = req.method().as_str().len() + req.uri().to_string().len() + " HTTP/1.1\r\n ".len();
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + ": \r\n".len())
+        .sum();
+    let size = line + headers;
+    if size > max {
+        return ApiError::new(
+            ErrorCode::HeadersTooLarge,
+            format!("the request line and headers are {size} bytes; at most {max} are accepted"),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 #[cfg(test)]

@@ -32,6 +32,8 @@ pub struct ServerConfig {
     pub checkpoint_interval: Duration,
     /// Login attempts allowed per client address and minute.
     pub login_rate_per_minute: u32,
+    /// Cap on a request's line and headers together, in bytes (431 beyond).
+    pub max_header_bytes: usize,
     /// Where each configured OpenID issuer's signing keys are (by issuer).
     pub jwks: std::collections::HashMap<String, crate::jwks::JwksLocation>,
     /// Mail server for notifications; without one, mail stays queued.
@@ -274,6 +276,7 @@ async fn start_on(
             cfg.jwks.clone(),
             Duration::from_secs(300),
         )),
+        max_header_bytes: cfg.max_header_bytes,
     });
     // Answers go out at once: no Nagle delay behind a previous small write.
     let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls_cfg)
@@ -282,7 +285,13 @@ async fn start_on(
         .context("TLS listener")?
         .acceptor(acceptor)
         .handle(handle.clone());
-    server.http_builder().http1().keep_alive(true);
+    // hyper's own read buffer bounds what a head may take in memory (it answers 431 without
+    // a body past it); heads between the cap and that answer 431 with the JSON error.
+    server
+        .http_builder()
+        .http1()
+        .keep_alive(true)
+        .max_buf_size(cfg.max_header_bytes.saturating_mul(4).max(16 * 1024));
     let task = tokio::spawn(server.serve(app.into_make_service_with_connect_info::<SocketAddr>()));
 
     let mut jobs = Vec::new();

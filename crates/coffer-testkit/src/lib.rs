@@ -156,6 +156,7 @@ impl TestServer {
             checkpoint_interval: std::time::Duration::from_secs(300),
             key_check_interval: std::time::Duration::from_secs(60),
             login_rate_per_minute: o.login_rate_per_minute,
+            max_header_bytes: coffer_server::DEFAULT_MAX_HEADER_BYTES,
             jwks: o.jwks,
             smtp: o.smtp,
             seal: o.seal,

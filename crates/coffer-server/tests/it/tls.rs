@@ -218,3 +218,29 @@ async fn a_param_reader_reads_over_its_own_pinned_connection() {
         .with_token("cfs_x");
     assert!(no_ca.param_reader("web", "default", "X").await.is_err());
 }
+
+/// A request's line and headers are capped (16 KiB by default): over the cap 431 with the
+/// JSON error, far over it 431 from the HTTP layer itself; never 200, and the server serves
+/// on.
+#[tokio::test]
+async fn oversized_request_heads_are_refused_with_431() {
+    let srv = TestServer::dev().await;
+    let http = reqwest::Client::builder()
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(&srv.ca_pem).unwrap())
+        .build()
+        .unwrap();
+    let url = format!("{}/v1/sys/health", srv.url());
+    let with_header = |n: usize| http.get(&url).header("x-padding", "a".repeat(n)).send();
+    assert_eq!(with_header(8 * 1024).await.unwrap().status(), 200);
+    let res = with_header(20 * 1024).await.unwrap();
+    assert_eq!(res.status(), 431);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "headers_too_large");
+    for n in [64 * 1024, 256 * 1024, 1024 * 1024] {
+        if let Ok(res) = with_header(n).await {
+            assert_eq!(res.status(), 431, "{n} bytes");
+        }
+    }
+    assert_eq!(with_header(0).await.unwrap().status(), 200);
+    srv.stop().await;
+}
