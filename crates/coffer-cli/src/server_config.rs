@@ -22,6 +22,7 @@
 //! | COFFER_AUDIT__FILE | audit.file | none |
 //! | COFFER_AUDIT__STDOUT | audit.stdout | false |
 //! | COFFER_AUDIT__CHECKPOINT_INTERVAL | audit.checkpoint_interval | 5m |
+//! | COFFER_AUDIT__SIGN_INTERVAL | audit.sign_interval | 1s (100ms – 60s) |
 //! | COFFER_AUDIT__READ_SYNC | audit.read_sync | batched (or always) |
 //! | COFFER_KEYS__CACHE_TTL | keys.cache_ttl | 60s |
 //! | COFFER_KEYS__ROTATE_AFTER | keys.rotate_after | 365d |
@@ -152,6 +153,7 @@ struct AuditSection {
     file: Option<PathBuf>,
     stdout: Option<bool>,
     checkpoint_interval: Option<String>,
+    sign_interval: Option<String>,
     /// "batched" (default) or "always": see `CoreConfig::read_sync_always`.
     read_sync: Option<String>,
 }
@@ -261,6 +263,9 @@ pub fn load(args: &ServerArgs) -> anyhow::Result<(ServerConfig, crate::storage::
     }
     if let Some(v) = env("COFFER_AUDIT__CHECKPOINT_INTERVAL") {
         f.audit.checkpoint_interval = Some(v);
+    }
+    if let Some(v) = env("COFFER_AUDIT__SIGN_INTERVAL") {
+        f.audit.sign_interval = Some(v);
     }
     if let Some(v) = env("COFFER_AUDIT__READ_SYNC") {
         f.audit.read_sync = Some(v);
@@ -438,6 +443,18 @@ pub fn load(args: &ServerArgs) -> anyhow::Result<(ServerConfig, crate::storage::
         }
         None => Duration::from_secs(300),
     };
+    let sign_interval = match &f.audit.sign_interval {
+        Some(v) => {
+            let d = humantime::parse_duration(v)
+                .context("audit.sign_interval must be a duration like 1s")?;
+            anyhow::ensure!(
+                (Duration::from_millis(100)..=Duration::from_secs(60)).contains(&d),
+                "audit.sign_interval must be between 100ms and 60s"
+            );
+            d
+        }
+        None => Duration::from_secs(1),
+    };
     let storage = crate::storage::StorageSettings {
         url: f
             .storage
@@ -464,6 +481,7 @@ pub fn load(args: &ServerArgs) -> anyhow::Result<(ServerConfig, crate::storage::
         audit_file: f.audit.file,
         audit_stdout: f.audit.stdout.unwrap_or(false),
         checkpoint_interval,
+        sign_interval,
         login_rate_per_minute: f.auth.login_rate_per_minute.unwrap_or(60),
         max_header_bytes,
         jwks,

@@ -121,6 +121,8 @@ struct Inner {
     sessions: auth::SessionCache,
     meta: projects::MetaCache,
     sinks: audit::AuditSinks,
+    /// The chain heads this node appended, for signing and online verification.
+    known_heads: audit::KnownHeads,
     /// Reads answered from the node's cache: confirmed, and found stale when audited.
     cached_reads: [std::sync::atomic::AtomicU64; 2],
     dummy_hash: String,
@@ -165,6 +167,7 @@ impl Coffer {
                 sessions: auth::SessionCache::new(config.session_cache_ttl),
                 meta: projects::MetaCache::default(),
                 sinks,
+                known_heads: audit::KnownHeads::default(),
                 cached_reads: Default::default(),
                 config,
                 dummy_hash,
@@ -287,6 +290,10 @@ impl Coffer {
             .store(true, std::sync::atomic::Ordering::SeqCst);
         // After any rekey follow-up under way, so it cannot unseal again behind this.
         let _one = self.inner.root_watch.lock().await;
+        // What this node wrote last is signed before the key leaves memory.
+        if let Err(e) = self.sign_heads().await {
+            tracing::warn!(error = %e, "could not sign the last audit chain heads");
+        }
         let _ = self.seal();
         self.flush_key_uses().await;
         self.inner.cluster.close().await;

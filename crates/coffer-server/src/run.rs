@@ -28,8 +28,10 @@ pub struct ServerConfig {
     pub audit_file: Option<PathBuf>,
     /// Copy audit events to standard output.
     pub audit_stdout: bool,
-    /// How often chains that grew are checkpointed (signed).
+    /// How often chains that grew are checkpointed (their signed heads kept for good).
     pub checkpoint_interval: Duration,
+    /// How soon the heads this node appended are signed (`audit.sign_interval`).
+    pub sign_interval: Duration,
     /// Login attempts allowed per client address and minute.
     pub login_rate_per_minute: u32,
     /// Cap on a request's line and headers together, in bytes (431 beyond).
@@ -351,6 +353,23 @@ async fn start_on(
         loop {
             tick.tick().await;
             watcher.check_root().await;
+        }
+    }));
+
+    // Every node signs the chain heads it wrote (not only the leader: it signs what it
+    // knows it wrote, never what the database says).
+    let signer = coffer.clone();
+    let every = cfg
+        .sign_interval
+        .clamp(Duration::from_millis(100), Duration::from_secs(60));
+    jobs.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = signer.sign_heads().await {
+                tracing::warn!(error = %e, "signing audit chain heads failed");
+            }
         }
     }));
 

@@ -50,6 +50,11 @@ pub trait AuditRepo: Send + Sync {
     async fn init_audit_key(&self, k: &AuditKeyRow) -> Result<(), StoreError>;
     /// Organisations whose chain has grown since its last checkpoint.
     async fn orgs_needing_checkpoint(&self) -> Result<Vec<Uuid>, StoreError>;
+    /// Keep each as its chain's latest signed head, in one transaction; a chain whose
+    /// stored signed head is at a later entry keeps it.
+    async fn store_signed_heads(&self, heads: &[CheckpointRow]) -> Result<(), StoreError>;
+    /// A chain's latest signed head.
+    async fn signed_head(&self, org_id: Uuid) -> Result<Option<CheckpointRow>, StoreError>;
 }
 
 // Statements both backends run as they are, each on an executor the backend chooses.
@@ -113,6 +118,43 @@ pub(crate) async fn insert_checkpoint<E: Exec>(
     .execute(e)
     .await?;
     Ok(())
+}
+
+pub(crate) async fn store_signed_head<E: Exec>(
+    e: &mut E,
+    c: &CheckpointRow,
+) -> Result<(), StoreError> {
+    Stmt::new(
+        "INSERT INTO audit_signed_heads (org_id, seq, hash, created_at, signature) \
+         VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (org_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, \
+         created_at = excluded.created_at, signature = excluded.signature \
+         WHERE audit_signed_heads.seq < excluded.seq",
+    )
+    .bind(c.org_id)
+    .bind(i64::try_from(c.seq).unwrap_or(i64::MAX))
+    .bind(c.hash.as_slice())
+    .bind(c.created_at)
+    .bind(c.signature.as_slice())
+    .execute(e)
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn signed_head<E: Exec>(
+    e: &mut E,
+    org_id: Uuid,
+) -> Result<Option<CheckpointRow>, StoreError> {
+    Stmt::new(
+        "SELECT org_id, seq, hash, created_at, signature FROM audit_signed_heads \
+         WHERE org_id = $1",
+    )
+    .bind(org_id)
+    .fetch_optional(e)
+    .await?
+    .as_ref()
+    .map(checkpoint_row)
+    .transpose()
 }
 
 pub(crate) async fn checkpoints<E: Exec>(

@@ -14,13 +14,15 @@ pub struct SealConfigRow {
 
 /// The audit event of a change, handed to the repository method that makes the change: it
 /// is appended in the change's own transaction, so both commit or neither does. The store
-/// marks it once that transaction has committed; a method that returns without committing
-/// (nothing to change) leaves it unmarked, and the caller records the event itself.
-/// Clones share the mark.
+/// marks it once that transaction has committed, with the place the event took in its
+/// chain; a method that returns without committing (nothing to change) leaves it unmarked,
+/// and the caller records the event itself. Clones share the mark.
 #[derive(Debug, Clone)]
 pub struct ChangeEvent {
     pub event: NewAuditEvent,
     committed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// (seq, hash) of the event in its chain, once committed.
+    position: std::sync::Arc<std::sync::OnceLock<(u64, [u8; 32])>>,
 }
 
 impl ChangeEvent {
@@ -28,6 +30,7 @@ impl ChangeEvent {
         Self {
             event,
             committed: std::sync::Arc::default(),
+            position: std::sync::Arc::default(),
         }
     }
 
@@ -36,7 +39,15 @@ impl ChangeEvent {
         self.committed.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    pub(crate) fn mark_committed(&self) {
+    /// Where the committed event is in its chain: (seq, hash).
+    pub fn position(&self) -> Option<(u64, [u8; 32])> {
+        self.position.get().copied()
+    }
+
+    pub(crate) fn mark_committed(&self, at: Option<(u64, [u8; 32])>) {
+        if let Some(at) = at {
+            let _ = self.position.set(at);
+        }
         self.committed
             .store(true, std::sync::atomic::Ordering::Release);
     }
@@ -44,7 +55,7 @@ impl ChangeEvent {
     /// The caller established otherwise that the change's transaction committed (its
     /// answer was lost on the way): the event is in the log with it.
     pub fn confirm_committed(&self) {
-        self.mark_committed();
+        self.mark_committed(None);
     }
 }
 

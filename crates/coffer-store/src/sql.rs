@@ -286,8 +286,12 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// database's root key is still the one this node holds.
     async fn ensure_root(&self, tx: &mut Self::Tx) -> Result<(), StoreError>;
     /// Append a change's audit event inside the change's transaction (both commit or
-    /// neither). Fails with [`StoreError::AuditFailed`].
-    async fn append_in(&self, tx: &mut Self::Tx, event: &NewAuditEvent) -> Result<(), StoreError>;
+    /// neither); returns its (seq, hash). Fails with [`StoreError::AuditFailed`].
+    async fn append_in(
+        &self,
+        tx: &mut Self::Tx,
+        event: &NewAuditEvent,
+    ) -> Result<(u64, [u8; 32]), StoreError>;
     /// Ciphertexts changed outside the value write path (rewrap, deletion): drop caches.
     fn key_material_changed(&self);
     /// After key material was deleted: make sure the deleted rows leave the files.
@@ -332,12 +336,13 @@ pub(crate) async fn commit_audited<B: Backend>(
     mut tx: B::Tx,
     event: Option<&ChangeEvent>,
 ) -> Result<(), StoreError> {
-    if let Some(e) = event {
-        store.append_in(&mut tx, &e.event).await?;
-    }
+    let at = match event {
+        Some(e) => Some(store.append_in(&mut tx, &e.event).await?),
+        None => None,
+    };
     Tx::commit(tx).await?;
     if let Some(e) = event {
-        e.mark_committed();
+        e.mark_committed(at);
     }
     Ok(())
 }

@@ -154,6 +154,7 @@ impl TestServer {
             audit_file: None,
             audit_stdout: false,
             checkpoint_interval: std::time::Duration::from_secs(300),
+            sign_interval: std::time::Duration::from_secs(1),
             key_check_interval: std::time::Duration::from_secs(60),
             login_rate_per_minute: o.login_rate_per_minute,
             max_header_bytes: coffer_server::DEFAULT_MAX_HEADER_BYTES,

@@ -3,20 +3,19 @@
 //! must not answer with data (fail closed); see `coffer-server`'s audit layer.
 
 mod context;
+mod signing;
 mod sinks;
 mod verify;
 
 use std::collections::BTreeMap;
 
-use coffer_crypto::audit::{AuditSigningKey, checkpoint_message};
-use coffer_store::{
-    AuditKeyRow, AuditRow, ChangeEvent, CheckpointRow, NewAuditEvent, ReadCheck, StoreError,
-};
+use coffer_store::{AuditRow, ChangeEvent, NewAuditEvent, ReadCheck};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use coffer_store::AuditFilter;
+pub use coffer_store::{AuditFilter, CheckpointRow};
 pub use context::{Action, Cx, RequestInfo};
+pub(crate) use signing::KnownHeads;
 pub use sinks::{AuditSinks, SinkHealth};
 pub use verify::{EXPORT_FORMAT, ExportLine, Verifier, VerifyProblem, VerifyReport, verify_export};
 
@@ -358,6 +357,9 @@ impl Coffer {
         if let Some(c) = &pending.change {
             if c.committed() {
                 // The change and its event are in the log, whatever failed after them.
+                if let Some(at) = c.position() {
+                    self.inner.known_heads.note(c.event.org_id, at);
+                }
                 self.inner.sinks.write(&c.event.body);
                 pending.cx.mark_recorded();
                 return r;
@@ -431,9 +433,10 @@ impl Coffer {
             .append_audit_checked(&row, checks, durability)
             .await
         {
-            Ok(Some((seq, _))) => {
+            Ok(Some(at)) => {
+                self.inner.known_heads.note(row.org_id, at);
                 self.inner.sinks.write(&row.body);
-                Ok(Some(seq))
+                Ok(Some(at.0))
             }
             Ok(None) => Ok(None),
             Err(e) => {
@@ -504,76 +507,6 @@ impl Coffer {
         self.inner.sinks.health()
     }
 
-    /// Make sure the checkpoint signing key exists (called once unsealed).
-    pub(crate) async fn ensure_audit_key(&self) -> Result<(), CoreError> {
-        let _root = self.root_stable().await;
-        if self.repos().audit.audit_key().await?.is_some() {
-            return Ok(());
-        }
-        let key = AuditSigningKey::generate().map_err(|_| CoreError::Internal("audit key"))?;
-        let wrapped = self.inner.keyring.with_root(|root| {
-            key.wrap(root)
-                .map_err(|_| CoreError::Internal("wrap audit key"))
-        })?;
-        let row = AuditKeyRow {
-            public_key: key.public_key().to_vec(),
-            wrapped_key: wrapped,
-            created_at: now_ms(),
-        };
-        match self.repos().audit.init_audit_key(&row).await {
-            Ok(()) | Err(StoreError::Conflict) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// The public key that verifies checkpoints (hex), once initialised.
-    pub async fn audit_public_key(&self) -> Result<Option<String>, CoreError> {
-        Ok(self
-            .repos()
-            .audit
-            .audit_key()
-            .await?
-            .map(|k| hex::encode(k.public_key)))
-    }
-
-    /// Sign the current end of an organisation's chain (nil: the system chain). Returns the
-    /// newest checkpoint, new or existing; None when the chain is empty.
-    pub async fn checkpoint(&self, org_id: Uuid) -> Result<Option<Checkpoint>, CoreError> {
-        self.ensure_unsealed()?;
-        let Some((seq, hash)) = self.repos().audit.audit_head(org_id).await? else {
-            return Ok(None);
-        };
-        if let Some(last) = self.repos().audit.checkpoints(org_id).await?.last()
-            && last.seq == seq
-        {
-            return Ok(Some(last.into()));
-        }
-        let key_row = self
-            .repos()
-            .audit
-            .audit_key()
-            .await?
-            .ok_or(CoreError::Internal("no audit signing key"))?;
-        let key = self.inner.keyring.with_root(|root| {
-            AuditSigningKey::unwrap(root, &key_row.wrapped_key).map_err(|_| CoreError::Integrity)
-        })?;
-        let created_at = now_ms();
-        let signature = key
-            .sign(&checkpoint_message(org_id, seq, &hash, created_at))
-            .to_vec();
-        let row = CheckpointRow {
-            org_id,
-            seq,
-            hash,
-            created_at,
-            signature,
-        };
-        match self.repos().audit.insert_checkpoint(&row).await {
-            Ok(()) | Err(StoreError::Conflict) => Ok(Some((&row).into())),
-            Err(e) => Err(e.into()),
-        }
-    }
-
     /// Whether this node runs background jobs now (see `Cluster::try_lead`).
     pub async fn is_job_leader(&self) -> bool {
         match self.cluster().try_lead().await {
@@ -583,15 +516,6 @@ impl Coffer {
                 false
             }
         }
-    }
-
-    /// Checkpoint every chain that grew since its last checkpoint (background job).
-    pub async fn checkpoint_all(&self) -> Result<usize, CoreError> {
-        let orgs = self.repos().audit.orgs_needing_checkpoint().await?;
-        for org in &orgs {
-            self.checkpoint(*org).await?;
-        }
-        Ok(orgs.len())
     }
 
     pub async fn audit_checkpoint_own(
@@ -682,7 +606,7 @@ impl Coffer {
     pub async fn audit_checkpoints(&self, p: &Principal) -> Result<Vec<CheckpointRow>, CoreError> {
         self.ensure_unsealed()?;
         require_auditor(p)?;
-        Ok(self.repos().audit.checkpoints(p.org_id).await?)
+        self.signed_points(p.org_id).await
     }
 
     /// Verify the caller's organisation's whole chain and its checkpoints, page by page.
@@ -698,9 +622,14 @@ impl Coffer {
     }
 
     pub(crate) async fn verify_chain(&self, org_id: Uuid) -> Result<VerifyReport, CoreError> {
+        // What this node wrote first: events appended while this runs are read below.
+        let written = self.inner.known_heads.get(org_id);
         let key = self.repos().audit.audit_key().await?.map(|k| k.public_key);
-        let checkpoints = self.repos().audit.checkpoints(org_id).await?;
+        let checkpoints = self.signed_points(org_id).await?;
         let mut v = Verifier::new(org_id, key, checkpoints, None);
+        if let Some(head) = written {
+            v.expect_written(head);
+        }
         let mut after = 0;
         loop {
             let rows = self

@@ -4,8 +4,10 @@
 //! means deleted entries), `prev_hash` equals the predecessor's hash (else an entry was
 //! inserted or the order changed), and `hash = SHA-256("coffer/audit/v1" || prev_hash ||
 //! seq || body)` (else the entry was altered). Each checkpoint's Ed25519 signature must
-//! verify and its hash must equal the hash of the event it names; a checkpoint or chain head
-//! beyond the last event means the end of the chain was cut off. The first problem is reported.
+//! verify and its hash must equal the hash of the event it names (a chain's latest signed
+//! head is checked as one more checkpoint); a checkpoint or chain head beyond the last event
+//! means the end of the chain was cut off. Online, the entry the verifying server last
+//! appended must be there unchanged too. The first problem is reported.
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
@@ -39,6 +41,8 @@ pub struct Verifier {
     org_id: Uuid,
     public_key: Option<Vec<u8>>,
     checkpoints: BTreeMap<u64, CheckpointRow>,
+    /// The newest entry the verifying node itself appended (online verification only).
+    written: Option<(u64, [u8; 32])>,
     prev: Option<(u64, [u8; 32])>,
     events: u64,
     first_seq: Option<u64>,
@@ -58,11 +62,18 @@ impl Verifier {
             org_id,
             public_key,
             checkpoints: checkpoints.into_iter().map(|c| (c.seq, c)).collect(),
+            written: None,
             prev: Some(start.unwrap_or((0, GENESIS))),
             events: 0,
             first_seq: None,
             problem: None,
         }
+    }
+
+    /// The chain must hold the entry (seq, hash) this node appended: changed or cut off
+    /// since, even after the last signature, it is reported.
+    pub fn expect_written(&mut self, head: (u64, [u8; 32])) {
+        self.written = Some(head);
     }
 
     fn fail(&mut self, seq: u64, kind: &str, message: String) {
@@ -121,6 +132,16 @@ impl Verifier {
         if let Some(c) = self.checkpoints.get(&seq).cloned() {
             self.check_checkpoint(&c, hash);
         }
+        if let Some((wseq, whash)) = self.written
+            && wseq == seq
+            && whash != *hash
+        {
+            self.fail(
+                seq,
+                "altered",
+                format!("entry {seq} differs from what this server wrote"),
+            );
+        }
         self.prev = Some((seq, *hash));
     }
 
@@ -155,6 +176,17 @@ impl Verifier {
                 "truncated",
                 format!(
                     "a checkpoint covers entry {cseq} but the chain ends at {end} (entries removed)"
+                ),
+            );
+        }
+        if let Some((wseq, _)) = self.written
+            && wseq > end
+        {
+            self.fail(
+                end + 1,
+                "truncated",
+                format!(
+                    "this server wrote entry {wseq} but the entries end at {end} (entries removed)"
                 ),
             );
         }

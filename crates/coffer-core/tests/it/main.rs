@@ -7,6 +7,7 @@
 
 mod atomic;
 mod audit;
+mod forgery;
 mod identity;
 mod keys;
 mod oidc;

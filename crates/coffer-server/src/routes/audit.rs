@@ -135,8 +135,13 @@ struct ExportState {
     from: Option<i64>,
     to: Option<i64>,
     phase: Phase,
-    /// First and last exported sequence numbers: only checkpoints inside are exported.
+    /// First and last exported sequence numbers: only checkpoints inside are exported (of
+    /// a whole export: every checkpoint from the first, so that one beyond the last event
+    /// shows the end was cut off).
     range: Option<(u64, u64)>,
+    /// The checkpoints and signed head, read before the events: whatever is appended
+    /// meanwhile is exported too, so a checkpoint past the last event is evidence.
+    points: Vec<coffer_core::audit::CheckpointRow>,
 }
 
 fn line(v: &ExportLine) -> String {
@@ -217,14 +222,14 @@ async fn next_chunk(mut s: ExportState) -> Option<(Result<Bytes, std::io::Error>
             out
         }
         Phase::Checkpoints => {
-            let cps =
-                s.st.coffer
-                    .audit_checkpoints(&s.p)
-                    .await
-                    .unwrap_or_default();
-            let parts: Vec<String> = cps
+            let whole = s.from.is_none() && s.to.is_none();
+            let parts: Vec<String> = s
+                .points
                 .iter()
-                .filter(|c| s.range.is_some_and(|(lo, hi)| (lo..=hi).contains(&c.seq)))
+                .filter(|c| {
+                    s.range
+                        .is_some_and(|(lo, hi)| c.seq >= lo && (whole || c.seq <= hi))
+                })
                 .map(|c| {
                     line(&ExportLine::Checkpoint {
                         seq: c.seq,
@@ -268,6 +273,7 @@ pub async fn export(
     // Recorded, and refused before streaming if the caller may not export (or the server
     // is sealed).
     st.coffer.audit_export_begin(&cx, &p).await?;
+    let points = st.coffer.audit_checkpoints(&p).await?;
     let state = ExportState {
         st,
         p,
@@ -276,6 +282,7 @@ pub async fn export(
         to,
         phase: Phase::Header,
         range: None,
+        points,
     };
     let stream = futures_util::stream::unfold(state, next_chunk);
     let ct = if json {

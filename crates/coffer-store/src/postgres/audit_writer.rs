@@ -347,10 +347,10 @@ fn answer(
 pub(super) async fn append_one(
     conn: &mut PgConnection,
     e: &NewAuditEvent,
-) -> Result<(), StoreError> {
+) -> Result<(u64, [u8; 32]), StoreError> {
     let appended = append_audit_batch(conn, e.org_id, None, &[e], &[&[]]).await?;
     match appended.as_slice() {
-        [Some(_)] => Ok(()),
+        [Some(at)] => Ok(*at),
         _ => Err(StoreError::CommitFailed),
     }
 }

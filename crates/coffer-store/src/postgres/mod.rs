@@ -88,6 +88,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "audited_writes",
         include_str!("../../migrations/postgres/0012_audited_writes.sql"),
     ),
+    (
+        13,
+        "signed_heads",
+        include_str!("../../migrations/postgres/0013_signed_heads.sql"),
+    ),
 ];
 
 #[async_trait]
@@ -137,7 +142,11 @@ impl crate::sql::Backend for PgStore {
 
     /// The same plpgsql append as the audit writer's, in the change's transaction: the
     /// chain's head row stays locked until that transaction ends.
-    async fn append_in(&self, tx: &mut Self::Tx, event: &NewAuditEvent) -> Result<(), StoreError> {
+    async fn append_in(
+        &self,
+        tx: &mut Self::Tx,
+        event: &NewAuditEvent,
+    ) -> Result<(u64, [u8; 32]), StoreError> {
         audit_writer::append_one(&mut *tx, event)
             .await
             .map_err(|e| {

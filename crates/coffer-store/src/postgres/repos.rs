@@ -186,6 +186,19 @@ impl AuditRepo for PgStore {
             .map(|r| uuid_col(r, "org_id"))
             .collect()
     }
+
+    async fn store_signed_heads(&self, heads: &[CheckpointRow]) -> Result<(), StoreError> {
+        let mut tx = self.begin_bare().await?;
+        for h in heads {
+            audit::store_signed_head(&mut tx, h).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn signed_head(&self, org_id: Uuid) -> Result<Option<CheckpointRow>, StoreError> {
+        audit::signed_head(&mut self.reads(), org_id).await
+    }
 }
 
 /// One call of `coffer_append_version` (migration 0011): the whole write, one round trip,
@@ -204,9 +217,11 @@ pub(super) fn version_statement(
             "SELECT coffer_append_version($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
         }
         // With its audit event (migration 0012): both in the one statement's transaction.
+        // With its audit event (migrations 0012, 0013): both in the one statement's
+        // transaction, answering where the event went.
         Some(_) => {
-            "SELECT coffer_append_version_audited($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
-             $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
+            "SELECT coffer_append_version_audited_at($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+             $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
         }
     })
     .bind(DbId(w.org_id))
@@ -241,17 +256,25 @@ pub(super) fn version_statement(
 
 /// What a write's statement answered, once its transaction committed.
 pub(super) fn version_outcome(w: &ParamWrite, outcome: &str) -> Result<(), StoreError> {
-    match outcome {
-        "ok" => {
-            if let Some(e) = &w.event {
-                e.mark_committed();
-            }
+    match (outcome, &w.event) {
+        ("ok", None) => Ok(()),
+        (ok, Some(e)) if ok.starts_with("ok:") => {
+            e.mark_committed(Some(event_position(&ok[3..])?));
             Ok(())
         }
-        "conflict" => Err(StoreError::Conflict),
-        "stale_term" => Err(StoreError::StaleKeyTerm),
+        ("conflict", _) => Err(StoreError::Conflict),
+        ("stale_term", _) => Err(StoreError::StaleKeyTerm),
         _ => Err(StoreError::Corrupt),
     }
+}
+
+/// An event's (seq, hash) as plpgsql answers it: hex of the 8-byte big-endian sequence
+/// number and the 32-byte hash.
+fn event_position(hex_at: &str) -> Result<(u64, [u8; 32]), StoreError> {
+    let bytes = hex::decode(hex_at).map_err(|_| StoreError::Corrupt)?;
+    let (seq, hash) = bytes.split_at_checked(8).ok_or(StoreError::Corrupt)?;
+    let seq = u64::from_be_bytes(seq.try_into().map_err(|_| StoreError::Corrupt)?);
+    Ok((seq, hash.try_into().map_err(|_| StoreError::Corrupt)?))
 }
 
 /// One write alone, in its own (implicit) transaction.

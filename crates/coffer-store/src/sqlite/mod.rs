@@ -58,6 +58,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "audit_links",
         include_str!("../../migrations/sqlite/0006_audit_links.sql"),
     ),
+    (
+        7,
+        "signed_heads",
+        include_str!("../../migrations/sqlite/0007_signed_heads.sql"),
+    ),
 ];
 
 #[async_trait]
@@ -101,9 +106,14 @@ impl crate::sql::Backend for SqliteStore {
     }
 
     /// In `tx`, which holds the write lock (see [`writer::BEGIN`]).
-    async fn append_in(&self, tx: &mut Self::Tx, event: &NewAuditEvent) -> Result<(), StoreError> {
+    async fn append_in(
+        &self,
+        tx: &mut Self::Tx,
+        event: &NewAuditEvent,
+    ) -> Result<(u64, [u8; 32]), StoreError> {
         writer::append_events(&mut *tx, &[event])
             .await
+            .and_then(|at| at.first().copied().ok_or(StoreError::CommitFailed))
             .map_err(|e| {
                 tracing::error!(error = %e, "audit append failed; the change is rolled back");
                 StoreError::AuditFailed
@@ -374,6 +384,19 @@ impl AuditRepo for SqliteStore {
         .iter()
         .map(|r| uuid_col(r, "org_id"))
         .collect()
+    }
+
+    async fn store_signed_heads(&self, heads: &[CheckpointRow]) -> Result<(), StoreError> {
+        let mut tx = self.begin_bare().await?;
+        for h in heads {
+            audit::store_signed_head(&mut tx, h).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn signed_head(&self, org_id: Uuid) -> Result<Option<CheckpointRow>, StoreError> {
+        audit::signed_head(&mut self.reads(), org_id).await
     }
 }
 

@@ -41,12 +41,12 @@ pub(super) fn spawn(pool: SqlitePool, cache: Arc<ValueCache>) -> mpsc::Sender<Jo
         while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
             let results = commit_batch(&pool, &batch).await;
             for ((w, reply), result) in batch.drain(..).zip(results) {
-                if result.is_ok() {
+                let result = result.map(|at| {
                     cache.invalidate(w.org_id, w.env_id, &w.name);
                     if let Some(e) = &w.event {
-                        e.mark_committed();
+                        e.mark_committed(at);
                     }
-                }
+                });
                 // The caller may have gone away; the write stands regardless.
                 let _ = reply.send(result);
             }
@@ -60,7 +60,7 @@ pub(super) fn spawn(pool: SqlitePool, cache: Arc<ValueCache>) -> mpsc::Sender<Jo
 pub(super) async fn append_events(
     conn: &mut SqliteConnection,
     events: &[&NewAuditEvent],
-) -> Result<(), StoreError> {
+) -> Result<Vec<(u64, [u8; 32])>, StoreError> {
     let mut heads = crate::chain::Heads::new();
     for org in crate::chain::orgs(events) {
         heads.insert(org, load_head(&mut *conn, org).await?);
@@ -87,7 +87,10 @@ pub(super) async fn append_events(
         }
         q.execute(&mut *conn).await?;
     }
-    Ok(())
+    Ok(assigned
+        .into_iter()
+        .map(|(seq, _, hash)| (seq, hash))
+        .collect())
 }
 
 async fn load_head(conn: &mut SqliteConnection, org: Uuid) -> Result<(u64, [u8; 32]), StoreError> {
@@ -107,11 +110,15 @@ async fn load_head(conn: &mut SqliteConnection, org: Uuid) -> Result<(u64, [u8; 
     }
 }
 
-fn failed(n: usize) -> Vec<Result<(), StoreError>> {
+/// Each write's outcome: applied (with its event's place in its chain, if it has one) or
+/// the error.
+type Outcome = Result<Option<(u64, [u8; 32])>, StoreError>;
+
+fn failed(n: usize) -> Vec<Outcome> {
     (0..n).map(|_| Err(StoreError::CommitFailed)).collect()
 }
 
-async fn commit_batch(pool: &SqlitePool, batch: &[Job]) -> Vec<Result<(), StoreError>> {
+async fn commit_batch(pool: &SqlitePool, batch: &[Job]) -> Vec<Outcome> {
     let mut tx = match pool.begin_with(BEGIN).await {
         Ok(tx) => tx,
         Err(e) => {
@@ -126,18 +133,21 @@ async fn commit_batch(pool: &SqlitePool, batch: &[Job]) -> Vec<Result<(), StoreE
             let applied = match append_version(&mut sp, w).await {
                 Ok(()) => match &w.event {
                     // The write's event, in the write's savepoint: both or neither.
-                    Some(e) => append_events(&mut sp, &[&e.event]).await.map_err(|e| {
-                        tracing::error!(error = %e, "audit append failed; the write is rolled back");
-                        StoreError::AuditFailed
-                    }),
-                    None => Ok(()),
+                    Some(e) => append_events(&mut sp, &[&e.event])
+                        .await
+                        .map(|at| at.first().copied())
+                        .map_err(|e| {
+                            tracing::error!(error = %e, "audit append failed; the write is rolled back");
+                            StoreError::AuditFailed
+                        }),
+                    None => Ok(None),
                 },
                 Err(e) => Err(e),
             };
             match applied {
-                Ok(()) => {
+                Ok(at) => {
                     sp.commit().await?;
-                    Ok(())
+                    Ok(at)
                 }
                 Err(e) => {
                     sp.rollback().await?;
