@@ -549,3 +549,95 @@ fn apply_keys(k: &KeysSection, core: &mut CoreConfig) -> anyhow::Result<Duration
         None => Ok(Duration::from_secs(60)),
     }
 }
+
+/// The configuration file under arbitrary input (the property-test form of fuzzing it):
+/// whatever a file holds, loading it returns settings or an error, never a panic, and the
+/// documented bounds hold.
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::load;
+    use crate::cli::ServerArgs;
+
+    fn load_text(text: &str) -> anyhow::Result<coffer_server::ServerConfig> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("coffer.toml");
+        std::fs::write(&path, text)?;
+        load(&ServerArgs {
+            dev: true,
+            config: Some(path),
+            listen: None,
+            data_dir: Some(dir.path().join("data")),
+        })
+        .map(|(cfg, _)| cfg)
+    }
+
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            (0u64..2_000_000).prop_map(|n| n.to_string()),
+            any::<bool>().prop_map(|b| b.to_string()),
+            "[a-z0-9 ]{0,12}".prop_map(|s| format!("{s:?}")),
+            prop_oneof![
+                Just("1s"),
+                Just("100ms"),
+                Just("0s"),
+                Just("61s"),
+                Just("5m"),
+                Just("x")
+            ]
+            .prop_map(|s| format!("{s:?}")),
+        ]
+    }
+
+    const KEYS: [(&str, &str); 10] = [
+        ("http", "max_header_bytes"),
+        ("audit", "sign_interval"),
+        ("audit", "checkpoint_interval"),
+        ("audit", "read_sync"),
+        ("auth", "max_failed_attempts"),
+        ("auth", "login_rate_per_minute"),
+        ("session", "ttl"),
+        ("keys", "rewrap_batch"),
+        ("keys", "cache_ttl"),
+        ("storage", "migrate"),
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn any_text_loads_or_is_refused(text in "\\PC{0,200}") {
+            let _ = load_text(&text);
+        }
+
+        #[test]
+        fn known_keys_with_any_values_load_or_are_refused_within_bounds(
+            entries in proptest::collection::vec((0..KEYS.len(), value()), 1..6),
+        ) {
+            let mut sections = std::collections::BTreeMap::<&str, Vec<String>>::new();
+            for (k, v) in &entries {
+                let (section, key) = KEYS[*k];
+                let lines = sections.entry(section).or_default();
+                if !lines.iter().any(|l| l.starts_with(&format!("{key} ="))) {
+                    lines.push(format!("{key} = {v}"));
+                }
+            }
+            let text: String = sections
+                .iter()
+                .map(|(s, lines)| format!("[{s}]\n{}\n", lines.join("\n")))
+                .collect();
+            if let Ok(cfg) = load_text(&text) {
+                prop_assert!((4096..=1 << 20).contains(&cfg.max_header_bytes), "{}", text);
+                prop_assert!(
+                    (std::time::Duration::from_millis(100)..=std::time::Duration::from_secs(60))
+                        .contains(&cfg.sign_interval),
+                    "{}",
+                    text
+                );
+                prop_assert!(cfg.checkpoint_interval >= std::time::Duration::from_secs(1), "{}", text);
+            }
+        }
+    }
+}

@@ -11,6 +11,8 @@
 pub mod audit;
 mod envelope;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod hazmat;
 mod keys;
 mod secret;

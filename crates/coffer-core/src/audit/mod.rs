@@ -3,6 +3,8 @@
 //! must not answer with data (fail closed); see `coffer-server`'s audit layer.
 
 mod context;
+#[doc(hidden)]
+pub mod fuzzing;
 mod signing;
 mod sinks;
 mod verify;

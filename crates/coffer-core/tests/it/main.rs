@@ -8,10 +8,12 @@
 mod atomic;
 mod audit;
 mod forgery;
+mod fuzz_corpus;
 mod identity;
 mod keys;
 mod oidc;
 mod params;
+mod properties;
 mod seal;
 mod storage;
 

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod audit;
+mod bodies;
 mod external;
 mod identity;
 mod matrix;

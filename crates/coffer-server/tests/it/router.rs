@@ -6,16 +6,16 @@ use coffer_server::{AppState, router};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-struct Api {
+pub(crate) struct Api {
     _dir: tempfile::TempDir,
-    coffer: Coffer,
+    pub(crate) coffer: Coffer,
     app: axum::Router,
-    token: String,
+    pub(crate) token: String,
 }
 
 /// The router over a service on the test backend (on PostgreSQL its database is left to
 /// scripts/test.sh to drop).
-async fn api() -> Api {
+pub(crate) async fn api() -> Api {
     let dir = tempfile::tempdir().unwrap();
     let (coffer, _pg) = coffer_testkit::open_coffer(dir.path(), CoreConfig::default()).await;
     api_on(dir, coffer).await
@@ -61,7 +61,7 @@ async fn api_on(dir: tempfile::TempDir, coffer: Coffer) -> Api {
 }
 
 impl Api {
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: &str,
         uri: &str,
@@ -82,7 +82,10 @@ impl Api {
         self.raw(req).await
     }
 
-    async fn raw(&self, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Value) {
+    pub(crate) async fn raw(
+        &self,
+        req: Request<Body>,
+    ) -> (StatusCode, axum::http::HeaderMap, Value) {
         let res = self.app.clone().oneshot(req).await.unwrap();
         let (parts, body) = res.into_parts();
         let bytes = axum::body::to_bytes(body, 4 << 20).await.unwrap();
