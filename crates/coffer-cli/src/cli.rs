@@ -328,6 +328,13 @@ pub struct BenchArgs {
     /// `coffer bench-load` (each read uses its organisation's API key).
     #[arg(long)]
     pub targets: Option<std::path::PathBuf>,
+    /// Soak instead: this many minutes of mixed load (reads, writes, logins) at `--rate`,
+    /// one JSON line of figures per minute on standard output.
+    #[arg(long)]
+    pub soak_minutes: Option<u64>,
+    /// Requests per second the soak aims at, over all its 16 connections.
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u64,
 }
 
 #[derive(Debug, Args)]

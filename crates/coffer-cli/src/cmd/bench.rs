@@ -25,7 +25,7 @@ struct Measurement {
     p99_ms: f64,
 }
 
-fn percentile(sorted: &[u32], p: f64) -> f64 {
+pub(super) fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -88,7 +88,7 @@ where
 }
 
 /// One connection per worker that reads the benchmark secret and checks its value.
-async fn readers(
+pub(super) async fn readers(
     client: &coffer_client::Client,
     project: &str,
     n: usize,
@@ -128,6 +128,9 @@ async fn measure_reads(
 }
 
 pub async fn run(g: &Global, a: BenchArgs) -> anyhow::Result<()> {
+    if let Some(minutes) = a.soak_minutes {
+        return super::soak::run(g, minutes, a.rate).await;
+    }
     if let Some(path) = &a.targets {
         let results = scale_reads(g, &a, path).await?;
         return report(g, &results);

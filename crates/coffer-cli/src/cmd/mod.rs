@@ -9,6 +9,7 @@ mod operator;
 mod param;
 mod project;
 mod server;
+mod soak;
 
 use std::process::ExitCode;
 
