@@ -7,7 +7,7 @@
 
 use coffer_crypto::system::{Purpose, SystemKey};
 use coffer_crypto::token::{self, BearerToken};
-use coffer_store::UserRow;
+use coffer_store::{CredentialChange, UserRow};
 use totp_rs::{Algorithm, Builder, Secret, Totp};
 use uuid::Uuid;
 
@@ -307,33 +307,20 @@ impl Coffer {
             }
             self.repos().users.reset_login_attempts(user.id).await?;
             // The confirming code's step stays recorded as used.
-            self.repos()
-                .users
-                .enable_mfa(user.id, Some(pending.change_event()?))
-                .await?;
             let codes: Vec<String> = (0..RECOVERY_CODES).map(|_| new_recovery_code()).collect();
             let hashes: Vec<[u8; 32]> = codes.iter().map(|c| recovery_hash(c)).collect();
-            self.repos()
-                .users
-                .replace_recovery_codes(user.id, &hashes)
-                .await?;
-            self.repos()
-                .access
-                .delete_user_sessions(user.id, p.session_id)
-                .await?;
-            if let Some(sid) = p.session_id {
-                self.repos()
-                    .access
-                    .promote_session(p.org_id, sid, None)
-                    .await?;
-            }
-            self.access_changed();
-            self.notify(
+            self.change_credentials(
+                p,
                 &user,
-                "Two-factor authentication enabled",
-                "Two-factor authentication (TOTP) was enabled on your Coffer account and your other sessions were ended.",
+                CredentialChange::EnableMfa,
+                Some(&hashes),
+                pending.change_event()?,
+                (
+                    "Two-factor authentication enabled",
+                    "Two-factor authentication (TOTP) was enabled on your Coffer account and your other sessions were ended.",
+                ),
             )
-            .await;
+            .await?;
             Ok(codes)
         }
         .await;
@@ -372,26 +359,18 @@ impl Coffer {
             self.check_second_factor_counted(&user, code, true, true)
                 .await?;
             self.repos().users.reset_login_attempts(user.id).await?;
-            self.repos()
-                .users
-                .set_mfa(user.id, None, false, Some(pending.change_event()?))
-                .await?;
-            self.repos()
-                .users
-                .replace_recovery_codes(user.id, &[])
-                .await?;
-            self.repos()
-                .access
-                .delete_user_sessions(user.id, p.session_id)
-                .await?;
-            self.access_changed();
-            self.notify(
+            self.change_credentials(
+                p,
                 &user,
-                "Two-factor authentication disabled",
-                "Two-factor authentication was turned off on your Coffer account and your other sessions were ended.",
+                CredentialChange::DisableMfa,
+                Some(&[]),
+                pending.change_event()?,
+                (
+                    "Two-factor authentication disabled",
+                    "Two-factor authentication was turned off on your Coffer account and your other sessions were ended.",
+                ),
             )
-            .await;
-            Ok(())
+            .await
         }
         .await;
         self.conclude(pending, r).await

@@ -141,6 +141,19 @@ pub(crate) async fn store_signed_head<E: Exec>(
     Ok(())
 }
 
+/// Keep each of `heads` as its chain's signed head, in one transaction on `store`.
+pub(crate) async fn store_signed_heads<B: crate::sql::Backend>(
+    store: &B,
+    heads: &[CheckpointRow],
+) -> Result<(), StoreError> {
+    let mut tx = store.begin_bare().await?;
+    for h in heads {
+        store_signed_head(&mut tx, h).await?;
+    }
+    crate::sql::Tx::commit(tx).await?;
+    Ok(())
+}
+
 pub(crate) async fn signed_head<E: Exec>(
     e: &mut E,
     org_id: Uuid,

@@ -30,7 +30,7 @@ pub use audit::AuditRepo;
 pub use cluster::{Cluster, Invalidation};
 pub use coffer_crypto::{Ciphertext, WrappedTenantKey};
 pub use error::StoreError;
-pub use identity::{AccessRepo, MailRepo, UserRepo};
+pub use identity::{AccessRepo, CredentialChange, MailRepo, UserRepo};
 pub use keys::KeyRepo;
 /// The SQL of one multi-row rewrap UPDATE (for the planner tests).
 #[doc(hidden)]

@@ -93,7 +93,12 @@ pub async fn run(g: &Global, minutes: u64, rate: u64) -> anyhow::Result<()> {
         .into_iter()
         .enumerate()
     {
-        let (c, p, v, w) = (client.clone(), project.clone(), value.clone(), window.clone());
+        let (c, p, v, w) = (
+            client.clone(),
+            project.clone(),
+            value.clone(),
+            window.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut next = Instant::now();
             let mut i = 0u64;
@@ -102,16 +107,34 @@ pub async fn run(g: &Global, minutes: u64, rate: u64) -> anyhow::Result<()> {
                 let t = Instant::now();
                 if i % 5 == 4 {
                     let ok = c
-                        .set_param(&p, "default", &format!("S{worker}_{}", i % 64), &v, Some(true))
+                        .set_param(
+                            &p,
+                            "default",
+                            &format!("S{worker}_{}", i % 64),
+                            &v,
+                            Some(true),
+                        )
                         .await
                         .is_ok();
-                    note(&w, |w| if ok { w.writes.push(micros(t)) } else { w.errors += 1 });
+                    note(&w, |w| {
+                        if ok {
+                            w.writes.push(micros(t))
+                        } else {
+                            w.errors += 1
+                        }
+                    });
                 } else {
                     let ok = reader
                         .get()
                         .await
                         .is_ok_and(|r| r.value.as_deref() == Some(v.as_str()));
-                    note(&w, |w| if ok { w.reads.push(micros(t)) } else { w.errors += 1 });
+                    note(&w, |w| {
+                        if ok {
+                            w.reads.push(micros(t))
+                        } else {
+                            w.errors += 1
+                        }
+                    });
                 }
                 i += 1;
             }
@@ -126,7 +149,13 @@ pub async fn run(g: &Global, minutes: u64, rate: u64) -> anyhow::Result<()> {
                 pace(&mut next, every).await;
                 let t = Instant::now();
                 let ok = c.login(&user, &pw).await.is_ok();
-                note(&w, |w| if ok { w.logins.push(micros(t)) } else { w.errors += 1 });
+                note(&w, |w| {
+                    if ok {
+                        w.logins.push(micros(t))
+                    } else {
+                        w.errors += 1
+                    }
+                });
             }
         }));
     }

@@ -32,6 +32,7 @@ pub mod action {
 
 mod cache;
 mod caller;
+mod credentials;
 mod passwords;
 
 pub(crate) use cache::SessionCache;
@@ -696,54 +697,6 @@ impl Coffer {
         }
         .await;
         self.conclude(pending, r).await
-    }
-
-    /// Change the caller's password. Needs the current one (re-authentication, counted
-    /// against the lockout) and ends every other session.
-    pub async fn change_password(
-        &self,
-        cx: &Cx,
-        p: &Principal,
-        current: &str,
-        new: &str,
-    ) -> Result<(), CoreError> {
-        let mut pending = self.begin_for(cx, p, action::PASSWORD_CHANGE, AuditTarget::default());
-        let r: Result<(), CoreError> = async {
-            p.ensure_person()?;
-            validate_password(new)?;
-            let user = self.reauthenticate(p, current).await?;
-            let hash = hash_password(new.to_owned()).await?;
-            self.repos()
-                .users
-                .set_password(user.id, &hash, Some(pending.change_event()?))
-                .await?;
-            self.repos()
-                .access
-                .delete_user_sessions(user.id, p.session_id)
-                .await?;
-            self.access_changed();
-            self.notify(
-                &user,
-                "Your Coffer password was changed",
-                "The password of your account was changed and your other sessions were ended.",
-            )
-            .await;
-            Ok(())
-        }
-        .await;
-        self.conclude(pending, r).await
-    }
-
-    /// Check the caller's password again before a sensitive change.
-    pub(crate) async fn reauthenticate(
-        &self,
-        p: &Principal,
-        password: &str,
-    ) -> Result<UserRow, CoreError> {
-        let user = self.repos().users.user(p.user_id).await?;
-        let user = self.check_first_factor(user, password).await?;
-        self.repos().users.reset_login_attempts(user.id).await?;
-        Ok(user)
     }
 }
 

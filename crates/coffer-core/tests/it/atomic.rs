@@ -390,3 +390,55 @@ async fn an_invitation_exists_with_its_message_or_not_at_all() {
         .unwrap();
     assert_eq!(c.list_invitations(&cx, p).await.unwrap().len(), 1);
 }
+
+/// Turning MFA on commits with its recovery codes and the end of the user's other
+/// sessions: if the codes cannot be stored, MFA stays off and the other sessions stay.
+#[tokio::test]
+async fn mfa_is_on_with_its_recovery_codes_and_other_sessions_ended_or_not_at_all() {
+    use coffer_core::mfa::totp_code_at;
+    let f = fixture().await;
+    let (c, cx) = (&f.coffer, Cx::default());
+    c.create_member(&f.owner, "mo", "mo long password", Role::Viewer)
+        .await
+        .unwrap();
+    let login = || async {
+        c.login(&cx, "mo", "mo long password", None, "test")
+            .await
+            .unwrap()
+            .session()
+            .unwrap()
+    };
+    let (this, other) = (login().await, login().await);
+    let p = this.principal;
+    let e = c
+        .mfa_enroll_start(&cx, &p, "mo long password")
+        .await
+        .unwrap();
+    let secret = e.secret_base32.expose_secret().to_owned();
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let outage = refuse_inserts(&f, "recovery_codes").await;
+    c.mfa_enroll_confirm(&cx, &p, &totp_code_at(&secret, now()).unwrap())
+        .await
+        .unwrap_err();
+    outage.lift().await;
+    assert!(
+        c.authenticate(other.token.expose_secret()).await.is_ok(),
+        "the other session was not ended"
+    );
+    assert!(
+        login().await.principal.user_id == p.user_id,
+        "MFA is still off: the password alone logs in"
+    );
+    // (That code's step is spent: the next one.)
+    let codes = c
+        .mfa_enroll_confirm(&cx, &p, &totp_code_at(&secret, now() + 30).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(codes.len(), 10);
+    assert!(c.authenticate(other.token.expose_secret()).await.is_err());
+}

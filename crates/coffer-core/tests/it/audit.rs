@@ -7,7 +7,7 @@ use sqlx::Connection;
 
 use crate::{Fixture, fixture, sqlite_fixture};
 
-async fn record_n(c: &Coffer, p: &Principal, n: usize) {
+pub(crate) async fn record_n(c: &Coffer, p: &Principal, n: usize) {
     for i in 0..n {
         let mut ev = AuditEvent::now(&format!("test.event{i}"));
         ev.org_id = Some(p.org_id);
@@ -15,7 +15,7 @@ async fn record_n(c: &Coffer, p: &Principal, n: usize) {
     }
 }
 
-async fn raw(f: &Fixture) -> sqlx::SqliteConnection {
+pub(crate) async fn raw(f: &Fixture) -> sqlx::SqliteConnection {
     let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", f.db_path().display()))
         .await
         .unwrap();
@@ -33,7 +33,7 @@ async fn raw(f: &Fixture) -> sqlx::SqliteConnection {
     db
 }
 
-fn org(p: &Principal) -> Vec<u8> {
+pub(crate) fn org(p: &Principal) -> Vec<u8> {
     p.org_id.as_bytes().to_vec()
 }
 

@@ -3,42 +3,12 @@
 //! signed heads and the heads the server remembers writing catch it — online on the server
 //! that wrote the events, and after a restart and offline once the heads were signed.
 
-use coffer_core::audit::{AuditEvent, Cx, verify_export};
+use coffer_core::audit::{Cx, verify_export};
 use coffer_core::{Coffer, CoreConfig, Principal};
 use coffer_crypto::audit::{GENESIS, chain_entry, chain_hash};
-use sqlx::Connection;
 
+use crate::audit::{org, raw, record_n};
 use crate::{Fixture, sqlite_fixture};
-
-async fn record_n(c: &Coffer, p: &Principal, n: usize) {
-    for i in 0..n {
-        let mut ev = AuditEvent::now(&format!("test.event{i}"));
-        ev.org_id = Some(p.org_id);
-        c.record(&ev).await.unwrap();
-    }
-}
-
-/// The attacker's connection, with the append-only and chain-link triggers dropped.
-async fn attacker(f: &Fixture) -> sqlx::SqliteConnection {
-    let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", f.db_path().display()))
-        .await
-        .unwrap();
-    for t in [
-        "audit_events_no_update",
-        "audit_events_no_delete",
-        "audit_events_link",
-    ] {
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP TRIGGER {t}")))
-            .execute(&mut db)
-            .await
-            .unwrap();
-    }
-    db
-}
-
-fn org(p: &Principal) -> Vec<u8> {
-    p.org_id.as_bytes().to_vec()
-}
 
 /// Rewrite the chain from entry `from` on with `edit` applied to each body, recomputing
 /// every later hash and the head: consistent in itself.
@@ -157,7 +127,7 @@ async fn an_edit_after_the_last_checkpoint_is_caught_by_what_the_server_wrote() 
     f.coffer.checkpoint(f.owner.org_id).await.unwrap();
     // Entries 6 to 8, not signed yet.
     record_n(&f.coffer, &f.owner, 3).await;
-    let mut db = attacker(&f).await;
+    let mut db = raw(&f).await;
     rewrite_from(&mut db, &f.owner, 7, "test.forged").await;
     assert_eq!(
         problem(&f.coffer, &f.owner).await,
@@ -171,7 +141,7 @@ async fn a_cut_after_the_last_checkpoint_is_caught_by_what_the_server_wrote() {
     record_n(&f.coffer, &f.owner, 4).await;
     f.coffer.checkpoint(f.owner.org_id).await.unwrap();
     record_n(&f.coffer, &f.owner, 3).await;
-    let mut db = attacker(&f).await;
+    let mut db = raw(&f).await;
     cut_after(&mut db, &f.owner, 6).await;
     // The signed head goes too: only the server's memory is left to tell.
     sqlx::query("DELETE FROM audit_signed_heads")
@@ -191,7 +161,7 @@ async fn signed_heads_catch_edits_after_a_restart_and_offline() {
     // The background job's round: the organisation's entries up to 5 signed (and the
     // system chain's: initialising, unsealing), no checkpoint kept.
     assert_eq!(f.coffer.sign_heads().await.unwrap(), 2);
-    let mut db = attacker(&f).await;
+    let mut db = raw(&f).await;
     rewrite_from(&mut db, &f.owner, 4, "test.forged").await;
     let f = f.restart(CoreConfig::default()).await;
     assert_eq!(offline_problem(&f).await, Some((5, "altered".into())));
@@ -206,7 +176,7 @@ async fn signed_heads_catch_a_cut_end_after_a_restart_and_offline() {
     let f = sqlite_fixture().await;
     record_n(&f.coffer, &f.owner, 4).await;
     f.coffer.sign_heads().await.unwrap();
-    let mut db = attacker(&f).await;
+    let mut db = raw(&f).await;
     cut_after(&mut db, &f.owner, 3).await;
     let f = f.restart(CoreConfig::default()).await;
     assert_eq!(offline_problem(&f).await, Some((4, "truncated".into())));
@@ -232,7 +202,7 @@ async fn signed_heads_only_move_forward_and_cannot_be_forged() {
     let points = f.coffer.audit_checkpoints(&f.owner).await.unwrap();
     assert_eq!(points.last().unwrap().seq, 5);
     // The attacker replaces the signed head's hash (after rewriting entry 5 to match).
-    let mut db = attacker(&f).await;
+    let mut db = raw(&f).await;
     rewrite_from(&mut db, &f.owner, 5, "test.forged").await;
     let forged: Vec<u8> =
         sqlx::query_scalar("SELECT hash FROM audit_events WHERE org_id = ? AND seq = 5")

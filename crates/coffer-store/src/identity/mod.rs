@@ -11,8 +11,8 @@ mod users;
 pub use access::AccessRepo;
 pub(crate) use access::insert_membership;
 pub use mail::MailRepo;
-pub use users::UserRepo;
 pub(crate) use users::insert_user;
+pub use users::{CredentialChange, UserRepo};
 
 use uuid::Uuid;
 

@@ -111,6 +111,20 @@ pub trait UserRepo: Send + Sync {
         subject: &str,
     ) -> Result<(), StoreError>;
 
+    /// Change how a user proves who they are, with what follows from it, in one
+    /// transaction with `event`: `what` changes, the recovery codes are replaced (when
+    /// given), and every session of the user but `keep` ends — `keep` (organisation,
+    /// session), if it was waiting to enrol MFA, becomes a full session when `promote`.
+    async fn change_credentials(
+        &self,
+        user_id: Uuid,
+        what: CredentialChange<'_>,
+        recovery_codes: Option<&[[u8; 32]]>,
+        keep: Option<(Uuid, Uuid)>,
+        promote: bool,
+        event: Option<&ChangeEvent>,
+    ) -> Result<(), StoreError>;
+
     /// How many addresses the user has logged in from.
     async fn login_address_count(&self, user_id: Uuid) -> Result<u64, StoreError>;
 
@@ -121,6 +135,27 @@ pub trait UserRepo: Send + Sync {
         address: &str,
         now: i64,
     ) -> Result<bool, StoreError>;
+}
+
+/// What [`UserRepo::change_credentials`] changes.
+#[derive(Debug, Clone, Copy)]
+pub enum CredentialChange<'a> {
+    /// A new password hash.
+    Password(&'a str),
+    /// Turn on the TOTP seed stored at enrolment.
+    EnableMfa,
+    /// Forget the TOTP seed.
+    DisableMfa,
+}
+
+fn replace_codes<'a>(user_id: Uuid, hashes: &'a [[u8; 32]]) -> Vec<Stmt<'a>> {
+    let mut out = vec![Stmt::new("DELETE FROM recovery_codes WHERE user_id = $1").bind(user_id)];
+    out.extend(hashes.iter().map(|h| {
+        Stmt::new("INSERT INTO recovery_codes (user_id, code_hash) VALUES ($1, $2)")
+            .bind(user_id)
+            .bind(h.as_slice())
+    }));
+    out
 }
 
 pub(crate) fn insert_user(u: &UserRow) -> Stmt<'_> {
@@ -337,18 +372,65 @@ impl<B: Backend> UserRepo for B {
         hashes: &[[u8; 32]],
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_bare().await?;
-        Stmt::new("DELETE FROM recovery_codes WHERE user_id = $1")
-            .bind(user_id)
-            .execute(&mut tx)
-            .await?;
-        for h in hashes {
-            Stmt::new("INSERT INTO recovery_codes (user_id, code_hash) VALUES ($1, $2)")
-                .bind(user_id)
-                .bind(h.as_slice())
-                .execute(&mut tx)
-                .await?;
+        for stmt in replace_codes(user_id, hashes) {
+            stmt.execute(&mut tx).await?;
         }
         tx.commit().await?;
+        Ok(())
+    }
+
+    async fn change_credentials(
+        &self,
+        user_id: Uuid,
+        what: CredentialChange<'_>,
+        recovery_codes: Option<&[[u8; 32]]>,
+        keep: Option<(Uuid, Uuid)>,
+        promote: bool,
+        event: Option<&ChangeEvent>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_bare().await?;
+        let change = match what {
+            CredentialChange::Password(hash) => {
+                Stmt::new("UPDATE users SET password_hash = $2 WHERE id = $1")
+                    .bind(user_id)
+                    .bind(hash)
+            }
+            CredentialChange::EnableMfa => Stmt::new(
+                "UPDATE users SET mfa_enabled = TRUE WHERE id = $1 AND mfa_secret IS NOT NULL",
+            )
+            .bind(user_id),
+            CredentialChange::DisableMfa => Stmt::new(
+                "UPDATE users SET mfa_secret = NULL, mfa_enabled = FALSE, mfa_last_step = 0 \
+                 WHERE id = $1",
+            )
+            .bind(user_id),
+        };
+        if change.execute(&mut tx).await? != 1 {
+            return Err(StoreError::Conflict);
+        }
+        for stmt in recovery_codes
+            .map(|h| replace_codes(user_id, h))
+            .unwrap_or_default()
+        {
+            stmt.execute(&mut tx).await?;
+        }
+        self.rescope(&mut tx, crate::Scope::User(user_id)).await?;
+        Stmt::new("DELETE FROM sessions WHERE user_id = $1 AND id <> $2")
+            .bind(user_id)
+            .bind(keep.map_or(Uuid::nil(), |(_, s)| s))
+            .execute(&mut tx)
+            .await?;
+        if let (Some((org, session)), true) = (keep, promote) {
+            self.rescope(&mut tx, crate::Scope::Org(org)).await?;
+            Stmt::new(
+                "UPDATE sessions SET stage = 'full' WHERE id = $1 AND org_id = $2 AND stage = 'enroll'",
+            )
+            .bind(session)
+            .bind(org)
+            .execute(&mut tx)
+            .await?;
+        }
+        crate::sql::commit_audited(self, tx, event).await?;
         Ok(())
     }
 

@@ -387,12 +387,7 @@ impl AuditRepo for SqliteStore {
     }
 
     async fn store_signed_heads(&self, heads: &[CheckpointRow]) -> Result<(), StoreError> {
-        let mut tx = self.begin_bare().await?;
-        for h in heads {
-            audit::store_signed_head(&mut tx, h).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        audit::store_signed_heads(self, heads).await
     }
 
     async fn signed_head(&self, org_id: Uuid) -> Result<Option<CheckpointRow>, StoreError> {
