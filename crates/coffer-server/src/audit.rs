@@ -51,8 +51,15 @@ pub async fn layer(State(st): State<AppState>, mut req: Request, next: Next) -> 
     if cx.recorded() {
         return res;
     }
-    let code = match res.extensions().get::<ErrorCode>() {
-        Some(code) if !res.status().is_success() => *code,
+    let (code, res) = match res.extensions().get::<ErrorCode>() {
+        Some(code) if !res.status().is_success() => (*code, res),
+        // Refused by one of axum's own extractors (a path segment or query string of the
+        // wrong shape) before any operation ran: answered as the JSON error every client
+        // expects, without repeating the input.
+        _ if res.status().is_client_error() => (
+            ErrorCode::BadRequest,
+            ApiError::bad_request("invalid path segment or query parameter").into_response(),
+        ),
         _ => {
             // An operation answered without its event: a defect, never an answer.
             tracing::error!(

@@ -521,3 +521,28 @@ async fn new_names_must_be_in_nfc() {
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
+
+/// A path segment or query string of the wrong shape is refused by the framework before any
+/// operation runs: still the JSON error (not plain text, not 503), recorded as a rejection.
+#[tokio::test]
+async fn malformed_paths_and_queries_get_the_json_error() {
+    let a = api().await;
+    a.call("POST", "/v1/projects", Some(json!({"name": "app"})), true)
+        .await;
+    for (method, uri) in [
+        ("GET", "/v1/projects/app/diff"),
+        ("DELETE", "/v1/org/api-keys/0"),
+        ("DELETE", "/v1/auth/sessions/CANARY"),
+        ("GET", "/v1/audit/events?limit=CANARY"),
+    ] {
+        let (s, h, v) = a.call(method, uri, None, true).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{method} {uri}: {v}");
+        assert_eq!(v["error"]["code"], "bad_request", "{method} {uri}");
+        assert_eq!(
+            h.get(header::CONTENT_TYPE).unwrap(),
+            "application/json",
+            "{method} {uri}"
+        );
+        assert!(!v.to_string().contains("CANARY"), "{method} {uri}: {v}");
+    }
+}
