@@ -128,6 +128,11 @@ impl std::fmt::Debug for LoginResponse {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProjectRequest {
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^/=\s]([^/=]*[^/=\s])?$"
+    )]
     pub name: String,
 }
 
@@ -141,6 +146,11 @@ pub struct ProjectResponse {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEnvRequest {
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^/=\s]([^/=]*[^/=\s])?$"
+    )]
     pub name: String,
     /// Environment to inherit from; `default` when absent.
     #[serde(default)]
@@ -333,6 +343,7 @@ pub struct ExportQuery {
 #[serde(deny_unknown_fields)]
 pub struct CustomerEventRequest {
     /// Letters, digits, `.`, `_`, `-`; recorded as `customer.<action>`.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,128}$")]
     pub action: String,
     /// A JSON object of at most 16 KiB.
     #[serde(default)]
@@ -415,6 +426,7 @@ pub struct PasswordChangeRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmailRequest {
+    #[schema(pattern = "^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$", max_length = 254)]
     pub email: Option<String>,
 }
 
@@ -517,7 +529,9 @@ pub struct SetRoleRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InviteRequest {
+    #[schema(pattern = "^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$", max_length = 254)]
     pub email: String,
+    #[schema(pattern = "^(owner|admin|contributor|viewer)$")]
     pub role: String,
 }
 
@@ -571,7 +585,13 @@ pub struct OrgSettingsDto {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiKeyRequest {
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^/=\s]([^/=]*[^/=\s])?$"
+    )]
     pub name: String,
+    #[schema(pattern = "^(owner|admin|contributor|viewer)$")]
     pub role: String,
     #[serde(default)]
     pub read_only: bool,
@@ -691,6 +711,7 @@ pub struct DeleteOrgRequest {
 #[serde(deny_unknown_fields)]
 pub struct AttachKeyRequest {
     /// `awskms:<key id, ARN or alias>` or `pkcs11:<key label>`.
+    #[schema(pattern = "^(awskms|pkcs11):.+$")]
     pub key: String,
 }
 

@@ -86,6 +86,7 @@ pub async fn list(
 
 /// Revoke an API key; it and its access tokens stop working at once.
 #[utoipa::path(delete, path = "/v1/org/api-keys/{id}", tag = "api-keys", security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path)),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn revoke(
     State(st): State<AppState>,

@@ -197,6 +197,7 @@ pub async fn sessions(
 
 /// End one of your sessions.
 #[utoipa::path(delete, path = "/v1/auth/sessions/{id}", tag = "account", security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path)),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn revoke_session(
     State(st): State<AppState>,

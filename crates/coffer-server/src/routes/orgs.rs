@@ -114,6 +114,7 @@ pub async fn members(
 
 /// Change a member's role.
 #[utoipa::path(put, path = "/v1/org/members/{username}", tag = "orgs", security(("bearer" = [])), request_body = SetRoleRequest,
+    params(("username" = String, Path, min_length = 1, max_length = 64)),
     responses((status = 204), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn set_role(
     State(st): State<AppState>,
@@ -129,6 +130,7 @@ pub async fn set_role(
 
 /// Remove a member (their sessions and API keys here end too).
 #[utoipa::path(delete, path = "/v1/org/members/{username}", tag = "orgs", security(("bearer" = [])),
+    params(("username" = String, Path, min_length = 1, max_length = 64)),
     responses((status = 204), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn remove(
     State(st): State<AppState>,
