@@ -239,12 +239,7 @@ impl Coffer {
             }
             let p = self.authenticate(key).await?;
             let key_id = p.api_key_id.ok_or(CoreError::Unauthenticated)?;
-            let user = self
-                .repos()
-                .users
-                .user(p.user_id)
-                .await?
-                .ok_or(CoreError::Unauthenticated)?;
+            let user = self.caller_account(&p).await?;
             pending.set_actor(p.user_id, &p.username, p.org_id, "apikey");
             let left = p.expires_at.saturating_sub(now_ms());
             let ttl = self

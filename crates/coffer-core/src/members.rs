@@ -169,12 +169,7 @@ impl Coffer {
                 .into_iter()
                 .find(|o| o.name == org_name)
                 .ok_or_else(|| CoreError::not_found("organisation", org_name))?;
-            let user = self
-                .repos()
-                .users
-                .user(p.user_id)
-                .await?
-                .ok_or(CoreError::Unauthenticated)?;
+            let user = self.caller_account(p).await?;
             let (token, _) = self
                 .new_session(
                     SESSION_PREFIX,
@@ -555,12 +550,7 @@ impl Coffer {
         let r: Result<(), CoreError> = async {
             p.ensure_person()?;
             let email = email.map(normalize_email).transpose()?;
-            let user = self
-                .repos()
-                .users
-                .user(p.user_id)
-                .await?
-                .ok_or(CoreError::Unauthenticated)?;
+            let user = self.caller_account(p).await?;
             match self
                 .repos()
                 .users

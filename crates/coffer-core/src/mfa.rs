@@ -287,12 +287,7 @@ impl Coffer {
         let mut pending = self.begin_for(cx, p, action::MFA_CONFIRM, AuditTarget::default());
         let r: Result<Vec<String>, CoreError> = async {
             p.ensure_person()?;
-            let user = self
-                .repos()
-                .users
-                .user(p.user_id)
-                .await?
-                .ok_or(CoreError::Unauthenticated)?;
+            let user = self.caller_account(p).await?;
             if user.mfa_enabled {
                 return Err(CoreError::invalid("mfa", "MFA is already enabled"));
             }
@@ -339,12 +334,7 @@ impl Coffer {
         let mut pending = self.begin_for(cx, p, action::MFA_DISABLE, AuditTarget::default());
         let r: Result<(), CoreError> = async {
             p.ensure_person()?;
-            let user = self
-                .repos()
-                .users
-                .user(p.user_id)
-                .await?
-                .ok_or(CoreError::Unauthenticated)?;
+            let user = self.caller_account(p).await?;
             if !user.mfa_enabled {
                 return Err(CoreError::invalid("mfa", "MFA is not enabled"));
             }

@@ -27,6 +27,19 @@ impl Coffer {
         Ok(p)
     }
 
+    /// The caller's account (a person's: sessions and API keys act for one). Gone since
+    /// the request authenticated: `Unauthenticated`.
+    pub(crate) async fn caller_account(
+        &self,
+        p: &Principal,
+    ) -> Result<coffer_store::UserRow, CoreError> {
+        self.repos()
+            .users
+            .user(p.user_id)
+            .await?
+            .ok_or(CoreError::Unauthenticated)
+    }
+
     /// Who the caller is (the principal the request authenticated as).
     pub async fn whoami(&self, cx: &Cx, p: &Principal) -> Result<Principal, CoreError> {
         let pending = self.begin_for(cx, p, action::WHOAMI, AuditTarget::default());
