@@ -48,7 +48,13 @@ pub async fn cap_head(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let line = req.method().as_str().len() + req.uri().to_string().len() + " HTTP/1.1\r\n ".len();
+    // The target as it was sent, counted without formatting it (this runs on every
+    // request): `scheme://authority` only in the rare absolute form.
+    let uri = req.uri();
+    let target = uri.scheme_str().map_or(0, |s| s.len() + "://".len())
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(1, |pq| pq.as_str().len());
+    let line = req.method().as_str().len() + target + " HTTP/1.1\r\n ".len();
     let headers: usize = req
         .headers()
         .iter()
