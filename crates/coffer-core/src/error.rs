@@ -194,6 +194,9 @@ impl From<StoreError> for CoreError {
             StoreError::Conflict => CoreError::Conflict,
             // This node's root key is out of date: it is as good as sealed until it catches up.
             StoreError::RootReplaced => CoreError::Sealed,
+            StoreError::UnstorableText => {
+                CoreError::invalid("text", "contains a character that cannot be stored (NUL)")
+            }
             other => CoreError::Store(other),
         }
     }

@@ -25,6 +25,10 @@ pub enum StoreError {
     Corrupt,
     #[error("database error")]
     Database(#[source] sqlx::Error),
+    /// PostgreSQL refused a text value it cannot hold (a NUL character). Nothing was
+    /// written; the caller sent bad input.
+    #[error("the text contains a character the database cannot store")]
+    UnstorableText,
     /// The audit event of a change could not be appended: the change was rolled back with
     /// it, so nothing was written.
     #[error("the audit event could not be appended; nothing was written")]
@@ -77,6 +81,13 @@ impl From<sqlx::Error> for StoreError {
                 }) =>
             {
                 StoreError::Unavailable(e)
+            }
+            // character_not_in_repertoire (NUL in text) and untranslatable_character: the
+            // input, not the database, is at fault.
+            sqlx::Error::Database(db)
+                if db.code().is_some_and(|c| matches!(&*c, "22021" | "22P05")) =>
+            {
+                StoreError::UnstorableText
             }
             _ => StoreError::Database(e),
         }

@@ -209,7 +209,9 @@ impl Coffer {
     /// Look a user up by username, or by e-mail if the name contains `@`.
     pub(crate) async fn find_login_user(&self, name: &str) -> Result<Option<UserRow>, CoreError> {
         let name = normalize_username(name);
-        if name.is_empty() || name.len() > 320 {
+        // No account's name or address holds a control character (names are validated
+        // when made), and PostgreSQL cannot even compare a NUL: nobody to find.
+        if name.is_empty() || name.len() > 320 || name.chars().any(char::is_control) {
             return Ok(None);
         }
         Ok(if name.contains('@') {

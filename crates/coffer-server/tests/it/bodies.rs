@@ -107,3 +107,49 @@ fn any_body_gets_an_answer_below_500_and_refusals_echo_nothing() {
         })
         .unwrap();
 }
+
+/// A NUL inside a string is valid JSON that PostgreSQL cannot store or even compare: every
+/// route refuses it (or finds nobody, for a login) instead of failing with 500. Found by
+/// the property test above on PostgreSQL.
+#[tokio::test]
+async fn a_nul_in_any_string_is_refused_not_a_server_error() {
+    let a = api().await;
+    a.call(
+        "POST",
+        "/v1/projects",
+        Some(serde_json::json!({"name": "app"})),
+        true,
+    )
+    .await;
+    let nul = "CANARY\u{0}x";
+    for (method, uri) in ROUTES {
+        for field in [
+            "name",
+            "value",
+            "role",
+            "email",
+            "password",
+            "username",
+            "description",
+        ] {
+            let mut body = serde_json::json!({"name": "n", "value": "v", "role": "viewer"});
+            body[field] = Value::from(nul);
+            send(&a, method, uri, body.to_string().into_bytes()).await;
+        }
+        let tuple = serde_json::json!([nul, nul]);
+        send(&a, method, uri, tuple.to_string().into_bytes()).await;
+    }
+    let (status, _, _) = a
+        .raw(
+            Request::builder()
+                .method("POST")
+                .uri("/v1/auth/login")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(
+                    serde_json::json!({"username": "admin\u{0}", "password": nul}).to_string(),
+                ))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 401);
+}
