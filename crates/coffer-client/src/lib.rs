@@ -408,14 +408,14 @@ impl Client {
     pub async fn accept_invitation(
         &self,
         token: &str,
-        username: &str,
+        username: Option<&str>,
         password: &str,
     ) -> Result<serde_json::Value> {
-        self.post(
-            &["v1", "invitations", "accept"],
-            &serde_json::json!({ "token": token, "username": username, "password": password }),
-        )
-        .await
+        let mut body = serde_json::json!({ "token": token, "password": password });
+        if let Some(u) = username {
+            body["username"] = u.into();
+        }
+        self.post(&["v1", "invitations", "accept"], &body).await
     }
 
     pub async fn org_settings(&self) -> Result<serde_json::Value> {

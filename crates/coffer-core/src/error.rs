@@ -30,6 +30,16 @@ pub enum CoreError {
     Forbidden(&'static str),
     #[error("{kind} '{name}' not found")]
     NotFound { kind: &'static str, name: String },
+    /// An invitation token that matches no open invitation: never issued, already used,
+    /// revoked or expired (one answer for all, as for any credential).
+    #[error("no such invitation: the token is unknown, used or expired")]
+    InvitationNotFound,
+    /// Detaching the organisation's own key when none is attached.
+    #[error("no external key is attached")]
+    NoExternalKey,
+    /// The request needs something this server is not configured with (a key service).
+    #[error("{0}")]
+    NotConfigured(String),
     #[error("invalid {field}: {reason}")]
     Invalid { field: &'static str, reason: String },
     #[error("{kind} '{name}' already exists")]
@@ -86,6 +96,7 @@ pub enum ErrorCode {
     AlreadyExists,
     Conflict,
     LastOwner,
+    NotConfigured,
     TooManyRequests,
     Sealed,
     NotInitialized,
@@ -114,7 +125,8 @@ impl ErrorCode {
             Forbidden | MfaEnrollmentRequired => 403,
             TooManyRequests => 429,
             NotFound => 404,
-            AlreadyExists | Conflict | LastOwner | AlreadyInitialized | AlreadyUnsealed => 409,
+            AlreadyExists | Conflict | LastOwner | NotConfigured | AlreadyInitialized
+            | AlreadyUnsealed => 409,
             Sealed | Unavailable | AuditUnavailable | TenantKeyUnavailable | SealUnavailable => 503,
             NotInitialized => 501,
             Internal => 500,
@@ -150,6 +162,7 @@ impl ErrorCode {
             AuditUnavailable => "audit_unavailable",
             TenantKeyUnavailable => "tenant_key_unavailable",
             SealUnavailable => "seal_unavailable",
+            NotConfigured => "not_configured",
             Internal => "internal",
         }
     }
@@ -170,7 +183,10 @@ impl CoreError {
             CoreError::Forbidden(_) => C::Forbidden,
             CoreError::MfaEnrollmentRequired => C::MfaEnrollmentRequired,
             CoreError::LastOwner => C::LastOwner,
-            CoreError::NotFound { .. } => C::NotFound,
+            CoreError::NotFound { .. }
+            | CoreError::InvitationNotFound
+            | CoreError::NoExternalKey => C::NotFound,
+            CoreError::NotConfigured(_) => C::NotConfigured,
             CoreError::Invalid { .. } => C::BadRequest,
             CoreError::AlreadyExists { .. } => C::AlreadyExists,
             CoreError::Conflict => C::Conflict,

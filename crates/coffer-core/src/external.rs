@@ -118,6 +118,7 @@ impl Coffer {
             .services
             .resolve(reference)
             .map_err(|e| match e {
+                SealError::NoService(msg) => CoreError::NotConfigured(msg),
                 SealError::Config(msg) => CoreError::invalid("key", msg),
                 other => CoreError::Seal(other.to_string()),
             })
@@ -209,7 +210,7 @@ impl Coffer {
             ensure_owner(p)?;
             self.ensure_unsealed()?;
             if self.repos().tenants.external_key(p.org_id).await?.is_none() {
-                return Err(CoreError::invalid("key", "no external key is attached"));
+                return Err(CoreError::NoExternalKey);
             }
             self.rotate_org_key_to(
                 p.org_id,

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::auth::{AuthMethod, LoginResult, NewSession, Principal, SESSION_PREFIX};
 use crate::clock::now_ms;
-use crate::{Coffer, CoreError, Role, names};
+use crate::{Coffer, CoreError, Role};
 
 pub const INVITE_PREFIX: &str = "cfi_";
 
@@ -61,40 +61,66 @@ pub struct Invitation {
     pub token: Option<BearerToken>,
 }
 
-/// Normalise and sanity-check an e-mail address.
+/// Check and normalise an e-mail address: ASCII (an international domain in its `xn--`
+/// form, so that no two addresses look alike), a local part of the characters RFC 5322
+/// allows unquoted, a dotted domain, at most 254 characters; stored in lower case. The
+/// same rule is the API document's pattern (crates/coffer-server/src/schema.rs).
 pub(crate) fn normalize_email(email: &str) -> Result<String, CoreError> {
-    let e = crate::auth::normalize_username(email);
     let bad = || CoreError::invalid("email", "must be an address like name@example.com");
-    let (local, domain) = e.split_once('@').ok_or_else(bad)?;
-    if local.is_empty()
-        || domain.len() < 3
-        || !domain.contains('.')
-        || e.len() > 254
-        || e.chars()
-            .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
-        || domain.contains('@')
-    {
+    let (local, domain) = email.split_once('@').ok_or_else(bad)?;
+    let local_ok = !local.is_empty()
+        && local
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".!#$%&'*+/=?^_`{|}~-".contains(c));
+    let labels: Vec<&str> = domain.split('.').collect();
+    let domain_ok = labels.len() >= 2
+        && labels
+            .iter()
+            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    if !local_ok || !domain_ok || email.len() > 254 {
         return Err(bad());
     }
-    Ok(e)
+    Ok(email.to_ascii_lowercase())
 }
 
+/// A new username: 1-64 ASCII letters, digits, `.`, `_` or `-` (no `..`), as typed (no
+/// look-alike letters from other scripts, no full-width forms); stored in lower case. The
+/// API document's pattern says the same (crates/coffer-server/src/schema.rs).
 fn validate_username(name: &str) -> Result<String, CoreError> {
-    let n = crate::auth::normalize_username(name);
-    names::validate("username", &n)?;
-    // Usernames are plain identifiers; this also rules out look-alike letters from other
-    // scripts that NFKC does not fold.
-    if n.len() > 64
-        || !n
+    if name.is_empty()
+        || name.len() > 64
+        || name.contains("..")
+        || !name
             .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
     {
         return Err(CoreError::invalid(
             "username",
-            "use 1-64 characters a-z, 0-9, '.', '_' or '-'",
+            "use 1-64 characters a-z, 0-9, '.', '_' or '-' (no '..')",
         ));
     }
-    Ok(n)
+    Ok(name.to_ascii_lowercase())
+}
+
+/// The username a newcomer gets when accepting an invitation without choosing one: the
+/// invited address's local part, with characters a username cannot hold made `_`.
+fn username_from_email(email: &str) -> String {
+    let local = email.split('@').next().unwrap_or_default();
+    let mut name: String = local
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.is_empty() {
+        name.push_str("user");
+    }
+    name
 }
 
 impl Coffer {
@@ -420,13 +446,13 @@ impl Coffer {
         &self,
         cx: &Cx,
         invite_token: &str,
-        username: &str,
+        username: Option<&str>,
         password: &str,
     ) -> Result<Uuid, CoreError> {
         let mut pending = self.begin(cx, action::INVITATION_ACCEPT, AuditTarget::default());
         let r: Result<Uuid, CoreError> = async {
             self.ensure_unsealed()?;
-            let invalid = || CoreError::invalid("invitation", "unknown, used or expired");
+            let invalid = || CoreError::InvitationNotFound;
             if !invite_token.starts_with(INVITE_PREFIX) || invite_token.len() > 128 {
                 return Err(invalid());
             }
@@ -444,10 +470,14 @@ impl Coffer {
                     self.check_first_factor(Some(existing), password).await?,
                     false,
                 ),
-                None => (
-                    prepare_user(username, password, Some(inv.email.clone())).await?,
-                    true,
-                ),
+                None => {
+                    let username =
+                        username.map_or_else(|| username_from_email(&inv.email), str::to_owned);
+                    (
+                        prepare_user(&username, password, Some(inv.email.clone())).await?,
+                        true,
+                    )
+                }
             };
             // The invitation is used, a newcomer's account stored and the membership added
             // together, with the event.
@@ -558,7 +588,10 @@ impl Coffer {
                 .await
             {
                 Err(StoreError::Conflict) => {
-                    return Err(CoreError::invalid("email", "already in use"));
+                    return Err(CoreError::AlreadyExists {
+                        kind: "account with the e-mail address",
+                        name: email.unwrap_or_default(),
+                    });
                 }
                 r => r?,
             }
@@ -633,14 +666,51 @@ mod tests {
     #[test]
     fn emails_and_usernames_are_checked() {
         assert_eq!(
-            normalize_email(" Bob@Example.COM ").unwrap(),
-            "bob@example.com"
+            normalize_email("Bob.O'Neil+ops@Example.CO.uk").unwrap(),
+            "bob.o'neil+ops@example.co.uk"
         );
-        assert!(normalize_email("bob").is_err());
-        assert!(normalize_email("bob@x").is_err());
-        assert!(normalize_email("a b@example.com").is_err());
-        assert_eq!(validate_username("ＡＬＩＣＥ").unwrap(), "alice");
-        // Cyrillic "а" looks like Latin "a" but is not folded by NFKC: refused.
-        assert!(validate_username("\u{0430}lice").is_err());
+        assert_eq!(
+            normalize_email("ana@xn--bcher-kva.example").unwrap(),
+            "ana@xn--bcher-kva.example"
+        );
+        for bad in [
+            "bob",
+            "bob@x",
+            "@example.com",
+            "a b@example.com",
+            " bob@example.com",
+            "bob@example..com",
+            "bob@example.com.",
+            "<bob>@example.com",
+            "bob@b\u{fc}cher.example",
+            "b\u{f6}b@example.com",
+            "bob@ex@ample.com",
+            "bob@example.com\u{0}",
+        ] {
+            assert!(normalize_email(bad).is_err(), "{bad:?}");
+        }
+        let long = format!("{}@example.com", "a".repeat(243));
+        assert!(normalize_email(&long).is_err(), "255 characters");
+        assert!(normalize_email(&long[1..]).is_ok(), "254 characters");
+        assert_eq!(validate_username("Alice.B_c-9").unwrap(), "alice.b_c-9");
+        // Full-width letters, Cyrillic "а" (looks like Latin "a"), spaces: refused.
+        for bad in [
+            "ＡＬＩＣＥ",
+            "\u{0430}lice",
+            " alice",
+            "al..ice",
+            "",
+            &"a".repeat(65),
+        ] {
+            assert!(validate_username(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            username_from_email("zoe.o'neil+x@example.com"),
+            "zoe_o_neil_x"
+        );
+        assert_eq!(
+            validate_username(&username_from_email("a..b@x.io")).unwrap(),
+            "a__b"
+        );
     }
 }

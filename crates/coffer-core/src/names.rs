@@ -2,19 +2,21 @@
 
 use crate::CoreError;
 
-pub const MAX_NAME_BYTES: usize = 256;
+pub const MAX_NAME_CHARS: usize = 256;
 
-/// Rules shared by every name: 1..=256 bytes of UTF-8, no control characters, no `/`,
+/// Rules shared by every name: 1..=256 characters, no control characters, no `/`,
 /// `=` or `..` (names appear in URL paths, `.env` files and environment variables),
 /// no leading or trailing whitespace.
 pub fn validate(field: &'static str, name: &str) -> Result<(), CoreError> {
     if name.is_empty() {
         return Err(CoreError::invalid(field, "must not be empty"));
     }
-    if name.len() > MAX_NAME_BYTES {
+    // Characters, not bytes: the API's document can state that limit (JSON Schema counts
+    // characters), and 256 of them are at most 1 KiB.
+    if name.chars().count() > MAX_NAME_CHARS {
         return Err(CoreError::invalid(
             field,
-            format!("must be at most {MAX_NAME_BYTES} bytes"),
+            format!("must be at most {MAX_NAME_CHARS} characters"),
         ));
     }
     if name.chars().any(char::is_control) {
@@ -75,12 +77,15 @@ mod tests {
             "a",
             "ünïcode",
             &"x".repeat(256),
+            // 256 characters of four bytes each: the limit counts characters.
+            &"\u{1F511}".repeat(256),
         ] {
             assert!(validate("name", ok).is_ok(), "{ok}");
         }
         for bad in [
             "",
             &"x".repeat(257),
+            &"\u{e9}".repeat(257),
             "a\nb",
             "a\u{7f}",
             "..",

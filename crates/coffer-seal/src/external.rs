@@ -95,7 +95,11 @@ impl KeyServices {
         self.providers
             .iter()
             .find(|p| p.scheme() == scheme)
-            .ok_or_else(|| SealError::Config(format!("this server has no {scheme} key service")))?
+            .ok_or_else(|| {
+                SealError::NoService(format!(
+                    "this server has no {scheme} key service (see docs/crypto.md to configure one)"
+                ))
+            })?
             .key(name)
     }
 }

@@ -107,6 +107,9 @@ pub enum SealError {
     Service(String),
     #[error("seal configuration: {0}")]
     Config(String),
+    /// A key names a service (KMS, HSM) this server is not configured with.
+    #[error("{0}")]
+    NoService(String),
     #[error("{0}")]
     Unsupported(&'static str),
 }

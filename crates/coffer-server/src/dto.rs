@@ -27,7 +27,9 @@ pub struct SealStatusResponse {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InitRequest {
+    #[serde(deserialize_with = "crate::whole_number::de")]
     pub shares: u8,
+    #[serde(deserialize_with = "crate::whole_number::de")]
     pub threshold: u8,
 }
 
@@ -128,11 +130,7 @@ impl std::fmt::Debug for LoginResponse {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProjectRequest {
-    #[schema(
-        min_length = 1,
-        max_length = 256,
-        pattern = r"^[^/=\s]([^/=]*[^/=\s])?$"
-    )]
+    #[schema(schema_with = crate::schema::name)]
     pub name: String,
 }
 
@@ -146,14 +144,11 @@ pub struct ProjectResponse {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEnvRequest {
-    #[schema(
-        min_length = 1,
-        max_length = 256,
-        pattern = r"^[^/=\s]([^/=]*[^/=\s])?$"
-    )]
+    #[schema(schema_with = crate::schema::name)]
     pub name: String,
     /// Environment to inherit from; `default` when absent.
     #[serde(default)]
+    #[schema(schema_with = crate::schema::nullable_name)]
     pub parent: Option<String>,
 }
 
@@ -253,10 +248,12 @@ pub struct HistoryResponse {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackRequest {
+    #[serde(deserialize_with = "crate::whole_number::de")]
     pub version: u64,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RevealQuery {
     /// Include secret values (needs a role that may read secrets).
     #[serde(default)]
@@ -264,8 +261,22 @@ pub struct RevealQuery {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DiffQuery {
+    /// The first environment.
+    // utoipa takes only a literal here: crate::schema::NAME_PATTERN (a unit test compares).
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^(?!.*\.\.)[^\x00-\x1f\x7f-\x9f/=\s]([^\x00-\x1f\x7f-\x9f/=]*[^\x00-\x1f\x7f-\x9f/=\s])?$"
+    )]
     pub a: String,
+    /// The second environment.
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^(?!.*\.\.)[^\x00-\x1f\x7f-\x9f/=\s]([^\x00-\x1f\x7f-\x9f/=]*[^\x00-\x1f\x7f-\x9f/=\s])?$"
+    )]
     pub b: String,
     #[serde(default)]
     pub reveal: bool,
@@ -305,10 +316,13 @@ pub struct DiffResponse {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// RFC 3339 start (inclusive).
+    #[param(format = DateTime)]
     pub from: Option<String>,
     /// RFC 3339 end (exclusive).
+    #[param(format = DateTime)]
     pub to: Option<String>,
     pub action: Option<String>,
     /// User id of the actor.
@@ -317,9 +331,12 @@ pub struct AuditQuery {
     pub outcome: Option<String>,
     /// Prefix of `project/env/name`.
     pub target: Option<String>,
-    /// Opaque cursor from a previous page's `next_cursor`.
+    /// Opaque cursor from a previous page's `next_cursor` (8 bytes in unpadded base64url:
+    /// the last character carries 4 bits).
+    #[param(pattern = "^[A-Za-z0-9_-]{10}[AEIMQUYcgkosw048]$")]
     pub cursor: Option<String>,
     /// Page size, 1-1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
@@ -332,10 +349,16 @@ pub struct AuditListResponse {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ExportQuery {
     /// `ndjson` (default) or `json`.
+    #[param(pattern = "^(ndjson|json)$")]
     pub format: Option<String>,
+    /// RFC 3339 start (inclusive).
+    #[param(format = DateTime)]
     pub from: Option<String>,
+    /// RFC 3339 end (exclusive).
+    #[param(format = DateTime)]
     pub to: Option<String>,
 }
 
@@ -420,13 +443,15 @@ impl std::fmt::Debug for TokenResponse {
 #[serde(deny_unknown_fields)]
 pub struct PasswordChangeRequest {
     pub current_password: Secret,
+    #[schema(schema_with = crate::schema::new_password)]
     pub new_password: Secret,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmailRequest {
-    #[schema(pattern = "^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$", max_length = 254)]
+    /// The new address, or `null` to remove it.
+    #[schema(schema_with = crate::schema::nullable_email)]
     pub email: Option<String>,
 }
 
@@ -500,6 +525,7 @@ pub struct OrgDto {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrgRequest {
+    #[schema(schema_with = crate::schema::name)]
     pub name: String,
 }
 
@@ -522,14 +548,14 @@ pub struct MemberDto {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetRoleRequest {
-    /// owner, admin, contributor or viewer.
+    #[schema(pattern = "^(owner|admin|contributor|viewer)$")]
     pub role: String,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InviteRequest {
-    #[schema(pattern = "^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$", max_length = 254)]
+    #[schema(schema_with = crate::schema::email)]
     pub email: String,
     #[schema(pattern = "^(owner|admin|contributor|viewer)$")]
     pub role: String,
@@ -565,9 +591,13 @@ impl std::fmt::Debug for InviteResponse {
 #[serde(deny_unknown_fields)]
 pub struct AcceptInvitationRequest {
     pub token: Secret,
-    /// For a new account; ignored when the invited address already has one.
+    /// For a new account (default: the invited address's local part); ignored when the
+    /// invited address already has one.
     #[serde(default)]
-    pub username: String,
+    #[schema(schema_with = crate::schema::username)]
+    pub username: Option<String>,
+    /// The new account's password, or the existing account's.
+    #[schema(schema_with = crate::schema::new_password)]
     pub password: Secret,
 }
 
@@ -585,22 +615,23 @@ pub struct OrgSettingsDto {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiKeyRequest {
-    #[schema(
-        min_length = 1,
-        max_length = 256,
-        pattern = r"^[^/=\s]([^/=]*[^/=\s])?$"
-    )]
+    #[schema(schema_with = crate::schema::name)]
     pub name: String,
     #[schema(pattern = "^(owner|admin|contributor|viewer)$")]
     pub role: String,
     #[serde(default)]
     pub read_only: bool,
+    /// Projects the key is limited to (none: every project).
     #[serde(default)]
+    #[schema(schema_with = crate::schema::name_list)]
     pub projects: Vec<String>,
+    /// Environments the key is limited to (none: every environment).
     #[serde(default)]
+    #[schema(schema_with = crate::schema::name_list)]
     pub envs: Vec<String>,
-    /// Lifetime, e.g. "90d" (at most 366 days). Default 90 days.
+    /// Lifetime: 1-366 days (`30d`) or 1-8784 hours (`12h`). Default 90 days.
     #[serde(default)]
+    #[schema(schema_with = crate::schema::lifetime)]
     pub expires_in: Option<String>,
 }
 
@@ -711,7 +742,7 @@ pub struct DeleteOrgRequest {
 #[serde(deny_unknown_fields)]
 pub struct AttachKeyRequest {
     /// `awskms:<key id, ARN or alias>` or `pkcs11:<key label>`.
-    #[schema(pattern = "^(awskms|pkcs11):.+$")]
+    #[schema(pattern = "^(awskms|pkcs11):[A-Za-z0-9_/:.-]{1,256}$")]
     pub key: String,
 }
 
@@ -734,8 +765,10 @@ pub struct RekeyRequest {
     /// A quorum of the current unseal shares.
     pub current_shares: Vec<String>,
     /// How many new shares to issue.
+    #[serde(deserialize_with = "crate::whole_number::de")]
     pub shares: u8,
     /// How many of them unseal.
+    #[serde(deserialize_with = "crate::whole_number::de")]
     pub threshold: u8,
 }
 

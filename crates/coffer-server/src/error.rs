@@ -56,21 +56,6 @@ impl From<CoreError> for ApiError {
                 C::Sealed,
                 "Coffer is sealed: unseal it with `coffer operator unseal` before use",
             ),
-            CoreError::NotInitialized
-            | CoreError::AlreadyInitialized
-            | CoreError::AlreadyUnsealed
-            | CoreError::WrongSealType
-            | CoreError::Unauthenticated
-            | CoreError::BadCredentials
-            | CoreError::Forbidden(_)
-            | CoreError::MfaEnrollmentRequired
-            | CoreError::LastOwner
-            | CoreError::NotFound { .. }
-            | CoreError::Invalid { .. }
-            | CoreError::AlreadyExists { .. }
-            | CoreError::Conflict
-            | CoreError::MalformedShare
-            | CoreError::DuplicateShare => Self::new(e.code(), e.to_string()),
             CoreError::AuditUnavailable => Self::new(
                 C::AuditUnavailable,
                 "the audit log is unavailable; the request was not completed",
@@ -91,6 +76,9 @@ impl From<CoreError> for ApiError {
                 tracing::error!(error = ?e, "storage unavailable");
                 Self::new(C::Unavailable, "storage is unavailable; retry later")
             }
+            // Client errors: their text is written to be shown (CoreError's contract). A
+            // variant added later is answered with its own code, not as an internal error.
+            _ if e.code().status() < 500 => Self::new(e.code(), e.to_string()),
             _ => {
                 tracing::error!(error = ?e, "internal error");
                 Self::internal()

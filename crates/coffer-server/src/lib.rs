@@ -11,11 +11,14 @@ mod extract;
 mod hardening;
 pub mod jwks;
 mod limits;
+mod links;
 pub mod mail;
 mod openapi;
 mod routes;
 mod run;
+mod schema;
 pub mod tls;
+mod whole_number;
 
 use std::time::Duration;
 

@@ -2,6 +2,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorCode, ErrorDetail};
+use crate::links::Links;
 use crate::routes;
 
 #[derive(OpenApi)]
@@ -25,7 +26,7 @@ use crate::routes;
         routes::audit::checkpoint, routes::audit::export,
     ),
     components(schemas(ErrorBody, ErrorDetail, ErrorCode)),
-    modifiers(&BearerAuth, &CommonResponses),
+    modifiers(&BearerAuth, &CommonResponses, &Links),
 )]
 struct ApiDoc;
 
@@ -34,10 +35,6 @@ struct ApiDoc;
 /// (401, on operations that take one), the request head or body limits (431, 413, 415),
 /// an internal error (500), and the sealed server or unavailable storage or audit log (503).
 struct CommonResponses;
-
-/// A name: no control characters, `/` or `=`, no `..`, no whitespace at either end.
-const NAME_PATTERN: &str =
-    r"^(?!.*\.\.)[^\x00-\x1f\x7f-\x9f/=\s]([^\x00-\x1f\x7f-\x9f/=]*[^\x00-\x1f\x7f-\x9f/=\s])?$";
 
 impl Modify for CommonResponses {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
@@ -75,12 +72,7 @@ impl Modify for CommonResponses {
                         && ["project", "env", "name"].contains(&param.name.as_str())
                     {
                         param.schema = Some(RefOr::T(utoipa::openapi::schema::Schema::Object(
-                            utoipa::openapi::schema::ObjectBuilder::new()
-                                .schema_type(utoipa::openapi::schema::Type::String)
-                                .min_length(Some(1))
-                                .max_length(Some(256))
-                                .pattern(Some(NAME_PATTERN))
-                                .build(),
+                            crate::schema::name(),
                         )));
                     }
                 }
@@ -144,4 +136,132 @@ pub fn openapi_json() -> String {
     ApiDoc::openapi()
         .to_pretty_json()
         .unwrap_or_else(|_| "{}".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    fn doc() -> Value {
+        serde_json::from_str(&super::openapi_json()).unwrap()
+    }
+
+    fn operations(doc: &Value) -> Vec<(String, String, Value)> {
+        let mut out = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                out.push((method.clone(), path.clone(), op.clone()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn operation_ids_are_unique_and_every_operation_lists_the_common_errors() {
+        let doc = doc();
+        let mut ids = std::collections::BTreeSet::new();
+        for (method, path, op) in operations(&doc) {
+            let id = op["operationId"].as_str().unwrap().to_owned();
+            assert!(
+                ids.insert(id.clone()),
+                "{method} {path}: operationId {id} twice"
+            );
+            for status in ["400", "431", "500", "503"] {
+                assert!(
+                    op["responses"][status].is_object(),
+                    "{method} {path}: no {status}"
+                );
+            }
+            if op["security"].as_array().is_some_and(|s| !s.is_empty()) {
+                assert!(
+                    op["responses"]["401"].is_object(),
+                    "{method} {path}: no 401"
+                );
+            }
+        }
+    }
+
+    /// Query parameters are declared in the query, names with the name rules, and the
+    /// literal copies of the name pattern are the pattern.
+    #[test]
+    fn parameters_are_where_they_are_sent_with_their_rules() {
+        let doc = doc();
+        for (method, path, op) in operations(&doc) {
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                let name = p["name"].as_str().unwrap();
+                if p["in"] == "path" {
+                    assert!(
+                        path.contains(&format!("{{{name}}}")),
+                        "{method} {path}: {name}"
+                    );
+                }
+                if ["project", "env", "name", "a", "b"].contains(&name) {
+                    assert_eq!(
+                        p["schema"]["pattern"].as_str(),
+                        Some(crate::schema::NAME_PATTERN),
+                        "{method} {path}: {name}"
+                    );
+                }
+            }
+        }
+        let diff = &doc["paths"]["/v1/projects/{project}/diff"]["get"]["parameters"];
+        let a = diff
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "a")
+            .unwrap();
+        assert_eq!(a["in"], "query");
+        assert_eq!(a["required"], true);
+    }
+
+    /// Every link names an operation that exists, with parameters that operation has.
+    #[test]
+    fn links_lead_to_operations_with_those_parameters() {
+        let doc = doc();
+        let ops = operations(&doc);
+        let mut seen = 0;
+        for (method, path, op) in &ops {
+            for (status, response) in op["responses"].as_object().unwrap() {
+                for (name, link) in response["links"].as_object().into_iter().flatten() {
+                    seen += 1;
+                    let target = link["operationId"].as_str().unwrap();
+                    let (_, _, t) = ops
+                        .iter()
+                        .find(|(_, _, o)| o["operationId"] == target)
+                        .unwrap_or_else(|| panic!("{method} {path} {status}: {name} → {target}"));
+                    for p in link["parameters"].as_object().unwrap().keys() {
+                        assert!(
+                            t["parameters"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .any(|tp| tp["name"] == p.as_str()),
+                            "{method} {path} {status}: {target} has no parameter {p}"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(seen >= 12, "{seen} links");
+    }
+
+    /// Request bodies refuse unknown fields, and say so.
+    #[test]
+    fn request_bodies_forbid_unknown_fields() {
+        let doc = doc();
+        for (method, path, op) in operations(&doc) {
+            let Some(r) =
+                op["requestBody"]["content"]["application/json"]["schema"]["$ref"].as_str()
+            else {
+                continue;
+            };
+            let name = r.rsplit('/').next().unwrap();
+            let schema = &doc["components"]["schemas"][name];
+            assert_eq!(
+                schema["additionalProperties"], false,
+                "{method} {path}: {name} takes unknown fields"
+            );
+        }
+    }
 }

@@ -39,7 +39,7 @@ pub async fn org(g: &Global, c: OrgCmd) -> anyhow::Result<()> {
         let client = session::client_for(&addr, ca.as_deref())?;
         let password = read_password(password_stdin, "Password (new or existing account): ")?;
         client
-            .accept_invitation(&token, username.as_deref().unwrap_or(""), &password)
+            .accept_invitation(&token, username.as_deref(), &password)
             .await?;
         println!("Invitation accepted. Log in with `coffer login`.");
         return Ok(());

@@ -59,8 +59,12 @@ pub(crate) fn validate_password(password: &str) -> Result<(), CoreError> {
             "must be at least 12 characters",
         ));
     }
-    if password.len() > 1024 {
-        return Err(CoreError::invalid("password", "must be at most 1024 bytes"));
+    // At most 1 KiB to hash; counted in characters, as the API's document counts them.
+    if password.chars().count() > 256 {
+        return Err(CoreError::invalid(
+            "password",
+            "must be at most 256 characters",
+        ));
     }
     Ok(())
 }

@@ -264,13 +264,13 @@ async fn an_invited_newcomers_account_exists_with_the_invitations_use_or_not_at_
     let tok = inv.token.unwrap().expose_secret().to_owned();
     let outage = refuse_audit_appends(&f).await;
     let err = c
-        .accept_invitation(&cx, &tok, "newcomer", "a long enough password")
+        .accept_invitation(&cx, &tok, Some("newcomer"), "a long enough password")
         .await
         .unwrap_err();
     assert!(matches!(err, CoreError::AuditUnavailable), "{err:?}");
     outage.lift().await;
     // The name is still free and the invitation unused.
-    c.accept_invitation(&cx, &tok, "newcomer", "a long enough password")
+    c.accept_invitation(&cx, &tok, Some("newcomer"), "a long enough password")
         .await
         .unwrap();
     assert_eq!(

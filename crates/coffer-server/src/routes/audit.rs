@@ -15,13 +15,18 @@ use crate::dto::*;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, Auth};
 
+/// An RFC 3339 time (any offset, any year) in milliseconds since the epoch.
 fn parse_time(field: &str, v: Option<&str>) -> ApiResult<Option<i64>> {
+    use time::format_description::well_known::Rfc3339;
     v.map(|s| {
-        humantime::parse_rfc3339_weak(s)
+        time::OffsetDateTime::parse(s, &Rfc3339)
             .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .and_then(|d| i64::try_from(d.as_millis()).ok())
-            .ok_or_else(|| ApiError::bad_request(format!("{field} must be an RFC 3339 time")))
+            .and_then(|t| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok())
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "{field} must be an RFC 3339 time like 2026-01-31T12:00:00Z"
+                ))
+            })
     })
     .transpose()
 }
@@ -40,7 +45,7 @@ fn decode_cursor(c: Option<&str>) -> ApiResult<u64> {
 }
 
 /// List the organisation's audit events, oldest first, with filters (Owners and Admins).
-#[utoipa::path(get, path = "/v1/audit/events", tag = "audit", security(("bearer" = [])), params(AuditQuery),
+#[utoipa::path(get, path = "/v1/audit/events", operation_id = "list_audit_events", tag = "audit", security(("bearer" = [])), params(AuditQuery),
     responses((status = 200, body = AuditListResponse), (status = 403, body = ErrorBody)))]
 pub async fn list(
     State(st): State<AppState>,
@@ -48,7 +53,13 @@ pub async fn list(
     Auth(p): Auth,
     Query(q): Query<AuditQuery>,
 ) -> ApiResult<Json<AuditListResponse>> {
-    let limit = q.limit.unwrap_or(100).clamp(1, coffer_core::audit::PAGE);
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=coffer_core::audit::PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {}",
+            coffer_core::audit::PAGE
+        )));
+    }
     let f = AuditFilter {
         from: parse_time("from", q.from.as_deref())?,
         to: parse_time("to", q.to.as_deref())?,
@@ -254,7 +265,8 @@ async fn next_chunk(mut s: ExportState) -> Option<(Result<Bytes, std::io::Error>
 /// Stream the organisation's events (optionally a time range) with the checkpoints, as NDJSON
 /// or JSON; memory use does not grow with the log. Verifies offline with `coffer audit verify --file`.
 #[utoipa::path(get, path = "/v1/audit/export", tag = "audit", security(("bearer" = [])), params(ExportQuery),
-    responses((status = 200, content_type = "application/x-ndjson"), (status = 403, body = ErrorBody)))]
+    responses((status = 200, description = "a header line, the events and the checkpoints; one JSON document with format=json",
+        content((String = "application/x-ndjson"), (Object = "application/json"))), (status = 403, body = ErrorBody)))]
 pub async fn export(
     State(st): State<AppState>,
     CxOf(cx): CxOf,

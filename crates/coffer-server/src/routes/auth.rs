@@ -159,7 +159,8 @@ pub async fn change_password(
 
 /// Set or clear your e-mail address (where notifications go).
 #[utoipa::path(put, path = "/v1/auth/email", tag = "account", security(("bearer" = [])), request_body = EmailRequest,
-    responses((status = 204), (status = 400, body = ErrorBody)))]
+    responses((status = 204), (status = 400, body = ErrorBody),
+        (status = 409, description = "another account has that address (already_exists)", body = ErrorBody)))]
 pub async fn set_email(
     State(st): State<AppState>,
     CxOf(cx): CxOf,

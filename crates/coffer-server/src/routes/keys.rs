@@ -37,7 +37,8 @@ pub async fn rotate(
 /// Attach the organisation's own key (bring your own key): new terms are wrapped by it, and
 /// a rotation starts that moves every value to such a term (Owners, in person).
 #[utoipa::path(put, path = "/v1/org/keys/external", tag = "keys", security(("bearer" = [])), request_body = AttachKeyRequest,
-    responses((status = 202, body = KeyStatusDto), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 202, body = KeyStatusDto), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, description = "attached by another organisation (already_exists), or no service for it on this server (not_configured)", body = ErrorBody)))]
 pub async fn attach_external(
     State(st): State<AppState>,
     CxOf(cx): CxOf,
@@ -51,7 +52,8 @@ pub async fn attach_external(
 /// Go back to the root key: a rotation moves every value to a root-wrapped term (Owners, in
 /// person).
 #[utoipa::path(delete, path = "/v1/org/keys/external", tag = "keys", security(("bearer" = [])),
-    responses((status = 202, body = KeyStatusDto), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 202, body = KeyStatusDto), (status = 403, body = ErrorBody),
+        (status = 404, description = "no external key is attached (not_found)", body = ErrorBody)))]
 pub async fn detach_external(
     State(st): State<AppState>,
     CxOf(cx): CxOf,

@@ -27,7 +27,7 @@ fn invitation_dto(v: InvitationView) -> InvitationDto {
 }
 
 /// The organisations you belong to.
-#[utoipa::path(get, path = "/v1/orgs", tag = "orgs", security(("bearer" = [])), responses((status = 200, body = [OrgDto])))]
+#[utoipa::path(get, path = "/v1/orgs", operation_id = "list_orgs", tag = "orgs", security(("bearer" = [])), responses((status = 200, body = [OrgDto])))]
 pub async fn list(
     State(st): State<AppState>,
     CxOf(cx): CxOf,
@@ -49,7 +49,7 @@ pub async fn list(
 }
 
 /// Create an organisation; you become its Owner.
-#[utoipa::path(post, path = "/v1/orgs", tag = "orgs", security(("bearer" = [])), request_body = CreateOrgRequest,
+#[utoipa::path(post, path = "/v1/orgs", operation_id = "create_org", tag = "orgs", security(("bearer" = [])), request_body = CreateOrgRequest,
     responses((status = 201, body = OrgDto), (status = 409, body = ErrorBody)))]
 pub async fn create(
     State(st): State<AppState>,
@@ -180,7 +180,10 @@ pub async fn invitations(
 
 /// Accept an invitation with its one-time token (no login needed).
 #[utoipa::path(post, path = "/v1/invitations/accept", tag = "orgs", request_body = AcceptInvitationRequest,
-    responses((status = 200, body = AcceptInvitationResponse), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = AcceptInvitationResponse), (status = 400, body = ErrorBody),
+        (status = 401, description = "the invited address has an account and the password is not its password (bad_credentials)", body = ErrorBody),
+        (status = 404, description = "the token is unknown, used or expired (not_found)", body = ErrorBody),
+        (status = 409, description = "a newcomer's username is taken (already_exists)", body = ErrorBody)))]
 pub async fn accept(
     State(st): State<AppState>,
     CxOf(cx): CxOf,
@@ -190,7 +193,7 @@ pub async fn accept(
     st.limiter.check(&addr)?;
     let user_id = st
         .coffer
-        .accept_invitation(&cx, &req.token.0, &req.username, &req.password.0)
+        .accept_invitation(&cx, &req.token.0, req.username.as_deref(), &req.password.0)
         .await?;
     Ok(Json(AcceptInvitationResponse { user_id }))
 }
@@ -224,7 +227,7 @@ pub async fn update_settings(
 
 /// Delete the organisation of this session (Owners, in person). Its keys are destroyed
 /// first; its values can never be decrypted again. The audit chain stays.
-#[utoipa::path(delete, path = "/v1/org", tag = "orgs", security(("bearer" = [])), request_body = DeleteOrgRequest,
+#[utoipa::path(delete, path = "/v1/org", operation_id = "delete_org", tag = "orgs", security(("bearer" = [])), request_body = DeleteOrgRequest,
     responses((status = 204), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn delete(
     State(st): State<AppState>,

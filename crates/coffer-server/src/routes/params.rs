@@ -13,7 +13,7 @@ type ParamPath = Path<(String, String, String)>;
 
 /// All parameters visible in an environment (inherited ones included). Secrets are masked
 /// unless `reveal=true`.
-#[utoipa::path(get, path = "/v1/projects/{project}/envs/{env}/params", tag = "params", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/projects/{project}/envs/{env}/params", operation_id = "list_params", tag = "params", security(("bearer" = [])),
     params(("project" = String, Path), ("env" = String, Path), RevealQuery),
     responses((status = 200, body = ParamListResponse), (status = 404, body = ErrorBody)))]
 pub async fn list(
@@ -80,7 +80,7 @@ pub async fn set(
 }
 
 /// Delete a parameter from this environment (history is kept).
-#[utoipa::path(delete, path = "/v1/projects/{project}/envs/{env}/params/{name}", tag = "params", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/v1/projects/{project}/envs/{env}/params/{name}", operation_id = "delete_param", tag = "params", security(("bearer" = [])),
     params(("project" = String, Path), ("env" = String, Path), ("name" = String, Path)),
     responses((status = 200, body = WriteResponse), (status = 404, body = ErrorBody)))]
 pub async fn delete(

@@ -8,7 +8,7 @@ use crate::dto::*;
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{ApiJson, Auth};
 
-#[utoipa::path(get, path = "/v1/projects", tag = "projects", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/projects", operation_id = "list_projects", tag = "projects", security(("bearer" = [])),
     responses((status = 200, body = Vec<ProjectResponse>)))]
 pub async fn list(
     State(st): State<AppState>,
@@ -28,7 +28,7 @@ pub async fn list(
 }
 
 /// Create a project; it starts with one environment, `default`.
-#[utoipa::path(post, path = "/v1/projects", tag = "projects", security(("bearer" = [])), request_body = CreateProjectRequest,
+#[utoipa::path(post, path = "/v1/projects", operation_id = "create_project", tag = "projects", security(("bearer" = [])), request_body = CreateProjectRequest,
     responses((status = 201, body = ProjectResponse), (status = 409, body = ErrorBody), (status = 400, body = ErrorBody)))]
 pub async fn create(
     State(st): State<AppState>,

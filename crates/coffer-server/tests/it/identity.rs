@@ -72,12 +72,12 @@ async fn mail_waits_in_the_outbox_while_the_mail_server_is_down() {
     assert!(mail.contains("invited you to join organisation"));
     let token = token_in(&mail, "cfi_");
     let anon = srv.client();
-    anon.accept_invitation(&token, "zed", "zed long password")
+    anon.accept_invitation(&token, Some("zed"), "zed long password")
         .await
         .unwrap();
     // One-time: a second use fails and changes nothing.
     assert!(
-        anon.accept_invitation(&token, "zed2", "zed long password")
+        anon.accept_invitation(&token, Some("zed2"), "zed long password")
             .await
             .is_err()
     );

@@ -216,7 +216,7 @@ async fn identity_changes_on_one_node_hold_on_the_other() {
         .unwrap();
     let token = inv["token"].as_str().unwrap();
     b.client()
-        .accept_invitation(token, "eve", "eve long password")
+        .accept_invitation(token, Some("eve"), "eve long password")
         .await
         .unwrap();
     let eve_b = b.login("eve", "eve long password").await;
