@@ -17,10 +17,12 @@ use crate::clock::now_ms;
 use crate::{Coffer, CoreError, Role, names};
 /// The audit actions of API keys.
 pub mod action {
-    use crate::audit::Action;
+    use crate::audit::{Action, Forgets};
     pub const CREATE: Action = Action::change("apikey.create").answered(201);
     pub const LIST: Action = Action::read("apikey.list");
-    pub const REVOKE: Action = Action::change("apikey.revoke").answered(204);
+    pub const REVOKE: Action = Action::change("apikey.revoke")
+        .answered(204)
+        .forgets(Forgets::ACCESS);
     pub const EXCHANGE: Action = Action::change("auth.token_exchange");
 }
 

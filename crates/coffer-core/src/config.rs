@@ -10,8 +10,16 @@ pub struct CoreConfig {
     /// A session unused for this long ends.
     pub idle_timeout: Duration,
     /// How long a verified session stays in the in-memory cache before it is read again
-    /// from the database. Bounds how long a revocation on another node can go unseen.
+    /// from the database while this node cannot hear other nodes' change notices (its
+    /// PostgreSQL listener is reconnecting): then it bounds how long a revocation on another
+    /// node can go unseen.
     pub session_cache_ttl: Duration,
+    /// How long verified sessions and project metadata stay cached while this node hears
+    /// every change's notice (always on SQLite; on PostgreSQL while its listener is
+    /// connected): a change clears them at once on every node, so this only bounds a cache
+    /// against a change that sent none. Sessions are re-read at least every eighth of
+    /// `idle_timeout`, which keeps their activity recorded.
+    pub notified_cache_ttl: Duration,
     /// Lifetime of an access token exchanged for an API key.
     pub access_token_ttl: Duration,
     /// Time to enter the second factor after the password.
@@ -59,6 +67,7 @@ impl Default for CoreConfig {
             session_ttl: Duration::from_secs(12 * 3600),
             idle_timeout: Duration::from_secs(30 * 60),
             session_cache_ttl: Duration::from_secs(1),
+            notified_cache_ttl: Duration::from_secs(60),
             access_token_ttl: Duration::from_secs(15 * 60),
             mfa_pending_ttl: Duration::from_secs(5 * 60),
             max_failed_logins: 3,

@@ -164,7 +164,7 @@ impl Coffer {
                 repos: Repos::new(storage.store),
                 cluster: storage.cluster,
                 keyring: keyring::Keyring::default(),
-                sessions: auth::SessionCache::new(config.session_cache_ttl),
+                sessions: auth::SessionCache::new(),
                 meta: projects::MetaCache::default(),
                 sinks,
                 known_heads: audit::KnownHeads::default(),

@@ -635,13 +635,17 @@ use crate::audit::{AuditTarget, Cx};
 use crate::auth::validate_password;
 /// The audit actions of members and organisations.
 pub mod action {
-    use crate::audit::Action;
+    use crate::audit::{Action, Forgets};
     pub const ORG_LIST: Action = Action::read("org.list");
     pub const ORG_CREATE: Action = Action::change("org.create").answered(201);
-    pub const ORG_SWITCH: Action = Action::change("org.switch");
+    pub const ORG_SWITCH: Action = Action::change("org.switch").forgets(Forgets::ACCESS);
     pub const MEMBER_LIST: Action = Action::read("member.list");
-    pub const MEMBER_SET_ROLE: Action = Action::change("member.set_role").answered(204);
-    pub const MEMBER_REMOVE: Action = Action::change("member.remove").answered(204);
+    pub const MEMBER_SET_ROLE: Action = Action::change("member.set_role")
+        .answered(204)
+        .forgets(Forgets::ACCESS);
+    pub const MEMBER_REMOVE: Action = Action::change("member.remove")
+        .answered(204)
+        .forgets(Forgets::ACCESS);
     pub const INVITATION_CREATE: Action = Action::change("invitation.create").answered(201);
     pub const INVITATION_LIST: Action = Action::read("invitation.list");
     pub const INVITATION_ACCEPT: Action = Action::change("invitation.accept");

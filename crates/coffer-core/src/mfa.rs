@@ -17,12 +17,16 @@ use crate::clock::now_ms;
 use crate::{Coffer, CoreError};
 /// The audit actions of multi-factor authentication and organisation settings.
 pub mod action {
-    use crate::audit::Action;
+    use crate::audit::{Action, Forgets};
     pub const MFA_VERIFY: Action = Action::change("auth.mfa_verify");
     pub const MFA_ENROLL: Action = Action::change("account.mfa_enroll");
-    pub const MFA_CONFIRM: Action = Action::change("account.mfa_confirm");
-    pub const MFA_DISABLE: Action = Action::change("account.mfa_disable").answered(204);
-    pub const SETTINGS_UPDATE: Action = Action::change("org.settings_update").answered(204);
+    pub const MFA_CONFIRM: Action = Action::change("account.mfa_confirm").forgets(Forgets::ACCESS);
+    pub const MFA_DISABLE: Action = Action::change("account.mfa_disable")
+        .answered(204)
+        .forgets(Forgets::ACCESS);
+    pub const SETTINGS_UPDATE: Action = Action::change("org.settings_update")
+        .answered(204)
+        .forgets(Forgets::ACCESS);
     pub const SETTINGS_READ: Action = Action::read("org.settings_read");
 }
 

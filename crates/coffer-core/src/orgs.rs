@@ -1,7 +1,7 @@
 //! Organisations and their tenant keys. Members and invitations are in `members`.
 
 use coffer_crypto::{KeyTerm, RootKey, TenantKey};
-use coffer_store::{ChangeEvent, Invalidation, MembershipRow, OrgRow, StoreError, TenantKeyRow};
+use coffer_store::{ChangeEvent, MembershipRow, OrgRow, StoreError, TenantKeyRow};
 use uuid::Uuid;
 
 use crate::audit::{AuditTarget, Cx};
@@ -9,8 +9,10 @@ use crate::clock::now_ms;
 use crate::{Coffer, CoreError, Principal, Role, names};
 /// The audit actions of organisations.
 pub mod action {
-    use crate::audit::Action;
-    pub const DELETE: Action = Action::change("org.delete").answered(204);
+    use crate::audit::{Action, Forgets};
+    pub const DELETE: Action = Action::change("org.delete")
+        .answered(204)
+        .forgets(Forgets::EVERYTHING_OF_THE_ORG);
 }
 
 impl Coffer {
@@ -112,8 +114,7 @@ impl Coffer {
             }
             self.inner.keyring.evict(Some(p.org_id));
             self.inner.meta.evict_org(p.org_id);
-            self.publish(Invalidation::Keys(p.org_id));
-            self.publish(Invalidation::Meta(p.org_id));
+            // Other nodes: the change's notices (`Forgets::EVERYTHING_OF_THE_ORG`).
             self.access_changed();
             tracing::info!(org_id = %p.org_id, "organisation deleted; its keys are destroyed");
             Ok(())

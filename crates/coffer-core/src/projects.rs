@@ -13,20 +13,25 @@ use crate::{Coffer, CoreError, Principal, names};
 
 /// The audit actions of projects and environments.
 pub mod action {
-    use crate::audit::Action;
+    use crate::audit::{Action, Forgets};
     pub const PROJECT_LIST: Action = Action::read("project.list");
-    pub const PROJECT_CREATE: Action = Action::change("project.create").answered(201);
+    pub const PROJECT_CREATE: Action = Action::change("project.create")
+        .answered(201)
+        .forgets(Forgets::META);
     pub const ENV_LIST: Action = Action::read("env.list");
-    pub const ENV_CREATE: Action = Action::change("env.create").answered(201);
+    pub const ENV_CREATE: Action = Action::change("env.create")
+        .answered(201)
+        .forgets(Forgets::META);
 }
 
 /// The environment every new project starts with.
 pub const DEFAULT_ENV: &str = "default";
 /// Deepest allowed environment chain; also guards against cycles in corrupted data.
 const MAX_ENV_DEPTH: usize = 16;
-/// Project metadata is cached briefly: names and trees change rarely, and a stale entry
-/// only delays the visibility of a new environment created on another node.
-const META_TTL: Duration = Duration::from_secs(2);
+/// Project metadata is cached for `notified_cache_ttl` while this node hears change notices
+/// (a new project or environment clears it on every node at once), and for this long while
+/// it may miss some: a stale entry only delays the visibility of a new environment.
+const META_TTL_UNNOTIFIED: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProjectView {
@@ -81,17 +86,30 @@ type MetaKey = (Uuid, String);
 #[derive(Debug, Default)]
 pub(crate) struct MetaCache {
     map: RwLock<HashMap<MetaKey, (Arc<ProjectMeta>, Instant)>>,
+    /// Bumped by every eviction: a tree read from the database before a change's notice
+    /// evicted it is not cached after it (it may predate the change).
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl MetaCache {
-    fn get(&self, key: &MetaKey) -> Option<Arc<ProjectMeta>> {
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn bump(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn get(&self, key: &MetaKey, ttl: Duration) -> Option<Arc<ProjectMeta>> {
         let map = self.map.read().ok()?;
         map.get(key)
-            .filter(|(_, at)| at.elapsed() < META_TTL)
+            .filter(|(_, at)| at.elapsed() < ttl)
             .map(|(m, _)| m.clone())
     }
-    fn put(&self, key: MetaKey, m: Arc<ProjectMeta>) {
+    fn put(&self, key: MetaKey, m: Arc<ProjectMeta>, read_at: u64) {
         if let Ok(mut map) = self.map.write() {
+            if self.generation() != read_at {
+                return;
+            }
             if map.len() > 10_000 {
                 map.clear();
             }
@@ -100,18 +118,21 @@ impl MetaCache {
     }
     pub(crate) fn evict_org(&self, org: Uuid) {
         if let Ok(mut map) = self.map.write() {
+            self.bump();
             map.retain(|(o, _), _| *o != org);
         }
     }
 
     pub(crate) fn clear(&self) {
         if let Ok(mut map) = self.map.write() {
+            self.bump();
             map.clear();
         }
     }
 
     fn evict(&self, key: &MetaKey) {
         if let Ok(mut map) = self.map.write() {
+            self.bump();
             map.remove(key);
         }
     }
@@ -140,9 +161,15 @@ impl Coffer {
         names::validate("project name", project)?;
         p.scope.check_project(project)?;
         let key = (p.org_id, project.to_owned());
-        if let Some(m) = self.inner.meta.get(&key) {
+        let ttl = if self.cluster().notices_live() {
+            self.config().notified_cache_ttl
+        } else {
+            META_TTL_UNNOTIFIED
+        };
+        if let Some(m) = self.inner.meta.get(&key, ttl) {
             return Ok(m);
         }
+        let read_at = self.inner.meta.generation();
         let (row, envs) = self
             .repos()
             .tenants
@@ -150,7 +177,7 @@ impl Coffer {
             .await?
             .ok_or_else(|| CoreError::not_found("project", project))?;
         let m = Arc::new(ProjectMeta { project: row, envs });
-        self.inner.meta.put(key, m.clone());
+        self.inner.meta.put(key, m.clone(), read_at);
         Ok(m)
     }
 
@@ -199,8 +226,8 @@ impl Coffer {
                 }
                 r => r?,
             }
+            // Other nodes: the change's notice (`Forgets::META`).
             self.inner.meta.evict(&(p.org_id, name.to_owned()));
-            self.publish(coffer_store::Invalidation::Meta(p.org_id));
             Ok(ProjectView {
                 id: row.id,
                 name: row.name,
@@ -283,7 +310,6 @@ impl Coffer {
                 r => r?,
             }
             self.inner.meta.evict(&(p.org_id, project.to_owned()));
-            self.publish(coffer_store::Invalidation::Meta(p.org_id));
             Ok(EnvView {
                 id: row.id,
                 name: row.name,

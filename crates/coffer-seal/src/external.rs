@@ -86,7 +86,7 @@ impl KeyServices {
     pub fn resolve(&self, reference: &str) -> Result<Arc<dyn ExternalKey>, SealError> {
         let (scheme, name) = reference
             .split_once(':')
-            .filter(|(_, name)| valid_name(name))
+            .filter(|(scheme, name)| matches!(*scheme, "awskms" | "pkcs11") && valid_name(name))
             .ok_or_else(|| {
                 SealError::Config(
                     "an external key is awskms:<key id, ARN or alias> or pkcs11:<label>".into(),

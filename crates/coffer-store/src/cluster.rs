@@ -23,7 +23,16 @@ pub trait Cluster: Send + Sync + std::fmt::Debug {
         None
     }
 
-    /// Tell every node to drop cached state. Best effort: caches also expire on their own.
+    /// Whether this node hears every change's notices now (see
+    /// [`ChangeEvent::notices`](crate::ChangeEvent)): while it does, its caches may live long;
+    /// while it does not (PostgreSQL: the listener is reconnecting), only briefly. A
+    /// single-node backend hears everything: every change is made by this process.
+    fn notices_live(&self) -> bool {
+        true
+    }
+
+    /// Tell every node to drop cached state. Best effort, after the fact: changes that
+    /// commit with an audit event carry their notices in their transaction instead.
     async fn publish_invalidation(&self, _what: Invalidation) -> Result<(), StoreError> {
         Ok(())
     }

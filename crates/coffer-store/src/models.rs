@@ -20,6 +20,10 @@ pub struct SealConfigRow {
 #[derive(Debug, Clone)]
 pub struct ChangeEvent {
     pub event: NewAuditEvent,
+    /// What other nodes must forget once the change is visible: sent in the change's own
+    /// transaction (PostgreSQL delivers a NOTIFY only if, and when, it commits), so no
+    /// committed change can go unannounced.
+    pub notices: Vec<crate::Invalidation>,
     committed: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// (seq, hash) of the event in its chain, once committed.
     position: std::sync::Arc<std::sync::OnceLock<(u64, [u8; 32])>>,
@@ -29,6 +33,7 @@ impl ChangeEvent {
     pub fn new(event: NewAuditEvent) -> Self {
         Self {
             event,
+            notices: Vec::new(),
             committed: std::sync::Arc::default(),
             position: std::sync::Arc::default(),
         }

@@ -292,6 +292,16 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug + 'static {
         tx: &mut Self::Tx,
         event: &NewAuditEvent,
     ) -> Result<(u64, [u8; 32]), StoreError>;
+    /// Announce a change's cache invalidations to the other nodes from inside its
+    /// transaction, so that they are sent if and only if it commits. Nothing to do where
+    /// there are no other nodes.
+    async fn notify_in(
+        &self,
+        _tx: &mut Self::Tx,
+        _notices: &[crate::Invalidation],
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Ciphertexts changed outside the value write path (rewrap, deletion): drop caches.
     fn key_material_changed(&self);
     /// After key material was deleted: make sure the deleted rows leave the files.
@@ -337,7 +347,11 @@ pub(crate) async fn commit_audited<B: Backend>(
     event: Option<&ChangeEvent>,
 ) -> Result<(), StoreError> {
     let at = match event {
-        Some(e) => Some(store.append_in(&mut tx, &e.event).await?),
+        Some(e) => {
+            let at = store.append_in(&mut tx, &e.event).await?;
+            store.notify_in(&mut tx, &e.notices).await?;
+            Some(at)
+        }
         None => None,
     };
     Tx::commit(tx).await?;

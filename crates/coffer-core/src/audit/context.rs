@@ -20,6 +20,62 @@ pub struct Action {
     pub change: bool,
     /// The status a success is answered with (the event records it).
     pub status: u16,
+    /// What every node must forget once the change commits.
+    pub forgets: Forgets,
+}
+
+/// Cached state a change makes stale on every node. Its notices are sent from inside the
+/// change's transaction ([`coffer_store::ChangeEvent::notices`]), so that no node can keep
+/// serving from a cache what a committed change revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Forgets {
+    /// Verified principals: sessions, API keys, memberships, roles, MFA.
+    pub access: bool,
+    /// The organisation's projects and environments.
+    pub meta: bool,
+    /// The organisation's unwrapped tenant keys.
+    pub keys: bool,
+}
+
+impl Forgets {
+    pub const NOTHING: Self = Self {
+        access: false,
+        meta: false,
+        keys: false,
+    };
+    pub const ACCESS: Self = Self {
+        access: true,
+        meta: false,
+        keys: false,
+    };
+    pub const META: Self = Self {
+        access: false,
+        meta: true,
+        keys: false,
+    };
+    pub const EVERYTHING_OF_THE_ORG: Self = Self {
+        access: true,
+        meta: true,
+        keys: true,
+    };
+
+    /// The notices for a change in `org`'s chain.
+    pub fn notices(self, org: Option<uuid::Uuid>) -> Vec<coffer_store::Invalidation> {
+        use coffer_store::Invalidation as I;
+        let mut out = Vec::new();
+        if self.access {
+            out.push(I::Access);
+        }
+        if let Some(org) = org {
+            if self.meta {
+                out.push(I::Meta(org));
+            }
+            if self.keys {
+                out.push(I::Keys(org));
+            }
+        }
+        out
+    }
 }
 
 impl Action {
@@ -29,6 +85,7 @@ impl Action {
             name,
             change: false,
             status: 200,
+            forgets: Forgets::NOTHING,
         }
     }
 
@@ -38,12 +95,21 @@ impl Action {
             name,
             change: true,
             status: 200,
+            forgets: Forgets::NOTHING,
         }
     }
 
     /// The same action answered with another success status (201 Created, 204 No Content).
     pub const fn answered(self, status: u16) -> Self {
         Self { status, ..self }
+    }
+
+    /// The same change, making `what` stale on every node.
+    pub const fn forgets(self, what: Forgets) -> Self {
+        Self {
+            forgets: what,
+            ..self
+        }
     }
 }
 

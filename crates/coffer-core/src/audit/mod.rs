@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use coffer_store::{AuditFilter, CheckpointRow};
-pub use context::{Action, Cx, RequestInfo};
+pub use context::{Action, Cx, Forgets, RequestInfo};
 pub(crate) use signing::KnownHeads;
 pub use sinks::{AuditSinks, SinkHealth};
 pub use verify::{EXPORT_FORMAT, ExportLine, Verifier, VerifyProblem, VerifyReport, verify_export};
@@ -197,7 +197,9 @@ impl Pending {
     /// commits in the change's transaction. Made again on each call (a retried write
     /// targets another version).
     pub(crate) fn change_event(&mut self) -> Result<&ChangeEvent, CoreError> {
-        Ok(self.change.insert(ChangeEvent::new(event_row(&self.ev)?)))
+        let mut change = ChangeEvent::new(event_row(&self.ev)?);
+        change.notices = self.action.forgets.notices(self.ev.org_id);
+        Ok(self.change.insert(change))
     }
 
     /// The change committed although its commit's answer was lost (the operation checked):

@@ -6,12 +6,11 @@ use std::time::{Duration, Instant};
 
 use super::Principal;
 
-/// Verified principals, keyed by token digest. Entries live for a short time so that a
-/// change made on another node takes effect within that time; changes made on this node
-/// clear the cache at once.
+/// Verified principals, keyed by token digest. Every change of access clears the cache on
+/// every node (its notice commits with it); entries also expire after the lifetime the
+/// caller gives ([`Coffer::principal_ttl`](crate::Coffer)).
 #[derive(Debug)]
 pub(crate) struct SessionCache {
-    ttl: Duration,
     map: RwLock<HashMap<[u8; 32], (Principal, Instant)>>,
     /// Bumped by every clear: a principal read from the database before a clear (a
     /// revocation on this node) is not cached after it.
@@ -23,19 +22,18 @@ pub(crate) struct SessionCache {
 const SESSION_CACHE_MAX: usize = 100_000;
 
 impl SessionCache {
-    pub(crate) fn new(ttl: Duration) -> Self {
+    pub(crate) fn new() -> Self {
         Self {
-            ttl,
             map: RwLock::new(HashMap::new()),
             generation: std::sync::atomic::AtomicU64::new(0),
             refreshing: crate::flight::Flights::default(),
         }
     }
 
-    pub(super) fn get(&self, h: &[u8; 32], now_ms: i64) -> Option<Principal> {
+    pub(super) fn get(&self, h: &[u8; 32], now_ms: i64, ttl: Duration) -> Option<Principal> {
         let map = self.map.read().ok()?;
         let (p, at) = map.get(h)?;
-        (at.elapsed() < self.ttl && p.expires_at > now_ms).then(|| p.clone())
+        (at.elapsed() < ttl && p.expires_at > now_ms).then(|| p.clone())
     }
 
     pub(super) fn generation(&self) -> u64 {
@@ -73,7 +71,7 @@ mod tests {
 
     #[test]
     fn a_principal_read_before_a_clear_is_not_cached_after_it() {
-        let cache = SessionCache::new(Duration::from_secs(60));
+        let cache = SessionCache::new();
         let p = Principal {
             user_id: Uuid::nil(),
             username: "u".into(),
@@ -90,8 +88,8 @@ mod tests {
         let read_at = cache.generation();
         cache.clear(); // a revocation while the refresh was under way
         cache.put([1; 32], p.clone(), read_at);
-        assert!(cache.get(&[1; 32], 0).is_none());
+        assert!(cache.get(&[1; 32], 0, Duration::from_secs(60)).is_none());
         cache.put([1; 32], p, cache.generation());
-        assert!(cache.get(&[1; 32], 0).is_some());
+        assert!(cache.get(&[1; 32], 0, Duration::from_secs(60)).is_some());
     }
 }

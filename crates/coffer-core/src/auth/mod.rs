@@ -20,14 +20,20 @@ use crate::clock::now_ms;
 use crate::{Coffer, CoreError, Role};
 /// The audit actions of authentication and sessions.
 pub mod action {
-    use crate::audit::Action;
+    use crate::audit::{Action, Forgets};
     pub const LOGIN: Action = Action::change("auth.login");
-    pub const LOGOUT: Action = Action::change("auth.logout").answered(204);
+    pub const LOGOUT: Action = Action::change("auth.logout")
+        .answered(204)
+        .forgets(Forgets::ACCESS);
     pub const WHOAMI: Action = Action::read("auth.whoami");
     pub const OIDC_LOGIN: Action = Action::change("auth.oidc_login");
     pub const SESSION_LIST: Action = Action::read("account.session_list");
-    pub const SESSION_REVOKE: Action = Action::change("account.session_revoke").answered(204);
-    pub const PASSWORD_CHANGE: Action = Action::change("account.password_change").answered(204);
+    pub const SESSION_REVOKE: Action = Action::change("account.session_revoke")
+        .answered(204)
+        .forgets(Forgets::ACCESS);
+    pub const PASSWORD_CHANGE: Action = Action::change("account.password_change")
+        .answered(204)
+        .forgets(Forgets::ACCESS);
 }
 
 mod cache;
@@ -465,13 +471,14 @@ impl Coffer {
         let digest = token::hash(bearer).0;
         let now = now_ms();
         let cache = &self.inner.sessions;
-        if let Some(p) = cache.get(&digest, now) {
+        let ttl = self.principal_ttl();
+        if let Some(p) = cache.get(&digest, now, ttl) {
             return Ok(p);
         }
         let lock = cache.refreshing.lock(digest);
         let _refreshing = lock.lock().await;
         // Another request may have refreshed it while this one waited.
-        if let Some(p) = cache.get(&digest, now_ms()) {
+        if let Some(p) = cache.get(&digest, now_ms(), ttl) {
             return Ok(p);
         }
         let generation = cache.generation();
@@ -613,10 +620,22 @@ impl Coffer {
         })
     }
 
-    /// Forget cached principals after a change to who may do what.
+    /// Forget cached principals after a change to who may do what (the change's own
+    /// notice, sent in its transaction, tells the other nodes).
     pub(crate) fn access_changed(&self) {
         self.inner.sessions.clear();
-        self.publish(coffer_store::Invalidation::Access);
+    }
+
+    /// How long a verified principal may be answered from the cache: long while every
+    /// change's notice reaches this node, briefly while it may miss some; at most an eighth
+    /// of the idle timeout, so that sessions in use are seen in use.
+    pub(crate) fn principal_ttl(&self) -> std::time::Duration {
+        let cfg = self.config();
+        if self.cluster().notices_live() {
+            cfg.notified_cache_ttl.min(cfg.idle_timeout / 8)
+        } else {
+            cfg.session_cache_ttl
+        }
     }
 
     /// End the session of this token. Idempotent.

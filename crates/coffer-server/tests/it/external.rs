@@ -395,13 +395,18 @@ async fn attaching_needs_a_usable_key_and_an_owner() {
     let owner = srv.owner().await;
     for bad in [
         "awskms:11111111-2222-3333-4444-555555555555",
-        "pkcs11:no-hsm-configured",
         "vault:x",
         "awskms:",
     ] {
         let e = owner.attach_external_key(bad).await.unwrap_err();
         assert_eq!(code(e), "bad_request", "{bad}");
     }
+    // A well-formed reference to a service this server has none of.
+    let e = owner
+        .attach_external_key("pkcs11:no-hsm-configured")
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), "not_configured");
     let st = owner.key_status().await.unwrap();
     assert_eq!(
         (st.external_key, st.terms.len()),

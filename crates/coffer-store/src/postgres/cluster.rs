@@ -32,6 +32,10 @@ impl Cluster for PgStore {
         Some(self.invalidations.subscribe())
     }
 
+    fn notices_live(&self) -> bool {
+        self.listening.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     async fn publish_invalidation(&self, what: Invalidation) -> Result<(), StoreError> {
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(notify::CHANNEL)

@@ -155,6 +155,21 @@ impl crate::sql::Backend for PgStore {
             })
     }
 
+    async fn notify_in(
+        &self,
+        tx: &mut Self::Tx,
+        notices: &[Invalidation],
+    ) -> Result<(), StoreError> {
+        for n in notices {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(notify::CHANNEL)
+                .bind(notify::encode(n))
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
     fn key_material_changed(&self) {
         PgStore::key_material_changed(self);
     }
@@ -174,6 +189,9 @@ pub struct PgStore {
     /// node dies, PostgreSQL ends the session and releases the lock for another node.
     leader: std::sync::Arc<tokio::sync::Mutex<Option<PgConnection>>>,
     invalidations: tokio::sync::broadcast::Sender<Invalidation>,
+    /// Whether the invalidation listener is connected and listening (see
+    /// [`Cluster::notices_live`]).
+    listening: std::sync::Arc<std::sync::atomic::AtomicBool>,
     reads: reads::Reader,
     values: std::sync::Arc<cache::ValueCache>,
     root_guard: std::sync::Arc<std::sync::RwLock<RootGuard>>,
@@ -326,7 +344,8 @@ impl PgStore {
         let values = std::sync::Arc::<cache::ValueCache>::default();
         let audit = spawn_audit_writer(pool.clone(), values.clone());
         let writes = param_writer::spawn_param_writer(pool.clone());
-        let invalidations = notify::spawn_listener(pool.clone());
+        let listening = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let invalidations = notify::spawn_listener(pool.clone(), listening.clone());
         let reads = reads::Reader::spawn(pool.clone());
         Ok(Self {
             pool,
@@ -334,6 +353,7 @@ impl PgStore {
             writes,
             leader: std::sync::Arc::default(),
             invalidations,
+            listening,
             reads,
             values,
             root_guard: std::sync::Arc::default(),

@@ -1,11 +1,14 @@
 //! Cache invalidation between nodes: PostgreSQL LISTEN/NOTIFY on one channel.
 //!
-//! A node that changes who may do what (logout, revocation, role change) or an
-//! organisation's metadata publishes a message; every node (itself included) clears the
-//! matching cache. Notifications are best effort: one can be missed while a listener
-//! reconnects, so the caches also expire on their own within about a second, and a
-//! reconnect is reported as "flush everything".
+//! A change of who may do what (logout, revocation, role change) or of an organisation's
+//! metadata sends a message from inside its transaction (PostgreSQL delivers it when, and
+//! only if, the transaction commits); every node (itself included) clears the matching
+//! cache. A message can be missed only while a node's listener is not connected: the node
+//! then knows it ([`listening`](super::PgStore) is false), trusts its caches for a short
+//! time only, and flushes everything when it listens again.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -41,7 +44,10 @@ fn decode(s: &str) -> Invalidation {
 }
 
 /// Listen on the channel for as long as the process lives, reconnecting after failures.
-pub(super) fn spawn_listener(pool: PgPool) -> broadcast::Sender<Invalidation> {
+pub(super) fn spawn_listener(
+    pool: PgPool,
+    listening: Arc<AtomicBool>,
+) -> broadcast::Sender<Invalidation> {
     let (tx, _) = broadcast::channel(1024);
     let out = tx.clone();
     tokio::spawn(async move {
@@ -49,7 +55,9 @@ pub(super) fn spawn_listener(pool: PgPool) -> broadcast::Sender<Invalidation> {
             match PgListener::connect_with(&pool).await {
                 Ok(mut l) => {
                     if l.listen(CHANNEL).await.is_ok() {
-                        // Whatever happened while we were not listening is unknown.
+                        // Live from here; whatever happened while we were not listening is
+                        // unknown, so everything cached before goes.
+                        listening.store(true, Ordering::SeqCst);
                         let _ = out.send(Invalidation::All);
                         loop {
                             match l.try_recv().await {
@@ -59,11 +67,17 @@ pub(super) fn spawn_listener(pool: PgPool) -> broadcast::Sender<Invalidation> {
                                 // The connection dropped; the next call reconnects, and
                                 // whatever was sent meanwhile is lost.
                                 Ok(None) => {
+                                    listening.store(false, Ordering::SeqCst);
                                     let _ = out.send(Invalidation::All);
+                                    if l.listen(CHANNEL).await.is_ok() {
+                                        listening.store(true, Ordering::SeqCst);
+                                        let _ = out.send(Invalidation::All);
+                                    }
                                 }
                                 Err(_) => break,
                             }
                         }
+                        listening.store(false, Ordering::SeqCst);
                     }
                 }
                 Err(e) => tracing::debug!(error = %e, "invalidation listener cannot connect"),

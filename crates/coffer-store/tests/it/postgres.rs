@@ -1235,3 +1235,115 @@ async fn two_nodes(url: &str) -> (PgStore, PgStore) {
         PgStore::connect(url).await.unwrap(),
     )
 }
+
+/// A change's notices go out from inside its transaction: other nodes hear them once it
+/// commits and never for a change rolled back; and a node knows when it cannot hear them
+/// (its listener's connection is gone) until it listens again.
+#[tokio::test]
+async fn change_notices_reach_other_nodes_with_the_commit_only() {
+    use coffer_store::{ChangeEvent, Invalidation, NewAuditEvent};
+    use std::time::Duration;
+    let Some(db) = fresh().await else { return };
+    let a = db.store();
+    let b = PgStore::connect(&db.url()).await.unwrap();
+    let live = |s: &PgStore| s.notices_live();
+    for _ in 0..100 {
+        if live(a) && live(&b) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(live(a) && live(&b), "both nodes listen");
+    let mut heard = b.invalidations().unwrap();
+    let event = |org: uuid::Uuid| {
+        let mut e = ChangeEvent::new(NewAuditEvent {
+            org_id: uuid::Uuid::nil(),
+            id: uuid::Uuid::new_v4(),
+            time: 1,
+            action: "test.change".into(),
+            actor_id: None,
+            outcome: "success".into(),
+            target: String::new(),
+            body: "{}".into(),
+        });
+        e.notices = vec![Invalidation::Access, Invalidation::Meta(org)];
+        e
+    };
+    async fn heard_within(
+        rx: &mut tokio::sync::broadcast::Receiver<Invalidation>,
+        ms: u64,
+    ) -> Vec<Invalidation> {
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
+        while let Ok(Ok(i)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+            out.push(i);
+        }
+        out
+    }
+
+    // Rolled back (no such session: nothing changed, the transaction is dropped): nothing
+    // is heard.
+    let rolled_back = event(uuid::Uuid::new_v4());
+    assert!(
+        !a.delete_session_by_id(
+            uuid::Uuid::new_v4(),
+            uuid::Uuid::new_v4(),
+            Some(&rolled_back)
+        )
+        .await
+        .unwrap()
+    );
+    assert!(!rolled_back.committed());
+    assert_eq!(heard_within(&mut heard, 500).await, vec![]);
+
+    // Committed: both notices, in order.
+    let org = uuid::Uuid::new_v4();
+    let committed = event(org);
+    a.delete_session(&[7; 32], Some(&committed)).await.unwrap();
+    assert!(committed.committed());
+    assert_eq!(
+        heard_within(&mut heard, 2_000).await,
+        vec![Invalidation::Access, Invalidation::Meta(org)]
+    );
+
+    // B's listener loses its connection: B knows it is deaf, then listens again and
+    // forgets everything.
+    let mut admin = sqlx::PgConnection::connect(&db.url()).await.unwrap();
+    let killed: Vec<(bool,)> = sqlx::query_as(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert!(!killed.is_empty(), "the listeners' connections");
+    let mut saw_deaf = false;
+    for _ in 0..100 {
+        if !live(&b) {
+            saw_deaf = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut back = false;
+    for _ in 0..200 {
+        if live(&b) {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        saw_deaf || back,
+        "the listener was noticed gone or came back"
+    );
+    assert!(back, "B listens again");
+    assert!(
+        heard_within(&mut heard, 1_000)
+            .await
+            .contains(&Invalidation::All),
+        "and forgets everything it may have missed"
+    );
+    b.close().await;
+    db.drop_db().await;
+}
