@@ -415,7 +415,8 @@ async fn attaching_needs_a_usable_key_and_an_owner() {
     );
     assert_eq!(
         code(owner.detach_external_key().await.unwrap_err()),
-        "bad_request"
+        "not_found",
+        "none is attached"
     );
     // A key is one key however it is named: attached by its id here, it cannot be
     // attached by an alias of it elsewhere; the organisation's status shows its ARN.
