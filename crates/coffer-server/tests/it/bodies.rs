@@ -51,6 +51,19 @@ const ROUTES: [(&str, &str); 8] = [
     ("POST", "/v1/projects/app/envs/default/params/K/rollback"),
 ];
 
+/// The router with the project `app` the routes above write to.
+async fn api_with_app() -> Api {
+    let a = api().await;
+    a.call(
+        "POST",
+        "/v1/projects",
+        Some(serde_json::json!({"name": "app"})),
+        true,
+    )
+    .await;
+    a
+}
+
 async fn send(a: &Api, method: &str, uri: &str, body: Vec<u8>) {
     let req = Request::builder()
         .method(method)
@@ -80,17 +93,7 @@ async fn send(a: &Api, method: &str, uri: &str, body: Vec<u8>) {
 #[test]
 fn any_body_gets_an_answer_below_500_and_refusals_echo_nothing() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let a = rt.block_on(async {
-        let a = api().await;
-        a.call(
-            "POST",
-            "/v1/projects",
-            Some(serde_json::json!({"name": "app"})),
-            true,
-        )
-        .await;
-        a
-    });
+    let a = rt.block_on(api_with_app());
     let input = (
         0..ROUTES.len(),
         prop_oneof![
@@ -113,14 +116,7 @@ fn any_body_gets_an_answer_below_500_and_refusals_echo_nothing() {
 /// the property test above on PostgreSQL.
 #[tokio::test]
 async fn a_nul_in_any_string_is_refused_not_a_server_error() {
-    let a = api().await;
-    a.call(
-        "POST",
-        "/v1/projects",
-        Some(serde_json::json!({"name": "app"})),
-        true,
-    )
-    .await;
+    let a = api_with_app().await;
     let nul = "CANARY\u{0}x";
     for (method, uri) in ROUTES {
         for field in [
