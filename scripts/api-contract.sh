@@ -85,6 +85,7 @@ contract() {
     --checks all \
     --max-examples "$EXAMPLES" \
     "${generation[@]}" \
+    --generation-database none \
     --workers 2 \
     --request-retries 2 \
     --exclude-operation-id delete_org \
