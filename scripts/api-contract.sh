@@ -74,7 +74,7 @@ members='^/v1/org/members/\{username\}$'
 # answer (not reproduced with the same seed; recorded on issue 18). A retry repeats only a
 # request that got no answer at all; every answer is still checked.
 if [ -n "${COFFER_CONTRACT_SEED:-}" ]; then
-  generation=(--seed "$COFFER_CONTRACT_SEED")
+  generation=(--seed "$COFFER_CONTRACT_SEED" --generation-database none)
 else
   generation=(--generation-deterministic)
 fi
@@ -85,7 +85,6 @@ contract() {
     --checks all \
     --max-examples "$EXAMPLES" \
     "${generation[@]}" \
-    --generation-database none \
     --workers 2 \
     --request-retries 2 \
     --exclude-operation-id delete_org \
