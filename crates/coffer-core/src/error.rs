@@ -117,7 +117,7 @@ impl ErrorCode {
     pub fn status(self) -> u16 {
         use ErrorCode::*;
         match self {
-            BadRequest | InvalidJson | MalformedShare | DuplicateShare | WrongSealType => 400,
+            BadRequest | InvalidJson | MalformedShare | DuplicateShare => 400,
             UnsupportedMediaType => 415,
             PayloadTooLarge => 413,
             HeadersTooLarge => 431,
@@ -126,7 +126,7 @@ impl ErrorCode {
             TooManyRequests => 429,
             NotFound => 404,
             AlreadyExists | Conflict | LastOwner | NotConfigured | AlreadyInitialized
-            | AlreadyUnsealed => 409,
+            | AlreadyUnsealed | WrongSealType => 409,
             Sealed | Unavailable | AuditUnavailable | TenantKeyUnavailable | SealUnavailable => 503,
             NotInitialized => 501,
             Internal => 500,

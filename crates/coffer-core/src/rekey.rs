@@ -44,12 +44,8 @@ impl Coffer {
             if !p.role.can_operate() {
                 return Err(CoreError::Forbidden("only an Owner can rekey the server"));
             }
-            if !(2..=255).contains(&threshold) || threshold > shares {
-                return Err(CoreError::invalid(
-                    "threshold",
-                    "must be between 2 and the number of shares",
-                ));
-            }
+            // The server's state first (it decides whether any request can succeed), then
+            // the request's own rule that the document cannot state.
             self.ensure_unsealed()?;
             let cfg = self.seal_config().await?;
             let seal = self.key_config()?.seal;
@@ -57,6 +53,12 @@ impl Coffer {
                 || seal.kind() == coffer_seal::SealKind::DevFile
             {
                 return Err(CoreError::WrongSealType);
+            }
+            if !(2..=255).contains(&threshold) || threshold > shares {
+                return Err(CoreError::invalid(
+                    "threshold",
+                    "must be between 2 and the number of shares",
+                ));
             }
             let old = self.root_from_quorum(&cfg, current)?;
             let _exclusive = self.inner.root_change.write().await;

@@ -91,15 +91,19 @@ impl Coffer {
     pub async fn init(&self, cx: &Cx, shares: u8, threshold: u8) -> Result<InitResult, CoreError> {
         let mut pending = self.begin(cx, action::INIT, AuditTarget::default());
         let r: Result<InitResult, CoreError> = async {
+            // The server's state first, then the request's own rule.
+            let seal = self.key_config()?.seal;
+            if seal.kind() == SealKind::DevFile {
+                return Err(CoreError::WrongSealType);
+            }
+            if self.repos().seal.seal_config().await?.is_some() {
+                return Err(CoreError::AlreadyInitialized);
+            }
             if !(2..=255).contains(&threshold) || threshold > shares {
                 return Err(CoreError::invalid(
                     "threshold",
                     "must be between 2 and the number of shares",
                 ));
-            }
-            let seal = self.key_config()?.seal;
-            if seal.kind() == SealKind::DevFile {
-                return Err(CoreError::WrongSealType);
             }
             let (root, sealed) = seal.new_root().await.map_err(seal_error)?;
             let parts = shamir::split(&root, shares, threshold)

@@ -27,9 +27,13 @@ pub struct SealStatusResponse {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InitRequest {
+    /// How many shares to issue (2-255).
     #[serde(deserialize_with = "crate::whole_number::de")]
+    #[schema(minimum = 2, maximum = 255)]
     pub shares: u8,
+    /// How many of them unseal (2 to `shares`).
     #[serde(deserialize_with = "crate::whole_number::de")]
+    #[schema(minimum = 2, maximum = 255)]
     pub threshold: u8,
 }
 
@@ -58,6 +62,7 @@ pub struct BootstrapAccount {
 pub struct UnsealRequest {
     /// One share, as printed by `coffer operator init`.
     #[serde(default)]
+    #[schema(nullable = false)]
     pub share: Option<String>,
     /// Discard shares submitted so far.
     #[serde(default)]
@@ -764,11 +769,13 @@ impl std::fmt::Debug for MigrateSealRequest {
 pub struct RekeyRequest {
     /// A quorum of the current unseal shares.
     pub current_shares: Vec<String>,
-    /// How many new shares to issue.
+    /// How many new shares to issue (2-255).
     #[serde(deserialize_with = "crate::whole_number::de")]
+    #[schema(minimum = 2, maximum = 255)]
     pub shares: u8,
-    /// How many of them unseal.
+    /// How many of them unseal (2 to `shares`).
     #[serde(deserialize_with = "crate::whole_number::de")]
+    #[schema(minimum = 2, maximum = 255)]
     pub threshold: u8,
 }
 

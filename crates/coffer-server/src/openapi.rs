@@ -26,7 +26,7 @@ use crate::routes;
         routes::audit::checkpoint, routes::audit::export,
     ),
     components(schemas(ErrorBody, ErrorDetail, ErrorCode)),
-    modifiers(&BearerAuth, &CommonResponses, &Links),
+    modifiers(&BearerAuth, &CommonResponses, &Links, &UnsealRule),
 )]
 struct ApiDoc;
 
@@ -115,6 +115,38 @@ impl Modify for CommonResponses {
                 }
             }
         }
+    }
+}
+
+/// An unseal request carries a share or `reset: true` (the handler refuses anything else):
+/// stated as `allOf[fields, anyOf[share given, reset true]]`.
+struct UnsealRule;
+
+impl Modify for UnsealRule {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::RefOr;
+        use utoipa::openapi::schema::{AllOfBuilder, AnyOfBuilder, ObjectBuilder, Schema, Type};
+        let Some(c) = openapi.components.as_mut() else {
+            return;
+        };
+        let Some(fields) = c.schemas.remove("UnsealRequest") else {
+            return;
+        };
+        let share = ObjectBuilder::new().required("share");
+        let reset = ObjectBuilder::new()
+            .property(
+                "reset",
+                ObjectBuilder::new()
+                    .schema_type(Type::Boolean)
+                    .enum_values(Some([true])),
+            )
+            .required("reset");
+        let rule = AllOfBuilder::new()
+            .item(fields)
+            .item(AnyOfBuilder::new().item(share).item(reset))
+            .build();
+        c.schemas
+            .insert("UnsealRequest".into(), RefOr::T(Schema::AllOf(rule)));
     }
 }
 
@@ -258,6 +290,8 @@ mod tests {
             };
             let name = r.rsplit('/').next().unwrap();
             let schema = &doc["components"]["schemas"][name];
+            // A rule across fields wraps the fields in allOf (UnsealRule).
+            let schema = schema["allOf"].get(0).unwrap_or(schema);
             assert_eq!(
                 schema["additionalProperties"], false,
                 "{method} {path}: {name} takes unknown fields"

@@ -81,7 +81,8 @@ pub async fn init(
 
 /// Submit one unseal share (or reset progress).
 #[utoipa::path(post, path = "/v1/sys/unseal", tag = "sys", request_body = UnsealRequest,
-    responses((status = 200, body = SealStatusResponse), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = SealStatusResponse), (status = 400, body = ErrorBody),
+        (status = 409, description = "already unsealed (already_unsealed), or not a Shamir seal (wrong_seal_type)", body = ErrorBody)))]
 pub async fn unseal(
     State(st): State<AppState>,
     CxOf(cx): CxOf,
@@ -176,7 +177,8 @@ pub async fn rekey(
 /// Move to the seal in the server's configuration (Shamir, AWS KMS or PKCS#11) with a
 /// quorum of the current shares. The root key stays; the server is unsealed afterwards.
 #[utoipa::path(post, path = "/v1/sys/migrate-seal", tag = "sys", request_body = MigrateSealRequest,
-    responses((status = 200, body = SealStatusResponse), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = SealStatusResponse), (status = 400, body = ErrorBody),
+        (status = 409, description = "nothing to migrate for this server's seal (wrong_seal_type)", body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn migrate_seal(
     State(st): State<AppState>,
     CxOf(cx): CxOf,
