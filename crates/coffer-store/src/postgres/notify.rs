@@ -64,17 +64,9 @@ pub(super) fn spawn_listener(
                                 Ok(Some(n)) => {
                                     let _ = out.send(decode(n.payload()));
                                 }
-                                // The connection dropped; the next call reconnects, and
-                                // whatever was sent meanwhile is lost.
-                                Ok(None) => {
-                                    listening.store(false, Ordering::SeqCst);
-                                    let _ = out.send(Invalidation::All);
-                                    if l.listen(CHANNEL).await.is_ok() {
-                                        listening.store(true, Ordering::SeqCst);
-                                        let _ = out.send(Invalidation::All);
-                                    }
-                                }
-                                Err(_) => break,
+                                // The connection dropped (or failed): reconnect below,
+                                // the one way a listener becomes live.
+                                Ok(None) | Err(_) => break,
                             }
                         }
                         listening.store(false, Ordering::SeqCst);
