@@ -59,15 +59,10 @@ pub(super) fn spawn_listener(
                         // unknown, so everything cached before goes.
                         listening.store(true, Ordering::SeqCst);
                         let _ = out.send(Invalidation::All);
-                        loop {
-                            match l.try_recv().await {
-                                Ok(Some(n)) => {
-                                    let _ = out.send(decode(n.payload()));
-                                }
-                                // The connection dropped (or failed): reconnect below,
-                                // the one way a listener becomes live.
-                                Ok(None) | Err(_) => break,
-                            }
+                        // Until the connection drops (or fails): then reconnect below, the
+                        // one way a listener becomes live.
+                        while let Ok(Some(n)) = l.try_recv().await {
+                            let _ = out.send(decode(n.payload()));
                         }
                         listening.store(false, Ordering::SeqCst);
                     }
