@@ -52,6 +52,7 @@ async fn main() {
         .unwrap()
         .expect("a fresh database");
     let p = coffer
+        .identity()
         .login(
             &Cx::default(),
             &boot.username,
@@ -65,6 +66,7 @@ async fn main() {
         .unwrap()
         .principal;
     coffer
+        .projects()
         .create_project(&Cx::default(), &p, "bench")
         .await
         .unwrap();
@@ -77,19 +79,20 @@ async fn main() {
         tasks.push(tokio::spawn(async move {
             for i in (w..n).step_by(writers) {
                 let name = format!("V{i}");
-                c.set_param(
-                    &Cx::default(),
-                    &p,
-                    "bench",
-                    "default",
-                    SetParam {
-                        name: &name,
-                        value: b"0123456789abcdef0123456789abcdef",
-                        secret: Some(true),
-                    },
-                )
-                .await
-                .unwrap();
+                c.params()
+                    .set_param(
+                        &Cx::default(),
+                        &p,
+                        "bench",
+                        "default",
+                        SetParam {
+                            name: &name,
+                            value: b"0123456789abcdef0123456789abcdef",
+                            secret: Some(true),
+                        },
+                    )
+                    .await
+                    .unwrap();
             }
         }));
     }
@@ -98,9 +101,13 @@ async fn main() {
     }
     eprintln!("{backend}: wrote {n} values in {:.1?}", t.elapsed());
 
-    coffer.rotate_org_key(p.org_id, "bench").await.unwrap();
+    coffer
+        .keys()
+        .rotate_org_key(p.org_id, "bench")
+        .await
+        .unwrap();
     let t = Instant::now();
-    let moved = coffer.run_key_maintenance().await.unwrap();
+    let moved = coffer.keys().run_key_maintenance().await.unwrap();
     let secs = t.elapsed().as_secs_f64();
     assert_eq!(moved as usize, n);
     println!(

@@ -14,7 +14,8 @@ use uuid::Uuid;
 use crate::audit::{AuditTarget, Cx};
 use crate::auth::{ACCESS_PREFIX, API_KEY_PREFIX, AuthMethod, NewSession, Principal};
 use crate::clock::now_ms;
-use crate::{Coffer, CoreError, Role, names};
+use crate::identity::{Identity, KeyUses};
+use crate::{CoreError, Role, names};
 /// The audit actions of API keys.
 pub mod action {
     use crate::audit::{Action, Forgets};
@@ -85,7 +86,7 @@ fn view(k: ApiKeyRow) -> ApiKeyView {
     }
 }
 
-impl Coffer {
+impl Identity {
     /// Owners and Admins create keys for automation; Contributors for their own use.
     /// Viewers cannot, and no key gets a role above its creator's.
     pub async fn create_api_key(
@@ -94,9 +95,11 @@ impl Coffer {
         p: &Principal,
         req: NewApiKey,
     ) -> Result<CreatedApiKey, CoreError> {
-        let mut pending = self.begin_for(cx, p, action::CREATE, AuditTarget::default());
+        let mut pending = self
+            .k
+            .begin_for(cx, p, action::CREATE, AuditTarget::default());
         let r: Result<CreatedApiKey, CoreError> = async {
-            self.ensure_unsealed()?;
+            self.k.ensure_unsealed()?;
             p.ensure_person()?;
             if p.role < Role::Contributor {
                 return Err(CoreError::Forbidden("Viewers cannot create API keys"));
@@ -135,11 +138,10 @@ impl Coffer {
                 last_used_at: None,
                 revoked_at: None,
             };
-            self.repos()
-                .access
+            self.access
                 .create_api_key(&row, Some(pending.change_event()?))
                 .await?;
-            if let Some(user) = self.repos().users.user(p.user_id).await? {
+            if let Some(user) = self.users.user(p.user_id).await? {
                 self.notify(
                     &user,
                     "An API key was created",
@@ -156,7 +158,7 @@ impl Coffer {
             })
         }
         .await;
-        self.conclude(pending, r).await
+        self.k.conclude(pending, r).await
     }
 
     /// Owners and Admins see every key of the organisation; Contributors their own.
@@ -165,16 +167,17 @@ impl Coffer {
         cx: &Cx,
         p: &Principal,
     ) -> Result<Vec<ApiKeyView>, CoreError> {
-        let pending = self.begin_for(cx, p, action::LIST, AuditTarget::default());
+        let pending = self
+            .k
+            .begin_for(cx, p, action::LIST, AuditTarget::default());
         let r: Result<Vec<ApiKeyView>, CoreError> = async {
-            self.ensure_unsealed()?;
+            self.k.ensure_unsealed()?;
             if p.role < Role::Contributor || p.method == AuthMethod::ApiKey {
                 return Err(CoreError::Forbidden("your role cannot list API keys"));
             }
             // Uses this node has not written yet.
             self.flush_key_uses().await;
             Ok(self
-                .repos()
                 .access
                 .api_keys(p.org_id)
                 .await?
@@ -184,17 +187,18 @@ impl Coffer {
                 .collect())
         }
         .await;
-        self.conclude(pending, r).await
+        self.k.conclude(pending, r).await
     }
 
     /// Revoke a key: it and every access token exchanged for it stop working at once.
     pub async fn revoke_api_key(&self, cx: &Cx, p: &Principal, id: Uuid) -> Result<(), CoreError> {
-        let mut pending = self.begin_for(cx, p, action::REVOKE, AuditTarget::default());
+        let mut pending = self
+            .k
+            .begin_for(cx, p, action::REVOKE, AuditTarget::default());
         let r: Result<(), CoreError> = async {
-            self.ensure_unsealed()?;
+            self.k.ensure_unsealed()?;
             let not_found = || CoreError::not_found("API key", &id.to_string());
             let k = self
-                .repos()
                 .access
                 .api_key(p.org_id, id)
                 .await?
@@ -204,7 +208,6 @@ impl Coffer {
                 return Err(not_found());
             }
             if !self
-                .repos()
                 .access
                 .revoke_api_key(p.org_id, id, now_ms(), Some(pending.change_event()?))
                 .await?
@@ -212,7 +215,7 @@ impl Coffer {
                 return Err(not_found());
             }
             self.access_changed();
-            if let Some(owner) = self.repos().users.user(k.user_id).await? {
+            if let Some(owner) = self.users.user(k.user_id).await? {
                 self.notify(
                     &owner,
                     "An API key was revoked",
@@ -223,7 +226,7 @@ impl Coffer {
             Ok(())
         }
         .await;
-        self.conclude(pending, r).await
+        self.k.conclude(pending, r).await
     }
 
     /// Trade an API key for a short-lived access token.
@@ -233,9 +236,9 @@ impl Coffer {
         key: &str,
         address: &str,
     ) -> Result<AccessToken, CoreError> {
-        let mut pending = self.begin(cx, action::EXCHANGE, AuditTarget::default());
+        let mut pending = self.k.begin(cx, action::EXCHANGE, AuditTarget::default());
         let r: Result<AccessToken, CoreError> = async {
-            self.ensure_unsealed()?;
+            self.k.ensure_unsealed()?;
             if !key.starts_with(API_KEY_PREFIX) {
                 return Err(CoreError::Unauthenticated);
             }
@@ -245,6 +248,7 @@ impl Coffer {
             pending.set_actor(p.user_id, &p.username, p.org_id, "apikey");
             let left = p.expires_at.saturating_sub(now_ms());
             let ttl = self
+                .k
                 .config()
                 .access_token_ttl
                 .min(Duration::from_millis(u64::try_from(left).unwrap_or(0)));
@@ -269,20 +273,20 @@ impl Coffer {
             })
         }
         .await;
-        self.conclude(pending, r).await
+        self.k.conclude(pending, r).await
     }
 }
 
 /// Key uses kept at most before they are written early.
 const MAX_PENDING_USES: usize = 100_000;
 
-impl Coffer {
+impl Identity {
     /// Remember that a key was used. Written with others in one transaction every few
-    /// seconds ([`Coffer::flush_key_uses`]): a node serving many keys would otherwise write
+    /// seconds ([`Identity::flush_key_uses`]): a node serving many keys would otherwise write
     /// (and on SQLite wait for an fsync) on nearly every request. The time is shown to
     /// people (`coffer apikey list`), never used to decide access.
     pub(crate) fn note_key_use(&self, org_id: Uuid, key_id: Uuid, at: i64) {
-        let full = match self.inner.key_uses.lock() {
+        let full = match self.key_uses.lock() {
             Ok(mut uses) => {
                 uses.insert((org_id, key_id), at);
                 // Once, when the cap is reached: not one flush task per request past it.
@@ -291,23 +295,29 @@ impl Coffer {
             Err(_) => false,
         };
         if full && let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let c = self.clone();
-            rt.spawn(async move { c.flush_key_uses().await });
+            let (uses, access) = (self.key_uses.clone(), self.access.clone());
+            rt.spawn(async move { flush_key_uses(&uses, &*access).await });
         }
     }
 
     /// Write the key uses noted since the last flush. On failure they are kept for the next.
     pub(crate) async fn flush_key_uses(&self) {
-        let uses: Vec<(Uuid, Uuid, i64)> = match self.inner.key_uses.lock() {
+        flush_key_uses(&self.key_uses, &*self.access).await;
+    }
+}
+
+async fn flush_key_uses(key_uses: &KeyUses, access: &dyn coffer_store::AccessRepo) {
+    {
+        let uses: Vec<(Uuid, Uuid, i64)> = match key_uses.lock() {
             Ok(mut m) => m.drain().map(|((org, key), at)| (org, key, at)).collect(),
             Err(_) => return,
         };
         if uses.is_empty() {
             return;
         }
-        if let Err(e) = self.repos().access.touch_api_keys(&uses).await {
+        if let Err(e) = access.touch_api_keys(&uses).await {
             tracing::debug!(error = %e, "could not record API key use; will retry");
-            if let Ok(mut m) = self.inner.key_uses.lock() {
+            if let Ok(mut m) = key_uses.lock() {
                 for (org, key, at) in uses {
                     m.entry((org, key)).or_insert(at);
                 }

@@ -16,7 +16,9 @@ use coffer_store::TenantKeyRow;
 use uuid::Uuid;
 
 use crate::audit::{AuditTarget, Cx};
-use crate::{Coffer, CoreError, Principal, Role};
+use crate::kernel::Kernel;
+use crate::keys::Keys;
+use crate::{CoreError, Principal, Role};
 
 #[derive(Debug, Clone)]
 pub(crate) struct KeyConfig {
@@ -41,18 +43,16 @@ fn tenant_context(org_id: Uuid, term: KeyTerm) -> EncryptionContext {
     ])
 }
 
-impl Coffer {
-    /// Use `seal` for the root key, and `services` for organisations' own keys. Call once,
-    /// before [`Coffer::start_sealed`].
-    pub fn configure_keys(&self, seal: Arc<dyn Seal>, services: KeyServices) {
-        if let Ok(mut k) = self.inner.keys.write() {
+impl Kernel {
+    /// Use `seal` for the root key, and `services` for organisations' own keys.
+    pub(crate) fn configure_keys(&self, seal: Arc<dyn Seal>, services: KeyServices) {
+        if let Ok(mut k) = self.key_services.write() {
             *k = KeyConfig { seal, services };
         }
     }
 
     pub(crate) fn key_config(&self) -> Result<KeyConfig, CoreError> {
-        self.inner
-            .keys
+        self.key_services
             .read()
             .map(|k| k.clone())
             .map_err(|_| CoreError::Internal("key configuration lock poisoned"))
@@ -67,7 +67,7 @@ impl Coffer {
         target: &WrapTarget,
     ) -> Result<WrappedTenantKey, CoreError> {
         let reference = match target {
-            WrapTarget::Current => self.repos().tenants.external_key(org_id).await?,
+            WrapTarget::Current => self.key_rows.external_key(org_id).await?,
             WrapTarget::External(r) => Some(r.clone()),
             WrapTarget::Root => None,
         };
@@ -81,7 +81,7 @@ impl Coffer {
                 WrappedTenantKey::external(key.term(), &reference, &blob)
                     .map_err(|_| CoreError::Internal("external key reference too long"))
             }
-            None => self.inner.keyring.with_root(|root| {
+            None => self.keyring.with_root(|root| {
                 root.wrap_tenant_key(org_id, key)
                     .map_err(|_| CoreError::Internal("wrap tenant key"))
             }),
@@ -113,7 +113,10 @@ impl Coffer {
         Ok(out)
     }
 
-    fn resolve_external(&self, reference: &str) -> Result<Arc<dyn ExternalKey>, CoreError> {
+    pub(crate) fn resolve_external(
+        &self,
+        reference: &str,
+    ) -> Result<Arc<dyn ExternalKey>, CoreError> {
         self.key_config()?
             .services
             .resolve(reference)
@@ -123,7 +126,9 @@ impl Coffer {
                 other => CoreError::Seal(other.to_string()),
             })
     }
+}
 
+impl Keys {
     /// Attach the caller's organisation's own key (`awskms:<key id, ARN or alias>` or
     /// `pkcs11:<label>`). Owners only, in person. The key is tried once (wrap and unwrap)
     /// before anything changes; then one rotation wraps a new term with it and records it
@@ -136,7 +141,7 @@ impl Coffer {
         p: &Principal,
         reference: &str,
     ) -> Result<crate::KeyStatus, CoreError> {
-        let mut pending = self.begin_for(
+        let mut pending = self.k.begin_for(
             cx,
             p,
             crate::keys::action::ATTACH_EXTERNAL,
@@ -144,14 +149,14 @@ impl Coffer {
         );
         let r: Result<crate::KeyStatus, CoreError> = async {
             ensure_owner(p)?;
-            self.ensure_unsealed()?;
-            let given = self.resolve_external(reference)?;
+            self.k.ensure_unsealed()?;
+            let given = self.k.resolve_external(reference)?;
             let probe_failed = |e: SealError| {
                 tracing::warn!(org_id = %p.org_id, error = %e, "external key probe failed");
                 CoreError::invalid("key", format!("the key cannot be used: {e}"))
             };
             let canonical = given.canonical().await.map_err(probe_failed)?;
-            if let Some(seal_key) = self.key_config()?.seal.external_key() {
+            if let Some(seal_key) = self.k.key_config()?.seal.external_key() {
                 // Fail closed: if the seal key cannot be named, nothing is attached.
                 let seal_name = seal_key.canonical().await.map_err(|e| {
                     tracing::warn!(error = %e, "could not name the seal key");
@@ -164,7 +169,7 @@ impl Coffer {
                     ));
                 }
             }
-            let ext = self.resolve_external(&canonical)?;
+            let ext = self.k.resolve_external(&canonical)?;
             coffer_seal::probe(&*ext, &tenant_context(p.org_id, KeyTerm(0)))
                 .await
                 .map_err(probe_failed)?;
@@ -189,7 +194,7 @@ impl Coffer {
             self.org_key_status(p.org_id).await
         }
         .await;
-        self.conclude(pending, r).await
+        self.k.conclude(pending, r).await
     }
 
     /// Go back to the root key: one rotation wraps a new term with it and forgets the
@@ -200,7 +205,7 @@ impl Coffer {
         cx: &Cx,
         p: &Principal,
     ) -> Result<crate::KeyStatus, CoreError> {
-        let mut pending = self.begin_for(
+        let mut pending = self.k.begin_for(
             cx,
             p,
             crate::keys::action::DETACH_EXTERNAL,
@@ -208,8 +213,8 @@ impl Coffer {
         );
         let r: Result<crate::KeyStatus, CoreError> = async {
             ensure_owner(p)?;
-            self.ensure_unsealed()?;
-            if self.repos().tenants.external_key(p.org_id).await?.is_none() {
+            self.k.ensure_unsealed()?;
+            if self.tenants.external_key(p.org_id).await?.is_none() {
                 return Err(CoreError::NoExternalKey);
             }
             self.rotate_org_key_to(
@@ -223,7 +228,7 @@ impl Coffer {
             self.org_key_status(p.org_id).await
         }
         .await;
-        self.conclude(pending, r).await
+        self.k.conclude(pending, r).await
     }
 }
 

@@ -250,21 +250,21 @@ impl Keyring {
     }
 }
 
-impl crate::Coffer {
+impl crate::kernel::Kernel {
     /// The organisation's tenant keys, unwrapped on first use after unseal.
     pub(crate) async fn org_keys(&self, org_id: Uuid) -> Result<Arc<OrgKeys>, CoreError> {
         let ttl = self.config().key_cache_ttl;
-        if let Some(k) = self.inner.keyring.cached(org_id, ttl)? {
+        if let Some(k) = self.keyring.cached(org_id, ttl)? {
             return Ok(k);
         }
-        let lock = self.inner.keyring.loading.lock(org_id);
+        let lock = self.keyring.loading.lock(org_id);
         let _loading = lock.lock().await;
         // Another request may have loaded them while this one waited.
-        if let Some(k) = self.inner.keyring.cached(org_id, ttl)? {
+        if let Some(k) = self.keyring.cached(org_id, ttl)? {
             return Ok(k);
         }
         let _root = self.root_stable().await;
-        let rows = self.repos().tenants.tenant_keys(org_id).await?;
+        let rows = self.key_rows.tenant_keys(org_id).await?;
         let external = match self.unwrap_external_terms(org_id, &rows).await {
             Err(CoreError::TenantKeyUnavailable) => {
                 self.key_availability(org_id, false).await;
@@ -272,7 +272,7 @@ impl crate::Coffer {
             }
             other => other?,
         };
-        let keys = self.inner.keyring.load(org_id, &rows, external)?;
+        let keys = self.keyring.load(org_id, &rows, external)?;
         self.key_availability(org_id, true).await;
         Ok(keys)
     }
@@ -281,7 +281,6 @@ impl crate::Coffer {
     /// sees them), once each, not every refused request.
     async fn key_availability(&self, org_id: Uuid, available: bool) {
         let changed = self
-            .inner
             .keys_unavailable
             .lock()
             .map(|mut set| {
@@ -303,13 +302,6 @@ impl crate::Coffer {
         }
     }
 
-    /// Held while sealing something with the root key (or a key derived from it) and storing
-    /// it, or while unwrapping stored keys: a root rotation waits for these and blocks them,
-    /// so nothing is sealed under a root key that is being replaced.
-    pub(crate) async fn root_stable(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
-        self.inner.root_change.read().await
-    }
-
     /// The organisation's keys, reloaded once if they lack a term that `terms` needs (another
     /// node rotated and rewrapped meanwhile).
     pub(crate) async fn org_keys_covering(
@@ -321,15 +313,7 @@ impl crate::Coffer {
         if keys.covers(terms) {
             return Ok(keys);
         }
-        self.inner.keyring.evict(Some(org_id));
+        self.keyring.evict(Some(org_id));
         self.org_keys(org_id).await
-    }
-
-    pub(crate) fn ensure_unsealed(&self) -> Result<(), CoreError> {
-        if self.inner.keyring.is_sealed() {
-            Err(CoreError::Sealed)
-        } else {
-            Ok(())
-        }
     }
 }

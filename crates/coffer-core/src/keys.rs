@@ -17,8 +17,9 @@ use uuid::Uuid;
 use crate::audit::{AuditTarget, Cx, Pending};
 use crate::clock::now_ms;
 use crate::external::WrapTarget;
+use crate::kernel::Kernel;
 use crate::members::ensure_admin;
-use crate::{Coffer, CoreError, Principal};
+use crate::{CoreError, Principal};
 /// The audit actions of tenant keys.
 pub mod action {
     use crate::audit::Action;
@@ -79,21 +80,54 @@ impl From<RotationRow> for RotationView {
     }
 }
 
-impl Coffer {
+/// Tenant keys: their status, rotation, the rewrap job and destruction of retired terms,
+/// and organisations' own keys (`external`).
+pub struct Keys {
+    pub(crate) k: std::sync::Arc<Kernel>,
+    pub(crate) keys: std::sync::Arc<dyn coffer_store::KeyRepo>,
+    pub(crate) tenants: std::sync::Arc<dyn coffer_store::TenantRepo>,
+    /// Wakes the key maintenance job (a rotation was requested).
+    pub(crate) key_job: tokio::sync::Notify,
+    /// One key maintenance run at a time on this node (the background job and an explicit
+    /// call would otherwise rewrap the same batches twice).
+    pub(crate) key_maintenance: tokio::sync::Mutex<()>,
+}
+
+impl Keys {
+    pub(crate) fn new(
+        k: std::sync::Arc<Kernel>,
+        keys: std::sync::Arc<dyn coffer_store::KeyRepo>,
+        tenants: std::sync::Arc<dyn coffer_store::TenantRepo>,
+    ) -> Self {
+        Self {
+            k,
+            keys,
+            tenants,
+            key_job: tokio::sync::Notify::new(),
+            key_maintenance: tokio::sync::Mutex::new(()),
+        }
+    }
+}
+
+impl Keys {
     /// The caller's organisation's key terms and rotation progress (Owner, Admin).
     pub async fn key_status(&self, cx: &Cx, p: &Principal) -> Result<KeyStatus, CoreError> {
-        let pending = self.begin_for(cx, p, action::STATUS, AuditTarget::default());
+        let pending = self
+            .k
+            .begin_for(cx, p, action::STATUS, AuditTarget::default());
         let r: Result<KeyStatus, CoreError> = async {
             ensure_admin(p)?;
             self.org_key_status(p.org_id).await
         }
         .await;
-        self.conclude(pending, r).await
+        self.k.conclude(pending, r).await
     }
 
     /// Start a rotation of the caller's organisation's key (Owner, Admin).
     pub async fn rotate_key(&self, cx: &Cx, p: &Principal) -> Result<KeyStatus, CoreError> {
-        let mut pending = self.begin_for(cx, p, action::ROTATE, AuditTarget::default());
+        let mut pending = self
+            .k
+            .begin_for(cx, p, action::ROTATE, AuditTarget::default());
         let r: Result<KeyStatus, CoreError> = async {
             ensure_admin(p)?;
             self.rotate_org_key_to(p.org_id, "manual", WrapTarget::Current, Some(&mut pending))
@@ -101,16 +135,16 @@ impl Coffer {
             self.org_key_status(p.org_id).await
         }
         .await;
-        self.conclude(pending, r).await
+        self.k.conclude(pending, r).await
     }
 
     pub async fn org_key_status(&self, org_id: Uuid) -> Result<KeyStatus, CoreError> {
-        self.ensure_unsealed()?;
+        self.k.ensure_unsealed()?;
         // The job first: a finished job then always comes with the counts it finished with
         // (they are read after its commit), never with older ones.
-        let rotation = self.repos().keys.rotation(org_id).await?;
-        let keys = self.repos().tenants.tenant_keys(org_id).await?;
-        let usage = self.repos().keys.term_usage(org_id).await?;
+        let rotation = self.keys.rotation(org_id).await?;
+        let keys = self.tenants.tenant_keys(org_id).await?;
+        let usage = self.keys.term_usage(org_id).await?;
         let active = keys
             .iter()
             .map(|k| k.term)
@@ -134,11 +168,11 @@ impl Coffer {
             .collect();
         Ok(KeyStatus {
             active_term: active.0,
-            external_key: self.repos().tenants.external_key(org_id).await?,
+            external_key: self.tenants.external_key(org_id).await?,
             terms,
             rotation: rotation.map(Into::into),
-            rotate_after_days: self.config().key_rotate_after.as_secs() / 86_400,
-            rotate_after_encryptions: self.config().key_rotate_after_encryptions,
+            rotate_after_days: self.k.config().key_rotate_after.as_secs() / 86_400,
+            rotate_after_encryptions: self.k.config().key_rotate_after_encryptions,
         })
     }
 
@@ -146,7 +180,7 @@ impl Coffer {
     /// (on the leader node) moves existing values to it. Done by the service itself (the
     /// rotation policy): recorded as `key.rotated` by `system`, with the rotation.
     pub async fn rotate_org_key(&self, org_id: Uuid, reason: &str) -> Result<KeyTerm, CoreError> {
-        let mut pending = self.begin_system(
+        let mut pending = self.k.begin_system(
             org_id,
             action::ROTATED,
             serde_json::json!({ "reason": reason }),
@@ -154,10 +188,10 @@ impl Coffer {
         let r = self
             .rotate_org_key_to(org_id, reason, WrapTarget::Current, Some(&mut pending))
             .await;
-        self.conclude(pending, r).await
+        self.k.conclude(pending, r).await
     }
 
-    /// [`Coffer::rotate_org_key`], with the new term wrapped by `target`, recorded by
+    /// [`Keys::rotate_org_key`], with the new term wrapped by `target`, recorded by
     /// `pending`'s event (which gains the new term).
     pub(crate) async fn rotate_org_key_to(
         &self,
@@ -168,13 +202,13 @@ impl Coffer {
     ) -> Result<KeyTerm, CoreError> {
         // A second attempt covers a stale key cache (another node rotated meanwhile).
         for _ in 0..2 {
-            let current = self.org_keys(org_id).await?;
+            let current = self.k.org_keys(org_id).await?;
             // Not held across `org_keys`, which takes it too (a queued rotation would
             // otherwise deadlock a nested read).
-            let root_guard = self.root_stable().await;
+            let root_guard = self.k.root_stable().await;
             let next = KeyTerm(current.active()?.term().0.saturating_add(1));
             let key = TenantKey::generate(next);
-            let wrapped = self.wrap_new_term(org_id, &key, &target).await?;
+            let wrapped = self.k.wrap_new_term(org_id, &key, &target).await?;
             let row = TenantKeyRow {
                 org_id,
                 term: next,
@@ -188,17 +222,13 @@ impl Coffer {
                 }
                 None => None,
             };
-            let outcome = self
-                .repos()
-                .keys
-                .rotate_tenant_key(&row, reason, event)
-                .await;
+            let outcome = self.keys.rotate_tenant_key(&row, reason, event).await;
             drop(root_guard);
-            self.inner.keyring.evict(Some(org_id));
+            self.k.keyring.evict(Some(org_id));
             match outcome {
                 Ok(_) => {
-                    self.publish(Invalidation::Keys(org_id));
-                    self.inner.key_job.notify_one();
+                    self.k.publish(Invalidation::Keys(org_id));
+                    self.key_job.notify_one();
                     tracing::info!(org_id = %org_id, term = next.0, reason, "tenant key rotated");
                     return Ok(next);
                 }
@@ -211,23 +241,23 @@ impl Coffer {
 
     /// Resolves when a rotation was requested on this node or announced by another.
     pub async fn key_job_requested(&self) {
-        self.inner.key_job.notified().await;
+        self.key_job.notified().await;
     }
 
     /// The key maintenance job (leader only): finish rewraps, destroy retired terms, and
     /// start rotations that the age or usage policy calls for. Returns values rewrapped.
     pub async fn run_key_maintenance(&self) -> Result<u64, CoreError> {
-        self.ensure_unsealed()?;
-        let _one_at_a_time = self.inner.key_maintenance.lock().await;
+        self.k.ensure_unsealed()?;
+        let _one_at_a_time = self.key_maintenance.lock().await;
         let mut moved = 0;
         let mut failed = None;
-        for org in self.repos().tenants.org_ids().await? {
+        for org in self.tenants.org_ids().await? {
             match self.maintain_org_keys(org).await {
                 Ok(n) => moved += n,
                 // Its own key is revoked or unreachable: the others carry on.
                 Err(CoreError::TenantKeyUnavailable) => {}
                 // The organisation was deleted meanwhile.
-                Err(CoreError::Integrity) if self.repos().tenants.org(org).await?.is_none() => {}
+                Err(CoreError::Integrity) if self.tenants.org(org).await?.is_none() => {}
                 // Without the database nothing else will work either.
                 Err(e @ CoreError::Unavailable(_)) => return Err(e),
                 // One organisation's trouble (a corrupt record, say) must not hold back the
@@ -246,7 +276,7 @@ impl Coffer {
 
     async fn maintain_org_keys(&self, org_id: Uuid) -> Result<u64, CoreError> {
         let moved = self.rewrap_org(org_id).await?;
-        let rotation = self.repos().keys.rotation(org_id).await?;
+        let rotation = self.keys.rotation(org_id).await?;
         if rotation.as_ref().is_none_or(|r| r.finished_at.is_some()) {
             self.destroy_retired_terms(org_id).await?;
             if let Some(reason) = self.rotation_due(org_id, rotation.as_ref()).await? {
@@ -264,18 +294,17 @@ impl Coffer {
     async fn destroy_retired_terms(&self, org_id: Uuid) -> Result<(), CoreError> {
         let grace = i64::try_from(self.retire_grace().as_millis()).unwrap_or(i64::MAX);
         let before = now_ms().saturating_sub(grace);
-        let retired = self.repos().keys.retired_terms(org_id, before).await?;
+        let retired = self.keys.retired_terms(org_id, before).await?;
         if retired.is_empty() {
             return Ok(());
         }
         let terms: Vec<u32> = retired.iter().map(|t| t.0).collect();
-        let mut pending = self.begin_system(
+        let mut pending = self.k.begin_system(
             org_id,
             action::TERMS_DESTROYED,
             serde_json::json!({ "terms": terms }),
         );
         let r = match self
-            .repos()
             .keys
             .destroy_retired_keys(org_id, before, &retired, Some(pending.change_event()?))
             .await
@@ -285,17 +314,17 @@ impl Coffer {
             r => r.map_err(CoreError::from),
         };
         if r.is_ok() {
-            self.inner.keyring.evict(Some(org_id));
-            self.publish(Invalidation::Keys(org_id));
+            self.k.keyring.evict(Some(org_id));
+            self.k.publish(Invalidation::Keys(org_id));
             tracing::info!(org_id = %org_id, ?terms, "retired tenant key terms destroyed");
         }
-        self.conclude(pending, r).await
+        self.k.conclude(pending, r).await
     }
 
     /// Retired terms live on until every node's cached copy of the key set has expired, so
     /// that no node can still seal a value under one.
     fn retire_grace(&self) -> Duration {
-        self.config().key_cache_ttl.saturating_mul(2) + Duration::from_secs(1)
+        self.k.config().key_cache_ttl.saturating_mul(2) + Duration::from_secs(1)
     }
 
     async fn rotation_due(
@@ -303,17 +332,17 @@ impl Coffer {
         org_id: Uuid,
         last: Option<&RotationRow>,
     ) -> Result<Option<&'static str>, CoreError> {
-        let keys = self.repos().tenants.tenant_keys(org_id).await?;
+        let keys = self.tenants.tenant_keys(org_id).await?;
         let Some(active) = keys.iter().max_by_key(|k| k.term) else {
             return Ok(None);
         };
         let age = now_ms().saturating_sub(active.created_at);
-        let max_age = i64::try_from(self.config().key_rotate_after.as_millis()).unwrap_or(i64::MAX);
+        let max_age =
+            i64::try_from(self.k.config().key_rotate_after.as_millis()).unwrap_or(i64::MAX);
         if age >= max_age {
             return Ok(Some("age"));
         }
         let used = self
-            .repos()
             .keys
             .term_usage(org_id)
             .await?
@@ -326,7 +355,7 @@ impl Coffer {
         let rewrapped = last
             .filter(|r| r.target_term == active.term)
             .map_or(0, |r| r.done);
-        let limit = self.config().key_rotate_after_encryptions;
+        let limit = self.k.config().key_rotate_after_encryptions;
         if used.saturating_sub(rewrapped) >= limit {
             return Ok(Some("usage"));
         }
@@ -339,7 +368,7 @@ impl Coffer {
     /// Run the organisation's unfinished rewrap job to the end. Values are not decrypted:
     /// each data key is unwrapped with its old term and wrapped with the new one.
     async fn rewrap_org(&self, org_id: Uuid) -> Result<u64, CoreError> {
-        let Some(job) = self.repos().keys.rotation(org_id).await? else {
+        let Some(job) = self.keys.rotation(org_id).await? else {
             return Ok(0);
         };
         if job.finished_at.is_some() {
@@ -350,13 +379,13 @@ impl Coffer {
         let mut moved = 0u64;
         loop {
             let batch = self
-                .repos()
                 .keys
-                .rewrap_batch(org_id, target, cursor, self.config().rewrap_batch)
+                .rewrap_batch(org_id, target, cursor, self.k.config().rewrap_batch)
                 .await?;
             let last = batch.last().map(|i| i.credential_id).or(cursor);
-            let finished = (batch.len() < self.config().rewrap_batch as usize).then(now_ms);
+            let finished = (batch.len() < self.k.config().rewrap_batch as usize).then(now_ms);
             let keys = self
+                .k
                 .org_keys_covering(
                     org_id,
                     batch
@@ -393,7 +422,7 @@ impl Coffer {
             .map_err(|_| CoreError::Internal("rewrap task"))??;
             // The last batch commits with the job's event.
             let mut pending = finished.map(|_| {
-                self.begin_system(
+                self.k.begin_system(
                     org_id,
                     action::REWRAP_FINISHED,
                     serde_json::json!({ "term": target.0, "values": job.total }),
@@ -404,7 +433,6 @@ impl Coffer {
                 None => None,
             };
             match self
-                .repos()
                 .keys
                 .apply_rewrap(org_id, target, &rewrapped, last, finished, event)
                 .await
@@ -418,12 +446,19 @@ impl Coffer {
             cursor = last;
             if let Some(p) = pending {
                 tracing::info!(org_id = %org_id, term = target.0, moved, "rewrap finished");
-                return self.conclude(p, Ok(moved)).await;
+                return self.k.conclude(p, Ok(moved)).await;
             }
-            let pause = self.config().rewrap_pause;
+            let pause = self.k.config().rewrap_pause;
             if !pause.is_zero() {
                 tokio::time::sleep(pause).await;
             }
         }
+    }
+}
+
+impl std::fmt::Debug for Keys {
+    // The repositories are trait objects without Debug; the caches say nothing useful.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys").finish_non_exhaustive()
     }
 }

@@ -1,9 +1,11 @@
 //! The barrier and the domain.
 //!
-//! [`Coffer`] is the one entry point the HTTP edge calls. It holds the seal state (the root
-//! key, in memory only), unwraps and caches tenant keys, authenticates bearer tokens, and
-//! implements projects, environments and parameters. Every operation takes the caller's
-//! [`Principal`], whose organisation comes from the authenticated session and nowhere else.
+//! [`Coffer`] is the one entry point the HTTP edge calls: a thin front over one service per
+//! area ([`Params`], [`Projects`], [`Identity`], [`Keys`], [`AuditLog`]), each holding the
+//! repositories of its own area and the shared kernel (the seal state with the root key in
+//! memory only, unwrapped tenant keys, and the audit recorder every operation records its
+//! own event through). Every operation takes the caller's [`Principal`], whose organisation
+//! comes from the authenticated session and nowhere else.
 
 pub mod apikeys;
 pub mod audit;
@@ -13,6 +15,8 @@ mod config;
 mod error;
 mod external;
 mod flight;
+mod identity;
+mod kernel;
 mod keyring;
 mod keys;
 pub mod members;
@@ -65,85 +69,39 @@ pub use rekey::RekeyResult;
 pub use roles::Role;
 pub use sys::{Bootstrap, InitResult, SealStatus, StartState, UnsealOutcome};
 
-use coffer_store::{
-    AccessRepo, AuditRepo, Cluster, Invalidation, KeyRepo, MailRepo, ParamRepo, SealRepo,
-    TenantRepo, UserRepo,
-};
+use coffer_store::{Invalidation, KeyRepo, SealRepo};
 
-/// The storage, one handle per area: each part of the domain names the repositories it
-/// uses (`self.repos().params`), and a new feature adds its own.
-#[derive(Clone)]
-pub(crate) struct Repos {
-    pub seal: Arc<dyn SealRepo>,
-    pub tenants: Arc<dyn TenantRepo>,
-    pub params: Arc<dyn ParamRepo>,
-    pub audit: Arc<dyn AuditRepo>,
-    pub users: Arc<dyn UserRepo>,
-    pub access: Arc<dyn AccessRepo>,
-    pub mail: Arc<dyn MailRepo>,
-    pub keys: Arc<dyn KeyRepo>,
-}
+pub use audit::AuditLog;
+pub use identity::Identity;
+pub use keys::Keys;
+pub use params::Params;
+pub use projects::Projects;
 
-impl Repos {
-    fn new(store: Arc<dyn coffer_store::Store>) -> Self {
-        Self {
-            seal: store.clone(),
-            tenants: store.clone(),
-            params: store.clone(),
-            audit: store.clone(),
-            users: store.clone(),
-            access: store.clone(),
-            mail: store.clone(),
-            keys: store,
-        }
-    }
-}
-
-impl std::fmt::Debug for Repos {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Repos").finish_non_exhaustive()
-    }
-}
-
-/// The service. Cheap to clone.
+/// The service: a thin front over the services of each area. The edge calls
+/// [`Coffer::params`], [`Coffer::identity`], [`Coffer::keys`], [`Coffer::audit`] and
+/// [`Coffer::projects`] for their operations; the front itself does what spans them all:
+/// initialising, sealing and unsealing, root key rotation, deleting an organisation, and
+/// following the other nodes' change notices. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Coffer {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
-    repos: Repos,
-    /// Leadership, invalidation notices and the root guard, shared with the other nodes.
-    cluster: Arc<dyn Cluster>,
-    config: CoreConfig,
-    keyring: keyring::Keyring,
-    sessions: auth::SessionCache,
-    meta: projects::MetaCache,
-    sinks: audit::AuditSinks,
-    /// The chain heads this node appended, for signing and online verification.
-    known_heads: audit::KnownHeads,
-    /// Reads answered from the node's cache: confirmed, and found stale when audited.
-    cached_reads: [std::sync::atomic::AtomicU64; 2],
-    dummy_hash: String,
-    /// Wakes the key maintenance job (a rotation was requested).
-    key_job: tokio::sync::Notify,
-    /// One key maintenance run at a time on this node (the background job and an explicit
-    /// call would otherwise rewrap the same batches twice).
-    key_maintenance: tokio::sync::Mutex<()>,
+    k: Arc<kernel::Kernel>,
+    /// The seal configuration and the root's check value.
+    seal: Arc<dyn SealRepo>,
+    /// Root rotation and an organisation's destruction.
+    key_repo: Arc<dyn KeyRepo>,
+    identity: Arc<Identity>,
+    projects: Arc<Projects>,
+    params: Arc<Params>,
+    keys: Arc<Keys>,
+    audit: Arc<AuditLog>,
     /// Held while following a rekey done on another node.
     root_watch: tokio::sync::Mutex<()>,
     /// Set by [`Coffer::close`]: nothing unseals again afterwards.
     closed: std::sync::atomic::AtomicBool,
-    /// API key uses not written yet, by (organisation, key): see `Coffer::note_key_use`.
-    key_uses: std::sync::Mutex<std::collections::HashMap<(uuid::Uuid, uuid::Uuid), i64>>,
-    /// Organisations whose own key this node last found unusable.
-    keys_unavailable: std::sync::Mutex<std::collections::HashSet<uuid::Uuid>>,
-    /// Write-locked while the root key is replaced (see `Coffer::root_stable`).
-    root_change: tokio::sync::RwLock<()>,
-    /// The seal this server is configured with, and the KMS/HSM organisations may use for
-    /// their own keys (set once at start by [`Coffer::configure_keys`]).
-    keys: std::sync::RwLock<external::KeyConfig>,
 }
 
 impl Coffer {
@@ -157,28 +115,41 @@ impl Coffer {
         config: CoreConfig,
         sinks: audit::AuditSinks,
     ) -> Result<Self, CoreError> {
-        let dummy_hash = auth::dummy_hash()?;
         let invalidations = storage.cluster.invalidations();
+        let store = storage.store;
+        let k = Arc::new(kernel::Kernel::new(
+            config,
+            storage.cluster,
+            store.clone(),
+            store.clone(),
+            sinks,
+        ));
+        let projects = Arc::new(Projects::new(k.clone(), store.clone()));
         let c = Self {
             inner: Arc::new(Inner {
-                repos: Repos::new(storage.store),
-                cluster: storage.cluster,
-                keyring: keyring::Keyring::default(),
-                sessions: auth::SessionCache::new(),
-                meta: projects::MetaCache::default(),
-                sinks,
-                known_heads: audit::KnownHeads::default(),
-                cached_reads: Default::default(),
-                config,
-                dummy_hash,
-                key_job: tokio::sync::Notify::new(),
-                root_change: tokio::sync::RwLock::new(()),
-                keys_unavailable: std::sync::Mutex::default(),
-                key_uses: std::sync::Mutex::default(),
-                key_maintenance: tokio::sync::Mutex::new(()),
+                identity: Arc::new(Identity::new(
+                    k.clone(),
+                    store.clone(),
+                    store.clone(),
+                    store.clone(),
+                    store.clone(),
+                )?),
+                params: Arc::new(Params {
+                    k: k.clone(),
+                    params: store.clone(),
+                    projects: projects.clone(),
+                }),
+                projects,
+                keys: Arc::new(Keys::new(k.clone(), store.clone(), store.clone())),
+                audit: Arc::new(AuditLog {
+                    k: k.clone(),
+                    audit: store.clone(),
+                }),
+                seal: store.clone(),
+                key_repo: store,
+                k,
                 root_watch: tokio::sync::Mutex::new(()),
                 closed: std::sync::atomic::AtomicBool::new(false),
-                keys: std::sync::RwLock::new(external::KeyConfig::default()),
             }),
         };
         if let Some(rx) = invalidations {
@@ -186,6 +157,35 @@ impl Coffer {
         }
         c.flush_key_uses_periodically();
         Ok(c)
+    }
+
+    /// Parameters: read, write, history, diff.
+    pub fn params(&self) -> &Params {
+        &self.inner.params
+    }
+
+    /// Projects and their environments.
+    pub fn projects(&self) -> &Projects {
+        &self.inner.projects
+    }
+
+    /// Accounts, logins, sessions, API keys, organisations and their members.
+    pub fn identity(&self) -> &Identity {
+        &self.inner.identity
+    }
+
+    /// Tenant keys: status, rotation, organisations' own keys.
+    pub fn keys(&self) -> &Keys {
+        &self.inner.keys
+    }
+
+    /// The audit log: listing, export, verification, checkpoints.
+    pub fn audit(&self) -> &AuditLog {
+        &self.inner.audit
+    }
+
+    fn k(&self) -> &kernel::Kernel {
+        &self.inner.k
     }
 
     /// Write noted API key uses every few seconds. Holds only a weak reference, so the task
@@ -199,7 +199,7 @@ impl Coffer {
             loop {
                 tokio::time::sleep(std::time::Duration::from_secs(5)).await;
                 let Some(inner) = weak.upgrade() else { return };
-                Coffer { inner }.flush_key_uses().await;
+                inner.identity.flush_key_uses().await;
             }
         });
     }
@@ -221,18 +221,18 @@ impl Coffer {
                 };
                 let Some(inner) = weak.upgrade() else { return };
                 match what {
-                    Invalidation::Access => inner.sessions.clear(),
-                    Invalidation::Meta(org) => inner.meta.evict_org(org),
+                    Invalidation::Access => inner.identity.sessions.clear(),
+                    Invalidation::Meta(org) => inner.projects.meta.evict_org(org),
                     Invalidation::Keys(org) => {
-                        inner.keyring.evict(Some(org));
+                        inner.k.keyring.evict(Some(org));
                         // The leader's key job may have work now.
-                        inner.key_job.notify_one();
+                        inner.keys.key_job.notify_one();
                     }
                     Invalidation::All => {
-                        inner.sessions.clear();
-                        inner.meta.clear();
-                        inner.keyring.evict(None);
-                        inner.key_job.notify_one();
+                        inner.identity.sessions.clear();
+                        inner.projects.meta.clear();
+                        inner.k.keyring.evict(None);
+                        inner.keys.key_job.notify_one();
                         // Not inline: a slow KMS/HSM unseal must not hold up invalidations.
                         tokio::spawn(async move { Coffer { inner }.seal_if_root_replaced().await });
                     }
@@ -255,11 +255,11 @@ impl Coffer {
         let replaced = {
             // Not while this node rekeys: between its commit and taking the new key in
             // memory the two differ for a moment.
-            let _stable = self.inner.root_change.read().await;
-            let Ok(Some(cfg)) = self.repos().seal.seal_config().await else {
+            let _stable = self.k().root_change.read().await;
+            let Ok(Some(cfg)) = self.inner.seal.seal_config().await else {
                 return;
             };
-            self.inner
+            self.k()
                 .keyring
                 .with_root(|root| Ok(!root.matches(&cfg.root_check)))
                 .unwrap_or(false)
@@ -271,7 +271,7 @@ impl Coffer {
         {
             // Wait for everything that holds the old root key to finish (its writes then
             // fail the store's root check), and let nothing new take it meanwhile.
-            let _exclusive = self.inner.root_change.write().await;
+            let _exclusive = self.k().root_change.write().await;
             let _ = self.seal();
         }
         match self.start_sealed().await {
@@ -291,20 +291,20 @@ impl Coffer {
         // After any rekey follow-up under way, so it cannot unseal again behind this.
         let _one = self.inner.root_watch.lock().await;
         // What this node wrote last is signed before the key leaves memory.
-        if let Err(e) = self.sign_heads().await {
+        if let Err(e) = self.audit().sign_heads().await {
             tracing::warn!(error = %e, "could not sign the last audit chain heads");
         }
         let _ = self.seal();
-        self.flush_key_uses().await;
-        self.inner.cluster.close().await;
+        self.identity().flush_key_uses().await;
+        self.k().cluster.close().await;
     }
 
     /// Whether this node is unsealed with the database's current root key.
     pub async fn root_check_matches(&self) -> bool {
-        let Ok(Some(cfg)) = self.repos().seal.seal_config().await else {
+        let Ok(Some(cfg)) = self.inner.seal.seal_config().await else {
             return false;
         };
-        self.inner
+        self.k()
             .keyring
             .with_root(|root| Ok(root.matches(&cfg.root_check)))
             .unwrap_or(false)
@@ -312,32 +312,37 @@ impl Coffer {
 
     /// Periodic check (every node): has another node replaced the root key?
     pub async fn check_root(&self) {
-        if !self.inner.keyring.is_sealed() {
+        if !self.k().keyring.is_sealed() {
             self.seal_if_root_replaced().await;
         }
     }
 
-    /// Tell the other nodes (best effort; their caches also expire on their own).
-    pub(crate) fn publish(&self, what: Invalidation) {
-        let cluster = self.inner.cluster.clone();
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                if let Err(e) = cluster.publish_invalidation(what).await {
-                    tracing::debug!(error = %e, "could not publish a cache invalidation");
-                }
-            });
-        }
-    }
-
     pub fn config(&self) -> &CoreConfig {
-        &self.inner.config
+        self.k().config()
     }
 
-    fn repos(&self) -> &Repos {
-        &self.inner.repos
+    /// Record a request the edge rejected before it reached an operation (unauthenticated,
+    /// malformed body, ...): the route's action with the rejection's code.
+    pub async fn record_rejection(&self, cx: &audit::Cx, code: ErrorCode) -> Result<(), CoreError> {
+        let Some(action) = cx.route_action() else {
+            return Ok(());
+        };
+        let mut pending = self.k().begin(cx, action, cx.route_target());
+        pending.failed(code);
+        self.k()
+            .conclude_with(pending, Ok(()), &*self.inner.params)
+            .await
     }
 
-    fn cluster(&self) -> &dyn Cluster {
-        &*self.inner.cluster
+    /// Use `seal` for the root key, and `services` for organisations' own keys. Call once,
+    /// before [`Coffer::start_sealed`].
+    pub fn configure_keys(&self, seal: Arc<dyn seal::Seal>, services: seal::KeyServices) {
+        self.k().configure_keys(seal, services);
+    }
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner").finish_non_exhaustive()
     }
 }

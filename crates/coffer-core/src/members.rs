@@ -10,7 +10,8 @@ use uuid::Uuid;
 
 use crate::auth::{AuthMethod, LoginResult, NewSession, Principal, SESSION_PREFIX};
 use crate::clock::now_ms;
-use crate::{Coffer, CoreError, Role};
+use crate::identity::Identity;
+use crate::{CoreError, Role};
 
 pub const INVITE_PREFIX: &str = "cfi_";
 
@@ -123,30 +124,31 @@ fn username_from_email(email: &str) -> String {
     name
 }
 
-impl Coffer {
+impl Identity {
     /// The organisations the caller belongs to.
     pub async fn my_orgs(
         &self,
         cx: &Cx,
         p: &Principal,
     ) -> Result<Vec<OrgMembershipView>, CoreError> {
-        let pending = self.begin_for(cx, p, action::ORG_LIST, AuditTarget::default());
+        let pending = self
+            .k
+            .begin_for(cx, p, action::ORG_LIST, AuditTarget::default());
         let r: Result<Vec<OrgMembershipView>, CoreError> = async { self.orgs_of(p).await }.await;
-        self.conclude(pending, r).await
+        self.k.conclude(pending, r).await
     }
 
     async fn orgs_of(&self, p: &Principal) -> Result<Vec<OrgMembershipView>, CoreError> {
-        self.ensure_unsealed()?;
+        self.k.ensure_unsealed()?;
         let mut out = Vec::new();
-        for m in self.repos().access.memberships(p.user_id).await? {
+        for m in self.access.memberships(p.user_id).await? {
             // An API key is bound to its organisation and sees only that one.
             if p.method == AuthMethod::ApiKey && m.org_id != p.org_id {
                 continue;
             }
-            if let (Some(org), Some(role)) = (
-                self.repos().tenants.org(m.org_id).await?,
-                Role::parse(&m.role),
-            ) {
+            if let (Some(org), Some(role)) =
+                (self.tenants.org(m.org_id).await?, Role::parse(&m.role))
+            {
                 out.push(OrgMembershipView {
                     org_id: org.id,
                     name: org.name,
@@ -165,7 +167,9 @@ impl Coffer {
         p: &Principal,
         name: &str,
     ) -> Result<Uuid, CoreError> {
-        let mut pending = self.begin_for(cx, p, action::ORG_CREATE, AuditTarget::default());
+        let mut pending = self
+            .k
+            .begin_for(cx, p, action::ORG_CREATE, AuditTarget::default());
         let r: Result<Uuid, CoreError> = async {
             p.ensure_person()?;
             // The organisation, its key, its Owner and the event: one transaction.
@@ -174,7 +178,7 @@ impl Coffer {
                 .await
         }
         .await;
-        self.conclude(pending, r).await
+        self.k.conclude(pending, r).await
     }
 
     /// Move to another organisation: a new session bound to it replaces the current one.
@@ -186,7 +190,9 @@ impl Coffer {
         org_name: &str,
         address: &str,
     ) -> Result<LoginResult, CoreError> {
-        let mut pending = self.begin_for(cx, p, action::ORG_SWITCH, AuditTarget::default());
+        let mut pending = self
+            .k
+            .begin_for(cx, p, action::ORG_SWITCH, AuditTarget::default());
         let r: Result<LoginResult, CoreError> = async {
             p.ensure_person()?;
             let target = self
@@ -206,14 +212,13 @@ impl Coffer {
                         method: p.method,
                         api_key_id: None,
                         address,
-                        ttl: self.config().session_ttl,
+                        ttl: self.k.config().session_ttl,
                         event: Some(pending.change_event()?),
                     },
                 )
                 .await?;
             // The session switched from ends with this change (its own event).
-            self.repos()
-                .access
+            self.access
                 .delete_session(&coffer_crypto::token::hash(bearer).0, None)
                 .await?;
             self.access_changed();
@@ -221,16 +226,17 @@ impl Coffer {
             Ok(LoginResult { token, principal })
         }
         .await;
-        self.conclude(pending, r).await
+        self.k.conclude(pending, r).await
     }
 
     pub async fn members(&self, cx: &Cx, p: &Principal) -> Result<Vec<MemberView>, CoreError> {
-        let pending = self.begin_for(cx, p, action::MEMBER_LIST, AuditTarget::default());
+        let pending = self
+            .k
+            .begin_for(cx, p, action::MEMBER_LIST, AuditTarget::default());
         let r: Result<Vec<MemberView>, CoreError> = async {
-            self.ensure_unsealed()?;
+            self.k.ensure_unsealed()?;
             ensure_admin(p)?;
             Ok(self
-                .repos()
                 .access
                 .org_members(p.org_id)
                 .await?
@@ -248,7 +254,7 @@ impl Coffer {
                 .collect())
         }
         .await;
-        self.conclude(pending, r).await
+        self.k.conclude(pending, r).await
     }
 
     /// The member with this username, in the caller's organisation (404 otherwise).
@@ -256,13 +262,11 @@ impl Coffer {
         let name = crate::auth::normalize_username(username);
         let not_found = || CoreError::not_found("member", username);
         let user = self
-            .repos()
             .users
             .user_by_name(&name)
             .await?
             .ok_or_else(not_found)?;
         let m = self
-            .repos()
             .access
             .membership(p.org_id, user.id)
             .await?
@@ -279,16 +283,17 @@ impl Coffer {
         username: &str,
         role: Role,
     ) -> Result<(), CoreError> {
-        let mut pending = self.begin_for(cx, p, action::MEMBER_SET_ROLE, AuditTarget::default());
+        let mut pending = self
+            .k
+            .begin_for(cx, p, action::MEMBER_SET_ROLE, AuditTarget::default());
         let r: Result<(), CoreError> = async {
-            self.ensure_unsealed()?;
+            self.k.ensure_unsealed()?;
             ensure_admin(p)?;
             let (user, current) = self.member(p, username).await?;
             if role > p.role || (p.role < Role::Owner && current == Role::Owner) {
                 return Err(CoreError::Forbidden("only Owners manage Owners"));
             }
             match self
-                .repos()
                 .access
                 .set_role(
                     p.org_id,
@@ -315,7 +320,7 @@ impl Coffer {
             Ok(())
         }
         .await;
-        self.conclude(pending, r).await
+        self.k.conclude(pending, r).await
     }
 
     /// Remove a member; their sessions and API keys in this organisation end with it.
@@ -325,16 +330,17 @@ impl Coffer {
         p: &Principal,
         username: &str,
     ) -> Result<(), CoreError> {
-        let mut pending = self.begin_for(cx, p, action::MEMBER_REMOVE, AuditTarget::default());
+        let mut pending = self
+            .k
+            .begin_for(cx, p, action::MEMBER_REMOVE, AuditTarget::default());
         let r: Result<(), CoreError> = async {
-            self.ensure_unsealed()?;
+            self.k.ensure_unsealed()?;
             ensure_admin(p)?;
             let (user, current) = self.member(p, username).await?;
             if p.role < Role::Owner && current == Role::Owner {
                 return Err(CoreError::Forbidden("only Owners manage Owners"));
             }
             match self
-                .repos()
                 .access
                 .remove_member(p.org_id, user.id, Some(pending.change_event()?))
                 .await
@@ -355,7 +361,7 @@ impl Coffer {
             Ok(())
         }
         .await;
-        self.conclude(pending, r).await
+        self.k.conclude(pending, r).await
     }
 
     /// Invite someone by e-mail, with a role no higher than the caller's (Admins cannot
@@ -367,9 +373,11 @@ impl Coffer {
         email: &str,
         role: Role,
     ) -> Result<Invitation, CoreError> {
-        let mut pending = self.begin_for(cx, p, action::INVITATION_CREATE, AuditTarget::default());
+        let mut pending =
+            self.k
+                .begin_for(cx, p, action::INVITATION_CREATE, AuditTarget::default());
         let r: Result<Invitation, CoreError> = async {
-            self.ensure_unsealed()?;
+            self.k.ensure_unsealed()?;
             ensure_admin(p)?;
             if role > p.role || (role == Role::Owner && p.role < Role::Owner) {
                 return Err(CoreError::Forbidden("only Owners manage Owners"));
@@ -377,7 +385,7 @@ impl Coffer {
             let email = normalize_email(email)?;
             let (token, digest) = token::generate(INVITE_PREFIX);
             let now = now_ms();
-            let ttl = i64::try_from(self.config().invitation_ttl.as_millis()).unwrap_or(i64::MAX);
+            let ttl = i64::try_from(self.k.config().invitation_ttl.as_millis()).unwrap_or(i64::MAX);
             let row = InvitationRow {
                 id: Uuid::new_v4(),
                 org_id: p.org_id,
@@ -390,7 +398,7 @@ impl Coffer {
                 accepted_at: None,
             };
             // The invitation and the message that carries it commit together.
-            let _root = self.root_stable().await;
+            let _root = self.k.root_stable().await;
             let mail = self.seal_mail(
                 &email,
                 &format!("You are invited to '{}' on Coffer", p.org_name),
@@ -400,21 +408,20 @@ impl Coffer {
                     p.org_name,
                     role.as_str(),
                     token.expose_secret(),
-                    self.config().invitation_ttl.as_secs() / 86_400
+                    self.k.config().invitation_ttl.as_secs() / 86_400
                 ),
             )?;
-            self.repos()
-                .access
+            self.access
                 .create_invitation(&row, Some(&mail), Some(pending.change_event()?))
                 .await?;
-            let token = (!self.config().mail_enabled).then_some(token);
+            let token = (!self.k.config().mail_enabled).then_some(token);
             Ok(Invitation {
                 view: invitation_view(row),
                 token,
             })
         }
         .await;
-        self.conclude(pending, r).await
+        self.k.conclude(pending, r).await
     }
 
     pub async fn list_invitations(
@@ -422,12 +429,13 @@ impl Coffer {
         cx: &Cx,
         p: &Principal,
     ) -> Result<Vec<InvitationView>, CoreError> {
-        let pending = self.begin_for(cx, p, action::INVITATION_LIST, AuditTarget::default());
+        let pending = self
+            .k
+            .begin_for(cx, p, action::INVITATION_LIST, AuditTarget::default());
         let r: Result<Vec<InvitationView>, CoreError> = async {
-            self.ensure_unsealed()?;
+            self.k.ensure_unsealed()?;
             ensure_admin(p)?;
             Ok(self
-                .repos()
                 .access
                 .invitations(p.org_id)
                 .await?
@@ -436,7 +444,7 @@ impl Coffer {
                 .collect())
         }
         .await;
-        self.conclude(pending, r).await
+        self.k.conclude(pending, r).await
     }
 
     /// Accept an invitation. A new user chooses a username and password; an existing user
@@ -449,15 +457,16 @@ impl Coffer {
         username: Option<&str>,
         password: &str,
     ) -> Result<Uuid, CoreError> {
-        let mut pending = self.begin(cx, action::INVITATION_ACCEPT, AuditTarget::default());
+        let mut pending = self
+            .k
+            .begin(cx, action::INVITATION_ACCEPT, AuditTarget::default());
         let r: Result<Uuid, CoreError> = async {
-            self.ensure_unsealed()?;
+            self.k.ensure_unsealed()?;
             let invalid = || CoreError::InvitationNotFound;
             if !invite_token.starts_with(INVITE_PREFIX) || invite_token.len() > 128 {
                 return Err(invalid());
             }
             let inv = self
-                .repos()
                 .access
                 .invitation_by_hash(&token::hash(invite_token).0)
                 .await?
@@ -465,7 +474,7 @@ impl Coffer {
                 .ok_or_else(invalid)?;
             let role =
                 Role::parse(&inv.role).ok_or(CoreError::Internal("unknown role in database"))?;
-            let (user, new_user) = match self.repos().users.user_by_email(&inv.email).await? {
+            let (user, new_user) = match self.users.user_by_email(&inv.email).await? {
                 Some(existing) => (
                     self.check_first_factor(Some(existing), password).await?,
                     false,
@@ -488,7 +497,6 @@ impl Coffer {
                 created_at: now_ms(),
             };
             match self
-                .repos()
                 .access
                 .consume_invitation(
                     inv.org_id,
@@ -505,11 +513,11 @@ impl Coffer {
                 Err(StoreError::Conflict) if new_user => return Err(user_exists(user.username)),
                 Err(e) => return Err(e.into()),
             }
-            self.repos().users.reset_login_attempts(user.id).await?;
+            self.users.reset_login_attempts(user.id).await?;
             Ok(user.id)
         }
         .await;
-        self.conclude(pending, r).await
+        self.k.conclude(pending, r).await
     }
 
     /// Create a user with a password and add them to the caller's organisation. Owners and
@@ -521,7 +529,7 @@ impl Coffer {
         password: &str,
         role: Role,
     ) -> Result<Uuid, CoreError> {
-        self.ensure_unsealed()?;
+        self.k.ensure_unsealed()?;
         ensure_admin(p)?;
         if role > p.role {
             return Err(CoreError::Forbidden("your role cannot add this member"));
@@ -530,7 +538,7 @@ impl Coffer {
             .await
     }
 
-    /// Bootstrap primitive behind [`Coffer::create_member`], without the caller check.
+    /// Bootstrap primitive behind [`Identity::create_member`], without the caller check.
     pub async fn add_user_to_org(
         &self,
         org_id: Uuid,
@@ -540,8 +548,7 @@ impl Coffer {
     ) -> Result<Uuid, CoreError> {
         let user = self.new_user(username, password, None).await?;
         let now = now_ms();
-        self.repos()
-            .access
+        self.access
             .add_membership(
                 &MembershipRow {
                     user_id: user.id,
@@ -563,7 +570,7 @@ impl Coffer {
         email: Option<String>,
     ) -> Result<UserRow, CoreError> {
         let user = prepare_user(username, password, email).await?;
-        match self.repos().users.create_user(&user).await {
+        match self.users.create_user(&user).await {
             Err(StoreError::Conflict) => Err(user_exists(user.username)),
             r => r.map(|()| user).map_err(Into::into),
         }
@@ -576,13 +583,14 @@ impl Coffer {
         p: &Principal,
         email: Option<&str>,
     ) -> Result<(), CoreError> {
-        let mut pending = self.begin_for(cx, p, action::EMAIL_CHANGE, AuditTarget::default());
+        let mut pending = self
+            .k
+            .begin_for(cx, p, action::EMAIL_CHANGE, AuditTarget::default());
         let r: Result<(), CoreError> = async {
             p.ensure_person()?;
             let email = email.map(normalize_email).transpose()?;
             let user = self.caller_account(p).await?;
             match self
-                .repos()
                 .users
                 .set_email(p.user_id, email.as_deref(), Some(pending.change_event()?))
                 .await
@@ -605,7 +613,7 @@ impl Coffer {
             Ok(())
         }
         .await;
-        self.conclude(pending, r).await
+        self.k.conclude(pending, r).await
     }
 }
 

@@ -11,10 +11,11 @@ use coffer_store::{CredentialChange, UserRow};
 use totp_rs::{Algorithm, Builder, Secret, Totp};
 use uuid::Uuid;
 
+use crate::CoreError;
 use crate::audit::{AuditTarget, Cx};
 use crate::auth::{AuthMethod, LoginOutcome, Principal};
 use crate::clock::now_ms;
-use crate::{Coffer, CoreError};
+use crate::identity::Identity;
 /// The audit actions of multi-factor authentication and organisation settings.
 pub mod action {
     use crate::audit::{Action, Forgets};
@@ -84,9 +85,9 @@ fn new_recovery_code() -> String {
     )
 }
 
-impl Coffer {
+impl Identity {
     fn totp_key(&self) -> Result<SystemKey, CoreError> {
-        self.inner.keyring.with_root(|root| {
+        self.k.keyring.with_root(|root| {
             SystemKey::derive(root, Purpose::Totp).map_err(|_| CoreError::Internal("derive key"))
         })
     }
@@ -96,7 +97,7 @@ impl Coffer {
         user_id: Uuid,
         account: &str,
     ) -> Result<Option<(Totp, i64)>, CoreError> {
-        let Some(st) = self.repos().users.mfa_state(user_id).await? else {
+        let Some(st) = self.users.mfa_state(user_id).await? else {
             return Ok(None);
         };
         let Some(sealed) = st.sealed_secret else {
@@ -138,7 +139,6 @@ impl Coffer {
             }
             return match matched {
                 Some(s) => Ok(self
-                    .repos()
                     .users
                     .use_totp_step(user_id, i64::try_from(s).unwrap_or(i64::MAX))
                     .await?),
@@ -147,7 +147,6 @@ impl Coffer {
         }
         if allow_recovery {
             return Ok(self
-                .repos()
                 .users
                 .use_recovery_code(user_id, &recovery_hash(&code), now_ms())
                 .await?);
@@ -155,7 +154,7 @@ impl Coffer {
         Ok(false)
     }
 
-    /// [`Coffer::check_second_factor`] under the user's one attempt counter, the one
+    /// [`Identity::check_second_factor`] under the user's one attempt counter, the one
     /// passwords use: an attempt is claimed first (refused while the account is locked or
     /// must wait), and a wrong code counts as a failed attempt and can lock the account.
     /// `claimed`: the caller's password check has already claimed this attempt. The caller
@@ -167,10 +166,9 @@ impl Coffer {
         allow_recovery: bool,
         claimed: bool,
     ) -> Result<(), CoreError> {
-        let cfg = self.config();
+        let cfg = self.k.config();
         let claimed = claimed
             || self
-                .repos()
                 .users
                 .claim_login_attempt(
                     user.id,
@@ -202,30 +200,28 @@ impl Coffer {
         code: &str,
         address: &str,
     ) -> Result<LoginOutcome, CoreError> {
-        let mut pending = self.begin(cx, action::MFA_VERIFY, AuditTarget::default());
+        let mut pending = self.k.begin(cx, action::MFA_VERIFY, AuditTarget::default());
         let r: Result<LoginOutcome, CoreError> = async {
-            self.ensure_unsealed()?;
+            self.k.ensure_unsealed()?;
             if !mfa_token.starts_with(crate::auth::MFA_PREFIX) || mfa_token.len() > 128 {
                 return Err(CoreError::BadCredentials);
             }
             let digest = token::hash(mfa_token).0;
             let s = self
-                .repos()
                 .access
                 .session(&digest)
                 .await?
                 .filter(|s| s.stage == "mfa" && s.expires_at > now_ms())
                 .ok_or(CoreError::BadCredentials)?;
             let user = self
-                .repos()
                 .users
                 .user(s.user_id)
                 .await?
                 .ok_or(CoreError::BadCredentials)?;
             self.check_second_factor_counted(&user, code, true, false)
                 .await?;
-            self.repos().access.delete_session(&digest, None).await?;
-            self.repos().users.reset_login_attempts(user.id).await?;
+            self.access.delete_session(&digest, None).await?;
+            self.users.reset_login_attempts(user.id).await?;
             let method = if s.method == "oidc" {
                 AuthMethod::Oidc
             } else {
@@ -236,7 +232,7 @@ impl Coffer {
                 .map(LoginOutcome::Session)
         }
         .await;
-        self.conclude(pending, r).await
+        self.k.conclude(pending, r).await
     }
 
     /// Start TOTP enrolment: a new seed, not active until confirmed with a code from it.
@@ -247,7 +243,9 @@ impl Coffer {
         p: &Principal,
         password: &str,
     ) -> Result<MfaEnrollment, CoreError> {
-        let mut pending = self.begin_for(cx, p, action::MFA_ENROLL, AuditTarget::default());
+        let mut pending = self
+            .k
+            .begin_for(cx, p, action::MFA_ENROLL, AuditTarget::default());
         let r: Result<MfaEnrollment, CoreError> = async {
             p.ensure_person()?;
             let user = self.reauthenticate(p, password).await?;
@@ -257,15 +255,14 @@ impl Coffer {
                     "MFA is already enabled; disable it first",
                 ));
             }
-            let _root = self.root_stable().await;
+            let _root = self.k.root_stable().await;
             let mut seed = zeroize::Zeroizing::new(vec![0u8; SEED_BYTES]);
             coffer_crypto::random_bytes(&mut seed);
             let sealed = self
                 .totp_key()?
                 .seal(user.id, &seed)
                 .map_err(|_| CoreError::Internal("seal totp seed"))?;
-            self.repos()
-                .users
+            self.users
                 .set_mfa(user.id, Some(&sealed), false, Some(pending.change_event()?))
                 .await?;
             let t = totp(seed.to_vec(), &user.username)?;
@@ -277,7 +274,7 @@ impl Coffer {
             })
         }
         .await;
-        self.conclude(pending, r).await
+        self.k.conclude(pending, r).await
     }
 
     /// Confirm enrolment with a current code. Returns the recovery codes (shown once) and
@@ -288,7 +285,9 @@ impl Coffer {
         p: &Principal,
         code: &str,
     ) -> Result<Vec<String>, CoreError> {
-        let mut pending = self.begin_for(cx, p, action::MFA_CONFIRM, AuditTarget::default());
+        let mut pending = self
+            .k
+            .begin_for(cx, p, action::MFA_CONFIRM, AuditTarget::default());
         let r: Result<Vec<String>, CoreError> = async {
             p.ensure_person()?;
             let user = self.caller_account(p).await?;
@@ -304,7 +303,7 @@ impl Coffer {
                 }
                 r => r?,
             }
-            self.repos().users.reset_login_attempts(user.id).await?;
+            self.users.reset_login_attempts(user.id).await?;
             // The confirming code's step stays recorded as used.
             let codes: Vec<String> = (0..RECOVERY_CODES).map(|_| new_recovery_code()).collect();
             let hashes: Vec<[u8; 32]> = codes.iter().map(|c| recovery_hash(c)).collect();
@@ -323,7 +322,7 @@ impl Coffer {
             Ok(codes)
         }
         .await;
-        self.conclude(pending, r).await
+        self.k.conclude(pending, r).await
     }
 
     /// Turn TOTP off. Needs the password and a current code, and is refused while any of
@@ -335,14 +334,16 @@ impl Coffer {
         password: &str,
         code: &str,
     ) -> Result<(), CoreError> {
-        let mut pending = self.begin_for(cx, p, action::MFA_DISABLE, AuditTarget::default());
+        let mut pending = self
+            .k
+            .begin_for(cx, p, action::MFA_DISABLE, AuditTarget::default());
         let r: Result<(), CoreError> = async {
             p.ensure_person()?;
             let user = self.caller_account(p).await?;
             if !user.mfa_enabled {
                 return Err(CoreError::invalid("mfa", "MFA is not enabled"));
             }
-            if self.repos().users.user_requires_mfa(user.id).await? {
+            if self.users.user_requires_mfa(user.id).await? {
                 return Err(CoreError::Forbidden(
                     "an organisation you belong to requires MFA",
                 ));
@@ -352,7 +353,7 @@ impl Coffer {
             let user = self.check_first_factor(Some(user), password).await?;
             self.check_second_factor_counted(&user, code, true, true)
                 .await?;
-            self.repos().users.reset_login_attempts(user.id).await?;
+            self.users.reset_login_attempts(user.id).await?;
             self.change_credentials(
                 p,
                 &user,
@@ -367,7 +368,7 @@ impl Coffer {
             .await
         }
         .await;
-        self.conclude(pending, r).await
+        self.k.conclude(pending, r).await
     }
 
     /// Require MFA of every member (Owners and Admins).
@@ -377,30 +378,33 @@ impl Coffer {
         p: &Principal,
         on: bool,
     ) -> Result<(), CoreError> {
-        let mut pending = self.begin_for(cx, p, action::SETTINGS_UPDATE, AuditTarget::default());
+        let mut pending = self
+            .k
+            .begin_for(cx, p, action::SETTINGS_UPDATE, AuditTarget::default());
         let r: Result<(), CoreError> = async {
             crate::members::ensure_admin(p)?;
-            self.repos()
-                .tenants
+            self.tenants
                 .set_org_require_mfa(p.org_id, on, Some(pending.change_event()?))
                 .await?;
             self.access_changed();
             Ok(())
         }
         .await;
-        self.conclude(pending, r).await
+        self.k.conclude(pending, r).await
     }
 
     pub async fn org_settings(&self, cx: &Cx, p: &Principal) -> Result<OrgSettings, CoreError> {
-        let pending = self.begin_for(cx, p, action::SETTINGS_READ, AuditTarget::default());
+        let pending = self
+            .k
+            .begin_for(cx, p, action::SETTINGS_READ, AuditTarget::default());
         let r: Result<OrgSettings, CoreError> = async {
-            self.ensure_unsealed()?;
+            self.k.ensure_unsealed()?;
             Ok(OrgSettings {
-                require_mfa: self.repos().tenants.org_requires_mfa(p.org_id).await?,
+                require_mfa: self.tenants.org_requires_mfa(p.org_id).await?,
             })
         }
         .await;
-        self.conclude(pending, r).await
+        self.k.conclude(pending, r).await
     }
 }
 

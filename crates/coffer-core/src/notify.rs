@@ -13,8 +13,9 @@ use coffer_store::{OutboxRow, UserRow};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::CoreError;
 use crate::clock::now_ms;
-use crate::{Coffer, CoreError};
+use crate::identity::Identity;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Mail {
@@ -38,9 +39,9 @@ fn backoff(attempts: u32) -> Duration {
     Duration::from_secs(5u64.saturating_mul(1 << attempts.min(10))).min(Duration::from_secs(3600))
 }
 
-impl Coffer {
+impl Identity {
     fn outbox_key(&self) -> Result<SystemKey, CoreError> {
-        self.inner.keyring.with_root(|root| {
+        self.k.keyring.with_root(|root| {
             SystemKey::derive(root, Purpose::Outbox).map_err(|_| CoreError::Internal("derive key"))
         })
     }
@@ -52,14 +53,14 @@ impl Coffer {
         subject: &str,
         body: &str,
     ) -> Result<(), CoreError> {
-        let _root = self.root_stable().await;
+        let _root = self.k.root_stable().await;
         let row = self.seal_mail(to, subject, body)?;
-        self.repos().mail.enqueue_mail(&row).await?;
+        self.mail.enqueue_mail(&row).await?;
         Ok(())
     }
 
     /// A message sealed for the outbox, to be stored with the change that sends it. Hold
-    /// [`Coffer::root_stable`] until it is stored: it is sealed under the root key.
+    /// [`Kernel::root_stable`](crate::kernel::Kernel::root_stable) until it is stored: it is sealed under the root key.
     pub(crate) fn seal_mail(
         &self,
         to: &str,
@@ -101,16 +102,15 @@ impl Coffer {
 
     /// Send what is due. Returns how many messages were delivered.
     pub async fn deliver_mail(&self, sender: &dyn MailSender) -> Result<usize, CoreError> {
-        self.ensure_unsealed()?;
+        self.k.ensure_unsealed()?;
         let key = self.outbox_key()?;
         let mut sent = 0;
         let lease = i64::try_from(SEND_LEASE.as_millis()).unwrap_or(i64::MAX);
-        for row in self.repos().mail.due_mail(now_ms(), 50).await? {
+        for row in self.mail.due_mail(now_ms(), 50).await? {
             // Leadership can move during a batch (each send may take seconds), so the job
             // lock alone does not keep two nodes apart: send only what this node has taken.
             let now = now_ms();
             if !self
-                .repos()
                 .mail
                 .claim_mail(row.id, now, now.saturating_add(lease))
                 .await?
@@ -126,7 +126,7 @@ impl Coffer {
             };
             match result {
                 Ok(()) => {
-                    self.repos().mail.mail_sent(row.id, now_ms()).await?;
+                    self.mail.mail_sent(row.id, now_ms()).await?;
                     sent += 1;
                 }
                 Err(e) => {
@@ -134,7 +134,7 @@ impl Coffer {
                         i64::try_from(backoff(row.attempts).as_millis()).unwrap_or(i64::MAX),
                     );
                     tracing::warn!(attempt = row.attempts + 1, error = %e, "mail delivery failed; will retry");
-                    self.repos().mail.mail_failed(row.id, next, &e).await?;
+                    self.mail.mail_failed(row.id, next, &e).await?;
                 }
             }
         }
@@ -143,7 +143,7 @@ impl Coffer {
 
     /// Messages not delivered yet.
     pub async fn pending_mail(&self) -> Result<u64, CoreError> {
-        Ok(self.repos().mail.pending_mail().await?)
+        Ok(self.mail.pending_mail().await?)
     }
 }
 

@@ -16,7 +16,8 @@ use uuid::Uuid;
 use crate::audit::{AuditTarget, Cx};
 use crate::auth::{AuthMethod, LoginOutcome};
 use crate::clock::now_ms;
-use crate::{Coffer, CoreError, Role};
+use crate::identity::Identity;
+use crate::{CoreError, Role};
 use coffer_store::{MembershipRow, StoreError};
 
 /// Signature algorithms, as named in JWT headers.
@@ -124,7 +125,7 @@ fn jit_username(issuer: &str, subject: &str) -> String {
     format!("oidc-{tag}-{sub}")
 }
 
-impl Coffer {
+impl Identity {
     /// Verify an external JWT and log its subject in.
     pub async fn login_oidc(
         &self,
@@ -134,15 +135,18 @@ impl Coffer {
         org: Option<&str>,
         address: &str,
     ) -> Result<LoginOutcome, CoreError> {
-        let mut pending = self.begin(cx, crate::auth::action::OIDC_LOGIN, AuditTarget::default());
+        let mut pending = self
+            .k
+            .begin(cx, crate::auth::action::OIDC_LOGIN, AuditTarget::default());
         let r: Result<LoginOutcome, CoreError> = async {
-            self.ensure_unsealed()?;
+            self.k.ensure_unsealed()?;
             let bad = || CoreError::BadCredentials;
             if jwt.len() > 16 * 1024 {
                 return Err(bad());
             }
             let iss = peek_issuer(jwt).ok_or_else(bad)?;
             let cfg = self
+                .k
                 .config()
                 .oidc
                 .iter()
@@ -187,22 +191,17 @@ impl Coffer {
             if subject.is_empty() || subject.len() > 255 {
                 return Err(bad());
             }
-            let user_id = match self
-                .repos()
-                .users
-                .identity_user(&cfg.issuer, &subject)
-                .await?
-            {
+            let user_id = match self.users.identity_user(&cfg.issuer, &subject).await? {
                 Some(id) => id,
                 None if cfg.jit => self.jit_user(&cfg, &subject).await?,
                 None => return Err(bad()),
             };
-            let user = self.repos().users.user(user_id).await?.ok_or_else(bad)?;
+            let user = self.users.user(user_id).await?.ok_or_else(bad)?;
             self.after_first_factor(&mut pending, user, org, AuthMethod::Oidc, address)
                 .await
         }
         .await;
-        self.conclude(pending, r).await
+        self.k.conclude(pending, r).await
     }
 
     /// The user of a subject's first login, made with its membership and identity link in
@@ -212,7 +211,6 @@ impl Coffer {
     async fn jit_user(&self, cfg: &OidcIssuer, subject: &str) -> Result<Uuid, CoreError> {
         let org_name = cfg.jit_org.as_deref().ok_or(CoreError::BadCredentials)?;
         let org = self
-            .repos()
             .tenants
             .org_by_name(org_name)
             .await?
@@ -238,7 +236,6 @@ impl Coffer {
                 created_at: user.created_at,
             };
             match self
-                .repos()
                 .users
                 .create_external_user(&user, &member, &cfg.issuer, subject)
                 .await
@@ -246,12 +243,7 @@ impl Coffer {
                 Ok(()) => return Ok(user.id),
                 Err(StoreError::Conflict) => {
                     // Another login of the same subject made it meanwhile.
-                    if let Some(id) = self
-                        .repos()
-                        .users
-                        .identity_user(&cfg.issuer, subject)
-                        .await?
-                    {
+                    if let Some(id) = self.users.identity_user(&cfg.issuer, subject).await? {
                         return Ok(id);
                     }
                 }

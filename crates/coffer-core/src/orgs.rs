@@ -4,9 +4,11 @@ use coffer_crypto::{KeyTerm, RootKey, TenantKey};
 use coffer_store::{ChangeEvent, MembershipRow, OrgRow, StoreError, TenantKeyRow};
 use uuid::Uuid;
 
+use crate::Coffer;
 use crate::audit::{AuditTarget, Cx};
 use crate::clock::now_ms;
-use crate::{Coffer, CoreError, Principal, Role, names};
+use crate::identity::Identity;
+use crate::{CoreError, Principal, Role, names};
 /// The audit actions of organisations.
 pub mod action {
     use crate::audit::{Action, Forgets};
@@ -15,7 +17,7 @@ pub mod action {
         .forgets(Forgets::EVERYTHING_OF_THE_ORG);
 }
 
-impl Coffer {
+impl Identity {
     /// Create an organisation with a fresh tenant key (term 1) wrapped by the root key.
     pub async fn create_org(&self, name: &str) -> Result<Uuid, CoreError> {
         self.create_org_owned(name, None, None).await
@@ -30,8 +32,8 @@ impl Coffer {
         event: Option<&ChangeEvent>,
     ) -> Result<Uuid, CoreError> {
         names::validate_new("organisation name", name)?;
-        let _root = self.root_stable().await;
-        let (org, key) = self.inner.keyring.with_root(|root| new_org(root, name))?;
+        let _root = self.k.root_stable().await;
+        let (org, key) = self.k.keyring.with_root(|root| new_org(root, name))?;
         let owner = owner.map(|user_id| MembershipRow {
             user_id,
             org_id: org.id,
@@ -48,12 +50,7 @@ impl Coffer {
         owner: Option<&MembershipRow>,
         event: Option<&ChangeEvent>,
     ) -> Result<Uuid, CoreError> {
-        match self
-            .repos()
-            .tenants
-            .create_org(org, key, owner, event)
-            .await
-        {
+        match self.tenants.create_org(org, key, owner, event).await {
             Err(StoreError::Conflict) => Err(CoreError::AlreadyExists {
                 kind: "organisation",
                 name: org.name.clone(),
@@ -91,7 +88,9 @@ impl Coffer {
     /// hold them wrapped by the root key: the next root key rotation (`coffer operator
     /// rekey`) makes those copies useless too. The audit chain stays.
     pub async fn delete_org(&self, cx: &Cx, p: &Principal, confirm: &str) -> Result<(), CoreError> {
-        let mut pending = self.begin_for(cx, p, action::DELETE, AuditTarget::default());
+        let mut pending = self
+            .k()
+            .begin_for(cx, p, action::DELETE, AuditTarget::default());
         let r: Result<(), CoreError> = async {
             p.ensure_person()?;
             if p.role != Role::Owner {
@@ -103,23 +102,23 @@ impl Coffer {
                     "must be the organisation's name",
                 ));
             }
-            self.ensure_unsealed()?;
+            self.k().ensure_unsealed()?;
             if !self
-                .repos()
-                .keys
+                .inner
+                .key_repo
                 .delete_org(p.org_id, Some(pending.change_event()?))
                 .await?
             {
                 return Err(CoreError::not_found("organisation", &p.org_name));
             }
-            self.inner.keyring.evict(Some(p.org_id));
-            self.inner.meta.evict_org(p.org_id);
+            self.k().keyring.evict(Some(p.org_id));
+            self.projects().meta.evict_org(p.org_id);
             // Other nodes: the change's notices (`Forgets::EVERYTHING_OF_THE_ORG`).
-            self.access_changed();
+            self.identity().access_changed();
             tracing::info!(org_id = %p.org_id, "organisation deleted; its keys are destroyed");
             Ok(())
         }
         .await;
-        self.conclude(pending, r).await
+        self.k().conclude(pending, r).await
     }
 }

@@ -7,11 +7,14 @@ use coffer_store::{EnvRow, ParamValue, ParamVersionRow, ParamWrite, VersionActio
 use uuid::Uuid;
 
 use crate::audit::ReadLog;
+use crate::audit::TargetIds;
 use crate::audit::{Action, AuditTarget, Cx, Pending};
 use crate::clock::now_ms;
+use crate::kernel::Kernel;
 use crate::keyring::OrgKeys;
+use crate::projects::Projects;
 use crate::projects::ensure_can_write;
-use crate::{Coffer, CoreError, Principal, names};
+use crate::{CoreError, Principal, names};
 
 /// The audit actions of parameters.
 pub mod action {
@@ -147,7 +150,39 @@ fn written(w: &ParamWrite, env: &str) -> ParamView {
     }
 }
 
-impl Coffer {
+/// Parameters: reads, the one write pipeline (seal the value, write the version with its
+/// event, retry when another writer moved it), history and diffs.
+pub struct Params {
+    pub(crate) k: std::sync::Arc<Kernel>,
+    pub(crate) params: std::sync::Arc<dyn coffer_store::ParamRepo>,
+    pub(crate) projects: std::sync::Arc<Projects>,
+}
+
+impl TargetIds for Params {
+    /// The project's, environment's and parameter's ids, as this principal sees them, from
+    /// the caches when warm. Names that do not resolve stay id-less.
+    async fn fill(&self, p: &Principal, t: &mut AuditTarget) {
+        let Some(chain) = self.projects.fill_ids(p, t).await else {
+            return;
+        };
+        let Some(name) = t.name.as_deref() else {
+            return;
+        };
+        if t.param_id.is_some() {
+            return; // the handler already knew it
+        }
+        if let Ok(Some(v)) = self.params.nearest_value(p.org_id, &chain, name).await {
+            t.param_id = Some(v.param.id);
+        }
+    }
+}
+
+impl Params {
+    /// [`Kernel::conclude`] with the target's ids.
+    async fn conclude<T>(&self, pending: Pending, r: Result<T, CoreError>) -> Result<T, CoreError> {
+        self.k.conclude_with(pending, r, self).await
+    }
+
     fn view(
         &self,
         p: &Principal,
@@ -174,12 +209,12 @@ impl Coffer {
     }
 
     async fn append(&self, w: ParamWrite) -> Result<Option<ParamWrite>, CoreError> {
-        match self.repos().params.append_param_version(&w).await {
+        match self.params.append_param_version(&w).await {
             Ok(()) => Ok(None),
             Err(coffer_store::StoreError::Conflict) => Ok(Some(w)),
             // Another node rotated the key: reseal under the newest term and try again.
             Err(coffer_store::StoreError::StaleKeyTerm) => {
-                self.inner.keyring.evict(Some(w.org_id));
+                self.k.keyring.evict(Some(w.org_id));
                 Ok(Some(w))
             }
             Err(e) => Err(e.into()),
@@ -253,14 +288,16 @@ impl Coffer {
         name: &str,
         change: Change<'_>,
     ) -> Result<ParamView, CoreError> {
-        let mut pending = self.begin_for(cx, p, action, AuditTarget::param(project, env, name));
+        let mut pending = self
+            .k
+            .begin_for(cx, p, action, AuditTarget::param(project, env, name));
         let r = self
             .write_audited(&mut pending, p, project, env, name, change)
             .await;
         self.conclude(pending, r).await
     }
 
-    /// [`Coffer::write`] with its event, which commits with the version written.
+    /// [`Params::write`] with its event, which commits with the version written.
     async fn write_audited(
         &self,
         pending: &mut Pending,
@@ -273,21 +310,17 @@ impl Coffer {
         ensure_can_write(p)?;
         if let Change::Set { value, .. } = change {
             names::validate_new("parameter name", name)?;
-            validate_value(value, self.config().max_value_bytes)?;
+            validate_value(value, self.k.config().max_value_bytes)?;
         } else {
             names::validate("parameter name", name)?;
         }
-        let meta = self.project_meta(p, project).await?;
+        let meta = self.projects.project_meta(p, project).await?;
         pending.ev.target.project_id = Some(meta.project.id);
         p.scope.check_env(env)?;
         let env_id = meta.env(env)?.id;
         pending.ev.target.env_id = Some(env_id);
         for _ in 0..WRITE_ATTEMPTS {
-            let current = self
-                .repos()
-                .params
-                .param_state(p.org_id, env_id, name)
-                .await?;
+            let current = self.params.param_state(p.org_id, env_id, name).await?;
             let (param_id, expected_current, was_secret) = match (&current, change) {
                 (None, Change::Set { .. }) => (Uuid::new_v4(), 0, false),
                 (None, _) => return Err(CoreError::not_found("parameter", name)),
@@ -305,7 +338,7 @@ impl Coffer {
             };
             let (is_secret, ciphertext) = match change {
                 Change::Set { value, secret } => {
-                    let keys = self.org_keys(p.org_id).await?;
+                    let keys = self.k.org_keys(p.org_id).await?;
                     (
                         secret.unwrap_or(was_secret),
                         Some(self.seal_value(&keys, &ctx, value)?),
@@ -313,7 +346,6 @@ impl Coffer {
                 }
                 Change::Rollback { to } => {
                     let old = self
-                        .repos()
                         .params
                         .param_version(p.org_id, param_id, to)
                         .await?
@@ -325,6 +357,7 @@ impl Coffer {
                         ));
                     };
                     let keys = self
+                        .k
                         .org_keys_covering(p.org_id, std::iter::once(old_ct.key_term()))
                         .await?;
                     let value = open_value(&keys, &old)?;
@@ -367,7 +400,7 @@ impl Coffer {
         value: &[u8],
     ) -> Result<coffer_store::Ciphertext, CoreError> {
         keys.active()?
-            .seal_with(self.config().value_scheme, ctx, value)
+            .seal_with(self.k.config().value_scheme, ctx, value)
             .map_err(|_| CoreError::Internal("encryption failed"))
     }
 
@@ -385,7 +418,8 @@ impl Coffer {
         name: &str,
     ) -> Result<ParamView, CoreError> {
         let mut pending =
-            self.begin_for(cx, p, action::GET, AuditTarget::param(project, env, name));
+            self.k
+                .begin_for(cx, p, action::GET, AuditTarget::param(project, env, name));
         let reads = ReadLog::default();
         let r = self
             .get_param_from(p, project, env, name, Some(&reads))
@@ -394,7 +428,7 @@ impl Coffer {
         if let Ok(v) = &r {
             pending.ev.target.param_id = Some(v.param_id);
             if !checks.is_empty() {
-                if self.conclude_cached_read(&pending, &checks).await? {
+                if self.k.conclude_cached_read(&pending, &checks).await? {
                     return r;
                 }
                 let r = self.get_param_from(p, project, env, name, None).await;
@@ -416,19 +450,13 @@ impl Coffer {
         reads: Option<&ReadLog>,
     ) -> Result<ParamView, CoreError> {
         names::validate("parameter name", name)?;
-        let meta = self.project_meta(p, project).await?;
+        let meta = self.projects.project_meta(p, project).await?;
         p.scope.check_env(env)?;
         let chain = meta.chain(env)?;
         let ids: Vec<Uuid> = chain.iter().map(|e| e.id).collect();
         let found = match reads {
-            None => {
-                self.repos()
-                    .params
-                    .nearest_value(p.org_id, &ids, name)
-                    .await?
-            }
+            None => self.params.nearest_value(p.org_id, &ids, name).await?,
             Some(log) => match self
-                .repos()
                 .params
                 .nearest_value_cached(p.org_id, &ids, name)
                 .await?
@@ -440,12 +468,7 @@ impl Coffer {
                     }
                     // A cached answer that cannot be served as it stands (its key term
                     // retired since, say) is read again rather than failed.
-                    Err(_) => {
-                        self.repos()
-                            .params
-                            .nearest_value(p.org_id, &ids, name)
-                            .await?
-                    }
+                    Err(_) => self.params.nearest_value(p.org_id, &ids, name).await?,
                 },
                 (found, _) => found,
             },
@@ -467,6 +490,7 @@ impl Coffer {
             return Err(CoreError::Forbidden("your role cannot read secret values"));
         }
         let keys = self
+            .k
             .org_keys_covering(p.org_id, pv.ciphertext.iter().map(|c| c.key_term()))
             .await?;
         let env_name = chain
@@ -486,7 +510,9 @@ impl Coffer {
         env: &str,
         reveal: bool,
     ) -> Result<Vec<ParamView>, CoreError> {
-        let pending = self.begin_for(cx, p, action::LIST, AuditTarget::env(project, env));
+        let pending = self
+            .k
+            .begin_for(cx, p, action::LIST, AuditTarget::env(project, env));
         let r: Result<Vec<ParamView>, CoreError> =
             async { self.list_params_of(p, project, env, reveal).await }.await;
         self.conclude(pending, r).await
@@ -499,12 +525,15 @@ impl Coffer {
         env: &str,
         reveal: bool,
     ) -> Result<Vec<ParamView>, CoreError> {
-        let meta = self.project_meta(p, project).await?;
+        let meta = self.projects.project_meta(p, project).await?;
         p.scope.check_env(env)?;
         let chain = meta.chain(env)?;
         let ids: Vec<Uuid> = chain.iter().map(|e| e.id).collect();
-        let values = self.repos().params.current_values(p.org_id, &ids).await?;
-        let keys = self.org_keys_covering(p.org_id, terms_of(&values)).await?;
+        let values = self.params.current_values(p.org_id, &ids).await?;
+        let keys = self
+            .k
+            .org_keys_covering(p.org_id, terms_of(&values))
+            .await?;
         let mut out: BTreeMap<String, ParamView> = BTreeMap::new();
         for pv in &values {
             if out.contains_key(&pv.param.name) {
@@ -530,11 +559,10 @@ impl Coffer {
         name: &str,
     ) -> Result<(uuid::Uuid, coffer_store::ParamRow), CoreError> {
         names::validate("parameter name", name)?;
-        let meta = self.project_meta(p, project).await?;
+        let meta = self.projects.project_meta(p, project).await?;
         p.scope.check_env(env)?;
         let env_id = meta.env(env)?.id;
         let row = self
-            .repos()
             .params
             .param(p.org_id, env_id, name)
             .await?
@@ -550,7 +578,7 @@ impl Coffer {
         env: &str,
         name: &str,
     ) -> Result<Vec<ParamHistoryEntry>, CoreError> {
-        let mut pending = self.begin_for(
+        let mut pending = self.k.begin_for(
             cx,
             p,
             action::HISTORY,
@@ -559,7 +587,6 @@ impl Coffer {
         let r: Result<Vec<ParamHistoryEntry>, CoreError> = async {
             let (_, row) = self.own_param(p, project, env, name).await?;
             Ok(self
-                .repos()
                 .params
                 .param_history(p.org_id, row.id)
                 .await?
@@ -593,7 +620,9 @@ impl Coffer {
         b: &str,
         reveal: bool,
     ) -> Result<Vec<DiffEntry>, CoreError> {
-        let pending = self.begin_for(cx, p, action::DIFF, AuditTarget::project(project));
+        let pending = self
+            .k
+            .begin_for(cx, p, action::DIFF, AuditTarget::project(project));
         let r: Result<Vec<DiffEntry>, CoreError> = async {
             // Values are compared in full, then masked for output as `list` would mask them.
             let full = Principal {
@@ -660,4 +689,11 @@ impl Coffer {
 /// carry is already stored beside them (`param_versions.created_at`).
 fn new_credential_id() -> Uuid {
     Uuid::now_v7()
+}
+
+impl std::fmt::Debug for Params {
+    // The repositories are trait objects without Debug; the caches say nothing useful.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Params").finish_non_exhaustive()
+    }
 }

@@ -8,8 +8,10 @@ use coffer_store::{EnvRow, ProjectRow, StoreError};
 use uuid::Uuid;
 
 use crate::audit::{AuditTarget, Cx};
+use crate::audit::{Pending, TargetIds};
 use crate::clock::now_ms;
-use crate::{Coffer, CoreError, Principal, names};
+use crate::kernel::Kernel;
+use crate::{CoreError, Principal, names};
 
 /// The audit actions of projects and environments.
 pub mod action {
@@ -130,7 +132,7 @@ impl MetaCache {
         }
     }
 
-    fn evict(&self, key: &MetaKey) {
+    pub(crate) fn evict(&self, key: &MetaKey) {
         if let Ok(mut map) = self.map.write() {
             self.bump();
             map.remove(key);
@@ -151,33 +153,73 @@ pub(crate) fn ensure_can_write(p: &Principal) -> Result<(), CoreError> {
     }
 }
 
-impl Coffer {
+/// Projects and environments: each organisation's namespace, cached per project as a
+/// tree (the one every parameter read resolves its environment chain in).
+pub struct Projects {
+    pub(crate) k: Arc<Kernel>,
+    pub(crate) tenants: Arc<dyn coffer_store::TenantRepo>,
+    pub(crate) meta: MetaCache,
+}
+
+impl TargetIds for Projects {
+    async fn fill(&self, p: &Principal, t: &mut crate::audit::AuditTarget) {
+        self.fill_ids(p, t).await;
+    }
+}
+
+impl Projects {
+    pub(crate) fn new(k: Arc<Kernel>, tenants: Arc<dyn coffer_store::TenantRepo>) -> Self {
+        Self {
+            k,
+            tenants,
+            meta: MetaCache::default(),
+        }
+    }
+
+    /// Fill in the target's project and environment ids, as this principal sees them, from
+    /// the cache when warm; the environment chain's ids (nearest first) when it names one.
+    pub(crate) async fn fill_ids(
+        &self,
+        p: &Principal,
+        t: &mut crate::audit::AuditTarget,
+    ) -> Option<Vec<Uuid>> {
+        let meta = self.project_meta(p, t.project.as_deref()?).await.ok()?;
+        t.project_id = Some(meta.project.id);
+        let chain = meta.chain(t.env.as_deref()?).ok()?;
+        t.env_id = chain.first().map(|e| e.id);
+        Some(chain.iter().map(|e| e.id).collect())
+    }
+
+    /// [`Kernel::conclude`] with the target's ids.
+    async fn conclude<T>(&self, pending: Pending, r: Result<T, CoreError>) -> Result<T, CoreError> {
+        self.k.conclude_with(pending, r, self).await
+    }
+
     pub(crate) async fn project_meta(
         &self,
         p: &Principal,
         project: &str,
     ) -> Result<Arc<ProjectMeta>, CoreError> {
-        self.ensure_unsealed()?;
+        self.k.ensure_unsealed()?;
         names::validate("project name", project)?;
         p.scope.check_project(project)?;
         let key = (p.org_id, project.to_owned());
-        let ttl = if self.cluster().notices_live() {
-            self.config().notified_cache_ttl
+        let ttl = if self.k.cluster().notices_live() {
+            self.k.config().notified_cache_ttl
         } else {
             META_TTL_UNNOTIFIED
         };
-        if let Some(m) = self.inner.meta.get(&key, ttl) {
+        if let Some(m) = self.meta.get(&key, ttl) {
             return Ok(m);
         }
-        let read_at = self.inner.meta.generation();
+        let read_at = self.meta.generation();
         let (row, envs) = self
-            .repos()
             .tenants
             .project_tree(p.org_id, project)
             .await?
             .ok_or_else(|| CoreError::not_found("project", project))?;
         let m = Arc::new(ProjectMeta { project: row, envs });
-        self.inner.meta.put(key, m.clone(), read_at);
+        self.meta.put(key, m.clone(), read_at);
         Ok(m)
     }
 
@@ -187,9 +229,11 @@ impl Coffer {
         p: &Principal,
         name: &str,
     ) -> Result<ProjectView, CoreError> {
-        let mut pending = self.begin_for(cx, p, action::PROJECT_CREATE, AuditTarget::project(name));
+        let mut pending =
+            self.k
+                .begin_for(cx, p, action::PROJECT_CREATE, AuditTarget::project(name));
         let r: Result<ProjectView, CoreError> = async {
-            self.ensure_unsealed()?;
+            self.k.ensure_unsealed()?;
             ensure_can_write(p)?;
             names::validate_new("project name", name)?;
             p.scope.check_project(name)?;
@@ -209,7 +253,6 @@ impl Coffer {
                 created_at: now,
             };
             match self
-                .repos()
                 .tenants
                 .create_project(
                     &row,
@@ -227,7 +270,7 @@ impl Coffer {
                 r => r?,
             }
             // Other nodes: the change's notice (`Forgets::META`).
-            self.inner.meta.evict(&(p.org_id, name.to_owned()));
+            self.meta.evict(&(p.org_id, name.to_owned()));
             Ok(ProjectView {
                 id: row.id,
                 name: row.name,
@@ -243,11 +286,12 @@ impl Coffer {
         cx: &Cx,
         p: &Principal,
     ) -> Result<Vec<ProjectView>, CoreError> {
-        let pending = self.begin_for(cx, p, action::PROJECT_LIST, AuditTarget::default());
+        let pending = self
+            .k
+            .begin_for(cx, p, action::PROJECT_LIST, AuditTarget::default());
         let r: Result<Vec<ProjectView>, CoreError> = async {
-            self.ensure_unsealed()?;
+            self.k.ensure_unsealed()?;
             Ok(self
-                .repos()
                 .tenants
                 .projects(p.org_id)
                 .await?
@@ -273,7 +317,9 @@ impl Coffer {
         name: &str,
         parent: Option<&str>,
     ) -> Result<EnvView, CoreError> {
-        let mut pending = self.begin_for(cx, p, action::ENV_CREATE, AuditTarget::project(project));
+        let mut pending =
+            self.k
+                .begin_for(cx, p, action::ENV_CREATE, AuditTarget::project(project));
         let r: Result<EnvView, CoreError> = async {
             ensure_can_write(p)?;
             names::validate_new("environment name", name)?;
@@ -296,7 +342,6 @@ impl Coffer {
                 created_at: now_ms(),
             };
             match self
-                .repos()
                 .tenants
                 .create_env(&row, Some(pending.change_event()?))
                 .await
@@ -309,7 +354,7 @@ impl Coffer {
                 }
                 r => r?,
             }
-            self.inner.meta.evict(&(p.org_id, project.to_owned()));
+            self.meta.evict(&(p.org_id, project.to_owned()));
             Ok(EnvView {
                 id: row.id,
                 name: row.name,
@@ -327,7 +372,9 @@ impl Coffer {
         p: &Principal,
         project: &str,
     ) -> Result<Vec<EnvView>, CoreError> {
-        let pending = self.begin_for(cx, p, action::ENV_LIST, AuditTarget::project(project));
+        let pending = self
+            .k
+            .begin_for(cx, p, action::ENV_LIST, AuditTarget::project(project));
         let r: Result<Vec<EnvView>, CoreError> = async {
             let meta = self.project_meta(p, project).await?;
             Ok(meta
@@ -347,5 +394,12 @@ impl Coffer {
         }
         .await;
         self.conclude(pending, r).await
+    }
+}
+
+impl std::fmt::Debug for Projects {
+    // The repositories are trait objects without Debug; the caches say nothing useful.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Projects").finish_non_exhaustive()
     }
 }

@@ -39,16 +39,18 @@ impl Coffer {
         shares: u8,
         threshold: u8,
     ) -> Result<RekeyResult, CoreError> {
-        let mut pending = self.begin_for(cx, p, crate::sys::action::REKEY, AuditTarget::default());
+        let mut pending =
+            self.k()
+                .begin_for(cx, p, crate::sys::action::REKEY, AuditTarget::default());
         let r: Result<RekeyResult, CoreError> = async {
             if !p.role.can_operate() {
                 return Err(CoreError::Forbidden("only an Owner can rekey the server"));
             }
             // The server's state first (it decides whether any request can succeed), then
             // the request's own rule that the document cannot state.
-            self.ensure_unsealed()?;
+            self.k().ensure_unsealed()?;
             let cfg = self.seal_config().await?;
-            let seal = self.key_config()?.seal;
+            let seal = self.k().key_config()?.seal;
             if coffer_seal::SealKind::parse(&cfg.kind) != Some(seal.kind())
                 || seal.kind() == coffer_seal::SealKind::DevFile
             {
@@ -61,7 +63,7 @@ impl Coffer {
                 ));
             }
             let old = self.root_from_quorum(&cfg, current)?;
-            let _exclusive = self.inner.root_change.write().await;
+            let _exclusive = self.k().root_change.write().await;
             // A KMS/HSM seal protects the new root key before anything changes: if it cannot,
             // the rotation does not happen.
             let (new, sealed_root) = seal.new_root().await.map_err(crate::sys::seal_error)?;
@@ -75,7 +77,7 @@ impl Coffer {
             // computed again from what is there now.
             let mut attempts = 0;
             loop {
-                let previous = self.repos().keys.root_secrets().await?;
+                let previous = self.inner.key_repo.root_secrets().await?;
                 let rotation = RootRotation {
                     previous_check: cfg.root_check.clone(),
                     sealed_root: sealed_root.clone(),
@@ -85,8 +87,8 @@ impl Coffer {
                     secrets: reseal(&old, &new, previous.clone())?,
                     previous,
                 };
-                match self.repos()
-                    .keys
+                match self.inner
+                    .key_repo
                     .rotate_root(&rotation, Some(pending.change_event()?))
                     .await {
                     Ok(()) => break,
@@ -95,7 +97,7 @@ impl Coffer {
                         // The commit may have happened with its answer lost: then the new shares
                         // are the only ones that unseal, and must not be thrown away.
                         let committed = self
-                            .repos()
+                            .inner
                             .seal
                             .seal_config()
                             .await
@@ -113,11 +115,11 @@ impl Coffer {
                     }
                 }
             }
-            self.cluster().set_root_guard(Some(root_check));
-            self.inner.keyring.replace_root(new)?;
+            self.k().cluster().set_root_guard(Some(root_check));
+            self.k().keyring.replace_root(new)?;
             // Other nodes hold the old root key: they seal themselves, and unseal again with the
             // new shares (Shamir) or by themselves (KMS/HSM seal).
-            self.publish(Invalidation::All);
+            self.k().publish(Invalidation::All);
             tracing::warn!(
                 shares,
                 threshold,
@@ -129,7 +131,7 @@ impl Coffer {
             })
         }
         .await;
-        self.conclude(pending, r).await
+        self.k().conclude(pending, r).await
     }
 }
 

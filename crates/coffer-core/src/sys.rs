@@ -69,17 +69,17 @@ const BOOTSTRAP_USER: &str = "admin";
 
 impl Coffer {
     pub async fn seal_status(&self) -> Result<SealStatus, CoreError> {
-        let cfg = self.repos().seal.seal_config().await?;
+        let cfg = self.inner.seal.seal_config().await?;
         Ok(SealStatus {
             initialized: cfg.is_some(),
-            sealed: self.inner.keyring.is_sealed(),
+            sealed: self.k().keyring.is_sealed(),
             seal_type: cfg
                 .as_ref()
                 .and_then(|c| SealKind::parse(&c.kind))
                 .map(SealKind::as_str),
             shares: cfg.as_ref().map_or(0, |c| c.shares),
             threshold: cfg.as_ref().map_or(0, |c| c.threshold),
-            progress: self.inner.keyring.progress(),
+            progress: self.k().keyring.progress(),
             version: VERSION,
         })
     }
@@ -89,14 +89,14 @@ impl Coffer {
     /// root key is stored wrapped by the seal's key, the shares are recovery shares, and the
     /// server is unsealed at once.
     pub async fn init(&self, cx: &Cx, shares: u8, threshold: u8) -> Result<InitResult, CoreError> {
-        let mut pending = self.begin(cx, action::INIT, AuditTarget::default());
+        let mut pending = self.k().begin(cx, action::INIT, AuditTarget::default());
         let r: Result<InitResult, CoreError> = async {
             // The server's state first, then the request's own rule.
-            let seal = self.key_config()?.seal;
+            let seal = self.k().key_config()?.seal;
             if seal.kind() == SealKind::DevFile {
                 return Err(CoreError::WrongSealType);
             }
-            if self.repos().seal.seal_config().await?.is_some() {
+            if self.inner.seal.seal_config().await?.is_some() {
                 return Err(CoreError::AlreadyInitialized);
             }
             if !(2..=255).contains(&threshold) || threshold > shares {
@@ -126,7 +126,7 @@ impl Coffer {
             })
         }
         .await;
-        self.conclude(pending, r).await
+        self.k().conclude(pending, r).await
     }
 
     /// Store the seal configuration for `root`, with the bootstrap organisation and its
@@ -174,7 +174,7 @@ impl Coffer {
             owner_account,
         };
         match self
-            .repos()
+            .inner
             .seal
             .init_seal_config(&cfg, Some(&first), event)
             .await
@@ -183,7 +183,7 @@ impl Coffer {
             r => r?,
         }
         // What is sealed with this root key from now on is checked against it.
-        self.cluster().set_root_guard(Some(cfg.root_check));
+        self.k().cluster().set_root_guard(Some(cfg.root_check));
         Ok(Bootstrap {
             org_name: first.org.name,
             username: first.owner_account.username,
@@ -201,7 +201,7 @@ impl Coffer {
     }
 
     pub(crate) async fn seal_config(&self) -> Result<SealConfigRow, CoreError> {
-        self.repos()
+        self.inner
             .seal
             .seal_config()
             .await?
@@ -210,12 +210,12 @@ impl Coffer {
 
     /// Submit one Shamir share.
     pub async fn unseal(&self, cx: &Cx, share: &str) -> Result<UnsealOutcome, CoreError> {
-        let mut pending = self.begin(cx, action::UNSEAL, AuditTarget::default());
+        let mut pending = self.k().begin(cx, action::UNSEAL, AuditTarget::default());
         let r: Result<UnsealOutcome, CoreError> = async {
             let cfg = self.shamir_config().await?;
             let threshold = usize::from(cfg.threshold);
             let outcome = self
-                .inner
+                .k()
                 .keyring
                 .with_progress(|p| p.submit(share, threshold, &cfg.root_check))?;
             match outcome {
@@ -243,12 +243,12 @@ impl Coffer {
             // Answered as 400 by the edge: recorded as the failure it is.
             pending.failed(crate::ErrorCode::BadRequest);
         }
-        self.conclude(pending, r).await
+        self.k().conclude(pending, r).await
     }
 
     /// Forget submitted shares without unsealing.
     pub fn reset_unseal(&self) -> Result<(), CoreError> {
-        self.inner.keyring.with_progress(|p| p.reset())
+        self.k().keyring.with_progress(|p| p.reset())
     }
 
     /// Start using `root`: it must be the database's root key. Writes of root-sealed
@@ -258,34 +258,36 @@ impl Coffer {
         if !root.matches(&cfg.root_check) {
             return Err(CoreError::Integrity);
         }
-        self.cluster().set_root_guard(Some(cfg.root_check));
-        self.inner.keyring.unseal(root)?;
-        self.ensure_audit_key().await
+        self.k().cluster().set_root_guard(Some(cfg.root_check));
+        self.k().keyring.unseal(root)?;
+        self.audit().ensure_audit_key().await
     }
 
     /// Wipe the root key and all tenant keys from memory.
     /// Seal on an operator's request (audited; [`Coffer::seal`] is the mechanism).
     pub async fn seal_by(&self, cx: &Cx, p: &crate::Principal) -> Result<(), CoreError> {
-        let pending = self.begin_for(cx, p, action::SEAL, AuditTarget::default());
+        let pending = self
+            .k()
+            .begin_for(cx, p, action::SEAL, AuditTarget::default());
         let r = if p.role.can_operate() {
             self.seal()
         } else {
             Err(CoreError::Forbidden("only an Owner can seal the server"))
         };
-        self.conclude(pending, r).await
+        self.k().conclude(pending, r).await
     }
 
     /// Forget the shares submitted so far (audited as part of unsealing).
     pub async fn reset_unseal_by(&self, cx: &Cx) -> Result<(), CoreError> {
-        let pending = self.begin(cx, action::UNSEAL, AuditTarget::default());
+        let pending = self.k().begin(cx, action::UNSEAL, AuditTarget::default());
         let r = self.reset_unseal();
-        self.conclude(pending, r).await
+        self.k().conclude(pending, r).await
     }
 
     pub fn seal(&self) -> Result<(), CoreError> {
-        self.cluster().set_root_guard(None);
-        self.inner.keyring.seal()?;
-        self.inner.sessions.clear();
+        self.k().cluster().set_root_guard(None);
+        self.k().keyring.seal()?;
+        self.identity().sessions.clear();
         tracing::info!("server sealed");
         Ok(())
     }
@@ -298,7 +300,7 @@ impl Coffer {
             .await
             .map_err(seal_error)?
             .ok_or(CoreError::WrongSealType)?;
-        let bootstrap = match self.repos().seal.seal_config().await? {
+        let bootstrap = match self.inner.seal.seal_config().await? {
             None => Some(
                 self.initialise(seal.kind(), 0, 0, &root, None, None)
                     .await?,
@@ -321,8 +323,8 @@ impl Coffer {
     /// here; a Shamir seal waits for shares. When the database was initialised with another
     /// seal, the server stays sealed until `coffer operator migrate-seal`.
     pub async fn start_sealed(&self) -> Result<StartState, CoreError> {
-        let seal = self.key_config()?.seal;
-        let Some(cfg) = self.repos().seal.seal_config().await? else {
+        let seal = self.k().key_config()?.seal;
+        let Some(cfg) = self.inner.seal.seal_config().await? else {
             return Ok(StartState::Uninitialised);
         };
         let recorded = SealKind::parse(&cfg.kind).ok_or(CoreError::Integrity)?;
@@ -359,9 +361,11 @@ impl Coffer {
     /// same shares stay valid: as recovery shares after a move to KMS/HSM, as unseal shares
     /// after a move to Shamir. The server is unsealed afterwards.
     pub async fn migrate_seal(&self, cx: &Cx, shares: &[String]) -> Result<(), CoreError> {
-        let mut pending = self.begin(cx, action::MIGRATE_SEAL, AuditTarget::default());
+        let mut pending = self
+            .k()
+            .begin(cx, action::MIGRATE_SEAL, AuditTarget::default());
         let r: Result<(), CoreError> = async {
-            let seal = self.key_config()?.seal;
+            let seal = self.k().key_config()?.seal;
             let cfg = self.seal_config().await?;
             let recorded = SealKind::parse(&cfg.kind).ok_or(CoreError::Integrity)?;
             if recorded == SealKind::DevFile || seal.kind() == SealKind::DevFile {
@@ -375,7 +379,7 @@ impl Coffer {
             }
             let root = self.root_from_quorum(&cfg, shares)?;
             let sealed = seal.seal_root(&root).await.map_err(seal_error)?;
-            self.repos()
+            self.inner
                 .seal
                 .migrate_seal(
                     seal.kind().as_str(),
@@ -384,7 +388,7 @@ impl Coffer {
                     Some(pending.change_event()?),
                 )
                 .await?;
-            if self.inner.keyring.is_sealed() {
+            if self.k().keyring.is_sealed() {
                 self.finish_unseal(root).await?;
             }
             tracing::warn!(
@@ -395,7 +399,7 @@ impl Coffer {
             Ok(())
         }
         .await;
-        self.conclude(pending, r).await
+        self.k().conclude(pending, r).await
     }
 
     /// Rebuild the root key from a quorum of its shares and check it against the database.
@@ -453,7 +457,7 @@ impl Coffer {
     ) -> Result<Option<Bootstrap>, CoreError> {
         // An initialised database needs the key it was initialised with: never make a new
         // one next to it.
-        let initialised = match self.repos().seal.seal_config().await? {
+        let initialised = match self.inner.seal.seal_config().await? {
             Some(cfg) if SealKind::parse(&cfg.kind) != Some(SealKind::DevFile) => {
                 return Err(CoreError::WrongSealType);
             }

@@ -62,6 +62,7 @@ async fn principal(
         .unwrap_or_default();
     state
         .coffer
+        .identity()
         .authenticate_in(&cx, &token, any_stage)
         .await
         .map_err(|e| match e {

@@ -302,10 +302,10 @@ async fn start_on(
         let mut tick = tokio::time::interval(Duration::from_secs(600));
         loop {
             tick.tick().await;
-            if !purger.is_job_leader().await {
+            if !purger.audit().is_job_leader().await {
                 continue;
             }
-            if let Err(e) = purger.purge_expired_sessions().await {
+            if let Err(e) = purger.identity().purge_expired_sessions().await {
                 tracing::warn!(error = %e, "purging expired sessions failed");
             }
         }
@@ -319,8 +319,8 @@ async fn start_on(
             loop {
                 tick.tick().await;
                 if mailer.seal_status().await.is_ok_and(|s| !s.sealed)
-                    && mailer.is_job_leader().await
-                    && let Err(e) = mailer.deliver_mail(&sender).await
+                    && mailer.audit().is_job_leader().await
+                    && let Err(e) = mailer.identity().deliver_mail(&sender).await
                 {
                     tracing::warn!(error = %e, "mail delivery job failed");
                 }
@@ -335,11 +335,11 @@ async fn start_on(
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                () = keeper.key_job_requested() => {}
+                () = keeper.keys().key_job_requested() => {}
             }
             if keeper.seal_status().await.is_ok_and(|s| !s.sealed)
-                && keeper.is_job_leader().await
-                && let Err(e) = keeper.run_key_maintenance().await
+                && keeper.audit().is_job_leader().await
+                && let Err(e) = keeper.keys().run_key_maintenance().await
             {
                 tracing::warn!(error = %e, "key maintenance job failed");
             }
@@ -367,7 +367,7 @@ async fn start_on(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = signer.sign_heads().await {
+            if let Err(e) = signer.audit().sign_heads().await {
                 tracing::warn!(error = %e, "signing audit chain heads failed");
             }
         }
@@ -381,8 +381,8 @@ async fn start_on(
         loop {
             tick.tick().await;
             if checkpointer.seal_status().await.is_ok_and(|s| !s.sealed)
-                && checkpointer.is_job_leader().await
-                && let Err(e) = checkpointer.checkpoint_all().await
+                && checkpointer.audit().is_job_leader().await
+                && let Err(e) = checkpointer.audit().checkpoint_all().await
             {
                 tracing::warn!(error = %e, "audit checkpoint failed");
             }

@@ -47,6 +47,7 @@ pub async fn run(a: BenchLoadArgs) -> anyhow::Result<()> {
         .await?
         .context("bench-load needs a fresh database (this one was set up already)")?;
     let owner = coffer
+        .identity()
         .login(
             &Cx::default(),
             &boot.username,
@@ -122,7 +123,10 @@ async fn load_org(
     per_org: usize,
 ) -> anyhow::Result<String> {
     let name = format!("scale-{org}");
-    let org_id = coffer.create_org_as(&Cx::default(), owner, &name).await?;
+    let org_id = coffer
+        .identity()
+        .create_org_as(&Cx::default(), owner, &name)
+        .await?;
     // The loader holds the root key and the database: it acts as the organisation's Owner
     // directly rather than logging in once per organisation.
     let p = Principal {
@@ -131,10 +135,14 @@ async fn load_org(
         role: Role::Owner,
         ..owner.clone()
     };
-    coffer.create_project(&Cx::default(), &p, PROJECT).await?;
+    coffer
+        .projects()
+        .create_project(&Cx::default(), &p, PROJECT)
+        .await?;
     for i in 0..per_org {
         let value = value_of(org, i);
         coffer
+            .params()
             .set_param(
                 &Cx::default(),
                 &p,
@@ -149,6 +157,7 @@ async fn load_org(
             .await?;
     }
     let key = coffer
+        .identity()
         .create_api_key(
             &Cx::default(),
             &p,

@@ -22,7 +22,8 @@ pub use sinks::{AuditSinks, SinkHealth};
 pub use verify::{EXPORT_FORMAT, ExportLine, Verifier, VerifyProblem, VerifyReport, verify_export};
 
 use crate::clock::now_ms;
-use crate::{Coffer, CoreError, ErrorCode, Principal, Role};
+use crate::kernel::Kernel;
+use crate::{CoreError, ErrorCode, Principal, Role};
 /// The audit actions of the audit log itself.
 pub mod action {
     use crate::audit::Action;
@@ -34,7 +35,7 @@ pub mod action {
 }
 
 /// Reads a request answered from this node's cache of current values: what its audit
-/// append must confirm ([`Coffer::record_confirming`]). Shared by the handler that reads
+/// append must confirm (`Kernel::conclude_cached_read`). Shared by the handler that reads
 /// and the layer that records.
 #[derive(Debug, Clone, Default)]
 pub struct ReadLog(std::sync::Arc<std::sync::Mutex<Vec<ReadCheck>>>);
@@ -183,7 +184,7 @@ pub(crate) fn event_row(ev: &AuditEvent) -> Result<NewAuditEvent, CoreError> {
     })
 }
 
-/// An operation's event while the operation runs (see [`Coffer::begin`]).
+/// An operation's event while the operation runs (see `Kernel::begin`).
 #[derive(Debug)]
 pub(crate) struct Pending {
     pub ev: AuditEvent,
@@ -298,12 +299,25 @@ fn to_record(r: &AuditRow) -> Result<AuditRecord, CoreError> {
     })
 }
 
-impl Coffer {
+/// Fills in the ids behind an event's target names, for the services whose targets name
+/// projects, environments and parameters (and know their ids).
+pub(crate) trait TargetIds {
+    async fn fill(&self, p: &Principal, t: &mut AuditTarget);
+}
+
+/// For events whose targets name no project.
+pub(crate) struct NoTargetIds;
+
+impl TargetIds for NoTargetIds {
+    async fn fill(&self, _: &Principal, _: &mut AuditTarget) {}
+}
+
+/// The audit recorder: every service begins and concludes its operations' events here.
+impl Kernel {
     /// HMAC of `data` under the organisation's audit key (nil org: the system chain).
     /// None while sealed: the key derives from the root key.
     pub fn audit_hmac(&self, org_id: Option<Uuid>, data: &[u8]) -> Option<String> {
-        self.inner
-            .keyring
+        self.keyring
             .audit_hmac_key(org_id.unwrap_or_else(Uuid::nil))
             .ok()
             .map(|k| k.mac_hex(data))
@@ -334,7 +348,7 @@ impl Coffer {
         pending
     }
 
-    /// [`Coffer::begin`] for an operation called with its caller `p`: the actor, unless the
+    /// [`Kernel::begin`] for an operation called with its caller `p`: the actor, unless the
     /// context already names one (the edge's authentication sets it with the method).
     pub(crate) fn begin_for(
         &self,
@@ -355,16 +369,26 @@ impl Coffer {
     /// secret — is dropped for [`CoreError::AuditUnavailable`] (fail closed).
     pub(crate) async fn conclude<T>(
         &self,
+        pending: Pending,
+        r: Result<T, CoreError>,
+    ) -> Result<T, CoreError> {
+        self.conclude_with(pending, r, &NoTargetIds).await
+    }
+
+    /// [`Kernel::conclude`], with the target's ids filled in by `ids` first.
+    pub(crate) async fn conclude_with<T>(
+        &self,
         mut pending: Pending,
         r: Result<T, CoreError>,
+        ids: &impl TargetIds,
     ) -> Result<T, CoreError> {
         if let Some(c) = &pending.change {
             if c.committed() {
                 // The change and its event are in the log, whatever failed after them.
                 if let Some(at) = c.position() {
-                    self.inner.known_heads.note(c.event.org_id, at);
+                    self.known_heads.note(c.event.org_id, at);
                 }
-                self.inner.sinks.write(&c.event.body);
+                self.sinks.write(&c.event.body);
                 pending.cx.mark_recorded();
                 return r;
             }
@@ -387,7 +411,7 @@ impl Coffer {
             && !storage_down
             && let Some(p) = pending.cx.principal()
         {
-            self.resolve_target_ids(&p, &mut pending.ev.target).await;
+            ids.fill(&p, &mut pending.ev.target).await;
         }
         match self.append_event(&pending.ev, &[], durable).await {
             Ok(Some(_)) => {
@@ -398,25 +422,6 @@ impl Coffer {
         }
     }
 
-    /// Record a request the edge rejected before it reached an operation (unauthenticated,
-    /// malformed body, ...): the route's action with the rejection's code.
-    pub async fn record_rejection(&self, cx: &Cx, code: ErrorCode) -> Result<(), CoreError> {
-        let Some(action) = cx.route_action() else {
-            return Ok(());
-        };
-        let mut pending = self.begin(cx, action, cx.route_target());
-        pending.failed(code);
-        self.conclude(pending, Ok(())).await
-    }
-
-    /// Durably append a prepared event (for tools and tests; operations record their own
-    /// through [`Coffer::begin`] and [`Coffer::conclude`]).
-    pub async fn record(&self, ev: &AuditEvent) -> Result<u64, CoreError> {
-        self.append_event(ev, &[], true)
-            .await?
-            .ok_or(CoreError::AuditUnavailable)
-    }
-
     /// Append an event that is not part of a change. `durable`: on stable storage before
     /// this returns (always for changes; for other events, `audit.read_sync` decides).
     async fn append_event(
@@ -425,27 +430,26 @@ impl Coffer {
         checks: &[ReadCheck],
         durable: bool,
     ) -> Result<Option<u64>, CoreError> {
-        let durability = if durable || self.inner.config.read_sync_always {
+        let durability = if durable || self.config.read_sync_always {
             coffer_store::Durability::Stable
         } else {
             coffer_store::Durability::Written
         };
         let row = event_row(ev)?;
         match self
-            .repos()
             .audit
             .append_audit_checked(&row, checks, durability)
             .await
         {
             Ok(Some(at)) => {
-                self.inner.known_heads.note(row.org_id, at);
-                self.inner.sinks.write(&row.body);
+                self.known_heads.note(row.org_id, at);
+                self.sinks.write(&row.body);
                 Ok(Some(at.0))
             }
             Ok(None) => Ok(None),
             Err(e) => {
                 tracing::error!(error = ?e, action = %ev.action, "audit append failed; failing the request closed");
-                self.inner.sinks.note_store_failure();
+                self.sinks.note_store_failure();
                 Err(CoreError::AuditUnavailable)
             }
         }
@@ -463,22 +467,12 @@ impl Coffer {
             .append_event(&pending.ev, checks, false)
             .await?
             .is_some();
-        self.inner.cached_reads[usize::from(!recorded)]
+        self.cached_reads[usize::from(!recorded)]
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if recorded {
             pending.cx.mark_recorded();
         }
         Ok(recorded)
-    }
-
-    /// Requests answered from this node's cache of current values: (confirmed when
-    /// audited, found stale and answered again from the database).
-    pub fn cached_read_counts(&self) -> (u64, u64) {
-        let [confirmed, stale] = &self.inner.cached_reads;
-        (
-            confirmed.load(std::sync::atomic::Ordering::Relaxed),
-            stale.load(std::sync::atomic::Ordering::Relaxed),
-        )
     }
 
     /// Record something the service did by itself (a background job) in an organisation's
@@ -505,15 +499,42 @@ impl Coffer {
             tracing::error!(org_id = %org_id, action, error = %e, "could not record a system audit event");
         }
     }
+}
+
+/// The audit log as its readers see it: listing, export, verification, checkpoints.
+pub struct AuditLog {
+    pub(crate) k: std::sync::Arc<Kernel>,
+    pub(crate) audit: std::sync::Arc<dyn coffer_store::AuditRepo>,
+}
+
+impl AuditLog {
+    /// Durably append a prepared event (for tools and tests; operations record their own
+    /// through `Kernel::begin` and `Kernel::conclude`).
+    pub async fn record(&self, ev: &AuditEvent) -> Result<u64, CoreError> {
+        self.k
+            .append_event(ev, &[], true)
+            .await?
+            .ok_or(CoreError::AuditUnavailable)
+    }
+
+    /// Requests answered from this node's cache of current values: (confirmed when
+    /// audited, found stale and answered again from the database).
+    pub fn cached_read_counts(&self) -> (u64, u64) {
+        let [confirmed, stale] = &self.k.cached_reads;
+        (
+            confirmed.load(std::sync::atomic::Ordering::Relaxed),
+            stale.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
 
     /// Health of the audit sinks (the database and the optional copies).
     pub fn audit_health(&self) -> SinkHealth {
-        self.inner.sinks.health()
+        self.k.sinks.health()
     }
 
     /// Whether this node runs background jobs now (see `Cluster::try_lead`).
     pub async fn is_job_leader(&self) -> bool {
-        match self.cluster().try_lead().await {
+        match self.k.cluster().try_lead().await {
             Ok(lead) => lead,
             Err(e) => {
                 tracing::warn!(error = %e, "could not determine background-job leadership");
@@ -521,19 +542,20 @@ impl Coffer {
             }
         }
     }
-
     pub async fn audit_checkpoint_own(
         &self,
         cx: &Cx,
         p: &Principal,
     ) -> Result<Option<Checkpoint>, CoreError> {
-        let pending = self.begin_for(cx, p, action::CHECKPOINT, AuditTarget::default());
+        let pending = self
+            .k
+            .begin_for(cx, p, action::CHECKPOINT, AuditTarget::default());
         let r: Result<Option<Checkpoint>, CoreError> = async {
             require_auditor(p)?;
             self.checkpoint(p.org_id).await
         }
         .await;
-        self.conclude(pending, r).await
+        self.k.conclude(pending, r).await
     }
 
     /// Events of the caller's organisation, oldest first, after the cursor.
@@ -543,13 +565,14 @@ impl Coffer {
         p: &Principal,
         mut f: AuditFilter,
     ) -> Result<Vec<AuditRecord>, CoreError> {
-        let pending = self.begin_for(cx, p, action::LIST, AuditTarget::default());
+        let pending = self
+            .k
+            .begin_for(cx, p, action::LIST, AuditTarget::default());
         let r: Result<Vec<AuditRecord>, CoreError> = async {
-            self.ensure_unsealed()?;
+            self.k.ensure_unsealed()?;
             require_auditor(p)?;
             f.limit = f.limit.clamp(1, PAGE);
-            self.repos()
-                .audit
+            self.audit
                 .audit_events(p.org_id, &f)
                 .await?
                 .iter()
@@ -557,14 +580,16 @@ impl Coffer {
                 .collect()
         }
         .await;
-        self.conclude(pending, r).await
+        self.k.conclude(pending, r).await
     }
 
     /// Start an export (audited once, however many pages follow).
     pub async fn audit_export_begin(&self, cx: &Cx, p: &Principal) -> Result<(), CoreError> {
-        let pending = self.begin_for(cx, p, action::EXPORT, AuditTarget::default());
-        let r = self.ensure_unsealed().and_then(|()| require_auditor(p));
-        self.conclude(pending, r).await
+        let pending = self
+            .k
+            .begin_for(cx, p, action::EXPORT, AuditTarget::default());
+        let r = self.k.ensure_unsealed().and_then(|()| require_auditor(p));
+        self.k.conclude(pending, r).await
     }
 
     /// Record a customer-supplied event (`POST /v1/audit/events`) in the caller's
@@ -576,7 +601,7 @@ impl Coffer {
         action: &str,
         detail: Option<serde_json::Value>,
     ) -> Result<(), CoreError> {
-        let mut pending = self.begin_for(cx, p, action::LOG, AuditTarget::default());
+        let mut pending = self.k.begin_for(cx, p, action::LOG, AuditTarget::default());
         let r = self
             .customer_event(p, action, detail)
             .map(|(name, detail)| {
@@ -584,7 +609,7 @@ impl Coffer {
                 pending.ev.customer = true;
                 pending.ev.detail = detail;
             });
-        self.conclude(pending, r).await
+        self.k.conclude(pending, r).await
     }
 
     /// Raw rows for export (time range only, so the exported range stays a contiguous chain).
@@ -595,7 +620,7 @@ impl Coffer {
         to: Option<i64>,
         after_seq: u64,
     ) -> Result<Vec<AuditRow>, CoreError> {
-        self.ensure_unsealed()?;
+        self.k.ensure_unsealed()?;
         require_auditor(p)?;
         let f = AuditFilter {
             from,
@@ -604,31 +629,33 @@ impl Coffer {
             limit: PAGE,
             ..AuditFilter::default()
         };
-        Ok(self.repos().audit.audit_events(p.org_id, &f).await?)
+        Ok(self.audit.audit_events(p.org_id, &f).await?)
     }
 
     pub async fn audit_checkpoints(&self, p: &Principal) -> Result<Vec<CheckpointRow>, CoreError> {
-        self.ensure_unsealed()?;
+        self.k.ensure_unsealed()?;
         require_auditor(p)?;
         self.signed_points(p.org_id).await
     }
 
     /// Verify the caller's organisation's whole chain and its checkpoints, page by page.
     pub async fn audit_verify(&self, cx: &Cx, p: &Principal) -> Result<VerifyReport, CoreError> {
-        let pending = self.begin_for(cx, p, action::VERIFY, AuditTarget::default());
+        let pending = self
+            .k
+            .begin_for(cx, p, action::VERIFY, AuditTarget::default());
         let r: Result<VerifyReport, CoreError> = async {
-            self.ensure_unsealed()?;
+            self.k.ensure_unsealed()?;
             require_auditor(p)?;
             self.verify_chain(p.org_id).await
         }
         .await;
-        self.conclude(pending, r).await
+        self.k.conclude(pending, r).await
     }
 
     pub(crate) async fn verify_chain(&self, org_id: Uuid) -> Result<VerifyReport, CoreError> {
         // What this node wrote first: events appended while this runs are read below.
-        let written = self.inner.known_heads.get(org_id);
-        let key = self.repos().audit.audit_key().await?.map(|k| k.public_key);
+        let written = self.k.known_heads.get(org_id);
+        let key = self.audit.audit_key().await?.map(|k| k.public_key);
         let checkpoints = self.signed_points(org_id).await?;
         let mut v = Verifier::new(org_id, key, checkpoints, None);
         if let Some(head) = written {
@@ -637,7 +664,6 @@ impl Coffer {
         let mut after = 0;
         loop {
             let rows = self
-                .repos()
                 .audit
                 .audit_events(
                     org_id,
@@ -654,37 +680,7 @@ impl Coffer {
                 v.push(r.seq, &r.prev_hash, &r.hash, &r.body);
             }
         }
-        Ok(v.finish(self.repos().audit.audit_head(org_id).await?))
-    }
-
-    /// Fill in the ids behind the target's names, as seen by this principal, from the
-    /// caches (no database round trip when warm). Names that do not resolve stay id-less.
-    pub async fn resolve_target_ids(&self, p: &Principal, t: &mut AuditTarget) {
-        let Some(project) = t.project.as_deref() else {
-            return;
-        };
-        let Ok(meta) = self.project_meta(p, project).await else {
-            return;
-        };
-        t.project_id = Some(meta.project.id);
-        let Some(env) = t.env.as_deref() else { return };
-        let Ok(chain) = meta.chain(env) else { return };
-        t.env_id = chain.first().map(|e| e.id);
-        let Some(name) = t.name.as_deref() else {
-            return;
-        };
-        if t.param_id.is_some() {
-            return; // the handler already knew it
-        }
-        let ids: Vec<Uuid> = chain.iter().map(|e| e.id).collect();
-        if let Ok(Some(v)) = self
-            .repos()
-            .params
-            .nearest_value(p.org_id, &ids, name)
-            .await
-        {
-            t.param_id = Some(v.param.id);
-        }
+        Ok(v.finish(self.audit.audit_head(org_id).await?))
     }
 
     /// Validate a customer-supplied event: returns the action (prefixed `customer.`) and
@@ -695,7 +691,7 @@ impl Coffer {
         action: &str,
         detail: Option<serde_json::Value>,
     ) -> Result<(String, Option<serde_json::Value>), CoreError> {
-        self.ensure_unsealed()?;
+        self.k.ensure_unsealed()?;
         crate::projects::ensure_can_write(p)?;
         let ok = !action.is_empty()
             && action.len() <= 128
@@ -717,5 +713,12 @@ impl Coffer {
             ));
         }
         Ok((format!("customer.{action}"), detail))
+    }
+}
+
+impl std::fmt::Debug for AuditLog {
+    // The repositories are trait objects without Debug; the caches say nothing useful.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog").finish_non_exhaustive()
     }
 }

@@ -16,9 +16,10 @@ use coffer_crypto::audit::{AuditSigningKey, checkpoint_message};
 use coffer_store::{AuditKeyRow, CheckpointRow, StoreError};
 use uuid::Uuid;
 
+use super::AuditLog;
 use super::Checkpoint;
+use crate::CoreError;
 use crate::clock::now_ms;
-use crate::{Coffer, CoreError};
 
 /// Chains this node remembers at most (their newest heads); beyond, a chain is covered by
 /// its signed head alone.
@@ -98,16 +99,15 @@ impl KnownHeads {
     }
 }
 
-impl Coffer {
+impl AuditLog {
     /// The audit signing key, unwrapped with the root key (unsealed only).
     async fn audit_signing_key(&self) -> Result<AuditSigningKey, CoreError> {
         let key_row = self
-            .repos()
             .audit
             .audit_key()
             .await?
             .ok_or(CoreError::Internal("no audit signing key"))?;
-        self.inner.keyring.with_root(|root| {
+        self.k.keyring.with_root(|root| {
             AuditSigningKey::unwrap(root, &key_row.wrapped_key).map_err(|_| CoreError::Integrity)
         })
     }
@@ -115,10 +115,10 @@ impl Coffer {
     /// Sign the heads this node wrote since its last round and keep each as its chain's
     /// signed head (every node, every `audit.sign_interval`). Returns how many it signed.
     pub async fn sign_heads(&self) -> Result<usize, CoreError> {
-        if self.inner.keyring.is_sealed() {
+        if self.k.keyring.is_sealed() {
             return Ok(0);
         }
-        let heads = self.inner.known_heads.unsigned(MAX_SIGNED_PER_ROUND);
+        let heads = self.k.known_heads.unsigned(MAX_SIGNED_PER_ROUND);
         if heads.is_empty() {
             return Ok(0);
         }
@@ -136,9 +136,9 @@ impl Coffer {
                     .to_vec(),
             })
             .collect();
-        self.repos().audit.store_signed_heads(&rows).await?;
+        self.audit.store_signed_heads(&rows).await?;
         for &(org, seq, _) in &heads {
-            self.inner.known_heads.mark_signed(org, seq);
+            self.k.known_heads.mark_signed(org, seq);
         }
         Ok(rows.len())
     }
@@ -148,8 +148,8 @@ impl Coffer {
         &self,
         org_id: Uuid,
     ) -> Result<Vec<CheckpointRow>, CoreError> {
-        let mut points = self.repos().audit.checkpoints(org_id).await?;
-        if let Some(h) = self.repos().audit.signed_head(org_id).await?
+        let mut points = self.audit.checkpoints(org_id).await?;
+        if let Some(h) = self.audit.signed_head(org_id).await?
             && points.iter().all(|c| c.seq != h.seq)
         {
             points.push(h);
@@ -160,12 +160,12 @@ impl Coffer {
 
     /// Make sure the checkpoint signing key exists (called once unsealed).
     pub(crate) async fn ensure_audit_key(&self) -> Result<(), CoreError> {
-        let _root = self.root_stable().await;
-        if self.repos().audit.audit_key().await?.is_some() {
+        let _root = self.k.root_stable().await;
+        if self.audit.audit_key().await?.is_some() {
             return Ok(());
         }
         let key = AuditSigningKey::generate().map_err(|_| CoreError::Internal("audit key"))?;
-        let wrapped = self.inner.keyring.with_root(|root| {
+        let wrapped = self.k.keyring.with_root(|root| {
             key.wrap(root)
                 .map_err(|_| CoreError::Internal("wrap audit key"))
         })?;
@@ -174,7 +174,7 @@ impl Coffer {
             wrapped_key: wrapped,
             created_at: now_ms(),
         };
-        match self.repos().audit.init_audit_key(&row).await {
+        match self.audit.init_audit_key(&row).await {
             Ok(()) | Err(StoreError::Conflict) => Ok(()),
             Err(e) => Err(e.into()),
         }
@@ -183,7 +183,6 @@ impl Coffer {
     /// The public key that verifies checkpoints (hex), once initialised.
     pub async fn audit_public_key(&self) -> Result<Option<String>, CoreError> {
         Ok(self
-            .repos()
             .audit
             .audit_key()
             .await?
@@ -194,19 +193,19 @@ impl Coffer {
     /// a checkpoint, after signing what this node wrote. Returns the newest checkpoint, new
     /// or existing; None before anything of the chain was signed.
     pub async fn checkpoint(&self, org_id: Uuid) -> Result<Option<Checkpoint>, CoreError> {
-        self.ensure_unsealed()?;
+        self.k.ensure_unsealed()?;
         // A checkpoint keeps a signed head for good: signed by the node that wrote it, from
         // what it wrote, never re-signed from the database's word.
         self.sign_heads().await?;
-        let Some(head) = self.repos().audit.signed_head(org_id).await? else {
+        let Some(head) = self.audit.signed_head(org_id).await? else {
             return Ok(None);
         };
-        if let Some(last) = self.repos().audit.checkpoints(org_id).await?.last()
+        if let Some(last) = self.audit.checkpoints(org_id).await?.last()
             && last.seq >= head.seq
         {
             return Ok(Some(last.into()));
         }
-        match self.repos().audit.insert_checkpoint(&head).await {
+        match self.audit.insert_checkpoint(&head).await {
             Ok(()) | Err(StoreError::Conflict) => Ok(Some((&head).into())),
             Err(e) => Err(e.into()),
         }
@@ -214,7 +213,7 @@ impl Coffer {
 
     /// Checkpoint every chain that grew since its last checkpoint (background job).
     pub async fn checkpoint_all(&self) -> Result<usize, CoreError> {
-        let orgs = self.repos().audit.orgs_needing_checkpoint().await?;
+        let orgs = self.audit.orgs_needing_checkpoint().await?;
         for org in &orgs {
             self.checkpoint(*org).await?;
         }

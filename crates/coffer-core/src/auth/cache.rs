@@ -8,7 +8,7 @@ use super::Principal;
 
 /// Verified principals, keyed by token digest. Every change of access clears the cache on
 /// every node (its notice commits with it); entries also expire after the lifetime the
-/// caller gives ([`Coffer::principal_ttl`](crate::Coffer)).
+/// caller gives (`Identity::principal_ttl`).
 #[derive(Debug)]
 pub(crate) struct SessionCache {
     map: RwLock<HashMap<[u8; 32], (Principal, Instant)>>,

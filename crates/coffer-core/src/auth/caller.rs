@@ -1,10 +1,11 @@
 //! The caller of a request, as its audit context records it.
 
 use super::{Principal, action};
+use crate::CoreError;
 use crate::audit::{AuditTarget, Cx};
-use crate::{Coffer, CoreError};
+use crate::identity::Identity;
 
-impl Coffer {
+impl Identity {
     /// Authenticate the caller of a request and note it in the request's audit context
     /// (the actor of its event, and an HMAC of the token that correlates a session's
     /// requests). `any_stage`: also a login that still has to enrol MFA.
@@ -22,7 +23,7 @@ impl Coffer {
         cx.set_principal(&p, p.method.as_str());
         cx.add_hmac(
             "session",
-            self.audit_hmac(Some(p.org_id), bearer.as_bytes()),
+            self.k.audit_hmac(Some(p.org_id), bearer.as_bytes()),
         );
         Ok(p)
     }
@@ -33,8 +34,7 @@ impl Coffer {
         &self,
         p: &Principal,
     ) -> Result<coffer_store::UserRow, CoreError> {
-        self.repos()
-            .users
+        self.users
             .user(p.user_id)
             .await?
             .ok_or(CoreError::Unauthenticated)
@@ -42,7 +42,9 @@ impl Coffer {
 
     /// Who the caller is (the principal the request authenticated as).
     pub async fn whoami(&self, cx: &Cx, p: &Principal) -> Result<Principal, CoreError> {
-        let pending = self.begin_for(cx, p, action::WHOAMI, AuditTarget::default());
-        self.conclude(pending, Ok(p.clone())).await
+        let pending = self
+            .k
+            .begin_for(cx, p, action::WHOAMI, AuditTarget::default());
+        self.k.conclude(pending, Ok(p.clone())).await
     }
 }

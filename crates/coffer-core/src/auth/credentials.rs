@@ -5,10 +5,11 @@
 use coffer_store::{ChangeEvent, CredentialChange, UserRow};
 
 use super::{Principal, action, hash_password, validate_password};
+use crate::CoreError;
 use crate::audit::{AuditTarget, Cx};
-use crate::{Coffer, CoreError};
+use crate::identity::Identity;
 
-impl Coffer {
+impl Identity {
     /// Change the caller's password. Needs the current one (re-authentication, counted
     /// against the lockout) and ends every other session.
     pub async fn change_password(
@@ -18,7 +19,9 @@ impl Coffer {
         current: &str,
         new: &str,
     ) -> Result<(), CoreError> {
-        let mut pending = self.begin_for(cx, p, action::PASSWORD_CHANGE, AuditTarget::default());
+        let mut pending = self
+            .k
+            .begin_for(cx, p, action::PASSWORD_CHANGE, AuditTarget::default());
         let r: Result<(), CoreError> = async {
             p.ensure_person()?;
             validate_password(new)?;
@@ -38,7 +41,7 @@ impl Coffer {
             .await
         }
         .await;
-        self.conclude(pending, r).await
+        self.k.conclude(pending, r).await
     }
 
     /// A change of how the caller proves who they are, committed with its event, the
@@ -54,8 +57,7 @@ impl Coffer {
         event: &ChangeEvent,
         (subject, body): (&str, &str),
     ) -> Result<(), CoreError> {
-        self.repos()
-            .users
+        self.users
             .change_credentials(
                 user.id,
                 what,
@@ -76,9 +78,9 @@ impl Coffer {
         p: &Principal,
         password: &str,
     ) -> Result<UserRow, CoreError> {
-        let user = self.repos().users.user(p.user_id).await?;
+        let user = self.users.user(p.user_id).await?;
         let user = self.check_first_factor(user, password).await?;
-        self.repos().users.reset_login_attempts(user.id).await?;
+        self.users.reset_login_attempts(user.id).await?;
         Ok(user)
     }
 }

@@ -17,7 +17,8 @@ use uuid::Uuid;
 
 use crate::audit::{AuditTarget, Cx, Pending};
 use crate::clock::now_ms;
-use crate::{Coffer, CoreError, Role};
+use crate::identity::Identity;
+use crate::{CoreError, Role};
 /// The audit actions of authentication and sessions.
 pub mod action {
     use crate::audit::{Action, Forgets};
@@ -183,7 +184,7 @@ pub(crate) struct NewSession<'a> {
     pub event: Option<&'a coffer_store::ChangeEvent>,
 }
 
-impl Coffer {
+impl Identity {
     /// Password login. Every failure — unknown user, wrong password, locked account, too
     /// many attempts — is the same [`CoreError::BadCredentials`] after the same work.
     pub async fn login(
@@ -194,9 +195,9 @@ impl Coffer {
         org: Option<&str>,
         address: &str,
     ) -> Result<LoginOutcome, CoreError> {
-        let mut pending = self.begin(cx, action::LOGIN, AuditTarget::default());
+        let mut pending = self.k.begin(cx, action::LOGIN, AuditTarget::default());
         let r: Result<LoginOutcome, CoreError> = async {
-            self.ensure_unsealed()?;
+            self.k.ensure_unsealed()?;
             let user = self.find_login_user(username).await?;
             let user = self.check_first_factor(user, password).await?;
             self.after_first_factor(&mut pending, user, org, AuthMethod::Password, address)
@@ -204,12 +205,14 @@ impl Coffer {
         }
         .await;
         if r.is_err()
-            && let Some(mac) = self.audit_hmac(None, normalize_username(username).as_bytes())
+            && let Some(mac) = self
+                .k
+                .audit_hmac(None, normalize_username(username).as_bytes())
         {
             // People sometimes type their password into the username field: only an HMAC.
             pending.ev.hmac.insert("username".into(), mac);
         }
-        self.conclude(pending, r).await
+        self.k.conclude(pending, r).await
     }
 
     /// Look a user up by username, or by e-mail if the name contains `@`.
@@ -221,9 +224,9 @@ impl Coffer {
             return Ok(None);
         }
         Ok(if name.contains('@') {
-            self.repos().users.user_by_email(&name).await?
+            self.users.user_by_email(&name).await?
         } else {
-            self.repos().users.user_by_name(&name).await?
+            self.users.user_by_name(&name).await?
         })
     }
 
@@ -234,10 +237,9 @@ impl Coffer {
         user: Option<UserRow>,
         password: &str,
     ) -> Result<UserRow, CoreError> {
-        let cfg = self.config();
+        let cfg = self.k.config();
         let claimed = match &user {
             Some(u) => self
-                .repos()
                 .users
                 .claim_login_attempt(
                     u.id,
@@ -251,7 +253,6 @@ impl Coffer {
                 // The same statement for an id that matches nothing, so that an unknown
                 // user costs the same round trip as a known one.
                 let _ = self
-                    .repos()
                     .users
                     .claim_login_attempt(
                         Uuid::nil(),
@@ -265,7 +266,7 @@ impl Coffer {
         };
         let hash = match &user {
             Some(u) if claimed => u.password_hash.clone(),
-            _ => self.inner.dummy_hash.clone(),
+            _ => self.dummy_hash.clone(),
         };
         let ok = verify_password(password.to_owned(), hash).await?;
         let Some(user) = user else {
@@ -282,9 +283,8 @@ impl Coffer {
     }
 
     pub(crate) async fn note_failure(&self, user_id: Uuid) -> Result<(), CoreError> {
-        let cfg = self.config();
-        self.repos()
-            .users
+        let cfg = self.k.config();
+        self.users
             .lock_if_exhausted(
                 user_id,
                 cfg.max_failed_logins,
@@ -306,7 +306,7 @@ impl Coffer {
         let org_id = self.login_org(&user, org).await?;
         if user.mfa_enabled {
             // Not a failure, but not a success yet either: earlier failures still count.
-            self.repos().users.release_login_attempt(user.id).await?;
+            self.users.release_login_attempt(user.id).await?;
             let (token, _) = self
                 .new_session(
                     MFA_PREFIX,
@@ -317,19 +317,19 @@ impl Coffer {
                         method,
                         api_key_id: None,
                         address,
-                        ttl: self.config().mfa_pending_ttl,
+                        ttl: self.k.config().mfa_pending_ttl,
                         event: Some(pending.change_event()?),
                     },
                 )
                 .await?;
-            let expires_at = now_ms().saturating_add(ms(self.config().mfa_pending_ttl));
+            let expires_at = now_ms().saturating_add(ms(self.k.config().mfa_pending_ttl));
             return Ok(LoginOutcome::MfaRequired {
                 mfa_token: token,
                 expires_at,
             });
         }
-        self.repos().users.reset_login_attempts(user.id).await?;
-        let stage = if self.repos().users.user_requires_mfa(user.id).await? {
+        self.users.reset_login_attempts(user.id).await?;
+        let stage = if self.users.user_requires_mfa(user.id).await? {
             "enroll"
         } else {
             "full"
@@ -359,7 +359,7 @@ impl Coffer {
                     method,
                     api_key_id: None,
                     address,
-                    ttl: self.config().session_ttl,
+                    ttl: self.k.config().session_ttl,
                     event: Some(pending.change_event()?),
                 },
             )
@@ -376,12 +376,11 @@ impl Coffer {
     /// Remember the address a user signed in from, and tell them when it is a new one.
     async fn note_login_address(&self, user: &UserRow, address: &str) -> Result<(), CoreError> {
         if self
-            .repos()
             .users
             .note_login_address(user.id, address, now_ms())
             .await?
             // The very first login is not news; a new address after that is.
-            && self.repos().users.login_address_count(user.id).await? > 1
+            && self.users.login_address_count(user.id).await? > 1
         {
             self.notify(
                 user,
@@ -395,14 +394,13 @@ impl Coffer {
 
     /// The organisation a login starts in: the one asked for, else the oldest membership.
     async fn login_org(&self, user: &UserRow, org: Option<&str>) -> Result<Uuid, CoreError> {
-        let ms = self.repos().access.memberships(user.id).await?;
+        let ms = self.access.memberships(user.id).await?;
         let chosen = match org {
             None => ms.first().map(|m| m.org_id),
             Some(name) => {
                 let mut found = None;
                 for m in &ms {
                     if self
-                        .repos()
                         .tenants
                         .org(m.org_id)
                         .await?
@@ -425,8 +423,7 @@ impl Coffer {
         let (token, digest) = token::generate(prefix);
         let now = now_ms();
         let id = Uuid::new_v4();
-        self.repos()
-            .access
+        self.access
             .create_session(
                 &SessionRow {
                     id,
@@ -449,7 +446,7 @@ impl Coffer {
 
     /// Resolve a bearer token to its principal. Logins that still have to enrol MFA are
     /// refused here (fail closed); the few routes they may use call
-    /// [`Coffer::authenticate_any_stage`].
+    /// [`Identity::authenticate_any_stage`].
     pub async fn authenticate(&self, bearer: &str) -> Result<Principal, CoreError> {
         let p = self.authenticate_any_stage(bearer).await?;
         if p.mfa_enrollment_pending {
@@ -459,7 +456,7 @@ impl Coffer {
     }
 
     pub async fn authenticate_any_stage(&self, bearer: &str) -> Result<Principal, CoreError> {
-        self.ensure_unsealed()?;
+        self.k.ensure_unsealed()?;
         if bearer.len() > 128 {
             return Err(CoreError::Unauthenticated);
         }
@@ -470,7 +467,7 @@ impl Coffer {
         }
         let digest = token::hash(bearer).0;
         let now = now_ms();
-        let cache = &self.inner.sessions;
+        let cache = &self.sessions;
         let ttl = self.principal_ttl();
         if let Some(p) = cache.get(&digest, now, ttl) {
             return Ok(p);
@@ -497,14 +494,13 @@ impl Coffer {
         now: i64,
     ) -> Result<Principal, CoreError> {
         let s = self
-            .repos()
             .access
             .session(digest)
             .await?
             .ok_or(CoreError::Unauthenticated)?;
-        let idle = ms(self.config().idle_timeout);
+        let idle = ms(self.k.config().idle_timeout);
         if s.expires_at <= now || s.last_seen_at.saturating_add(idle) <= now {
-            self.repos().access.delete_session(digest, None).await?;
+            self.access.delete_session(digest, None).await?;
             return Err(CoreError::Unauthenticated);
         }
         if s.stage == "mfa" {
@@ -512,16 +508,12 @@ impl Coffer {
         }
         // Activity is recorded coarsely: at most a few writes per idle period.
         if now.saturating_sub(s.last_seen_at) >= (idle / 8).min(60_000) {
-            self.repos()
-                .access
-                .touch_session(s.org_id, s.id, now)
-                .await?;
+            self.access.touch_session(s.org_id, s.id, now).await?;
         }
         let method = AuthMethod::parse(&s.method).ok_or(CoreError::Internal("session method"))?;
         let (role_cap, scope, expires_at) = match s.api_key_id {
             Some(key_id) => {
                 let k = self
-                    .repos()
                     .access
                     .api_key(s.org_id, key_id)
                     .await?
@@ -545,9 +537,8 @@ impl Coffer {
         // without MFA to enrolment from the next cache refresh on.
         p.mfa_enrollment_pending = s.stage == "enroll"
             || (s.api_key_id.is_none()
-                && self.repos().tenants.org_requires_mfa(s.org_id).await?
+                && self.tenants.org_requires_mfa(s.org_id).await?
                 && !self
-                    .repos()
                     .users
                     .user(s.user_id)
                     .await?
@@ -561,7 +552,6 @@ impl Coffer {
         now: i64,
     ) -> Result<Principal, CoreError> {
         let k = self
-            .repos()
             .access
             .api_key_by_hash(digest)
             .await?
@@ -599,7 +589,6 @@ impl Coffer {
     ) -> Result<Principal, CoreError> {
         let role_cap = role_cap.ok_or(CoreError::Internal("unknown role in database"))?;
         let (m, user, org) = self
-            .repos()
             .access
             .member(org_id, user_id)
             .await?
@@ -623,15 +612,15 @@ impl Coffer {
     /// Forget cached principals after a change to who may do what (the change's own
     /// notice, sent in its transaction, tells the other nodes).
     pub(crate) fn access_changed(&self) {
-        self.inner.sessions.clear();
+        self.sessions.clear();
     }
 
     /// How long a verified principal may be answered from the cache: long while every
     /// change's notice reaches this node, briefly while it may miss some; at most an eighth
     /// of the idle timeout, so that sessions in use are seen in use.
     pub(crate) fn principal_ttl(&self) -> std::time::Duration {
-        let cfg = self.config();
-        if self.cluster().notices_live() {
+        let cfg = self.k.config();
+        if self.k.cluster().notices_live() {
             cfg.notified_cache_ttl.min(cfg.idle_timeout / 8)
         } else {
             cfg.session_cache_ttl
@@ -643,26 +632,24 @@ impl Coffer {
         // Attributed to the session's user while the token is still valid; logging out with
         // a dead token is harmless and stays anonymous.
         let _ = self.authenticate_in(cx, bearer, true).await;
-        let mut pending = self.begin(cx, action::LOGOUT, AuditTarget::default());
+        let mut pending = self.k.begin(cx, action::LOGOUT, AuditTarget::default());
         let r: Result<(), CoreError> = async {
             let digest = token::hash(bearer).0;
-            self.repos()
-                .access
+            self.access
                 .delete_session(&digest, Some(pending.change_event()?))
                 .await?;
             self.access_changed();
             Ok(())
         }
         .await;
-        self.conclude(pending, r).await
+        self.k.conclude(pending, r).await
     }
 
     /// Remove sessions past their lifetime or idle timeout; run periodically.
     pub async fn purge_expired_sessions(&self) -> Result<u64, CoreError> {
         Ok(self
-            .repos()
             .access
-            .delete_expired_sessions(now_ms(), ms(self.config().idle_timeout))
+            .delete_expired_sessions(now_ms(), ms(self.k.config().idle_timeout))
             .await?)
     }
 
@@ -672,13 +659,14 @@ impl Coffer {
         cx: &Cx,
         p: &Principal,
     ) -> Result<Vec<SessionView>, CoreError> {
-        let pending = self.begin_for(cx, p, action::SESSION_LIST, AuditTarget::default());
+        let pending = self
+            .k
+            .begin_for(cx, p, action::SESSION_LIST, AuditTarget::default());
         let r: Result<Vec<SessionView>, CoreError> = async {
             p.ensure_person()?;
             let now = now_ms();
-            let idle = ms(self.config().idle_timeout);
+            let idle = ms(self.k.config().idle_timeout);
             Ok(self
-                .repos()
                 .access
                 .user_sessions(p.user_id)
                 .await?
@@ -697,16 +685,17 @@ impl Coffer {
                 .collect())
         }
         .await;
-        self.conclude(pending, r).await
+        self.k.conclude(pending, r).await
     }
 
     /// End one of the caller's own sessions.
     pub async fn revoke_session(&self, cx: &Cx, p: &Principal, id: Uuid) -> Result<(), CoreError> {
-        let mut pending = self.begin_for(cx, p, action::SESSION_REVOKE, AuditTarget::default());
+        let mut pending = self
+            .k
+            .begin_for(cx, p, action::SESSION_REVOKE, AuditTarget::default());
         let r: Result<(), CoreError> = async {
             p.ensure_person()?;
             if !self
-                .repos()
                 .access
                 .delete_session_by_id(p.user_id, id, Some(pending.change_event()?))
                 .await?
@@ -717,7 +706,7 @@ impl Coffer {
             Ok(())
         }
         .await;
-        self.conclude(pending, r).await
+        self.k.conclude(pending, r).await
     }
 }
 

@@ -84,6 +84,7 @@ impl Outage {
 /// The organisation's events of `action`, as (outcome, error code).
 async fn events_of(f: &Fixture, action: &str) -> Vec<(String, Option<String>)> {
     f.coffer
+        .audit()
         .audit_list(
             &Cx::default(),
             &f.owner,
@@ -112,20 +113,27 @@ fn set<'a>(name: &'a str, value: &'a [u8]) -> SetParam<'a> {
 async fn a_change_whose_event_cannot_be_appended_is_not_applied() {
     let f = fixture().await;
     let (c, p, cx) = (&f.coffer, &f.owner, Cx::default());
-    c.create_project(&cx, p, "web").await.unwrap();
-    c.set_param(&cx, p, "web", "default", set("TOKEN", b"v1"))
+    c.projects().create_project(&cx, p, "web").await.unwrap();
+    c.params()
+        .set_param(&cx, p, "web", "default", set("TOKEN", b"v1"))
         .await
         .unwrap();
 
     let outage = refuse_audit_appends(&f).await;
     let err = c
+        .params()
         .set_param(&cx, p, "web", "default", set("TOKEN", b"v2"))
         .await
         .unwrap_err();
     assert!(matches!(err, CoreError::AuditUnavailable), "{err:?}");
-    let err = c.create_project(&cx, p, "api").await.unwrap_err();
+    let err = c
+        .projects()
+        .create_project(&cx, p, "api")
+        .await
+        .unwrap_err();
     assert!(matches!(err, CoreError::AuditUnavailable), "{err:?}");
     let err = c
+        .params()
         .get_param(&cx, p, "web", "default", "TOKEN")
         .await
         .unwrap_err();
@@ -136,19 +144,20 @@ async fn a_change_whose_event_cannot_be_appended_is_not_applied() {
     outage.lift().await;
 
     let v = c
+        .params()
         .get_param(&cx, p, "web", "default", "TOKEN")
         .await
         .unwrap();
     assert_eq!(v.value.unwrap().expose_secret(), b"v1");
     assert_eq!(v.version, 1, "the refused write left no version");
-    let projects = c.list_projects(&cx, p).await.unwrap();
+    let projects = c.projects().list_projects(&cx, p).await.unwrap();
     assert!(projects.iter().all(|x| x.name != "api"));
     assert_eq!(
         events_of(&f, "param.set").await,
         vec![("success".to_owned(), None)],
         "exactly the one applied write is recorded"
     );
-    assert!(c.audit_verify(&cx, p).await.unwrap().ok);
+    assert!(c.audit().audit_verify(&cx, p).await.unwrap().ok);
 }
 
 /// A project and its default environment are one change: if the environment cannot be
@@ -158,15 +167,18 @@ async fn a_project_exists_with_its_default_environment_or_not_at_all() {
     let f = fixture().await;
     let (c, p, cx) = (&f.coffer, &f.owner, Cx::default());
     let outage = refuse_inserts(&f, "environments").await;
-    c.create_project(&cx, p, "web").await.unwrap_err();
+    c.projects()
+        .create_project(&cx, p, "web")
+        .await
+        .unwrap_err();
     outage.lift().await;
-    assert!(c.list_projects(&cx, p).await.unwrap().is_empty());
+    assert!(c.projects().list_projects(&cx, p).await.unwrap().is_empty());
     assert_eq!(
         events_of(&f, "project.create").await,
         vec![("failure".to_owned(), Some("internal".to_owned()))]
     );
-    c.create_project(&cx, p, "web").await.unwrap();
-    let envs = c.list_envs(&cx, p, "web").await.unwrap();
+    c.projects().create_project(&cx, p, "web").await.unwrap();
+    let envs = c.projects().list_envs(&cx, p, "web").await.unwrap();
     assert_eq!(
         envs.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
         ["default"]
@@ -180,32 +192,37 @@ async fn an_organisation_exists_with_its_owner_or_not_at_all() {
     let f = fixture().await;
     let (c, p, cx) = (&f.coffer, &f.owner, Cx::default());
     let outage = refuse_inserts(&f, "memberships").await;
-    c.create_org_as(&cx, p, "second").await.unwrap_err();
+    c.identity()
+        .create_org_as(&cx, p, "second")
+        .await
+        .unwrap_err();
     outage.lift().await;
     let names = |orgs: Vec<coffer_core::members::OrgMembershipView>| {
         orgs.into_iter().map(|o| o.name).collect::<Vec<_>>()
     };
-    assert!(!names(c.my_orgs(&cx, p).await.unwrap()).contains(&"second".to_owned()));
+    assert!(!names(c.identity().my_orgs(&cx, p).await.unwrap()).contains(&"second".to_owned()));
     assert_eq!(
         events_of(&f, "org.create").await,
         vec![("failure".to_owned(), Some("internal".to_owned()))]
     );
     // The name is free: nothing was half-written.
-    c.create_org_as(&cx, p, "second").await.unwrap();
-    assert!(names(c.my_orgs(&cx, p).await.unwrap()).contains(&"second".to_owned()));
+    c.identity().create_org_as(&cx, p, "second").await.unwrap();
+    assert!(names(c.identity().my_orgs(&cx, p).await.unwrap()).contains(&"second".to_owned()));
 }
 
 #[tokio::test]
 async fn a_failed_change_leaves_a_failure_event_and_no_success() {
     let f = fixture().await;
     let (c, p, cx) = (&f.coffer, &f.owner, Cx::default());
-    c.create_project(&cx, p, "web").await.unwrap();
+    c.projects().create_project(&cx, p, "web").await.unwrap();
     let err = c
+        .params()
         .set_param(&cx, p, "web", "nope", set("TOKEN", b"v1"))
         .await
         .unwrap_err();
     assert!(matches!(err, CoreError::NotFound { .. }), "{err:?}");
     let err = c
+        .params()
         .rollback_param(&cx, p, "web", "default", "TOKEN", 3)
         .await
         .unwrap_err();
@@ -224,13 +241,15 @@ async fn a_failed_change_leaves_a_failure_event_and_no_success() {
 async fn a_change_and_its_event_name_the_same_parameter() {
     let f = fixture().await;
     let (c, p, cx) = (&f.coffer, &f.owner, Cx::default());
-    c.create_project(&cx, p, "web").await.unwrap();
+    c.projects().create_project(&cx, p, "web").await.unwrap();
     let written = c
+        .params()
         .set_param(&cx, p, "web", "default", set("TOKEN", b"v1"))
         .await
         .unwrap();
     let events = f
         .coffer
+        .audit()
         .audit_list(
             &cx,
             p,
@@ -258,19 +277,22 @@ async fn an_invited_newcomers_account_exists_with_the_invitations_use_or_not_at_
     let f = fixture().await;
     let (c, p, cx) = (&f.coffer, &f.owner, Cx::default());
     let inv = c
+        .identity()
         .invite(&cx, p, "newcomer@example.com", Role::Viewer)
         .await
         .unwrap();
     let tok = inv.token.unwrap().expose_secret().to_owned();
     let outage = refuse_audit_appends(&f).await;
     let err = c
+        .identity()
         .accept_invitation(&cx, &tok, Some("newcomer"), "a long enough password")
         .await
         .unwrap_err();
     assert!(matches!(err, CoreError::AuditUnavailable), "{err:?}");
     outage.lift().await;
     // The name is still free and the invitation unused.
-    c.accept_invitation(&cx, &tok, Some("newcomer"), "a long enough password")
+    c.identity()
+        .accept_invitation(&cx, &tok, Some("newcomer"), "a long enough password")
         .await
         .unwrap();
     assert_eq!(
@@ -289,32 +311,34 @@ async fn key_jobs_record_their_events_with_their_changes() {
     })
     .await;
     let (c, p, cx) = (&f.coffer, &f.owner, Cx::default());
-    c.create_project(&cx, p, "web").await.unwrap();
-    c.set_param(&cx, p, "web", "default", set("TOKEN", b"v1"))
+    c.projects().create_project(&cx, p, "web").await.unwrap();
+    c.params()
+        .set_param(&cx, p, "web", "default", set("TOKEN", b"v1"))
         .await
         .unwrap();
     let term = |s: coffer_core::KeyStatus| (s.active_term, s.terms.len());
 
     let outage = refuse_audit_appends(&f).await;
-    let err = c.rotate_org_key(p.org_id, "age").await.unwrap_err();
+    let err = c.keys().rotate_org_key(p.org_id, "age").await.unwrap_err();
     assert!(matches!(err, CoreError::AuditUnavailable), "{err:?}");
     outage.lift().await;
-    assert_eq!(term(c.key_status(&cx, p).await.unwrap()), (1, 1));
+    assert_eq!(term(c.keys().key_status(&cx, p).await.unwrap()), (1, 1));
 
-    c.rotate_org_key(p.org_id, "age").await.unwrap();
+    c.keys().rotate_org_key(p.org_id, "age").await.unwrap();
     let outage = refuse_audit_appends(&f).await;
-    c.run_key_maintenance().await.unwrap_err();
+    c.keys().run_key_maintenance().await.unwrap_err();
     outage.lift().await;
-    let s = c.key_status(&cx, p).await.unwrap();
+    let s = c.keys().key_status(&cx, p).await.unwrap();
     assert!(
         s.rotation.unwrap().finished_at.is_none(),
         "the rewrap's last batch did not commit without its event"
     );
-    assert_eq!(term(c.key_status(&cx, p).await.unwrap()), (2, 2));
+    assert_eq!(term(c.keys().key_status(&cx, p).await.unwrap()), (2, 2));
 
-    c.run_key_maintenance().await.unwrap();
+    c.keys().run_key_maintenance().await.unwrap();
     assert!(
-        c.key_status(&cx, p)
+        c.keys()
+            .key_status(&cx, p)
             .await
             .unwrap()
             .rotation
@@ -325,11 +349,11 @@ async fn key_jobs_record_their_events_with_their_changes() {
     // Term 1 is retired once every node's key cache has expired.
     tokio::time::sleep(Duration::from_millis(1_300)).await;
     let outage = refuse_audit_appends(&f).await;
-    c.run_key_maintenance().await.unwrap_err();
+    c.keys().run_key_maintenance().await.unwrap_err();
     outage.lift().await;
-    assert_eq!(term(c.key_status(&cx, p).await.unwrap()), (2, 2));
-    c.run_key_maintenance().await.unwrap();
-    assert_eq!(term(c.key_status(&cx, p).await.unwrap()), (2, 1));
+    assert_eq!(term(c.keys().key_status(&cx, p).await.unwrap()), (2, 2));
+    c.keys().run_key_maintenance().await.unwrap();
+    assert_eq!(term(c.keys().key_status(&cx, p).await.unwrap()), (2, 1));
 
     for action in ["key.rotated", "key.rewrap_finished", "key.terms_destroyed"] {
         assert_eq!(
@@ -338,7 +362,7 @@ async fn key_jobs_record_their_events_with_their_changes() {
             "{action}: one event, for the change that happened"
         );
     }
-    assert!(c.audit_verify(&cx, p).await.unwrap().ok);
+    assert!(c.audit().audit_verify(&cx, p).await.unwrap().ok);
 }
 
 /// Initialising stores the seal configuration and the first account together: a server is
@@ -357,6 +381,7 @@ async fn a_server_is_initialised_with_its_first_account_or_not_at_all() {
         c.unseal(&cx, share).await.unwrap();
     }
     let login = c
+        .identity()
         .login(
             &cx,
             &init.bootstrap.username,
@@ -376,19 +401,30 @@ async fn an_invitation_exists_with_its_message_or_not_at_all() {
     let f = fixture().await;
     let (c, p, cx) = (&f.coffer, &f.owner, Cx::default());
     let outage = refuse_inserts(&f, "outbox").await;
-    c.invite(&cx, p, "late@example.com", Role::Viewer)
+    c.identity()
+        .invite(&cx, p, "late@example.com", Role::Viewer)
         .await
         .unwrap_err();
     outage.lift().await;
-    assert!(c.list_invitations(&cx, p).await.unwrap().is_empty());
+    assert!(
+        c.identity()
+            .list_invitations(&cx, p)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(
         events_of(&f, "invitation.create").await,
         vec![("failure".to_owned(), Some("internal".to_owned()))]
     );
-    c.invite(&cx, p, "late@example.com", Role::Viewer)
+    c.identity()
+        .invite(&cx, p, "late@example.com", Role::Viewer)
         .await
         .unwrap();
-    assert_eq!(c.list_invitations(&cx, p).await.unwrap().len(), 1);
+    assert_eq!(
+        c.identity().list_invitations(&cx, p).await.unwrap().len(),
+        1
+    );
 }
 
 /// Turning MFA on commits with its recovery codes and the end of the user's other
@@ -398,11 +434,13 @@ async fn mfa_is_on_with_its_recovery_codes_and_other_sessions_ended_or_not_at_al
     use coffer_core::mfa::totp_code_at;
     let f = fixture().await;
     let (c, cx) = (&f.coffer, Cx::default());
-    c.create_member(&f.owner, "mo", "mo long password", Role::Viewer)
+    c.identity()
+        .create_member(&f.owner, "mo", "mo long password", Role::Viewer)
         .await
         .unwrap();
     let login = || async {
-        c.login(&cx, "mo", "mo long password", None, "test")
+        c.identity()
+            .login(&cx, "mo", "mo long password", None, "test")
             .await
             .unwrap()
             .session()
@@ -411,6 +449,7 @@ async fn mfa_is_on_with_its_recovery_codes_and_other_sessions_ended_or_not_at_al
     let (this, other) = (login().await, login().await);
     let p = this.principal;
     let e = c
+        .identity()
         .mfa_enroll_start(&cx, &p, "mo long password")
         .await
         .unwrap();
@@ -422,12 +461,16 @@ async fn mfa_is_on_with_its_recovery_codes_and_other_sessions_ended_or_not_at_al
             .as_secs()
     };
     let outage = refuse_inserts(&f, "recovery_codes").await;
-    c.mfa_enroll_confirm(&cx, &p, &totp_code_at(&secret, now()).unwrap())
+    c.identity()
+        .mfa_enroll_confirm(&cx, &p, &totp_code_at(&secret, now()).unwrap())
         .await
         .unwrap_err();
     outage.lift().await;
     assert!(
-        c.authenticate(other.token.expose_secret()).await.is_ok(),
+        c.identity()
+            .authenticate(other.token.expose_secret())
+            .await
+            .is_ok(),
         "the other session was not ended"
     );
     assert!(
@@ -436,9 +479,15 @@ async fn mfa_is_on_with_its_recovery_codes_and_other_sessions_ended_or_not_at_al
     );
     // (That code's step is spent: the next one.)
     let codes = c
+        .identity()
         .mfa_enroll_confirm(&cx, &p, &totp_code_at(&secret, now() + 30).unwrap())
         .await
         .unwrap();
     assert_eq!(codes.len(), 10);
-    assert!(c.authenticate(other.token.expose_secret()).await.is_err());
+    assert!(
+        c.identity()
+            .authenticate(other.token.expose_secret())
+            .await
+            .is_err()
+    );
 }

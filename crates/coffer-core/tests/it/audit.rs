@@ -11,7 +11,7 @@ pub(crate) async fn record_n(c: &Coffer, p: &Principal, n: usize) {
     for i in 0..n {
         let mut ev = AuditEvent::now(&format!("test.event{i}"));
         ev.org_id = Some(p.org_id);
-        c.record(&ev).await.unwrap();
+        c.audit().record(&ev).await.unwrap();
     }
 }
 
@@ -40,6 +40,7 @@ pub(crate) fn org(p: &Principal) -> Vec<u8> {
 async fn problem(f: &Fixture) -> Option<(u64, String)> {
     let r = f
         .coffer
+        .audit()
         .audit_verify(&Cx::default(), &f.owner)
         .await
         .unwrap();
@@ -51,30 +52,54 @@ async fn an_untouched_chain_verifies_with_checkpoints() {
     let f = fixture().await;
     // The owner's login is the chain's first event (seq 1).
     record_n(&f.coffer, &f.owner, 5).await;
-    let cp = f.coffer.checkpoint(f.owner.org_id).await.unwrap().unwrap();
+    let cp = f
+        .coffer
+        .audit()
+        .checkpoint(f.owner.org_id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(cp.seq, 6);
     record_n(&f.coffer, &f.owner, 2).await;
     let r = f
         .coffer
+        .audit()
         .audit_verify(&Cx::default(), &f.owner)
         .await
         .unwrap();
     assert!(r.ok, "{r:?}");
     assert_eq!((r.events, r.checkpoints, r.last_seq), (8, 1, Some(8)));
     // Checkpointing an unchanged chain returns the same checkpoint.
-    let a = f.coffer.checkpoint(f.owner.org_id).await.unwrap().unwrap();
-    let b = f.coffer.checkpoint(f.owner.org_id).await.unwrap().unwrap();
+    let a = f
+        .coffer
+        .audit()
+        .checkpoint(f.owner.org_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let b = f
+        .coffer
+        .audit()
+        .checkpoint(f.owner.org_id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(a, b);
     // (The system chain, with the server's init and unseal events, is signed once.)
-    f.coffer.checkpoint_all().await.unwrap();
-    assert_eq!(f.coffer.checkpoint_all().await.unwrap(), 0);
+    f.coffer.audit().checkpoint_all().await.unwrap();
+    assert_eq!(f.coffer.audit().checkpoint_all().await.unwrap(), 0);
 }
 
 #[tokio::test]
 async fn the_database_refuses_updates_and_deletes() {
     let f = sqlite_fixture().await;
     record_n(&f.coffer, &f.owner, 2).await;
-    f.coffer.checkpoint(f.owner.org_id).await.unwrap().unwrap();
+    f.coffer
+        .audit()
+        .checkpoint(f.owner.org_id)
+        .await
+        .unwrap()
+        .unwrap();
     let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", f.db_path().display()))
         .await
         .unwrap();
@@ -159,7 +184,7 @@ async fn reordered_entries_are_reported() {
 async fn a_rewritten_chain_with_valid_hashes_is_caught_by_a_checkpoint() {
     let f = sqlite_fixture().await;
     record_n(&f.coffer, &f.owner, 4).await;
-    f.coffer.checkpoint(f.owner.org_id).await.unwrap();
+    f.coffer.audit().checkpoint(f.owner.org_id).await.unwrap();
     // The attacker inserts an entry after 2 and recomputes every later hash, so the chain
     // itself is consistent again; only the signed checkpoint can tell.
     let mut db = raw(&f).await;
@@ -204,6 +229,7 @@ async fn a_rewritten_chain_with_valid_hashes_is_caught_by_a_checkpoint() {
         .unwrap();
     let r = f
         .coffer
+        .audit()
         .audit_verify(&Cx::default(), &f.owner)
         .await
         .unwrap();
@@ -215,7 +241,7 @@ async fn a_rewritten_chain_with_valid_hashes_is_caught_by_a_checkpoint() {
 async fn a_cut_off_end_is_reported() {
     let f = sqlite_fixture().await;
     record_n(&f.coffer, &f.owner, 5).await;
-    f.coffer.checkpoint(f.owner.org_id).await.unwrap();
+    f.coffer.audit().checkpoint(f.owner.org_id).await.unwrap();
     let mut db = raw(&f).await;
     sqlx::query("DELETE FROM audit_events WHERE org_id = ? AND seq >= 4")
         .bind(org(&f.owner))
@@ -237,13 +263,14 @@ async fn export(f: &Fixture) -> String {
     let mut out = serde_json::to_string(&ExportLine::Header {
         format: EXPORT_FORMAT.into(),
         org_id: f.owner.org_id,
-        public_key: f.coffer.audit_public_key().await.unwrap(),
+        public_key: f.coffer.audit().audit_public_key().await.unwrap(),
         exported_at: "now".into(),
     })
     .unwrap();
     out.push('\n');
     for r in f
         .coffer
+        .audit()
         .audit_export_page(&f.owner, None, None, 0)
         .await
         .unwrap()
@@ -259,7 +286,7 @@ async fn export(f: &Fixture) -> String {
         );
         out.push('\n');
     }
-    for c in f.coffer.audit_checkpoints(&f.owner).await.unwrap() {
+    for c in f.coffer.audit().audit_checkpoints(&f.owner).await.unwrap() {
         out.push_str(
             &serde_json::to_string(&ExportLine::Checkpoint {
                 seq: c.seq,
@@ -278,7 +305,7 @@ async fn export(f: &Fixture) -> String {
 async fn exports_verify_offline_and_tampering_in_the_file_is_found() {
     let f = fixture().await;
     record_n(&f.coffer, &f.owner, 6).await;
-    f.coffer.checkpoint(f.owner.org_id).await.unwrap();
+    f.coffer.audit().checkpoint(f.owner.org_id).await.unwrap();
     let text = export(&f).await;
     let r = verify_export(text.as_bytes(), None).unwrap();
     // Six test events after the owner's login.
@@ -317,14 +344,14 @@ async fn export_pages_through_long_logs() {
             for i in 0..100 {
                 let mut ev = AuditEvent::now(&format!("bulk.{chunk}.{i}"));
                 ev.org_id = Some(p.org_id);
-                c.record(&ev).await.unwrap();
+                c.audit().record(&ev).await.unwrap();
             }
         }));
     }
     for t in tasks {
         t.await.unwrap();
     }
-    f.coffer.checkpoint(f.owner.org_id).await.unwrap();
+    f.coffer.audit().checkpoint(f.owner.org_id).await.unwrap();
     let text = export(&f).await;
     // export() reads one page; the server streams page after page: check both paths.
     assert_eq!(
@@ -335,6 +362,7 @@ async fn export_pages_through_long_logs() {
     );
     let r = f
         .coffer
+        .audit()
         .audit_verify(&Cx::default(), &f.owner)
         .await
         .unwrap();
@@ -344,6 +372,7 @@ async fn export_pages_through_long_logs() {
     loop {
         let page = f
             .coffer
+            .audit()
             .audit_export_page(&f.owner, None, None, after)
             .await
             .unwrap();

@@ -74,7 +74,7 @@ async fn cut_after(db: &mut sqlx::SqliteConnection, p: &Principal, keep: i64) {
 }
 
 async fn problem(c: &Coffer, p: &Principal) -> Option<(u64, String)> {
-    let r = c.audit_verify(&Cx::default(), p).await.unwrap();
+    let r = c.audit().audit_verify(&Cx::default(), p).await.unwrap();
     r.first_problem.map(|p| (p.seq, p.kind))
 }
 
@@ -84,12 +84,13 @@ async fn offline_problem(f: &Fixture) -> Option<(u64, String)> {
     let mut out = vec![ExportLine::Header {
         format: EXPORT_FORMAT.into(),
         org_id: f.owner.org_id,
-        public_key: f.coffer.audit_public_key().await.unwrap(),
+        public_key: f.coffer.audit().audit_public_key().await.unwrap(),
         exported_at: "now".into(),
     }];
-    let points = f.coffer.audit_checkpoints(&f.owner).await.unwrap();
+    let points = f.coffer.audit().audit_checkpoints(&f.owner).await.unwrap();
     for r in f
         .coffer
+        .audit()
         .audit_export_page(&f.owner, None, None, 0)
         .await
         .unwrap()
@@ -113,7 +114,7 @@ async fn offline_problem(f: &Fixture) -> Option<(u64, String)> {
         .iter()
         .map(|l| serde_json::to_string(l).unwrap() + "\n")
         .collect();
-    let pinned = f.coffer.audit_public_key().await.unwrap();
+    let pinned = f.coffer.audit().audit_public_key().await.unwrap();
     verify_export(text.as_bytes(), pinned.as_deref())
         .unwrap()
         .first_problem
@@ -124,7 +125,7 @@ async fn offline_problem(f: &Fixture) -> Option<(u64, String)> {
 async fn an_edit_after_the_last_checkpoint_is_caught_by_what_the_server_wrote() {
     let f = sqlite_fixture().await;
     record_n(&f.coffer, &f.owner, 4).await;
-    f.coffer.checkpoint(f.owner.org_id).await.unwrap();
+    f.coffer.audit().checkpoint(f.owner.org_id).await.unwrap();
     // Entries 6 to 8, not signed yet.
     record_n(&f.coffer, &f.owner, 3).await;
     let mut db = raw(&f).await;
@@ -139,7 +140,7 @@ async fn an_edit_after_the_last_checkpoint_is_caught_by_what_the_server_wrote() 
 async fn a_cut_after_the_last_checkpoint_is_caught_by_what_the_server_wrote() {
     let f = sqlite_fixture().await;
     record_n(&f.coffer, &f.owner, 4).await;
-    f.coffer.checkpoint(f.owner.org_id).await.unwrap();
+    f.coffer.audit().checkpoint(f.owner.org_id).await.unwrap();
     record_n(&f.coffer, &f.owner, 3).await;
     let mut db = raw(&f).await;
     cut_after(&mut db, &f.owner, 6).await;
@@ -160,7 +161,7 @@ async fn signed_heads_catch_edits_after_a_restart_and_offline() {
     record_n(&f.coffer, &f.owner, 4).await;
     // The background job's round: the organisation's entries up to 5 signed (and the
     // system chain's: initialising, unsealing), no checkpoint kept.
-    assert_eq!(f.coffer.sign_heads().await.unwrap(), 2);
+    assert_eq!(f.coffer.audit().sign_heads().await.unwrap(), 2);
     let mut db = raw(&f).await;
     rewrite_from(&mut db, &f.owner, 4, "test.forged").await;
     let f = f.restart(CoreConfig::default()).await;
@@ -175,7 +176,7 @@ async fn signed_heads_catch_edits_after_a_restart_and_offline() {
 async fn signed_heads_catch_a_cut_end_after_a_restart_and_offline() {
     let f = sqlite_fixture().await;
     record_n(&f.coffer, &f.owner, 4).await;
-    f.coffer.sign_heads().await.unwrap();
+    f.coffer.audit().sign_heads().await.unwrap();
     let mut db = raw(&f).await;
     cut_after(&mut db, &f.owner, 3).await;
     let f = f.restart(CoreConfig::default()).await;
@@ -191,15 +192,15 @@ async fn signed_heads_catch_a_cut_end_after_a_restart_and_offline() {
 async fn signed_heads_only_move_forward_and_cannot_be_forged() {
     let f = sqlite_fixture().await;
     record_n(&f.coffer, &f.owner, 2).await;
-    f.coffer.sign_heads().await.unwrap();
+    f.coffer.audit().sign_heads().await.unwrap();
     record_n(&f.coffer, &f.owner, 2).await;
-    f.coffer.sign_heads().await.unwrap();
+    f.coffer.audit().sign_heads().await.unwrap();
     assert_eq!(
-        f.coffer.sign_heads().await.unwrap(),
+        f.coffer.audit().sign_heads().await.unwrap(),
         0,
         "nothing new to sign"
     );
-    let points = f.coffer.audit_checkpoints(&f.owner).await.unwrap();
+    let points = f.coffer.audit().audit_checkpoints(&f.owner).await.unwrap();
     assert_eq!(points.last().unwrap().seq, 5);
     // The attacker replaces the signed head's hash (after rewriting entry 5 to match).
     let mut db = raw(&f).await;
@@ -231,6 +232,7 @@ async fn the_heads_of_every_kind_of_append_are_signed() {
     let (c, p, cx) = (&f.coffer, &f.owner, Cx::default());
     let end = || async {
         f.coffer
+            .audit()
             .audit_export_page(&f.owner, None, None, 0)
             .await
             .unwrap()
@@ -239,8 +241,9 @@ async fn the_heads_of_every_kind_of_append_are_signed() {
             .seq
     };
     let signed = || async {
-        f.coffer.sign_heads().await.unwrap();
+        f.coffer.audit().sign_heads().await.unwrap();
         f.coffer
+            .audit()
             .audit_checkpoints(&f.owner)
             .await
             .unwrap()
@@ -248,23 +251,25 @@ async fn the_heads_of_every_kind_of_append_are_signed() {
             .unwrap()
             .seq
     };
-    c.create_project(&cx, p, "web").await.unwrap();
+    c.projects().create_project(&cx, p, "web").await.unwrap();
     assert_eq!(signed().await, end().await, "a change's event");
-    c.set_param(
-        &cx,
-        p,
-        "web",
-        "default",
-        coffer_core::SetParam {
-            name: "TOKEN",
-            value: b"v",
-            secret: Some(true),
-        },
-    )
-    .await
-    .unwrap();
+    c.params()
+        .set_param(
+            &cx,
+            p,
+            "web",
+            "default",
+            coffer_core::SetParam {
+                name: "TOKEN",
+                value: b"v",
+                secret: Some(true),
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(signed().await, end().await, "a parameter write's event");
-    c.get_param(&cx, p, "web", "default", "TOKEN")
+    c.params()
+        .get_param(&cx, p, "web", "default", "TOKEN")
         .await
         .unwrap();
     assert_eq!(signed().await, end().await, "a read's event");

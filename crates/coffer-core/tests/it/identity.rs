@@ -17,7 +17,9 @@ fn quick() -> CoreConfig {
 }
 
 async fn login(c: &Coffer, user: &str, pw: &str) -> Result<LoginOutcome, CoreError> {
-    c.login(&Cx::default(), user, pw, None, "127.0.0.1").await
+    c.identity()
+        .login(&Cx::default(), user, pw, None, "127.0.0.1")
+        .await
 }
 
 async fn session(c: &Coffer, user: &str, pw: &str) -> (String, Principal) {
@@ -28,6 +30,7 @@ async fn session(c: &Coffer, user: &str, pw: &str) -> (String, Principal) {
 async fn member(f: &Fixture, name: &str, role: Role) -> Principal {
     let pw = format!("{name} long password");
     f.coffer
+        .identity()
         .create_member(&f.owner, name, &pw, role)
         .await
         .unwrap();
@@ -45,6 +48,7 @@ fn now_secs() -> u64 {
 async fn fifty_parallel_guesses_lock_the_account_and_the_lock_survives_a_restart() {
     let f = fixture_with(quick()).await;
     f.coffer
+        .identity()
         .create_member(&f.owner, "alice", "alice long password", Role::Viewer)
         .await
         .unwrap();
@@ -84,6 +88,7 @@ async fn the_lock_ends_after_its_time_and_a_success_resets_the_count() {
     })
     .await;
     f.coffer
+        .identity()
         .create_member(&f.owner, "bob", "bob long password", Role::Viewer)
         .await
         .unwrap();
@@ -112,6 +117,7 @@ async fn a_delay_grows_between_failed_attempts() {
     })
     .await;
     f.coffer
+        .identity()
         .create_member(&f.owner, "dora", "dora long password", Role::Viewer)
         .await
         .unwrap();
@@ -132,11 +138,13 @@ async fn totp_codes_work_once_within_one_step_of_skew_and_recovery_codes_once() 
     let p = member(&f, "mia", Role::Contributor).await;
     let c = &f.coffer;
     assert!(matches!(
-        c.mfa_enroll_start(&Cx::default(), &p, "wrong password!")
+        c.identity()
+            .mfa_enroll_start(&Cx::default(), &p, "wrong password!")
             .await,
         Err(CoreError::BadCredentials)
     ));
     let e = c
+        .identity()
         .mfa_enroll_start(&Cx::default(), &p, "mia long password")
         .await
         .unwrap();
@@ -157,13 +165,15 @@ async fn totp_codes_work_once_within_one_step_of_skew_and_recovery_codes_once() 
         .any(|t| totp_code_at(&secret, *t).unwrap() == wrong)
     {
         assert!(
-            c.mfa_enroll_confirm(&Cx::default(), &p, &wrong)
+            c.identity()
+                .mfa_enroll_confirm(&Cx::default(), &p, &wrong)
                 .await
                 .is_err()
         );
     }
     let now = now_secs();
     let codes = c
+        .identity()
         .mfa_enroll_confirm(&Cx::default(), &p, &totp_code_at(&secret, now).unwrap())
         .await
         .unwrap();
@@ -180,7 +190,8 @@ async fn totp_codes_work_once_within_one_step_of_skew_and_recovery_codes_once() 
     let used = totp_code_at(&secret, now).unwrap();
     let spaced = format!("{} {}", &used[..3], &used[3..]);
     assert!(
-        c.verify_mfa_login(&Cx::default(), t, &spaced, "x")
+        c.identity()
+            .verify_mfa_login(&Cx::default(), t, &spaced, "x")
             .await
             .is_err()
     );
@@ -188,7 +199,8 @@ async fn totp_codes_work_once_within_one_step_of_skew_and_recovery_codes_once() 
     let far = totp_code_at(&secret, now + 61).unwrap();
     if far != used {
         assert!(
-            c.verify_mfa_login(&Cx::default(), t, &far, "x")
+            c.identity()
+                .verify_mfa_login(&Cx::default(), t, &far, "x")
                 .await
                 .is_err()
         );
@@ -196,24 +208,28 @@ async fn totp_codes_work_once_within_one_step_of_skew_and_recovery_codes_once() 
     // A third failure locks the account: even a good code is refused now. The positive
     // path goes on with another user.
     assert!(
-        c.verify_mfa_login(&Cx::default(), t, "not-a-code", "x")
+        c.identity()
+            .verify_mfa_login(&Cx::default(), t, "not-a-code", "x")
             .await
             .is_err()
     );
     let next = totp_code_at(&secret, now + 30).unwrap();
     assert!(
-        c.verify_mfa_login(&Cx::default(), t, &next, "x")
+        c.identity()
+            .verify_mfa_login(&Cx::default(), t, &next, "x")
             .await
             .is_err()
     );
 
     let p2 = member(&f, "noa", Role::Viewer).await;
     let e2 = c
+        .identity()
         .mfa_enroll_start(&Cx::default(), &p2, "noa long password")
         .await
         .unwrap();
     let s2 = e2.secret_base32.expose_secret().to_owned();
     let rec = c
+        .identity()
         .mfa_enroll_confirm(&Cx::default(), &p2, &totp_code_at(&s2, now).unwrap())
         .await
         .unwrap();
@@ -225,6 +241,7 @@ async fn totp_codes_work_once_within_one_step_of_skew_and_recovery_codes_once() 
     let code_next = totp_code_at(&s2, now + 30).unwrap();
     let spaced_next = format!("{} {}", &code_next[..3], &code_next[3..]);
     let ok = c
+        .identity()
         .verify_mfa_login(&Cx::default(), &t2, &spaced_next, "x")
         .await
         .unwrap()
@@ -233,32 +250,36 @@ async fn totp_codes_work_once_within_one_step_of_skew_and_recovery_codes_once() 
     assert_eq!(ok.principal.username, "noa");
     // The pending token was spent with the login.
     assert!(
-        c.verify_mfa_login(&Cx::default(), &t2, &code_next, "x")
+        c.identity()
+            .verify_mfa_login(&Cx::default(), &t2, &code_next, "x")
             .await
             .is_err()
     );
     // Replay of the same code in a new login: refused.
     let t3 = pending(login(c, "noa", "noa long password").await.unwrap());
     assert!(
-        c.verify_mfa_login(&Cx::default(), &t3, &code_next, "x")
+        c.identity()
+            .verify_mfa_login(&Cx::default(), &t3, &code_next, "x")
             .await
             .is_err()
     );
     // A recovery code works once, in any case and with dashes or spaces.
     let t4 = pending(login(c, "noa", "noa long password").await.unwrap());
-    c.verify_mfa_login(
-        &Cx::default(),
-        &t4,
-        &rec[0].to_uppercase().replace('-', " "),
-        "x",
-    )
-    .await
-    .unwrap()
-    .session()
-    .unwrap();
+    c.identity()
+        .verify_mfa_login(
+            &Cx::default(),
+            &t4,
+            &rec[0].to_uppercase().replace('-', " "),
+            "x",
+        )
+        .await
+        .unwrap()
+        .session()
+        .unwrap();
     let t5 = pending(login(c, "noa", "noa long password").await.unwrap());
     assert!(
-        c.verify_mfa_login(&Cx::default(), &t5, &rec[0], "x")
+        c.identity()
+            .verify_mfa_login(&Cx::default(), &t5, &rec[0], "x")
             .await
             .is_err()
     );
@@ -270,16 +291,19 @@ async fn an_org_that_requires_mfa_makes_members_enrol_before_anything_else() {
     let c = &f.coffer;
     let viewer = member(&f, "vic", Role::Viewer).await;
     assert!(matches!(
-        c.set_org_require_mfa(&Cx::default(), &viewer, true).await,
+        c.identity()
+            .set_org_require_mfa(&Cx::default(), &viewer, true)
+            .await,
         Err(CoreError::Forbidden(_))
     ));
     let (before, _) = session(c, "vic", "vic long password").await;
-    c.set_org_require_mfa(&Cx::default(), &f.owner, true)
+    c.identity()
+        .set_org_require_mfa(&Cx::default(), &f.owner, true)
         .await
         .unwrap();
     // A session from before the requirement may now only enrol, too.
     assert!(matches!(
-        c.authenticate(&before).await,
+        c.identity().authenticate(&before).await,
         Err(CoreError::MfaEnrollmentRequired)
     ));
     let r = login(c, "vic", "vic long password")
@@ -290,25 +314,28 @@ async fn an_org_that_requires_mfa_makes_members_enrol_before_anything_else() {
     assert!(r.principal.mfa_enrollment_pending);
     let tok = r.token.expose_secret();
     assert!(matches!(
-        c.authenticate(tok).await,
+        c.identity().authenticate(tok).await,
         Err(CoreError::MfaEnrollmentRequired)
     ));
-    let p = c.authenticate_any_stage(tok).await.unwrap();
+    let p = c.identity().authenticate_any_stage(tok).await.unwrap();
     let e = c
+        .identity()
         .mfa_enroll_start(&Cx::default(), &p, "vic long password")
         .await
         .unwrap();
-    c.mfa_enroll_confirm(
-        &Cx::default(),
-        &p,
-        &totp_code_at(e.secret_base32.expose_secret(), now_secs()).unwrap(),
-    )
-    .await
-    .unwrap();
+    c.identity()
+        .mfa_enroll_confirm(
+            &Cx::default(),
+            &p,
+            &totp_code_at(e.secret_base32.expose_secret(), now_secs()).unwrap(),
+        )
+        .await
+        .unwrap();
     // The same session is now a full one; MFA cannot be turned off while required.
-    let p = c.authenticate(tok).await.unwrap();
+    let p = c.identity().authenticate(tok).await.unwrap();
     assert!(matches!(
-        c.mfa_disable(&Cx::default(), &p, "vic long password", "123456")
+        c.identity()
+            .mfa_disable(&Cx::default(), &p, "vic long password", "123456")
             .await,
         Err(CoreError::Forbidden(_))
     ));
@@ -326,45 +353,52 @@ async fn sessions_end_when_idle_and_password_changes_end_the_others() {
     member(&f, "ivy", Role::Viewer).await;
     let (a, pa) = session(c, "ivy", "ivy long password").await;
     let (b, _) = session(c, "ivy", "ivy long password").await;
-    let listed = c.list_sessions(&Cx::default(), &pa).await.unwrap();
+    let listed = c
+        .identity()
+        .list_sessions(&Cx::default(), &pa)
+        .await
+        .unwrap();
     assert!(listed.iter().any(|s| s.current));
     assert!(listed.len() >= 2);
     assert!(matches!(
-        c.change_password(
-            &Cx::default(),
-            &pa,
-            "wrong password!",
-            "a new long password"
-        )
-        .await,
+        c.identity()
+            .change_password(
+                &Cx::default(),
+                &pa,
+                "wrong password!",
+                "a new long password"
+            )
+            .await,
         Err(CoreError::BadCredentials)
     ));
-    c.change_password(
-        &Cx::default(),
-        &pa,
-        "ivy long password",
-        "a new long password",
-    )
-    .await
-    .unwrap();
-    assert!(c.authenticate(&a).await.is_ok());
+    c.identity()
+        .change_password(
+            &Cx::default(),
+            &pa,
+            "ivy long password",
+            "a new long password",
+        )
+        .await
+        .unwrap();
+    assert!(c.identity().authenticate(&a).await.is_ok());
     assert!(matches!(
-        c.authenticate(&b).await,
+        c.identity().authenticate(&b).await,
         Err(CoreError::Unauthenticated)
     ));
     assert!(login(c, "ivy", "ivy long password").await.is_err());
     // Idle for longer than the timeout: gone.
     tokio::time::sleep(Duration::from_millis(1400)).await;
     assert!(matches!(
-        c.authenticate(&a).await,
+        c.identity().authenticate(&a).await,
         Err(CoreError::Unauthenticated)
     ));
     // Revoking one's own session by id.
     let (d, pd) = session(c, "ivy", "a new long password").await;
-    c.revoke_session(&Cx::default(), &pd, pd.session_id.unwrap())
+    c.identity()
+        .revoke_session(&Cx::default(), &pd, pd.session_id.unwrap())
         .await
         .unwrap();
-    assert!(c.authenticate(&d).await.is_err());
+    assert!(c.identity().authenticate(&d).await.is_err());
 }
 
 fn key(name: &str, role: Role) -> NewApiKey {
@@ -385,69 +419,98 @@ async fn api_keys_never_exceed_their_creator_and_stop_at_once() {
     let viewer = member(&f, "val", Role::Viewer).await;
     let contrib = member(&f, "cat", Role::Contributor).await;
     assert!(matches!(
-        c.create_api_key(&Cx::default(), &viewer, key("v", Role::Viewer))
+        c.identity()
+            .create_api_key(&Cx::default(), &viewer, key("v", Role::Viewer))
             .await,
         Err(CoreError::Forbidden(_))
     ));
     assert!(matches!(
-        c.create_api_key(&Cx::default(), &contrib, key("c", Role::Admin))
+        c.identity()
+            .create_api_key(&Cx::default(), &contrib, key("c", Role::Admin))
             .await,
         Err(CoreError::Forbidden(_))
     ));
     let k = c
+        .identity()
         .create_api_key(&Cx::default(), &contrib, key("ci", Role::Contributor))
         .await
         .unwrap();
     let raw = k.key.expose_secret().to_owned();
     assert!(raw.starts_with("cfr_") && raw.len() >= 4 + 43);
-    let p = c.authenticate(&raw).await.unwrap();
+    let p = c.identity().authenticate(&raw).await.unwrap();
     assert_eq!((p.role, p.username.as_str()), (Role::Contributor, "cat"));
     // An API key cannot mint keys or manage the account.
     assert!(
-        c.create_api_key(&Cx::default(), &p, key("x", Role::Viewer))
+        c.identity()
+            .create_api_key(&Cx::default(), &p, key("x", Role::Viewer))
             .await
             .is_err()
     );
     let access = c
+        .identity()
         .exchange_api_key(&Cx::default(), &raw, "10.0.0.1")
         .await
         .unwrap();
     let at = access.token.expose_secret().to_owned();
     assert!(at.starts_with("cfa_"));
-    assert_eq!(c.authenticate(&at).await.unwrap().role, Role::Contributor);
+    assert_eq!(
+        c.identity().authenticate(&at).await.unwrap().role,
+        Role::Contributor
+    );
     // Demote the creator: the key and its access token act as a Viewer at once.
-    c.set_member_role(&Cx::default(), &f.owner, "cat", Role::Viewer)
+    c.identity()
+        .set_member_role(&Cx::default(), &f.owner, "cat", Role::Viewer)
         .await
         .unwrap();
-    assert_eq!(c.authenticate(&raw).await.unwrap().role, Role::Viewer);
-    assert_eq!(c.authenticate(&at).await.unwrap().role, Role::Viewer);
+    assert_eq!(
+        c.identity().authenticate(&raw).await.unwrap().role,
+        Role::Viewer
+    );
+    assert_eq!(
+        c.identity().authenticate(&at).await.unwrap().role,
+        Role::Viewer
+    );
     // Contributors see only their own keys; Admins every key.
     let admin = member(&f, "ada", Role::Admin).await;
     assert_eq!(
-        c.list_api_keys(&Cx::default(), &admin).await.unwrap().len(),
+        c.identity()
+            .list_api_keys(&Cx::default(), &admin)
+            .await
+            .unwrap()
+            .len(),
         1
     );
-    c.set_member_role(&Cx::default(), &f.owner, "cat", Role::Contributor)
+    c.identity()
+        .set_member_role(&Cx::default(), &f.owner, "cat", Role::Contributor)
         .await
         .unwrap();
     let cat = session(c, "cat", "cat long password").await.1;
     assert_eq!(
-        c.list_api_keys(&Cx::default(), &cat).await.unwrap()[0].name,
+        c.identity()
+            .list_api_keys(&Cx::default(), &cat)
+            .await
+            .unwrap()[0]
+            .name,
         "ci"
     );
     // Revocation: the very next request fails, for the key and its access tokens.
-    c.revoke_api_key(&Cx::default(), &admin, k.view.id)
+    c.identity()
+        .revoke_api_key(&Cx::default(), &admin, k.view.id)
         .await
         .unwrap();
     assert!(matches!(
-        c.authenticate(&raw).await,
+        c.identity().authenticate(&raw).await,
         Err(CoreError::Unauthenticated)
     ));
     assert!(matches!(
-        c.authenticate(&at).await,
+        c.identity().authenticate(&at).await,
         Err(CoreError::Unauthenticated)
     ));
-    let listed = c.list_api_keys(&Cx::default(), &admin).await.unwrap();
+    let listed = c
+        .identity()
+        .list_api_keys(&Cx::default(), &admin)
+        .await
+        .unwrap();
     assert!(listed[0].revoked_at.is_some() && listed[0].last_used_at.is_some());
 }
 
@@ -455,16 +518,20 @@ async fn api_keys_never_exceed_their_creator_and_stop_at_once() {
 async fn restricted_keys_see_only_their_projects_and_cannot_write_when_read_only() {
     let f = fixture_with(quick()).await;
     let c = &f.coffer;
-    c.create_project(&Cx::default(), &f.owner, "app")
+    c.projects()
+        .create_project(&Cx::default(), &f.owner, "app")
         .await
         .unwrap();
-    c.create_project(&Cx::default(), &f.owner, "other")
+    c.projects()
+        .create_project(&Cx::default(), &f.owner, "other")
         .await
         .unwrap();
-    c.create_env(&Cx::default(), &f.owner, "app", "prod", None)
+    c.projects()
+        .create_env(&Cx::default(), &f.owner, "app", "prod", None)
         .await
         .unwrap();
     let k = c
+        .identity()
         .create_api_key(
             &Cx::default(),
             &f.owner,
@@ -477,8 +544,13 @@ async fn restricted_keys_see_only_their_projects_and_cannot_write_when_read_only
         )
         .await
         .unwrap();
-    let p = c.authenticate(k.key.expose_secret()).await.unwrap();
+    let p = c
+        .identity()
+        .authenticate(k.key.expose_secret())
+        .await
+        .unwrap();
     let names: Vec<String> = c
+        .projects()
         .list_projects(&Cx::default(), &p)
         .await
         .unwrap()
@@ -487,21 +559,25 @@ async fn restricted_keys_see_only_their_projects_and_cannot_write_when_read_only
         .collect();
     assert_eq!(names, vec!["app"]);
     assert!(matches!(
-        c.list_envs(&Cx::default(), &p, "other").await,
+        c.projects().list_envs(&Cx::default(), &p, "other").await,
         Err(CoreError::NotFound { .. })
     ));
     assert!(
-        c.list_params(&Cx::default(), &p, "app", "prod", false)
+        c.params()
+            .list_params(&Cx::default(), &p, "app", "prod", false)
             .await
             .is_ok()
     );
     assert!(matches!(
-        c.list_params(&Cx::default(), &p, "app", "default", false)
+        c.params()
+            .list_params(&Cx::default(), &p, "app", "default", false)
             .await,
         Err(CoreError::NotFound { .. })
     ));
     assert!(matches!(
-        c.create_project(&Cx::default(), &p, "app2").await,
+        c.projects()
+            .create_project(&Cx::default(), &p, "app2")
+            .await,
         Err(CoreError::Forbidden(_))
     ));
 }
@@ -513,21 +589,25 @@ async fn invitations_work_once_and_admins_cannot_touch_owners() {
     let admin = member(&f, "adam", Role::Admin).await;
     let contrib = member(&f, "cleo", Role::Contributor).await;
     assert!(matches!(
-        c.invite(&Cx::default(), &contrib, "x@example.com", Role::Viewer)
+        c.identity()
+            .invite(&Cx::default(), &contrib, "x@example.com", Role::Viewer)
             .await,
         Err(CoreError::Forbidden(_))
     ));
     assert!(matches!(
-        c.invite(&Cx::default(), &admin, "x@example.com", Role::Owner)
+        c.identity()
+            .invite(&Cx::default(), &admin, "x@example.com", Role::Owner)
             .await,
         Err(CoreError::Forbidden(_))
     ));
     assert!(
-        c.invite(&Cx::default(), &admin, "not-an-address", Role::Viewer)
+        c.identity()
+            .invite(&Cx::default(), &admin, "not-an-address", Role::Viewer)
             .await
             .is_err()
     );
     let inv = c
+        .identity()
         .invite(&Cx::default(), &admin, "Zoe@Example.com", Role::Contributor)
         .await
         .unwrap();
@@ -535,15 +615,18 @@ async fn invitations_work_once_and_admins_cannot_touch_owners() {
     // Without a mail transport the token comes back to the inviter.
     let tok = inv.token.unwrap().expose_secret().to_owned();
     assert!(
-        c.accept_invitation(&Cx::default(), &tok, Some("zoe"), "short")
+        c.identity()
+            .accept_invitation(&Cx::default(), &tok, Some("zoe"), "short")
             .await
             .is_err()
     );
-    c.accept_invitation(&Cx::default(), &tok, Some("zoe"), "zoe long password")
+    c.identity()
+        .accept_invitation(&Cx::default(), &tok, Some("zoe"), "zoe long password")
         .await
         .unwrap();
     assert!(matches!(
-        c.accept_invitation(&Cx::default(), &tok, Some("zoe2"), "zoe long password")
+        c.identity()
+            .accept_invitation(&Cx::default(), &tok, Some("zoe2"), "zoe long password")
             .await,
         Err(CoreError::InvitationNotFound)
     ));
@@ -552,41 +635,58 @@ async fn invitations_work_once_and_admins_cannot_touch_owners() {
 
     // Admins cannot demote, remove or promote to Owner.
     assert!(matches!(
-        c.set_member_role(&Cx::default(), &admin, "admin", Role::Viewer)
+        c.identity()
+            .set_member_role(&Cx::default(), &admin, "admin", Role::Viewer)
             .await,
         Err(CoreError::Forbidden(_))
     ));
     assert!(matches!(
-        c.remove_member(&Cx::default(), &admin, "admin").await,
+        c.identity()
+            .remove_member(&Cx::default(), &admin, "admin")
+            .await,
         Err(CoreError::Forbidden(_))
     ));
     assert!(matches!(
-        c.set_member_role(&Cx::default(), &admin, "zoe", Role::Owner)
+        c.identity()
+            .set_member_role(&Cx::default(), &admin, "zoe", Role::Owner)
             .await,
         Err(CoreError::Forbidden(_))
     ));
     // The last Owner stays; with a second Owner the first may step down.
     assert!(matches!(
-        c.set_member_role(&Cx::default(), &f.owner, "admin", Role::Admin)
+        c.identity()
+            .set_member_role(&Cx::default(), &f.owner, "admin", Role::Admin)
             .await,
         Err(CoreError::LastOwner)
     ));
     assert!(matches!(
-        c.remove_member(&Cx::default(), &f.owner, "admin").await,
+        c.identity()
+            .remove_member(&Cx::default(), &f.owner, "admin")
+            .await,
         Err(CoreError::LastOwner)
     ));
-    c.set_member_role(&Cx::default(), &f.owner, "adam", Role::Owner)
+    c.identity()
+        .set_member_role(&Cx::default(), &f.owner, "adam", Role::Owner)
         .await
         .unwrap();
-    c.set_member_role(&Cx::default(), &f.owner, "admin", Role::Viewer)
+    c.identity()
+        .set_member_role(&Cx::default(), &f.owner, "admin", Role::Viewer)
         .await
         .unwrap();
     // Removal ends the member's access at once.
     let (ztok, _) = session(c, "zoe", "zoe long password").await;
     let adam = session(c, "adam", "adam long password").await.1;
-    c.remove_member(&Cx::default(), &adam, "zoe").await.unwrap();
-    assert!(c.authenticate(&ztok).await.is_err());
-    assert!(c.remove_member(&Cx::default(), &adam, "zoe").await.is_err());
+    c.identity()
+        .remove_member(&Cx::default(), &adam, "zoe")
+        .await
+        .unwrap();
+    assert!(c.identity().authenticate(&ztok).await.is_err());
+    assert!(
+        c.identity()
+            .remove_member(&Cx::default(), &adam, "zoe")
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]
@@ -596,39 +696,45 @@ async fn one_user_in_two_orgs_switches_and_tokens_stay_bound() {
     member(&f, "sam", Role::Viewer).await;
     let (tok, sam) = session(c, "sam", "sam long password").await;
     let org_b = c
+        .identity()
         .create_org_as(&Cx::default(), &sam, "org-b")
         .await
         .unwrap();
-    let orgs = c.my_orgs(&Cx::default(), &sam).await.unwrap();
+    let orgs = c.identity().my_orgs(&Cx::default(), &sam).await.unwrap();
     assert_eq!(orgs.len(), 2);
     assert!(
         orgs.iter()
             .any(|o| o.org_id == org_b && o.role == Role::Owner && !o.active)
     );
-    c.create_project(&Cx::default(), &f.owner, "in-a")
+    c.projects()
+        .create_project(&Cx::default(), &f.owner, "in-a")
         .await
         .unwrap();
     let switched = c
+        .identity()
         .switch_org(&Cx::default(), &sam, &tok, "org-b", "x")
         .await
         .unwrap();
     assert_eq!(switched.principal.org_id, org_b);
     assert_eq!(switched.principal.role, Role::Owner);
     // The old token ended; the new one sees only org-b.
-    assert!(c.authenticate(&tok).await.is_err());
+    assert!(c.identity().authenticate(&tok).await.is_err());
     assert!(
-        c.list_projects(&Cx::default(), &switched.principal)
+        c.projects()
+            .list_projects(&Cx::default(), &switched.principal)
             .await
             .unwrap()
             .is_empty()
     );
     assert!(
-        c.switch_org(&Cx::default(), &switched.principal, "", "no-such-org", "x")
+        c.identity()
+            .switch_org(&Cx::default(), &switched.principal, "", "no-such-org", "x")
             .await
             .is_err()
     );
     // Login straight into an organisation.
     let r = c
+        .identity()
         .login(
             &Cx::default(),
             "sam",
@@ -648,37 +754,42 @@ async fn account_changes_and_new_addresses_queue_notifications() {
     let f = fixture_with(quick()).await;
     let c = &f.coffer;
     let p = member(&f, "nell", Role::Contributor).await;
-    c.set_email(&Cx::default(), &p, Some("Nell@Example.com"))
+    c.identity()
+        .set_email(&Cx::default(), &p, Some("Nell@Example.com"))
         .await
         .unwrap();
     assert!(
-        c.set_email(&Cx::default(), &p, Some("not an address"))
+        c.identity()
+            .set_email(&Cx::default(), &p, Some("not an address"))
             .await
             .is_err()
     );
-    let before = c.pending_mail().await.unwrap();
+    let before = c.identity().pending_mail().await.unwrap();
     // `member` logged in from 127.0.0.1 already; the same address again is not news.
     session(c, "nell", "nell long password").await;
-    assert_eq!(c.pending_mail().await.unwrap(), before);
-    c.login(
-        &Cx::default(),
-        "nell",
-        "nell long password",
-        None,
-        "203.0.113.9",
-    )
-    .await
-    .unwrap();
-    assert_eq!(c.pending_mail().await.unwrap(), before + 1);
-    c.create_api_key(&Cx::default(), &p, key("n", Role::Viewer))
+    assert_eq!(c.identity().pending_mail().await.unwrap(), before);
+    c.identity()
+        .login(
+            &Cx::default(),
+            "nell",
+            "nell long password",
+            None,
+            "203.0.113.9",
+        )
         .await
         .unwrap();
-    assert_eq!(c.pending_mail().await.unwrap(), before + 2);
+    assert_eq!(c.identity().pending_mail().await.unwrap(), before + 1);
+    c.identity()
+        .create_api_key(&Cx::default(), &p, key("n", Role::Viewer))
+        .await
+        .unwrap();
+    assert_eq!(c.identity().pending_mail().await.unwrap(), before + 2);
     // Users without an address get nothing queued.
-    c.create_api_key(&Cx::default(), &f.owner, key("o", Role::Viewer))
+    c.identity()
+        .create_api_key(&Cx::default(), &f.owner, key("o", Role::Viewer))
         .await
         .unwrap();
-    assert_eq!(c.pending_mail().await.unwrap(), before + 2);
+    assert_eq!(c.identity().pending_mail().await.unwrap(), before + 2);
 }
 
 /// Turning MFA off checks the password and a code as one attempt against the same lockout as
@@ -689,17 +800,19 @@ async fn wrong_codes_when_disabling_mfa_count_toward_the_lockout() {
     let c = &f.coffer;
     let p = member(&f, "una", Role::Viewer).await;
     let e = c
+        .identity()
         .mfa_enroll_start(&Cx::default(), &p, "una long password")
         .await
         .unwrap();
     let secret = e.secret_base32.expose_secret().to_owned();
-    c.mfa_enroll_confirm(
-        &Cx::default(),
-        &p,
-        &totp_code_at(&secret, now_secs()).unwrap(),
-    )
-    .await
-    .unwrap();
+    c.identity()
+        .mfa_enroll_confirm(
+            &Cx::default(),
+            &p,
+            &totp_code_at(&secret, now_secs()).unwrap(),
+        )
+        .await
+        .unwrap();
     let now = now_secs();
     let valid: Vec<String> = [now - 30, now, now + 30, now + 60]
         .iter()
@@ -711,6 +824,7 @@ async fn wrong_codes_when_disabling_mfa_count_toward_the_lockout() {
         .unwrap();
     for _ in 0..3 {
         let e = c
+            .identity()
             .mfa_disable(&Cx::default(), &p, "una long password", &wrong)
             .await
             .unwrap_err();
@@ -718,6 +832,7 @@ async fn wrong_codes_when_disabling_mfa_count_toward_the_lockout() {
     }
     // Locked: the right password and a right code are refused now, and so is a login.
     let e = c
+        .identity()
         .mfa_disable(
             &Cx::default(),
             &p,

@@ -28,27 +28,32 @@ fn fast_keys() -> CoreConfig {
 /// 20 parameters with 2 versions each: 40 stored values under term 1.
 async fn populate(f: &Fixture) {
     let (c, p) = (&f.coffer, &f.owner);
-    c.create_project(&Cx::default(), p, "app").await.unwrap();
+    c.projects()
+        .create_project(&Cx::default(), p, "app")
+        .await
+        .unwrap();
     for i in 0..20 {
         let name = format!("K{i:02}");
-        c.set_param(
-            &Cx::default(),
-            p,
-            "app",
-            "default",
-            set(&name, &format!("old-{i}")),
-        )
-        .await
-        .unwrap();
-        c.set_param(
-            &Cx::default(),
-            p,
-            "app",
-            "default",
-            set(&name, &format!("value-{i}")),
-        )
-        .await
-        .unwrap();
+        c.params()
+            .set_param(
+                &Cx::default(),
+                p,
+                "app",
+                "default",
+                set(&name, &format!("old-{i}")),
+            )
+            .await
+            .unwrap();
+        c.params()
+            .set_param(
+                &Cx::default(),
+                p,
+                "app",
+                "default",
+                set(&name, &format!("value-{i}")),
+            )
+            .await
+            .unwrap();
     }
 }
 
@@ -56,6 +61,7 @@ async fn assert_all_read(f: &Fixture) {
     for i in 0..20 {
         let v = f
             .coffer
+            .params()
             .get_param(
                 &Cx::default(),
                 &f.owner,
@@ -76,12 +82,14 @@ async fn assert_all_read(f: &Fixture) {
 async fn assert_old_version_opens(f: &Fixture) {
     let v = f
         .coffer
+        .params()
         .rollback_param(&Cx::default(), &f.owner, "app", "default", "K03", 1)
         .await
         .unwrap();
     assert_eq!(v.version, 3);
     let now = f
         .coffer
+        .params()
         .get_param(&Cx::default(), &f.owner, "app", "default", "K03")
         .await
         .unwrap();
@@ -112,7 +120,7 @@ async fn rotation_seals_new_values_at_once_and_rewraps_without_touching_values()
     assert_eq!(before.len(), 40);
     assert!(before.iter().all(|(_, t, _)| *t == 1));
 
-    let s = c.rotate_key(&Cx::default(), p).await.unwrap();
+    let s = c.keys().rotate_key(&Cx::default(), p).await.unwrap();
     assert_eq!(s.active_term, 2);
     let r = s.rotation.unwrap();
     assert_eq!(
@@ -122,18 +130,19 @@ async fn rotation_seals_new_values_at_once_and_rewraps_without_touching_values()
     assert!(r.finished_at.is_none());
 
     // A value written now is sealed under term 2 straight away.
-    c.set_param(&Cx::default(), p, "app", "default", set("NEW", "fresh"))
+    c.params()
+        .set_param(&Cx::default(), p, "app", "default", set("NEW", "fresh"))
         .await
         .unwrap();
-    let s = c.key_status(&Cx::default(), p).await.unwrap();
+    let s = c.keys().key_status(&Cx::default(), p).await.unwrap();
     let values: Vec<(u32, u64)> = s.terms.iter().map(|t| (t.term, t.values)).collect();
     assert_eq!(values, vec![(1, 40), (2, 1)]);
     assert_all_read(&f).await;
 
     // The job moves the 40 older values.
-    let moved = c.run_key_maintenance().await.unwrap();
+    let moved = c.keys().run_key_maintenance().await.unwrap();
     assert_eq!(moved, 40);
-    let s = c.key_status(&Cx::default(), p).await.unwrap();
+    let s = c.keys().key_status(&Cx::default(), p).await.unwrap();
     let r = s.rotation.clone().unwrap();
     assert_eq!((r.done, r.total), (40, 40));
     assert!(r.finished_at.is_some());
@@ -155,14 +164,19 @@ async fn rotation_seals_new_values_at_once_and_rewraps_without_touching_values()
     assert_all_read(&f).await;
 
     // Term 1 is kept until every node's cached key set has expired, then destroyed.
-    c.run_key_maintenance().await.unwrap();
+    c.keys().run_key_maintenance().await.unwrap();
     assert_eq!(
-        c.key_status(&Cx::default(), p).await.unwrap().terms.len(),
+        c.keys()
+            .key_status(&Cx::default(), p)
+            .await
+            .unwrap()
+            .terms
+            .len(),
         2
     );
     tokio::time::sleep(Duration::from_millis(1_400)).await;
-    c.run_key_maintenance().await.unwrap();
-    let s = c.key_status(&Cx::default(), p).await.unwrap();
+    c.keys().run_key_maintenance().await.unwrap();
+    let s = c.keys().key_status(&Cx::default(), p).await.unwrap();
     assert_eq!(
         s.terms.iter().map(|t| t.term).collect::<Vec<_>>(),
         vec![2],
@@ -180,8 +194,12 @@ async fn a_stale_write_is_resealed_under_the_newest_term() {
     })
     .await;
     let (c, p) = (&f.coffer, &f.owner);
-    c.create_project(&Cx::default(), p, "app").await.unwrap();
-    c.set_param(&Cx::default(), p, "app", "default", set("A", "1"))
+    c.projects()
+        .create_project(&Cx::default(), p, "app")
+        .await
+        .unwrap();
+    c.params()
+        .set_param(&Cx::default(), p, "app", "default", set("A", "1"))
         .await
         .unwrap();
     // A second service on the same file plays "another node": it rotates behind the
@@ -189,11 +207,16 @@ async fn a_stale_write_is_resealed_under_the_newest_term() {
     let other = f.open_again(CoreConfig::default()).await;
     other.unseal(&Cx::default(), &f.shares[0]).await.unwrap();
     other.unseal(&Cx::default(), &f.shares[1]).await.unwrap();
-    other.rotate_org_key(p.org_id, "manual").await.unwrap();
-    c.set_param(&Cx::default(), p, "app", "default", set("B", "2"))
+    other
+        .keys()
+        .rotate_org_key(p.org_id, "manual")
         .await
         .unwrap();
-    let s = other.org_key_status(p.org_id).await.unwrap();
+    c.params()
+        .set_param(&Cx::default(), p, "app", "default", set("B", "2"))
+        .await
+        .unwrap();
+    let s = other.keys().org_key_status(p.org_id).await.unwrap();
     assert_eq!(
         s.terms
             .iter()
@@ -203,9 +226,10 @@ async fn a_stale_write_is_resealed_under_the_newest_term() {
         "B went to the new term although this node had cached term 1 as active"
     );
     // ...and a value the other side rewrapped to a term this node has not cached still reads.
-    other.run_key_maintenance().await.unwrap();
+    other.keys().run_key_maintenance().await.unwrap();
     for (name, want) in [("A", "1"), ("B", "2")] {
         let v = c
+            .params()
             .get_param(&Cx::default(), p, "app", "default", name)
             .await
             .unwrap();
@@ -222,15 +246,16 @@ async fn rewrap_resumes_after_an_interruption() {
     let f = fixture_with(slow).await;
     let (c, p) = (&f.coffer, &f.owner);
     populate(&f).await;
-    c.rotate_key(&Cx::default(), p).await.unwrap();
+    c.keys().rotate_key(&Cx::default(), p).await.unwrap();
     // Stop the job after a few batches by dropping its future, as a crash would.
-    let job = c.run_key_maintenance();
+    let job = c.keys().run_key_maintenance();
     assert!(
         tokio::time::timeout(Duration::from_millis(250), job)
             .await
             .is_err()
     );
     let mid = c
+        .keys()
         .key_status(&Cx::default(), p)
         .await
         .unwrap()
@@ -244,9 +269,9 @@ async fn rewrap_resumes_after_an_interruption() {
     // gone first, as after a crash.
     let f = f.restart(fast_keys()).await;
     let (restarted, p) = (&f.coffer, &f.owner);
-    let moved = restarted.run_key_maintenance().await.unwrap();
+    let moved = restarted.keys().run_key_maintenance().await.unwrap();
     assert_eq!(moved, 40 - mid.done);
-    let s = restarted.org_key_status(p.org_id).await.unwrap();
+    let s = restarted.keys().org_key_status(p.org_id).await.unwrap();
     assert_eq!(s.rotation.unwrap().done, 40);
     assert_all_read(&f).await;
     assert_old_version_opens(&f).await;
@@ -263,15 +288,22 @@ async fn rotation_by_age_and_by_usage() {
     })
     .await;
     let (c, p) = (&f.coffer, &f.owner);
-    c.create_project(&Cx::default(), p, "app").await.unwrap();
-    c.run_key_maintenance().await.unwrap();
+    c.projects()
+        .create_project(&Cx::default(), p, "app")
+        .await
+        .unwrap();
+    c.keys().run_key_maintenance().await.unwrap();
     assert_eq!(
-        c.key_status(&Cx::default(), p).await.unwrap().active_term,
+        c.keys()
+            .key_status(&Cx::default(), p)
+            .await
+            .unwrap()
+            .active_term,
         1
     );
     tokio::time::sleep(Duration::from_millis(2_100)).await;
-    c.run_key_maintenance().await.unwrap();
-    let s = c.key_status(&Cx::default(), p).await.unwrap();
+    c.keys().run_key_maintenance().await.unwrap();
+    let s = c.keys().key_status(&Cx::default(), p).await.unwrap();
     assert_eq!(s.active_term, 2);
     assert_eq!(s.rotation.unwrap().reason, "age");
 
@@ -281,38 +313,51 @@ async fn rotation_by_age_and_by_usage() {
     })
     .await;
     let (c, p) = (&f.coffer, &f.owner);
-    c.create_project(&Cx::default(), p, "app").await.unwrap();
-    for i in 0..4 {
-        c.set_param(
-            &Cx::default(),
-            p,
-            "app",
-            "default",
-            set(&format!("K{i}"), "v"),
-        )
+    c.projects()
+        .create_project(&Cx::default(), p, "app")
         .await
         .unwrap();
+    for i in 0..4 {
+        c.params()
+            .set_param(
+                &Cx::default(),
+                p,
+                "app",
+                "default",
+                set(&format!("K{i}"), "v"),
+            )
+            .await
+            .unwrap();
     }
-    c.run_key_maintenance().await.unwrap();
+    c.keys().run_key_maintenance().await.unwrap();
     assert_eq!(
-        c.key_status(&Cx::default(), p).await.unwrap().active_term,
+        c.keys()
+            .key_status(&Cx::default(), p)
+            .await
+            .unwrap()
+            .active_term,
         1,
         "4 < 5"
     );
-    c.set_param(&Cx::default(), p, "app", "default", set("K4", "v"))
+    c.params()
+        .set_param(&Cx::default(), p, "app", "default", set("K4", "v"))
         .await
         .unwrap();
-    c.run_key_maintenance().await.unwrap();
-    let s = c.key_status(&Cx::default(), p).await.unwrap();
+    c.keys().run_key_maintenance().await.unwrap();
+    let s = c.keys().key_status(&Cx::default(), p).await.unwrap();
     assert_eq!(
         (s.active_term, s.rotation.unwrap().reason.as_str()),
         (2, "usage")
     );
     // The 5 rewrapped values alone do not trigger another rotation.
-    c.run_key_maintenance().await.unwrap();
-    c.run_key_maintenance().await.unwrap();
+    c.keys().run_key_maintenance().await.unwrap();
+    c.keys().run_key_maintenance().await.unwrap();
     assert_eq!(
-        c.key_status(&Cx::default(), p).await.unwrap().active_term,
+        c.keys()
+            .key_status(&Cx::default(), p)
+            .await
+            .unwrap()
+            .active_term,
         2
     );
 }
@@ -327,16 +372,17 @@ async fn only_owners_and_admins_manage_keys() {
             ..f.owner.clone()
         };
         assert!(matches!(
-            c.key_status(&Cx::default(), &p).await,
+            c.keys().key_status(&Cx::default(), &p).await,
             Err(CoreError::Forbidden(_))
         ));
         assert!(matches!(
-            c.rotate_key(&Cx::default(), &p).await,
+            c.keys().rotate_key(&Cx::default(), &p).await,
             Err(CoreError::Forbidden(_))
         ));
     }
     assert_eq!(
-        c.key_status(&Cx::default(), &f.owner)
+        c.keys()
+            .key_status(&Cx::default(), &f.owner)
             .await
             .unwrap()
             .active_term,
@@ -362,13 +408,16 @@ fn root_of(shares: &[String]) -> coffer_crypto::RootKey {
 async fn deleting_an_org_shreds_it_even_in_a_copy_taken_before() {
     let f = sqlite_fixture_with(fast_keys()).await;
     let (c, owner) = (&f.coffer, &f.owner);
-    c.create_project(&Cx::default(), owner, "app")
+    c.projects()
+        .create_project(&Cx::default(), owner, "app")
         .await
         .unwrap();
-    c.set_param(&Cx::default(), owner, "app", "default", set("KEEP", "kept"))
+    c.params()
+        .set_param(&Cx::default(), owner, "app", "default", set("KEEP", "kept"))
         .await
         .unwrap();
     let acme_id = c
+        .identity()
         .create_org_as(&Cx::default(), owner, "acme")
         .await
         .unwrap();
@@ -377,18 +426,20 @@ async fn deleting_an_org_shreds_it_even_in_a_copy_taken_before() {
         org_name: "acme".into(),
         ..owner.clone()
     };
-    c.create_project(&Cx::default(), &acme, "app")
+    c.projects()
+        .create_project(&Cx::default(), &acme, "app")
         .await
         .unwrap();
-    c.set_param(
-        &Cx::default(),
-        &acme,
-        "app",
-        "default",
-        set("DOOMED", "acme-secret"),
-    )
-    .await
-    .unwrap();
+    c.params()
+        .set_param(
+            &Cx::default(),
+            &acme,
+            "app",
+            "default",
+            set("DOOMED", "acme-secret"),
+        )
+        .await
+        .unwrap();
     let copy = f.dir.path().join("before-delete.db");
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "VACUUM INTO '{}'",
@@ -412,7 +463,8 @@ async fn deleting_an_org_shreds_it_even_in_a_copy_taken_before() {
         Err(CoreError::Invalid { .. })
     ));
     assert!(
-        c.get_param(&Cx::default(), &acme, "app", "default", "DOOMED")
+        c.params()
+            .get_param(&Cx::default(), &acme, "app", "default", "DOOMED")
             .await
             .is_ok()
     );
@@ -452,7 +504,8 @@ async fn deleting_an_org_shreds_it_even_in_a_copy_taken_before() {
         "only the other organisation's value is left"
     );
     assert!(
-        c.get_param(&Cx::default(), &acme, "app", "default", "DOOMED")
+        c.params()
+            .get_param(&Cx::default(), &acme, "app", "default", "DOOMED")
             .await
             .is_err()
     );
@@ -532,15 +585,16 @@ async fn deleting_an_org_shreds_it_even_in_a_copy_taken_before() {
 
     // The live service goes on with the other organisation, TOTP and audit intact.
     let v = c
+        .params()
         .get_param(&Cx::default(), owner, "app", "default", "KEEP")
         .await
         .unwrap();
     assert_eq!(v.value.unwrap().expose_secret(), b"kept");
     let mut ev = coffer_core::audit::AuditEvent::now("test.after_rekey");
     ev.org_id = Some(owner.org_id);
-    c.record(&ev).await.unwrap();
+    c.audit().record(&ev).await.unwrap();
     assert!(
-        c.checkpoint(owner.org_id).await.unwrap().is_some(),
+        c.audit().checkpoint(owner.org_id).await.unwrap().is_some(),
         "the audit signing key was resealed"
     );
     // After a restart the old shares are useless and the new ones unseal.
@@ -566,6 +620,7 @@ async fn deleting_an_org_shreds_it_even_in_a_copy_taken_before() {
     }
     assert!(!restarted.seal_status().await.unwrap().sealed);
     let v = restarted
+        .params()
         .get_param(&Cx::default(), owner, "app", "default", "KEEP")
         .await
         .unwrap();
@@ -581,6 +636,7 @@ async fn one_broken_organisation_does_not_hold_back_the_others() {
     let (c, owner) = (&f.coffer, &f.owner);
     populate(&f).await;
     let other_id = c
+        .identity()
         .create_org_as(&Cx::default(), owner, "other")
         .await
         .unwrap();
@@ -589,19 +645,21 @@ async fn one_broken_organisation_does_not_hold_back_the_others() {
         org_name: "other".into(),
         ..owner.clone()
     };
-    c.create_project(&Cx::default(), &other, "svc")
+    c.projects()
+        .create_project(&Cx::default(), &other, "svc")
         .await
         .unwrap();
     for i in 0..5 {
-        c.set_param(
-            &Cx::default(),
-            &other,
-            "svc",
-            "default",
-            set(&format!("O{i}"), "o"),
-        )
-        .await
-        .unwrap();
+        c.params()
+            .set_param(
+                &Cx::default(),
+                &other,
+                "svc",
+                "default",
+                set(&format!("O{i}"), "o"),
+            )
+            .await
+            .unwrap();
     }
     // Break one stored value of the first (older, so first in line) organisation: another
     // record's ciphertext in its place no longer opens there.
@@ -619,13 +677,14 @@ async fn one_broken_organisation_does_not_hold_back_the_others() {
         .execute(&mut db)
         .await
         .unwrap();
-    c.rotate_key(&Cx::default(), owner).await.unwrap();
-    c.rotate_key(&Cx::default(), &other).await.unwrap();
+    c.keys().rotate_key(&Cx::default(), owner).await.unwrap();
+    c.keys().rotate_key(&Cx::default(), &other).await.unwrap();
     assert!(
-        c.run_key_maintenance().await.is_err(),
+        c.keys().run_key_maintenance().await.is_err(),
         "the broken organisation is reported"
     );
     let done = c
+        .keys()
         .key_status(&Cx::default(), &other)
         .await
         .unwrap()
@@ -638,6 +697,7 @@ async fn one_broken_organisation_does_not_hold_back_the_others() {
     );
     for i in 0..5 {
         let v = c
+            .params()
             .get_param(&Cx::default(), &other, "svc", "default", &format!("O{i}"))
             .await
             .unwrap();

@@ -115,6 +115,7 @@ async fn initialised(dir: tempfile::TempDir, coffer: Coffer, pg: Option<String>)
         UnsealOutcome::Unsealed
     );
     let login = coffer
+        .identity()
         .login(
             &Cx::default(),
             &init.bootstrap.username,

@@ -85,7 +85,11 @@ async fn tokens_issued_in_the_future_are_refused() {
     let login = |jwt: String| {
         let c = f.coffer.clone();
         let idp = &idp;
-        async move { c.login_oidc(&Cx::default(), &jwt, idp, None, "test").await }
+        async move {
+            c.identity()
+                .login_oidc(&Cx::default(), &jwt, idp, None, "test")
+                .await
+        }
     };
     for (what, offset) in [("a day ahead", 86_400), ("ten years ahead", 315_360_000)] {
         let e = login(idp.token("alice", offset)).await.unwrap_err();
@@ -106,6 +110,7 @@ async fn subjects_whose_names_collide_are_still_different_users() {
     for sub in ["Col5:2e5a31", "col5_2e5a31", "Col5:2e5a31"] {
         let s = f
             .coffer
+            .identity()
             .login_oidc(&Cx::default(), &idp.token(sub, 0), &idp, None, "test")
             .await
             .unwrap()

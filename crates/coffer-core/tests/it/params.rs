@@ -26,35 +26,42 @@ fn val(v: &coffer_core::ParamView) -> String {
 async fn versions_history_rollback_and_delete() {
     let f = fixture().await;
     let (c, p) = (&f.coffer, &f.owner);
-    c.create_project(&Cx::default(), p, "app").await.unwrap();
+    c.projects()
+        .create_project(&Cx::default(), p, "app")
+        .await
+        .unwrap();
     assert_eq!(
-        c.set_param(&Cx::default(), p, "app", "default", set("K", "one", None))
+        c.params()
+            .set_param(&Cx::default(), p, "app", "default", set("K", "one", None))
             .await
             .unwrap()
             .version,
         1
     );
     assert_eq!(
-        c.set_param(
-            &Cx::default(),
-            p,
-            "app",
-            "default",
-            set("K", "two", Some(true))
-        )
-        .await
-        .unwrap()
-        .version,
+        c.params()
+            .set_param(
+                &Cx::default(),
+                p,
+                "app",
+                "default",
+                set("K", "two", Some(true))
+            )
+            .await
+            .unwrap()
+            .version,
         2
     );
     // Updating without a flag keeps the secret flag.
     let v3 = c
+        .params()
         .set_param(&Cx::default(), p, "app", "default", set("K", "three", None))
         .await
         .unwrap();
     assert!(v3.secret && v3.version == 3);
     assert_eq!(
         val(&c
+            .params()
             .get_param(&Cx::default(), p, "app", "default", "K")
             .await
             .unwrap()),
@@ -62,6 +69,7 @@ async fn versions_history_rollback_and_delete() {
     );
 
     let r = c
+        .params()
         .rollback_param(&Cx::default(), p, "app", "default", "K", 1)
         .await
         .unwrap();
@@ -72,6 +80,7 @@ async fn versions_history_rollback_and_delete() {
     );
     assert_eq!(
         val(&c
+            .params()
             .get_param(&Cx::default(), p, "app", "default", "K")
             .await
             .unwrap()),
@@ -79,6 +88,7 @@ async fn versions_history_rollback_and_delete() {
     );
 
     let h = c
+        .params()
         .param_history(&Cx::default(), p, "app", "default", "K")
         .await
         .unwrap();
@@ -89,40 +99,48 @@ async fn versions_history_rollback_and_delete() {
     assert!(h[0].current && !h[1].current);
 
     assert_eq!(
-        c.delete_param(&Cx::default(), p, "app", "default", "K")
+        c.params()
+            .delete_param(&Cx::default(), p, "app", "default", "K")
             .await
             .unwrap()
             .version,
         5
     );
     assert!(matches!(
-        c.get_param(&Cx::default(), p, "app", "default", "K").await,
+        c.params()
+            .get_param(&Cx::default(), p, "app", "default", "K")
+            .await,
         Err(CoreError::NotFound { .. })
     ));
     assert!(matches!(
-        c.delete_param(&Cx::default(), p, "app", "default", "K")
+        c.params()
+            .delete_param(&Cx::default(), p, "app", "default", "K")
             .await,
         Err(CoreError::NotFound { .. })
     ));
     assert!(
         matches!(
-            c.rollback_param(&Cx::default(), p, "app", "default", "K", 5)
+            c.params()
+                .rollback_param(&Cx::default(), p, "app", "default", "K", 5)
                 .await,
             Err(CoreError::Invalid { .. })
         ),
         "a deletion has no value"
     );
     assert!(matches!(
-        c.rollback_param(&Cx::default(), p, "app", "default", "K", 99)
+        c.params()
+            .rollback_param(&Cx::default(), p, "app", "default", "K", 99)
             .await,
         Err(CoreError::NotFound { .. })
     ));
     // Undelete by rolling back.
-    c.rollback_param(&Cx::default(), p, "app", "default", "K", 2)
+    c.params()
+        .rollback_param(&Cx::default(), p, "app", "default", "K", 2)
         .await
         .unwrap();
     assert_eq!(
         val(&c
+            .params()
             .get_param(&Cx::default(), p, "app", "default", "K")
             .await
             .unwrap()),
@@ -134,57 +152,67 @@ async fn versions_history_rollback_and_delete() {
 async fn children_inherit_what_they_do_not_override() {
     let f = fixture().await;
     let (c, p) = (&f.coffer, &f.owner);
-    c.create_project(&Cx::default(), p, "app").await.unwrap();
-    c.create_env(&Cx::default(), p, "app", "production", None)
+    c.projects()
+        .create_project(&Cx::default(), p, "app")
         .await
         .unwrap();
-    c.create_env(
-        &Cx::default(),
-        p,
-        "app",
-        "production-eu",
-        Some("production"),
-    )
-    .await
-    .unwrap();
-    c.set_param(
-        &Cx::default(),
-        p,
-        "app",
-        "default",
-        set("LOG", "debug", None),
-    )
-    .await
-    .unwrap();
-    c.set_param(
-        &Cx::default(),
-        p,
-        "app",
-        "default",
-        set("HOST", "localhost", None),
-    )
-    .await
-    .unwrap();
-    c.set_param(
-        &Cx::default(),
-        p,
-        "app",
-        "production",
-        set("LOG", "warn", None),
-    )
-    .await
-    .unwrap();
-    c.set_param(
-        &Cx::default(),
-        p,
-        "app",
-        "production-eu",
-        set("REGION", "eu", None),
-    )
-    .await
-    .unwrap();
+    c.projects()
+        .create_env(&Cx::default(), p, "app", "production", None)
+        .await
+        .unwrap();
+    c.projects()
+        .create_env(
+            &Cx::default(),
+            p,
+            "app",
+            "production-eu",
+            Some("production"),
+        )
+        .await
+        .unwrap();
+    c.params()
+        .set_param(
+            &Cx::default(),
+            p,
+            "app",
+            "default",
+            set("LOG", "debug", None),
+        )
+        .await
+        .unwrap();
+    c.params()
+        .set_param(
+            &Cx::default(),
+            p,
+            "app",
+            "default",
+            set("HOST", "localhost", None),
+        )
+        .await
+        .unwrap();
+    c.params()
+        .set_param(
+            &Cx::default(),
+            p,
+            "app",
+            "production",
+            set("LOG", "warn", None),
+        )
+        .await
+        .unwrap();
+    c.params()
+        .set_param(
+            &Cx::default(),
+            p,
+            "app",
+            "production-eu",
+            set("REGION", "eu", None),
+        )
+        .await
+        .unwrap();
 
     let l = c
+        .params()
         .list_params(&Cx::default(), p, "app", "production-eu", true)
         .await
         .unwrap();
@@ -201,18 +229,21 @@ async fn children_inherit_what_they_do_not_override() {
         ]
     );
     assert_eq!(
-        c.get_param(&Cx::default(), p, "app", "production-eu", "LOG")
+        c.params()
+            .get_param(&Cx::default(), p, "app", "production-eu", "LOG")
             .await
             .unwrap()
             .env,
         "production"
     );
     // Deleting the override lets the parent's value show through.
-    c.delete_param(&Cx::default(), p, "app", "production", "LOG")
+    c.params()
+        .delete_param(&Cx::default(), p, "app", "production", "LOG")
         .await
         .unwrap();
     assert_eq!(
         val(&c
+            .params()
             .get_param(&Cx::default(), p, "app", "production-eu", "LOG")
             .await
             .unwrap()),
@@ -220,6 +251,7 @@ async fn children_inherit_what_they_do_not_override() {
     );
 
     let d = c
+        .params()
         .diff_envs(&Cx::default(), p, "app", "default", "production-eu", true)
         .await
         .unwrap();
@@ -228,16 +260,18 @@ async fn children_inherit_what_they_do_not_override() {
         (d[0].name.as_str(), d[0].kind),
         ("REGION", DiffKind::OnlyInB)
     );
-    c.set_param(
-        &Cx::default(),
-        p,
-        "app",
-        "production-eu",
-        set("HOST", "eu.example", None),
-    )
-    .await
-    .unwrap();
+    c.params()
+        .set_param(
+            &Cx::default(),
+            p,
+            "app",
+            "production-eu",
+            set("HOST", "eu.example", None),
+        )
+        .await
+        .unwrap();
     let d = c
+        .params()
         .diff_envs(&Cx::default(), p, "app", "default", "production-eu", false)
         .await
         .unwrap();
@@ -247,12 +281,14 @@ async fn children_inherit_what_they_do_not_override() {
     );
 
     assert!(matches!(
-        c.create_env(&Cx::default(), p, "app", "x", Some("missing"))
+        c.projects()
+            .create_env(&Cx::default(), p, "app", "x", Some("missing"))
             .await,
         Err(CoreError::NotFound { .. })
     ));
     assert!(matches!(
-        c.create_env(&Cx::default(), p, "app", "production", None)
+        c.projects()
+            .create_env(&Cx::default(), p, "app", "production", None)
             .await,
         Err(CoreError::AlreadyExists { .. })
     ));
@@ -262,26 +298,32 @@ async fn children_inherit_what_they_do_not_override() {
 async fn secrets_are_masked_unless_revealed_and_viewers_never_see_them() {
     let f = fixture().await;
     let (c, p) = (&f.coffer, &f.owner);
-    c.create_project(&Cx::default(), p, "app").await.unwrap();
-    c.set_param(
-        &Cx::default(),
-        p,
-        "app",
-        "default",
-        set("TOKEN", "hunter2", Some(true)),
-    )
-    .await
-    .unwrap();
-    c.set_param(
-        &Cx::default(),
-        p,
-        "app",
-        "default",
-        set("PORT", "8080", None),
-    )
-    .await
-    .unwrap();
+    c.projects()
+        .create_project(&Cx::default(), p, "app")
+        .await
+        .unwrap();
+    c.params()
+        .set_param(
+            &Cx::default(),
+            p,
+            "app",
+            "default",
+            set("TOKEN", "hunter2", Some(true)),
+        )
+        .await
+        .unwrap();
+    c.params()
+        .set_param(
+            &Cx::default(),
+            p,
+            "app",
+            "default",
+            set("PORT", "8080", None),
+        )
+        .await
+        .unwrap();
     let masked = c
+        .params()
         .list_params(&Cx::default(), p, "app", "default", false)
         .await
         .unwrap();
@@ -298,6 +340,7 @@ async fn secrets_are_masked_unless_revealed_and_viewers_never_see_them() {
         "8080"
     );
     let revealed = c
+        .params()
         .list_params(&Cx::default(), p, "app", "default", true)
         .await
         .unwrap();
@@ -306,10 +349,12 @@ async fn secrets_are_masked_unless_revealed_and_viewers_never_see_them() {
         "hunter2"
     );
 
-    c.create_member(p, "vera", "viewer password 123", Role::Viewer)
+    c.identity()
+        .create_member(p, "vera", "viewer password 123", Role::Viewer)
         .await
         .unwrap();
     let viewer = c
+        .identity()
         .login(&Cx::default(), "vera", "viewer password 123", None, "test")
         .await
         .unwrap()
@@ -317,6 +362,7 @@ async fn secrets_are_masked_unless_revealed_and_viewers_never_see_them() {
         .unwrap()
         .principal;
     let l = c
+        .params()
         .list_params(&Cx::default(), &viewer, "app", "default", true)
         .await
         .unwrap();
@@ -329,38 +375,45 @@ async fn secrets_are_masked_unless_revealed_and_viewers_never_see_them() {
         "reveal does not lift a Viewer's mask"
     );
     assert!(matches!(
-        c.get_param(&Cx::default(), &viewer, "app", "default", "TOKEN")
+        c.params()
+            .get_param(&Cx::default(), &viewer, "app", "default", "TOKEN")
             .await,
         Err(CoreError::Forbidden(_))
     ));
     assert_eq!(
         val(&c
+            .params()
             .get_param(&Cx::default(), &viewer, "app", "default", "PORT")
             .await
             .unwrap()),
         "8080"
     );
     assert!(matches!(
-        c.set_param(
-            &Cx::default(),
-            &viewer,
-            "app",
-            "default",
-            set("X", "1", None)
-        )
-        .await,
+        c.params()
+            .set_param(
+                &Cx::default(),
+                &viewer,
+                "app",
+                "default",
+                set("X", "1", None)
+            )
+            .await,
         Err(CoreError::Forbidden(_))
     ));
     assert!(matches!(
-        c.create_project(&Cx::default(), &viewer, "mine").await,
+        c.projects()
+            .create_project(&Cx::default(), &viewer, "mine")
+            .await,
         Err(CoreError::Forbidden(_))
     ));
     assert!(matches!(
-        c.create_member(&viewer, "eve", "another long password", Role::Viewer)
+        c.identity()
+            .create_member(&viewer, "eve", "another long password", Role::Viewer)
             .await,
         Err(CoreError::Forbidden(_))
     ));
     let d = c
+        .params()
         .diff_envs(&Cx::default(), &viewer, "app", "default", "default", true)
         .await
         .unwrap();
@@ -371,22 +424,28 @@ async fn secrets_are_masked_unless_revealed_and_viewers_never_see_them() {
 async fn organisations_cannot_see_each_other() {
     let f = fixture().await;
     let (c, p) = (&f.coffer, &f.owner);
-    c.create_project(&Cx::default(), p, "app").await.unwrap();
-    c.set_param(
-        &Cx::default(),
-        p,
-        "app",
-        "default",
-        set("K", "org-a-secret", Some(true)),
-    )
-    .await
-    .unwrap();
+    c.projects()
+        .create_project(&Cx::default(), p, "app")
+        .await
+        .unwrap();
+    c.params()
+        .set_param(
+            &Cx::default(),
+            p,
+            "app",
+            "default",
+            set("K", "org-a-secret", Some(true)),
+        )
+        .await
+        .unwrap();
 
-    let org_b = c.create_org("org-b").await.unwrap();
-    c.add_user_to_org(org_b, "bob", "bob's long password", Role::Owner)
+    let org_b = c.identity().create_org("org-b").await.unwrap();
+    c.identity()
+        .add_user_to_org(org_b, "bob", "bob's long password", Role::Owner)
         .await
         .unwrap();
     let bob: Principal = c
+        .identity()
         .login(&Cx::default(), "bob", "bob's long password", None, "test")
         .await
         .unwrap()
@@ -395,29 +454,36 @@ async fn organisations_cannot_see_each_other() {
         .principal;
     assert_eq!(bob.org_id, org_b);
     assert!(
-        c.list_projects(&Cx::default(), &bob)
+        c.projects()
+            .list_projects(&Cx::default(), &bob)
             .await
             .unwrap()
             .is_empty()
     );
     assert!(matches!(
-        c.get_param(&Cx::default(), &bob, "app", "default", "K")
+        c.params()
+            .get_param(&Cx::default(), &bob, "app", "default", "K")
             .await,
         Err(CoreError::NotFound { .. })
     ));
     // Same names in another organisation are independent.
-    c.create_project(&Cx::default(), &bob, "app").await.unwrap();
-    c.set_param(
-        &Cx::default(),
-        &bob,
-        "app",
-        "default",
-        set("K", "org-b-value", None),
-    )
-    .await
-    .unwrap();
+    c.projects()
+        .create_project(&Cx::default(), &bob, "app")
+        .await
+        .unwrap();
+    c.params()
+        .set_param(
+            &Cx::default(),
+            &bob,
+            "app",
+            "default",
+            set("K", "org-b-value", None),
+        )
+        .await
+        .unwrap();
     assert_eq!(
         val(&c
+            .params()
             .get_param(&Cx::default(), &bob, "app", "default", "K")
             .await
             .unwrap()),
@@ -425,6 +491,7 @@ async fn organisations_cannot_see_each_other() {
     );
     assert_eq!(
         val(&c
+            .params()
             .get_param(&Cx::default(), p, "app", "default", "K")
             .await
             .unwrap()),
@@ -436,12 +503,16 @@ async fn organisations_cannot_see_each_other() {
 async fn bad_input_is_rejected_and_changes_nothing() {
     let f = fixture().await;
     let (c, p) = (&f.coffer, &f.owner);
-    c.create_project(&Cx::default(), p, "app").await.unwrap();
+    c.projects()
+        .create_project(&Cx::default(), p, "app")
+        .await
+        .unwrap();
     let long = "n".repeat(257);
     for bad in ["", "..", "a/b", "a\u{0}b", "x\ny", long.as_str()] {
         assert!(
             matches!(
-                c.set_param(&Cx::default(), p, "app", "default", set(bad, "v", None))
+                c.params()
+                    .set_param(&Cx::default(), p, "app", "default", set(bad, "v", None))
                     .await,
                 Err(CoreError::Invalid { .. })
             ),
@@ -449,7 +520,7 @@ async fn bad_input_is_rejected_and_changes_nothing() {
         );
         assert!(
             matches!(
-                c.create_project(&Cx::default(), p, bad).await,
+                c.projects().create_project(&Cx::default(), p, bad).await,
                 Err(CoreError::Invalid { .. })
             ),
             "{bad:?}"
@@ -457,7 +528,8 @@ async fn bad_input_is_rejected_and_changes_nothing() {
     }
     let huge = "v".repeat(c.config().max_value_bytes + 1);
     assert!(matches!(
-        c.set_param(&Cx::default(), p, "app", "default", set("BIG", &huge, None))
+        c.params()
+            .set_param(&Cx::default(), p, "app", "default", set("BIG", &huge, None))
             .await,
         Err(CoreError::Invalid { .. })
     ));
@@ -467,39 +539,47 @@ async fn bad_input_is_rejected_and_changes_nothing() {
         secret: None,
     };
     assert!(matches!(
-        c.set_param(&Cx::default(), p, "app", "default", not_utf8)
+        c.params()
+            .set_param(&Cx::default(), p, "app", "default", not_utf8)
             .await,
         Err(CoreError::Invalid { .. })
     ));
     assert!(
-        c.list_params(&Cx::default(), p, "app", "default", true)
+        c.params()
+            .list_params(&Cx::default(), p, "app", "default", true)
             .await
             .unwrap()
             .is_empty()
     );
     assert!(matches!(
-        c.get_param(&Cx::default(), p, "nope", "default", "K").await,
+        c.params()
+            .get_param(&Cx::default(), p, "nope", "default", "K")
+            .await,
         Err(CoreError::NotFound {
             kind: "project",
             ..
         })
     ));
     assert!(matches!(
-        c.get_param(&Cx::default(), p, "app", "nope", "K").await,
+        c.params()
+            .get_param(&Cx::default(), p, "app", "nope", "K")
+            .await,
         Err(CoreError::NotFound {
             kind: "environment",
             ..
         })
     ));
     assert!(matches!(
-        c.get_param(&Cx::default(), p, "app", "default", "K").await,
+        c.params()
+            .get_param(&Cx::default(), p, "app", "default", "K")
+            .await,
         Err(CoreError::NotFound {
             kind: "parameter",
             ..
         })
     ));
     assert!(matches!(
-        c.create_project(&Cx::default(), p, "app").await,
+        c.projects().create_project(&Cx::default(), p, "app").await,
         Err(CoreError::AlreadyExists { .. })
     ));
 }
@@ -508,6 +588,7 @@ async fn bad_input_is_rejected_and_changes_nothing() {
 async fn concurrent_writers_get_distinct_versions() {
     let f = fixture().await;
     f.coffer
+        .projects()
         .create_project(&Cx::default(), &f.owner, "app")
         .await
         .unwrap();
@@ -515,18 +596,19 @@ async fn concurrent_writers_get_distinct_versions() {
     for i in 0..8 {
         let (c, p) = (f.coffer.clone(), f.owner.clone());
         tasks.push(tokio::spawn(async move {
-            c.set_param(
-                &Cx::default(),
-                &p,
-                "app",
-                "default",
-                SetParam {
-                    name: "RACE",
-                    value: format!("w{i}").as_bytes(),
-                    secret: None,
-                },
-            )
-            .await
+            c.params()
+                .set_param(
+                    &Cx::default(),
+                    &p,
+                    "app",
+                    "default",
+                    SetParam {
+                        name: "RACE",
+                        value: format!("w{i}").as_bytes(),
+                        secret: None,
+                    },
+                )
+                .await
         }));
     }
     let mut versions = Vec::new();
@@ -545,6 +627,7 @@ async fn concurrent_writers_get_distinct_versions() {
     );
     let h = f
         .coffer
+        .params()
         .param_history(&Cx::default(), &f.owner, "app", "default", "RACE")
         .await
         .unwrap();
@@ -558,10 +641,12 @@ async fn stored_values_keep_their_scheme_when_the_default_changes() {
     use sqlx::Connection;
     let f = sqlite_fixture().await;
     f.coffer
+        .projects()
         .create_project(&Cx::default(), &f.owner, "app")
         .await
         .unwrap();
     f.coffer
+        .params()
         .set_param(
             &Cx::default(),
             &f.owner,
@@ -578,17 +663,19 @@ async fn stored_values_keep_their_scheme_when_the_default_changes() {
         })
         .await;
     let (c, owner) = (&f.coffer, &f.owner);
-    c.set_param(
-        &Cx::default(),
-        owner,
-        "app",
-        "default",
-        set("NEW", "siv", Some(true)),
-    )
-    .await
-    .unwrap();
+    c.params()
+        .set_param(
+            &Cx::default(),
+            owner,
+            "app",
+            "default",
+            set("NEW", "siv", Some(true)),
+        )
+        .await
+        .unwrap();
     for (name, want) in [("OLD", "gcm"), ("NEW", "siv")] {
         let v = c
+            .params()
             .get_param(&Cx::default(), owner, "app", "default", name)
             .await
             .unwrap();

@@ -154,7 +154,7 @@ fn every_environment_resolves_to_its_nearest_definition() {
             let n = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             rt.block_on(async {
                 let project = format!("p{n}");
-                c.create_project(&cx, p, &project).await.unwrap();
+                c.projects().create_project(&cx, p, &project).await.unwrap();
                 // Environment 0 is `default`; environment i > 0 inherits from one before it.
                 let mut names = vec!["default".to_owned()];
                 let mut parents = vec![None];
@@ -163,7 +163,8 @@ fn every_environment_resolves_to_its_nearest_definition() {
                     if i > 0 {
                         let parent = parent.index(i);
                         let name = format!("e{i}");
-                        c.create_env(&cx, p, &project, &name, Some(&names[parent]))
+                        c.projects()
+                            .create_env(&cx, p, &project, &name, Some(&names[parent]))
                             .await
                             .unwrap();
                         names.push(name);
@@ -175,19 +176,20 @@ fn every_environment_resolves_to_its_nearest_definition() {
                 for (i, v) in values.iter().enumerate() {
                     if let Some(v) = v {
                         let value = v.to_string();
-                        c.set_param(
-                            &cx,
-                            p,
-                            &project,
-                            &names[i],
-                            SetParam {
-                                name: "K",
-                                value: value.as_bytes(),
-                                secret: Some(false),
-                            },
-                        )
-                        .await
-                        .unwrap();
+                        c.params()
+                            .set_param(
+                                &cx,
+                                p,
+                                &project,
+                                &names[i],
+                                SetParam {
+                                    name: "K",
+                                    value: value.as_bytes(),
+                                    secret: Some(false),
+                                },
+                            )
+                            .await
+                            .unwrap();
                     }
                 }
                 for (i, env) in names.iter().enumerate() {
@@ -200,7 +202,7 @@ fn every_environment_resolves_to_its_nearest_definition() {
                         }
                         at = parents[j];
                     }
-                    let got = c.get_param(&cx, p, &project, env, "K").await;
+                    let got = c.params().get_param(&cx, p, &project, env, "K").await;
                     match (expected, got) {
                         (Some(e), Ok(v)) => {
                             assert_eq!(
@@ -233,8 +235,12 @@ fn no_role_grants_more_than_it_has() {
         for (i, r) in roles.iter().enumerate() {
             let name = format!("creator{i}");
             let pw = format!("{name} long password");
-            c.create_member(&f.owner, &name, &pw, *r).await.unwrap();
+            c.identity()
+                .create_member(&f.owner, &name, &pw, *r)
+                .await
+                .unwrap();
             let s = c
+                .identity()
                 .login(&cx, &name, &pw, None, "test")
                 .await
                 .unwrap()
@@ -245,10 +251,12 @@ fn no_role_grants_more_than_it_has() {
         for creator in &creators {
             for (j, requested) in roles.iter().enumerate() {
                 let invited = c
+                    .identity()
                     .invite(&cx, creator, &format!("x{j}@example.com"), *requested)
                     .await
                     .is_ok();
                 let keyed = c
+                    .identity()
                     .create_api_key(
                         &cx,
                         creator,
@@ -265,10 +273,12 @@ fn no_role_grants_more_than_it_has() {
                     .is_ok();
                 // A target member to change: a Viewer each time, made by the Owner.
                 let target = format!("t{}{j}", creator.username);
-                c.create_member(&f.owner, &target, "target long password", Role::Viewer)
+                c.identity()
+                    .create_member(&f.owner, &target, "target long password", Role::Viewer)
                     .await
                     .unwrap();
                 let changed = c
+                    .identity()
                     .set_member_role(&cx, creator, &target, *requested)
                     .await
                     .is_ok();

@@ -16,11 +16,13 @@ async fn a_fresh_server_is_sealed_and_serves_nothing() {
         Err(CoreError::NotInitialized)
     ));
     assert!(matches!(
-        c.login(&Cx::default(), "admin", "x", None, "test").await,
+        c.identity()
+            .login(&Cx::default(), "admin", "x", None, "test")
+            .await,
         Err(CoreError::Sealed)
     ));
     assert!(matches!(
-        c.authenticate("cfs_x").await,
+        c.identity().authenticate("cfs_x").await,
         Err(CoreError::Sealed)
     ));
 }
@@ -55,10 +57,12 @@ async fn init_twice_is_refused_and_bad_parameters_rejected() {
 async fn seal_wipes_keys_and_restart_requires_the_quorum_again() {
     let f = fixture().await;
     f.coffer
+        .projects()
         .create_project(&Cx::default(), &f.owner, "app")
         .await
         .unwrap();
     f.coffer
+        .params()
         .set_param(
             &Cx::default(),
             &f.owner,
@@ -76,12 +80,16 @@ async fn seal_wipes_keys_and_restart_requires_the_quorum_again() {
     assert!(f.coffer.seal_status().await.unwrap().sealed);
     assert!(matches!(
         f.coffer
+            .params()
             .get_param(&Cx::default(), &f.owner, "app", "default", "K")
             .await,
         Err(CoreError::Sealed)
     ));
     assert!(matches!(
-        f.coffer.list_projects(&Cx::default(), &f.owner).await,
+        f.coffer
+            .projects()
+            .list_projects(&Cx::default(), &f.owner)
+            .await,
         Err(CoreError::Sealed)
     ));
 
@@ -107,7 +115,8 @@ async fn seal_wipes_keys_and_restart_requires_the_quorum_again() {
         UnsealOutcome::Unsealed
     );
     assert_eq!(
-        c2.get_param(&Cx::default(), &f.owner, "app", "default", "K")
+        c2.params()
+            .get_param(&Cx::default(), &f.owner, "app", "default", "K")
             .await
             .unwrap()
             .value
@@ -187,11 +196,13 @@ async fn login_failures_are_indistinguishable_and_logout_revokes() {
     let f = fixture().await;
     let unknown = f
         .coffer
+        .identity()
         .login(&Cx::default(), "nobody", "whatever-password", None, "test")
         .await
         .unwrap_err();
     let wrong = f
         .coffer
+        .identity()
         .login(&Cx::default(), "admin", "wrong-password", None, "test")
         .await
         .unwrap_err();
@@ -199,6 +210,7 @@ async fn login_failures_are_indistinguishable_and_logout_revokes() {
     assert_eq!(unknown.to_string(), wrong.to_string());
 
     f.coffer
+        .identity()
         .add_user_to_org(
             f.owner.org_id,
             "Carol",
@@ -209,6 +221,7 @@ async fn login_failures_are_indistinguishable_and_logout_revokes() {
         .unwrap();
     let s = f
         .coffer
+        .identity()
         .login(
             &Cx::default(),
             "  CAROL ",
@@ -221,18 +234,30 @@ async fn login_failures_are_indistinguishable_and_logout_revokes() {
         .session()
         .unwrap();
     let tok = s.token.expose_secret().to_owned();
-    assert_eq!(f.coffer.authenticate(&tok).await.unwrap().username, "carol");
-    f.coffer.logout(&Cx::default(), &tok).await.unwrap();
+    assert_eq!(
+        f.coffer
+            .identity()
+            .authenticate(&tok)
+            .await
+            .unwrap()
+            .username,
+        "carol"
+    );
+    f.coffer
+        .identity()
+        .logout(&Cx::default(), &tok)
+        .await
+        .unwrap();
     assert!(matches!(
-        f.coffer.authenticate(&tok).await,
+        f.coffer.identity().authenticate(&tok).await,
         Err(CoreError::Unauthenticated)
     ));
     assert!(matches!(
-        f.coffer.authenticate("cfs_forged").await,
+        f.coffer.identity().authenticate("cfs_forged").await,
         Err(CoreError::Unauthenticated)
     ));
     assert!(matches!(
-        f.coffer.authenticate("not-even-prefixed").await,
+        f.coffer.identity().authenticate("not-even-prefixed").await,
         Err(CoreError::Unauthenticated)
     ));
 }

@@ -48,28 +48,34 @@ fn needles() -> Vec<(String, Vec<u8>)> {
 async fn canary_values_never_reach_the_database_files() {
     let f = sqlite_fixture().await;
     let (c, p) = (&f.coffer, &f.owner);
-    c.create_project(&Cx::default(), p, "app").await.unwrap();
-    for (i, secret) in [(0, true), (1, false), (2, true)] {
-        c.set_param(
-            &Cx::default(),
-            p,
-            "app",
-            "default",
-            SetParam {
-                name: &format!("P{i}"),
-                value: CANARY.as_bytes(),
-                secret: Some(secret),
-            },
-        )
+    c.projects()
+        .create_project(&Cx::default(), p, "app")
         .await
         .unwrap();
+    for (i, secret) in [(0, true), (1, false), (2, true)] {
+        c.params()
+            .set_param(
+                &Cx::default(),
+                p,
+                "app",
+                "default",
+                SetParam {
+                    name: &format!("P{i}"),
+                    value: CANARY.as_bytes(),
+                    secret: Some(secret),
+                },
+            )
+            .await
+            .unwrap();
     }
-    c.rollback_param(&Cx::default(), p, "app", "default", "P0", 1)
+    c.params()
+        .rollback_param(&Cx::default(), p, "app", "default", "P0", 1)
         .await
         .unwrap();
     // The values are really there (decryptable)...
     assert_eq!(
-        c.get_param(&Cx::default(), p, "app", "default", "P1")
+        c.params()
+            .get_param(&Cx::default(), p, "app", "default", "P1")
             .await
             .unwrap()
             .value
@@ -112,20 +118,24 @@ async fn raw(f: &crate::Fixture) -> sqlx::SqliteConnection {
 async fn a_flipped_byte_on_disk_is_a_generic_integrity_error() {
     let f = sqlite_fixture().await;
     let (c, p) = (&f.coffer, &f.owner);
-    c.create_project(&Cx::default(), p, "app").await.unwrap();
-    c.set_param(
-        &Cx::default(),
-        p,
-        "app",
-        "default",
-        SetParam {
-            name: "K",
-            value: b"value",
-            secret: Some(true),
-        },
-    )
-    .await
-    .unwrap();
+    c.projects()
+        .create_project(&Cx::default(), p, "app")
+        .await
+        .unwrap();
+    c.params()
+        .set_param(
+            &Cx::default(),
+            p,
+            "app",
+            "default",
+            SetParam {
+                name: "K",
+                value: b"value",
+                secret: Some(true),
+            },
+        )
+        .await
+        .unwrap();
     let mut db = raw(&f).await;
     let (id, mut ct): (Vec<u8>, Vec<u8>) = sqlx::query_as("SELECT id, ciphertext FROM credentials")
         .fetch_one(&mut db)
@@ -139,13 +149,15 @@ async fn a_flipped_byte_on_disk_is_a_generic_integrity_error() {
         .await
         .unwrap();
     let err = c
+        .params()
         .get_param(&Cx::default(), p, "app", "default", "K")
         .await
         .unwrap_err();
     assert!(matches!(err, CoreError::Integrity), "{err:?}");
     assert!(!err.to_string().contains("value"));
     assert!(matches!(
-        c.list_params(&Cx::default(), p, "app", "default", true)
+        c.params()
+            .list_params(&Cx::default(), p, "app", "default", true)
             .await,
         Err(CoreError::Integrity)
     ));
@@ -155,46 +167,52 @@ async fn a_flipped_byte_on_disk_is_a_generic_integrity_error() {
 async fn swapping_ciphertexts_between_rows_is_detected() {
     let f = sqlite_fixture().await;
     let (c, p) = (&f.coffer, &f.owner);
-    c.create_project(&Cx::default(), p, "app").await.unwrap();
-    c.set_param(
-        &Cx::default(),
-        p,
-        "app",
-        "default",
-        SetParam {
-            name: "A",
-            value: b"alpha",
-            secret: None,
-        },
-    )
-    .await
-    .unwrap();
-    c.set_param(
-        &Cx::default(),
-        p,
-        "app",
-        "default",
-        SetParam {
-            name: "B",
-            value: b"bravo",
-            secret: None,
-        },
-    )
-    .await
-    .unwrap();
-    c.set_param(
-        &Cx::default(),
-        p,
-        "app",
-        "default",
-        SetParam {
-            name: "A",
-            value: b"alpha-2",
-            secret: None,
-        },
-    )
-    .await
-    .unwrap();
+    c.projects()
+        .create_project(&Cx::default(), p, "app")
+        .await
+        .unwrap();
+    c.params()
+        .set_param(
+            &Cx::default(),
+            p,
+            "app",
+            "default",
+            SetParam {
+                name: "A",
+                value: b"alpha",
+                secret: None,
+            },
+        )
+        .await
+        .unwrap();
+    c.params()
+        .set_param(
+            &Cx::default(),
+            p,
+            "app",
+            "default",
+            SetParam {
+                name: "B",
+                value: b"bravo",
+                secret: None,
+            },
+        )
+        .await
+        .unwrap();
+    c.params()
+        .set_param(
+            &Cx::default(),
+            p,
+            "app",
+            "default",
+            SetParam {
+                name: "A",
+                value: b"alpha-2",
+                secret: None,
+            },
+        )
+        .await
+        .unwrap();
     let mut db = raw(&f).await;
     // Point A's current version at B's ciphertext (another record), then at A's own
     // version 1 (another version): both must fail to decrypt.
@@ -210,17 +228,22 @@ async fn swapping_ciphertexts_between_rows_is_detected() {
     };
     copy(b1.clone(), a2.clone()).execute(&mut db).await.unwrap();
     assert!(matches!(
-        c.get_param(&Cx::default(), p, "app", "default", "A").await,
+        c.params()
+            .get_param(&Cx::default(), p, "app", "default", "A")
+            .await,
         Err(CoreError::Integrity)
     ));
     copy(a1, a2).execute(&mut db).await.unwrap();
     assert!(matches!(
-        c.get_param(&Cx::default(), p, "app", "default", "A").await,
+        c.params()
+            .get_param(&Cx::default(), p, "app", "default", "A")
+            .await,
         Err(CoreError::Integrity)
     ));
     // B itself is untouched.
     assert_eq!(
-        c.get_param(&Cx::default(), p, "app", "default", "B")
+        c.params()
+            .get_param(&Cx::default(), p, "app", "default", "B")
             .await
             .unwrap()
             .value
@@ -234,10 +257,12 @@ async fn swapping_ciphertexts_between_rows_is_detected() {
 async fn history_rows_are_append_only() {
     let f = sqlite_fixture().await;
     f.coffer
+        .projects()
         .create_project(&Cx::default(), &f.owner, "app")
         .await
         .unwrap();
     f.coffer
+        .params()
         .set_param(
             &Cx::default(),
             &f.owner,

@@ -47,6 +47,7 @@ pub async fn create(
     };
     let created = st
         .coffer
+        .identity()
         .create_api_key(
             &cx,
             &p,
@@ -77,6 +78,7 @@ pub async fn list(
 ) -> ApiResult<Json<Vec<ApiKeyDto>>> {
     Ok(Json(
         st.coffer
+            .identity()
             .list_api_keys(&cx, &p)
             .await?
             .into_iter()
@@ -95,7 +97,7 @@ pub async fn revoke(
     Auth(p): Auth,
     Path(id): Path<Uuid>,
 ) -> ApiResult<StatusCode> {
-    st.coffer.revoke_api_key(&cx, &p, id).await?;
+    st.coffer.identity().revoke_api_key(&cx, &p, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

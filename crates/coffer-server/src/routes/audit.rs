@@ -70,7 +70,7 @@ pub async fn list(
         after_seq: decode_cursor(q.cursor.as_deref())?,
         limit,
     };
-    let events = st.coffer.audit_list(&cx, &p, f).await?;
+    let events = st.coffer.audit().audit_list(&cx, &p, f).await?;
     let next_cursor = (events.len() == limit as usize)
         .then(|| {
             events
@@ -94,6 +94,7 @@ pub async fn log(
     ApiJson(req): ApiJson<CustomerEventRequest>,
 ) -> ApiResult<(StatusCode, Json<CustomerEventResponse>)> {
     st.coffer
+        .audit()
         .audit_log(&cx, &p, &req.action, req.detail)
         .await?;
     Ok((
@@ -113,8 +114,8 @@ pub async fn verify(
     CxOf(cx): CxOf,
     Auth(p): Auth,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let report = st.coffer.audit_verify(&cx, &p).await?;
-    let key = st.coffer.audit_public_key().await?;
+    let report = st.coffer.audit().audit_verify(&cx, &p).await?;
+    let key = st.coffer.audit().audit_public_key().await?;
     let mut v = serde_json::to_value(report).map_err(|_| ApiError::bad_request("report"))?;
     v["public_key"] = serde_json::json!(key);
     Ok(Json(v))
@@ -128,7 +129,7 @@ pub async fn checkpoint(
     CxOf(cx): CxOf,
     Auth(p): Auth,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let c = st.coffer.audit_checkpoint_own(&cx, &p).await?;
+    let c = st.coffer.audit().audit_checkpoint_own(&cx, &p).await?;
     Ok(Json(serde_json::json!({ "checkpoint": c })))
 }
 
@@ -163,7 +164,7 @@ async fn next_chunk(mut s: ExportState) -> Option<(Result<Bytes, std::io::Error>
     let sep = if s.json { "" } else { "\n" };
     let chunk = match s.phase {
         Phase::Header => {
-            let key = match s.st.coffer.audit_public_key().await {
+            let key = match s.st.coffer.audit().audit_public_key().await {
                 Ok(k) => k,
                 Err(e) => {
                     return Some((
@@ -192,6 +193,7 @@ async fn next_chunk(mut s: ExportState) -> Option<(Result<Bytes, std::io::Error>
             let rows = match s
                 .st
                 .coffer
+                .audit()
                 .audit_export_page(&s.p, s.from, s.to, after)
                 .await
             {
@@ -284,8 +286,8 @@ pub async fn export(
     );
     // Recorded, and refused before streaming if the caller may not export (or the server
     // is sealed).
-    st.coffer.audit_export_begin(&cx, &p).await?;
-    let points = st.coffer.audit_checkpoints(&p).await?;
+    st.coffer.audit().audit_export_begin(&cx, &p).await?;
+    let points = st.coffer.audit().audit_checkpoints(&p).await?;
     let state = ExportState {
         st,
         p,

@@ -50,6 +50,7 @@ pub async fn login(
     st.limiter.check(&addr)?;
     let r = st
         .coffer
+        .identity()
         .login(
             &cx,
             &req.username,
@@ -73,6 +74,7 @@ pub async fn mfa_verify(
     st.limiter.check(&addr)?;
     let out = st
         .coffer
+        .identity()
         .verify_mfa_login(&cx, &req.mfa_token.0, &req.code.0, &addr.label())
         .await?;
     Ok(Json(login_response(out)))
@@ -90,6 +92,7 @@ pub async fn oidc(
     st.limiter.check(&addr)?;
     let out = st
         .coffer
+        .identity()
         .login_oidc(
             &cx,
             &req.token.0,
@@ -113,6 +116,7 @@ pub async fn token(
     st.limiter.check(&addr)?;
     let t = st
         .coffer
+        .identity()
         .exchange_api_key(&cx, &req.api_key.0, &addr.label())
         .await?;
     Ok(Json(TokenResponse {
@@ -130,7 +134,7 @@ pub async fn logout(
     CxOf(cx): CxOf,
     Bearer(token): Bearer,
 ) -> ApiResult<StatusCode> {
-    st.coffer.logout(&cx, &token).await?;
+    st.coffer.identity().logout(&cx, &token).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -141,7 +145,9 @@ pub async fn whoami(
     CxOf(cx): CxOf,
     AuthAnyStage(p): AuthAnyStage,
 ) -> ApiResult<Json<WhoamiResponse>> {
-    Ok(Json(whoami_dto(st.coffer.whoami(&cx, &p).await?)))
+    Ok(Json(whoami_dto(
+        st.coffer.identity().whoami(&cx, &p).await?,
+    )))
 }
 
 /// Change your password (needs the current one); ends your other sessions.
@@ -154,6 +160,7 @@ pub async fn change_password(
     ApiJson(req): ApiJson<PasswordChangeRequest>,
 ) -> ApiResult<StatusCode> {
     st.coffer
+        .identity()
         .change_password(&cx, &p, &req.current_password.0, &req.new_password.0)
         .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -169,7 +176,10 @@ pub async fn set_email(
     Auth(p): Auth,
     ApiJson(req): ApiJson<EmailRequest>,
 ) -> ApiResult<StatusCode> {
-    st.coffer.set_email(&cx, &p, req.email.as_deref()).await?;
+    st.coffer
+        .identity()
+        .set_email(&cx, &p, req.email.as_deref())
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -181,7 +191,7 @@ pub async fn sessions(
     CxOf(cx): CxOf,
     Auth(p): Auth,
 ) -> ApiResult<Json<Vec<SessionDto>>> {
-    let list = st.coffer.list_sessions(&cx, &p).await?;
+    let list = st.coffer.identity().list_sessions(&cx, &p).await?;
     Ok(Json(
         list.into_iter()
             .map(|s| SessionDto {
@@ -208,7 +218,7 @@ pub async fn revoke_session(
     Auth(p): Auth,
     Path(id): Path<Uuid>,
 ) -> ApiResult<StatusCode> {
-    st.coffer.revoke_session(&cx, &p, id).await?;
+    st.coffer.identity().revoke_session(&cx, &p, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -221,7 +231,11 @@ pub async fn mfa_enroll(
     AuthAnyStage(p): AuthAnyStage,
     ApiJson(req): ApiJson<PasswordRequest>,
 ) -> ApiResult<Json<MfaEnrollResponse>> {
-    let e = st.coffer.mfa_enroll_start(&cx, &p, &req.password.0).await?;
+    let e = st
+        .coffer
+        .identity()
+        .mfa_enroll_start(&cx, &p, &req.password.0)
+        .await?;
     Ok(Json(MfaEnrollResponse {
         otpauth_uri: e.otpauth_uri.expose_secret().to_owned(),
         secret: e.secret_base32.expose_secret().to_owned(),
@@ -237,7 +251,11 @@ pub async fn mfa_confirm(
     AuthAnyStage(p): AuthAnyStage,
     ApiJson(req): ApiJson<MfaCodeRequest>,
 ) -> ApiResult<Json<RecoveryCodesResponse>> {
-    let codes = st.coffer.mfa_enroll_confirm(&cx, &p, &req.code.0).await?;
+    let codes = st
+        .coffer
+        .identity()
+        .mfa_enroll_confirm(&cx, &p, &req.code.0)
+        .await?;
     Ok(Json(RecoveryCodesResponse {
         recovery_codes: codes,
     }))
@@ -253,6 +271,7 @@ pub async fn mfa_disable(
     ApiJson(req): ApiJson<MfaDisableRequest>,
 ) -> ApiResult<StatusCode> {
     st.coffer
+        .identity()
         .mfa_disable(&cx, &p, &req.password.0, &req.code.0)
         .await?;
     Ok(StatusCode::NO_CONTENT)

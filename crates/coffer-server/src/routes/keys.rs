@@ -18,7 +18,7 @@ pub async fn status(
     CxOf(cx): CxOf,
     Auth(p): Auth,
 ) -> ApiResult<Json<KeyStatusDto>> {
-    Ok(Json(st.coffer.key_status(&cx, &p).await?.into()))
+    Ok(Json(st.coffer.keys().key_status(&cx, &p).await?.into()))
 }
 
 /// Rotate the organisation's key: a new term seals new values at once, and a background
@@ -30,7 +30,7 @@ pub async fn rotate(
     CxOf(cx): CxOf,
     Auth(p): Auth,
 ) -> ApiResult<(StatusCode, Json<KeyStatusDto>)> {
-    let s = st.coffer.rotate_key(&cx, &p).await?;
+    let s = st.coffer.keys().rotate_key(&cx, &p).await?;
     Ok((StatusCode::ACCEPTED, Json(s.into())))
 }
 
@@ -45,7 +45,11 @@ pub async fn attach_external(
     Auth(p): Auth,
     ApiJson(req): ApiJson<AttachKeyRequest>,
 ) -> ApiResult<(StatusCode, Json<KeyStatusDto>)> {
-    let s = st.coffer.attach_external_key(&cx, &p, &req.key).await?;
+    let s = st
+        .coffer
+        .keys()
+        .attach_external_key(&cx, &p, &req.key)
+        .await?;
     Ok((StatusCode::ACCEPTED, Json(s.into())))
 }
 
@@ -59,6 +63,6 @@ pub async fn detach_external(
     CxOf(cx): CxOf,
     Auth(p): Auth,
 ) -> ApiResult<(StatusCode, Json<KeyStatusDto>)> {
-    let s = st.coffer.detach_external_key(&cx, &p).await?;
+    let s = st.coffer.keys().detach_external_key(&cx, &p).await?;
     Ok((StatusCode::ACCEPTED, Json(s.into())))
 }

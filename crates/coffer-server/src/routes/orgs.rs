@@ -35,6 +35,7 @@ pub async fn list(
 ) -> ApiResult<Json<Vec<OrgDto>>> {
     Ok(Json(
         st.coffer
+            .identity()
             .my_orgs(&cx, &p)
             .await?
             .into_iter()
@@ -57,7 +58,11 @@ pub async fn create(
     Auth(p): Auth,
     ApiJson(req): ApiJson<CreateOrgRequest>,
 ) -> ApiResult<(StatusCode, Json<OrgDto>)> {
-    let id = st.coffer.create_org_as(&cx, &p, &req.name).await?;
+    let id = st
+        .coffer
+        .identity()
+        .create_org_as(&cx, &p, &req.name)
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(OrgDto {
@@ -82,6 +87,7 @@ pub async fn switch(
 ) -> ApiResult<Json<LoginResponse>> {
     let r = st
         .coffer
+        .identity()
         .switch_org(&cx, &p, &token, &req.org, &addr.label())
         .await?;
     Ok(Json(crate::routes::auth::login_response(
@@ -97,6 +103,7 @@ pub async fn members(
 ) -> ApiResult<Json<Vec<MemberDto>>> {
     Ok(Json(
         st.coffer
+            .identity()
             .members(&cx, &p)
             .await?
             .into_iter()
@@ -124,7 +131,10 @@ pub async fn set_role(
     ApiJson(req): ApiJson<SetRoleRequest>,
 ) -> ApiResult<StatusCode> {
     let role = parse_role(&req.role)?;
-    st.coffer.set_member_role(&cx, &p, &username, role).await?;
+    st.coffer
+        .identity()
+        .set_member_role(&cx, &p, &username, role)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -138,7 +148,10 @@ pub async fn remove(
     Auth(p): Auth,
     Path(username): Path<String>,
 ) -> ApiResult<StatusCode> {
-    st.coffer.remove_member(&cx, &p, &username).await?;
+    st.coffer
+        .identity()
+        .remove_member(&cx, &p, &username)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -152,7 +165,11 @@ pub async fn invite(
     ApiJson(req): ApiJson<InviteRequest>,
 ) -> ApiResult<(StatusCode, Json<InviteResponse>)> {
     let role = parse_role(&req.role)?;
-    let inv = st.coffer.invite(&cx, &p, &req.email, role).await?;
+    let inv = st
+        .coffer
+        .identity()
+        .invite(&cx, &p, &req.email, role)
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(InviteResponse {
@@ -170,6 +187,7 @@ pub async fn invitations(
 ) -> ApiResult<Json<Vec<InvitationDto>>> {
     Ok(Json(
         st.coffer
+            .identity()
             .list_invitations(&cx, &p)
             .await?
             .into_iter()
@@ -193,6 +211,7 @@ pub async fn accept(
     st.limiter.check(&addr)?;
     let user_id = st
         .coffer
+        .identity()
         .accept_invitation(&cx, &req.token.0, req.username.as_deref(), &req.password.0)
         .await?;
     Ok(Json(AcceptInvitationResponse { user_id }))
@@ -204,7 +223,7 @@ pub async fn settings(
     CxOf(cx): CxOf,
     Auth(p): Auth,
 ) -> ApiResult<Json<OrgSettingsDto>> {
-    let s = st.coffer.org_settings(&cx, &p).await?;
+    let s = st.coffer.identity().org_settings(&cx, &p).await?;
     Ok(Json(OrgSettingsDto {
         require_mfa: s.require_mfa,
     }))
@@ -220,6 +239,7 @@ pub async fn update_settings(
     ApiJson(req): ApiJson<OrgSettingsDto>,
 ) -> ApiResult<StatusCode> {
     st.coffer
+        .identity()
         .set_org_require_mfa(&cx, &p, req.require_mfa)
         .await?;
     Ok(StatusCode::NO_CONTENT)

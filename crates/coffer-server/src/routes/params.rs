@@ -25,6 +25,7 @@ pub async fn list(
 ) -> ApiResult<Json<ParamListResponse>> {
     let v = st
         .coffer
+        .params()
         .list_params(&cx, &p, &project, &env, q.reveal)
         .await?;
     Ok(Json(ParamListResponse {
@@ -42,7 +43,11 @@ pub async fn get(
     CxOf(cx): CxOf,
     Path((project, env, name)): ParamPath,
 ) -> ApiResult<Json<ParamResponse>> {
-    let v = st.coffer.get_param(&cx, &p, &project, &env, &name).await?;
+    let v = st
+        .coffer
+        .params()
+        .get_param(&cx, &p, &project, &env, &name)
+        .await?;
     Ok(Json(v.into()))
 }
 
@@ -60,6 +65,7 @@ pub async fn set(
     let value = zeroize::Zeroizing::new(req.value);
     let v = st
         .coffer
+        .params()
         .set_param(
             &cx,
             &p,
@@ -91,6 +97,7 @@ pub async fn delete(
 ) -> ApiResult<Json<WriteResponse>> {
     let v = st
         .coffer
+        .params()
         .delete_param(&cx, &p, &project, &env, &name)
         .await?;
     Ok(Json(WriteResponse {
@@ -111,6 +118,7 @@ pub async fn history(
 ) -> ApiResult<Json<HistoryResponse>> {
     let v = st
         .coffer
+        .params()
         .param_history(&cx, &p, &project, &env, &name)
         .await?;
     Ok(Json(HistoryResponse {
@@ -141,6 +149,7 @@ pub async fn rollback(
 ) -> ApiResult<Json<WriteResponse>> {
     let v = st
         .coffer
+        .params()
         .rollback_param(&cx, &p, &project, &env, &name, req.version)
         .await?;
     Ok(Json(WriteResponse {
@@ -163,6 +172,7 @@ pub async fn diff(
 ) -> ApiResult<Json<DiffResponse>> {
     let entries = st
         .coffer
+        .params()
         .diff_envs(&cx, &p, &project, &q.a, &q.b, q.reveal)
         .await?;
     Ok(Json(DiffResponse {

@@ -15,7 +15,7 @@ pub async fn list(
     CxOf(cx): CxOf,
     Auth(p): Auth,
 ) -> ApiResult<Json<Vec<ProjectResponse>>> {
-    let v = st.coffer.list_projects(&cx, &p).await?;
+    let v = st.coffer.projects().list_projects(&cx, &p).await?;
     Ok(Json(
         v.into_iter()
             .map(|x| ProjectResponse {
@@ -36,7 +36,11 @@ pub async fn create(
     Auth(p): Auth,
     ApiJson(req): ApiJson<CreateProjectRequest>,
 ) -> ApiResult<(StatusCode, Json<ProjectResponse>)> {
-    let x = st.coffer.create_project(&cx, &p, &req.name).await?;
+    let x = st
+        .coffer
+        .projects()
+        .create_project(&cx, &p, &req.name)
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(ProjectResponse {
@@ -55,7 +59,7 @@ pub async fn list_envs(
     Auth(p): Auth,
     Path(project): Path<String>,
 ) -> ApiResult<Json<Vec<EnvResponse>>> {
-    let v = st.coffer.list_envs(&cx, &p, &project).await?;
+    let v = st.coffer.projects().list_envs(&cx, &p, &project).await?;
     Ok(Json(
         v.into_iter()
             .map(|e| EnvResponse {
@@ -80,6 +84,7 @@ pub async fn create_env(
 ) -> ApiResult<(StatusCode, Json<EnvResponse>)> {
     let e = st
         .coffer
+        .projects()
         .create_env(&cx, &p, &project, &req.name, req.parent.as_deref())
         .await?;
     Ok((

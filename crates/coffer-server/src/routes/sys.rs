@@ -34,7 +34,7 @@ pub async fn health(State(st): State<AppState>) -> ApiResult<impl IntoResponse> 
     } else {
         StatusCode::OK
     };
-    let a = st.coffer.audit_health();
+    let a = st.coffer.audit().audit_health();
     let audit = AuditHealth {
         events: a.events,
         store_failures: a.store_failures,
@@ -119,8 +119,8 @@ pub async fn seal(
 /// Prometheus text metrics.
 #[utoipa::path(get, path = "/v1/sys/metrics", tag = "sys", responses((status = 200, content_type = "text/plain")))]
 pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
-    let a = st.coffer.audit_health();
-    let (confirmed, stale) = st.coffer.cached_read_counts();
+    let a = st.coffer.audit().audit_health();
+    let (confirmed, stale) = st.coffer.audit().cached_read_counts();
     let sealed = st
         .coffer
         .seal_status()

@@ -64,6 +64,7 @@ async fn every_operation_is_recorded_and_no_secret_reaches_the_log() {
     );
     owner.list_params("web", "default", true).await.unwrap();
     srv.coffer()
+        .identity()
         .add_user_to_org(
             owner.whoami().await.unwrap().org_id,
             "vic",
@@ -374,6 +375,7 @@ async fn customer_events_permissions_export_and_verify() {
     // Only Owners and Admins read the log.
     let org = owner.whoami().await.unwrap().org_id;
     srv.coffer()
+        .identity()
         .add_user_to_org(org, "cora", "contributor password", Role::Contributor)
         .await
         .unwrap();
@@ -441,7 +443,7 @@ async fn streamed_exports_span_many_pages_and_still_verify() {
             for i in 0..100 {
                 let mut ev = coffer_core::audit::AuditEvent::now(&format!("bulk.{t}.{i}"));
                 ev.org_id = Some(org);
-                c.record(&ev).await.unwrap();
+                c.audit().record(&ev).await.unwrap();
             }
         }));
     }

@@ -265,7 +265,7 @@ async fn own_key_round(services: KeyServices, reference: &str, set_enabled: impl
         "already_exists",
         "one organisation per external key"
     );
-    srv.coffer().run_key_maintenance().await.unwrap();
+    srv.coffer().keys().run_key_maintenance().await.unwrap();
     let st = owner.key_status().await.unwrap();
     let active = st.terms.iter().find(|t| t.active).unwrap();
     assert_eq!(active.wrapped_by, recorded);
@@ -315,9 +315,9 @@ async fn own_key_round(services: KeyServices, reference: &str, set_enabled: impl
     // Detach: back to the root key once the rewrap is done and the old terms are gone.
     let st = owner.detach_external_key().await.unwrap();
     assert_eq!(st.external_key, None);
-    srv.coffer().run_key_maintenance().await.unwrap();
+    srv.coffer().keys().run_key_maintenance().await.unwrap();
     tokio::time::sleep(ttl * 2 + Duration::from_millis(1100)).await;
-    srv.coffer().run_key_maintenance().await.unwrap();
+    srv.coffer().keys().run_key_maintenance().await.unwrap();
     let st = owner.key_status().await.unwrap();
     assert!(
         st.terms.iter().all(|t| t.wrapped_by == "root"),
@@ -516,7 +516,7 @@ async fn two_nodes_auto_unseal_and_honour_a_revoked_own_key() {
     on_a.attach_external_key(&format!("awskms:{org_key}"))
         .await
         .unwrap();
-    a.coffer().run_key_maintenance().await.unwrap();
+    a.coffer().keys().run_key_maintenance().await.unwrap();
     for c in [&on_a, &on_b] {
         assert_eq!(
             c.get_param("web", "default", "K")
@@ -673,10 +673,10 @@ async fn expired_own_keys_are_unwrapped_once_for_many_concurrent_requests() {
         .attach_external_key(&format!("awskms:{key}"))
         .await
         .unwrap();
-    srv.coffer().run_key_maintenance().await.unwrap();
+    srv.coffer().keys().run_key_maintenance().await.unwrap();
     // Wait until the root-wrapped term is gone, so one load is exactly one unwrap.
     tokio::time::sleep(ttl * 2 + Duration::from_millis(1100)).await;
-    srv.coffer().run_key_maintenance().await.unwrap();
+    srv.coffer().keys().run_key_maintenance().await.unwrap();
     assert_eq!(owner.key_status().await.unwrap().terms.len(), 1);
     tokio::time::sleep(ttl + Duration::from_millis(100)).await;
     let before = unwraps.load(std::sync::atomic::Ordering::SeqCst);

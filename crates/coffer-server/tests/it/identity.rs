@@ -62,7 +62,7 @@ async fn mail_waits_in_the_outbox_while_the_mail_server_is_down() {
     assert!(inv.get("token").is_none(), "{inv}");
     // The mail server is down: delivery fails and the message stays queued, sealed.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(srv.coffer().pending_mail().await.unwrap(), 1);
+    assert_eq!(srv.coffer().identity().pending_mail().await.unwrap(), 1);
     assert!(!contains(&db_bytes(&srv), "cfi_"));
 
     let rx = SmtpReceiver::start_on(port);
@@ -99,13 +99,13 @@ async fn mail_waits_in_the_outbox_while_the_mail_server_is_down() {
     // The mail names the key by its prefix, never the key itself.
     assert!(!m.contains(created["key"].as_str().unwrap()));
     // The delivery is recorded just after the SMTP server took the message.
-    let mut pending = srv.coffer().pending_mail().await.unwrap();
+    let mut pending = srv.coffer().identity().pending_mail().await.unwrap();
     for _ in 0..50 {
         if pending == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        pending = srv.coffer().pending_mail().await.unwrap();
+        pending = srv.coffer().identity().pending_mail().await.unwrap();
     }
     assert_eq!(pending, 0, "every message delivered and marked sent");
 }
@@ -231,6 +231,7 @@ async fn login_attempts_are_throttled_per_address() {
     // Authenticated traffic is not affected.
     let owner = srv.client().with_token(
         srv.coffer()
+            .identity()
             .login(
                 &Cx::default(),
                 "admin",

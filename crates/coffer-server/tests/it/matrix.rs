@@ -44,11 +44,13 @@ async fn cases(c: &Coffer, owner: &Principal, tag: &str) -> Vec<Case> {
     let p = "/v1/projects/app/envs/default/params";
     // A member to demote and one to remove, per role under test.
     for (name, role) in [(format!("demote-{tag}"), C), (format!("remove-{tag}"), V)] {
-        c.create_member(owner, &name, "a long member password", role)
+        c.identity()
+            .create_member(owner, &name, "a long member password", role)
             .await
             .unwrap();
     }
     let key = c
+        .identity()
         .create_api_key(
             &Cx::default(),
             owner,
@@ -224,6 +226,7 @@ async fn every_route_for_every_role() {
         .unwrap()
         .unwrap();
     let owner_login = c
+        .identity()
         .login(
             &Cx::default(),
             "admin",
@@ -236,7 +239,8 @@ async fn every_route_for_every_role() {
         .session()
         .unwrap();
     let owner = owner_login.principal.clone();
-    c.create_project(&Cx::default(), &owner, "app")
+    c.projects()
+        .create_project(&Cx::default(), &owner, "app")
         .await
         .unwrap();
     for (name, value, secret) in [
@@ -244,27 +248,30 @@ async fn every_route_for_every_role() {
         ("PLAIN", "p2", None),
         ("SECRET", "s", Some(true)),
     ] {
-        c.set_param(
-            &Cx::default(),
-            &owner,
-            "app",
-            "default",
-            SetParam {
-                name,
-                value: value.as_bytes(),
-                secret,
-            },
-        )
-        .await
-        .unwrap();
+        c.params()
+            .set_param(
+                &Cx::default(),
+                &owner,
+                "app",
+                "default",
+                SetParam {
+                    name,
+                    value: value.as_bytes(),
+                    secret,
+                },
+            )
+            .await
+            .unwrap();
     }
     let app = router(AppState::new(c.clone()));
     let mut tokens = vec![("owner", O, owner_login.token.expose_secret().to_owned())];
     for (name, role) in [("adm", A), ("con", C), ("vie", V)] {
-        c.create_member(&owner, name, "a long member password", role)
+        c.identity()
+            .create_member(&owner, name, "a long member password", role)
             .await
             .unwrap();
         let t = c
+            .identity()
             .login(&Cx::default(), name, "a long member password", None, "t")
             .await
             .unwrap()
@@ -278,19 +285,20 @@ async fn every_route_for_every_role() {
         for k in cases(&c, &owner, tag).await {
             if k.path.contains("/DEL_") {
                 let name = k.path.rsplit('/').next().unwrap().to_owned();
-                c.set_param(
-                    &Cx::default(),
-                    &owner,
-                    "app",
-                    "default",
-                    SetParam {
-                        name: &name,
-                        value: b"x",
-                        secret: None,
-                    },
-                )
-                .await
-                .unwrap();
+                c.params()
+                    .set_param(
+                        &Cx::default(),
+                        &owner,
+                        "app",
+                        "default",
+                        SetParam {
+                            name: &name,
+                            value: b"x",
+                            secret: None,
+                        },
+                    )
+                    .await
+                    .unwrap();
             }
             if [
                 "/v1/sys/seal",

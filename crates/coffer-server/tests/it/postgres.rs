@@ -357,8 +357,8 @@ async fn two_nodes_share_background_jobs_and_key_rotations() {
     }
     // Exactly one node leads the background jobs.
     let (a_leads, b_leads) = (
-        a.coffer().is_job_leader().await,
-        b.coffer().is_job_leader().await,
+        a.coffer().audit().is_job_leader().await,
+        b.coffer().audit().is_job_leader().await,
     );
     assert!(a_leads != b_leads, "one leader: a={a_leads} b={b_leads}");
     let (leader, follower, on_leader, on_follower) = if a_leads {
@@ -401,7 +401,7 @@ async fn two_nodes_share_background_jobs_and_key_rotations() {
     leader.stop().await;
     let mut took_over = false;
     for _ in 0..50 {
-        if follower.coffer().is_job_leader().await {
+        if follower.coffer().audit().is_job_leader().await {
             took_over = true;
             break;
         }
@@ -650,7 +650,7 @@ async fn two_nodes_deliver_each_queued_mail_once() {
     tokio::time::sleep(Duration::from_millis(4500)).await;
     assert_eq!(delivered("three@example.com"), 1);
     assert_eq!(rx.messages().len(), 3, "nothing else was sent");
-    assert_eq!(b.coffer().pending_mail().await.unwrap(), 0);
+    assert_eq!(b.coffer().identity().pending_mail().await.unwrap(), 0);
     b.stop().await;
     drop_pg_database(&url).await;
 }

@@ -38,6 +38,7 @@ async fn api_on(dir: tempfile::TempDir, coffer: Coffer) -> Api {
         .unwrap();
     let app = router(AppState::new(coffer.clone()));
     let token = coffer
+        .identity()
         .login(
             &Cx::default(),
             "admin",
