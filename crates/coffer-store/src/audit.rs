@@ -120,24 +120,26 @@ pub(crate) async fn insert_checkpoint<E: Exec>(
     Ok(())
 }
 
+/// Keep a chain's signed head unless a newer one is there. SQLite's audit writer runs it on
+/// its own connection too (`sqlite::audit_writer`), with the same placeholders.
+pub(crate) const STORE_SIGNED_HEAD_SQL: &str = "INSERT INTO audit_signed_heads (org_id, seq, hash, created_at, signature) \
+     VALUES ($1, $2, $3, $4, $5) \
+     ON CONFLICT (org_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, \
+     created_at = excluded.created_at, signature = excluded.signature \
+     WHERE audit_signed_heads.seq < excluded.seq";
+
 pub(crate) async fn store_signed_head<E: Exec>(
     e: &mut E,
     c: &CheckpointRow,
 ) -> Result<(), StoreError> {
-    Stmt::new(
-        "INSERT INTO audit_signed_heads (org_id, seq, hash, created_at, signature) \
-         VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (org_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, \
-         created_at = excluded.created_at, signature = excluded.signature \
-         WHERE audit_signed_heads.seq < excluded.seq",
-    )
-    .bind(c.org_id)
-    .bind(i64::try_from(c.seq).unwrap_or(i64::MAX))
-    .bind(c.hash.as_slice())
-    .bind(c.created_at)
-    .bind(c.signature.as_slice())
-    .execute(e)
-    .await?;
+    Stmt::new(STORE_SIGNED_HEAD_SQL)
+        .bind(c.org_id)
+        .bind(i64::try_from(c.seq).unwrap_or(i64::MAX))
+        .bind(c.hash.as_slice())
+        .bind(c.created_at)
+        .bind(c.signature.as_slice())
+        .execute(e)
+        .await?;
     Ok(())
 }
 

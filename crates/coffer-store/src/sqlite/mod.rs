@@ -387,7 +387,17 @@ impl AuditRepo for SqliteStore {
     }
 
     async fn store_signed_heads(&self, heads: &[CheckpointRow]) -> Result<(), StoreError> {
-        audit::store_signed_heads(self, heads).await
+        // In pieces, each answered before the next is sent, so that the audit writer's event
+        // batches go in between (a round may sign thousands of chains).
+        for chunk in heads.chunks(audit_writer::SIGNED_HEADS_PER_TX) {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            self.audit
+                .send_async(audit_writer::Job::SignedHeads(chunk.to_vec(), reply))
+                .await
+                .map_err(|_| StoreError::CommitFailed)?;
+            answer.await.map_err(|_| StoreError::CommitFailed)??;
+        }
+        Ok(())
     }
 
     async fn signed_head(&self, org_id: Uuid) -> Result<Option<CheckpointRow>, StoreError> {
