@@ -65,7 +65,7 @@ impl Default for State {
     }
 }
 
-/// Derived audit HMAC keys kept at most; past this the cache starts over.
+/// Derived audit HMAC keys kept at most; past this one is dropped for each one derived.
 const MAX_AUDIT_MACS: usize = 10_000;
 
 /// Organisations whose unwrapped keys are kept at most; past this one is dropped for each
@@ -161,8 +161,12 @@ impl Keyring {
             State::Unsealed {
                 root, audit_macs, ..
             } => {
-                if audit_macs.len() >= MAX_AUDIT_MACS {
-                    audit_macs.clear();
+                // One out for one in, as for tenant keys: starting over would derive them
+                // all again at once.
+                if audit_macs.len() >= MAX_AUDIT_MACS
+                    && let Some(gone) = audit_macs.keys().next().copied()
+                {
+                    audit_macs.remove(&gone);
                 }
                 let key = Arc::new(
                     AuditHmacKey::derive(root, org_id)

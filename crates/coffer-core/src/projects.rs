@@ -85,6 +85,9 @@ impl ProjectMeta {
 
 type MetaKey = (Uuid, String);
 
+/// Project trees a node keeps at most.
+const MAX_CACHED_PROJECTS: usize = 10_000;
+
 #[derive(Debug, Default)]
 pub(crate) struct MetaCache {
     map: RwLock<HashMap<MetaKey, (Arc<ProjectMeta>, Instant)>>,
@@ -112,8 +115,13 @@ impl MetaCache {
             if self.generation() != read_at {
                 return;
             }
-            if map.len() > 10_000 {
-                map.clear();
+            // One out for one in: starting over would send every request to the database
+            // at once (a node serving more projects than this would do so again and again).
+            if map.len() >= MAX_CACHED_PROJECTS
+                && !map.contains_key(&key)
+                && let Some(gone) = map.keys().next().cloned()
+            {
+                map.remove(&gone);
             }
             map.insert(key, (m, Instant::now()));
         }
@@ -401,5 +409,39 @@ impl std::fmt::Debug for Projects {
     // The repositories are trait objects without Debug; the caches say nothing useful.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Projects").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(org: Uuid, name: &str) -> Arc<ProjectMeta> {
+        Arc::new(ProjectMeta {
+            project: ProjectRow {
+                id: Uuid::new_v4(),
+                org_id: org,
+                name: name.to_owned(),
+                created_at: 0,
+            },
+            envs: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn a_full_project_cache_drops_one_tree_per_new_one_not_all() {
+        let cache = MetaCache::default();
+        let org = Uuid::new_v4();
+        let ttl = Duration::from_secs(60);
+        for i in 0..=MAX_CACHED_PROJECTS {
+            let name = format!("p{i}");
+            cache.put((org, name.clone()), tree(org, &name), cache.generation());
+        }
+        let kept = (0..=MAX_CACHED_PROJECTS)
+            .filter(|i| cache.get(&(org, format!("p{i}")), ttl).is_some())
+            .count();
+        assert_eq!(kept, MAX_CACHED_PROJECTS);
+        let newest = format!("p{MAX_CACHED_PROJECTS}");
+        assert!(cache.get(&(org, newest), ttl).is_some());
     }
 }
