@@ -106,15 +106,11 @@ pub(crate) async fn insert_checkpoint<E: Exec>(
     e: &mut E,
     c: &CheckpointRow,
 ) -> Result<(), StoreError> {
-    Stmt::new(
+    checkpoint_stmt(
         "INSERT INTO audit_checkpoints (org_id, seq, hash, created_at, signature) \
          VALUES ($1, $2, $3, $4, $5)",
+        c,
     )
-    .bind(c.org_id)
-    .bind(i64::try_from(c.seq).unwrap_or(i64::MAX))
-    .bind(c.hash.as_slice())
-    .bind(c.created_at)
-    .bind(c.signature.as_slice())
     .execute(e)
     .await?;
     Ok(())
@@ -132,15 +128,18 @@ pub(crate) async fn store_signed_head<E: Exec>(
     e: &mut E,
     c: &CheckpointRow,
 ) -> Result<(), StoreError> {
-    Stmt::new(STORE_SIGNED_HEAD_SQL)
+    checkpoint_stmt(STORE_SIGNED_HEAD_SQL, c).execute(e).await?;
+    Ok(())
+}
+
+/// `sql` with a checkpoint's columns bound as $1..$5 (org, seq, hash, time, signature).
+fn checkpoint_stmt<'a>(sql: &'static str, c: &'a CheckpointRow) -> Stmt<'a> {
+    Stmt::new(sql)
         .bind(c.org_id)
         .bind(i64::try_from(c.seq).unwrap_or(i64::MAX))
         .bind(c.hash.as_slice())
         .bind(c.created_at)
         .bind(c.signature.as_slice())
-        .execute(e)
-        .await?;
-    Ok(())
 }
 
 /// Keep each of `heads` as its chain's signed head, in one transaction on `store`.
