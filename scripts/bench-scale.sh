@@ -2,7 +2,8 @@
 # Scale benchmark: ORGS organisations holding VALUES values in all, loaded straight into a
 # fresh database (`coffer bench-load`), then random reads across all of them at 16
 # connections through one `coffer server`, each read with its organisation's API key.
-# Prints the load time, the read table, the server's memory (VmRSS now, VmHWM peak) and
+# Prints the load time, the read table, the server's memory (VmRSS now, VmHWM peak; RssAnon is
+# its own memory, RssFile the database pages it maps, which the OS may drop) and
 # the database's size.
 #
 #   bash scripts/bench-scale.sh sqlite|postgres [ORGS] [VALUES] [DURATION] [bench args...]
@@ -62,7 +63,7 @@ for _ in $(seq 1 150); do
 done
 export COFFER_ADDR=https://127.0.0.1:$PORT COFFER_CACERT=$WORK/data/tls/ca.pem HOME=$WORK/home
 "$BIN" bench --targets "$WORK/targets.tsv" --duration "$DURATION" --connections 16 "$@"
-grep -E '^(VmRSS|VmHWM)' "/proc/$server/status" | tr -s ' \t' ' ' | sed 's/^/server /'
+grep -E '^(VmRSS|VmHWM|RssAnon|RssFile)' "/proc/$server/status" | tr -s ' \t' ' ' | sed 's/^/server /'
 if [ "$BACKEND" = postgres ]; then
   echo "database: $(psql "$COFFER_DATABASE_URL" -Atc "SELECT pg_size_pretty(pg_database_size('$DB'))")"
 else
