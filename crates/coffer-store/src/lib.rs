@@ -9,6 +9,7 @@
 //! key, so a bug in a caller cannot read across tenants.
 
 mod audit;
+pub mod audit_codec;
 mod chain;
 mod cluster;
 mod error;
