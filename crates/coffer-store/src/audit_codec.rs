@@ -70,6 +70,28 @@ fn is_marker(b: u8) -> bool {
     (0x01..=0x09).contains(&b)
 }
 
+/// An event's compact form as its writer makes it: the template, its holes in template
+/// order, and the texts to intern, which `Hole::Ref(i)` stands for (`fragments[i]`) until
+/// the store gives them their ids.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CompactEvent {
+    pub template: String,
+    pub holes: Vec<Hole>,
+    pub fragments: Vec<String>,
+}
+
+impl CompactEvent {
+    /// The JSON this form gives, with its fragments in place (the check before keeping it).
+    pub fn render(&self, time_ms: i64) -> Result<String, CodecError> {
+        render(&encode(0, &self.holes), &self.template, time_ms, &|i| {
+            usize::try_from(i)
+                .ok()
+                .and_then(|i| self.fragments.get(i))
+                .cloned()
+        })
+    }
+}
+
 /// Why a stored body could not be rendered (a corrupted or foreign row).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
@@ -190,7 +212,9 @@ fn render_hole(
             let t = std::time::UNIX_EPOCH
                 .checked_add(std::time::Duration::from_millis(ms))
                 .ok_or(CodecError::Malformed)?;
-            let _ = write!(out, "{}", humantime::format_rfc3339_millis(t));
+            // humantime refuses years past 9999 with a formatting error.
+            write!(out, "{}", humantime::format_rfc3339_millis(t))
+                .map_err(|_| CodecError::Malformed)?;
         }
         0x04 => {
             let _ = write!(out, "{time_ms}");

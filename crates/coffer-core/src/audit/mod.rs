@@ -2,6 +2,7 @@
 //! organisation's hash chain before the response leaves. If the append fails, the caller
 //! must not answer with data (fail closed); see `coffer-server`'s audit layer.
 
+mod compact;
 mod context;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use coffer_store::{AuditFilter, CheckpointRow};
+pub use compact::compact;
 pub use context::{Action, Cx, Forgets, RequestInfo};
 pub(crate) use signing::KnownHeads;
 pub use sinks::{AuditSinks, SinkHealth};
