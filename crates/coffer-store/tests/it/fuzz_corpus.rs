@@ -19,5 +19,8 @@ fn audit_compact_corpus() {
     assert_eq!(template_id(body).unwrap(), 42);
     let strings = |id: u64| (1..=3).contains(&id).then(|| "x".to_owned());
     let json = render(body, template, 1_765_000_000_123, &strings).unwrap();
-    assert!(json.contains("\"time\":\"2025-12-06T05:46:40.123Z\""), "{json}");
+    assert!(
+        json.contains("\"time\":\"2025-12-06T05:46:40.123Z\""),
+        "{json}"
+    );
 }
