@@ -194,12 +194,8 @@ fn render_hole(
 ) -> Result<(), CodecError> {
     match marker {
         0x01 => {
-            let ms = u64::try_from(time_ms).map_err(|_| CodecError::Malformed)?;
-            if ms >= 1 << 48 {
-                return Err(CodecError::Malformed);
-            }
             let mut b = [0u8; 16];
-            b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+            b[..6].copy_from_slice(&uuid7_prefix(time_ms).ok_or(CodecError::Malformed)?);
             b[6..].copy_from_slice(r.take(10)?);
             write_uuid(out, &b);
         }
@@ -207,15 +203,7 @@ fn render_hole(
             let b: [u8; 16] = r.take(16)?.try_into().map_err(|_| CodecError::Malformed)?;
             write_uuid(out, &b);
         }
-        0x03 => {
-            let ms = u64::try_from(time_ms).map_err(|_| CodecError::Malformed)?;
-            let t = std::time::UNIX_EPOCH
-                .checked_add(std::time::Duration::from_millis(ms))
-                .ok_or(CodecError::Malformed)?;
-            // humantime refuses years past 9999 with a formatting error.
-            write!(out, "{}", humantime::format_rfc3339_millis(t))
-                .map_err(|_| CodecError::Malformed)?;
-        }
+        0x03 => out.push_str(&time_text(time_ms).ok_or(CodecError::Malformed)?),
         0x04 => {
             let _ = write!(out, "{time_ms}");
         }
@@ -250,6 +238,23 @@ fn render_hole(
         _ => return Err(CodecError::Malformed),
     }
     Ok(())
+}
+
+/// The first 6 bytes of a UUIDv7 made at `time_ms` (what a [`Hole::Uuid7`] leaves out);
+/// None for a time a UUIDv7 cannot hold.
+pub fn uuid7_prefix(time_ms: i64) -> Option<[u8; 6]> {
+    let ms = u64::try_from(time_ms).ok().filter(|ms| *ms < 1 << 48)?;
+    ms.to_be_bytes()[2..].try_into().ok()
+}
+
+/// `time_ms` as RFC 3339 UTC with milliseconds (what a [`Hole::Time`] renders); None before
+/// the epoch or past year 9999, which humantime refuses with a formatting error.
+pub fn time_text(time_ms: i64) -> Option<String> {
+    let ms = u64::try_from(time_ms).ok()?;
+    let t = std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_millis(ms))?;
+    let mut s = String::new();
+    write!(s, "{}", humantime::format_rfc3339_millis(t)).ok()?;
+    Some(s)
 }
 
 fn write_uuid(out: &mut String, b: &[u8; 16]) {

@@ -14,7 +14,7 @@
 
 use std::net::IpAddr;
 
-use coffer_store::audit_codec::{CompactEvent, Hole};
+use coffer_store::audit_codec::{CompactEvent, Hole, time_text, uuid7_prefix};
 use uuid::Uuid;
 
 use super::AuditEvent;
@@ -30,7 +30,7 @@ pub fn compact(ev: &AuditEvent) -> Result<CompactEvent, serde_json::Error> {
         w.hole(Hole::Uuid(ev.id));
     }
     w.lit("\",\"time\":");
-    if rfc3339_millis(ev.time_ms).as_deref() == Some(ev.time.as_str()) {
+    if time_text(ev.time_ms).as_deref() == Some(ev.time.as_str()) {
         w.lit("\"");
         w.hole(Hole::Time);
         w.lit("\"");
@@ -132,23 +132,7 @@ pub fn compact(ev: &AuditEvent) -> Result<CompactEvent, serde_json::Error> {
 
 /// Whether `id`'s first 48 bits are `time_ms` (as in a UUIDv7 made at that time).
 fn uuid7_at(id: Uuid, time_ms: i64) -> bool {
-    u64::try_from(time_ms)
-        .ok()
-        .filter(|ms| *ms < 1 << 48)
-        .is_some_and(|ms| id.as_bytes()[..6] == ms.to_be_bytes()[2..])
-}
-
-fn rfc3339_millis(time_ms: i64) -> Option<String> {
-    let ms = u64::try_from(time_ms).ok()?;
-    let t = std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_millis(ms))?;
-    // humantime refuses years past 9999 with a formatting error (`to_string` would panic).
-    let mut s = String::new();
-    std::fmt::Write::write_fmt(
-        &mut s,
-        format_args!("{}", humantime::format_rfc3339_millis(t)),
-    )
-    .ok()?;
-    Some(s)
+    uuid7_prefix(time_ms).is_some_and(|p| id.as_bytes()[..6] == p)
 }
 
 #[derive(Default)]
@@ -279,7 +263,7 @@ mod tests {
                 }
                 _ => other_id,
             };
-            let time = match rfc3339_millis(time_ms) {
+            let time = match time_text(time_ms) {
                 Some(t) if canonical_time => t,
                 _ => other_time,
             };
