@@ -24,7 +24,7 @@ if [ "$BACKEND" = postgres ]; then
   url=postgres://postgres@127.0.0.1:5432/$COFFER_BENCH_DB
   psql "$url" -qc "CHECKPOINT" 2>/dev/null || true
   read -r events bytes < <(psql "$url" -Atc "
-    SELECT (SELECT count(*) FROM audit_events),
+    SELECT (SELECT count(*) FROM audit_events) + (SELECT count(*) FROM audit_log),
            sum(pg_total_relation_size(c.oid))
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE n.nspname = current_schema() AND c.relkind = 'r' AND c.relname LIKE 'audit%'" |
@@ -35,7 +35,7 @@ else
   # The log's pages are counted once they are in the database file.
   sqlite3 "$db" "PRAGMA wal_checkpoint(TRUNCATE)" >/dev/null
   read -r events bytes < <(sqlite3 -separator ' ' "$db" "
-    SELECT (SELECT count(*) FROM audit_events), sum(pgsize) FROM dbstat
+    SELECT (SELECT count(*) FROM audit_events) + (SELECT count(*) FROM audit_log), sum(pgsize) FROM dbstat
     WHERE name IN (SELECT name FROM sqlite_schema WHERE tbl_name LIKE 'audit%')")
 fi
 echo "audit: $events events, $bytes bytes on disk (tables and indexes): $((bytes / events)) bytes per event"

@@ -30,6 +30,11 @@ pub fn random_bytes(buf: &mut [u8]) {
     hazmat::fill_random(buf);
 }
 
+/// SHA-256 of `data` (a name for content, e.g. an interned audit text; not a MAC).
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    hazmat::sha256(data)
+}
+
 /// SHA-256 fingerprint of a certificate (DER), as colon-separated upper-case hex: the form
 /// operators compare by eye.
 pub fn fingerprint_sha256(der: &[u8]) -> String {

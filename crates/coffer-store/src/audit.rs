@@ -3,10 +3,13 @@
 //! own (SQLite's group-commit writer, PostgreSQL's batched plpgsql append that also confirms
 //! cached reads), so each backend implements this repository itself.
 
+use std::collections::{BTreeSet, HashMap};
+
 use async_trait::async_trait;
 use uuid::Uuid;
 
 use crate::StoreError;
+use crate::audit_codec;
 use crate::models::*;
 use crate::rows::*;
 use crate::sql::{Exec, Stmt};
@@ -59,34 +62,211 @@ pub trait AuditRepo: Send + Sync {
 
 // Statements both backends run as they are, each on an executor the backend chooses.
 
+/// The filters of `audit_events` as placeholders $2..$9 (every one typed by its bound value,
+/// so `$n IS NULL` needs no cast); the table's columns carry the same names in both tables.
+macro_rules! audit_filter_sql {
+    ($alias:literal) => {
+        concat!(
+            $alias,
+            ".seq > $2 AND ($3 IS NULL OR ",
+            $alias,
+            ".time >= $3) AND ($4 IS NULL OR ",
+            $alias,
+            ".time < $4) AND ($5 IS NULL OR ",
+            $alias,
+            ".action = $5) AND ($6 IS NULL OR ",
+            $alias,
+            ".actor_id = $6) AND ($7 IS NULL OR ",
+            $alias,
+            ".outcome = $7) AND ($8 IS NULL OR substr(",
+            $alias,
+            ".target, 1, length($8)) = $8) ORDER BY ",
+            $alias,
+            ".seq LIMIT $9"
+        )
+    };
+}
+
+/// Events written before migration 0008 (SQLite) / 0014 (PostgreSQL), stored as JSON.
+const LEGACY_EVENTS_SQL: &str = concat!(
+    "SELECT e.org_id, e.seq, e.time, e.body, e.prev_hash, e.hash FROM audit_events e \
+     WHERE e.org_id = $1 AND ",
+    audit_filter_sql!("e")
+);
+
+/// Events in their stored form. The predecessor's hash is the previous row's, in this table
+/// or (for the first event after the migration) in the legacy one; none at seq 1.
+const EVENTS_SQL: &str = concat!(
+    "SELECT l.seq, l.time, l.body, l.hash, \
+     COALESCE((SELECT p.hash FROM audit_log p WHERE p.chain = l.chain AND p.seq = l.seq - 1), \
+              (SELECT p.hash FROM audit_events p WHERE p.org_id = $1 AND p.seq = l.seq - 1)) AS prev_hash \
+     FROM audit_log l JOIN audit_chains c ON c.chain = l.chain WHERE c.org_id = $1 AND ",
+    audit_filter_sql!("l")
+);
+
+/// Interned texts fetched per statement when rendering a page of events.
+const STRINGS_PER_FETCH: usize = 64;
+
+fn filtered<'a>(sql: &'static str, org_id: Uuid, f: &'a AuditFilter) -> Stmt<'a> {
+    Stmt::new(sql)
+        .bind(org_id)
+        .bind(i64::try_from(f.after_seq).unwrap_or(i64::MAX))
+        .bind(f.from)
+        .bind(f.to)
+        .bind(f.action.as_deref())
+        .bind(f.actor_id)
+        .bind(f.outcome.as_deref())
+        .bind(f.target.as_deref())
+        .bind(i64::from(f.limit))
+}
+
 pub(crate) async fn audit_events<E: Exec>(
     e: &mut E,
     org_id: Uuid,
     f: &AuditFilter,
 ) -> Result<Vec<AuditRow>, StoreError> {
-    // Every filter is typed by its bound value, so `$n IS NULL` needs no cast.
-    Stmt::new(
-        "SELECT org_id, seq, time, body, prev_hash, hash FROM audit_events \
-         WHERE org_id = $1 AND seq > $2 \
-         AND ($3 IS NULL OR time >= $3) AND ($4 IS NULL OR time < $4) \
-         AND ($5 IS NULL OR action = $5) AND ($6 IS NULL OR actor_id = $6) \
-         AND ($7 IS NULL OR outcome = $7) \
-         AND ($8 IS NULL OR substr(target, 1, length($8)) = $8) ORDER BY seq LIMIT $9",
-    )
-    .bind(org_id)
-    .bind(i64::try_from(f.after_seq).unwrap_or(i64::MAX))
-    .bind(f.from)
-    .bind(f.to)
-    .bind(f.action.as_deref())
-    .bind(f.actor_id)
-    .bind(f.outcome.as_deref())
-    .bind(f.target.as_deref())
-    .bind(i64::from(f.limit))
-    .fetch_all(e)
-    .await?
-    .iter()
-    .map(audit_row)
-    .collect()
+    let mut rows: Vec<AuditRow> = filtered(LEGACY_EVENTS_SQL, org_id, f)
+        .fetch_all(e)
+        .await?
+        .iter()
+        .map(audit_row)
+        .collect::<Result<_, _>>()?;
+    let stored = filtered(EVENTS_SQL, org_id, f).fetch_all(e).await?;
+    if !stored.is_empty() {
+        let stored = stored
+            .iter()
+            .map(|r| {
+                Ok(StoredRow {
+                    seq: u64_col(r, "seq")?,
+                    time: r.int("time")?,
+                    body: r.bytes("body")?,
+                    hash: hash_col(r, "hash")?,
+                    prev_hash: r.opt_bytes("prev_hash")?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let texts = interned_texts(e, org_id, &stored).await?;
+        for s in stored {
+            rows.push(s.render(org_id, &texts)?);
+        }
+        // Both tables may hold a chain's events (a node of the previous release appending
+        // to the legacy table during a rolling upgrade): one order, one limit.
+        rows.sort_by_key(|r| r.seq);
+        rows.truncate(usize::try_from(f.limit).unwrap_or(usize::MAX));
+    }
+    Ok(rows)
+}
+
+/// One row of audit_log as read, before rendering.
+struct StoredRow {
+    seq: u64,
+    time: i64,
+    body: Vec<u8>,
+    hash: [u8; 32],
+    prev_hash: Option<Vec<u8>>,
+}
+
+impl StoredRow {
+    fn render(self, org_id: Uuid, texts: &HashMap<u64, String>) -> Result<AuditRow, StoreError> {
+        let prev_hash = match self.prev_hash {
+            Some(p) => p.try_into().map_err(|_| StoreError::Corrupt)?,
+            // The chain's first event, or a predecessor that is gone: verification reports
+            // the gap, this only has to give it something that cannot match.
+            None => coffer_crypto::audit::GENESIS,
+        };
+        let body = match self.body.first() {
+            Some(&audit_codec::FORMAT_JSON) => {
+                String::from_utf8(self.body[1..].to_vec()).map_err(|_| StoreError::Corrupt)?
+            }
+            _ => {
+                let template = audit_codec::template_id(&self.body)
+                    .ok()
+                    .and_then(|id| texts.get(&id))
+                    .ok_or(StoreError::Corrupt)?;
+                audit_codec::render(&self.body, template, self.time, &|id| {
+                    texts.get(&id).cloned()
+                })
+                .map_err(|e| {
+                    tracing::error!(seq = self.seq, error = %e, "an audit event cannot be rendered");
+                    StoreError::Corrupt
+                })?
+            }
+        };
+        Ok(AuditRow {
+            org_id,
+            seq: self.seq,
+            time: self.time,
+            body,
+            prev_hash,
+            hash: self.hash,
+        })
+    }
+}
+
+/// The texts the compact rows of a page refer to, read afresh (never from a cache, so that
+/// verification sees what is stored), and only from the organisation's own chain.
+async fn interned_texts<E: Exec>(
+    e: &mut E,
+    org_id: Uuid,
+    rows: &[StoredRow],
+) -> Result<HashMap<u64, String>, StoreError> {
+    let mut texts = HashMap::new();
+    // Templates first: where a program's references are depends on its template.
+    let templates: BTreeSet<u64> = rows
+        .iter()
+        .filter(|r| r.body.first() == Some(&audit_codec::FORMAT_COMPACT))
+        .filter_map(|r| audit_codec::template_id(&r.body).ok())
+        .collect();
+    fetch_texts(e, org_id, templates, &mut texts).await?;
+    let refs = std::cell::RefCell::new(BTreeSet::new());
+    for r in rows {
+        let Some(template) = audit_codec::template_id(&r.body)
+            .ok()
+            .and_then(|id| texts.get(&id))
+        else {
+            continue;
+        };
+        // A rendering with every reference empty lists the references.
+        let _ = audit_codec::render(&r.body, template, r.time, &|id| {
+            refs.borrow_mut().insert(id);
+            Some(String::new())
+        });
+    }
+    let refs = refs.into_inner();
+    let refs = refs
+        .into_iter()
+        .filter(|id| !texts.contains_key(id))
+        .collect();
+    fetch_texts(e, org_id, refs, &mut texts).await?;
+    Ok(texts)
+}
+
+async fn fetch_texts<E: Exec>(
+    e: &mut E,
+    org_id: Uuid,
+    ids: BTreeSet<u64>,
+    into: &mut HashMap<u64, String>,
+) -> Result<(), StoreError> {
+    let ids: Vec<u64> = ids.into_iter().collect();
+    for chunk in ids.chunks(STRINGS_PER_FETCH) {
+        let list = (0..chunk.len())
+            .map(|i| format!("${}", i + 2))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut stmt = Stmt::generated(format!(
+            "SELECT s.id, s.text FROM audit_strings s JOIN audit_chains c ON c.chain = s.chain \
+             WHERE c.org_id = $1 AND s.id IN ({list})"
+        ))
+        .bind(org_id);
+        for id in chunk {
+            stmt = stmt.bind(i64::try_from(*id).map_err(|_| StoreError::Corrupt)?);
+        }
+        for r in stmt.fetch_all(e).await? {
+            let id = u64::try_from(r.int("id")?).map_err(|_| StoreError::Corrupt)?;
+            into.insert(id, r.text("text")?);
+        }
+    }
+    Ok(())
 }
 
 /// The last (seq, hash) of an organisation's chain (none before its first event).

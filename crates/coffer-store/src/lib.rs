@@ -10,6 +10,7 @@
 
 mod audit;
 pub mod audit_codec;
+mod audit_pack;
 mod chain;
 mod cluster;
 mod error;
@@ -28,6 +29,7 @@ mod wiring;
 use uuid::Uuid;
 
 pub use audit::AuditRepo;
+pub use audit_pack::compact_fallbacks;
 pub use cluster::{Cluster, Invalidation};
 pub use coffer_crypto::{Ciphertext, WrappedTenantKey};
 pub use error::StoreError;

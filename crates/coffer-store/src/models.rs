@@ -342,6 +342,9 @@ pub struct NewAuditEvent {
     pub target: String,
     /// The event as JSON; exactly these bytes are hashed.
     pub body: String,
+    /// The same event as a template and its holes (`audit_codec`), stored instead of the
+    /// JSON when it renders back to exactly `body`; None stores the JSON.
+    pub compact: Option<crate::audit_codec::CompactEvent>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

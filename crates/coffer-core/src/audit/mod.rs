@@ -183,6 +183,8 @@ pub(crate) fn event_row(ev: &AuditEvent) -> Result<NewAuditEvent, CoreError> {
         outcome: ev.outcome.clone(),
         target: ev.target.path(),
         body,
+        // An event whose template cannot be made is stored as JSON; it is still recorded.
+        compact: compact(ev).ok(),
     })
 }
 

@@ -12,7 +12,7 @@ use crate::{Fixture, fixture, fixture_with};
 /// Make every audit append fail (as a full disk or a broken table would), until the
 /// returned guard's `lift` is called.
 async fn refuse_audit_appends(f: &Fixture) -> Outage {
-    refuse_inserts(f, "audit_events").await
+    refuse_inserts(f, "audit_log").await
 }
 
 /// Make every insert into `table` fail, until the returned guard's `lift` is called.

@@ -21,9 +21,10 @@ pub(crate) async fn raw(f: &Fixture) -> sqlx::SqliteConnection {
         .unwrap();
     // The attacker drops the append-only and chain-link triggers first.
     for t in [
-        "audit_events_no_update",
-        "audit_events_no_delete",
-        "audit_events_link",
+        "audit_log_no_update",
+        "audit_log_no_delete",
+        "audit_log_link",
+        "audit_strings_no_update",
     ] {
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP TRIGGER {t}")))
             .execute(&mut db)
@@ -35,6 +36,59 @@ pub(crate) async fn raw(f: &Fixture) -> sqlx::SqliteConnection {
 
 pub(crate) fn org(p: &Principal) -> Vec<u8> {
     p.org_id.as_bytes().to_vec()
+}
+
+/// The events of `p`'s chain from `from` on, as (seq, JSON), read through the service (the
+/// stored form is compact; the attacker can render it as the service does).
+pub(crate) async fn json_events(c: &Coffer, p: &Principal, from: u64) -> Vec<(u64, String)> {
+    c.audit()
+        .audit_export_page(p, None, None, from.saturating_sub(1))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.seq, r.body))
+        .collect()
+}
+
+/// Store `body` at `seq` of `p`'s chain as the attacker would: as JSON (format byte 0),
+/// with `hash`, the head following (the database's trigger).
+pub(crate) async fn insert_json(
+    db: &mut sqlx::SqliteConnection,
+    p: &Principal,
+    seq: u64,
+    body: &str,
+    hash: &[u8; 32],
+) {
+    let mut stored = vec![0u8];
+    stored.extend_from_slice(body.as_bytes());
+    sqlx::query(
+        "INSERT INTO audit_log (chain, seq, time, action, outcome, target, hash, body) \
+         VALUES ((SELECT chain FROM audit_chains WHERE org_id = ?), ?, 0, 'x', 'success', '', ?, ?)",
+    )
+    .bind(org(p))
+    .bind(seq as i64)
+    .bind(hash.to_vec())
+    .bind(stored)
+    .execute(&mut *db)
+    .await
+    .unwrap();
+}
+
+/// `DELETE FROM audit_log` of `p`'s chain where `cond` (on `seq`, with one `?`) holds.
+pub(crate) async fn delete_where(
+    db: &mut sqlx::SqliteConnection,
+    p: &Principal,
+    cond: &str,
+    seq: i64,
+) {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM audit_log WHERE chain = (SELECT chain FROM audit_chains WHERE org_id = ?) AND {cond}"
+    )))
+    .bind(org(p))
+    .bind(seq)
+    .execute(&mut *db)
+    .await
+    .unwrap();
 }
 
 async fn problem(f: &Fixture) -> Option<(u64, String)> {
@@ -103,18 +157,19 @@ async fn the_database_refuses_updates_and_deletes() {
     let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", f.db_path().display()))
         .await
         .unwrap();
-    assert!(
-        sqlx::query("UPDATE audit_events SET action = 'x'")
-            .execute(&mut db)
-            .await
-            .is_err()
-    );
-    assert!(
-        sqlx::query("DELETE FROM audit_events")
-            .execute(&mut db)
-            .await
-            .is_err()
-    );
+    for sql in [
+        "UPDATE audit_log SET action = 'x'",
+        "DELETE FROM audit_log",
+        "UPDATE audit_strings SET text = 'x'",
+        "DELETE FROM audit_strings",
+        "UPDATE audit_chains SET org_id = x'00'",
+        "DELETE FROM audit_chains",
+    ] {
+        assert!(
+            sqlx::query(sql).execute(&mut db).await.is_err(),
+            "{sql} must be refused"
+        );
+    }
     assert!(
         sqlx::query("DELETE FROM audit_checkpoints")
             .execute(&mut db)
@@ -127,7 +182,7 @@ async fn the_database_refuses_updates_and_deletes() {
             .await
             .is_err()
     );
-    let n: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM audit_events WHERE action LIKE 'test.%'")
+    let n: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM audit_log WHERE action LIKE 'test.%'")
         .fetch_one(&mut db)
         .await
         .unwrap();
@@ -138,8 +193,12 @@ async fn the_database_refuses_updates_and_deletes() {
 async fn an_altered_entry_is_reported_first() {
     let f = sqlite_fixture().await;
     record_n(&f.coffer, &f.owner, 5).await;
+    let (_, body) = json_events(&f.coffer, &f.owner, 4).await.remove(0);
     let mut db = raw(&f).await;
-    sqlx::query("UPDATE audit_events SET body = replace(body, 'test.event2', 'test.innocent') WHERE org_id = ? AND seq = 4")
+    let mut stored = vec![0u8];
+    stored.extend_from_slice(body.replace("test.event2", "test.innocent").as_bytes());
+    sqlx::query("UPDATE audit_log SET body = ? WHERE chain = (SELECT chain FROM audit_chains WHERE org_id = ?) AND seq = 4")
+        .bind(stored)
         .bind(org(&f.owner))
         .execute(&mut db)
         .await
@@ -149,15 +208,53 @@ async fn an_altered_entry_is_reported_first() {
 }
 
 #[tokio::test]
+async fn an_altered_interned_text_is_reported_at_its_first_event() {
+    let f = sqlite_fixture().await;
+    record_n(&f.coffer, &f.owner, 5).await;
+    // Read once, so that a cache (if verification used one) would hold the text.
+    assert_eq!(problem(&f).await, None);
+    let mut db = raw(&f).await;
+    // test.event2's template holds its action: one stored text for every such event.
+    let changed = sqlx::query("UPDATE audit_strings SET text = replace(text, 'test.event2', 'test.innocent') WHERE text LIKE '%test.event2%'")
+        .execute(&mut db)
+        .await
+        .unwrap()
+        .rows_affected();
+    assert_eq!(changed, 1);
+    assert_eq!(problem(&f).await, Some((4, "altered".into())));
+}
+
+#[tokio::test]
+async fn events_are_stored_compact_and_read_back_exactly() {
+    let f = sqlite_fixture().await;
+    record_n(&f.coffer, &f.owner, 3).await;
+    let mut db = raw(&f).await;
+    let formats: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT seq, substr(body, 1, 1) FROM audit_log \
+         WHERE chain = (SELECT chain FROM audit_chains WHERE org_id = ?) ORDER BY seq",
+    )
+    .bind(org(&f.owner))
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(formats.len(), 4);
+    assert!(formats.iter().all(|(_, f)| f == &[1u8]), "{formats:?}");
+    assert_eq!(coffer_store::compact_fallbacks(), 0);
+    // What is read back is the JSON that was hashed: the chain verifies.
+    let events = json_events(&f.coffer, &f.owner, 1).await;
+    assert!(
+        events[1].1.contains("\"action\":\"test.event0\""),
+        "{events:?}"
+    );
+    assert_eq!(problem(&f).await, None);
+}
+
+#[tokio::test]
 async fn a_deleted_entry_is_reported() {
     let f = sqlite_fixture().await;
     record_n(&f.coffer, &f.owner, 5).await;
     let mut db = raw(&f).await;
-    sqlx::query("DELETE FROM audit_events WHERE org_id = ? AND seq = 2")
-        .bind(org(&f.owner))
-        .execute(&mut db)
-        .await
-        .unwrap();
+    delete_where(&mut db, &f.owner, "seq = ?", 2).await;
     assert_eq!(problem(&f).await, Some((2, "missing".into())));
 }
 
@@ -168,7 +265,7 @@ async fn reordered_entries_are_reported() {
     let mut db = raw(&f).await;
     // Swap entries 2 and 3 (their content and hashes) by renumbering.
     for (from, to) in [(2, 100), (3, 2), (100, 3)] {
-        sqlx::query("UPDATE audit_events SET seq = ? WHERE org_id = ? AND seq = ?")
+        sqlx::query("UPDATE audit_log SET seq = ? WHERE chain = (SELECT chain FROM audit_chains WHERE org_id = ?) AND seq = ?")
             .bind(to)
             .bind(org(&f.owner))
             .bind(from)
@@ -187,17 +284,13 @@ async fn a_rewritten_chain_with_valid_hashes_is_caught_by_a_checkpoint() {
     f.coffer.audit().checkpoint(f.owner.org_id).await.unwrap();
     // The attacker inserts an entry after 2 and recomputes every later hash, so the chain
     // itself is consistent again; only the signed checkpoint can tell.
+    let rows = json_events(&f.coffer, &f.owner, 1).await;
     let mut db = raw(&f).await;
-    let rows: Vec<(i64, String)> =
-        sqlx::query_as("SELECT seq, body FROM audit_events WHERE org_id = ? ORDER BY seq")
-            .bind(org(&f.owner))
-            .fetch_all(&mut db)
-            .await
-            .unwrap();
     let mut bodies: Vec<String> = rows.into_iter().map(|r| r.1).collect();
     // (bodies[0] is the owner's login.)
     bodies.insert(3, bodies[2].replace("test.event1", "test.forged"));
-    sqlx::query("DELETE FROM audit_events WHERE org_id = ?")
+    delete_where(&mut db, &f.owner, "seq >= ?", 1).await;
+    sqlx::query("UPDATE audit_heads SET seq = 0 WHERE org_id = ?")
         .bind(org(&f.owner))
         .execute(&mut db)
         .await
@@ -207,16 +300,7 @@ async fn a_rewritten_chain_with_valid_hashes_is_caught_by_a_checkpoint() {
         let seq = i as u64 + 1;
         let hash =
             coffer_crypto::audit::chain_hash(&prev, &coffer_crypto::audit::chain_entry(seq, body));
-        sqlx::query("INSERT INTO audit_events (org_id, seq, id, time, action, outcome, target, body, prev_hash, hash) VALUES (?, ?, ?, 0, 'x', 'success', '', ?, ?, ?)")
-            .bind(org(&f.owner))
-            .bind(seq as i64)
-            .bind(uuid::Uuid::new_v4().as_bytes().to_vec())
-            .bind(body)
-            .bind(prev.to_vec())
-            .bind(hash.to_vec())
-            .execute(&mut db)
-            .await
-            .unwrap();
+        insert_json(&mut db, &f.owner, seq, body, &hash).await;
         prev = hash;
     }
     // ...and the head, so appends go on (the verification is itself recorded).
@@ -243,11 +327,7 @@ async fn a_cut_off_end_is_reported() {
     record_n(&f.coffer, &f.owner, 5).await;
     f.coffer.audit().checkpoint(f.owner.org_id).await.unwrap();
     let mut db = raw(&f).await;
-    sqlx::query("DELETE FROM audit_events WHERE org_id = ? AND seq >= 4")
-        .bind(org(&f.owner))
-        .execute(&mut db)
-        .await
-        .unwrap();
+    delete_where(&mut db, &f.owner, "seq >= ?", 4).await;
     sqlx::query("UPDATE audit_heads SET seq = 3 WHERE org_id = ?")
         .bind(org(&f.owner))
         .execute(&mut db)

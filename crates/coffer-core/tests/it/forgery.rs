@@ -7,63 +7,50 @@ use coffer_core::audit::{Cx, verify_export};
 use coffer_core::{Coffer, CoreConfig, Principal};
 use coffer_crypto::audit::{GENESIS, chain_entry, chain_hash};
 
-use crate::audit::{org, raw, record_n};
+use crate::audit::{delete_where, insert_json, json_events, org, raw, record_n};
 use crate::{Fixture, sqlite_fixture};
 
 /// Rewrite the chain from entry `from` on with `edit` applied to each body, recomputing
 /// every later hash and the head: consistent in itself.
-async fn rewrite_from(db: &mut sqlx::SqliteConnection, p: &Principal, from: i64, edit: &str) {
-    let prev: Vec<u8> =
-        sqlx::query_scalar("SELECT hash FROM audit_events WHERE org_id = ? AND seq = ?")
-            .bind(org(p))
-            .bind(from - 1)
-            .fetch_optional(&mut *db)
-            .await
-            .unwrap()
-            .unwrap_or(GENESIS.to_vec());
-    let rows: Vec<(i64, Vec<u8>, String)> = sqlx::query_as(
-        "SELECT seq, id, body FROM audit_events WHERE org_id = ? AND seq >= ? ORDER BY seq",
+async fn rewrite_from(
+    db: &mut sqlx::SqliteConnection,
+    c: &Coffer,
+    p: &Principal,
+    from: i64,
+    edit: &str,
+) {
+    let prev: Vec<u8> = sqlx::query_scalar(
+        "SELECT hash FROM audit_log WHERE chain = (SELECT chain FROM audit_chains WHERE org_id = ?) AND seq = ?",
     )
     .bind(org(p))
-    .bind(from)
-    .fetch_all(&mut *db)
+    .bind(from - 1)
+    .fetch_optional(&mut *db)
     .await
-    .unwrap();
+    .unwrap()
+    .unwrap_or(GENESIS.to_vec());
+    let rows = json_events(c, p, from as u64).await;
     assert!(!rows.is_empty());
-    sqlx::query("DELETE FROM audit_events WHERE org_id = ? AND seq >= ?")
+    delete_where(db, p, "seq >= ?", from).await;
+    let mut prev: [u8; 32] = prev.try_into().unwrap();
+    sqlx::query("UPDATE audit_heads SET seq = ?, hash = ? WHERE org_id = ?")
+        .bind(from - 1)
+        .bind(prev.to_vec())
         .bind(org(p))
-        .bind(from)
         .execute(&mut *db)
         .await
         .unwrap();
-    let mut prev: [u8; 32] = prev.try_into().unwrap();
-    for (seq, id, body) in rows {
+    for (seq, body) in rows {
         let body = body.replace("test.event", edit);
-        let hash = chain_hash(&prev, &chain_entry(seq as u64, &body));
-        // (The head follows each insert: the database's own trigger.)
-        sqlx::query("INSERT INTO audit_events (org_id, seq, id, time, action, outcome, target, body, prev_hash, hash) VALUES (?, ?, ?, 0, 'x', 'success', '', ?, ?, ?)")
-            .bind(org(p))
-            .bind(seq)
-            .bind(id)
-            .bind(&body)
-            .bind(prev.to_vec())
-            .bind(hash.to_vec())
-            .execute(&mut *db)
-            .await
-            .unwrap();
+        let hash = chain_hash(&prev, &chain_entry(seq, &body));
+        insert_json(db, p, seq, &body, &hash).await;
         prev = hash;
     }
 }
 
 /// Cut the chain after entry `keep`, moving the head back to it.
 async fn cut_after(db: &mut sqlx::SqliteConnection, p: &Principal, keep: i64) {
-    sqlx::query("DELETE FROM audit_events WHERE org_id = ? AND seq > ?")
-        .bind(org(p))
-        .bind(keep)
-        .execute(&mut *db)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE audit_heads SET seq = ?, hash = (SELECT hash FROM audit_events WHERE org_id = ? AND seq = ?) WHERE org_id = ?")
+    delete_where(db, p, "seq > ?", keep).await;
+    sqlx::query("UPDATE audit_heads SET seq = ?, hash = (SELECT hash FROM audit_log WHERE chain = (SELECT chain FROM audit_chains WHERE org_id = ?) AND seq = ?) WHERE org_id = ?")
         .bind(keep)
         .bind(org(p))
         .bind(keep)
@@ -129,7 +116,7 @@ async fn an_edit_after_the_last_checkpoint_is_caught_by_what_the_server_wrote() 
     // Entries 6 to 8, not signed yet.
     record_n(&f.coffer, &f.owner, 3).await;
     let mut db = raw(&f).await;
-    rewrite_from(&mut db, &f.owner, 7, "test.forged").await;
+    rewrite_from(&mut db, &f.coffer, &f.owner, 7, "test.forged").await;
     assert_eq!(
         problem(&f.coffer, &f.owner).await,
         Some((8, "altered".into()))
@@ -163,7 +150,7 @@ async fn signed_heads_catch_edits_after_a_restart_and_offline() {
     // system chain's: initialising, unsealing), no checkpoint kept.
     assert_eq!(f.coffer.audit().sign_heads().await.unwrap(), 2);
     let mut db = raw(&f).await;
-    rewrite_from(&mut db, &f.owner, 4, "test.forged").await;
+    rewrite_from(&mut db, &f.coffer, &f.owner, 4, "test.forged").await;
     let f = f.restart(CoreConfig::default()).await;
     assert_eq!(offline_problem(&f).await, Some((5, "altered".into())));
     assert_eq!(
@@ -204,9 +191,9 @@ async fn signed_heads_only_move_forward_and_cannot_be_forged() {
     assert_eq!(points.last().unwrap().seq, 5);
     // The attacker replaces the signed head's hash (after rewriting entry 5 to match).
     let mut db = raw(&f).await;
-    rewrite_from(&mut db, &f.owner, 5, "test.forged").await;
+    rewrite_from(&mut db, &f.coffer, &f.owner, 5, "test.forged").await;
     let forged: Vec<u8> =
-        sqlx::query_scalar("SELECT hash FROM audit_events WHERE org_id = ? AND seq = 5")
+        sqlx::query_scalar("SELECT hash FROM audit_log WHERE chain = (SELECT chain FROM audit_chains WHERE org_id = ?) AND seq = 5")
             .bind(org(&f.owner))
             .fetch_one(&mut db)
             .await

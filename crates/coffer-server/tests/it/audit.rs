@@ -17,24 +17,49 @@ async fn db(srv: &TestServer) -> sqlx::SqliteConnection {
 
 /// Every stored audit event as (organisation, action, body), chain by chain in order, read
 /// from whichever database the server runs on (on PostgreSQL as the administrative role,
-/// past row-level security).
-async fn stored_events(srv: &TestServer) -> Vec<(uuid::Uuid, String, String)> {
-    const SQL: &str = "SELECT org_id, action, body FROM audit_events ORDER BY org_id, seq";
-    let rows: Vec<(Vec<u8>, String, String)> = match &srv.database_url {
+/// past row-level security), each body rendered from its stored form as the store does;
+/// and every interned text as stored.
+async fn stored_events(srv: &TestServer) -> (Vec<(uuid::Uuid, String, String)>, Vec<String>) {
+    const EVENTS: &str = "SELECT c.org_id, l.action, l.time, l.body FROM audit_log l \
+         JOIN audit_chains c ON c.chain = l.chain ORDER BY c.org_id, l.seq";
+    const STRINGS: &str = "SELECT id, text FROM audit_strings";
+    type Event = (Vec<u8>, String, i64, Vec<u8>);
+    let (rows, strings): (Vec<Event>, Vec<(i64, String)>) = match &srv.database_url {
         Some(url) => {
             let mut conn = sqlx::PgConnection::connect(&coffer_testkit::pg_admin_url_for(url))
                 .await
                 .unwrap();
-            sqlx::query_as(SQL).fetch_all(&mut conn).await.unwrap()
+            (
+                sqlx::query_as(EVENTS).fetch_all(&mut conn).await.unwrap(),
+                sqlx::query_as(STRINGS).fetch_all(&mut conn).await.unwrap(),
+            )
         }
-        None => sqlx::query_as(SQL)
-            .fetch_all(&mut db(srv).await)
-            .await
-            .unwrap(),
+        None => {
+            let mut conn = db(srv).await;
+            (
+                sqlx::query_as(EVENTS).fetch_all(&mut conn).await.unwrap(),
+                sqlx::query_as(STRINGS).fetch_all(&mut conn).await.unwrap(),
+            )
+        }
     };
-    rows.into_iter()
-        .map(|(org, action, body)| (uuid::Uuid::from_slice(&org).unwrap(), action, body))
-        .collect()
+    let texts: std::collections::HashMap<u64, String> = strings
+        .iter()
+        .map(|(id, t)| (*id as u64, t.clone()))
+        .collect();
+    let events = rows
+        .into_iter()
+        .map(|(org, action, time, body)| {
+            use coffer_store::audit_codec::{FORMAT_JSON, render, template_id};
+            let json = if body[0] == FORMAT_JSON {
+                String::from_utf8(body[1..].to_vec()).unwrap()
+            } else {
+                let template = &texts[&template_id(&body).unwrap()];
+                render(&body, template, time, &|id| texts.get(&id).cloned()).unwrap()
+            };
+            (uuid::Uuid::from_slice(&org).unwrap(), action, json)
+        })
+        .collect();
+    (events, strings.into_iter().map(|s| s.1).collect())
 }
 
 async fn all_events(c: &coffer_client::Client) -> Vec<Value> {
@@ -171,10 +196,11 @@ async fn every_operation_is_recorded_and_no_secret_reaches_the_log() {
     );
 
     // Nothing secret anywhere in the stored audit data, in either chain.
-    let stored = stored_events(&srv).await;
+    let (stored, texts) = stored_events(&srv).await;
     let all = stored
         .iter()
         .map(|e| e.2.as_str())
+        .chain(texts.iter().map(String::as_str))
         .collect::<Vec<_>>()
         .join("\n");
     assert!(
@@ -207,6 +233,7 @@ async fn sealed_server_attempts_are_recorded() {
     );
     let rows: Vec<(String, String)> = stored_events(&srv)
         .await
+        .0
         .into_iter()
         .filter(|e| e.0.is_nil())
         .map(|e| (e.1, e.2))
@@ -231,7 +258,7 @@ async fn no_audit_no_response_and_service_recovers() {
         .unwrap();
     // Make the audit store unwritable.
     let mut conn = db(&srv).await;
-    sqlx::query("CREATE TRIGGER audit_outage BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+    sqlx::query("CREATE TRIGGER audit_outage BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'disk full'); END")
         .execute(&mut conn)
         .await
         .unwrap();

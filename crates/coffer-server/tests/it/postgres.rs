@@ -545,7 +545,7 @@ async fn an_audit_outage_on_postgres_fails_closed_and_recovers() {
     sqlx::raw_sql(
         "CREATE FUNCTION audit_outage() RETURNS trigger LANGUAGE plpgsql AS \
          $$ BEGIN RAISE EXCEPTION 'disk full'; END $$; \
-         CREATE TRIGGER audit_outage BEFORE INSERT ON audit_events \
+         CREATE TRIGGER audit_outage BEFORE INSERT ON audit_log \
          FOR EACH ROW EXECUTE FUNCTION audit_outage();",
     )
     .execute(&mut conn)
@@ -560,7 +560,7 @@ async fn an_audit_outage_on_postgres_fails_closed_and_recovers() {
         (Some(503), Some("audit_unavailable"))
     );
     assert!(!err.to_string().contains("pg-audited-secret"));
-    sqlx::raw_sql("DROP TRIGGER audit_outage ON audit_events")
+    sqlx::raw_sql("DROP TRIGGER audit_outage ON audit_log")
         .execute(&mut conn)
         .await
         .unwrap();

@@ -1,6 +1,10 @@
 //! The node's audit writer: one connection and thread that appends batches of events.
 
 use super::*;
+use crate::audit_pack::{Dictionary, Plan, lock};
+
+/// The dictionary of audit chains and interned texts this node shares among its writers.
+pub(super) type Dict = std::sync::Arc<std::sync::Mutex<Dictionary>>;
 
 pub(super) type AuditReply = oneshot::Sender<Result<Option<(u64, [u8; 32])>, StoreError>>;
 pub(super) type AuditJob = (NewAuditEvent, Vec<ReadCheck>, AuditReply);
@@ -12,7 +16,7 @@ const AUDIT_BATCH: usize = 256;
 /// This node's audit writer: events queued while a batch commits go into the next batch,
 /// so one statement (one round trip, one WAL flush) covers many requests. The database
 /// confirms the batch's cached reads, then numbers and chains the events under each chain's
-/// row lock (`coffer_append_audit_checked`), so writers on several nodes queue on a shared
+/// row lock (`coffer_append_audit_packed`), so writers on several nodes queue on a shared
 /// chain instead of racing for it. (Two writers, each with a batch under way, were measured
 /// slower: the second waits for the first's lock anyway, and both batches are smaller.)
 ///
@@ -35,6 +39,7 @@ const AUDIT_BATCH: usize = 256;
 pub(super) fn spawn_audit_writer(
     pool: PgPool,
     values: std::sync::Arc<cache::ValueCache>,
+    dict: Dict,
 ) -> mpsc::Sender<Queued> {
     let (tx, mut rx) = mpsc::channel::<Queued>(4096);
     let writer = async move {
@@ -72,7 +77,12 @@ pub(super) fn spawn_audit_writer(
                     Err(_) => break,
                 }
             }
-            if append_batch(&pool, &mut conn, &mut heads, &values, batch, relaxed).await {
+            let w = Writing {
+                pool: &pool,
+                values: &values,
+                dict: &dict,
+            };
+            if append_batch(&w, &mut conn, &mut heads, batch, relaxed).await {
                 if relaxed {
                     unflushed.get_or_insert_with(std::time::Instant::now);
                 } else {
@@ -195,13 +205,13 @@ type Assigned = Vec<Option<(u64, [u8; 32])>>;
 /// nothing was appended, and each organisation is tried again in a transaction of its own.
 /// Returns whether anything was committed.
 async fn append_batch(
-    pool: &PgPool,
+    w: &Writing<'_>,
     conn: &mut Option<WriterConn>,
     heads: &mut crate::chain::Heads,
-    values: &cache::ValueCache,
     batch: Vec<AuditJob>,
     relaxed: bool,
 ) -> bool {
+    let (pool, values) = (w.pool, w.values);
     let mut by_org: std::collections::BTreeMap<Uuid, Vec<AuditJob>> = Default::default();
     for job in batch {
         by_org.entry(job.0.org_id).or_default().push(job);
@@ -220,8 +230,9 @@ async fn append_batch(
         }
     }
     if groups.len() > 1 {
-        match append_together(pool, conn, heads, &groups, relaxed).await {
-            Together::Committed(results) => {
+        match append_together(w, conn, heads, &groups, relaxed).await {
+            Together::Committed(results, learned) => {
+                lock(w.dict).merge(learned);
                 for ((org, jobs), assigned) in groups.into_iter().zip(results) {
                     answer(heads, values, org, jobs, Ok(assigned));
                 }
@@ -248,17 +259,26 @@ async fn append_batch(
         let checks: Vec<&[ReadCheck]> = jobs.iter().map(|(_, c, _)| c.as_slice()).collect();
         let head = heads.get(&org).copied();
         let appended = match writer_connection(pool, conn, relaxed).await {
-            Ok(c) => append_audit_batch(c, org, head, &events, &checks).await,
+            Ok(c) => append_audit_batch(c, w.dict, org, head, &events, &checks).await,
             Err(e) => Err(e),
         };
-        match &appended {
-            Ok(_) => committed = true,
+        let appended = match appended {
+            Ok((assigned, learned)) => {
+                // Outside a transaction, the texts were interned by a statement of their own.
+                lock(w.dict).merge(learned);
+                committed = true;
+                Ok(assigned)
+            }
             Err(e) => {
                 tracing::error!(error = %e, "audit batch failed");
-                // The connection may be broken (a database restart): open a new one next.
+                // The connection may be broken (a database restart): open a new one next,
+                // and trust no id learned before (the database may have lost commits that
+                // were not yet flushed).
                 *conn = None;
+                lock(w.dict).clear();
+                Err(e)
             }
-        }
+        };
         answer(heads, values, org, jobs, appended);
     }
     committed
@@ -266,7 +286,8 @@ async fn append_batch(
 
 /// How appending several organisations' events in one transaction ended.
 enum Together {
-    Committed(Vec<Assigned>),
+    /// With the texts interned in the transaction.
+    Committed(Vec<Assigned>, Dictionary),
     /// Failed before COMMIT was sent: nothing was appended.
     NotAppended(StoreError),
     /// COMMIT was sent but not acknowledged: the events may or may not be there.
@@ -274,32 +295,35 @@ enum Together {
 }
 
 async fn append_together(
-    pool: &PgPool,
+    w: &Writing<'_>,
     conn: &mut Option<WriterConn>,
     heads: &crate::chain::Heads,
     groups: &[OrgJobs],
     relaxed: bool,
 ) -> Together {
-    let c = match writer_connection(pool, conn, relaxed).await {
+    let c = match writer_connection(w.pool, conn, relaxed).await {
         Ok(c) => c,
         Err(e) => return Together::NotAppended(e),
     };
     let appended = async {
         sqlx::raw_sql("BEGIN").execute(&mut *c).await?;
         let mut out = Vec::with_capacity(groups.len());
+        let mut learned = Dictionary::default();
         for (org, jobs) in groups {
             let events: Vec<&NewAuditEvent> = jobs.iter().map(|(e, _, _)| e).collect();
             let checks: Vec<&[ReadCheck]> = jobs.iter().map(|(_, c, _)| c.as_slice()).collect();
             let head = heads.get(org).copied();
-            out.push(append_audit_batch(c, *org, head, &events, &checks).await?);
+            let (assigned, l) = append_audit_batch(c, w.dict, *org, head, &events, &checks).await?;
+            out.push(assigned);
+            learned.merge(l);
         }
-        Ok::<_, StoreError>(out)
+        Ok::<_, StoreError>((out, learned))
     }
     .await;
     match appended {
         Err(e) => Together::NotAppended(e),
-        Ok(out) => match sqlx::raw_sql("COMMIT").execute(&mut *c).await {
-            Ok(_) => Together::Committed(out),
+        Ok((out, learned)) => match sqlx::raw_sql("COMMIT").execute(&mut *c).await {
+            Ok(_) => Together::Committed(out, learned),
             Err(e) => Together::CommitUnknown(e.into()),
         },
     }
@@ -346,24 +370,70 @@ fn answer(
 /// database computes the link).
 pub(super) async fn append_one(
     conn: &mut PgConnection,
+    dict: &std::sync::Mutex<Dictionary>,
     e: &NewAuditEvent,
 ) -> Result<(u64, [u8; 32]), StoreError> {
-    let appended = append_audit_batch(conn, e.org_id, None, &[e], &[&[]]).await?;
+    // What it interns is not kept: whether the caller's transaction commits is the caller's.
+    let (appended, _) = append_audit_batch(conn, dict, e.org_id, None, &[e], &[&[]]).await?;
     match appended.as_slice() {
         [Some(at)] => Ok(*at),
         _ => Err(StoreError::CommitFailed),
     }
 }
 
+/// What the audit writer works with besides its connection.
+struct Writing<'a> {
+    pool: &'a PgPool,
+    values: &'a cache::ValueCache,
+    dict: &'a std::sync::Mutex<Dictionary>,
+}
+
+/// Intern on `conn` the texts of `events` that `dict` does not know, and give each event its
+/// stored body. Also returns what was interned: ids the caller may keep in `dict` once the
+/// statement that interned them is known committed.
+pub(super) async fn pack(
+    conn: &mut PgConnection,
+    dict: &std::sync::Mutex<Dictionary>,
+    events: &[&NewAuditEvent],
+) -> Result<(Vec<Vec<u8>>, Dictionary), StoreError> {
+    let plan = Plan::new(events);
+    let mut learned = Dictionary::default();
+    let needs = plan.needs(&lock(dict), &learned);
+    for (org, n) in needs.orgs {
+        let (digests, texts): (Vec<Vec<u8>>, Vec<String>) =
+            n.texts.into_iter().map(|(d, t)| (d.to_vec(), t)).unzip();
+        let ids: Vec<i64> = sqlx::query_scalar("SELECT coffer_audit_intern($1, $2, $3)")
+            .bind(DbId(org))
+            .bind(&digests)
+            .bind(&texts)
+            .fetch_one(&mut *conn)
+            .await?;
+        let (chain, ids) = ids.split_first().ok_or(StoreError::Corrupt)?;
+        if ids.len() != digests.len() {
+            return Err(StoreError::Corrupt);
+        }
+        learned.learn_chain(org, *chain);
+        for (d, id) in digests.iter().zip(ids) {
+            let d: [u8; 32] = d.as_slice().try_into().map_err(|_| StoreError::Corrupt)?;
+            learned.learn_string(org, d, *id);
+        }
+    }
+    let packed = plan.pack(&lock(dict), &learned)?;
+    Ok((packed.into_iter().map(|(_, body)| body).collect(), learned))
+}
+
 /// Append one organisation's events in one statement; returns (seq, hash) per event, in
-/// order, or None for an event whose checks failed (not appended).
+/// order, or None for an event whose checks failed (not appended), and the texts interned
+/// for them (see [`pack`]).
 async fn append_audit_batch(
     conn: &mut PgConnection,
+    dict: &std::sync::Mutex<Dictionary>,
     org: Uuid,
     head: Option<(u64, [u8; 32])>,
     events: &[&NewAuditEvent],
     checks: &[&[ReadCheck]],
-) -> Result<Assigned, StoreError> {
+) -> Result<(Assigned, Dictionary), StoreError> {
+    let (packed, learned) = pack(conn, dict, events).await?;
     let cols = AuditColumns::of(events);
     let cc = CheckColumns::of(checks);
     // The links the events get if nobody appended since `head`, as verification computes them.
@@ -375,18 +445,18 @@ async fn append_audit_batch(
         None => None,
     };
     let assigned: Vec<Option<Vec<u8>>> = sqlx::query_scalar(
-        "SELECT coffer_append_audit_checked($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+        "SELECT coffer_append_audit_packed($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
          $12, $13, $14, $15, $16, $17)",
     )
     .bind(DbId(org))
     .bind(coffer_crypto::audit::GENESIS.as_slice())
-    .bind(&cols.id)
     .bind(&cols.time)
     .bind(&cols.action)
     .bind(&cols.actor)
     .bind(&cols.outcome)
     .bind(&cols.target)
     .bind(&cols.body)
+    .bind(&packed)
     .bind(&cc.event)
     .bind(&cc.env)
     .bind(&cc.name)
@@ -407,15 +477,16 @@ async fn append_audit_batch(
         && let Some((_, links)) = proposed
     {
         // Stored as proposed.
-        return Ok(links
+        let assigned = links
             .into_iter()
             .map(|(seq, _, h)| Some((seq, h)))
-            .collect());
+            .collect();
+        return Ok((assigned, learned));
     }
     if assigned.len() != events.len() {
         return Err(StoreError::CommitFailed);
     }
-    assigned
+    let assigned = assigned
         .into_iter()
         .map(|a| {
             a.map(|bytes| {
@@ -428,7 +499,8 @@ async fn append_audit_batch(
             })
             .transpose()
         })
-        .collect()
+        .collect::<Result<_, StoreError>>()?;
+    Ok((assigned, learned))
 }
 
 /// A batch's read checks as one array per column, one element per environment to check
@@ -465,9 +537,8 @@ impl<'a> CheckColumns<'a> {
     }
 }
 
-/// A batch's events as one array per column, for `coffer_append_audit_checked`.
+/// A batch's events as one array per column, for `coffer_append_audit_packed`.
 struct AuditColumns<'a> {
-    id: Vec<&'a [u8]>,
     time: Vec<i64>,
     action: Vec<&'a str>,
     actor: Vec<Option<&'a [u8]>>,
@@ -479,7 +550,6 @@ struct AuditColumns<'a> {
 impl<'a> AuditColumns<'a> {
     fn of(events: &[&'a NewAuditEvent]) -> Self {
         AuditColumns {
-            id: events.iter().map(|e| e.id.as_bytes().as_slice()).collect(),
             time: events.iter().map(|e| e.time).collect(),
             action: events.iter().map(|e| e.action.as_str()).collect(),
             actor: events

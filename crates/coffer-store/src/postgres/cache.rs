@@ -3,7 +3,7 @@
 //! Several nodes write to one database, so an entry can be stale the moment another node
 //! commits a write. Entries are therefore never trusted on their own: every answer from
 //! here comes with a [`ReadCheck`], and the request's audit append confirms it in the same
-//! transaction (`coffer_append_audit_checked`). A request whose check fails records
+//! transaction (`coffer_append_audit_packed`). A request whose check fails records
 //! nothing and is answered again from the database, so a read still returns a value that
 //! was current at a moment during the request, as without the cache. Entries are
 //! ciphertexts only, and short-lived: they bound the memory and the work a stale entry can

@@ -93,6 +93,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "signed_heads",
         include_str!("../../migrations/postgres/0013_signed_heads.sql"),
     ),
+    (
+        14,
+        "compact_audit",
+        include_str!("../../migrations/postgres/0014_compact_audit.sql"),
+    ),
 ];
 
 #[async_trait]
@@ -147,7 +152,7 @@ impl crate::sql::Backend for PgStore {
         tx: &mut Self::Tx,
         event: &NewAuditEvent,
     ) -> Result<(u64, [u8; 32]), StoreError> {
-        audit_writer::append_one(&mut *tx, event)
+        audit_writer::append_one(&mut *tx, &self.dict, event)
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "audit append failed; the change is rolled back");
@@ -195,6 +200,8 @@ pub struct PgStore {
     reads: reads::Reader,
     values: std::sync::Arc<cache::ValueCache>,
     root_guard: std::sync::Arc<std::sync::RwLock<RootGuard>>,
+    /// Ids of audit chains and interned texts, shared by this node's writers.
+    dict: audit_writer::Dict,
 }
 
 /// What root-sealed writes are checked against.
@@ -342,8 +349,9 @@ impl PgStore {
             Schema::Verify => verify_schema(&pool).await?,
         }
         let values = std::sync::Arc::<cache::ValueCache>::default();
-        let audit = spawn_audit_writer(pool.clone(), values.clone());
-        let writes = param_writer::spawn_param_writer(pool.clone());
+        let dict = audit_writer::Dict::default();
+        let audit = spawn_audit_writer(pool.clone(), values.clone(), dict.clone());
+        let writes = param_writer::spawn_param_writer(pool.clone(), dict.clone());
         let listening = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let invalidations = notify::spawn_listener(pool.clone(), listening.clone());
         let reads = reads::Reader::spawn(pool.clone());
@@ -357,6 +365,7 @@ impl PgStore {
             reads,
             values,
             root_guard: std::sync::Arc::default(),
+            dict,
         })
     }
 

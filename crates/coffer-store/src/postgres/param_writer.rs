@@ -9,29 +9,44 @@
 //! (an error) sends every write of the batch through its own transaction instead, so one
 //! write's failure never fails its neighbours.
 
-use super::repos::{append_version, audit_or_store_error, version_outcome, version_statement};
+use super::audit_writer::Dict;
+use super::repos::{
+    append_version, audit_or_store_error, pack_writes, version_outcome, version_statement,
+};
 use super::*;
 
 pub(super) type ParamJob = (ParamWrite, oneshot::Sender<Result<(), StoreError>>);
 
 const MAX_BATCH: usize = 64;
 
-pub(super) fn spawn_param_writer(pool: PgPool) -> mpsc::Sender<ParamJob> {
+pub(super) fn spawn_param_writer(pool: PgPool, dict: Dict) -> mpsc::Sender<ParamJob> {
     let (tx, mut rx) = mpsc::channel::<ParamJob>(4096);
     tokio::spawn(async move {
         let mut batch: Vec<ParamJob> = Vec::with_capacity(MAX_BATCH);
         // Waits for one, then takes whatever else is queued, up to the limit.
         while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-            commit(&pool, &mut batch).await;
+            commit(&pool, &dict, &mut batch).await;
         }
     });
     tx
 }
 
-async fn commit(pool: &PgPool, batch: &mut Vec<ParamJob>) {
+async fn commit(pool: &PgPool, dict: &Dict, batch: &mut Vec<ParamJob>) {
+    batch.sort_by_key(|(w, _)| w.org_id);
+    let writes: Vec<&ParamWrite> = batch.iter().map(|(w, _)| w).collect();
+    let packed = match pack_writes(pool, dict, &writes).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "could not intern the audit texts of parameter writes");
+            crate::audit_pack::lock(dict).clear();
+            for (_, reply) in batch.drain(..) {
+                let _ = reply.send(Err(StoreError::AuditFailed));
+            }
+            return;
+        }
+    };
     if batch.len() > 1 {
-        batch.sort_by_key(|(w, _)| w.org_id);
-        match together(pool, batch).await {
+        match together(pool, batch, &packed).await {
             Together::Committed(outcomes) => {
                 for ((w, reply), outcome) in batch.drain(..).zip(outcomes) {
                     let _ = reply.send(version_outcome(&w, &outcome));
@@ -52,8 +67,8 @@ async fn commit(pool: &PgPool, batch: &mut Vec<ParamJob>) {
             }
         }
     }
-    for (w, reply) in batch.drain(..) {
-        let _ = reply.send(append_version(pool, &w).await);
+    for ((w, reply), packed) in batch.drain(..).zip(packed) {
+        let _ = reply.send(append_version(pool, &w, packed.as_deref()).await);
     }
 }
 
@@ -65,7 +80,7 @@ enum Together {
     CommitUnknown(StoreError),
 }
 
-async fn together(pool: &PgPool, batch: &[ParamJob]) -> Together {
+async fn together(pool: &PgPool, batch: &[ParamJob], packed: &[Option<Vec<u8>>]) -> Together {
     let mut conn = match pool.acquire().await {
         Ok(c) => c,
         Err(e) => return Together::NotApplied(e.into()),
@@ -73,8 +88,12 @@ async fn together(pool: &PgPool, batch: &[ParamJob]) -> Together {
     let applied = async {
         sqlx::raw_sql("BEGIN").execute(&mut *conn).await?;
         let mut outcomes = Vec::with_capacity(batch.len());
-        for (w, _) in batch {
-            outcomes.push(version_statement(w).fetch_one(&mut *conn).await?);
+        for ((w, _), packed) in batch.iter().zip(packed) {
+            outcomes.push(
+                version_statement(w, packed.as_deref())
+                    .fetch_one(&mut *conn)
+                    .await?,
+            );
         }
         Ok::<_, sqlx::Error>(outcomes)
     }

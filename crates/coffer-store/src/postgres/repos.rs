@@ -203,20 +203,21 @@ impl AuditRepo for PgStore {
 /// term exists (and the rewrap job sees it) or sees it.
 /// One parameter write (with its audit event, when it has one) as one statement: both
 /// commit or neither does (migration 0012). Answers 'ok', 'conflict' or 'stale_term'.
-pub(super) fn version_statement(
-    w: &ParamWrite,
-) -> sqlx::query::QueryScalar<'_, sqlx::Postgres, String, sqlx::postgres::PgArguments> {
+/// `packed`: the event's stored body (see `audit_writer::pack`).
+pub(super) fn version_statement<'a>(
+    w: &'a ParamWrite,
+    packed: Option<&'a [u8]>,
+) -> sqlx::query::QueryScalar<'a, sqlx::Postgres, String, sqlx::postgres::PgArguments> {
     let v = &w.version;
     let q = sqlx::query_scalar(match w.event {
         None => {
             "SELECT coffer_append_version($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
         }
-        // With its audit event (migration 0012): both in the one statement's transaction.
-        // With its audit event (migrations 0012, 0013): both in the one statement's
+        // With its audit event (migrations 0012, 0013, 0014): both in the one statement's
         // transaction, answering where the event went.
         Some(_) => {
-            "SELECT coffer_append_version_audited_at($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-             $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
+            "SELECT coffer_append_version_audited_packed($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+             $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
         }
     })
     .bind(DbId(w.org_id))
@@ -238,13 +239,13 @@ pub(super) fn version_statement(
         Some(e) => {
             let e = &e.event;
             q.bind(coffer_crypto::audit::GENESIS.as_slice())
-                .bind(DbId(e.id))
                 .bind(e.time)
                 .bind(&e.action)
                 .bind(e.actor_id.map(DbId))
                 .bind(&e.outcome)
                 .bind(&e.target)
                 .bind(&e.body)
+                .bind(packed)
         }
     }
 }
@@ -272,9 +273,37 @@ fn event_position(hex_at: &str) -> Result<(u64, [u8; 32]), StoreError> {
     Ok((seq, hash.try_into().map_err(|_| StoreError::Corrupt)?))
 }
 
+/// The stored body of each write's event, its texts interned on `pool` first (each intern
+/// its own transaction, so the ids are kept).
+pub(super) async fn pack_writes(
+    pool: &PgPool,
+    dict: &std::sync::Mutex<crate::audit_pack::Dictionary>,
+    writes: &[&ParamWrite],
+) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+    let events: Vec<&NewAuditEvent> = writes
+        .iter()
+        .filter_map(|w| w.event.as_ref().map(|e| &e.event))
+        .collect();
+    if events.is_empty() {
+        return Ok(vec![None; writes.len()]);
+    }
+    let mut conn = pool.acquire().await?;
+    let (packed, learned) = super::audit_writer::pack(&mut conn, dict, &events).await?;
+    crate::audit_pack::lock(dict).merge(learned);
+    let mut packed = packed.into_iter();
+    Ok(writes
+        .iter()
+        .map(|w| w.event.as_ref().and_then(|_| packed.next()))
+        .collect())
+}
+
 /// One write alone, in its own (implicit) transaction.
-pub(super) async fn append_version(pool: &PgPool, w: &ParamWrite) -> Result<(), StoreError> {
-    let outcome = version_statement(w)
+pub(super) async fn append_version(
+    pool: &PgPool,
+    w: &ParamWrite,
+    packed: Option<&[u8]>,
+) -> Result<(), StoreError> {
+    let outcome = version_statement(w, packed)
         .fetch_one(pool)
         .await
         .map_err(audit_or_store_error)?;
@@ -288,7 +317,7 @@ pub(super) fn audit_or_store_error(e: sqlx::Error) -> StoreError {
         .as_database_error()
         .and_then(|d| d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>())
         .and_then(|d| d.r#where())
-        .is_some_and(|w| w.contains("coffer_append_audit_checked"));
+        .is_some_and(|w| w.contains("coffer_append_audit_packed"));
     if in_audit {
         tracing::error!(error = %e, "audit append failed; the write is rolled back");
         StoreError::AuditFailed

@@ -29,6 +29,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use std::sync::Mutex;
+
+use crate::audit_pack::{Dictionary, Plan, lock};
 use crate::chain::{Heads, Link};
 use crate::{CheckpointRow, Durability, NewAuditEvent, READ_SYNC_BOUND, StoreError};
 
@@ -50,24 +53,35 @@ pub(super) enum Job {
 /// Signed heads per transaction of the writer (see `SqliteStore::store_signed_heads`).
 pub(super) const SIGNED_HEADS_PER_TX: usize = 128;
 
-/// Rows per multi-row INSERT of audit events (11 parameters each, far below SQLite's limit).
+/// Rows per multi-row INSERT of audit events (9 parameters each, far below SQLite's limit).
 pub(super) const ROWS_PER_INSERT: usize = 64;
 
 /// The INSERT of `rows` events; the only SQL that appends to the chains (both SQLite
 /// writers use it). Only placeholders are generated; every value is bound.
 pub(super) fn insert_events_sql(rows: usize) -> String {
     let mut sql = String::from(
-        "INSERT INTO audit_events (org_id, seq, id, time, action, actor_id, outcome, target, body, prev_hash, hash) VALUES ",
+        "INSERT INTO audit_log (chain, seq, time, action, actor_id, outcome, target, hash, body) VALUES ",
     );
-    sql.push_str(&vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; rows].join(", "));
+    sql.push_str(&vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?)"; rows].join(", "));
     sql
 }
+
+// Interning (migration 0008), run by both writers in their append's transaction.
+pub(super) const CHAIN_INSERT_SQL: &str =
+    "INSERT INTO audit_chains (org_id) VALUES ($1) ON CONFLICT (org_id) DO NOTHING";
+pub(super) const CHAIN_SQL: &str = "SELECT chain FROM audit_chains WHERE org_id = $1";
+pub(super) const STRING_INSERT_SQL: &str = "INSERT INTO audit_strings (chain, digest, text) VALUES ($1, $2, $3) \
+     ON CONFLICT (chain, digest) DO NOTHING";
+pub(super) const STRING_SQL: &str = "SELECT id FROM audit_strings WHERE chain = $1 AND digest = $2";
 
 pub(super) const HEAD_SQL: &str = "SELECT seq, hash FROM audit_heads WHERE org_id = ?";
 
 /// Open the writer's connection on `path` (already created and migrated) and start its
 /// thread.
-pub(super) fn spawn(path: &Path) -> Result<flume::Sender<Job>, StoreError> {
+pub(super) fn spawn(
+    path: &Path,
+    dict: Arc<Mutex<Dictionary>>,
+) -> Result<flume::Sender<Job>, StoreError> {
     let conn = open(path).map_err(|e| {
         tracing::error!(error = %e, "could not open the audit writer's connection");
         StoreError::CommitFailed
@@ -82,7 +96,7 @@ pub(super) fn spawn(path: &Path) -> Result<flume::Sender<Job>, StoreError> {
     let (tx, rx) = flume::bounded(QUEUE);
     std::thread::Builder::new()
         .name("coffer-sqlite-audit".into())
-        .spawn(move || run(conn, wal, rx, sync))
+        .spawn(move || run(conn, dict, wal, rx, sync))
         .map_err(|e| {
             tracing::error!(error = %e, "could not start the audit writer");
             StoreError::CommitFailed
@@ -110,10 +124,17 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-fn run(conn: Connection, wal: PathBuf, rx: flume::Receiver<Job>, mut sync: LogSync) {
+fn run(
+    conn: Connection,
+    dict: Arc<Mutex<Dictionary>>,
+    wal: PathBuf,
+    rx: flume::Receiver<Job>,
+    mut sync: LogSync,
+) {
     let mut w = Writer {
         conn,
         heads: Heads::new(),
+        dict,
         relaxed: false,
     };
     let mut batch: Vec<(NewAuditEvent, Durability, Reply)> = Vec::with_capacity(MAX_BATCH);
@@ -200,6 +221,8 @@ struct Writer {
     conn: Connection,
     /// Where this writer believes each chain ends (checked by the database on insert).
     heads: Heads,
+    /// Ids of chains and interned texts, shared with the other writer.
+    dict: Arc<Mutex<Dictionary>>,
     /// Whether the connection now commits with `synchronous = NORMAL`.
     relaxed: bool,
 }
@@ -213,6 +236,7 @@ impl Writer {
             Ok(links) => Ok(links),
             Err(first) => {
                 self.heads.clear();
+                lock(&self.dict).clear();
                 tracing::debug!(error = %first, "audit append retried with the heads read again");
                 let r = self.try_append(events);
                 if r.is_err() {
@@ -270,20 +294,63 @@ impl Writer {
         }
         let links =
             crate::chain::assign(events, heads).map_err(|_| rusqlite::Error::InvalidQuery)?;
-        for (chunk, chunk_links) in events
+        let plan = Plan::new(events);
+        let mut learned = Dictionary::default();
+        let needs = plan.needs(&lock(&self.dict), &learned);
+        for (org, n) in needs.orgs {
+            let chain = match lock(&self.dict).chain(org) {
+                Some(c) => c,
+                None => {
+                    let c = intern_chain(&tx, org)?;
+                    learned.learn_chain(org, c);
+                    c
+                }
+            };
+            for (digest, text) in n.texts {
+                let id = intern_string(&tx, chain, &digest, &text)?;
+                learned.learn_string(org, digest, id);
+            }
+        }
+        let packed = plan
+            .pack(&lock(&self.dict), &learned)
+            .map_err(|_| rusqlite::Error::InvalidQuery)?;
+        for ((chunk, chunk_links), chunk_packed) in events
             .chunks(ROWS_PER_INSERT)
             .zip(links.chunks(ROWS_PER_INSERT))
+            .zip(packed.chunks(ROWS_PER_INSERT))
         {
             let mut stmt = tx.prepare_cached(&insert_events_sql(chunk.len()))?;
             let values = chunk
                 .iter()
                 .zip(chunk_links)
-                .flat_map(|(e, link)| row_values(e, link));
+                .zip(chunk_packed)
+                .flat_map(|((e, link), packed)| row_values(e, link, packed));
             stmt.execute(rusqlite::params_from_iter(values))?;
         }
         tx.commit()?;
+        // Committed: the ids are the texts' for good.
+        lock(&self.dict).merge(learned);
         Ok(links)
     }
+}
+
+fn intern_chain(conn: &Connection, org: Uuid) -> rusqlite::Result<i64> {
+    let org = org.as_bytes().as_slice();
+    conn.prepare_cached(CHAIN_INSERT_SQL)?.execute([org])?;
+    conn.prepare_cached(CHAIN_SQL)?
+        .query_row([org], |r| r.get(0))
+}
+
+fn intern_string(
+    conn: &Connection,
+    chain: i64,
+    digest: &[u8; 32],
+    text: &str,
+) -> rusqlite::Result<i64> {
+    conn.prepare_cached(STRING_INSERT_SQL)?
+        .execute(rusqlite::params![chain, digest.as_slice(), text])?;
+    conn.prepare_cached(STRING_SQL)?
+        .query_row(rusqlite::params![chain, digest.as_slice()], |r| r.get(0))
 }
 
 /// Put the write-ahead log's committed frames on stable storage (an fsync covers the file,
@@ -308,20 +375,22 @@ fn load_head(conn: &Connection, org: Uuid) -> rusqlite::Result<(u64, [u8; 32])> 
 
 /// One event's columns, in the order of [`insert_events_sql`], as sqlx binds them on the
 /// other connection (ids as 16-byte blobs).
-fn row_values(e: &NewAuditEvent, (seq, prev, hash): &Link) -> [Value; 11] {
+fn row_values(
+    e: &NewAuditEvent,
+    (seq, _, hash): &Link,
+    (chain, body): &(i64, Vec<u8>),
+) -> [Value; 9] {
     [
-        Value::Blob(e.org_id.as_bytes().to_vec()),
+        Value::Integer(*chain),
         Value::Integer(crate::sql::db_int(*seq)),
-        Value::Blob(e.id.as_bytes().to_vec()),
         Value::Integer(e.time),
         Value::Text(e.action.clone()),
         e.actor_id
             .map_or(Value::Null, |a| Value::Blob(a.as_bytes().to_vec())),
         Value::Text(e.outcome.clone()),
         Value::Text(e.target.clone()),
-        Value::Text(e.body.clone()),
-        Value::Blob(prev.to_vec()),
         Value::Blob(hash.to_vec()),
+        Value::Blob(body.clone()),
     ]
 }
 

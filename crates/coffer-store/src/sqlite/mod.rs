@@ -63,6 +63,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "signed_heads",
         include_str!("../../migrations/sqlite/0007_signed_heads.sql"),
     ),
+    (
+        8,
+        "compact_audit",
+        include_str!("../../migrations/sqlite/0008_compact_audit.sql"),
+    ),
 ];
 
 #[async_trait]
@@ -111,7 +116,7 @@ impl crate::sql::Backend for SqliteStore {
         tx: &mut Self::Tx,
         event: &NewAuditEvent,
     ) -> Result<(u64, [u8; 32]), StoreError> {
-        writer::append_events(&mut *tx, &[event])
+        writer::append_events(&mut *tx, &[event], &self.dict)
             .await
             .and_then(|at| at.first().copied().ok_or(StoreError::CommitFailed))
             .map_err(|e| {
@@ -136,6 +141,8 @@ pub struct SqliteStore {
     writer: tokio::sync::mpsc::Sender<writer::Job>,
     audit: flume::Sender<audit_writer::Job>,
     cache: Arc<cache::ValueCache>,
+    /// Ids of audit chains and interned texts, shared by both writers.
+    dict: Arc<std::sync::Mutex<crate::audit_pack::Dictionary>>,
 }
 
 /// The one writer connection: a 64 MiB page cache (the default is 2 MiB), because rewrap
@@ -179,14 +186,16 @@ impl SqliteStore {
             .connect_with(base.read_only(true))
             .await?;
         let cache = Arc::new(cache::ValueCache::default());
-        let writer = writer::spawn(write.clone(), cache.clone());
-        let audit = audit_writer::spawn(path)?;
+        let dict = Arc::default();
+        let writer = writer::spawn(write.clone(), cache.clone(), Arc::clone(&dict));
+        let audit = audit_writer::spawn(path, Arc::clone(&dict))?;
         Ok(Self {
             write,
             read,
             writer,
             audit,
             cache,
+            dict,
         })
     }
 

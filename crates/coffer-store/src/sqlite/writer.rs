@@ -18,7 +18,11 @@ use sqlx::SqliteConnection;
 use uuid::Uuid;
 
 use super::append_version;
-use super::audit_writer::{HEAD_SQL, ROWS_PER_INSERT, insert_events_sql};
+use super::audit_writer::{
+    CHAIN_INSERT_SQL, CHAIN_SQL, HEAD_SQL, ROWS_PER_INSERT, STRING_INSERT_SQL, STRING_SQL,
+    insert_events_sql,
+};
+use crate::audit_pack::{Dictionary, Plan, lock};
 use crate::sql::{DbId, db_int};
 use crate::{NewAuditEvent, ParamWrite, StoreError};
 
@@ -33,13 +37,17 @@ pub(super) type Job = (ParamWrite, Reply);
 /// writer after one of its commits (SQLITE_BUSY_SNAPSHOT, without waiting).
 pub(super) const BEGIN: &str = "BEGIN IMMEDIATE";
 
-pub(super) fn spawn(pool: SqlitePool, cache: Arc<ValueCache>) -> mpsc::Sender<Job> {
+pub(super) fn spawn(
+    pool: SqlitePool,
+    cache: Arc<ValueCache>,
+    dict: Arc<std::sync::Mutex<Dictionary>>,
+) -> mpsc::Sender<Job> {
     let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
     tokio::spawn(async move {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         // Waits for one, then takes whatever else is queued, up to the limit.
         while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-            let results = commit_batch(&pool, &batch).await;
+            let results = commit_batch(&pool, &batch, &dict).await;
             for ((w, reply), result) in batch.drain(..).zip(results) {
                 let result = result.map(|at| {
                     cache.invalidate(w.org_id, w.env_id, &w.name);
@@ -56,34 +64,74 @@ pub(super) fn spawn(pool: SqlitePool, cache: Arc<ValueCache>) -> mpsc::Sender<Jo
 }
 
 /// Append events in the caller's transaction, which holds the write lock (see [`BEGIN`]):
-/// the heads read here are exact, and the database checks each link anyway.
+/// the heads read here are exact, and the database checks each link anyway. Texts not in
+/// `dict` are interned in the transaction; their ids are not kept, since whether it commits
+/// is the caller's to decide (changes are few; reads' events go through the audit writer).
 pub(super) async fn append_events(
     conn: &mut SqliteConnection,
     events: &[&NewAuditEvent],
+    dict: &std::sync::Mutex<Dictionary>,
 ) -> Result<Vec<(u64, [u8; 32])>, StoreError> {
     let mut heads = crate::chain::Heads::new();
     for org in crate::chain::orgs(events) {
         heads.insert(org, load_head(&mut *conn, org).await?);
     }
     let assigned = crate::chain::assign(events, &mut heads)?;
-    for (chunk_events, chunk_assigned) in events
+    let plan = Plan::new(events);
+    let mut learned = Dictionary::default();
+    let needs = plan.needs(&lock(dict), &learned);
+    for (org, n) in needs.orgs {
+        let known = lock(dict).chain(org);
+        let chain = match known {
+            Some(c) => c,
+            None => {
+                sqlx::query(CHAIN_INSERT_SQL)
+                    .bind(DbId(org))
+                    .execute(&mut *conn)
+                    .await?;
+                let c: i64 = sqlx::query_scalar(CHAIN_SQL)
+                    .bind(DbId(org))
+                    .fetch_one(&mut *conn)
+                    .await?;
+                learned.learn_chain(org, c);
+                c
+            }
+        };
+        for (digest, text) in n.texts {
+            sqlx::query(STRING_INSERT_SQL)
+                .bind(chain)
+                .bind(digest.to_vec())
+                .bind(text)
+                .execute(&mut *conn)
+                .await?;
+            let id: i64 = sqlx::query_scalar(STRING_SQL)
+                .bind(chain)
+                .bind(digest.to_vec())
+                .fetch_one(&mut *conn)
+                .await?;
+            learned.learn_string(org, digest, id);
+        }
+    }
+    let packed = plan.pack(&lock(dict), &learned)?;
+    for ((chunk_events, chunk_assigned), chunk_packed) in events
         .chunks(ROWS_PER_INSERT)
         .zip(assigned.chunks(ROWS_PER_INSERT))
+        .zip(packed.chunks(ROWS_PER_INSERT))
     {
         let mut q = sqlx::query(sqlx::AssertSqlSafe(insert_events_sql(chunk_events.len())));
-        for (e, (seq, prev, hash)) in chunk_events.iter().zip(chunk_assigned) {
+        for ((e, (seq, _, hash)), (chain, body)) in
+            chunk_events.iter().zip(chunk_assigned).zip(chunk_packed)
+        {
             q = q
-                .bind(DbId(e.org_id))
+                .bind(*chain)
                 .bind(db_int(*seq))
-                .bind(DbId(e.id))
                 .bind(e.time)
                 .bind(e.action.clone())
                 .bind(e.actor_id.map(DbId))
                 .bind(e.outcome.clone())
                 .bind(e.target.clone())
-                .bind(e.body.clone())
-                .bind(prev.to_vec())
-                .bind(hash.to_vec());
+                .bind(hash.to_vec())
+                .bind(body.clone());
         }
         q.execute(&mut *conn).await?;
     }
@@ -118,7 +166,11 @@ fn failed(n: usize) -> Vec<Outcome> {
     (0..n).map(|_| Err(StoreError::CommitFailed)).collect()
 }
 
-async fn commit_batch(pool: &SqlitePool, batch: &[Job]) -> Vec<Outcome> {
+async fn commit_batch(
+    pool: &SqlitePool,
+    batch: &[Job],
+    dict: &std::sync::Mutex<Dictionary>,
+) -> Vec<Outcome> {
     let mut tx = match pool.begin_with(BEGIN).await {
         Ok(tx) => tx,
         Err(e) => {
@@ -133,7 +185,7 @@ async fn commit_batch(pool: &SqlitePool, batch: &[Job]) -> Vec<Outcome> {
             let applied = match append_version(&mut sp, w).await {
                 Ok(()) => match &w.event {
                     // The write's event, in the write's savepoint: both or neither.
-                    Some(e) => append_events(&mut sp, &[&e.event])
+                    Some(e) => append_events(&mut sp, &[&e.event], dict)
                         .await
                         .map(|at| at.first().copied())
                         .map_err(|e| {

@@ -130,6 +130,7 @@ async fn audit_rows_refuse_update_and_delete() {
         outcome: "success".into(),
         target: String::new(),
         body: "{}".into(),
+        compact: None,
     };
     db.store().append_audit(&e).await.unwrap();
     let mut conn = sqlx::PgConnection::connect(&db.url()).await.unwrap();
@@ -141,15 +142,17 @@ async fn audit_rows_refuse_update_and_delete() {
         .await
         .unwrap();
     for sql in [
-        "UPDATE audit_events SET action = 'x'",
-        "DELETE FROM audit_events",
+        "UPDATE audit_log SET action = 'x'",
+        "DELETE FROM audit_log",
+        "UPDATE audit_chains SET org_id = '\\x00'",
+        "DELETE FROM audit_chains",
     ] {
         assert!(
             sqlx::query(sql).execute(&mut conn).await.is_err(),
             "{sql} must be refused"
         );
     }
-    let n: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM audit_events")
+    let n: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM audit_log")
         .fetch_one(&mut conn)
         .await
         .unwrap();
@@ -304,6 +307,7 @@ async fn two_nodes_append_to_shared_audit_chains_without_gaps_or_forks() {
                     outcome: "success".into(),
                     target: String::new(),
                     body: format!("{{\"node\":{n},\"k\":{k}}}"),
+                    compact: None,
                 };
                 (org, node.append_audit(&e).await.unwrap().0)
             }));
@@ -361,6 +365,7 @@ async fn audit_appends_chain_events_in_the_database_as_rust_verifies_them() {
             outcome: "success".into(),
             target: String::new(),
             body: "{\"n\":0}".into(),
+            compact: None,
         })
         .await
         .unwrap();
@@ -599,6 +604,7 @@ async fn cached_answers_are_confirmed_against_writes_on_other_nodes() {
         outcome: "success".into(),
         target: "app/child/K".into(),
         body: "{}".into(),
+        compact: None,
     };
     let read = || async {
         let (v, check) = a.nearest_value_cached(org, &chain, "K").await.unwrap();
@@ -935,6 +941,7 @@ async fn populate(s: &PgStore, org: uuid::Uuid, n: u8) -> (uuid::Uuid, [[u8; 32]
         outcome: "success".into(),
         target: "t".into(),
         body: "{}".into(),
+        compact: None,
     };
     let (seq, hash) = s.append_audit(&ev).await.unwrap();
     s.insert_checkpoint(&CheckpointRow {
@@ -975,7 +982,7 @@ async fn row_level_security_hides_other_organisations_rows() {
         "sessions",
         "api_keys",
         "invitations",
-        "audit_events",
+        "audit_log",
         "audit_checkpoints",
     ];
     async fn count(conn: &mut sqlx::PgConnection, table: &str) -> i64 {
@@ -1265,6 +1272,7 @@ async fn change_notices_reach_other_nodes_with_the_commit_only() {
             outcome: "success".into(),
             target: String::new(),
             body: "{}".into(),
+            compact: None,
         });
         e.notices = vec![Invalidation::Access, Invalidation::Meta(org)];
         e

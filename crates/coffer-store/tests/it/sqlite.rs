@@ -120,6 +120,7 @@ async fn appends_continue_the_chain_head_across_connections() {
         outcome: "success".into(),
         target: String::new(),
         body: format!("{{\"n\":{n}}}"),
+        compact: None,
     };
     let (seq1, h1) = s.append_audit(&ev(1)).await.unwrap();
     assert_eq!(seq1, 1);

@@ -813,6 +813,7 @@ pub async fn audit_chains_append_in_order_with_filters_and_checkpoints(s: &dyn S
         outcome: "success".into(),
         target: "p/e/n".into(),
         body: format!("{{\"n\":{n}}}"),
+        compact: None,
     };
     // Concurrent appends to one chain get distinct, consecutive sequence numbers.
     let events: Vec<NewAuditEvent> = (1..=20).map(|n| ev(a, n)).collect();
@@ -1719,6 +1720,7 @@ pub async fn cached_reads_are_confirmed_when_audited(s: &dyn Store) {
         outcome: "success".into(),
         target: "app/default/K".into(),
         body: format!("{{\"n\":{n}}}"),
+        compact: None,
     };
     let mut appended = 0;
     for version in 1..=3u64 {
