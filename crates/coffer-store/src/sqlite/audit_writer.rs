@@ -40,6 +40,9 @@ const QUEUE: usize = 4096;
 
 pub(super) type Reply = oneshot::Sender<Result<(u64, [u8; 32]), StoreError>>;
 
+// Appends are nearly every job: boxing the event to shrink the rare variants would cost an
+// allocation per audited request.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Job {
     Append(NewAuditEvent, Durability, Reply),
     /// Keep these as their chains' signed heads. Here rather than on the pool's connection:
