@@ -33,8 +33,8 @@ else
   db=$COFFER_BENCH_DIR/data/coffer.db
   command -v sqlite3 >/dev/null || { apt-get update -qq && apt-get install -y -qq sqlite3; }
   # The log's pages are counted once they are in the database file.
-  sqlite3 "$db" "PRAGMA wal_checkpoint(TRUNCATE)" >/dev/null
-  read -r events bytes < <(sqlite3 -separator ' ' "$db" "
+  sqlite3 -cmd ".timeout 10000" "$db" "PRAGMA wal_checkpoint(TRUNCATE)" >/dev/null
+  read -r events bytes < <(sqlite3 -cmd ".timeout 10000" -separator ' ' "$db" "
     SELECT (SELECT count(*) FROM audit_events) + (SELECT count(*) FROM audit_log), sum(pgsize) FROM dbstat
     WHERE name IN (SELECT name FROM sqlite_schema WHERE tbl_name LIKE 'audit%')")
 fi

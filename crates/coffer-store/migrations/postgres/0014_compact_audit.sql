@@ -38,7 +38,9 @@ CREATE TABLE audit_log (
     body     BYTEA  NOT NULL,
     PRIMARY KEY (chain, seq)
 );
-CREATE INDEX audit_log_time ON audit_log (chain, time);
+-- Time grows with the table, so a block-range index answers time bounds for a few pages
+-- instead of a B-tree entry per event (measured: 47 of ~310 bytes per event).
+CREATE INDEX audit_log_time ON audit_log USING brin (time);
 
 CREATE TRIGGER audit_log_no_update BEFORE UPDATE OR DELETE ON audit_log
     FOR EACH ROW EXECUTE FUNCTION coffer_append_only();

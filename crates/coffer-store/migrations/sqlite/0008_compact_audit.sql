@@ -38,7 +38,9 @@ CREATE TABLE audit_log (
     body     BLOB    NOT NULL,
     PRIMARY KEY (chain, seq)
 ) STRICT, WITHOUT ROWID;
-CREATE INDEX audit_log_time ON audit_log (chain, time);
+-- No index on time: the listing's optional time bounds (`$3 IS NULL OR time >= $3`) are not
+-- something SQLite's planner can use an index for (it walks the chain by the primary key
+-- either way), and one would cost about a tenth of every event's bytes.
 
 CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
 BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
