@@ -108,6 +108,7 @@ pg_suite!(
     reads_see_every_committed_write,
     concurrent_writes_commit_independently,
     audit_chains_append_in_order_with_filters_and_checkpoints,
+    compact_events_read_back_exactly,
     login_attempts_are_claimed_atomically,
     the_last_owner_stays,
     totp_steps_and_recovery_codes_are_single_use,
@@ -116,6 +117,59 @@ pg_suite!(
     cached_reads_are_confirmed_when_audited,
     sign_out_and_account_changes,
 );
+
+/// Interned audit texts are an organisation's own: row-level security shows a chain's texts
+/// and events only in its organisation's scope.
+#[tokio::test]
+async fn interned_audit_texts_are_scoped_by_organisation() {
+    use coffer_store::NewAuditEvent;
+    use coffer_store::audit_codec::{CompactEvent, Hole};
+    let Some(db) = fresh().await else { return };
+    let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    for (org, name) in [(a, "alice"), (b, "bob")] {
+        let e = NewAuditEvent {
+            org_id: org,
+            id: uuid::Uuid::now_v7(),
+            time: 5,
+            action: "a".into(),
+            actor_id: None,
+            outcome: "success".into(),
+            target: String::new(),
+            body: format!("{{\"who\":\"{name}\",\"t\":5}}"),
+            compact: Some(CompactEvent {
+                template: "{\"who\":\u{7},\"t\":\u{4}}".into(),
+                holes: vec![Hole::Ref(0), Hole::TimeMs],
+                fragments: vec![format!("\"{name}\"")],
+            }),
+        };
+        db.store().append_audit(&e).await.unwrap();
+    }
+    let mut conn = sqlx::PgConnection::connect(&db.url()).await.unwrap();
+    async fn texts(conn: &mut sqlx::PgConnection) -> Vec<String> {
+        sqlx::query_scalar("SELECT text FROM audit_strings ORDER BY text")
+            .fetch_all(conn)
+            .await
+            .unwrap()
+    }
+    assert!(texts(&mut conn).await.is_empty(), "no scope, no texts");
+    sqlx::query("SELECT set_config('coffer.org_id', $1, false)")
+        .bind(b.simple().to_string())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let seen = texts(&mut conn).await;
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(
+        seen.contains(&"\"bob\"".to_owned()) && !seen.iter().any(|t: &String| t.contains("alice"))
+    );
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_log")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    conn.close().await.unwrap();
+    db.drop_db().await;
+}
 
 #[tokio::test]
 async fn audit_rows_refuse_update_and_delete() {

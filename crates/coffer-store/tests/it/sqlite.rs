@@ -30,6 +30,7 @@ sqlite_suite!(
     reads_see_every_committed_write,
     concurrent_writes_commit_independently,
     audit_chains_append_in_order_with_filters_and_checkpoints,
+    compact_events_read_back_exactly,
     login_attempts_are_claimed_atomically,
     the_last_owner_stays,
     totp_steps_and_recovery_codes_are_single_use,
