@@ -9,5 +9,5 @@
 -- PostgreSQL's default EXECUTE grant to PUBLIC.
 GRANT USAGE ON SCHEMA public TO coffer_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO coffer_app;
-REVOKE UPDATE, DELETE ON audit_events, audit_checkpoints, param_versions FROM coffer_app;
+REVOKE UPDATE, DELETE ON audit_events, audit_log, audit_strings, audit_chains, audit_checkpoints, param_versions FROM coffer_app;
 REVOKE INSERT, UPDATE, DELETE ON _sqlx_migrations FROM coffer_app;

@@ -1254,6 +1254,7 @@ async fn a_runtime_role_without_ddl_rights_runs_coffer_and_cannot_rewrite_histor
         .unwrap();
     crate::suite::param_versions_append_with_optimistic_concurrency(&store).await;
     crate::suite::audit_chains_append_in_order_with_filters_and_checkpoints(&store).await;
+    crate::suite::compact_events_read_back_exactly(&store).await;
     assert!(store.try_lead().await.unwrap());
     store.close().await;
     // …and cannot change the schema, disable the walls, or rewrite history.
@@ -1261,9 +1262,15 @@ async fn a_runtime_role_without_ddl_rights_runs_coffer_and_cannot_rewrite_histor
     for sql in [
         "UPDATE audit_events SET action = 'x'",
         "DELETE FROM audit_events",
+        "UPDATE audit_log SET action = 'x'",
+        "DELETE FROM audit_log",
+        "UPDATE audit_strings SET text = 'x'",
+        "DELETE FROM audit_strings",
+        "DELETE FROM audit_chains",
         "DELETE FROM audit_checkpoints",
         "UPDATE param_versions SET action = 'x'",
         "ALTER TABLE audit_events DISABLE TRIGGER ALL",
+        "ALTER TABLE audit_log DISABLE TRIGGER ALL",
         "DROP POLICY tenant_scope ON projects",
         "ALTER TABLE projects NO FORCE ROW LEVEL SECURITY",
         "CREATE TABLE intruder (x int)",
