@@ -536,6 +536,13 @@ impl AuditLog {
         self.k.sinks.health()
     }
 
+    /// Events this process stored as JSON because their compact form did not render back
+    /// to the hashed JSON (see docs/audit.md, "How events are stored"): above zero means the
+    /// template writer misses a field, which costs space, not integrity.
+    pub fn compact_fallbacks(&self) -> u64 {
+        coffer_store::compact_fallbacks()
+    }
+
     /// Whether this node runs background jobs now (see `Cluster::try_lead`).
     pub async fn is_job_leader(&self) -> bool {
         match self.k.cluster().try_lead().await {

@@ -134,7 +134,8 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
          # TYPE coffer_audit_file_failures_total counter\ncoffer_audit_file_failures_total {}\n\
          # TYPE coffer_audit_file_sink_up gauge\ncoffer_audit_file_sink_up {}\n\
          # TYPE coffer_cached_reads_confirmed_total counter\ncoffer_cached_reads_confirmed_total {}\n\
-         # TYPE coffer_cached_reads_stale_total counter\ncoffer_cached_reads_stale_total {}\n",
+         # TYPE coffer_cached_reads_stale_total counter\ncoffer_cached_reads_stale_total {}\n\
+         # TYPE coffer_audit_compact_fallbacks_total counter\ncoffer_audit_compact_fallbacks_total {}\n",
         u8::from(sealed),
         a.events,
         a.store_failures,
@@ -142,6 +143,7 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
         a.file.map_or(-1, i8::from),
         confirmed,
         stale,
+        st.coffer.audit().compact_fallbacks(),
     );
     (
         [(

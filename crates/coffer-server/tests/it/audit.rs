@@ -49,10 +49,11 @@ async fn stored_events(srv: &TestServer) -> (Vec<(uuid::Uuid, String, String)>, 
     let events = rows
         .into_iter()
         .map(|(org, action, time, body)| {
-            use coffer_store::audit_codec::{FORMAT_JSON, render, template_id};
-            let json = if body[0] == FORMAT_JSON {
-                String::from_utf8(body[1..].to_vec()).unwrap()
-            } else {
+            use coffer_store::audit_codec::{FORMAT_COMPACT, render, template_id};
+            // Every event the service records has a compact form that renders back exactly
+            // (otherwise it would be stored as JSON, format 0).
+            assert_eq!(body[0], FORMAT_COMPACT, "{action} was stored as JSON");
+            let json = {
                 let template = &texts[&template_id(&body).unwrap()];
                 render(&body, template, time, &|id| texts.get(&id).cloned()).unwrap()
             };
@@ -304,6 +305,12 @@ async fn no_audit_no_response_and_service_recovers() {
         metrics
             .lines()
             .any(|l| l.starts_with("coffer_audit_store_failures_total ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "coffer_audit_compact_fallbacks_total 0"),
         "{metrics}"
     );
     sqlx::query("DROP TRIGGER audit_outage")
