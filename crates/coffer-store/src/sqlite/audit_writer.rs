@@ -235,13 +235,15 @@ impl Writer {
     /// more (the other writer may have appended, or the database may have been busy).
     fn append(&mut self, events: &[&NewAuditEvent], relaxed: bool) -> rusqlite::Result<Vec<Link>> {
         self.set_relaxed(relaxed)?;
-        match self.try_append(events) {
+        // Checked and hashed before the write lock is taken, once for both tries.
+        let plan = Plan::new(events);
+        match self.try_append(events, &plan) {
             Ok(links) => Ok(links),
             Err(first) => {
                 self.heads.clear();
                 lock(&self.dict).clear();
                 tracing::debug!(error = %first, "audit append retried with the heads read again");
-                let r = self.try_append(events);
+                let r = self.try_append(events, &plan);
                 if r.is_err() {
                     self.heads.clear();
                 }
@@ -284,7 +286,11 @@ impl Writer {
         tx.commit()
     }
 
-    fn try_append(&mut self, events: &[&NewAuditEvent]) -> rusqlite::Result<Vec<Link>> {
+    fn try_append(
+        &mut self,
+        events: &[&NewAuditEvent],
+        plan: &Plan<'_>,
+    ) -> rusqlite::Result<Vec<Link>> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -297,7 +303,6 @@ impl Writer {
         }
         let links =
             crate::chain::assign(events, heads).map_err(|_| rusqlite::Error::InvalidQuery)?;
-        let plan = Plan::new(events);
         let mut learned = Dictionary::default();
         let needs = plan.needs(&lock(&self.dict), &learned);
         for (org, n) in needs.orgs {
