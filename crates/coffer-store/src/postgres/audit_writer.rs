@@ -1,7 +1,7 @@
 //! The node's audit writer: one connection and thread that appends batches of events.
 
 use super::*;
-use crate::audit_pack::{Dictionary, Plan, lock};
+use crate::audit_pack::{Dictionary, Needs, Plan, lock};
 
 /// The dictionary of audit chains and interned texts this node shares among its writers.
 pub(super) type Dict = std::sync::Arc<std::sync::Mutex<Dictionary>>;
@@ -397,8 +397,19 @@ pub(super) async fn pack(
     events: &[&NewAuditEvent],
 ) -> Result<(Vec<Vec<u8>>, Dictionary), StoreError> {
     let plan = Plan::new(events);
+    let needs = plan.needs(&lock(dict), &Dictionary::default());
+    let learned = intern(conn, needs).await?;
+    let packed = plan.pack(&lock(dict), &learned)?;
+    Ok((packed.into_iter().map(|(_, body)| body).collect(), learned))
+}
+
+/// Intern on `conn` what a batch needs, one call per organisation (none if nothing is
+/// needed); returns the chains' and texts' ids.
+pub(super) async fn intern(
+    conn: &mut PgConnection,
+    needs: Needs,
+) -> Result<Dictionary, StoreError> {
     let mut learned = Dictionary::default();
-    let needs = plan.needs(&lock(dict), &learned);
     for (org, n) in needs.orgs {
         let (digests, texts): (Vec<Vec<u8>>, Vec<String>) =
             n.texts.into_iter().map(|(d, t)| (d.to_vec(), t)).unzip();
@@ -418,8 +429,7 @@ pub(super) async fn pack(
             learned.learn_string(org, d, *id);
         }
     }
-    let packed = plan.pack(&lock(dict), &learned)?;
-    Ok((packed.into_iter().map(|(_, body)| body).collect(), learned))
+    Ok(learned)
 }
 
 /// Append one organisation's events in one statement; returns (seq, hash) per event, in

@@ -273,8 +273,8 @@ fn event_position(hex_at: &str) -> Result<(u64, [u8; 32]), StoreError> {
     Ok((seq, hash.try_into().map_err(|_| StoreError::Corrupt)?))
 }
 
-/// The stored body of each write's event, its texts interned on `pool` first (each intern
-/// its own transaction, so the ids are kept).
+/// The stored body of each write's event, its texts interned on `pool` first if any are
+/// new (each intern its own transaction, so the ids are kept).
 pub(super) async fn pack_writes(
     pool: &PgPool,
     dict: &std::sync::Mutex<crate::audit_pack::Dictionary>,
@@ -287,10 +287,18 @@ pub(super) async fn pack_writes(
     if events.is_empty() {
         return Ok(vec![None; writes.len()]);
     }
-    let mut conn = pool.acquire().await?;
-    let (packed, learned) = super::audit_writer::pack(&mut conn, dict, &events).await?;
-    crate::audit_pack::lock(dict).merge(learned);
-    let mut packed = packed.into_iter();
+    use crate::audit_pack::{Dictionary, Plan, lock};
+    let plan = Plan::new(&events);
+    let needs = plan.needs(&lock(dict), &Dictionary::default());
+    // A connection only when something is not interned yet (rare once the node is warm).
+    let learned = if needs.orgs.is_empty() {
+        Dictionary::default()
+    } else {
+        super::audit_writer::intern(&mut *pool.acquire().await?, needs).await?
+    };
+    let packed = plan.pack(&lock(dict), &learned)?;
+    lock(dict).merge(learned);
+    let mut packed = packed.into_iter().map(|(_, body)| body);
     Ok(writes
         .iter()
         .map(|w| w.event.as_ref().and_then(|_| packed.next()))
