@@ -170,28 +170,15 @@ impl StoredRow {
     fn render(self, org_id: Uuid, texts: &HashMap<u64, String>) -> Result<AuditRow, StoreError> {
         let prev_hash = match self.prev_hash {
             Some(p) => p.try_into().map_err(|_| StoreError::Corrupt)?,
-            // The chain's first event, or a predecessor that is gone: verification reports
-            // the gap, this only has to give it something that cannot match.
+            // The chain's first event links to GENESIS; so does one whose predecessor is gone,
+            // a gap that verification reports by its sequence numbers.
             None => coffer_crypto::audit::GENESIS,
         };
-        let body = match self.body.first() {
-            Some(&audit_codec::FORMAT_JSON) => {
-                String::from_utf8(self.body[1..].to_vec()).map_err(|_| StoreError::Corrupt)?
-            }
-            _ => {
-                let template = audit_codec::template_id(&self.body)
-                    .ok()
-                    .and_then(|id| texts.get(&id))
-                    .ok_or(StoreError::Corrupt)?;
-                audit_codec::render(&self.body, template, self.time, &|id| {
-                    texts.get(&id).cloned()
-                })
-                .map_err(|e| {
-                    tracing::error!(seq = self.seq, error = %e, "an audit event cannot be rendered");
-                    StoreError::Corrupt
-                })?
-            }
-        };
+        let body = audit_codec::render_body(&self.body, self.time, &|id| texts.get(&id).cloned())
+            .map_err(|e| {
+            tracing::error!(seq = self.seq, error = %e, "an audit event cannot be rendered");
+            StoreError::Corrupt
+        })?;
         Ok(AuditRow {
             org_id,
             seq: self.seq,

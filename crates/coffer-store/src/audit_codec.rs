@@ -185,6 +185,22 @@ pub fn render(
     Ok(out)
 }
 
+/// An event's JSON from its stored body in either format: the JSON itself
+/// ([`FORMAT_JSON`]), or a compact body rendered with its template. `string` gives every
+/// interned text by id, the template included.
+pub fn render_body(
+    body: &[u8],
+    time_ms: i64,
+    string: &dyn Fn(u64) -> Option<String>,
+) -> Result<String, CodecError> {
+    if body.first() == Some(&FORMAT_JSON) {
+        return String::from_utf8(body[1..].to_vec()).map_err(|_| CodecError::Malformed);
+    }
+    let id = template_id(body)?;
+    let template = string(id).ok_or(CodecError::UnknownRef(id))?;
+    render(body, &template, time_ms, string)
+}
+
 fn render_hole(
     marker: u8,
     r: &mut Reader<'_>,

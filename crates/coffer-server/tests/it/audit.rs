@@ -49,14 +49,11 @@ async fn stored_events(srv: &TestServer) -> (Vec<(uuid::Uuid, String, String)>, 
     let events = rows
         .into_iter()
         .map(|(org, action, time, body)| {
-            use coffer_store::audit_codec::{FORMAT_COMPACT, render, template_id};
+            use coffer_store::audit_codec::{FORMAT_COMPACT, render_body};
             // Every event the service records has a compact form that renders back exactly
             // (otherwise it would be stored as JSON, format 0).
             assert_eq!(body[0], FORMAT_COMPACT, "{action} was stored as JSON");
-            let json = {
-                let template = &texts[&template_id(&body).unwrap()];
-                render(&body, template, time, &|id| texts.get(&id).cloned()).unwrap()
-            };
+            let json = render_body(&body, time, &|id| texts.get(&id).cloned()).unwrap();
             (uuid::Uuid::from_slice(&org).unwrap(), action, json)
         })
         .collect();
