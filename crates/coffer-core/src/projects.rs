@@ -334,6 +334,9 @@ impl Projects {
             p.scope.check_env(name)?;
             let meta = self.project_meta(p, project).await?;
             let parent_name = parent.unwrap_or(DEFAULT_ENV);
+            // Checked like any name before it is looked up: a refusal never repeats input
+            // that is not a valid name.
+            names::validate("parent", parent_name)?;
             let parent_row = meta.env(parent_name)?;
             if meta.chain(parent_name)?.len() + 1 > MAX_ENV_DEPTH {
                 return Err(CoreError::invalid(

@@ -509,6 +509,21 @@ async fn bad_input_is_rejected_and_changes_nothing() {
         .unwrap();
     let long = "n".repeat(257);
     for bad in ["", "..", "a/b", "a\u{0}b", "x\ny", long.as_str()] {
+        // An environment's parent is refused as invalid, not looked up and echoed.
+        let r = c
+            .projects()
+            .create_env(&Cx::default(), p, "app", "child", Some(bad))
+            .await;
+        assert!(
+            matches!(
+                r,
+                Err(CoreError::Invalid {
+                    field: "parent",
+                    ..
+                })
+            ),
+            "{bad:?}: {r:?}"
+        );
         assert!(
             matches!(
                 c.params()
