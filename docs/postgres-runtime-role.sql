@@ -11,3 +11,6 @@ GRANT USAGE ON SCHEMA public TO coffer_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO coffer_app;
 REVOKE UPDATE, DELETE ON audit_events, audit_log, audit_strings, audit_chains, audit_checkpoints, param_versions FROM coffer_app;
 REVOKE INSERT, UPDATE, DELETE ON _sqlx_migrations FROM coffer_app;
+-- Archive records and anchors are written by whoever prunes (the owner role): the runtime
+-- role may read them only, so it can neither move an anchor nor delete events.
+REVOKE INSERT, UPDATE, DELETE ON audit_segments, audit_segment_chains, audit_anchors FROM coffer_app;

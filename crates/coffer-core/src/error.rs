@@ -74,6 +74,9 @@ pub enum CoreError {
     AuditUnavailable,
     #[error("internal error: {0}")]
     Internal(&'static str),
+    /// Archiving or pruning the audit log refused or failed; nothing was pruned.
+    #[error("audit archive: {0}")]
+    Archive(String),
 }
 
 /// The stable error codes clients match on (table in docs/api.md), each with its HTTP
@@ -196,7 +199,10 @@ impl CoreError {
             CoreError::TenantKeyUnavailable => C::TenantKeyUnavailable,
             CoreError::Seal(_) | CoreError::DevKeyMissing(_) => C::SealUnavailable,
             CoreError::Unavailable(_) => C::Unavailable,
-            CoreError::Integrity | CoreError::Store(_) | CoreError::Internal(_) => C::Internal,
+            CoreError::Integrity
+            | CoreError::Store(_)
+            | CoreError::Internal(_)
+            | CoreError::Archive(_) => C::Internal,
         }
     }
 }

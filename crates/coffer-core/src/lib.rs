@@ -144,6 +144,7 @@ impl Coffer {
                 audit: Arc::new(AuditLog {
                     k: k.clone(),
                     audit: store.clone(),
+                    archive: store.clone(),
                 }),
                 seal: store.clone(),
                 key_repo: store,

@@ -35,6 +35,39 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
     hazmat::sha256(data)
 }
 
+/// SHA-256 over data that arrives in pieces (a file as it is written or read). Cloning
+/// gives the digest of what was fed so far without ending the stream.
+#[derive(Clone)]
+pub struct Sha256(aws_lc_rs::digest::Context);
+
+impl Sha256 {
+    pub fn new() -> Self {
+        Self(aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256))
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    pub fn finish(self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(self.0.finish().as_ref());
+        out
+    }
+}
+
+impl Default for Sha256 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Sha256 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sha256")
+    }
+}
+
 /// SHA-256 fingerprint of a certificate (DER), as colon-separated upper-case hex: the form
 /// operators compare by eye.
 pub fn fingerprint_sha256(der: &[u8]) -> String {

@@ -95,11 +95,13 @@ const LEGACY_EVENTS_SQL: &str = concat!(
 );
 
 /// Events in their stored form. The predecessor's hash is the previous row's, in this table
-/// or (for the first event after the migration) in the legacy one; none at seq 1.
+/// or (for the first event after the migration) in the legacy one, or the chain's anchor's
+/// once the events before were pruned; none at seq 1.
 const EVENTS_SQL: &str = concat!(
     "SELECT l.seq, l.time, l.body, l.hash, \
      COALESCE((SELECT p.hash FROM audit_log p WHERE p.chain = l.chain AND p.seq = l.seq - 1), \
-              (SELECT p.hash FROM audit_events p WHERE p.org_id = $1 AND p.seq = l.seq - 1)) AS prev_hash \
+              (SELECT p.hash FROM audit_events p WHERE p.org_id = $1 AND p.seq = l.seq - 1), \
+              (SELECT a.hash FROM audit_anchors a WHERE a.org_id = $1 AND a.seq = l.seq - 1)) AS prev_hash \
      FROM audit_log l JOIN audit_chains c ON c.chain = l.chain WHERE c.org_id = $1 AND ",
     audit_filter_sql!("l")
 );

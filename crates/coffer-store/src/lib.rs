@@ -8,6 +8,7 @@
 //! Every query that touches tenant data is scoped by organisation id as well as by its own
 //! key, so a bug in a caller cannot read across tenants.
 
+mod archive;
 mod audit;
 pub mod audit_codec;
 mod audit_pack;
@@ -28,6 +29,7 @@ mod wiring;
 
 use uuid::Uuid;
 
+pub use archive::ArchiveRepo;
 pub use audit::AuditRepo;
 pub use audit_pack::compact_fallbacks;
 pub use cluster::{Cluster, Invalidation};
@@ -47,8 +49,8 @@ pub use wiring::{Location, Storage, migrate};
 /// Every repository trait and [`Cluster`], for code that calls them on a concrete store.
 pub mod prelude {
     pub use crate::{
-        AccessRepo, AuditRepo, Cluster, KeyRepo, MailRepo, ParamRepo, SealRepo, Store, TenantRepo,
-        UserRepo,
+        AccessRepo, ArchiveRepo, AuditRepo, Cluster, KeyRepo, MailRepo, ParamRepo, SealRepo, Store,
+        TenantRepo, UserRepo,
     };
 }
 
@@ -78,6 +80,7 @@ pub trait Store:
     + TenantRepo
     + ParamRepo
     + AuditRepo
+    + ArchiveRepo
     + UserRepo
     + AccessRepo
     + MailRepo
@@ -91,6 +94,7 @@ impl<T> Store for T where
         + TenantRepo
         + ParamRepo
         + AuditRepo
+        + ArchiveRepo
         + UserRepo
         + AccessRepo
         + MailRepo

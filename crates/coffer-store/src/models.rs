@@ -450,3 +450,56 @@ pub struct RootRotation {
     pub sealed_root: Option<Vec<u8>>,
     pub secrets: RootSecrets,
 }
+
+/// An archive segment file, written and verified (docs/audit.md, "Archive segments").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentRow {
+    pub number: u64,
+    pub name: String,
+    /// Events before this time (ms) were eligible.
+    pub cut_ms: i64,
+    pub created_at: i64,
+    pub events: u64,
+    pub bytes: u64,
+    /// SHA-256 of the whole file.
+    pub sha256: [u8; 32],
+    /// Where the server keeps the file, when it wrote it itself.
+    pub location: Option<String>,
+    pub verified_at: i64,
+}
+
+/// The part of one chain a segment holds: `from_seq..=to_seq`, ending at `to_hash`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentChainRow {
+    pub number: u64,
+    pub org_id: Uuid,
+    pub from_seq: u64,
+    pub to_seq: u64,
+    pub to_hash: [u8; 32],
+}
+
+/// A chain's anchor: the signed checkpoint at the end of its pruned part, which must end a
+/// recorded segment's range. The event after it links to its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnchorRow {
+    pub checkpoint: CheckpointRow,
+    pub segment: u64,
+}
+
+/// A chain's newest event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainHead {
+    pub org_id: Uuid,
+    pub seq: u64,
+    pub hash: [u8; 32],
+}
+
+/// How much the audit log holds in the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditStorage {
+    /// Events in the database, over every chain (head minus anchor).
+    pub live_events: u64,
+    /// Bytes: on PostgreSQL the audit tables with their indexes; on SQLite the whole
+    /// database file in use (SQLite cannot size one table without a full scan).
+    pub bytes: u64,
+}

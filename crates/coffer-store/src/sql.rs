@@ -264,6 +264,8 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// a one-statement read runs straight on [`Backend::reads`]: on SQLite each statement
     /// is a round trip to the connection's thread, and BEGIN and COMMIT would be two more.
     const SCOPED_READS: bool;
+    /// One row, column `bytes`: what the audit log takes on disk (`ArchiveRepo::audit_storage`).
+    const AUDIT_BYTES_SQL: &'static str;
 
     /// Where statements outside a transaction read (SQLite: its read-only pool).
     fn reads(&self) -> Self::Pool<'_>;

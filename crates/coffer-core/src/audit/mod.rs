@@ -2,10 +2,12 @@
 //! organisation's hash chain before the response leaves. If the append fails, the caller
 //! must not answer with data (fail closed); see `coffer-server`'s audit layer.
 
+mod archive;
 mod compact;
 mod context;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod segment;
 mod signing;
 mod sinks;
 mod verify;
@@ -16,6 +18,9 @@ use coffer_store::{AuditRow, ChangeEvent, NewAuditEvent, ReadCheck};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use archive::{
+    ArchivePlan, ArchiveSettings, ArchiveStatus, ArchiveTarget, PruneReport, PrunedChain,
+};
 pub use coffer_store::{AuditFilter, CheckpointRow};
 pub use compact::compact;
 pub use context::{Action, Cx, Forgets, RequestInfo};
@@ -509,6 +514,7 @@ impl Kernel {
 pub struct AuditLog {
     pub(crate) k: std::sync::Arc<Kernel>,
     pub(crate) audit: std::sync::Arc<dyn coffer_store::AuditRepo>,
+    pub(crate) archive: std::sync::Arc<dyn coffer_store::ArchiveRepo>,
 }
 
 impl AuditLog {
@@ -667,12 +673,24 @@ impl AuditLog {
         // What this node wrote first: events appended while this runs are read below.
         let written = self.k.known_heads.get(org_id);
         let key = self.audit.audit_key().await?.map(|k| k.public_key);
-        let checkpoints = self.signed_points(org_id).await?;
-        let mut v = Verifier::new(org_id, key, checkpoints, None);
+        // Events at or below the anchor were archived and pruned: verification starts from
+        // it, once its signature holds (it is a checkpoint the writing node signed).
+        let anchor = self.archive.anchor(org_id).await?.map(|a| a.checkpoint);
+        let start = anchor.as_ref().map(|a| (a.seq, a.hash));
+        let checkpoints = self
+            .signed_points(org_id)
+            .await?
+            .into_iter()
+            .filter(|c| start.is_none_or(|(seq, _)| c.seq > seq))
+            .collect();
+        let mut v = Verifier::new(org_id, key, checkpoints, start);
+        if let Some(a) = &anchor {
+            v.check_checkpoint(a, &a.hash);
+        }
         if let Some(head) = written {
             v.expect_written(head);
         }
-        let mut after = 0;
+        let mut after = start.map_or(0, |s| s.0);
         loop {
             let rows = self
                 .audit

@@ -44,6 +44,8 @@ pub struct Verifier {
     /// The newest entry the verifying node itself appended (online verification only).
     written: Option<(u64, [u8; 32])>,
     prev: Option<(u64, [u8; 32])>,
+    /// The entry before the first one pushed (0 at the chain's start).
+    start_seq: u64,
     events: u64,
     first_seq: Option<u64>,
     problem: Option<VerifyProblem>,
@@ -58,12 +60,14 @@ impl Verifier {
         checkpoints: Vec<CheckpointRow>,
         start: Option<(u64, [u8; 32])>,
     ) -> Self {
+        let start = start.unwrap_or((0, GENESIS));
         Self {
             org_id,
             public_key,
             checkpoints: checkpoints.into_iter().map(|c| (c.seq, c)).collect(),
             written: None,
-            prev: Some(start.unwrap_or((0, GENESIS))),
+            prev: Some(start),
+            start_seq: start.0,
             events: 0,
             first_seq: None,
             problem: None,
@@ -74,6 +78,11 @@ impl Verifier {
     /// since, even after the last signature, it is reported.
     pub fn expect_written(&mut self, head: (u64, [u8; 32])) {
         self.written = Some(head);
+    }
+
+    /// The first problem found so far.
+    pub fn problem(&self) -> Option<&VerifyProblem> {
+        self.problem.as_ref()
     }
 
     fn fail(&mut self, seq: u64, kind: &str, message: String) {
@@ -145,7 +154,7 @@ impl Verifier {
         self.prev = Some((seq, *hash));
     }
 
-    fn check_checkpoint(&mut self, c: &CheckpointRow, event_hash: &[u8; 32]) {
+    pub(crate) fn check_checkpoint(&mut self, c: &CheckpointRow, event_hash: &[u8; 32]) {
         let msg = checkpoint_message(self.org_id, c.seq, &c.hash, c.created_at);
         let signed = self
             .public_key
@@ -169,7 +178,8 @@ impl Verifier {
     /// `head`: the chain's recorded end, when known (server-side verification).
     pub fn finish(mut self, head: Option<(u64, [u8; 32])>) -> VerifyReport {
         let last = self.prev.map(|p| p.0).filter(|&s| s > 0 && self.events > 0);
-        let end = last.unwrap_or(0);
+        // A chain pruned up to its anchor, with nothing after it, ends at the anchor.
+        let end = last.unwrap_or(self.start_seq);
         if let Some((&cseq, _)) = self.checkpoints.range(end + 1..).next() {
             self.fail(
                 end + 1,

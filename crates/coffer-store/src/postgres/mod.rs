@@ -98,6 +98,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "compact_audit",
         include_str!("../../migrations/postgres/0014_compact_audit.sql"),
     ),
+    (
+        15,
+        "audit_archive",
+        include_str!("../../migrations/postgres/0015_audit_archive.sql"),
+    ),
 ];
 
 #[async_trait]
@@ -115,6 +120,8 @@ impl crate::sql::Backend for PgStore {
     const REWRAP_WALK_HINT: Option<&'static str> =
         Some("SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off");
     const SCOPED_READS: bool = true;
+    const AUDIT_BYTES_SQL: &'static str = "SELECT (pg_total_relation_size('audit_log') \
+         + pg_total_relation_size('audit_events') + pg_total_relation_size('audit_strings'))::BIGINT AS bytes";
 
     fn reads(&self) -> Self::Pool<'_> {
         crate::sql::PoolExec(&self.pool)

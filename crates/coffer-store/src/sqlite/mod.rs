@@ -68,6 +68,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "compact_audit",
         include_str!("../../migrations/sqlite/0008_compact_audit.sql"),
     ),
+    (
+        9,
+        "audit_archive",
+        include_str!("../../migrations/sqlite/0009_audit_archive.sql"),
+    ),
 ];
 
 #[async_trait]
@@ -82,6 +87,9 @@ impl crate::sql::Backend for SqliteStore {
     const INT: &'static str = "INTEGER";
     const REWRAP_WALK_HINT: Option<&'static str> = None;
     const SCOPED_READS: bool = false;
+    // The file's pages in use: sizing one table would take a scan of it (no dbstat here).
+    const AUDIT_BYTES_SQL: &'static str = "SELECT (p.page_count - f.freelist_count) * s.page_size AS bytes \
+         FROM pragma_page_count() p, pragma_freelist_count() f, pragma_page_size() s";
 
     fn reads(&self) -> Self::Pool<'_> {
         crate::sql::PoolExec(&self.read)

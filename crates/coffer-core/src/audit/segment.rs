@@ -1,0 +1,911 @@
+//! Archive segment files (`coffer-audit-segment/v1`, docs/audit.md "Archive segments"):
+//! their lines, a writer that hashes what it writes, and the offline verification of a
+//! series of segments (and of live exports that follow them), streaming, with the public
+//! key only.
+//!
+//! A segment holds, for every chain that grew, the events after the previous segment's end
+//! up to a signed checkpoint (the *anchor*), with the checkpoints in between. Each chain's
+//! section lists its checkpoints and anchor before its events, so the verifier knows them
+//! when it meets their entries and keeps nothing per event. The last line carries the
+//! SHA-256 of every byte before it; the next segment's header names the whole file's
+//! SHA-256, so the files form a chain of their own.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use coffer_crypto::Sha256;
+use coffer_crypto::audit::GENESIS;
+use coffer_store::CheckpointRow;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::verify::{EXPORT_FORMAT, ExportLine, Verifier};
+
+pub const SEGMENT_FORMAT: &str = "coffer-audit-segment/v1";
+
+/// The previous segment, as the next one's header names it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PreviousSegment {
+    pub number: u64,
+    pub name: String,
+    /// SHA-256 of the whole previous file (hex).
+    pub sha256: String,
+}
+
+/// One line of a segment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SegmentLine {
+    Segment {
+        format: String,
+        number: u64,
+        name: String,
+        cut_ms: i64,
+        created_at: String,
+        public_key: String,
+        chains: u64,
+        events: u64,
+        previous: Option<PreviousSegment>,
+    },
+    /// A chain's section begins: its events `from_seq..=to_seq`, the first linking to
+    /// `prev_hash` (zeros at the chain's start).
+    Chain {
+        org_id: Uuid,
+        from_seq: u64,
+        prev_hash: String,
+        to_seq: u64,
+    },
+    Checkpoint {
+        seq: u64,
+        hash: String,
+        created_at: i64,
+        signature: String,
+    },
+    /// The signed checkpoint at the section's last event.
+    Anchor {
+        org_id: Uuid,
+        seq: u64,
+        hash: String,
+        created_at: i64,
+        signature: String,
+    },
+    Event {
+        seq: u64,
+        prev_hash: String,
+        hash: String,
+        body: String,
+    },
+    End {
+        chains: u64,
+        events: u64,
+        /// SHA-256 of every byte before this line (hex).
+        sha256: String,
+    },
+}
+
+/// `coffer-audit-<number>-<cut>`: sorts by number, says up to when.
+pub fn segment_name(number: u64, cut_ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH
+        + std::time::Duration::from_millis(u64::try_from(cut_ms).unwrap_or(0));
+    let stamp: String = humantime::format_rfc3339_seconds(t)
+        .to_string()
+        .chars()
+        .filter(|c| !matches!(c, '-' | ':'))
+        .collect();
+    format!("coffer-audit-{number:06}-{stamp}")
+}
+
+pub(crate) fn checkpoint_line(c: &CheckpointRow) -> SegmentLine {
+    SegmentLine::Checkpoint {
+        seq: c.seq,
+        hash: hex::encode(c.hash),
+        created_at: c.created_at,
+        signature: hex::encode(&c.signature),
+    }
+}
+
+pub(crate) fn anchor_line(c: &CheckpointRow) -> SegmentLine {
+    SegmentLine::Anchor {
+        org_id: c.org_id,
+        seq: c.seq,
+        hash: hex::encode(c.hash),
+        created_at: c.created_at,
+        signature: hex::encode(&c.signature),
+    }
+}
+
+/// Writes lines, hashing every byte; `finish` writes the end line.
+pub struct SegmentWriter<W: Write> {
+    out: W,
+    hash: Sha256,
+    bytes: u64,
+    chains: u64,
+    events: u64,
+}
+
+impl<W: Write> std::fmt::Debug for SegmentWriter<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentWriter")
+            .field("bytes", &self.bytes)
+            .field("events", &self.events)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<W: Write> SegmentWriter<W> {
+    pub fn new(out: W) -> Self {
+        Self {
+            out,
+            hash: Sha256::new(),
+            bytes: 0,
+            chains: 0,
+            events: 0,
+        }
+    }
+
+    pub fn line(&mut self, l: &SegmentLine) -> std::io::Result<()> {
+        match l {
+            SegmentLine::Chain { .. } => self.chains += 1,
+            SegmentLine::Event { .. } => self.events += 1,
+            _ => {}
+        }
+        let mut text = serde_json::to_vec(l).map_err(std::io::Error::other)?;
+        text.push(b'\n');
+        self.hash.update(&text);
+        self.bytes += text.len() as u64;
+        self.out.write_all(&text)
+    }
+
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// Write the end line and flush; returns the writer, the file's SHA-256 and its size.
+    pub fn finish(mut self) -> std::io::Result<(W, [u8; 32], u64)> {
+        let end = SegmentLine::End {
+            chains: self.chains,
+            events: self.events,
+            sha256: hex::encode(self.hash.clone().finish()),
+        };
+        let mut text = serde_json::to_vec(&end).map_err(std::io::Error::other)?;
+        text.push(b'\n');
+        self.hash.update(&text);
+        self.bytes += text.len() as u64;
+        self.out.write_all(&text)?;
+        self.out.flush()?;
+        Ok((self.out, self.hash.finish(), self.bytes))
+    }
+}
+
+/// A problem found in a series of segments, named by the file it is in.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SegmentProblem {
+    /// The segment's (or export's) file name.
+    pub file: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub org_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// `missing`, `altered`, `truncated`, `broken_link`, `bad_checkpoint`, `foreign`,
+    /// `duplicate`, `malformed`.
+    pub kind: String,
+    pub message: String,
+}
+
+/// One segment as verified.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VerifiedSegment {
+    pub file: String,
+    pub number: u64,
+    pub name: String,
+    pub cut_ms: i64,
+    pub events: u64,
+    pub sha256: String,
+    pub chains: Vec<VerifiedRange>,
+}
+
+/// The range of one chain a segment holds, ending at its anchor.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VerifiedRange {
+    pub org_id: Uuid,
+    pub from_seq: u64,
+    pub to_seq: u64,
+    pub to_hash: String,
+    #[serde(skip)]
+    pub anchor: Option<CheckpointRow>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SegmentsReport {
+    pub ok: bool,
+    pub segments: Vec<VerifiedSegment>,
+    /// Live exports checked against the segments' ends.
+    pub exports: u64,
+    pub events: u64,
+    pub first_problem: Option<SegmentProblem>,
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name().map_or_else(
+        || p.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+fn h32(s: &str) -> Option<[u8; 32]> {
+    hex::decode(s).ok()?.try_into().ok()
+}
+
+struct Header {
+    number: u64,
+    name: String,
+    public_key: String,
+    previous: Option<PreviousSegment>,
+}
+
+/// The first line of a file: a segment's header, or None for anything else.
+fn read_header(path: &Path) -> Result<Option<Header>, String> {
+    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut first = String::new();
+    std::io::BufReader::new(f)
+        .read_line(&mut first)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(match serde_json::from_str::<SegmentLine>(&first) {
+        Ok(SegmentLine::Segment {
+            format,
+            number,
+            name,
+            public_key,
+            previous,
+            ..
+        }) if format == SEGMENT_FORMAT => Some(Header {
+            number,
+            name,
+            public_key,
+            previous,
+        }),
+        _ => None,
+    })
+}
+
+/// Where each chain stands after the segments read so far: (seq, hash) of its last event.
+type Carry = BTreeMap<Uuid, (u64, [u8; 32])>;
+
+/// Verify segment files as one series (sorted by their numbers) and live exports that
+/// continue them (`coffer-audit-export/v1`, any order). `pinned_key` (hex) overrides the
+/// key the files name. Streaming: memory holds one line and each chain's position.
+pub fn verify_segments(
+    files: &[PathBuf],
+    pinned_key: Option<&str>,
+) -> Result<SegmentsReport, String> {
+    let mut segments = Vec::new();
+    let mut exports = Vec::new();
+    for p in files {
+        match read_header(p)? {
+            Some(h) => segments.push((h, p.clone())),
+            None => exports.push(p.clone()),
+        }
+    }
+    segments.sort_by_key(|(h, _)| h.number);
+    let mut report = SegmentsReport {
+        ok: false,
+        segments: Vec::new(),
+        exports: 0,
+        events: 0,
+        first_problem: None,
+    };
+    let mut carry = Carry::new();
+    let mut prev: Option<(u64, String, String, String)> = None; // number, name, sha256, file
+    for (i, (h, path)) in segments.iter().enumerate() {
+        let file = file_name(path);
+        let problem = |kind: &str, message: String| SegmentProblem {
+            file: file.clone(),
+            org_id: None,
+            seq: None,
+            kind: kind.into(),
+            message,
+        };
+        let key = pinned_key.map_or_else(|| h.public_key.clone(), str::to_owned);
+        if let Some((pnum, pname, psha, pfile)) = &prev {
+            if h.number == *pnum {
+                report.first_problem = Some(problem(
+                    "duplicate",
+                    format!("{file} and {pfile} are both segment {:06}", h.number),
+                ));
+                return Ok(report);
+            }
+            if h.number > pnum + 1 {
+                let gap = if h.number == pnum + 2 {
+                    format!("segment {:06} is", pnum + 1)
+                } else {
+                    format!("segments {:06} to {:06} are", pnum + 1, h.number - 1)
+                };
+                report.first_problem = Some(problem(
+                    "missing",
+                    format!("{gap} missing between {pname} and {}", h.name),
+                ));
+                return Ok(report);
+            }
+            let follows = h.previous.as_ref().is_some_and(|p| {
+                p.number == *pnum && p.name == *pname && p.sha256.eq_ignore_ascii_case(psha)
+            });
+            if !follows {
+                report.first_problem = Some(problem(
+                    "broken_link",
+                    format!(
+                        "{} does not follow {pname} (reordered, swapped, or {pname} was altered)",
+                        h.name
+                    ),
+                ));
+                return Ok(report);
+            }
+        }
+        // The series' first segment starts every chain at its beginning unless it names a
+        // predecessor (a series verified from the middle).
+        let from_start = i == 0 && h.previous.is_none();
+        match verify_one(path, &file, &key, &mut carry, from_start || i > 0)? {
+            Ok(seg) => {
+                report.events += seg.events;
+                prev = Some((seg.number, seg.name.clone(), seg.sha256.clone(), file));
+                report.segments.push(seg);
+            }
+            Err(p) => {
+                report.first_problem = Some(p);
+                return Ok(report);
+            }
+        }
+    }
+    for path in &exports {
+        match check_export_link(path, &carry, pinned_key)? {
+            Ok(events) => {
+                report.exports += 1;
+                report.events += events;
+            }
+            Err(p) => {
+                report.first_problem = Some(p);
+                return Ok(report);
+            }
+        }
+    }
+    report.ok = true;
+    Ok(report)
+}
+
+/// Read one line (bytes up to and including '\n'); None at the end.
+fn next_line(r: &mut impl BufRead, buf: &mut Vec<u8>) -> std::io::Result<Option<()>> {
+    buf.clear();
+    Ok((r.read_until(b'\n', buf)? > 0).then_some(()))
+}
+
+/// Verify one segment against where each chain stands (`carry`, updated). `strict`: a
+/// chain not seen yet must start at its first event.
+fn verify_one(
+    path: &Path,
+    file: &str,
+    key_hex: &str,
+    carry: &mut Carry,
+    strict: bool,
+) -> Result<Result<VerifiedSegment, SegmentProblem>, String> {
+    let key = hex::decode(key_hex).map_err(|_| "the public key is not hex".to_string())?;
+    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut r = std::io::BufReader::new(f);
+    let mut hash = Sha256::new();
+    let mut buf = Vec::new();
+    let fail = |org: Option<Uuid>, seq: Option<u64>, kind: &str, message: String| {
+        Ok(Err(SegmentProblem {
+            file: file.to_owned(),
+            org_id: org,
+            seq,
+            kind: kind.into(),
+            message,
+        }))
+    };
+    let mut seg: Option<VerifiedSegment> = None;
+    let mut declared = (0u64, 0u64); // chains, events from the header
+    // The section being read: its range, verifier and checkpoints.
+    struct Section {
+        org_id: Uuid,
+        from_seq: u64,
+        to_seq: u64,
+        start: (u64, [u8; 32]),
+        checkpoints: Vec<CheckpointRow>,
+        anchor: Option<CheckpointRow>,
+        verifier: Option<Verifier>,
+        last: Option<(u64, [u8; 32])>,
+    }
+    let mut section: Option<Section> = None;
+    let mut chains = 0u64;
+    let mut events = 0u64;
+    let mut ended = false;
+    // Close a section: its events must reach its anchor, signed, with no problem.
+    let close = |s: Section, seg: &mut VerifiedSegment, carry: &mut Carry| {
+        let Some(anchor) = s.anchor.clone() else {
+            return Err((
+                s.org_id,
+                s.to_seq,
+                "bad_checkpoint".to_owned(),
+                "has no anchor".to_owned(),
+            ));
+        };
+        let v = match s.verifier {
+            Some(v) => v,
+            None => Verifier::new(s.org_id, None, Vec::new(), Some(s.start)),
+        };
+        let r = v.finish(None);
+        if let Some(p) = r.first_problem {
+            return Err((s.org_id, p.seq, p.kind, p.message));
+        }
+        match s.last {
+            Some((seq, h)) if seq == s.to_seq && h == anchor.hash => {}
+            Some((seq, _)) if seq < s.to_seq => {
+                return Err((
+                    s.org_id,
+                    seq + 1,
+                    "truncated".to_owned(),
+                    format!("ends at entry {seq}, not {}", s.to_seq),
+                ));
+            }
+            _ => {
+                return Err((
+                    s.org_id,
+                    s.to_seq,
+                    "altered".to_owned(),
+                    "does not end at its anchor".to_owned(),
+                ));
+            }
+        }
+        carry.insert(s.org_id, (s.to_seq, anchor.hash));
+        seg.chains.push(VerifiedRange {
+            org_id: s.org_id,
+            from_seq: s.from_seq,
+            to_seq: s.to_seq,
+            to_hash: hex::encode(anchor.hash),
+            anchor: Some(anchor),
+        });
+        Ok(())
+    };
+    let mut lineno = 0u64;
+    while next_line(&mut r, &mut buf)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .is_some()
+    {
+        lineno += 1;
+        if ended {
+            return fail(
+                None,
+                None,
+                "altered",
+                format!("{file} has lines after its end"),
+            );
+        }
+        let before = hash.clone();
+        hash.update(&buf);
+        if buf.last() != Some(&b'\n') {
+            return fail(
+                None,
+                None,
+                "truncated",
+                format!("{file} is truncated (its last line is cut off)"),
+            );
+        }
+        let line = match serde_json::from_slice::<SegmentLine>(&buf) {
+            Ok(l) => l,
+            Err(e) => {
+                return fail(
+                    None,
+                    None,
+                    "malformed",
+                    format!("{file}: line {lineno} is not a segment line: {e}"),
+                );
+            }
+        };
+        match line {
+            SegmentLine::Segment {
+                format,
+                number,
+                name,
+                cut_ms,
+                chains: c,
+                events: e,
+                ..
+            } if lineno == 1 && format == SEGMENT_FORMAT => {
+                declared = (c, e);
+                seg = Some(VerifiedSegment {
+                    file: file.to_owned(),
+                    number,
+                    name,
+                    cut_ms,
+                    events: 0,
+                    sha256: String::new(),
+                    chains: Vec::new(),
+                });
+            }
+            SegmentLine::Chain {
+                org_id,
+                from_seq,
+                prev_hash,
+                to_seq,
+            } if seg.is_some() => {
+                if let Some(s) = section.take()
+                    && let Err((org, seq, kind, m)) = close(s, seg.as_mut().unwrap(), carry)
+                {
+                    return fail(
+                        Some(org),
+                        Some(seq),
+                        &kind,
+                        format!("{file}: chain {org} {m}"),
+                    );
+                }
+                chains += 1;
+                let Some(prev) = h32(&prev_hash) else {
+                    return fail(
+                        Some(org_id),
+                        None,
+                        "malformed",
+                        format!("{file}: bad prev_hash"),
+                    );
+                };
+                if from_seq == 0 || to_seq < from_seq {
+                    return fail(
+                        Some(org_id),
+                        None,
+                        "malformed",
+                        format!("{file}: chain {org_id} has an empty range"),
+                    );
+                }
+                let start = (from_seq - 1, prev);
+                match carry.get(&org_id) {
+                    Some(&(seq, h)) if (seq, h) != start => {
+                        return fail(
+                            Some(org_id),
+                            Some(from_seq),
+                            if from_seq > seq + 1 {
+                                "missing"
+                            } else {
+                                "broken_link"
+                            },
+                            format!(
+                                "{file}: chain {org_id} starts at entry {from_seq} but the segments before end at {seq}{}",
+                                if from_seq == seq + 1 {
+                                    " with another hash"
+                                } else {
+                                    ""
+                                }
+                            ),
+                        );
+                    }
+                    None if strict && (from_seq != 1 || prev != GENESIS) => {
+                        return fail(
+                            Some(org_id),
+                            Some(1),
+                            "missing",
+                            format!(
+                                "{file}: chain {org_id} starts at entry {from_seq}; the entries before are in no segment given"
+                            ),
+                        );
+                    }
+                    _ => {}
+                }
+                section = Some(Section {
+                    org_id,
+                    from_seq,
+                    to_seq,
+                    start,
+                    checkpoints: Vec::new(),
+                    anchor: None,
+                    verifier: None,
+                    last: None,
+                });
+            }
+            SegmentLine::Checkpoint {
+                seq,
+                hash: h,
+                created_at,
+                signature,
+            } if section.as_ref().is_some_and(|s| s.verifier.is_none()) => {
+                let s = section.as_mut().unwrap();
+                let (Some(h), Ok(signature)) = (h32(&h), hex::decode(signature)) else {
+                    return fail(
+                        Some(s.org_id),
+                        Some(seq),
+                        "malformed",
+                        format!("{file}: bad checkpoint"),
+                    );
+                };
+                s.checkpoints.push(CheckpointRow {
+                    org_id: s.org_id,
+                    seq,
+                    hash: h,
+                    created_at,
+                    signature,
+                });
+            }
+            SegmentLine::Anchor {
+                org_id,
+                seq,
+                hash: h,
+                created_at,
+                signature,
+            } if section
+                .as_ref()
+                .is_some_and(|s| s.verifier.is_none() && s.anchor.is_none()) =>
+            {
+                let s = section.as_mut().unwrap();
+                let (Some(h), Ok(signature)) = (h32(&h), hex::decode(signature)) else {
+                    return fail(
+                        Some(s.org_id),
+                        Some(seq),
+                        "malformed",
+                        format!("{file}: bad anchor"),
+                    );
+                };
+                if org_id != s.org_id || seq != s.to_seq {
+                    return fail(
+                        Some(s.org_id),
+                        Some(seq),
+                        "altered",
+                        format!(
+                            "{file}: chain {} has an anchor that is not at its last entry",
+                            s.org_id
+                        ),
+                    );
+                }
+                s.anchor = Some(CheckpointRow {
+                    org_id,
+                    seq,
+                    hash: h,
+                    created_at,
+                    signature,
+                });
+            }
+            SegmentLine::Event {
+                seq,
+                prev_hash,
+                hash: h,
+                body,
+            } if section.is_some() => {
+                let s = section.as_mut().unwrap();
+                let (Some(p), Some(h)) = (h32(&prev_hash), h32(&h)) else {
+                    return fail(
+                        Some(s.org_id),
+                        Some(seq),
+                        "malformed",
+                        format!("{file}: bad event hashes"),
+                    );
+                };
+                if seq > s.to_seq {
+                    return fail(
+                        Some(s.org_id),
+                        Some(seq),
+                        "altered",
+                        format!("{file}: chain {} has entry {seq} past its range", s.org_id),
+                    );
+                }
+                let v = s.verifier.get_or_insert_with(|| {
+                    let mut points = s.checkpoints.clone();
+                    points.extend(s.anchor.clone());
+                    Verifier::new(s.org_id, Some(key.clone()), points, Some(s.start))
+                });
+                v.push(seq, &p, &h, &body);
+                if let Some(problem) = v.problem() {
+                    return fail(
+                        Some(s.org_id),
+                        Some(problem.seq),
+                        &problem.kind,
+                        format!("{file}: chain {}: {}", s.org_id, problem.message),
+                    );
+                }
+                s.last = Some((seq, h));
+                events += 1;
+            }
+            SegmentLine::End {
+                chains: c,
+                events: e,
+                sha256,
+            } if seg.is_some() => {
+                if let Some(s) = section.take()
+                    && let Err((org, seq, kind, m)) = close(s, seg.as_mut().unwrap(), carry)
+                {
+                    return fail(
+                        Some(org),
+                        Some(seq),
+                        &kind,
+                        format!("{file}: chain {org} {m}"),
+                    );
+                }
+                if !hex::encode(before.finish()).eq_ignore_ascii_case(&sha256) {
+                    return fail(
+                        None,
+                        None,
+                        "altered",
+                        format!("{file} was altered (its content does not match its end line)"),
+                    );
+                }
+                if (c, e) != (chains, events) || declared != (chains, events) {
+                    return fail(
+                        None,
+                        None,
+                        "altered",
+                        format!(
+                            "{file} holds {chains} chains and {events} events, not what it declares"
+                        ),
+                    );
+                }
+                ended = true;
+            }
+            _ => {
+                return fail(
+                    None,
+                    None,
+                    "malformed",
+                    format!("{file}: line {lineno} is out of place"),
+                );
+            }
+        }
+    }
+    let Some(mut seg) = seg else {
+        return fail(
+            None,
+            None,
+            "malformed",
+            format!("{file} is not a {SEGMENT_FORMAT} file"),
+        );
+    };
+    if !ended {
+        return fail(
+            None,
+            None,
+            "truncated",
+            format!("{file} is truncated (it has no end line)"),
+        );
+    }
+    seg.events = events;
+    seg.sha256 = hex::encode(hash.finish());
+    Ok(Ok(seg))
+}
+
+/// A live export must continue its chain where the segments end, and verify.
+fn check_export_link(
+    path: &Path,
+    carry: &Carry,
+    pinned_key: Option<&str>,
+) -> Result<Result<u64, SegmentProblem>, String> {
+    let file = file_name(path);
+    let open = || std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()));
+    let mut lines = std::io::BufReader::new(open()?).lines();
+    let problem =
+        |org: Option<Uuid>, seq: Option<u64>, kind: &str, message: String| SegmentProblem {
+            file: file.clone(),
+            org_id: org,
+            seq,
+            kind: kind.into(),
+            message,
+        };
+    let header = lines.next().transpose().map_err(|e| e.to_string())?;
+    let org_id = match header.as_deref().map(serde_json::from_str::<ExportLine>) {
+        Some(Ok(ExportLine::Header { format, org_id, .. })) if format == EXPORT_FORMAT => org_id,
+        _ => {
+            return Ok(Err(problem(
+                None,
+                None,
+                "malformed",
+                format!("{file} is neither a segment nor an export"),
+            )));
+        }
+    };
+    let first = lines.find_map(
+        |l| match l.ok().map(|l| serde_json::from_str::<ExportLine>(&l)) {
+            Some(Ok(ExportLine::Event { seq, prev_hash, .. })) => Some((seq, prev_hash)),
+            _ => None,
+        },
+    );
+    if let (Some((seq, prev)), Some(&(cseq, chash))) = (first, carry.get(&org_id))
+        && (seq != cseq + 1 || h32(&prev) != Some(chash))
+    {
+        return Ok(Err(problem(
+            Some(org_id),
+            Some(seq),
+            if seq > cseq + 1 {
+                "missing"
+            } else {
+                "broken_link"
+            },
+            format!(
+                "{file} starts at entry {seq} but the segments end at entry {cseq} of its chain"
+            ),
+        )));
+    }
+    let report = super::verify::verify_export(std::io::BufReader::new(open()?), pinned_key)?;
+    Ok(match report.first_problem {
+        None => Ok(report.events),
+        Some(p) => Err(problem(
+            Some(org_id),
+            Some(p.seq),
+            &p.kind,
+            format!("{file}: {}", p.message),
+        )),
+    })
+}
+
+/// Write one organisation's events and checkpoints from segments as a standard export
+/// (`coffer-audit-export/v1`); its event lines are the ones the server exported before the
+/// events were pruned. The segments must verify first ([`verify_segments`]).
+pub fn export_from_segments(
+    files: &[PathBuf],
+    org_id: Uuid,
+    out: &mut impl Write,
+) -> Result<u64, String> {
+    let mut ordered = Vec::new();
+    for p in files {
+        let h = read_header(p)?.ok_or_else(|| format!("{} is not a segment", p.display()))?;
+        ordered.push((h.number, h.public_key, p.clone()));
+    }
+    ordered.sort_by_key(|(n, _, _)| *n);
+    let key = ordered.first().map(|(_, k, _)| k.clone());
+    let header = ExportLine::Header {
+        format: EXPORT_FORMAT.into(),
+        org_id,
+        public_key: key,
+        exported_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+    };
+    let io = |e: std::io::Error| e.to_string();
+    let json = |l: &ExportLine| serde_json::to_string(l).map_err(|e| e.to_string());
+    writeln!(out, "{}", json(&header)?).map_err(io)?;
+    let mut points: BTreeMap<u64, ExportLine> = BTreeMap::new();
+    let mut events = 0;
+    for (_, _, path) in &ordered {
+        let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut mine = false;
+        for l in std::io::BufReader::new(f).lines() {
+            let l = l.map_err(io)?;
+            match serde_json::from_str::<SegmentLine>(&l).map_err(|e| e.to_string())? {
+                SegmentLine::Chain { org_id: o, .. } => mine = o == org_id,
+                SegmentLine::Event {
+                    seq,
+                    prev_hash,
+                    hash,
+                    body,
+                } if mine => {
+                    events += 1;
+                    let e = ExportLine::Event {
+                        seq,
+                        prev_hash,
+                        hash,
+                        body,
+                    };
+                    writeln!(out, "{}", json(&e)?).map_err(io)?;
+                }
+                SegmentLine::Checkpoint {
+                    seq,
+                    hash,
+                    created_at,
+                    signature,
+                }
+                | SegmentLine::Anchor {
+                    seq,
+                    hash,
+                    created_at,
+                    signature,
+                    ..
+                } if mine => {
+                    points.insert(
+                        seq,
+                        ExportLine::Checkpoint {
+                            seq,
+                            hash,
+                            created_at,
+                            signature,
+                        },
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+    for p in points.values() {
+        writeln!(out, "{}", json(p)?).map_err(io)?;
+    }
+    out.flush().map_err(io)?;
+    Ok(events)
+}
