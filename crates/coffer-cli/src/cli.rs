@@ -359,6 +359,20 @@ pub struct BenchLoadArgs {
     pub out: std::path::PathBuf,
 }
 
+/// Which database an operator command opens: the server's, from its configuration.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OperatorDb {
+    /// The server's TOML configuration file.
+    #[arg(long, env = "COFFER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The server's data directory (overrides the file and COFFER_DATA_DIR).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// The server runs in dev mode (its default data directory is .coffer-dev).
+    #[arg(long)]
+    pub dev: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum AuditCmd {
     /// List events, oldest first (Owners and Admins).
@@ -385,10 +399,17 @@ pub enum AuditCmd {
         #[arg(long)]
         all: bool,
     },
-    /// Stream the log (with checkpoints) to a file or stdout.
+    /// Stream the log (with checkpoints) to a file or stdout; with --segments, one
+    /// organisation's archived events from segment files (offline).
     Export {
         #[arg(long, default_value = "ndjson", value_parser = ["ndjson", "json"])]
         format: String,
+        /// Archive segment files to export from instead of the server (repeatable).
+        #[arg(long = "segments", num_args = 1..)]
+        segments: Vec<std::path::PathBuf>,
+        /// The organisation id to export from segments (the system chain: the nil id).
+        #[arg(long, requires = "segments")]
+        org: Option<uuid::Uuid>,
         #[arg(long)]
         from: Option<String>,
         #[arg(long)]
@@ -396,16 +417,46 @@ pub enum AuditCmd {
         #[arg(long, short)]
         output: Option<std::path::PathBuf>,
     },
-    /// Verify the chain on the server, or an NDJSON export offline with --file.
+    /// Verify the chain on the server; offline with --file: an NDJSON export, or archive
+    /// segments as one series (with live exports that continue them).
     Verify {
-        #[arg(long)]
-        file: Option<std::path::PathBuf>,
+        #[arg(long, num_args = 1..)]
+        file: Vec<std::path::PathBuf>,
         /// Expected checkpoint public key (hex), for offline verification.
         #[arg(long)]
         public_key: Option<String>,
     },
     /// Sign the current end of the chain now.
     Checkpoint,
+    /// Write every chain's events before a time to an archive segment file (operator, on
+    /// the server's host: reads the database from the server's configuration).
+    Archive {
+        /// RFC 3339 time or a date (midnight UTC): events signed before it are archived.
+        #[arg(long)]
+        before: String,
+        /// The segment file to write (created 0600 through a temporary file).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Prune the archived events from the database afterwards.
+        #[arg(long)]
+        prune: bool,
+        #[command(flatten)]
+        server: OperatorDb,
+    },
+    /// Delete the events that segment files hold from the database, once the files verify
+    /// and are the recorded segments (operator).
+    Prune {
+        /// The segments, every one since the last prune (repeatable).
+        #[arg(long, num_args = 1.., required = true)]
+        file: Vec<std::path::PathBuf>,
+        #[command(flatten)]
+        server: OperatorDb,
+    },
+    /// What the audit log holds in the database and what is archived (operator).
+    Status {
+        #[command(flatten)]
+        server: OperatorDb,
+    },
     /// Write a customer event into the organisation's chain.
     Log {
         #[arg(long)]

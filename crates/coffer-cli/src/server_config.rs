@@ -24,6 +24,9 @@
 //! | COFFER_AUDIT__CHECKPOINT_INTERVAL | audit.checkpoint_interval | 5m |
 //! | COFFER_AUDIT__SIGN_INTERVAL | audit.sign_interval | 1s (100ms – 60s) |
 //! | COFFER_AUDIT__READ_SYNC | audit.read_sync | batched (or always) |
+//! | COFFER_AUDIT__ARCHIVE__AFTER | audit.archive.after | none (no scheduled archiving) |
+//! | COFFER_AUDIT__ARCHIVE__DIR | audit.archive.dir | audit-archive in the data directory |
+//! | COFFER_AUDIT__RETAIN_LIVE | audit.retain_live | none (archived events are not pruned) |
 //! | COFFER_KEYS__CACHE_TTL | keys.cache_ttl | 60s |
 //! | COFFER_KEYS__ROTATE_AFTER | keys.rotate_after | 365d |
 //! | COFFER_KEYS__ROTATE_AFTER_ENCRYPTIONS | keys.rotate_after_encryptions | 268435456 (2^28) |
@@ -156,6 +159,19 @@ struct AuditSection {
     sign_interval: Option<String>,
     /// "batched" (default) or "always": see `CoreConfig::read_sync_always`.
     read_sync: Option<String>,
+    /// How long events stay in the database once archived (never pruned when unset).
+    retain_live: Option<String>,
+    #[serde(default)]
+    archive: ArchiveSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ArchiveSection {
+    /// Archive events older than this (off when unset).
+    after: Option<String>,
+    /// Where the segments go (default: audit-archive in the data directory).
+    dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -269,6 +285,15 @@ pub fn load(args: &ServerArgs) -> anyhow::Result<(ServerConfig, crate::storage::
     }
     if let Some(v) = env("COFFER_AUDIT__READ_SYNC") {
         f.audit.read_sync = Some(v);
+    }
+    if let Some(v) = env("COFFER_AUDIT__RETAIN_LIVE") {
+        f.audit.retain_live = Some(v);
+    }
+    if let Some(v) = env("COFFER_AUDIT__ARCHIVE__AFTER") {
+        f.audit.archive.after = Some(v);
+    }
+    if let Some(v) = env("COFFER_AUDIT__ARCHIVE__DIR") {
+        f.audit.archive.dir = Some(v.into());
     }
     for (k, slot) in [
         ("COFFER_KEYS__CACHE_TTL", &mut f.keys.cache_ttl),
@@ -455,6 +480,40 @@ pub fn load(args: &ServerArgs) -> anyhow::Result<(ServerConfig, crate::storage::
         }
         None => Duration::from_secs(1),
     };
+    let duration = |key: &str, v: &Option<String>| -> anyhow::Result<Option<Duration>> {
+        v.as_deref()
+            .map(|v| {
+                let d = humantime::parse_duration(v)
+                    .with_context(|| format!("{key} must be a duration like 30d"))?;
+                anyhow::ensure!(d >= Duration::from_secs(1), "{key} must be at least 1s");
+                Ok(d)
+            })
+            .transpose()
+    };
+    let after = duration("audit.archive.after", &f.audit.archive.after)?;
+    let retain_live = duration("audit.retain_live", &f.audit.retain_live)?;
+    if let Some(r) = retain_live {
+        let Some(a) = after else {
+            anyhow::bail!(
+                "audit.retain_live needs audit.archive.after: only archived events are pruned"
+            );
+        };
+        anyhow::ensure!(
+            r >= a,
+            "audit.retain_live must be at least audit.archive.after (events are archived before they are pruned)"
+        );
+    }
+    let audit_archive = coffer_core::audit::ArchiveSettings {
+        after,
+        dir: after.map(|_| {
+            f.audit
+                .archive
+                .dir
+                .clone()
+                .unwrap_or_else(|| data_dir.join("audit-archive"))
+        }),
+        retain_live,
+    };
     let storage = crate::storage::StorageSettings {
         url: f
             .storage
@@ -487,6 +546,7 @@ pub fn load(args: &ServerArgs) -> anyhow::Result<(ServerConfig, crate::storage::
         jwks,
         smtp,
         key_check_interval,
+        audit_archive,
         seal,
         key_services,
     };

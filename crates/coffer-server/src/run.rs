@@ -47,6 +47,8 @@ pub struct ServerConfig {
     pub seal: std::sync::Arc<dyn coffer_core::seal::Seal>,
     /// The KMS and HSM organisations may attach their own keys from.
     pub key_services: coffer_core::seal::KeyServices,
+    /// Scheduled archiving and pruning of the audit log (`audit.archive`, `audit.retain_live`).
+    pub audit_archive: coffer_core::audit::ArchiveSettings,
 }
 
 /// A database URL that may carry a password: Debug and Display hide it.
@@ -388,6 +390,26 @@ async fn start_on(
             }
         }
     }));
+
+    // The leader archives what is older than `audit.archive.after` and prunes archived
+    // events older than `audit.retain_live` (docs/audit.md, "Archive segments").
+    if let Some(after) = cfg.audit_archive.after {
+        let archiver = coffer.clone();
+        let settings = cfg.audit_archive.clone();
+        let every = (after / 2).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+        jobs.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if archiver.audit().is_job_leader().await
+                    && let Err(e) = archiver.audit().run_archive_job(&settings).await
+                {
+                    tracing::warn!(error = %e, "audit archive job failed");
+                }
+            }
+        }));
+    }
 
     Ok(RunningServer {
         addr,

@@ -23,6 +23,7 @@ pub struct TestOptions {
     pub smtp: Option<coffer_server::mail::SmtpConfig>,
     pub seal: std::sync::Arc<dyn coffer_core::seal::Seal>,
     pub key_services: coffer_core::seal::KeyServices,
+    pub audit_archive: coffer_core::audit::ArchiveSettings,
     /// Reuse this data directory (a restart) instead of a new one.
     pub dir: Option<tempfile::TempDir>,
     /// Stay on SQLite even when `COFFER_TEST_BACKEND=postgres`: the test reads the SQLite
@@ -41,6 +42,7 @@ impl Default for TestOptions {
             smtp: None,
             seal: std::sync::Arc::new(coffer_core::seal::ShamirSeal),
             key_services: Default::default(),
+            audit_archive: Default::default(),
             dir: None,
             sqlite_only: false,
         }
@@ -162,6 +164,7 @@ impl TestServer {
             smtp: o.smtp,
             seal: o.seal,
             key_services: o.key_services,
+            audit_archive: o.audit_archive,
         };
         let storage = open_storage(&cfg.data_dir, database_url.as_deref(), migrate).await?;
         let server = coffer_server::start(cfg, storage).await?;

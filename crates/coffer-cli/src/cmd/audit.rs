@@ -3,7 +3,12 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::cli::{AuditCmd, Global};
+use std::path::{Path, PathBuf};
+
+use coffer_core::audit::ArchiveTarget;
+use coffer_core::audit::segment::SegmentsReport;
+
+use crate::cli::{AuditCmd, Global, OperatorDb};
 use crate::{output, session};
 
 fn opt<'a>(q: &mut Vec<(&'a str, String)>, k: &'a str, v: Option<String>) {
@@ -40,6 +45,108 @@ fn print_report(g: &Global, r: &serde_json::Value) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(2)
     })
+}
+
+fn is_segment(path: &Path) -> bool {
+    std::fs::File::open(path)
+        .ok()
+        .and_then(|f| {
+            let mut first = String::new();
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(f), &mut first).ok()?;
+            Some(first.contains(coffer_core::audit::segment::SEGMENT_FORMAT))
+        })
+        .unwrap_or(false)
+}
+
+fn verify_segment_files(files: &[PathBuf], key: Option<&str>) -> anyhow::Result<SegmentsReport> {
+    coffer_core::audit::segment::verify_segments(files, key).map_err(|e| anyhow::anyhow!(e))
+}
+
+fn print_segments_report(g: &Global, r: &SegmentsReport) -> anyhow::Result<ExitCode> {
+    if g.json {
+        output::json(r)?;
+    } else if r.ok {
+        let names: Vec<&str> = r.segments.iter().map(|s| s.name.as_str()).collect();
+        println!(
+            "OK: {} segments ({}) and {} exports, {} events verified.",
+            r.segments.len(),
+            if names.is_empty() {
+                "-".to_owned()
+            } else {
+                names.join(", ")
+            },
+            r.exports,
+            r.events
+        );
+    } else if let Some(p) = &r.first_problem {
+        println!("TAMPERED: {} ({}): {}", p.file, p.kind, p.message);
+    }
+    Ok(if r.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+/// `--before`: an RFC 3339 time, or a date meaning its midnight UTC.
+fn parse_cut(s: &str) -> anyhow::Result<i64> {
+    let text = if s.len() == 10 {
+        format!("{s}T00:00:00Z")
+    } else {
+        s.to_owned()
+    };
+    let t = humantime::parse_rfc3339_weak(&text)
+        .with_context(|| format!("--before {s:?}: use a date (2026-11-01) or an RFC 3339 time"))?;
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("--before is before 1970")?
+        .as_millis();
+    Ok(i64::try_from(ms)?)
+}
+
+/// The service over the server's database, sealed: archiving and pruning need no key.
+async fn operator_coffer(o: &OperatorDb) -> anyhow::Result<coffer_core::Coffer> {
+    let args = crate::cli::ServerArgs {
+        dev: o.dev,
+        config: o.config.clone(),
+        listen: None,
+        data_dir: o.data_dir.clone(),
+    };
+    let (cfg, storage) = crate::server_config::load(&args)?;
+    if storage.url.is_none() && !cfg.data_dir.join("coffer.db").exists() {
+        anyhow::bail!(
+            "no Coffer database in {}: give the server's --config, --data-dir or --dev",
+            cfg.data_dir.display()
+        );
+    }
+    let storage = crate::storage::open(&storage, &cfg.data_dir).await?;
+    Ok(coffer_core::Coffer::new(storage, cfg.core)?)
+}
+
+/// Say what an operator can do about a refusal.
+fn operator_error(e: coffer_core::CoreError) -> anyhow::Error {
+    let text = format!("{e:?}");
+    if text.contains("permission denied") {
+        anyhow::anyhow!(
+            "{e}: this database role may not record segments or prune; run it with the schema owner's URL (COFFER_DATABASE_URL)"
+        )
+    } else {
+        anyhow::anyhow!("{e}")
+    }
+}
+
+fn progress_bar(g: &Global) -> indicatif::ProgressBar {
+    let bar = if g.json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(0)
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "archive [{bar:40}] {pos}/{len} events ({per_sec}, {eta} left)",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
 }
 
 pub async fn run(g: &Global, c: AuditCmd) -> anyhow::Result<ExitCode> {
@@ -117,10 +224,38 @@ pub async fn run(g: &Global, c: AuditCmd) -> anyhow::Result<ExitCode> {
             }
         }
         AuditCmd::Export {
+            segments,
+            org,
+            output,
+            ..
+        } if !segments.is_empty() => {
+            let org = org.context("--org: which organisation's chain to export (the system chain: 00000000-0000-0000-0000-000000000000)")?;
+            let report = verify_segment_files(&segments, None)?;
+            if !report.ok {
+                print_segments_report(g, &report)?;
+                anyhow::bail!("the segments do not verify: nothing exported");
+            }
+            let mut out: Box<dyn Write> = match &output {
+                Some(p) => Box::new(
+                    std::fs::File::create(p).with_context(|| format!("create {}", p.display()))?,
+                ),
+                None => Box::new(std::io::stdout().lock()),
+            };
+            let n = coffer_core::audit::segment::export_from_segments(&segments, org, &mut out)
+                .map_err(|e| anyhow::anyhow!(e))?;
+            if output.is_some() {
+                eprintln!(
+                    "Exported {n} events of {org} from {} segments.",
+                    segments.len()
+                );
+            }
+        }
+        AuditCmd::Export {
             format,
             from,
             to,
             output,
+            ..
         } => {
             let client = session::authed(g)?;
             let mut q = vec![("format", format)];
@@ -140,12 +275,16 @@ pub async fn run(g: &Global, c: AuditCmd) -> anyhow::Result<ExitCode> {
             }
             out.flush()?;
         }
-        AuditCmd::Verify {
-            file: Some(path),
-            public_key,
-        } => {
+        AuditCmd::Verify { file, public_key }
+            if file.len() > 1 || file.first().is_some_and(|f| is_segment(f)) =>
+        {
+            let report = verify_segment_files(&file, public_key.as_deref())?;
+            return print_segments_report(g, &report);
+        }
+        AuditCmd::Verify { file, public_key } if !file.is_empty() => {
+            let path = &file[0];
             let f =
-                std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
+                std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
             let report = coffer_core::audit::verify_export(
                 std::io::BufReader::new(f),
                 public_key.as_deref(),
@@ -153,9 +292,122 @@ pub async fn run(g: &Global, c: AuditCmd) -> anyhow::Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!(e))?;
             return print_report(g, &serde_json::to_value(report)?);
         }
-        AuditCmd::Verify { file: None, .. } => {
+        AuditCmd::Verify { .. } => {
             let r = session::authed(g)?.audit_verify().await?;
             return print_report(g, &r);
+        }
+        AuditCmd::Archive {
+            before,
+            out,
+            prune,
+            server,
+        } => {
+            let cut = parse_cut(&before)?;
+            let coffer = operator_coffer(&server).await?;
+            let bar = progress_bar(g);
+            let row = coffer
+                .audit()
+                .archive(cut, ArchiveTarget::File(out.clone()), &mut |n, total| {
+                    bar.set_length(total);
+                    bar.set_position(n);
+                })
+                .await;
+            bar.finish_and_clear();
+            let Some(row) = row.map_err(operator_error)? else {
+                if g.json {
+                    output::json(&serde_json::json!({ "archived": null }))?;
+                } else {
+                    println!(
+                        "Nothing to archive: no chain has a signed checkpoint before {before} that is not archived yet."
+                    );
+                }
+                return Ok(ExitCode::SUCCESS);
+            };
+            let pruned = if prune {
+                Some(
+                    coffer
+                        .audit()
+                        .prune(std::slice::from_ref(&out))
+                        .await
+                        .map_err(operator_error)?,
+                )
+            } else {
+                None
+            };
+            if g.json {
+                output::json(&serde_json::json!({
+                    "segment": row.number, "name": row.name, "file": out, "events": row.events,
+                    "bytes": row.bytes, "sha256": hex::encode(row.sha256), "pruned": pruned,
+                }))?;
+            } else {
+                println!(
+                    "Archived {} events to {} (segment {:06}, {} bytes, sha256 {}).",
+                    row.events,
+                    out.display(),
+                    row.number,
+                    row.bytes,
+                    hex::encode(row.sha256)
+                );
+                if let Some(p) = pruned {
+                    println!(
+                        "Pruned {} events from {} chains.",
+                        p.deleted,
+                        p.chains.len()
+                    );
+                }
+                println!(
+                    "Keep the file and the checkpoint public key: together they prove these events."
+                );
+            }
+        }
+        AuditCmd::Prune { file, server } => {
+            let coffer = operator_coffer(&server).await?;
+            let p = coffer.audit().prune(&file).await.map_err(operator_error)?;
+            if g.json {
+                output::json(&p)?;
+            } else {
+                println!(
+                    "Pruned {} events from {} chains.",
+                    p.deleted,
+                    p.chains.len()
+                );
+            }
+        }
+        AuditCmd::Status { server } => {
+            let coffer = operator_coffer(&server).await?;
+            let s = coffer.audit().archive_status(true).await?;
+            if g.json {
+                output::json(&s)?;
+            } else {
+                let ts = |ms: Option<i64>| {
+                    ms.map_or_else(
+                        || "-".to_owned(),
+                        |m| {
+                            humantime::format_rfc3339_seconds(
+                                std::time::UNIX_EPOCH
+                                    + std::time::Duration::from_millis(
+                                        u64::try_from(m).unwrap_or(0),
+                                    ),
+                            )
+                            .to_string()
+                        },
+                    )
+                };
+                println!("chains:              {}", s.chains);
+                println!("live events:         {}", s.live_events);
+                println!("database bytes:      {}", s.bytes);
+                println!("oldest live event:   {}", ts(s.oldest_live_event_ms));
+                println!(
+                    "segments:            {} ({} events)",
+                    s.segments, s.archived_events
+                );
+                println!(
+                    "last segment:        {}",
+                    s.last_segment.as_deref().unwrap_or("-")
+                );
+                println!("last archive:        {}", ts(s.last_archive_ms));
+                println!("chains to prune:     {}", s.chains_pending_prune);
+            }
         }
         AuditCmd::Checkpoint => {
             let r = session::authed(g)?.audit_checkpoint().await?;

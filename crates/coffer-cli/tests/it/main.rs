@@ -5,6 +5,7 @@
 // Test helpers panic on unexpected failures by design: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod archive;
 mod audit;
 mod bench;
 mod crash;

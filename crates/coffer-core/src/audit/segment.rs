@@ -527,8 +527,8 @@ fn verify_one(
                 prev_hash,
                 to_seq,
             } if seg.is_some() => {
-                if let Some(s) = section.take()
-                    && let Err((org, seq, kind, m)) = close(s, seg.as_mut().unwrap(), carry)
+                if let (Some(s), Some(sg)) = (section.take(), seg.as_mut())
+                    && let Err((org, seq, kind, m)) = close(s, sg, carry)
                 {
                     return fail(
                         Some(org),
@@ -604,7 +604,14 @@ fn verify_one(
                 created_at,
                 signature,
             } if section.as_ref().is_some_and(|s| s.verifier.is_none()) => {
-                let s = section.as_mut().unwrap();
+                let Some(s) = section.as_mut() else {
+                    return fail(
+                        None,
+                        None,
+                        "malformed",
+                        format!("{file}: line {lineno} is out of place"),
+                    );
+                };
                 let (Some(h), Ok(signature)) = (h32(&h), hex::decode(signature)) else {
                     return fail(
                         Some(s.org_id),
@@ -631,7 +638,14 @@ fn verify_one(
                 .as_ref()
                 .is_some_and(|s| s.verifier.is_none() && s.anchor.is_none()) =>
             {
-                let s = section.as_mut().unwrap();
+                let Some(s) = section.as_mut() else {
+                    return fail(
+                        None,
+                        None,
+                        "malformed",
+                        format!("{file}: line {lineno} is out of place"),
+                    );
+                };
                 let (Some(h), Ok(signature)) = (h32(&h), hex::decode(signature)) else {
                     return fail(
                         Some(s.org_id),
@@ -665,7 +679,14 @@ fn verify_one(
                 hash: h,
                 body,
             } if section.is_some() => {
-                let s = section.as_mut().unwrap();
+                let Some(s) = section.as_mut() else {
+                    return fail(
+                        None,
+                        None,
+                        "malformed",
+                        format!("{file}: line {lineno} is out of place"),
+                    );
+                };
                 let (Some(p), Some(h)) = (h32(&prev_hash), h32(&h)) else {
                     return fail(
                         Some(s.org_id),
@@ -704,8 +725,8 @@ fn verify_one(
                 events: e,
                 sha256,
             } if seg.is_some() => {
-                if let Some(s) = section.take()
-                    && let Err((org, seq, kind, m)) = close(s, seg.as_mut().unwrap(), carry)
+                if let (Some(s), Some(sg)) = (section.take(), seg.as_mut())
+                    && let Err((org, seq, kind, m)) = close(s, sg, carry)
                 {
                     return fail(
                         Some(org),

@@ -1,0 +1,344 @@
+//! `coffer audit archive | prune | verify --file | export --segments | status`, as an
+//! operator runs them on the server's host, against the server's database (SQLite, or
+//! PostgreSQL as the schema owner when the test backend says so).
+
+use std::time::Duration;
+
+use crate::*;
+
+/// The operator's command line: the server's data directory, and on PostgreSQL the owner's
+/// URL (the server itself runs as the runtime role, which may not prune).
+fn operator(data: &Path, args: &[&str]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).args(["--dev", "--data-dir"]).arg(data);
+    if let Some(url) = database_for(data) {
+        let (head, name) = url.rsplit_once('/').unwrap();
+        let owner = head.replacen(&format!("://{name}_app@"), &format!("://{name}@"), 1);
+        cmd.env("COFFER_DATABASE_URL", format!("{owner}/{name}"))
+            .env("COFFER_STORAGE__MIGRATE", "false");
+    }
+    cmd.env("COFFER_LOG", "warn").output().unwrap()
+}
+
+fn operator_ok(data: &Path, args: &[&str]) -> String {
+    let o = operator(data, args);
+    assert!(
+        o.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// `coffer ARGS` with no server or database (offline verification).
+fn offline(args: &[&str]) -> String {
+    let o = Command::new(BIN).args(args).output().unwrap();
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+/// The event lines of an export or segment file, by sequence number.
+fn event_lines(path: &Path) -> Vec<(u64, String)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (v["type"] == "event").then(|| (v["seq"].as_u64().unwrap(), l.to_owned()))
+        })
+        .collect()
+}
+
+#[test]
+fn archive_prune_verify_and_export_from_segments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let srv = start_server(&data, true, &[]);
+    let cli = Cli::of(&srv, tmp.path().join("cfg"));
+    let password = srv.password.clone().unwrap();
+    let o = cli.run_stdin(&["login", "-u", "admin", "--password-stdin"], &password);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    cli.ok(&["project", "create", "web"]);
+    cli.run_stdin(
+        &["param", "set", "TOKEN", "-p", "web", "--secret"],
+        "s3cret",
+    );
+    for _ in 0..3 {
+        cli.ok(&["param", "get", "TOKEN", "-p", "web"]);
+    }
+    let before = tmp.path().join("before.ndjson");
+    cli.ok(&["audit", "export", "-o", before.to_str().unwrap()]);
+    let org = serde_json::from_str::<Value>(
+        std::fs::read_to_string(&before)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap()["org_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The server signs what it wrote within a second; the cut comes after.
+    std::thread::sleep(Duration::from_millis(1500));
+    let cut = now_rfc3339();
+
+    let seg = tmp.path().join("seg1.ndjson");
+    let out = operator_ok(
+        &data,
+        &[
+            "audit",
+            "archive",
+            "--before",
+            &cut,
+            "--out",
+            seg.to_str().unwrap(),
+            "--prune",
+        ],
+    );
+    assert!(out.contains("Archived") && out.contains("Pruned"), "{out}");
+    assert!(!tmp.path().join(".seg1.ndjson.tmp").exists());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&seg).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    // The live chain verifies from its anchor; the segment and a live export verify as
+    // one series offline.
+    assert!(cli.ok(&["audit", "verify"]).starts_with("OK:"));
+    let after = tmp.path().join("after.ndjson");
+    cli.ok(&["audit", "export", "-o", after.to_str().unwrap()]);
+    let live = event_lines(&after);
+    let archived = event_lines(&before);
+    assert!(
+        live.first().unwrap().0 > 1,
+        "the archived events left the database"
+    );
+    let v = cli.ok(&[
+        "audit",
+        "verify",
+        "--file",
+        seg.to_str().unwrap(),
+        "--file",
+        after.to_str().unwrap(),
+    ]);
+    assert!(v.starts_with("OK: 1 segments"), "{v}");
+
+    // An export of the archived range from the segment equals the export taken before.
+    let from_seg = tmp.path().join("from-seg.ndjson");
+    cli.ok(&[
+        "audit",
+        "export",
+        "--segments",
+        seg.to_str().unwrap(),
+        "--org",
+        &org,
+        "-o",
+        from_seg.to_str().unwrap(),
+    ]);
+    let segment_events = event_lines(&from_seg);
+    let anchor = live.first().unwrap().0 - 1;
+    assert_eq!(segment_events.len() as u64, anchor);
+    assert_eq!(
+        segment_events[..archived.len()],
+        archived[..],
+        "the segment holds the events exported before the prune, byte for byte"
+    );
+
+    // Status.
+    let st: Value =
+        serde_json::from_str(&operator_ok(&data, &["--json", "audit", "status"])).unwrap();
+    assert_eq!(st["segments"], 1, "{st}");
+    assert_eq!(st["chains_pending_prune"], 0, "{st}");
+    assert!(st["live_events"].as_u64().unwrap() > 0, "{st}");
+
+    // An edited segment is named, and pruning with it is refused.
+    let edited = tmp.path().join("edited.ndjson");
+    let text = std::fs::read_to_string(&seg).unwrap();
+    std::fs::write(&edited, text.replacen("param.get", "param.got", 1)).unwrap();
+    let o = cli.run(&["audit", "verify", "--file", edited.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(said.contains("TAMPERED: edited.ndjson"), "{said}");
+    let o = operator(
+        &data,
+        &["audit", "prune", "--file", edited.to_str().unwrap()],
+    );
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("refused"));
+    // Nothing new to archive before the same cut.
+    let again = tmp.path().join("again.ndjson");
+    let out = operator_ok(
+        &data,
+        &[
+            "audit",
+            "archive",
+            "--before",
+            &cut,
+            "--out",
+            again.to_str().unwrap(),
+        ],
+    );
+    assert!(out.contains("Nothing to archive"), "{out}");
+    assert!(!again.exists());
+}
+
+/// `kill -9` while an archive is being written, at different moments: the final path holds
+/// nothing or a whole segment that verifies, no event leaves the database, and the next
+/// run finishes the job.
+#[test]
+fn an_archive_killed_midway_leaves_no_partial_segment_and_prunes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let srv = start_server(&data, true, &[]);
+    let cli = Cli::of(&srv, tmp.path().join("cfg"));
+    let password = srv.password.clone().unwrap();
+    let o = cli.run_stdin(&["login", "-u", "admin", "--password-stdin"], &password);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    cli.ok(&["project", "create", "app"]);
+    cli.run_stdin(&["param", "set", "K", "-p", "app"], "v");
+    // Enough events that writing them takes a while.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let pem = std::fs::read(&srv.ca).unwrap();
+        let client = coffer_client::Client::new(&srv.addr, Some(&pem)).unwrap();
+        let token = client
+            .login("admin", &password)
+            .await
+            .unwrap()
+            .token
+            .unwrap();
+        let http = reqwest::Client::builder()
+            .tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem).unwrap())
+            .build()
+            .unwrap();
+        let url = format!("{}/v1/projects/app/envs/default/params/K", srv.addr);
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let (http, url, token) = (http.clone(), url.clone(), token.clone());
+                tokio::spawn(async move {
+                    for _ in 0..400 {
+                        assert!(
+                            http.get(&url)
+                                .bearer_auth(&token)
+                                .send()
+                                .await
+                                .unwrap()
+                                .status()
+                                .is_success()
+                        );
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    let export = tmp.path().join("export.ndjson");
+    cli.ok(&["audit", "export", "-o", export.to_str().unwrap()]);
+    let events = event_lines(&export).len();
+    assert!(events > 3000, "{events}");
+    // The server signs its chains' heads within a second; nothing is written after that.
+    std::thread::sleep(Duration::from_millis(1500));
+    let cut = now_rfc3339();
+    drop(srv);
+
+    let seg = tmp.path().join("seg.ndjson");
+    let mut killed_midway = 0;
+    for round in 0..5u64 {
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "audit",
+            "archive",
+            "--before",
+            &cut,
+            "--out",
+            seg.to_str().unwrap(),
+            "--prune",
+        ])
+        .args(["--dev", "--data-dir"])
+        .arg(&data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        if let Some(url) = database_for(&data) {
+            let (head, name) = url.rsplit_once('/').unwrap();
+            let owner = head.replacen(&format!("://{name}_app@"), &format!("://{name}@"), 1);
+            cmd.env("COFFER_DATABASE_URL", format!("{owner}/{name}"))
+                .env("COFFER_STORAGE__MIGRATE", "false");
+        }
+        let mut child = cmd.spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(40 + 80 * round));
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            assert!(status.success(), "round {round}: {err}");
+            break;
+        }
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        killed_midway += 1;
+        // Nothing at the final path, or a whole segment that verifies.
+        if seg.exists() {
+            let v = offline(&["audit", "verify", "--file", seg.to_str().unwrap()]);
+            assert!(v.starts_with("OK:"), "round {round}: {v}");
+        }
+        let st: Value =
+            serde_json::from_str(&operator_ok(&data, &["--json", "audit", "status"])).unwrap();
+        if st["segments"] == 0 {
+            // Not recorded: nothing may have been pruned.
+            assert!(
+                st["live_events"].as_u64().unwrap() >= events as u64,
+                "round {round}: events left the database without a recorded segment: {st}"
+            );
+        }
+    }
+    assert!(
+        killed_midway > 0,
+        "the archive always finished before the kill"
+    );
+    // The next run completes (or finds the job done), and leaves no temporary file.
+    let st: Value =
+        serde_json::from_str(&operator_ok(&data, &["--json", "audit", "status"])).unwrap();
+    if st["segments"] == 0 {
+        let out = operator_ok(
+            &data,
+            &[
+                "audit",
+                "archive",
+                "--before",
+                &cut,
+                "--out",
+                seg.to_str().unwrap(),
+                "--prune",
+            ],
+        );
+        assert!(out.contains("Archived"), "{out} {st}");
+    } else {
+        operator_ok(&data, &["audit", "prune", "--file", seg.to_str().unwrap()]);
+    }
+    assert!(!tmp.path().join(".seg.ndjson.tmp").exists());
+    let v = offline(&["audit", "verify", "--file", seg.to_str().unwrap()]);
+    assert!(v.starts_with("OK:"), "{v}");
+    let st: Value =
+        serde_json::from_str(&operator_ok(&data, &["--json", "audit", "status"])).unwrap();
+    assert_eq!(
+        (st["segments"].as_u64(), st["chains_pending_prune"].as_u64()),
+        (Some(1), Some(0)),
+        "{st}"
+    );
+    // The live chain still verifies, on a server started again.
+    let srv = start_server_with(&data, true, &[], false);
+    let cli = Cli::of(&srv, tmp.path().join("cfg"));
+    assert!(cli.ok(&["audit", "verify"]).starts_with("OK:"));
+}
