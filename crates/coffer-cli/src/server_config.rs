@@ -26,6 +26,7 @@
 //! | COFFER_AUDIT__READ_SYNC | audit.read_sync | batched (or always) |
 //! | COFFER_AUDIT__ARCHIVE__AFTER | audit.archive.after | none (no scheduled archiving) |
 //! | COFFER_AUDIT__ARCHIVE__DIR | audit.archive.dir | audit-archive in the data directory |
+//! | COFFER_AUDIT__ARCHIVE__DATABASE_URL | audit.archive.database_url | none (PostgreSQL: the owner role that may prune) |
 //! | COFFER_AUDIT__RETAIN_LIVE | audit.retain_live | none (archived events are not pruned) |
 //! | COFFER_KEYS__CACHE_TTL | keys.cache_ttl | 60s |
 //! | COFFER_KEYS__ROTATE_AFTER | keys.rotate_after | 365d |
@@ -172,6 +173,9 @@ struct ArchiveSection {
     after: Option<String>,
     /// Where the segments go (default: audit-archive in the data directory).
     dir: Option<PathBuf>,
+    /// PostgreSQL: the role that records segments and prunes (the schema owner), when the
+    /// server runs as a least-privilege runtime role.
+    database_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -294,6 +298,9 @@ pub fn load(args: &ServerArgs) -> anyhow::Result<(ServerConfig, crate::storage::
     }
     if let Some(v) = env("COFFER_AUDIT__ARCHIVE__DIR") {
         f.audit.archive.dir = Some(v.into());
+    }
+    if let Some(v) = env("COFFER_AUDIT__ARCHIVE__DATABASE_URL") {
+        f.audit.archive.database_url = Some(v);
     }
     for (k, slot) in [
         ("COFFER_KEYS__CACHE_TTL", &mut f.keys.cache_ttl),
@@ -521,7 +528,17 @@ pub fn load(args: &ServerArgs) -> anyhow::Result<(ServerConfig, crate::storage::
             .map(coffer_server::DatabaseUrl::new)
             .transpose()?,
         migrate: f.storage.migrate.unwrap_or(true),
+        archive_url: f
+            .audit
+            .archive
+            .database_url
+            .map(coffer_server::DatabaseUrl::new)
+            .transpose()?,
     };
+    anyhow::ensure!(
+        storage.archive_url.is_none() || storage.url.is_some(),
+        "audit.archive.database_url is for PostgreSQL (storage.url)"
+    );
     let max_header_bytes = f
         .http
         .max_header_bytes
@@ -547,6 +564,7 @@ pub fn load(args: &ServerArgs) -> anyhow::Result<(ServerConfig, crate::storage::
         smtp,
         key_check_interval,
         audit_archive,
+        audit_archiver: None,
         seal,
         key_services,
     };
@@ -631,6 +649,46 @@ mod tests {
             data_dir: Some(dir.path().join("data")),
         })
         .map(|(cfg, _)| cfg)
+    }
+
+    #[test]
+    fn audit_archive_settings_are_checked() {
+        let cfg = load_text("[audit]\nretain_live = \"90d\"\n[audit.archive]\nafter = \"30d\"\n")
+            .unwrap();
+        assert_eq!(
+            (cfg.audit_archive.after, cfg.audit_archive.retain_live),
+            (
+                Some(std::time::Duration::from_secs(30 * 86_400)),
+                Some(std::time::Duration::from_secs(90 * 86_400))
+            )
+        );
+        // By default next to the database.
+        assert!(
+            cfg.audit_archive
+                .dir
+                .unwrap()
+                .ends_with("data/audit-archive")
+        );
+        for (text, says) in [
+            (
+                "[audit]\nretain_live = \"90d\"\n",
+                "needs audit.archive.after",
+            ),
+            (
+                "[audit]\nretain_live = \"1d\"\n[audit.archive]\nafter = \"30d\"\n",
+                "at least audit.archive.after",
+            ),
+            ("[audit.archive]\nafter = \"soon\"\n", "duration"),
+            (
+                "[audit.archive]\ndatabase_url = \"postgres://o@h/d\"\nafter = \"1d\"\n",
+                "PostgreSQL",
+            ),
+        ] {
+            let e = format!("{:#}", load_text(text).unwrap_err());
+            assert!(e.contains(says), "{text}: {e}");
+        }
+        // Off unless asked for.
+        assert!(load_text("").unwrap().audit_archive.after.is_none());
     }
 
     fn value() -> impl Strategy<Value = String> {

@@ -14,6 +14,9 @@ pub struct StorageSettings {
     /// Apply pending PostgreSQL migrations at start (the role must own the schema); false
     /// for a least-privilege runtime role, with `coffer migrate` run separately.
     pub migrate: bool,
+    /// `audit.archive.database_url`: where the scheduled audit archive records segments
+    /// and prunes, as a role allowed to (the runtime role is not).
+    pub archive_url: Option<coffer_server::DatabaseUrl>,
 }
 
 /// Open the configured database: PostgreSQL at `url`, else `coffer.db` in `data_dir`.

@@ -77,3 +77,21 @@ pub fn fingerprint_sha256(der: &[u8]) -> String {
         .collect::<Vec<_>>()
         .join(":")
 }
+
+#[cfg(test)]
+mod sha256_tests {
+    #[test]
+    fn pieces_hash_as_the_whole_and_a_clone_sees_the_prefix() {
+        let mut h = super::Sha256::new();
+        h.update(b"coffer/");
+        let prefix = h.clone().finish();
+        h.update(b"audit");
+        assert_eq!(h.finish(), super::sha256(b"coffer/audit"));
+        assert_eq!(prefix, super::sha256(b"coffer/"));
+        // FIPS 180-2 example: SHA-256("abc").
+        assert_eq!(
+            hex::encode(super::sha256(b"abc")),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

@@ -49,6 +49,9 @@ pub struct ServerConfig {
     pub key_services: coffer_core::seal::KeyServices,
     /// Scheduled archiving and pruning of the audit log (`audit.archive`, `audit.retain_live`).
     pub audit_archive: coffer_core::audit::ArchiveSettings,
+    /// The service the scheduled archive runs on, when it needs other database rights than
+    /// the server's (PostgreSQL's runtime role may not prune); the server's own otherwise.
+    pub audit_archiver: Option<Coffer>,
 }
 
 /// A database URL that may carry a password: Debug and Display hide it.
@@ -394,7 +397,8 @@ async fn start_on(
     // The leader archives what is older than `audit.archive.after` and prunes archived
     // events older than `audit.retain_live` (docs/audit.md, "Archive segments").
     if let Some(after) = cfg.audit_archive.after {
-        let archiver = coffer.clone();
+        let leader = coffer.clone();
+        let archiver = cfg.audit_archiver.clone().unwrap_or_else(|| coffer.clone());
         let settings = cfg.audit_archive.clone();
         let every = (after / 2).clamp(Duration::from_secs(1), Duration::from_secs(3600));
         jobs.push(tokio::spawn(async move {
@@ -402,7 +406,7 @@ async fn start_on(
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                if archiver.audit().is_job_leader().await
+                if leader.audit().is_job_leader().await
                     && let Err(e) = archiver.audit().run_archive_job(&settings).await
                 {
                     tracing::warn!(error = %e, "audit archive job failed");

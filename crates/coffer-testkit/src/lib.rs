@@ -165,6 +165,7 @@ impl TestServer {
             seal: o.seal,
             key_services: o.key_services,
             audit_archive: o.audit_archive,
+            audit_archiver: None,
         };
         let storage = open_storage(&cfg.data_dir, database_url.as_deref(), migrate).await?;
         let server = coffer_server::start(cfg, storage).await?;

@@ -401,6 +401,7 @@ pub async fn run(g: &Global, c: AuditCmd) -> anyhow::Result<ExitCode> {
                     "segments:            {} ({} events)",
                     s.segments, s.archived_events
                 );
+                println!("pruned events:       {}", s.pruned_events);
                 println!(
                     "last segment:        {}",
                     s.last_segment.as_deref().unwrap_or("-")

@@ -38,6 +38,7 @@ pub async fn run(a: BenchLoadArgs) -> anyhow::Result<()> {
             .map(coffer_server::DatabaseUrl::new)
             .transpose()?,
         migrate: true,
+        archive_url: None,
     };
     coffer_server::create_data_dir(&a.data_dir)?;
     let storage = crate::storage::open(&settings, &a.data_dir).await?;

@@ -11,9 +11,21 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .init();
     // Before any key exists in this process.
     coffer_server::harden_process();
-    let (cfg, storage) = crate::server_config::load(&args)?;
+    let (mut cfg, storage) = crate::server_config::load(&args)?;
     let dev = cfg.dev;
     let data_dir = cfg.data_dir.clone();
+    if let Some(url) = &storage.archive_url {
+        let owner = crate::storage::open(
+            &crate::storage::StorageSettings {
+                url: Some(url.clone()),
+                migrate: false,
+                archive_url: None,
+            },
+            &data_dir,
+        )
+        .await?;
+        cfg.audit_archiver = Some(coffer_core::Coffer::new(owner, cfg.core.clone())?);
+    }
     let storage = crate::storage::open(&storage, &data_dir).await?;
     let server = coffer_server::start(cfg, storage)
         .await

@@ -95,6 +95,8 @@ pub struct ArchiveStatus {
     pub oldest_live_event_ms: Option<i64>,
     pub segments: u64,
     pub archived_events: u64,
+    /// Events pruned from the database, over every chain (up to the anchors).
+    pub pruned_events: u64,
     pub last_segment: Option<String>,
     pub last_archive_ms: Option<i64>,
     /// Chains with archived events above their anchor (prunable once old enough).
@@ -534,6 +536,7 @@ impl AuditLog {
             .into_iter()
             .map(|a| (a.checkpoint.org_id, a.checkpoint.seq))
             .collect();
+        let pruned_events = anchors.values().sum();
         let heads = self.archive.chain_heads().await?;
         let pending = self
             .archive
@@ -566,6 +569,7 @@ impl AuditLog {
             oldest_live_event_ms: oldest_ms,
             segments: segments.len() as u64,
             archived_events: segments.iter().map(|s| s.events).sum(),
+            pruned_events,
             last_segment: segments.last().map(|s| s.name.clone()),
             last_archive_ms: segments.last().map(|s| s.created_at),
             chains_pending_prune: pending,
