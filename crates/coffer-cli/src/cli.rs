@@ -357,6 +357,10 @@ pub struct BenchLoadArgs {
     /// Where to write the targets (one API key per organisation: created 0600).
     #[arg(long)]
     pub out: std::path::PathBuf,
+    /// Then append this many audited-read events (as a secret read records), spread over
+    /// the organisations, and checkpoint every chain: a log to archive (issue 24's bench).
+    #[arg(long, default_value_t = 0)]
+    pub audit_events: u64,
 }
 
 /// Which database an operator command opens: the server's, from its configuration.

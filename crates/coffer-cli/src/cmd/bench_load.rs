@@ -101,10 +101,14 @@ pub async fn run(a: BenchLoadArgs) -> anyhow::Result<()> {
         .open(&a.out)
         .with_context(|| format!("create {}", a.out.display()))?;
     writeln!(out, "# coffer bench targets v1\t{PROJECT}\t{per_org}")?;
-    for (org, key) in &keys {
+    for (org, (_, key)) in &keys {
         writeln!(out, "{org}\t{key}")?;
     }
     out.sync_all()?;
+    if a.audit_events > 0 {
+        let ids: Vec<uuid::Uuid> = keys.iter().map(|(_, (id, _))| *id).collect();
+        append_read_events(&coffer, ids, a.audit_events, a.concurrency).await?;
+    }
     coffer.close().await;
     eprintln!(
         "loaded {} organisations with {per_org} values each ({} values) in {:.1}s; targets in {}",
@@ -122,7 +126,7 @@ async fn load_org(
     owner: &Principal,
     org: usize,
     per_org: usize,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(uuid::Uuid, String)> {
     let name = format!("scale-{org}");
     let org_id = coffer
         .identity()
@@ -172,5 +176,66 @@ async fn load_org(
             },
         )
         .await?;
-    Ok(key.key.expose_secret().to_owned())
+    Ok((org_id, key.key.expose_secret().to_owned()))
+}
+
+/// `n` events shaped as an API-key read of a secret records them (actor, target with ids,
+/// source, user agent, request id, token HMAC), round robin over the organisations'
+/// chains, then a checkpoint of every chain so that all of them can be archived.
+async fn append_read_events(
+    coffer: &Coffer,
+    orgs: Vec<uuid::Uuid>,
+    n: u64,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    use coffer_core::audit::{AuditActor, AuditEvent};
+    anyhow::ensure!(!orgs.is_empty(), "no organisations to audit");
+    let list = Arc::new(orgs);
+    let started = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..concurrency.max(1) * 4 {
+        let (coffer, next, list) = (coffer.clone(), next.clone(), list.clone());
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                let org = list[usize::try_from(i).unwrap_or(0) % list.len()];
+                let mut ev = AuditEvent::now("param.get");
+                ev.org_id = Some(org);
+                ev.request_id = Some(uuid::Uuid::new_v4().to_string());
+                ev.actor = AuditActor {
+                    kind: "user".into(),
+                    id: Some(org),
+                    name: Some("reader".into()),
+                    auth_method: Some("api_key".into()),
+                };
+                ev.source = Some("127.0.0.1".into());
+                ev.user_agent = Some("coffer-bench/1".into());
+                ev.target.project = Some(PROJECT.into());
+                ev.target.env = Some("default".into());
+                ev.target.name = Some(format!("P{}", i % 100));
+                ev.hmac.insert("session".into(), "ab".repeat(32));
+                coffer.audit().record(&ev).await?;
+                if (i + 1) % 500_000 == 0 {
+                    eprintln!(
+                        "{} audit events, {:.0}/s",
+                        i + 1,
+                        (i + 1) as f64 / started.elapsed().as_secs_f64()
+                    );
+                }
+            }
+        }));
+    }
+    for w in workers {
+        w.await.context("audit task")??;
+    }
+    coffer.audit().checkpoint_all().await?;
+    eprintln!(
+        "appended {n} audit events in {:.1}s and checkpointed every chain",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
