@@ -294,7 +294,7 @@ impl AuditLog {
                 (p, Some(abs.display().to_string()))
             }
         };
-        refuse_overwrite(&path)?;
+        refuse_overwrite(&path, &self.archive.segments().await?)?;
         let tmp = temp_path(&path);
         // A temporary file is only ever a crashed run's: nothing refers to it.
         let _ = std::fs::remove_file(&tmp);
@@ -644,8 +644,9 @@ impl AuditLog {
 }
 
 /// Replace an existing file only if it is a segment this run may redo (a crashed run's
-/// renamed but unrecorded file); anything else is refused.
-fn refuse_overwrite(path: &Path) -> Result<(), CoreError> {
+/// renamed but unrecorded file); anything else, above all a recorded segment (whose events
+/// may be pruned already), is refused.
+fn refuse_overwrite(path: &Path, recorded: &[SegmentRow]) -> Result<(), CoreError> {
     if !path.exists() {
         return Ok(());
     }
@@ -656,6 +657,12 @@ fn refuse_overwrite(path: &Path) -> Result<(), CoreError> {
         })
         .map_err(|e| io("read", path, e))?;
     match serde_json::from_str::<SegmentLine>(&first) {
+        Ok(SegmentLine::Segment { name, .. }) if recorded.iter().any(|s| s.name == name) => {
+            Err(refuse(format!(
+                "{} holds the recorded segment {name}: keep it, and choose another path",
+                path.display()
+            )))
+        }
         Ok(SegmentLine::Segment { .. }) => Ok(()),
         _ => Err(refuse(format!(
             "{} exists and is not an audit segment; choose another path",

@@ -296,8 +296,12 @@ pub fn verify_segments(
         first_problem: None,
     };
     let mut carry = Carry::new();
+    // A series from segment 1 holds every chain from its first event; one verified from
+    // the middle (its first segment names a predecessor) cannot say where a chain it has
+    // not seen yet began.
+    let from_start = segments.first().is_some_and(|(h, _)| h.previous.is_none());
     let mut prev: Option<(u64, String, String, String)> = None; // number, name, sha256, file
-    for (i, (h, path)) in segments.iter().enumerate() {
+    for (h, path) in &segments {
         let file = file_name(path);
         let problem = |kind: &str, message: String| SegmentProblem {
             file: file.clone(),
@@ -341,10 +345,7 @@ pub fn verify_segments(
                 return Ok(report);
             }
         }
-        // The series' first segment starts every chain at its beginning unless it names a
-        // predecessor (a series verified from the middle).
-        let from_start = i == 0 && h.previous.is_none();
-        match verify_one(path, &file, &key, &mut carry, from_start || i > 0)? {
+        match verify_one(path, &file, &key, &mut carry, from_start)? {
             Ok(seg) => {
                 report.events += seg.events;
                 prev = Some((seg.number, seg.name.clone(), seg.sha256.clone(), file));

@@ -225,6 +225,19 @@ async fn pruning_is_refused_unless_the_segments_are_the_recorded_ones_and_cover_
         assert!(format!("{e:?}").contains("permission denied"), "{e:?}");
     }
 
+    // A recorded segment is never overwritten by a later run.
+    let e = op
+        .audit()
+        .archive(
+            now_ms() + 1,
+            ArchiveTarget::File(seg1.clone()),
+            &mut |_, _| {},
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("holds the recorded segment"), "{e}");
+
     // Nothing was deleted by any refusal.
     assert_eq!(json_events(c, p, 1).await[..untouched.len()], untouched[..]);
     assert!(verify_online(&f).await.ok);
@@ -269,6 +282,8 @@ async fn a_segment_edited_truncated_missing_or_swapped_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let (files, key) = three_segments(&f, dir.path()).await;
     assert!(verify_segments(&files, Some(&key)).unwrap().ok);
+    // A series may be verified from the middle (its first segment names a predecessor).
+    assert!(verify_segments(&files[1..], Some(&key)).unwrap().ok);
     let copy = |name: &str| {
         let d = dir.path().join(name);
         std::fs::create_dir(&d).unwrap();
