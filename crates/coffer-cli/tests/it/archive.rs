@@ -6,15 +6,32 @@ use std::time::Duration;
 
 use crate::*;
 
+/// On PostgreSQL, the URL of the schema owner of the server's database (the server runs as
+/// its runtime role, `<db>_app`).
+fn owner_url(data: &Path) -> Option<String> {
+    let url = database_for(data)?;
+    let (head, name) = url.rsplit_once('/')?;
+    let owner = head.replacen(&format!("://{name}_app@"), &format!("://{name}@"), 1);
+    Some(format!("{owner}/{name}"))
+}
+
+/// A dev server on `data` and a CLI signed in to it as its bootstrap Owner.
+fn signed_in(data: &Path, cfg: PathBuf, env: &[(&str, &str)]) -> (ServerProc, Cli) {
+    let srv = start_server_env(data, true, &[], true, env);
+    let cli = Cli::of(&srv, cfg);
+    let password = srv.password.clone().unwrap();
+    let o = cli.run_stdin(&["login", "-u", "admin", "--password-stdin"], &password);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    (srv, cli)
+}
+
 /// The operator's command line: the server's data directory, and on PostgreSQL the owner's
 /// URL (the server itself runs as the runtime role, which may not prune).
 fn operator(data: &Path, args: &[&str]) -> Output {
     let mut cmd = Command::new(BIN);
     cmd.args(args).args(["--dev", "--data-dir"]).arg(data);
-    if let Some(url) = database_for(data) {
-        let (head, name) = url.rsplit_once('/').unwrap();
-        let owner = head.replacen(&format!("://{name}_app@"), &format!("://{name}@"), 1);
-        cmd.env("COFFER_DATABASE_URL", format!("{owner}/{name}"))
+    if let Some(url) = owner_url(data) {
+        cmd.env("COFFER_DATABASE_URL", url)
             .env("COFFER_STORAGE__MIGRATE", "false");
     }
     cmd.env("COFFER_LOG", "warn").output().unwrap()
@@ -61,11 +78,7 @@ fn event_lines(path: &Path) -> Vec<(u64, String)> {
 fn archive_prune_verify_and_export_from_segments() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let srv = start_server(&data, true, &[]);
-    let cli = Cli::of(&srv, tmp.path().join("cfg"));
-    let password = srv.password.clone().unwrap();
-    let o = cli.run_stdin(&["login", "-u", "admin", "--password-stdin"], &password);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (_srv, cli) = signed_in(&data, tmp.path().join("cfg"), &[]);
     cli.ok(&["project", "create", "web"]);
     cli.run_stdin(
         &["param", "set", "TOKEN", "-p", "web", "--secret"],
@@ -200,11 +213,7 @@ fn archive_prune_verify_and_export_from_segments() {
 fn an_archive_killed_midway_leaves_no_partial_segment_and_prunes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let srv = start_server(&data, true, &[]);
-    let cli = Cli::of(&srv, tmp.path().join("cfg"));
-    let password = srv.password.clone().unwrap();
-    let o = cli.run_stdin(&["login", "-u", "admin", "--password-stdin"], &password);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (srv, cli) = signed_in(&data, tmp.path().join("cfg"), &[]);
     cli.ok(&["project", "create", "app"]);
     cli.run_stdin(&["param", "set", "K", "-p", "app"], "v");
     // Enough events that writing them takes a while.
@@ -213,7 +222,7 @@ fn an_archive_killed_midway_leaves_no_partial_segment_and_prunes_nothing() {
         let pem = std::fs::read(&srv.ca).unwrap();
         let client = coffer_client::Client::new(&srv.addr, Some(&pem)).unwrap();
         let token = client
-            .login("admin", &password)
+            .login("admin", srv.password.as_deref().unwrap())
             .await
             .unwrap()
             .token
@@ -271,10 +280,8 @@ fn an_archive_killed_midway_leaves_no_partial_segment_and_prunes_nothing() {
         .arg(&data)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-        if let Some(url) = database_for(&data) {
-            let (head, name) = url.rsplit_once('/').unwrap();
-            let owner = head.replacen(&format!("://{name}_app@"), &format!("://{name}@"), 1);
-            cmd.env("COFFER_DATABASE_URL", format!("{owner}/{name}"))
+        if let Some(url) = owner_url(&data) {
+            cmd.env("COFFER_DATABASE_URL", url)
                 .env("COFFER_STORAGE__MIGRATE", "false");
         }
         let mut child = cmd.spawn().unwrap();
@@ -358,21 +365,12 @@ fn the_leader_archives_and_prunes_on_schedule() {
         ("COFFER_AUDIT__ARCHIVE__DIR", dir_s),
         ("COFFER_AUDIT__CHECKPOINT_INTERVAL", "1s".to_owned()),
     ];
-    if let Some(url) = database_for(&data) {
+    if let Some(url) = owner_url(&data) {
         // The server runs as the runtime role; the archive job as the owner.
-        let (head, name) = url.rsplit_once('/').unwrap();
-        let owner = head.replacen(&format!("://{name}_app@"), &format!("://{name}@"), 1);
-        env.push((
-            "COFFER_AUDIT__ARCHIVE__DATABASE_URL",
-            format!("{owner}/{name}"),
-        ));
+        env.push(("COFFER_AUDIT__ARCHIVE__DATABASE_URL", url));
     }
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let srv = start_server_env(&data, true, &[], true, &env);
-    let cli = Cli::of(&srv, tmp.path().join("cfg"));
-    let password = srv.password.clone().unwrap();
-    let o = cli.run_stdin(&["login", "-u", "admin", "--password-stdin"], &password);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (_srv, cli) = signed_in(&data, tmp.path().join("cfg"), &env);
     cli.ok(&["project", "create", "web"]);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let mut st: Value;

@@ -439,13 +439,7 @@ impl AuditLog {
                 last.insert(r.org_id, (seg.number, anchor));
             }
         }
-        let anchors: HashMap<Uuid, u64> = self
-            .archive
-            .anchors()
-            .await?
-            .into_iter()
-            .map(|a| (a.checkpoint.org_id, a.checkpoint.seq))
-            .collect();
+        let anchors = self.anchor_seqs().await?;
         let mut todo = Vec::new();
         for (org, (segment, anchor)) in last {
             let current = anchors.get(&org).copied().unwrap_or(0);
@@ -501,6 +495,17 @@ impl AuditLog {
         Ok(out)
     }
 
+    /// Each chain's anchor (the last pruned event), by organisation.
+    async fn anchor_seqs(&self) -> Result<HashMap<Uuid, u64>, CoreError> {
+        Ok(self
+            .archive
+            .anchors()
+            .await?
+            .into_iter()
+            .map(|a| (a.checkpoint.org_id, a.checkpoint.seq))
+            .collect())
+    }
+
     /// An event of the service itself (actor `system`) in a chain (nil: the system chain),
     /// durably, or an error: archiving and pruning are not done unrecorded.
     async fn record_archive_event(
@@ -529,13 +534,7 @@ impl AuditLog {
     pub async fn archive_status(&self, oldest: bool) -> Result<ArchiveStatus, CoreError> {
         let storage = self.archive.audit_storage().await?;
         let segments = self.archive.segments().await?;
-        let anchors: HashMap<Uuid, u64> = self
-            .archive
-            .anchors()
-            .await?
-            .into_iter()
-            .map(|a| (a.checkpoint.org_id, a.checkpoint.seq))
-            .collect();
+        let anchors = self.anchor_seqs().await?;
         let pruned_events = anchors.values().sum();
         let heads = self.archive.chain_heads().await?;
         let pending = self
@@ -604,13 +603,7 @@ impl AuditLog {
             return Ok(());
         };
         let keep_from = now - i64::try_from(retain.as_millis()).unwrap_or(i64::MAX);
-        let anchors: HashMap<Uuid, u64> = self
-            .archive
-            .anchors()
-            .await?
-            .into_iter()
-            .map(|a| (a.checkpoint.org_id, a.checkpoint.seq))
-            .collect();
+        let anchors = self.anchor_seqs().await?;
         let mut files = Vec::new();
         for seg in self.archive.segments().await? {
             if seg.cut_ms >= keep_from {

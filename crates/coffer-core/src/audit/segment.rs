@@ -237,6 +237,23 @@ fn h32(s: &str) -> Option<[u8; 32]> {
     hex::decode(s).ok()?.try_into().ok()
 }
 
+/// A checkpoint (or anchor) line's fields, decoded.
+fn point(
+    org_id: Uuid,
+    seq: u64,
+    hash: &str,
+    created_at: i64,
+    signature: &str,
+) -> Option<CheckpointRow> {
+    Some(CheckpointRow {
+        org_id,
+        seq,
+        hash: h32(hash)?,
+        created_at,
+        signature: hex::decode(signature).ok()?,
+    })
+}
+
 struct Header {
     number: u64,
     name: String,
@@ -401,6 +418,14 @@ fn verify_one(
             kind: kind.into(),
             message,
         }))
+    };
+    let misplaced = |lineno: u64| {
+        fail(
+            None,
+            None,
+            "malformed",
+            format!("{file}: line {lineno} is out of place"),
+        )
     };
     let mut seg: Option<VerifiedSegment> = None;
     let mut declared = (0u64, 0u64); // chains, events from the header
@@ -606,14 +631,9 @@ fn verify_one(
                 signature,
             } if section.as_ref().is_some_and(|s| s.verifier.is_none()) => {
                 let Some(s) = section.as_mut() else {
-                    return fail(
-                        None,
-                        None,
-                        "malformed",
-                        format!("{file}: line {lineno} is out of place"),
-                    );
+                    return misplaced(lineno);
                 };
-                let (Some(h), Ok(signature)) = (h32(&h), hex::decode(signature)) else {
+                let Some(c) = point(s.org_id, seq, &h, created_at, &signature) else {
                     return fail(
                         Some(s.org_id),
                         Some(seq),
@@ -621,13 +641,7 @@ fn verify_one(
                         format!("{file}: bad checkpoint"),
                     );
                 };
-                s.checkpoints.push(CheckpointRow {
-                    org_id: s.org_id,
-                    seq,
-                    hash: h,
-                    created_at,
-                    signature,
-                });
+                s.checkpoints.push(c);
             }
             SegmentLine::Anchor {
                 org_id,
@@ -640,14 +654,9 @@ fn verify_one(
                 .is_some_and(|s| s.verifier.is_none() && s.anchor.is_none()) =>
             {
                 let Some(s) = section.as_mut() else {
-                    return fail(
-                        None,
-                        None,
-                        "malformed",
-                        format!("{file}: line {lineno} is out of place"),
-                    );
+                    return misplaced(lineno);
                 };
-                let (Some(h), Ok(signature)) = (h32(&h), hex::decode(signature)) else {
+                let Some(anchor) = point(org_id, seq, &h, created_at, &signature) else {
                     return fail(
                         Some(s.org_id),
                         Some(seq),
@@ -666,13 +675,7 @@ fn verify_one(
                         ),
                     );
                 }
-                s.anchor = Some(CheckpointRow {
-                    org_id,
-                    seq,
-                    hash: h,
-                    created_at,
-                    signature,
-                });
+                s.anchor = Some(anchor);
             }
             SegmentLine::Event {
                 seq,
@@ -681,12 +684,7 @@ fn verify_one(
                 body,
             } if section.is_some() => {
                 let Some(s) = section.as_mut() else {
-                    return fail(
-                        None,
-                        None,
-                        "malformed",
-                        format!("{file}: line {lineno} is out of place"),
-                    );
+                    return misplaced(lineno);
                 };
                 let (Some(p), Some(h)) = (h32(&prev_hash), h32(&h)) else {
                     return fail(
