@@ -8,7 +8,9 @@
 #   3. `coffer audit prune`: wall time;
 #   4. on the original (1-3 ran on a copy): reads through a server for DURATION seconds,
 #      then again while the same archive runs next to them.
-# Release build; COFFER_BIN to use another binary.
+# Release build; COFFER_BIN to use another binary; COFFER_BENCH_NICE=19 runs the archive of
+# step 4 at the lowest CPU priority (as an operator would from cron), COFFER_BENCH_RATE=N
+# paces it to N events per second (`--rate`).
 #
 #   bash scripts/bench-archive.sh sqlite|postgres [EVENTS] [ORGS] [DURATION]
 set -euo pipefail
@@ -21,6 +23,8 @@ WORK=${COFFER_BENCH_DIR:-/tmp/coffer-bench-archive}
 PORT=${COFFER_BENCH_PORT:-8322}
 PG=${COFFER_BENCH_PG_ADMIN:-postgres://postgres@127.0.0.1:5432/postgres}
 DB=${COFFER_BENCH_DB:-coffer_archive}
+NICE=${COFFER_BENCH_NICE:-0}
+RATE=${COFFER_BENCH_RATE:-}
 
 if [ -z "${COFFER_BIN:-}" ]; then
   cargo build --release --locked -p coffer-cli
@@ -29,6 +33,7 @@ BIN=${COFFER_BIN:-$PWD/target/release/coffer}
 unset COFFER_DATABASE_URL
 rm -rf "$WORK" && mkdir -p "$WORK"
 if [ "$BACKEND" = postgres ]; then
+  psql "$PG" -qc "DROP DATABASE IF EXISTS ${DB}_copy WITH (FORCE)"
   psql "$PG" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)"
   psql "$PG" -qc "DROP ROLE IF EXISTS $DB"
   psql "$PG" -qc "CREATE ROLE $DB LOGIN"
@@ -83,10 +88,10 @@ for _ in $(seq 1 150); do
 done
 export COFFER_ADDR=https://127.0.0.1:$PORT COFFER_CACERT=$WORK/data/tls/ca.pem HOME=$WORK/home
 "$BIN" bench --targets "$WORK/targets.tsv" --duration "$DURATION" --connections 16 | grep -E '^│ read' | sed 's/^/reads alone:        /'
-( "$BIN" audit archive --dev --data-dir "$WORK/data" --before "$cut" --out "$WORK/seg2.ndjson" >"$WORK/archive2.out" 2>&1; date +%s.%N >"$WORK/archive2.end" ) &
+( nice -n "$NICE" "$BIN" audit archive --dev --data-dir "$WORK/data" --before "$cut" --out "$WORK/seg2.ndjson" ${RATE:+--rate "$RATE"} >"$WORK/archive2.out" 2>&1; date +%s.%N >"$WORK/archive2.end" ) &
 archiver=$!
 sleep 1
-"$BIN" bench --targets "$WORK/targets.tsv" --duration "$DURATION" --connections 16 | grep -E '^│ read' | sed 's/^/reads with archive: /'
+"$BIN" bench --targets "$WORK/targets.tsv" --duration "$DURATION" --connections 16 | grep -E '^│ read' | sed "s/^/reads with archive (nice $NICE, rate ${RATE:-unlimited}): /"
 reads_end=$(date +%s.%N)
 wait $archiver
 echo "archive during reads: $(head -n 1 "$WORK/archive2.out") (still running when the reads ended: $(awk -v a="$(cat "$WORK/archive2.end")" -v r="$reads_end" 'BEGIN { print (a > r) ? "yes" : "no" }'))"

@@ -444,6 +444,9 @@ pub enum AuditCmd {
         /// Prune the archived events from the database afterwards.
         #[arg(long)]
         prune: bool,
+        /// Write at most this many events per second, leaving the machine to the server.
+        #[arg(long)]
+        rate: Option<u32>,
         #[command(flatten)]
         server: OperatorDb,
     },

@@ -27,6 +27,7 @@
 //! | COFFER_AUDIT__ARCHIVE__AFTER | audit.archive.after | none (no scheduled archiving) |
 //! | COFFER_AUDIT__ARCHIVE__DIR | audit.archive.dir | audit-archive in the data directory |
 //! | COFFER_AUDIT__ARCHIVE__DATABASE_URL | audit.archive.database_url | none (PostgreSQL: the owner role that may prune) |
+//! | COFFER_AUDIT__ARCHIVE__RATE | audit.archive.rate | none (events per second the job writes at most) |
 //! | COFFER_AUDIT__RETAIN_LIVE | audit.retain_live | none (archived events are not pruned) |
 //! | COFFER_KEYS__CACHE_TTL | keys.cache_ttl | 60s |
 //! | COFFER_KEYS__ROTATE_AFTER | keys.rotate_after | 365d |
@@ -176,6 +177,8 @@ struct ArchiveSection {
     /// PostgreSQL: the role that records segments and prunes (the schema owner), when the
     /// server runs as a least-privilege runtime role.
     database_url: Option<String>,
+    /// Events per second the job writes at most (unlimited when unset).
+    rate: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -301,6 +304,12 @@ pub fn load(args: &ServerArgs) -> anyhow::Result<(ServerConfig, crate::storage::
     }
     if let Some(v) = env("COFFER_AUDIT__ARCHIVE__DATABASE_URL") {
         f.audit.archive.database_url = Some(v);
+    }
+    if let Some(v) = env("COFFER_AUDIT__ARCHIVE__RATE") {
+        f.audit.archive.rate =
+            Some(v.parse().context(
+                "COFFER_AUDIT__ARCHIVE__RATE must be a whole number of events per second",
+            )?);
     }
     for (k, slot) in [
         ("COFFER_KEYS__CACHE_TTL", &mut f.keys.cache_ttl),
@@ -520,6 +529,7 @@ pub fn load(args: &ServerArgs) -> anyhow::Result<(ServerConfig, crate::storage::
                 .unwrap_or_else(|| data_dir.join("audit-archive"))
         }),
         retain_live,
+        rate: f.audit.archive.rate.filter(|r| *r > 0),
     };
     let storage = crate::storage::StorageSettings {
         url: f

@@ -145,6 +145,7 @@ impl Coffer {
                     k: k.clone(),
                     audit: store.clone(),
                     archive: store.clone(),
+                    archive_rate: Default::default(),
                 }),
                 seal: store.clone(),
                 key_repo: store,

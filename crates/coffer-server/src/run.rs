@@ -400,6 +400,7 @@ async fn start_on(
         let leader = coffer.clone();
         let archiver = cfg.audit_archiver.clone().unwrap_or_else(|| coffer.clone());
         let settings = cfg.audit_archive.clone();
+        archiver.audit().set_archive_rate(settings.rate);
         let every = (after / 2).clamp(Duration::from_secs(1), Duration::from_secs(3600));
         jobs.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);

@@ -300,10 +300,12 @@ pub async fn run(g: &Global, c: AuditCmd) -> anyhow::Result<ExitCode> {
             before,
             out,
             prune,
+            rate,
             server,
         } => {
             let cut = parse_cut(&before)?;
             let coffer = operator_coffer(&server).await?;
+            coffer.audit().set_archive_rate(rate.filter(|r| *r > 0));
             let bar = progress_bar(g);
             let row = coffer
                 .audit()

@@ -43,6 +43,9 @@ pub struct ArchiveSettings {
     pub dir: Option<PathBuf>,
     /// Prune archived events older than this (never when None).
     pub retain_live: Option<Duration>,
+    /// Events per second an archive run writes at most, so that it leaves the machine to
+    /// the requests (unlimited when None).
+    pub rate: Option<u32>,
 }
 
 /// One chain's part in a planned segment.
@@ -123,6 +126,12 @@ fn io(what: &str, path: &Path, e: std::io::Error) -> CoreError {
 }
 
 impl AuditLog {
+    /// Pace archive runs to at most `rate` events per second (None: unlimited).
+    pub fn set_archive_rate(&self, rate: Option<u32>) {
+        self.archive_rate
+            .store(rate.unwrap_or(0), Ordering::Relaxed);
+    }
+
     /// Plan a segment of every chain's events up to its newest signed checkpoint (or signed
     /// head) made before `cut_ms`, after what earlier segments hold. None: nothing to archive.
     pub async fn plan_archive(&self, cut_ms: i64) -> Result<Option<ArchivePlan>, CoreError> {
@@ -198,6 +207,8 @@ impl AuditLog {
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<(W, [u8; 32], u64), CoreError> {
         let w_err = |e: std::io::Error| refuse(format!("write the segment: {e}"));
+        let rate = self.archive_rate.load(Ordering::Relaxed);
+        let started = std::time::Instant::now();
         let mut w = SegmentWriter::new(out);
         w.line(&SegmentLine::Segment {
             format: SEGMENT_FORMAT.into(),
@@ -261,6 +272,13 @@ impl AuditLog {
                     at = r.seq;
                 }
                 progress(w.events());
+                if rate > 0 {
+                    // Behind schedule never; ahead of it, wait for the time the rate allows.
+                    let due = Duration::from_secs_f64(w.events() as f64 / f64::from(rate));
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
             }
             if at != c.anchor.seq {
                 return Err(refuse(format!(

@@ -515,6 +515,8 @@ pub struct AuditLog {
     pub(crate) k: std::sync::Arc<Kernel>,
     pub(crate) audit: std::sync::Arc<dyn coffer_store::AuditRepo>,
     pub(crate) archive: std::sync::Arc<dyn coffer_store::ArchiveRepo>,
+    /// Events per second an archive run writes at most (0: as fast as it can).
+    pub(crate) archive_rate: std::sync::atomic::AtomicU32,
 }
 
 impl AuditLog {

@@ -427,3 +427,21 @@ async fn the_database_keeps_events_above_the_anchor_and_anchors_at_segment_ends(
     let r = verify_online(&f).await;
     assert_eq!(r.first_problem.unwrap().kind, "bad_checkpoint");
 }
+
+#[tokio::test]
+async fn an_archive_run_keeps_to_its_rate() {
+    let f = sqlite_fixture().await;
+    record_n(&f.coffer, &f.owner, 40).await;
+    let dir = tempfile::tempdir().unwrap();
+    // 40-odd events at 100 per second take at least 0.4 s; unpaced they take milliseconds.
+    f.coffer.audit().set_archive_rate(Some(100));
+    let started = std::time::Instant::now();
+    let row = archive_now(&f, &dir.path().join("paced.ndjson")).await;
+    let took = started.elapsed();
+    assert!(row.events >= 40);
+    assert!(
+        took >= std::time::Duration::from_millis(row.events * 10 * 9 / 10),
+        "{} events in {took:?}",
+        row.events
+    );
+}
