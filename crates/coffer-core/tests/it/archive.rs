@@ -278,7 +278,7 @@ fn rewrite(path: &Path, f: impl Fn(SegmentLine) -> SegmentLine) {
 
 #[tokio::test]
 async fn a_segment_edited_truncated_missing_or_swapped_is_named() {
-    let f = sqlite_fixture().await;
+    let f = fixture().await;
     let dir = tempfile::tempdir().unwrap();
     let (files, key) = three_segments(&f, dir.path()).await;
     assert!(verify_segments(&files, Some(&key)).unwrap().ok);
