@@ -133,7 +133,7 @@ pub(crate) async fn audit_events<E: Exec>(
         .collect::<Result<_, _>>()?;
     let stored = filtered(EVENTS_SQL, org_id, f).fetch_all(e).await?;
     if !stored.is_empty() {
-        let stored = stored
+        let mut stored = stored
             .iter()
             .map(|r| {
                 Ok(StoredRow {
@@ -145,7 +145,6 @@ pub(crate) async fn audit_events<E: Exec>(
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        let mut stored = stored;
         predecessor_hashes(e, org_id, &mut stored).await?;
         let texts = interned_texts(e, org_id, &stored).await?;
         for s in stored {
@@ -182,20 +181,14 @@ async fn predecessor_hashes<E: Exec>(
     }
     let mut found: HashMap<u64, Vec<u8>> = HashMap::new();
     for chunk in wanted.chunks(STRINGS_PER_FETCH) {
-        let list = (0..chunk.len())
-            .map(|i| format!("${}", i + 2))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let mut stmt = Stmt::generated(format!(
-            "SELECT p.seq, p.hash FROM audit_log p \
-             WHERE p.chain = (SELECT c.chain FROM audit_chains c WHERE c.org_id = $1) AND p.seq IN ({list}) \
-             UNION ALL SELECT p.seq, p.hash FROM audit_events p WHERE p.org_id = $1 AND p.seq IN ({list}) \
-             UNION ALL SELECT a.seq, a.hash FROM audit_anchors a WHERE a.org_id = $1 AND a.seq IN ({list})"
-        ))
-        .bind(org_id);
-        for seq in chunk {
-            stmt = stmt.bind(i64::try_from(*seq).map_err(|_| StoreError::Corrupt)?);
-        }
+        let stmt = with_id_list(org_id, chunk, |list| {
+            format!(
+                "SELECT p.seq, p.hash FROM audit_log p \
+                 WHERE p.chain = (SELECT c.chain FROM audit_chains c WHERE c.org_id = $1) AND p.seq IN ({list}) \
+                 UNION ALL SELECT p.seq, p.hash FROM audit_events p WHERE p.org_id = $1 AND p.seq IN ({list}) \
+                 UNION ALL SELECT a.seq, a.hash FROM audit_anchors a WHERE a.org_id = $1 AND a.seq IN ({list})"
+            )
+        })?;
         for r in stmt.fetch_all(e).await? {
             found.insert(u64_col(&r, "seq")?, r.bytes("hash")?);
         }
@@ -287,24 +280,36 @@ async fn fetch_texts<E: Exec>(
 ) -> Result<(), StoreError> {
     let ids: Vec<u64> = ids.into_iter().collect();
     for chunk in ids.chunks(STRINGS_PER_FETCH) {
-        let list = (0..chunk.len())
-            .map(|i| format!("${}", i + 2))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let mut stmt = Stmt::generated(format!(
-            "SELECT s.id, s.text FROM audit_strings s JOIN audit_chains c ON c.chain = s.chain \
-             WHERE c.org_id = $1 AND s.id IN ({list})"
-        ))
-        .bind(org_id);
-        for id in chunk {
-            stmt = stmt.bind(i64::try_from(*id).map_err(|_| StoreError::Corrupt)?);
-        }
+        let stmt = with_id_list(org_id, chunk, |list| {
+            format!(
+                "SELECT s.id, s.text FROM audit_strings s JOIN audit_chains c ON c.chain = s.chain \
+                 WHERE c.org_id = $1 AND s.id IN ({list})"
+            )
+        })?;
         for r in stmt.fetch_all(e).await? {
             let id = u64::try_from(r.int("id")?).map_err(|_| StoreError::Corrupt)?;
             into.insert(id, r.text("text")?);
         }
     }
     Ok(())
+}
+
+/// The statement `make(list)` makes, where `list` is the placeholders of `ids` ($2, $3, …),
+/// with `org_id` bound as $1 and the ids after it.
+fn with_id_list(
+    org_id: Uuid,
+    ids: &[u64],
+    make: impl FnOnce(&str) -> String,
+) -> Result<Stmt<'static>, StoreError> {
+    let list = (0..ids.len())
+        .map(|i| format!("${}", i + 2))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut stmt = Stmt::generated(make(&list)).bind(org_id);
+    for id in ids {
+        stmt = stmt.bind(i64::try_from(*id).map_err(|_| StoreError::Corrupt)?);
+    }
+    Ok(stmt)
 }
 
 /// The last (seq, hash) of an organisation's chain (none before its first event).

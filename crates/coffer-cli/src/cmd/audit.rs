@@ -48,14 +48,7 @@ fn print_report(g: &Global, r: &serde_json::Value) -> anyhow::Result<ExitCode> {
 }
 
 fn is_segment(path: &Path) -> bool {
-    std::fs::File::open(path)
-        .ok()
-        .and_then(|f| {
-            let mut first = String::new();
-            std::io::BufRead::read_line(&mut std::io::BufReader::new(f), &mut first).ok()?;
-            Some(first.contains(coffer_core::audit::segment::SEGMENT_FORMAT))
-        })
-        .unwrap_or(false)
+    coffer_core::audit::segment::segment_in(path).is_ok_and(|s| s.is_some())
 }
 
 fn verify_segment_files(files: &[PathBuf], key: Option<&str>) -> anyhow::Result<SegmentsReport> {

@@ -27,14 +27,19 @@ fn signed_in(data: &Path, cfg: PathBuf, env: &[(&str, &str)]) -> (ServerProc, Cl
 
 /// The operator's command line: the server's data directory, and on PostgreSQL the owner's
 /// URL (the server itself runs as the runtime role, which may not prune).
-fn operator(data: &Path, args: &[&str]) -> Output {
+fn operator_cmd(data: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args(args).args(["--dev", "--data-dir"]).arg(data);
     if let Some(url) = owner_url(data) {
         cmd.env("COFFER_DATABASE_URL", url)
             .env("COFFER_STORAGE__MIGRATE", "false");
     }
-    cmd.env("COFFER_LOG", "warn").output().unwrap()
+    cmd.env("COFFER_LOG", "warn");
+    cmd
+}
+
+fn operator(data: &Path, args: &[&str]) -> Output {
+    operator_cmd(data, args).output().unwrap()
 }
 
 fn operator_ok(data: &Path, args: &[&str]) -> String {
@@ -266,25 +271,22 @@ fn an_archive_killed_midway_leaves_no_partial_segment_and_prunes_nothing() {
     let seg = tmp.path().join("seg.ndjson");
     let mut killed_midway = 0;
     for round in 0..5u64 {
-        let mut cmd = Command::new(BIN);
-        cmd.args([
-            "audit",
-            "archive",
-            "--before",
-            &cut,
-            "--out",
-            seg.to_str().unwrap(),
-            "--prune",
-        ])
-        .args(["--dev", "--data-dir"])
-        .arg(&data)
+        let mut child = operator_cmd(
+            &data,
+            &[
+                "audit",
+                "archive",
+                "--before",
+                &cut,
+                "--out",
+                seg.to_str().unwrap(),
+                "--prune",
+            ],
+        )
         .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-        if let Some(url) = owner_url(&data) {
-            cmd.env("COFFER_DATABASE_URL", url)
-                .env("COFFER_STORAGE__MIGRATE", "false");
-        }
-        let mut child = cmd.spawn().unwrap();
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
         std::thread::sleep(Duration::from_millis(40 + 80 * round));
         if let Some(status) = child.try_wait().unwrap() {
             let mut err = String::new();

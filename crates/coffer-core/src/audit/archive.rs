@@ -22,9 +22,9 @@ use uuid::Uuid;
 
 use super::segment::{
     PreviousSegment, SEGMENT_FORMAT, SegmentLine, SegmentWriter, anchor_line, checkpoint_line,
-    segment_name, verify_segments,
+    segment_in, segment_name, verify_segments,
 };
-use super::{AuditActor, AuditEvent, AuditLog, PAGE, Verifier};
+use super::{AuditLog, PAGE, Verifier};
 use crate::CoreError;
 use crate::clock::now_ms;
 
@@ -532,19 +532,9 @@ impl AuditLog {
         action: &str,
         detail: serde_json::Value,
     ) -> Result<(), CoreError> {
-        let mut ev = AuditEvent::now(action);
-        ev.org_id = (!org.is_nil()).then_some(org);
-        ev.actor = AuditActor {
-            kind: "system".into(),
-            ..AuditActor::default()
-        };
-        ev.status = 0;
-        ev.detail = Some(detail);
         self.k
-            .append_event(&ev, &[], true)
-            .await?
-            .map(|_| ())
-            .ok_or(CoreError::AuditUnavailable)
+            .append_system((!org.is_nil()).then_some(org), action, "success", detail)
+            .await
     }
 
     /// How much the audit log holds and what is archived. `oldest`: also find the oldest
@@ -661,21 +651,13 @@ fn refuse_overwrite(path: &Path, recorded: &[SegmentRow]) -> Result<(), CoreErro
     if !path.exists() {
         return Ok(());
     }
-    let first = std::fs::File::open(path)
-        .and_then(|f| {
-            let mut s = String::new();
-            std::io::BufRead::read_line(&mut std::io::BufReader::new(f), &mut s).map(|_| s)
-        })
-        .map_err(|e| io("read", path, e))?;
-    match serde_json::from_str::<SegmentLine>(&first) {
-        Ok(SegmentLine::Segment { name, .. }) if recorded.iter().any(|s| s.name == name) => {
-            Err(refuse(format!(
-                "{} holds the recorded segment {name}: keep it, and choose another path",
-                path.display()
-            )))
-        }
-        Ok(SegmentLine::Segment { .. }) => Ok(()),
-        _ => Err(refuse(format!(
+    match segment_in(path).map_err(refuse)? {
+        Some(name) if recorded.iter().any(|s| s.name == name) => Err(refuse(format!(
+            "{} holds the recorded segment {name}: keep it, and choose another path",
+            path.display()
+        ))),
+        Some(_) => Ok(()),
+        None => Err(refuse(format!(
             "{} exists and is not an audit segment; choose another path",
             path.display()
         ))),

@@ -494,8 +494,25 @@ impl Kernel {
         outcome: &str,
         detail: serde_json::Value,
     ) {
+        if let Err(e) = self
+            .append_system(Some(org_id), action, outcome, detail)
+            .await
+        {
+            tracing::error!(org_id = %org_id, action, error = %e, "could not record a system audit event");
+        }
+    }
+
+    /// Durably append an event of the service itself (actor `system`, no HTTP request) to
+    /// `org_id`'s chain (None: the system chain).
+    pub(crate) async fn append_system(
+        &self,
+        org_id: Option<Uuid>,
+        action: &str,
+        outcome: &str,
+        detail: serde_json::Value,
+    ) -> Result<(), CoreError> {
         let mut ev = AuditEvent::now(action);
-        ev.org_id = Some(org_id);
+        ev.org_id = org_id;
         ev.actor = AuditActor {
             kind: "system".into(),
             ..AuditActor::default()
@@ -504,9 +521,10 @@ impl Kernel {
         // Not an HTTP request.
         ev.status = 0;
         ev.detail = Some(detail);
-        if let Err(e) = self.append_event(&ev, &[], true).await {
-            tracing::error!(org_id = %org_id, action, error = %e, "could not record a system audit event");
-        }
+        self.append_event(&ev, &[], true)
+            .await?
+            .map(|_| ())
+            .ok_or(CoreError::AuditUnavailable)
     }
 }
 

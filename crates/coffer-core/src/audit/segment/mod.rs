@@ -199,6 +199,12 @@ struct Header {
 }
 
 /// The first line of a file: a segment's header, or None for anything else.
+/// The name of the segment in a file, from its header; None when the file is not a
+/// segment.
+pub fn segment_in(path: &Path) -> Result<Option<String>, String> {
+    Ok(read_header(path)?.map(|h| h.name))
+}
+
 fn read_header(path: &Path) -> Result<Option<Header>, String> {
     let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut first = String::new();

@@ -285,6 +285,18 @@ fn verify_one(
         });
         Ok(())
     };
+    // The section being read ends (at the next chain or at the end line).
+    let end_section =
+        |section: Option<Section>, seg: Option<&mut VerifiedSegment>, carry: &mut Carry| {
+            let (s, sg) = (section?, seg?);
+            let (org, seq, kind, m) = close(s, sg, carry).err()?;
+            Some(fail(
+                Some(org),
+                Some(seq),
+                &kind,
+                format!("{file}: chain {org} {m}"),
+            ))
+        };
     let mut lineno = 0u64;
     while next_line(&mut r, &mut buf)
         .map_err(|e| format!("{}: {e}", path.display()))?
@@ -347,15 +359,8 @@ fn verify_one(
                 prev_hash,
                 to_seq,
             } if seg.is_some() => {
-                if let (Some(s), Some(sg)) = (section.take(), seg.as_mut())
-                    && let Err((org, seq, kind, m)) = close(s, sg, carry)
-                {
-                    return fail(
-                        Some(org),
-                        Some(seq),
-                        &kind,
-                        format!("{file}: chain {org} {m}"),
-                    );
+                if let Some(problem) = end_section(section.take(), seg.as_mut(), carry) {
+                    return problem;
                 }
                 chains += 1;
                 let Some(prev) = h32(&prev_hash) else {
@@ -518,15 +523,8 @@ fn verify_one(
                 events: e,
                 sha256,
             } if seg.is_some() => {
-                if let (Some(s), Some(sg)) = (section.take(), seg.as_mut())
-                    && let Err((org, seq, kind, m)) = close(s, sg, carry)
-                {
-                    return fail(
-                        Some(org),
-                        Some(seq),
-                        &kind,
-                        format!("{file}: chain {org} {m}"),
-                    );
+                if let Some(problem) = end_section(section.take(), seg.as_mut(), carry) {
+                    return problem;
                 }
                 if !hex::encode(before.finish()).eq_ignore_ascii_case(&sha256) {
                     return fail(
