@@ -24,6 +24,12 @@ rm -rf target/softhsm && mkdir -p target/softhsm/tokens
 printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n' \
   "$PWD/target/softhsm/tokens" > "$SOFTHSM2_CONF"
 
+# age: the standard tool must decrypt what Coffer encrypts to age recipients (archive
+# segments), and its keys must work with Coffer.
+if ! command -v age >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq age
+fi
+
 # moto_server: AWS KMS on 127.0.0.1 for the KMS seal and key tests.
 if ! command -v moto_server >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check 'moto[server]'

@@ -420,6 +420,8 @@ pub enum AuditCmd {
         to: Option<String>,
         #[arg(long, short)]
         output: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        identity: IdentityArg,
     },
     /// Verify the chain on the server; offline with --file: an NDJSON export, or archive
     /// segments as one series (with live exports that continue them).
@@ -429,6 +431,8 @@ pub enum AuditCmd {
         /// Expected checkpoint public key (hex), for offline verification.
         #[arg(long)]
         public_key: Option<String>,
+        #[command(flatten)]
+        identity: IdentityArg,
     },
     /// Sign the current end of the chain now.
     Checkpoint,
@@ -447,6 +451,12 @@ pub enum AuditCmd {
         /// Write at most this many events per second, leaving the machine to the server.
         #[arg(long)]
         rate: Option<u32>,
+        /// Encrypt the segment with age to this public key (age1…; repeatable).
+        #[arg(long = "recipient", value_name = "AGE_PUBLIC_KEY")]
+        recipients: Vec<String>,
+        /// Encrypt to the public keys in this file (one per line, as `age -R` reads).
+        #[arg(long, value_name = "FILE")]
+        recipients_file: Option<std::path::PathBuf>,
         #[command(flatten)]
         server: OperatorDb,
     },
@@ -456,6 +466,8 @@ pub enum AuditCmd {
         /// The segments, every one since the last prune (repeatable).
         #[arg(long, num_args = 1.., required = true)]
         file: Vec<std::path::PathBuf>,
+        #[command(flatten)]
+        identity: IdentityArg,
         #[command(flatten)]
         server: OperatorDb,
     },
@@ -472,6 +484,15 @@ pub enum AuditCmd {
         #[arg(long)]
         detail: Option<String>,
     },
+}
+
+/// `--identity`: the age identity file that opens encrypted segments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IdentityArg {
+    /// An age identity file (AGE-SECRET-KEY-1…) that opens encrypted segments. Pruning
+    /// without it checks that each encrypted file is byte for byte the one recorded.
+    #[arg(long = "identity", short = 'i', value_name = "FILE")]
+    pub identity: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

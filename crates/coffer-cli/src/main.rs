@@ -1,5 +1,6 @@
 //! The `coffer` command.
 
+mod archive_config;
 mod cli;
 mod cmd;
 mod output;

@@ -29,6 +29,8 @@
 //! | COFFER_AUDIT__ARCHIVE__DATABASE_URL | audit.archive.database_url | none (PostgreSQL: the owner role that may prune) |
 //! | COFFER_AUDIT__ARCHIVE__RATE | audit.archive.rate | none (events per second the job writes at most) |
 //! | COFFER_AUDIT__RETAIN_LIVE | audit.retain_live | none (archived events are not pruned) |
+//! | COFFER_BACKUP__RECIPIENTS | backup.recipients (comma-separated in the variable) | none (archive segments in plaintext) |
+//! | COFFER_BACKUP__RECIPIENTS_FILE | backup.recipients_file | none |
 //! | COFFER_KEYS__CACHE_TTL | keys.cache_ttl | 60s |
 //! | COFFER_KEYS__ROTATE_AFTER | keys.rotate_after | 365d |
 //! | COFFER_KEYS__ROTATE_AFTER_ENCRYPTIONS | keys.rotate_after_encryptions | 268435456 (2^28) |
@@ -61,6 +63,8 @@ struct FileConfig {
     session: SessionSection,
     #[serde(default)]
     audit: AuditSection,
+    #[serde(default)]
+    backup: crate::archive_config::BackupSection,
     #[serde(default)]
     storage: StorageSection,
     #[serde(default)]
@@ -164,21 +168,7 @@ struct AuditSection {
     /// How long events stay in the database once archived (never pruned when unset).
     retain_live: Option<String>,
     #[serde(default)]
-    archive: ArchiveSection,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ArchiveSection {
-    /// Archive events older than this (off when unset).
-    after: Option<String>,
-    /// Where the segments go (default: audit-archive in the data directory).
-    dir: Option<PathBuf>,
-    /// PostgreSQL: the role that records segments and prunes (the schema owner), when the
-    /// server runs as a least-privilege runtime role.
-    database_url: Option<String>,
-    /// Events per second the job writes at most (unlimited when unset).
-    rate: Option<u32>,
+    archive: crate::archive_config::ArchiveSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -207,7 +197,7 @@ fn duration(key: &str, v: &str, min: Duration, max: Duration) -> anyhow::Result<
     Ok(d)
 }
 
-fn env(name: &str) -> Option<String> {
+pub(crate) fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
@@ -296,21 +286,7 @@ pub fn load(args: &ServerArgs) -> anyhow::Result<(ServerConfig, crate::storage::
     if let Some(v) = env("COFFER_AUDIT__RETAIN_LIVE") {
         f.audit.retain_live = Some(v);
     }
-    if let Some(v) = env("COFFER_AUDIT__ARCHIVE__AFTER") {
-        f.audit.archive.after = Some(v);
-    }
-    if let Some(v) = env("COFFER_AUDIT__ARCHIVE__DIR") {
-        f.audit.archive.dir = Some(v.into());
-    }
-    if let Some(v) = env("COFFER_AUDIT__ARCHIVE__DATABASE_URL") {
-        f.audit.archive.database_url = Some(v);
-    }
-    if let Some(v) = env("COFFER_AUDIT__ARCHIVE__RATE") {
-        f.audit.archive.rate =
-            Some(v.parse().context(
-                "COFFER_AUDIT__ARCHIVE__RATE must be a whole number of events per second",
-            )?);
-    }
+    crate::archive_config::apply_env(&mut f.audit.archive, &mut f.backup)?;
     for (k, slot) in [
         ("COFFER_KEYS__CACHE_TTL", &mut f.keys.cache_ttl),
         ("COFFER_KEYS__ROTATE_AFTER", &mut f.keys.rotate_after),
@@ -496,41 +472,12 @@ pub fn load(args: &ServerArgs) -> anyhow::Result<(ServerConfig, crate::storage::
         }
         None => Duration::from_secs(1),
     };
-    let duration = |key: &str, v: &Option<String>| -> anyhow::Result<Option<Duration>> {
-        v.as_deref()
-            .map(|v| {
-                let d = humantime::parse_duration(v)
-                    .with_context(|| format!("{key} must be a duration like 30d"))?;
-                anyhow::ensure!(d >= Duration::from_secs(1), "{key} must be at least 1s");
-                Ok(d)
-            })
-            .transpose()
-    };
-    let after = duration("audit.archive.after", &f.audit.archive.after)?;
-    let retain_live = duration("audit.retain_live", &f.audit.retain_live)?;
-    if let Some(r) = retain_live {
-        let Some(a) = after else {
-            anyhow::bail!(
-                "audit.retain_live needs audit.archive.after: only archived events are pruned"
-            );
-        };
-        anyhow::ensure!(
-            r >= a,
-            "audit.retain_live must be at least audit.archive.after (events are archived before they are pruned)"
-        );
-    }
-    let audit_archive = coffer_core::audit::ArchiveSettings {
-        after,
-        dir: after.map(|_| {
-            f.audit
-                .archive
-                .dir
-                .clone()
-                .unwrap_or_else(|| data_dir.join("audit-archive"))
-        }),
-        retain_live,
-        rate: f.audit.archive.rate.filter(|r| *r > 0),
-    };
+    let audit_archive = crate::archive_config::settings(
+        f.audit.retain_live.as_deref(),
+        &f.audit.archive,
+        &f.backup,
+        &data_dir,
+    )?;
     let storage = crate::storage::StorageSettings {
         url: f
             .storage
@@ -659,6 +606,25 @@ mod tests {
             data_dir: Some(dir.path().join("data")),
         })
         .map(|(cfg, _)| cfg)
+    }
+
+    #[test]
+    fn backup_recipients_encrypt_the_archive() {
+        let key = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+        let cfg = load_text(&format!("[backup]\nrecipients = [\"{key}\"]\n")).unwrap();
+        assert_eq!(
+            cfg.audit_archive.recipients.map(|r| r.keys()),
+            Some(vec![key.to_owned()])
+        );
+        assert!(load_text("").unwrap().audit_archive.recipients.is_none());
+        let e = format!(
+            "{:#}",
+            load_text("[backup]\nrecipients = [\"age1nope\"]\n").unwrap_err()
+        );
+        assert!(
+            e.contains("backup.recipients") && e.contains("not an age recipient"),
+            "{e}"
+        );
     }
 
     #[test]

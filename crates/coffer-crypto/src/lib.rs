@@ -15,6 +15,7 @@ mod error;
 pub mod fuzzing;
 mod hazmat;
 mod keys;
+pub mod offline;
 mod secret;
 pub mod shamir;
 pub mod system;

@@ -401,7 +401,7 @@ async fn start_on(
         let archiver = cfg.audit_archiver.clone().unwrap_or_else(|| coffer.clone());
         let settings = cfg.audit_archive.clone();
         archiver.audit().set_archive_rate(settings.rate);
-        let every = (after / 2).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+        let every = settings.every().unwrap_or(after);
         jobs.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -412,6 +412,7 @@ async fn start_on(
                 {
                     tracing::warn!(error = %e, "audit archive job failed");
                 }
+                archiver.audit().note_next_run(every);
             }
         }));
     }

@@ -51,7 +51,7 @@ pub trait ArchiveRepo: Send + Sync {
 
 const ANCHOR_COLUMNS: &str = "org_id, seq, hash, created_at, signature, segment";
 const SEGMENT_COLUMNS: &str =
-    "number, name, cut_ms, created_at, events, bytes, sha256, location, verified_at";
+    "number, name, cut_ms, created_at, events, bytes, sha256, location, verified_at, file_sha256";
 
 fn segment_row<R: RowRead>(r: &R) -> Result<SegmentRow, StoreError> {
     Ok(SegmentRow {
@@ -64,16 +64,40 @@ fn segment_row<R: RowRead>(r: &R) -> Result<SegmentRow, StoreError> {
         sha256: hash_col(r, "sha256")?,
         location: r.opt_text("location")?,
         verified_at: r.int("verified_at")?,
+        file_sha256: r
+            .opt_bytes("file_sha256")?
+            .map(|b| b.try_into().map_err(|_| StoreError::Corrupt))
+            .transpose()?,
     })
 }
 
+const SEGMENT_CHAIN_COLUMNS: &str =
+    "number, org_id, from_seq, to_seq, to_hash, anchor_created_at, anchor_signature";
+
 fn segment_chain_row<R: RowRead>(r: &R) -> Result<SegmentChainRow, StoreError> {
+    let org_id = uuid_col(r, "org_id")?;
+    let to_seq = u64_col(r, "to_seq")?;
+    let to_hash = hash_col(r, "to_hash")?;
+    let anchor = match (
+        r.opt_int("anchor_created_at")?,
+        r.opt_bytes("anchor_signature")?,
+    ) {
+        (Some(created_at), Some(signature)) => Some(CheckpointRow {
+            org_id,
+            seq: to_seq,
+            hash: to_hash,
+            created_at,
+            signature,
+        }),
+        _ => None,
+    };
     Ok(SegmentChainRow {
         number: u64_col(r, "number")?,
-        org_id: uuid_col(r, "org_id")?,
+        org_id,
         from_seq: u64_col(r, "from_seq")?,
-        to_seq: u64_col(r, "to_seq")?,
-        to_hash: hash_col(r, "to_hash")?,
+        to_seq,
+        to_hash,
+        anchor,
     })
 }
 
@@ -128,10 +152,10 @@ impl<B: Backend> ArchiveRepo for B {
     }
 
     async fn segment_chains(&self, number: u64) -> Result<Vec<SegmentChainRow>, StoreError> {
-        Stmt::new(
-            "SELECT number, org_id, from_seq, to_seq, to_hash FROM audit_segment_chains \
-             WHERE number = $1 ORDER BY org_id",
-        )
+        Stmt::generated(format!(
+            "SELECT {SEGMENT_CHAIN_COLUMNS} FROM audit_segment_chains \
+             WHERE number = $1 ORDER BY org_id"
+        ))
         .bind(db_int(number))
         .fetch_all(&mut self.reads())
         .await?
@@ -141,11 +165,11 @@ impl<B: Backend> ArchiveRepo for B {
     }
 
     async fn archived_ends(&self) -> Result<Vec<SegmentChainRow>, StoreError> {
-        Stmt::new(
-            "SELECT s.number, s.org_id, s.from_seq, s.to_seq, s.to_hash FROM audit_segment_chains s \
+        Stmt::generated(format!(
+            "SELECT {SEGMENT_CHAIN_COLUMNS} FROM audit_segment_chains s \
              WHERE s.number = (SELECT MAX(t.number) FROM audit_segment_chains t WHERE t.org_id = s.org_id) \
-             ORDER BY s.org_id",
-        )
+             ORDER BY s.org_id"
+        ))
         .fetch_all(&mut self.reads())
         .await?
         .iter()
@@ -160,7 +184,7 @@ impl<B: Backend> ArchiveRepo for B {
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_bare().await?;
         Stmt::generated(format!(
-            "INSERT INTO audit_segments ({SEGMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+            "INSERT INTO audit_segments ({SEGMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
         ))
         .bind(db_int(s.number))
         .bind(s.name.as_str())
@@ -171,18 +195,21 @@ impl<B: Backend> ArchiveRepo for B {
         .bind(s.sha256.as_slice())
         .bind(s.location.as_deref())
         .bind(s.verified_at)
+        .bind(s.file_sha256.as_ref().map(<[u8; 32]>::as_slice))
         .execute(&mut tx)
         .await?;
         for c in chains {
-            Stmt::new(
-                "INSERT INTO audit_segment_chains (number, org_id, from_seq, to_seq, to_hash) \
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
+            Stmt::generated(format!(
+                "INSERT INTO audit_segment_chains ({SEGMENT_CHAIN_COLUMNS}) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)"
+            ))
             .bind(db_int(c.number))
             .bind(c.org_id)
             .bind(db_int(c.from_seq))
             .bind(db_int(c.to_seq))
             .bind(c.to_hash.as_slice())
+            .bind(c.anchor.as_ref().map(|a| a.created_at))
+            .bind(c.anchor.as_ref().map(|a| a.signature.as_slice()))
             .execute(&mut tx)
             .await?;
         }

@@ -461,11 +461,14 @@ pub struct SegmentRow {
     pub created_at: i64,
     pub events: u64,
     pub bytes: u64,
-    /// SHA-256 of the whole file.
+    /// SHA-256 of the whole file's plaintext.
     pub sha256: [u8; 32],
     /// Where the server keeps the file, when it wrote it itself.
     pub location: Option<String>,
     pub verified_at: i64,
+    /// SHA-256 of the file's bytes on disk when they are not its plaintext (encrypted with
+    /// age); None: the file is its plaintext.
+    pub file_sha256: Option<[u8; 32]>,
 }
 
 /// The part of one chain a segment holds: `from_seq..=to_seq`, ending at `to_hash`.
@@ -476,6 +479,8 @@ pub struct SegmentChainRow {
     pub from_seq: u64,
     pub to_seq: u64,
     pub to_hash: [u8; 32],
+    /// The signed checkpoint at `to_seq` (None for ranges recorded before it was kept).
+    pub anchor: Option<CheckpointRow>,
 }
 
 /// A chain's anchor: the signed checkpoint at the end of its pruned part, which must end a

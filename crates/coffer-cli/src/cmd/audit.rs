@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 
 use coffer_core::audit::ArchiveTarget;
 use coffer_core::audit::segment::SegmentsReport;
+use coffer_core::audit::{Identities, Recipients};
 
-use crate::cli::{AuditCmd, Global, OperatorDb};
+use crate::cli::{AuditCmd, Global, IdentityArg, OperatorDb};
 use crate::{output, session};
 
 fn opt<'a>(q: &mut Vec<(&'a str, String)>, k: &'a str, v: Option<String>) {
@@ -47,12 +48,44 @@ fn print_report(g: &Global, r: &serde_json::Value) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn is_segment(path: &Path) -> bool {
-    coffer_core::audit::segment::segment_in(path).is_ok_and(|s| s.is_some())
+/// Exports are never encrypted: an age file given to verify is a segment.
+fn is_segment(path: &Path, ids: &Identities) -> bool {
+    use coffer_core::audit::segment::{is_encrypted, segment_in};
+    is_encrypted(path).unwrap_or(false) || segment_in(path, ids).is_ok_and(|s| s.is_some())
 }
 
-fn verify_segment_files(files: &[PathBuf], key: Option<&str>) -> anyhow::Result<SegmentsReport> {
-    coffer_core::audit::segment::verify_segments(files, key).map_err(|e| anyhow::anyhow!(e))
+fn verify_segment_files(
+    files: &[PathBuf],
+    key: Option<&str>,
+    ids: &Identities,
+) -> anyhow::Result<SegmentsReport> {
+    coffer_core::audit::segment::verify_segments(files, key, ids).map_err(|e| anyhow::anyhow!(e))
+}
+
+/// `--identity FILE`, read now; none when not given.
+pub fn identities(a: &IdentityArg) -> anyhow::Result<Identities> {
+    let Some(path) = &a.identity else {
+        return Ok(Identities::none());
+    };
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?,
+    );
+    Identities::parse(&text).map_err(|e| anyhow::anyhow!("--identity {}: {e}", path.display()))
+}
+
+/// `--recipient` and `--recipients-file`, or None for a plaintext segment.
+fn recipients(keys: &[String], file: Option<&Path>) -> anyhow::Result<Option<Recipients>> {
+    let mut all = keys.to_vec();
+    if let Some(f) = file {
+        let text = std::fs::read_to_string(f).with_context(|| format!("read {}", f.display()))?;
+        all.extend(text.lines().map(str::to_owned));
+    }
+    if keys.is_empty() && file.is_none() {
+        return Ok(None);
+    }
+    Recipients::parse(&all)
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("--recipient: {e}"))
 }
 
 fn print_segments_report(g: &Global, r: &SegmentsReport) -> anyhow::Result<ExitCode> {
@@ -97,8 +130,11 @@ fn parse_cut(s: &str) -> anyhow::Result<i64> {
     Ok(i64::try_from(ms)?)
 }
 
-/// The service over the server's database, sealed: archiving and pruning need no key.
-async fn operator_coffer(o: &OperatorDb) -> anyhow::Result<coffer_core::Coffer> {
+/// The service over the server's database, sealed (archiving and pruning need no key),
+/// with the server's archive settings.
+async fn operator_coffer(
+    o: &OperatorDb,
+) -> anyhow::Result<(coffer_core::Coffer, coffer_core::audit::ArchiveSettings)> {
     let args = crate::cli::ServerArgs {
         dev: o.dev,
         config: o.config.clone(),
@@ -113,7 +149,10 @@ async fn operator_coffer(o: &OperatorDb) -> anyhow::Result<coffer_core::Coffer> 
         );
     }
     let storage = crate::storage::open(&storage, &cfg.data_dir).await?;
-    Ok(coffer_core::Coffer::new(storage, cfg.core)?)
+    Ok((
+        coffer_core::Coffer::new(storage, cfg.core)?,
+        cfg.audit_archive,
+    ))
 }
 
 /// Say what an operator can do about a refusal.
@@ -220,10 +259,12 @@ pub async fn run(g: &Global, c: AuditCmd) -> anyhow::Result<ExitCode> {
             segments,
             org,
             output,
+            identity,
             ..
         } if !segments.is_empty() => {
             let org = org.context("--org: which organisation's chain to export (the system chain: 00000000-0000-0000-0000-000000000000)")?;
-            let report = verify_segment_files(&segments, None)?;
+            let ids = identities(&identity)?;
+            let report = verify_segment_files(&segments, None, &ids)?;
             if !report.ok {
                 print_segments_report(g, &report)?;
                 anyhow::bail!("the segments do not verify: nothing exported");
@@ -234,8 +275,9 @@ pub async fn run(g: &Global, c: AuditCmd) -> anyhow::Result<ExitCode> {
                 ),
                 None => Box::new(std::io::stdout().lock()),
             };
-            let n = coffer_core::audit::segment::export_from_segments(&segments, org, &mut out)
-                .map_err(|e| anyhow::anyhow!(e))?;
+            let n =
+                coffer_core::audit::segment::export_from_segments(&segments, org, &ids, &mut out)
+                    .map_err(|e| anyhow::anyhow!(e))?;
             if output.is_some() {
                 eprintln!(
                     "Exported {n} events of {org} from {} segments.",
@@ -268,13 +310,16 @@ pub async fn run(g: &Global, c: AuditCmd) -> anyhow::Result<ExitCode> {
             }
             out.flush()?;
         }
-        AuditCmd::Verify { file, public_key }
-            if file.len() > 1 || file.first().is_some_and(|f| is_segment(f)) =>
-        {
-            let report = verify_segment_files(&file, public_key.as_deref())?;
-            return print_segments_report(g, &report);
-        }
-        AuditCmd::Verify { file, public_key } if !file.is_empty() => {
+        AuditCmd::Verify {
+            file,
+            public_key,
+            identity,
+        } if !file.is_empty() => {
+            let ids = identities(&identity)?;
+            if file.len() > 1 || is_segment(&file[0], &ids) {
+                let report = verify_segment_files(&file, public_key.as_deref(), &ids)?;
+                return print_segments_report(g, &report);
+            }
             let path = &file[0];
             let f =
                 std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
@@ -294,18 +339,26 @@ pub async fn run(g: &Global, c: AuditCmd) -> anyhow::Result<ExitCode> {
             out,
             prune,
             rate,
+            recipients: keys,
+            recipients_file,
             server,
         } => {
             let cut = parse_cut(&before)?;
-            let coffer = operator_coffer(&server).await?;
+            let to = recipients(&keys, recipients_file.as_deref())?;
+            let (coffer, _) = operator_coffer(&server).await?;
             coffer.audit().set_archive_rate(rate.filter(|r| *r > 0));
             let bar = progress_bar(g);
             let row = coffer
                 .audit()
-                .archive(cut, ArchiveTarget::File(out.clone()), &mut |n, total| {
-                    bar.set_length(total);
-                    bar.set_position(n);
-                })
+                .archive(
+                    cut,
+                    ArchiveTarget::File(out.clone()),
+                    to.as_ref(),
+                    &mut |n, total| {
+                        bar.set_length(total);
+                        bar.set_position(n);
+                    },
+                )
                 .await;
             bar.finish_and_clear();
             let Some(row) = row.map_err(operator_error)? else {
@@ -322,7 +375,7 @@ pub async fn run(g: &Global, c: AuditCmd) -> anyhow::Result<ExitCode> {
                 Some(
                     coffer
                         .audit()
-                        .prune(std::slice::from_ref(&out))
+                        .prune(std::slice::from_ref(&out), &Identities::none())
                         .await
                         .map_err(operator_error)?,
                 )
@@ -355,9 +408,18 @@ pub async fn run(g: &Global, c: AuditCmd) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        AuditCmd::Prune { file, server } => {
-            let coffer = operator_coffer(&server).await?;
-            let p = coffer.audit().prune(&file).await.map_err(operator_error)?;
+        AuditCmd::Prune {
+            file,
+            identity,
+            server,
+        } => {
+            let ids = identities(&identity)?;
+            let (coffer, _) = operator_coffer(&server).await?;
+            let p = coffer
+                .audit()
+                .prune(&file, &ids)
+                .await
+                .map_err(operator_error)?;
             if g.json {
                 output::json(&p)?;
             } else {
@@ -369,8 +431,8 @@ pub async fn run(g: &Global, c: AuditCmd) -> anyhow::Result<ExitCode> {
             }
         }
         AuditCmd::Status { server } => {
-            let coffer = operator_coffer(&server).await?;
-            let s = coffer.audit().archive_status(true).await?;
+            let (coffer, settings) = operator_coffer(&server).await?;
+            let s = coffer.audit().archive_status(true, &settings).await?;
             if g.json {
                 output::json(&s)?;
             } else {
@@ -403,6 +465,24 @@ pub async fn run(g: &Global, c: AuditCmd) -> anyhow::Result<ExitCode> {
                 );
                 println!("last archive:        {}", ts(s.last_archive_ms));
                 println!("chains to prune:     {}", s.chains_pending_prune);
+                match (s.every_secs, s.next_cut_ms) {
+                    (Some(every), Some(cut)) => {
+                        let every =
+                            humantime::format_duration(std::time::Duration::from_secs(every));
+                        println!(
+                            "next run:            within {every} (the leader runs it every {every}; it archives events before {}{})",
+                            ts(Some(cut)),
+                            if s.encrypted {
+                                ", encrypted with age"
+                            } else {
+                                ""
+                            }
+                        );
+                    }
+                    _ => println!(
+                        "next run:            none (scheduled archiving is off: audit.archive.after)"
+                    ),
+                }
             }
         }
         AuditCmd::Checkpoint => {

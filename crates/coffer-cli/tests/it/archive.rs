@@ -352,20 +352,110 @@ fn an_archive_killed_midway_leaves_no_partial_segment_and_prunes_nothing() {
     assert!(cli.ok(&["audit", "verify"]).starts_with("OK:"));
 }
 
+/// A key pair made by the standard tool (`age-keygen`): the identity file and its public
+/// key.
+fn age_keygen(dir: &Path) -> (PathBuf, String) {
+    let key = dir.join("key.txt");
+    let o = Command::new("age-keygen")
+        .arg("-o")
+        .arg(&key)
+        .output()
+        .expect("age-keygen (Debian package age; scripts/test.sh installs it)");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new("age-keygen")
+        .arg("-y")
+        .arg(&key)
+        .output()
+        .unwrap();
+    (key, String::from_utf8(o.stdout).unwrap().trim().to_owned())
+}
+
+/// `--recipient`: the segment is an age file that the standard `age` decrypts to the
+/// plaintext segment; verify and export need `--identity`; prune does not (it checks the
+/// file is the one recorded).
+#[test]
+fn encrypted_segments_work_with_the_standard_age_tool() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let (key, public) = age_keygen(tmp.path());
+    let key_s = key.to_str().unwrap();
+    let (_srv, cli) = signed_in(&data, tmp.path().join("cfg"), &[]);
+    cli.ok(&["project", "create", "web"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let cut = now_rfc3339();
+    let seg = tmp.path().join("seg1.ndjson.age");
+    let seg_s = seg.to_str().unwrap();
+    let out = operator_ok(
+        &data,
+        &[
+            "audit",
+            "archive",
+            "--before",
+            &cut,
+            "--out",
+            seg_s,
+            "--recipient",
+            &public,
+        ],
+    );
+    assert!(out.contains("Archived"), "{out}");
+    let o = Command::new("age")
+        .args(["-d", "-i", key_s, seg_s])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let plain = String::from_utf8(o.stdout).unwrap();
+    assert!(plain.starts_with("{\"type\":\"segment\""), "{plain:.80}");
+    assert!(!String::from_utf8_lossy(&std::fs::read(&seg).unwrap()).contains("\"segment\""));
+
+    let o = Command::new(BIN)
+        .args(["audit", "verify", "--file", seg_s])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("--identity"), "{e}");
+    let v = offline(&["audit", "verify", "--file", seg_s, "--identity", key_s]);
+    assert!(v.starts_with("OK: 1 segments"), "{v}");
+    let org = cli.json(&["org", "list"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let exported = offline(&[
+        "audit",
+        "export",
+        "--segments",
+        seg_s,
+        "--org",
+        &org,
+        "--identity",
+        key_s,
+    ]);
+    assert!(exported.contains("project.create"), "{exported:.200}");
+
+    let out = operator_ok(&data, &["audit", "prune", "--file", seg_s]);
+    assert!(out.starts_with("Pruned"), "{out}");
+    assert!(cli.ok(&["audit", "verify"]).starts_with("OK:"));
+}
+
 /// The scheduled form: with `audit.archive.after` and `audit.retain_live` set, the leader
-/// writes segments into `audit.archive.dir` and prunes them once old enough; the segments
-/// verify as one series with a live export, and the live chain verifies.
+/// writes segments into `audit.archive.dir`, encrypted to `backup.recipients`, and prunes
+/// them once old enough (by their recorded digests: the server holds no identity); the
+/// segments verify with the identity as one series with a live export, and the live chain
+/// verifies.
 #[test]
 fn the_leader_archives_and_prunes_on_schedule() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let dir = tmp.path().join("archive");
     let dir_s = dir.to_str().unwrap().to_owned();
+    let (key, public) = age_keygen(tmp.path());
     let mut env = vec![
         ("COFFER_AUDIT__ARCHIVE__AFTER", "1s".to_owned()),
         ("COFFER_AUDIT__RETAIN_LIVE", "2s".to_owned()),
         ("COFFER_AUDIT__ARCHIVE__DIR", dir_s),
         ("COFFER_AUDIT__CHECKPOINT_INTERVAL", "1s".to_owned()),
+        ("COFFER_BACKUP__RECIPIENTS", public),
     ];
     if let Some(url) = owner_url(&data) {
         // The server runs as the runtime role; the archive job as the owner.
@@ -396,11 +486,11 @@ fn the_leader_archives_and_prunes_on_schedule() {
     let mut files: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path().to_str().unwrap().to_owned())
-        .filter(|p| p.ends_with(".ndjson"))
+        .filter(|p| p.ends_with(".ndjson.age"))
         .collect();
     files.sort();
     assert!(files.len() >= 2, "{files:?}");
-    let mut args = vec!["audit", "verify"];
+    let mut args = vec!["audit", "verify", "--identity", key.to_str().unwrap()];
     for f in &files {
         args.extend(["--file", f.as_str()]);
     }

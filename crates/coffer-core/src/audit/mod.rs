@@ -21,6 +21,7 @@ use uuid::Uuid;
 pub use archive::{
     ArchivePlan, ArchiveSettings, ArchiveStatus, ArchiveTarget, PruneReport, PrunedChain,
 };
+pub use coffer_crypto::offline::{Identities, Recipients};
 pub use coffer_store::{AuditFilter, CheckpointRow};
 pub use compact::compact;
 pub use context::{Action, Cx, Forgets, RequestInfo};

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use coffer_core::Coffer;
 use coffer_core::audit::segment::{SegmentLine, export_from_segments, verify_segments};
-use coffer_core::audit::{ArchiveTarget, AuditEvent, Cx, ExportLine};
+use coffer_core::audit::{ArchiveTarget, AuditEvent, Cx, ExportLine, Identities, Recipients};
 use sqlx::Connection;
 use uuid::Uuid;
 
@@ -43,6 +43,15 @@ async fn operator(f: &Fixture) -> Coffer {
 
 /// Sign what was written so far (every chain) and archive it into `path`.
 async fn archive_now(f: &Fixture, path: &Path) -> coffer_store::SegmentRow {
+    archive_encrypted(f, path, None).await
+}
+
+/// The same, encrypted to `to`.
+async fn archive_encrypted(
+    f: &Fixture,
+    path: &Path,
+    to: Option<&Recipients>,
+) -> coffer_store::SegmentRow {
     let c = &f.coffer;
     // The server appends to the system chain after the operator's last `audit.archived`
     // (written by a sealed process, which signs nothing): its signed head covers both.
@@ -59,6 +68,7 @@ async fn archive_now(f: &Fixture, path: &Path) -> coffer_store::SegmentRow {
         .archive(
             now_ms(),
             ArchiveTarget::File(path.to_owned()),
+            to,
             &mut |_, _| {},
         )
         .await
@@ -86,7 +96,7 @@ fn events_of(export: &str) -> Vec<(u64, String)> {
 
 fn segment_events(files: &[PathBuf], org_id: Uuid) -> Vec<(u64, String)> {
     let mut out = Vec::new();
-    export_from_segments(files, org_id, &mut out).unwrap();
+    export_from_segments(files, org_id, &Identities::none(), &mut out).unwrap();
     events_of(&String::from_utf8(out).unwrap())
 }
 
@@ -109,7 +119,7 @@ async fn archive_prune_and_verify_across_segments() {
 
     // The two files verify as a series, and hold exactly the events the database held.
     let files = vec![seg1.clone(), seg2.clone()];
-    let report = verify_segments(&files, None).unwrap();
+    let report = verify_segments(&files, None, &Identities::none()).unwrap();
     assert!(report.ok, "{report:?}");
     assert_eq!(report.segments.len(), 2);
     let archived = segment_events(&files, p.org_id);
@@ -126,7 +136,11 @@ async fn archive_prune_and_verify_across_segments() {
     );
 
     // Pruning the first segment deletes its events; the live chain verifies from the anchor.
-    let pruned = op.audit().prune(std::slice::from_ref(&seg1)).await.unwrap();
+    let pruned = op
+        .audit()
+        .prune(std::slice::from_ref(&seg1), &Identities::none())
+        .await
+        .unwrap();
     let mine = pruned.chains.iter().find(|x| x.org_id == p.org_id).unwrap();
     assert!(mine.deleted > 0);
     let live = json_events(c, p, 1).await;
@@ -142,13 +156,23 @@ async fn archive_prune_and_verify_across_segments() {
     );
 
     // Then the second; what the segments hold is still what the database held.
-    op.audit().prune(std::slice::from_ref(&seg2)).await.unwrap();
+    op.audit()
+        .prune(std::slice::from_ref(&seg2), &Identities::none())
+        .await
+        .unwrap();
     assert_eq!(segment_events(&files, p.org_id), archived);
     let r = verify_online(&f).await;
     assert!(r.ok, "{r:?}");
     assert_eq!(r.first_seq, Some(end2 + 1));
     // Pruning the same segments again changes nothing.
-    assert_eq!(op.audit().prune(&files).await.unwrap().deleted, 0);
+    assert_eq!(
+        op.audit()
+            .prune(&files, &Identities::none())
+            .await
+            .unwrap()
+            .deleted,
+        0
+    );
 
     // The system chain records each archive run.
     let system = segment_events(&files, Uuid::nil());
@@ -158,7 +182,11 @@ async fn archive_prune_and_verify_across_segments() {
             .any(|(_, b)| b.contains("\"action\":\"audit.archived\"")),
         "{system:?}"
     );
-    let st = op.audit().archive_status(true).await.unwrap();
+    let st = op
+        .audit()
+        .archive_status(true, &Default::default())
+        .await
+        .unwrap();
     assert_eq!((st.segments, st.chains_pending_prune), (2, 0));
     assert_eq!(st.archived_events, row1.events + row2.events);
     assert!(
@@ -185,13 +213,18 @@ async fn pruning_is_refused_unless_the_segments_are_the_recorded_ones_and_cover_
     let edited = dir.path().join("edited.ndjson");
     let text = std::fs::read_to_string(&seg1).unwrap();
     std::fs::write(&edited, text.replacen("test.event1", "test.eventX", 1)).unwrap();
-    let e = op.audit().prune(&[edited]).await.unwrap_err().to_string();
+    let e = op
+        .audit()
+        .prune(&[edited], &Identities::none())
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("refused") && e.contains("edited.ndjson"), "{e}");
 
     // The second segment alone would delete the first one's events too.
     let e = op
         .audit()
-        .prune(std::slice::from_ref(&seg2))
+        .prune(std::slice::from_ref(&seg2), &Identities::none())
         .await
         .unwrap_err()
         .to_string();
@@ -210,8 +243,17 @@ async fn pruning_is_refused_unless_the_segments_are_the_recorded_ones_and_cover_
         .await
         .unwrap();
     let series = vec![seg1.clone(), seg2.clone(), stray];
-    assert!(verify_segments(&series, None).unwrap().ok);
-    let e = op.audit().prune(&series).await.unwrap_err().to_string();
+    assert!(
+        verify_segments(&series, None, &Identities::none())
+            .unwrap()
+            .ok
+    );
+    let e = op
+        .audit()
+        .prune(&series, &Identities::none())
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("as it was recorded"), "{e}");
 
     // On PostgreSQL the servers' runtime role may not prune at all (no DELETE on events, no
@@ -219,7 +261,7 @@ async fn pruning_is_refused_unless_the_segments_are_the_recorded_ones_and_cover_
     if f.pg.is_some() {
         let e = c
             .audit()
-            .prune(std::slice::from_ref(&seg1))
+            .prune(std::slice::from_ref(&seg1), &Identities::none())
             .await
             .unwrap_err();
         assert!(format!("{e:?}").contains("permission denied"), "{e:?}");
@@ -231,6 +273,7 @@ async fn pruning_is_refused_unless_the_segments_are_the_recorded_ones_and_cover_
         .archive(
             now_ms() + 1,
             ArchiveTarget::File(seg1.clone()),
+            None,
             &mut |_, _| {},
         )
         .await
@@ -241,6 +284,106 @@ async fn pruning_is_refused_unless_the_segments_are_the_recorded_ones_and_cover_
     // Nothing was deleted by any refusal.
     assert_eq!(json_events(c, p, 1).await[..untouched.len()], untouched[..]);
     assert!(verify_online(&f).await.ok);
+}
+
+#[tokio::test]
+async fn encrypted_segments_open_with_the_identity_and_prune_by_their_recorded_digest() {
+    let f = fixture().await;
+    let (c, p) = (&f.coffer, &f.owner);
+    let op = operator(&f).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (public, secret) = coffer_crypto::offline::generate_identity();
+    let (_, other) = coffer_crypto::offline::generate_identity();
+    let to = Recipients::parse(&[public]).unwrap();
+    let ids = Identities::parse(&secret).unwrap();
+    let seg1 = dir.path().join("one.ndjson.age");
+    let seg2 = dir.path().join("two.ndjson.age");
+    record_n(c, p, 4).await;
+    let row1 = archive_encrypted(&f, &seg1, Some(&to)).await;
+    record_n(c, p, 2).await;
+    let row2 = archive_encrypted(&f, &seg2, Some(&to)).await;
+    let all = json_events(c, p, 1).await;
+
+    // Nothing readable on disk; the record keeps both digests.
+    let bytes = std::fs::read(&seg1).unwrap();
+    assert!(bytes.starts_with(b"age-encryption.org/v1"));
+    assert!(!String::from_utf8_lossy(&bytes).contains("test.event"));
+    assert!(row1.file_sha256.is_some_and(|d| d != row1.sha256));
+    assert_eq!(row1.bytes, bytes.len() as u64);
+
+    // Verification and export need the identity, and then work as for plaintext.
+    let files = vec![seg1.clone(), seg2.clone()];
+    let e = verify_segments(&files, None, &Identities::none()).unwrap_err();
+    assert!(
+        e.contains("one.ndjson.age") && e.contains("--identity"),
+        "{e}"
+    );
+    let e = verify_segments(&files, None, &Identities::parse(&other).unwrap()).unwrap_err();
+    assert!(e.contains("none of the identities"), "{e}");
+    let report = verify_segments(&files, None, &ids).unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.segments[0].sha256, hex::encode(row1.sha256));
+    let mut out = Vec::new();
+    export_from_segments(&files, p.org_id, &ids, &mut out).unwrap();
+    let archived = events_of(&String::from_utf8(out).unwrap());
+    assert_eq!(archived, all[..archived.len()].to_vec());
+    assert!(archived.len() >= 6, "{archived:?}");
+
+    // A changed byte: refused without the identity (not the recorded file) and with it
+    // (it no longer decrypts); nothing pruned.
+    let changed = dir.path().join("changed.ndjson.age");
+    let mut b = std::fs::read(&seg2).unwrap();
+    let at = b.len() - 20;
+    b[at] ^= 1;
+    std::fs::write(&changed, &b).unwrap();
+    let e = op
+        .audit()
+        .prune(&[seg1.clone(), changed.clone()], &Identities::none())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("changed.ndjson.age") && e.contains("as it was recorded"),
+        "{e}"
+    );
+    let e = op
+        .audit()
+        .prune(&[seg1.clone(), changed], &ids)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("refused") && e.contains("changed.ndjson.age"),
+        "{e}"
+    );
+    assert_eq!(json_events(c, p, 1).await[..all.len()], all[..]);
+
+    // The server's way (no identity): the files as recorded, their ranges and anchors from
+    // the record; then the live chain verifies from the anchor.
+    let pruned = op
+        .audit()
+        .prune(std::slice::from_ref(&seg1), &Identities::none())
+        .await
+        .unwrap();
+    assert!(pruned.deleted > 0);
+    // The operator's way: decrypted and verified.
+    let pruned = op
+        .audit()
+        .prune(std::slice::from_ref(&seg2), &ids)
+        .await
+        .unwrap();
+    let mine = pruned.chains.iter().find(|x| x.org_id == p.org_id).unwrap();
+    let end2 = report.segments[1]
+        .chains
+        .iter()
+        .find(|r| r.org_id == p.org_id)
+        .unwrap()
+        .to_seq;
+    assert_eq!(mine.through_seq, end2);
+    assert_eq!(row2.number, 2);
+    let r = verify_online(&f).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.first_seq, Some(end2 + 1));
 }
 
 /// Three segments with events between them, and the public key.
@@ -257,7 +400,7 @@ async fn three_segments(f: &Fixture, dir: &Path) -> (Vec<PathBuf>, String) {
 }
 
 fn problem_of(files: &[PathBuf], key: &str) -> coffer_core::audit::segment::SegmentProblem {
-    let r = verify_segments(files, Some(key)).unwrap();
+    let r = verify_segments(files, Some(key), &Identities::none()).unwrap();
     assert!(!r.ok);
     r.first_problem.unwrap()
 }
@@ -281,9 +424,17 @@ async fn a_segment_edited_truncated_missing_or_swapped_is_named() {
     let f = fixture().await;
     let dir = tempfile::tempdir().unwrap();
     let (files, key) = three_segments(&f, dir.path()).await;
-    assert!(verify_segments(&files, Some(&key)).unwrap().ok);
+    assert!(
+        verify_segments(&files, Some(&key), &Identities::none())
+            .unwrap()
+            .ok
+    );
     // A series may be verified from the middle (its first segment names a predecessor).
-    assert!(verify_segments(&files[1..], Some(&key)).unwrap().ok);
+    assert!(
+        verify_segments(&files[1..], Some(&key), &Identities::none())
+            .unwrap()
+            .ok
+    );
     let copy = |name: &str| {
         let d = dir.path().join(name);
         std::fs::create_dir(&d).unwrap();
@@ -377,7 +528,7 @@ async fn a_segment_edited_truncated_missing_or_swapped_is_named() {
     assert!(p.message.contains("does not follow"), "{p:?}");
 
     // Another key than the one pinned.
-    let r = verify_segments(&files, Some(&"ab".repeat(32))).unwrap();
+    let r = verify_segments(&files, Some(&"ab".repeat(32)), &Identities::none()).unwrap();
     assert_eq!(r.first_problem.unwrap().kind, "bad_checkpoint");
 }
 
@@ -390,7 +541,10 @@ async fn the_database_keeps_events_above_the_anchor_and_anchors_at_segment_ends(
     let seg = dir.path().join("one.ndjson");
     record_n(c, p, 3).await;
     archive_now(&f, &seg).await;
-    op.audit().prune(std::slice::from_ref(&seg)).await.unwrap();
+    op.audit()
+        .prune(std::slice::from_ref(&seg), &Identities::none())
+        .await
+        .unwrap();
     let anchor = json_events(c, p, 1).await.first().unwrap().0 - 1;
     let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", f.db_path().display()))
         .await

@@ -148,18 +148,21 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
     // What the audit log holds in the database and what is archived (a few small reads;
     // left out if the database does not answer).
     let mut body = body;
-    if let Ok(s) = st.coffer.audit().archive_status(false).await {
+    let settings = coffer_core::audit::ArchiveSettings::default();
+    if let Ok(s) = st.coffer.audit().archive_status(false, &settings).await {
         body.push_str(&format!(
             "# TYPE coffer_audit_live_events gauge\ncoffer_audit_live_events {}\n\
              # TYPE coffer_audit_bytes gauge\ncoffer_audit_bytes {}\n\
              # TYPE coffer_audit_archived_events gauge\ncoffer_audit_archived_events {}\n\
              # TYPE coffer_audit_last_archive_timestamp_seconds gauge\ncoffer_audit_last_archive_timestamp_seconds {}\n\
-             # TYPE coffer_audit_archive_failures_total counter\ncoffer_audit_archive_failures_total {}\n",
+             # TYPE coffer_audit_archive_failures_total counter\ncoffer_audit_archive_failures_total {}\n\
+             # TYPE coffer_audit_archive_next_run_timestamp_seconds gauge\ncoffer_audit_archive_next_run_timestamp_seconds {}\n",
             s.live_events,
             s.bytes,
             s.archived_events,
             s.last_archive_ms.map_or(0, |m| m / 1000),
             s.archive_failures,
+            s.next_run_ms.map_or(0, |m| m / 1000),
         ));
     }
     (

@@ -103,6 +103,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "audit_archive",
         include_str!("../../migrations/postgres/0015_audit_archive.sql"),
     ),
+    (
+        16,
+        "segment_files",
+        include_str!("../../migrations/postgres/0016_segment_files.sql"),
+    ),
 ];
 
 #[async_trait]

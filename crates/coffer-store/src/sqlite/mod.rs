@@ -73,6 +73,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "audit_archive",
         include_str!("../../migrations/sqlite/0009_audit_archive.sql"),
     ),
+    (
+        10,
+        "segment_files",
+        include_str!("../../migrations/sqlite/0010_segment_files.sql"),
+    ),
 ];
 
 #[async_trait]

@@ -15,6 +15,7 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
 use coffer_crypto::Sha256;
+use coffer_crypto::offline::{Identities, is_age};
 use coffer_store::CheckpointRow;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -198,17 +199,47 @@ struct Header {
     previous: Option<PreviousSegment>,
 }
 
-/// The first line of a file: a segment's header, or None for anything else.
-/// The name of the segment in a file, from its header; None when the file is not a
-/// segment.
-pub fn segment_in(path: &Path) -> Result<Option<String>, String> {
-    Ok(read_header(path)?.map(|h| h.name))
+/// Whether a file is encrypted with age (docs/audit.md, "Encrypted segments").
+pub fn is_encrypted(path: &Path) -> Result<bool, String> {
+    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut r = std::io::BufReader::new(f);
+    let head = r
+        .fill_buf()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(is_age(head))
 }
 
-fn read_header(path: &Path) -> Result<Option<Header>, String> {
+/// Open a segment or export for reading its lines: an age-encrypted file is decrypted with
+/// `ids` as it is read (refused, saying so, without them).
+pub(crate) fn open_lines(path: &Path, ids: &Identities) -> Result<Box<dyn BufRead>, String> {
     let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut r = std::io::BufReader::new(f);
+    let head = r
+        .fill_buf()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if !is_age(head) {
+        return Ok(Box::new(r));
+    }
+    let plain = ids.decrypt(r).map_err(|e| {
+        if ids.is_empty() {
+            format!("{} is {e} (--identity)", path.display())
+        } else {
+            format!("{}: {e}", path.display())
+        }
+    })?;
+    Ok(Box::new(std::io::BufReader::new(plain)))
+}
+
+/// The name of the segment in a file, from its header; None when the file is not a
+/// segment.
+pub fn segment_in(path: &Path, ids: &Identities) -> Result<Option<String>, String> {
+    Ok(read_header(path, ids)?.map(|h| h.name))
+}
+
+/// The first line of a file: a segment's header, or None for anything else.
+fn read_header(path: &Path, ids: &Identities) -> Result<Option<Header>, String> {
     let mut first = String::new();
-    std::io::BufReader::new(f)
+    open_lines(path, ids)?
         .read_line(&mut first)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(match serde_json::from_str::<SegmentLine>(&first) {
@@ -235,11 +266,12 @@ fn read_header(path: &Path) -> Result<Option<Header>, String> {
 pub fn export_from_segments(
     files: &[PathBuf],
     org_id: Uuid,
+    ids: &Identities,
     out: &mut impl Write,
 ) -> Result<u64, String> {
     let mut ordered = Vec::new();
     for p in files {
-        let h = read_header(p)?.ok_or_else(|| format!("{} is not a segment", p.display()))?;
+        let h = read_header(p, ids)?.ok_or_else(|| format!("{} is not a segment", p.display()))?;
         ordered.push((h.number, h.public_key, p.clone()));
     }
     ordered.sort_by_key(|(n, _, _)| *n);
@@ -256,9 +288,8 @@ pub fn export_from_segments(
     let mut points: BTreeMap<u64, ExportLine> = BTreeMap::new();
     let mut events = 0;
     for (_, _, path) in &ordered {
-        let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut mine = false;
-        for l in std::io::BufReader::new(f).lines() {
+        for l in open_lines(path, ids)?.lines() {
             let l = l.map_err(io)?;
             match serde_json::from_str::<SegmentLine>(&l).map_err(|e| e.to_string())? {
                 SegmentLine::Chain { org_id: o, .. } => mine = o == org_id,

@@ -8,11 +8,12 @@ use std::path::{Path, PathBuf};
 
 use coffer_crypto::Sha256;
 use coffer_crypto::audit::GENESIS;
+use coffer_crypto::offline::Identities;
 use coffer_store::CheckpointRow;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{SEGMENT_FORMAT, SegmentLine, file_name, h32, read_header};
+use super::{SEGMENT_FORMAT, SegmentLine, file_name, h32, open_lines, read_header};
 use crate::audit::verify::{EXPORT_FORMAT, ExportLine, Verifier};
 
 /// A problem found in a series of segments, named by the file it is in.
@@ -89,11 +90,12 @@ type Carry = BTreeMap<Uuid, (u64, [u8; 32])>;
 pub fn verify_segments(
     files: &[PathBuf],
     pinned_key: Option<&str>,
+    ids: &Identities,
 ) -> Result<SegmentsReport, String> {
     let mut segments = Vec::new();
     let mut exports = Vec::new();
     for p in files {
-        match read_header(p)? {
+        match read_header(p, ids)? {
             Some(h) => segments.push((h, p.clone())),
             None => exports.push(p.clone()),
         }
@@ -156,7 +158,7 @@ pub fn verify_segments(
                 return Ok(report);
             }
         }
-        match verify_one(path, &file, &key, &mut carry, from_start)? {
+        match verify_one(open_lines(path, ids)?, &file, &key, &mut carry, from_start)? {
             Ok(seg) => {
                 report.events += seg.events;
                 prev = Some((seg.number, seg.name.clone(), seg.sha256.clone(), file));
@@ -169,7 +171,7 @@ pub fn verify_segments(
         }
     }
     for path in &exports {
-        match check_export_link(path, &carry, pinned_key)? {
+        match check_export_link(path, &carry, pinned_key, ids)? {
             Ok(events) => {
                 report.exports += 1;
                 report.events += events;
@@ -193,15 +195,13 @@ fn next_line(r: &mut impl BufRead, buf: &mut Vec<u8>) -> std::io::Result<Option<
 /// Verify one segment against where each chain stands (`carry`, updated). `strict`: a
 /// chain not seen yet must start at its first event.
 fn verify_one(
-    path: &Path,
+    mut r: Box<dyn BufRead>,
     file: &str,
     key_hex: &str,
     carry: &mut Carry,
     strict: bool,
 ) -> Result<Result<VerifiedSegment, SegmentProblem>, String> {
     let key = hex::decode(key_hex).map_err(|_| "the public key is not hex".to_string())?;
-    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut r = std::io::BufReader::new(f);
     let mut hash = Sha256::new();
     let mut buf = Vec::new();
     let fail = |org: Option<Uuid>, seq: Option<u64>, kind: &str, message: String| {
@@ -298,10 +298,13 @@ fn verify_one(
             ))
         };
     let mut lineno = 0u64;
-    while next_line(&mut r, &mut buf)
-        .map_err(|e| format!("{}: {e}", path.display()))?
-        .is_some()
-    {
+    loop {
+        match next_line(&mut r, &mut buf) {
+            Ok(Some(())) => {}
+            Ok(None) => break,
+            // An encrypted file fails here when a byte of it changed.
+            Err(e) => return fail(None, None, "unreadable", format!("{file}: {e}")),
+        }
         lineno += 1;
         if ended {
             return fail(
@@ -582,10 +585,10 @@ fn check_export_link(
     path: &Path,
     carry: &Carry,
     pinned_key: Option<&str>,
+    ids: &Identities,
 ) -> Result<Result<u64, SegmentProblem>, String> {
     let file = file_name(path);
-    let open = || std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()));
-    let mut lines = std::io::BufReader::new(open()?).lines();
+    let mut lines = open_lines(path, ids)?.lines();
     let problem =
         |org: Option<Uuid>, seq: Option<u64>, kind: &str, message: String| SegmentProblem {
             file: file.clone(),
@@ -628,7 +631,7 @@ fn check_export_link(
             ),
         )));
     }
-    let report = crate::audit::verify::verify_export(std::io::BufReader::new(open()?), pinned_key)?;
+    let report = crate::audit::verify::verify_export(open_lines(path, ids)?, pinned_key)?;
     Ok(match report.first_problem {
         None => Ok(report.events),
         Some(p) => Err(problem(

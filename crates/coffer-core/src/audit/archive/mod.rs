@@ -9,30 +9,39 @@
 //! and everything else in a segment is covered by the chain hashes up to them. So an
 //! operator can run both against the database while the server is sealed or stopped.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use coffer_crypto::audit::GENESIS;
-use coffer_store::{AnchorRow, AuditFilter, CheckpointRow, SegmentChainRow, SegmentRow};
+use coffer_crypto::offline::{Identities, Recipients};
+use coffer_store::{AuditFilter, CheckpointRow, SegmentChainRow, SegmentRow};
 use serde::Serialize;
 use uuid::Uuid;
 
 use super::segment::{
     PreviousSegment, SEGMENT_FORMAT, SegmentLine, SegmentWriter, anchor_line, checkpoint_line,
-    segment_in, segment_name, verify_segments,
+    segment_name, verify_segments,
 };
 use super::{AuditLog, PAGE, Verifier};
 use crate::CoreError;
 use crate::clock::now_ms;
 
-/// Events deleted per transaction while pruning: short enough that appends and reads go on.
-const PRUNE_BATCH: u32 = 10_000;
+mod files;
+mod prune;
+
+use files::{
+    DiskDigest, SegmentOut, create_private, file_digest, refuse_overwrite, sync_dir, temp_path,
+};
+pub use prune::{PruneReport, PrunedChain};
 
 /// Archive runs of the scheduled job that failed, since the process started.
 static ARCHIVE_FAILURES: AtomicU64 = AtomicU64::new(0);
+
+/// When this process's scheduled job runs next (ms since the epoch; 0: not scheduled here).
+static NEXT_RUN_MS: AtomicI64 = AtomicI64::new(0);
 
 /// `[audit.archive]` and `audit.retain_live` of the server's configuration.
 #[derive(Debug, Clone, Default)]
@@ -46,6 +55,18 @@ pub struct ArchiveSettings {
     /// Events per second an archive run writes at most, so that it leaves the machine to
     /// the requests (unlimited when None).
     pub rate: Option<u32>,
+    /// Encrypt the segments the server writes to these age recipients (the backup
+    /// recipients); plaintext when None.
+    pub recipients: Option<Recipients>,
+}
+
+impl ArchiveSettings {
+    /// How often the leader runs the job: half of `after`, between 1 s and 1 h, so that
+    /// no event waits much longer than `after` to be archived.
+    pub fn every(&self) -> Option<Duration> {
+        self.after
+            .map(|a| (a / 2).clamp(Duration::from_secs(1), Duration::from_secs(3600)))
+    }
 }
 
 /// One chain's part in a planned segment.
@@ -73,21 +94,6 @@ pub struct ArchivePlan {
     chains: Vec<PlannedChain>,
 }
 
-/// What a prune did, per chain.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct PruneReport {
-    pub chains: Vec<PrunedChain>,
-    pub deleted: u64,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct PrunedChain {
-    pub org_id: Uuid,
-    pub through_seq: u64,
-    pub segment: u64,
-    pub deleted: u64,
-}
-
 /// `coffer audit status`.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct ArchiveStatus {
@@ -105,6 +111,14 @@ pub struct ArchiveStatus {
     /// Chains with archived events above their anchor (prunable once old enough).
     pub chains_pending_prune: u64,
     pub archive_failures: u64,
+    /// The schedule, when archiving is configured: how often the leader runs the job.
+    pub every_secs: Option<u64>,
+    /// When the job runs next in this process (known in the server that runs it).
+    pub next_run_ms: Option<i64>,
+    /// The next run archives events signed before this time (now minus `after`).
+    pub next_cut_ms: Option<i64>,
+    /// Segments are encrypted to age recipients (`backup.recipients`).
+    pub encrypted: bool,
 }
 
 /// Where an archive run writes.
@@ -298,6 +312,7 @@ impl AuditLog {
         &self,
         cut_ms: i64,
         target: ArchiveTarget,
+        recipients: Option<&Recipients>,
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<Option<SegmentRow>, CoreError> {
         let Some(plan) = self.plan_archive(cut_ms).await? else {
@@ -307,7 +322,12 @@ impl AuditLog {
             ArchiveTarget::File(p) => (p.clone(), None),
             ArchiveTarget::Dir(d) => {
                 std::fs::create_dir_all(d).map_err(|e| io("create", d, e))?;
-                let p = d.join(format!("{}.ndjson", plan.name));
+                let ext = if recipients.is_some() {
+                    "ndjson.age"
+                } else {
+                    "ndjson"
+                };
+                let p = d.join(format!("{}.{ext}", plan.name));
                 let abs = std::path::absolute(&p).unwrap_or_else(|_| p.clone());
                 (p, Some(abs.display().to_string()))
             }
@@ -316,48 +336,40 @@ impl AuditLog {
         let tmp = temp_path(&path);
         // A temporary file is only ever a crashed run's: nothing refers to it.
         let _ = std::fs::remove_file(&tmp);
-        let file = create_private(&tmp)?;
+        let file = DiskDigest::new(std::io::BufWriter::new(create_private(&tmp)?));
+        let out = match recipients {
+            Some(r) => SegmentOut::Age(r.encrypt(file).map_err(|e| io("encrypt", &tmp, e))?),
+            None => SegmentOut::Plain(file),
+        };
         let total = plan.events;
         let written = self
-            .write_segment(&plan, std::io::BufWriter::new(file), &mut |n| {
-                progress(n, total)
-            })
+            .write_segment(&plan, out, &mut |n| progress(n, total))
             .await;
-        let (buf, sha256, bytes) = match written {
+        let (out, sha256, _) = match written {
             Ok(w) => w,
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
                 return Err(e);
             }
         };
-        let finish = || -> std::io::Result<()> {
+        let finish = || -> std::io::Result<([u8; 32], u64)> {
+            let (buf, digest, bytes) = out.finish()?;
             let file = buf.into_inner().map_err(|e| e.into_error())?;
             file.sync_all()?;
             drop(file);
             std::fs::rename(&tmp, &path)?;
-            sync_dir(&path)
+            sync_dir(&path)?;
+            Ok((digest, bytes))
         };
-        if let Err(e) = finish() {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(io("finish", &path, e));
-        }
-        // Read back what reached the disk before recording it.
-        let key = hex::encode(&plan.public_key);
-        let check = path.clone();
-        let report = tokio::task::spawn_blocking(move || verify_segments(&[check], Some(&key)))
-            .await
-            .map_err(|_| refuse("the verification task failed"))?
-            .map_err(refuse)?;
-        let read_back = report.segments.first().map(|s| s.sha256.clone());
-        if !report.ok || read_back.as_deref() != Some(hex::encode(sha256).as_str()) {
-            let why = report
-                .first_problem
-                .map_or_else(|| "its digest changed".to_owned(), |p| p.message);
-            return Err(refuse(format!(
-                "{} does not verify as written ({why}); it is not recorded",
-                path.display()
-            )));
-        }
+        let (file_sha256, bytes) = match finish() {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(io("finish", &path, e));
+            }
+        };
+        self.read_back(&path, &plan, sha256, file_sha256, recipients.is_some())
+            .await?;
         let now = now_ms();
         let row = SegmentRow {
             number: plan.number,
@@ -369,6 +381,7 @@ impl AuditLog {
             sha256,
             location,
             verified_at: now,
+            file_sha256: recipients.is_some().then_some(file_sha256),
         };
         let chains: Vec<SegmentChainRow> = plan
             .chains
@@ -379,6 +392,7 @@ impl AuditLog {
                 from_seq: c.start.0 + 1,
                 to_seq: c.anchor.seq,
                 to_hash: c.anchor.hash,
+                anchor: Some(c.anchor.clone()),
             })
             .collect();
         match self.archive.record_segment(&row, &chains).await {
@@ -407,110 +421,50 @@ impl AuditLog {
         Ok(Some(row))
     }
 
-    /// Prune what the given segments hold, once they verify (with the public key in the
-    /// database), are the segments recorded, and cover each chain from its anchor without
-    /// a gap. Refuses with nothing pruned otherwise.
-    pub async fn prune(&self, files: &[PathBuf]) -> Result<PruneReport, CoreError> {
-        let key = self
-            .audit
-            .audit_key()
-            .await?
-            .ok_or_else(|| refuse("the audit log has no signing key"))?;
-        let key = hex::encode(key.public_key);
-        let list = files.to_vec();
-        let report = tokio::task::spawn_blocking(move || verify_segments(&list, Some(&key)))
+    /// Check what reached the disk before recording it: a plaintext segment verifies again
+    /// from the file; an encrypted one (which the server cannot read) has the digest of
+    /// the bytes written, its contents having been verified as they were written.
+    async fn read_back(
+        &self,
+        path: &Path,
+        plan: &ArchivePlan,
+        sha256: [u8; 32],
+        file_sha256: [u8; 32],
+        encrypted: bool,
+    ) -> Result<(), CoreError> {
+        let check = path.to_owned();
+        let why = if encrypted {
+            let digest = tokio::task::spawn_blocking(move || file_digest(&check))
+                .await
+                .map_err(|_| refuse("the digest task failed"))?
+                .map_err(|e| io("read", path, e))?;
+            (digest != file_sha256).then(|| "its digest changed".to_owned())
+        } else {
+            let key = hex::encode(&plan.public_key);
+            let report = tokio::task::spawn_blocking(move || {
+                verify_segments(&[check], Some(&key), &Identities::none())
+            })
             .await
             .map_err(|_| refuse("the verification task failed"))?
             .map_err(refuse)?;
-        if let Some(p) = report.first_problem {
-            return Err(refuse(format!("pruning refused: {}", p.message)));
-        }
-        if report.exports > 0 || report.segments.is_empty() {
-            return Err(refuse("pruning takes segment files only"));
-        }
-        let recorded: HashMap<u64, SegmentRow> = self
-            .archive
-            .segments()
-            .await?
-            .into_iter()
-            .map(|s| (s.number, s))
-            .collect();
-        // Per chain: where the given segments start it, and their last range of it.
-        let mut first: BTreeMap<Uuid, u64> = BTreeMap::new();
-        let mut last: BTreeMap<Uuid, (u64, CheckpointRow)> = BTreeMap::new();
-        for seg in &report.segments {
-            let same = recorded.get(&seg.number).is_some_and(|r| {
-                r.name == seg.name && hex::encode(r.sha256).eq_ignore_ascii_case(&seg.sha256)
-            });
-            if !same {
-                return Err(refuse(format!(
-                    "pruning refused: {} is not segment {:06} as it was recorded (altered, or never recorded)",
-                    seg.file, seg.number
-                )));
+            let read = report.segments.first().map(|s| s.sha256.clone());
+            if report.ok && read.as_deref() == Some(hex::encode(sha256).as_str()) {
+                None
+            } else {
+                Some(
+                    report
+                        .first_problem
+                        .map_or_else(|| "its digest changed".to_owned(), |p| p.message),
+                )
             }
-            for r in &seg.chains {
-                first.entry(r.org_id).or_insert(r.from_seq);
-                let anchor = r
-                    .anchor
-                    .clone()
-                    .ok_or_else(|| refuse("a range without anchor"))?;
-                last.insert(r.org_id, (seg.number, anchor));
-            }
-        }
-        let anchors = self.anchor_seqs().await?;
-        let mut todo = Vec::new();
-        for (org, (segment, anchor)) in last {
-            let current = anchors.get(&org).copied().unwrap_or(0);
-            if anchor.seq <= current {
-                continue;
-            }
-            let from = first.get(&org).copied().unwrap_or(1);
-            if from > current + 1 {
-                return Err(refuse(format!(
-                    "pruning refused: entries {} to {} of chain {org} are in none of the segments given (give the earlier segments too)",
-                    current + 1,
-                    from - 1
-                )));
-            }
-            todo.push((org, segment, anchor));
-        }
-        let mut out = PruneReport {
-            chains: Vec::new(),
-            deleted: 0,
         };
-        for (org, segment, anchor) in todo {
-            // Recorded first, in the chain itself: a prune that stops half-way is resumed by
-            // the next run and was still announced.
-            self.record_archive_event(
-                org,
-                "audit.pruned",
-                serde_json::json!({ "segment": segment, "through_seq": anchor.seq }),
-            )
-            .await?;
-            let through = anchor.seq;
-            self.archive
-                .set_anchor(&AnchorRow {
-                    checkpoint: anchor,
-                    segment,
-                })
-                .await?;
-            let mut deleted = 0;
-            loop {
-                let n = self.archive.prune_events(org, through, PRUNE_BATCH).await?;
-                deleted += n;
-                if n == 0 {
-                    break;
-                }
-            }
-            out.deleted += deleted;
-            out.chains.push(PrunedChain {
-                org_id: org,
-                through_seq: through,
-                segment,
-                deleted,
-            });
+        match why {
+            None => Ok(()),
+            Some(why) => Err(refuse(format!(
+                "{} does not verify as written ({why}); it is not recorded",
+                path.display()
+            ))),
         }
-        Ok(out)
     }
 
     /// Each chain's anchor (the last pruned event), by organisation.
@@ -539,7 +493,11 @@ impl AuditLog {
 
     /// How much the audit log holds and what is archived. `oldest`: also find the oldest
     /// event still in the database (one read per chain).
-    pub async fn archive_status(&self, oldest: bool) -> Result<ArchiveStatus, CoreError> {
+    pub async fn archive_status(
+        &self,
+        oldest: bool,
+        settings: &ArchiveSettings,
+    ) -> Result<ArchiveStatus, CoreError> {
         let storage = self.archive.audit_storage().await?;
         let segments = self.archive.segments().await?;
         let anchors = self.anchor_seqs().await?;
@@ -581,6 +539,12 @@ impl AuditLog {
             last_archive_ms: segments.last().map(|s| s.created_at),
             chains_pending_prune: pending,
             archive_failures: ARCHIVE_FAILURES.load(Ordering::Relaxed),
+            every_secs: settings.every().map(|d| d.as_secs()),
+            next_run_ms: Some(NEXT_RUN_MS.load(Ordering::Relaxed)).filter(|t| *t > 0),
+            next_cut_ms: settings
+                .after
+                .map(|a| now_ms() - i64::try_from(a.as_millis()).unwrap_or(i64::MAX)),
+            encrypted: settings.recipients.is_some(),
         })
     }
 
@@ -595,6 +559,12 @@ impl AuditLog {
         r
     }
 
+    /// The scheduled job's next run in this process is `after` from now.
+    pub fn note_next_run(&self, after: Duration) {
+        let at = now_ms() + i64::try_from(after.as_millis()).unwrap_or(i64::MAX / 2);
+        NEXT_RUN_MS.store(at, Ordering::Relaxed);
+    }
+
     async fn archive_round(&self, s: &ArchiveSettings) -> Result<(), CoreError> {
         let (Some(after), Some(dir)) = (s.after, s.dir.as_ref()) else {
             return Ok(());
@@ -602,7 +572,12 @@ impl AuditLog {
         let now = now_ms();
         let cut = now - i64::try_from(after.as_millis()).unwrap_or(i64::MAX);
         if let Some(seg) = self
-            .archive(cut, ArchiveTarget::Dir(dir.clone()), &mut |_, _| {})
+            .archive(
+                cut,
+                ArchiveTarget::Dir(dir.clone()),
+                s.recipients.as_ref(),
+                &mut |_, _| {},
+            )
             .await?
         {
             tracing::info!(segment = %seg.name, events = seg.events, "audit events archived");
@@ -633,7 +608,9 @@ impl AuditLog {
             files.push(PathBuf::from(location));
         }
         if !files.is_empty() {
-            let r = self.prune(&files).await?;
+            // The server holds no identity: encrypted segments are checked against the
+            // digests recorded when they were written and verified.
+            let r = self.prune(&files, &Identities::none()).await?;
             tracing::info!(
                 deleted = r.deleted,
                 chains = r.chains.len(),
@@ -642,49 +619,4 @@ impl AuditLog {
         }
         Ok(())
     }
-}
-
-/// Replace an existing file only if it is a segment this run may redo (a crashed run's
-/// renamed but unrecorded file); anything else, above all a recorded segment (whose events
-/// may be pruned already), is refused.
-fn refuse_overwrite(path: &Path, recorded: &[SegmentRow]) -> Result<(), CoreError> {
-    if !path.exists() {
-        return Ok(());
-    }
-    match segment_in(path).map_err(refuse)? {
-        Some(name) if recorded.iter().any(|s| s.name == name) => Err(refuse(format!(
-            "{} holds the recorded segment {name}: keep it, and choose another path",
-            path.display()
-        ))),
-        Some(_) => Ok(()),
-        None => Err(refuse(format!(
-            "{} exists and is not an audit segment; choose another path",
-            path.display()
-        ))),
-    }
-}
-
-fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map_or_else(|| "segment".into(), |n| n.to_string_lossy().into_owned());
-    path.with_file_name(format!(".{name}.tmp"))
-}
-
-/// Created new, readable by the owner only (audit events name people and resources).
-fn create_private(path: &Path) -> Result<std::fs::File, CoreError> {
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
-    o.open(path).map_err(|e| io("create", path, e))
-}
-
-/// Make a rename durable: sync the directory that holds the file.
-fn sync_dir(path: &Path) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::File::open(dir)?.sync_all()
 }
