@@ -100,6 +100,7 @@ pub enum KeyCmd {
     /// `awskms:<key id, ARN or alias>` or `pkcs11:<key label>`. Disabling that key later
     /// makes the organisation's data unreadable until it is enabled again.
     AttachExternal {
+        /// The key: `awskms:<key id, ARN or alias>` or `pkcs11:<key label>`.
         key: String,
         /// Wait for every value to move under the new term.
         #[arg(long)]
@@ -108,6 +109,7 @@ pub enum KeyCmd {
     /// Go back to the root key (Owners). Keep the external key enabled until
     /// `coffer key status` shows no term wrapped by it.
     DetachExternal {
+        /// Wait for every value to move back under the root key.
         #[arg(long)]
         wait: bool,
     },
@@ -135,13 +137,17 @@ pub enum OperatorCmd {
     /// Initialise a new server: prints the Shamir shares of the root key and the first
     /// account's password, once.
     Init {
+        /// How many unseal shares to issue (give one to each key holder).
         #[arg(long, default_value_t = 5)]
         shares: u8,
+        /// How many of them unseal the server.
         #[arg(long, default_value_t = 3)]
         threshold: u8,
     },
     /// Submit one unseal share (prompted without echo when not given).
     Unseal {
+        /// The share (prefer the prompt: a share in the command line shows in the shell's
+        /// history).
         share: Option<String>,
         /// Discard the shares submitted so far.
         #[arg(long)]
@@ -149,8 +155,6 @@ pub enum OperatorCmd {
     },
     /// Seal the server: wipe keys from its memory (Owner only).
     Seal,
-    /// Replace the root key and issue new shares (Owner, with a quorum of the current
-    /// shares, prompted one by one or read as lines from standard input).
     /// Move to the seal in the server's configuration ([seal]: shamir, awskms or pkcs11),
     /// with a quorum of the current shares. The root key and the shares stay the same.
     MigrateSeal {
@@ -161,9 +165,13 @@ pub enum OperatorCmd {
         #[arg(long)]
         shares_stdin: bool,
     },
+    /// Replace the root key and issue new shares (Owner, with a quorum of the current
+    /// shares, prompted one by one or read as lines from standard input).
     Rekey {
+        /// How many new shares to issue.
         #[arg(long, default_value_t = 5)]
         shares: u8,
+        /// How many of the new shares unseal the server.
         #[arg(long, default_value_t = 3)]
         threshold: u8,
         /// How many current shares to ask for (the current threshold).
@@ -198,29 +206,41 @@ pub struct LoginArgs {
 
 #[derive(Debug, Args, Clone)]
 pub struct Target {
+    /// The project.
     #[arg(long, short, env = "COFFER_PROJECT")]
     pub project: String,
+    /// The environment.
     #[arg(long, short, env = "COFFER_ENV", default_value = "default")]
     pub env: String,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ProjectCmd {
+    /// Projects of the organisation.
     List,
-    Create { name: String },
+    /// Create a project (with its `default` environment).
+    Create {
+        /// The project's name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum EnvCmd {
+    /// Environments of a project, with what each inherits from.
     List {
+        /// The project.
         #[arg(long, short, env = "COFFER_PROJECT")]
         project: String,
     },
     /// Create an environment; it inherits from --parent (default: `default`).
     Create {
+        /// The environment's name.
         name: String,
+        /// The project.
         #[arg(long, short, env = "COFFER_PROJECT")]
         project: String,
+        /// The environment it inherits values from.
         #[arg(long)]
         parent: Option<String>,
     },
@@ -228,12 +248,20 @@ pub enum EnvCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum ParamCmd {
-    /// Set a value: VALUE as given, `-` (or nothing) reads standard input, `@path` reads a file.
+    /// Set a value: VALUE as given; `@path`: the file's bytes as they are; `-` (or
+    /// nothing): standard input less one trailing newline, or at a terminal a prompt
+    /// (hidden unless --no-secret).
     Set {
+        /// The parameter's name.
         name: String,
+        /// The value, `@path` or `-` (prefer `@path` or standard input for secrets: a
+        /// value in the command line shows in the shell's history and process list).
         value: Option<String>,
         #[command(flatten)]
         target: Target,
+        /// Keep standard input exactly as read (with its trailing newline).
+        #[arg(long)]
+        raw: bool,
         /// Mark as secret (masked in listings, hidden from Viewers).
         #[arg(long, conflicts_with = "no_secret")]
         secret: bool,
@@ -243,6 +271,7 @@ pub enum ParamCmd {
     },
     /// Print a value (raw, for scripts; --json for the whole record).
     Get {
+        /// The parameter's name.
         name: String,
         #[command(flatten)]
         target: Target,
@@ -251,35 +280,43 @@ pub enum ParamCmd {
     List {
         #[command(flatten)]
         target: Target,
+        /// Show secret values (Contributors and up; audited).
         #[arg(long)]
         reveal: bool,
     },
     /// Versions of a parameter, newest first.
     History {
+        /// The parameter's name.
         name: String,
         #[command(flatten)]
         target: Target,
     },
     /// Make an earlier version current again.
     Rollback {
+        /// The parameter's name.
         name: String,
         #[command(flatten)]
         target: Target,
+        /// The version whose value becomes current again (as a new version).
         #[arg(long)]
         to: u64,
     },
     /// Delete from this environment (history is kept).
     Delete {
+        /// The parameter's name.
         name: String,
         #[command(flatten)]
         target: Target,
     },
     /// Compare two environments: --env A --env B.
     Diff {
+        /// The project.
         #[arg(long, short, env = "COFFER_PROJECT")]
         project: String,
+        /// The two environments, each with its own --env.
         #[arg(long = "env", short = 'e', num_args = 1, required = true)]
         envs: Vec<String>,
+        /// Show secret values that differ (Contributors and up; audited).
         #[arg(long)]
         reveal: bool,
     },
@@ -296,9 +333,13 @@ pub struct RunArgs {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum ExportFormat {
+    /// NAME="value" lines for `set -a; . ./file` and dotenv libraries.
     Dotenv,
+    /// One JSON object.
     Json,
+    /// One YAML mapping.
     Yaml,
+    /// A Kubernetes Secret manifest.
     K8sSecret,
 }
 
@@ -306,6 +347,7 @@ pub enum ExportFormat {
 pub struct ExportArgs {
     #[command(flatten)]
     pub target: Target,
+    /// The file format (--json means json).
     #[arg(long, value_enum, default_value = "dotenv")]
     pub format: ExportFormat,
     /// metadata.name of the Kubernetes Secret (default: PROJECT-ENV).
@@ -381,24 +423,30 @@ pub struct OperatorDb {
 pub enum AuditCmd {
     /// List events, oldest first (Owners and Admins).
     List {
+        /// Only this action (e.g. param.get, member.set_role, customer.deploy).
         #[arg(long)]
         action: Option<String>,
         /// User id of the actor.
         #[arg(long)]
         actor: Option<String>,
-        /// success, denied or failure.
-        #[arg(long)]
+        /// Only this outcome.
+        #[arg(long, value_parser = ["success", "denied", "failure"])]
         outcome: Option<String>,
         /// Prefix of project/env/name.
         #[arg(long)]
         target: Option<String>,
-        /// RFC 3339 times.
+        /// Events at or after this RFC 3339 time.
         #[arg(long)]
         from: Option<String>,
+        /// Events before this RFC 3339 time.
         #[arg(long)]
         to: Option<String>,
+        /// Events per page (1–1000).
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// Continue after a previous page (the cursor it printed).
+        #[arg(long, conflicts_with = "all")]
+        cursor: Option<String>,
         /// Follow `next_cursor` until the end.
         #[arg(long)]
         all: bool,
@@ -406,6 +454,7 @@ pub enum AuditCmd {
     /// Stream the log (with checkpoints) to a file or stdout; with --segments, one
     /// organisation's archived events from segment files (offline).
     Export {
+        /// ndjson (one line per event, streamable) or json (one document).
         #[arg(long, default_value = "ndjson", value_parser = ["ndjson", "json"])]
         format: String,
         /// Archive segment files to export from instead of the server (repeatable).
@@ -414,10 +463,13 @@ pub enum AuditCmd {
         /// The organisation id to export from segments (the system chain: the nil id).
         #[arg(long, requires = "segments")]
         org: Option<uuid::Uuid>,
+        /// Events at or after this RFC 3339 time.
         #[arg(long)]
         from: Option<String>,
+        /// Events before this RFC 3339 time.
         #[arg(long)]
         to: Option<String>,
+        /// Write to this file instead of standard output.
         #[arg(long, short)]
         output: Option<std::path::PathBuf>,
         #[command(flatten)]
@@ -426,6 +478,8 @@ pub enum AuditCmd {
     /// Verify the chain on the server; offline with --file: an NDJSON export, or archive
     /// segments as one series (with live exports that continue them).
     Verify {
+        /// Files to verify offline: an NDJSON export, or archive segments (and live
+        /// exports that continue them).
         #[arg(long, num_args = 1..)]
         file: Vec<std::path::PathBuf>,
         /// Expected checkpoint public key (hex), for offline verification.
@@ -478,6 +532,7 @@ pub enum AuditCmd {
     },
     /// Write a customer event into the organisation's chain.
     Log {
+        /// The event's name; it is recorded as `customer.<action>`.
         #[arg(long)]
         action: String,
         /// A JSON object.
@@ -500,14 +555,22 @@ pub enum OrgCmd {
     /// Organisations you belong to (* marks the active one).
     List,
     /// Create an organisation; you become its Owner.
-    Create { name: String },
+    Create {
+        /// The organisation's name.
+        name: String,
+    },
     /// Make another organisation active (a new session replaces the saved one).
-    Switch { name: String },
+    Switch {
+        /// The organisation's name.
+        name: String,
+    },
     /// Members of the active organisation.
     Members,
     /// Invite someone by e-mail.
     Invite {
+        /// Their e-mail address.
         email: String,
+        /// The role they get: owner, admin, contributor or viewer.
         #[arg(long, default_value = "viewer")]
         role: String,
     },
@@ -515,19 +578,32 @@ pub enum OrgCmd {
     Invitations,
     /// Accept an invitation (no login needed).
     Accept {
+        /// The invitation token (`cfi_…`).
         token: String,
-        /// Username for a new account (ignored if the address has an account already).
+        /// Username for a new account (default: the address's local part; ignored if
+        /// the address has an account already).
         #[arg(long, short)]
         username: Option<String>,
+        /// Read the password (new account, or the existing account's) from standard
+        /// input instead of a prompt.
         #[arg(long)]
         password_stdin: bool,
     },
-    /// Change a member's role.
-    SetRole { username: String, role: String },
+    /// Change a member's role (Admins cannot change Owners; the last Owner stays).
+    SetRole {
+        /// The member's username or e-mail address.
+        username: String,
+        /// owner, admin, contributor or viewer.
+        role: String,
+    },
     /// Remove a member.
-    Remove { username: String },
+    Remove {
+        /// The member's username or e-mail address.
+        username: String,
+    },
     /// Require MFA of every member (on/off).
     RequireMfa {
+        /// on or off.
         #[arg(value_parser = ["on", "off"])]
         state: String,
     },
@@ -544,9 +620,13 @@ pub enum OrgCmd {
 pub enum ApikeyCmd {
     /// Create a key; it is printed once.
     Create {
+        /// A name to tell the key by (e.g. what uses it).
         name: String,
+        /// Its role, at most yours: owner, admin, contributor or viewer (Viewers do not
+        /// read secret values; a program that needs them wants contributor --read-only).
         #[arg(long, default_value = "viewer")]
         role: String,
+        /// Reads only: the key writes nothing whatever its role.
         #[arg(long)]
         read_only: bool,
         /// Restrict to these projects (repeatable).
@@ -559,8 +639,11 @@ pub enum ApikeyCmd {
         #[arg(long, default_value = "90d")]
         expires_in: String,
     },
+    /// Your organisation's API keys (never the keys themselves).
     List,
+    /// Revoke a key: refused from its next request on.
     Revoke {
+        /// The key's id (from `coffer apikey list`).
         id: String,
     },
 }
@@ -569,26 +652,80 @@ pub enum ApikeyCmd {
 pub enum MfaCmd {
     /// Set up TOTP: prints the otpauth URI, then asks for a code from your app.
     Enroll {
+        /// Read the password from standard input (first line; the code from the app is
+        /// then read from the next line).
         #[arg(long)]
         password_stdin: bool,
     },
     /// Turn TOTP off (needs your password and a code).
     Disable {
+        /// The current code from your app (asked for when absent).
         #[arg(long, env = "COFFER_MFA_CODE", hide_env_values = true)]
         code: Option<String>,
+        /// Read the password from standard input (first line) instead of a prompt.
+        #[arg(long)]
+        password_stdin: bool,
     },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum SessionCmd {
+    /// Your sessions: where and when they were used.
     List,
-    Revoke { id: String },
+    /// End a session.
+    Revoke {
+        /// The session's id (from `coffer session list`).
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum AccountCmd {
     /// Change your password (ends your other sessions).
-    Password,
+    Password {
+        /// Read the current password (first line) and the new one (second line) from
+        /// standard input instead of prompts.
+        #[arg(long)]
+        password_stdin: bool,
+    },
     /// Set the e-mail address notifications go to (omit to clear).
-    Email { email: Option<String> },
+    Email {
+        /// The address (omit to clear it).
+        email: Option<String>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every command and flag explains itself in `--help` (issue 19).
+    #[test]
+    fn every_command_and_flag_has_help() {
+        fn walk(c: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in c.get_arguments() {
+                let id = a.get_id().as_str();
+                if a.is_hide_set() || id == "help" || id == "version" {
+                    continue;
+                }
+                if a.get_help().is_none() {
+                    missing.push(format!("{path} <{id}>"));
+                }
+            }
+            for sc in c.get_subcommands() {
+                let p = format!("{path} {}", sc.get_name());
+                if sc.get_about().is_none() {
+                    missing.push(p.clone());
+                }
+                walk(sc, &p, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "coffer", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "without help text:\n{}",
+            missing.join("\n")
+        );
+    }
 }

@@ -32,7 +32,31 @@ fn main() -> std::process::ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if let Some(hint) = hint(&e) {
+                eprintln!("hint: {hint}");
+            }
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// What to do about an error whose cause is not obvious from its message.
+fn hint(e: &anyhow::Error) -> Option<&'static str> {
+    let chain = format!("{e:?}");
+    if chain.contains("UnknownIssuer") || chain.contains("invalid peer certificate") {
+        return Some(
+            "the server's certificate is not signed by a CA this command trusts: give the server's CA with --ca-cert FILE or COFFER_CACERT (a server with its internal CA writes it to tls/ca.pem in its data directory and prints its SHA-256 fingerprint at start: compare them)",
+        );
+    }
+    if chain.contains("not_initialized") {
+        return Some(
+            "this server holds no root key yet: run `coffer operator init` against it once (or start it with `coffer server --dev` to try Coffer)",
+        );
+    }
+    if chain.contains("Connection refused") {
+        return Some(
+            "nothing answers at that address: is the server running, and is --addr / COFFER_ADDR right (default https://127.0.0.1:8200)?",
+        );
+    }
+    None
 }

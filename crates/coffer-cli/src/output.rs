@@ -6,6 +6,20 @@ pub fn json<T: Serialize + ?Sized>(v: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The outcome of a command that changes something: `v` with --json, else `text`.
+pub fn done(
+    as_json: bool,
+    v: serde_json::Value,
+    text: impl std::fmt::Display,
+) -> anyhow::Result<()> {
+    if as_json {
+        json(&v)
+    } else {
+        println!("{text}");
+        Ok(())
+    }
+}
+
 pub fn table(header: &[&str], rows: Vec<Vec<String>>) {
     let mut t = Table::new();
     t.load_preset(UTF8_BORDERS_ONLY)

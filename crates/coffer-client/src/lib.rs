@@ -71,11 +71,19 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// `addr` like `https://127.0.0.1:8200`; `ca_pem` pins the server's CA.
+    /// An address without a scheme (`127.0.0.1:8200`) means HTTPS.
     pub fn new(addr: &str, ca_pem: Option<&[u8]>) -> Result<Self> {
-        let base = Url::parse(addr).map_err(|e| ClientError::Address(e.to_string()))?;
+        let addr = addr.trim();
+        let full = if addr.contains("://") {
+            addr.to_owned()
+        } else {
+            format!("https://{addr}")
+        };
+        let base = Url::parse(&full).map_err(|e| ClientError::Address(e.to_string()))?;
         if base.scheme() != "https" {
             return Err(ClientError::Address(
-                "the address must start with https://".into(),
+                "Coffer serves HTTPS only: the address must start with https:// (or have no scheme)"
+                    .into(),
             ));
         }
         let mut b = reqwest::Client::builder()

@@ -21,6 +21,11 @@ pub enum CoreError {
     /// Wrong username or password. One message for every cause.
     #[error("invalid username or password")]
     BadCredentials,
+    /// A wrong, or already used, second-factor code where the password is already proven
+    /// (a login's second step, MFA confirmation): saying so leaks nothing the caller does
+    /// not know, and tells a person who just enrolled why the code they used is refused.
+    #[error("invalid or already used code; wait for the next one")]
+    InvalidCode,
     /// The login must enrol MFA (an organisation requires it) before anything else.
     #[error("multi-factor authentication must be set up first: run `coffer mfa enroll`")]
     MfaEnrollmentRequired,
@@ -93,9 +98,11 @@ pub enum ErrorCode {
     HeadersTooLarge,
     Unauthenticated,
     BadCredentials,
+    InvalidCode,
     Forbidden,
     MfaEnrollmentRequired,
     NotFound,
+    MethodNotAllowed,
     AlreadyExists,
     Conflict,
     LastOwner,
@@ -124,10 +131,11 @@ impl ErrorCode {
             UnsupportedMediaType => 415,
             PayloadTooLarge => 413,
             HeadersTooLarge => 431,
-            Unauthenticated | BadCredentials => 401,
+            Unauthenticated | BadCredentials | InvalidCode => 401,
             Forbidden | MfaEnrollmentRequired => 403,
             TooManyRequests => 429,
             NotFound => 404,
+            MethodNotAllowed => 405,
             AlreadyExists | Conflict | LastOwner | NotConfigured | AlreadyInitialized
             | AlreadyUnsealed | WrongSealType => 409,
             Sealed | Unavailable | AuditUnavailable | TenantKeyUnavailable | SealUnavailable => 503,
@@ -147,9 +155,11 @@ impl ErrorCode {
             HeadersTooLarge => "headers_too_large",
             Unauthenticated => "unauthenticated",
             BadCredentials => "bad_credentials",
+            InvalidCode => "invalid_code",
             Forbidden => "forbidden",
             MfaEnrollmentRequired => "mfa_enrollment_required",
             NotFound => "not_found",
+            MethodNotAllowed => "method_not_allowed",
             AlreadyExists => "already_exists",
             Conflict => "conflict",
             LastOwner => "last_owner",
@@ -183,6 +193,7 @@ impl CoreError {
             CoreError::WrongSealType => C::WrongSealType,
             CoreError::Unauthenticated => C::Unauthenticated,
             CoreError::BadCredentials => C::BadCredentials,
+            CoreError::InvalidCode => C::InvalidCode,
             CoreError::Forbidden(_) => C::Forbidden,
             CoreError::MfaEnrollmentRequired => C::MfaEnrollmentRequired,
             CoreError::LastOwner => C::LastOwner,

@@ -186,7 +186,7 @@ impl Identity {
             .await?
         {
             self.note_failure(user.id).await?;
-            return Err(CoreError::BadCredentials);
+            return Err(CoreError::InvalidCode);
         }
         Ok(())
     }
@@ -295,7 +295,7 @@ impl Identity {
                 return Err(CoreError::invalid("mfa", "MFA is already enabled"));
             }
             match self.check_second_factor_counted(&user, code, false, false).await {
-                Err(CoreError::BadCredentials) => {
+                Err(CoreError::InvalidCode) => {
                     return Err(CoreError::invalid(
                         "code",
                         "the code does not match; check the time on your device",
@@ -351,8 +351,14 @@ impl Identity {
             // Password and code are one attempt against the lockout: a right password
             // does not reset the counter until the code is right too.
             let user = self.check_first_factor(Some(user), password).await?;
+            // One answer for the pair: which of the two was wrong is not said, so that a
+            // stolen session cannot test passwords here.
             self.check_second_factor_counted(&user, code, true, true)
-                .await?;
+                .await
+                .map_err(|e| match e {
+                    CoreError::InvalidCode => CoreError::BadCredentials,
+                    e => e,
+                })?;
             self.users.reset_login_attempts(user.id).await?;
             self.change_credentials(
                 p,

@@ -17,9 +17,37 @@ use std::sync::Arc;
 const MAGIC: &[u8] = b"age-encryption.org/";
 const ARMOR: &[u8] = b"-----BEGIN AGE ENCRYPTED FILE-----";
 
-/// Public keys (`age1…`) that files are encrypted to.
+/// One public key: post-quantum hybrid (`age1pq1…`, what new keys should be), or classic
+/// X25519 (`age1…`, which the age 1.1 tool that Debian ships reads; age 0.13 marks it
+/// deprecated for new keys, and keeps it for compatibility, as this does).
 #[derive(Clone)]
-pub struct Recipients(Vec<age::x25519::Recipient>);
+enum Key {
+    PostQuantum(age::pq::Recipient),
+    #[allow(deprecated)]
+    Classic(age::x25519::Recipient),
+}
+
+impl Key {
+    fn as_recipient(&self) -> &dyn age::Recipient {
+        match self {
+            Key::PostQuantum(r) => r,
+            Key::Classic(r) => r,
+        }
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Key::PostQuantum(r) => r.fmt(f),
+            Key::Classic(r) => r.fmt(f),
+        }
+    }
+}
+
+/// Public keys (`age1…`, `age1pq1…`) that files are encrypted to.
+#[derive(Clone)]
+pub struct Recipients(Vec<Key>);
 
 impl fmt::Debug for Recipients {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -39,16 +67,30 @@ impl Recipients {
             if s.is_empty() || s.starts_with('#') {
                 continue;
             }
-            let r = age::x25519::Recipient::from_str(s).map_err(|_| {
+            #[allow(deprecated)]
+            let key = if s.starts_with("age1pq1") {
+                age::pq::Recipient::from_str(s).ok().map(Key::PostQuantum)
+            } else {
+                age::x25519::Recipient::from_str(s).ok().map(Key::Classic)
+            };
+            let key = key.ok_or_else(|| {
                 format!(
-                    "{:.12}…: not an age recipient (an X25519 public key that starts with age1)",
+                    "{:.12}…: not an age recipient (a public key that starts with age1 or age1pq1)",
                     s
                 )
             })?;
-            out.push(r);
+            out.push(key);
         }
         if out.is_empty() {
             return Err("no age recipient given".into());
+        }
+        let pq = out
+            .iter()
+            .filter(|k| matches!(k, Key::PostQuantum(_)))
+            .count();
+        if pq != 0 && pq != out.len() {
+            // age refuses to mix them: a classic key would undo the post-quantum ones.
+            return Err("age1pq1… and classic age1… recipients cannot be mixed".into());
         }
         Ok(Self(out))
     }
@@ -61,7 +103,7 @@ impl Recipients {
     /// Encrypt what is written to `out`; [`Encrypting::finish`] must be called to end
     /// the file (an unfinished file does not decrypt).
     pub fn encrypt<W: Write>(&self, out: W) -> io::Result<Encrypting<W>> {
-        let e = age::Encryptor::with_recipients(self.0.iter().map(|r| r as &dyn age::Recipient))
+        let e = age::Encryptor::with_recipients(self.0.iter().map(Key::as_recipient))
             .map_err(io::Error::other)?;
         Ok(Encrypting(e.wrap_output(out)?))
     }
@@ -144,10 +186,10 @@ impl Identities {
     }
 }
 
-/// A new key pair: the public key (`age1…`) and the identity file's text, which the
-/// caller must keep secret (it wipes itself when dropped).
+/// A new post-quantum key pair: the public key (`age1pq1…`) and the identity file's text,
+/// which the caller must keep secret (it wipes itself when dropped).
 pub fn generate_identity() -> (String, zeroize::Zeroizing<String>) {
-    let id = age::x25519::Identity::generate();
+    let id = age::pq::Identity::generate();
     let secret = age::secrecy::ExposeSecret::expose_secret(&id.to_string()).to_owned();
     (id.to_public().to_string(), zeroize::Zeroizing::new(secret))
 }
@@ -164,6 +206,37 @@ mod tests {
     fn pair() -> (String, String) {
         let (public, secret) = generate_identity();
         (public, secret.to_string())
+    }
+
+    #[allow(deprecated)]
+    fn classic_pair() -> (String, String) {
+        let id = age::x25519::Identity::generate();
+        let secret = age::secrecy::ExposeSecret::expose_secret(&id.to_string()).to_owned();
+        (id.to_public().to_string(), secret)
+    }
+
+    #[test]
+    fn classic_keys_work_and_do_not_mix_with_post_quantum_ones() {
+        let (pc, sc) = classic_pair();
+        assert!(pc.starts_with("age1") && !pc.starts_with("age1pq1"));
+        let mut w = Recipients::parse(&[pc.as_str()])
+            .unwrap()
+            .encrypt(Vec::new())
+            .unwrap();
+        w.write_all(b"classic").unwrap();
+        let file = w.finish().unwrap();
+        let mut out = Vec::new();
+        Identities::parse(&sc)
+            .unwrap()
+            .decrypt(&file[..])
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, b"classic");
+        let (pq, _) = pair();
+        assert!(pq.starts_with("age1pq1"));
+        let e = Recipients::parse(&[pc, pq]).unwrap_err();
+        assert!(e.contains("cannot be mixed"), "{e}");
     }
 
     #[test]

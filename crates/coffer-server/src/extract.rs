@@ -22,6 +22,44 @@ where
     }
 }
 
+/// Path parameters; a malformed one is a JSON `bad_request` that does not repeat it.
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Ok(Self(
+            axum::extract::Path::<T>::from_request_parts(parts, state)
+                .await?
+                .0,
+        ))
+    }
+}
+
+/// The query string; a malformed one is a JSON `bad_request` that does not repeat it.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Ok(Self(
+            axum::extract::Query::<T>::from_request_parts(parts, state)
+                .await?
+                .0,
+        ))
+    }
+}
+
 /// The authenticated caller.
 #[derive(Debug)]
 pub struct Auth(pub Principal);

@@ -73,6 +73,13 @@ async fn not_found() -> error::ApiError {
     error::ApiError::new(error::ErrorCode::NotFound, "no such endpoint")
 }
 
+async fn method_not_allowed() -> error::ApiError {
+    error::ApiError::new(
+        error::ErrorCode::MethodNotAllowed,
+        "this endpoint does not take this method (the API document lists the methods: /v1/openapi.json)",
+    )
+}
+
 async fn openapi_doc() -> impl axum::response::IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/json")],
@@ -239,6 +246,7 @@ pub fn router(state: AppState) -> Router {
             crate::audit::layer,
         ))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.max_header_bytes,
             limits::cap_head,

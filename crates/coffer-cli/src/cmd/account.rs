@@ -38,11 +38,14 @@ pub async fn org(g: &Global, c: OrgCmd) -> anyhow::Result<()> {
         let (addr, ca) = session::endpoint(g, &saved);
         let client = session::client_for(&addr, ca.as_deref())?;
         let password = read_password(password_stdin, "Password (new or existing account): ")?;
-        client
+        let v = client
             .accept_invitation(&token, username.as_deref(), &password)
             .await?;
-        println!("Invitation accepted. Log in with `coffer login`.");
-        return Ok(());
+        return output::done(
+            g.json,
+            v,
+            "Invitation accepted. Log in with `coffer login` (your username, or your e-mail address).",
+        );
     }
     let client = session::authed(g)?;
     match c {
@@ -66,17 +69,25 @@ pub async fn org(g: &Global, c: OrgCmd) -> anyhow::Result<()> {
             );
         }
         OrgCmd::Create { name } => {
-            client.create_org(&name).await?;
-            println!(
-                "Created organisation {name}; you are its Owner. Switch with `coffer org switch {name}`."
-            );
+            let v = client.create_org(&name).await?;
+            output::done(
+                g.json,
+                v,
+                format!(
+                    "Created organisation {name}; you are its Owner. Switch with `coffer org switch {name}`."
+                ),
+            )?;
         }
         OrgCmd::Switch { name } => {
             let r = client.switch_org(&name).await?;
             let mut saved = session::load()?;
             saved.token = r.token;
             session::save(&saved)?;
-            println!("Active organisation: {name}.");
+            output::done(
+                g.json,
+                serde_json::json!({ "active": name }),
+                format!("Active organisation: {name}."),
+            )?;
         }
         OrgCmd::Members => {
             let v = client.members().await?;
@@ -116,26 +127,43 @@ pub async fn org(g: &Global, c: OrgCmd) -> anyhow::Result<()> {
         }
         OrgCmd::SetRole { username, role } => {
             client.set_role(&username, &role).await?;
-            println!("{username} is now {role}.");
+            output::done(
+                g.json,
+                serde_json::json!({ "member": username, "role": role }),
+                format!("{username} is now {role}."),
+            )?;
         }
         OrgCmd::Remove { username } => {
             client.remove_member(&username).await?;
-            println!("Removed {username}.");
+            output::done(
+                g.json,
+                serde_json::json!({ "removed": username }),
+                format!("Removed {username}."),
+            )?;
         }
         OrgCmd::Delete { confirm } => {
             client.delete_org(&confirm).await?;
-            println!("Organisation '{confirm}' deleted; its keys are destroyed.");
-            println!(
-                "Copies of the database made before now become unreadable once an operator runs `coffer operator rekey`."
-            );
             // The session belonged to the deleted organisation and ended with it.
             let mut saved = session::load()?;
             saved.token = None;
             session::save(&saved)?;
+            output::done(
+                g.json,
+                serde_json::json!({ "deleted": confirm, "logged_out": true }),
+                format!(
+                    "Organisation '{confirm}' deleted; its keys are destroyed.\n\
+                     Copies of the database made before now become unreadable once an operator runs `coffer operator rekey`.\n\
+                     Your session belonged to it and has ended: run `coffer login` to continue in another organisation (`coffer org list` shows them)."
+                ),
+            )?;
         }
         OrgCmd::RequireMfa { state } => {
             client.set_require_mfa(state == "on").await?;
-            println!("MFA requirement: {state}.");
+            output::done(
+                g.json,
+                serde_json::json!({ "require_mfa": state == "on" }),
+                format!("MFA requirement: {state}."),
+            )?;
         }
         OrgCmd::Accept { .. } => anyhow::bail!("accepting an invitation needs no login"),
     }
@@ -201,7 +229,11 @@ pub async fn apikey(g: &Global, c: ApikeyCmd) -> anyhow::Result<()> {
         }
         ApikeyCmd::Revoke { id } => {
             client.revoke_api_key(&id).await?;
-            println!("Revoked API key {id}.");
+            output::done(
+                g.json,
+                serde_json::json!({ "revoked": id }),
+                format!("Revoked API key {id}."),
+            )?;
         }
     }
     Ok(())
@@ -214,23 +246,35 @@ pub async fn mfa(g: &Global, c: MfaCmd) -> anyhow::Result<()> {
             let password = read_password(password_stdin, "Password: ")?;
             let v = client.mfa_enroll(&password).await?;
             eprintln!("Add this to your authenticator app (or type the secret in):");
-            println!("{}", s(&v, "otpauth_uri"));
+            eprintln!("{}", s(&v, "otpauth_uri"));
             eprintln!("secret: {}", s(&v, "secret"));
+            // With --password-stdin the code is the next line of standard input.
             let code = prompt("Code from the app: ")?;
             let r = client.mfa_confirm(&code).await?;
+            if g.json {
+                return output::json(&serde_json::json!({
+                    "mfa": true,
+                    "otpauth_uri": v["otpauth_uri"],
+                    "recovery_codes": r["recovery_codes"],
+                }));
+            }
+            println!("{}", s(&v, "otpauth_uri"));
             eprintln!("MFA is on. One-time recovery codes (store them offline; shown once):");
             for c in r["recovery_codes"].as_array().into_iter().flatten() {
                 println!("{}", c.as_str().unwrap_or_default());
             }
         }
-        MfaCmd::Disable { code } => {
-            let password = read_password(false, "Password: ")?;
+        MfaCmd::Disable {
+            code,
+            password_stdin,
+        } => {
+            let password = read_password(password_stdin, "Password: ")?;
             let code = match code {
                 Some(c) => c,
                 None => prompt("Code from the app: ")?,
             };
             client.mfa_disable(&password, &code).await?;
-            println!("MFA is off.");
+            output::done(g.json, serde_json::json!({ "mfa": false }), "MFA is off.")?;
         }
     }
     Ok(())
@@ -261,7 +305,11 @@ pub async fn session(g: &Global, c: SessionCmd) -> anyhow::Result<()> {
         }
         SessionCmd::Revoke { id } => {
             client.revoke_session(&id).await?;
-            println!("Session {id} ended.");
+            output::done(
+                g.json,
+                serde_json::json!({ "revoked": id }),
+                format!("Session {id} ended."),
+            )?;
         }
     }
     Ok(())
@@ -270,17 +318,29 @@ pub async fn session(g: &Global, c: SessionCmd) -> anyhow::Result<()> {
 pub async fn account(g: &Global, c: AccountCmd) -> anyhow::Result<()> {
     let client = session::authed(g)?;
     match c {
-        AccountCmd::Password => {
-            let current = read_password(false, "Current password: ")?;
-            let new = read_password(false, "New password: ")?;
-            let again = read_password(false, "New password again: ")?;
-            anyhow::ensure!(*new == *again, "the new passwords differ");
+        AccountCmd::Password { password_stdin } => {
+            // From standard input: the current password on the first line, the new one on
+            // the second.
+            let current = read_password(password_stdin, "Current password: ")?;
+            let new = read_password(password_stdin, "New password: ")?;
+            if !password_stdin {
+                let again = read_password(false, "New password again: ")?;
+                anyhow::ensure!(*new == *again, "the new passwords differ");
+            }
             client.change_password(&current, &new).await?;
-            println!("Password changed; your other sessions were ended.");
+            output::done(
+                g.json,
+                serde_json::json!({ "password_changed": true }),
+                "Password changed; your other sessions were ended.",
+            )?;
         }
         AccountCmd::Email { email } => {
             client.set_email(email.as_deref()).await?;
-            println!("E-mail address updated.");
+            output::done(
+                g.json,
+                serde_json::json!({ "email": email }),
+                "E-mail address updated.",
+            )?;
         }
     }
     Ok(())

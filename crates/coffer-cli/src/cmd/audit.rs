@@ -191,6 +191,7 @@ pub async fn run(g: &Global, c: AuditCmd) -> anyhow::Result<ExitCode> {
             from,
             to,
             limit,
+            cursor: start,
             all,
         } => {
             let client = session::authed(g)?;
@@ -202,8 +203,8 @@ pub async fn run(g: &Global, c: AuditCmd) -> anyhow::Result<ExitCode> {
             opt(&mut base, "from", from);
             opt(&mut base, "to", to);
             let mut events = Vec::new();
-            let mut cursor: Option<String> = None;
-            loop {
+            let mut cursor: Option<String> = start;
+            let more = loop {
                 let mut q = base.clone();
                 opt(&mut q, "cursor", cursor.take());
                 let pairs: Vec<(&str, &str)> = q.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -211,8 +212,12 @@ pub async fn run(g: &Global, c: AuditCmd) -> anyhow::Result<ExitCode> {
                 events.extend(page.events);
                 match page.next_cursor {
                     Some(c) if all => cursor = Some(c),
-                    _ => break,
+                    next => break next,
                 }
+            };
+            if let Some(c) = &more {
+                // On standard error, so that --json output stays one document.
+                eprintln!("More events follow: add `--cursor {c}` for the next page, or `--all`.");
             }
             if g.json {
                 output::json(&events)?;

@@ -29,7 +29,14 @@ pub async fn login(g: &Global, a: LoginArgs) -> anyhow::Result<()> {
             Some(c) => zeroize::Zeroizing::new(c),
             None => zeroize::Zeroizing::new(prompt("Authentication code (or recovery code): ")?),
         };
-        r = client.mfa_verify(&mfa_token, &code).await?;
+        r = match client.mfa_verify(&mfa_token, &code).await {
+            Err(e) if e.code() == Some("invalid_code") => {
+                return Err(anyhow::Error::new(e).context(
+                    "the password was right, the code was not: a code works once (the one that confirmed `coffer mfa enroll` is spent), so wait for the next code or use a recovery code; wrong codes count toward the lockout",
+                ));
+            }
+            r => r?,
+        };
     }
     let (token, whoami) = r
         .token
@@ -75,6 +82,12 @@ pub(crate) fn read_password(
             .context("read the password from stdin")?;
         p.trim_end_matches(['\n', '\r']).to_owned()
     } else {
+        // The prompt reads the terminal itself, not standard input.
+        if std::fs::File::open("/dev/tty").is_err() {
+            anyhow::bail!(
+                "no terminal to ask for the password: give it on standard input with --password-stdin"
+            );
+        }
         rpassword::prompt_password(label).context("read the password")?
     }))
 }
@@ -88,10 +101,11 @@ pub async fn logout(g: &Global) -> anyhow::Result<()> {
         session::save(&saved)?;
         res?;
     }
-    if !g.json {
-        println!("Logged out.");
-    }
-    Ok(())
+    output::done(
+        g.json,
+        serde_json::json!({ "logged_out": true }),
+        "Logged out.",
+    )
 }
 
 pub async fn whoami(g: &Global) -> anyhow::Result<()> {

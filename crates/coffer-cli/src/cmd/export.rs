@@ -10,17 +10,35 @@ use zeroize::Zeroizing;
 use crate::cli::{ExportArgs, ExportFormat, Global, RunArgs, Target};
 use crate::session;
 
-/// The resolved values of an environment, secrets included.
+/// The resolved values of an environment, secrets included. Refuses (naming every secret
+/// concerned) when the caller's role or key cannot read secrets: a program run with some of
+/// its values missing fails later and less clearly.
 async fn resolve(g: &Global, t: &Target) -> anyhow::Result<BTreeMap<String, Zeroizing<String>>> {
     let params = session::authed(g)?
         .list_params(&t.project, &t.env, true)
         .await?;
     let mut out = BTreeMap::new();
+    let mut refused = Vec::new();
     for p in params {
-        let value = p
-            .value
-            .with_context(|| format!("{} is masked: your role cannot read secrets", p.name))?;
-        out.insert(p.name, Zeroizing::new(value));
+        match p.value {
+            Some(v) => {
+                out.insert(p.name, Zeroizing::new(v));
+            }
+            None => refused.push(p.name),
+        }
+    }
+    if !refused.is_empty() {
+        anyhow::bail!(
+            "{} in {}/{} cannot be read with this login or API key: {} (the Viewer role does not read secret values; use a Contributor, e.g. an API key made with `coffer apikey create NAME --role contributor --read-only`)",
+            if refused.len() == 1 {
+                "1 secret".to_owned()
+            } else {
+                format!("{} secrets", refused.len())
+            },
+            t.project,
+            t.env,
+            refused.join(", ")
+        );
     }
     Ok(out)
 }
@@ -146,7 +164,9 @@ pub async fn export(g: &Global, a: ExportArgs) -> anyhow::Result<()> {
         .name
         .clone()
         .unwrap_or_else(|| k8s_name(&a.target.project, &a.target.env));
-    let text = render(a.format, &values, &name)?;
+    // --json asks for JSON, whatever --format says.
+    let format = if g.json { ExportFormat::Json } else { a.format };
+    let text = render(format, &values, &name)?;
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())?;
     Ok(())

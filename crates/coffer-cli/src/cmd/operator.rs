@@ -97,7 +97,7 @@ pub async fn run(g: &Global, c: OperatorCmd) -> anyhow::Result<()> {
                 println!("Unseal share {}: {s}", i + 1);
             }
             println!(
-                "\nAny {} of {} shares unseal the server. Other nodes have sealed themselves: unseal them with the new shares.",
+                "\nAny {} of {} shares unseal the server. If other nodes share its database (PostgreSQL), they have sealed themselves: unseal them with the new shares.",
                 r.threshold,
                 r.shares.len()
             );

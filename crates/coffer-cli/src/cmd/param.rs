@@ -1,4 +1,4 @@
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 
 use anyhow::Context;
 use zeroize::Zeroizing;
@@ -7,15 +7,42 @@ use crate::cli::{Global, ParamCmd};
 use crate::output::{self, MASK};
 use crate::session;
 
-/// VALUE as given; `-` or absent: standard input; `@path`: the file's contents.
-fn read_value(value: Option<String>) -> anyhow::Result<Zeroizing<String>> {
+/// VALUE as given; `@path`: the file's bytes as they are; `-` or absent: standard input
+/// less exactly one trailing newline (`\n` or `\r\n`, what `echo` and editors add) unless
+/// `raw`, or, when standard input is a terminal, a prompt (without echo when `hidden`).
+fn read_value(
+    value: Option<String>,
+    name: &str,
+    raw: bool,
+    hidden: bool,
+) -> anyhow::Result<Zeroizing<String>> {
     match value.as_deref() {
+        None | Some("-") if std::io::stdin().is_terminal() => {
+            let label = format!(
+                "Value of {name}{}: ",
+                if hidden { " (input hidden)" } else { "" }
+            );
+            if hidden {
+                return Ok(Zeroizing::new(
+                    rpassword::prompt_password(label).context("read the value")?,
+                ));
+            }
+            eprint!("{label}");
+            let mut s = Zeroizing::new(String::new());
+            std::io::stdin()
+                .read_line(&mut s)
+                .context("read the value")?;
+            Ok(Zeroizing::new(strip_newline(&s).to_owned()))
+        }
         None | Some("-") => {
             let mut s = Zeroizing::new(String::new());
             std::io::stdin()
                 .read_to_string(&mut s)
                 .context("read the value from standard input")?;
-            Ok(s)
+            if raw {
+                return Ok(s);
+            }
+            Ok(Zeroizing::new(strip_newline(&s).to_owned()))
         }
         Some(v) if v.starts_with('@') => {
             let path = &v[1..];
@@ -29,6 +56,24 @@ fn read_value(value: Option<String>) -> anyhow::Result<Zeroizing<String>> {
     }
 }
 
+/// A value as a table cell: its first line, and how many more there are (a certificate
+/// or key would otherwise fill the screen); `param get` prints it whole.
+fn shorten(v: &str) -> String {
+    let mut lines = v.lines();
+    let first = lines.next().unwrap_or_default();
+    match lines.count() {
+        0 => first.to_owned(),
+        n => format!("{first} … (+{n} lines)"),
+    }
+}
+
+/// Without its one trailing newline (`\n` or `\r\n`), if it has one.
+fn strip_newline(s: &str) -> &str {
+    s.strip_suffix("\r\n")
+        .or_else(|| s.strip_suffix('\n'))
+        .unwrap_or(s)
+}
+
 pub async fn run(g: &Global, c: ParamCmd) -> anyhow::Result<()> {
     let client = session::authed(g)?;
     match c {
@@ -38,8 +83,9 @@ pub async fn run(g: &Global, c: ParamCmd) -> anyhow::Result<()> {
             target,
             secret,
             no_secret,
+            raw,
         } => {
-            let value = read_value(value)?;
+            let value = read_value(value, &name, raw, !no_secret)?;
             let flag = if secret {
                 Some(true)
             } else if no_secret {
@@ -69,9 +115,13 @@ pub async fn run(g: &Global, c: ParamCmd) -> anyhow::Result<()> {
             if g.json {
                 return output::json(&p);
             }
+            // Byte for byte into pipes and files (`$(coffer param get …)`, `> file`); a
+            // newline only for a person at a terminal.
             let mut out = std::io::stdout().lock();
             out.write_all(p.value.as_deref().unwrap_or_default().as_bytes())?;
-            out.write_all(b"\n")?;
+            if out.is_terminal() {
+                out.write_all(b"\n")?;
+            }
         }
         ParamCmd::List { target, reveal } => {
             let v = client
@@ -87,7 +137,7 @@ pub async fn run(g: &Global, c: ParamCmd) -> anyhow::Result<()> {
                         let value = if p.masked {
                             MASK.to_owned()
                         } else {
-                            p.value.unwrap_or_default()
+                            shorten(p.value.as_deref().unwrap_or_default())
                         };
                         let from = if p.env == target.env {
                             p.env
@@ -167,10 +217,14 @@ pub async fn run(g: &Global, c: ParamCmd) -> anyhow::Result<()> {
             if g.json {
                 return output::json(&d);
             }
+            if d.entries.is_empty() {
+                println!("No differences between {} and {}.", d.a, d.b);
+                return Ok(());
+            }
             let show = |p: &Option<coffer_client::Param>| match p {
                 None => "(absent)".to_owned(),
                 Some(p) if p.masked => MASK.to_owned(),
-                Some(p) => p.value.clone().unwrap_or_default(),
+                Some(p) => shorten(p.value.as_deref().unwrap_or_default()),
             };
             output::table(
                 &["name", "change", &d.a, &d.b],
@@ -189,4 +243,34 @@ pub async fn run(g: &Global, c: ParamCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{shorten, strip_newline};
+
+    #[test]
+    fn multi_line_values_are_shortened_in_tables() {
+        assert_eq!(shorten("one line"), "one line");
+        assert_eq!(
+            shorten("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"),
+            "-----BEGIN CERTIFICATE----- … (+2 lines)"
+        );
+        assert_eq!(shorten(""), "");
+    }
+
+    #[test]
+    fn exactly_one_trailing_newline_goes() {
+        for (input, kept) in [
+            ("sk_live_123\n", "sk_live_123"),
+            ("sk_live_123\r\n", "sk_live_123"),
+            ("sk_live_123", "sk_live_123"),
+            ("two\n\n", "two\n"),
+            ("line one\nline two\n", "line one\nline two"),
+            ("\n", ""),
+            ("cr only\r", "cr only\r"),
+        ] {
+            assert_eq!(strip_newline(input), kept, "{input:?}");
+        }
+    }
 }

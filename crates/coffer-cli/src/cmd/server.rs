@@ -5,8 +5,10 @@ use crate::cli::ServerArgs;
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_env("COFFER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour codes only for a person at a terminal, never into a file or a log collector.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     // Before any key exists in this process.

@@ -11,6 +11,7 @@ mod bench;
 mod crash;
 mod identity;
 mod keys;
+mod newcomer;
 mod operator;
 mod postgres;
 mod tour;

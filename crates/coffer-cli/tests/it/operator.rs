@@ -287,5 +287,5 @@ async fn kms_seal_and_own_key_from_the_cli() {
             .status
             .success()
     );
-    assert_eq!(cli.ok(&["param", "get", "A", "-p", "p"]), "alpha\n");
+    assert_eq!(cli.ok(&["param", "get", "A", "-p", "p"]), "alpha");
 }

@@ -93,7 +93,7 @@ fn dev_server_cli_tour() {
             "-e",
             "production-eu"
         ]),
-        "tok-from-stdin\n"
+        "tok-from-stdin"
     );
     let list = cli.json(&["param", "list", "-p", "web", "-e", "production-eu"]);
     let token = list
@@ -154,10 +154,7 @@ fn dev_server_cli_tour() {
         "-e",
         "default",
     ]);
-    assert_eq!(
-        cli.ok(&["param", "get", "LOG_LEVEL", "-p", "web"]),
-        "info\n"
-    );
+    assert_eq!(cli.ok(&["param", "get", "LOG_LEVEL", "-p", "web"]), "info");
 
     let diff = cli.json(&[
         "param",

@@ -186,14 +186,19 @@ async fn totp_codes_work_once_within_one_step_of_skew_and_recovery_codes_once() 
         panic!("MFA expected");
     };
     let t = mfa_token.expose_secret();
-    // The code used for enrolment cannot be replayed, also not with a space inside.
+    // The code used for enrolment cannot be replayed, also not with a space inside; the
+    // password is proven at this step, so the answer says what happened (issue 19).
     let used = totp_code_at(&secret, now).unwrap();
     let spaced = format!("{} {}", &used[..3], &used[3..]);
-    assert!(
-        c.identity()
-            .verify_mfa_login(&Cx::default(), t, &spaced, "x")
-            .await
-            .is_err()
+    let e = c
+        .identity()
+        .verify_mfa_login(&Cx::default(), t, &spaced, "x")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, CoreError::InvalidCode), "{e:?}");
+    assert_eq!(
+        e.to_string(),
+        "invalid or already used code; wait for the next one"
     );
     // A code from two steps ahead is outside the skew.
     let far = totp_code_at(&secret, now + 61).unwrap();
@@ -214,12 +219,12 @@ async fn totp_codes_work_once_within_one_step_of_skew_and_recovery_codes_once() 
             .is_err()
     );
     let next = totp_code_at(&secret, now + 30).unwrap();
-    assert!(
+    assert!(matches!(
         c.identity()
             .verify_mfa_login(&Cx::default(), t, &next, "x")
-            .await
-            .is_err()
-    );
+            .await,
+        Err(CoreError::BadCredentials)
+    ));
 
     let p2 = member(&f, "noa", Role::Viewer).await;
     let e2 = c

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use coffer_core::apikeys::{ApiKeyView, NewApiKey};
 use uuid::Uuid;
@@ -10,7 +10,7 @@ use crate::AppState;
 use crate::audit::CxOf;
 use crate::dto::*;
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{ApiJson, Auth};
+use crate::extract::{ApiJson, ApiPath, Auth};
 use crate::routes::orgs::parse_role;
 
 fn dto(k: ApiKeyView) -> ApiKeyDto {
@@ -95,7 +95,7 @@ pub async fn revoke(
     State(st): State<AppState>,
     CxOf(cx): CxOf,
     Auth(p): Auth,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<StatusCode> {
     st.coffer.identity().revoke_api_key(&cx, &p, id).await?;
     Ok(StatusCode::NO_CONTENT)

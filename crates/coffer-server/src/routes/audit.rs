@@ -1,6 +1,6 @@
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -13,7 +13,7 @@ use crate::AppState;
 use crate::audit::CxOf;
 use crate::dto::*;
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{ApiJson, Auth};
+use crate::extract::{ApiJson, ApiQuery, Auth};
 
 /// An RFC 3339 time (any offset, any year) in milliseconds since the epoch.
 fn parse_time(field: &str, v: Option<&str>) -> ApiResult<Option<i64>> {
@@ -51,7 +51,7 @@ pub async fn list(
     State(st): State<AppState>,
     CxOf(cx): CxOf,
     Auth(p): Auth,
-    Query(q): Query<AuditQuery>,
+    ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> ApiResult<Json<AuditListResponse>> {
     let limit = q.limit.unwrap_or(100);
     if !(1..=coffer_core::audit::PAGE).contains(&limit) {
@@ -59,6 +59,13 @@ pub async fn list(
             "limit must be between 1 and {}",
             coffer_core::audit::PAGE
         )));
+    }
+    if let Some(o) = q.outcome.as_deref()
+        && !matches!(o, "success" | "denied" | "failure")
+    {
+        return Err(ApiError::bad_request(
+            "outcome must be success, denied or failure",
+        ));
     }
     let f = AuditFilter {
         from: parse_time("from", q.from.as_deref())?,
@@ -273,7 +280,7 @@ pub async fn export(
     State(st): State<AppState>,
     CxOf(cx): CxOf,
     Auth(p): Auth,
-    Query(q): Query<ExportQuery>,
+    ApiQuery(q): ApiQuery<ExportQuery>,
 ) -> ApiResult<Response> {
     let json = match q.format.as_deref() {
         None | Some("ndjson") => false,

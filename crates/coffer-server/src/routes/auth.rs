@@ -1,5 +1,5 @@
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use coffer_core::{LoginOutcome, Principal};
 use uuid::Uuid;
@@ -8,7 +8,7 @@ use crate::AppState;
 use crate::audit::CxOf;
 use crate::dto::*;
 use crate::error::{ApiResult, ErrorBody};
-use crate::extract::{ApiJson, Auth, AuthAnyStage, Bearer, PeerAddr};
+use crate::extract::{ApiJson, ApiPath, Auth, AuthAnyStage, Bearer, PeerAddr};
 
 pub fn whoami_dto(p: Principal) -> WhoamiResponse {
     WhoamiResponse {
@@ -216,7 +216,7 @@ pub async fn revoke_session(
     State(st): State<AppState>,
     CxOf(cx): CxOf,
     Auth(p): Auth,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<StatusCode> {
     st.coffer.identity().revoke_session(&cx, &p, id).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -1,5 +1,5 @@
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use coffer_core::Role;
 use coffer_core::members::InvitationView;
@@ -8,7 +8,7 @@ use crate::AppState;
 use crate::audit::CxOf;
 use crate::dto::*;
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{ApiJson, Auth, Bearer, PeerAddr};
+use crate::extract::{ApiJson, ApiPath, Auth, Bearer, PeerAddr};
 
 pub(crate) fn parse_role(s: &str) -> Result<Role, ApiError> {
     Role::parse(&s.to_ascii_lowercase())
@@ -121,13 +121,13 @@ pub async fn members(
 
 /// Change a member's role.
 #[utoipa::path(put, path = "/v1/org/members/{username}", tag = "orgs", security(("bearer" = [])), request_body = SetRoleRequest,
-    params(("username" = String, Path, min_length = 1, max_length = 64)),
+    params(("username" = String, Path, min_length = 1, max_length = 320, description = "the member's username or e-mail address")),
     responses((status = 204), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn set_role(
     State(st): State<AppState>,
     CxOf(cx): CxOf,
     Auth(p): Auth,
-    Path(username): Path<String>,
+    ApiPath(username): ApiPath<String>,
     ApiJson(req): ApiJson<SetRoleRequest>,
 ) -> ApiResult<StatusCode> {
     let role = parse_role(&req.role)?;
@@ -140,13 +140,13 @@ pub async fn set_role(
 
 /// Remove a member (their sessions and API keys here end too).
 #[utoipa::path(delete, path = "/v1/org/members/{username}", tag = "orgs", security(("bearer" = [])),
-    params(("username" = String, Path, min_length = 1, max_length = 64)),
+    params(("username" = String, Path, min_length = 1, max_length = 320, description = "the member's username or e-mail address")),
     responses((status = 204), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn remove(
     State(st): State<AppState>,
     CxOf(cx): CxOf,
     Auth(p): Auth,
-    Path(username): Path<String>,
+    ApiPath(username): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     st.coffer
         .identity()

@@ -1,15 +1,15 @@
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 
 use crate::AppState;
 use crate::audit::CxOf;
 use crate::dto::*;
 use crate::error::{ApiResult, ErrorBody};
-use crate::extract::{ApiJson, Auth};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, Auth};
 use coffer_core::SetParam;
 
-type EnvPath = Path<(String, String)>;
-type ParamPath = Path<(String, String, String)>;
+type EnvPath = ApiPath<(String, String)>;
+type ParamPath = ApiPath<(String, String, String)>;
 
 /// All parameters visible in an environment (inherited ones included). Secrets are masked
 /// unless `reveal=true`.
@@ -20,8 +20,8 @@ pub async fn list(
     State(st): State<AppState>,
     CxOf(cx): CxOf,
     Auth(p): Auth,
-    Path((project, env)): EnvPath,
-    Query(q): Query<RevealQuery>,
+    ApiPath((project, env)): EnvPath,
+    ApiQuery(q): ApiQuery<RevealQuery>,
 ) -> ApiResult<Json<ParamListResponse>> {
     let v = st
         .coffer
@@ -41,7 +41,7 @@ pub async fn get(
     State(st): State<AppState>,
     Auth(p): Auth,
     CxOf(cx): CxOf,
-    Path((project, env, name)): ParamPath,
+    ApiPath((project, env, name)): ParamPath,
 ) -> ApiResult<Json<ParamResponse>> {
     let v = st
         .coffer
@@ -59,7 +59,7 @@ pub async fn set(
     State(st): State<AppState>,
     Auth(p): Auth,
     CxOf(cx): CxOf,
-    Path((project, env, name)): ParamPath,
+    ApiPath((project, env, name)): ParamPath,
     ApiJson(req): ApiJson<SetParamRequest>,
 ) -> ApiResult<Json<WriteResponse>> {
     let value = zeroize::Zeroizing::new(req.value);
@@ -93,7 +93,7 @@ pub async fn delete(
     State(st): State<AppState>,
     Auth(p): Auth,
     CxOf(cx): CxOf,
-    Path((project, env, name)): ParamPath,
+    ApiPath((project, env, name)): ParamPath,
 ) -> ApiResult<Json<WriteResponse>> {
     let v = st
         .coffer
@@ -114,7 +114,7 @@ pub async fn history(
     State(st): State<AppState>,
     Auth(p): Auth,
     CxOf(cx): CxOf,
-    Path((project, env, name)): ParamPath,
+    ApiPath((project, env, name)): ParamPath,
 ) -> ApiResult<Json<HistoryResponse>> {
     let v = st
         .coffer
@@ -144,7 +144,7 @@ pub async fn rollback(
     State(st): State<AppState>,
     Auth(p): Auth,
     CxOf(cx): CxOf,
-    Path((project, env, name)): ParamPath,
+    ApiPath((project, env, name)): ParamPath,
     ApiJson(req): ApiJson<RollbackRequest>,
 ) -> ApiResult<Json<WriteResponse>> {
     let v = st
@@ -167,8 +167,8 @@ pub async fn diff(
     State(st): State<AppState>,
     CxOf(cx): CxOf,
     Auth(p): Auth,
-    Path(project): Path<String>,
-    Query(q): Query<DiffQuery>,
+    ApiPath(project): ApiPath<String>,
+    ApiQuery(q): ApiQuery<DiffQuery>,
 ) -> ApiResult<Json<DiffResponse>> {
     let entries = st
         .coffer

@@ -1,12 +1,12 @@
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 
 use crate::AppState;
 use crate::audit::CxOf;
 use crate::dto::*;
 use crate::error::{ApiResult, ErrorBody};
-use crate::extract::{ApiJson, Auth};
+use crate::extract::{ApiJson, ApiPath, Auth};
 
 #[utoipa::path(get, path = "/v1/projects", operation_id = "list_projects", tag = "projects", security(("bearer" = [])),
     responses((status = 200, body = Vec<ProjectResponse>)))]
@@ -57,7 +57,7 @@ pub async fn list_envs(
     State(st): State<AppState>,
     CxOf(cx): CxOf,
     Auth(p): Auth,
-    Path(project): Path<String>,
+    ApiPath(project): ApiPath<String>,
 ) -> ApiResult<Json<Vec<EnvResponse>>> {
     let v = st.coffer.projects().list_envs(&cx, &p, &project).await?;
     Ok(Json(
@@ -79,7 +79,7 @@ pub async fn create_env(
     State(st): State<AppState>,
     CxOf(cx): CxOf,
     Auth(p): Auth,
-    Path(project): Path<String>,
+    ApiPath(project): ApiPath<String>,
     ApiJson(req): ApiJson<CreateEnvRequest>,
 ) -> ApiResult<(StatusCode, Json<EnvResponse>)> {
     let e = st

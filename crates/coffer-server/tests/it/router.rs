@@ -539,6 +539,8 @@ async fn malformed_paths_and_queries_get_the_json_error() {
         ("DELETE", "/v1/org/api-keys/0"),
         ("DELETE", "/v1/auth/sessions/CANARY"),
         ("GET", "/v1/audit/events?limit=CANARY"),
+        ("GET", "/v1/projects/app/envs/default/params?reveal=CANARY"),
+        ("GET", "/v1/audit/events?outcome=CANARY"),
     ] {
         let (s, h, v) = a.call(method, uri, None, true).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{method} {uri}: {v}");
@@ -550,4 +552,85 @@ async fn malformed_paths_and_queries_get_the_json_error() {
         );
         assert!(!v.to_string().contains("CANARY"), "{method} {uri}: {v}");
     }
+}
+
+/// Every route of the API document, called with a method it does not take, with each path
+/// parameter replaced by something no parameter parses as, and with malformed query
+/// strings: every answer is the documented JSON error, and a 400 repeats nothing of the
+/// input (issue 19).
+#[tokio::test]
+async fn every_route_answers_malformed_requests_with_the_json_error() {
+    let a = api().await;
+    a.call("POST", "/v1/projects", Some(json!({"name": "app"})), true)
+        .await;
+    let (_, _, doc) = a.call("GET", "/v1/openapi.json", None, false).await;
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() > 30, "{}", paths.len());
+    let mut checked = 0;
+    for (path, ops) in paths {
+        let ops = ops.as_object().unwrap();
+        let concrete = path
+            .replace("{project}", "app")
+            .replace("{env}", "default")
+            .replace("{name}", "X");
+        let mut calls = Vec::new();
+        for m in ["get", "post", "put", "delete", "patch"] {
+            if !ops.contains_key(m) {
+                calls.push((m.to_uppercase(), concrete.clone(), Some(405)));
+            }
+        }
+        if path.contains('{') {
+            // Uuids, usernames, names: a value none of them takes.
+            let bad = fill_params(path, "%FF%00CANARY");
+            for m in ops.keys().filter(|m| m.as_str() != "parameters") {
+                calls.push((m.to_uppercase(), bad.clone(), None));
+            }
+        }
+        if ops.contains_key("get") {
+            calls.push((
+                "GET".into(),
+                format!("{concrete}?limit=CANARY&reveal=CANARY&format=CANARY&cursor=%FFCANARY&from=CANARY&a=%00"),
+                None,
+            ));
+        }
+        for (method, uri, want) in calls {
+            let body = matches!(method.as_str(), "POST" | "PUT" | "PATCH").then(|| json!({}));
+            let (s, h, v) = a.call(&method, &uri, body, true).await;
+            checked += 1;
+            if s.is_success() {
+                continue;
+            }
+            if let Some(w) = want {
+                assert_eq!(s.as_u16(), w, "{method} {uri}: {v}");
+                assert_eq!(v["error"]["code"], "method_not_allowed", "{method} {uri}");
+            }
+            assert!(s.is_client_error(), "{method} {uri}: {s} {v}");
+            assert_eq!(
+                h.get(header::CONTENT_TYPE).map(|c| c.to_str().unwrap()),
+                Some("application/json"),
+                "{method} {uri}: {v}"
+            );
+            assert!(
+                v["error"]["code"].is_string() && v["error"]["message"].is_string(),
+                "{method} {uri}: {v}"
+            );
+            if s == StatusCode::BAD_REQUEST {
+                assert!(!v.to_string().contains("CANARY"), "{method} {uri}: {v}");
+            }
+        }
+    }
+    assert!(checked > 100, "{checked}");
+}
+
+/// Every `{param}` of a path template replaced by `with`.
+fn fill_params(path: &str, with: &str) -> String {
+    let mut out = String::new();
+    let mut rest = path;
+    while let Some(i) = rest.find('{') {
+        out.push_str(&rest[..i]);
+        out.push_str(with);
+        rest = &rest[rest[i..].find('}').map_or(rest.len(), |j| i + j + 1)..];
+    }
+    out.push_str(rest);
+    out
 }
