@@ -336,6 +336,7 @@ pub struct AuditQuery {
     /// User id of the actor.
     pub actor: Option<Uuid>,
     /// `success`, `denied` or `failure`.
+    #[param(pattern = "^(success|denied|failure)$")]
     pub outcome: Option<String>,
     /// Prefix of `project/env/name`.
     pub target: Option<String>,
