@@ -83,6 +83,18 @@ pub enum Command {
     /// Fill a fresh database with many organisations and values for the scale benchmark
     /// (writes straight to the database, not through a server; see docs/benchmarks.md).
     BenchLoad(BenchLoadArgs),
+    /// Print a shell completion script (e.g. `coffer completion bash >
+    /// ~/.local/share/bash-completion/completions/coffer`).
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write manual pages for every command (coffer.1, coffer-param-set.1, …).
+    Man {
+        /// The directory to write them into (created if missing).
+        #[arg(long, default_value = "man")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

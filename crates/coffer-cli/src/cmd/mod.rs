@@ -9,6 +9,7 @@ mod operator;
 mod param;
 mod project;
 mod server;
+mod shell;
 mod soak;
 
 use std::process::ExitCode;
@@ -38,6 +39,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Mfa(c) => account::mfa(g, c).await,
         Command::Session(c) => account::session(g, c).await,
         Command::Account(c) => account::account(g, c).await,
+        Command::Completion { shell } => shell::completion(shell),
+        Command::Man { out } => shell::man(&out),
     }
     .map(|()| ExitCode::SUCCESS)
 }

@@ -240,3 +240,38 @@ fn audit_list_rejects_unknown_outcomes_and_says_when_more_pages_exist() {
         "{first} {next}"
     );
 }
+
+/// Shell completion and manual pages come from the command definitions.
+#[test]
+fn completion_scripts_and_manual_pages() {
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef coffer"),
+        ("fish", "complete -c coffer"),
+        ("powershell", "Register-ArgumentCompleter"),
+    ] {
+        let o = Command::new(BIN)
+            .args(["completion", shell])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{shell}: {}", stderr(&o));
+        let text = String::from_utf8(o.stdout).unwrap();
+        assert!(text.contains(marker), "{shell}: {text:.300}");
+        assert!(text.contains("password-stdin"), "{shell}");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("man");
+    let o = Command::new(BIN)
+        .args(["man", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let page = std::fs::read_to_string(out.join("coffer-param-set.1")).unwrap();
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH"),
+        "{page:.200}"
+    );
+    assert!(page.contains("trailing newline"), "{page:.2000}");
+    assert!(out.join("coffer.1").exists());
+}
