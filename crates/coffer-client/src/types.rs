@@ -144,6 +144,9 @@ pub struct HistoryEntry {
     pub action: String,
     pub secret: bool,
     pub actor_id: Uuid,
+    /// The actor's username (older servers do not send it).
+    #[serde(default)]
+    pub actor: Option<String>,
     pub created_at: String,
     pub current: bool,
 }

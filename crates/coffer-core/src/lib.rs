@@ -138,6 +138,7 @@ impl Coffer {
                     k: k.clone(),
                     params: store.clone(),
                     projects: projects.clone(),
+                    users: store.clone(),
                 }),
                 projects,
                 keys: Arc::new(Keys::new(k.clone(), store.clone(), store.clone())),

@@ -86,6 +86,8 @@ pub struct ParamHistoryEntry {
     pub action: &'static str,
     pub secret: bool,
     pub actor_id: Uuid,
+    /// The actor's username (None when the account no longer exists).
+    pub actor: Option<String>,
     pub created_at: i64,
     pub current: bool,
 }
@@ -156,6 +158,8 @@ pub struct Params {
     pub(crate) k: std::sync::Arc<Kernel>,
     pub(crate) params: std::sync::Arc<dyn coffer_store::ParamRepo>,
     pub(crate) projects: std::sync::Arc<Projects>,
+    /// Names for the actors in a history.
+    pub(crate) users: std::sync::Arc<dyn coffer_store::UserRepo>,
 }
 
 impl TargetIds for Params {
@@ -586,22 +590,37 @@ impl Params {
         );
         let r: Result<Vec<ParamHistoryEntry>, CoreError> = async {
             let (_, row) = self.own_param(p, project, env, name).await?;
-            Ok(self
+            let mut names: std::collections::HashMap<Uuid, Option<String>> =
+                std::collections::HashMap::new();
+            let mut out = Vec::new();
+            for v in self
                 .params
                 .param_history(p.org_id, row.id)
                 .await?
                 .into_iter()
                 .rev()
-                .map(|v| ParamHistoryEntry {
+            {
+                // One lookup per actor, however many versions they made.
+                let actor = match names.get(&v.actor_id) {
+                    Some(n) => n.clone(),
+                    None => {
+                        let n = self.users.user(v.actor_id).await?.map(|u| u.username);
+                        names.insert(v.actor_id, n.clone());
+                        n
+                    }
+                };
+                out.push(ParamHistoryEntry {
                     param_id: row.id,
                     current: v.version == row.current_version,
                     version: v.version,
                     action: v.action.as_str(),
                     secret: v.is_secret,
                     actor_id: v.actor_id,
+                    actor,
                     created_at: v.created_at,
-                })
-                .collect())
+                });
+            }
+            Ok(out)
         }
         .await;
         if let Ok(Some(first)) = r.as_ref().map(|v| v.first()) {

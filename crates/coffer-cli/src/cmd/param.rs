@@ -168,7 +168,7 @@ pub async fn run(g: &Global, c: ParamCmd) -> anyhow::Result<()> {
                             h.version.to_string(),
                             h.action,
                             if h.secret { "yes".into() } else { "no".into() },
-                            h.actor_id.to_string(),
+                            h.actor.clone().unwrap_or_else(|| h.actor_id.to_string()),
                             h.created_at,
                             if h.current {
                                 "current".into()

@@ -57,6 +57,9 @@ fn values_from_standard_input_lose_one_trailing_newline_and_files_keep_their_byt
     assert_eq!(out, "sk_live_123\n");
     let env = cli.ok(&["export", "-p", "web"]);
     assert!(env.contains("API_KEY=\"sk_live_123\"\n"), "{env}");
+    // History names who made each version.
+    let history = cli.ok(&["param", "history", "API_KEY", "-p", "web"]);
+    assert!(history.contains("admin"), "{history}");
     // A table shows the first line of a multi-line value.
     let table = cli.ok(&["param", "list", "-p", "web", "--reveal"]);
     assert!(table.contains("-----BEGIN X----- … (+2 lines)"), "{table}");

@@ -97,6 +97,12 @@ async fn versions_history_rollback_and_delete() {
         vec![(4, "rollback"), (3, "set"), (2, "set"), (1, "set")]
     );
     assert!(h[0].current && !h[1].current);
+    // Actors by name, not only by id (issue 19).
+    assert!(
+        h.iter()
+            .all(|e| e.actor.as_deref() == Some(p.username.as_str()) && e.actor_id == p.user_id),
+        "{h:?}"
+    );
 
     assert_eq!(
         c.params()

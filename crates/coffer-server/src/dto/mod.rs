@@ -244,6 +244,8 @@ pub struct HistoryEntry {
     pub action: String,
     pub secret: bool,
     pub actor_id: Uuid,
+    /// The actor's username (null when the account no longer exists).
+    pub actor: Option<String>,
     pub created_at: String,
     pub current: bool,
 }

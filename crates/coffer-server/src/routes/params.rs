@@ -129,6 +129,7 @@ pub async fn history(
                 action: h.action.to_owned(),
                 secret: h.secret,
                 actor_id: h.actor_id,
+                actor: h.actor,
                 created_at: ts(h.created_at),
                 current: h.current,
             })
