@@ -358,6 +358,20 @@ async fn encrypted_segments_open_with_the_identity_and_prune_by_their_recorded_d
     );
     assert_eq!(json_events(c, p, 1).await[..all.len()], all[..]);
 
+    // Without the identity, a segment left out between two given ones is refused too
+    // (the verifier cannot see the gap in files it does not read).
+    record_n(c, p, 2).await;
+    let seg3 = dir.path().join("three.ndjson.age");
+    archive_encrypted(&f, &seg3, Some(&to)).await;
+    let e = op
+        .audit()
+        .prune(&[seg1.clone(), seg3.clone()], &Identities::none())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("in none of the segments given"), "{e}");
+    assert_eq!(json_events(c, p, 1).await[..all.len()], all[..]);
+
     // The server's way (no identity): the files as recorded, their ranges and anchors from
     // the record; then the live chain verifies from the anchor.
     let pruned = op

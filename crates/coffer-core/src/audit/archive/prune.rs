@@ -65,11 +65,23 @@ impl AuditLog {
         } else {
             self.verified_ranges(files, ids, &recorded).await?
         };
-        // Per chain: where the given segments start it, and their last range of it.
+        // Per chain: where the given segments start it, and their last range of it. Each
+        // range must follow the chain's previous one: a segment left out between them
+        // would be pruned unseen (the verifier reports that for files it reads; the
+        // recorded ranges of encrypted files are checked here).
         let mut first: BTreeMap<Uuid, u64> = BTreeMap::new();
         let mut last: BTreeMap<Uuid, (u64, CheckpointRow)> = BTreeMap::new();
         for (number, ranges) in segments {
             for (org, from_seq, anchor) in ranges {
+                if let Some((_, prev)) = last.get(&org)
+                    && from_seq != prev.seq + 1
+                {
+                    return Err(refuse(format!(
+                        "pruning refused: entries {} to {} of chain {org} are in none of the segments given (segment {number:06} does not follow the one before it)",
+                        prev.seq + 1,
+                        from_seq.saturating_sub(1)
+                    )));
+                }
                 first.entry(org).or_insert(from_seq);
                 last.insert(org, (number, anchor));
             }
