@@ -65,21 +65,13 @@ pub(super) fn sync_dir(path: &Path) -> std::io::Result<()> {
 
 /// SHA-256 of a file, read in pieces.
 pub(super) fn file_digest(path: &Path) -> std::io::Result<[u8; 32]> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            return Ok(h.finish());
-        }
-        h.update(&buf[..n]);
-    }
+    let mut d = DiskDigest::new(std::io::sink());
+    std::io::copy(&mut std::fs::File::open(path)?, &mut d)?;
+    Ok(d.hash.finish())
 }
 
-/// The bytes that reach the file, hashed as they go (for an encrypted segment they are
-/// not the plaintext that the segment writer hashes).
+/// The bytes that reach the file, hashed as they go: for an encrypted segment they are
+/// not the plaintext that the segment writer hashes.
 pub(super) struct DiskDigest<W: Write> {
     out: W,
     hash: Sha256,
@@ -109,22 +101,31 @@ impl<W: Write> Write for DiskDigest<W> {
     }
 }
 
-/// A segment file being written: plaintext, or encrypted with age.
+/// The digest and size of the bytes an encrypted segment put on disk.
+pub(super) type OnDisk = ([u8; 32], u64);
+
+/// A segment file being written: plaintext (which the segment writer hashes already), or
+/// encrypted with age and its ciphertext hashed.
 pub(super) enum SegmentOut<W: Write> {
-    Plain(DiskDigest<W>),
+    Plain(W),
     Age(Encrypting<DiskDigest<W>>),
 }
 
 impl<W: Write> SegmentOut<W> {
-    /// End the file (age's last chunk); the inner writer, and the digest and size of the
-    /// bytes written to it.
-    pub(super) fn finish(self) -> std::io::Result<(W, [u8; 32], u64)> {
-        let mut d = match self {
-            Self::Plain(d) => d,
-            Self::Age(e) => e.finish()?,
-        };
-        d.flush()?;
-        Ok((d.out, d.hash.finish(), d.bytes))
+    /// End the file (age's last chunk); the inner writer and, for an encrypted file, the
+    /// digest and size of the bytes written to it.
+    pub(super) fn finish(self) -> std::io::Result<(W, Option<OnDisk>)> {
+        match self {
+            Self::Plain(mut w) => {
+                w.flush()?;
+                Ok((w, None))
+            }
+            Self::Age(e) => {
+                let mut d = e.finish()?;
+                d.flush()?;
+                Ok((d.out, Some((d.hash.finish(), d.bytes))))
+            }
+        }
     }
 }
 

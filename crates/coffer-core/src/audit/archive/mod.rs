@@ -336,40 +336,47 @@ impl AuditLog {
         let tmp = temp_path(&path);
         // A temporary file is only ever a crashed run's: nothing refers to it.
         let _ = std::fs::remove_file(&tmp);
-        let file = DiskDigest::new(std::io::BufWriter::new(create_private(&tmp)?));
+        let file = std::io::BufWriter::new(create_private(&tmp)?);
         let out = match recipients {
-            Some(r) => SegmentOut::Age(r.encrypt(file).map_err(|e| io("encrypt", &tmp, e))?),
+            Some(r) => SegmentOut::Age(
+                r.encrypt(DiskDigest::new(file))
+                    .map_err(|e| io("encrypt", &tmp, e))?,
+            ),
             None => SegmentOut::Plain(file),
         };
         let total = plan.events;
         let written = self
             .write_segment(&plan, out, &mut |n| progress(n, total))
             .await;
-        let (out, sha256, _) = match written {
+        let (out, sha256, plain_bytes) = match written {
             Ok(w) => w,
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
                 return Err(e);
             }
         };
-        let finish = || -> std::io::Result<([u8; 32], u64)> {
-            let (buf, digest, bytes) = out.finish()?;
+        let finish = || -> std::io::Result<Option<files::OnDisk>> {
+            let (buf, on_disk) = out.finish()?;
             let file = buf.into_inner().map_err(|e| e.into_error())?;
             file.sync_all()?;
             drop(file);
             std::fs::rename(&tmp, &path)?;
             sync_dir(&path)?;
-            Ok((digest, bytes))
+            Ok(on_disk)
         };
-        let (file_sha256, bytes) = match finish() {
+        let on_disk = match finish() {
             Ok(d) => d,
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
                 return Err(io("finish", &path, e));
             }
         };
-        self.read_back(&path, &plan, sha256, file_sha256, recipients.is_some())
-            .await?;
+        // A plaintext file is its segment: its digest and size are the segment's.
+        let (file_sha256, bytes) = match on_disk {
+            Some((digest, bytes)) => (Some(digest), bytes),
+            None => (None, plain_bytes),
+        };
+        self.read_back(&path, &plan, sha256, file_sha256).await?;
         let now = now_ms();
         let row = SegmentRow {
             number: plan.number,
@@ -381,7 +388,7 @@ impl AuditLog {
             sha256,
             location,
             verified_at: now,
-            file_sha256: recipients.is_some().then_some(file_sha256),
+            file_sha256,
         };
         let chains: Vec<SegmentChainRow> = plan
             .chains
@@ -422,23 +429,23 @@ impl AuditLog {
     }
 
     /// Check what reached the disk before recording it: a plaintext segment verifies again
-    /// from the file; an encrypted one (which the server cannot read) has the digest of
-    /// the bytes written, its contents having been verified as they were written.
+    /// from the file; an encrypted one (which the server cannot read) must have
+    /// `file_sha256`, the digest of the bytes written, its contents having been verified
+    /// as they were written.
     async fn read_back(
         &self,
         path: &Path,
         plan: &ArchivePlan,
         sha256: [u8; 32],
-        file_sha256: [u8; 32],
-        encrypted: bool,
+        file_sha256: Option<[u8; 32]>,
     ) -> Result<(), CoreError> {
         let check = path.to_owned();
-        let why = if encrypted {
+        let why = if let Some(written) = file_sha256 {
             let digest = tokio::task::spawn_blocking(move || file_digest(&check))
                 .await
                 .map_err(|_| refuse("the digest task failed"))?
                 .map_err(|e| io("read", path, e))?;
-            (digest != file_sha256).then(|| "its digest changed".to_owned())
+            (digest != written).then(|| "its digest changed".to_owned())
         } else {
             let key = hex::encode(&plan.public_key);
             let report = tokio::task::spawn_blocking(move || {
