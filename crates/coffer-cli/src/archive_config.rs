@@ -105,15 +105,30 @@ pub fn settings(
 /// `backup.recipients` and `backup.recipients_file`, parsed now so that a bad key stops
 /// the start rather than the first archive run.
 fn backup_recipients(b: &BackupSection) -> anyhow::Result<Option<coffer_core::audit::Recipients>> {
-    let mut keys = b.recipients.clone().unwrap_or_default();
-    if let Some(f) = &b.recipients_file {
-        let text = std::fs::read_to_string(f)
-            .with_context(|| format!("backup.recipients_file {}", f.display()))?;
-        keys.extend(text.lines().map(str::to_owned));
-    } else if b.recipients.is_none() {
+    recipients(
+        b.recipients.as_deref(),
+        b.recipients_file.as_deref(),
+        "backup.recipients",
+    )
+}
+
+/// Age recipients given as keys and/or a file of them (one per line, `age -R`'s format);
+/// None when neither is given. `what` names the setting or flag in errors.
+pub fn recipients(
+    keys: Option<&[String]>,
+    file: Option<&Path>,
+    what: &str,
+) -> anyhow::Result<Option<coffer_core::audit::Recipients>> {
+    if keys.is_none() && file.is_none() {
         return Ok(None);
     }
-    coffer_core::audit::Recipients::parse(&keys)
+    let mut all = keys.unwrap_or_default().to_vec();
+    if let Some(f) = file {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("{what}: read {}", f.display()))?;
+        all.extend(text.lines().map(str::to_owned));
+    }
+    coffer_core::audit::Recipients::parse(&all)
         .map(Some)
-        .map_err(|e| anyhow::anyhow!("backup.recipients: {e}"))
+        .map_err(|e| anyhow::anyhow!("{what}: {e}"))
 }

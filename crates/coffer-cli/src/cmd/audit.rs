@@ -6,8 +6,8 @@ use anyhow::Context;
 use std::path::{Path, PathBuf};
 
 use coffer_core::audit::ArchiveTarget;
+use coffer_core::audit::Identities;
 use coffer_core::audit::segment::SegmentsReport;
-use coffer_core::audit::{Identities, Recipients};
 
 use crate::cli::{AuditCmd, Global, IdentityArg, OperatorDb};
 use crate::{output, session};
@@ -71,21 +71,6 @@ pub fn identities(a: &IdentityArg) -> anyhow::Result<Identities> {
         std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?,
     );
     Identities::parse(&text).map_err(|e| anyhow::anyhow!("--identity {}: {e}", path.display()))
-}
-
-/// `--recipient` and `--recipients-file`, or None for a plaintext segment.
-fn recipients(keys: &[String], file: Option<&Path>) -> anyhow::Result<Option<Recipients>> {
-    let mut all = keys.to_vec();
-    if let Some(f) = file {
-        let text = std::fs::read_to_string(f).with_context(|| format!("read {}", f.display()))?;
-        all.extend(text.lines().map(str::to_owned));
-    }
-    if keys.is_empty() && file.is_none() {
-        return Ok(None);
-    }
-    Recipients::parse(&all)
-        .map(Some)
-        .map_err(|e| anyhow::anyhow!("--recipient: {e}"))
 }
 
 fn print_segments_report(g: &Global, r: &SegmentsReport) -> anyhow::Result<ExitCode> {
@@ -349,7 +334,12 @@ pub async fn run(g: &Global, c: AuditCmd) -> anyhow::Result<ExitCode> {
             server,
         } => {
             let cut = parse_cut(&before)?;
-            let to = recipients(&keys, recipients_file.as_deref())?;
+            // None for a plaintext segment.
+            let to = crate::archive_config::recipients(
+                (!keys.is_empty()).then_some(keys.as_slice()),
+                recipients_file.as_deref(),
+                "--recipient",
+            )?;
             let (coffer, _) = operator_coffer(&server).await?;
             coffer.audit().set_archive_rate(rate.filter(|r| *r > 0));
             let bar = progress_bar(g);
