@@ -257,18 +257,14 @@ impl Identity {
         self.k.conclude(pending, r).await
     }
 
-    /// The member with this username, in the caller's organisation (404 otherwise).
-    /// A member of the caller's organisation by username, or by e-mail address (as at
-    /// login). Anyone who is not a member, existing or not, is the same "not found".
+    /// A member of the caller's organisation by username, or by e-mail address (looked up
+    /// as at login). Anyone who is not a member, existing or not, is the same "not found".
     async fn member(&self, p: &Principal, username: &str) -> Result<(UserRow, Role), CoreError> {
-        let name = crate::auth::normalize_username(username);
         let not_found = || CoreError::not_found("member", username);
-        let user = if name.contains('@') {
-            self.users.user_by_email(&name).await?
-        } else {
-            self.users.user_by_name(&name).await?
-        }
-        .ok_or_else(not_found)?;
+        let user = self
+            .find_login_user(username)
+            .await?
+            .ok_or_else(not_found)?;
         let m = self
             .access
             .membership(p.org_id, user.id)

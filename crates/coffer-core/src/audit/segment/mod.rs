@@ -199,25 +199,28 @@ struct Header {
     previous: Option<PreviousSegment>,
 }
 
-/// Whether a file is encrypted with age (docs/audit.md, "Encrypted segments").
-pub fn is_encrypted(path: &Path) -> Result<bool, String> {
+/// A file opened for reading, and whether it is encrypted with age (from its first bytes,
+/// which stay in the buffer).
+fn open_peek(path: &Path) -> Result<(std::io::BufReader<std::fs::File>, bool), String> {
     let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut r = std::io::BufReader::new(f);
-    let head = r
-        .fill_buf()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(is_age(head))
+    let age = is_age(
+        r.fill_buf()
+            .map_err(|e| format!("{}: {e}", path.display()))?,
+    );
+    Ok((r, age))
+}
+
+/// Whether a file is encrypted with age (docs/audit.md, "Encrypted segments").
+pub fn is_encrypted(path: &Path) -> Result<bool, String> {
+    Ok(open_peek(path)?.1)
 }
 
 /// Open a segment or export for reading its lines: an age-encrypted file is decrypted with
 /// `ids` as it is read (refused, saying so, without them).
 pub(crate) fn open_lines(path: &Path, ids: &Identities) -> Result<Box<dyn BufRead>, String> {
-    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut r = std::io::BufReader::new(f);
-    let head = r
-        .fill_buf()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if !is_age(head) {
+    let (r, age) = open_peek(path)?;
+    if !age {
         return Ok(Box::new(r));
     }
     let plain = ids.decrypt(r).map_err(|e| {
